@@ -1,0 +1,69 @@
+"""Compile a resolved topology into a plan.  Pure: no kernel, no root, deterministic."""
+from __future__ import annotations
+
+from . import plan as P
+from .model import Topology, stable_mac
+
+
+def compile_topology(topo: Topology) -> P.Plan:
+    plan = P.Plan(lab=topo.name)
+    nodes = topo.nodes
+    for node in nodes.values():
+        plan.add(P.Netns(ns=node.ns, node=node.name))
+        if not topo.ipv6:
+            # Quiet captures: no router solicitations or MLD reports among the notes' ARP and ICMP.
+            plan.add(P.Sysctl(node.ns, "net.ipv6.conf.all.disable_ipv6", "1"))
+            plan.add(P.Sysctl(node.ns, "net.ipv6.conf.default.disable_ipv6", "1"))
+        for key, value in node.sysctls.items():
+            # per-interface keys (net.ipv4.conf.eth0.x) need the interface first
+            iface_key = key.split(".")[3] if key.startswith(("net.ipv4.conf.", "net.ipv6.conf.", "net.ipv4.neigh.")) else None
+            stage = P.STAGE_CONFIG if iface_key not in (None, "all", "default") else P.STAGE_NAMESPACE
+            plan.add(P.Sysctl(node.ns, key, value, stage=stage))
+    for node in nodes.values():
+        if node.bridge:
+            plan.add(P.Link(ns=node.ns, name=node.bridge, kind="bridge", mtu=node.mtu,
+                            mac=stable_mac(topo.name, node.name, node.bridge)))
+    # veth pairs: created from the switch side (so the port is enslaved in the same message)
+    # or from the first-declared end; both ends are born in their own namespaces.
+    for (node, iface), (peer_node, peer) in _veth_pairs(topo):
+        plan.add(P.Link(ns=node.ns, name=iface.name, kind="veth", mtu=iface.mtu, mac=iface.mac,
+                        master=iface.bridge,
+                        peer=P.Peer(ns=peer_node.ns, name=peer.name, mtu=peer.mtu, mac=peer.mac,
+                                    address=str(peer.ip) if peer.ip else None)))
+    for (_, _), (peer_node, peer) in _veth_pairs(topo):
+        plan.add(P.Up(peer_node.ns, peer.name))
+    for node in nodes.values():
+        plan.add(P.Up(node.ns, "lo"))
+        for iface in node.ifaces:
+            if iface.ip is not None:
+                plan.add(P.Addr(node.ns, iface.name, str(iface.ip)))
+    for node in nodes.values():
+        for route in node.routes:
+            plan.add(P.Route(ns=node.ns, dst=str(route.dst), onlink=route.onlink,
+                             nexthops=tuple(P.Nexthop(via=str(h.via) if h.via else None, dev=h.dev)
+                                            for h in route.nexthops)))
+    for node in nodes.values():
+        for kind in node.serve:
+            plan.add(P.Serve(ns=node.ns, node=node.name, kind=kind))
+    for node in nodes.values():
+        addr = topo.address_of(node.name)
+        if addr is not None and node.kind != "switch":
+            plan.hosts[node.name] = str(addr)
+    return plan
+
+
+def _veth_pairs(topo: Topology):
+    """Each veth pair once: ((creating node, its end), (peer node, peer end))."""
+    seen = set()
+    for node in topo.nodes.values():
+        for iface in node.ifaces:
+            key = frozenset([(node.name, iface.name), (iface.peer_node, iface.peer_name)])
+            if key in seen:
+                continue
+            seen.add(key)
+            peer_node = topo.nodes[iface.peer_node]
+            peer = peer_node.iface(iface.peer_name)
+            if peer.bridge and not iface.bridge:
+                yield (peer_node, peer), (node, iface)
+            else:
+                yield (node, iface), (peer_node, peer)

@@ -1,0 +1,116 @@
+"""Bring labs up and down: model -> plan -> state record -> apply, and the reverse."""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+
+from . import model, netns, state
+from .apply import Applier, ApplyError
+from .compile import compile_topology
+from .errors import PrerequisiteError, TopologyError, UsageError
+from .plan import Plan, Serve
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise PrerequisiteError("nslab needs root to create network namespaces: run it with sudo "
+                                "(or as root)")
+
+
+def require_tools(*tools: str) -> None:
+    packages = {"ip": "iproute2", "bridge": "iproute2", "tcpdump": "tcpdump", "ping": "iputils-ping",
+                "iperf3": "iperf3", "iptables": "iptables", "ethtool": "ethtool"}
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        pkgs = sorted({packages.get(t, t) for t in missing})
+        raise PrerequisiteError(f"{', '.join(missing)} not found: install it with "
+                                f"`apt-get install -y {' '.join(pkgs)}`")
+
+
+def load(file: str, name: str | None = None, overrides: dict | None = None) -> model.Topology:
+    return model.load(file, name=name, overrides=overrides)
+
+
+def up(topo: model.Topology) -> tuple[Plan, state.LabState]:
+    """Build the lab; on any failure remove what was made and re-raise."""
+    require_root()
+    plan = compile_topology(topo)
+    if state.load(topo.name) is not None:
+        raise already_running(topo)
+    taken = [ns for ns in plan.namespaces if netns.exists(ns)]
+    if taken:
+        raise UsageError(f"network namespace {taken[0]} already exists and nslab did not make it for lab "
+                         f"{topo.name}; remove it (ip netns del {taken[0]}) or rename the lab with --name")
+    try:
+        st = state.claim(topo.name, topo.file)
+    except FileExistsError:
+        raise already_running(topo) from None
+    try:
+        st.namespaces = list(plan.namespaces)
+        st.nodes = {node.name: node.ns for node in topo.nodes.values()}
+        st.info = dict(plan.notes)
+        st.files = [os.path.join(state.HOSTS_DIR, ns, "hosts") for ns in plan.namespaces] if plan.hosts else []
+        st.save()                      # recorded before anything exists
+        write_hosts_files(plan, st.files)
+        applier = Applier()
+        try:
+            applier.apply(plan)
+        finally:
+            applier.close()
+        services = [op for op in plan.ops if isinstance(op, Serve)]
+        if services:
+            from . import agent
+            agent.start(st, services)
+        st.status = "up"
+        st.save()
+    except BaseException:
+        state.destroy(st)
+        raise
+    return plan, st
+
+
+def already_running(topo: model.Topology) -> TopologyError:
+    doc = topo.doc
+    path = ("name",) if doc and "name" in (doc.data or {}) else ()
+    return TopologyError(os.path.basename(topo.file), doc.line(path) if doc and path else None,
+                         "name" if path else "",
+                         f"lab {topo.name!r} is already running (`nslab down {topo.name}` first, or give "
+                         f"this one another name with --name)")
+
+
+def write_hosts_files(plan: Plan, files: list[str]) -> None:
+    body = "127.0.0.1 localhost\n" + "".join(f"{addr} {name}\n" for name, addr in sorted(plan.hosts.items()))
+    for path in files:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(body)
+
+
+def down(lab: str) -> list[str]:
+    require_root()
+    st = state.load(lab)
+    if st is None:
+        raise UsageError(f"no lab named {lab!r} is running (running: {', '.join(state.labs()) or 'none'})")
+    return state.destroy(st)
+
+
+def resolve_lab(lab: str | None) -> str:
+    """-l LAB, or the only running lab."""
+    running = state.labs()
+    if lab:
+        if lab not in running:
+            raise UsageError(f"no lab named {lab!r} is running (running: {', '.join(running) or 'none'})")
+        return lab
+    if len(running) == 1:
+        return running[0]
+    if not running:
+        raise UsageError("no lab is running (start one with `nslab up`)")
+    raise UsageError(f"several labs are running ({', '.join(running)}): say which with -l LAB")
+
+
+def node_namespace(lab: str, node: str) -> str:
+    st = state.load(lab)
+    if node not in st.nodes:
+        raise UsageError(f"lab {lab} has no node {node!r} (nodes: {', '.join(st.nodes)})")
+    return st.nodes[node]

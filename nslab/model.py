@@ -1,0 +1,714 @@
+"""Topology model: parse and validate a topology file into a fully resolved lab.
+
+Everything a user can get wrong is caught here, before anything touches the kernel, and
+reported as one sentence naming file, line and YAML path.  The result is resolved: every
+interface has a name, an address (or none, on purpose), a MAC and an MTU; every node has
+its routes.  `compile.py` turns it into a plan without making any further decisions that
+could fail.
+"""
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+from collections import deque
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+
+from . import yamldoc
+from .yamldoc import Doc
+
+DEFAULT_MTU = 1500
+MIN_MTU = 68  # the IPv4 minimum (RFC 791); the kernel refuses less on an IPv4 device
+MAX_MTU = 65535
+DEFAULT_LINK_POOL = "172.31.0.0/16"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+LAB_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+MAX_LAB_NAME = 32
+MAX_NODE_NAME = 63
+IFNAMSIZ = 16
+
+
+@dataclass
+class Iface:
+    """One end of a veth pair, inside `node`."""
+    node: str
+    name: str
+    ip: IPv4Interface | None
+    mac: str
+    mtu: int
+    peer_node: str
+    peer_name: str
+    segment: str | None = None      # set on both ends of a segment attachment
+    bridge: str | None = None       # set on the switch-side end: the bridge it is a port of
+
+
+@dataclass
+class Nexthop:
+    via: IPv4Address | None
+    dev: str
+
+
+@dataclass
+class Route:
+    dst: IPv4Network
+    nexthops: list[Nexthop]         # several = ECMP (multipath)
+    onlink: bool = False
+    origin: str = "static"          # static | computed (for show/trace explanations)
+
+
+@dataclass
+class Node:
+    name: str
+    kind: str                       # host | router | switch | pod
+    ns: str                         # network namespace name (/run/netns/<ns>)
+    mtu: int
+    ifaces: list[Iface] = field(default_factory=list)
+    routes: list[Route] = field(default_factory=list)
+    sysctls: dict[str, str] = field(default_factory=dict)
+    serve: list[str] = field(default_factory=list)   # services the lab agent runs here (http)
+    bridge: str | None = None       # switches: the bridge device
+    path: tuple = ()
+
+    def iface(self, name: str) -> Iface | None:
+        return next((i for i in self.ifaces if i.name == name), None)
+
+    @property
+    def addresses(self) -> list[IPv4Interface]:
+        return [i.ip for i in self.ifaces if i.ip is not None]
+
+
+@dataclass
+class Segment:
+    name: str
+    subnet: IPv4Network | None
+    gateway: str | None             # router node owning the gateway address
+    gateway_ip: IPv4Address | None
+    bridge: str
+    mtu: int
+
+
+@dataclass
+class Topology:
+    name: str
+    file: str
+    mtu: int
+    ipv6: bool
+    nodes: dict[str, Node]
+    segments: dict[str, Segment]
+    doc: Doc | None = None
+
+    def node(self, name: str) -> Node:
+        return self.nodes[name]
+
+    def address_of(self, name: str) -> IPv4Address | None:
+        """The address other nodes use for `name` (its first address)."""
+        addrs = self.nodes[name].addresses
+        return addrs[0].ip if addrs else None
+
+
+def stable_mac(*parts: str) -> str:
+    """A locally administered unicast MAC derived from names, so a lab's MACs are the same
+    on every run (captures, goldens and traces can be compared)."""
+    h = hashlib.sha256("/".join(parts).encode()).digest()
+    return ":".join(f"{b:02x}" for b in bytes([(h[0] & 0xFC) | 0x02]) + h[1:6])
+
+
+def short_ifname(*parts: str) -> str:
+    """An interface name from parts, shortened with a stable hash when longer than 15."""
+    name = "-".join(parts)
+    if len(name) < IFNAMSIZ:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:5]
+    return name[: IFNAMSIZ - 1 - 6] + "-" + digest
+
+
+def ifname_problem(name) -> str | None:
+    """Why `name` cannot be a Linux interface name (dev_valid_name), or None."""
+    if not isinstance(name, str) or not name:
+        return "an interface name must be a non-empty string"
+    if len(name) >= IFNAMSIZ:
+        return f"interface name {name!r} is {len(name)} characters; Linux allows at most {IFNAMSIZ - 1}"
+    if name in (".", "..") or any(c in name for c in "/:") or any(c.isspace() for c in name):
+        return f"{name!r} cannot be an interface name (no '/', ':', whitespace, '.' or '..')"
+    return None
+
+
+def namespace_name(lab: str, node: str) -> str:
+    return f"{lab}.{node}"
+
+
+def lab_name_from_file(file: str) -> str:
+    import os
+    stem = os.path.splitext(os.path.basename(file))[0].lower()
+    stem = re.sub(r"[^a-z0-9_-]", "-", stem).strip("-_") or "lab"
+    return stem[:MAX_LAB_NAME]
+
+
+class Parser:
+    """Walks the document with explicit paths; the first problem raises a TopologyError."""
+
+    TOP_KEYS = {"name", "mtu", "ipv6", "pools", "hosts", "routers", "segments", "links",
+                "cluster", "tests", "description"}
+    NODE_KEYS = {"mtu", "routes", "sysctls", "serve"}
+    SEGMENT_KEYS = {"subnet", "gateway", "gateway_ip", "bridge", "mtu", "members"}
+    MEMBER_KEYS = {"iface", "port", "ip", "mac", "mtu"}
+    END_KEYS = {"node", "iface", "ip", "mac", "mtu"}
+    LINK_KEYS = {"ends", "mtu", "subnet"}
+    ROUTE_KEYS = {"to", "via", "dev", "onlink"}
+
+    def __init__(self, doc: Doc, name_override: str | None = None):
+        self.doc = doc
+        self.name_override = name_override
+        self.overrides: dict = {}
+
+    # ---- small typed getters -------------------------------------------------------
+    def err(self, path, msg):
+        return self.doc.error(tuple(path), msg)
+
+    def mapping(self, value, path, keys: set[str] | None = None, what="section") -> dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self.err(path, f"expected a mapping for this {what}, got {type(value).__name__} {value!r}")
+        if keys is not None:
+            for k in value:
+                if k not in keys:
+                    raise self.err(tuple(path) + (k,),
+                                   f"unknown key {k!r} (expected one of: {', '.join(sorted(keys))})")
+        return value
+
+    def mtu(self, value, path) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.err(path, f"MTU must be an integer, got {value!r}")
+        if value < MIN_MTU:
+            raise self.err(path, f"MTU {value} is below the IPv4 minimum of {MIN_MTU}")
+        if value > MAX_MTU:
+            raise self.err(path, f"MTU {value} is above the maximum of {MAX_MTU}")
+        return value
+
+    def network(self, value, path) -> IPv4Network:
+        try:
+            return IPv4Network(str(value), strict=True)
+        except ValueError as e:
+            if isinstance(value, str) and "/" in value:
+                try:
+                    IPv4Network(value, strict=False)
+                    raise self.err(path, f"{value} has host bits set (did you mean "
+                                         f"{IPv4Network(value, strict=False)}?)") from None
+                except ValueError:
+                    pass
+            raise self.err(path, f"{value!r} is not an IPv4 network in CIDR form ({e})") from None
+
+    def address(self, value, path) -> IPv4Address:
+        try:
+            return IPv4Address(str(value))
+        except ValueError:
+            raise self.err(path, f"{value!r} is not an IPv4 address") from None
+
+    def interface(self, value, path, subnet: IPv4Network | None) -> IPv4Interface:
+        text = str(value)
+        if "/" in text:
+            try:
+                ifc = IPv4Interface(text)
+            except ValueError:
+                raise self.err(path, f"{value!r} is not an IPv4 address with prefix (like 10.1.1.2/24)") from None
+            if subnet is not None and ifc.network != subnet:
+                raise self.err(path, f"{ifc} is not inside subnet {subnet}")
+        else:
+            addr = self.address(value, path)
+            if subnet is None:
+                raise self.err(path, f"{value} has no prefix length and there is no subnet to take it from "
+                                     f"(write it as {value}/24, for example)")
+            if addr not in subnet:
+                raise self.err(path, f"{value} is not inside subnet {subnet}")
+            ifc = IPv4Interface(f"{addr}/{subnet.prefixlen}")
+        if subnet is not None and subnet.prefixlen < 31 and ifc.ip in (subnet.network_address, subnet.broadcast_address):
+            raise self.err(path, f"{ifc.ip} is the {'network' if ifc.ip == subnet.network_address else 'broadcast'} "
+                                 f"address of {subnet} and cannot be given to an interface")
+        if ifc.network.prefixlen < 31 and ifc.ip in (ifc.network.network_address, ifc.network.broadcast_address):
+            raise self.err(path, f"{ifc.ip} is the network or broadcast address of {ifc.network}")
+        return ifc
+
+    def mac(self, value, path) -> str:
+        text = str(value).lower()
+        if not re.fullmatch(r"([0-9a-f]{2}:){5}[0-9a-f]{2}", text):
+            raise self.err(path, f"{value!r} is not a MAC address like 02:00:00:00:00:01")
+        if int(text[:2], 16) & 1:
+            raise self.err(path, f"{value} is a multicast MAC address; an interface needs a unicast one")
+        return text
+
+    def ifname(self, value, path) -> str:
+        problem = ifname_problem(value)
+        if problem:
+            raise self.err(path, problem)
+        return value
+
+    def node_name(self, value, path) -> str:
+        if not isinstance(value, str) or not NAME_RE.match(value) or len(value) > MAX_NODE_NAME:
+            raise self.err(path, f"node name {value!r} must be letters, digits, '-' or '_' (starting with a "
+                                 f"letter or digit, at most {MAX_NODE_NAME} characters)")
+        return value
+
+    def names_or_mapping(self, value, path, what) -> dict:
+        """`[a, b]` or `{a: {...}, b: null}` -> {name: (spec, path)}."""
+        out: dict[str, tuple[dict, tuple]] = {}
+        if value is None:
+            return out
+        if isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, dict) and len(item) == 1:
+                    (name, spec), = item.items()
+                    p = tuple(path) + (i, name)
+                else:
+                    name, spec, p = item, None, tuple(path) + (i,)
+                self.node_name(name, p)
+                if name in out:
+                    raise self.err(p, f"{what} {name!r} is listed twice")
+                out[name] = (spec, p)
+            return out
+        for name, spec in self.mapping(value, path, what=what).items():
+            p = tuple(path) + (name,)
+            self.node_name(name, p)
+            out[name] = (spec, p)
+        return out
+
+    # ---- the document ---------------------------------------------------------------
+    def parse(self) -> "Builder":
+        doc = self.doc
+        if not isinstance(doc.data, dict):
+            raise self.err((), "a topology file must be a YAML mapping (name:, hosts:, routers:, segments:, links:, ...)")
+        top = self.mapping(doc.data, (), self.TOP_KEYS)
+        b = Builder(self, doc)
+        if self.name_override is not None:
+            b.lab = self.name_override
+            if not LAB_NAME_RE.match(b.lab) or len(b.lab) > MAX_LAB_NAME:
+                raise self.err((), f"lab name {b.lab!r} must be lowercase letters, digits, '-' or '_' "
+                                   f"(at most {MAX_LAB_NAME} characters)")
+        elif "name" in top:
+            b.lab = top["name"]
+            if not isinstance(b.lab, str) or not LAB_NAME_RE.match(b.lab) or len(b.lab) > MAX_LAB_NAME:
+                raise self.err(("name",), f"lab name {b.lab!r} must be lowercase letters, digits, '-' or '_' "
+                                          f"(at most {MAX_LAB_NAME} characters)")
+        else:
+            b.lab = lab_name_from_file(doc.file)
+        b.mtu = self.mtu(top["mtu"], ("mtu",)) if "mtu" in top else DEFAULT_MTU
+        ipv6 = top.get("ipv6", False)
+        if not isinstance(ipv6, bool):
+            raise self.err(("ipv6",), f"ipv6 must be true or false, got {ipv6!r}")
+        b.ipv6 = ipv6
+        pools = self.mapping(top.get("pools"), ("pools",), {"links"})
+        b.link_pool = self.network(pools.get("links", DEFAULT_LINK_POOL), ("pools", "links"))
+        if b.link_pool.prefixlen > 30:
+            raise self.err(("pools", "links"), f"link pool {b.link_pool} is too small for even one /30 link")
+
+        for kind, key in (("host", "hosts"), ("router", "routers")):
+            for name, (spec, p) in self.names_or_mapping(top.get(key), (key,), kind).items():
+                b.add_node(name, kind, self.mapping(spec, p, self.NODE_KEYS, what=kind), p)
+        for name, spec in self.mapping(top.get("segments"), ("segments",), what="segments").items():
+            p = ("segments", name)
+            self.node_name(name, p)
+            b.add_segment(name, self.mapping(spec, p, self.SEGMENT_KEYS, what="segment"), p)
+        links = top.get("links") or []
+        if not isinstance(links, list):
+            raise self.err(("links",), "links must be a list of links ([a, b] or {ends: [a, b]})")
+        for i, spec in enumerate(links):
+            b.add_link(spec, ("links", i))
+        if "cluster" in top:
+            from . import cluster
+            cluster.parse(self, b, top["cluster"], ("cluster",))
+        b.tests = top.get("tests") or []
+        return b
+
+
+class Builder:
+    """Collects nodes and attachments, then resolves names, addresses and routes."""
+
+    def __init__(self, parser: Parser, doc: Doc):
+        self.p, self.doc = parser, doc
+        self.lab = ""
+        self.mtu = DEFAULT_MTU
+        self.ipv6 = False
+        self.link_pool: IPv4Network = IPv4Network(DEFAULT_LINK_POOL)
+        self.nodes: dict[str, Node] = {}
+        self.node_specs: dict[str, dict] = {}
+        self.segments: dict[str, Segment] = {}
+        self.attachments: list[dict] = []   # pending veth pairs, resolved in order
+        self.tests: list = []
+        self.extensions: list = []          # callables(builder) run after addresses (cluster)
+
+    def err(self, path, msg):
+        return self.p.err(path, msg)
+
+    def add_node(self, name, kind, spec, path, mtu=None):
+        if name in self.nodes:
+            other = self.nodes[name]
+            raise self.err(path, f"name {name!r} is already used by the {other.kind} at line "
+                                 f"{self.doc.line(other.path)}")
+        node_mtu = self.p.mtu(spec["mtu"], path + ("mtu",)) if "mtu" in spec else (mtu or self.mtu)
+        node = Node(name=name, kind=kind, ns="", mtu=node_mtu, path=path)
+        sysctls = self.p.mapping(spec.get("sysctls"), path + ("sysctls",), what="sysctls")
+        for key, value in sysctls.items():
+            if not key.startswith("net.") or ".." in key or " " in key:
+                raise self.err(path + ("sysctls", key), f"only per-namespace net.* sysctls can be set, not {key!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, str)):
+                raise self.err(path + ("sysctls", key), f"sysctl value must be a number or string, got {value!r}")
+            node.sysctls[key] = str(value)
+        serve = spec.get("serve")
+        if serve is not None:
+            serve = serve if isinstance(serve, list) else [serve]
+            for s in serve:
+                if s != "http":
+                    raise self.err(path + ("serve",), f"unknown service {s!r} (nslab can serve: http)")
+            node.serve = list(serve)
+        self.nodes[name] = node
+        self.node_specs[name] = spec
+        return node
+
+    def add_segment(self, name, spec, path):
+        subnet = self.p.network(spec["subnet"], path + ("subnet",)) if "subnet" in spec else None
+        mtu = self.p.mtu(spec["mtu"], path + ("mtu",)) if "mtu" in spec else self.mtu
+        bridge = self.p.ifname(spec.get("bridge", "br0"), path + ("bridge",))
+        switch = self.add_node(name, "switch", {}, path, mtu=mtu)
+        switch.bridge = bridge
+        seg = Segment(name=name, subnet=subnet, gateway=None, gateway_ip=None, bridge=bridge, mtu=mtu)
+        self.segments[name] = seg
+        members = self.p.names_or_mapping(spec.get("members"), path + ("members",), "member")
+        gw = spec.get("gateway")
+        gw_ip = spec.get("gateway_ip")
+        if gw is not None:
+            self.p.node_name(gw, path + ("gateway",))
+            seg.gateway = gw
+            if subnet is None and gw_ip is None:
+                raise self.err(path + ("gateway",), f"segment {name} has a gateway but no subnet to give it an address from")
+            if gw_ip is not None:
+                seg.gateway_ip = self.p.interface(gw_ip, path + ("gateway_ip",), subnet).ip
+            else:
+                seg.gateway_ip = subnet.broadcast_address - 1   # .254 on a /24, as the notes' leaves
+            if gw in members:
+                mspec, mpath = members[gw]
+                if mspec and "ip" in mspec:
+                    raise self.err(mpath + ("ip",), f"{gw} is the gateway of segment {name}; give its address "
+                                                    f"with gateway_ip, not here")
+            else:
+                members[gw] = ({}, path + ("gateway",))
+        elif gw_ip is not None:
+            raise self.err(path + ("gateway_ip",), "gateway_ip needs a gateway router (gateway: NAME)")
+        for member, (mspec, mpath) in members.items():
+            mspec = self.p.mapping(mspec, mpath, Parser.MEMBER_KEYS, what="member")
+            ip = None
+            if "ip" in mspec:
+                ip = self.p.interface(mspec["ip"], mpath + ("ip",), subnet)
+            elif member == gw:
+                ip = IPv4Interface(f"{seg.gateway_ip}/{subnet.prefixlen if subnet else 32}")
+            self.attachments.append(dict(
+                kind="segment", segment=name, path=mpath,
+                a=dict(node=member, iface=mspec.get("iface"), ip=ip, mac=mspec.get("mac"), mtu=mspec.get("mtu"),
+                       path=mpath, iface_path=mpath + ("iface",),
+                       auto_ip=subnet is not None and "ip" not in mspec and member != gw),
+                b=dict(node=name, iface=mspec.get("port"), ip=None, mac=None, mtu=None, path=mpath,
+                       iface_path=mpath + ("port",)),
+                mtu=mtu, subnet=subnet))
+
+    def _end(self, spec, path) -> dict:
+        if isinstance(spec, str):
+            node, _, iface = spec.partition(":")
+            return dict(node=node, iface=iface or None, ip=None, mac=None, mtu=None, path=path, iface_path=path)
+        spec = self.p.mapping(spec, path, Parser.END_KEYS, what="link end")
+        if "node" not in spec:
+            raise self.err(path, "a link end needs node: NAME")
+        return dict(node=spec["node"], iface=spec.get("iface"), ip=spec.get("ip"), mac=spec.get("mac"),
+                    mtu=spec.get("mtu"), path=path, iface_path=path + ("iface",))
+
+    def add_link(self, spec, path):
+        if isinstance(spec, dict):
+            spec = self.p.mapping(spec, path, Parser.LINK_KEYS, what="link")
+            ends, ends_path = spec.get("ends"), path + ("ends",)
+            mtu = self.p.mtu(spec["mtu"], path + ("mtu",)) if "mtu" in spec else None
+            subnet = self.p.network(spec["subnet"], path + ("subnet",)) if "subnet" in spec else None
+        else:
+            ends, ends_path, mtu, subnet = spec, path, None, None
+        if not isinstance(ends, list) or len(ends) != 2:
+            raise self.err(ends_path, "a point-to-point link has exactly two ends, like [a, b]")
+        a, b = (self._end(e, ends_path + (i,)) for i, e in enumerate(ends))
+        for end, raw in zip((a, b), ends):
+            self.p.node_name(end["node"], end["path"] + (("node",) if isinstance(raw, dict) else ()))
+            if end["ip"] is not None:
+                end["ip"] = self.p.interface(end["ip"], end["path"] + ("ip",), subnet)
+        if a["node"] == b["node"]:
+            raise self.err(ends_path, f"both ends of this link are on {a['node']}; a link joins two different nodes")
+        if (a["ip"] is None) != (b["ip"] is None):
+            given = a if a["ip"] is not None else b
+            missing = b if given is a else a
+            raise self.err(missing["path"], f"this end has no address while the other has {given['ip']}; "
+                                            f"give both ends an address or neither")
+        if a["ip"] is not None and a["ip"].network != b["ip"].network:
+            raise self.err(b["path"] + ("ip",), f"{b['ip']} is not in the same subnet as the other end {a['ip']}")
+        for end in (a, b):
+            end["auto_ip"] = a["ip"] is None
+        self.attachments.append(dict(kind="link", segment=None, path=path, a=a, b=b, mtu=mtu, subnet=subnet))
+
+    # ---- resolution -------------------------------------------------------------------
+    def build(self) -> Topology:
+        if not self.nodes:
+            raise self.err((), "the topology has no nodes (add hosts:, routers:, segments: or cluster:)")
+        for node in self.nodes.values():
+            node.ns = namespace_name(self.lab, node.name)
+            if node.kind == "router":
+                node.sysctls.setdefault("net.ipv4.ip_forward", "1")
+        self._resolve_attachments()
+        self._allocate_link_subnets()
+        self._check_addresses()
+        for ext in self.extensions:
+            ext(self)
+        self._resolve_routes()
+        return Topology(name=self.lab, file=self.doc.file, mtu=self.mtu, ipv6=self.ipv6, nodes=self.nodes,
+                        segments=self.segments, doc=self.doc)
+
+    def _next_free_ifname(self, node: Node, prefix="eth") -> str:
+        taken = {i.name for i in node.ifaces}
+        n = 0
+        while f"{prefix}{n}" in taken:
+            n += 1
+        return f"{prefix}{n}"
+
+    def _resolve_attachments(self):
+        for att in self.attachments:
+            a, b = att["a"], att["b"]
+            for end in (a, b):
+                if end["node"] not in self.nodes:
+                    raise self.err(end["path"], f"unknown node {end['node']!r} (nodes: "
+                                                f"{', '.join(sorted(self.nodes)) or 'none'})")
+            if att["kind"] == "segment" and self.nodes[a["node"]].kind == "switch":
+                raise self.err(a["path"], f"{a['node']} is a segment; join segments through a router")
+            if att["kind"] == "link":
+                for end in (a, b):
+                    if self.nodes[end["node"]].kind == "switch":
+                        raise self.err(end["path"], f"{end['node']} is a segment; attach nodes to it with "
+                                                    f"segments.{end['node']}.members, not links")
+        for seg in self.segments.values():
+            if seg.gateway is not None:
+                gw = self.nodes.get(seg.gateway)
+                if gw is None or gw.kind != "router":
+                    path = ("segments", seg.name, "gateway")
+                    raise self.err(path, f"gateway {seg.gateway!r} of segment {seg.name} must be a router "
+                                         f"(declared under routers:)" if gw is not None else
+                                         f"unknown gateway {seg.gateway!r} (routers: "
+                                         f"{', '.join(n for n, x in self.nodes.items() if x.kind == 'router') or 'none'})")
+        for att in self.attachments:
+            a, b = att["a"], att["b"]
+            na, nb = self.nodes[a["node"]], self.nodes[b["node"]]
+            if att["kind"] == "segment":
+                seg = self.segments[att["segment"]]
+                if any(i.segment == seg.name for i in na.ifaces):
+                    raise self.err(a["path"], f"{na.name} is attached to segment {seg.name} twice")
+            names = []
+            for end, node in ((a, na), (b, nb)):
+                if end["iface"] is not None:
+                    name = self.p.ifname(end["iface"], end["iface_path"])
+                    if node.iface(name) or name == node.bridge or name == "lo":
+                        raise self.err(end["iface_path"], f"{node.name} already has an interface named {name}")
+                elif att["kind"] == "segment" and node is nb:
+                    name = short_ifname(na.name) if not nb.iface(short_ifname(na.name)) else short_ifname(seg.name, na.name)
+                else:
+                    name = self._next_free_ifname(node)
+                names.append(name)
+            mtus = []
+            for end, node in ((a, na), (b, nb)):
+                if end["mtu"] is not None:
+                    mtus.append(self.p.mtu(end["mtu"], end["path"] + ("mtu",)))
+                else:
+                    mtus.append(att["mtu"] or (min(na.mtu, nb.mtu) if att["kind"] == "link" else att["mtu"]))
+            for idx, (end, node) in enumerate(((a, na), (b, nb))):
+                mac = self.p.mac(end["mac"], end["path"] + ("mac",)) if end["mac"] else \
+                    stable_mac(self.lab, node.name, names[idx])
+                other = (b, nb) if idx == 0 else (a, na)
+                iface = Iface(node=node.name, name=names[idx], ip=end["ip"], mac=mac, mtu=mtus[idx],
+                              peer_node=other[1].name, peer_name=names[1 - idx], segment=att["segment"])
+                if att["kind"] == "segment" and node is nb:
+                    iface.bridge = nb.bridge
+                node.ifaces.append(iface)
+                end["iface_obj"] = iface
+
+    def _all_subnets(self) -> list[tuple[IPv4Network, tuple]]:
+        out = [(s.subnet, ("segments", s.name, "subnet")) for s in self.segments.values() if s.subnet]
+        for att in self.attachments:
+            if att["kind"] == "link" and att["a"]["ip"] is not None:
+                out.append((att["a"]["ip"].network, att["a"]["path"]))
+        return out
+
+    def _allocate_link_subnets(self):
+        used = [n for n, _ in self._all_subnets()]
+        candidates = self.link_pool.subnets(new_prefix=30)
+        for att in self.attachments:
+            a, b = att["a"], att["b"]
+            if att["kind"] == "segment":
+                continue
+            if a["ip"] is not None:
+                continue
+            if att["subnet"] is not None:
+                net = att["subnet"]
+            else:
+                net = next((c for c in candidates if not any(c.overlaps(u) for u in used)), None)
+                if net is None:
+                    raise self.err(att["path"], f"link address pool {self.link_pool} is exhausted; "
+                                                f"set pools.links to a larger network")
+            used.append(net)
+            hosts = list(net.hosts())[:2]
+            if len(hosts) < 2:
+                raise self.err(att["path"] + ("subnet",), f"{net} has room for fewer than two addresses")
+            a["iface_obj"].ip = a["ip"] = IPv4Interface(f"{hosts[0]}/{net.prefixlen}")
+            b["iface_obj"].ip = b["ip"] = IPv4Interface(f"{hosts[1]}/{net.prefixlen}")
+        # segment members without an address: next free host address, in member order
+        for seg in self.segments.values():
+            if seg.subnet is None:
+                continue
+            members = [att for att in self.attachments if att["segment"] == seg.name]
+            taken = {att["a"]["ip"].ip for att in members if att["a"]["ip"] is not None}
+            pool = (h for h in seg.subnet.hosts() if h not in taken)
+            for att in members:
+                if att["a"]["auto_ip"]:
+                    addr = next(pool, None)
+                    if addr is None:
+                        raise self.err(att["path"], f"segment {seg.name} ({seg.subnet}) has no free address left")
+                    att["a"]["iface_obj"].ip = att["a"]["ip"] = IPv4Interface(f"{addr}/{seg.subnet.prefixlen}")
+
+    def _check_addresses(self):
+        subnets = self._all_subnets()
+        for i, (n1, p1) in enumerate(subnets):
+            for n2, p2 in subnets[i + 1:]:
+                if n1.overlaps(n2):
+                    raise self.err(p2, f"subnet {n2} overlaps {n1} (line {self.doc.line(p1)})")
+        seen: dict[IPv4Address, tuple] = {}
+        for att in self.attachments:
+            for end in (att["a"], att["b"]):
+                ip = end["ip"]
+                if ip is None:
+                    continue
+                if ip.ip in seen:
+                    other_node, other_path = seen[ip.ip]
+                    raise self.err(end["path"] + ("ip",) if not end.get("auto_ip") else end["path"],
+                                   f"address {ip.ip} is already used by {other_node} (line {self.doc.line(other_path)})")
+                seen[ip.ip] = (end["node"], end["path"])
+
+    # ---- routes ------------------------------------------------------------------------
+    def _resolve_routes(self):
+        for name, node in self.nodes.items():
+            spec = self.node_specs.get(name, {})
+            if "routes" in spec:
+                node.routes.extend(self._static_routes(node, spec["routes"], node.path + ("routes",)))
+        self._default_routes()
+        self._router_routes()
+
+    def _static_routes(self, node: Node, specs, path) -> list[Route]:
+        if not isinstance(specs, list):
+            raise self.err(path, "routes must be a list of {to: CIDR|default, via: ADDRESS, dev: IFACE}")
+        out = []
+        for i, spec in enumerate(specs):
+            p = path + (i,)
+            spec = self.p.mapping(spec, p, Parser.ROUTE_KEYS, what="route")
+            if "to" not in spec:
+                raise self.err(p, "a route needs to: CIDR (or default)")
+            dst = IPv4Network("0.0.0.0/0") if spec["to"] == "default" else self.p.network(spec["to"], p + ("to",))
+            dev = spec.get("dev")
+            if dev is not None and node.iface(dev) is None:
+                raise self.err(p + ("dev",), f"{node.name} has no interface {dev!r} "
+                                             f"(it has: {', '.join(i.name for i in node.ifaces) or 'none'})")
+            via = self.p.address(spec["via"], p + ("via",)) if "via" in spec else None
+            onlink = bool(spec.get("onlink", False))
+            if via is None and dev is None:
+                raise self.err(p, "a route needs via: ADDRESS or dev: IFACE")
+            if via is not None and not onlink:
+                on = [i for i in node.ifaces if i.ip is not None and via in i.ip.network and (dev is None or i.name == dev)]
+                if not on:
+                    raise self.err(p + ("via",), f"gateway {via} is not on any subnet connected to {node.name}")
+                dev = dev or on[0].name
+            if any(r.dst == dst for r in out):
+                raise self.err(p + ("to",), f"{node.name} already has a route to {dst}")
+            out.append(Route(dst=dst, nexthops=[Nexthop(via=via, dev=dev)], onlink=onlink, origin="static"))
+        return out
+
+    def _default_routes(self):
+        """A host's default route: via its segment's gateway, else via the router at the
+        other end of one of its links (what a DHCP'd host or a container gets)."""
+        for node in self.nodes.values():
+            if node.kind not in ("host",) or any(r.dst.prefixlen == 0 for r in node.routes):
+                continue
+            if any(r.origin == "static" for r in node.routes):
+                continue  # the user wrote this node's routes; add nothing behind their back
+            nh = None
+            for iface in node.ifaces:
+                seg = self.segments.get(iface.segment) if iface.segment else None
+                if seg and seg.gateway and seg.gateway != node.name:
+                    nh = Nexthop(via=seg.gateway_ip, dev=iface.name)
+                    break
+                peer = self.nodes[iface.peer_node]
+                if not iface.segment and peer.kind == "router":
+                    nh = Nexthop(via=peer.iface(iface.peer_name).ip.ip, dev=iface.name)
+                    break
+            if nh:
+                node.routes.append(Route(dst=IPv4Network("0.0.0.0/0"), nexthops=[nh], origin="computed"))
+
+    def _router_adjacency(self):
+        """router -> [(neighbour router, its address, my interface)] over links and segments."""
+        adj: dict[str, list] = {n: [] for n, x in self.nodes.items() if x.kind == "router"}
+        for r in adj:
+            for iface in self.nodes[r].ifaces:
+                if iface.segment:
+                    for other in self.nodes.values():
+                        if other.kind != "router" or other.name == r:
+                            continue
+                        for oi in other.ifaces:
+                            if oi.segment == iface.segment and oi.ip is not None:
+                                adj[r].append((other.name, oi.ip.ip, iface.name))
+                else:
+                    peer = self.nodes[iface.peer_node]
+                    if peer.kind == "router":
+                        adj[r].append((peer.name, peer.iface(iface.peer_name).ip.ip, iface.name))
+        return adj
+
+    def _router_routes(self):
+        """Every router learns every subnet it is not connected to, by shortest path (hop
+        count) over the router graph, with ECMP (a multipath route) where paths tie."""
+        adj = self._router_adjacency()
+        if not adj:
+            return
+        subnets: dict[IPv4Network, set[str]] = {}
+        for node in self.nodes.values():
+            for iface in node.ifaces:
+                if iface.ip is not None:
+                    subnets.setdefault(iface.ip.network, set())
+                    if node.kind == "router":
+                        subnets[iface.ip.network].add(node.name)
+        for net, attached in subnets.items():
+            if not attached:
+                continue
+            dist = {r: 0 for r in attached}
+            queue = deque(attached)
+            while queue:
+                r = queue.popleft()
+                for nb, _, _ in adj[r]:
+                    if nb not in dist:
+                        dist[nb] = dist[r] + 1
+                        queue.append(nb)
+            for r, d in dist.items():
+                if d == 0:
+                    continue
+                node = self.nodes[r]
+                if any(rt.dst == net for rt in node.routes):
+                    continue  # a declared route wins
+                hops, seen = [], set()
+                for nb, addr, dev in adj[r]:
+                    if dist.get(nb) == d - 1 and (nb, addr) not in seen:
+                        seen.add((nb, addr))
+                        hops.append(Nexthop(via=addr, dev=dev))
+                node.routes.append(Route(dst=net, nexthops=hops, origin="computed"))
+
+
+def load(file: str, text: str | None = None, name: str | None = None, overrides: dict | None = None) -> Topology:
+    """Parse and validate a topology file; raise TopologyError on the first problem.
+    overrides: command-line changes (backend type) applied as if written in the file."""
+    doc = yamldoc.load(file, text)
+    parser = Parser(doc, name)
+    parser.overrides = overrides or {}
+    return parser.parse().build()

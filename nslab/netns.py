@@ -1,0 +1,192 @@
+"""Named network namespaces without forking.
+
+`ip netns add NAME` bind-mounts a namespace file on /run/netns/NAME.  We do the same
+from inside this process: the calling thread unshare()s a fresh network namespace,
+the namespace is bind-mounted, a netlink socket is opened (sockets stay bound to the
+namespace they were created in), and the thread setns()es back.  No child process per
+namespace, and the result is indistinguishable from `ip netns add` (so `ip netns exec`,
+`ip -n` and tcpdump work on lab namespaces).
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import os
+
+NETNS_RUN_DIR = "/run/netns"
+
+CLONE_NEWNET = 0x40000000
+CLONE_NEWNS = 0x00020000
+MS_BIND = 4096
+MS_REC = 16384
+MS_SHARED = 1 << 20
+MS_SLAVE = 1 << 19
+MNT_DETACH = 2
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+
+
+def _check(ret: int, what: str) -> None:
+    if ret != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"{what}: {os.strerror(e)}")
+
+
+def setns(fd: int, nstype: int = CLONE_NEWNET) -> None:
+    _check(_libc.setns(fd, nstype), "setns")
+
+
+def unshare(flags: int) -> None:
+    _check(_libc.unshare(flags), "unshare")
+
+
+def mount(src: str, target: str, fstype: str | None, flags: int) -> None:
+    _check(_libc.mount(src.encode(), target.encode(), fstype.encode() if fstype else None, flags, None),
+           f"mount {target}")
+
+
+def umount(target: str) -> None:
+    _check(_libc.umount2(target.encode(), MNT_DETACH), f"umount {target}")
+
+
+def path(name: str) -> str:
+    return os.path.join(NETNS_RUN_DIR, name)
+
+
+def exists(name: str) -> bool:
+    return os.path.exists(path(name))
+
+
+def list_names() -> list[str]:
+    try:
+        return sorted(os.listdir(NETNS_RUN_DIR))
+    except FileNotFoundError:
+        return []
+
+
+def current_inode() -> int:
+    return os.stat("/proc/thread-self/ns/net").st_ino
+
+
+ROOT_NETNS_INODE = os.stat("/proc/self/ns/net").st_ino
+
+
+def _prepare_run_dir() -> None:
+    """Make /run/netns a shared mount point, exactly as iproute2's `ip netns add` does,
+    so namespaces mounted here are visible to `ip netns exec` in other mount namespaces."""
+    os.makedirs(NETNS_RUN_DIR, mode=0o755, exist_ok=True)
+    try:
+        mount("", NETNS_RUN_DIR, "none", MS_SHARED | MS_REC)
+    except OSError as e:
+        if e.errno != errno.EINVAL:
+            raise
+        mount(NETNS_RUN_DIR, NETNS_RUN_DIR, "none", MS_BIND | MS_REC)
+        mount("", NETNS_RUN_DIR, "none", MS_SHARED | MS_REC)
+
+
+class Entered:
+    """Context manager: the calling thread is inside namespace `fd` for the with-block."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def __enter__(self):
+        self._home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        setns(self.fd)
+        if current_inode() == ROOT_NETNS_INODE:  # never let lab work land in the root namespace
+            setns(self._home)
+            raise RuntimeError("refusing to work in the root network namespace")
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            setns(self._home)
+        finally:
+            os.close(self._home)
+
+
+def enter(name: str) -> contextlib.AbstractContextManager:
+    """Enter the named namespace for the with-block (the thread returns afterwards)."""
+    @contextlib.contextmanager
+    def _cm():
+        fd = os.open(path(name), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            with Entered(fd):
+                yield fd
+        finally:
+            os.close(fd)
+    return _cm()
+
+
+_run_dir_ready = False
+
+
+def create(name: str, on_inside=None):
+    """Create namespace `name`; call on_inside() while the thread is inside it (open
+    sockets, write namespace sysctls) and return (ns_fd, on_inside's result).
+
+    Raises FileExistsError if the name is taken; never touches the root namespace."""
+    global _run_dir_ready
+    if not _run_dir_ready:
+        _prepare_run_dir()
+        _run_dir_ready = True
+    target = path(name)
+    fd0 = os.open(target, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0)
+    os.close(fd0)
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        try:
+            unshare(CLONE_NEWNET)
+            mount("/proc/thread-self/ns/net", target, "none", MS_BIND)
+            ns_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            result = on_inside() if on_inside else None
+        finally:
+            setns(home)
+    except BaseException:
+        remove(name)
+        raise
+    finally:
+        os.close(home)
+    return ns_fd, result
+
+
+def remove(name: str) -> bool:
+    """Unmount and unlink /run/netns/NAME (the kernel frees the namespace, and every link
+    in it, once nothing holds it).  Returns False if it did not exist."""
+    target = path(name)
+    try:
+        umount(target)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOENT):
+            raise
+    try:
+        os.unlink(target)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def write_sysctl(key: str, value) -> None:
+    """Write a net.* sysctl of the namespace the calling thread is in (never the root one:
+    /proc/sys/net resolves to the writer's namespace, and we refuse the root namespace)."""
+    if not key.startswith("net."):
+        raise ValueError(f"only namespaced net.* sysctls can be set, not {key}")
+    if current_inode() == ROOT_NETNS_INODE:
+        raise RuntimeError(f"refusing to set {key} in the root network namespace")
+    with open(sysctl_path(key), "w") as f:
+        f.write(str(value))
+
+
+def sysctl_path(key: str) -> str:
+    """sysctl(8) notation: dots separate levels, '/' stands for a dot inside a name
+    (net.ipv4.conf.flannel/1.rp_filter)."""
+    return "/proc/sys/" + key.translate(str.maketrans("./", "/."))
+
+
+def read_sysctl(key: str) -> str:
+    with open(sysctl_path(key)) as f:
+        return f.read().strip()

@@ -1,0 +1,142 @@
+"""The plan: an ordered list of kernel operations, pure data.
+
+`compile.py` produces it from a model; `apply.py` executes it through netlink, batched per
+namespace and stage; `script.py` renders it as the iproute2 commands the notes teach.
+Each operation names the namespace it acts in.  Stages order the work across namespaces
+(all namespaces exist before any veth is created across them, all links exist before a
+route names one); inside a stage and namespace the plan order is kept (flannel's
+neighbour -> FDB -> route order is plan order).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+STAGE_NAMESPACE, STAGE_LINK, STAGE_DEVICE, STAGE_CONFIG, STAGE_ROUTE, STAGE_PROCESS = range(6)
+
+
+@dataclass(frozen=True)
+class Netns:
+    ns: str
+    node: str
+    stage = STAGE_NAMESPACE
+
+
+@dataclass(frozen=True)
+class Sysctl:
+    ns: str
+    key: str          # sysctl(8) notation; '/' stands for a dot inside a name
+    value: str
+    stage: int = STAGE_NAMESPACE   # STAGE_CONFIG for per-interface keys (the interface must exist)
+
+
+@dataclass(frozen=True)
+class Peer:
+    ns: str
+    name: str
+    mtu: int
+    mac: str
+    address: str | None = None     # only for display; addresses are Addr ops
+
+
+@dataclass(frozen=True)
+class Link:
+    """Create a device.  kind: veth (with peer, both ends created in their namespaces),
+    bridge, vxlan (options in vxlan), tun (persistent TUN owned by the lab)."""
+    ns: str
+    name: str
+    kind: str
+    mtu: int
+    mac: str | None = None
+    master: str | None = None
+    peer: Peer | None = None
+    vxlan: tuple = ()              # (key, value) pairs: id, local, port, dev, learning, gbp
+    stage: int = STAGE_LINK
+
+
+@dataclass(frozen=True)
+class BridgePort:
+    ns: str
+    dev: str
+    hairpin: bool
+    stage = STAGE_CONFIG
+
+
+@dataclass(frozen=True)
+class Addr:
+    ns: str
+    dev: str
+    address: str                   # CIDR
+    peer: str | None = None        # point-to-point peer address
+    stage = STAGE_CONFIG
+
+
+@dataclass(frozen=True)
+class Up:
+    ns: str
+    dev: str
+    stage = STAGE_CONFIG
+
+
+@dataclass(frozen=True)
+class Nexthop:
+    via: str | None
+    dev: str
+
+
+@dataclass(frozen=True)
+class Route:
+    ns: str
+    dst: str                       # CIDR, 0.0.0.0/0 for default
+    nexthops: tuple[Nexthop, ...]
+    onlink: bool = False
+    stage = STAGE_ROUTE
+
+
+@dataclass(frozen=True)
+class Neigh:
+    """A permanent neighbour entry (flannel writes one per remote VTEP)."""
+    ns: str
+    dev: str
+    address: str
+    lladdr: str
+    stage = STAGE_ROUTE
+
+
+@dataclass(frozen=True)
+class Fdb:
+    """A permanent FDB entry on a vxlan device: MAC -> remote VTEP IP (`self permanent`)."""
+    ns: str
+    dev: str
+    lladdr: str
+    dst: str
+    stage = STAGE_ROUTE
+
+
+@dataclass(frozen=True)
+class Serve:
+    """A service the lab agent runs in a namespace (one agent process for the whole lab)."""
+    ns: str
+    node: str
+    kind: str                      # http
+    port: int = 80
+    stage = STAGE_PROCESS
+
+
+@dataclass
+class Plan:
+    lab: str
+    ops: list = field(default_factory=list)
+    hosts: dict[str, str] = field(default_factory=dict)     # name -> address, for /etc/hosts
+    notes: dict[str, dict] = field(default_factory=dict)    # ns -> files to record (subnet.env)
+
+    def add(self, op):
+        self.ops.append(op)
+        return op
+
+    @property
+    def namespaces(self) -> list[str]:
+        return [op.ns for op in self.ops if isinstance(op, Netns)]
+
+    def staged(self) -> list:
+        """Operations in execution order: by stage, plan order within a stage."""
+        return sorted(self.ops, key=lambda op: op.stage)
