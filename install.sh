@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Install everything nslab needs on a fresh Debian 12 / Ubuntu machine (run as root).
+# The README, .ci/run and the Vagrantfile all use this one script.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+if [ "$(id -u)" != 0 ]; then
+  echo "install.sh: run as root (sudo ./install.sh)" >&2
+  exit 3
+fi
+
+APT_PACKAGES=(
+  iproute2 iputils-ping tcpdump iptables iperf3 ethtool bridge-utils curl netcat-openbsd
+  procps psmisc graphviz mininet python3-pip python3-venv
+)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install.sh: apt-get install ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+# PEP 668 distros refuse a system-wide pip install unless told; nslab is a root tool.
+"$PY" -m pip install -q --disable-pip-version-check --break-system-packages -e . 2>/dev/null \
+  || "$PY" -m pip install -q --disable-pip-version-check -e .
+echo "install.sh: nslab $("$PY" -c 'import importlib.metadata as m; print(m.version("nslab"))') installed ($(command -v nslab))"

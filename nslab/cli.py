@@ -1,0 +1,212 @@
+"""The `nslab` command line."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from importlib import resources
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import lab as labmod
+from . import state
+from .errors import NslabError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Network labs in Linux namespaces: hosts, routers, bridges and flannel overlays.")
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+LabOpt = typer.Option(None, "-l", "--lab", help="Lab name (may be omitted when exactly one lab runs).")
+
+
+def default_topology() -> str:
+    """The topology `nslab up` builds when given no file (bundled with the package)."""
+    return str(resources.files("nslab").joinpath("topologies", "spine-leaf.yaml"))
+
+
+def run(fn):
+    """Turn NslabErrors into one line on stderr and their exit code (no traceback)."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except NslabError as e:
+            err_console.print(f"nslab: {e}", markup=False)
+            raise typer.Exit(e.exit_code)
+        except PermissionError as e:
+            err_console.print(f"nslab: permission denied ({e.filename or e}): run nslab as root (sudo)", markup=False)
+            raise typer.Exit(3)
+    return wrapper
+
+
+def built_table(topo, plan) -> Table:
+    table = Table(title=f"lab {topo.name}", title_justify="left")
+    for col in ("node", "kind", "namespace", "interface", "address", "peer", "mtu"):
+        table.add_column(col)
+    for node in topo.nodes.values():
+        first = True
+        rows = node.ifaces or [None]
+        for iface in rows:
+            table.add_row(node.name if first else "", node.kind if first else "", node.ns if first else "",
+                          iface.name if iface else "-", str(iface.ip) if iface and iface.ip else "",
+                          f"{iface.peer_node}:{iface.peer_name}" if iface else "",
+                          str(iface.mtu) if iface else "")
+            first = False
+    return table
+
+
+@app.command()
+@run
+def up(file: Optional[str] = typer.Argument(None, help="Topology YAML (default: the bundled spine-leaf lab)."),
+       name: Optional[str] = typer.Option(None, "--name", "-n", help="Run the lab under this name."),
+       backend: Optional[str] = typer.Option(None, "--backend", help="Override the cluster backend type."),
+       quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the lab name.")):
+    """Build a lab from a topology file."""
+    file = file or default_topology()
+    topo = labmod.load(file, name=name, overrides={"backend": backend} if backend else None)
+    labmod.require_root()
+    t0 = time.perf_counter()
+    plan, st = labmod.up(topo)
+    elapsed = time.perf_counter() - t0
+    if quiet:
+        console.print(topo.name)
+        return
+    console.print(built_table(topo, plan))
+    for note in st.info.get("_notices", []):
+        console.print(f"note: {note}")
+    console.print(f"lab [bold]{topo.name}[/] is up: {len(topo.nodes)} nodes in {elapsed:.2f} s. "
+                  f"Try `nslab show -l {topo.name}`, `nslab exec -l {topo.name} NODE -- CMD`, "
+                  f"`nslab down {topo.name}`.")
+
+
+@app.command()
+@run
+def down(target: Optional[str] = typer.Argument(None, help="Lab name or topology file."),
+         all_labs: bool = typer.Option(False, "--all", help="Remove every nslab lab.")):
+    """Remove everything a lab created, and nothing else."""
+    labmod.require_root()
+    if all_labs:
+        labs = state.labs()
+    elif target and (target.endswith((".yaml", ".yml")) or os.path.sep in target) and os.path.exists(target):
+        labs = [labmod.load(target).name]
+    else:
+        labs = [labmod.resolve_lab(target)]
+    for lab in labs:
+        removed = labmod.down(lab)
+        console.print(f"lab {lab} removed ({len(removed)} namespaces)")
+    if all_labs and not labs:
+        console.print("no labs running")
+
+
+@app.command("ls")
+@run
+def ls(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
+    """List running labs."""
+    rows = []
+    for lab in state.labs():
+        st = state.load(lab)
+        rows.append(dict(lab=lab, status=st.status, file=st.file, nodes=len(st.nodes),
+                         namespaces=st.namespaces, processes=[p.pid for p in st.processes]))
+    if as_json:
+        print(json.dumps(rows, indent=1))
+        return
+    if not rows:
+        console.print("no labs running")
+        return
+    table = Table()
+    for col in ("lab", "status", "nodes", "file"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["lab"], r["status"], str(r["nodes"]), r["file"])
+    console.print(table)
+
+
+def _exec_argv(ns: str, argv: list[str]) -> list[str]:
+    # `ip netns exec` also bind-mounts /etc/netns/NS/hosts (node names) and remounts /sys.
+    return ["ip", "netns", "exec", ns] + argv
+
+
+@app.command("exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@run
+def exec_(node: str = typer.Argument(..., help="Node name."),
+          cmd: List[str] = typer.Argument(..., help="Command and arguments (after --)."),
+          lab: Optional[str] = LabOpt):
+    """Run CMD inside NODE's network namespace; its output and exit code pass through."""
+    labmod.require_root()
+    lab = labmod.resolve_lab(lab)
+    ns = labmod.node_namespace(lab, node)
+    sys.stdout.flush()
+    os.execvp("ip", _exec_argv(ns, list(cmd)))
+
+
+@app.command()
+@run
+def shell(node: str = typer.Argument(..., help="Node name."), lab: Optional[str] = LabOpt):
+    """Open an interactive shell inside NODE, with a prompt naming it."""
+    labmod.require_root()
+    lab = labmod.resolve_lab(lab)
+    ns = labmod.node_namespace(lab, node)
+    os.environ["PS1"] = f"[{lab}:{node}] \\w# "
+    os.environ["NSLAB_LAB"], os.environ["NSLAB_NODE"] = lab, node
+    shell_bin = "bash" if any(os.access(os.path.join(p, "bash"), os.X_OK)
+                              for p in os.environ.get("PATH", "").split(":")) else "sh"
+    os.execvp("ip", _exec_argv(ns, [shell_bin, "--norc", "-i"] if shell_bin == "bash" else [shell_bin, "-i"]))
+
+
+@app.command()
+@run
+def show(node: Optional[str] = typer.Argument(None, help="Node name (default: every node)."),
+         lab: Optional[str] = LabOpt,
+         as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
+    """Interfaces (kind, MTU, MAC, addresses), routes, neighbours and FDB of each node."""
+    from . import show as showmod
+    labmod.require_root()
+    lab = labmod.resolve_lab(lab)
+    st = state.load(lab)
+    nodes = [node] if node else list(st.nodes)
+    for n in nodes:
+        labmod.node_namespace(lab, n)
+    data = showmod.collect(st, nodes)
+    if as_json:
+        print(json.dumps(data, indent=1))
+    else:
+        showmod.render(console, st, data)
+
+
+@app.command()
+@run
+def validate(files: List[str] = typer.Argument(..., help="Topology files."),
+             backend: Optional[str] = typer.Option(None, "--backend", help="Override the cluster backend type.")):
+    """Check topology files without touching the kernel."""
+    from .compile import compile_topology
+    for f in files:
+        topo = labmod.load(f, overrides={"backend": backend} if backend else None)
+        plan = compile_topology(topo)
+        console.print(f"{f}: ok (lab {topo.name}: {len(topo.nodes)} nodes, {len(plan.ops)} operations)")
+
+
+@app.command()
+@run
+def script(file: Optional[str] = typer.Argument(None, help="Topology YAML (default: the bundled lab)."),
+           name: Optional[str] = typer.Option(None, "--name", "-n"),
+           backend: Optional[str] = typer.Option(None, "--backend")):
+    """Print the lab as plain iproute2 commands that build it by hand."""
+    from .compile import compile_topology
+    from .script import render
+    topo = labmod.load(file or default_topology(), name=name, overrides={"backend": backend} if backend else None)
+    sys.stdout.write(render(compile_topology(topo)))
+
+
+def main():
+    app()
+
+
+if __name__ == "__main__":
+    main()
