@@ -18,8 +18,8 @@ from .errors import NslabError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Network labs in Linux namespaces: hosts, routers, bridges and flannel overlays.")
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 LabOpt = typer.Option(None, "-l", "--lab", help="Lab name (may be omitted when exactly one lab runs).")
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from . import plan as P
-from .model import Topology, stable_mac
+from .model import Topology
 
 
 def compile_topology(topo: Topology) -> P.Plan:
@@ -20,9 +20,8 @@ def compile_topology(topo: Topology) -> P.Plan:
             stage = P.STAGE_CONFIG if iface_key not in (None, "all", "default") else P.STAGE_NAMESPACE
             plan.add(P.Sysctl(node.ns, key, value, stage=stage))
     for node in nodes.values():
-        if node.bridge:
-            plan.add(P.Link(ns=node.ns, name=node.bridge, kind="bridge", mtu=node.mtu,
-                            mac=stable_mac(topo.name, node.name, node.bridge)))
+        for br in node.bridges:
+            plan.add(P.Link(ns=node.ns, name=br.name, kind="bridge", mtu=br.mtu, mac=br.mac))
     # veth pairs: created from the switch side (so the port is enslaved in the same message)
     # or from the first-declared end; both ends are born in their own namespaces.
     for (node, iface), (peer_node, peer) in _veth_pairs(topo):
@@ -34,14 +33,22 @@ def compile_topology(topo: Topology) -> P.Plan:
         plan.add(P.Up(peer_node.ns, peer.name))
     for node in nodes.values():
         plan.add(P.Up(node.ns, "lo"))
+        for br in node.bridges:
+            if br.ip is not None:
+                plan.add(P.Addr(node.ns, br.name, str(br.ip)))
         for iface in node.ifaces:
             if iface.ip is not None:
                 plan.add(P.Addr(node.ns, iface.name, str(iface.ip)))
+            if iface.hairpin:
+                plan.add(P.BridgePort(node.ns, iface.name, hairpin=True))
     for node in nodes.values():
         for route in node.routes:
             plan.add(P.Route(ns=node.ns, dst=str(route.dst), onlink=route.onlink,
                              nexthops=tuple(P.Nexthop(via=str(h.via) if h.via else None, dev=h.dev)
                                             for h in route.nexthops)))
+    if topo.cluster is not None:
+        from .flannel import compile_cluster
+        compile_cluster(topo, plan)
     for node in nodes.values():
         for kind in node.serve:
             plan.add(P.Serve(ns=node.ns, node=node.name, kind=kind))

@@ -40,7 +40,17 @@ class Iface:
     peer_node: str
     peer_name: str
     segment: str | None = None      # set on both ends of a segment attachment
-    bridge: str | None = None       # set on the switch-side end: the bridge it is a port of
+    bridge: str | None = None       # set on the bridge-side end: the bridge it is a port of
+    hairpin: bool = False           # bridge port hairpin mode (the bridge CNI's hairpinMode)
+
+
+@dataclass
+class Bridge:
+    """A Linux bridge inside a node: a segment's br0, or a cluster node's cni0."""
+    name: str
+    mtu: int
+    mac: str
+    ip: IPv4Interface | None = None
 
 
 @dataclass
@@ -67,8 +77,13 @@ class Node:
     routes: list[Route] = field(default_factory=list)
     sysctls: dict[str, str] = field(default_factory=dict)
     serve: list[str] = field(default_factory=list)   # services the lab agent runs here (http)
-    bridge: str | None = None       # switches: the bridge device
+    bridges: list[Bridge] = field(default_factory=list)
     path: tuple = ()
+
+    @property
+    def bridge(self) -> str | None:
+        """The first bridge's name (a segment's switch has exactly one)."""
+        return self.bridges[0].name if self.bridges else None
 
     def iface(self, name: str) -> Iface | None:
         return next((i for i in self.ifaces if i.name == name), None)
@@ -97,6 +112,7 @@ class Topology:
     nodes: dict[str, Node]
     segments: dict[str, Segment]
     doc: Doc | None = None
+    cluster: object | None = None   # nslab.cluster.Cluster when the file has a cluster: section
 
     def node(self, name: str) -> Node:
         return self.nodes[name]
@@ -214,6 +230,9 @@ class Parser:
             except ValueError:
                 raise self.err(path, f"{value!r} is not an IPv4 address with prefix (like 10.1.1.2/24)") from None
             if subnet is not None and ifc.network != subnet:
+                if ifc.ip in subnet:
+                    raise self.err(path, f"{ifc} has a different prefix length than its subnet {subnet} "
+                                         f"(write {ifc.ip} or {ifc.ip}/{subnet.prefixlen})")
                 raise self.err(path, f"{ifc} is not inside subnet {subnet}")
         else:
             addr = self.address(value, path)
@@ -227,7 +246,8 @@ class Parser:
             raise self.err(path, f"{ifc.ip} is the {'network' if ifc.ip == subnet.network_address else 'broadcast'} "
                                  f"address of {subnet} and cannot be given to an interface")
         if ifc.network.prefixlen < 31 and ifc.ip in (ifc.network.network_address, ifc.network.broadcast_address):
-            raise self.err(path, f"{ifc.ip} is the network or broadcast address of {ifc.network}")
+            raise self.err(path, f"{ifc.ip} is the {'network' if ifc.ip == ifc.network.network_address else 'broadcast'} "
+                                 f"address of {ifc.network} and cannot be given to an interface")
         return ifc
 
     def mac(self, value, path) -> str:
@@ -267,6 +287,9 @@ class Parser:
                     raise self.err(p, f"{what} {name!r} is listed twice")
                 out[name] = (spec, p)
             return out
+        if not isinstance(value, dict):
+            raise self.err(path, f"expected a list of {what} names or a mapping of {what} name to its settings, "
+                                 f"got {type(value).__name__} {value!r}")
         for name, spec in self.mapping(value, path, what=what).items():
             p = tuple(path) + (name,)
             self.node_name(name, p)
@@ -283,8 +306,10 @@ class Parser:
         if self.name_override is not None:
             b.lab = self.name_override
             if not LAB_NAME_RE.match(b.lab) or len(b.lab) > MAX_LAB_NAME:
-                raise self.err((), f"lab name {b.lab!r} must be lowercase letters, digits, '-' or '_' "
-                                   f"(at most {MAX_LAB_NAME} characters)")
+                from .errors import TopologyError   # a command-line value: no line in the file to point at
+                raise TopologyError(doc.display_name, None, "--name",
+                                    f"lab name {b.lab!r} must be lowercase letters, digits, '-' or '_' "
+                                    f"(at most {MAX_LAB_NAME} characters)")
         elif "name" in top:
             b.lab = top["name"]
             if not isinstance(b.lab, str) or not LAB_NAME_RE.match(b.lab) or len(b.lab) > MAX_LAB_NAME:
@@ -336,6 +361,7 @@ class Builder:
         self.attachments: list[dict] = []   # pending veth pairs, resolved in order
         self.tests: list = []
         self.extensions: list = []          # callables(builder) run after addresses (cluster)
+        self.cluster = None
 
     def err(self, path, msg):
         return self.p.err(path, msg)
@@ -370,7 +396,7 @@ class Builder:
         mtu = self.p.mtu(spec["mtu"], path + ("mtu",)) if "mtu" in spec else self.mtu
         bridge = self.p.ifname(spec.get("bridge", "br0"), path + ("bridge",))
         switch = self.add_node(name, "switch", {}, path, mtu=mtu)
-        switch.bridge = bridge
+        switch.bridges.append(Bridge(name=bridge, mtu=mtu, mac=stable_mac(self.lab, name, bridge)))
         seg = Segment(name=name, subnet=subnet, gateway=None, gateway_ip=None, bridge=bridge, mtu=mtu)
         self.segments[name] = seg
         members = self.p.names_or_mapping(spec.get("members"), path + ("members",), "member")
@@ -385,6 +411,9 @@ class Builder:
                 seg.gateway_ip = self.p.interface(gw_ip, path + ("gateway_ip",), subnet).ip
             else:
                 seg.gateway_ip = subnet.broadcast_address - 1   # .254 on a /24, as the notes' leaves
+                if seg.gateway_ip not in subnet:
+                    raise self.err(path + ("subnet",), f"subnet {subnet} has no room for the gateway's address "
+                                                       f"(use a /31 or larger, or give gateway_ip)")
             if gw in members:
                 mspec, mpath = members[gw]
                 if mspec and "ip" in mspec:
@@ -401,14 +430,19 @@ class Builder:
                 ip = self.p.interface(mspec["ip"], mpath + ("ip",), subnet)
             elif member == gw:
                 ip = IPv4Interface(f"{seg.gateway_ip}/{subnet.prefixlen if subnet else 32}")
-            self.attachments.append(dict(
-                kind="segment", segment=name, path=mpath,
-                a=dict(node=member, iface=mspec.get("iface"), ip=ip, mac=mspec.get("mac"), mtu=mspec.get("mtu"),
-                       path=mpath, iface_path=mpath + ("iface",),
-                       auto_ip=subnet is not None and "ip" not in mspec and member != gw),
-                b=dict(node=name, iface=mspec.get("port"), ip=None, mac=None, mtu=None, path=mpath,
-                       iface_path=mpath + ("port",)),
-                mtu=mtu, subnet=subnet))
+            self.attach(name, member, iface=mspec.get("iface"), ip=ip, path=mpath, port=mspec.get("port"),
+                        mac=mspec.get("mac"), mtu=mspec.get("mtu"),
+                        auto_ip=subnet is not None and "ip" not in mspec and member != gw)
+
+    def attach(self, segment: str, node: str, iface: str | None, ip: IPv4Interface | None, path: tuple,
+               port: str | None = None, mac: str | None = None, mtu: int | None = None, auto_ip: bool = False):
+        """Attach `node` to a segment's bridge through a veth (node end `iface`, bridge end `port`)."""
+        self.attachments.append(dict(
+            kind="segment", segment=segment, path=path, mtu=self.segments[segment].mtu,
+            subnet=self.segments[segment].subnet,
+            a=dict(node=node, iface=iface, ip=ip, mac=mac, mtu=mtu, path=path, iface_path=path + ("iface",),
+                   auto_ip=auto_ip),
+            b=dict(node=segment, iface=port, ip=None, mac=None, mtu=None, path=path, iface_path=path + ("port",))))
 
     def _end(self, spec, path) -> dict:
         if isinstance(spec, str):
@@ -463,7 +497,7 @@ class Builder:
             ext(self)
         self._resolve_routes()
         return Topology(name=self.lab, file=self.doc.file, mtu=self.mtu, ipv6=self.ipv6, nodes=self.nodes,
-                        segments=self.segments, doc=self.doc)
+                        segments=self.segments, doc=self.doc, cluster=self.cluster)
 
     def _next_free_ifname(self, node: Node, prefix="eth") -> str:
         taken = {i.name for i in node.ifaces}
@@ -473,19 +507,8 @@ class Builder:
         return f"{prefix}{n}"
 
     def _resolve_attachments(self):
-        for att in self.attachments:
-            a, b = att["a"], att["b"]
-            for end in (a, b):
-                if end["node"] not in self.nodes:
-                    raise self.err(end["path"], f"unknown node {end['node']!r} (nodes: "
-                                                f"{', '.join(sorted(self.nodes)) or 'none'})")
-            if att["kind"] == "segment" and self.nodes[a["node"]].kind == "switch":
-                raise self.err(a["path"], f"{a['node']} is a segment; join segments through a router")
-            if att["kind"] == "link":
-                for end in (a, b):
-                    if self.nodes[end["node"]].kind == "switch":
-                        raise self.err(end["path"], f"{end['node']} is a segment; attach nodes to it with "
-                                                    f"segments.{end['node']}.members, not links")
+        # gateways first: an unknown gateway is also a pending member, and "unknown gateway"
+        # says more than "unknown node"
         for seg in self.segments.values():
             if seg.gateway is not None:
                 gw = self.nodes.get(seg.gateway)
@@ -495,6 +518,19 @@ class Builder:
                                          f"(declared under routers:)" if gw is not None else
                                          f"unknown gateway {seg.gateway!r} (routers: "
                                          f"{', '.join(n for n, x in self.nodes.items() if x.kind == 'router') or 'none'})")
+        for att in self.attachments:
+            a, b = att["a"], att["b"]
+            for end in (a, b):
+                if end["node"] not in self.nodes:
+                    raise self.err(end["path"], f"unknown node {end['node']!r} (nodes: "
+                                                f"{', '.join(sorted(n for n, x in self.nodes.items() if x.kind != 'switch')) or 'none'})")
+            if att["kind"] == "segment" and self.nodes[a["node"]].kind == "switch":
+                raise self.err(a["path"], f"{a['node']} is a segment; join segments through a router")
+            if att["kind"] == "link":
+                for end in (a, b):
+                    if self.nodes[end["node"]].kind == "switch":
+                        raise self.err(end["path"], f"{end['node']} is a segment; attach nodes to it with "
+                                                    f"segments.{end['node']}.members, not links")
         for att in self.attachments:
             a, b = att["a"], att["b"]
             na, nb = self.nodes[a["node"]], self.nodes[b["node"]]
@@ -527,6 +563,8 @@ class Builder:
                               peer_node=other[1].name, peer_name=names[1 - idx], segment=att["segment"])
                 if att["kind"] == "segment" and node is nb:
                     iface.bridge = nb.bridge
+                if end.get("bridge"):       # a port of a bridge inside a node (cni0)
+                    iface.bridge, iface.hairpin = end["bridge"], end.get("hairpin", False)
                 node.ifaces.append(iface)
                 end["iface_obj"] = iface
 
@@ -534,7 +572,16 @@ class Builder:
         out = [(s.subnet, ("segments", s.name, "subnet")) for s in self.segments.values() if s.subnet]
         for att in self.attachments:
             if att["kind"] == "link" and att["a"]["ip"] is not None:
-                out.append((att["a"]["ip"].network, att["a"]["path"]))
+                where = (att["path"] + ("subnet",) if att["subnet"] is not None else att["path"]) \
+                    if att["a"].get("auto_ip") else att["a"]["path"] + ("ip",)
+                out.append((att["a"]["ip"].network, where))
+        for seg in self.segments.values():
+            if seg.subnet is None:   # members addressed by hand: each network the segment carries, once
+                nets = {}
+                for att in self.attachments:
+                    if att["segment"] == seg.name and att["a"]["ip"] is not None:
+                        nets.setdefault(att["a"]["ip"].network, att["a"]["path"] + ("ip",))
+                out.extend(nets.items())
         return out
 
     def _allocate_link_subnets(self):
@@ -574,11 +621,11 @@ class Builder:
                     att["a"]["iface_obj"].ip = att["a"]["ip"] = IPv4Interface(f"{addr}/{seg.subnet.prefixlen}")
 
     def _check_addresses(self):
-        subnets = self._all_subnets()
+        subnets = sorted(self._all_subnets(), key=lambda s: self.doc.line(s[1]) or 0)  # blame the later line
         for i, (n1, p1) in enumerate(subnets):
             for n2, p2 in subnets[i + 1:]:
                 if n1.overlaps(n2):
-                    raise self.err(p2, f"subnet {n2} overlaps {n1} (line {self.doc.line(p1)})")
+                    raise self.err(p2, f"subnet {n2} overlaps {n1} ({yamldoc.format_path(p1)}, line {self.doc.line(p1)})")
         seen: dict[IPv4Address, tuple] = {}
         for att in self.attachments:
             for end in (att["a"], att["b"]):
@@ -615,7 +662,9 @@ class Builder:
                 raise self.err(p + ("dev",), f"{node.name} has no interface {dev!r} "
                                              f"(it has: {', '.join(i.name for i in node.ifaces) or 'none'})")
             via = self.p.address(spec["via"], p + ("via",)) if "via" in spec else None
-            onlink = bool(spec.get("onlink", False))
+            onlink = spec.get("onlink", False)
+            if not isinstance(onlink, bool):
+                raise self.err(p + ("onlink",), f"onlink must be true or false, got {onlink!r}")
             if via is None and dev is None:
                 raise self.err(p, "a route needs via: ADDRESS or dev: IFACE")
             if via is not None and not onlink:

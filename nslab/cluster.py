@@ -1,0 +1,312 @@
+"""The `cluster:` section: Kubernetes nodes running flannel + the bridge CNI, emulated
+statically (no etcd, no API server).
+
+Parsing turns cluster nodes into hosts on underlay segments and pods into namespaces
+whose eth0 is a veth on their node's cni0; it assigns flannel's subnet leases in node
+order.  What flannel then writes to each node's kernel (VTEP devices, neighbours, FDB,
+routes) is compiled by nslab/flannel.py.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+
+from .model import Bridge, Nexthop, Route, stable_mac
+
+# Bytes each backend adds to a packet; flannel subtracts them from the underlay MTU.
+# vxlan: encapOverhead = 50 (outer Ethernet 14 + IP 20 + UDP 8 + VXLAN 8),
+# ipip: 20 (outer IP), udp: 28 (outer IP 20 + UDP 8), host-gw: none (plain routing).
+OVERHEAD = {"vxlan": 50, "host-gw": 0, "ipip": 20, "udp": 28}
+BACKEND_KEYS = {
+    "vxlan": {"type", "vni", "port", "mtu", "directRouting", "gbp"},
+    "host-gw": {"type"},
+    "ipip": {"type", "directRouting", "mtu"},
+    "udp": {"type", "port"},
+}
+IMPLEMENTED = {"vxlan", "host-gw"}
+DEFAULT_NETWORK = "10.244.0.0/16"
+VXLAN_DEFAULT_PORT = 8472      # flannel passes port 0 and Linux's vxlan uses its legacy 8472
+UDP_DEFAULT_PORT = 8285
+CLUSTER_KEYS = {"network", "subnetLen", "iface", "ipMasq", "backend", "nodes", "pods"}
+NODE_KEYS = {"segment", "ip", "subnet"}
+POD_KEYS = {"node", "daemonset", "ip", "serve"}
+
+
+@dataclass
+class Backend:
+    type: str = "vxlan"
+    vni: int = 1
+    port: int = VXLAN_DEFAULT_PORT
+    mtu: int | None = None
+    direct_routing: bool = False
+    gbp: bool = False
+
+    @property
+    def device(self) -> str | None:
+        """The device flannel creates: flannel.<VNI>, flannel.ipip, flannel0 (udp)."""
+        return {"vxlan": f"flannel.{self.vni}", "ipip": "flannel.ipip", "udp": "flannel0"}.get(self.type)
+
+
+@dataclass
+class ClusterNode:
+    name: str
+    segment: str
+    ip: IPv4Address
+    subnet: IPv4Network
+    underlay: str            # interface name on the underlay (eth0, ens33, enp0s3)
+    underlay_net: IPv4Network
+    mtu: int                 # FLANNEL_MTU: underlay MTU - backend overhead (or backend.mtu)
+    vtep_mac: str
+    path: tuple = ()
+    pods: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Pod:
+    name: str
+    node: str
+    ip: IPv4Interface
+    host_veth: str
+
+
+@dataclass
+class Cluster:
+    network: IPv4Network
+    subnet_len: int
+    iface: str
+    ip_masq: bool
+    backend: Backend
+    nodes: dict[str, ClusterNode]
+    pods: dict[str, Pod]
+
+    def owner(self, address: IPv4Address) -> ClusterNode | None:
+        """The node whose lease holds address (what flannel's subnet lookup answers)."""
+        return next((n for n in self.nodes.values() if address in n.subnet), None)
+
+    def subnet_env(self, node: ClusterNode) -> dict[str, str]:
+        """What flanneld writes to /run/flannel/subnet.env on `node`."""
+        return {"FLANNEL_NETWORK": str(self.network),
+                "FLANNEL_SUBNET": f"{node.subnet.network_address + 1}/{node.subnet.prefixlen}",
+                "FLANNEL_MTU": str(node.mtu),
+                "FLANNEL_IPMASQ": "true" if self.ip_masq else "false"}
+
+
+def host_veth_name(node: str, pod: str) -> str:
+    """`vethXXXXXXXX`: 8 hex characters like the bridge CNI's, but stable across runs."""
+    return "veth" + hashlib.sha256(f"{node}/{pod}".encode()).hexdigest()[:8]
+
+
+def parse(p, b, spec, path) -> None:
+    """Validate the cluster section and add its nodes, pods and attachments to builder b."""
+    spec = p.mapping(spec, path, CLUSTER_KEYS, what="cluster")
+    network = p.network(spec.get("network", DEFAULT_NETWORK), path + ("network",))
+    subnet_len = spec.get("subnetLen", 24)
+    if isinstance(subnet_len, bool) or not isinstance(subnet_len, int) or \
+            not network.prefixlen < subnet_len <= 30:
+        raise p.err(path + ("subnetLen",), f"subnetLen {subnet_len!r} does not fit network {network}: it must be "
+                                           f"longer than /{network.prefixlen} and at most /30")
+    iface = p.ifname(spec.get("iface", "eth0"), path + ("iface",))
+    ip_masq = spec.get("ipMasq", True)
+    if not isinstance(ip_masq, bool):
+        raise p.err(path + ("ipMasq",), f"ipMasq must be true or false, got {ip_masq!r}")
+    backend = _backend(p, spec.get("backend"), path + ("backend",))
+
+    for seg in b.segments.values():
+        if seg.subnet and seg.subnet.overlaps(network):
+            raise p.err(path + ("network",), f"pod network {network} overlaps the underlay segment {seg.name} "
+                                             f"({seg.subnet})")
+
+    nodes_spec = p.mapping(spec.get("nodes"), path + ("nodes",), what="nodes")
+    if not nodes_spec:
+        raise p.err(path + ("nodes",), "a cluster needs at least one node (nodes: {NAME: {segment: S, ip: A}})")
+    cluster = Cluster(network=network, subnet_len=subnet_len, iface=iface, ip_masq=ip_masq, backend=backend,
+                      nodes={}, pods={})
+    pinned: dict[IPv4Network, str] = {}
+    for name, nspec in nodes_spec.items():
+        npath = path + ("nodes", name)
+        p.node_name(name, npath)
+        nspec = p.mapping(nspec, npath, NODE_KEYS, what="cluster node")
+        if "subnet" in nspec:
+            sn = p.network(nspec["subnet"], npath + ("subnet",))
+            if not sn.subnet_of(network) or sn.prefixlen != subnet_len:
+                raise p.err(npath + ("subnet",), f"subnet {sn} must be a /{subnet_len} inside the pod network {network}")
+            if sn in pinned:
+                raise p.err(npath + ("subnet",), f"subnet {sn} is already leased to {pinned[sn]}")
+            pinned[sn] = name
+    leases = (sn for sn in network.subnets(new_prefix=subnet_len) if sn not in pinned)
+
+    for name, nspec in nodes_spec.items():
+        npath = path + ("nodes", name)
+        nspec = nspec or {}
+        seg_name = nspec.get("segment")
+        if seg_name is None:
+            raise p.err(npath, f"cluster node {name} needs segment: NAME (the underlay L2 segment it sits on)")
+        seg = b.segments.get(seg_name)
+        if seg is None:
+            raise p.err(npath + ("segment",), f"unknown segment {seg_name!r} (segments: "
+                                              f"{', '.join(b.segments) or 'none'})")
+        if seg.subnet is None:
+            raise p.err(npath + ("segment",), f"segment {seg_name} needs a subnet to place cluster nodes on")
+        if "ip" not in nspec:
+            raise p.err(npath, f"cluster node {name} needs ip: ADDRESS on segment {seg_name}")
+        ip = p.address(nspec["ip"], npath + ("ip",))
+        if ip not in seg.subnet:
+            raise p.err(npath + ("ip",), f"{ip} is not inside segment {seg_name} {seg.subnet}")
+        subnet = IPv4Network(nspec["subnet"]) if "subnet" in nspec else next(leases, None)
+        if subnet is None:
+            raise p.err(npath, f"the pod network {network} has no /{subnet_len} left for {name}: "
+                               f"more nodes than subnets")
+        node_mtu = backend.mtu if backend.mtu is not None else seg.mtu - OVERHEAD[backend.type]
+        if backend.mtu is None and node_mtu < 68:
+            raise p.err(path + ("backend", "type"), f"underlay MTU {seg.mtu} of segment {seg_name} is too small for "
+                                                    f"{backend.type}: {OVERHEAD[backend.type]} bytes of encapsulation "
+                                                    f"leave {node_mtu}, below the IPv4 minimum of 68")
+        if backend.mtu is not None and backend.mtu > seg.mtu - OVERHEAD[backend.type]:
+            raise p.err(path + ("backend", "mtu"), f"backend MTU {backend.mtu} does not fit segment {seg_name}'s MTU "
+                                                   f"{seg.mtu} minus {OVERHEAD[backend.type]} bytes of "
+                                                   f"{backend.type} encapsulation (at most "
+                                                   f"{seg.mtu - OVERHEAD[backend.type]})")
+        host = b.add_node(name, "host", {}, npath, mtu=seg.mtu)
+        host.sysctls["net.ipv4.ip_forward"] = "1"   # kubelet/flannel nodes forward pod traffic
+        b.attach(seg.name, name, iface=iface, ip=IPv4Interface(f"{ip}/{seg.subnet.prefixlen}"), path=npath)
+        cluster.nodes[name] = ClusterNode(
+            name=name, segment=seg.name, ip=ip, subnet=subnet, underlay=iface, underlay_net=seg.subnet,
+            mtu=node_mtu, vtep_mac=stable_mac(b.lab, name, backend.device or "vtep"), path=npath)
+
+    _pods(p, b, cluster, spec.get("pods"), path + ("pods",))
+    b.cluster = cluster
+    b.extensions.append(lambda builder: _check_underlay(builder, cluster, path))
+
+
+def _backend(p, spec, path) -> Backend:
+    spec = dict(p.mapping(spec, path, what="backend"))
+    override = p.overrides.get("backend")
+    if override:
+        spec["type"] = override
+        spec = {k: v for k, v in spec.items() if k in BACKEND_KEYS.get(override, {"type"})}
+    btype = spec.get("type", "vxlan")
+    if btype not in BACKEND_KEYS:
+        where = "--backend" if override else None
+        msg = f"unknown backend {btype!r} (flannel backends: {', '.join(BACKEND_KEYS)})"
+        raise p.err(path + ("type",), msg + (" (given with --backend)" if where else ""))
+    if btype not in IMPLEMENTED:
+        raise p.err(path + ("type",), f"backend {btype} is not available in this version of nslab "
+                                      f"(available: {', '.join(sorted(IMPLEMENTED))})")
+    p.mapping(spec, path, BACKEND_KEYS[btype], what=f"{btype} backend")
+    be = Backend(type=btype)
+    if btype == "udp":
+        be.port = UDP_DEFAULT_PORT
+    if "vni" in spec:
+        vni = spec["vni"]
+        if isinstance(vni, bool) or not isinstance(vni, int) or not 0 <= vni <= 0xFFFFFF:
+            raise p.err(path + ("vni",), f"VNI {vni!r} is out of range: a VXLAN network identifier is 24 bits "
+                                         f"(0 to 16777215)")
+        be.vni = vni
+    if "port" in spec:
+        port = spec["port"]
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise p.err(path + ("port",), f"port {port!r} is not a UDP port (1 to 65535)")
+        be.port = port
+    if "mtu" in spec:
+        be.mtu = p.mtu(spec["mtu"], path + ("mtu",))
+    for key, attr in (("directRouting", "direct_routing"), ("gbp", "gbp")):
+        if key in spec:
+            if not isinstance(spec[key], bool):
+                raise p.err(path + (key,), f"{key} must be true or false, got {spec[key]!r}")
+            setattr(be, attr, spec[key])
+    return be
+
+
+def _pods(p, b, cluster: Cluster, spec, path) -> None:
+    pods_spec = p.mapping(spec, path, what="pods")
+    wanted: list[tuple[str, str, dict, tuple]] = []      # (pod, node, spec, path)
+    for name, pspec in pods_spec.items():
+        ppath = path + (name,)
+        p.node_name(name, ppath)
+        pspec = p.mapping(pspec, ppath, POD_KEYS, what="pod")
+        ds = pspec.get("daemonset")
+        if ds and "node" in pspec:
+            raise p.err(ppath, f"pod {name} has both node: and daemonset:; a daemonset runs on every node")
+        if ds:
+            if ds is True:
+                on = list(cluster.nodes)
+            elif isinstance(ds, list):
+                on = ds
+            else:
+                raise p.err(ppath + ("daemonset",), "daemonset must be true (every node) or a list of node names")
+            if "ip" in pspec:
+                raise p.err(ppath + ("ip",), "a daemonset's pods get their addresses from each node's subnet; "
+                                             "pin addresses on single pods only")
+            for i, node in enumerate(on):
+                if node not in cluster.nodes:
+                    raise p.err(ppath + ("daemonset", i) if isinstance(ds, list) else ppath,
+                                f"unknown cluster node {node!r} (nodes: {', '.join(cluster.nodes)})")
+                wanted.append((f"{name}-{node}", node, pspec, ppath))
+        else:
+            node = pspec.get("node")
+            if node is None:
+                raise p.err(ppath, f"pod {name} needs node: NAME (or daemonset: true)")
+            if node not in cluster.nodes:
+                raise p.err(ppath + ("node",), f"unknown cluster node {node!r} (nodes: {', '.join(cluster.nodes)})")
+            wanted.append((name, node, pspec, ppath))
+    taken: dict[str, set] = {n: set() for n in cluster.nodes}
+    for pod, node, pspec, ppath in wanted:
+        if "ip" in pspec:
+            sn = cluster.nodes[node].subnet
+            ip = p.address(pspec["ip"], ppath + ("ip",))
+            if ip not in sn or ip in (sn.network_address, sn.network_address + 1, sn.broadcast_address):
+                raise p.err(ppath + ("ip",), f"{ip} is not a pod address of {node}'s subnet {sn} "
+                                             f"(.0 is the VTEP, .1 is cni0)")
+            if ip in taken[node]:
+                raise p.err(ppath + ("ip",), f"{ip} is already used by another pod on {node}")
+            taken[node].add(ip)
+    for pod, node, pspec, ppath in wanted:
+        cn = cluster.nodes[node]
+        if "ip" in pspec:
+            ip = IPv4Address(str(pspec["ip"]))
+        else:   # host-local IPAM: the lowest free address from .2 up
+            ip = next((a for a in list(cn.subnet.hosts())[1:] if a not in taken[node]), None)
+            if ip is None:
+                raise p.err(ppath, f"{node}'s subnet {cn.subnet} has no free pod address left")
+            taken[node].add(ip)
+        serve = pspec.get("serve")
+        pod_node = b.add_node(pod, "pod", {"serve": serve} if serve else {}, ppath, mtu=cn.mtu)
+        gw = cn.subnet.network_address + 1
+        veth = host_veth_name(node, pod)
+        cluster.pods[pod] = Pod(name=pod, node=node, ip=IPv4Interface(f"{ip}/{cn.subnet.prefixlen}"), host_veth=veth)
+        cn.pods.append(pod)
+        host = b.nodes[node]
+        if not host.bridges:   # the bridge CNI creates cni0 with the first pod on a node
+            host.bridges.append(Bridge(name="cni0", mtu=cn.mtu, mac=stable_mac(b.lab, node, "cni0"),
+                                       ip=IPv4Interface(f"{gw}/{cn.subnet.prefixlen}")))
+        b.attachments.append(dict(
+            kind="cni", segment=None, path=ppath, mtu=cn.mtu, subnet=None,
+            a=dict(node=pod, iface="eth0", ip=cluster.pods[pod].ip, mac=None, mtu=cn.mtu, path=ppath,
+                   iface_path=ppath, auto_ip=False),
+            b=dict(node=node, iface=veth, ip=None, mac=None, mtu=cn.mtu, path=ppath, iface_path=ppath,
+                   bridge="cni0", hairpin=True, auto_ip=False)))
+        # The pod's routes as the bridge CNI (isDefaultGateway) and flannel's CNI config
+        # leave them: default via cni0's address, and the whole pod network via it too.
+        pod_node.routes = [Route(dst=IPv4Network("0.0.0.0/0"), nexthops=[Nexthop(via=gw, dev="eth0")], origin="cni"),
+                           Route(dst=cluster.network, nexthops=[Nexthop(via=gw, dev="eth0")], origin="cni")]
+
+
+def _check_underlay(b, cluster: Cluster, path) -> None:
+    """Checks that need every address resolved (link subnets are allocated late)."""
+    for node in b.nodes.values():
+        for iface in node.ifaces:
+            if iface.ip is not None and node.kind != "pod" and iface.ip.network.overlaps(cluster.network):
+                raise b.err(node.path, f"{node.name}'s address {iface.ip} on {iface.name} is inside the pod "
+                                       f"network {cluster.network}; the underlay and the pod network must not "
+                                       f"overlap")
+    if cluster.backend.type == "host-gw":
+        # flannel's host-gw adds `<subnet> via <node IP> dev <iface>`: the kernel refuses a
+        # gateway that is not directly connected, so every node must share one L2 segment.
+        nodes = list(cluster.nodes.values())
+        for n in nodes[1:]:
+            if n.segment != nodes[0].segment:
+                raise b.err(n.path + ("segment",),
+                            f"host-gw routes pod subnets via node IPs, so every node must be on one L2 segment: "
+                            f"{n.name} ({n.ip}) is on {n.segment} but {nodes[0].name} ({nodes[0].ip}) is on "
+                            f"{nodes[0].segment}; use vxlan (with directRouting) across racks")
