@@ -1,0 +1,344 @@
+"""Model behaviour: how a topology file becomes a resolved lab (no root, no kernel)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from pathlib import Path
+
+import pytest
+
+from nslab import model
+from nslab.errors import TopologyError
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def load(text: str, file: str = "lab.yaml", **kw) -> model.Topology:
+    return model.load(file, text=textwrap.dedent(text), **kw)
+
+
+def addr(topo, node, iface) -> str:
+    return str(topo.nodes[node].iface(iface).ip)
+
+
+def routes(topo, node) -> dict[str, list[tuple[str, str]]]:
+    return {str(r.dst): [(str(h.via), h.dev) for h in r.nexthops] for r in topo.nodes[node].routes}
+
+
+# ---- address allocation ------------------------------------------------------------------
+
+def test_segment_members_get_next_free_address_in_member_order():
+    topo = load("""
+        hosts: [a, b, c, d]
+        segments:
+          lan:
+            subnet: 10.0.0.0/24
+            members:
+              a: {}
+              b: {ip: 10.0.0.1}
+              c: {}
+              d: {ip: 10.0.0.3}
+    """)
+    # .1 and .3 are taken by hand, wherever they are listed; the others fill the gaps in order
+    assert [addr(topo, n, "eth0") for n in "abcd"] == ["10.0.0.2/24", "10.0.0.1/24", "10.0.0.4/24", "10.0.0.3/24"]
+
+
+def test_link_subnets_come_from_the_pool_in_link_order():
+    topo = load("""
+        hosts: [a, b, c]
+        links: [[a, b], [b, c], [c, a]]
+    """)
+    # each link a /30 from 172.31.0.0/16; the first-written end gets the first host address
+    assert addr(topo, "a", "eth0") == "172.31.0.1/30" and addr(topo, "b", "eth0") == "172.31.0.2/30"
+    assert addr(topo, "b", "eth1") == "172.31.0.5/30" and addr(topo, "c", "eth0") == "172.31.0.6/30"
+    assert addr(topo, "c", "eth1") == "172.31.0.9/30" and addr(topo, "a", "eth1") == "172.31.0.10/30"
+
+
+def test_link_pool_skips_subnets_used_by_hand():
+    topo = load("""
+        pools: {links: 10.9.0.0/24}
+        hosts: [a, b, c]
+        segments:
+          lan: {subnet: 10.9.0.0/29, members: [a]}
+        links:
+          - [{node: b, ip: 10.9.0.9/30}, {node: c, ip: 10.9.0.10/30}]
+          - [b, c]
+    """)
+    assert addr(topo, "b", "eth1") == "10.9.0.13/30"      # not .0/29 (lan) nor .8/30 (the first link)
+
+
+def test_link_subnet_key_addresses_both_ends():
+    topo = load("""
+        hosts: [a, b]
+        links:
+          - {ends: [a, b], subnet: 192.0.2.8/29}
+    """)
+    assert (addr(topo, "a", "eth0"), addr(topo, "b", "eth0")) == ("192.0.2.9/29", "192.0.2.10/29")
+
+
+def test_interface_names_follow_declaration_order_and_given_names():
+    topo = load("""
+        hosts: [a, b, c]
+        links:
+          - [a, b]
+          - ["a:uplink", c]
+          - [a, "c:toa"]
+    """)
+    assert [i.name for i in topo.nodes["a"].ifaces] == ["eth0", "uplink", "eth1"]
+    assert [i.name for i in topo.nodes["c"].ifaces] == ["eth0", "toa"]
+    peer = topo.nodes["a"].iface("uplink")
+    assert (peer.peer_node, peer.peer_name) == ("c", "eth0")
+
+
+# ---- gateways and default routes -----------------------------------------------------------
+
+def test_segment_gateway_defaults_to_254_on_a_24():
+    topo = load("""
+        hosts: [h1]
+        routers: [leaf01]
+        segments:
+          rack1: {subnet: 10.0.0.0/24, gateway: leaf01, members: [h1]}
+    """)
+    seg = topo.segments["rack1"]
+    assert seg.gateway == "leaf01" and seg.gateway_ip == IPv4Address("10.0.0.254")
+    assert topo.nodes["leaf01"].addresses == [IPv4Interface("10.0.0.254/24")]
+    assert addr(topo, "h1", "eth0") == "10.0.0.1/24"
+    assert routes(topo, "h1") == {"0.0.0.0/0": [("10.0.0.254", "eth0")]}
+
+
+def test_segment_gateway_is_last_host_address_on_other_prefixes_and_gateway_ip_overrides():
+    topo = load("""
+        hosts: [h1, h2]
+        routers: [r1, r2]
+        segments:
+          small: {subnet: 10.1.0.0/28, gateway: r1, members: [h1]}
+          other: {subnet: 10.2.0.0/24, gateway: r2, gateway_ip: 10.2.0.1, members: [h2]}
+    """)
+    assert topo.segments["small"].gateway_ip == IPv4Address("10.1.0.14")
+    assert topo.segments["other"].gateway_ip == IPv4Address("10.2.0.1")
+    assert addr(topo, "h2", "eth0") == "10.2.0.2/24"       # the gateway's address is not handed out again
+    assert routes(topo, "h2") == {"0.0.0.0/0": [("10.2.0.1", "eth0")]}
+
+
+def test_host_behind_a_router_link_gets_a_default_route_unless_it_has_static_routes():
+    topo = load("""
+        hosts:
+          a: {}
+          b:
+            routes: [{to: 10.9.0.0/16, via: 172.31.0.5}]
+        routers: [r]
+        links: [[a, r], [b, r]]
+    """)
+    assert routes(topo, "a") == {"0.0.0.0/0": [("172.31.0.2", "eth0")]}
+    assert routes(topo, "b") == {"10.9.0.0/16": [("172.31.0.5", "eth0")]}
+
+
+def test_routers_get_ip_forward_and_hosts_do_not():
+    topo = load("""
+        hosts: [h]
+        routers: [r, r0: {sysctls: {net.ipv4.ip_forward: 0}}]
+        links: [[h, r], [r, r0]]
+    """)
+    assert topo.nodes["r"].sysctls == {"net.ipv4.ip_forward": "1"}
+    assert topo.nodes["r0"].sysctls == {"net.ipv4.ip_forward": "0"}
+    assert "net.ipv4.ip_forward" not in topo.nodes["h"].sysctls
+
+
+# ---- computed routes -----------------------------------------------------------------------
+
+def test_router_routes_shortest_path_with_ecmp():
+    topo = model.load(str(GOLDEN / "routers-ecmp.yaml"))
+    r1 = routes(topo, "r1")
+    # two equal paths to r4's rack: one multipath route, nexthops in adjacency order
+    assert r1["10.0.4.0/24"] == [("172.31.0.2", "eth1"), ("172.31.0.6", "eth2")]
+    # a transit subnet reached through only one neighbour: a single nexthop
+    assert r1["172.31.0.8/30"] == [("172.31.0.2", "eth1")]
+    # no routes to connected subnets
+    assert "10.0.1.0/24" not in r1 and "172.31.0.0/30" not in r1
+    assert all(r.origin == "computed" for r in topo.nodes["r1"].routes)
+    # routers that are neighbours through a segment (a bridge) learn from each other
+    assert routes(topo, "r5")["10.0.1.0/24"] == [("10.0.99.1", "eth0")]
+    assert routes(topo, "r4")["172.31.0.16/30"] == [("10.0.99.2", "eth1")]
+    # every router reaches every subnet
+    subnets = {str(i.ip.network) for n in topo.nodes.values() for i in n.ifaces if i.ip}
+    for name, node in topo.nodes.items():
+        if node.kind == "router":
+            connected = {str(i.ip.network) for i in node.ifaces if i.ip}
+            assert set(routes(topo, name)) == subnets - connected, name
+
+
+def test_ecmp_in_spine_leaf_with_two_spines():
+    topo = load("""
+        routers: [spine1, spine2, leaf01, leaf02]
+        segments:
+          rack1: {subnet: 10.0.0.0/24, gateway: leaf01}
+          rack2: {subnet: 30.0.0.0/24, gateway: leaf02}
+        links: [[leaf01, spine1], [leaf01, spine2], [leaf02, spine1], [leaf02, spine2]]
+    """)
+    hops = routes(topo, "leaf01")["30.0.0.0/24"]
+    assert len(hops) == 2 and {dev for _, dev in hops} == {"eth1", "eth2"}
+    assert len(routes(topo, "spine1")["30.0.0.0/24"]) == 1
+
+
+def test_declared_router_route_wins_over_computed():
+    topo = model.load(str(GOLDEN / "static-routes.yaml"))
+    r1 = {str(r.dst): r for r in topo.nodes["r1"].routes}
+    assert r1["10.2.0.0/24"].origin == "static"
+    assert [(h.via, h.dev) for h in r1["10.2.0.0/24"].nexthops] == [(None, "eth1")]
+    assert sum(1 for r in topo.nodes["r1"].routes if str(r.dst) == "10.2.0.0/24") == 1
+
+
+def test_static_route_fills_in_dev_from_the_gateway():
+    topo = load("""
+        hosts:
+          a: {routes: [{to: default, via: 10.1.0.1}]}
+          b: {}
+        links: [[{node: a, ip: 10.1.0.2/24}, {node: b, ip: 10.1.0.1/24}]]
+    """)
+    assert routes(topo, "a") == {"0.0.0.0/0": [("10.1.0.1", "eth0")]}
+
+
+# ---- MACs and names ------------------------------------------------------------------------
+
+def _macs(topo) -> dict[str, str]:
+    return {f"{n.name}/{i.name}": i.mac for n in topo.nodes.values() for i in n.ifaces}
+
+
+def test_macs_are_locally_administered_unicast_and_unique():
+    topo = model.load(str(GOLDEN / "routers-ecmp.yaml"))
+    macs = _macs(topo)
+    for mac in macs.values():
+        first = int(mac.split(":")[0], 16)
+        assert first & 0x02 and not first & 0x01, mac
+    assert len(set(macs.values())) == len(macs)
+
+
+def test_macs_are_stable_across_runs():
+    """Same lab, same MACs: in another interpreter with another hash seed, too."""
+    path = str(GOLDEN / "routers-ecmp.yaml")
+    here = _macs(model.load(path))
+    code = ("import json, sys; from nslab import model; t = model.load(sys.argv[1]); "
+            "print(json.dumps({f'{n.name}/{i.name}': i.mac for n in t.nodes.values() for i in n.ifaces}))")
+    for seed in ("1", "2"):
+        out = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, check=True,
+                             env={**os.environ, "PYTHONHASHSEED": seed}).stdout
+        assert json.loads(out) == here
+    assert model.stable_mac("lab", "ns1", "eth0") == model.stable_mac("lab", "ns1", "eth0")
+
+
+def test_macs_differ_between_labs_and_given_macs_are_kept():
+    a = load("hosts: [x, y]\nlinks: [[x, y]]\n", file="one.yaml")
+    b = load("hosts: [x, y]\nlinks: [[x, y]]\n", file="two.yaml")
+    assert not set(_macs(a).values()) & set(_macs(b).values())
+    c = load("hosts: [x, y]\nlinks: [[{node: x, mac: '02:AA:00:00:00:01'}, y]]\n")
+    assert c.nodes["x"].iface("eth0").mac == "02:aa:00:00:00:01"
+
+
+def test_short_ifname():
+    assert model.short_ifname("eth0") == "eth0"
+    assert model.short_ifname("a" * 15) == "a" * 15
+    long = model.short_ifname("rack1", "a-rather-long-node-name")
+    assert len(long) <= 15 and long == model.short_ifname("rack1", "a-rather-long-node-name")
+    others = {model.short_ifname("averyverylongname" + str(i)) for i in range(50)}
+    assert len(others) == 50 and all(len(n) <= 15 for n in others)
+    assert all(model.ifname_problem(n) is None for n in others)
+
+
+def test_switch_ports_for_long_node_names_fit_ifnamsiz():
+    names = [f"worker-node-number-{i:02d}" for i in range(12)]
+    topo = load(f"""
+        hosts: [{', '.join(names)}]
+        segments:
+          lan: {{subnet: 10.0.0.0/24, members: [{', '.join(names)}]}}
+    """)
+    ports = [i.name for i in topo.nodes["lan"].ifaces]
+    assert len(ports) == len(set(ports)) == 12
+    assert all(len(p) <= 15 and model.ifname_problem(p) is None for p in ports)
+    for node in topo.nodes.values():
+        for iface in node.ifaces:
+            assert len(iface.name) < model.IFNAMSIZ
+
+
+def test_every_interface_name_in_shipped_labs_fits():
+    for path in sorted((Path(__file__).parent.parent / "topologies").glob("*.yaml")):
+        topo = model.load(str(path))
+        for node in topo.nodes.values():
+            names = [i.name for i in node.ifaces] + [b.name for b in getattr(node, "bridges", [])]
+            assert len(names) == len(set(names)), (path.name, node.name, names)
+            for name in names:
+                assert model.ifname_problem(name) is None, (path.name, node.name, name)
+
+
+# ---- lab names -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("file,lab", [
+    ("topologies/spine-leaf.yaml", "spine-leaf"),
+    ("/tmp/My Lab.v2.yaml", "my-lab-v2"),
+    ("__weird__.yml", "weird"),
+    ("___.yaml", "lab"),
+    ("x" * 50 + ".yaml", "x" * model.MAX_LAB_NAME),
+])
+def test_lab_name_from_file(file, lab):
+    assert model.lab_name_from_file(file) == lab
+    assert model.LAB_NAME_RE.match(lab)
+
+
+def test_lab_name_comes_from_the_file_name_when_not_given():
+    topo = load("hosts: [a]\n", file="/some/dir/Rack-Test.yaml")
+    assert topo.name == "rack-test"
+    assert topo.nodes["a"].ns == "rack-test.a"
+
+
+def test_name_key_wins_over_the_file_name_and_override_wins_over_both():
+    text = "name: from-key\nhosts: [a]\n"
+    assert load(text, file="from-file.yaml").name == "from-key"
+    topo = load(text, file="from-file.yaml", name="from-cli")
+    assert topo.name == "from-cli"
+    assert {n.ns for n in topo.nodes.values()} == {"from-cli.a"}
+
+
+@pytest.mark.parametrize("bad", ["Upper", "has space", "dot.ted", "-leading", "", "x" * (model.MAX_LAB_NAME + 1)])
+def test_name_override_is_validated(bad):
+    with pytest.raises(TopologyError) as info:
+        load("hosts: [a]\n", file="ok.yaml", name=bad)
+    err = info.value
+    assert err.exit_code == 2
+    assert str(err) == (f"ok.yaml --name: lab name {bad!r} must be lowercase letters, digits, '-' or '_' "
+                        f"(at most {model.MAX_LAB_NAME} characters)")
+
+
+def test_name_override_makes_two_labs_side_by_side():
+    path = str(GOLDEN / "bridge-auto.yaml")
+    one, two = model.load(path, name="one"), model.load(path, name="two")
+    assert not {n.ns for n in one.nodes.values()} & {n.ns for n in two.nodes.values()}
+    # same addresses, different MACs (two labs' captures are told apart by MAC)
+    assert [i.ip for n in one.nodes.values() for i in n.ifaces] == [i.ip for n in two.nodes.values() for i in n.ifaces]
+    assert not set(_macs(one).values()) & set(_macs(two).values())
+
+
+# ---- MTU -----------------------------------------------------------------------------------
+
+def test_mtu_precedence():
+    topo = model.load(str(GOLDEN / "mtu.yaml"))
+    mtu = {f"{n.name}/{i.name}": i.mtu for n in topo.nodes.values() for i in n.ifaces}
+    assert mtu["a/eth0"] == mtu["b/eth1"] == 1400          # node a's 1400 wins over b's lab 9000
+    assert mtu["b/eth2"] == mtu["c/eth1"] == 8000          # the link's mtu
+    assert (mtu["a/eth1"], mtu["c/eth2"]) == (1280, 1400)  # one end's own mtu; the other end keeps min(nodes)
+    assert mtu["b/eth0"] == 1500 and mtu["c/eth0"] == 1450  # segment mtu, a member's own mtu
+    assert mtu["d/eth0"] == mtu["b/eth3"] == 9000          # the lab's mtu
+    assert topo.segments["lan"].mtu == 1500 and topo.segments["lan2"].mtu == 9000
+
+
+def test_validation_happens_before_anything_is_returned():
+    """An error late in the file still fails the whole load (nothing half-built escapes)."""
+    with pytest.raises(TopologyError):
+        load("""
+            hosts: [a, b]
+            links:
+              - [a, b]
+              - [a, nosuch]
+        """)
