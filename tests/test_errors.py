@@ -45,9 +45,10 @@ def test_error_case(case: Path):
     assert str(err).startswith(case.name), "the message names the file"
 
 
-def _netns_entries() -> set[str]:
+def _netns_entries(lab: str) -> set[str]:
+    """This lab's namespaces (others may be running labs concurrently: only ours count)."""
     try:
-        return set(os.listdir("/run/netns"))
+        return {n for n in os.listdir("/run/netns") if n.startswith(f"{lab}.")}
     except FileNotFoundError:
         return set()
 
@@ -65,8 +66,9 @@ def _run_validate(case: Path) -> subprocess.CompletedProcess:
 ])
 def test_cli_validate_bad_input(name: str):
     case = ERRORS / f"{name}.yaml"
-    lab_dir = Path("/run/nslab") / model.lab_name_from_file(str(case))
-    before_ns, lab_dir_before = _netns_entries(), lab_dir.exists()
+    lab = model.lab_name_from_file(str(case))
+    lab_dir = Path("/run/nslab") / lab
+    before_ns, lab_dir_before = _netns_entries(lab), lab_dir.exists()
     proc = _run_validate(case)
     assert proc.returncode == 2, proc.stderr
     assert proc.stdout == ""
@@ -74,5 +76,5 @@ def test_cli_validate_bad_input(name: str):
     assert "Traceback" not in proc.stderr
     assert lines == [f"nslab: {expected(case)}"]
     if os.geteuid() == 0:
-        assert _netns_entries() == before_ns, "validate must not create network namespaces"
+        assert _netns_entries(lab) == before_ns, "validate must not create network namespaces"
         assert lab_dir.exists() == lab_dir_before, "validate must not create a lab state directory"
