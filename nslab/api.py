@@ -36,8 +36,9 @@ class Lab:
 
     @classmethod
     def up(cls, file: str, name: str | None = None, backend: str | None = None) -> "Lab":
-        topo = labmod.load(file, name=name, overrides={"backend": backend} if backend else None)
-        plan, _ = labmod.up(topo)
+        overrides = {"backend": backend} if backend else None
+        topo = labmod.load(file, name=name, overrides=overrides)
+        plan, _ = labmod.up(topo, overrides)
         return cls(topo.name, topo, plan)
 
     def down(self) -> list[str]:

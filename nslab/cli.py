@@ -70,10 +70,11 @@ def up(file: Optional[str] = typer.Argument(None, help="Topology YAML (default: 
        quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the lab name.")):
     """Build a lab from a topology file."""
     file = file or default_topology()
-    topo = labmod.load(file, name=name, overrides={"backend": backend} if backend else None)
+    overrides = {"backend": backend} if backend else None
+    topo = labmod.load(file, name=name, overrides=overrides)
     labmod.require_root()
     t0 = time.perf_counter()
-    plan, st = labmod.up(topo)
+    plan, st = labmod.up(topo, overrides)
     elapsed = time.perf_counter() - t0
     if quiet:
         console.print(topo.name)
@@ -140,6 +141,7 @@ def exec_(node: str = typer.Argument(..., help="Node name."),
           lab: Optional[str] = LabOpt):
     """Run CMD inside NODE's network namespace; its output and exit code pass through."""
     labmod.require_root()
+    labmod.require_tools("ip")
     lab = labmod.resolve_lab(lab)
     ns = labmod.node_namespace(lab, node)
     sys.stdout.flush()
@@ -151,6 +153,7 @@ def exec_(node: str = typer.Argument(..., help="Node name."),
 def shell(node: str = typer.Argument(..., help="Node name."), lab: Optional[str] = LabOpt):
     """Open an interactive shell inside NODE, with a prompt naming it."""
     labmod.require_root()
+    labmod.require_tools("ip")
     lab = labmod.resolve_lab(lab)
     ns = labmod.node_namespace(lab, node)
     os.environ["PS1"] = f"[{lab}:{node}] \\w# "

@@ -32,7 +32,16 @@ def load(file: str, name: str | None = None, overrides: dict | None = None) -> m
     return model.load(file, name=name, overrides=overrides)
 
 
-def up(topo: model.Topology) -> tuple[Plan, state.LabState]:
+def topology(lab: str) -> model.Topology:
+    """The resolved topology of a running lab, exactly as it was built (same file, name
+    and command-line overrides), for observers that need names, MACs and addresses."""
+    st = state.load(lab)
+    if st is None:
+        raise UsageError(f"no lab named {lab!r} is running")
+    return model.load(st.file, name=lab, overrides=st.overrides or None)
+
+
+def up(topo: model.Topology, overrides: dict | None = None) -> tuple[Plan, state.LabState]:
     """Build the lab; on any failure remove what was made and re-raise."""
     require_root()
     plan = compile_topology(topo)
@@ -50,6 +59,7 @@ def up(topo: model.Topology) -> tuple[Plan, state.LabState]:
         st.namespaces = list(plan.namespaces)
         st.nodes = {node.name: node.ns for node in topo.nodes.values()}
         st.info = dict(plan.notes)
+        st.overrides = dict(overrides or {})
         st.files = [os.path.join(state.HOSTS_DIR, ns, "hosts") for ns in plan.namespaces] if plan.hosts else []
         st.save()                      # recorded before anything exists
         write_hosts_files(plan, st.files)

@@ -37,6 +37,7 @@ class LabState:
     processes: list[Process] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
     info: dict = field(default_factory=dict)                # per-node facts (subnet.env, notes)
+    overrides: dict = field(default_factory=dict)           # command-line changes (--backend)
 
     @property
     def dir(self) -> str:
