@@ -554,7 +554,7 @@ class Builder:
                 if end["mtu"] is not None:
                     mtus.append(self.p.mtu(end["mtu"], end["path"] + ("mtu",)))
                 else:
-                    mtus.append(att["mtu"] or (min(na.mtu, nb.mtu) if att["kind"] == "link" else att["mtu"]))
+                    mtus.append(self._default_mtu(att, node, na, nb))
             for idx, (end, node) in enumerate(((a, na), (b, nb))):
                 mac = self.p.mac(end["mac"], end["path"] + ("mac",)) if end["mac"] else \
                     stable_mac(self.lab, node.name, names[idx])
@@ -567,6 +567,15 @@ class Builder:
                     iface.bridge, iface.hairpin = end["bridge"], end.get("hairpin", False)
                 node.ifaces.append(iface)
                 end["iface_obj"] = iface
+
+    def _default_mtu(self, att, node: Node, na: Node, nb: Node) -> int:
+        """An interface's MTU when its end does not say: the link's, else the node's own
+        `mtu:` if it declared one, else the segment's (or, for a link, the smaller node MTU)."""
+        if att["kind"] == "link":
+            return att["mtu"] or min(na.mtu, nb.mtu)
+        if att["kind"] == "segment" and "mtu" in self.node_specs.get(node.name, {}):
+            return node.mtu
+        return att["mtu"]
 
     def _all_subnets(self) -> list[tuple[IPv4Network, tuple]]:
         out = [(s.subnet, ("segments", s.name, "subnet")) for s in self.segments.values() if s.subnet]

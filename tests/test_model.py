@@ -342,3 +342,13 @@ def test_validation_happens_before_anything_is_returned():
               - [a, b]
               - [a, nosuch]
         """)
+
+
+def test_node_mtu_applies_to_its_segment_interface():
+    topo = load("""
+        hosts: {a: {mtu: 1400}, b: {}}
+        segments:
+          s: {subnet: 10.9.0.0/24, members: [a, b]}
+    """)
+    assert topo.nodes["a"].iface("eth0").mtu == 1400     # the node said so
+    assert topo.nodes["b"].iface("eth0").mtu == 1500     # the segment's (lab default)
