@@ -1,0 +1,297 @@
+"""Shared test infrastructure.
+
+- `root` marker: tests that need root (real namespaces) skip cleanly otherwise; every
+  module under tests/integration/ gets the marker automatically.
+- Root-namespace snapshot: taken once before the first root test and compared after the
+  session (`_root_namespace_guard`), and per test through the `root_unchanged` fixture.
+  Links (names + flags), addresses, every routing table, rules, forwarding sysctls, all of
+  net.ipv4.conf.default.*, iptables-save / nft ruleset (counters removed) and our own
+  /run/netns entries.  Any difference fails.
+- `lab_factory`: brings a lab up through the real CLI (`nslab up`) under a unique name
+  (t<pid>x<n>) and, at teardown, runs `nslab down` and fails the test if any namespace,
+  state directory, /etc/netns entry or recorded process of that lab is left behind.
+"""
+from __future__ import annotations
+
+import glob
+import itertools
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TOPOLOGIES = REPO / "topologies"
+IS_ROOT = os.geteuid() == 0
+NSLAB = [sys.executable, "-m", "nslab.cli"]      # the console script's code path, this interpreter
+LAB_PREFIX = f"t{os.getpid()}x"
+_counter = itertools.count(1)
+
+
+# --- root marker ----------------------------------------------------------------------
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "root: needs root and creates real namespaces")
+
+
+def pytest_collection_modifyitems(config, items):
+    skip = pytest.mark.skip(reason="needs root (real network namespaces); run as root")
+    for item in items:
+        if "integration" in Path(str(item.fspath)).parts:
+            item.add_marker(pytest.mark.root)
+        if item.get_closest_marker("root") and not IS_ROOT:
+            item.add_marker(skip)
+
+
+# --- running nslab and commands --------------------------------------------------------
+
+def nslab(*args, env=None, timeout=60, check=False, input=None) -> subprocess.CompletedProcess:
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    proc = subprocess.run(NSLAB + [str(a) for a in args], capture_output=True, text=True, env=full_env,
+                          timeout=timeout, input=input, cwd=REPO)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"nslab {' '.join(map(str, args))} failed ({proc.returncode}):\n"
+                             f"{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+# --- root namespace snapshot -------------------------------------------------------------
+
+def _run(argv: list[str]) -> str:
+    if shutil.which(argv[0]) is None:
+        return f"<{argv[0]} not installed>"
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    return proc.stdout + (f"<exit {proc.returncode}: {proc.stderr.strip()}>" if proc.returncode else "")
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError as e:
+        return f"<{e.strerror}>"
+
+
+def _links() -> list[str]:
+    out = []
+    for line in _run(["ip", "-o", "link"]).splitlines():
+        m = re.match(r"\d+: ([^:]+): <([^>]*)>", line)
+        if m:
+            out.append(f"{m.group(1)} <{m.group(2)}>")
+    return sorted(out)
+
+
+def _addrs() -> list[str]:
+    text = _run(["ip", "-o", "addr"])
+    text = re.sub(r"(valid_lft|preferred_lft) \S+", "", text)
+    return sorted(" ".join(line.replace("\\", " ").split()) for line in text.splitlines())
+
+
+def _iptables() -> str:
+    text = _run(["iptables-save"])
+    lines = [re.sub(r"\[\d+:\d+\]", "", line) for line in text.splitlines() if not line.startswith("#")]
+    return "\n".join(lines)
+
+
+def _nft() -> str:
+    text = _run(["nft", "list", "ruleset"])
+    return re.sub(r"counter packets \d+ bytes \d+", "counter", text)
+
+
+def root_snapshot(own_prefix: str = LAB_PREFIX) -> dict:
+    """What the root network namespace looks like.  Read-only.  /run/netns is compared
+    only for our own labs' names: other people's labs may come and go meanwhile."""
+    conf_default = {os.path.basename(p): _read(p) for p in sorted(glob.glob("/proc/sys/net/ipv4/conf/default/*"))}
+    return {
+        "links": _links(),
+        "addrs": _addrs(),
+        "routes": sorted(_run(["ip", "route", "show", "table", "all"]).splitlines()),
+        "rules": _run(["ip", "rule"]).splitlines(),
+        "ip_forward": _read("/proc/sys/net/ipv4/ip_forward"),
+        "conf.all.forwarding": _read("/proc/sys/net/ipv4/conf/all/forwarding"),
+        "conf.default": conf_default,
+        "iptables": _iptables(),
+        "nft": _nft(),
+        "netns": sorted(n for n in os.listdir("/run/netns") if n.startswith(own_prefix))
+        if os.path.isdir("/run/netns") else [],
+    }
+
+
+def snapshot_diff(before: dict, after: dict) -> list[str]:
+    diffs = []
+    for key in before:
+        a, b = before[key], after.get(key)
+        if a == b:
+            continue
+        if isinstance(a, list) and isinstance(b, list):
+            gone = [x for x in a if x not in b]
+            new = [x for x in b if x not in a]
+            diffs.append(f"{key}: removed {_cap(gone)} added {_cap(new)}")
+        elif isinstance(a, dict) and isinstance(b, dict):
+            changed = {k: (a.get(k), b.get(k)) for k in set(a) | set(b) if a.get(k) != b.get(k)}
+            diffs.append(f"{key}: changed {changed}")
+        else:
+            diffs.append(f"{key}: before\n{a}\nafter\n{b}")
+    return diffs
+
+
+def _cap(items: list, limit: int = 8) -> str:
+    shown = ", ".join(map(str, items[:limit]))
+    return f"[{shown}{f', ... ({len(items)} in all)' if len(items) > limit else ''}]"
+
+
+_session_snapshot: dict | None = None
+
+
+@pytest.fixture(autouse=True)
+def _root_namespace_guard(request):
+    """Take the session snapshot before the first root test runs (compared at session end)."""
+    global _session_snapshot
+    if IS_ROOT and _session_snapshot is None and request.node.get_closest_marker("root"):
+        _session_snapshot = root_snapshot()
+    yield
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _session_snapshot is None:
+        return
+    diffs = snapshot_diff(_session_snapshot, root_snapshot())
+    if diffs:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        msg = ("ROOT NETWORK NAMESPACE CHANGED during the test session (by these tests or by another "
+               "process running meanwhile):\n" + "\n".join(diffs))
+        if reporter:
+            reporter.write_line(msg, red=True)
+        else:
+            print(msg, file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture
+def root_unchanged():
+    """Per-test version: fails the test if the root namespace differs after it."""
+    before = root_snapshot()
+    yield before
+    diffs = snapshot_diff(before, root_snapshot())
+    if diffs:
+        pytest.fail("root network namespace changed:\n" + "\n".join(diffs), pytrace=False)
+
+
+# --- labs ----------------------------------------------------------------------------------
+
+def unique_lab_name() -> str:
+    name = f"{LAB_PREFIX}{next(_counter)}".lower()
+    assert len(name) <= 32
+    return name
+
+
+@dataclass
+class Lab:
+    name: str
+    file: str
+    run_dir: str
+    env: dict = field(default_factory=dict)
+    down_done: bool = False
+
+    @property
+    def state(self) -> dict:
+        with open(os.path.join(self.run_dir, self.name, "state.json")) as f:
+            return json.load(f)
+
+    def ns(self, node: str) -> str:
+        return self.state["nodes"][node]
+
+    def nslab(self, *args, **kw) -> subprocess.CompletedProcess:
+        return nslab(*args, env={**self.env, **kw.pop("env", {})}, **kw)
+
+    def exec(self, node: str, *cmd, timeout=30, check=False) -> subprocess.CompletedProcess:
+        """`nslab exec -l LAB NODE -- CMD`."""
+        return self.nslab("exec", "-l", self.name, node, "--", *cmd, timeout=timeout, check=check)
+
+    def popen(self, node: str, *cmd, **kw) -> subprocess.Popen:
+        """A command inside NODE started directly with `ip netns exec` (for long-running tools)."""
+        return subprocess.Popen(["ip", "netns", "exec", self.ns(node), *map(str, cmd)], **kw)
+
+    def down(self) -> subprocess.CompletedProcess:
+        proc = self.nslab("down", self.name, check=True)
+        self.down_done = True
+        return proc
+
+
+def leftovers(name: str, run_dir: str, processes: list[dict]) -> list[str]:
+    """Everything lab `name` could have left behind."""
+    problems = []
+    ns_left = [n for n in (os.listdir("/run/netns") if os.path.isdir("/run/netns") else [])
+               if n.startswith(name + ".")]
+    if ns_left:
+        problems.append(f"namespaces left in /run/netns: {ns_left}")
+    if os.path.exists(os.path.join(run_dir, name)):
+        problems.append(f"{os.path.join(run_dir, name)} left behind")
+    hosts_left = glob.glob(f"/etc/netns/{glob.escape(name)}.*")
+    if hosts_left:
+        problems.append(f"/etc/netns entries left: {hosts_left}")
+    for p in processes:
+        if _alive(p["pid"], p.get("start_time")):
+            problems.append(f"process {p['pid']} ({p.get('what')}) still alive")
+    return problems
+
+
+def _alive(pid: int, start_time: int | None) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    if fields[0] == "Z":
+        return False
+    return start_time in (None, 0) or int(fields[19]) == start_time
+
+
+@pytest.fixture
+def lab_factory(request):
+    """lab_factory(topology, run_dir=None) -> Lab.  `topology` is a path (relative paths are
+    looked up in topologies/) or YAML text.  run_dir isolates the state directory
+    (NSLAB_RUN_DIR) so that e.g. `down --all` sees only this test's labs."""
+    if not IS_ROOT:
+        pytest.skip("needs root")
+    made: list[Lab] = []
+    tmp = request.getfixturevalue("tmp_path")
+
+    def make(topology: str | Path, run_dir: str | None = None, name: str | None = None) -> Lab:
+        text = str(topology)
+        if "\n" in text:
+            path = tmp / f"topo{len(made)}.yaml"
+            path.write_text(text)
+        else:
+            path = Path(text) if os.path.isabs(text) else (TOPOLOGIES / text if (TOPOLOGIES / text).exists()
+                                                           else REPO / text)
+        name = name or unique_lab_name()
+        env = {"NSLAB_RUN_DIR": run_dir} if run_dir else {}
+        lab = Lab(name=name, file=str(path), run_dir=run_dir or "/run/nslab", env=env)
+        made.append(lab)
+        nslab("up", "-q", path, "--name", name, env=env, check=True)
+        return lab
+
+    yield make
+
+    problems = []
+    for lab in made:
+        processes = []
+        try:
+            processes = lab.state.get("processes", [])
+        except (OSError, ValueError):
+            pass
+        if not lab.down_done and os.path.exists(os.path.join(lab.run_dir, lab.name)):
+            proc = lab.nslab("down", lab.name)
+            if proc.returncode != 0:
+                problems.append(f"nslab down {lab.name} failed: {proc.stderr.strip()}")
+        problems += [f"lab {lab.name}: {p}" for p in leftovers(lab.name, lab.run_dir, processes)]
+    if problems:
+        pytest.fail("lab teardown left things behind:\n" + "\n".join(problems), pytrace=False)
