@@ -17,6 +17,8 @@ def _q(s) -> str:
 
 
 def render_op(op) -> list[str]:
+    # Names are always introduced by `name`/`dev`: a node called "master" would otherwise
+    # be read by ip as the `master` keyword.
     n = f"ip -n {_q(op.ns)}" if hasattr(op, "ns") else "ip"
     if isinstance(op, P.Netns):
         return [f"ip netns add {_q(op.ns)}"]
@@ -26,24 +28,24 @@ def render_op(op) -> list[str]:
         mac = f" address {op.mac}" if op.mac else ""
         if op.kind == "veth":
             p = op.peer
-            cmds = [f"ip link add {_q(op.name)} netns {_q(op.ns)} mtu {op.mtu}{mac} type veth "
+            cmds = [f"ip link add name {_q(op.name)} netns {_q(op.ns)} mtu {op.mtu}{mac} type veth "
                     f"peer name {_q(p.name)} netns {_q(p.ns)} mtu {p.mtu} address {p.mac}"]
         elif op.kind == "vxlan":
             o = dict(op.vxlan)
             extra = f" dev {o['dev']}" if o.get("dev") else ""
             extra += " gbp" if o.get("gbp") else ""
-            cmds = [f"{n} link add {_q(op.name)} mtu {op.mtu}{mac} type vxlan id {o['id']} local {o['local']}"
+            cmds = [f"{n} link add name {_q(op.name)} mtu {op.mtu}{mac} type vxlan id {o['id']} local {o['local']}"
                     f"{extra} dstport {o['port']} {'learning' if o.get('learning') else 'nolearning'}"]
         elif op.kind == "bridge":
-            cmds = [f"{n} link add {_q(op.name)} mtu {op.mtu}{mac} type bridge stp_state 0"]
+            cmds = [f"{n} link add name {_q(op.name)} mtu {op.mtu}{mac} type bridge stp_state 0"]
         else:
-            cmds = [f"{n} link add {_q(op.name)} mtu {op.mtu}{mac} type {op.kind}"]
+            cmds = [f"{n} link add name {_q(op.name)} mtu {op.mtu}{mac} type {op.kind}"]
         if op.master:
-            cmds.append(f"{n} link set {_q(op.name)} master {_q(op.master)}")
-        cmds.append(f"{n} link set {_q(op.name)} up")
+            cmds.append(f"{n} link set dev {_q(op.name)} master {_q(op.master)}")
+        cmds.append(f"{n} link set dev {_q(op.name)} up")
         return cmds
     if isinstance(op, P.Up):
-        return [f"{n} link set {_q(op.dev)} up"]
+        return [f"{n} link set dev {_q(op.dev)} up"]
     if isinstance(op, P.Addr):
         ifc = IPv4Interface(op.address)
         if op.peer:
