@@ -14,7 +14,7 @@ from .plan import Plan, Serve
 
 def require_root() -> None:
     if os.geteuid() != 0:
-        raise PrerequisiteError("nslab needs root to create network namespaces: run it with sudo "
+        raise PrerequisiteError("root privileges are needed to create network namespaces: run nslab with sudo "
                                 "(or as root)")
 
 
