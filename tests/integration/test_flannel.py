@@ -89,6 +89,22 @@ def test_pod_to_pod_ping_and_http(spine_leaf, dst):
     assert r.returncode == 0 and r.stdout.startswith(dst), r.stdout + r.stderr
 
 
+def test_same_node_pods_talk_over_cni0_at_layer_2(spine_leaf):
+    """Note 001: client and web-worker1 share worker1's cni0: ARP, then ICMP, bridged."""
+    from scapy.layers.inet import ICMP, IP
+    from scapy.layers.l2 import ARP
+    spine_leaf.exec("client", "ip", "neigh", "flush", "dev", "eth0", check=True)
+    with spine_leaf.capture("web-worker1", "eth0") as cap:
+        assert spine_leaf.ping("client", "web-worker1").ttl == 64      # no router on the way
+    kinds = ["arp" if p.haslayer(ARP) else "icmp" if p.haslayer(ICMP) else "other" for p in cap.result]
+    assert kinds[:2] == ["arp", "arp"] and "icmp" in kinds[2:], kinds
+    echo = next(p for p in cap.result if p.haslayer(ICMP))
+    assert echo[IP].src == "10.244.1.2"
+    assert echo.src == link(spine_leaf, "client", "eth0")["address"]    # the pod's own MAC, not a router's
+    neigh = spine_leaf.exec("client", "ip", "neigh", "show", "10.244.1.3", check=True).stdout
+    assert link(spine_leaf, "web-worker1", "eth0")["address"] in neigh
+
+
 def test_host_to_remote_pod(spine_leaf):
     assert spine_leaf.ping("master1", "web-worker3").ok
     r = spine_leaf.http_get("worker1", "web-worker3")
