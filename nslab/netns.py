@@ -177,8 +177,11 @@ def write_sysctl(key: str, value) -> None:
         raise ValueError(f"only namespaced net.* sysctls can be set, not {key}")
     if current_inode() == ROOT_NETNS_INODE:
         raise RuntimeError(f"refusing to set {key} in the root network namespace")
-    with open(sysctl_path(key), "w") as f:
-        f.write(str(value))
+    fd = os.open(sysctl_path(key), os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, str(value).encode())
+    finally:
+        os.close(fd)
 
 
 def sysctl_path(key: str) -> str:
