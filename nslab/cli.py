@@ -207,6 +207,29 @@ def script(file: Optional[str] = typer.Argument(None, help="Topology YAML (defau
     sys.stdout.write(render(compile_topology(topo)))
 
 
+@app.command()
+@run
+def trace(src: str = typer.Argument(..., help="Source node or pod (or one of its addresses)."),
+          dst: str = typer.Argument(..., help="Destination node, pod or address."),
+          lab: Optional[str] = LabOpt,
+          proto: str = typer.Option("icmp", "--proto", help="icmp (echo), tcp (connect) or udp."),
+          port: Optional[int] = typer.Option(None, "--port", help="tcp/udp destination port (tcp: 80)."),
+          ttl: Optional[int] = typer.Option(None, "--ttl", help="IP TTL of the probe."),
+          timeout: float = typer.Option(1.0, "--timeout", help="Seconds to wait for the probe and its reply."),
+          as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
+    """Send one probe and show its path hop by hop, with the kernel entries that chose each step.
+    Exits 1 when the probe or its reply did not get through."""
+    from . import trace as tracemod
+    labmod.require_root()
+    result = tracemod.trace(labmod.resolve_lab(lab), src, dst, proto, port, ttl, timeout)
+    if as_json:
+        print(json.dumps(result, indent=1))
+    else:
+        tracemod.render(console, result)
+    if not tracemod.complete(result):
+        raise typer.Exit(1)
+
+
 def main():
     app()
 

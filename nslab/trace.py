@@ -1,0 +1,886 @@
+"""`nslab trace`: send one probe and show the path it took, hop by hop, with the kernel
+table entry that decided each step (note 000's "pod eth0 -> host veth -> cni0 ->
+flannel.1 -> ens33 -> ...", note 002's "how each field is found").
+
+How it works, without a process per interface or per namespace:
+1. capture: one AF_PACKET socket (ETH_P_ALL) opened inside every lab namespace (a socket
+   stays in the namespace it was created in), all read from this thread with select.
+   The socket address gives the interface and the direction (PACKET_OUTGOING or not).
+2. probe: ICMP echo from a raw socket, a TCP connect, or a UDP datagram, opened inside
+   the source's namespace.  Its ICMP id/seq or source port is the marker that finds it in
+   every frame, also inside VXLAN/IPIP/flannel-UDP encapsulation and inside ICMP errors.
+3. path: a node's observations are in its socket's arrival order (causal inside one
+   namespace); nodes are chained by following the topology's links from the sender.
+4. explain: for each step, the kernel of that namespace is asked (pyroute2, in-process):
+   `ip route get fibmatch` for the route line, the neighbour entry of the next hop, the
+   FDB entry of a vxlan device or of a bridge.  Nothing is recomputed from the topology.
+   Where the probe stops, the same lookups say why (no route, no neighbour, TTL, ...).
+Decoding and matching are pure functions (tests/test_trace_format.py).
+"""
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import random
+import select
+import shutil
+import socket
+import struct
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from . import lab as labmod
+from . import netns, state
+from .errors import NslabError, UsageError
+from .show import format_fdb, format_neigh, format_route, norm_fdb, norm_link, norm_neigh, norm_route
+
+ETH_P_ALL = 0x0003
+SO_TIMESTAMPNS = 35            # == SCM_TIMESTAMPNS (not exported by Python's socket module)
+PACKET_OUTGOING = 4
+ARPHRD_ETHER, ARPHRD_LOOPBACK = 1, 772
+RTM_F_FIB_MATCH = 0x2000       # `ip route get fibmatch`: the table entry, not a cloned result
+AF_BRIDGE = 7
+IFF_NOARP = 0x80
+DEFAULT_VXLAN_PORTS = (4789, 8472)
+PROTOS = ("icmp", "tcp", "udp")
+ICMP_NAMES = {0: "echo reply", 8: "echo request", 3: "destination unreachable", 11: "time exceeded",
+              12: "parameter problem"}
+UNREACH_CODES = {0: "net unreachable", 1: "host unreachable", 2: "protocol unreachable",
+                 3: "port unreachable", 4: "fragmentation needed", 9: "net prohibited",
+                 10: "host prohibited", 13: "communication administratively prohibited"}
+
+
+# --- decoding frames (pure) ----------------------------------------------------------------
+
+def _mac(b: bytes) -> str:
+    return ":".join(f"{x:02x}" for x in b)
+
+
+def decode(frame: bytes, hatype: int = ARPHRD_ETHER, encap: dict[int, str] | None = None) -> list[dict]:
+    """A frame as a list of header dicts, outermost first.  `encap` maps UDP destination
+    ports to the encapsulation they carry ("vxlan", or "udp" for flannel's UDP backend);
+    devices without a link header (TUN, IPIP) start at the IP header."""
+    layers: list[dict] = []
+    if hatype in (ARPHRD_ETHER, ARPHRD_LOOPBACK):
+        _eth(frame, layers, encap or {})
+    else:
+        _ip(frame, layers, encap or {})
+    return layers
+
+
+def _eth(data: bytes, layers: list, encap: dict) -> None:
+    if len(data) < 14:
+        return
+    etype = struct.unpack("!H", data[12:14])[0]
+    off = 14
+    if etype == 0x8100 and len(data) >= 18:          # 802.1Q tag: skip it
+        etype, off = struct.unpack("!H", data[16:18])[0], 18
+    layers.append({"layer": "eth", "src": _mac(data[6:12]), "dst": _mac(data[0:6]), "type": etype})
+    if etype == 0x0800:
+        _ip(data[off:], layers, encap)
+    elif etype == 0x0806 and len(data) >= off + 28:
+        a = data[off:off + 28]
+        layers.append({"layer": "arp", "op": "request" if a[7] == 1 else "reply",
+                       "sender": socket.inet_ntoa(a[14:18]), "sender_mac": _mac(a[8:14]),
+                       "target": socket.inet_ntoa(a[24:28])})
+
+
+def _ip(data: bytes, layers: list, encap: dict, quoted: bool = False) -> None:
+    if len(data) < 20 or data[0] >> 4 != 4:
+        return
+    ihl = (data[0] & 0x0F) * 4
+    total, ident, frag, ttl, proto = struct.unpack("!HHHBB", data[2:10])
+    layers.append({"layer": "ip", "src": socket.inet_ntoa(data[12:16]), "dst": socket.inet_ntoa(data[16:20]),
+                   "ttl": ttl, "proto": proto, "id": ident, "len": total})
+    if frag & 0x1FFF:                                  # a later fragment has no L4 header
+        return
+    payload = data[ihl:total] if not quoted and total >= ihl else data[ihl:]
+    if proto == 1:
+        _icmp(payload, layers, encap, quoted)
+    elif proto == 6 and len(payload) >= 4:
+        sport, dport = struct.unpack("!HH", payload[:4])
+        flags = payload[13] if len(payload) >= 14 else 0
+        names = "".join(c for bit, c in ((2, "S"), (16, "A"), (1, "F"), (4, "R"), (8, "P")) if flags & bit)
+        layers.append({"layer": "tcp", "sport": sport, "dport": dport, "flags": names})
+    elif proto == 17 and len(payload) >= 8:
+        sport, dport = struct.unpack("!HH", payload[:4])
+        layers.append({"layer": "udp", "sport": sport, "dport": dport})
+        kind = None if quoted else encap.get(dport)
+        if kind == "vxlan" and len(payload) >= 16:
+            layers.append({"layer": "vxlan", "vni": int.from_bytes(payload[12:15], "big")})
+            _eth(payload[16:], layers, encap)
+        elif kind == "udp":
+            layers.append({"layer": "flannel-udp"})
+            _ip(payload[8:], layers, encap)
+    elif proto == 4 and not quoted:
+        layers.append({"layer": "ipip"})
+        _ip(payload, layers, encap)
+
+
+def _icmp(payload: bytes, layers: list, encap: dict, quoted: bool) -> None:
+    if len(payload) < 8:
+        return
+    typ, code = payload[0], payload[1]
+    icmp: dict[str, Any] = {"layer": "icmp", "type": typ, "code": code}
+    if typ in (0, 8):
+        icmp["id"], icmp["seq"] = struct.unpack("!HH", payload[4:8])
+    elif typ in (3, 11, 12) and not quoted:
+        quote: list[dict] = []
+        _ip(payload[8:], quote, encap, quoted=True)
+        icmp["quote"] = quote
+    layers.append(icmp)
+
+
+def split(layers: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(outer, inner): inner starts after the last encapsulation header (vxlan, ipip,
+    flannel-udp); outer is empty when the frame is not encapsulated."""
+    cut = max((i + 1 for i, l in enumerate(layers) if l["layer"] in ("vxlan", "ipip", "flannel-udp")), default=0)
+    return layers[:cut], layers[cut:]
+
+
+def format_layer(l: dict) -> str:
+    kind = l["layer"]
+    if kind == "eth":
+        return f"eth {l['src']} > {l['dst']}"
+    if kind == "ip":
+        return f"ip {l['src']} > {l['dst']} ttl {l['ttl']}"
+    if kind == "tcp":
+        return f"tcp {l['sport']} > {l['dport']} [{l['flags'] or '.'}]"
+    if kind == "udp":
+        return f"udp {l['sport']} > {l['dport']}"
+    if kind == "vxlan":
+        return f"vxlan vni {l['vni']}"
+    if kind == "icmp":
+        text = f"icmp {ICMP_NAMES.get(l['type'], 'type ' + str(l['type']))}"
+        if "id" in l:
+            text += f" id {l['id']} seq {l['seq']}"
+        if l["type"] == 3:
+            text += f" ({UNREACH_CODES.get(l['code'], 'code ' + str(l['code']))})"
+        if l.get("quote"):
+            text += " for [" + " | ".join(format_layer(q) for q in l["quote"]) + "]"
+        return text
+    if kind == "arp":
+        return (f"arp who-has {l['target']} tell {l['sender']}" if l["op"] == "request"
+                else f"arp {l['sender']} is-at {l['sender_mac']}")
+    return kind
+
+
+def format_layers(layers: list[dict]) -> str:
+    return " | ".join(format_layer(l) for l in layers)
+
+
+def _first(layers: list[dict], kind: str) -> dict | None:
+    return next((l for l in layers if l["layer"] == kind), None)
+
+
+def _innermost_ip(layers: list[dict]) -> tuple[dict | None, dict | None]:
+    """The innermost IP header and the header after it (ICMP/TCP/UDP), if any."""
+    for i in range(len(layers) - 1, -1, -1):
+        if layers[i]["layer"] == "ip":
+            return layers[i], layers[i + 1] if i + 1 < len(layers) else None
+    return None, None
+
+
+# --- the probe ------------------------------------------------------------------------------
+
+@dataclass
+class Probe:
+    proto: str                 # icmp | tcp | udp
+    src: str | None            # source address (None: the kernel picks it)
+    dst: str
+    port: int | None = None    # tcp/udp destination port
+    ident: int = 0             # icmp id, or the tcp/udp source port
+    seq: int = 0               # icmp seq
+    ttl: int | None = None
+
+    def describe(self) -> str:
+        if self.proto == "icmp":
+            return f"icmp echo id {self.ident} seq {self.seq}"
+        return f"{self.proto} {self.ident} > {self.port}"
+
+    def classify(self, layers: list[dict]) -> str | None:
+        """'request', 'reply', 'error' (an ICMP error quoting the request) or None."""
+        ip, l4 = _innermost_ip(layers)
+        if ip is None or l4 is None:
+            return None
+        kind = self._match(l4)
+        if kind:
+            return kind
+        if l4["layer"] == "icmp" and l4.get("quote"):
+            _, ql4 = _innermost_ip(l4["quote"])
+            if ql4 is not None and self._match(ql4, quoted=True) == "request":
+                return "error"
+        return None
+
+    def _match(self, l4: dict, quoted: bool = False) -> str | None:
+        kind = l4["layer"]
+        if self.proto == "icmp" and kind == "icmp" and l4.get("id") == self.ident and l4.get("seq") == self.seq:
+            return {8: "request", 0: "reply"}.get(l4["type"])
+        if self.proto == kind and kind in ("tcp", "udp"):
+            if l4["sport"] == self.ident and l4["dport"] == self.port:
+                if kind == "tcp" and not quoted and l4["flags"].replace("S", "") != "":
+                    return None                           # the SYN only, not the ACK that follows
+                return "request"
+            if l4["sport"] == self.port and l4["dport"] == self.ident:
+                if kind == "tcp" and not ("S" in l4["flags"] or "R" in l4["flags"]):
+                    return None
+                return "reply"
+        return None
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    s = (s >> 16) + (s & 0xFFFF)
+    s += s >> 16
+    return ~s & 0xFFFF
+
+
+def icmp_echo(ident: int, seq: int, payload: bytes) -> bytes:
+    head = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
+    return struct.pack("!BBHHH", 8, 0, _checksum(head + payload), ident, seq) + payload
+
+
+def send_probe(ns: str, probe: Probe) -> tuple[socket.socket | None, OSError | None, int]:
+    """Send the probe from inside `ns`; returns (socket to close later, send error, send time ns).
+    Fills probe.ident for tcp/udp (the source port the kernel gave)."""
+    with netns.enter(ns):
+        if probe.proto == "icmp":
+            sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        elif probe.proto == "tcp":
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))   # close = RST
+        else:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        if probe.ttl:
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, probe.ttl)
+        sock.bind((probe.src or "0.0.0.0", 0))
+        if probe.proto != "icmp":
+            probe.ident = sock.getsockname()[1]
+        t0 = time.time_ns()
+        try:
+            if probe.proto == "icmp":
+                sock.sendto(icmp_echo(probe.ident, probe.seq, b"nslab trace " + os.urandom(8).hex().encode()),
+                            (probe.dst, 0))
+            elif probe.proto == "tcp":
+                rc = sock.connect_ex((probe.dst, probe.port))
+                if rc not in (0, errno.EINPROGRESS):
+                    raise OSError(rc, os.strerror(rc))
+            else:
+                sock.sendto(b"nslab trace " + os.urandom(8).hex().encode(), (probe.dst, probe.port))
+        except OSError as e:
+            return sock, e, t0
+        return sock, None, t0
+    except BaseException:
+        sock.close()
+        raise
+
+
+# --- capture ---------------------------------------------------------------------------------
+
+@dataclass
+class Obs:
+    """One sighting of a probe frame: node, interface, direction, headers."""
+    node: str
+    iface: str
+    dir: str                   # in | out
+    t_ns: int
+    order: int                 # arrival order on the node's socket (causal inside a namespace)
+    kind: str                  # request | reply | error
+    layers: list[dict]
+
+
+class Sniffer:
+    """An ETH_P_ALL packet socket in each namespace, read together from one thread."""
+
+    def __init__(self, namespaces: dict[str, str]):
+        self.socks: dict[int, tuple[str, socket.socket]] = {}
+        try:
+            for node, ns in namespaces.items():
+                with netns.enter(ns):
+                    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+                s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+                s.setblocking(False)
+                self.socks[s.fileno()] = (node, s)
+        except BaseException:
+            self.close()
+            raise
+        self.order = 0
+
+    def close(self) -> None:
+        for _, s in self.socks.values():
+            s.close()
+        self.socks = {}
+
+    def drain(self) -> None:
+        """Drop whatever was queued before the probe."""
+        for _, s in self.socks.values():
+            while True:
+                try:
+                    s.recv(65535)
+                except BlockingIOError:
+                    break
+
+    def read(self, probe: Probe, encap: dict, deadline: float, done) -> list[Obs]:
+        """Observations of the probe until `done(observations)` or the deadline; after done,
+        a short grace period catches copies still in flight (floods, the last decap)."""
+        seen: list[Obs] = []
+        grace_until = None
+        poller = select.poll()                 # not select(): a big lab has fds above FD_SETSIZE
+        for fd in self.socks:
+            poller.register(fd, select.POLLIN)
+        while True:
+            now = time.monotonic()
+            end = min(deadline, grace_until) if grace_until else deadline
+            if now >= end:
+                return seen
+            for fd, _ in poller.poll(max(1, int((end - now) * 1000))):
+                node, s = self.socks[fd]
+                self._recv(node, s, probe, encap, seen)
+            if grace_until is None and done(seen):
+                grace_until = time.monotonic() + 0.02
+
+    def _recv(self, node: str, s: socket.socket, probe: Probe, encap: dict, seen: list[Obs]) -> None:
+        while True:
+            try:
+                data, anc, _, addr = s.recvmsg(65535, 64)
+            except BlockingIOError:
+                return
+            self.order += 1
+            ifname, _, pkttype, hatype = addr[:4]
+            layers = decode(data, hatype, encap)
+            kind = probe.classify(layers) or ("icmp error?" if _quote_tuple(layers) else None)
+            if kind is None:
+                continue
+            t_ns = time.time_ns()
+            for level, typ, value in anc:
+                if level == socket.SOL_SOCKET and typ == SO_TIMESTAMPNS and len(value) >= 16:
+                    sec, nsec = struct.unpack("qq", value[:16])
+                    t_ns = sec * 1_000_000_000 + nsec
+            seen.append(Obs(node, ifname, "out" if pkttype == PACKET_OUTGOING else "in", t_ns, self.order,
+                            kind, layers))
+
+
+# --- building the path (pure) ----------------------------------------------------------------
+
+def build_path(obs: list[Obs], start: str | None, peers: dict[tuple[str, str], tuple[str, str]]) -> tuple[list[Obs], list[Obs]]:
+    """(path, also_seen): the start node's sightings in order, then the node on the other end
+    of the link it left by, and so on.  First sighting per (node, iface, dir) counts (a
+    retransmission is not a new hop); sightings off the path (a flooded copy) are returned
+    apart, in time order."""
+    by_node: dict[str, list[Obs]] = {}
+    firsts: set = set()
+    for o in sorted(obs, key=lambda o: o.order):
+        key = (o.node, o.iface, o.dir)
+        if key not in firsts:
+            firsts.add(key)
+            by_node.setdefault(o.node, []).append(o)
+    path: list[Obs] = []
+    node = start if start in by_node else None
+    if node is None and by_node:
+        node = min(by_node, key=lambda n: (by_node[n][0].t_ns, by_node[n][0].dir != "out"))
+    visited: set[str] = set()
+    while node is not None and node not in visited:
+        visited.add(node)
+        steps = by_node[node]
+        path += steps
+        node = None
+        for o in steps:
+            peer = peers.get((o.node, o.iface)) if o.dir == "out" else None
+            if peer and peer[0] in by_node and peer[0] not in visited:
+                node = peer[0]
+                break
+    rest = sorted((o for n, os_ in by_node.items() if n not in visited for o in os_), key=lambda o: o.t_ns)
+    return path, rest
+
+
+def _quote_tuple(layers: list[dict]) -> tuple | None:
+    """(src, dst, sport, dport) of the packet an ICMP error quotes, if it quotes UDP."""
+    _, l4 = _innermost_ip(layers)
+    quote = (l4 or {}).get("quote") or []
+    ip, udp = _first(quote, "ip"), _first(quote, "udp")
+    return (ip["src"], ip["dst"], udp["sport"], udp["dport"]) if ip and udp else None
+
+
+def outer_errors(obs: list[Obs]) -> list[Obs]:
+    """ICMP errors about the *outer* packet carrying the probe (a router on the underlay
+    without a route answers the VXLAN sender): they quote only the outer IP/UDP headers,
+    so they are matched against the outer headers the probe was seen with."""
+    outer = set()
+    for o in obs:
+        if o.kind == "request":
+            head, _ = split(o.layers)
+            ip, udp = _first(head, "ip"), _first(head, "udp")
+            if ip and udp:
+                outer.add((ip["src"], ip["dst"], udp["sport"], udp["dport"]))
+    found = [o for o in obs if o.kind == "icmp error?" and _quote_tuple(o.layers) in outer]
+    for o in found:
+        o.kind = "error"
+    return found
+
+
+def ip_key(layers: list[dict]) -> tuple[str, str] | None:
+    ip = _first(layers, "ip")
+    return (ip["src"], ip["dst"]) if ip else None
+
+
+def summary(path: list[dict]) -> str:
+    """`client(eth0) -> worker1(veth0120afb2 cni0 flannel.4000 enp0s3) -> rack1(worker1 leaf01)`"""
+    groups: list[tuple[str, list[str]]] = []
+    for s in path:
+        if groups and groups[-1][0] == s["node"]:
+            if s["iface"] not in groups[-1][1]:
+                groups[-1][1].append(s["iface"])
+        else:
+            groups.append((s["node"], [s["iface"]]))
+    return " -> ".join(f"{node}({' '.join(ifaces)})" for node, ifaces in groups)
+
+
+# --- asking the kernel -------------------------------------------------------------------------
+
+class Kernel:
+    """Lookups in one namespace over an IPRoute socket opened (and used) inside it."""
+
+    def __init__(self, ipr):
+        self.ipr = ipr
+        msgs = list(ipr.get_links())
+        self.names = {m.get("index"): m.get_attr("IFLA_IFNAME") for m in msgs}
+        self.index = {v: k for k, v in self.names.items()}
+        self.links = {}
+        for m in msgs:
+            link = norm_link(m, self.names)
+            link["noarp"] = bool(m.get("flags", 0) & IFF_NOARP)
+            self.links[link["name"]] = link
+        self._neigh: list[dict] | None = None
+        self._fdb: list[dict] | None = None
+
+    def route(self, dst: str, src: str | None = None, iif: str | None = None, fibmatch: bool = False) -> dict:
+        """`ip route get [fibmatch] DST [from SRC] [iif IIF]`; raises OSError like the kernel answers."""
+        from pyroute2.netlink.exceptions import NetlinkError
+        kw: dict[str, Any] = {"dst": dst}
+        if src:
+            kw["src"] = src
+        if iif:
+            kw["iif"] = self.index[iif]
+        if fibmatch:
+            kw["flags"] = RTM_F_FIB_MATCH
+        try:
+            reply = self.ipr.route("get", **kw)
+        except NetlinkError as e:
+            raise OSError(e.code, os.strerror(e.code)) from None
+        return norm_route(reply[0], self.names)
+
+    def neigh(self, dev: str, ip: str) -> dict | None:
+        if self._neigh is None:
+            self._neigh = [norm_neigh(m, self.names) for m in self.ipr.get_neighbours(family=socket.AF_INET)]
+        return next((n for n in self._neigh if n["dev"] == dev and n["dst"] == ip), None)
+
+    def fdb(self, mac: str, dev: str | None = None, master: str | None = None) -> dict | None:
+        if self._fdb is None:
+            self._fdb = [norm_fdb(m, self.names) for m in self.ipr.neigh("dump", family=AF_BRIDGE)]
+        for f in self._fdb:
+            if f["mac"] == mac and (dev is None or f["dev"] == dev) and (master is None or f["master"] == master):
+                return f
+        return None
+
+    def vxlan_for_port(self, port: int) -> dict | None:
+        return next((l for l in self.links.values() if l["kind"] == "vxlan" and l["info"].get("dstport") == port), None)
+
+
+def _is_port(link: dict | None) -> bool:
+    return bool(link and link.get("slave_kind") == "bridge" and link.get("master"))
+
+
+def _route_text(r: dict) -> str:
+    return format_route(r, show_table=r.get("table") != "main")
+
+
+def explain_steps(k: Kernel, steps: list[dict], path: list[dict]) -> None:
+    """Attach to each step (all in this namespace) the table entries that decided the next
+    step: bridge FDB where a frame enters a bridge port, route + neighbour (+ vxlan FDB,
+    + bridge FDB) where an IP packet leaves by a routed device, the local route where it
+    ends.  Each step's `terminal` tells whether nothing later at this node carried it on."""
+    for s in steps:
+        link = k.links.get(s["iface"])
+        eth = _first(s["layers"], "eth")
+        key = ip_key(s["layers"])
+        ip = _first(s["layers"], "ip")
+        dec = s["decisions"]
+        if s["dir"] == "in" and _is_port(link):
+            if eth:
+                dec.append(_bridge_decision(k, eth["dst"], link["master"]))
+        elif s["dir"] == "out" and not _is_port(link) and ip:
+            iif = _iif(s, path)
+            try:
+                r = k.route(ip["dst"], ip["src"], iif, fibmatch=True)
+                dec.append({"kind": "route", "text": _route_text(r)})
+            except OSError as e:
+                dec.append({"kind": "route", "text": f"ip route get {ip['dst']}: {e.strerror}"})
+                r = None
+            gw = _gateway(k, ip, s["iface"], iif, r)
+            if link and not link["noarp"] and link["kind"] not in ("loopback",):
+                n = k.neigh(s["iface"], gw)
+                dec.append({"kind": "neigh", "text": format_neigh(n) if n else f"{gw} dev {s['iface']}: no entry"})
+            if link and link["kind"] == "vxlan" and eth:
+                f = k.fdb(eth["dst"], dev=s["iface"])
+                dec.append({"kind": "fdb", "text": format_fdb(f) if f else
+                            f"{eth['dst']} dev {s['iface']}: no FDB entry (no remote VTEP known)"})
+            if link and link["kind"] == "bridge" and eth:
+                dec.append(_bridge_decision(k, eth["dst"], s["iface"]))
+        elif s["dir"] == "in" and s.get("terminal") and ip:
+            try:
+                r = k.route(ip["dst"], ip["src"], s["iface"], fibmatch=True)
+            except OSError:
+                continue                                   # a drop: explained by explain_drop
+            if r["type"] == "local":
+                dec.append({"kind": "route", "text": _route_text(r)})
+                udp = _first(s["layers"], "udp")
+                vx = k.vxlan_for_port(udp["dport"]) if udp and _first(s["layers"], "vxlan") else None
+                s["note"] = (f"decapsulated: udp port {udp['dport']} is vxlan device {vx['name']} (id {vx['info']['id']})"
+                             if vx else "delivered")
+
+
+def _bridge_decision(k: Kernel, mac: str, bridge: str) -> dict:
+    if int(mac.split(":")[0], 16) & 1:
+        return {"kind": "bridge", "text": f"{mac}: broadcast/multicast, flooded on {bridge}"}
+    f = k.fdb(mac, master=bridge)
+    if f is None:
+        return {"kind": "bridge", "text": f"{mac}: no FDB entry on {bridge}, flooded to every port"}
+    text = format_fdb(f)
+    if f["dev"] == bridge:
+        text += f"  (to {bridge} itself: routed by this node)"
+    return {"kind": "bridge", "text": text}
+
+
+def _iif(step: dict, path: list[dict]) -> str | None:
+    """The routed device the packet came in by at this node (None: sent by this node)."""
+    i = next(n for n, x in enumerate(path) if x is step)
+    key = ip_key(step["layers"])
+    for prev in reversed(path[:i]):
+        if prev["node"] != step["node"]:
+            break
+        if prev["dir"] == "in" and ip_key(prev["layers"]) == key and not prev.get("_port"):
+            return prev["iface"]
+    return None
+
+
+def _gateway(k: Kernel, ip: dict, dev: str, iif: str | None, fib: dict | None) -> str:
+    """The next hop the kernel chose on `dev`: its gateway, else the destination itself."""
+    try:
+        r = k.route(ip["dst"], ip["src"], iif)
+        if r.get("dev") == dev and r.get("gateway"):
+            return r["gateway"]
+    except OSError:
+        pass
+    for nh in (fib or {}).get("nexthops") or []:
+        if nh.get("dev") == dev and nh.get("gateway"):
+            return nh["gateway"]
+    if fib and fib.get("dev") == dev and fib.get("gateway"):
+        return fib["gateway"]
+    return ip["dst"]
+
+
+def explain_drop(k: Kernel, ns: str, s: dict) -> dict:
+    """Why a packet that arrived on s['iface'] went no further here, from this kernel."""
+    ip = _first(s["layers"], "ip")
+    where = {"node": s["node"], "iface": s["iface"]}
+    link = k.links.get(s["iface"])
+    if ip is None:
+        return {**where, "reason": "unknown", "detail": "not an IP packet"}
+    if _is_port(link):
+        eth = _first(s["layers"], "eth")
+        dec = _bridge_decision(k, eth["dst"], link["master"]) if eth else {"text": "?"}
+        return {**where, "reason": "bridge", "detail": f"bridge {link['master']} did not forward it: {dec['text']}"}
+    try:
+        r = k.route(ip["dst"], ip["src"], s["iface"], fibmatch=True)
+    except OSError as e:
+        try:
+            plain = k.route(ip["dst"])
+        except OSError as e2:
+            return {**where, "reason": "no route", "detail": f"{s['node']} has no route to {ip['dst']} "
+                    f"(ip route get {ip['dst']}: {e2.strerror})"}
+        if e.errno == errno.EXDEV:
+            return {**where, "reason": "rp_filter", "detail": f"{s['node']} would not answer "
+                    f"{ip['src']} by {s['iface']} (its route to it: {_route_text(k.route(ip['src']))})"}
+        fwd = _sysctl(f"net.ipv4.conf.{s['iface'].replace('.', '/')}.forwarding")
+        if fwd == "0":
+            return {**where, "reason": "forwarding off", "detail": f"{s['node']} does not forward: "
+                    f"net.ipv4.conf.{s['iface']}.forwarding = 0"}
+        return {**where, "reason": "no route", "detail": f"ip route get {ip['dst']} from {ip['src']} iif "
+                f"{s['iface']}: {e.strerror} (without iif: {_route_text(plain)})"}
+    line = _route_text(r)
+    if r["type"] in ("unreachable", "blackhole", "prohibit"):
+        return {**where, "reason": "no route", "detail": f"route `{line}` discards it ({r['type']})"}
+    if r["type"] == "local":
+        return {**where, "reason": "not answered", "detail": f"delivered locally (`{line}`) but not answered"}
+    if ip["ttl"] <= 1:
+        return {**where, "reason": "TTL", "detail": f"it arrived with ttl {ip['ttl']} and "
+                f"would be forwarded by `{line}`"}
+    out = r.get("dev")
+    gw = _gateway(k, ip, out, s["iface"], r) if out else ip["dst"]
+    n = k.neigh(out, gw) if out else None
+    if n and set(n["state"]) & {"FAILED", "INCOMPLETE"}:
+        return {**where, "reason": "no neighbour", "detail": f"ARP for {gw} on {out} got no answer "
+                f"(`{format_neigh(n)}`); route `{line}`"}
+    olink = k.links.get(out or "")
+    if olink and olink["state"] not in ("UP", "UNKNOWN"):
+        return {**where, "reason": "link down", "detail": f"{out} is {olink['state']}; route `{line}`"}
+    rules = firewall_drops(ns)
+    if rules:
+        return {**where, "reason": "firewall", "detail": f"iptables in {s['node']}: " + "; ".join(rules)}
+    return {**where, "reason": "unknown", "detail": f"the kernel has a route (`{line}`) but it went no further"}
+
+
+def _sysctl(key: str) -> str | None:
+    try:
+        return netns.read_sysctl(key)
+    except OSError:
+        return None
+
+
+def firewall_drops(ns: str) -> list[str]:
+    """DROP/REJECT rules and DROP policies of the namespace's iptables (forks iptables-save:
+    only ever called for a dropped probe)."""
+    if shutil.which("iptables-save") is None:
+        return []
+    proc = subprocess.run(["ip", "netns", "exec", ns, "iptables-save", "-c"], capture_output=True, text=True,
+                          timeout=10)
+    hits = []
+    for line in proc.stdout.splitlines():
+        if line.startswith(":") and " DROP " in line and not line.endswith("[0:0]"):
+            hits.append(f"chain policy {line[1:].split()[0]} DROP {line.split()[-1]}")
+        elif line.startswith("[") and ("-j DROP" in line or "-j REJECT" in line):
+            counts, rule = line.split(" ", 1)
+            hits.append(f"`{rule}` {counts}")
+    return hits
+
+
+# --- the whole trace ----------------------------------------------------------------------------
+
+@dataclass
+class Endpoint:
+    name: str                  # as the user gave it
+    node: str | None           # the lab node holding the address (None: not in the lab)
+    ip: str | None
+
+
+def resolve(topo, text: str) -> Endpoint:
+    if text in topo.nodes:
+        addr = topo.address_of(text)
+        return Endpoint(text, text, str(addr) if addr else None)
+    try:
+        addr = ipaddress.IPv4Address(text)
+    except ValueError:
+        raise UsageError(f"lab {topo.name} has no node {text!r} and it is not an IPv4 address "
+                         f"(nodes: {', '.join(topo.nodes)})") from None
+    owner = next((n.name for n in topo.nodes.values() if any(a.ip == addr for a in n.addresses)), None)
+    if owner is None:
+        owner = next((n.name for n in topo.nodes.values() for b in n.bridges if b.ip and b.ip.ip == addr), None)
+    return Endpoint(text, owner, str(addr))
+
+
+def _peers(topo) -> dict[tuple[str, str], tuple[str, str]]:
+    return {(n.name, i.name): (i.peer_node, i.peer_name) for n in topo.nodes.values() for i in n.ifaces}
+
+
+def _encap_ports(topo) -> dict[int, str]:
+    ports = {p: "vxlan" for p in DEFAULT_VXLAN_PORTS}
+    cluster = topo.cluster
+    if cluster is not None and cluster.backend.type in ("vxlan", "udp"):
+        ports[cluster.backend.port] = cluster.backend.type
+    return ports
+
+
+def trace(lab: str, src: str, dst: str, proto: str = "icmp", port: int | None = None, ttl: int | None = None,
+          timeout: float = 1.0) -> dict:
+    labmod.require_root()
+    if proto not in PROTOS:
+        raise UsageError(f"--proto must be one of {', '.join(PROTOS)}, not {proto!r}")
+    if proto == "icmp" and port is not None:
+        raise UsageError("--port applies to --proto tcp or udp, not icmp")
+    if proto != "icmp" and port is None:
+        port = 80 if proto == "tcp" else 33434
+    if port is not None and not 0 < port < 65536:
+        raise UsageError(f"--port must be 1..65535, not {port}")
+    if ttl is not None and not 0 < ttl < 256:
+        raise UsageError(f"--ttl must be 1..255, not {ttl}")
+    if not 0 < timeout <= 30:
+        raise UsageError(f"--timeout must be more than 0 and at most 30 seconds, not {timeout}")
+    st = state.load(lab)
+    topo = labmod.topology(lab)
+    s, d = resolve(topo, src), resolve(topo, dst)
+    if s.node is None:
+        raise UsageError(f"the source must be a node of lab {lab} (or one of its addresses): {src} is neither")
+    if d.ip is None:
+        raise UsageError(f"{dst} has no address to send to")
+    probe = Probe(proto, s.ip if s.name != s.node else None, d.ip, port, random.randint(1, 0xFFFF),
+                  random.randint(1, 0xFFFF), ttl)
+    encap = _encap_ports(topo)
+    namespaces = {node: ns for node, ns in st.nodes.items() if netns.exists(ns)}
+    if s.node not in namespaces:
+        raise NslabError(f"namespace {st.nodes[s.node]} of {s.node} is gone; rebuild the lab "
+                         f"(nslab down {lab}, then nslab up)")
+    t_start = time.perf_counter()
+    sniffer = Sniffer(namespaces)
+    sock = None
+    try:
+        sniffer.drain()
+        sock, send_error, t0 = send_probe(namespaces[s.node], probe)
+
+        def answered(seen: list[Obs]) -> bool:
+            return any(o.kind in ("reply", "error") and o.node == s.node and o.dir == "in" for o in seen)
+
+        deadline = time.monotonic() + (0 if send_error else timeout)
+        obs = sniffer.read(probe, encap, deadline, answered)
+    finally:
+        sniffer.close()
+        if sock is not None:
+            sock.close()
+    peers = _peers(topo)
+    result: dict[str, Any] = {
+        "lab": lab, "src": vars(s), "dst": vars(d),
+        "probe": {"proto": proto, "src": probe.src, "dst": probe.dst, "port": port, "ident": probe.ident,
+                  "seq": probe.seq if proto == "icmp" else None, "ttl": ttl, "text": probe.describe()},
+    }
+    outer_errors(obs)
+    paths: dict[str, dict] = {}
+    req, req_rest = build_path([o for o in obs if o.kind == "request"], s.node, peers)
+    replies = [o for o in obs if o.kind == "reply"] or [o for o in obs if o.kind == "error"]
+    rep, rep_rest = build_path(replies, d.node if replies and replies[0].kind == "reply" else None, peers)
+    for name, path, rest, target in (("request", req, req_rest, d.node), ("reply", rep, rep_rest, s.node)):
+        steps = [_step(o, t0) for o in path]
+        paths[name] = {"kind": _kind_text(path), "hops": steps, "also_seen": [_step(o, t0) for o in rest],
+                       "summary": summary(steps), "delivered": False, "drop": None}
+    # mark where a packet's layer ends at a node (nothing later there carries the same IP header)
+    for p in paths.values():
+        hops = p["hops"]
+        for i, h in enumerate(hops):
+            later = [x for x in hops[i + 1:] if x["node"] == h["node"]]
+            h["terminal"] = h["dir"] == "in" and not any(ip_key(x["layers"]) == ip_key(h["layers"]) for x in later)
+    _explain(paths, namespaces, topo)
+    req_p, rep_p = paths["request"], paths["reply"]
+    for p, target in ((req_p, d.node), (rep_p, None)):    # an ICMP error goes to whoever sent the packet
+        p["delivered"] = bool(p["hops"]) and p["hops"][-1].get("note") == "delivered" and \
+            target in (None, p["hops"][-1]["node"])
+    if send_error is not None and not req_p["hops"]:
+        req_p["drop"] = {"node": s.node, "iface": None, "reason": "not sent",
+                         "detail": f"{s.node} could not send to {d.ip}: {send_error.strerror}"}
+    elif not req_p["delivered"] and req_p["hops"]:
+        req_p["drop"] = _drop(paths["request"], namespaces, topo)
+    if rep_p["hops"] and not rep_p["delivered"]:
+        rep_p["drop"] = _drop(rep_p, namespaces, topo)
+    rep_p["icmp_error"] = bool(replies) and replies[0].kind == "error"
+    result.update(paths)
+    result["elapsed_ms"] = round((time.perf_counter() - t_start) * 1000, 1)
+    for p in paths.values():
+        for h in p["hops"] + p["also_seen"]:
+            h.pop("_port", None)
+    return result
+
+
+def complete(result: dict) -> bool:
+    """The probe reached its destination and its reply came back."""
+    return result["request"]["delivered"] and result["reply"]["delivered"] and not result["reply"]["icmp_error"]
+
+
+def _kind_text(path: list[Obs]) -> str | None:
+    if not path:
+        return None
+    _, l4 = _innermost_ip(path[0].layers)
+    return format_layer(l4) if l4 else None
+
+
+def _step(o: Obs, t0: int) -> dict:
+    outer, inner = split(o.layers)
+    return {"node": o.node, "iface": o.iface, "dir": o.dir, "t_ms": round((o.t_ns - t0) / 1e6, 3),
+            "outer": format_layers(outer) if outer else None, "inner": format_layers(inner),
+            "layers": o.layers, "decisions": [], "note": None}
+
+
+def _explain(paths: dict, namespaces: dict[str, str], topo) -> None:
+    """One namespace entry and one IPRoute socket per node on either path."""
+    from pyroute2 import IPRoute
+    by_node: dict[str, list[tuple[dict, list]]] = {}
+    for p in paths.values():
+        for h in p["hops"]:
+            by_node.setdefault(h["node"], []).append((h, p["hops"]))
+    for node, items in by_node.items():
+        with netns.enter(namespaces[node]), IPRoute() as ipr:
+            k = Kernel(ipr)
+            for h, _ in items:
+                h["_port"] = _is_port(k.links.get(h["iface"]))
+            for h, hops in items:
+                explain_steps(k, [h], hops)
+
+
+def _drop(p: dict, namespaces: dict[str, str], topo) -> dict:
+    """Where and why the path ends short of its target."""
+    from pyroute2 import IPRoute
+    last = p["hops"][-1]
+    if last["dir"] == "out":
+        peer = _peers(topo).get((last["node"], last["iface"]))
+        if peer is None:
+            return {"node": last["node"], "iface": last["iface"], "reason": "left the lab",
+                    "detail": f"it left by {last['iface']}, which has no peer in the lab"}
+        with netns.enter(namespaces[peer[0]]), IPRoute() as ipr:
+            link = Kernel(ipr).links.get(peer[1])
+        state_text = link["state"] if link else "missing"
+        return {"node": last["node"], "iface": last["iface"], "reason": "lost on the link",
+                "detail": f"it left {last['node']} by {last['iface']} but {peer[0]}:{peer[1]} never received it "
+                          f"({peer[1]} is {state_text})"}
+    with netns.enter(namespaces[last["node"]]), IPRoute() as ipr:
+        return explain_drop(Kernel(ipr), namespaces[last["node"]], last)
+
+
+# --- rendering ------------------------------------------------------------------------------------
+
+def render(console, r: dict) -> None:
+    from rich.text import Text
+    s, d = r["src"], r["dst"]
+    head = Text.assemble(("trace ", "bold"), f"{s['name']} ({s['ip'] or s['node']}) -> {d['name']} ({d['ip']})  ",
+                         (r["probe"]["text"], "cyan"),
+                         f"{'  ttl ' + str(r['probe']['ttl']) if r['probe']['ttl'] else ''}  lab {r['lab']}")
+    console.print(head)
+    for name in ("request", "reply"):
+        p = r[name]
+        console.print()
+        title = Text.assemble((name, "bold magenta"), f"  {p['kind'] or ''}")
+        console.print(title)
+        if not p["hops"]:
+            console.print(Text("  not seen anywhere" if name == "request" else "  no reply seen", style="red"))
+        else:
+            console.print(Text("  " + p["summary"], style="bold"))
+        last_node = None
+        for i, h in enumerate(p["hops"], 1):
+            node = h["node"] if h["node"] != last_node else ""
+            last_node = h["node"]
+            line = Text(f"  {i:>2} ")
+            line.append(f"{node:<14}", style="bold")
+            line.append(f"{h['iface']:<14} {h['dir']:<3}  +{h['t_ms']:.3f} ms  ")
+            if h["outer"]:
+                line.append("outer ", style="dim")
+                line.append(h["outer"] + "\n" + " " * 44)
+                line.append("inner ", style="dim")
+            line.append(h["inner"])
+            console.print(line)
+            for dec in h["decisions"]:
+                console.print(Text(f"{'':>20}{dec['kind']:<7}", style="cyan") + Text(dec["text"]))
+            if h.get("note"):
+                console.print(Text(f"{'':>20}{h['note']}", style="green"))
+        for h in p["also_seen"]:
+            console.print(Text(f"      also seen at {h['node']} {h['iface']} {h['dir']} (+{h['t_ms']:.3f} ms)",
+                               style="dim"))
+        if p["delivered"]:
+            console.print(Text(f"  delivered to {p['hops'][-1]['node']}", style="green"))
+        elif p["drop"]:
+            dr = p["drop"]
+            where = f"{dr['node']} {dr['iface']}" if dr.get("iface") else dr["node"]
+            console.print(Text(f"  dropped at {where} ({dr['reason']}): {dr['detail']}", style="red"))
+    console.print(Text(f"\n{r['elapsed_ms']:.0f} ms", style="dim"))
