@@ -6,11 +6,18 @@ process per pod, the agent opens each listening socket from inside the pod's nam
 selector loop.  It is recorded in the lab's state and stopped by `nslab down`; it also
 exits by itself when the lab's run directory disappears, so it can never outlive its lab
 (its sockets would otherwise keep the lab's namespaces alive).
+
+It also supervises the lab's userspace dataplanes (plan Daemon ops: flannel's udp proxy,
+the ipip encapsulator; nslab/tunnel.py), one process per node, as a kubelet keeps
+flanneld running: each is started in its node's namespace, logged to
+<run dir>/tunnel-<node>.log, recorded in the lab's state (PID + start time), restarted if
+it dies (and re-recorded), and stopped with the agent.
 """
 from __future__ import annotations
 
 import json
 import os
+import select
 import selectors
 import signal
 import socket
@@ -24,23 +31,103 @@ SPEC = "agent.json"
 LOG = "agent.log"
 
 
-def start(st, services) -> None:
-    """Start the agent for `services` (plan Serve ops) and wait until it listens."""
+def start(st, ops) -> None:
+    """Start the agent for plan Serve and Daemon ops; wait until it listens and every
+    dataplane runs, and record them all."""
     from . import state
     from .errors import NslabError
+    from .plan import Daemon
+    services = [s for s in ops if not isinstance(s, Daemon)]
+    daemons = [d for d in ops if isinstance(d, Daemon)]
     with open(os.path.join(st.dir, SPEC), "w") as f:
-        json.dump([dict(ns=s.ns, node=s.node, kind=s.kind, port=s.port) for s in services], f)
+        json.dump({"services": [dict(ns=s.ns, node=s.node, kind=s.kind, port=s.port) for s in services],
+                   "daemons": [dict(ns=d.ns, node=d.node, kind=d.kind, dev=d.dev, config=list(d.config))
+                               for d in daemons]}, f)
     read_fd, write_fd = os.pipe()
     with open(os.path.join(st.dir, LOG), "ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "nslab.agent", st.dir, str(write_fd)],
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 pass_fds=(write_fd,), start_new_session=True)
     os.close(write_fd)
-    state.record_process(st, proc.pid, f"agent: http on {len(services)} pods")
+    state.record_process(st, proc.pid, f"agent: http on {len(services)} pods, {len(daemons)} dataplanes")
     with os.fdopen(read_fd, "rb") as ready:
         line = ready.readline().decode().strip()
-    if line != "ready":
+    if line.split(" ")[0] != "ready":
         raise NslabError(f"the lab agent did not start: {line or 'it exited'} (log: {os.path.join(st.dir, LOG)})")
+    for pid, d in zip(line.split()[1:], daemons):
+        state.record_process(st, int(pid), _what(d))
+
+
+def _what(d) -> str:
+    return f"{d['kind'] if isinstance(d, dict) else d.kind} dataplane on " \
+           f"{d['node'] if isinstance(d, dict) else d.node}"
+
+
+class Dataplane:
+    """One supervised daemon (nslab/tunnel.py) in its node's namespace."""
+
+    def __init__(self, run_dir: str, spec: dict):
+        self.run_dir, self.spec = run_dir, spec
+        self.proc: subprocess.Popen | None = None
+        self.started = 0.0
+        self.unrecorded: int | None = None     # the PID this one replaced, until the state says so
+
+    def spawn(self) -> None:
+        s = self.spec
+        read_fd, write_fd = os.pipe()
+        argv = [sys.executable, "-m", "nslab.tunnel", "--netns", s["ns"], "--ready-fd", str(write_fd),
+                "--run-dir", self.run_dir, s["kind"], s["dev"]] + [f"{k}={v}" for k, v in s["config"]]
+        with open(os.path.join(self.run_dir, f"tunnel-{s['node']}.log"), "ab") as log:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                         pass_fds=(write_fd,))
+        os.close(write_fd)
+        self.ready = os.fdopen(read_fd, "rb")
+        self.started = time.monotonic()
+
+    def wait_ready(self, timeout: float = 10.0) -> str | None:
+        """None when it runs, else why not."""
+        try:
+            ready, _, _ = select.select([self.ready], [], [], timeout)
+            line = self.ready.readline().decode().strip() if ready else ""
+        finally:
+            self.ready.close()
+        if line == "ready":
+            return None
+        self.proc.kill()
+        self.proc.wait()
+        with open(os.path.join(self.run_dir, f"tunnel-{self.spec['node']}.log"), "rb") as log:
+            last = (log.read().decode(errors="replace").strip().splitlines() or ["it exited"])[-1]
+        return f"{_what(self.spec)} did not start: {last}"
+
+    def rerecord(self) -> None:
+        """Swap the dead PID for the new one in the lab's state, once `up` has finished
+        writing it (status up), so neither write loses the other."""
+        from . import state
+        st = state.load(os.path.basename(self.run_dir))
+        if st is None or st.status != "up":
+            return
+        st.processes = [p for p in st.processes if p.pid != self.unrecorded]
+        self.unrecorded = None
+        state.record_process(st, self.proc.pid, _what(self.spec))
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+
+
+def supervise(planes: list[Dataplane]) -> None:
+    """Restart dead dataplanes (at most once a second each) and keep the state current."""
+    for dp in planes:
+        if dp.proc.poll() is not None and time.monotonic() - dp.started > 1.0:
+            print(f"{time.strftime('%H:%M:%S')} {_what(dp.spec)} (pid {dp.proc.pid}) exited with "
+                  f"{dp.proc.returncode}; restarting it", flush=True)
+            dp.unrecorded = dp.unrecorded or dp.proc.pid
+            dp.spawn()
+            problem = dp.wait_ready(5.0)
+            if problem:
+                print(problem, flush=True)
+        if dp.unrecorded is not None and dp.proc.poll() is None:
+            dp.rerecord()
 
 
 def _response(node: str, conn: socket.socket) -> bytes:
@@ -52,7 +139,17 @@ def _response(node: str, conn: socket.socket) -> bytes:
 
 def serve(run_dir: str, ready_fd: int | None) -> None:
     with open(os.path.join(run_dir, SPEC)) as f:
-        services = json.load(f)
+        spec = json.load(f)
+    services = spec["services"]
+    planes = [Dataplane(run_dir, d) for d in spec["daemons"]]
+    try:
+        _serve(run_dir, ready_fd, services, planes)
+    finally:
+        for dp in planes:
+            dp.stop()
+
+
+def _serve(run_dir: str, ready_fd: int | None, services: list, planes: list) -> None:
     sel = selectors.DefaultSelector()
     try:
         for svc in services:
@@ -63,12 +160,17 @@ def serve(run_dir: str, ready_fd: int | None) -> None:
             sock.listen(128)
             sock.setblocking(False)
             sel.register(sock, selectors.EVENT_READ, ("listen", svc["node"]))
+        for dp in planes:
+            dp.spawn()
+        problem = next(filter(None, (dp.wait_ready() for dp in planes)), None)
+        if problem:
+            raise OSError(problem)
     except OSError as e:
         if ready_fd is not None:
             os.write(ready_fd, f"{e}\n".encode())
         raise SystemExit(1)
     if ready_fd is not None:
-        os.write(ready_fd, b"ready\n")
+        os.write(ready_fd, ("ready" + "".join(f" {dp.proc.pid}" for dp in planes) + "\n").encode())
         os.close(ready_fd)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     buffers: dict[socket.socket, bytes] = {}
@@ -107,6 +209,7 @@ def serve(run_dir: str, ready_fd: int | None) -> None:
             last_check = time.monotonic()
             if not os.path.isdir(run_dir):   # the lab is gone: never outlive it
                 return
+            supervise(planes)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ IFLA_BR_STP_STATE = 5
 IFLA_BRPORT_MODE = 4
 IFLA_VXLAN_ID, IFLA_VXLAN_LINK, IFLA_VXLAN_LOCAL, IFLA_VXLAN_LEARNING = 1, 3, 4, 7
 IFLA_VXLAN_PORT, IFLA_VXLAN_GBP = 15, 23
+IFLA_IPTUN_LOCAL, IFLA_IPTUN_REMOTE, IFLA_IPTUN_TTL, IFLA_IPTUN_TOS, IFLA_IPTUN_PMTUDISC = 2, 3, 4, 5, 10
 IFA_ADDRESS, IFA_LOCAL, IFA_BROADCAST = 1, 2, 4
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_MULTIPATH, RTA_TABLE = 1, 4, 5, 9, 15
 NDA_DST, NDA_LLADDR = 1, 2
@@ -155,6 +156,13 @@ class Applier:
                 with netns.Entered(ns.fd):
                     netns.write_sysctl(op.key, op.value)
                 continue
+            if isinstance(op, P.Link) and op.kind == "tun":
+                # TUN devices come from an ioctl, not netlink, and the kernel picks their
+                # index: send what is queued (it may hold indexes we chose), then create it.
+                if messages:
+                    self.send(ns, messages)
+                    messages = []
+                self._create_tun(ns, op)
             for data in self.encode(ns, op):
                 self.seq += 1
                 struct.pack_into("=I", data, 8, self.seq)
@@ -230,7 +238,21 @@ class Applier:
                                    + _attr(IFLA_INFO_SLAVE_DATA, _attr(IFLA_BRPORT_MODE, _U8.pack(int(op.hairpin))))))]
         raise ApplyError(f"cannot apply {op!r}")
 
+    def _create_tun(self, ns: Namespace, op: P.Link) -> None:
+        from .tunnel import open_tun
+        with netns.Entered(ns.fd):
+            try:
+                os.close(open_tun(op.name, persist=True))
+            except OSError as e:
+                raise ApplyError(f"cannot create TUN device {op.name} in {ns.name}: {e.strerror}") from None
+            idx = socket.if_nametoindex(op.name)
+        ns.ifindex[op.name] = idx
+        ns.next_index = max(ns.next_index, idx + 1)
+
     def _link(self, ns: Namespace, op: P.Link) -> bytearray:
+        if op.kind == "tun":        # already created by _create_tun: set its MTU and bring it up
+            return _message(RTM_NEWLINK, CHANGE, _ifinfomsg(ns.index(op.name), IFF_UP, IFF_UP),
+                            _attr(IFLA_MTU, _U32.pack(op.mtu)))
         attrs = [_attr(IFLA_IFNAME, _str(op.name)), _attr(IFLA_MTU, _U32.pack(op.mtu))]
         if op.mac:
             attrs.append(_attr(IFLA_ADDRESS, _mac(op.mac)))
@@ -255,6 +277,16 @@ class Applier:
             if opts.get("gbp"):
                 data += _attr(IFLA_VXLAN_GBP, b"")
             info += _attr(IFLA_INFO_DATA, data)
+        elif op.kind == "ipip":
+            # The attributes flannel's netlink library sends: local, remote if any, pmtudisc,
+            # ttl 0 (inherit), tos 0.
+            opts = dict(op.ipip)
+            data = _attr(IFLA_IPTUN_LOCAL, _ip4(opts["local"]))
+            if opts.get("remote"):
+                data += _attr(IFLA_IPTUN_REMOTE, _ip4(opts["remote"]))
+            data += (_attr(IFLA_IPTUN_PMTUDISC, _U8.pack(int(opts.get("pmtudisc", True))))
+                     + _attr(IFLA_IPTUN_TTL, _U8.pack(0)) + _attr(IFLA_IPTUN_TOS, _U8.pack(0)))
+            info += _attr(IFLA_INFO_DATA, data)
         elif op.kind == "bridge":
             info += _attr(IFLA_INFO_DATA, _attr(IFLA_BR_STP_STATE, _U32.pack(0)))
         attrs.append(_attr(IFLA_LINKINFO, info))
@@ -271,7 +303,7 @@ class Applier:
             attrs.append(_attr(RTA_OIF, _U32.pack(ns.index(hop.dev))))
             if hop.via:
                 attrs.append(_attr(RTA_GATEWAY, _ip4(hop.via)))
-            scope = RT_SCOPE_UNIVERSE if hop.via else RT_SCOPE_LINK
+            scope = RT_SCOPE_UNIVERSE if hop.via or op.scope == "global" else RT_SCOPE_LINK
             rtm_flags = flags
         else:
             hops = b""

@@ -24,7 +24,7 @@ BACKEND_KEYS = {
     "ipip": {"type", "directRouting", "mtu"},
     "udp": {"type", "port"},
 }
-IMPLEMENTED = {"vxlan", "host-gw"}
+IMPLEMENTED = {"vxlan", "host-gw", "ipip", "udp"}
 DEFAULT_NETWORK = "10.244.0.0/16"
 VXLAN_DEFAULT_PORT = 8472      # flannel passes port 0 and Linux's vxlan uses its legacy 8472
 UDP_DEFAULT_PORT = 8285
@@ -183,8 +183,19 @@ def _backend(p, spec, path) -> Backend:
     spec = dict(p.mapping(spec, path, what="backend"))
     override = p.overrides.get("backend")
     if override:
-        spec["type"] = override
-        spec = {k: v for k, v in spec.items() if k in BACKEND_KEYS.get(override, {"type"})}
+        # --backend TYPE[:PORT] (udp:8282 is note 001's udp walk-through).  Switching type
+        # keeps only the keys that mean the same for every backend (directRouting, mtu);
+        # a vxlan port is no udp port.
+        otype, _, oport = str(override).partition(":")
+        if otype != spec.get("type", "vxlan"):
+            spec = {k: v for k, v in spec.items() if k in ("directRouting", "mtu")}
+        spec = {k: v for k, v in spec.items() if k in BACKEND_KEYS.get(otype, {"type"})}
+        spec["type"] = otype
+        if oport:
+            if otype not in ("vxlan", "udp") or not oport.isdigit():
+                raise p.err(path + ("type",), f"--backend {override}: only vxlan and udp take a port "
+                                              f"(--backend udp:8282)")
+            spec["port"] = int(oport)
     btype = spec.get("type", "vxlan")
     if btype not in BACKEND_KEYS:
         where = "--backend" if override else None

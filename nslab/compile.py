@@ -49,6 +49,8 @@ def compile_topology(topo: Topology) -> P.Plan:
     if topo.cluster is not None:
         from .flannel import compile_cluster
         compile_cluster(topo, plan)
+    from .tunnel import compile_tunnels
+    compile_tunnels(topo, plan)
     for node in nodes.values():
         for kind in node.serve:
             plan.add(P.Serve(ns=node.ns, node=node.name, kind=kind))

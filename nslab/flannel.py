@@ -10,6 +10,14 @@ One function per backend, each (cluster, node, topo) -> operations for that node
   route with no gateway) gets `<their subnet> via <their IP> dev <underlay>` instead, and
   no neighbour or FDB entry.
 - host-gw (flannel pkg/backend/hostgw): `<their subnet> via <their IP> dev <underlay>`.
+- ipip (flannel pkg/backend/ipip): device flannel.ipip (local = node IP, remote any,
+  nopmtudisc and ttl inherit as its netlink library leaves them, MTU = underlay - 20),
+  address <subnet>.0/32; per peer `<their subnet> via <their IP> dev flannel.ipip onlink`,
+  or via the underlay with DirectRouting, as for vxlan.  Where the kernel has no ipip,
+  nslab/tunnel.py swaps the device for a TUN plus an encapsulator (same name and routes).
+- udp (flannel pkg/backend/udp): TUN device flannel0 (MTU = underlay - 28), address
+  <subnet>.0/32, route `<network> dev flannel0` (scope global, as flannel adds it), and
+  the proxy daemon that carries each packet as one UDP datagram to the owner's port.
 """
 from __future__ import annotations
 
@@ -47,7 +55,40 @@ def host_gw(cluster: Cluster, node: ClusterNode, ns_of) -> list:
             for peer in cluster.nodes.values() if peer is not node]
 
 
-BACKENDS = {"vxlan": vxlan, "host-gw": host_gw}
+def ipip(cluster: Cluster, node: ClusterNode, ns_of) -> list:
+    dev = cluster.backend.device
+    ns = ns_of(node.name)
+    ops: list = [
+        P.Link(ns=ns, name=dev, kind="ipip", mtu=node.mtu, stage=P.STAGE_DEVICE,
+               ipip=(("local", str(node.ip)), ("remote", None), ("pmtudisc", False))),
+        P.Addr(ns, dev, f"{node.subnet.network_address}/32"),
+    ]
+    for peer in cluster.nodes.values():
+        if peer is node:
+            continue
+        if cluster.backend.direct_routing and peer.ip in node.underlay_net:
+            ops.append(P.Route(ns, str(peer.subnet), (P.Nexthop(str(peer.ip), node.underlay),)))
+        else:
+            ops.append(P.Route(ns, str(peer.subnet), (P.Nexthop(str(peer.ip), dev),), onlink=True))
+    return ops
+
+
+def udp(cluster: Cluster, node: ClusterNode, ns_of) -> list:
+    be = cluster.backend
+    dev = be.device
+    ns = ns_of(node.name)
+    routes = ",".join(f"{peer.subnet}@{peer.ip}" for peer in cluster.nodes.values() if peer is not node)
+    return [
+        P.Link(ns=ns, name=dev, kind="tun", mtu=node.mtu, stage=P.STAGE_DEVICE),
+        P.Addr(ns, dev, f"{node.subnet.network_address}/32"),
+        P.Route(ns, str(cluster.network), (P.Nexthop(None, dev),), scope="global"),
+        P.Daemon(ns=ns, node=node.name, kind="udp", dev=dev,
+                 config=(("local", str(node.ip)), ("port", be.port),
+                         ("address", str(node.subnet.network_address)), ("routes", routes))),
+    ]
+
+
+BACKENDS = {"vxlan": vxlan, "host-gw": host_gw, "ipip": ipip, "udp": udp}
 
 
 def compile_cluster(topo, plan: P.Plan) -> None:

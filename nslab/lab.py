@@ -9,7 +9,7 @@ from . import model, netns, state
 from .apply import Applier, ApplyError
 from .compile import compile_topology
 from .errors import PrerequisiteError, TopologyError, UsageError
-from .plan import Plan, Serve
+from .plan import Daemon, Plan, Serve
 
 
 def require_root() -> None:
@@ -45,6 +45,8 @@ def up(topo: model.Topology, overrides: dict | None = None) -> tuple[Plan, state
     """Build the lab; on any failure remove what was made and re-raise."""
     require_root()
     plan = compile_topology(topo)
+    from .tunnel import fit_to_kernel
+    fit_to_kernel(plan)                # no kernel ipip: TUN devices + encapsulators instead
     if state.load(topo.name) is not None:
         raise already_running(topo)
     taken = [ns for ns in plan.namespaces if netns.exists(ns)]
@@ -68,7 +70,7 @@ def up(topo: model.Topology, overrides: dict | None = None) -> tuple[Plan, state
             applier.apply(plan)
         finally:
             applier.close()
-        services = [op for op in plan.ops if isinstance(op, Serve)]
+        services = [op for op in plan.ops if isinstance(op, (Serve, Daemon))]
         if services:
             from . import agent
             agent.start(st, services)

@@ -78,6 +78,7 @@ class Node:
     sysctls: dict[str, str] = field(default_factory=dict)
     serve: list[str] = field(default_factory=list)   # services the lab agent runs here (http)
     bridges: list[Bridge] = field(default_factory=list)
+    tunnels: list = field(default_factory=list)      # nslab.tunnel.Tunnel (ip tunnel add ... mode ipip)
     path: tuple = ()
 
     @property
@@ -166,7 +167,7 @@ class Parser:
 
     TOP_KEYS = {"name", "mtu", "ipv6", "pools", "hosts", "routers", "segments", "links",
                 "cluster", "tests", "description"}
-    NODE_KEYS = {"mtu", "routes", "sysctls", "serve"}
+    NODE_KEYS = {"mtu", "routes", "sysctls", "serve", "tunnels"}
     SEGMENT_KEYS = {"subnet", "gateway", "gateway_ip", "bridge", "mtu", "members"}
     MEMBER_KEYS = {"iface", "port", "ip", "mac", "mtu"}
     END_KEYS = {"node", "iface", "ip", "mac", "mtu"}
@@ -387,6 +388,10 @@ class Builder:
                 if s != "http":
                     raise self.err(path + ("serve",), f"unknown service {s!r} (nslab can serve: http)")
             node.serve = list(serve)
+        if spec.get("tunnels") is not None:
+            from . import tunnel
+            node.tunnels = tunnel.parse(self.p, spec["tunnels"], path + ("tunnels",))
+            self.extensions.append(lambda b, node=node: tunnel.check(b, node))
         self.nodes[name] = node
         self.node_specs[name] = spec
         return node

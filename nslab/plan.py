@@ -41,7 +41,8 @@ class Peer:
 @dataclass(frozen=True)
 class Link:
     """Create a device.  kind: veth (with peer, both ends created in their namespaces),
-    bridge, vxlan (options in vxlan), tun (persistent TUN owned by the lab)."""
+    bridge, vxlan (options in vxlan), ipip (options in ipip), tun (a persistent TUN device
+    owned by the lab: created with TUNSETIFF + TUNSETPERSIST inside the namespace)."""
     ns: str
     name: str
     kind: str
@@ -50,6 +51,7 @@ class Link:
     master: str | None = None
     peer: Peer | None = None
     vxlan: tuple = ()              # (key, value) pairs: id, local, port, dev, learning, gbp
+    ipip: tuple = ()               # (key, value) pairs: local, remote (None = any), pmtudisc
     stage: int = STAGE_LINK
 
 
@@ -89,6 +91,7 @@ class Route:
     dst: str                       # CIDR, 0.0.0.0/0 for default
     nexthops: tuple[Nexthop, ...]
     onlink: bool = False
+    scope: str | None = None       # None: link without a gateway, else global; "global" forces it
     stage = STAGE_ROUTE
 
 
@@ -119,6 +122,18 @@ class Serve:
     node: str
     kind: str                      # http
     port: int = 80
+    stage = STAGE_PROCESS
+
+
+@dataclass(frozen=True)
+class Daemon:
+    """A userspace dataplane the lab runs in a node on its TUN device `dev` (nslab/tunnel.py):
+    kind udp (flannel's udp proxy) or ipip (the encapsulator standing in for kernel ipip)."""
+    ns: str
+    node: str
+    kind: str
+    dev: str
+    config: tuple = ()             # (key, value) pairs, see tunnel.py
     stage = STAGE_PROCESS
 
 

@@ -38,6 +38,14 @@ def render_op(op) -> list[str]:
                     f"{extra} dstport {o['port']} {'learning' if o.get('learning') else 'nolearning'}"]
         elif op.kind == "bridge":
             cmds = [f"{n} link add name {_q(op.name)} mtu {op.mtu}{mac} type bridge stp_state 0"]
+        elif op.kind == "ipip":
+            o = dict(op.ipip)
+            remote = f" remote {o['remote']}" if o.get("remote") else ""
+            pmtu = "" if o.get("pmtudisc", True) else " nopmtudisc"
+            cmds = [f"{n} link add name {_q(op.name)} mtu {op.mtu} type ipip{remote} local {o['local']} ttl inherit"
+                    f"{pmtu}"]
+        elif op.kind == "tun":
+            cmds = [f"{n} tuntap add dev {_q(op.name)} mode tun", f"{n} link set dev {_q(op.name)} mtu {op.mtu}"]
         else:
             cmds = [f"{n} link add name {_q(op.name)} mtu {op.mtu}{mac} type {op.kind}"]
         if op.master:
@@ -58,7 +66,8 @@ def render_op(op) -> list[str]:
         if len(op.nexthops) == 1:
             h = op.nexthops[0]
             via = f" via {h.via}" if h.via else ""
-            return [f"{n} route add {dst}{via} dev {_q(h.dev)}{onlink}"]
+            scope = f" scope {op.scope}" if op.scope else ""
+            return [f"{n} route add {dst}{via} dev {_q(h.dev)}{onlink}{scope}"]
         hops = " ".join(f"nexthop via {h.via} dev {_q(h.dev)}{onlink}" for h in op.nexthops)
         return [f"{n} route add {dst} {hops}"]
     if isinstance(op, P.Neigh):
@@ -70,6 +79,11 @@ def render_op(op) -> list[str]:
     if isinstance(op, P.Serve):
         return [f"# {op.node}: an HTTP server on :{op.port} (nslab's lab agent); by hand: "
                 f"ip netns exec {_q(op.ns)} python3 -m http.server {op.port} &"]
+    if isinstance(op, P.Daemon):
+        from .tunnel import describe
+        return [f"# {op.node}: {describe(op)}",
+                f"#   by hand: ip netns exec {_q(op.ns)} python3 -m nslab.tunnel {op.kind} {op.dev} "
+                + " ".join(f"{k}={_q(v)}" for k, v in op.config if not isinstance(v, tuple)) + " &"]
     raise ValueError(f"cannot render {op!r}")
 
 

@@ -491,6 +491,8 @@ def collect(st, nodes: list[str]) -> dict:
             entry["fdb"] = r["fdb"]
             if "subnet.env" in info:
                 entry["subnet_env"] = parse_subnet_env(info["subnet.env"])
+            if "dataplane" in info:     # e.g. "ipip: userspace (kernel module missing): ..."
+                entry["dataplane"] = info["dataplane"]
             result["nodes"][node] = entry
         return result
     finally:
@@ -511,6 +513,8 @@ def render(console, st, data: dict) -> None:
             continue
         links = [l for l in entry["interfaces"]
                  if not (l["kind"] == "loopback" and all(a["local"] == "127.0.0.1" for a in l["addresses"]))]
+        if entry.get("dataplane"):
+            console.print(Text(entry["dataplane"], style="yellow"))
         console.print(Text("interfaces", style="bold cyan"))
         width = max([len(l["name"] or "?") for l in links] + [5])
         kwidth = max([len(_kind(l)) for l in links] + [4])

@@ -1,0 +1,503 @@
+"""Userspace tunnels: flannel's udp proxy, and ipip where the kernel has no ipip module.
+
+Both dataplanes are a TUN device (IFF_TUN|IFF_NO_PI: the kernel hands us bare IP packets)
+plus one process per node, run in the node's namespace and supervised by the lab agent:
+
+- udp (flannel's proxy, pkg/backend/udp/proxy_amd64.c): read a packet from flannel0, find
+  the node whose lease holds the destination, decrement the TTL and send the packet as
+  the payload of one UDP datagram from <node IP>:<port> to <owner IP>:<port>; what arrives
+  on the port gets its TTL decremented and is written into flannel0.  No owner: an ICMP
+  net-unreachable goes back through flannel0 (never about an ICMP, as flannel).
+- ipip (what the kernel's ipip device does, net/ipv4/ipip.c + ip_tunnel.c): read a packet
+  from the TUN, prepend an outer IPv4 header (protocol 4) from the tunnel's local address
+  to its remote, or, for a `remote any` device such as flannel.ipip, to the gateway of
+  the kernel route that sent the packet into the device (`via 30.0.0.23 ... onlink`),
+  exactly as ip_tunnel_xmit does.  TTL inherit (outer TTL = inner TTL), TOS 0 with the
+  inner ECN bits, DF = the device's pmtudisc or the inner DF.  A raw IPPROTO_IPIP socket
+  receives outer+inner; the inner packet is written into the TUN.  The bytes on the wire
+  are the kernel's (the IP ID is ours: the kernel's comes from a secret hash anyway).
+
+`fit_to_kernel` decides, at `nslab up`, where the plan's ipip devices come from: the
+kernel if it has ipip (probed in a throwaway namespace), else this file.  NSLAB_IPIP=
+kernel|userspace|userspace:NODE,NODE overrides that (kernel/userspace interop tests).
+
+Node `tunnels:` (note 003 §5's `ip tunnel add tunl1 mode ipip ...`) are parsed here too.
+
+Run by hand inside a namespace:
+    python3 -m nslab.tunnel udp flannel0 local=10.0.0.21 port=8285 address=10.244.1.0 routes=10.244.3.0/24@30.0.0.23
+    python3 -m nslab.tunnel ipip tunl1 local=10.10.10.2 remote=10.10.20.2 pmtudisc=1
+"""
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import os
+import random
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+
+TUNSETIFF, TUNSETPERSIST = 0x400454CA, 0x400454CB
+IFF_TUN, IFF_NO_PI = 0x0001, 0x1000
+IPPROTO_IPIP = 4
+IP_DF = 0x4000
+BUFFER = 65536
+SOCKET_BUFFER = 4 << 20
+SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33     # root may exceed net.core.[rw]mem_max (not namespaced)
+USERSPACE_NOTE = "ipip: userspace (kernel module missing)"
+
+
+def open_tun(name: str, persist: bool = False) -> int:
+    """Open (or create) TUN device `name` in the calling thread's namespace; return its fd.
+    persist: the device outlives the fd (TUNSETPERSIST), so a restarted daemon finds it."""
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(), IFF_TUN | IFF_NO_PI))
+        if persist:
+            fcntl.ioctl(fd, TUNSETPERSIST, 1)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+# ---- kernel ipip or userspace --------------------------------------------------------------
+
+_kernel_ipip: bool | None = None
+
+
+def kernel_has_ipip() -> bool:
+    """Whether `ip link add type ipip` works here: tried in a throwaway namespace that this
+    thread unshares and leaves at once (nothing is named, mounted or left behind; the
+    kernel frees it with the socket).  Like `ip link add`, this auto-loads the module if
+    it exists but is not loaded; it also makes every later namespace get its tunl0 before
+    apply numbers interfaces."""
+    global _kernel_ipip
+    if _kernel_ipip is None:
+        from . import netns
+        from .apply import (CREATE, IFLA_IFNAME, IFLA_INFO_KIND, IFLA_LINKINFO, RTM_NEWLINK, _attr, _ifinfomsg,
+                            _message, _str, open_route_socket)
+        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            netns.unshare(netns.CLONE_NEWNET)
+            try:
+                sock = open_route_socket()
+            finally:
+                netns.setns(home)
+        finally:
+            os.close(home)
+        with sock:
+            msg = _message(RTM_NEWLINK, CREATE, _ifinfomsg(0), _attr(IFLA_IFNAME, _str("nslabprobe")),
+                           _attr(IFLA_LINKINFO, _attr(IFLA_INFO_KIND, _str("ipip"))))
+            struct.pack_into("=I", msg, 8, 1)
+            sock.send(msg)
+            reply = sock.recv(65536)
+            (code,) = struct.unpack_from("=i", reply, 16)
+        _kernel_ipip = code == 0
+    return _kernel_ipip
+
+
+def fit_to_kernel(plan) -> None:
+    """Swap the plan's ipip devices for TUN devices plus encapsulators where the kernel
+    has no ipip (or NSLAB_IPIP says so); note it for `nslab up` and `nslab show`."""
+    from . import plan as P
+    from .errors import PrerequisiteError, UsageError
+    links = [i for i, op in enumerate(plan.ops) if isinstance(op, P.Link) and op.kind == "ipip"]
+    if not links:
+        return
+    mode, _, only = os.environ.get("NSLAB_IPIP", "auto").partition(":")
+    if mode not in ("auto", "kernel", "userspace"):
+        raise UsageError(f"NSLAB_IPIP={os.environ['NSLAB_IPIP']} is not auto, kernel, userspace or "
+                         f"userspace:NODE,NODE")
+    has = kernel_has_ipip()
+    if mode == "kernel" and not has:
+        raise PrerequisiteError("NSLAB_IPIP=kernel but this kernel has no ipip module "
+                                "(`ip link add x type ipip` fails); unset it to use the userspace encapsulator")
+    if mode == "auto" and has:
+        return
+    nodes = {op.ns: op.node for op in plan.ops if isinstance(op, P.Netns)}
+    chosen = set(only.split(",")) if only else None
+    why = USERSPACE_NOTE if not has else "ipip: userspace (NSLAB_IPIP=userspace)"
+    for i in links:
+        op = plan.ops[i]
+        node = nodes[op.ns]
+        if chosen is not None and node not in chosen:
+            continue
+        o = dict(op.ipip)
+        plan.ops[i] = P.Link(ns=op.ns, name=op.name, kind="tun", mtu=op.mtu, stage=op.stage)
+        plan.add(P.Daemon(ns=op.ns, node=node, kind="ipip", dev=op.name,
+                          config=(("local", o["local"]), ("remote", o.get("remote") or "any"),
+                                  ("pmtudisc", int(o.get("pmtudisc", True))))))
+        plan.notes.setdefault(node, {})["dataplane"] = f"{why}: {op.name} is a TUN device and an encapsulator process"
+    plan.notes.setdefault("_notices", []).append(
+        f"{why}: ipip devices are TUN devices with an encapsulator process per node; the packets on the wire "
+        f"are the kernel's (outer IP protocol 4, TTL inherited)")
+
+
+def describe(op) -> str:
+    """One line for `nslab script`: what stands in for a Daemon op."""
+    c = dict(op.config)
+    if op.kind == "udp":
+        return (f"flannel's udp proxy (nslab's tunnel daemon): reads {op.dev}, sends each packet as one UDP "
+                f"datagram {c['local']}:{c['port']} -> <owner node>:{c['port']}, writes what arrives into {op.dev}")
+    return (f"userspace ipip on TUN {op.dev} (this kernel has no ipip): outer IP {c['local']} -> "
+            f"{c['remote'] if c['remote'] != 'any' else 'the route gateway'}, protocol 4")
+
+
+# ---- node tunnels: `tunnels: {tunl1: {mode: ipip, local: A, remote: B, ip: X, peer: Y}}` ----
+
+TUNNEL_KEYS = {"mode", "local", "remote", "ip", "peer", "mtu", "pmtudisc"}
+
+
+@dataclass
+class Tunnel:
+    name: str
+    local: IPv4Address
+    remote: IPv4Address | None
+    ip: IPv4Interface | None
+    peer: IPv4Address | None
+    mtu: int | None
+    pmtudisc: bool
+    path: tuple
+
+
+def parse(p, spec, path) -> list[Tunnel]:
+    """A node's tunnels: section (checked against the node's addresses by `check`)."""
+    out = []
+    for name, t in p.mapping(spec, path, what="tunnels").items():
+        tpath = path + (name,)
+        p.ifname(name, tpath)
+        t = p.mapping(t, tpath, TUNNEL_KEYS, what="tunnel")
+        mode = t.get("mode", "ipip")
+        if mode != "ipip":
+            raise p.err(tpath + ("mode",), f"tunnel mode {mode!r} is not supported (nslab builds: ipip)")
+        if "local" not in t:
+            raise p.err(tpath, f"tunnel {name} needs local: ADDRESS (one of the node's own addresses)")
+        pmtudisc = t.get("pmtudisc", True)        # `ip tunnel add` sets DF unless nopmtudisc
+        if not isinstance(pmtudisc, bool):
+            raise p.err(tpath + ("pmtudisc",), f"pmtudisc must be true or false, got {pmtudisc!r}")
+        ip = peer = None
+        if "ip" in t:
+            ip = p.interface(t["ip"] if "/" in str(t["ip"]) or "peer" not in t else f"{t['ip']}/32",
+                             tpath + ("ip",), None)
+        if "peer" in t:
+            if ip is None:
+                raise p.err(tpath + ("peer",), "peer: needs ip: (ip a a IP peer PEER dev TUNNEL)")
+            peer = p.address(t["peer"], tpath + ("peer",))
+        out.append(Tunnel(name=name, local=p.address(t["local"], tpath + ("local",)),
+                          remote=p.address(t["remote"], tpath + ("remote",)) if t.get("remote", "any") != "any"
+                          else None, ip=ip, peer=peer,
+                          mtu=p.mtu(t["mtu"], tpath + ("mtu",)) if "mtu" in t else None,
+                          pmtudisc=pmtudisc, path=tpath))
+    return out
+
+
+def check(b, node) -> None:
+    """After addresses are resolved: local is the node's, names are free, MTU defaults to
+    the underlying interface's minus 20 (what the kernel derives for `ip tunnel add`)."""
+    for t in node.tunnels:
+        under = next((i for i in node.ifaces if i.ip is not None and i.ip.ip == t.local), None)
+        if under is None:
+            raise b.err(t.path + ("local",), f"{t.local} is not an address of {node.name} (it has: "
+                                             f"{', '.join(str(a.ip) for a in node.addresses) or 'none'})")
+        if node.iface(t.name) or t.name == "lo" or any(br.name == t.name for br in node.bridges):
+            raise b.err(t.path, f"{node.name} already has an interface named {t.name}")
+        if t.mtu is None:
+            t.mtu = under.mtu - 20
+
+
+def compile_tunnels(topo, plan) -> None:
+    from . import plan as P
+    for node in topo.nodes.values():
+        for t in getattr(node, "tunnels", ()):
+            plan.add(P.Link(ns=node.ns, name=t.name, kind="ipip", mtu=t.mtu, stage=P.STAGE_DEVICE,
+                            ipip=(("local", str(t.local)), ("remote", str(t.remote) if t.remote else None),
+                                  ("pmtudisc", t.pmtudisc))))
+            if t.ip is not None:
+                plan.add(P.Addr(node.ns, t.name, str(t.ip) if t.peer is None else f"{t.ip.ip}/32",
+                                peer=str(t.peer) if t.peer else None))
+
+
+# ---- the daemons ------------------------------------------------------------------------------
+
+class Counters(dict):
+    def bump(self, key: str, n: int = 1) -> None:
+        self[key] = self.get(key, 0) + n
+
+
+def _ttl_down(buf) -> bool:
+    """flannel's decrement_ttl: TTL - 1 with the checksum patched (RFC 1624); False at 0."""
+    ttl = buf[8] - 1
+    if ttl <= 0:
+        return False
+    buf[8] = ttl
+    check = ((buf[10] << 8) | buf[11]) + 0x100
+    check = (check & 0xFFFF) + (check >> 16)
+    buf[10], buf[11] = check >> 8, check & 0xFF
+    return True
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def net_unreachable(offender: bytes, source: bytes) -> bytes | None:
+    """flannel's send_net_unreachable: ICMP 3/0 from the TUN address back to the sender,
+    carrying the offender's header + 8 bytes; none about ICMPs or later fragments."""
+    ihl = (offender[0] & 0x0F) * 4
+    if ihl >= 60 or offender[9] == socket.IPPROTO_ICMP or struct.unpack_from("!H", offender, 6)[0] & 0x1FFF:
+        return None
+    quote = bytes(offender[:ihl + 8])
+    icmp = struct.pack("!BBHI", 3, 0, 0, 0) + quote
+    icmp = icmp[:2] + struct.pack("!H", _checksum(icmp)) + icmp[4:]
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(icmp), 0, 0, 8, socket.IPPROTO_ICMP, 0, source,
+                     bytes(offender[12:16]))
+    return ip[:10] + struct.pack("!H", _checksum(ip)) + ip[12:] + icmp
+
+
+def _routes(text: str) -> list[tuple[int, int, tuple[str, int] | str]]:
+    out = []
+    for item in filter(None, text.split(",")):
+        net, _, ip = item.partition("@")
+        n = IPv4Network(net)
+        out.append((int(n.network_address), int(n.netmask), ip))
+    return out
+
+
+def run_udp(tun: int, cfg: dict, counters: Counters, threads: list) -> None:
+    port = int(cfg["port"])
+    routes = [(net, mask, (ip, port)) for net, mask, ip in _routes(cfg.get("routes", ""))]
+    source = socket.inet_aton(cfg["address"])
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, SOCKET_BUFFER)
+    sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, SOCKET_BUFFER)
+    sock.bind((cfg["local"], port))
+    owners: dict[bytes, tuple | None] = {}
+
+    def owner(dst: bytes):
+        hit = owners.get(dst, False)
+        if hit is False:
+            d = int.from_bytes(dst, "big")
+            hit = next((nh for net, mask, nh in routes if d & mask == net), None)
+            if len(owners) > 65536:
+                owners.clear()
+            owners[dst] = hit
+        return hit
+
+    def tun_to_udp():
+        buf = bytearray(BUFFER)
+        mv = memoryview(buf)
+        readv, sendto = os.readv, sock.sendto
+        while True:
+            n = readv(tun, (buf,))
+            if n < 20 or buf[0] >> 4 != 4:
+                counters.bump("tun_dropped")
+                continue
+            nh = owner(bytes(buf[16:20]))
+            if nh is None:
+                reply = net_unreachable(buf[:n], source)
+                if reply:
+                    os.write(tun, reply)
+                counters.bump("net_unreachable")
+                continue
+            if not _ttl_down(buf):
+                counters.bump("ttl_expired")
+                continue
+            try:
+                sendto(mv[:n], nh)
+            except OSError as e:
+                counters.bump(f"send_{e.errno}")
+
+    def udp_to_tun():
+        buf = bytearray(BUFFER)
+        mv = memoryview(buf)
+        recv_into, write = sock.recv_into, os.write
+        while True:
+            n = recv_into(buf)
+            if n < 20 or not _ttl_down(buf):
+                counters.bump("udp_dropped")
+                continue
+            write(tun, mv[:n])
+
+    threads += [tun_to_udp, udp_to_tun]
+
+
+class Gateways:
+    """The gateway of the route the kernel picks for a destination (`ip route get`), which
+    is where ip_tunnel_xmit sends a `remote any` device's packets; cached, and forgotten
+    whenever a route changes."""
+
+    RTM_NEWROUTE, RTM_GETROUTE, RTA_DST, RTA_GATEWAY, RTMGRP_IPV4_ROUTE = 24, 26, 1, 5, 0x40
+
+    def __init__(self):
+        from .apply import open_route_socket
+        self.sock = open_route_socket()
+        self.events = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
+        self.events.bind((0, self.RTMGRP_IPV4_ROUTE))
+        self.cache: dict[bytes, str | None] = {}
+        self.lock = threading.Lock()
+        self.seq = 0
+
+    def watch(self):
+        while True:
+            self.events.recv(65536)
+            self.cache.clear()
+
+    def get(self, dst: bytes) -> str | None:
+        hit = self.cache.get(dst, False)
+        if hit is not False:
+            return hit
+        with self.lock:
+            self.seq += 1
+            rta = struct.pack("=HH4s", 8, self.RTA_DST, dst)
+            body = struct.pack("=BBBBBBBBI", socket.AF_INET, 32, 0, 0, 0, 0, 0, 0, 0) + rta
+            self.sock.send(struct.pack("=IHHII", 16 + len(body), self.RTM_GETROUTE, 1, self.seq, 0) + body)
+            reply = self.sock.recv(65536)
+        gw = None
+        length, mtype = struct.unpack_from("=IH", reply, 0)
+        if mtype == self.RTM_NEWROUTE:
+            pos = 16 + 12
+            while pos + 4 <= length:
+                alen, atype = struct.unpack_from("=HH", reply, pos)
+                if alen < 4:
+                    break
+                if atype == self.RTA_GATEWAY:
+                    gw = socket.inet_ntoa(reply[pos + 4:pos + 8])
+                pos += (alen + 3) & ~3
+        self.cache[dst] = gw
+        return gw
+
+
+def run_ipip(tun: int, cfg: dict, counters: Counters, threads: list) -> None:
+    local = cfg["local"]
+    local_b = socket.inet_aton(local)
+    remote = None if cfg.get("remote", "any") == "any" else cfg["remote"]
+    remote_b = socket.inet_aton(remote) if remote else None
+    df_always = IP_DF if int(cfg.get("pmtudisc", 1)) else 0
+    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, IPPROTO_IPIP)
+    sock.setsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL, 1)
+    sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, SOCKET_BUFFER)
+    sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, SOCKET_BUFFER)
+    gateways = Gateways() if remote is None else None
+    header = struct.Struct("!BBHHHBBH4s4s")
+    ident = [random.randrange(1, 0xFFFF)]
+
+    def tun_to_raw():
+        buf = bytearray(BUFFER)
+        mv = memoryview(buf)
+        pack, sendmsg = header.pack, sock.sendmsg
+        while True:
+            n = os.readv(tun, (buf,))
+            if n < 20 or buf[0] >> 4 != 4:
+                counters.bump("tun_dropped")      # ipip carries IPv4 only
+                continue
+            dst = remote or gateways.get(bytes(buf[16:20]))
+            if dst is None:
+                counters.bump("no_remote")        # remote any and a route without a gateway
+                continue
+            ecn = buf[1] & 3
+            ident[0] = (ident[0] + 1) & 0xFFFF or 1
+            # ip_tunnel_xmit: ttl inherit, tos 0 + inner ECN (CE is sent as ECT(0)), DF from the
+            # device (pmtudisc) or the inner packet; checksum and length are the kernel's (HDRINCL).
+            hdr = pack(0x45, 2 if ecn == 3 else ecn, 20 + n, ident[0], df_always | ((buf[6] << 8) & IP_DF),
+                       buf[8], IPPROTO_IPIP, 0, local_b, socket.inet_aton(dst) if remote is None else remote_b)
+            try:
+                sendmsg((hdr, mv[:n]), (), 0, (dst, 0))
+            except OSError as e:
+                counters.bump(f"send_{e.errno}")
+
+    def raw_to_tun():
+        buf = bytearray(BUFFER)
+        mv = memoryview(buf)
+        while True:
+            n = sock.recv_into(buf)
+            ihl = (buf[0] & 0x0F) * 4
+            # ipip_rcv: the tunnel whose local/remote match; an inner packet that is IPv4
+            if buf[16:20] != local_b or (remote_b and buf[12:16] != remote_b) or n < ihl + 20 \
+                    or buf[ihl] >> 4 != 4:
+                counters.bump("raw_ignored")
+                continue
+            os.write(tun, mv[ihl:n])
+
+    threads.append(tun_to_raw)
+    threads.append(raw_to_tun)
+    if gateways:
+        threads.append(gateways.watch)
+
+
+DAEMONS = {"udp": run_udp, "ipip": run_ipip}
+PROCESS_NAMES = {"udp": b"flanneld", "ipip": b"nslab-ipip"}
+
+
+def _prctl(option: int, arg) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(option, arg, 0, 0, 0)
+
+
+def main(argv: list[str]) -> int:
+    """python3 -m nslab.tunnel [--netns NS] [--ready-fd FD] [--run-dir DIR] KIND DEV key=value ..."""
+    opts = {}
+    while argv and argv[0].startswith("--"):
+        opts[argv[0][2:]] = argv[1]
+        argv = argv[2:]
+    if len(argv) < 2 or argv[0] not in DAEMONS:
+        print(main.__doc__, file=sys.stderr)
+        return 2
+    kind, dev = argv[0], argv[1]
+    cfg = dict(a.split("=", 1) for a in argv[2:])
+    _prctl(15, ctypes.c_char_p(PROCESS_NAMES[kind]))          # PR_SET_NAME: `ss -ulpn` shows flanneld
+    if "netns" in opts:
+        from . import netns
+        _prctl(1, signal.SIGTERM)                              # PR_SET_PDEATHSIG: die with the agent
+        before = netns.current_inode()
+        fd = os.open(netns.path(opts["netns"]), os.O_RDONLY | os.O_CLOEXEC)
+        netns.setns(fd)
+        os.close(fd)
+        if netns.current_inode() == before:
+            print(f"refusing to run: {opts['netns']} is the namespace we started in", file=sys.stderr)
+            return 1
+    counters = Counters()
+    threads: list = []
+    tun = open_tun(dev)
+    DAEMONS[kind](tun, cfg, counters, threads)
+    print(f"{time.strftime('%H:%M:%S')} {kind} dataplane on {dev} pid {os.getpid()}: {cfg}", flush=True)
+    failed = threading.Event()
+
+    def guarded(fn):
+        def run():
+            try:
+                fn()
+            except BaseException as e:   # a dead direction must not go unnoticed: exit, be restarted
+                print(f"{fn.__name__} failed: {e!r}", flush=True)
+                failed.set()
+        return run
+
+    for fn in threads:
+        threading.Thread(target=guarded(fn), name=fn.__name__, daemon=True).start()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    if "ready-fd" in opts:
+        os.write(int(opts["ready-fd"]), b"ready\n")
+        os.close(int(opts["ready-fd"]))
+    run_dir = opts.get("run-dir")
+    try:
+        while not failed.wait(0.5):
+            if run_dir and not os.path.isdir(run_dir):   # the lab is gone: never outlive it
+                return 0
+        return 1
+    finally:
+        print(f"{time.strftime('%H:%M:%S')} {kind} on {dev} exiting; counters {dict(counters)}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
