@@ -28,6 +28,7 @@ import shutil
 import socket
 import struct
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -315,8 +316,13 @@ class Sniffer:
         self.order = 0
 
     def close(self) -> None:
-        for _, s in self.socks.values():
-            s.close()
+        # Closing a packet socket waits for an RCU grace period (synchronize_net): ~10 ms
+        # each, one after another; closed from parallel threads they share grace periods.
+        threads = [threading.Thread(target=s.close) for _, s in self.socks.values()]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
         self.socks = {}
 
     def drain(self) -> None:
@@ -502,49 +508,47 @@ def _route_text(r: dict) -> str:
     return format_route(r, show_table=r.get("table") != "main")
 
 
-def explain_steps(k: Kernel, steps: list[dict], path: list[dict]) -> None:
-    """Attach to each step (all in this namespace) the table entries that decided the next
-    step: bridge FDB where a frame enters a bridge port, route + neighbour (+ vxlan FDB,
-    + bridge FDB) where an IP packet leaves by a routed device, the local route where it
-    ends.  Each step's `terminal` tells whether nothing later at this node carried it on."""
-    for s in steps:
-        link = k.links.get(s["iface"])
-        eth = _first(s["layers"], "eth")
-        key = ip_key(s["layers"])
-        ip = _first(s["layers"], "ip")
-        dec = s["decisions"]
-        if s["dir"] == "in" and _is_port(link):
-            if eth:
-                dec.append(_bridge_decision(k, eth["dst"], link["master"]))
-        elif s["dir"] == "out" and not _is_port(link) and ip:
-            iif = _iif(s, path)
-            try:
-                r = k.route(ip["dst"], ip["src"], iif, fibmatch=True)
-                dec.append({"kind": "route", "text": _route_text(r)})
-            except OSError as e:
-                dec.append({"kind": "route", "text": f"ip route get {ip['dst']}: {e.strerror}"})
-                r = None
-            gw = _gateway(k, ip, s["iface"], iif, r)
-            if link and not link["noarp"] and link["kind"] not in ("loopback",):
-                n = k.neigh(s["iface"], gw)
-                dec.append({"kind": "neigh", "text": format_neigh(n) if n else f"{gw} dev {s['iface']}: no entry"})
-            if link and link["kind"] == "vxlan" and eth:
-                f = k.fdb(eth["dst"], dev=s["iface"])
-                dec.append({"kind": "fdb", "text": format_fdb(f) if f else
-                            f"{eth['dst']} dev {s['iface']}: no FDB entry (no remote VTEP known)"})
-            if link and link["kind"] == "bridge" and eth:
-                dec.append(_bridge_decision(k, eth["dst"], s["iface"]))
-        elif s["dir"] == "in" and s.get("terminal") and ip:
-            try:
-                r = k.route(ip["dst"], ip["src"], s["iface"], fibmatch=True)
-            except OSError:
-                continue                                   # a drop: explained by explain_drop
-            if r["type"] == "local":
-                dec.append({"kind": "route", "text": _route_text(r)})
-                udp = _first(s["layers"], "udp")
-                vx = k.vxlan_for_port(udp["dport"]) if udp and _first(s["layers"], "vxlan") else None
-                s["note"] = (f"decapsulated: udp port {udp['dport']} is vxlan device {vx['name']} (id {vx['info']['id']})"
-                             if vx else "delivered")
+def explain_step(k: Kernel, s: dict, path: list[dict]) -> None:
+    """Attach to step `s` (in k's namespace) the table entries that decided what came next:
+    bridge FDB where a frame enters a bridge port, route + neighbour (+ vxlan FDB, + bridge
+    FDB) where an IP packet leaves by a routed device, the local route where it ends
+    (`terminal`: nothing later at this node carried the same IP header on)."""
+    link = k.links.get(s["iface"])
+    eth = _first(s["layers"], "eth")
+    ip = _first(s["layers"], "ip")
+    dec = s["decisions"]
+    if s["dir"] == "in" and _is_port(link):
+        if eth:
+            dec.append(_bridge_decision(k, eth["dst"], link["master"]))
+    elif s["dir"] == "out" and not _is_port(link) and ip:
+        iif = _iif(s, path)
+        try:
+            r = k.route(ip["dst"], ip["src"], iif, fibmatch=True)
+            dec.append({"kind": "route", "text": _route_text(r)})
+        except OSError as e:
+            dec.append({"kind": "route", "text": f"ip route get {ip['dst']}: {e.strerror}"})
+            r = None
+        gw = _gateway(k, ip, s["iface"], iif, r)
+        if link and not link["noarp"] and link["kind"] not in ("loopback",):
+            n = k.neigh(s["iface"], gw)
+            dec.append({"kind": "neigh", "text": format_neigh(n) if n else f"{gw} dev {s['iface']}: no entry"})
+        if link and link["kind"] == "vxlan" and eth:
+            f = k.fdb(eth["dst"], dev=s["iface"])
+            dec.append({"kind": "fdb", "text": format_fdb(f) if f else
+                        f"{eth['dst']} dev {s['iface']}: no FDB entry (no remote VTEP known)"})
+        if link and link["kind"] == "bridge" and eth:
+            dec.append(_bridge_decision(k, eth["dst"], s["iface"]))
+    elif s["dir"] == "in" and s.get("terminal") and ip:
+        try:
+            r = k.route(ip["dst"], ip["src"], s["iface"], fibmatch=True)
+        except OSError:
+            return                                     # a drop: explained by explain_drop
+        if r["type"] == "local":
+            dec.append({"kind": "route", "text": _route_text(r)})
+            udp = _first(s["layers"], "udp")
+            vx = k.vxlan_for_port(udp["dport"]) if udp and _first(s["layers"], "vxlan") else None
+            s["note"] = (f"decapsulated: udp port {udp['dport']} is vxlan device {vx['name']} (id {vx['info']['id']})"
+                         if vx else "delivered")
 
 
 def _bridge_decision(k: Kernel, mac: str, bridge: str) -> dict:
@@ -754,7 +758,7 @@ def trace(lab: str, src: str, dst: str, proto: str = "icmp", port: int | None = 
     req, req_rest = build_path([o for o in obs if o.kind == "request"], s.node, peers)
     replies = [o for o in obs if o.kind == "reply"] or [o for o in obs if o.kind == "error"]
     rep, rep_rest = build_path(replies, d.node if replies and replies[0].kind == "reply" else None, peers)
-    for name, path, rest, target in (("request", req, req_rest, d.node), ("reply", rep, rep_rest, s.node)):
+    for name, path, rest in (("request", req, req_rest), ("reply", rep, rep_rest)):
         steps = [_step(o, t0) for o in path]
         paths[name] = {"kind": _kind_text(path), "hops": steps, "also_seen": [_step(o, t0) for o in rest],
                        "summary": summary(steps), "delivered": False, "drop": None}
@@ -764,7 +768,7 @@ def trace(lab: str, src: str, dst: str, proto: str = "icmp", port: int | None = 
         for i, h in enumerate(hops):
             later = [x for x in hops[i + 1:] if x["node"] == h["node"]]
             h["terminal"] = h["dir"] == "in" and not any(ip_key(x["layers"]) == ip_key(h["layers"]) for x in later)
-    _explain(paths, namespaces, topo)
+    _explain(paths, namespaces)
     req_p, rep_p = paths["request"], paths["reply"]
     for p, target in ((req_p, d.node), (rep_p, None)):    # an ICMP error goes to whoever sent the packet
         p["delivered"] = bool(p["hops"]) and p["hops"][-1].get("note") == "delivered" and \
@@ -804,7 +808,7 @@ def _step(o: Obs, t0: int) -> dict:
             "layers": o.layers, "decisions": [], "note": None}
 
 
-def _explain(paths: dict, namespaces: dict[str, str], topo) -> None:
+def _explain(paths: dict, namespaces: dict[str, str]) -> None:
     """One namespace entry and one IPRoute socket per node on either path."""
     from pyroute2 import IPRoute
     by_node: dict[str, list[tuple[dict, list]]] = {}
@@ -817,7 +821,7 @@ def _explain(paths: dict, namespaces: dict[str, str], topo) -> None:
             for h, _ in items:
                 h["_port"] = _is_port(k.links.get(h["iface"]))
             for h, hops in items:
-                explain_steps(k, [h], hops)
+                explain_step(k, h, hops)
 
 
 def _drop(p: dict, namespaces: dict[str, str], topo) -> dict:
@@ -871,7 +875,8 @@ def render(console, r: dict) -> None:
             line.append(h["inner"])
             console.print(line)
             for dec in h["decisions"]:
-                console.print(Text(f"{'':>20}{dec['kind']:<7}", style="cyan") + Text(dec["text"]))
+                text = dec["text"].replace("\n\t", "\n" + " " * 29)      # multipath: one nexthop a line
+                console.print(Text(f"{'':>20}{dec['kind']:<7}", style="cyan") + Text(text))
             if h.get("note"):
                 console.print(Text(f"{'':>20}{h['note']}", style="green"))
         for h in p["also_seen"]:
