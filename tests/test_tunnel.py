@@ -1,0 +1,156 @@
+"""The ipip and udp backends and the userspace dataplanes, without root: plans, the
+--backend TYPE[:PORT] override, the kernel-or-userspace swap, and the packet helpers the
+daemons use (TTL decrement, flannel's ICMP net-unreachable)."""
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+
+from nslab import model, tunnel
+from nslab import plan as P
+from nslab.compile import compile_topology
+
+TOPO = Path(__file__).parent.parent / "topologies"
+
+
+def plan_of(name: str, backend: str | None = None) -> P.Plan:
+    return compile_topology(model.load(str(TOPO / name), overrides={"backend": backend} if backend else None))
+
+
+def ops(plan, cls, ns=None):
+    return [op for op in plan.ops if isinstance(op, cls) and (ns is None or op.ns == ns)]
+
+
+def checksum_ok(header: bytes) -> bool:
+    return tunnel._checksum(header) == 0
+
+
+# ---- plans ------------------------------------------------------------------------------------
+def test_ipip_plan_is_note_001():
+    plan = plan_of("spine-leaf.yaml", "ipip")
+    w1 = "spine-leaf.worker1"
+    (dev,) = ops(plan, P.Link, w1)[-1:]
+    assert (dev.name, dev.kind, dev.mtu, dict(dev.ipip)) == \
+        ("flannel.ipip", "ipip", 9130, {"local": "10.0.0.21", "remote": None, "pmtudisc": False})
+    routes = {r.dst: (r.nexthops[0].via, r.nexthops[0].dev, r.onlink) for r in ops(plan, P.Route, w1)}
+    assert routes["10.244.3.0/24"] == ("30.0.0.23", "flannel.ipip", True)     # other rack: encapsulated
+    assert routes["10.244.2.0/24"] == ("10.0.0.22", "enp0s3", False)         # DirectRouting kept from the file
+    assert [a.address for a in ops(plan, P.Addr, w1) if a.dev == "flannel.ipip"] == ["10.244.1.0/32"]
+    assert not ops(plan, P.Daemon)                                            # the kernel path, until fit_to_kernel
+
+
+def test_udp_plan_is_note_001_with_port_override():
+    plan = plan_of("spine-leaf.yaml", "udp:8282")
+    w1 = "spine-leaf.worker1"
+    tun = [l for l in ops(plan, P.Link, w1) if l.name == "flannel0"][0]
+    assert (tun.kind, tun.mtu) == ("tun", 9122)                               # 9150 - 28
+    (route,) = [r for r in ops(plan, P.Route, w1) if r.nexthops[0].dev == "flannel0"]
+    assert (route.dst, route.nexthops[0].via, route.scope) == ("10.244.0.0/16", None, "global")
+    daemon = {d.node: dict(d.config) for d in ops(plan, P.Daemon)}["worker1"]
+    assert daemon["port"] == 8282 and daemon["local"] == "10.0.0.21" and daemon["address"] == "10.244.1.0"
+    assert "10.244.3.0/24@30.0.0.23" in daemon["routes"].split(",")
+    assert "10.244.1.0/24" not in daemon["routes"]                           # its own lease goes via cni0
+
+
+def test_backend_override_drops_keys_of_the_other_type():
+    topo = model.load(str(TOPO / "spine-leaf.yaml"), overrides={"backend": "udp"})
+    assert topo.cluster.backend.port == 8285                                 # not vxlan's 4789
+    topo = model.load(str(TOPO / "spine-leaf.yaml"), overrides={"backend": "ipip"})
+    assert topo.cluster.backend.direct_routing is True
+
+
+def test_backend_override_port_only_for_vxlan_and_udp():
+    from nslab.errors import TopologyError
+    with pytest.raises(TopologyError, match="only vxlan and udp take a port"):
+        model.load(str(TOPO / "spine-leaf.yaml"), overrides={"backend": "ipip:99"})
+
+
+def test_diy_ipip_tunnels_as_ip_tunnel_add():
+    plan = plan_of("diy-ipip.yaml")
+    (t1,) = [l for l in ops(plan, P.Link, "diy-ipip.ns1") if l.kind == "ipip"]
+    assert (t1.name, t1.mtu, dict(t1.ipip)) == \
+        ("tunl1", 1480, {"local": "10.10.10.2", "remote": "10.10.20.2", "pmtudisc": True})
+    (addr,) = [a for a in ops(plan, P.Addr, "diy-ipip.ns1") if a.dev == "tunl1"]
+    assert (addr.address, addr.peer) == ("10.10.100.10/32", "10.10.200.10")
+
+
+# ---- kernel or userspace -----------------------------------------------------------------------
+@pytest.fixture
+def no_kernel_ipip(monkeypatch):
+    monkeypatch.setattr(tunnel, "_kernel_ipip", False)
+    monkeypatch.delenv("NSLAB_IPIP", raising=False)
+
+
+def test_fit_to_kernel_swaps_ipip_for_tun_and_encapsulator(no_kernel_ipip):
+    plan = plan_of("spine-leaf.yaml", "ipip")
+    before = [(type(op), getattr(op, "ns", None), getattr(op, "name", None)) for op in plan.ops]
+    tunnel.fit_to_kernel(plan)
+    devices = [l for l in ops(plan, P.Link) if l.name == "flannel.ipip"]
+    assert len(devices) == 4 and {l.kind for l in devices} == {"tun"} and {l.mtu for l in devices} == {9130}
+    daemons = {d.node: dict(d.config) for d in ops(plan, P.Daemon)}
+    assert daemons["worker1"] == {"local": "10.0.0.21", "remote": "any", "pmtudisc": 0}
+    assert [(type(op), getattr(op, "ns", None), getattr(op, "name", None)) for op in plan.ops][:len(before)] == before
+    assert plan.notes["_notices"][0].startswith(tunnel.USERSPACE_NOTE)
+    assert plan.notes["worker1"]["dataplane"].startswith(tunnel.USERSPACE_NOTE)
+
+
+def test_fit_to_kernel_for_some_nodes_only(no_kernel_ipip, monkeypatch):
+    monkeypatch.setenv("NSLAB_IPIP", "userspace:worker3")
+    plan = plan_of("spine-leaf.yaml", "ipip")
+    tunnel.fit_to_kernel(plan)
+    kinds = {l.ns.split(".")[1]: l.kind for l in ops(plan, P.Link) if l.name == "flannel.ipip"}
+    assert kinds == {"master1": "ipip", "worker1": "ipip", "worker2": "ipip", "worker3": "tun"}
+
+
+def test_fit_to_kernel_refuses_kernel_mode_without_the_module(no_kernel_ipip, monkeypatch):
+    from nslab.errors import PrerequisiteError
+    monkeypatch.setenv("NSLAB_IPIP", "kernel")
+    with pytest.raises(PrerequisiteError, match="no ipip module"):
+        tunnel.fit_to_kernel(plan_of("diy-ipip.yaml"))
+
+
+def test_plans_without_ipip_are_left_alone(no_kernel_ipip):
+    plan = plan_of("spine-leaf.yaml")
+    n = len(plan.ops)
+    tunnel.fit_to_kernel(plan)
+    assert len(plan.ops) == n and "_notices" not in plan.notes
+
+
+# ---- packet helpers ----------------------------------------------------------------------------
+def ip_header(ttl=64, proto=6, src="10.244.1.2", dst="10.244.3.2", frag=0x4000) -> bytearray:
+    import socket
+    h = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, 0x1234, frag, ttl, proto, 0,
+                    socket.inet_aton(src), socket.inet_aton(dst))
+    h = h[:10] + struct.pack("!H", tunnel._checksum(h)) + h[12:]
+    return bytearray(h + b"\x9c\x40\x00\x50" + b"\0" * 16)
+
+
+@pytest.mark.parametrize("ttl", [64, 2, 255, 17])
+def test_ttl_decrement_keeps_the_checksum_valid(ttl):
+    pkt = ip_header(ttl=ttl)
+    assert tunnel._ttl_down(pkt)
+    assert pkt[8] == ttl - 1 and checksum_ok(bytes(pkt[:20]))
+
+
+def test_ttl_one_is_dropped():
+    assert not tunnel._ttl_down(ip_header(ttl=1))
+
+
+def test_net_unreachable_as_flannels_proxy_builds_it():
+    import socket
+    offender = ip_header()
+    reply = tunnel.net_unreachable(bytes(offender), socket.inet_aton("10.244.1.0"))
+    assert len(reply) == 20 + 8 + 20 + 8
+    assert checksum_ok(reply[:20]) and tunnel._checksum(reply[20:]) == 0
+    ttl, proto = reply[8], reply[9]
+    assert (ttl, proto, reply[12:16], reply[16:20]) == (8, 1, socket.inet_aton("10.244.1.0"), offender[12:16])
+    assert reply[20:22] == b"\x03\x00" and reply[28:] == bytes(offender[:28])
+
+
+def test_no_net_unreachable_about_icmp_or_later_fragments():
+    import socket
+    src = socket.inet_aton("10.244.1.0")
+    assert tunnel.net_unreachable(bytes(ip_header(proto=1)), src) is None
+    assert tunnel.net_unreachable(bytes(ip_header(frag=0x0010)), src) is None
