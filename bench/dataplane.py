@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""iperf3 between pods on two racks for each flannel backend, side by side.
+
+spine-leaf.yaml: `client` on worker1 (rack1) -> `web-worker3` on worker3 (rack2), through
+leaf01, the spine and leaf02.  host-gw cannot cross racks (flannel routes pod subnets via
+node IPs on one L2 segment), so its row measures client -> web-worker2 in the same rack.
+ipip is the kernel's where the kernel has it, else nslab's userspace encapsulator; udp is
+nslab's Python proxy (flannel's is C).  For udp the benchmark also captures on worker1's
+underlay during the run and reports the largest datagram: one packet per datagram means
+no datagram above the flannel0 MTU (9122 on spine-leaf).  Target (issue 4): udp >= 1 Gbit/s.
+
+    sudo python3 bench/dataplane.py [--seconds 5] [--streams 1] [--backends vxlan,host-gw,ipip,udp]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOPOLOGY = os.path.join(ROOT, "topologies", "spine-leaf.yaml")
+SERVERS = {"host-gw": ("web-worker2", "10.244.2.2")}   # same rack: host-gw's limit
+DEFAULT_SERVER = ("web-worker3", "10.244.3.2")
+
+
+def nslab(*args: str) -> str:
+    return subprocess.run(["nslab", *args], check=True, capture_output=True, text=True).stdout
+
+
+def netns(lab: str, node: str) -> list[str]:
+    return ["ip", "netns", "exec", f"{lab}.{node}"]
+
+
+def topology_for(backend: str) -> str:
+    """spine-leaf as it is, or (host-gw) with worker3 moved into rack1."""
+    if backend != "host-gw":
+        return TOPOLOGY
+    text = open(TOPOLOGY).read().replace("worker3: {segment: rack2, ip: 30.0.0.23}",
+                                          "worker3: {segment: rack1, ip: 10.0.0.23}")
+    f = tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="bench-hostgw-", delete=False)
+    f.write(text)
+    f.close()
+    return f.name
+
+
+def run(backend: str, seconds: int, streams: int) -> dict:
+    lab = f"ip4-bench-{os.getpid()}"
+    server, server_ip = SERVERS.get(backend, DEFAULT_SERVER)
+    topo = topology_for(backend)
+    out = {"backend": backend, "path": f"client -> {server}"}
+    try:
+        up = nslab("up", topo, "--name", lab, "--backend", backend)
+        out["dataplane"] = "userspace" if "userspace" in up or backend == "udp" else "kernel"
+        srv = subprocess.Popen(netns(lab, server) + ["iperf3", "-s", "-1"], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+        time.sleep(0.3)
+        cap = None
+        if backend == "udp":
+            pcap = tempfile.mktemp(suffix=".pcap", prefix="bench-udp-")
+            cap = subprocess.Popen(netns(lab, "worker1") + ["tcpdump", "-i", "enp0s3", "-n", "-s", "64", "-c",
+                                                           "20000", "-w", pcap, "udp", "port", "8285"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.5)
+        res = subprocess.run(netns(lab, "client") + ["iperf3", "-c", server_ip, "-t", str(seconds), "-P",
+                                                     str(streams), "-J"], capture_output=True, text=True)
+        srv.wait(timeout=10)
+        data = json.loads(res.stdout)
+        if "error" in data:
+            raise RuntimeError(data["error"])
+        out["gbps"] = data["end"]["sum_received"]["bits_per_second"] / 1e9
+        out["retransmits"] = data["end"]["sum_sent"].get("retransmits")
+        if cap:
+            cap.terminate()
+            cap.wait()
+            sizes = subprocess.run(["tcpdump", "-r", pcap, "-n", "-q"], capture_output=True, text=True).stdout
+            lengths = [int(x) for x in re.findall(r"UDP, length (\d+)", sizes)]
+            os.unlink(pcap)
+            out["datagrams"] = len(lengths)
+            out["max_datagram"] = max(lengths, default=0)
+    finally:
+        subprocess.run(["nslab", "down", lab], capture_output=True)
+        if topo != TOPOLOGY:
+            os.unlink(topo)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--streams", type=int, default=1, help="parallel TCP streams (iperf3 -P)")
+    ap.add_argument("--backends", default="vxlan,host-gw,ipip,udp")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench/dataplane.py: run as root (it builds labs)")
+    rows = [run(b, args.seconds, args.streams) for b in args.backends.split(",")]
+    base = next((r["gbps"] for r in rows if r["backend"] == "vxlan"), None)
+    print(f"{'backend':8} {'dataplane':10} {'path':24} {'Gbit/s':>7} {'vs vxlan':>9} {'retrans':>8}  notes")
+    for r in rows:
+        ratio = f"{r['gbps'] / base:8.2f}x" if base else "        -"
+        note = ""
+        if "max_datagram" in r:
+            note = (f"{r['datagrams']} datagrams captured, largest {r['max_datagram']} bytes "
+                    f"({'one packet per datagram' if r['max_datagram'] <= 9122 else 'BATCHED'}); "
+                    f"target 1 Gbit/s {'met' if r['gbps'] >= 1 else 'MISSED'}")
+        print(f"{r['backend']:8} {r['dataplane']:10} {r['path']:24} {r['gbps']:7.2f} {ratio} "
+              f"{r.get('retransmits') or 0:8}  {note}")
+
+
+if __name__ == "__main__":
+    main()
