@@ -10,6 +10,12 @@ underlay during the run and reports the largest datagram: one packet per datagra
 no datagram above the flannel0 MTU (9122 on spine-leaf).  Target (issue 4): udp >= 1 Gbit/s.
 
     sudo python3 bench/dataplane.py [--seconds 5] [--streams 1] [--backends vxlan,host-gw,ipip,udp]
+
+--ecmp N: note 001's ECMP claim, measured on spine-leaf-ecmp.yaml (two spines, L4 hashing
+in the leaves): N parallel TCP flows client -> web-worker3, and the packets each spine
+forwarded from leaf01 during the run, under vxlan, ipip and udp.
+
+    sudo python3 bench/dataplane.py --ecmp 50
 """
 from __future__ import annotations
 
@@ -89,14 +95,50 @@ def run(backend: str, seconds: int, streams: int) -> dict:
     return out
 
 
+def spine_packets(lab: str) -> dict[str, int]:
+    """Packets each spine received from leaf01 (its eth0)."""
+    out = {}
+    for spine in ("spine1", "spine2"):
+        link = json.loads(subprocess.run(netns(lab, spine) + ["ip", "-j", "-s", "link", "show", "dev", "eth0"],
+                                         check=True, capture_output=True, text=True).stdout)[0]
+        out[spine] = link["stats64"]["rx"]["packets"]
+    return out
+
+
+def ecmp(flows: int, seconds: int) -> None:
+    topo = os.path.join(ROOT, "topologies", "spine-leaf-ecmp.yaml")
+    print(f"{flows} TCP flows client (rack1) -> web-worker3 (rack2), {seconds} s; packets leaf01 sent to each spine:")
+    for backend in ("vxlan", "ipip", "udp"):   # udp: fixed ports 8285 -> 8285, one flow to the hash
+        lab = f"ip4-ecmp-{os.getpid()}"
+        try:
+            nslab("up", topo, "--name", lab, "--backend", backend)
+            srv = subprocess.Popen(netns(lab, "web-worker3") + ["iperf3", "-s", "-1"], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+            time.sleep(0.3)
+            before = spine_packets(lab)
+            subprocess.run(netns(lab, "client") + ["iperf3", "-c", "10.244.3.2", "-P", str(flows), "-t",
+                                                   str(seconds)], check=True, capture_output=True)
+            srv.wait(timeout=10)
+            after = spine_packets(lab)
+        finally:
+            subprocess.run(["nslab", "down", lab], capture_output=True)
+        d = {k: after[k] - before[k] for k in after}
+        total = sum(d.values()) or 1
+        print(f"  {backend:6} spine1 {d['spine1']:>9} ({100 * d['spine1'] / total:3.0f}%)   "
+              f"spine2 {d['spine2']:>9} ({100 * d['spine2'] / total:3.0f}%)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--streams", type=int, default=1, help="parallel TCP streams (iperf3 -P)")
     ap.add_argument("--backends", default="vxlan,host-gw,ipip,udp")
+    ap.add_argument("--ecmp", type=int, metavar="FLOWS", help="the ECMP demonstration instead (spine-leaf-ecmp)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/dataplane.py: run as root (it builds labs)")
+    if args.ecmp:
+        return ecmp(args.ecmp, min(args.seconds, 3))
     rows = [run(b, args.seconds, args.streams) for b in args.backends.split(",")]
     base = next((r["gbps"] for r in rows if r["backend"] == "vxlan"), None)
     print(f"{'backend':8} {'dataplane':10} {'path':24} {'Gbit/s':>7} {'vs vxlan':>9} {'retrans':>8}  notes")
