@@ -12,11 +12,21 @@ fi
 APT_PACKAGES=(
   iproute2 iputils-ping tcpdump iptables iperf3 ethtool bridge-utils curl netcat-openbsd
   procps psmisc graphviz mininet python3-pip python3-venv
+  docker.io busybox-static debootstrap  # container nodes: the engine, and local images without a registry
+  vagrant                               # `vagrant validate` of the Vagrantfile in the tests
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+if [[ " ${missing[*]} " == *" docker.io "* ]] && [ -d /run/systemd/system ]; then
+  # docker.io's service starts at once: give it the flags that keep it off the host network
+  # (no firewall rules, no ip_forward, no docker0) before it first runs.
+  mkdir -p /etc/systemd/system/docker.service.d
+  printf '[Service]\nExecStart=\nExecStart=/usr/sbin/dockerd -H fd:// --containerd=/run/containerd/containerd.sock %s\n' \
+    "--iptables=false --ip6tables=false --ip-forward=false --bridge=none" >/etc/systemd/system/docker.service.d/nslab.conf
+  systemctl daemon-reload
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "install.sh: apt-get install ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -29,3 +39,8 @@ PY=${PYTHON:-python3}
 "$PY" -m pip install -q --disable-pip-version-check --break-system-packages -e . 2>/dev/null \
   || "$PY" -m pip install -q --disable-pip-version-check -e .
 echo "install.sh: nslab $("$PY" -c 'import importlib.metadata as m; print(m.version("nslab"))') installed ($(command -v nslab))"
+
+# Container nodes: the engine (left alone if one runs) and the local images (kept if built
+# from the same recipe; the Debian one takes about a minute the first time).
+nslab/images/start-dockerd
+"$PY" -m nslab.cli images build

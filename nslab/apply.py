@@ -32,6 +32,7 @@ NLM_F_REQUEST, NLM_F_ACK, NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x
 NLM_F_ACK_TLVS = 0x200
 NLMSGERR_ATTR_MSG = 1
 RTM_NEWLINK, RTM_NEWADDR, RTM_NEWROUTE, RTM_NEWNEIGH = 16, 20, 24, 28
+RTM_DELLINK = 17
 IFF_UP = 0x1
 NUD_PERMANENT = 0x80
 NTF_SELF = 0x02
@@ -103,10 +104,11 @@ def open_route_socket() -> socket.socket:
 class Applier:
     """Applies a plan; `namespaces` holds what it opened (closed by close())."""
 
-    def __init__(self, on_namespace_created=None):
+    def __init__(self, on_namespace_created=None, start_container=None):
         self.namespaces: dict[str, Namespace] = {}
         self.seq = 0
         self.on_namespace_created = on_namespace_created
+        self.start_container = start_container    # Netns op with a container -> its PID (lab.py)
 
     # ---- namespaces -------------------------------------------------------------------
     def create_namespace(self, name: str, sysctls: list[P.Sysctl]) -> Namespace:
@@ -130,6 +132,49 @@ class Applier:
             self.on_namespace_created(name)
         return ns
 
+    def adopt_namespace(self, name: str, pid: int, sysctls: list[P.Sysctl]) -> Namespace:
+        """A container's namespace: name it (netns.adopt) and open its socket from inside."""
+        try:
+            fd = netns.adopt(name, pid)
+        except FileExistsError:
+            raise ApplyError(f"network namespace {name} already exists (another lab or `ip netns add` made it); "
+                             f"nslab will not touch it") from None
+        try:
+            return self._attach(name, fd, sysctls)
+        except BaseException:
+            os.close(fd)
+            netns.remove(name)
+            raise
+
+    def open_namespace(self, name: str) -> Namespace:
+        """An existing lab namespace (nslab rewire), with the indexes of what is in it."""
+        return self._attach(name, os.open(netns.path(name), os.O_RDONLY | os.O_CLOEXEC), [])
+
+    def _attach(self, name: str, fd: int, sysctls: list[P.Sysctl]) -> Namespace:
+        with netns.Entered(fd):
+            sock = open_route_socket()
+            existing = socket.if_nameindex()
+            for op in sysctls:
+                netns.write_sysctl(op.key, op.value)
+        ns = Namespace(name=name, fd=fd, sock=sock)
+        for idx, dev in existing:
+            ns.ifindex[dev] = idx
+        ns.next_index = max(idx for idx, _ in existing) + 1 if existing else 2
+        self.namespaces[name] = ns
+        return ns
+
+    def delete_links(self, ns: Namespace, names: list[str]) -> None:
+        """Delete devices (a veth takes its peer with it, at once)."""
+        msgs = []
+        for dev in names:
+            if dev in ns.ifindex:
+                self.seq += 1
+                data = _message(RTM_DELLINK, CHANGE, _ifinfomsg(ns.ifindex.pop(dev)))
+                struct.pack_into("=I", data, 8, self.seq)
+                msgs.append((self.seq, bytes(data), P.Up(ns.name, dev)))
+        if msgs:
+            self.send(ns, msgs)
+
     # ---- the plan ----------------------------------------------------------------------
     def apply(self, plan: P.Plan) -> None:
         ops = plan.staged()
@@ -138,7 +183,9 @@ class Applier:
             if isinstance(op, P.Sysctl) and op.stage == P.STAGE_NAMESPACE:
                 early_sysctls.setdefault(op.ns, []).append(op)
         for op in ops:
-            if isinstance(op, P.Netns):
+            if isinstance(op, P.Netns) and op.container is not None:
+                self.adopt_namespace(op.ns, self.start_container(op), early_sysctls.get(op.ns, []))
+            elif isinstance(op, P.Netns):
                 self.create_namespace(op.ns, early_sysctls.get(op.ns, []))
         stages: dict[int, dict[str, list]] = {}
         for op in ops:

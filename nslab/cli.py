@@ -230,6 +230,63 @@ def trace(src: str = typer.Argument(..., help="Source node or pod (or one of its
         raise typer.Exit(1)
 
 
+@app.command()
+@run
+def rewire(lab: Optional[str] = LabOpt):
+    """Wire the lab's containers again after one was restarted (a restarted container has a
+    new network namespace, without the lab's links), stopped or removed under nslab's feet."""
+    labmod.require_root()
+    lab = labmod.resolve_lab(lab)
+    done = labmod.rewire(lab)
+    console.print(f"lab {lab}: re-wired {', '.join(done)}" if done else f"lab {lab}: every container is wired")
+
+
+images_app = typer.Typer(no_args_is_help=True, help="Local images for container nodes (no registry needed).")
+app.add_typer(images_app, name="images")
+
+
+@images_app.command("build")
+@run
+def images_build(names: Optional[List[str]] = typer.Argument(None, help="Images (default: all of nslab's)."),
+                 force: bool = typer.Option(False, "--force", help="Rebuild even if an image from the same "
+                                                                   "recipe is there.")):
+    """Build nslab's images locally (busybox-static; Debian minbase via debootstrap) and
+    `docker import` them; an image already built from the same recipe is kept."""
+    from . import containers
+    from .errors import UsageError
+    labmod.require_root()
+    unknown = [n for n in names or [] if n not in containers.IMAGES]
+    if unknown:
+        raise UsageError(f"unknown image {unknown[0]!r} (nslab builds: {', '.join(containers.IMAGES)})")
+    client = containers.engine()
+    for n in names or list(containers.IMAGES):
+        t0 = time.perf_counter()
+        if containers.build(client, n, force=force, log=console.print):
+            console.print(f"{containers.normalize(n)} built in {time.perf_counter() - t0:.1f} s")
+        else:
+            console.print(f"{containers.normalize(n)} is up to date")
+
+
+@images_app.command("ls")
+@run
+def images_ls(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
+    """nslab's images: present, built from the current recipe, size."""
+    from . import containers
+    client = containers.engine()
+    rows = [containers.image_status(client, n) for n in containers.IMAGES]
+    if as_json:
+        print(json.dumps(rows, indent=1))
+        return
+    table = Table()
+    for col in ("image", "status", "size", "contents"):
+        table.add_column(col)
+    for r in rows:
+        status = "up to date" if r["current"] else "old recipe (nslab images build)" if r["present"] else \
+            "missing (nslab images build)"
+        table.add_row(r["image"], status, f"{r['size'] / 1e6:.0f} MB" if r["present"] else "", r["what"])
+    console.print(table)
+
+
 def main():
     app()
 

@@ -30,7 +30,7 @@ VXLAN_DEFAULT_PORT = 8472      # flannel passes port 0 and Linux's vxlan uses it
 UDP_DEFAULT_PORT = 8285
 CLUSTER_KEYS = {"network", "subnetLen", "iface", "ipMasq", "backend", "nodes", "pods"}
 NODE_KEYS = {"segment", "ip", "subnet"}
-POD_KEYS = {"node", "daemonset", "ip", "serve"}
+POD_KEYS = {"node", "daemonset", "ip", "serve", "image", "command", "env", "cap_add"}
 
 
 @dataclass
@@ -281,8 +281,8 @@ def _pods(p, b, cluster: Cluster, spec, path) -> None:
             if ip is None:
                 raise p.err(ppath, f"{node}'s subnet {cn.subnet} has no free pod address left")
             taken[node].add(ip)
-        serve = pspec.get("serve")
-        pod_node = b.add_node(pod, "pod", {"serve": serve} if serve else {}, ppath, mtu=cn.mtu)
+        node_spec = {k: pspec[k] for k in ("serve", "image", "command", "env", "cap_add") if pspec.get(k) is not None}
+        pod_node = b.add_node(pod, "pod", node_spec, ppath, mtu=cn.mtu)
         gw = cn.subnet.network_address + 1
         veth = host_veth_name(node, pod)
         cluster.pods[pod] = Pod(name=pod, node=node, ip=IPv4Interface(f"{ip}/{cn.subnet.prefixlen}"), host_veth=veth)

@@ -9,7 +9,7 @@ def compile_topology(topo: Topology) -> P.Plan:
     plan = P.Plan(lab=topo.name)
     nodes = topo.nodes
     for node in nodes.values():
-        plan.add(P.Netns(ns=node.ns, node=node.name))
+        plan.add(P.Netns(ns=node.ns, node=node.name, container=node.container))
         if not topo.ipv6:
             # Quiet captures: no router solicitations or MLD reports among the notes' ARP and ICMP.
             plan.add(P.Sysctl(node.ns, "net.ipv6.conf.all.disable_ipv6", "1"))
@@ -52,7 +52,7 @@ def compile_topology(topo: Topology) -> P.Plan:
     from .tunnel import compile_tunnels
     compile_tunnels(topo, plan)
     for node in nodes.values():
-        for kind in node.serve:
+        for kind in node.serve if node.container is None else ():   # a container serves by itself
             plan.add(P.Serve(ns=node.ns, node=node.name, kind=kind))
     for node in nodes.values():
         addr = topo.address_of(node.name)

@@ -47,6 +47,8 @@ def up(topo: model.Topology, overrides: dict | None = None) -> tuple[Plan, state
     plan = compile_topology(topo)
     from .tunnel import fit_to_kernel
     fit_to_kernel(plan)                # no kernel ipip: TUN devices + encapsulators instead
+    from . import containers
+    engine = containers.check(plan)    # container nodes: the engine answers, the images are here
     if state.load(topo.name) is not None:
         raise already_running(topo)
     taken = [ns for ns in plan.namespaces if netns.exists(ns)]
@@ -65,7 +67,7 @@ def up(topo: model.Topology, overrides: dict | None = None) -> tuple[Plan, state
         st.files = [os.path.join(state.HOSTS_DIR, ns, "hosts") for ns in plan.namespaces] if plan.hosts else []
         st.save()                      # recorded before anything exists
         write_hosts_files(plan, st.files)
-        applier = Applier()
+        applier = Applier(start_container=lambda op: containers.start(engine, st, op, plan.hosts))
         try:
             applier.apply(plan)
         finally:
@@ -126,3 +128,47 @@ def node_namespace(lab: str, node: str) -> str:
     if node not in st.nodes:
         raise UsageError(f"lab {lab} has no node {node!r} (nodes: {', '.join(st.nodes)})")
     return st.nodes[node]
+
+
+def rewire(lab: str) -> list[str]:
+    """Wire a running lab's containers again where they have a new network namespace
+    (`docker restart`, or stopped or removed under nslab's feet: started or created again).
+    Their old namespace is dropped with its veths, then every operation of the plan that
+    touched it is applied again.  Returns the nodes re-wired."""
+    require_root()
+    from . import containers
+    from .compile import compile_topology
+    from .plan import Netns, Sysctl, STAGE_NAMESPACE
+    from .tunnel import fit_to_kernel
+    st = state.load(lab)
+    if st is None:
+        raise UsageError(f"no lab named {lab!r} is running (running: {', '.join(state.labs()) or 'none'})")
+    plan = compile_topology(topology(lab))
+    fit_to_kernel(plan)
+    specs = [op for op in plan.ops if isinstance(op, Netns) and op.container is not None]
+    if not specs:
+        return []
+    engine = containers.check(plan)
+    done = []
+    for netns_op in specs:
+        pid = containers.ensure_running(engine, st, netns_op, plan.hosts)
+        named = netns.path(netns_op.ns)
+        if os.path.exists(named) and os.stat(named).st_ino == os.stat(f"/proc/{pid}/ns/net").st_ino:
+            continue
+        ops = containers.ops_touching(plan, netns_op.ns)
+        applier = Applier()
+        try:
+            if os.path.exists(named):    # the old namespace still holds the veths: free their names
+                old = applier.open_namespace(netns_op.ns)
+                applier.delete_links(old, [d for d in old.ifindex if d != "lo"])
+                applier.namespaces.pop(netns_op.ns).close()
+                netns.remove(netns_op.ns)
+            applier.adopt_namespace(netns_op.ns, pid, [op for op in ops if isinstance(op, Sysctl)
+                                                       and op.ns == netns_op.ns and op.stage == STAGE_NAMESPACE])
+            for ns in {op.ns for op in ops} - {netns_op.ns}:
+                applier.open_namespace(ns)
+            applier.apply(Plan(lab=lab, ops=ops))
+        finally:
+            applier.close()
+        done.append(netns_op.node)
+    return done

@@ -80,6 +80,7 @@ class Node:
     bridges: list[Bridge] = field(default_factory=list)
     tunnels: list = field(default_factory=list)      # nslab.tunnel.Tunnel (ip tunnel add ... mode ipip)
     path: tuple = ()
+    container: object | None = None                  # plan.Container: the node is a container (image:)
 
     @property
     def bridge(self) -> str | None:
@@ -167,7 +168,7 @@ class Parser:
 
     TOP_KEYS = {"name", "mtu", "ipv6", "pools", "hosts", "routers", "segments", "links",
                 "cluster", "tests", "description"}
-    NODE_KEYS = {"mtu", "routes", "sysctls", "serve", "tunnels"}
+    NODE_KEYS = {"mtu", "routes", "sysctls", "serve", "tunnels", "image", "command", "env", "cap_add"}
     SEGMENT_KEYS = {"subnet", "gateway", "gateway_ip", "bridge", "mtu", "members"}
     MEMBER_KEYS = {"iface", "port", "ip", "mac", "mtu"}
     END_KEYS = {"node", "iface", "ip", "mac", "mtu"}
@@ -388,6 +389,9 @@ class Builder:
                 if s != "http":
                     raise self.err(path + ("serve",), f"unknown service {s!r} (nslab can serve: http)")
             node.serve = list(serve)
+        if any(k in spec for k in ("image", "command", "env", "cap_add")):
+            from . import containers
+            node.container = containers.parse(self.p, spec, path)
         if spec.get("tunnels") is not None:
             from . import tunnel
             node.tunnels = tunnel.parse(self.p, spec["tunnels"], path + ("tunnels",))

@@ -155,6 +155,23 @@ def create(name: str, on_inside=None):
     return ns_fd, result
 
 
+def adopt(name: str, pid: int) -> int:
+    """Name the network namespace of process `pid` (a container's), as `ip netns attach
+    NAME PID` does, and return an fd on it.  FileExistsError if the name is taken."""
+    global _run_dir_ready
+    if not _run_dir_ready:
+        _prepare_run_dir()
+        _run_dir_ready = True
+    target = path(name)
+    os.close(os.open(target, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
+    try:
+        mount(f"/proc/{pid}/ns/net", target, "none", MS_BIND)
+        return os.open(target, os.O_RDONLY | os.O_CLOEXEC)
+    except BaseException:
+        remove(name)
+        raise
+
+
 def remove(name: str) -> bool:
     """Unmount and unlink /run/netns/NAME (the kernel frees the namespace, and every link
     in it, once nothing holds it).  Returns False if it did not exist."""

@@ -15,9 +15,20 @@ STAGE_NAMESPACE, STAGE_LINK, STAGE_DEVICE, STAGE_CONFIG, STAGE_ROUTE, STAGE_PROC
 
 
 @dataclass(frozen=True)
+class Container:
+    """A container node (nslab/containers.py): started with `--network none`, then its
+    network namespace is named <lab>.<node> and wired like any other."""
+    image: str
+    command: tuple = ()            # argv; empty: the image's own CMD
+    env: tuple = ()                # (key, value) pairs
+    cap_add: tuple = ()
+
+
+@dataclass(frozen=True)
 class Netns:
     ns: str
     node: str
+    container: Container | None = None     # the namespace is a container's (`image:`)
     stage = STAGE_NAMESPACE
 
 

@@ -21,6 +21,9 @@ def render_op(op) -> list[str]:
     # be read by ip as the `master` keyword.
     n = f"ip -n {_q(op.ns)}" if hasattr(op, "ns") else "ip"
     if isinstance(op, P.Netns):
+        if op.container is not None:      # a container node: started without a network, then named
+            from .containers import script_lines
+            return script_lines(op)
         return [f"ip netns add {_q(op.ns)}"]
     if isinstance(op, P.Sysctl):
         return [f"ip netns exec {_q(op.ns)} sysctl -qw {op.key}={_q(op.value)}"]

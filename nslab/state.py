@@ -38,6 +38,7 @@ class LabState:
     files: list[str] = field(default_factory=list)
     info: dict = field(default_factory=dict)                # per-node facts (subnet.env, notes)
     overrides: dict = field(default_factory=dict)           # command-line changes (--backend)
+    containers: list[dict] = field(default_factory=list)    # {node, name, id}: recorded before created
 
     @property
     def dir(self) -> str:
@@ -132,6 +133,9 @@ def _zombie(pid: int) -> bool:
 
 def destroy(st: LabState) -> list[str]:
     """Remove everything the record lists; return the namespaces removed."""
+    if st.containers:                  # first, so that a missing engine leaves everything in place
+        from . import containers
+        containers.remove(st)
     stop_processes(st.processes)
     removed = [ns for ns in st.namespaces if netns.remove(ns)]
     for path in st.files:
