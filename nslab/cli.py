@@ -66,7 +66,7 @@ def built_table(topo, plan) -> Table:
 @run
 def up(file: Optional[str] = typer.Argument(None, help="Topology YAML (default: the bundled spine-leaf lab)."),
        name: Optional[str] = typer.Option(None, "--name", "-n", help="Run the lab under this name."),
-       backend: Optional[str] = typer.Option(None, "--backend", help="Override the cluster backend type."),
+       backend: Optional[str] = typer.Option(None, "--backend", help="Override the cluster backend: TYPE or TYPE:PORT (vxlan, host-gw, ipip, udp; udp:8282)."),
        quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the lab name.")):
     """Build a lab from a topology file."""
     file = file or default_topology()
@@ -228,6 +228,87 @@ def trace(src: str = typer.Argument(..., help="Source node or pod (or one of its
         tracemod.render(console, result)
     if not tracemod.complete(result):
         raise typer.Exit(1)
+
+
+@app.command("test")
+@run
+def test_(file: Optional[str] = typer.Argument(None, help="Topology file: bring it up, run its tests, take it down."),
+          lab: Optional[str] = LabOpt,
+          name: Optional[str] = typer.Option(None, "--name", "-n", help="With FILE: run the lab under this name."),
+          backend: Optional[str] = typer.Option(None, "--backend", help="With FILE: override the cluster backend type."),
+          all_pairs: bool = typer.Option(False, "--all-pairs", help="Instead of the tests: section, ping between "
+                                                                    "every pair of pods."),
+          hosts: bool = typer.Option(False, "--hosts", help="With --all-pairs: include hosts."),
+          junit: Optional[str] = typer.Option(None, "--junit", help="Also write the results as JUnit XML to this file."),
+          as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
+    """Run a topology's tests: (ping, TCP connect, HTTP GET with expectations); exit 1 if any fails."""
+    from . import checks
+    from .api import Lab
+    from .errors import UsageError
+    if file and lab:
+        raise UsageError("give a topology FILE or -l LAB, not both")
+    if not file and (name or backend):
+        raise UsageError("--name and --backend apply when testing a FILE (a running lab keeps its own)")
+    if file:
+        topo = labmod.load(file, name=name, overrides={"backend": backend} if backend else None)
+        if not topo.tests and not all_pairs:
+            raise UsageError(f"{file} declares no tests (add a tests: section, or use --all-pairs)")
+        labmod.require_root()
+        handle = Lab.up(file, name=name, backend=backend)
+    else:
+        labmod.require_root()
+        handle = Lab.attach(labmod.resolve_lab(lab))
+        if not handle.topo.tests and not all_pairs:
+            raise UsageError(f"lab {handle.name} declares no tests ({handle.topo.file} has no tests: section; "
+                             f"use --all-pairs)")
+    try:
+        report = handle.test(all_pairs=all_pairs, hosts=hosts)
+    finally:
+        if file:
+            handle.down()
+    if junit:
+        with open(junit, "w", encoding="utf-8") as f:
+            f.write(checks.junit(report, handle.topo.file))
+    if as_json:
+        print(json.dumps(report.as_dict(), indent=1))
+    else:
+        checks.render(console, report)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+@run
+def capture(target: str = typer.Argument(..., metavar="NODE[:IFACE]",
+                                         help="Node, and interface (default: its underlay interface)."),
+            lab: Optional[str] = LabOpt,
+            write: Optional[str] = typer.Option(None, "-w", "--write", help="Write a pcap file (Wireshark, tshark)."),
+            count: Optional[int] = typer.Option(None, "-c", "--count", help="Stop after this many packets."),
+            bpf: str = typer.Option("", "--filter", "-f", help="tcpdump filter, e.g. 'udp port 4789'."),
+            decode: bool = typer.Option(False, "--decode", help="Outer/inner header table per encapsulated packet.")):
+    """Capture packets inside a node with tcpdump (live `-eni` output, a pcap, or decoded tables)."""
+    from . import capture as capmod
+    labmod.require_root()
+    labmod.require_tools("ip", "tcpdump")
+    rc = capmod.run(labmod.resolve_lab(lab), target, pcap=write, count=count, bpf=bpf, decode=decode)
+    if rc:
+        raise typer.Exit(rc)
+
+
+@app.command()
+@run
+def graph(file: Optional[str] = typer.Argument(None, help="Topology YAML (default: the running lab given by -l)."),
+          lab: Optional[str] = LabOpt,
+          output: Optional[str] = typer.Option(None, "-o", "--output", help="Write FILE.svg, .png, .pdf, .dot or .mmd."),
+          fmt: Optional[str] = typer.Option(None, "--format", help="dot (default) or mermaid (text for a README).")):
+    """A picture of a topology: routers, segments, nodes, pods, links and overlay tunnels."""
+    from . import graph as graphmod
+    topo = labmod.load(file) if file else labmod.topology(labmod.resolve_lab(lab))
+    text = graphmod.write(graphmod.build(topo), output, fmt)
+    if text is not None:
+        sys.stdout.write(text)
+    else:
+        err_console.print(f"wrote {output}", markup=False)
 
 
 @app.command()
