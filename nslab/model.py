@@ -115,6 +115,7 @@ class Topology:
     segments: dict[str, Segment]
     doc: Doc | None = None
     cluster: object | None = None   # nslab.cluster.Cluster when the file has a cluster: section
+    tests: list = field(default_factory=list)   # nslab.checks.Check: the file's tests: section
 
     def node(self, name: str) -> Node:
         return self.nodes[name]
@@ -344,7 +345,8 @@ class Parser:
         if "cluster" in top:
             from . import cluster
             cluster.parse(self, b, top["cluster"], ("cluster",))
-        b.tests = top.get("tests") or []
+        from . import checks
+        b.tests = checks.parse(self, b, top.get("tests"), ("tests",))
         return b
 
 
@@ -506,7 +508,7 @@ class Builder:
             ext(self)
         self._resolve_routes()
         return Topology(name=self.lab, file=self.doc.file, mtu=self.mtu, ipv6=self.ipv6, nodes=self.nodes,
-                        segments=self.segments, doc=self.doc, cluster=self.cluster)
+                        segments=self.segments, doc=self.doc, cluster=self.cluster, tests=self.tests)
 
     def _next_free_ifname(self, node: Node, prefix="eth") -> str:
         taken = {i.name for i in node.ifaces}

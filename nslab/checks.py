@@ -1,0 +1,502 @@
+"""The `tests:` section: checks a topology declares about itself, and running them.
+
+    tests:
+      - {name: across racks, ping: [client, web-worker3], expect: {encap: vxlan, ttl: 62, via: spine}}
+      - {ping: [client, web@worker2], expect: {encap: none}}        # web@worker2 = daemonset pod web-worker2
+      - {ping: [client, web-worker3], expect: {mtu: 9100}}          # 9072-byte payload passes with DF, 9073 not
+      - {http: [client, web-worker3]}                                # port 80, expect success
+      - {tcp: [client, web-worker3], port: 81, expect: failure}
+
+A probe goes from a node (host, router or pod) to a node or an IPv4 address.  `expect` is
+`success` (the default), `failure`, or a mapping of what the arriving probe must show:
+- encap: vxlan | ipip | udp | none - how the probe leaves: from a pod or a cluster node,
+  as seen on that cluster node's underlay interface (VXLAN decoded on the lab's configured
+  port); from any other node, the most encapsulated frame leaving it (a DIY tunnel);
+- ttl: the probe's IP TTL as it arrives at the destination (read in its namespace);
+- via: a node whose namespace sees the probe (encapsulated or not);
+- mtu: the path MTU: a ping payload of mtu - 28 bytes with DF set gets an answer, one
+  byte more does not.
+Every probe carries a random marker, so it is recognised in any frame, at any depth of
+encapsulation.  Probes and sniffers are sockets opened inside the lab's namespaces by this
+process (nslab/probe.py): nothing is forked per check.
+"""
+from __future__ import annotations
+
+import os
+import select
+import socket
+import time
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+
+from . import netns, probe
+
+KINDS = ("ping", "tcp", "http")
+TEST_KEYS = {"name", "port", "expect", "timeout", *KINDS}
+EXPECT_KEYS = {"result", "encap", "ttl", "via", "mtu"}
+ENCAPS = ("vxlan", "ipip", "udp", "none")
+RESULTS = ("success", "failure")
+ETH_P_ALL = 0x0003
+PACKET_OUTGOING = 4
+IP_MTU_OVERHEAD = 28          # IPv4 header 20 + ICMP header 8: ping -s N sends N + 28 bytes
+
+
+@dataclass
+class Check:
+    name: str
+    kind: str                     # ping | tcp | http
+    src: str                      # node name
+    dst: str                      # node name or IPv4 address, as written (daemonset alias resolved)
+    port: int | None = None
+    expect_ok: bool = True
+    encap: str | None = None
+    ttl: int | None = None
+    via: str | None = None
+    mtu: int | None = None
+    timeout: float = 1.0
+    path: tuple = ()
+    line: int | None = None
+    dst_ip: str = ""              # filled in once addresses are resolved
+    dst_node: str | None = None   # the lab node holding dst_ip, if any
+
+    @property
+    def probe_text(self) -> str:
+        port = f":{self.port}" if self.port else ""
+        return f"{self.kind} {self.src} -> {self.dst}{port}"
+
+    @property
+    def expect_text(self) -> str:
+        parts = ["success" if self.expect_ok else "failure"]
+        parts += [f"{k} {v}" for k, v in (("encap", self.encap), ("ttl", self.ttl), ("via", self.via),
+                                          ("mtu", self.mtu)) if v is not None]
+        return ", ".join(parts)
+
+
+# --- parsing ------------------------------------------------------------------------------------
+
+def parse(p, b, spec, path) -> list[Check]:
+    """Validate the tests: section against the nodes builder b has collected so far; checks
+    that need addresses run later, as a builder extension."""
+    if spec is None:
+        return []
+    if not isinstance(spec, list):
+        raise p.err(path, "tests must be a list of checks like {ping: [a, b], expect: success}")
+    checks: list[Check] = []
+    names: dict[str, int] = {}
+    for i, item in enumerate(spec):
+        c = _check(p, b, item, path + (i,))
+        if c.name in names:
+            raise p.err(path + (i, "name") if "name" in item else path + (i,),
+                        f"test name {c.name!r} is already used by tests[{names[c.name]}]; give each test its own name")
+        names[c.name] = i
+        checks.append(c)
+    b.extensions.append(lambda builder: _resolve_addresses(builder, checks))
+    return checks
+
+
+def _check(p, b, item, path) -> Check:
+    item = p.mapping(item, path, TEST_KEYS, what="test")
+    kinds = [k for k in KINDS if k in item]
+    if len(kinds) != 1:
+        raise p.err(path, "a test needs exactly one probe: ping: [SRC, DST], tcp: [SRC, DST] or http: [SRC, DST]"
+                          + (f" (this one has {' and '.join(kinds)})" if kinds else ""))
+    kind = kinds[0]
+    ends = item[kind]
+    if not isinstance(ends, list) or len(ends) != 2:
+        raise p.err(path + (kind,), f"{kind} takes [SOURCE, DESTINATION], like {kind}: [client, web], got {ends!r}")
+    src = _node(p, b, ends[0], path + (kind, 0))
+    if b.nodes[src].kind == "switch":
+        raise p.err(path + (kind, 0), f"{src} is a segment (a bridge with no address); probes start at a host, "
+                                      f"router or pod")
+    dst = _destination(p, b, ends[1], path + (kind, 1))
+    if dst == src:
+        raise p.err(path + (kind, 1), f"source and destination are both {src}")
+    c = Check(name="", kind=kind, src=src, dst=dst, path=path, line=p.doc.line(path))
+
+    if "port" in item:
+        if kind == "ping":
+            raise p.err(path + ("port",), "port applies to tcp and http tests, not ping")
+        port = item["port"]
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise p.err(path + ("port",), f"port {port!r} is not a TCP port (1 to 65535)")
+        c.port = port
+    elif kind == "tcp":
+        raise p.err(path, "a tcp test needs port: N (the port to connect to)")
+    elif kind == "http":
+        c.port = 80
+    if "timeout" in item:
+        t = item["timeout"]
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= 60:
+            raise p.err(path + ("timeout",), f"timeout must be a number of seconds above 0 and at most 60, got {t!r}")
+        c.timeout = float(t)
+    elif kind == "http":
+        c.timeout = 2.0
+    _expect(p, b, c, item.get("expect", "success"), path + ("expect",))
+    if "name" in item:
+        if not isinstance(item["name"], str) or not item["name"].strip():
+            raise p.err(path + ("name",), f"a test name must be a non-empty string, got {item['name']!r}")
+        c.name = item["name"].strip()
+    else:
+        c.name = c.probe_text + ("" if c.expect_ok else " fails")
+    return c
+
+
+def _expect(p, b, c: Check, spec, path) -> None:
+    if isinstance(spec, str):
+        if spec not in RESULTS:
+            raise p.err(path, f"expect must be success, failure or a mapping of {', '.join(sorted(EXPECT_KEYS))}; "
+                              f"got {spec!r}")
+        c.expect_ok = spec == "success"
+        return
+    spec = p.mapping(spec, path, EXPECT_KEYS, what="expectation")
+    result = spec.get("result", "success")
+    if result not in RESULTS:
+        raise p.err(path + ("result",), f"result must be success or failure, got {result!r}")
+    c.expect_ok = result == "success"
+    details = [k for k in ("encap", "ttl", "via", "mtu") if k in spec]
+    if details and not c.expect_ok:
+        raise p.err(path + (details[0],), f"{details[0]} describes a probe that arrives, so it cannot go with "
+                                          f"result: failure")
+    if "encap" in spec:
+        encap = spec["encap"]
+        if encap not in ENCAPS:
+            raise p.err(path + ("encap",), f"encap must be one of {', '.join(ENCAPS)}, got {encap!r}")
+        c.encap = encap
+    if "ttl" in spec:
+        ttl = spec["ttl"]
+        if isinstance(ttl, bool) or not isinstance(ttl, int) or not 1 <= ttl <= 255:
+            raise p.err(path + ("ttl",), f"ttl must be an integer from 1 to 255, got {ttl!r}")
+        c.ttl = ttl
+    if "via" in spec:
+        c.via = _node(p, b, spec["via"], path + ("via",))
+        if c.via in (c.src, c.dst):
+            raise p.err(path + ("via",), f"via names a node on the way, not the {'source' if c.via == c.src else 'destination'}")
+    if "mtu" in spec:
+        if c.kind != "ping":
+            raise p.err(path + ("mtu",), f"mtu is measured with ping (DF set), not with {c.kind}")
+        c.mtu = p.mtu(spec["mtu"], path + ("mtu",))
+
+
+def _node(p, b, value, path) -> str:
+    """A node name; `pod@node` names a daemonset's pod on that node (pod-node)."""
+    if isinstance(value, str) and "@" in value:
+        alias = value.replace("@", "-", 1)
+        if alias in b.nodes:
+            return alias
+        raise p.err(path, f"no pod {value!r}: {value.split('@')[0]} is not a daemonset running on "
+                          f"{value.split('@', 1)[1]} (there is no node {alias})")
+    if not isinstance(value, str) or value not in b.nodes:
+        names = ", ".join(n for n, x in b.nodes.items() if x.kind != "switch") or "none"
+        raise p.err(path, f"unknown node {value!r} (nodes: {names})")
+    return value
+
+
+def _destination(p, b, value, path) -> str:
+    if isinstance(value, str) and (value in b.nodes or "@" in value):
+        return _node(p, b, value, path)
+    try:
+        return str(IPv4Address(str(value)))
+    except ValueError:
+        names = ", ".join(n for n, x in b.nodes.items() if x.kind != "switch") or "none"
+        raise p.err(path, f"{value!r} is neither a node nor an IPv4 address (nodes: {names})") from None
+
+
+def underlay_node(b, name: str) -> str | None:
+    """The cluster node whose underlay a probe from `name` leaves by (itself, or a pod's node)."""
+    cluster = b.cluster
+    if cluster is None:
+        return None
+    if name in cluster.nodes:
+        return name
+    pod = cluster.pods.get(name)
+    return pod.node if pod else None
+
+
+def _resolve_addresses(b, checks: list[Check]) -> None:
+    owners = {i.ip.ip: n.name for n in b.nodes.values() for i in n.ifaces if i.ip is not None}
+    owners.update({br.ip.ip: n.name for n in b.nodes.values() for br in n.bridges if br.ip is not None})
+    for c in checks:
+        kind_path = c.path + (c.kind, 1)
+        if c.dst in b.nodes:
+            node = b.nodes[c.dst]
+            if not node.addresses:
+                raise b.err(kind_path, f"{c.dst} has no address to send to")
+            c.dst_ip, c.dst_node = str(node.addresses[0].ip), c.dst
+        else:
+            c.dst_ip, c.dst_node = c.dst, owners.get(IPv4Address(c.dst))
+        if c.ttl is not None and c.dst_node is None:
+            raise b.err(c.path + ("expect", "ttl"), f"ttl is read where the probe arrives, and no node of this lab "
+                                                    f"has address {c.dst}")
+
+
+# --- running -----------------------------------------------------------------------------------
+
+@dataclass
+class Result:
+    name: str
+    probe: str
+    expected: str
+    ok: bool
+    observed: str                                     # one line for the table
+    details: list[str] = field(default_factory=list)  # what each expectation saw
+    seconds: float = 0.0
+    line: int | None = None
+
+    def as_dict(self) -> dict:
+        return dict(name=self.name, probe=self.probe, expected=self.expected, ok=self.ok,
+                    observed=self.observed, details=self.details, seconds=round(self.seconds, 3), line=self.line)
+
+
+@dataclass
+class Report:
+    lab: str
+    results: list[Result]
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.results)
+
+    @property
+    def failed(self) -> list[Result]:
+        return [r for r in self.results if not r.ok]
+
+    def __str__(self) -> str:
+        lines = [f"{'PASS' if r.ok else 'FAIL'} {r.name}: {r.observed}" + ("" if r.ok else f" (expected {r.expected})")
+                 for r in self.results]
+        return "\n".join(lines + [f"{len(self.results) - len(self.failed)} passed, {len(self.failed)} failed"])
+
+    def as_dict(self) -> dict:
+        return dict(lab=self.lab, ok=self.ok, seconds=round(self.seconds, 3),
+                    passed=len(self.results) - len(self.failed), failed=len(self.failed),
+                    results=[r.as_dict() for r in self.results])
+
+
+class Sniffer:
+    """An AF_PACKET socket in one namespace (one interface, or all), kept only for the
+    frames that carry a probe's marker."""
+
+    def __init__(self, ns: str, iface: str | None = None):
+        self.s = probe.open_in(ns, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        try:
+            if iface:
+                self.s.bind((iface, ETH_P_ALL))
+            self.s.setsockopt(socket.SOL_SOCKET, probe.SO_RCVBUFFORCE, 1 << 22)
+            self.s.setblocking(False)
+        except BaseException:
+            self.s.close()
+            raise
+
+    def frames(self, marker: bytes, wait: float = 0.02) -> list[tuple[str, bool, int, bytes]]:
+        """(interface, outgoing, hatype, frame) of every queued frame carrying the marker."""
+        out = []
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                data, addr = self.s.recvfrom(65535)
+            except BlockingIOError:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([self.s], [], [], left)[0]:
+                    return out
+                continue
+            if marker in data:
+                out.append((addr[0], addr[2] == PACKET_OUTGOING, addr[3], data))
+
+    def close(self) -> None:
+        self.s.close()
+
+
+def run(topo, checks: list[Check] | None = None, progress=None) -> Report:
+    """Run the checks (default: the topology's own) against the running lab built from
+    `topo`; `progress(result)` after each."""
+    t0 = time.monotonic()
+    results = []
+    for c in topo.tests if checks is None else checks:
+        r = run_check(topo, c)
+        results.append(r)
+        if progress:
+            progress(r)
+    return Report(topo.name, results, time.monotonic() - t0)
+
+
+def run_check(topo, c: Check) -> Result:
+    t0 = time.monotonic()
+    marker = b"nslab-check-" + os.urandom(8).hex().encode()
+    nodes = topo.nodes
+    watch: dict[str, tuple[str, str | None]] = {}
+    if c.encap:    # a pod's or cluster node's probe: on that node's underlay; else anywhere it leaves src
+        cn = underlay_node(topo, c.src)
+        watch["encap"] = (nodes[cn].ns, topo.cluster.nodes[cn].underlay) if cn else (nodes[c.src].ns, None)
+    if c.via:
+        watch["via"] = (nodes[c.via].ns, None)
+    if c.ttl is not None:
+        watch["ttl"] = (nodes[c.dst_node].ns, None)
+    for role, (ns, _) in watch.items():
+        if not netns.exists(ns):
+            return Result(c.name, c.probe_text, c.expect_text, False, f"namespace {ns} is gone", line=c.line)
+    src_ns = nodes[c.src].ns
+    sniffers = {role: Sniffer(ns, iface) for role, (ns, iface) in watch.items()}
+    try:
+        if c.kind == "ping":
+            out = probe.ping(src_ns, c.dst_ip, marker, c.timeout)
+        elif c.kind == "tcp":
+            out = probe.tcp(src_ns, c.dst_ip, c.port, marker, c.timeout)
+        else:
+            out = probe.http(src_ns, c.dst_ip, c.port, marker, c.timeout)
+        seen = {role: s.frames(marker) for role, s in sniffers.items()}
+    finally:
+        for s in sniffers.values():
+            s.close()
+    details = [out.detail]
+    ok = out.ok == c.expect_ok
+    observed = out.detail if not out.ok else "reached" if c.kind != "http" else out.detail.split("-> ", 1)[-1]
+    if out.ok:
+        obs = [observed]
+        if c.encap:
+            got, why = _encap(topo, seen["encap"], watch["encap"][1])
+            details.append(f"encap: {why}")
+            obs.append(f"encap {got}")
+            ok &= got == c.encap
+        if c.ttl is not None:
+            got = _ttl(topo, seen["ttl"], c.dst_ip)
+            details.append(f"ttl at {c.dst_node}: {got if got is not None else 'probe not seen there'}")
+            obs.append(f"ttl {got if got is not None else '?'}")
+            ok &= got == c.ttl
+        if c.via:
+            where = sorted({f"{iface} {'out' if outgoing else 'in'}" for iface, outgoing, _, _ in seen["via"]})
+            details.append(f"via {c.via}: " + (", ".join(where) if where else "probe not seen there"))
+            obs.append(f"via {c.via}" if where else f"not via {c.via}")
+            ok &= bool(where)
+        if c.mtu:
+            got, why = _mtu(src_ns, c.dst_ip, c.mtu, c.timeout)
+            details.append(f"mtu: {why}")
+            obs.append(f"mtu {c.mtu}" if got else f"mtu not {c.mtu}")
+            ok &= got
+        observed = ", ".join(obs)
+    return Result(c.name, c.probe_text, c.expect_text, ok, observed, details, time.monotonic() - t0, c.line)
+
+
+def encap_ports(topo) -> dict[int, str]:
+    """UDP destination ports that carry encapsulated traffic in this lab (flannel's backend)."""
+    be = topo.cluster.backend if topo.cluster else None
+    return {be.port: be.type} if be and be.type in ("vxlan", "udp") else {}
+
+
+def _encap(topo, frames, iface: str | None) -> tuple[str, str]:
+    """How the probe left: (vxlan|ipip|udp|none, explanation).  Watching a whole namespace,
+    the most encapsulated outgoing frame counts (a tunnel device sends the inner packet too)."""
+    from .trace import decode, format_layers, split
+    kinds = {"vxlan": "vxlan", "ipip": "ipip", "flannel-udp": "udp"}
+    best = None
+    for name, outgoing, hatype, data in frames:
+        if not outgoing:
+            continue
+        layers = decode(data, hatype, encap_ports(topo))
+        got = next((kinds[l["layer"]] for l in split(layers)[0] if l["layer"] in kinds), "none")
+        if best is None or (best[0] == "none" and got != "none"):
+            best = (got, f"left {name} as {format_layers(layers)}")
+    if best is None:
+        return "none", f"not seen leaving on {iface or 'any interface'} (the path did not cross it)"
+    return best
+
+
+def _ttl(topo, frames, dst_ip: str) -> int | None:
+    """The TTL of the first arriving frame whose (innermost matching) IP header is for dst_ip."""
+    from .trace import decode
+    for _, outgoing, hatype, data in frames:
+        if outgoing:
+            continue
+        ips = [l for l in decode(data, hatype, encap_ports(topo)) if l["layer"] == "ip" and l["dst"] == dst_ip]
+        if ips:
+            return ips[-1]["ttl"]
+    return None
+
+
+def _mtu(ns: str, dst: str, mtu: int, timeout: float) -> tuple[bool, str]:
+    size = mtu - IP_MTU_OVERHEAD
+    fits = probe.ping(ns, dst, probe.marker_payload(size), timeout, dont_fragment=True)
+    over = probe.ping(ns, dst, probe.marker_payload(size + 1), timeout, dont_fragment=True)
+    ok = fits.ok and not over.ok
+    return ok, (f"payload {size} with DF: {'answered' if fits.ok else fits.detail}; "
+                f"{size + 1}: {'answered' if over.ok else over.detail}")
+
+
+# --- every pair ----------------------------------------------------------------------------------
+
+def pair_endpoints(topo, hosts: bool = False) -> list[probe.Endpoint]:
+    """Pods (and hosts, if asked or if the lab has no pods), each with its first address."""
+    kinds = ("pod", "host") if hosts else ("pod",)
+    eps = [probe.Endpoint(n.name, n.ns, str(n.addresses[0].ip)) for n in topo.nodes.values()
+           if n.kind in kinds and n.addresses]
+    if not eps and not hosts:
+        return pair_endpoints(topo, hosts=True)
+    return eps
+
+
+def run_all_pairs(topo, hosts: bool = False, timeout: float = 3.0) -> Report:
+    """Every pod can reach every other pod (`nslab test --all-pairs`), as one result."""
+    fulls = probe.neighbour_table_fulls()
+    r = probe.all_pairs(pair_endpoints(topo, hosts), timeout)
+    overflowed = (probe.neighbour_table_fulls() or 0) - (fulls or 0)
+    n = len(r.endpoints)
+    has_pods = any(x.kind == "pod" for x in topo.nodes.values())
+    kinds = "hosts" if not has_pods else "pods and hosts" if hosts else "pods"
+    details = [f"{r.reachable}/{r.pairs} pairs answered in {r.elapsed:.2f} s ({r.sent} echo requests, "
+               f"{r.rounds} round{'s' if r.rounds > 1 else ''})"]
+    details += [f"no answer: {s} -> {d}" for s, d in r.missing[:50]]
+    if len(r.missing) > 50:
+        details.append(f"... and {len(r.missing) - 50} more pairs")
+    details += [f"send error from {s}: {e}" for s, e in r.errors.items()]
+    if r.missing and overflowed > 0:
+        details.insert(1, f"the kernel's ARP table overflowed {overflowed} times meanwhile: it is shared by every "
+                          f"namespace on this machine and holds {probe.gc_thresh3()} entries "
+                          f"(net.ipv4.neigh.default.gc_thresh3 of the root namespace, which nslab never changes); "
+                          f"fewer pods per node need fewer entries")
+    observed = f"{r.reachable}/{r.pairs} reachable in {r.elapsed:.2f} s"
+    res = Result(f"all pairs of {n} {kinds}", "ping, every ordered pair", "success",
+                 r.ok and n > 1, observed if n > 1 else "fewer than two endpoints", details, r.elapsed)
+    return Report(topo.name, [res], r.elapsed)
+
+
+# --- reports -------------------------------------------------------------------------------------
+
+def render(console, report: Report) -> None:
+    from rich.table import Table
+    lab, results = report.lab, report.results
+    table = Table(title=f"lab {lab}: tests", title_justify="left")
+    for col in ("", "test", "probe", "expected", "observed"):
+        table.add_column(col)
+    for r in results:
+        table.add_row("[green]PASS[/]" if r.ok else "[red bold]FAIL[/]", r.name, r.probe, r.expected, r.observed)
+    console.print(table)
+    for r in results:
+        if not r.ok:
+            console.print(f"[red]FAIL[/] {r.name}" + (f" (line {r.line})" if r.line else ""))
+            for d in r.details:
+                console.print(f"  {d}", markup=False)
+    failed = sum(not r.ok for r in results)
+    console.print(f"{len(results) - failed} passed, {failed} failed in {report.seconds:.2f} s")
+
+
+def junit(report: Report, file: str) -> str:
+    """JUnit XML (one testsuite, one testcase per check) for CI systems."""
+    from xml.etree import ElementTree as ET
+    lab, results, elapsed = report.lab, report.results, report.seconds
+    suites = ET.Element("testsuites", name="nslab", tests=str(len(results)),
+                        failures=str(sum(not r.ok for r in results)), time=f"{elapsed:.3f}")
+    suite = ET.SubElement(suites, "testsuite", name=f"nslab.{lab}", tests=str(len(results)),
+                          failures=str(sum(not r.ok for r in results)), errors="0", skipped="0",
+                          time=f"{elapsed:.3f}", file=file)
+    for r in results:
+        case = ET.SubElement(suite, "testcase", classname=f"nslab.{lab}", name=r.name, time=f"{r.seconds:.3f}")
+        if r.line:
+            case.set("file", file)
+            case.set("line", str(r.line))
+        if not r.ok:
+            fail = ET.SubElement(case, "failure", message=f"expected {r.expected}; observed {r.observed}",
+                                 type="nslab.check")
+            fail.text = "\n".join(r.details)
+        else:
+            ET.SubElement(case, "system-out").text = "\n".join(r.details)
+    ET.indent(suites)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"

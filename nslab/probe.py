@@ -1,0 +1,285 @@
+"""Probes sent from inside lab namespaces by this process: no `ip netns exec`, no fork.
+
+A socket stays in the namespace it was created in, so each probe socket is opened while
+the thread is inside the source's namespace (netns.enter) and then used from here.
+
+- `all_pairs`: one raw ICMP socket per source; every source sends an echo request to every
+  destination (id = the source's, seq = the destination's index, payload = a per-run
+  nonce), replies are collected from all sockets with poll, missing pairs are re-sent a
+  few times (the first packets to a neighbour wait for ARP) until a deadline.
+- `ping`, `tcp`, `http`: one probe each, carrying a marker that `checks.py` finds in
+  frames seen elsewhere in the lab (also inside VXLAN/IPIP/UDP encapsulation).
+"""
+from __future__ import annotations
+
+import os
+import select
+import socket
+import struct
+import time
+from dataclasses import dataclass, field
+
+from . import netns
+
+ICMP_ECHO_REPLY, ICMP_ECHO = 0, 8
+SOL_RAW = 255
+ICMP_FILTER = 1            # SOL_RAW option: bitmask of ICMP types this socket does NOT receive
+IP_MTU_DISCOVER = 10       # not exported by Python's socket module
+IP_PMTUDISC_DO = 2         # its value: never fragment (DF), as `ping -M do`
+SO_RCVBUFFORCE = 33        # root may exceed net.core.rmem_max (not namespaced; never changed)
+RESEND_AT = (0.4, 1.0, 1.8)   # seconds after the first round: re-send to pairs still missing
+
+
+def checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    s = (s >> 16) + (s & 0xFFFF)
+    s += s >> 16
+    return ~s & 0xFFFF
+
+
+def echo_request(ident: int, seq: int, payload: bytes) -> bytes:
+    head = struct.pack("!BBHHH", ICMP_ECHO, 0, 0, ident, seq)
+    return struct.pack("!BBHHH", ICMP_ECHO, 0, checksum(head + payload), ident, seq) + payload
+
+
+def parse_echo_reply(packet: bytes) -> tuple[str, int, int, bytes] | None:
+    """(source address, id, seq, payload) of an IPv4 echo reply as a raw socket reads it."""
+    if len(packet) < 28:
+        return None
+    ihl = (packet[0] & 0x0F) * 4
+    icmp = packet[ihl:]
+    if len(icmp) < 8 or icmp[0] != ICMP_ECHO_REPLY:
+        return None
+    ident, seq = struct.unpack("!HH", icmp[4:8])
+    return socket.inet_ntoa(packet[12:16]), ident, seq, icmp[8:]
+
+
+def open_in(ns: str, family: int, kind: int, proto: int = 0) -> socket.socket:
+    with netns.enter(ns):
+        return socket.socket(family, kind, proto)
+
+
+def icmp_socket(ns: str, rcvbuf: int = 1 << 21) -> socket.socket:
+    """A non-blocking raw ICMP socket in `ns` that receives echo replies only."""
+    s = open_in(ns, socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    s.setsockopt(SOL_RAW, ICMP_FILTER, struct.pack("I", ~(1 << ICMP_ECHO_REPLY) & 0xFFFFFFFF))
+    s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
+    s.setblocking(False)
+    return s
+
+
+# --- one probe ---------------------------------------------------------------------------------
+
+@dataclass
+class Outcome:
+    ok: bool
+    detail: str
+    rtt_ms: float | None = None
+
+
+def marker_payload(size: int) -> bytes:
+    """A random marker padded to `size` bytes (an echo payload of a given size)."""
+    marker = b"nslab-" + os.urandom(8).hex().encode()
+    return (marker + b"." * size)[:max(size, len(marker))]
+
+
+def ping(ns: str, dst: str, marker: bytes, timeout: float = 1.0, tries: int = 3,
+         dont_fragment: bool = False) -> Outcome:
+    """Echo requests from `ns` to `dst` (up to `tries`, spread over `timeout`) until one is
+    answered; the payload is `marker`.  dont_fragment: DF set, as `ping -M do`."""
+    ident = int.from_bytes(os.urandom(2), "big")
+    s = icmp_socket(ns, rcvbuf=1 << 18)
+    try:
+        if dont_fragment:
+            s.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+        t0 = time.monotonic()
+        sent: dict[int, float] = {}
+        error = None
+        for seq in range(1, tries + 1):
+            try:
+                s.sendto(echo_request(ident, seq, marker), (dst, 0))
+                sent[seq] = time.monotonic()
+            except OSError as e:                       # no route, unreachable: the kernel says so at once
+                error = e.strerror
+                break
+            next_send = t0 + timeout * seq / tries
+            while (now := time.monotonic()) < next_send:
+                if not select.select([s], [], [], next_send - now)[0]:
+                    continue
+                while True:
+                    try:
+                        data = s.recv(65535)
+                    except BlockingIOError:
+                        break
+                    r = parse_echo_reply(data)
+                    if r and r[0] == dst and r[1] == ident and r[3] == marker and r[2] in sent:
+                        rtt = (time.monotonic() - sent[r[2]]) * 1000
+                        return Outcome(True, f"echo reply from {dst} in {rtt:.2f} ms", rtt)
+        return Outcome(False, f"cannot send to {dst}: {error}" if error else f"no echo reply from {dst} "
+                                                                            f"within {timeout:g} s")
+    finally:
+        s.close()
+
+
+def tcp(ns: str, dst: str, port: int, marker: bytes, timeout: float = 1.0) -> Outcome:
+    """TCP connect from `ns`; once connected, send the marker so the flow can be found."""
+    s = open_in(ns, socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.settimeout(timeout)
+        t0 = time.monotonic()
+        try:
+            s.connect((dst, port))
+            rtt = (time.monotonic() - t0) * 1000
+            s.sendall(marker + b"\r\n")
+        except OSError as e:
+            return Outcome(False, f"connect to {dst}:{port}: {e.strerror or 'timed out'}")
+        return Outcome(True, f"connected to {dst}:{port} in {rtt:.2f} ms", rtt)
+    finally:
+        s.close()
+
+
+def http(ns: str, dst: str, port: int, marker: bytes, timeout: float = 2.0) -> Outcome:
+    """HTTP GET / from `ns`; success is a 2xx or 3xx status.  The marker rides in a header."""
+    s = open_in(ns, socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.settimeout(timeout)
+        t0 = time.monotonic()
+        try:
+            s.connect((dst, port))
+            s.sendall(f"GET / HTTP/1.0\r\nHost: {dst}\r\nUser-Agent: nslab-test\r\nX-Nslab-Probe: "
+                      f"{marker.decode()}\r\n\r\n".encode())
+            data = b""
+            while b"\r\n" not in data and len(data) < 4096:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+        except OSError as e:
+            return Outcome(False, f"GET http://{dst}:{port}/: {e.strerror or 'timed out'}")
+        rtt = (time.monotonic() - t0) * 1000
+        status = data.split(b"\r\n", 1)[0].decode(errors="replace")
+        parts = status.split()
+        ok = len(parts) >= 2 and parts[0].startswith("HTTP/") and parts[1][:1] in ("2", "3")
+        return Outcome(ok, f"GET http://{dst}:{port}/ -> {status or 'no response'}", rtt)
+    finally:
+        s.close()
+
+
+# --- every pair ----------------------------------------------------------------------------------
+
+def neighbour_table_fulls() -> int | None:
+    """How often the kernel's ARP table was full ("neighbor table overflow").  The table is
+    shared by every namespace and sized by the root namespace's gc_thresh3 (read only here)."""
+    try:
+        with open("/proc/net/stat/arp_cache") as f:
+            head, *cpus = f.read().split("\n")
+        col = head.split().index("table_fulls")
+        return sum(int(line.split()[col], 16) for line in cpus if line.strip())
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def gc_thresh3() -> str:
+    try:
+        with open("/proc/sys/net/ipv4/neigh/default/gc_thresh3") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
+
+
+@dataclass
+class Endpoint:
+    name: str
+    ns: str
+    ip: str
+
+
+@dataclass
+class AllPairs:
+    endpoints: list[Endpoint]
+    reachable: int
+    missing: list[tuple[str, str]]        # (source, destination) without an answer
+    sent: int                             # echo requests sent, re-sends included
+    elapsed: float                        # seconds, sockets opened to last reply
+    rounds: int = 1
+    errors: dict[str, str] = field(default_factory=dict)   # source -> first send error
+
+    @property
+    def pairs(self) -> int:
+        n = len(self.endpoints)
+        return n * (n - 1)
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing
+
+
+def all_pairs(endpoints: list[Endpoint], timeout: float = 3.0) -> AllPairs:
+    """Echo request from every endpoint to every other one; who answered within `timeout`."""
+    n = len(endpoints)
+    if n > 0xFFFF:
+        raise ValueError("at most 65535 endpoints (the ICMP sequence number names the destination)")
+    t0 = time.monotonic()
+    nonce = os.urandom(8)
+    payload = b"nslab all-pairs " + nonce
+    base = int.from_bytes(os.urandom(2), "big")
+    idents = [(base + i) & 0xFFFF for i in range(n)]
+    socks: list[socket.socket] = []
+    errors: dict[str, str] = {}
+    try:
+        for ep in endpoints:
+            socks.append(icmp_socket(ep.ns))
+        by_fd = {s.fileno(): i for i, s in enumerate(socks)}
+        index_of_ip = {ep.ip: j for j, ep in enumerate(endpoints)}
+        pending = {(i, j) for i in range(n) for j in range(n) if i != j}
+        packets = [echo_request(idents[i], j, payload) for i in range(n) for j in range(n)] if n else []
+        poller = select.poll()      # not select(): a big lab has descriptors above FD_SETSIZE
+        for s in socks:
+            poller.register(s, select.POLLIN)
+        sent = 0
+
+        def receive(wait_ms: int) -> None:
+            for fd, _ in poller.poll(wait_ms):
+                i, s = by_fd[fd], socks[by_fd[fd]]
+                while True:
+                    try:
+                        data = s.recv(2048)
+                    except BlockingIOError:
+                        break
+                    r = parse_echo_reply(data)
+                    if r and r[1] == idents[i] and r[3] == payload and index_of_ip.get(r[0]) == r[2]:
+                        pending.discard((i, r[2]))
+
+        def send(todo) -> None:
+            nonlocal sent
+            for k, (i, j) in enumerate(todo):
+                try:
+                    socks[i].sendto(packets[i * n + j], (endpoints[j].ip, 0))
+                    sent += 1
+                except OSError as e:
+                    errors.setdefault(endpoints[i].name, f"{endpoints[j].ip}: {e.strerror}")
+                if k % 256 == 255:
+                    receive(0)          # keep receive queues short while sending
+
+        # First round in "diagonals" (every source to its k-th neighbour, k = 1..n-1) so
+        # that no single destination gets all its requests at once.
+        send([(i, (i + k) % n) for k in range(1, n) for i in range(n)])
+        rounds, first_done = 1, time.monotonic()
+        resend = [first_done + d for d in RESEND_AT]
+        deadline = first_done + timeout
+        while pending and (now := time.monotonic()) < deadline:
+            if resend and now >= resend[0]:
+                resend.pop(0)
+                rounds += 1
+                send(sorted(pending))
+                continue
+            until = min(deadline, resend[0]) if resend else deadline
+            receive(max(1, int((until - now) * 1000)))
+        elapsed = time.monotonic() - t0
+    finally:
+        for s in socks:
+            s.close()
+    missing = sorted((endpoints[i].name, endpoints[j].name) for i, j in pending)
+    return AllPairs(endpoints, n * (n - 1) - len(missing), missing, sent, elapsed, rounds, errors)
