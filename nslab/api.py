@@ -4,7 +4,10 @@
     assert lab.ping("client", "web-worker3").ok
     with lab.capture("worker1", "enp0s3", "udp port 4789") as cap:
         lab.ping("client", "web-worker3")
+    assert lab.test().ok                 # the topology's own tests: section
     lab.down()
+
+The pytest plugin (nslab/pytest_plugin.py) hands tests such an object.
 """
 from __future__ import annotations
 
@@ -41,8 +44,40 @@ class Lab:
         plan, _ = labmod.up(topo, overrides)
         return cls(topo.name, topo, plan)
 
+    @classmethod
+    def attach(cls, name: str) -> "Lab":
+        """A lab that is already running (brought up by `nslab up` or another process)."""
+        return cls(name, labmod.topology(name))
+
     def down(self) -> list[str]:
         return labmod.down(self.name)
+
+    # ---- node lookups ---------------------------------------------------------------------
+    @property
+    def nodes(self) -> dict:
+        """name -> nslab.model.Node (kind, ns, ifaces, routes, addresses)."""
+        return self.topo.nodes
+
+    def node(self, name: str):
+        if name not in self.topo.nodes:
+            raise KeyError(f"lab {self.name} has no node {name!r} (nodes: {', '.join(self.topo.nodes)})")
+        return self.topo.nodes[name]
+
+    def names(self, kind: str) -> list[str]:
+        """Node names of one kind: host, router, switch or pod."""
+        return [n.name for n in self.topo.nodes.values() if n.kind == kind]
+
+    @property
+    def pods(self) -> list[str]:
+        return self.names("pod")
+
+    @property
+    def hosts(self) -> list[str]:
+        return self.names("host")
+
+    @property
+    def routers(self) -> list[str]:
+        return self.names("router")
 
     @property
     def state(self) -> state.LabState:
@@ -78,6 +113,22 @@ class Lab:
     def http_get(self, src: str, dst: str, port: int = 80, timeout: float = 3) -> subprocess.CompletedProcess:
         return self.exec(src, "curl", "-s", "-m", str(timeout), f"http://{self.address(dst)}:{port}/",
                          timeout=timeout + 5)
+
+    def tcp(self, src: str, dst: str, port: int, timeout: float = 1.0) -> "probe.Outcome":
+        """A TCP connect from src to dst:port (in-process, no fork); .ok, .detail."""
+        from . import probe
+        return probe.tcp(self.ns(src), self.address(dst), port, b"nslab-api", timeout)
+
+    def test(self, all_pairs: bool = False, hosts: bool = False) -> "checks.Report":
+        """Run the topology's tests: section (or every pod pair); .ok, .results, str() for a summary."""
+        from . import checks
+        return checks.run_all_pairs(self.topo, hosts) if all_pairs else checks.run(self.topo)
+
+    def trace(self, src: str, dst: str, proto: str = "icmp", port: int | None = None, ttl: int | None = None,
+              timeout: float = 1.0) -> dict:
+        """One probe's path hop by hop, as `nslab trace --json` prints it."""
+        from . import trace
+        return trace.trace(self.name, src, dst, proto, port, ttl, timeout)
 
     def capture(self, node: str, iface: str | None = None, bpf: str = "", **kw) -> Capture:
         """A capture on node:iface (default: the cluster underlay interface, else eth0)."""
