@@ -306,16 +306,10 @@ class Sniffer:
         self.s.close()
 
 
-def run(topo, checks: list[Check] | None = None, progress=None) -> Report:
-    """Run the checks (default: the topology's own) against the running lab built from
-    `topo`; `progress(result)` after each."""
+def run(topo, checks: list[Check] | None = None) -> Report:
+    """Run the checks (default: the topology's own) against the running lab built from `topo`."""
     t0 = time.monotonic()
-    results = []
-    for c in topo.tests if checks is None else checks:
-        r = run_check(topo, c)
-        results.append(r)
-        if progress:
-            progress(r)
+    results = [run_check(topo, c) for c in (topo.tests if checks is None else checks)]
     return Report(topo.name, results, time.monotonic() - t0)
 
 
@@ -331,12 +325,14 @@ def run_check(topo, c: Check) -> Result:
         watch["via"] = (nodes[c.via].ns, None)
     if c.ttl is not None:
         watch["ttl"] = (nodes[c.dst_node].ns, None)
-    for role, (ns, _) in watch.items():
+    src_ns = nodes[c.src].ns
+    for ns in [src_ns] + [ns for ns, _ in watch.values()]:
         if not netns.exists(ns):
             return Result(c.name, c.probe_text, c.expect_text, False, f"namespace {ns} is gone", line=c.line)
-    src_ns = nodes[c.src].ns
-    sniffers = {role: Sniffer(ns, iface) for role, (ns, iface) in watch.items()}
+    sniffers: dict[str, Sniffer] = {}
     try:
+        for role, (ns, iface) in watch.items():
+            sniffers[role] = Sniffer(ns, iface)
         if c.kind == "ping":
             out = probe.ping(src_ns, c.dst_ip, marker, c.timeout)
         elif c.kind == "tcp":
