@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import re
-import select
 import subprocess
-import time
 
 import pytest
 
@@ -45,17 +43,14 @@ def start_capture(lab, node, iface, count, bpf=()):
     """tcpdump -l -c COUNT, returned once it is listening."""
     proc = lab.popen(node, "tcpdump", "-l", "-n", "-e", "-i", iface, "-c", count, *bpf,
                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 10
+    # Plain readline, not select(): after one readline() the second line may already sit in
+    # Python's buffer, where select() on the pipe would never see it.  EOF ends the loop
+    # if tcpdump dies.
     seen = ""
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stderr], [], [], 0.5)
-        if ready:
-            line = proc.stderr.readline()
-            seen += line
-            if "listening on" in line:
-                return proc
-        if proc.poll() is not None:
-            break
+    for line in proc.stderr:
+        seen += line
+        if "listening on" in line:
+            return proc
     proc.kill()
     proc.wait()
     pytest.fail(f"tcpdump did not start listening: {seen}")
