@@ -270,21 +270,22 @@ def run(lab: str, target: str, pcap: str | None = None, count: int | None = None
 def _decode_loop(cap: Capture, topo, where: str, pcap: str | None) -> None:
     from rich.console import Console
 
-    from .decode import Names, decode, summary, to_packet
+    from .decode import Names, decode_pcap, encap_ports, rows, summary   # bytes only: no scapy to import
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
     names = Names.from_topology(topo)
     backend = topo.cluster.backend if topo.cluster is not None else None
     btype, port = (backend.type, backend.port) if backend else ("", None)
+    encap = encap_ports(btype, port)
     out = open(pcap, "wb") if pcap else None     # --decode -w FILE: keep the bytes too
     t0 = None
     try:
         for n, (ts, linktype, data) in enumerate(cap.records(tee=out), 1):
             t0 = ts if t0 is None else t0
-            pkt = to_packet(data, linktype)
-            d = decode(pkt, btype, port)
+            layers = decode_pcap(data, linktype, encap)
+            d = rows(layers, btype, port)
             head = f"#{n} {ts - t0:.6f} {where} {len(data)} bytes"
             if d is None:
-                console.print(f"{head}  {summary(pkt, names)}", markup=False)
+                console.print(f"{head}  {summary(layers, names)}", markup=False)
             else:
                 console.print(f"{head}  {d.kind}", markup=False)
                 console.print(table(d, names))

@@ -15,7 +15,8 @@ How it works, without a process per interface or per namespace:
    `ip route get fibmatch` for the route line, the neighbour entry of the next hop, the
    FDB entry of a vxlan device or of a bridge.  Nothing is recomputed from the topology.
    Where the probe stops, the same lookups say why (no route, no neighbour, TTL, ...).
-Decoding and matching are pure functions (tests/test_trace_format.py).
+Decoding (nslab/decode.py, shared with `nslab capture --decode` and `nslab test`) and
+matching are pure functions (tests/test_trace_format.py).
 """
 from __future__ import annotations
 
@@ -35,154 +36,17 @@ from typing import Any
 
 from . import lab as labmod
 from . import netns, state
+from .decode import decode, encap_ports, first_layer, format_layer, format_layers, innermost_ip, ip_key, split
 from .errors import NslabError, UsageError
 from .show import format_fdb, format_neigh, format_route, norm_fdb, norm_link, norm_neigh, norm_route
 
 ETH_P_ALL = 0x0003
 SO_TIMESTAMPNS = 35            # == SCM_TIMESTAMPNS (not exported by Python's socket module)
 PACKET_OUTGOING = 4
-ARPHRD_ETHER, ARPHRD_LOOPBACK = 1, 772
 RTM_F_FIB_MATCH = 0x2000       # `ip route get fibmatch`: the table entry, not a cloned result
 AF_BRIDGE = 7
 IFF_NOARP = 0x80
-DEFAULT_VXLAN_PORTS = (4789, 8472)
 PROTOS = ("icmp", "tcp", "udp")
-ICMP_NAMES = {0: "echo reply", 8: "echo request", 3: "destination unreachable", 11: "time exceeded",
-              12: "parameter problem"}
-UNREACH_CODES = {0: "net unreachable", 1: "host unreachable", 2: "protocol unreachable",
-                 3: "port unreachable", 4: "fragmentation needed", 9: "net prohibited",
-                 10: "host prohibited", 13: "communication administratively prohibited"}
-
-
-# --- decoding frames (pure) ----------------------------------------------------------------
-
-def _mac(b: bytes) -> str:
-    return ":".join(f"{x:02x}" for x in b)
-
-
-def decode(frame: bytes, hatype: int = ARPHRD_ETHER, encap: dict[int, str] | None = None) -> list[dict]:
-    """A frame as a list of header dicts, outermost first.  `encap` maps UDP destination
-    ports to the encapsulation they carry ("vxlan", or "udp" for flannel's UDP backend);
-    devices without a link header (TUN, IPIP) start at the IP header."""
-    layers: list[dict] = []
-    if hatype in (ARPHRD_ETHER, ARPHRD_LOOPBACK):
-        _eth(frame, layers, encap or {})
-    else:
-        _ip(frame, layers, encap or {})
-    return layers
-
-
-def _eth(data: bytes, layers: list, encap: dict) -> None:
-    if len(data) < 14:
-        return
-    etype = struct.unpack("!H", data[12:14])[0]
-    off = 14
-    if etype == 0x8100 and len(data) >= 18:          # 802.1Q tag: skip it
-        etype, off = struct.unpack("!H", data[16:18])[0], 18
-    layers.append({"layer": "eth", "src": _mac(data[6:12]), "dst": _mac(data[0:6]), "type": etype})
-    if etype == 0x0800:
-        _ip(data[off:], layers, encap)
-    elif etype == 0x0806 and len(data) >= off + 28:
-        a = data[off:off + 28]
-        layers.append({"layer": "arp", "op": "request" if a[7] == 1 else "reply",
-                       "sender": socket.inet_ntoa(a[14:18]), "sender_mac": _mac(a[8:14]),
-                       "target": socket.inet_ntoa(a[24:28])})
-
-
-def _ip(data: bytes, layers: list, encap: dict, quoted: bool = False) -> None:
-    if len(data) < 20 or data[0] >> 4 != 4:
-        return
-    ihl = (data[0] & 0x0F) * 4
-    total, ident, frag, ttl, proto = struct.unpack("!HHHBB", data[2:10])
-    layers.append({"layer": "ip", "src": socket.inet_ntoa(data[12:16]), "dst": socket.inet_ntoa(data[16:20]),
-                   "ttl": ttl, "proto": proto, "id": ident, "len": total})
-    if frag & 0x1FFF:                                  # a later fragment has no L4 header
-        return
-    payload = data[ihl:total] if not quoted and total >= ihl else data[ihl:]
-    if proto == 1:
-        _icmp(payload, layers, encap, quoted)
-    elif proto == 6 and len(payload) >= 4:
-        sport, dport = struct.unpack("!HH", payload[:4])
-        flags = payload[13] if len(payload) >= 14 else 0
-        names = "".join(c for bit, c in ((2, "S"), (16, "A"), (1, "F"), (4, "R"), (8, "P")) if flags & bit)
-        layers.append({"layer": "tcp", "sport": sport, "dport": dport, "flags": names})
-    elif proto == 17 and len(payload) >= 8:
-        sport, dport = struct.unpack("!HH", payload[:4])
-        layers.append({"layer": "udp", "sport": sport, "dport": dport})
-        kind = None if quoted else encap.get(dport)
-        if kind == "vxlan" and len(payload) >= 16:
-            layers.append({"layer": "vxlan", "vni": int.from_bytes(payload[12:15], "big")})
-            _eth(payload[16:], layers, encap)
-        elif kind == "udp":
-            layers.append({"layer": "flannel-udp"})
-            _ip(payload[8:], layers, encap)
-    elif proto == 4 and not quoted:
-        layers.append({"layer": "ipip"})
-        _ip(payload, layers, encap)
-
-
-def _icmp(payload: bytes, layers: list, encap: dict, quoted: bool) -> None:
-    if len(payload) < 8:
-        return
-    typ, code = payload[0], payload[1]
-    icmp: dict[str, Any] = {"layer": "icmp", "type": typ, "code": code}
-    if typ in (0, 8):
-        icmp["id"], icmp["seq"] = struct.unpack("!HH", payload[4:8])
-    elif typ in (3, 11, 12) and not quoted:
-        quote: list[dict] = []
-        _ip(payload[8:], quote, encap, quoted=True)
-        icmp["quote"] = quote
-    layers.append(icmp)
-
-
-def split(layers: list[dict]) -> tuple[list[dict], list[dict]]:
-    """(outer, inner): inner starts after the last encapsulation header (vxlan, ipip,
-    flannel-udp); outer is empty when the frame is not encapsulated."""
-    cut = max((i + 1 for i, l in enumerate(layers) if l["layer"] in ("vxlan", "ipip", "flannel-udp")), default=0)
-    return layers[:cut], layers[cut:]
-
-
-def format_layer(l: dict) -> str:
-    kind = l["layer"]
-    if kind == "eth":
-        return f"eth {l['src']} > {l['dst']}"
-    if kind == "ip":
-        return f"ip {l['src']} > {l['dst']} ttl {l['ttl']}"
-    if kind == "tcp":
-        return f"tcp {l['sport']} > {l['dport']} [{l['flags'] or '.'}]"
-    if kind == "udp":
-        return f"udp {l['sport']} > {l['dport']}"
-    if kind == "vxlan":
-        return f"vxlan vni {l['vni']}"
-    if kind == "icmp":
-        text = f"icmp {ICMP_NAMES.get(l['type'], 'type ' + str(l['type']))}"
-        if "id" in l:
-            text += f" id {l['id']} seq {l['seq']}"
-        if l["type"] == 3:
-            text += f" ({UNREACH_CODES.get(l['code'], 'code ' + str(l['code']))})"
-        if l.get("quote"):
-            text += " for [" + " | ".join(format_layer(q) for q in l["quote"]) + "]"
-        return text
-    if kind == "arp":
-        return (f"arp who-has {l['target']} tell {l['sender']}" if l["op"] == "request"
-                else f"arp {l['sender']} is-at {l['sender_mac']}")
-    return kind
-
-
-def format_layers(layers: list[dict]) -> str:
-    return " | ".join(format_layer(l) for l in layers)
-
-
-def _first(layers: list[dict], kind: str) -> dict | None:
-    return next((l for l in layers if l["layer"] == kind), None)
-
-
-def _innermost_ip(layers: list[dict]) -> tuple[dict | None, dict | None]:
-    """The innermost IP header and the header after it (ICMP/TCP/UDP), if any."""
-    for i in range(len(layers) - 1, -1, -1):
-        if layers[i]["layer"] == "ip":
-            return layers[i], layers[i + 1] if i + 1 < len(layers) else None
-    return None, None
 
 
 # --- the probe ------------------------------------------------------------------------------
@@ -204,14 +68,14 @@ class Probe:
 
     def classify(self, layers: list[dict]) -> str | None:
         """'request', 'reply', 'error' (an ICMP error quoting the request) or None."""
-        ip, l4 = _innermost_ip(layers)
+        ip, l4 = innermost_ip(layers)
         if ip is None or l4 is None:
             return None
         kind = self._match(l4)
         if kind:
             return kind
         if l4["layer"] == "icmp" and l4.get("quote"):
-            _, ql4 = _innermost_ip(l4["quote"])
+            _, ql4 = innermost_ip(l4["quote"])
             if ql4 is not None and self._match(ql4, quoted=True) == "request":
                 return "error"
         return None
@@ -409,9 +273,9 @@ def build_path(obs: list[Obs], start: str | None, peers: dict[tuple[str, str], t
 
 def _quote_tuple(layers: list[dict]) -> tuple | None:
     """(src, dst, sport, dport) of the packet an ICMP error quotes, if it quotes UDP."""
-    _, l4 = _innermost_ip(layers)
+    _, l4 = innermost_ip(layers)
     quote = (l4 or {}).get("quote") or []
-    ip, udp = _first(quote, "ip"), _first(quote, "udp")
+    ip, udp = first_layer(quote, "ip"), first_layer(quote, "udp")
     return (ip["src"], ip["dst"], udp["sport"], udp["dport"]) if ip and udp else None
 
 
@@ -423,18 +287,13 @@ def outer_errors(obs: list[Obs]) -> list[Obs]:
     for o in obs:
         if o.kind == "request":
             head, _ = split(o.layers)
-            ip, udp = _first(head, "ip"), _first(head, "udp")
+            ip, udp = first_layer(head, "ip"), first_layer(head, "udp")
             if ip and udp:
                 outer.add((ip["src"], ip["dst"], udp["sport"], udp["dport"]))
     found = [o for o in obs if o.kind == "icmp error?" and _quote_tuple(o.layers) in outer]
     for o in found:
         o.kind = "error"
     return found
-
-
-def ip_key(layers: list[dict]) -> tuple[str, str] | None:
-    ip = _first(layers, "ip")
-    return (ip["src"], ip["dst"]) if ip else None
 
 
 def summary(path: list[dict]) -> str:
@@ -514,8 +373,8 @@ def explain_step(k: Kernel, s: dict, path: list[dict]) -> None:
     FDB) where an IP packet leaves by a routed device, the local route where it ends
     (`terminal`: nothing later at this node carried the same IP header on)."""
     link = k.links.get(s["iface"])
-    eth = _first(s["layers"], "eth")
-    ip = _first(s["layers"], "ip")
+    eth = first_layer(s["layers"], "eth")
+    ip = first_layer(s["layers"], "ip")
     dec = s["decisions"]
     if s["dir"] == "in" and _is_port(link):
         if eth:
@@ -545,8 +404,8 @@ def explain_step(k: Kernel, s: dict, path: list[dict]) -> None:
             return                                     # a drop: explained by explain_drop
         if r["type"] == "local":
             dec.append({"kind": "route", "text": _route_text(r)})
-            udp = _first(s["layers"], "udp")
-            vx = k.vxlan_for_port(udp["dport"]) if udp and _first(s["layers"], "vxlan") else None
+            udp = first_layer(s["layers"], "udp")
+            vx = k.vxlan_for_port(udp["dport"]) if udp and first_layer(s["layers"], "vxlan") else None
             s["note"] = (f"decapsulated: udp port {udp['dport']} is vxlan device {vx['name']} (id {vx['info']['id']})"
                          if vx else "delivered")
 
@@ -593,13 +452,13 @@ def _gateway(k: Kernel, ip: dict, dev: str, iif: str | None, fib: dict | None) -
 
 def explain_drop(k: Kernel, ns: str, s: dict) -> dict:
     """Why a packet that arrived on s['iface'] went no further here, from this kernel."""
-    ip = _first(s["layers"], "ip")
+    ip = first_layer(s["layers"], "ip")
     where = {"node": s["node"], "iface": s["iface"]}
     link = k.links.get(s["iface"])
     if ip is None:
         return {**where, "reason": "unknown", "detail": "not an IP packet"}
     if _is_port(link):
-        eth = _first(s["layers"], "eth")
+        eth = first_layer(s["layers"], "eth")
         dec = _bridge_decision(k, eth["dst"], link["master"]) if eth else {"text": "?"}
         return {**where, "reason": "bridge", "detail": f"bridge {link['master']} did not forward it: {dec['text']}"}
     try:
@@ -695,11 +554,8 @@ def _peers(topo) -> dict[tuple[str, str], tuple[str, str]]:
 
 
 def _encap_ports(topo) -> dict[int, str]:
-    ports = {p: "vxlan" for p in DEFAULT_VXLAN_PORTS}
-    cluster = topo.cluster
-    if cluster is not None and cluster.backend.type in ("vxlan", "udp"):
-        ports[cluster.backend.port] = cluster.backend.type
-    return ports
+    backend = topo.cluster.backend if topo.cluster is not None else None
+    return encap_ports(backend.type, backend.port) if backend else encap_ports()
 
 
 def trace(lab: str, src: str, dst: str, proto: str = "icmp", port: int | None = None, ttl: int | None = None,
@@ -797,7 +653,7 @@ def complete(result: dict) -> bool:
 def _kind_text(path: list[Obs]) -> str | None:
     if not path:
         return None
-    _, l4 = _innermost_ip(path[0].layers)
+    _, l4 = innermost_ip(path[0].layers)
     return format_layer(l4) if l4 else None
 
 

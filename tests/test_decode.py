@@ -1,10 +1,12 @@
-"""nslab.decode on packets built with scapy: note 002's outer/inner rows for vxlan (on any
+"""nslab.decode on packets built with scapy (bytes read as `nslab capture --decode` reads them): note 002's outer/inner rows for vxlan (on any
 port, not only the ones scapy knows), ipip (protocol 4, no inner MAC) and flannel's udp
 backend (raw IP in UDP), and the names a lab gives its MACs and addresses."""
 from __future__ import annotations
 
 import io
 import os
+import subprocess
+import sys
 
 import pytest
 from rich.console import Console
@@ -14,7 +16,7 @@ from scapy.layers.vxlan import VXLAN
 
 from nslab import model
 from nslab.capture import table
-from nslab.decode import Names, decode, describe, summary, to_packet
+from nslab.decode import Names, decode_pcap, describe, encap_ports, first_layer, rows, summary
 
 TOPO = os.path.join(os.path.dirname(__file__), "..", "topologies")
 
@@ -30,6 +32,16 @@ def mac(topo, node, iface):
 def wire(pkt):
     """What a capture hands back: bytes re-dissected from Ethernet."""
     return Ether(bytes(pkt))
+
+
+def layers(pkt, backend: str = "", port: int | None = None) -> list[dict]:
+    """An Ethernet record decoded for a lab with this backend, as the capture loop does."""
+    return decode_pcap(bytes(pkt), 1, encap_ports(backend, port))
+
+
+def decode(pkt, backend: str, port: int | None):
+    """The outer/inner rows `nslab capture --decode` prints for pkt (None: a summary line)."""
+    return rows(layers(pkt, backend, port), backend, port)
 
 
 def vxlan_packet(topo, port: int, vni: int, src=("worker1", "enp0s3"), dst=("worker3", "leaf01", "eth0"),
@@ -110,17 +122,17 @@ def test_plain_packets_are_not_encapsulated():
     assert decode(icmp, "vxlan", 4789) is None
     dns = wire(Ether() / IP(src="10.0.0.21", dst="10.0.0.22") / UDP(sport=5353, dport=53))
     assert decode(dns, "vxlan", 4789) is None
-    assert summary(icmp, names) == "10.244.1.2 (client) > 10.244.2.2 (web-worker2): ICMP echo-request"
+    assert summary(layers(icmp), names) == "10.244.1.2 (client) > 10.244.2.2 (web-worker2): ICMP echo-request"
     arp = wire(Ether(src=mac(topo, "worker1", "enp0s3"), dst="ff:ff:ff:ff:ff:ff") / ARP(pdst="10.0.0.254"))
-    assert summary(arp, names).endswith("(broadcast): ARP who-has 10.0.0.254")
-    assert "(worker1 enp0s3)" in summary(arp, names)
+    assert summary(layers(arp), names).endswith("(broadcast): ARP who-has 10.0.0.254")
+    assert "(worker1 enp0s3)" in summary(layers(arp), names)
 
 
 def test_raw_ip_records_from_a_tun_device():
     raw = bytes(IP(src="10.244.1.2", dst="10.244.3.2") / ICMP(type=8))
-    pkt = to_packet(raw, 101)                       # LINKTYPE_RAW: flannel0, flannel.ipip
-    assert pkt[IP].dst == "10.244.3.2" and describe(pkt) == "ICMP echo-request"
-    assert to_packet(bytes(Ether() / IP()), 1).haslayer(Ether)
+    tun = decode_pcap(raw, 101)                      # LINKTYPE_RAW: flannel0, flannel.ipip
+    assert first_layer(tun, "ip")["dst"] == "10.244.3.2" and describe(tun) == "ICMP echo-request"
+    assert decode_pcap(bytes(Ether() / IP()), 1)[0]["layer"] == "eth"
 
 
 def test_names_of_a_lab():
@@ -154,3 +166,31 @@ def test_table_has_the_note_002_columns_and_names():
     outer = next(line for line in text.splitlines() if line.startswith("outer"))
     assert outer.split()[:5] == ["outer", "10.0.0.21", mac(topo, "worker1", "enp0s3"), "30.0.0.23",
                                  mac(topo, "leaf01", "eth0")]
+
+
+def test_linux_cooked_records_of_any_interface():
+    """`nslab capture NODE:any` gets Linux cooked headers (SLL, SLL2): no MACs, the same rows."""
+    from scapy.layers.l2 import CookedLinux, CookedLinuxV2
+    topo = load("spine-leaf.yaml")
+    vx = vxlan_packet(topo, 4789, 4000)
+    for cooked, linktype in ((CookedLinux, 113), (CookedLinuxV2, 276)):
+        got = rows(decode_pcap(bytes(cooked(proto=0x0800) / vx[IP]), linktype, encap_ports("vxlan", 4789)), "vxlan", 4789)
+        assert (got.outer.src_ip, got.outer.src_mac, got.outer.vni) == ("10.0.0.21", None, 4000)
+        assert got.inner.dst_mac == topo.cluster.nodes["worker3"].vtep_mac     # the inner frame keeps its MACs
+        arp = decode_pcap(bytes(cooked(proto=0x0806) / ARP(pdst="10.0.0.254")), linktype)
+        assert summary(arp, Names()) == "ARP who-has 10.0.0.254"
+
+
+def test_tcp_flags_and_vxlan_on_the_other_usual_port():
+    topo = load("spine-leaf.yaml")
+    fin = wire(Ether() / IP(src="10.244.1.2", dst="10.244.3.2") / TCP(sport=80, dport=41000, flags="FA"))
+    assert describe(layers(fin)) == "TCP 80 > 41000 [FA]"       # FIN first, as tcpdump writes them
+    other = vxlan_packet(load("vxlan-3node.yaml"), 8472, 1, src=("node1", "eth0"), dst=("node2", "node2", "eth0"))
+    assert decode(other, "vxlan", 4789) is None                  # not the lab's tunnel: one line that says
+    assert summary(layers(other, "vxlan", 4789), Names()).endswith(": ICMP echo-request")   # what it carries
+
+
+def test_capture_decode_does_not_import_scapy():
+    code = "import sys, nslab.capture, nslab.decode, nslab.trace; print(any(m.startswith('scapy') for m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -6,8 +6,8 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import ARP, Ether
 from scapy.layers.vxlan import VXLAN
 
-from nslab.trace import (Obs, Probe, build_path, decode, format_layer, format_layers, icmp_echo, outer_errors, split,
-                         summary)
+from nslab.decode import decode, format_layer, format_layers, split
+from nslab.trace import Obs, Probe, build_path, icmp_echo, outer_errors, summary
 
 POD1, POD3 = "10.244.1.2", "10.244.3.2"
 ENCAP = {4789: "vxlan", 8285: "udp"}
