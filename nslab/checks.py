@@ -381,7 +381,7 @@ def encap_ports(topo) -> dict[int, str]:
 def _encap(topo, frames, iface: str | None) -> tuple[str, str]:
     """How the probe left: (vxlan|ipip|udp|none, explanation).  Watching a whole namespace,
     the most encapsulated outgoing frame counts (a tunnel device sends the inner packet too)."""
-    from .trace import decode, format_layers, split
+    from .decode import decode, format_layers, split
     kinds = {"vxlan": "vxlan", "ipip": "ipip", "flannel-udp": "udp"}
     best = None
     for name, outgoing, hatype, data in frames:
@@ -398,7 +398,7 @@ def _encap(topo, frames, iface: str | None) -> tuple[str, str]:
 
 def _ttl(topo, frames, dst_ip: str) -> int | None:
     """The TTL of the first arriving frame whose (innermost matching) IP header is for dst_ip."""
-    from .trace import decode
+    from .decode import decode
     for _, outgoing, hatype, data in frames:
         if outgoing:
             continue

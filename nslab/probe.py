@@ -31,6 +31,7 @@ RESEND_AT = (0.4, 1.0, 1.8)   # seconds after the first round: re-send to pairs 
 
 
 def checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071) of IPv4 headers and ICMP messages; the one copy in nslab."""
     if len(data) % 2:
         data += b"\0"
     s = sum(struct.unpack(f"!{len(data) // 2}H", data))

@@ -38,6 +38,7 @@ from . import lab as labmod
 from . import netns, state
 from .decode import decode, encap_ports, first_layer, format_layer, format_layers, innermost_ip, ip_key, split
 from .errors import NslabError, UsageError
+from .probe import echo_request
 from .show import format_fdb, format_neigh, format_route, norm_fdb, norm_link, norm_neigh, norm_route
 
 ETH_P_ALL = 0x0003
@@ -96,20 +97,6 @@ class Probe:
         return None
 
 
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    s = (s >> 16) + (s & 0xFFFF)
-    s += s >> 16
-    return ~s & 0xFFFF
-
-
-def icmp_echo(ident: int, seq: int, payload: bytes) -> bytes:
-    head = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
-    return struct.pack("!BBHHH", 8, 0, _checksum(head + payload), ident, seq) + payload
-
-
 def send_probe(ns: str, probe: Probe) -> tuple[socket.socket | None, OSError | None, int]:
     """Send the probe from inside `ns`; returns (socket to close later, send error, send time ns).
     Fills probe.ident for tcp/udp (the source port the kernel gave)."""
@@ -131,7 +118,7 @@ def send_probe(ns: str, probe: Probe) -> tuple[socket.socket | None, OSError | N
         t0 = time.time_ns()
         try:
             if probe.proto == "icmp":
-                sock.sendto(icmp_echo(probe.ident, probe.seq, b"nslab trace " + os.urandom(8).hex().encode()),
+                sock.sendto(echo_request(probe.ident, probe.seq, b"nslab trace " + os.urandom(8).hex().encode()),
                             (probe.dst, 0))
             elif probe.proto == "tcp":
                 rc = sock.connect_ex((probe.dst, probe.port))

@@ -42,6 +42,8 @@ import time
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
+from .probe import checksum
+
 TUNSETIFF, TUNSETPERSIST = 0x400454CA, 0x400454CB
 IFF_TUN, IFF_NO_PI = 0x0001, 0x1000
 IPPROTO_IPIP = 4
@@ -242,15 +244,6 @@ def _ttl_down(buf) -> bool:
     return True
 
 
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
 def net_unreachable(offender: bytes, source: bytes) -> bytes | None:
     """flannel's send_net_unreachable: ICMP 3/0 from the TUN address back to the sender,
     carrying the offender's header + 8 bytes; none about ICMPs or later fragments."""
@@ -259,10 +252,10 @@ def net_unreachable(offender: bytes, source: bytes) -> bytes | None:
         return None
     quote = bytes(offender[:ihl + 8])
     icmp = struct.pack("!BBHI", 3, 0, 0, 0) + quote
-    icmp = icmp[:2] + struct.pack("!H", _checksum(icmp)) + icmp[4:]
+    icmp = icmp[:2] + struct.pack("!H", checksum(icmp)) + icmp[4:]
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(icmp), 0, 0, 8, socket.IPPROTO_ICMP, 0, source,
                      bytes(offender[12:16]))
-    return ip[:10] + struct.pack("!H", _checksum(ip)) + ip[12:] + icmp
+    return ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:] + icmp
 
 
 def _routes(text: str) -> list[tuple[int, int, tuple[str, int] | str]]:

@@ -10,6 +10,7 @@ import pytest
 
 from nslab import model, tunnel
 from nslab import plan as P
+from nslab.probe import checksum
 from nslab.compile import compile_topology
 
 TOPO = Path(__file__).parent.parent / "topologies"
@@ -24,7 +25,7 @@ def ops(plan, cls, ns=None):
 
 
 def checksum_ok(header: bytes) -> bool:
-    return tunnel._checksum(header) == 0
+    return checksum(header) == 0
 
 
 # ---- plans ------------------------------------------------------------------------------------
@@ -123,7 +124,7 @@ def ip_header(ttl=64, proto=6, src="10.244.1.2", dst="10.244.3.2", frag=0x4000) 
     import socket
     h = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, 0x1234, frag, ttl, proto, 0,
                     socket.inet_aton(src), socket.inet_aton(dst))
-    h = h[:10] + struct.pack("!H", tunnel._checksum(h)) + h[12:]
+    h = h[:10] + struct.pack("!H", checksum(h)) + h[12:]
     return bytearray(h + b"\x9c\x40\x00\x50" + b"\0" * 16)
 
 
@@ -143,7 +144,7 @@ def test_net_unreachable_as_flannels_proxy_builds_it():
     offender = ip_header()
     reply = tunnel.net_unreachable(bytes(offender), socket.inet_aton("10.244.1.0"))
     assert len(reply) == 20 + 8 + 20 + 8
-    assert checksum_ok(reply[:20]) and tunnel._checksum(reply[20:]) == 0
+    assert checksum_ok(reply[:20]) and checksum(reply[20:]) == 0
     ttl, proto = reply[8], reply[9]
     assert (ttl, proto, reply[12:16], reply[16:20]) == (8, 1, socket.inet_aton("10.244.1.0"), offender[12:16])
     assert reply[20:22] == b"\x03\x00" and reply[28:] == bytes(offender[:28])
