@@ -64,9 +64,11 @@ def up(topo: model.Topology, overrides: dict | None = None) -> tuple[Plan, state
         st.nodes = {node.name: node.ns for node in topo.nodes.values()}
         st.info = dict(plan.notes)
         st.overrides = dict(overrides or {})
-        st.files = [os.path.join(state.HOSTS_DIR, ns, "hosts") for ns in plan.namespaces] if plan.hosts else []
+        st.files = [os.path.join(state.HOSTS_DIR, ns) for ns in plan.namespaces] if plan.hosts else []
+        if st.files and not os.path.isdir(state.HOSTS_DIR):
+            st.info["_created_hosts_dir"] = True     # so down can remove it again, if empty
         st.save()                      # recorded before anything exists
-        write_hosts_files(plan, st.files)
+        write_hosts_files(plan, st)
         applier = Applier(start_container=lambda op: containers.start(engine, st, op, plan.hosts))
         try:
             applier.apply(plan)
@@ -93,12 +95,20 @@ def already_running(topo: model.Topology) -> TopologyError:
                          f"this one another name with --name)")
 
 
-def write_hosts_files(plan: Plan, files: list[str]) -> None:
-    body = "127.0.0.1 localhost\n" + "".join(f"{addr} {name}\n" for name, addr in sorted(plan.hosts.items()))
-    for path in files:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w") as f:
-            f.write(body)
+def write_hosts_files(plan: Plan, st: state.LabState) -> None:
+    """Node names for `ip netns exec` (and so `nslab exec`): it bind-mounts
+    /etc/netns/<ns>/hosts over /etc/hosts.  One hosts file per lab, under the lab's run
+    directory; each /etc/netns/<ns> is a symlink to its folder (one write in /etc per
+    namespace, one unlink at down)."""
+    if not st.files:
+        return
+    etc = os.path.join(st.dir, "etc")
+    os.makedirs(etc, exist_ok=True)
+    with open(os.path.join(etc, "hosts"), "w") as f:
+        f.write("127.0.0.1 localhost\n" + "".join(f"{addr} {name}\n" for name, addr in sorted(plan.hosts.items())))
+    os.makedirs(state.HOSTS_DIR, exist_ok=True)
+    for link in st.files:
+        os.symlink(etc, link)
 
 
 def down(lab: str) -> list[str]:

@@ -143,11 +143,12 @@ def destroy(st: LabState) -> list[str]:
             os.unlink(path)
         except FileNotFoundError:
             pass
-        parent = os.path.dirname(path)
-        if parent.startswith(HOSTS_DIR + "/"):
-            try:
-                os.rmdir(parent)
-            except OSError:
-                pass
+        except IsADirectoryError:       # a lab recorded before hosts files became symlinks
+            shutil.rmtree(path, ignore_errors=True)
+    if st.info.get("_created_hosts_dir"):
+        try:
+            os.rmdir(HOSTS_DIR)         # only if no other lab (or user) still has an entry there
+        except OSError:
+            pass
     shutil.rmtree(st.dir, ignore_errors=True)
     return removed
