@@ -199,6 +199,10 @@ class Applier:
     def run_batch(self, ns: Namespace, ops: list) -> None:
         messages: list[tuple[int, bytes, object]] = []
         for op in ops:
+            if isinstance(op, P.TxChecksum):
+                with netns.Entered(ns.fd):
+                    set_tx_checksum(op.dev, op.on)
+                continue
             if isinstance(op, P.Sysctl):
                 with netns.Entered(ns.fd):
                     netns.write_sysctl(op.key, op.value)
@@ -424,3 +428,21 @@ def _extack(buf: bytes, offset: int, length: int, flags: int) -> str:
             return buf[pos + 4: pos + alen].split(b"\0")[0].decode(errors="replace")
         pos += (alen + 3) & ~3
     return ""
+
+
+SIOCETHTOOL, ETHTOOL_STXCSUM = 0x8946, 0x17
+
+
+def set_tx_checksum(dev: str, on: bool) -> None:
+    """ethtool's ETHTOOL_STXCSUM on `dev` in the calling thread's namespace.  Turning it off
+    also makes the kernel drop TSO (netdev_fix_features), so GSO packets are segmented in
+    software before the device."""
+    import ctypes
+    import fcntl
+    value = ctypes.create_string_buffer(struct.pack("=II", ETHTOOL_STXCSUM, int(on)))
+    ifreq = struct.pack("@16sP16x", dev.encode(), ctypes.addressof(value))   # struct ifreq: name, ifr_data
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+        try:
+            fcntl.ioctl(s.fileno(), SIOCETHTOOL, ifreq)
+        except OSError as e:
+            raise ApplyError(f"cannot set tx checksumming {'on' if on else 'off'} on {dev}: {e.strerror}") from None

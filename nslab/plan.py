@@ -137,6 +137,18 @@ class Serve:
 
 
 @dataclass(frozen=True)
+class TxChecksum:
+    """Turn a device's transmit checksum offload on or off (`ethtool -K DEV tx off`).
+    Off, the kernel completes checksums (and segments GSO packets) before the device, as
+    a real NIC would; needed where a kernel ipip node talks to a userspace encapsulator,
+    whose raw socket would otherwise read the inner TCP checksum still partial."""
+    ns: str
+    dev: str
+    on: bool
+    stage = STAGE_CONFIG
+
+
+@dataclass(frozen=True)
 class Daemon:
     """A userspace dataplane the lab runs in a node on its TUN device `dev` (nslab/tunnel.py):
     kind udp (flannel's udp proxy) or ipip (the encapsulator standing in for kernel ipip)."""

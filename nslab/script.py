@@ -82,6 +82,8 @@ def render_op(op) -> list[str]:
     if isinstance(op, P.Serve):
         return [f"# {op.node}: an HTTP server on :{op.port} (nslab's lab agent); by hand: "
                 f"ip netns exec {_q(op.ns)} python3 -m http.server {op.port} &"]
+    if isinstance(op, P.TxChecksum):
+        return [f"ip netns exec {_q(op.ns)} ethtool -K {_q(op.dev)} tx {'on' if op.on else 'off'}"]
     if isinstance(op, P.Daemon):
         from .tunnel import describe
         return [f"# {op.node}: {describe(op)}",

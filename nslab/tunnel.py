@@ -30,6 +30,7 @@ Run by hand inside a namespace:
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
 import os
 import random
@@ -100,7 +101,9 @@ def kernel_has_ipip() -> bool:
             sock.send(msg)
             reply = sock.recv(65536)
             (code,) = struct.unpack_from("=i", reply, 16)
-        _kernel_ipip = code == 0
+        # EEXIST: an ipip device with no addresses collides with the kernel's own tunl0,
+        # which exists exactly when the kernel has ipip.
+        _kernel_ipip = code in (0, -errno.EEXIST)
     return _kernel_ipip
 
 
@@ -120,7 +123,7 @@ def fit_to_kernel(plan) -> None:
     if mode == "kernel" and not has:
         raise PrerequisiteError("NSLAB_IPIP=kernel but this kernel has no ipip module "
                                 "(`ip link add x type ipip` fails); unset it to use the userspace encapsulator")
-    if mode == "auto" and has:
+    if mode in ("auto", "kernel") and has:
         return
     nodes = {op.ns: op.node for op in plan.ops if isinstance(op, P.Netns)}
     chosen = set(only.split(",")) if only else None
@@ -136,6 +139,16 @@ def fit_to_kernel(plan) -> None:
                           config=(("local", o["local"]), ("remote", o.get("remote") or "any"),
                                   ("pmtudisc", int(o.get("pmtudisc", True))))))
         plan.notes.setdefault(node, {})["dataplane"] = f"{why}: {op.name} is a TUN device and an encapsulator process"
+    if chosen is not None:
+        # Mixed lab (kernel and userspace ipip nodes): kernel nodes must hand the wire
+        # complete packets, as a real NIC would, not checksum-partial GSO ones.
+        for i in links:
+            op = plan.ops[i]
+            if op.kind == "ipip":
+                local = dict(op.ipip)["local"]
+                dev = next(a.dev for a in plan.ops if isinstance(a, P.Addr) and a.ns == op.ns
+                           and a.address.split("/")[0] == local)
+                plan.add(P.TxChecksum(op.ns, dev, on=False))
     plan.notes.setdefault("_notices", []).append(
         f"{why}: ipip devices are TUN devices with an encapsulator process per node; the packets on the wire "
         f"are the kernel's (outer IP protocol 4, TTL inherited)")

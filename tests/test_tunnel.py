@@ -103,6 +103,19 @@ def test_fit_to_kernel_for_some_nodes_only(no_kernel_ipip, monkeypatch):
     tunnel.fit_to_kernel(plan)
     kinds = {l.ns.split(".")[1]: l.kind for l in ops(plan, P.Link) if l.name == "flannel.ipip"}
     assert kinds == {"master1": "ipip", "worker1": "ipip", "worker2": "ipip", "worker3": "tun"}
+    # kernel nodes hand the wire complete packets (no partial checksums for a raw socket)
+    tx = {(op.ns.split(".")[1], op.dev, op.on) for op in ops(plan, P.TxChecksum)}
+    assert tx == {("master1", "enp0s3", False), ("worker1", "enp0s3", False), ("worker2", "enp0s3", False)}
+
+
+def test_kernel_mode_with_the_module_keeps_kernel_devices(monkeypatch):
+    monkeypatch.setattr(tunnel, "_kernel_ipip", True)
+    for mode in ("kernel", "auto"):
+        monkeypatch.setenv("NSLAB_IPIP", mode)
+        plan = plan_of("spine-leaf.yaml", "ipip")
+        tunnel.fit_to_kernel(plan)
+        assert {l.kind for l in ops(plan, P.Link) if l.name == "flannel.ipip"} == {"ipip"}
+        assert not ops(plan, P.Daemon) and not ops(plan, P.TxChecksum)
 
 
 def test_fit_to_kernel_refuses_kernel_mode_without_the_module(no_kernel_ipip, monkeypatch):

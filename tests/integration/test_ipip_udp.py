@@ -236,4 +236,7 @@ def test_kernel_and_userspace_ipip_interoperate(lab_factory, monkeypatch):
     user = next(p for p in pkts if p[IP].src == "30.0.0.23")[IP]       # sent by the encapsulator
     for p in (kern, user):
         assert (p.version, p.ihl, p.proto, p.tos, p.len) == (4, 5, 4, 0, 104)
-        assert p.ttl == p.payload.ttl and p.flags.DF == p.payload.flags.DF    # ttl inherit, nopmtudisc
+        assert p.flags.DF == p.payload.flags.DF                               # nopmtudisc
+    # ttl inherit: the outer TTL starts as the inner one; the encapsulator's packet is seen
+    # here after leaf02, spine and leaf01 each decremented the outer header.
+    assert kern.ttl == kern.payload.ttl and user.ttl == user.payload.ttl - 3
