@@ -37,6 +37,7 @@ import random
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -72,6 +73,18 @@ def open_tun(name: str, persist: bool = False) -> int:
 # ---- kernel ipip or userspace --------------------------------------------------------------
 
 _kernel_ipip: bool | None = None
+
+
+def ipip_module_available() -> bool:
+    """Whether this kernel has ipip (loaded, built in, or in its module tree), without
+    loading anything: loading ipip adds tunl0 to the root namespace.  For deciding, e.g.
+    in tests, before any lab exists; `kernel_has_ipip` is the authoritative probe."""
+    if os.path.isdir("/sys/module/ipip"):
+        return True
+    try:
+        return subprocess.run(["modprobe", "-n", "-q", "ipip"], capture_output=True).returncode == 0
+    except FileNotFoundError:
+        return False
 
 
 def kernel_has_ipip() -> bool:

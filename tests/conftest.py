@@ -40,6 +40,11 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "root: needs root and creates real namespaces")
 
 
+def _KERNEL_IPIP() -> bool:
+    from nslab.tunnel import ipip_module_available
+    return ipip_module_available()
+
+
 def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason="needs root (real network namespaces); run as root")
     for item in items:
@@ -47,6 +52,9 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.root)
         if item.get_closest_marker("root") and not IS_ROOT:
             item.add_marker(skip)
+        if item.get_closest_marker("kernel_ipip") and not _KERNEL_IPIP():
+            item.add_marker(pytest.mark.skip(reason="kernel has no ipip module (tests/vm/run runs these on a "
+                                                    "stock kernel under qemu)"))
 
 
 # --- running nslab and commands --------------------------------------------------------

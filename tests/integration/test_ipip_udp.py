@@ -11,11 +11,11 @@ import json
 import os
 import re
 import signal
-import subprocess
 import time
 
 import pytest
 
+from nslab import tunnel
 from nslab.capture import Capture
 
 from conftest import TOPOLOGIES, _alive, nslab
@@ -27,17 +27,7 @@ def name() -> str:
     return f"ip4-{os.getpid()}-{next(_n)}"
 
 
-def kernel_has_ipip() -> bool:
-    """Loaded, or loadable (`modprobe -n` only looks): nothing is loaded here."""
-    if os.path.isdir("/sys/module/ipip"):
-        return True
-    try:
-        return subprocess.run(["modprobe", "-n", "-q", "ipip"], capture_output=True).returncode == 0
-    except FileNotFoundError:
-        return False
-
-
-KERNEL_IPIP = kernel_has_ipip()
+KERNEL_IPIP = tunnel.ipip_module_available()
 
 
 def spine_leaf(backend: str) -> str:
@@ -190,7 +180,6 @@ def test_udp_daemons_are_owned_restarted_and_stopped(lab_factory):
 
 # ---- kernel ipip (the VM stage) ------------------------------------------------------------
 @pytest.mark.kernel_ipip
-@pytest.mark.skipif(not KERNEL_IPIP, reason="kernel has no ipip module (the VM stage runs this)")
 def test_kernel_diy_ipip(lab_factory, monkeypatch):
     from scapy.layers.inet import IP
     monkeypatch.setenv("NSLAB_IPIP", "kernel")
@@ -206,7 +195,6 @@ def test_kernel_diy_ipip(lab_factory, monkeypatch):
 
 
 @pytest.mark.kernel_ipip
-@pytest.mark.skipif(not KERNEL_IPIP, reason="kernel has no ipip module (the VM stage runs this)")
 def test_kernel_flannel_ipip(lab_factory, monkeypatch):
     monkeypatch.setenv("NSLAB_IPIP", "kernel")
     lab = lab_factory(spine_leaf("{type: ipip, directRouting: true}"), name=name())
@@ -221,7 +209,6 @@ def test_kernel_flannel_ipip(lab_factory, monkeypatch):
 
 
 @pytest.mark.kernel_ipip
-@pytest.mark.skipif(not KERNEL_IPIP, reason="kernel has no ipip module (the VM stage runs this)")
 def test_kernel_and_userspace_ipip_interoperate(lab_factory, monkeypatch):
     """worker1 on the kernel's ipip, worker3 on the userspace encapsulator: same wire format."""
     from scapy.layers.inet import IP

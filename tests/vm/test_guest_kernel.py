@@ -6,7 +6,6 @@ machine whose kernel has ipip (`pytest -m kernel_ipip`).
 """
 from __future__ import annotations
 
-import os
 import subprocess
 
 import pytest
@@ -14,21 +13,9 @@ import pytest
 from nslab.capture import Capture
 
 
-def kernel_has_ipip() -> bool:
-    """ipip is loaded or built in, or the running kernel's module tree has it (nothing is
-    loaded here: loading ipip would add tunl0 to the root namespace)."""
-    if os.path.isdir("/sys/module/ipip"):
-        return True
-    try:
-        return subprocess.run(["modprobe", "-n", "-q", "ipip"], capture_output=True).returncode == 0
-    except FileNotFoundError:
-        return False
-
-
 pytestmark = [
     pytest.mark.kernel_ipip,
     pytest.mark.root,
-    pytest.mark.skipif(not kernel_has_ipip(), reason="kernel has no ipip module (run tests/vm/run)"),
 ]
 
 
