@@ -124,48 +124,47 @@ def ping(ns: str, dst: str, marker: bytes, timeout: float = 1.0, tries: int = 3,
         s.close()
 
 
+def _exchange(s: socket.socket, dst: str, port: int, request: bytes, timeout: float,
+              want_reply: bool) -> tuple[float, bytes]:
+    """Connect, send `request`, and with want_reply read up to the first reply line.
+    Returns (ms until connected, or until the reply line; the reply).  OSError passes up."""
+    s.settimeout(timeout)
+    t0 = time.monotonic()
+    s.connect((dst, port))
+    connected = (time.monotonic() - t0) * 1000
+    s.sendall(request)
+    data = b""
+    while want_reply and b"\r\n" not in data and len(data) < 4096:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return ((time.monotonic() - t0) * 1000 if want_reply else connected), data
+
+
 def tcp(ns: str, dst: str, port: int, marker: bytes, timeout: float = 1.0) -> Outcome:
     """TCP connect from `ns`; once connected, send the marker so the flow can be found."""
-    s = open_in(ns, socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        s.settimeout(timeout)
-        t0 = time.monotonic()
+    with open_in(ns, socket.AF_INET, socket.SOCK_STREAM) as s:
         try:
-            s.connect((dst, port))
-            rtt = (time.monotonic() - t0) * 1000
-            s.sendall(marker + b"\r\n")
+            rtt, _ = _exchange(s, dst, port, marker + b"\r\n", timeout, want_reply=False)
         except OSError as e:
             return Outcome(False, f"connect to {dst}:{port}: {e.strerror or 'timed out'}")
-        return Outcome(True, f"connected to {dst}:{port} in {rtt:.2f} ms", rtt)
-    finally:
-        s.close()
+    return Outcome(True, f"connected to {dst}:{port} in {rtt:.2f} ms", rtt)
 
 
 def http(ns: str, dst: str, port: int, marker: bytes, timeout: float = 2.0) -> Outcome:
     """HTTP GET / from `ns`; success is a 2xx or 3xx status.  The marker rides in a header."""
-    s = open_in(ns, socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        s.settimeout(timeout)
-        t0 = time.monotonic()
+    request = (f"GET / HTTP/1.0\r\nHost: {dst}\r\nUser-Agent: nslab-test\r\nX-Nslab-Probe: "
+               f"{marker.decode()}\r\n\r\n").encode()
+    with open_in(ns, socket.AF_INET, socket.SOCK_STREAM) as s:
         try:
-            s.connect((dst, port))
-            s.sendall(f"GET / HTTP/1.0\r\nHost: {dst}\r\nUser-Agent: nslab-test\r\nX-Nslab-Probe: "
-                      f"{marker.decode()}\r\n\r\n".encode())
-            data = b""
-            while b"\r\n" not in data and len(data) < 4096:
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
+            rtt, data = _exchange(s, dst, port, request, timeout, want_reply=True)
         except OSError as e:
             return Outcome(False, f"GET http://{dst}:{port}/: {e.strerror or 'timed out'}")
-        rtt = (time.monotonic() - t0) * 1000
-        status = data.split(b"\r\n", 1)[0].decode(errors="replace")
-        parts = status.split()
-        ok = len(parts) >= 2 and parts[0].startswith("HTTP/") and parts[1][:1] in ("2", "3")
-        return Outcome(ok, f"GET http://{dst}:{port}/ -> {status or 'no response'}", rtt)
-    finally:
-        s.close()
+    status = data.split(b"\r\n", 1)[0].decode(errors="replace")
+    parts = status.split()
+    ok = len(parts) >= 2 and parts[0].startswith("HTTP/") and parts[1][:1] in ("2", "3")
+    return Outcome(ok, f"GET http://{dst}:{port}/ -> {status or 'no response'}", rtt)
 
 
 # --- every pair ----------------------------------------------------------------------------------
