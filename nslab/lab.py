@@ -65,8 +65,6 @@ def up(topo: model.Topology, overrides: dict | None = None) -> tuple[Plan, state
         st.info = dict(plan.notes)
         st.overrides = dict(overrides or {})
         st.files = [os.path.join(state.HOSTS_DIR, ns) for ns in plan.namespaces] if plan.hosts else []
-        if st.files and not os.path.isdir(state.HOSTS_DIR):
-            st.info["_created_hosts_dir"] = True     # so down can remove it again, if empty
         st.save()                      # recorded before anything exists
         write_hosts_files(plan, st)
         applier = Applier(start_container=lambda op: containers.start(engine, st, op, plan.hosts))
@@ -106,7 +104,9 @@ def write_hosts_files(plan: Plan, st: state.LabState) -> None:
     os.makedirs(etc, exist_ok=True)
     with open(os.path.join(etc, "hosts"), "w") as f:
         f.write("127.0.0.1 localhost\n" + "".join(f"{addr} {name}\n" for name, addr in sorted(plan.hosts.items())))
-    os.makedirs(state.HOSTS_DIR, exist_ok=True)
+    if not os.path.isdir(state.HOSTS_DIR):
+        os.makedirs(state.HOSTS_DIR, exist_ok=True)
+        open(state.HOSTS_DIR_MARK, "w").close()     # nslab made it: the last down removes it
     for link in st.files:
         os.symlink(etc, link)
 

@@ -17,6 +17,9 @@ from . import netns
 
 RUN_DIR = os.environ.get("NSLAB_RUN_DIR", "/run/nslab")
 HOSTS_DIR = "/etc/netns"   # `ip netns exec NS` bind-mounts /etc/netns/NS/hosts over /etc/hosts
+# Inside /etc/netns when nslab made it (ip netns only looks at /etc/netns/<ns>): whichever
+# lab goes down last, with any run directory, removes the directory again.
+HOSTS_DIR_MARK = os.path.join(HOSTS_DIR, ".made-by-nslab")
 
 
 @dataclass
@@ -145,10 +148,11 @@ def destroy(st: LabState) -> list[str]:
             pass
         except IsADirectoryError:       # a lab recorded before hosts files became symlinks
             shutil.rmtree(path, ignore_errors=True)
-    if st.info.get("_created_hosts_dir"):
-        try:
-            os.rmdir(HOSTS_DIR)         # only if no other lab (or user) still has an entry there
-        except OSError:
-            pass
+    try:
+        if os.listdir(HOSTS_DIR) == [os.path.basename(HOSTS_DIR_MARK)]:   # no lab (or user) left
+            os.unlink(HOSTS_DIR_MARK)
+            os.rmdir(HOSTS_DIR)
+    except OSError:                      # absent, or another down was quicker
+        pass
     shutil.rmtree(st.dir, ignore_errors=True)
     return removed

@@ -50,6 +50,7 @@ def test_script_builds_the_same_lab(topology, src, dst):
     script = subprocess.run(NSLAB + ["script", path, "--name", by_hand], capture_output=True, text=True, check=True).stdout
     namespaces = re.findall(r"^ip netns add (\S+)$", script, re.M)
     assert namespaces and all(n.startswith(by_hand + ".") for n in namespaces)
+    etc_netns_existed = os.path.isdir("/etc/netns")     # the script's mkdir -p may make it
     try:
         # The hand-built lab shares MACs with nothing: MACs derive from the lab name.
         subprocess.run(["sh", "-e"], input=script, text=True, check=True, capture_output=True)
@@ -71,4 +72,9 @@ def test_script_builds_the_same_lab(topology, src, dst):
         for ns in namespaces:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
             shutil.rmtree(f"/etc/netns/{ns}", ignore_errors=True)
+        if not etc_netns_existed:
+            try:
+                os.rmdir("/etc/netns")      # only if nothing else is in it
+            except OSError:
+                pass
     assert not [n for n in os.listdir("/run/netns") if n.startswith((by_hand + ".", by_nslab + "."))]
