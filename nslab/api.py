@@ -15,10 +15,14 @@ import re
 import subprocess
 from dataclasses import dataclass
 from ipaddress import IPv4Address
+from typing import TYPE_CHECKING
 
 from . import lab as labmod
 from . import state
 from .capture import Capture
+
+if TYPE_CHECKING:
+    from . import checks, probe
 
 
 @dataclass

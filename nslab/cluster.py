@@ -67,7 +67,6 @@ class Pod:
     name: str
     node: str
     ip: IPv4Interface
-    host_veth: str
 
 
 @dataclass
@@ -285,7 +284,7 @@ def _pods(p, b, cluster: Cluster, spec, path) -> None:
         pod_node = b.add_node(pod, "pod", node_spec, ppath, mtu=cn.mtu)
         gw = cn.subnet.network_address + 1
         veth = host_veth_name(node, pod)
-        cluster.pods[pod] = Pod(name=pod, node=node, ip=IPv4Interface(f"{ip}/{cn.subnet.prefixlen}"), host_veth=veth)
+        cluster.pods[pod] = Pod(name=pod, node=node, ip=IPv4Interface(f"{ip}/{cn.subnet.prefixlen}"))
         cn.pods.append(pod)
         host = b.nodes[node]
         if not host.bridges:   # the bridge CNI creates cni0 with the first pod on a node

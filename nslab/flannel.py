@@ -21,7 +21,6 @@ One function per backend, each (cluster, node, topo) -> operations for that node
 """
 from __future__ import annotations
 
-from ipaddress import IPv4Interface
 
 from . import plan as P
 from .cluster import Cluster, ClusterNode

@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 
 from . import model, netns, state
-from .apply import Applier, ApplyError
+from .apply import Applier
 from .compile import compile_topology
 from .errors import PrerequisiteError, TopologyError, UsageError
 from .plan import Daemon, Plan, Serve

@@ -9,7 +9,6 @@ could fail.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import re
 from collections import deque
 from dataclasses import dataclass, field

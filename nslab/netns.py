@@ -17,11 +17,9 @@ import os
 NETNS_RUN_DIR = "/run/netns"
 
 CLONE_NEWNET = 0x40000000
-CLONE_NEWNS = 0x00020000
 MS_BIND = 4096
 MS_REC = 16384
 MS_SHARED = 1 << 20
-MS_SLAVE = 1 << 19
 MNT_DETACH = 2
 
 # The C library's symbols are already in the process (CPython links it): dlopen(NULL) finds

@@ -40,9 +40,6 @@ RT_TABLES = {0: "unspec", 253: "default", 254: "main", 255: "local"}
 RT_FLAGS = [(1, "dead"), (4, "onlink"), (2, "pervasive"), (8, "offload"), (64, "trap"),
             (0x100, "notify"), (16, "linkdown"), (32, "unresolved"), (0x4000, "rt_offload"),
             (0x8000, "rt_trap"), (0x20000, "rt_offload_failed")]
-RTAX_NAMES = {2: "mtu", 3: "window", 4: "rtt", 5: "rttvar", 6: "ssthresh", 7: "cwnd", 8: "advmss",
-              9: "reordering", 10: "hoplimit", 11: "initcwnd", 12: "features", 13: "rto_min",
-              14: "initrwnd", 15: "quickack", 16: "congctl", 17: "fastopen_no_cookie"}
 NUD_STATES = [(0x01, "INCOMPLETE"), (0x02, "REACHABLE"), (0x04, "STALE"), (0x08, "DELAY"),
               (0x10, "PROBE"), (0x20, "FAILED"), (0x40, "NOARP"), (0x80, "PERMANENT")]
 NUD_NOARP, NUD_PERMANENT, NUD_STALE, NUD_REACHABLE = 0x40, 0x80, 0x04, 0x02

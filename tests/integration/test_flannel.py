@@ -8,6 +8,8 @@ import re
 
 import pytest
 
+from conftest import leftovers
+from nslab import state
 from nslab.api import Lab
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (real namespaces)")
@@ -18,19 +20,18 @@ def unique(tag: str) -> str:
     return f"t{os.getpid()}{tag}"
 
 
-def assert_gone(name: str) -> None:
-    left = [n for n in os.listdir("/run/netns") if n.startswith(name + ".")] if os.path.isdir("/run/netns") else []
-    assert not left, f"namespaces left behind: {left}"
-    assert not os.path.exists(f"/run/nslab/{name}"), "run directory left behind"
-    assert not [d for d in os.listdir("/etc/netns") if d.startswith(name + ".")] if os.path.isdir("/etc/netns") else True
+def down_and_check(lab: Lab) -> None:
+    """nslab down, then the shared leak check (namespaces, run dir, /etc/netns, processes)."""
+    processes = [vars(p) for p in lab.state.processes]
+    lab.down()
+    assert not leftovers(lab.name, state.RUN_DIR, processes)
 
 
 @pytest.fixture(scope="module")
 def spine_leaf():
     lab = Lab.up(os.path.join(TOPO, "spine-leaf.yaml"), name=unique("sl"))
     yield lab
-    lab.down()
-    assert_gone(lab.name)
+    down_and_check(lab)
 
 
 def link(lab, node, dev) -> dict:
@@ -167,8 +168,7 @@ def test_ecmp_leaves_spread_vxlan_flows_over_both_spines():
         used = {s: _tx_packets(lab, "leaf01", d) - before[s] for s, d in to_spine.items()}
         assert all(n > 0 for n in used.values()), f"flows did not spread: {used}"
     finally:
-        lab.down()
-    assert_gone(lab.name)
+        down_and_check(lab)
 
 
 def _tx_packets(lab, node, dev) -> int:
@@ -203,8 +203,7 @@ def test_note_000_two_node_vxlan():
         assert inner[Ether].dst == link(lab, "node1", "flannel.1")["address"]
         assert dict(o for o in inner[TCP].options if o[0] == "MSS")["MSS"] == 1410   # 1450 - 40
     finally:
-        lab.down()
-    assert_gone(lab.name)
+        down_and_check(lab)
 
 
 def test_note_000_host_gw_has_no_encapsulation():
@@ -223,8 +222,7 @@ def test_note_000_host_gw_has_no_encapsulation():
         r = lab.ping("client", "nginx", size=1473, dont_fragment=True)
         assert not r.ok and "message too long" in r.output
     finally:
-        lab.down()
-    assert_gone(lab.name)
+        down_and_check(lab)
 
 
 # ---- note 002: the outer/inner header table --------------------------------------------
@@ -252,5 +250,4 @@ def test_note_002_header_table():
             "inner": ("10.244.1.178", link(lab, "node1", "flannel.1")["address"], "10.244.2.101", vtep2)}
         assert inner.haslayer(TCP)
     finally:
-        lab.down()
-    assert_gone(lab.name)
+        down_and_check(lab)

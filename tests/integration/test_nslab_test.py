@@ -15,7 +15,8 @@ from xml.etree import ElementTree as ET
 
 import pytest
 
-from nslab import model, netns
+from conftest import leftovers
+from nslab import model, state
 
 REPO = Path(__file__).resolve().parent.parent.parent
 SHIPPED = sorted((REPO / "topologies").glob("*.yaml"))
@@ -37,9 +38,8 @@ def nslab(*args, timeout=120) -> subprocess.CompletedProcess:
 
 
 def assert_gone(name: str) -> None:
-    left = [n for n in netns.list_names() if n.startswith(name + ".")]
-    assert not left, f"lab {name} left namespaces behind: {left}"
-    assert not os.path.exists(f"/run/nslab/{name}")
+    """`nslab test FILE` took its lab down: the shared leak check finds nothing."""
+    assert not leftovers(name, state.RUN_DIR, [])
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
