@@ -18,7 +18,8 @@ plus one process per node, run in the node's namespace and supervised by the lab
   are the kernel's (the IP ID is ours: the kernel's comes from a secret hash anyway).
 
 `fit_to_kernel` decides, at `nslab up`, where the plan's ipip devices come from: the
-kernel if it has ipip (probed in a throwaway namespace), else this file.  NSLAB_IPIP=
+kernel if its ipip is loaded or built in (read from /sys/module: never loaded by nslab,
+since loading ipip adds tunl0 to the root namespace), else this file.  NSLAB_IPIP=
 kernel|userspace|userspace:NODE,NODE overrides that (kernel/userspace interop tests).
 
 Node `tunnels:` (note 003 §5's `ip tunnel add tunl1 mode ipip ...`) are parsed here too.
@@ -30,14 +31,13 @@ Run by hand inside a namespace:
 from __future__ import annotations
 
 import ctypes
-import errno
 import fcntl
 import os
 import random
+import re
 import signal
 import socket
 import struct
-import subprocess
 import sys
 import threading
 import time
@@ -54,6 +54,8 @@ BUFFER = 65536
 SOCKET_BUFFER = 4 << 20
 SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33     # root may exceed net.core.[rw]mem_max (not namespaced)
 USERSPACE_NOTE = "ipip: userspace (kernel module missing)"
+UNLOADED_NOTE = ("ipip: userspace (the ipip module is not loaded; nslab does not load it: `modprobe ipip` "
+                 "makes the next `nslab up` use the kernel's, and adds tunl0 to the root namespace)")
 
 
 def open_tun(name: str, persist: bool = False) -> int:
@@ -72,52 +74,36 @@ def open_tun(name: str, persist: bool = False) -> int:
 
 # ---- kernel ipip or userspace --------------------------------------------------------------
 
-_kernel_ipip: bool | None = None
+# Where the probe looks (tests point them elsewhere).  It only reads these: creating an ipip
+# device, even in a throwaway namespace, or `modprobe ipip` would load the module, and
+# loading ipip adds tunl0 to the ROOT namespace, which nslab never changes.
+SYS_MODULE = "/sys/module"
+LIB_MODULES = "/lib/modules"
+
+
+def ipip_state() -> str:
+    """'loaded' (loaded or built in: the kernel's ipip is usable as it is), 'unloaded' (a
+    module in this kernel's tree that nobody loaded: `modprobe ipip` would make it usable)
+    or 'absent'.  Reads /sys/module and modules.builtin / modules.dep only; never loads."""
+    if os.path.isdir(os.path.join(SYS_MODULE, "ipip")):
+        return "loaded"
+    tree = os.path.join(LIB_MODULES, os.uname().release)
+    for name, state in (("modules.builtin", "loaded"), ("modules.dep", "unloaded")):
+        try:
+            with open(os.path.join(tree, name), encoding="utf-8", errors="replace") as f:
+                # `kernel/net/ipv4/ipip.ko[.xz|.zst|.gz][: deps]`
+                if any(re.fullmatch(r"ipip\.ko(\.\w+)?", line.split(":", 1)[0].strip().rsplit("/", 1)[-1])
+                       for line in f):
+                    return state
+        except OSError:
+            pass
+    return "absent"
 
 
 def ipip_module_available() -> bool:
-    """Whether this kernel has ipip (loaded, built in, or in its module tree), without
-    loading anything: loading ipip adds tunl0 to the root namespace.  For deciding, e.g.
-    in tests, before any lab exists; `kernel_has_ipip` is the authoritative probe."""
-    if os.path.isdir("/sys/module/ipip"):
-        return True
-    try:
-        return subprocess.run(["modprobe", "-n", "-q", "ipip"], capture_output=True).returncode == 0
-    except FileNotFoundError:
-        return False
-
-
-def kernel_has_ipip() -> bool:
-    """Whether `ip link add type ipip` works here: tried in a throwaway namespace that this
-    thread unshares and leaves at once (nothing is named, mounted or left behind; the
-    kernel frees it with the socket).  Like `ip link add`, this auto-loads the module if
-    it exists but is not loaded; it also makes every later namespace get its tunl0 before
-    apply numbers interfaces."""
-    global _kernel_ipip
-    if _kernel_ipip is None:
-        from . import netns
-        from .apply import (CREATE, IFLA_IFNAME, IFLA_INFO_KIND, IFLA_LINKINFO, RTM_NEWLINK, _attr, _ifinfomsg,
-                            _message, _str, open_route_socket)
-        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            netns.unshare(netns.CLONE_NEWNET)
-            try:
-                sock = open_route_socket()
-            finally:
-                netns.setns(home)
-        finally:
-            os.close(home)
-        with sock:
-            msg = _message(RTM_NEWLINK, CREATE, _ifinfomsg(0), _attr(IFLA_IFNAME, _str("nslabprobe")),
-                           _attr(IFLA_LINKINFO, _attr(IFLA_INFO_KIND, _str("ipip"))))
-            struct.pack_into("=I", msg, 8, 1)
-            sock.send(msg)
-            reply = sock.recv(65536)
-            (code,) = struct.unpack_from("=i", reply, 16)
-        # EEXIST: an ipip device with no addresses collides with the kernel's own tunl0,
-        # which exists exactly when the kernel has ipip.
-        _kernel_ipip = code in (0, -errno.EEXIST)
-    return _kernel_ipip
+    """Whether the kernel's ipip can be used without loading anything (loaded or built in):
+    what `nslab up` uses, and what the kernel_ipip tests need."""
+    return ipip_state() == "loaded"
 
 
 def fit_to_kernel(plan) -> None:
@@ -132,15 +118,21 @@ def fit_to_kernel(plan) -> None:
     if mode not in ("auto", "kernel", "userspace"):
         raise UsageError(f"NSLAB_IPIP={os.environ['NSLAB_IPIP']} is not auto, kernel, userspace or "
                          f"userspace:NODE,NODE")
-    has = kernel_has_ipip()
+    state = ipip_state()
+    has = state == "loaded"
+    if mode == "kernel" and state == "unloaded":
+        raise PrerequisiteError("NSLAB_IPIP=kernel but the ipip module is not loaded, and nslab never loads it "
+                                "(loading ipip adds tunl0 to the root namespace): run `modprobe ipip` yourself if "
+                                "that is acceptable, or unset NSLAB_IPIP to use the userspace encapsulator")
     if mode == "kernel" and not has:
-        raise PrerequisiteError("NSLAB_IPIP=kernel but this kernel has no ipip module "
-                                "(`ip link add x type ipip` fails); unset it to use the userspace encapsulator")
+        raise PrerequisiteError("NSLAB_IPIP=kernel but this kernel has no ipip module; unset NSLAB_IPIP to use "
+                                "the userspace encapsulator")
     if mode in ("auto", "kernel") and has:
         return
     nodes = {op.ns: op.node for op in plan.ops if isinstance(op, P.Netns)}
     chosen = set(only.split(",")) if only else None
-    why = USERSPACE_NOTE if not has else "ipip: userspace (NSLAB_IPIP=userspace)"
+    why = ("ipip: userspace (NSLAB_IPIP=userspace)" if has else
+           USERSPACE_NOTE if state == "absent" else UNLOADED_NOTE)
     for i in links:
         op = plan.ops[i]
         node = nodes[op.ns]

@@ -3,6 +3,7 @@
 daemons use (TTL decrement, flannel's ICMP net-unreachable)."""
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 
@@ -78,10 +79,104 @@ def test_diy_ipip_tunnels_as_ip_tunnel_add():
 
 
 # ---- kernel or userspace -----------------------------------------------------------------------
+def fake_kernel(root: Path, monkeypatch, ipip: str) -> None:
+    """Point the probe at a made-up /sys/module and /lib/modules/<release> under `root`, whose
+    ipip is 'loaded', 'builtin', 'unloaded' (in modules.dep only) or 'absent'."""
+    sys_module, tree = root / "sys-module", root / "lib-modules" / os.uname().release
+    (sys_module / "vxlan").mkdir(parents=True)
+    tree.mkdir(parents=True)
+    dep = ["kernel/net/ipv4/ip_tunnel.ko.xz:", "kernel/net/ipv4/tunnel4.ko.xz:",
+           "kernel/net/ipv6/sit.ko.xz: kernel/net/ipv4/ip_tunnel.ko.xz kernel/net/ipv4/tunnel4.ko.xz",
+           "kernel/drivers/net/ipipx.ko.xz:"]                     # a name that only starts like ipip
+    builtin = ["kernel/net/ipv4/ip_gre.ko"]
+    if ipip == "loaded":
+        (sys_module / "ipip").mkdir()
+    elif ipip == "builtin":
+        builtin.append("kernel/net/ipv4/ipip.ko")
+    elif ipip == "unloaded":
+        dep.append("kernel/net/ipv4/ipip.ko.xz: kernel/net/ipv4/ip_tunnel.ko.xz kernel/net/ipv4/tunnel4.ko.xz")
+    (tree / "modules.dep").write_text("\n".join(dep) + "\n")
+    (tree / "modules.builtin").write_text("\n".join(builtin) + "\n")
+    monkeypatch.setattr(tunnel, "SYS_MODULE", str(sys_module))
+    monkeypatch.setattr(tunnel, "LIB_MODULES", str(root / "lib-modules"))
+
+
 @pytest.fixture
-def no_kernel_ipip(monkeypatch):
-    monkeypatch.setattr(tunnel, "_kernel_ipip", False)
+def no_kernel_ipip(monkeypatch, tmp_path):
+    fake_kernel(tmp_path, monkeypatch, "absent")
     monkeypatch.delenv("NSLAB_IPIP", raising=False)
+
+
+@pytest.mark.parametrize("ipip, state", [("loaded", "loaded"), ("builtin", "loaded"), ("unloaded", "unloaded"),
+                                         ("absent", "absent")])
+def test_ipip_state_is_read_from_sys_module_and_the_module_tree(tmp_path, monkeypatch, ipip, state):
+    fake_kernel(tmp_path, monkeypatch, ipip)
+    assert tunnel.ipip_state() == state
+    assert tunnel.ipip_module_available() is (state == "loaded")
+
+
+def test_ipip_probe_never_loads_a_module(tmp_path, monkeypatch):
+    """Hole 5 of issue 9: probing must not load ipip (which adds tunl0 to the root namespace).
+    Anything that could load a module -- a process (modprobe, `ip link add`), a netlink or
+    other socket (RTM_NEWLINK auto-loads rtnl-link-ipip), a namespace switch, a write -- fails
+    the test; only reads under the probed directories are allowed."""
+    import builtins
+    import socket
+    import subprocess
+    from nslab import netns
+    from nslab.errors import PrerequisiteError
+    plans = {mode: [plan_of("diy-ipip.yaml") for _ in range(4)] for mode in ("auto", "kernel", "userspace")}
+    calls = []
+
+    def forbidden(what):
+        def refuse(*args, **kw):
+            calls.append((what, args[:2]))
+            raise AssertionError(f"the ipip probe called {what}{args[:2]}")
+        return refuse
+
+    for mod, names in ((subprocess, ["Popen", "run", "call", "check_call", "check_output"]),
+                       (os, ["system", "fork", "execv", "execve", "execvp", "posix_spawn", "posix_spawnp",
+                             "unshare", "setns", "mknod"]),
+                       (socket, ["socket", "socketpair"]), (netns, ["unshare", "setns"])):
+        for name in names:
+            if hasattr(mod, name):
+                monkeypatch.setattr(mod, name, forbidden(f"{mod.__name__}.{name}"))
+    real_open = builtins.open
+
+    def read_only_open(file, mode="r", *args, **kw):
+        path = os.path.abspath(os.fspath(file))
+        if set(mode) & set("wax+") or not path.startswith(str(tmp_path)):
+            calls.append(("open", path, mode))
+            raise AssertionError(f"the ipip probe opened {path} ({mode})")
+        return real_open(file, mode, *args, **kw)
+    monkeypatch.setattr(builtins, "open", read_only_open)
+
+    for i, ipip in enumerate(("loaded", "builtin", "unloaded", "absent")):
+        fake_kernel(tmp_path / ipip, monkeypatch, ipip)
+        tunnel.ipip_state()
+        tunnel.ipip_module_available()
+        for mode, plan_list in plans.items():
+            monkeypatch.setenv("NSLAB_IPIP", mode)
+            try:
+                tunnel.fit_to_kernel(plan_list[i])
+            except PrerequisiteError:
+                assert mode == "kernel" and ipip in ("unloaded", "absent")
+    assert not calls
+
+
+def test_unloaded_module_is_left_unloaded_and_the_user_is_told_how(tmp_path, monkeypatch):
+    from nslab.errors import PrerequisiteError
+    fake_kernel(tmp_path, monkeypatch, "unloaded")
+    monkeypatch.delenv("NSLAB_IPIP", raising=False)
+    plan = plan_of("diy-ipip.yaml")
+    tunnel.fit_to_kernel(plan)                         # auto: the userspace encapsulator ...
+    assert {l.kind for l in ops(plan, P.Link) if l.name == "tunl1"} == {"tun"}
+    assert plan.notes["_notices"][0].startswith(tunnel.UNLOADED_NOTE)   # ... and what to do for the kernel's
+    assert "`modprobe ipip`" in tunnel.UNLOADED_NOTE and "tunl0 to the root namespace" in tunnel.UNLOADED_NOTE
+    monkeypatch.setenv("NSLAB_IPIP", "kernel")
+    with pytest.raises(PrerequisiteError, match=r"not loaded, and nslab never loads it .*run `modprobe ipip` "
+                                                r"yourself"):
+        tunnel.fit_to_kernel(plan_of("diy-ipip.yaml"))
 
 
 def test_fit_to_kernel_swaps_ipip_for_tun_and_encapsulator(no_kernel_ipip):
@@ -108,8 +203,9 @@ def test_fit_to_kernel_for_some_nodes_only(no_kernel_ipip, monkeypatch):
     assert tx == {("master1", "enp0s3", False), ("worker1", "enp0s3", False), ("worker2", "enp0s3", False)}
 
 
-def test_kernel_mode_with_the_module_keeps_kernel_devices(monkeypatch):
-    monkeypatch.setattr(tunnel, "_kernel_ipip", True)
+@pytest.mark.parametrize("ipip", ["loaded", "builtin"])
+def test_kernel_mode_with_the_module_keeps_kernel_devices(monkeypatch, tmp_path, ipip):
+    fake_kernel(tmp_path, monkeypatch, ipip)
     for mode in ("kernel", "auto"):
         monkeypatch.setenv("NSLAB_IPIP", mode)
         plan = plan_of("spine-leaf.yaml", "ipip")
