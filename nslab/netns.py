@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import errno
 import os
+import re
 
 NETNS_RUN_DIR = "/run/netns"
 
@@ -186,26 +187,112 @@ def remove(name: str) -> bool:
     return True
 
 
+# Sysctl keys nslab may set, in sysctl(8) notation: levels separated by dots, '/' for a
+# dot inside a level (net.ipv4.conf.flannel/1.rp_filter).  Only settings a network
+# namespace owns: in a namespace other than the host's, /proc/sys/net shows only those
+# (host-wide entries are hidden or read-only there, e.g. net.core.rmem_max,
+# net.netfilter.nf_conntrack_max).  These are the top levels a fresh namespace shows
+# writable on Linux 6.x (`unshare -n find /proc/sys/net -perm -200`), plus mpls and sctp,
+# whose tables are per namespace too when their modules are loaded.  net.core is mostly
+# host-wide: only the listed keys are per namespace.
+SYSCTL_PER_NETNS = ("ipv4", "ipv6", "netfilter", "bridge", "mptcp", "unix", "mpls", "sctp")
+SYSCTL_PER_NETNS_CORE = ("somaxconn", "optmem_max", "txrehash", "tstamp_allow_data", "rps_default_mask",
+                         "xfrm_acq_expires", "xfrm_aevent_etime", "xfrm_aevent_rseqth", "xfrm_larval_drop")
+# (the error message abbreviates the xfrm_* keys: keep it in step with this list)
+# One level: a safe word (no shell metacharacters, no whitespace), never starting with '.'
+# or '-' once '/' is read as a dot, so never '', '.', '..' or an option.
+_SYSCTL_LEVEL = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_/-]*")
+SYSCTL_ROOT = "/proc/sys/net"
+_SLASH_DOT = str.maketrans("./", "/.")
+PROC_SUPER_MAGIC = 0x9FA0
+
+
+def sysctl_key_problem(key) -> str | None:
+    """Why `key` is not a per-namespace sysctl nslab may set, or None."""
+    if not isinstance(key, str) or not key.startswith("net."):
+        return f"only per-namespace net.* sysctls can be set, not {key!r}"
+    if not re.fullmatch(r"[A-Za-z0-9_./-]+", key) or len(key) > 255:
+        return f"{key!r} is not a sysctl key (letters, digits, '_', '-', '.' and '/' only)"
+    levels = key.split(".")
+    if not all(_SYSCTL_LEVEL.fullmatch(level) for level in levels):
+        return (f"sysctl key {key} has a level that is empty or starts with '/' or '-' ('/' stands for a dot "
+                f"inside a name): it must name one file under {SYSCTL_ROOT}")
+    if len(levels) < 3 or levels[1] not in SYSCTL_PER_NETNS + ("core",) or \
+            (levels[1] == "core" and (len(levels) != 3 or levels[2] not in SYSCTL_PER_NETNS_CORE)):
+        return (f"{key} is not a per-namespace sysctl; nslab sets net.{{{','.join(SYSCTL_PER_NETNS)}}}.* "
+                f"and of net.core only somaxconn, optmem_max, txrehash, tstamp_allow_data, rps_default_mask "
+                f"and xfrm_*")
+    path = "/proc/sys/" + key.translate(_SLASH_DOT)
+    if os.path.normpath(path) != path or not path.startswith(SYSCTL_ROOT + "/"):   # the rules above ensure it
+        return f"{key} does not name a file under {SYSCTL_ROOT}"
+    return None
+
+
+def sysctl_path(key: str) -> str:
+    """sysctl(8) notation: dots separate levels, '/' stands for a dot inside a name
+    (net.ipv4.conf.flannel/1.rp_filter).  ValueError for a key that is not a per-namespace
+    sysctl or would leave /proc/sys/net (net.//.kernel.core_pattern)."""
+    problem = sysctl_key_problem(key)
+    if problem:
+        raise ValueError(problem)
+    return "/proc/sys/" + key.translate(_SLASH_DOT)
+
+
+def _open_sysctl(key: str, flags: int) -> int:
+    """Open a sysctl file walking from / one level at a time without following symlinks,
+    and check the file is procfs: nothing planted on the way can redirect the write."""
+    parts = sysctl_path(key).split("/")[1:]
+    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for i, part in enumerate(parts):
+            mode = flags if i == len(parts) - 1 else os.O_RDONLY | os.O_DIRECTORY
+            fd, parent = os.open(part, mode | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd), fd
+            os.close(parent)
+        buf = ctypes.create_string_buffer(256)     # struct statfs; f_type (a long) comes first
+        _check(_libc.fstatfs(fd, buf), f"fstatfs {key}")
+        if ctypes.c_long.from_buffer(buf).value != PROC_SUPER_MAGIC:
+            raise OSError(errno.EXDEV, f"{sysctl_path(key)} is not on procfs")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _host_netns_inodes() -> set[int]:
+    """nslab's own namespace and, when visible, init's: never a lab."""
+    inodes = {ROOT_NETNS_INODE}
+    try:
+        inodes.add(os.stat("/proc/1/ns/net").st_ino)
+    except OSError:
+        pass
+    return inodes
+
+
 def write_sysctl(key: str, value) -> None:
-    """Write a net.* sysctl of the namespace the calling thread is in (never the root one:
-    /proc/sys/net resolves to the writer's namespace, and we refuse the root namespace)."""
-    if not key.startswith("net."):
-        raise ValueError(f"only namespaced net.* sysctls can be set, not {key}")
-    if current_inode() == ROOT_NETNS_INODE:
-        raise RuntimeError(f"refusing to set {key} in the root network namespace")
-    fd = os.open(sysctl_path(key), os.O_WRONLY | os.O_CLOEXEC)
+    """Write a per-namespace net.* sysctl of the namespace the calling thread is in (never
+    the host's: /proc/sys/net resolves to the opener's namespace, and we refuse the host's)."""
+    from .errors import NslabError
+    if current_inode() in _host_netns_inodes():
+        raise NslabError(f"refusing to set {key} in the host's network namespace")
+    try:
+        fd = _open_sysctl(key, os.O_WRONLY)
+    except ValueError as e:
+        raise NslabError(str(e)) from None
+    except FileNotFoundError:
+        raise NslabError(f"sysctl {key} does not exist in a lab namespace on this kernel (its module is not "
+                         f"loaded, or the interface it names is not there)") from None
+    except PermissionError:
+        raise NslabError(f"sysctl {key} is read-only inside a network namespace (a host-wide setting); "
+                         f"nslab sets only per-namespace ones") from None
+    except OSError as e:
+        raise NslabError(f"cannot set sysctl {key}: {e.strerror}") from None
     try:
         os.write(fd, str(value).encode())
     finally:
         os.close(fd)
 
 
-def sysctl_path(key: str) -> str:
-    """sysctl(8) notation: dots separate levels, '/' stands for a dot inside a name
-    (net.ipv4.conf.flannel/1.rp_filter)."""
-    return "/proc/sys/" + key.translate(str.maketrans("./", "/."))
-
-
 def read_sysctl(key: str) -> str:
-    with open(sysctl_path(key)) as f:
+    fd = _open_sysctl(key, os.O_RDONLY)
+    with open(fd, closefd=True) as f:
         return f.read().strip()

@@ -13,7 +13,14 @@ from . import plan as P
 
 
 def _q(s) -> str:
+    """Every value printed into a command goes through here: one shell word, whatever it is
+    (validate already keeps names and keys to safe characters; this does not rely on it)."""
     return shlex.quote(str(s))
+
+
+def _comment(text) -> str:
+    """A comment stays one line: a newline in a value would start a command."""
+    return " ".join(str(text).split())
 
 
 def render_op(op) -> list[str]:
@@ -26,31 +33,32 @@ def render_op(op) -> list[str]:
             return script_lines(op)
         return [f"ip netns add {_q(op.ns)}"]
     if isinstance(op, P.Sysctl):
-        return [f"ip netns exec {_q(op.ns)} sysctl -qw {op.key}={_q(op.value)}"]
+        return [f"ip netns exec {_q(op.ns)} sysctl -qw {_q(f'{op.key}={op.value}')}"]
     if isinstance(op, P.Link):
-        mac = f" address {op.mac}" if op.mac else ""
+        mac = f" address {_q(op.mac)}" if op.mac else ""
         if op.kind == "veth":
             p = op.peer
-            cmds = [f"ip link add name {_q(op.name)} netns {_q(op.ns)} mtu {op.mtu}{mac} type veth "
-                    f"peer name {_q(p.name)} netns {_q(p.ns)} mtu {p.mtu} address {p.mac}"]
+            cmds = [f"ip link add name {_q(op.name)} netns {_q(op.ns)} mtu {_q(op.mtu)}{mac} type veth "
+                    f"peer name {_q(p.name)} netns {_q(p.ns)} mtu {_q(p.mtu)} address {_q(p.mac)}"]
         elif op.kind == "vxlan":
             o = dict(op.vxlan)
-            extra = f" dev {o['dev']}" if o.get("dev") else ""
+            extra = f" dev {_q(o['dev'])}" if o.get("dev") else ""
             extra += " gbp" if o.get("gbp") else ""
-            cmds = [f"{n} link add name {_q(op.name)} mtu {op.mtu}{mac} type vxlan id {o['id']} local {o['local']}"
-                    f"{extra} dstport {o['port']} {'learning' if o.get('learning') else 'nolearning'}"]
+            cmds = [f"{n} link add name {_q(op.name)} mtu {_q(op.mtu)}{mac} type vxlan id {_q(o['id'])} "
+                    f"local {_q(o['local'])}{extra} dstport {_q(o['port'])} "
+                    f"{'learning' if o.get('learning') else 'nolearning'}"]
         elif op.kind == "bridge":
-            cmds = [f"{n} link add name {_q(op.name)} mtu {op.mtu}{mac} type bridge stp_state 0"]
+            cmds = [f"{n} link add name {_q(op.name)} mtu {_q(op.mtu)}{mac} type bridge stp_state 0"]
         elif op.kind == "ipip":
             o = dict(op.ipip)
-            remote = f" remote {o['remote']}" if o.get("remote") else ""
+            remote = f" remote {_q(o['remote'])}" if o.get("remote") else ""
             pmtu = "" if o.get("pmtudisc", True) else " nopmtudisc"
-            cmds = [f"{n} link add name {_q(op.name)} mtu {op.mtu} type ipip{remote} local {o['local']} ttl inherit"
+            cmds = [f"{n} link add name {_q(op.name)} mtu {_q(op.mtu)} type ipip{remote} local {_q(o['local'])} ttl inherit"
                     f"{pmtu}"]
         elif op.kind == "tun":
-            cmds = [f"{n} tuntap add dev {_q(op.name)} mode tun", f"{n} link set dev {_q(op.name)} mtu {op.mtu}"]
+            cmds = [f"{n} tuntap add dev {_q(op.name)} mode tun", f"{n} link set dev {_q(op.name)} mtu {_q(op.mtu)}"]
         else:
-            cmds = [f"{n} link add name {_q(op.name)} mtu {op.mtu}{mac} type {op.kind}"]
+            cmds = [f"{n} link add name {_q(op.name)} mtu {_q(op.mtu)}{mac} type {_q(op.kind)}"]
         if op.master:
             cmds.append(f"{n} link set dev {_q(op.name)} master {_q(op.master)}")
         cmds.append(f"{n} link set dev {_q(op.name)} up")
@@ -60,35 +68,36 @@ def render_op(op) -> list[str]:
     if isinstance(op, P.Addr):
         ifc = IPv4Interface(op.address)
         if op.peer:
-            return [f"{n} addr add {ifc.ip} peer {op.peer} dev {_q(op.dev)}"]
+            return [f"{n} addr add {_q(ifc.ip)} peer {_q(op.peer)} dev {_q(op.dev)}"]
         brd = " brd +" if ifc.network.prefixlen < 31 else ""
-        return [f"{n} addr add {op.address}{brd} dev {_q(op.dev)}"]
+        return [f"{n} addr add {_q(op.address)}{brd} dev {_q(op.dev)}"]
     if isinstance(op, P.Route):
         dst = "default" if IPv4Network(op.dst).prefixlen == 0 else op.dst
         onlink = " onlink" if op.onlink else ""
         if len(op.nexthops) == 1:
             h = op.nexthops[0]
-            via = f" via {h.via}" if h.via else ""
-            scope = f" scope {op.scope}" if op.scope else ""
-            return [f"{n} route add {dst}{via} dev {_q(h.dev)}{onlink}{scope}"]
-        hops = " ".join(f"nexthop via {h.via} dev {_q(h.dev)}{onlink}" for h in op.nexthops)
-        return [f"{n} route add {dst} {hops}"]
+            via = f" via {_q(h.via)}" if h.via else ""
+            scope = f" scope {_q(op.scope)}" if op.scope else ""
+            return [f"{n} route add {_q(dst)}{via} dev {_q(h.dev)}{onlink}{scope}"]
+        hops = " ".join(f"nexthop via {_q(h.via)} dev {_q(h.dev)}{onlink}" for h in op.nexthops)
+        return [f"{n} route add {_q(dst)} {hops}"]
     if isinstance(op, P.Neigh):
-        return [f"{n} neigh add {op.address} lladdr {op.lladdr} dev {_q(op.dev)} nud permanent"]
+        return [f"{n} neigh add {_q(op.address)} lladdr {_q(op.lladdr)} dev {_q(op.dev)} nud permanent"]
     if isinstance(op, P.Fdb):
-        return [f"bridge -n {_q(op.ns)} fdb append {op.lladdr} dev {_q(op.dev)} dst {op.dst} self permanent"]
+        return [f"bridge -n {_q(op.ns)} fdb append {_q(op.lladdr)} dev {_q(op.dev)} dst {_q(op.dst)} self permanent"]
     if isinstance(op, P.BridgePort):
         return [f"bridge -n {_q(op.ns)} link set dev {_q(op.dev)} hairpin {'on' if op.hairpin else 'off'}"]
     if isinstance(op, P.Serve):
-        return [f"# {op.node}: an HTTP server on :{op.port} (nslab's lab agent); by hand: "
-                f"ip netns exec {_q(op.ns)} python3 -m http.server {op.port} &"]
+        return [_comment(f"# {op.node}: an HTTP server on :{op.port} (nslab's lab agent); by hand: "
+                         f"ip netns exec {_q(op.ns)} python3 -m http.server {_q(op.port)} &")]
     if isinstance(op, P.TxChecksum):
         return [f"ip netns exec {_q(op.ns)} ethtool -K {_q(op.dev)} tx {'on' if op.on else 'off'}"]
     if isinstance(op, P.Daemon):
         from .tunnel import describe
-        return [f"# {op.node}: {describe(op)}",
-                f"#   by hand: ip netns exec {_q(op.ns)} python3 -m nslab.tunnel {op.kind} {op.dev} "
-                + " ".join(f"{k}={_q(v)}" for k, v in op.config if not isinstance(v, tuple)) + " &"]
+        return [_comment(f"# {op.node}: {describe(op)}"),
+                "#   " + _comment(f"by hand: ip netns exec {_q(op.ns)} python3 -m nslab.tunnel {_q(op.kind)} "
+                                  f"{_q(op.dev)} " + " ".join(_q(f"{k}={v}") for k, v in op.config
+                                                              if not isinstance(v, tuple)) + " &")]
     raise ValueError(f"cannot render {op!r}")
 
 
@@ -106,10 +115,30 @@ def render(plan: P.Plan) -> str:
         lines += render_op(op)
     if plan.hosts:
         lines += ["", "# names of the lab's nodes, for `ip netns exec` (as nslab does)"]
-        hosts = "\\n".join(f"{addr} {name}" for name, addr in sorted(plan.hosts.items()))
+        entries = " ".join(_q(f"{addr} {name}") for name, addr in [("localhost", "127.0.0.1")]
+                           + sorted(plan.hosts.items()))
         for ns in plan.namespaces:
-            lines.append(f"mkdir -p /etc/netns/{_q(ns)} && printf '127.0.0.1 localhost\\n{hosts}\\n' "
-                         f"> /etc/netns/{_q(ns)}/hosts")
-    lines += ["", "# to remove it: " + "; ".join(f"ip netns del {_q(ns)}" for ns in plan.namespaces[:3])
-              + ("; ..." if len(plan.namespaces) > 3 else "")]
+            lines.append(f"mkdir -p {_q(f'/etc/netns/{ns}')} && printf '%s\\n' {entries} "
+                         f"> {_q(f'/etc/netns/{ns}/hosts')}")
+    lines += ["", "# to remove it: " + removal(plan)]
     return "\n".join(lines) + "\n"
+
+
+def removal(plan: P.Plan) -> str:
+    """One line undoing everything the script makes: its containers, namespaces and
+    /etc/netns/<ns>/hosts files with their directories (and /etc/netns if that is then
+    empty: `mkdir -p` may have made it).  Run it as `nslab script F | sed -n 's/^# to remove
+    it: //p' | sh`.  rmdir, not rm -r: a file someone else put there stays."""
+    from .containers import container_name
+    cmds = []
+    containers = [container_name(plan.lab, op.node) for op in plan.ops
+                  if isinstance(op, P.Netns) and op.container is not None]
+    if containers:
+        cmds.append("docker rm -f " + " ".join(_q(c) for c in containers))
+    body = 'ip netns del "$ns"'
+    if plan.hosts:
+        body += '; rm -f "/etc/netns/$ns/hosts"; rmdir "/etc/netns/$ns"'
+    cmds.append(f"for ns in {' '.join(_q(ns) for ns in plan.namespaces)}; do {body}; done")
+    if plan.hosts:
+        cmds.append("rmdir /etc/netns 2>/dev/null || true")
+    return "; ".join(cmds)
