@@ -26,6 +26,7 @@ LAB_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 MAX_LAB_NAME = 32
 MAX_NODE_NAME = 63
 IFNAMSIZ = 16
+IFNAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 @dataclass
@@ -142,13 +143,20 @@ def short_ifname(*parts: str) -> str:
 
 
 def ifname_problem(name) -> str | None:
-    """Why `name` cannot be a Linux interface name (dev_valid_name), or None."""
+    """Why `name` cannot be an interface name (Linux's dev_valid_name, then nslab's safe
+    set), or None."""
     if not isinstance(name, str) or not name:
         return "an interface name must be a non-empty string"
-    if len(name) >= IFNAMSIZ:
-        return f"interface name {name!r} is {len(name)} characters; Linux allows at most {IFNAMSIZ - 1}"
     if name in (".", "..") or any(c in name for c in "/:") or any(c.isspace() for c in name):
         return f"{name!r} cannot be an interface name (no '/', ':', whitespace, '.' or '..')"
+    # Stricter than the kernel: names reach `nslab script`'s shell lines, sysctl keys and
+    # ip(8) arguments, so ASCII words only (no shell metacharacters, no '%', which the
+    # kernel expands as a template, no leading '-' that reads as an option).
+    if not IFNAME_RE.fullmatch(name):
+        return (f"{name!r} is not an interface name nslab accepts: ASCII letters, digits, '_', '-' and '.', "
+                f"starting with a letter or digit")
+    if len(name) >= IFNAMSIZ:
+        return f"interface name {name!r} is {len(name)} characters; Linux allows at most {IFNAMSIZ - 1}"
     return None
 
 
@@ -378,10 +386,19 @@ class Builder:
         node = Node(name=name, kind=kind, ns="", mtu=node_mtu, path=path)
         sysctls = self.p.mapping(spec.get("sysctls"), path + ("sysctls",), what="sysctls")
         for key, value in sysctls.items():
-            if not key.startswith("net.") or ".." in key or " " in key:
-                raise self.err(path + ("sysctls", key), f"only per-namespace net.* sysctls can be set, not {key!r}")
+            from .netns import sysctl_key_problem
+            problem = sysctl_key_problem(key)     # the rules write_sysctl checks again at up
+            levels = key.split(".") if problem is None else []
+            if levels[:3] in (["net", "ipv4", "conf"], ["net", "ipv6", "conf"], ["net", "ipv4", "neigh"],
+                              ["net", "ipv6", "neigh"]) and len(levels) > 4 and levels[3] not in ("all", "default"):
+                problem = ifname_problem(levels[3].replace("/", "."))
+                problem = problem and f"{key}: {problem}"
+            if problem:
+                raise self.err(path + ("sysctls", key), problem)
             if isinstance(value, bool) or not isinstance(value, (int, str)):
                 raise self.err(path + ("sysctls", key), f"sysctl value must be a number or string, got {value!r}")
+            if any(c < " " and c != "\t" or c == "\x7f" for c in str(value)):
+                raise self.err(path + ("sysctls", key), f"the value of {key} must be one line of printable text")
             node.sysctls[key] = str(value)
         serve = spec.get("serve")
         if serve is not None:
