@@ -31,6 +31,36 @@ LABEL_LAB, LABEL_NODE, LABEL_STATE = "nslab.lab", "nslab.node", "nslab.state"
 LABEL_RECIPE = "nslab.recipe"
 IMAGE_RE = re.compile(r"^[a-z0-9]+([._/-][a-z0-9]+)*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$")
 CAP_RE = re.compile(r"^[A-Z][A-Z_]*$")
+# capabilities(7), Linux 6.x.  A container's root is the host's root (no user namespace),
+# so a capability that acts on something the container's namespaces do not isolate (the
+# kernel, the clock, the host's files by handle, LSM policy, audit, the kernel log)
+# reaches outside the lab: cap_add refuses those, saying why.  Network capabilities stay
+# inside: the container's network namespace is its lab node's.
+CAPABILITIES = frozenset("""
+    CHOWN DAC_OVERRIDE DAC_READ_SEARCH FOWNER FSETID KILL SETGID SETUID SETPCAP LINUX_IMMUTABLE
+    NET_BIND_SERVICE NET_BROADCAST NET_ADMIN NET_RAW IPC_LOCK IPC_OWNER SYS_MODULE SYS_RAWIO
+    SYS_CHROOT SYS_PTRACE SYS_PACCT SYS_ADMIN SYS_BOOT SYS_NICE SYS_RESOURCE SYS_TIME
+    SYS_TTY_CONFIG MKNOD LEASE AUDIT_WRITE AUDIT_CONTROL SETFCAP MAC_OVERRIDE MAC_ADMIN SYSLOG
+    WAKE_ALARM BLOCK_SUSPEND AUDIT_READ PERFMON BPF CHECKPOINT_RESTORE""".split())
+CAP_REFUSED = {
+    "ALL": "it grants every capability, SYS_ADMIN and SYS_MODULE among them",
+    "SYS_ADMIN": "it opens mount, setns and many host-wide kernel interfaces (the classic container escape)",
+    "SYS_MODULE": "it loads modules into the host's kernel",
+    "SYS_RAWIO": "it reaches the host's I/O ports and physical memory",
+    "SYS_PTRACE": "it reads and changes other processes' memory and slips past seccomp on older kernels",
+    "SYS_BOOT": "kexec_load replaces the host's kernel",
+    "SYS_TIME": "it sets the host's clock (the clock is not namespaced)",
+    "DAC_READ_SEARCH": "open_by_handle_at opens any file of the host (the 'shocker' escape)",
+    "MAC_ADMIN": "it changes the host's AppArmor/SELinux policy",
+    "MAC_OVERRIDE": "it bypasses the host's AppArmor/SELinux policy",
+    "SYSLOG": "it reads and clears the host kernel's log",
+    "BPF": "BPF programs read and change the host kernel's data",
+    "PERFMON": "system-wide perf events observe the whole host",
+    "AUDIT_CONTROL": "it changes the host's audit rules",
+    "AUDIT_READ": "it reads the host's audit log",
+    "WAKE_ALARM": "it sets alarms that wake the host",
+    "BLOCK_SUSPEND": "it keeps the host from suspending",
+}
 
 
 def container_name(lab: str, node: str) -> str:
@@ -76,13 +106,19 @@ def parse(p, spec: dict, path: tuple):
         if isinstance(v, (dict, list)) or v is None:
             raise p.err(path + ("env", k), f"the value of {k} must be a string or a number, got {v!r}")
     caps = spec.get("cap_add") or []
-    if not isinstance(caps, list):
-        caps = [caps]
+    scalar = not isinstance(caps, list)
+    caps = [caps] if scalar else caps
     out_caps = []
     for i, cap in enumerate(caps):
+        where = path + (("cap_add",) if scalar else ("cap_add", i))
         name = cap.upper().removeprefix("CAP_") if isinstance(cap, str) else cap
         if not isinstance(name, str) or not CAP_RE.match(name):
-            raise p.err(path + ("cap_add", i), f"{cap!r} is not a capability name like NET_ADMIN")
+            raise p.err(where, f"{cap!r} is not a capability name like NET_ADMIN")
+        if name in CAP_REFUSED:
+            raise p.err(where, f"cap_add {name} is refused: {CAP_REFUSED[name]}; a lab container may add only "
+                               f"capabilities that stay inside it (NET_ADMIN, NET_RAW, SYS_NICE, ...)")
+        if name not in CAPABILITIES:
+            raise p.err(where, f"{name} is not a Linux capability (see capabilities(7))")
         out_caps.append(name)
     return Container(image=image, command=argv,
                      env=tuple((k, str(v).lower() if isinstance(v, bool) else str(v)) for k, v in env.items()),
@@ -137,21 +173,78 @@ def unavailable(plan) -> str | None:
 # ---- containers of a lab ---------------------------------------------------------------------
 
 def start(client, st, op, hosts: dict[str, str]) -> int:
-    """Create and start the container of plan op `op` (a Netns with a container spec),
-    recorded in state `st` first; return the PID whose network namespace nslab wires."""
+    """Create and start the container of plan op `op` (a Netns with a container spec) and
+    record it in lab st.lab (and in `st`, the caller's copy) once the engine has created it
+    (a name is exclusive there); return the PID whose network namespace nslab wires.  A
+    container of that name left by an earlier run of this lab (same labels, record lost,
+    e.g. by a reboot) is removed first; anyone else's is refused."""
+    import docker
+    from . import state
     spec = op.container
     name = container_name(st.lab, op.node)
-    record = {"node": op.node, "name": name, "id": None}
-    st.containers.append(record)
-    st.save()                                   # recorded before it exists
-    container = client.containers.create(
-        normalize(spec.image), command=list(spec.command) or None, name=name, hostname=op.node,
-        environment=dict(spec.env), cap_add=list(spec.cap_add) or None, network_mode="none",
-        labels={LABEL_LAB: st.lab, LABEL_NODE: op.node, LABEL_STATE: st.dir},
-        extra_hosts=dict(hosts) or None, detach=True)
-    record["id"] = container.id
-    st.save()
+    _clear_name(client, st.lab, name)
+    try:
+        container = client.containers.create(
+            normalize(spec.image), command=list(spec.command) or None, name=name, hostname=op.node,
+            environment=dict(spec.env), cap_add=list(spec.cap_add) or None, network_mode="none",
+            labels={LABEL_LAB: st.lab, LABEL_NODE: op.node, LABEL_STATE: st.dir},
+            extra_hosts=dict(hosts) or None, detach=True)
+    except docker.errors.APIError as e:
+        if e.status_code == 409:       # created by someone else since _clear_name looked
+            raise NslabError(_foreign(name, st.lab)) from None
+        raise
+    record = {"node": op.node, "name": name, "id": container.id}
+
+    def created(s):                    # fills in the intent `up` recorded (intended(), or adds it)
+        s.containers[:] = [c for c in s.containers if c.get("node") != op.node] + [dict(record)]
+    created(st)
+    state.update(st.lab, created)
     return run(container)
+
+
+def intended(plan, lab: str) -> list[dict]:
+    """The plan's containers as recorded before any exists: names only (a container is
+    only ever taken for the lab's if it carries the lab's labels)."""
+    return [{"node": op.node, "name": container_name(lab, op.node), "id": None}
+            for op in plan.ops if getattr(op, "container", None) is not None]
+
+
+def _ours(c, lab: str) -> bool:
+    from . import state
+    return c.labels.get(LABEL_LAB) == lab and c.labels.get(LABEL_STATE) == state.lab_dir(lab)
+
+
+def _foreign(name: str, lab: str) -> str:
+    return (f"a container named {name} exists and nslab did not make it for lab {lab}: remove it "
+            f"(docker rm -f {name}) or run the lab under another name with --name")
+
+
+def _clear_name(client, lab: str, name: str, recorded: tuple = ()) -> None:
+    import docker
+    try:
+        c = client.containers.get(name)
+    except docker.errors.NotFound:
+        return
+    if not _ours(c, lab):
+        raise NslabError(_foreign(name, lab))
+    if c.id not in recorded:           # an earlier run's (its record went with a reboot)
+        remove([c])
+
+
+def conflicts(client, plan, lab: str) -> None:
+    """Before anything is created: every container name the plan needs is free, or held
+    by an orphan of this lab (removed later by start())."""
+    import docker
+    for op in plan.ops:
+        if getattr(op, "container", None) is None:
+            continue
+        name = container_name(lab, op.node)
+        try:
+            c = client.containers.get(name)
+        except docker.errors.NotFound:
+            continue
+        if not _ours(c, lab):
+            raise NslabError(_foreign(name, lab))
 
 
 def run(container) -> int:
@@ -170,14 +263,20 @@ def run(container) -> int:
 def ensure_running(client, st, op, hosts: dict[str, str]) -> int:
     """The PID of a lab's container: started again if it stopped, created again if it is gone."""
     import docker
+    from . import state
     record = next((c for c in st.containers if c["node"] == op.node), None)
     try:
-        container = client.containers.get(record["id"] if record and record["id"] else container_name(st.lab, op.node))
-        return run(container)
+        container = client.containers.get(record["id"] if record and record.get("id")
+                                          else container_name(st.lab, op.node))
     except docker.errors.NotFound:
         if record:
             st.containers.remove(record)
+            state.update(st.lab, lambda cur: cur.containers.__setitem__(
+                slice(None), [c for c in cur.containers if c.get("node") != op.node]))
         return start(client, st, op, hosts)
+    if not _ours(container, st.lab):
+        raise NslabError(_foreign(container.name, st.lab))
+    return run(container)
 
 
 def ops_touching(plan, ns: str) -> list:
@@ -202,27 +301,57 @@ def ops_touching(plan, ns: str) -> list:
     return out
 
 
-def owned(st) -> list:
-    """The lab's containers: recorded ones that still carry its labels, and any other
-    container labelled with this lab and run directory (a lost record)."""
+def owned(lab: str, recorded: list[dict]) -> list:
+    """Lab `lab`'s containers: recorded ones (by ID) that still carry its labels, and any
+    other container labelled with this lab and its run directory (a lost record).  A
+    container without both labels is never the lab's, whatever a record says."""
     import docker
+    from . import state
     client = engine()
     found = {}
-    for rec in st.containers:
+    for rec in recorded:
+        ref = rec.get("id") or rec.get("name")
+        if not isinstance(ref, str) or not ref:
+            continue
         try:
-            c = client.containers.get(rec["id"] or rec["name"])
+            c = client.containers.get(ref)
         except docker.errors.NotFound:
             continue
-        if c.labels.get(LABEL_LAB) == st.lab and c.labels.get(LABEL_STATE) == st.dir:
+        if _ours(c, lab):
             found[c.id] = c
-    for c in client.containers.list(all=True, filters={"label": [f"{LABEL_LAB}={st.lab}",
-                                                                  f"{LABEL_STATE}={st.dir}"]}):
+    for c in client.containers.list(all=True, filters={"label": [f"{LABEL_LAB}={lab}",
+                                                                  f"{LABEL_STATE}={state.lab_dir(lab)}"]}):
         found[c.id] = c
     return list(found.values())
 
 
-def remove(st) -> None:
-    for c in owned(st):
+def orphans(lab: str | None = None) -> dict[str, list]:
+    """Containers nslab labelled for a lab of this run directory that has no run directory
+    any more (it lives in /run, a reboot empties it): {lab: [containers]}.  Empty when no
+    engine answers (nothing can be found, nothing is touched)."""
+    from . import state
+    if not _engine_socket_present():
+        return {}
+    try:
+        client = engine()
+    except PrerequisiteError:
+        return {}
+    out: dict[str, list] = {}
+    for c in client.containers.list(all=True, filters={"label": [f"{LABEL_LAB}={lab}" if lab else LABEL_LAB]}):
+        name = c.labels.get(LABEL_LAB, "")
+        if state.valid_lab(name) and c.labels.get(LABEL_STATE) == state.lab_dir(name) \
+                and not os.path.lexists(state.lab_dir(name)):
+            out.setdefault(name, []).append(c)
+    return out
+
+
+def _engine_socket_present() -> bool:
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    return not host.startswith("unix://") or os.path.exists(host[len("unix://"):])
+
+
+def remove(found: list) -> None:
+    for c in found:
         try:
             c.remove(force=True)
         except Exception as e:          # already being removed, or gone meanwhile
