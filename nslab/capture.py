@@ -8,7 +8,6 @@ it; it is taken out again when the capture ends by itself.
 """
 from __future__ import annotations
 
-import fcntl
 import os
 import signal
 import struct
@@ -168,27 +167,14 @@ def _read_exact(f, n: int) -> bytes | None:
 
 
 # --- the lab's record of running captures ------------------------------------------------
-# Several captures (and the lab agent) update one state file: each update holds a lock and
-# re-reads the file, so no one's entry is lost.
+# Several captures (and the lab agent) change one record: state.update re-reads it under
+# the lab's lock, so no one's entry is lost.
 
 def _locked_update(lab: str, change) -> None:
-    path = os.path.join(state.lab_dir(lab), "state.json")
     try:
-        lock = os.open(os.path.join(state.lab_dir(lab), "capture.lock"), os.O_CREAT | os.O_RDWR, 0o600)
-    except FileNotFoundError:
-        return                                   # the lab is gone (nslab down)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not os.path.exists(path):
-            return
-        st = state.load(lab)
-        change(st)
-        try:
-            st.save()
-        except FileNotFoundError:
-            pass
-    finally:
-        os.close(lock)
+        state.update(lab, change)
+    except state.RecordError:         # unreadable record: the capture runs unrecorded
+        pass
 
 
 def _record(lab: str, pid: int, what: str) -> None:

@@ -7,7 +7,7 @@ import shutil
 from . import model, netns, state
 from .apply import Applier
 from .compile import compile_topology
-from .errors import PrerequisiteError, TopologyError, UsageError
+from .errors import NslabError, PrerequisiteError, TopologyError, UsageError
 from .plan import Daemon, Plan, Serve
 
 
@@ -41,46 +41,139 @@ def topology(lab: str) -> model.Topology:
 
 
 def up(topo: model.Topology, overrides: dict | None = None) -> tuple[Plan, state.LabState]:
-    """Build the lab; on any failure remove what was made and re-raise."""
+    """Build the lab; on any failure remove what was made (and only that) and re-raise.
+    The lab's lock is held throughout: a `down`, `capture` or `rewire` of the same lab
+    waits until `up` has finished or cleaned up."""
     require_root()
     plan = compile_topology(topo)
     from .tunnel import fit_to_kernel
     fit_to_kernel(plan)                # no kernel ipip: TUN devices + encapsulators instead
     from . import containers
     engine = containers.check(plan)    # container nodes: the engine answers, the images are here
-    if state.load(topo.name) is not None:
-        raise already_running(topo)
+    if os.path.lexists(state.lab_dir(topo.name)):
+        raise _taken(topo)
     taken = [ns for ns in plan.namespaces if netns.exists(ns)]
     if taken:
         raise UsageError(f"network namespace {taken[0]} already exists and nslab did not make it for lab "
                          f"{topo.name}; remove it (ip netns del {taken[0]}) or rename the lab with --name")
+    adopt = hosts_leftovers(plan)
+    if engine is not None:
+        containers.conflicts(engine, plan, topo.name)
     try:
         st = state.claim(topo.name, topo.file)
-    except FileExistsError:
-        raise already_running(topo) from None
+    except state.LabExists:
+        raise _taken(topo) from None
+    lab = topo.name
+
+    def record(change) -> None:        # our copy (what to undo) first, then the record
+        change(st)
+        state.update(lab, change)
     try:
-        st.namespaces = list(plan.namespaces)
-        st.nodes = {node.name: node.ns for node in topo.nodes.values()}
-        st.info = dict(plan.notes)
-        st.overrides = dict(overrides or {})
-        st.files = [os.path.join(state.HOSTS_DIR, ns) for ns in plan.namespaces] if plan.hosts else []
-        st.save()                      # recorded before anything exists
-        write_hosts_files(plan, st)
-        applier = Applier(start_container=lambda op: containers.start(engine, st, op, plan.hosts))
         try:
-            applier.apply(plan)
-        finally:
-            applier.close()
-        services = [op for op in plan.ops if isinstance(op, (Serve, Daemon))]
-        if services:
-            from . import agent
-            agent.start(st, services)
-        st.status = "up"
-        st.save()
-    except BaseException:
-        state.destroy(st)
-        raise
+            def plan_facts(s):
+                s.namespaces = list(plan.namespaces)
+                s.nodes = {node.name: node.ns for node in topo.nodes.values()}
+                s.info = dict(plan.notes)
+                s.overrides = dict(overrides or {})
+                s.containers = containers.intended(plan, lab)   # names: down looks for them by label
+            record(plan_facts)
+            write_hosts_files(plan, st, record, adopt)
+
+            def start_container(op):
+                pid = containers.start(engine, st, op, plan.hosts)
+                ident = state.ns_identity(f"/proc/{pid}/ns/net")
+                record(lambda s: s.ns_ids.__setitem__(op.ns, ident))   # before the name is published
+                return pid
+            applier = RecordingApplier(record, start_container=start_container)
+            try:
+                applier.prepare(plan)
+                applier.apply(plan)
+            finally:
+                applier.close()
+            services = [op for op in plan.ops if isinstance(op, (Serve, Daemon))]
+            if services:
+                from . import agent
+                agent.start(st, services)
+            record(lambda s: setattr(s, "status", "up"))
+        except BaseException:
+            state.destroy(lab, st)
+            raise
+    finally:
+        state.release(lab)
     return plan, st
+
+
+class RecordingApplier(Applier):
+    """Namespaces whose identity is in the record before their name exists: all of them
+    are made anonymous first (held by an fd), their device and inode recorded in one
+    write, and each is then published as /run/netns/<name> with an exclusive create and
+    a bind mount.  Killed at any moment, `down` finds each published namespace recorded
+    (or an empty placeholder file), and never mistakes someone else's for the lab's."""
+
+    def __init__(self, record, **kw):
+        super().__init__(**kw)
+        self.record = record
+        self.pool: dict[str, int] = {}
+
+    def prepare(self, plan: Plan) -> None:
+        from .plan import Netns
+        names = [op.ns for op in plan.ops if isinstance(op, Netns) and op.container is None]
+        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            for name in names:
+                netns.unshare(netns.CLONE_NEWNET)
+                try:
+                    self.pool[name] = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+                finally:
+                    netns.setns(home)
+        finally:
+            os.close(home)
+        ids = {name: [os.fstat(fd).st_dev, os.fstat(fd).st_ino] for name, fd in self.pool.items()}
+        self.record(lambda s: s.ns_ids.update(ids))
+
+    def create_namespace(self, name: str, sysctls: list) -> object:
+        from .apply import ApplyError
+        if not netns._run_dir_ready:
+            netns._prepare_run_dir()
+            netns._run_dir_ready = True
+        fd = self.pool.pop(name)
+        target = netns.path(name)
+        try:
+            os.close(os.open(target, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
+        except FileExistsError:
+            os.close(fd)
+            raise ApplyError(f"network namespace {name} already exists (another lab or `ip netns add` made it); "
+                             f"nslab will not touch it") from None
+        try:
+            netns.mount(f"/proc/self/fd/{fd}", target, None, netns.MS_BIND)
+        except BaseException:
+            os.unlink(target)          # our own placeholder, empty
+            os.close(fd)
+            raise
+        try:
+            return self._attach(name, fd, sysctls)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def close(self) -> None:
+        super().close()
+        for fd in self.pool.values():
+            os.close(fd)
+        self.pool.clear()
+
+
+def _taken(topo: model.Topology):
+    """The lab's name is in use: running (the record says up) or being brought up or
+    down by another nslab right now (exit 1: try again)."""
+    try:
+        st = state.load(topo.name)
+    except state.RecordError:
+        st = None
+    if st is not None and st.status == "up":
+        return already_running(topo)
+    return NslabError(f"lab {topo.name!r} is being created or removed by another nslab command right now "
+                      f"(or an earlier one was interrupted: `nslab down {topo.name}`); try again once it is done")
 
 
 def already_running(topo: model.Topology) -> TopologyError:
@@ -92,30 +185,77 @@ def already_running(topo: model.Topology) -> TopologyError:
                          f"this one another name with --name)")
 
 
-def write_hosts_files(plan: Plan, st: state.LabState) -> None:
+def hosts_text(plan: Plan) -> str:
+    return "127.0.0.1 localhost\n" + "".join(f"{addr} {name}\n" for name, addr in sorted(plan.hosts.items()))
+
+
+def hosts_leftovers(plan: Plan) -> list[str]:
+    """/etc/netns/<ns> entries in the way of the plan's links: a directory holding only the
+    hosts file `nslab script` writes for this very plan is adopted (returned: replaced by
+    our link); anything else is refused with what to remove."""
+    if not plan.hosts:
+        return []
+    adopt = []
+    for ns in plan.namespaces:
+        path = os.path.join(state.HOSTS_DIR, ns)
+        if not os.path.lexists(path):
+            continue
+        try:
+            hosts_only = not os.path.islink(path) and os.listdir(path) == ["hosts"] and \
+                not os.path.islink(os.path.join(path, "hosts")) and \
+                open(os.path.join(path, "hosts")).read() == hosts_text(plan)
+        except OSError:
+            hosts_only = False
+        if not hosts_only:
+            raise UsageError(f"{path} exists and nslab did not make it (a leftover of `nslab script`'s commands?): "
+                             f"remove it (rm -r {path}) or rename the lab with --name")
+        adopt.append(path)
+    return adopt
+
+
+def write_hosts_files(plan: Plan, st: state.LabState, record, adopt: list[str] = ()) -> None:
     """Node names for `ip netns exec` (and so `nslab exec`): it bind-mounts
     /etc/netns/<ns>/hosts over /etc/hosts.  One hosts file per lab, under the lab's run
     directory; each /etc/netns/<ns> is a symlink to its folder (one write in /etc per
-    namespace, one unlink at down)."""
-    if not st.files:
+    namespace, one unlink at down), recorded once made.  `adopt`: hosts-only leftovers of
+    this plan (hosts_leftovers), replaced by the link."""
+    if not plan.hosts:
         return
     etc = os.path.join(st.dir, "etc")
     os.makedirs(etc, exist_ok=True)
     with open(os.path.join(etc, "hosts"), "w") as f:
-        f.write("127.0.0.1 localhost\n" + "".join(f"{addr} {name}\n" for name, addr in sorted(plan.hosts.items())))
+        f.write(hosts_text(plan))
     if not os.path.isdir(state.HOSTS_DIR):
         os.makedirs(state.HOSTS_DIR, exist_ok=True)
         open(state.HOSTS_DIR_MARK, "w").close()     # nslab made it: the last down removes it
-    for link in st.files:
-        os.symlink(etc, link)
+    links = []
+    for ns in plan.namespaces:
+        link = os.path.join(state.HOSTS_DIR, ns)
+        if link in adopt:
+            os.unlink(os.path.join(link, "hosts"))
+            os.rmdir(link)
+        try:
+            os.symlink(etc, link)
+        except FileExistsError:
+            record(lambda s: s.files.extend(links))
+            raise UsageError(f"{link} appeared while lab {st.lab} was being built and nslab did not make it: "
+                             f"remove it (rm -r {link}) or rename the lab with --name") from None
+        links.append(link)
+    record(lambda s: s.files.extend(links))   # links into our own run dir: down finds them anyway
 
 
-def down(lab: str) -> list[str]:
+def down(lab: str) -> state.Teardown:
+    """Remove lab `lab`: what it verifiably made (see state.destroy), and the containers
+    labelled for it if its record is gone."""
     require_root()
-    st = state.load(lab)
-    if st is None:
+    if not os.path.lexists(state.lab_dir(lab)):
+        from . import containers
+        orphans = containers.orphans(lab).get(lab, [])
+        if orphans:
+            containers.remove(orphans)
+            return state.Teardown(kept=[])
         raise UsageError(f"no lab named {lab!r} is running (running: {', '.join(state.labs()) or 'none'})")
-    return state.destroy(st)
+    return state.destroy(lab)
 
 
 def resolve_lab(lab: str | None) -> str:
@@ -149,35 +289,43 @@ def rewire(lab: str) -> list[str]:
     from .compile import compile_topology
     from .plan import Netns, Sysctl, STAGE_NAMESPACE
     from .tunnel import fit_to_kernel
-    st = state.load(lab)
-    if st is None:
-        raise UsageError(f"no lab named {lab!r} is running (running: {', '.join(state.labs()) or 'none'})")
-    plan = compile_topology(topology(lab))
-    fit_to_kernel(plan)
-    specs = [op for op in plan.ops if isinstance(op, Netns) and op.container is not None]
-    if not specs:
-        return []
-    engine = containers.check(plan)
-    done = []
-    for netns_op in specs:
-        pid = containers.ensure_running(engine, st, netns_op, plan.hosts)
-        named = netns.path(netns_op.ns)
-        if os.path.exists(named) and os.stat(named).st_ino == os.stat(f"/proc/{pid}/ns/net").st_ino:
-            continue
-        ops = containers.ops_touching(plan, netns_op.ns)
-        applier = Applier()
-        try:
-            if os.path.exists(named):    # the old namespace still holds the veths: free their names
-                old = applier.open_namespace(netns_op.ns)
-                applier.delete_links(old, [d for d in old.ifindex if d != "lo"])
-                applier.namespaces.pop(netns_op.ns).close()
-                netns.remove(netns_op.ns)
-            applier.adopt_namespace(netns_op.ns, pid, [op for op in ops if isinstance(op, Sysctl)
-                                                       and op.ns == netns_op.ns and op.stage == STAGE_NAMESPACE])
-            for ns in {op.ns for op in ops} - {netns_op.ns}:
-                applier.open_namespace(ns)
-            applier.apply(Plan(lab=lab, ops=ops))
-        finally:
-            applier.close()
-        done.append(netns_op.node)
-    return done
+    with state.locked(lab) as exists:       # one rewire at a time, and never during up or down
+        st = state.load(lab) if exists else None
+        if st is None:
+            raise UsageError(f"no lab named {lab!r} is running (running: {', '.join(state.labs()) or 'none'})")
+        plan = compile_topology(topology(lab))
+        fit_to_kernel(plan)
+        specs = [op for op in plan.ops if isinstance(op, Netns) and op.container is not None]
+        if not specs:
+            return []
+        engine = containers.check(plan)
+        done = []
+        for netns_op in specs:
+            pid = containers.ensure_running(engine, st, netns_op, plan.hosts)
+            named = netns.path(netns_op.ns)
+            new_id = state.ns_identity(f"/proc/{pid}/ns/net")
+            old_id = state.ns_identity(named)
+            if old_id == new_id:
+                continue
+            if old_id is not None and old_id != st.ns_ids.get(netns_op.ns):
+                raise NslabError(f"namespace {netns_op.ns} is not the one lab {lab} made (another has its name): "
+                                 f"nslab leaves it alone; remove it (ip netns del {netns_op.ns}) to rewire")
+            ops = containers.ops_touching(plan, netns_op.ns)
+            applier = Applier()
+            try:
+                if old_id is not None:   # the old namespace still holds the veths: free their names
+                    old = applier.open_namespace(netns_op.ns)
+                    applier.delete_links(old, [d for d in old.ifindex if d != "lo"])
+                    applier.namespaces.pop(netns_op.ns).close()
+                    netns.remove(netns_op.ns)
+                st.ns_ids[netns_op.ns] = new_id
+                state.update(lab, lambda s: s.ns_ids.__setitem__(netns_op.ns, new_id))   # before it is named
+                applier.adopt_namespace(netns_op.ns, pid, [op for op in ops if isinstance(op, Sysctl)
+                                                           and op.ns == netns_op.ns and op.stage == STAGE_NAMESPACE])
+                for ns in {op.ns for op in ops} - {netns_op.ns}:
+                    applier.open_namespace(ns)
+                applier.apply(Plan(lab=lab, ops=ops))
+            finally:
+                applier.close()
+            done.append(netns_op.node)
+        return done

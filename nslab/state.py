@@ -1,25 +1,56 @@
-"""Ownership records: what a lab created, written down before it is created.
+"""Ownership records: what a lab created, and proof that it did.
 
-/run/nslab/<lab>/state.json lists the lab's namespaces, processes (PID and start time, so
-a recycled PID is never killed) and files.  `down` works from any process, after a crash
-and after kill -9 in the middle of `up`, because every object is recorded before it exists.
+/run/nslab/<lab>/state.json lists the lab's namespaces (with the device and inode of each,
+taken before its name was published), processes (PID and start time, so a recycled PID is
+never killed), /etc/netns links and containers.  `down` works from any process, after a
+crash and after kill -9 in the middle of `up`, and removes only what it can verify was
+made by the lab: a hand-edited or corrupted record cannot point it at anything else.
+
+One writer: every change goes through `update()` (or `claim()` for the first version),
+which holds the lab's lock (flock on <run dir>/lock), re-reads the record, applies the
+change and replaces the file atomically (unique temporary file, fsync, rename, fsync of
+the directory).  `locked()` holds the same lock across a whole command (up, down,
+rewire); it is re-entrant within one process, so their own updates go through.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import glob
 import json
 import os
+import re
 import shutil
 import signal
+import stat as S
+import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Callable, Iterator
 
 from . import netns
+from .errors import NslabError
 
 RUN_DIR = os.environ.get("NSLAB_RUN_DIR", "/run/nslab")
 HOSTS_DIR = "/etc/netns"   # `ip netns exec NS` bind-mounts /etc/netns/NS/hosts over /etc/hosts
 # Inside /etc/netns when nslab made it (ip netns only looks at /etc/netns/<ns>): whichever
 # lab goes down last, with any run directory, removes the directory again.
 HOSTS_DIR_MARK = os.path.join(HOSTS_DIR, ".made-by-nslab")
+STATE, LOCK = "state.json", "lock"
+# The name rules of nslab.model (kept here so reading a record needs no model import).
+LAB_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+NODE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+
+
+class RecordError(NslabError):
+    """The record cannot be read or written (corrupt, read-only, disk full)."""
+
+    exit_code = 1
+
+
+class LabExists(Exception):
+    """claim(): the lab's run directory exists already."""
 
 
 @dataclass
@@ -35,56 +66,238 @@ class LabState:
     file: str
     status: str = "creating"              # creating | up | failed
     created: float = field(default_factory=time.time)
-    namespaces: list[str] = field(default_factory=list)
+    namespaces: list[str] = field(default_factory=list)     # the plan's (intended)
     nodes: dict[str, str] = field(default_factory=dict)     # node -> namespace
     processes: list[Process] = field(default_factory=list)
-    files: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)          # /etc/netns links, once made
     info: dict = field(default_factory=dict)                # per-node facts (subnet.env, notes)
     overrides: dict = field(default_factory=dict)           # command-line changes (--backend)
-    containers: list[dict] = field(default_factory=list)    # {node, name, id}: recorded before created
+    containers: list[dict] = field(default_factory=list)    # {node, name, id}: once created
+    ns_ids: dict[str, list[int]] = field(default_factory=dict)   # namespace -> [st_dev, st_ino]
+    # keys of a newer nslab: kept as they are, never interpreted
+    extra: dict = field(default_factory=dict, repr=False)
+    warnings: list[str] = field(default_factory=list, repr=False)   # not saved
 
     @property
     def dir(self) -> str:
         return lab_dir(self.lab)
 
-    def save(self) -> None:
-        tmp = os.path.join(self.dir, "state.json.tmp")
-        with open(tmp, "w") as f:
-            json.dump(asdict(self), f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, os.path.join(self.dir, "state.json"))
+
+_TYPES = {"lab": str, "file": str, "status": str, "created": (int, float), "namespaces": list, "nodes": dict,
+          "processes": list, "files": list, "info": dict, "overrides": dict, "containers": list, "ns_ids": dict}
 
 
 def lab_dir(lab: str) -> str:
     return os.path.join(RUN_DIR, lab)
 
 
-def claim(lab: str, file: str) -> LabState:
-    """Create the lab's run directory atomically; FileExistsError if the lab exists."""
-    os.makedirs(RUN_DIR, mode=0o755, exist_ok=True)
-    os.mkdir(lab_dir(lab), 0o755)
-    st = LabState(lab=lab, file=os.path.abspath(file))
-    st.save()
+def valid_lab(lab: str) -> bool:
+    return bool(LAB_NAME_RE.match(lab))
+
+
+def lab_namespace(lab: str, ns) -> bool:
+    """ns is `<lab>.<node>` with a valid node name (so never a path)."""
+    return isinstance(ns, str) and ns.startswith(lab + ".") and bool(NODE_NAME_RE.match(ns[len(lab) + 1:]))
+
+
+# ---- reading --------------------------------------------------------------------------------
+
+def _parse(lab: str, data) -> LabState:
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    known = {f.name for f in fields(LabState)} - {"extra", "warnings"}
+    for key, types in _TYPES.items():
+        if key in data and not isinstance(data[key], types):
+            raise ValueError(f"{key!r} is a {type(data[key]).__name__}")
+    if not isinstance(data.get("file", ""), str):
+        raise ValueError("'file' is not a string")
+    procs = []
+    for p in data.get("processes", []):
+        if not (isinstance(p, dict) and isinstance(p.get("pid"), int) and isinstance(p.get("start_time"), int)):
+            raise ValueError(f"process entry {p!r} has no integer pid and start_time")
+        procs.append(Process(pid=p["pid"], start_time=p["start_time"], what=str(p.get("what", ""))))
+    for key in ("namespaces", "files"):
+        if not all(isinstance(x, str) for x in data.get(key, [])):
+            raise ValueError(f"{key!r} holds something other than strings")
+    if not all(isinstance(c, dict) for c in data.get("containers", [])):
+        raise ValueError("'containers' holds something other than objects")
+    ids = data.get("ns_ids", {})
+    if not all(isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) for x in v) for v in ids.values()):
+        raise ValueError("'ns_ids' holds something other than [device, inode] pairs")
+    st = LabState(lab=lab, file=data.get("file", "?"),
+                  **{k: data[k] for k in known - {"lab", "file", "processes"} if k in data}, processes=procs)
+    st.extra = {k: v for k, v in data.items() if k not in known}
+    if st.extra:
+        st.warnings.append(f"lab {lab}: its record has keys this nslab does not know "
+                           f"({', '.join(sorted(st.extra))}); ignored")
+    if data.get("lab", lab) != lab:
+        st.warnings.append(f"lab {lab}: its record names lab {data.get('lab')!r}; the directory's name counts")
     return st
 
 
 def load(lab: str) -> LabState | None:
+    """The lab's record; None if the lab does not exist; RecordError if it is corrupt.
+    The lab's name is always the directory's, never the record's."""
+    d = lab_dir(lab)
     try:
-        with open(os.path.join(lab_dir(lab), "state.json")) as f:
-            data = json.load(f)
+        with open(os.path.join(d, STATE), "rb") as f:
+            raw = f.read()
     except FileNotFoundError:
-        return None if not os.path.isdir(lab_dir(lab)) else LabState(lab=lab, file="?", status="failed")
-    data["processes"] = [Process(**p) for p in data.get("processes", [])]
-    return LabState(**data)
+        # a run directory without a record: `up` was killed before writing it
+        return None if not os.path.isdir(d) else LabState(lab=lab, file="?", status="failed")
+    except OSError as e:
+        raise RecordError(f"lab {lab}: cannot read its record {os.path.join(d, STATE)}: {e.strerror}") from None
+    try:
+        return _parse(lab, json.loads(raw))
+    except (ValueError, TypeError, RecursionError) as e:
+        raise RecordError(f"lab {lab}: its record {os.path.join(d, STATE)} is corrupt ({e})") from None
 
 
 def labs() -> list[str]:
+    """Run directories with a valid lab name (anything else in RUN_DIR is not nslab's)."""
     try:
-        return sorted(d for d in os.listdir(RUN_DIR) if os.path.isdir(lab_dir(d)))
+        return sorted(d for d in os.listdir(RUN_DIR) if valid_lab(d) and os.path.isdir(lab_dir(d))
+                      and not os.path.islink(lab_dir(d)))
     except FileNotFoundError:
         return []
 
+
+# ---- the one writer -------------------------------------------------------------------------
+
+_held: dict[str, int] = {}          # lab -> depth of locked() in this process
+
+
+@contextlib.contextmanager
+def locked(lab: str) -> Iterator[bool]:
+    """Hold the lab's lock; yields False if the lab does not exist (or went while waiting)."""
+    if lab in _held:
+        _held[lab] += 1
+        try:
+            yield os.path.isdir(lab_dir(lab))
+        finally:
+            _held[lab] -= 1
+        return
+    path = os.path.join(lab_dir(lab), LOCK)
+    for _ in range(100):
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        except (FileNotFoundError, NotADirectoryError):
+            yield False
+            return
+        except OSError as e:
+            raise _write_error(lab, path, e) from None
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path, follow_symlinks=False).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)              # removed (down) while we waited: look again
+    else:
+        raise RecordError(f"lab {lab}: its lock {path} keeps changing")
+    _held[lab] = 1
+    try:
+        yield True
+    finally:
+        del _held[lab]
+        os.close(fd)
+
+
+def update(lab: str, change: Callable[[LabState], None]) -> LabState | None:
+    """The only way to change a record: lock, re-read, change(state), write atomically.
+    Returns the new state, or None if the lab is gone."""
+    with locked(lab) as exists:
+        if not exists:
+            return None
+        st = load(lab)
+        if st is None:
+            return None
+        change(st)
+        _write(st)
+        return st
+
+
+def claim(lab: str, file: str) -> LabState:
+    """Create the lab's run directory and first record, and take its lock (held until
+    release(lab); `up` keeps it for its whole run).  LabExists if the lab exists."""
+    d = lab_dir(lab)
+    try:
+        os.makedirs(RUN_DIR, mode=0o755, exist_ok=True)
+        os.mkdir(d, 0o755)
+    except FileExistsError:
+        raise LabExists(lab) from None
+    except OSError as e:
+        raise _write_error(lab, d, e) from None
+    try:
+        cm = locked(lab)
+        if not cm.__enter__():
+            raise LabExists(lab)      # a `down` removed it between mkdir and lock
+        st = LabState(lab=lab, file=os.path.abspath(file))
+        try:
+            _write(st)
+        except BaseException:
+            cm.__exit__(None, None, None)
+            raise
+        _claims[lab] = cm
+    except BaseException:
+        _rmtree_own(lab)
+        raise
+    return st
+
+
+_claims: dict[str, contextlib.AbstractContextManager] = {}
+
+
+def release(lab: str) -> None:
+    cm = _claims.pop(lab, None)
+    if cm is not None:
+        cm.__exit__(None, None, None)
+
+
+def _write(st: LabState) -> None:
+    d = st.dir
+    data = {f.name: getattr(st, f.name) for f in fields(LabState) if f.name not in ("extra", "warnings")}
+    data["processes"] = [vars(p) for p in st.processes]
+    text = json.dumps({**st.extra, **data}, indent=1).encode()
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".state.", suffix=".tmp", dir=d)
+        try:
+            view = memoryview(text)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, os.path.join(d, STATE))
+        tmp = None
+        dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError as e:
+        raise _write_error(st.lab, os.path.join(d, STATE), e) from None
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def _write_error(lab: str, path: str, e: OSError) -> NslabError:
+    if e.errno == errno.EROFS:
+        return RecordError(f"cannot write the record of lab {lab} ({path}): the file system is read-only; "
+                           f"nslab keeps its records under {RUN_DIR} (set NSLAB_RUN_DIR to a writable directory)")
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return RecordError(f"cannot write the record of lab {lab} ({path}): no space left on the device; "
+                           f"free some space there and try again")
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return PermissionError(e.errno, e.strerror, path)   # the CLI's "run nslab as root" line
+    return RecordError(f"cannot write the record of lab {lab} ({path}): {e.strerror}")
+
+
+# ---- processes --------------------------------------------------------------------------------
 
 def process_start_time(pid: int) -> int | None:
     try:
@@ -96,14 +309,33 @@ def process_start_time(pid: int) -> int | None:
 
 
 def record_process(st: LabState, pid: int, what: str) -> Process:
+    """Record process `pid` in lab st.lab (and in `st`, the caller's copy)."""
     proc = Process(pid=pid, start_time=process_start_time(pid) or 0, what=what)
     st.processes.append(proc)
-    st.save()
+    update(st.lab, lambda cur: cur.processes.append(proc))
     return proc
 
 
 def is_ours(proc: Process) -> bool:
     return process_start_time(proc.pid) == proc.start_time
+
+
+def labs_process(st: LabState, proc: Process) -> bool:
+    """A recorded process is the lab's if its start time matches and it carries the lab
+    (its run directory is one of its arguments, as the agent's and the tunnel daemons'
+    are, or it lives in one of the lab's verified namespaces, as a capture's tcpdump does):
+    a hand-edited record that copies another process's start time names nothing."""
+    if not is_ours(proc):
+        return False
+    try:
+        with open(f"/proc/{proc.pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+        if os.fsencode(st.dir) in argv:
+            return True
+        ns = os.stat(f"/proc/{proc.pid}/ns/net")
+    except OSError:
+        return False
+    return [ns.st_dev, ns.st_ino] in st.ns_ids.values()
 
 
 def stop_processes(procs: list[Process], timeout: float = 2.0) -> None:
@@ -134,25 +366,108 @@ def _zombie(pid: int) -> bool:
         return True
 
 
-def destroy(st: LabState) -> list[str]:
-    """Remove everything the record lists; return the namespaces removed."""
-    if st.containers:                  # first, so that a missing engine leaves everything in place
-        from . import containers
-        containers.remove(st)
-    stop_processes(st.processes)
-    removed = [ns for ns in st.namespaces if netns.remove(ns)]
-    for path in st.files:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        except IsADirectoryError:       # a lab recorded before hosts files became symlinks
-            shutil.rmtree(path, ignore_errors=True)
+# ---- namespaces ---------------------------------------------------------------------------------
+
+def ns_identity(path: str) -> list[int] | None:
     try:
-        if os.listdir(HOSTS_DIR) == [os.path.basename(HOSTS_DIR_MARK)]:   # no lab (or user) left
-            os.unlink(HOSTS_DIR_MARK)
-            os.rmdir(HOSTS_DIR)
-    except OSError:                      # absent, or another down was quicker
-        pass
-    shutil.rmtree(st.dir, ignore_errors=True)
-    return removed
+        s = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    return [s.st_dev, s.st_ino]
+
+
+def _placeholder(path: str) -> bool:
+    """An empty mount point file as `ip netns add`/nslab create it before the bind mount
+    (mode 0, regular, on /run/netns's own file system): holds no namespace."""
+    try:
+        s, d = os.stat(path, follow_symlinks=False), os.stat(os.path.dirname(path))
+    except OSError:
+        return False
+    return S.S_ISREG(s.st_mode) and s.st_size == 0 and S.S_IMODE(s.st_mode) == 0 and s.st_dev == d.st_dev
+
+
+# ---- down -----------------------------------------------------------------------------------------
+
+@dataclass
+class Teardown:
+    removed: list[str] = field(default_factory=list)     # namespaces removed
+    kept: list[str] = field(default_factory=list)        # sentences: what was left, and why
+
+
+def destroy(lab: str, st: LabState | None = None) -> Teardown:
+    """Remove what lab `lab` verifiably made, then its run directory.  `st`: the caller's
+    own copy of the record (`up` cleaning up after itself); else the record is read, and
+    if it is corrupt, only what can be verified without it goes (containers by label,
+    /etc/netns links into the run directory) and the rest is named in `kept`."""
+    out = Teardown()
+    with locked(lab) as exists:
+        if not exists and st is None:
+            return out
+        if st is None:
+            try:
+                st = load(lab)
+            except RecordError as e:
+                out.kept.append(f"{e}: removed only what it could verify without it")
+                st = None
+        if st is None:
+            st = LabState(lab=lab, file="?", status="failed")
+            corrupt = True
+        else:
+            corrupt = False
+        st.lab = lab
+        from . import containers
+        if st.containers or corrupt:      # first, so that a missing engine leaves everything in place
+            try:
+                containers.remove(containers.owned(lab, st.containers))
+            except NslabError:
+                if not corrupt:
+                    raise
+        stop_processes([p for p in st.processes if labs_process(st, p)])
+        for ns, ident in st.ns_ids.items():
+            p = netns.path(ns)
+            if not lab_namespace(lab, ns):
+                out.kept.append(f"{ns!r} is not a namespace name of lab {lab}: left alone")
+            elif ns_identity(p) == ident or _placeholder(p):
+                if netns.remove(ns):
+                    out.removed.append(ns)
+            elif ns_identity(p) is not None:
+                out.kept.append(f"namespace {ns} is not the one lab {lab} created (another has its name now): "
+                                f"left alone")
+        unverified = [ns for ns in (set(st.namespaces) | set(netns.list_names() if corrupt else []))
+                      if ns not in st.ns_ids and lab_namespace(lab, ns) and netns.exists(ns)]
+        for ns in sorted(unverified):
+            out.kept.append(f"namespace {ns} exists but lab {lab}'s record does not show it made it: left alone "
+                            f"(if it is yours: ip netns del {ns})")
+        _remove_links(lab, st.files)
+        try:
+            if os.listdir(HOSTS_DIR) == [os.path.basename(HOSTS_DIR_MARK)]:   # no lab (or user) left
+                os.unlink(HOSTS_DIR_MARK)
+                os.rmdir(HOSTS_DIR)
+        except OSError:                      # absent, or another down was quicker
+            pass
+        _rmtree_own(lab)
+    return out
+
+
+def _remove_links(lab: str, recorded: list[str]) -> None:
+    """/etc/netns/<lab>.<node> symlinks that point at this lab's hosts folder (also ones
+    an interrupted `up` made but did not record); nothing else."""
+    target = os.path.join(lab_dir(lab), "etc")
+    names = {os.path.basename(p) for p in recorded if os.path.dirname(p) == HOSTS_DIR}
+    names |= {os.path.basename(p) for p in glob.glob(os.path.join(HOSTS_DIR, glob.escape(lab) + ".*"))}
+    for name in names:
+        link = os.path.join(HOSTS_DIR, name)
+        if lab_namespace(lab, name) and os.path.islink(link) and os.readlink(link) == target:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(link)
+
+
+def _rmtree_own(lab: str) -> None:
+    """Remove RUN_DIR/<lab> (never through a symlink, never anything outside it)."""
+    d = lab_dir(lab)
+    if not valid_lab(lab):
+        return
+    if os.path.islink(d):
+        os.unlink(d)
+        return
+    shutil.rmtree(d, ignore_errors=True)
