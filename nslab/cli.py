@@ -92,18 +92,38 @@ def up(file: Optional[str] = typer.Argument(None, help="Topology YAML (default: 
 def down(target: Optional[str] = typer.Argument(None, help="Lab name or topology file."),
          all_labs: bool = typer.Option(False, "--all", help="Remove every nslab lab.")):
     """Remove everything a lab created, and nothing else."""
+    from . import containers
     labmod.require_root()
     if all_labs:
         labs = state.labs()
+        orphans = containers.orphans()          # containers of labs whose record is gone (reboot)
+        labs += sorted(set(orphans) - set(labs))
     elif target and (target.endswith((".yaml", ".yml")) or os.path.sep in target) and os.path.exists(target):
         labs = [labmod.load(target).name]
+    elif target and not os.path.lexists(state.lab_dir(target)) and state.valid_lab(target):
+        labs = [target]                         # down() looks for its containers by label
     else:
         labs = [labmod.resolve_lab(target)]
+    failed = []
     for lab in labs:
-        removed = labmod.down(lab)
-        console.print(f"lab {lab} removed ({len(removed)} namespaces)")
+        try:
+            result = labmod.down(lab)
+        except NslabError as e:
+            if not all_labs:
+                raise
+            err_console.print(f"nslab: lab {lab}: {e}", markup=False)
+            failed.append(lab)
+            continue
+        for kept in result.kept:
+            err_console.print(f"nslab: {kept}", markup=False)
+        if result.kept:
+            failed.append(lab)
+        console.print(f"lab {lab} removed ({len(result.removed)} namespaces)")
     if all_labs and not labs:
         console.print("no labs running")
+    if failed:
+        raise NslabError(f"{len(failed)} of {len(labs)} labs ({', '.join(failed)}) not removed completely: "
+                         f"see the lines above")
 
 
 @app.command("ls")
@@ -112,7 +132,16 @@ def ls(as_json: bool = typer.Option(False, "--json", help="Machine-readable outp
     """List running labs."""
     rows = []
     for lab in state.labs():
-        st = state.load(lab)
+        try:
+            st = state.load(lab)
+        except state.RecordError as e:
+            err_console.print(f"nslab: {e}", markup=False)
+            rows.append(dict(lab=lab, status="corrupt", file="?", nodes=0, namespaces=[], processes=[]))
+            continue
+        if st is None:                          # removed since listed
+            continue
+        for w in st.warnings:
+            err_console.print(f"nslab: warning: {w}", markup=False)
         rows.append(dict(lab=lab, status=st.status, file=st.file, nodes=len(st.nodes),
                          namespaces=st.namespaces, processes=[p.pid for p in st.processes]))
     if as_json:
