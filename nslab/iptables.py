@@ -1,0 +1,146 @@
+"""iptables inside one lab namespace: apply iptables-restore text, read counters back.
+
+One process per namespace and call: `nsenter --net=<fd> iptables-restore -w --noflush`
+(nsenter setns()es into the namespace and execs iptables-restore, so it is one child, never
+one per rule).  The namespace is opened first and its identity checked on that very file
+descriptor, which is what the child enters: the host's namespace is refused (the same
+guard as nslab.netns), and nothing can swap the namespace between the check and the exec.
+
+Works with either iptables flavour: nft (rules live in the namespace's own nftables tables)
+or legacy (-w waits for the host-wide xtables lock other namespaces' iptables share).
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+
+from . import netns
+from .errors import NslabError, PrerequisiteError
+
+RESTORE = ("iptables-restore", "-w", "--noflush")
+SAVE = ("iptables-save", "-c")
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pkg = "util-linux" if name == "nsenter" else "iptables"
+        raise PrerequisiteError(f"{name} is not installed (apt-get install {pkg})")
+    return path
+
+
+def _open_lab_ns(ns: str) -> int:
+    """An fd on lab namespace `ns`; refuses anything that is the host's namespace."""
+    try:
+        fd = os.open(netns.path(ns), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise NslabError(f"network namespace {ns} does not exist") from None
+    try:
+        if os.fstat(fd).st_ino in netns._host_netns_inodes():
+            raise NslabError(f"refusing to run iptables in {ns}: it is the host's network namespace")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _run(ns: str, argv: tuple, *, input: str | None = None, timeout: float) -> subprocess.CompletedProcess:
+    nsenter = _tool("nsenter")
+    tool = _tool(argv[0])
+    fd = _open_lab_ns(ns)
+    try:
+        # /proc/self/fd/N: nsenter resolves it in its own fd table, where pass_fds put our fd.
+        return subprocess.run([nsenter, f"--net=/proc/self/fd/{fd}", tool, *argv[1:]], pass_fds=(fd,),
+                              input=input, capture_output=True, text=True, timeout=timeout)
+    finally:
+        os.close(fd)
+
+
+def apply(ns: str, *texts: str, timeout: float = 60) -> None:
+    """Load iptables-restore text (several texts are concatenated: each keeps its own
+    *table ... COMMIT sections) into namespace `ns` with one iptables-restore.  --noflush:
+    rules already there stay, chains declared in the text are (re)created empty."""
+    text = "".join(t if t.endswith("\n") else t + "\n" for t in texts if t)
+    if not text:
+        return
+    proc = _run(ns, RESTORE, input=text, timeout=timeout)
+    if proc.returncode != 0:
+        raise NslabError(f"iptables-restore in {ns} failed: {_explain(proc.stderr, text)}")
+
+
+def _explain(stderr: str, text: str) -> str:
+    """iptables-restore names the failing line by number; quote it."""
+    msg = " ".join(stderr.split()) or "no message"
+    m = re.search(r"line (\d+) failed", stderr)
+    if m:
+        lines = text.splitlines()
+        n = int(m.group(1))
+        if 0 < n <= len(lines):
+            msg += f" (line {n}: {lines[n - 1]})"
+    return msg
+
+
+# --- reading back -----------------------------------------------------------------------------
+
+@dataclass
+class Rule:
+    chain: str
+    spec: str               # the rule as iptables-save prints it, without "-A CHAIN"
+    packets: int
+    bytes: int
+
+
+@dataclass
+class Chain:
+    name: str
+    policy: str | None      # ACCEPT/DROP for built-in chains, None for user chains
+    packets: int            # the policy's counters (built-in chains)
+    bytes: int
+    rules: list[Rule] = field(default_factory=list)
+
+
+_CHAIN = re.compile(r"^:(\S+) (\S+) \[(\d+):(\d+)\]$")
+_RULE = re.compile(r"^(?:\[(\d+):(\d+)\] )?-A (\S+)(?: (.*))?$")
+
+
+def parse_save(text: str) -> dict[str, dict[str, Chain]]:
+    """`iptables-save [-c]` output -> {table: {chain: Chain}}, chains and rules in order."""
+    tables: dict[str, dict[str, Chain]] = {}
+    table = None
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line or line.startswith("#") or line == "COMMIT":
+            continue
+        if line.startswith("*"):
+            table = tables.setdefault(line[1:], {})
+            continue
+        if table is None:
+            raise ValueError(f"iptables-save line {n} is outside a table: {line!r}")
+        m = _CHAIN.match(line)
+        if m:
+            name, policy, pk, by = m.groups()
+            table[name] = Chain(name, None if policy == "-" else policy, int(pk), int(by))
+            continue
+        m = _RULE.match(line)
+        if not m:
+            raise ValueError(f"iptables-save line {n} not understood: {line!r}")
+        pk, by, chain, spec = m.groups()
+        if chain not in table:
+            raise ValueError(f"iptables-save line {n}: rule for undeclared chain {chain}")
+        table[chain].rules.append(Rule(chain, spec or "", int(pk or 0), int(by or 0)))
+    return tables
+
+
+def save(ns: str, *, counters: bool = True, timeout: float = 30) -> str:
+    """`iptables-save [-c]` inside namespace `ns` (one process)."""
+    proc = _run(ns, SAVE if counters else SAVE[:1], timeout=timeout)
+    if proc.returncode != 0:
+        raise NslabError(f"iptables-save in {ns} failed: {' '.join(proc.stderr.split())}")
+    return proc.stdout
+
+
+def tables(ns: str, timeout: float = 30) -> dict[str, dict[str, Chain]]:
+    """Every table, chain and rule of namespace `ns`, with packet and byte counters."""
+    return parse_save(save(ns, timeout=timeout))
