@@ -226,6 +226,35 @@ def validate(files: List[str] = typer.Argument(..., help="Topology files."),
 
 @app.command()
 @run
+def generate(shape: str = typer.Argument(..., metavar="SHAPE",
+                                         help="clos:SPINES,LEAVES,HOSTS | cluster:RACKS,NODES,PODS | single:N | "
+                                              "linear:N[,M] | tree:DEPTH[,FANOUT] (Mininet's tree,2,3 form too)."),
+             output: Optional[str] = typer.Option(None, "-o", "--output", help="Write the topology here "
+                                                                                "(default: standard output)."),
+             name: Optional[str] = typer.Option(None, "--name", "-n", help="Lab name (default: from the shape)."),
+             backend: Optional[str] = typer.Option(None, "--backend", help="cluster: vxlan (default), host-gw, "
+                                                                           "ipip or udp."),
+             serve: Optional[str] = typer.Option(None, "--serve", help="cluster: every pod serves this (http).")):
+    """Write a topology file for a fabric (CLOS, flannel cluster, Mininet's single/linear/tree)."""
+    import shlex
+    from . import generate as gen      # imports jinja2: only this command pays for it
+    sh = gen.parse_shape(shape)
+    text = gen.render(sh, name=name, backend=backend, serve=serve, file=output,
+                      command=shlex.join(["nslab", *sys.argv[1:]]))
+    if output is None:
+        sys.stdout.write(text)
+        return
+    try:
+        with open(output, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as e:
+        raise NslabError(f"cannot write {output}: {e.strerror}") from None
+    err_console.print(f"wrote {output}: {sh.text}, lab {name or gen.default_name(sh)} ({gen.node_count(sh):,} "
+                      f"namespaces). Next: nslab test {output}", markup=False)
+
+
+@app.command()
+@run
 def script(file: Optional[str] = typer.Argument(None, help="Topology YAML (default: the bundled lab)."),
            name: Optional[str] = typer.Option(None, "--name", "-n"),
            backend: Optional[str] = typer.Option(None, "--backend")):
