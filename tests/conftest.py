@@ -31,6 +31,10 @@ TOPOLOGIES = REPO / "topologies"
 IS_ROOT = os.geteuid() == 0
 NSLAB = [sys.executable, "-m", "nslab.cli"]      # the console script's code path, this interpreter
 LAB_PREFIX = f"t{os.getpid()}x"
+# Every subprocess timeout in the tests is multiplied by this: in the VM stage (tests/vm/run
+# sets NSLAB_VM=1) Python under TCG is 20-40x slower and each `nslab` command takes 7-15 s
+# (tests/vm/README.md). Slowness alone must not fail a test; the VM's own timeout bounds all.
+TIMEOUT_SCALE = 10 if os.environ.get("NSLAB_VM") else 1
 _counter = itertools.count(1)
 
 
@@ -63,7 +67,7 @@ def nslab(*args, env=None, timeout=60, check=False, input=None) -> subprocess.Co
     full_env = dict(os.environ)
     full_env.update(env or {})
     proc = subprocess.run(NSLAB + [str(a) for a in args], capture_output=True, text=True, env=full_env,
-                          timeout=timeout, input=input, cwd=REPO)
+                          timeout=timeout * TIMEOUT_SCALE, input=input, cwd=REPO)
     if check and proc.returncode != 0:
         raise AssertionError(f"nslab {' '.join(map(str, args))} failed ({proc.returncode}):\n"
                              f"{proc.stdout}\n{proc.stderr}")
@@ -75,7 +79,7 @@ def nslab(*args, env=None, timeout=60, check=False, input=None) -> subprocess.Co
 def _run(argv: list[str]) -> str:
     if shutil.which(argv[0]) is None:
         return f"<{argv[0]} not installed>"
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=30 * TIMEOUT_SCALE)
     return proc.stdout + (f"<exit {proc.returncode}: {proc.stderr.strip()}>" if proc.returncode else "")
 
 

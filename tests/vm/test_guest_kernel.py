@@ -12,6 +12,8 @@ import pytest
 
 from nslab.capture import Capture
 
+from conftest import TIMEOUT_SCALE
+
 
 pytestmark = [
     pytest.mark.kernel_ipip,
@@ -20,7 +22,7 @@ pytestmark = [
 
 
 def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30 * TIMEOUT_SCALE)
     if check and proc.returncode != 0:
         raise AssertionError(f"ip {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
     return proc
@@ -30,7 +32,7 @@ def test_ipip_is_a_known_link_type():
     # This machine's kernel answers "Unknown device type"; a stock kernel creates the link.
     proc = subprocess.run(["unshare", "--net", "sh", "-c",
                            "ip link add name t1 type ipip local 10.9.9.1 remote 10.9.9.2 && ip -d -o link show t1"],
-                          capture_output=True, text=True, timeout=30)
+                          capture_output=True, text=True, timeout=30 * TIMEOUT_SCALE)
     assert proc.returncode == 0, proc.stderr
     assert "link/ipip 10.9.9.1 peer 10.9.9.2" in proc.stdout, proc.stdout
 
@@ -51,7 +53,8 @@ def test_ping_over_kernel_ipip_between_lab_namespaces(lab_factory):
         ip("-n", ns, "link", "set", "t1", "up")
 
     with Capture(ns2, "veth1", "ip proto 4") as cap:
-        ping = lab.exec("ns1", "ping", "-n", "-c", "2", "-i", "0.2", "-W", "2", "192.168.100.2")
+        ping = lab.exec("ns1", "ping", "-n", "-c", "2", "-i", "0.2", "-W", str(2 * TIMEOUT_SCALE),
+                        "192.168.100.2")
     assert ping.returncode == 0, ping.stdout + ping.stderr
 
     from scapy.layers.inet import ICMP, IP
