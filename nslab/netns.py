@@ -293,6 +293,12 @@ def write_sysctl(key: str, value) -> None:
 
 
 def read_sysctl(key: str) -> str:
+    """A sysctl of the calling thread's namespace.  OSError also for a key outside the
+    rules (EINVAL): callers such as trace build keys from interface names seen in a lab,
+    which a user may have made with characters nslab does not allow."""
+    problem = sysctl_key_problem(key)
+    if problem:
+        raise OSError(errno.EINVAL, problem)
     fd = _open_sysctl(key, os.O_RDONLY)
     with open(fd, closefd=True) as f:
         return f.read().strip()
