@@ -107,7 +107,7 @@ def down(target: Optional[str] = typer.Argument(None, help="Lab name or topology
     failed = []
     for lab in labs:
         try:
-            result = labmod.down(lab)
+            result = labmod.teardown(lab)
         except NslabError as e:
             if not all_labs:
                 raise
@@ -130,6 +130,7 @@ def down(target: Optional[str] = typer.Argument(None, help="Lab name or topology
 @run
 def ls(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
     """List running labs."""
+    from . import agent as agentmod
     rows = []
     for lab in state.labs():
         try:
@@ -142,7 +143,9 @@ def ls(as_json: bool = typer.Option(False, "--json", help="Machine-readable outp
             continue
         for w in st.warnings:
             err_console.print(f"nslab: warning: {w}", markup=False)
-        rows.append(dict(lab=lab, status=st.status, file=st.file, nodes=len(st.nodes),
+        missing = agentmod.health(st)         # a dead agent, warden or dataplane: say so
+        rows.append(dict(lab=lab, status="degraded" if missing else st.status, missing=missing, file=st.file,
+                         nodes=len(st.nodes),
                          namespaces=st.namespaces, processes=[p.pid for p in st.processes]))
     if as_json:
         print(json.dumps(rows, indent=1))
@@ -154,7 +157,8 @@ def ls(as_json: bool = typer.Option(False, "--json", help="Machine-readable outp
     for col in ("lab", "status", "nodes", "file"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["lab"], r["status"], str(r["nodes"]), r["file"])
+        table.add_row(r["lab"], r["status"] + (f": {'; '.join(r['missing'])}" if r.get("missing") else ""),
+                      str(r["nodes"]), r["file"])
     console.print(table)
 
 
@@ -205,7 +209,12 @@ def show(node: Optional[str] = typer.Argument(None, help="Node name (default: ev
     nodes = [node] if node else list(st.nodes)
     for n in nodes:
         labmod.node_namespace(lab, n)
+    from . import agent as agentmod
+    healed = agentmod.heal(st)               # agent and warden both gone: nobody else restarts them
+    if healed:
+        st = state.load(lab) or st
     data = showmod.collect(st, nodes)
+    data["restarted"] = healed
     if as_json:
         print(json.dumps(data, indent=1))
     else:

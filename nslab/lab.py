@@ -244,7 +244,16 @@ def write_hosts_files(plan: Plan, st: state.LabState, record, adopt: list[str] =
     record(lambda s: s.files.extend(links))   # links into our own run dir: down finds them anyway
 
 
-def down(lab: str) -> state.Teardown:
+def down(lab: str) -> list[str]:
+    """Remove lab `lab` (teardown); the namespaces removed.  NslabError naming what had to
+    be left (not verifiably the lab's), after removing everything else."""
+    result = teardown(lab)
+    if result.kept:
+        raise NslabError("; ".join(result.kept))
+    return result.removed
+
+
+def teardown(lab: str) -> state.Teardown:
     """Remove lab `lab`: what it verifiably made (see state.destroy), and the containers
     labelled for it if its record is gone."""
     require_root()

@@ -369,8 +369,10 @@ def _zombie(pid: int) -> bool:
 # ---- namespaces ---------------------------------------------------------------------------------
 
 def ns_identity(path: str) -> list[int] | None:
+    """[st_dev, st_ino] of a namespace file; a /proc/PID/ns/net link is followed, a
+    /run/netns entry never is (a symlink there is not a namespace)."""
     try:
-        s = os.stat(path, follow_symlinks=False)
+        s = os.stat(path, follow_symlinks=path.startswith("/proc/"))
     except FileNotFoundError:
         return None
     return [s.st_dev, s.st_ino]
