@@ -1,0 +1,169 @@
+"""kube-proxy's and flannel's rules loaded into real lab namespaces (nslab/iptables.py).
+
+Two throwaway namespaces, no lab: `client` plays the spine (30.0.0.254) and `worker3` the
+note's node (30.0.0.23), holding the three endpoint addresses on its loopback so a DNAT'd
+connection ends at a local listener.  Every test leaves the root namespace's rules as they
+were (root_unchanged) and removes its namespaces.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import threading
+from collections import Counter
+
+import pytest
+
+from conftest import unique_lab_name
+from nslab import iptables, kubeproxy as kp, masq, netns
+from nslab.errors import NslabError
+
+ENDPOINTS = ("10.244.1.23", "10.244.2.16", "10.244.3.19")
+SERVICE = kp.Service("testappds", port=8080, target_port=80, cluster_ip="10.111.222.68", type="NodePort",
+                     node_port=30080, endpoints=tuple(kp.Endpoint(ip, f"worker{i}")
+                                                      for i, ip in enumerate(ENDPOINTS, 1)))
+NODE = kp.Node("worker3", "30.0.0.23", pod_cidr="10.244.3.0/24", cluster_cidr="10.244.0.0/16")
+SVC, EXT = "KUBE-SVC-QMR6LTDCBEU4U25W", "KUBE-EXT-QMR6LTDCBEU4U25W"
+
+
+def ip(ns: str, *args: str) -> None:
+    subprocess.run(["ip", "-n", ns, *args], check=True, capture_output=True, text=True, timeout=30)
+
+
+@pytest.fixture
+def pair(root_unchanged):
+    """Namespaces <unique>.client and <unique>.worker3 joined by a veth pair."""
+    base = unique_lab_name()
+    names = {"client": f"{base}.client", "worker3": f"{base}.worker3"}
+    made = []
+    try:
+        for ns in names.values():
+            fd, _ = netns.create(ns)
+            os.close(fd)
+            made.append(ns)
+        c, w = names["client"], names["worker3"]
+        ip(c, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", w)
+        ip(c, "addr", "add", "30.0.0.254/24", "dev", "eth0")
+        ip(w, "addr", "add", "30.0.0.23/24", "dev", "eth0")
+        for ns in (c, w):
+            ip(ns, "link", "set", "lo", "up")
+            ip(ns, "link", "set", "eth0", "up")
+        for ep in ENDPOINTS:
+            ip(w, "addr", "add", f"{ep}/32", "dev", "lo")
+        ip(c, "route", "add", "10.111.222.68/32", "via", "30.0.0.23")   # the spine's route to the ClusterIP
+        yield names
+    finally:
+        for ns in made:
+            netns.remove(ns)
+        assert not [ns for ns in made if netns.exists(ns)], "namespaces left behind"
+
+
+def test_rules_land_in_the_namespace_only(pair):
+    w, c = pair["worker3"], pair["client"]
+    iptables.apply(w, kp.rules(NODE, [SERVICE]), masq.rules("10.244.0.0/16", "10.244.3.0/24"))
+    saved = iptables.save(w, counters=False)
+    # Chain names, the note's probability as iptables prints it, the mark, flannel's rules.
+    for text in (f":{SVC} - [0:0]", f":{EXT} - [0:0]", "--probability 0.33333333349",
+                 "-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000",
+                 '-A POSTROUTING -s 10.244.0.0/16 ! -d 224.0.0.0/4 -m comment --comment "flanneld masq" '
+                 "-j MASQUERADE --random-fully"):
+        assert text in saved, text
+    for ep in ENDPOINTS:
+        assert f":{kp.sep_chain(SERVICE, ep + ':80')} - [0:0]" in saved
+    t = iptables.parse_save(iptables.save(w))
+    # kube-proxy's jump first (it prepends), flannel's four rules after it (it appends).
+    post = [r.spec for r in t["nat"]["POSTROUTING"].rules]
+    assert post[0].endswith("-j KUBE-POSTROUTING") and len(post) == 5
+    assert [r.spec.split(" -j ")[-1] for r in t["nat"][SVC].rules] == \
+        ["KUBE-MARK-MASQ"] + [kp.sep_chain(SERVICE, ep + ":80") for ep in ENDPOINTS]
+    assert [r.spec for r in t["filter"]["FORWARD"].rules][-2:] == [
+        '-s 10.244.0.0/16 -m comment --comment "flanneld forward" -j ACCEPT',
+        '-d 10.244.0.0/16 -m comment --comment "flanneld forward" -j ACCEPT']
+    assert "KUBE-" not in iptables.save(c, counters=False)        # the other namespace has none
+
+
+def test_bad_text_names_the_line(pair):
+    with pytest.raises(NslabError, match=r"line 2: -A NOSUCHCHAIN -j RETURN"):
+        iptables.apply(pair["worker3"], "*nat\n-A NOSUCHCHAIN -j RETURN\nCOMMIT\n")
+
+
+def test_refuses_the_host_namespace(root_unchanged, monkeypatch):
+    """A /run/netns name that is the host's namespace (as `ip netns attach X 1` makes) is refused."""
+    def never(*a, **kw):        # should the guard ever break, fail without touching the host
+        raise AssertionError(f"would have run {a[0]} in the host's namespace")
+    monkeypatch.setattr(iptables.subprocess, "run", never)
+    name = f"{unique_lab_name()}.host"
+    fd = netns.adopt(name, os.getpid())
+    os.close(fd)
+    try:
+        with pytest.raises(NslabError, match="host's network namespace"):
+            iptables.apply(name, kp.rules(NODE, [SERVICE]))
+        with pytest.raises(NslabError, match="host's network namespace"):
+            iptables.save(name)
+    finally:
+        netns.remove(name)
+    with pytest.raises(NslabError, match="does not exist"):
+        iptables.apply(name, "*nat\nCOMMIT\n")
+
+
+def _listener(ns: str) -> tuple[socket.socket, list, threading.Thread]:
+    """A TCP server on worker3:80 that answers each connection with "<local ip> <peer ip>"."""
+    with netns.enter(ns):
+        srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("0.0.0.0", 80))
+    srv.listen(64)
+    srv.settimeout(30)
+    seen: list = []
+
+    def serve():
+        while True:
+            try:
+                conn, peer = srv.accept()
+            except OSError:
+                return
+            with conn:
+                local = conn.getsockname()[0]
+                seen.append((local, peer[0]))
+                conn.sendall(f"{local} {peer[0]}\n".encode())
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    return srv, seen, t
+
+
+def _ask(ns: str, addr: str, port: int) -> str:
+    with netns.enter(ns):
+        s = socket.socket()
+    with s:
+        s.settimeout(15)
+        s.connect((addr, port))
+        return s.makefile().readline().strip()
+
+
+def test_nodeport_and_clusterip_are_dnated_to_every_endpoint(pair):
+    """The spine's connections to the NodePort and the ClusterIP are DNAT'd at random over the
+    three endpoints, answered through the reverse NAT, and counted by the rules the note lists."""
+    w, c = pair["worker3"], pair["client"]
+    iptables.apply(w, kp.rules(NODE, [SERVICE]), masq.rules("10.244.0.0/16", "10.244.3.0/24"))
+    srv, seen, thread = _listener(w)
+    try:
+        n = 60      # P(some endpoint never chosen) = 3 * (2/3)**60 < 1e-10
+        node_port = Counter(_ask(c, "30.0.0.23", 30080).split()[0] for _ in range(n))
+        cluster_ip = Counter(_ask(c, "10.111.222.68", 8080).split()[0] for _ in range(n))
+    finally:
+        srv.close()
+        thread.join(10)
+    assert set(node_port) == set(ENDPOINTS), node_port
+    assert set(cluster_ip) == set(ENDPOINTS), cluster_ip
+    assert {peer for _, peer in seen} == {"30.0.0.254"}      # delivered locally: no SNAT on this path
+    t = iptables.tables(w)
+    nodeports = t["nat"]["KUBE-NODEPORTS"].rules
+    assert [r.packets for r in nodeports] == [n]            # only a connection's first packet walks nat
+    ext = t["nat"][EXT].rules
+    assert [r.packets for r in ext] == [n, n]               # marked for masquerade, then to KUBE-SVC
+    svc = t["nat"][SVC].rules
+    assert svc[0].spec.endswith("-j KUBE-MARK-MASQ") and svc[0].packets == n   # 30.0.0.254 is off-cluster
+    dnat = {ep: t["nat"][kp.sep_chain(SERVICE, ep + ":80")].rules[1].packets for ep in ENDPOINTS}
+    assert dnat == {ep: node_port[ep] + cluster_ip[ep] for ep in ENDPOINTS}
