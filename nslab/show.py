@@ -451,7 +451,8 @@ def collect(st, nodes: list[str]) -> dict:
                 others[ns] = _read_namespace(ns, fds, full=False)["names"]
             return others[ns]
 
-        result: dict[str, Any] = {"lab": st.lab, "file": st.file, "nodes": {}}
+        from .agent import health
+        result: dict[str, Any] = {"lab": st.lab, "file": st.file, "degraded": health(st), "nodes": {}}
         for node in nodes:
             ns = st.nodes[node]
             info = st.info.get(node, {}) if isinstance(st.info.get(node), dict) else {}
@@ -503,6 +504,10 @@ def render(console, st, data: dict) -> None:
     from rich.rule import Rule
     from rich.text import Text
 
+    for line in data.get("restarted", []):
+        console.print(Text(f"lab {data['lab']}: {line}", style="yellow"))
+    if data.get("degraded"):       # nothing of the lab dies silently
+        console.print(Text(f"lab {data['lab']} is degraded: {'; '.join(data['degraded'])}", style="bold red"))
     for node, entry in data["nodes"].items():
         console.print(Rule(Text.assemble((node, "bold"), f"  namespace {entry['namespace']}"), align="left"))
         if entry.get("error"):

@@ -457,7 +457,10 @@ def _prctl(option: int, arg) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """python3 -m nslab.tunnel [--netns NS] [--ready-fd FD] [--run-dir DIR] KIND DEV key=value ..."""
+    """python3 -m nslab.tunnel [--netns NS] [--ready-fd FD] [--go-fd FD] [--run-dir DIR] KIND DEV key=value ...
+
+    --go-fd: started by the lab agent (nslab/agent.py), which we die with until it has
+    recorded us and written "go"; from then on we outlive it (a restarted agent adopts us)."""
     opts = {}
     while argv and argv[0].startswith("--"):
         opts[argv[0][2:]] = argv[1]
@@ -470,7 +473,6 @@ def main(argv: list[str]) -> int:
     _prctl(15, ctypes.c_char_p(PROCESS_NAMES[kind]))          # PR_SET_NAME: `ss -ulpn` shows flanneld
     if "netns" in opts:
         from . import netns
-        _prctl(1, signal.SIGTERM)                              # PR_SET_PDEATHSIG: die with the agent
         before = netns.current_inode()
         fd = os.open(netns.path(opts["netns"]), os.O_RDONLY | os.O_CLOEXEC)
         netns.setns(fd)
@@ -500,6 +502,9 @@ def main(argv: list[str]) -> int:
     if "ready-fd" in opts:
         os.write(int(opts["ready-fd"]), b"ready\n")
         os.close(int(opts["ready-fd"]))
+    if "go-fd" in opts:
+        from .agent import wait_go
+        wait_go(int(opts["go-fd"]))
     run_dir = opts.get("run-dir")
     try:
         while not failed.wait(0.5):
