@@ -436,6 +436,8 @@ def images_ls(as_json: bool = typer.Option(False, "--json", help="Machine-readab
 
 
 def main():
+    from .limits import raise_nofile_soft_limit
+    raise_nofile_soft_limit()      # soft -> hard: a 1,000-namespace lab needs more than Debian's 1024
     app()
 
 

@@ -9,10 +9,12 @@ routes) is compiled by nslab/flannel.py.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
+from itertools import islice
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
-from .model import Bridge, Nexthop, Route, stable_mac
+from .model import IFNAMSIZ, Bridge, Nexthop, Route, stable_mac
 
 # Bytes each backend adds to a packet; flannel subtracts them from the underlay MTU.
 # vxlan: encapOverhead = 50 (outer Ethernet 14 + IP 20 + UDP 8 + VXLAN 8),
@@ -31,6 +33,7 @@ UDP_DEFAULT_PORT = 8285
 CLUSTER_KEYS = {"network", "subnetLen", "iface", "ipMasq", "backend", "nodes", "pods"}
 NODE_KEYS = {"segment", "ip", "subnet"}
 POD_KEYS = {"node", "daemonset", "ip", "serve", "image", "command", "env", "cap_add"}
+HOST_VETH_RE = re.compile(r"veth[0-9a-f]{8}")     # host_veth_name's names
 
 
 @dataclass
@@ -110,6 +113,13 @@ def parse(p, b, spec, path) -> None:
     if not isinstance(ip_masq, bool):
         raise p.err(path + ("ipMasq",), f"ipMasq must be true or false, got {ip_masq!r}")
     backend = _backend(p, spec.get("backend"), path + ("backend",))
+    # the underlay interface shares each node's namespace with what flannel and the bridge
+    # CNI create there
+    if iface in (backend.device, "cni0") or HOST_VETH_RE.fullmatch(iface):
+        made = f"the {backend.type} backend's device" if iface == backend.device else \
+            "the bridge CNI's bridge" if iface == "cni0" else "the bridge CNI's pod veths (vethXXXXXXXX)"
+        raise p.err(path + ("iface",), f"iface {iface} is the name of {made} on every node; pick another "
+                                       f"underlay interface name (eth0, ens3)")
 
     for seg in b.segments.values():
         if seg.subnet and seg.subnet.overlaps(network):
@@ -141,6 +151,9 @@ def parse(p, b, spec, path) -> None:
         seg_name = nspec.get("segment")
         if seg_name is None:
             raise p.err(npath, f"cluster node {name} needs segment: NAME (the underlay L2 segment it sits on)")
+        if not isinstance(seg_name, str):
+            raise p.err(npath + ("segment",), f"segment must be the name of a segment, got "
+                                              f"{type(seg_name).__name__} {seg_name!r}")
         seg = b.segments.get(seg_name)
         if seg is None:
             raise p.err(npath + ("segment",), f"unknown segment {seg_name!r} (segments: "
@@ -152,7 +165,7 @@ def parse(p, b, spec, path) -> None:
         ip = p.address(nspec["ip"], npath + ("ip",))
         if ip not in seg.subnet:
             raise p.err(npath + ("ip",), f"{ip} is not inside segment {seg_name} {seg.subnet}")
-        subnet = IPv4Network(nspec["subnet"]) if "subnet" in nspec else next(leases, None)
+        subnet = p.network(nspec["subnet"], npath + ("subnet",)) if "subnet" in nspec else next(leases, None)
         if subnet is None:
             raise p.err(npath, f"the pod network {network} has no /{subnet_len} left for {name}: "
                                f"more nodes than subnets")
@@ -212,6 +225,10 @@ def _backend(p, spec, path) -> Backend:
         if isinstance(vni, bool) or not isinstance(vni, int) or not 0 <= vni <= 0xFFFFFF:
             raise p.err(path + ("vni",), f"VNI {vni!r} is out of range: a VXLAN network identifier is 24 bits "
                                          f"(0 to 16777215)")
+        if len(f"flannel.{vni}") >= IFNAMSIZ:
+            raise p.err(path + ("vni",), f"VNI {vni} makes flannel's device name, flannel.{vni}, "
+                                         f"{len(f'flannel.{vni}')} characters long; Linux allows at most "
+                                         f"{IFNAMSIZ - 1} (use a VNI below 10000000)")
         be.vni = vni
     if "port" in spec:
         port = spec["port"]
@@ -249,7 +266,7 @@ def _pods(p, b, cluster: Cluster, spec, path) -> None:
                 raise p.err(ppath + ("ip",), "a daemonset's pods get their addresses from each node's subnet; "
                                              "pin addresses on single pods only")
             for i, node in enumerate(on):
-                if node not in cluster.nodes:
+                if not isinstance(node, str) or node not in cluster.nodes:
                     raise p.err(ppath + ("daemonset", i) if isinstance(ds, list) else ppath,
                                 f"unknown cluster node {node!r} (nodes: {', '.join(cluster.nodes)})")
                 wanted.append((f"{name}-{node}", node, pspec, ppath))
@@ -257,7 +274,7 @@ def _pods(p, b, cluster: Cluster, spec, path) -> None:
             node = pspec.get("node")
             if node is None:
                 raise p.err(ppath, f"pod {name} needs node: NAME (or daemonset: true)")
-            if node not in cluster.nodes:
+            if not isinstance(node, str) or node not in cluster.nodes:
                 raise p.err(ppath + ("node",), f"unknown cluster node {node!r} (nodes: {', '.join(cluster.nodes)})")
             wanted.append((name, node, pspec, ppath))
     taken: dict[str, set] = {n: set() for n in cluster.nodes}
@@ -276,7 +293,8 @@ def _pods(p, b, cluster: Cluster, spec, path) -> None:
         if "ip" in pspec:
             ip = IPv4Address(str(pspec["ip"]))
         else:   # host-local IPAM: the lowest free address from .2 up
-            ip = next((a for a in list(cn.subnet.hosts())[1:] if a not in taken[node]), None)
+            # lazily: list(hosts()) of a /2 lease is a billion addresses
+            ip = next((a for a in islice(cn.subnet.hosts(), 1, None) if a not in taken[node]), None)
             if ip is None:
                 raise p.err(ppath, f"{node}'s subnet {cn.subnet} has no free pod address left")
             taken[node].add(ip)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import deque
+from itertools import islice
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
@@ -26,6 +27,11 @@ LAB_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 MAX_LAB_NAME = 32
 MAX_NODE_NAME = 63
 IFNAMSIZ = 16
+NAME_MAX = 255          # a file name under /run/netns (a namespace name), in bytes
+# Devices the kernel itself puts in every new namespace once their module is loaded (the
+# fallback tunnels); a lab interface with one of these names fails at `up` on such a host.
+KERNEL_DEVICES = frozenset({"lo", "tunl0", "gre0", "gretap0", "erspan0", "sit0", "ip6tnl0", "ip6gre0",
+                            "ip_vti0", "ip6_vti0"})
 IFNAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
@@ -134,12 +140,35 @@ def stable_mac(*parts: str) -> str:
 
 
 def short_ifname(*parts: str) -> str:
-    """An interface name from parts, shortened with a stable hash when longer than 15."""
+    """An interface name from parts, shortened with a stable hash when longer than 15 bytes
+    (the kernel counts bytes, not characters)."""
     name = "-".join(parts)
-    if len(name) < IFNAMSIZ:
+    if len(name.encode()) < IFNAMSIZ:
         return name
     digest = hashlib.sha256(name.encode()).hexdigest()[:5]
-    return name[: IFNAMSIZ - 1 - 6] + "-" + digest
+    head = name.encode()[: IFNAMSIZ - 1 - 6].decode(errors="ignore")   # never half a character
+    return head + "-" + digest
+
+
+def free_subnets(pool: IPv4Network, prefixlen: int, used: list[IPv4Network]):
+    """The /prefixlen subnets of pool that overlap none of `used`, in address order.  Jumps
+    over used ranges instead of testing every candidate (a /8 pool has 4 million /30s)."""
+    size = 1 << (32 - prefixlen)
+    merged: list[list[int]] = []
+    for start, end in sorted((int(u.network_address), int(u.broadcast_address)) for u in used):
+        if merged and start <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    addr, last, i = int(pool.network_address), int(pool.broadcast_address), 0
+    while addr + size - 1 <= last:
+        while i < len(merged) and merged[i][1] < addr:
+            i += 1
+        if i < len(merged) and merged[i][0] <= addr + size - 1:
+            addr = (merged[i][1] // size + 1) * size     # the first aligned block after it
+            continue
+        yield IPv4Network((addr, prefixlen))
+        addr += size
 
 
 def ifname_problem(name) -> str | None:
@@ -372,6 +401,7 @@ class Builder:
         self.attachments: list[dict] = []   # pending veth pairs, resolved in order
         self.tests: list = []
         self.extensions: list = []          # callables(builder) run after addresses (cluster)
+        self.iface_paths: dict[int, tuple] = {}   # id(Iface) -> where its name or end is written
         self.cluster = None
 
     def err(self, path, msg):
@@ -522,9 +552,66 @@ class Builder:
         self._check_addresses()
         for ext in self.extensions:
             ext(self)
+        self._check_kernel_names()
+        self._check_macs()
         self._resolve_routes()
         return Topology(name=self.lab, file=self.doc.file, mtu=self.mtu, ipv6=self.ipv6, nodes=self.nodes,
                         segments=self.segments, doc=self.doc, cluster=self.cluster, tests=self.tests)
+
+    def _check_kernel_names(self):
+        """Every name as the kernel will see it, in bytes: namespaces (/run/netns/<lab>.<node>),
+        and per namespace the devices nslab and the cluster backend create, all distinct."""
+        reserved: dict[str, dict[str, str]] = {}       # node -> {device: who makes it}
+        if self.cluster is not None:
+            device = self.cluster.backend.device
+            for cn in self.cluster.nodes.values():
+                made = reserved.setdefault(cn.name, {})
+                if device:
+                    made[device] = f"the {self.cluster.backend.type} backend's device"
+        for node in self.nodes.values():
+            if len(node.ns.encode()) > NAME_MAX:
+                raise self.err(node.path, f"namespace name {node.ns} is {len(node.ns.encode())} bytes; "
+                                          f"a file name under /run/netns holds at most {NAME_MAX}")
+            names: dict[str, str] = dict(reserved.get(node.name, {}))
+            devices = [(br.name, node.path, "bridge") for br in node.bridges]
+            devices += [(i.name, self.iface_paths.get(id(i), node.path), "interface") for i in node.ifaces]
+            devices += [(t.name, t.path, "tunnel") for t in node.tunnels]
+            for name, path, what in devices:
+                size = len(name.encode())
+                if not name or size >= IFNAMSIZ:
+                    raise self.err(path, f"{what} name {name!r} on {node.name} is {size} bytes; Linux allows "
+                                         f"at most {IFNAMSIZ - 1}")
+                if name in KERNEL_DEVICES:
+                    raise self.err(path, f"{node.name} cannot have a {what} named {name}: the kernel makes "
+                                         f"that device itself in every namespace")
+                if name in names:
+                    raise self.err(path, f"{node.name} would have two devices named {name} (this {what} and "
+                                         f"{names[name]})")
+                names[name] = f"a {what}"
+
+    def _check_macs(self):
+        """No two interfaces on one L2 domain (a segment's bridge, a cni0, a veth pair) share
+        a MAC: the bridge would send one's frames to the other."""
+        domains: dict[tuple, dict[str, Iface]] = {}
+        for node in self.nodes.values():
+            for iface in node.ifaces:
+                if iface.segment:
+                    key = ("segment", iface.segment)
+                elif iface.bridge:
+                    key = ("bridge", node.name, iface.bridge)
+                else:
+                    peer = self.nodes[iface.peer_node].iface(iface.peer_name)
+                    key = ("bridge", peer.node, peer.bridge) if peer is not None and peer.bridge else \
+                        ("pair",) + tuple(sorted(((node.name, iface.name), (iface.peer_node, iface.peer_name))))
+                seen = domains.setdefault(key, {})
+                other = seen.get(iface.mac)
+                if other is not None:
+                    path = self.iface_paths.get(id(iface), node.path)
+                    where = f"segment {iface.segment}" if iface.segment else "the same link"
+                    raise self.err(path, f"MAC {iface.mac} of {node.name}:{iface.name} is also the MAC of "
+                                         f"{other.node}:{other.name} on {where}; every MAC on one L2 network "
+                                         f"must be different")
+                seen[iface.mac] = iface
 
     def _next_free_ifname(self, node: Node, prefix="eth") -> str:
         taken = {i.name for i in node.ifaces}
@@ -594,6 +681,7 @@ class Builder:
                     iface.bridge, iface.hairpin = end["bridge"], end.get("hairpin", False)
                 node.ifaces.append(iface)
                 end["iface_obj"] = iface
+                self.iface_paths[id(iface)] = end["iface_path"] if end["iface"] is not None else end["path"]
 
     def _default_mtu(self, att, node: Node, na: Node, nb: Node) -> int:
         """An interface's MTU when its end does not say: the link's, else the node's own
@@ -604,6 +692,13 @@ class Builder:
             return node.mtu
         return att["mtu"]
 
+    def _by_segment(self) -> dict[str, list[dict]]:
+        out: dict[str, list[dict]] = {}
+        for att in self.attachments:
+            if att["segment"] is not None:
+                out.setdefault(att["segment"], []).append(att)
+        return out
+
     def _all_subnets(self) -> list[tuple[IPv4Network, tuple]]:
         out = [(s.subnet, ("segments", s.name, "subnet")) for s in self.segments.values() if s.subnet]
         for att in self.attachments:
@@ -611,18 +706,20 @@ class Builder:
                 where = (att["path"] + ("subnet",) if att["subnet"] is not None else att["path"]) \
                     if att["a"].get("auto_ip") else att["a"]["path"] + ("ip",)
                 out.append((att["a"]["ip"].network, where))
+        by_segment = self._by_segment()
         for seg in self.segments.values():
             if seg.subnet is None:   # members addressed by hand: each network the segment carries, once
                 nets = {}
-                for att in self.attachments:
-                    if att["segment"] == seg.name and att["a"]["ip"] is not None:
+                for att in by_segment.get(seg.name, []):
+                    if att["a"]["ip"] is not None:
                         nets.setdefault(att["a"]["ip"].network, att["a"]["path"] + ("ip",))
                 out.extend(nets.items())
         return out
 
     def _allocate_link_subnets(self):
         used = [n for n, _ in self._all_subnets()]
-        candidates = self.link_pool.subnets(new_prefix=30)
+        used += [att["subnet"] for att in self.attachments if att["kind"] == "link" and att["subnet"] is not None]
+        candidates = free_subnets(self.link_pool, 30, used)
         for att in self.attachments:
             a, b = att["a"], att["b"]
             if att["kind"] == "segment":
@@ -632,21 +729,21 @@ class Builder:
             if att["subnet"] is not None:
                 net = att["subnet"]
             else:
-                net = next((c for c in candidates if not any(c.overlaps(u) for u in used)), None)
+                net = next(candidates, None)
                 if net is None:
                     raise self.err(att["path"], f"link address pool {self.link_pool} is exhausted; "
                                                 f"set pools.links to a larger network")
-            used.append(net)
-            hosts = list(net.hosts())[:2]
+            hosts = list(islice(net.hosts(), 2))    # not list(hosts()): a /1 has 2**31 of them
             if len(hosts) < 2:
                 raise self.err(att["path"] + ("subnet",), f"{net} has room for fewer than two addresses")
             a["iface_obj"].ip = a["ip"] = IPv4Interface(f"{hosts[0]}/{net.prefixlen}")
             b["iface_obj"].ip = b["ip"] = IPv4Interface(f"{hosts[1]}/{net.prefixlen}")
         # segment members without an address: next free host address, in member order
+        by_segment = self._by_segment()
         for seg in self.segments.values():
             if seg.subnet is None:
                 continue
-            members = [att for att in self.attachments if att["segment"] == seg.name]
+            members = by_segment.get(seg.name, [])
             taken = {att["a"]["ip"].ip for att in members if att["a"]["ip"] is not None}
             pool = (h for h in seg.subnet.hosts() if h not in taken)
             for att in members:
@@ -658,10 +755,20 @@ class Builder:
 
     def _check_addresses(self):
         subnets = sorted(self._all_subnets(), key=lambda s: self.doc.line(s[1]) or 0)  # blame the later line
-        for i, (n1, p1) in enumerate(subnets):
-            for n2, p2 in subnets[i + 1:]:
-                if n1.overlaps(n2):
-                    raise self.err(p2, f"subnet {n2} overlaps {n1} ({yamldoc.format_path(p1)}, line {self.doc.line(p1)})")
+        # CIDR blocks either nest or are disjoint: one sweep in address order finds, for each
+        # block, one earlier block containing it (not all pairs: n log n, not n squared).
+        order = sorted(range(len(subnets)), key=lambda k: (int(subnets[k][0].network_address), subnets[k][0].prefixlen))
+        pairs, cover = [], None
+        for k in order:
+            net = subnets[k][0]
+            if cover is not None and net.network_address <= subnets[cover][0].broadcast_address:
+                pairs.append((min(cover, k), max(cover, k)))
+            if cover is None or net.broadcast_address > subnets[cover][0].broadcast_address:
+                cover = k
+        if pairs:
+            i, j = min(pairs)
+            (n1, p1), (n2, p2) = subnets[i], subnets[j]
+            raise self.err(p2, f"subnet {n2} overlaps {n1} ({yamldoc.format_path(p1)}, line {self.doc.line(p1)})")
         seen: dict[IPv4Address, tuple] = {}
         for att in self.attachments:
             for end in (att["a"], att["b"]):
@@ -796,4 +903,7 @@ def load(file: str, text: str | None = None, name: str | None = None, overrides:
     doc = yamldoc.load(file, text)
     parser = Parser(doc, name)
     parser.overrides = overrides or {}
-    return parser.parse().build()
+    topo = parser.parse().build()
+    from . import limits
+    limits.check(topo)      # what this machine can hold: file descriptors, neighbour table
+    return topo
