@@ -107,12 +107,12 @@ def test_refuses_the_host_namespace(root_unchanged, monkeypatch):
         iptables.apply(name, "*nat\nCOMMIT\n")
 
 
-def _listener(ns: str) -> tuple[socket.socket, list, threading.Thread]:
-    """A TCP server on worker3:80 that answers each connection with "<local ip> <peer ip>"."""
+def _listener(ns: str, port: int = 80) -> tuple[socket.socket, list, threading.Thread]:
+    """A TCP server in `ns` that answers each connection with "<local ip> <peer ip>"."""
     with netns.enter(ns):
         srv = socket.socket()
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("0.0.0.0", 80))
+    srv.bind(("0.0.0.0", port))
     srv.listen(64)
     srv.settimeout(30)
     seen: list = []
@@ -133,11 +133,13 @@ def _listener(ns: str) -> tuple[socket.socket, list, threading.Thread]:
     return srv, seen, t
 
 
-def _ask(ns: str, addr: str, port: int) -> str:
+def _ask(ns: str, addr: str, port: int, source: str | None = None) -> str:
     with netns.enter(ns):
         s = socket.socket()
     with s:
         s.settimeout(15)
+        if source:
+            s.bind((source, 0))
         s.connect((addr, port))
         return s.makefile().readline().strip()
 
@@ -167,3 +169,23 @@ def test_nodeport_and_clusterip_are_dnated_to_every_endpoint(pair):
     assert svc[0].spec.endswith("-j KUBE-MARK-MASQ") and svc[0].packets == n   # 30.0.0.254 is off-cluster
     dnat = {ep: t["nat"][kp.sep_chain(SERVICE, ep + ":80")].rules[1].packets for ep in ENDPOINTS}
     assert dnat == {ep: node_port[ep] + cluster_ip[ep] for ep in ENDPOINTS}
+
+
+@pytest.mark.parametrize("ip_masq", [True, False])
+def test_pod_to_outside_is_masqueraded_by_flannel(pair, ip_masq):
+    """A connection from a pod address of worker3 to the outside leaves with the node's
+    address when ipMasq is on (flannel's second POSTROUTING rule counts it), and with the
+    pod's own address when it is off."""
+    w, c = pair["worker3"], pair["client"]
+    iptables.apply(w, kp.rules(NODE, [SERVICE]), masq.rules("10.244.0.0/16", "10.244.3.0/24", ip_masq=ip_masq))
+    ip(c, "route", "add", "10.244.0.0/16", "via", "30.0.0.23")       # so an un-NATed reply can come back
+    srv, seen, thread = _listener(c, 8000)
+    try:
+        answer = _ask(w, "30.0.0.254", 8000, source="10.244.3.19")
+    finally:
+        srv.close()
+        thread.join(10)
+    assert answer == f"30.0.0.254 {'30.0.0.23' if ip_masq else '10.244.3.19'}"
+    post = iptables.tables(w)["nat"]["POSTROUTING"].rules
+    masquerades = [r.packets for r in post if "MASQUERADE" in r.spec and "224.0.0.0/4" in r.spec]
+    assert masquerades == ([1] if ip_masq else [])
