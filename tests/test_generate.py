@@ -1,0 +1,287 @@
+"""`nslab generate`: every shape renders a file that the model accepts, with the nodes,
+segments and links the shape promises, a header saying how it was made, and the same bytes
+every time.  No root: nothing touches the kernel.
+
+Golden files (one small file per shape) live in tests/golden/generate/; after an intended
+change rewrite them with NSLAB_UPDATE_GOLDEN=1 and read the diff.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+import subprocess
+import sys
+from collections import Counter
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+import pytest
+
+from nslab import generate, model
+from nslab.errors import UsageError
+
+GOLDEN = Path(__file__).parent / "golden" / "generate"
+UPDATE = os.environ.get("NSLAB_UPDATE_GOLDEN") == "1"
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def any_neighbour_table(monkeypatch):
+    """model.load refuses a lab that overflows this machine's shared neighbour table
+    (nslab/limits.py, tested on its own); these tests are about the files, on any machine."""
+    monkeypatch.setattr("nslab.limits.gc_thresh3", lambda: None)
+
+
+def load(tmp_path: Path, text: str, file: str = "gen.yaml") -> model.Topology:
+    path = tmp_path / file
+    path.write_text(text, encoding="utf-8")
+    return model.load(str(path))
+
+
+def kinds(topo) -> Counter:
+    return Counter(n.kind for n in topo.nodes.values())
+
+
+def p2p_links(topo) -> int:
+    """Veth pairs that are neither a segment attachment nor a pod's eth0."""
+    ends = sum(1 for n in topo.nodes.values() for i in n.ifaces
+               if i.segment is None and n.kind != "pod" and i.bridge is None)
+    return ends // 2
+
+
+# --- every shape, small and medium ------------------------------------------------------------
+
+CLOS = [(1, 1, 1), (2, 2, 2), (1, 3, 5), (4, 6, 20), (3, 2, 300)]
+
+
+@pytest.mark.parametrize("s,l,h", CLOS, ids=[f"clos:{s},{l},{h}" for s, l, h in CLOS])
+def test_clos(tmp_path, s, l, h):
+    text = generate.render(f"clos:{s},{l},{h}")
+    topo = load(tmp_path, text)
+    assert kinds(topo) == Counter(router=s + l, host=l * h, switch=l)
+    assert len(topo.nodes) == generate.node_count(generate.parse_shape(f"clos:{s},{l},{h}"))
+    assert len(topo.segments) == l
+    assert p2p_links(topo) == s * l                    # every leaf to every spine
+    for i in range(1, l + 1):
+        leaf = topo.nodes[f"leaf{i:02d}"]
+        assert {x.peer_node for x in leaf.ifaces if x.segment is None} == \
+            {f"spine{k}" for k in range(1, s + 1)}
+        seg = topo.segments[f"rack{i:02d}"]
+        assert seg.subnet.network_address == IPv4Address(f"10.{i}.0.0") and seg.gateway == leaf.name
+        assert seg.subnet.num_addresses - 3 >= h     # hosts + gateway fit
+    w = max(2, len(str(h)))
+    first, last = f"h01-{1:0{w}d}", f"h{l:02d}-{h:0{w}d}"
+    assert topo.nodes[first].addresses[0].ip == IPv4Address("10.1.0.1")
+    assert topo.nodes[last].addresses[0].ip == IPv4Address(f"10.{l}.0.0") + h
+    if l > 1:
+        other = topo.segments[f"rack{l:02d}"].subnet
+        route = next(r for r in topo.nodes["leaf01"].routes if r.dst == other)
+        assert len(route.nexthops) == s                # ECMP: one nexthop per spine
+        assert topo.nodes["leaf01"].sysctls.get("net.ipv4.fib_multipath_hash_policy") == ("1" if s > 1 else None)
+        far = topo.tests[0]
+        assert (far.kind, far.src, far.dst, far.ttl) == ("ping", first, last, 61)
+    assert topo.tests, "every generated file carries a tests: section"
+
+
+CLUSTER = [((1, 1, 1), "vxlan"), ((2, 2, 2), "vxlan"), ((3, 4, 3), "ipip"), ((1, 5, 2), "host-gw"),
+           ((2, 3, 1), "udp"), ((2, 150, 1), "vxlan")]
+
+
+@pytest.mark.parametrize("args,backend", CLUSTER, ids=[f"cluster:{','.join(map(str, a))}-{b}" for a, b in CLUSTER])
+def test_cluster(tmp_path, args, backend):
+    r, n, p = args
+    shape = f"cluster:{r},{n},{p}"
+    topo = load(tmp_path, generate.render(shape, backend=backend, serve="http"))
+    total = r * n
+    expected = Counter(host=total, pod=total * p, switch=r)
+    if r > 1:
+        expected["router"] = r + 1
+    assert kinds(topo) == expected
+    assert len(topo.nodes) == generate.node_count(generate.parse_shape(shape))
+    c = topo.cluster
+    assert c.backend.type == backend and len(c.nodes) == total and len(c.pods) == total * p
+    assert c.network == IPv4Network("10.244.0.0/16" if total <= 256 else "10.128.0.0/15")
+    leases = [cn.subnet for cn in c.nodes.values()]
+    assert len(set(leases)) == total and all(sn.subnet_of(c.network) for sn in leases)
+    assert all(pod.serve == ["http"] for pod in topo.nodes.values() if pod.kind == "pod")
+    assert p2p_links(topo) == (r if r > 1 else 0)      # each leaf to the spine
+    encap = {"vxlan": "vxlan", "ipip": "ipip", "udp": "udp", "host-gw": "none"}[backend]
+    if total > 1:
+        far = topo.tests[0]
+        w = max(2, len(str(n)))
+        assert (far.src, far.dst) == (f"pod1-n01-{1:0{w}d}", f"pod1-n{r:02d}-{n:0{w}d}")
+        assert far.encap == encap and far.ttl == (60 if backend == "udp" else 62)   # flanneld decrements too
+    if p > 1:
+        assert any(t.encap == "none" and t.ttl == 64 for t in topo.tests)
+    assert topo.tests
+
+
+@pytest.mark.parametrize("k", [1, 2, 40, 300])
+def test_single(tmp_path, k):
+    topo = load(tmp_path, generate.render(f"single,{k}"))
+    assert kinds(topo) == Counter(host=k, switch=1)
+    assert topo.segments["s1"].subnet.network_address == IPv4Address("10.0.0.0")
+    assert topo.nodes["h1"].addresses[0].ip == IPv4Address("10.0.0.1")        # as in Mininet
+    assert topo.nodes[f"h{k}"].addresses[0].ip == IPv4Address("10.0.0.0") + k
+    assert len(topo.tests) == (0 if k == 1 else 2)
+
+
+@pytest.mark.parametrize("k,m", [(1, 1), (1, 2), (3, 1), (4, 2), (60, 1)])
+def test_linear(tmp_path, k, m):
+    shape = f"linear:{k},{m}" if m > 1 else f"linear,{k}"
+    topo = load(tmp_path, generate.render(shape))
+    assert kinds(topo) == Counter(router=k, host=k * m)
+    assert p2p_links(topo) == (k - 1) + k * m
+    for i in range(2, k + 1):          # the chain
+        assert any(x.peer_node == f"s{i - 1}" for x in topo.nodes[f"s{i}"].ifaces)
+    if k > 1:
+        assert topo.tests[0].ttl == 64 - k        # one router per switch on the way
+    assert all(a.ip in IPv4Network("10.0.0.0/16") for n in topo.nodes.values() for a in n.addresses)
+
+
+@pytest.mark.parametrize("depth,fanout", [(1, 1), (1, 3), (2, 2), (3, 1), (3, 3), (4, 4)])
+def test_tree(tmp_path, depth, fanout):
+    topo = load(tmp_path, generate.render(f"tree:{depth},{fanout}"))
+    switches = sum(fanout ** i for i in range(depth))
+    bottom = fanout ** (depth - 1)
+    assert kinds(topo) == Counter(host=fanout ** depth, switch=bottom, router=switches - bottom)
+    assert len(topo.segments) == bottom
+    # Mininet's numbering: switches depth-first from s1, hosts left to right from h1
+    if depth == 2 and fanout == 2:
+        assert topo.segments.keys() == {"s2", "s3"} and topo.segments["s2"].gateway == "s1"
+        assert topo.nodes["h1"].ifaces[0].peer_node == "s2" and topo.nodes["h4"].ifaces[0].peer_node == "s3"
+    if depth == 3 and fanout == 3:
+        assert topo.tests[0].ttl == 61 and topo.tests[0].via == "s1"       # up two levels, down two
+
+
+def test_clos_10k_plan_without_loading():
+    """The issue's 10,208-node fabric: rendering is fast and the address plan is disjoint
+    (the file's own validation at this size is measured, not unit-tested)."""
+    text = generate.render("clos:8,100,100")
+    subnets = [IPv4Network(line.split(":", 1)[1].strip()) for line in text.splitlines()
+               if line.startswith("    subnet:")]
+    assert len(subnets) == 100 and all(not a.overlaps(b) for i, a in enumerate(subnets) for b in subnets[i + 1:])
+    assert not any(s.overlaps(IPv4Network(generate.LINK_POOL)) for s in subnets)
+    assert text.count("\n      - h") == 10_000 and text.count("\n  - [leaf") == 800
+
+
+# --- the file itself: header, readability, determinism, goldens ------------------------------
+
+SMALL = {"clos": "clos:2,2,2", "cluster": "cluster:2,2,2", "single": "single,3", "linear": "linear:3",
+         "tree": "tree,2,2"}
+
+
+@pytest.mark.parametrize("kind", SMALL)
+def test_header_and_readability(kind):
+    cmd = f"nslab generate {SMALL[kind]} -o lab.yaml"
+    text = generate.render(SMALL[kind], command=cmd, file="lab.yaml")
+    head = text.splitlines()[:3]
+    assert head[0] == "# Generated by nslab generate:" and head[1] == f"#   {cmd}"
+    assert "nslab test lab.yaml" in text
+    assert all(len(line) <= 120 for line in text.splitlines()), "no giant inline lines"
+
+
+@pytest.mark.parametrize("shape", ["clos:3,5,40", "cluster:2,3,2", "single:200", "linear:5,2", "tree:3,3"])
+def test_deterministic(shape):
+    assert generate.render(shape) == generate.render(shape)
+
+
+@pytest.mark.parametrize("kind", SMALL)
+def test_golden(kind):
+    got = generate.render(SMALL[kind], command=f"nslab generate {SMALL[kind]}")
+    golden = GOLDEN / f"{kind}.yaml"
+    if UPDATE:
+        golden.parent.mkdir(parents=True, exist_ok=True)
+        golden.write_text(got, encoding="utf-8")
+        return
+    want = golden.read_text(encoding="utf-8")
+    if got != want:
+        pytest.fail("generated file differs from the golden one (NSLAB_UPDATE_GOLDEN=1 rewrites it):\n" +
+                    "".join(difflib.unified_diff(want.splitlines(True), got.splitlines(True), str(golden), "now")))
+
+
+def test_golden_files_load():
+    for kind in SMALL:
+        assert model.load(str(GOLDEN / f"{kind}.yaml")).tests
+
+
+def test_name_option(tmp_path):
+    topo = load(tmp_path, generate.render("clos:1,2,1", name="fab_1"))
+    assert topo.name == "fab_1"
+    assert generate.default_name(generate.parse_shape("tree,2,3")) == "tree-2-3"
+    assert generate.default_name(generate.parse_shape("linear:4")) == "linear-4"
+
+
+# --- arguments -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text,shape", [
+    ("clos:2,4,10", ("clos", (2, 4, 10))), ("clos,2,4,10", ("clos", (2, 4, 10))),
+    ("single,5", ("single", (5,))), ("single:5", ("single", (5,))),
+    ("linear:4", ("linear", (4, 1))), ("linear,4,2", ("linear", (4, 2))),
+    ("tree,2,3", ("tree", (2, 3))), ("tree:2", ("tree", (2, 2))), ("cluster:1,2,3", ("cluster", (1, 2, 3))),
+])
+def test_parse_shape(text, shape):
+    got = generate.parse_shape(text)
+    assert (got.kind, got.args) == shape
+
+
+@pytest.mark.parametrize("text,says", [
+    ("clos:2,2", "clos takes SPINES,LEAVES,HOSTS"), ("clos:0,1,1", "SPINES must be at least 1"),
+    ("clos:1,255,1", "LEAVES is at most 254"), ("clos:1,1,1001", "HOSTS is at most 1000"),
+    ("clos:8,100,1000", "namespaces; nslab generates at most"), ("tree:x,2", "DEPTH must be a whole number"),
+    ("tree:20,2", "namespaces"), ("linear:61", "N is at most 60"), ("single", "single takes N"),
+    ("mesh:3", "unknown shape"), ("", "unknown shape"), ("cluster:128,1,1", "RACKS is at most 127"),
+    ("cluster:1,1,251", "PODS is at most 250"), ("single:-1", "whole number"), ("linear:1,2,3", "linear takes N[,M]"),
+])
+def test_bad_shapes(text, says):
+    with pytest.raises(UsageError) as e:
+        generate.parse_shape(text)
+    assert says in str(e.value) and "\n" not in str(e.value) and e.value.exit_code == 2
+
+
+@pytest.mark.parametrize("kw,says", [
+    (dict(shape="cluster:2,2,2", backend="host-gw"), "every node must be on one L2 segment; use one rack "
+                                                     "(cluster:1,4,2)"),
+    (dict(shape="cluster:1,2,2", backend="flannel"), "use one of vxlan, host-gw, ipip, udp"),
+    (dict(shape="clos:1,1,1", backend="vxlan"), "--backend applies to cluster shapes"),
+    (dict(shape="single:2", serve="http"), "--serve applies to cluster shapes"),
+    (dict(shape="cluster:1,1,1", serve="ftp"), "nslab can serve http"),
+    (dict(shape="single:2", name="Big"), "a lab name is lowercase"),
+    (dict(shape="single:2", name="x" * 33), "at most 32"),
+])
+def test_bad_options(kw, says):
+    with pytest.raises(UsageError) as e:
+        generate.render(**kw)
+    assert says in str(e.value)
+
+
+def nslab(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "nslab.cli", *args], capture_output=True, text=True, timeout=60,
+                          cwd=cwd, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def test_cli_writes_file_with_the_exact_command(tmp_path):
+    proc = nslab("generate", "tree,2,3", "--name", "t1", "-o", "t.yaml", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    text = (tmp_path / "t.yaml").read_text()
+    assert text.splitlines()[1] == "#   nslab generate tree,2,3 --name t1 -o t.yaml"
+    assert "wrote t.yaml" in proc.stderr and proc.stdout == ""
+    assert model.load(str(tmp_path / "t.yaml")).name == "t1"
+    out = nslab("generate", "single:2", cwd=tmp_path)           # no -o: standard output
+    assert out.returncode == 0 and out.stdout.startswith("# Generated by nslab generate:")
+
+
+@pytest.mark.parametrize("args", [["clos:2,2"], ["cluster:3,1,1", "--backend", "host-gw"], ["nope"],
+                                  ["single:2", "-o", "no/such/dir/x.yaml"]])
+def test_cli_errors_are_one_line(tmp_path, args):
+    proc = nslab("generate", *args, cwd=tmp_path)
+    assert proc.returncode == (1 if "-o" in args else 2)
+    assert proc.stderr.startswith("nslab: ") and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_templates_ship_with_the_package():
+    text = (REPO / "pyproject.toml").read_text()
+    assert '"templates/*.yaml.j2"' in text
+    shipped = {p.name for p in (REPO / "nslab" / "templates").glob("*.yaml.j2")}
+    assert {f"{k}.yaml.j2" for k in generate.SHAPES} <= shipped
