@@ -204,12 +204,12 @@ def _backend(p, spec, path) -> Backend:
         spec = {k: v for k, v in spec.items() if k in BACKEND_KEYS.get(otype, {"type"})}
         spec["type"] = otype
         if oport:
-            if otype not in ("vxlan", "udp") or not oport.isdigit():
+            if otype not in ("vxlan", "udp") or not (oport.isascii() and oport.isdigit() and len(oport) <= 5):
                 raise p.err(path + ("type",), f"--backend {override}: only vxlan and udp take a port "
                                               f"(--backend udp:8282)")
             spec["port"] = int(oport)
     btype = spec.get("type", "vxlan")
-    if btype not in BACKEND_KEYS:
+    if not isinstance(btype, str) or btype not in BACKEND_KEYS:
         where = "--backend" if override else None
         msg = f"unknown backend {btype!r} (flannel backends: {', '.join(BACKEND_KEYS)})"
         raise p.err(path + ("type",), msg + (" (given with --backend)" if where else ""))

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from itertools import islice
 from pathlib import Path
 
 import pytest
@@ -352,3 +353,193 @@ def test_node_mtu_applies_to_its_segment_interface():
     """)
     assert topo.nodes["a"].iface("eth0").mtu == 1400     # the node said so
     assert topo.nodes["b"].iface("eth0").mtu == 1500     # the segment's (lab default)
+
+
+# ---- hostile and unusual input (issue 9) ----------------------------------------------------
+
+def test_merge_key_fills_in_what_the_mapping_does_not_say():
+    topo = load("""
+        hosts:
+          h1: &small {mtu: 1400, sysctls: {net.ipv4.conf.all.rp_filter: 0}}
+          h2:
+            <<: *small
+            mtu: 1300
+          h3: {<<: [*small]}
+        segments:
+          lan: {subnet: 10.0.0.0/24, members: [h1, h2, h3]}
+    """)
+    assert [topo.nodes[h].mtu for h in ("h1", "h2", "h3")] == [1400, 1300, 1400]   # explicit wins
+    assert topo.nodes["h3"].sysctls["net.ipv4.conf.all.rp_filter"] == "0"
+    assert topo.doc.line(("hosts", "h3", "mtu")) == 3       # a merged key points at its definition
+
+
+def test_dates_and_base60_numbers_stay_text():
+    topo = load("""
+        name: 2024-01-02
+        hosts: [h1, h2]
+        links:
+          - ends: [{node: h1, mac: 12:34:56:12:34:56}, h2]
+    """)
+    assert topo.name == "2024-01-02"
+    assert topo.nodes["h1"].ifaces[0].mac == "12:34:56:12:34:56"   # YAML 1.1 would read 1:30 as 90
+
+
+def test_quoted_keys_that_look_like_other_types_are_names():
+    topo = load("""
+        hosts: {"1": {}, "no": {}}
+        segments:
+          lan: {subnet: 10.0.0.0/24, members: ["1", "no"]}
+    """)
+    assert set(topo.nodes) == {"1", "no", "lan"}
+
+
+def test_aliases_within_the_limit_are_expanded():
+    topo = load("""
+        hosts: &hs [h1, h2, h3]
+        segments:
+          lan: {subnet: 10.0.0.0/24, members: *hs}
+    """)
+    assert len(topo.segments) == 1 and len(topo.nodes["lan"].ifaces) == 3
+
+
+@pytest.mark.parametrize("text", [
+    "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi")),
+    "hosts: " + "[" * 100_000 + "]" * 100_000,
+    "hosts:\n" + "".join("  " * (i + 1) + "k:\n" for i in range(2000)),
+], ids=["alias-bomb", "100000-nested-flow", "2000-nested-block"])
+def test_bombs_are_refused_fast(text):
+    import time
+    t0 = time.perf_counter()
+    with pytest.raises(TopologyError) as info:
+        model.load("bomb.yaml", text=text)
+    elapsed = time.perf_counter() - t0
+    assert elapsed < 0.5, f"refused after {elapsed:.2f} s"
+    assert str(info.value).startswith("bomb.yaml:") and "\n" not in str(info.value)
+
+
+def test_huge_leases_and_pools_are_not_enumerated():
+    """A /2 lease has a billion addresses; a /8 link pool four million /30s.  Both used to be
+    listed (MemoryError, or minutes); allocation must jump, not walk."""
+    import time
+    t0 = time.perf_counter()
+    topo = load("""
+        segments:
+          lan: {subnet: 192.168.0.0/24}
+        cluster:
+          network: 0.0.0.0/1
+          subnetLen: 2
+          nodes:
+            master: {segment: lan, ip: 192.168.0.11}
+          pods:
+            web: {node: master}
+    """)
+    assert str(topo.cluster.pods["web"].ip) == "0.0.0.2/2"
+    topo = load("""
+        pools: {links: 10.0.0.0/8}
+        hosts: [h1, h2, h3]
+        segments:
+          big: {subnet: 10.0.0.0/9, members: [h1]}
+          lan: {subnet: 10.128.0.0/10, members: [h2]}
+        links: [[h1, h3]]
+    """)
+    assert addr(topo, "h1", "eth1") == "10.192.0.1/30"
+    assert time.perf_counter() - t0 < 2
+
+
+def test_free_subnets_skip_used_ranges():
+    used = [IPv4Network("10.0.0.0/30"), IPv4Network("10.0.0.8/29"), IPv4Network("10.0.0.8/30")]
+    got = list(islice(model.free_subnets(IPv4Network("10.0.0.0/27"), 30, used), 3))
+    assert [str(n) for n in got] == ["10.0.0.4/30", "10.0.0.16/30", "10.0.0.20/30"]
+    assert list(model.free_subnets(IPv4Network("10.0.0.0/30"), 30, [IPv4Network("0.0.0.0/0")])) == []
+
+
+def test_short_ifname_counts_bytes():
+    name = model.short_ifname("é" * 10)      # 10 characters, 20 bytes
+    assert len(name.encode()) <= 15 and name.startswith("éé")
+    assert model.short_ifname("short") == "short"
+
+
+def test_backend_override_port_must_be_ascii_digits():
+    text = """
+        segments:
+          lan: {subnet: 192.168.0.0/24}
+        cluster:
+          nodes:
+            master: {segment: lan, ip: 192.168.0.11}
+    """
+    for bad in ("udp:²", "udp:" + "9" * 5000):
+        with pytest.raises(TopologyError, match="only vxlan and udp take a port"):
+            load(text, overrides={"backend": bad})
+
+
+def test_error_messages_are_one_line_and_bounded():
+    with pytest.raises(TopologyError) as info:
+        load('hosts: {"a\\nb\\u2028c": {}}\n')
+    assert "\n" not in str(info.value) and len(str(info.value).splitlines()) == 1
+    with pytest.raises(TopologyError) as info:
+        load("hosts: [h1]\nmtu: " + "x" * 100_000 + "\n")
+    assert len(str(info.value)) <= 1020
+
+
+# ---- size limits ---------------------------------------------------------------------------
+
+def single_switch(n: int, gateway: bool = True) -> str:
+    hosts = ", ".join(f"h{i}" for i in range(n))
+    return (("routers: [gw]\n" if gateway else "") + f"hosts: [{hosts}]\nsegments:\n  lan:\n"
+            f"    subnet: 10.0.0.0/16\n" + ("    gateway: gw\n" if gateway else "") + f"    members: [{hosts}]\n")
+
+
+def test_neighbour_floor_counts_gateway_pairs_and_link_ends():
+    from nslab import limits
+    assert limits.minimum_dynamic_neighbours(model.load("s.yaml", text=single_switch(200))) == 400
+    assert limits.minimum_dynamic_neighbours(model.load("s.yaml", text=single_switch(200, gateway=False))) == 0
+    topo = load("""
+        routers: [r1, r2]
+        hosts: [h1]
+        links: [[r1, r2], [r1, h1]]
+    """)
+    assert limits.minimum_dynamic_neighbours(topo) == 4
+    topo = model.load(str(Path(__file__).parent.parent / "topologies" / "flannel-vxlan.yaml"))
+    pods = len(topo.cluster.pods)
+    assert limits.minimum_dynamic_neighbours(topo) == 2 * pods    # pod <-> cni0; no gateway on the underlay
+
+
+def test_neighbour_table_limit_refuses_at_validate(monkeypatch):
+    from nslab import limits
+    monkeypatch.setattr(limits, "gc_thresh3", lambda: 1024)
+    model.load("s.yaml", text=single_switch(200))               # 400 entries: fine
+    with pytest.raises(TopologyError) as info:
+        model.load("s.yaml", text=single_switch(600))           # 1,200 > 1,024
+    assert str(info.value).startswith("s.yaml: the lab needs at least 1200 dynamic neighbour")
+    assert "1024" in str(info.value) and "gc_thresh3" in str(info.value)
+
+
+def test_permanent_neighbours_do_not_count(monkeypatch):
+    from nslab import limits
+    from nslab.compile import compile_topology
+    topo = model.load("s.yaml", text=single_switch(10))
+    plan = compile_topology(topo)
+    gw = topo.nodes["gw"]
+    perm = {(gw.ns, gw.ifaces[0].name, str(topo.nodes[f"h{i}"].ifaces[0].ip.ip)) for i in range(10)}
+    assert limits.minimum_dynamic_neighbours(topo, perm) == 10
+    assert limits.permanent_neighbours(plan) == set()         # nothing permanent in a plain lab
+
+
+def test_descriptor_limit_refuses_at_validate(monkeypatch):
+    from nslab import limits
+    monkeypatch.setattr(limits, "nofile_hard_limit", lambda: 300)
+    model.load("s.yaml", text=single_switch(100))       # 102 namespaces: 268 descriptors
+    with pytest.raises(TopologyError) as info:
+        model.load("s.yaml", text=single_switch(150))   # 152 namespaces: 368 > 300
+    msg = str(info.value)
+    assert "152 namespaces need about 368 open files" in msg and "at most 300" in msg and "ulimit -Hn" in msg
+
+
+def test_raise_nofile_soft_limit_in_a_child():
+    """Soft -> hard for the process only (a child, so this test process keeps its limits)."""
+    code = ("import resource; from nslab.limits import raise_nofile_soft_limit as r; "
+            "s, h = resource.getrlimit(resource.RLIMIT_NOFILE); resource.setrlimit(resource.RLIMIT_NOFILE, (64, h)); "
+            "print(r() == (h, h) and resource.getrlimit(resource.RLIMIT_NOFILE) == (h, h))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "True", out.stderr
