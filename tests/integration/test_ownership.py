@@ -196,3 +196,80 @@ def test_corrupt_and_unknown_key_records(lab_factory, tmp_path):
         ip_netns_del(f"{bad.name}.{ns}")
     for lab in (bad, odd, good):
         assert leftovers(lab.name, run_dir, []) == [], lab.name
+
+
+# --- containers, found by label ---------------------------------------------------------------
+
+def _engine():
+    docker = pytest.importorskip("docker")
+    from nslab import containers, model
+    from nslab.compile import compile_topology
+    why = containers.unavailable(compile_topology(model.load(str(TOPOLOGIES / "containers.yaml"))))
+    if why:
+        pytest.skip(f"needs the Docker engine and nslab's images: {why}")
+    return docker.from_env()
+
+
+def test_orphan_containers_of_a_lost_record(tmp_path):
+    """After a reboot /run is empty but containers remain: up removes its own orphan and
+    refuses anyone else's container of that name; down and down --all find orphans by label."""
+    client = _engine()
+    run_dir = str(tmp_path / "run")
+    env = {"NSLAB_RUN_DIR": run_dir}
+    name = unique_lab_name()
+
+    def orphan(lab, node="client", labels=True):
+        lbl = {"nslab.lab": lab, "nslab.node": node, "nslab.state": os.path.join(run_dir, lab)} if labels else {}
+        return client.containers.create("nslab/busybox:latest", ["sleep", "300"], name=f"nslab.{lab}.{node}",
+                                        labels=lbl, network_mode="none")
+    made = []
+    try:
+        foreign = orphan(name, labels=False)
+        made.append(foreign)
+        proc = nslab("up", TOPOLOGIES / "containers.yaml", "--name", name, env=env)
+        assert proc.returncode == 1, proc.stderr
+        assert proc.stderr.strip() == (f"nslab: a container named nslab.{name}.client exists and nslab did not make "
+                                       f"it for lab {name}: remove it (docker rm -f nslab.{name}.client) or run the "
+                                       f"lab under another name with --name")
+        assert leftovers(name, run_dir, []) == []
+        foreign.reload()                            # still there
+        foreign.remove(force=True)
+
+        old = orphan(name)                          # our own, from before the "reboot"
+        nslab("up", "-q", TOPOLOGIES / "containers.yaml", "--name", name, env=env, check=True)
+        ids = [c["id"] for c in json.load(open(os.path.join(run_dir, name, "state.json")))["containers"]]
+        assert old.id not in ids and len(ids) == 2
+        nslab("down", name, env=env, check=True)
+        assert leftovers(name, run_dir, []) == []
+
+        gone_a, gone_b = unique_lab_name(), unique_lab_name()
+        made += [orphan(gone_a), orphan(gone_b)]
+        proc = nslab("down", gone_a, env=env)
+        assert proc.returncode == 0, proc.stderr
+        proc = nslab("down", "--all", env=env)
+        assert proc.returncode == 0 and f"lab {gone_b} removed" in proc.stdout, proc
+        assert client.containers.list(all=True, filters={"label": [f"nslab.lab={x}" for x in (gone_a, gone_b)]}) == []
+    finally:
+        for c in made + client.containers.list(all=True, filters={"label": f"nslab.lab={name}"}):
+            try:
+                c.remove(force=True)
+            except Exception:
+                pass
+
+
+def test_a_foreign_container_in_the_record_survives_down(lab_factory, tmp_path):
+    client = _engine()
+    run_dir = str(tmp_path / "run")
+    lab = lab_factory("diy-veth.yaml", run_dir=run_dir)
+    unlabelled = client.containers.create("nslab/busybox:latest", ["sleep", "300"], network_mode="none")
+    other_dir = client.containers.create("nslab/busybox:latest", ["sleep", "300"], network_mode="none",
+                                         labels={"nslab.lab": lab.name, "nslab.state": "/elsewhere"})
+    try:
+        edit(lab, lambda st: st["containers"].extend({"node": "ns1", "name": c.name, "id": c.id}
+                                                     for c in (unlabelled, other_dir)))
+        lab.down()
+        for c in (unlabelled, other_dir):
+            c.reload()
+    finally:
+        for c in (unlabelled, other_dir):
+            c.remove(force=True)
