@@ -12,18 +12,21 @@ from .plan import Daemon, Plan, Serve
 
 
 def require_root() -> None:
+    """Checked before anything is read or made: one sentence, exit 3."""
     if os.geteuid() != 0:
-        raise PrerequisiteError("root privileges are needed to create network namespaces: run nslab with sudo "
-                                "(or as root)")
+        raise PrerequisiteError("this nslab command needs root (labs are network namespaces, their processes and "
+                                "records in /run/nslab, all root's): run it with sudo, or as root")
 
 
 def require_tools(*tools: str) -> None:
-    packages = {"ip": "iproute2", "bridge": "iproute2", "tcpdump": "tcpdump", "ping": "iputils-ping",
-                "iperf3": "iperf3", "iptables": "iptables", "ethtool": "ethtool"}
+    """Checked before anything is made: names each missing command and its Debian package."""
+    packages = {"ip": "iproute2", "bridge": "iproute2", "ss": "iproute2", "tcpdump": "tcpdump",
+                "ping": "iputils-ping", "iperf3": "iperf3", "iptables": "iptables", "iptables-restore": "iptables",
+                "iptables-save": "iptables", "nsenter": "util-linux", "ethtool": "ethtool", "dot": "graphviz"}
     missing = [t for t in tools if shutil.which(t) is None]
     if missing:
         pkgs = sorted({packages.get(t, t) for t in missing})
-        raise PrerequisiteError(f"{', '.join(missing)} not found: install it with "
+        raise PrerequisiteError(f"{', '.join(missing)} not found on PATH: install it with "
                                 f"`apt-get install -y {' '.join(pkgs)}`")
 
 
