@@ -144,9 +144,15 @@ class Child:
 
 def spawn(argv: list[str], what: str, log_path: str, run_dir: str, ready: bool = False,
           new_session: bool = False, reply_fd: int | None = None) -> Child | None:
-    """Start argv (`python3 -m MODULE ...`) with --go-fd (and --ready-fd) after MODULE; it dies with this process until
-    it is recorded; record it and tell it to go.  None when the lab is gone."""
-    go_r, go_w = os.pipe()
+    """Start argv (`python3 -m MODULE ...`) with --go-fd (and --ready-fd) after MODULE, so
+    that it is recorded before it acts; None when the lab is gone.
+
+    The child dies with us (PR_SET_PDEATHSIG, from before exec) until it has started and
+    said "hello" on the go socket; it then no longer does, and waits.  Only now do we
+    record it and answer "go".  Killed at any point, we leave no unrecorded process: before
+    "hello" the kernel kills the child, after it the child reads end-of-file and exits.
+    A recorded child is never killed with us."""
+    ours, theirs = socket.socketpair()
     ready_r, ready_w = os.pipe() if ready else (None, None)
     parent = os.getpid()
 
@@ -155,42 +161,62 @@ def spawn(argv: list[str], what: str, log_path: str, run_dir: str, ready: bool =
         if os.getppid() != parent:        # the parent died before prctl took effect
             os._exit(1)
 
-    extra = ["--go-fd", str(go_r)] + (["--ready-fd", str(ready_w)] if ready else []) + \
+    extra = ["--go-fd", str(theirs.fileno())] + (["--ready-fd", str(ready_w)] if ready else []) + \
         (["--reply-fd", str(reply_fd)] if reply_fd is not None else [])
-    fds = (go_r, ready_w) if ready else (go_r,)
-    keep = fds + ((reply_fd,) if reply_fd is not None else ())
+    keep = (theirs.fileno(),) + ((ready_w,) if ready else ()) + ((reply_fd,) if reply_fd is not None else ())
     try:
         with open(log_path, "ab") as log:
-            proc = subprocess.Popen(argv[:3] + extra + argv[3:], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                    pass_fds=keep, preexec_fn=die_with_parent, start_new_session=new_session)
+            proc = subprocess.Popen(argv[:3] + extra + argv[3:], stdin=subprocess.DEVNULL, stdout=log,
+                                    stderr=subprocess.STDOUT, pass_fds=keep, preexec_fn=die_with_parent,
+                                    start_new_session=new_session)
     finally:
-        for fd in fds:
-            os.close(fd)
+        theirs.close()
+        if ready:
+            os.close(ready_w)
     child = Child(what, proc.pid, proc)
     child.ready = ready_r
     try:
+        ours.settimeout(30.0)
+        if ours.recv(16) != b"hello\n":
+            raise OSError(f"{what} exited as it started (log: {log_path})")
         if not _record(run_dir, proc.pid, what):
             raise FileNotFoundError(run_dir)
-        os.write(go_w, b"go\n")
-    except OSError:
+        ours.sendall(b"go\n")
+    except OSError as e:
         proc.kill()
         proc.wait()
         child.close()
-        return None
+        if isinstance(e, FileNotFoundError):
+            return None
+        raise
     finally:
-        os.close(go_w)
+        ours.close()
     return child
 
 
-def wait_go(go_fd: int | None) -> None:
-    """In a started process: wait until the starter has recorded us, then stop dying with
-    it.  Exit quietly if the starter died first (we were never recorded)."""
+def wait_go(go_fd: int | None, run_dir: str | None) -> None:
+    """In a started process, first thing: stop dying with the starter, say hello, and wait
+    until it has recorded us ("go").  If the starter died instead, run only if it had
+    recorded us already (it died between the record and "go"), else exit quietly."""
     if go_fd is None:
         return
-    with os.fdopen(go_fd, "rb") as f:
-        if f.readline().strip() != b"go":
-            os._exit(0)
     _prctl(PR_SET_PDEATHSIG, 0)
+    with socket.socket(fileno=go_fd) as sock:
+        try:
+            sock.sendall(b"hello\n")
+            go = sock.recv(16)
+        except OSError:
+            go = b""
+    if go == b"go\n":
+        return
+    from . import state
+    me = state.process_start_time(os.getpid())
+    try:
+        st = state.load(_lab(run_dir)) if run_dir and os.path.isdir(run_dir) else None
+    except state.RecordError:
+        st = None
+    if st is None or not any(p.pid == os.getpid() and p.start_time == me for p in st.processes):
+        os._exit(0)
 
 
 def wait_ready(child: Child, log_path: str, timeout: float = 10.0) -> str | None:
@@ -274,6 +300,9 @@ def start(st, ops) -> None:
     try:
         child = spawn(_agent_argv(st.dir, "agent"), spec["what"], os.path.join(st.dir, LOG), st.dir,
                       ready=True, new_session=True, reply_fd=reply_r)
+    except OSError as e:
+        os.close(reply_w)
+        raise NslabError(f"the lab agent did not start: {e}") from None
     finally:
         os.close(reply_r)
     try:
@@ -346,7 +375,10 @@ def heal(st) -> list[str]:
     live = {p.what.split(" ")[0] for p in st.processes if _running(p)}
     if not expected(st) or st.status != "up" or AGENT in live or WARDEN in live:
         return []
-    child = _restart_partner(st.dir, "agent", expected(st)[0], lambda: False)
+    try:
+        child = _restart_partner(st.dir, "agent", expected(st)[0], lambda: False)
+    except OSError as e:
+        return [f"could not restart the lab agent: {e}"]
     if child is None:
         return []
     child.close()
@@ -402,7 +434,13 @@ def run_warden(run_dir: str) -> None:
                 _log(f"the lab agent (pid {agent.pid}) is gone; restarting it")
                 _pace(agent)
             t0 = time.monotonic()
-            agent = _restart_partner(run_dir, "agent", spec["what"], lambda: sup.stopping)
+            try:
+                agent = _restart_partner(run_dir, "agent", spec["what"], lambda: sup.stopping)
+            except OSError as e:
+                _log(f"the lab agent did not start: {e}; trying again")
+                agent = None
+                time.sleep(RESTART_GAP)
+                continue
             if agent is None:
                 return
             _log(f"the lab agent runs: pid {agent.pid}" + (f" (started in {time.monotonic() - t0:.2f} s)"
@@ -489,35 +527,50 @@ def run_agent(run_dir: str, ready_fd: int | None, reply_fd: int | None = None) -
         _via_up[1].close()
         _via_up = None                   # `up` has finished with the record: write it ourselves
     _log(f"agent runs: http on {len(spec['services'])} pods, {len(planes)} dataplanes, warden {warden.pid}")
+    retry: list[Child] = []               # failed to start: tried again after RESTART_GAP
+
+    def revive(who: Child) -> bool:
+        """Start `who` (the warden or a dataplane) again; False when the lab is going."""
+        nonlocal warden
+        _pace(who)
+        time.sleep(GRACE)                  # a SIGTERM from `nslab down` lands meanwhile
+        if sup.stopping or sup.lab_gone():
+            return False
+        t0 = time.monotonic()
+        try:
+            if who.what == WARDEN_WHAT:
+                new = _restart_partner(run_dir, "warden", WARDEN_WHAT, lambda: sup.stopping)
+                if new is None:
+                    return False
+                warden = new
+            else:
+                dp = next(d for d in planes if d.spec["what"] == who.what)
+                if dp.start() is None:
+                    return False
+                problem = wait_ready(dp.child, dp.log, 5.0)
+                if problem:
+                    raise OSError(problem)
+                new = dp.child
+        except OSError as e:
+            _log(f"{who.what} did not start again: {e}; trying again")
+            who.started = time.monotonic()
+            retry.append(who)
+            return True
+        _log(f"{new.what} runs: pid {new.pid} ({time.monotonic() - t0:.2f} s)")
+        sup.watch(new)
+        return True
+
     buffers: dict[socket.socket, bytes] = {}
     last_check = time.monotonic()
     while True:
         for key, _ in sup.sel.select(timeout=0.5):
             role, who = key.data
             if role == "child":
-                if not who.dead():
-                    continue
-                sup.unwatch(who)
-                if who is warden:
-                    _log(f"the warden (pid {who.pid}) is gone; restarting it")
-                    _pace(who)
-                    warden = _restart_partner(run_dir, "warden", WARDEN_WHAT, lambda: sup.stopping)
-                    if warden is None:
+                if who.dead():
+                    sup.unwatch(who)
+                    _log(f"{who.what} (pid {who.pid}) is gone; restarting it")
+                    if not revive(who):
                         return
-                    sup.watch(warden)
-                    continue
-                dp = next(d for d in planes if d.child is who)
-                _log(f"{dp.spec['what']} (pid {who.pid}) is gone; restarting it")
-                _pace(who)
-                time.sleep(GRACE)
-                if sup.stopping or sup.lab_gone():
-                    return
-                t0 = time.monotonic()
-                if dp.start() is None:
-                    return
-                problem = wait_ready(dp.child, dp.log, 5.0)
-                _log(problem or f"{dp.spec['what']} runs: pid {dp.child.pid} ({time.monotonic() - t0:.2f} s)")
-                sup.watch(dp.child)
                 continue
             if role == "listen":
                 try:
@@ -550,6 +603,10 @@ def run_agent(run_dir: str, ready_fd: int | None, reply_fd: int | None = None) -
             last_check = time.monotonic()
             if sup.lab_gone():      # the lab is gone: never outlive it
                 return
+            for who in [w for w in retry if time.monotonic() - w.started >= RESTART_GAP]:
+                retry.remove(who)
+                if not revive(who):
+                    return
 
 
 def main(argv: list[str]) -> None:
@@ -559,7 +616,7 @@ def main(argv: list[str]) -> None:
         opts[argv[0]] = int(argv[1])
         argv = argv[2:]
     run_dir, role = argv[0], argv[1]
-    wait_go(opts.get("--go-fd"))
+    wait_go(opts.get("--go-fd"), run_dir)
     if role == "warden":
         run_warden(run_dir)
     else:

@@ -469,6 +469,9 @@ def main(argv: list[str]) -> int:
         print(main.__doc__, file=sys.stderr)
         return 2
     kind, dev = argv[0], argv[1]
+    if "go-fd" in opts:                  # recorded by the agent before we act
+        from .agent import wait_go
+        wait_go(int(opts["go-fd"]), opts.get("run-dir"))
     cfg = dict(a.split("=", 1) for a in argv[2:])
     _prctl(15, ctypes.c_char_p(PROCESS_NAMES[kind]))          # PR_SET_NAME: `ss -ulpn` shows flanneld
     if "netns" in opts:
@@ -502,9 +505,6 @@ def main(argv: list[str]) -> int:
     if "ready-fd" in opts:
         os.write(int(opts["ready-fd"]), b"ready\n")
         os.close(int(opts["ready-fd"]))
-    if "go-fd" in opts:
-        from .agent import wait_go
-        wait_go(int(opts["go-fd"]))
     run_dir = opts.get("run-dir")
     try:
         while not failed.wait(0.5):
