@@ -52,6 +52,15 @@ def test_up_down_capture_rewire_racing_never_corrupt_the_record(tmp_path):
     rng = random.Random(1234)
     name = unique_lab_name()
     outcomes = {}
+    try:
+        _race(tmp_path, env, rng, name, outcomes)
+    finally:
+        if (tmp_path / name).exists():                 # a failed round: still leave nothing
+            nslab("down", name, env=env)
+    assert 0 in outcomes["up"] and 0 in outcomes["down"], outcomes
+
+
+def _race(tmp_path, env, rng, name, outcomes):
     t0 = time.monotonic()
     rounds = 0
     while rounds < 12 and time.monotonic() - t0 < 60:
@@ -85,7 +94,6 @@ def test_up_down_capture_rewire_racing_never_corrupt_the_record(tmp_path):
             processes = st["processes"]
             nslab("down", name, env=env, check=True)
             assert leftovers(name, str(tmp_path), processes) == []
-    assert 0 in outcomes["up"] and 0 in outcomes["down"], outcomes
 
 
 def in_private_mounts(script: str, timeout=60) -> subprocess.CompletedProcess:
