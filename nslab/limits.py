@@ -18,6 +18,10 @@ FDS_PER_NAMESPACE = 2
 # stdin/out/err, the lab lock and record, /dev/null, imports, a Docker API connection, ...
 FDS_RESERVE = 64
 GC_THRESH3 = "/proc/sys/net/ipv4/neigh/default/gc_thresh3"
+# Routes model.py computes (every router learns every subnet it reaches: routers x subnets).
+# A 10,000-node CLOS (108 routers, ~900 subnets) needs ~97,000; five times that is ~200 MB
+# of Route objects and a few seconds.
+MAX_COMPUTED_ROUTES = 500_000
 
 
 def raise_nofile_soft_limit() -> tuple[int, int]:

@@ -402,6 +402,8 @@ class Builder:
         self.tests: list = []
         self.extensions: list = []          # callables(builder) run after addresses (cluster)
         self.iface_paths: dict[int, tuple] = {}   # id(Iface) -> where its name or end is written
+        self._ifnames: dict[str, set[str]] = {}   # node -> its interface names (a switch has thousands)
+        self._next_eth: dict[str, int] = {}
         self.cluster = None
 
     def err(self, path, msg):
@@ -554,9 +556,12 @@ class Builder:
             ext(self)
         self._check_kernel_names()
         self._check_macs()
-        self._resolve_routes()
-        return Topology(name=self.lab, file=self.doc.file, mtu=self.mtu, ipv6=self.ipv6, nodes=self.nodes,
+        topo = Topology(name=self.lab, file=self.doc.file, mtu=self.mtu, ipv6=self.ipv6, nodes=self.nodes,
                         segments=self.segments, doc=self.doc, cluster=self.cluster, tests=self.tests)
+        from . import limits
+        limits.check(topo)      # what this machine can hold (descriptors, neighbour table), before routes
+        self._resolve_routes()
+        return topo
 
     def _check_kernel_names(self):
         """Every name as the kernel will see it, in bytes: namespaces (/run/netns/<lab>.<node>),
@@ -614,10 +619,11 @@ class Builder:
                 seen[iface.mac] = iface
 
     def _next_free_ifname(self, node: Node, prefix="eth") -> str:
-        taken = {i.name for i in node.ifaces}
-        n = 0
+        taken = self._ifnames.setdefault(node.name, set())
+        n = self._next_eth.get(node.name, 0)       # names only get taken: resume where we were
         while f"{prefix}{n}" in taken:
             n += 1
+        self._next_eth[node.name] = n
         return f"{prefix}{n}"
 
     def _resolve_attachments(self):
@@ -656,10 +662,11 @@ class Builder:
             for end, node in ((a, na), (b, nb)):
                 if end["iface"] is not None:
                     name = self.p.ifname(end["iface"], end["iface_path"])
-                    if node.iface(name) or name == node.bridge or name == "lo":
+                    if name in self._ifnames.get(node.name, ()) or name == node.bridge or name == "lo":
                         raise self.err(end["iface_path"], f"{node.name} already has an interface named {name}")
                 elif att["kind"] == "segment" and node is nb:
-                    name = short_ifname(na.name) if not nb.iface(short_ifname(na.name)) else short_ifname(seg.name, na.name)
+                    name = short_ifname(na.name) if short_ifname(na.name) not in self._ifnames.get(nb.name, ()) \
+                        else short_ifname(seg.name, na.name)
                 else:
                     name = self._next_free_ifname(node)
                 names.append(name)
@@ -680,6 +687,7 @@ class Builder:
                 if end.get("bridge"):       # a port of a bridge inside a node (cni0)
                     iface.bridge, iface.hairpin = end["bridge"], end.get("hairpin", False)
                 node.ifaces.append(iface)
+                self._ifnames.setdefault(node.name, set()).add(iface.name)
                 end["iface_obj"] = iface
                 self.iface_paths[id(iface)] = end["iface_path"] if end["iface"] is not None else end["path"]
 
@@ -859,12 +867,41 @@ class Builder:
                         adj[r].append((peer.name, peer.iface(iface.peer_name).ip.ip, iface.name))
         return adj
 
+    def _check_route_count(self, adj, subnets):
+        """Every router learns every subnet of its part of the router graph: routers x
+        subnets routes, quadratic.  Count them first (components, linear) and refuse a lab
+        that would take minutes and gigabytes to compute (a chain of 1,500 routers: 2.2
+        million routes)."""
+        from .limits import MAX_COMPUTED_ROUTES
+        comp: dict[str, int] = {}
+        sizes: list[int] = []
+        for start in adj:
+            if start in comp:
+                continue
+            comp[start], queue, size = len(sizes), [start], 0
+            while queue:
+                r = queue.pop()
+                size += 1
+                for nb, _, _ in adj[r]:
+                    if nb not in comp:
+                        comp[nb] = comp[start]
+                        queue.append(nb)
+            sizes.append(size)
+        total = sum(sizes[comp[next(iter(attached))]] - len(attached) for attached in subnets.values() if attached)
+        if total > MAX_COMPUTED_ROUTES:
+            from .errors import TopologyError
+            raise TopologyError(self.doc.display_name, None, "",
+                                f"the routers would need {total:,} routes ({len(adj):,} routers each learning every "
+                                f"subnet they reach); nslab computes at most {MAX_COMPUTED_ROUTES:,}: split the "
+                                f"lab, or join routers through fewer subnets")
+
     def _router_routes(self):
         """Every router learns every subnet it is not connected to, by shortest path (hop
         count) over the router graph, with ECMP (a multipath route) where paths tie."""
         adj = self._router_adjacency()
         if not adj:
             return
+        declared = {r: {rt.dst for rt in self.nodes[r].routes} for r in adj}
         subnets: dict[IPv4Network, set[str]] = {}
         for node in self.nodes.values():
             for iface in node.ifaces:
@@ -872,6 +909,7 @@ class Builder:
                     subnets.setdefault(iface.ip.network, set())
                     if node.kind == "router":
                         subnets[iface.ip.network].add(node.name)
+        self._check_route_count(adj, subnets)
         for net, attached in subnets.items():
             if not attached:
                 continue
@@ -887,7 +925,7 @@ class Builder:
                 if d == 0:
                     continue
                 node = self.nodes[r]
-                if any(rt.dst == net for rt in node.routes):
+                if net in declared[r]:
                     continue  # a declared route wins
                 hops, seen = [], set()
                 for nb, addr, dev in adj[r]:
@@ -903,7 +941,4 @@ def load(file: str, text: str | None = None, name: str | None = None, overrides:
     doc = yamldoc.load(file, text)
     parser = Parser(doc, name)
     parser.overrides = overrides or {}
-    topo = parser.parse().build()
-    from . import limits
-    limits.check(topo)      # what this machine can hold: file descriptors, neighbour table
-    return topo
+    return parser.parse().build()

@@ -543,3 +543,21 @@ def test_raise_nofile_soft_limit_in_a_child():
             "print(r() == (h, h) and resource.getrlimit(resource.RLIMIT_NOFILE) == (h, h))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "True", out.stderr
+
+
+def test_quadratic_route_computation_is_refused_before_it_starts(monkeypatch):
+    """A 40 KB chain of 800 routers needs 637,602 computed routes (799 links x 798 routers not on each) (minutes and gigabytes
+    before the cap): refused by counting first."""
+    import time
+    from nslab import limits
+    monkeypatch.setattr(limits, "gc_thresh3", lambda: 10 ** 6)
+    n = 800
+    text = "routers: [" + ", ".join(f"r{i}" for i in range(n)) + "]\nlinks:\n" + \
+        "".join(f"  - [r{i}, r{i + 1}]\n" for i in range(n - 1))
+    t0 = time.perf_counter()
+    with pytest.raises(TopologyError, match=r"the routers would need 637,602 routes .* at most 500,000"):
+        model.load("chain.yaml", text=text)
+    assert time.perf_counter() - t0 < 10
+    short = "routers: [" + ", ".join(f"r{i}" for i in range(300)) + "]\nlinks:\n" + \
+        "".join(f"  - [r{i}, r{i + 1}]\n" for i in range(299))
+    assert len(model.load("chain.yaml", text=short).nodes["r0"].routes) == 298    # 89,402 in all: fine
