@@ -63,6 +63,9 @@ def _run_validate(case: Path) -> subprocess.CompletedProcess:
     "yaml-duplicate-key",          # short
     "mtu-too-small",               # longer than 80 columns with the `nslab: ` prefix: must not wrap
     "unknown-key-top",
+    "yaml-alias-bomb",             # issue 9: hung for over 60 s
+    "yaml-deep-flow",              # issue 9: RecursionError traceback
+    "yaml-nul-byte",               # issue 9: a two-line message
 ])
 def test_cli_validate_bad_input(name: str):
     case = ERRORS / f"{name}.yaml"
