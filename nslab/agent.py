@@ -125,6 +125,7 @@ class Child:
         except ProcessLookupError:
             self.fd = None
         self.ready: int | None = None
+        self.go: socket.socket | None = None     # until commit()
 
     def dead(self) -> bool:
         if self.popen is not None:
@@ -140,10 +141,13 @@ class Child:
         if self.ready is not None:
             os.close(self.ready)
             self.ready = None
+        if self.go is not None:
+            self.go.close()
+            self.go = None
 
 
 def spawn(argv: list[str], what: str, log_path: str, run_dir: str, ready: bool = False,
-          new_session: bool = False, reply_fd: int | None = None) -> Child | None:
+          new_session: bool = False, reply_fd: int | None = None, defer: bool = False) -> Child | None:
     """Start argv (`python3 -m MODULE ...`) with --go-fd (and --ready-fd) after MODULE, so
     that it is recorded before it acts; None when the lab is gone.
 
@@ -151,7 +155,8 @@ def spawn(argv: list[str], what: str, log_path: str, run_dir: str, ready: bool =
     said "hello" on the go socket; it then no longer does, and waits.  Only now do we
     record it and answer "go".  Killed at any point, we leave no unrecorded process: before
     "hello" the kernel kills the child, after it the child reads end-of-file and exits.
-    A recorded child is never killed with us."""
+    A recorded child is never killed with us.  defer: return at once, commit() later (so
+    that several children start in parallel)."""
     ours, theirs = socket.socketpair()
     ready_r, ready_w = os.pipe() if ready else (None, None)
     parent = os.getpid()
@@ -175,6 +180,14 @@ def spawn(argv: list[str], what: str, log_path: str, run_dir: str, ready: bool =
             os.close(ready_w)
     child = Child(what, proc.pid, proc)
     child.ready = ready_r
+    child.go = ours
+    return child if defer else commit(child, run_dir, log_path)
+
+
+def commit(child: Child, run_dir: str, log_path: str) -> Child | None:
+    """spawn(), second half: wait for the child's hello, record it, tell it to go."""
+    ours, what, proc = child.go, child.what, child.popen
+    child.go = None
     try:
         ours.settimeout(30.0)
         if ours.recv(16) != b"hello\n":
@@ -469,11 +482,11 @@ class Dataplane:
         self.child: Child | None = None
         self.log = os.path.join(run_dir, f"tunnel-{spec['node']}.log")
 
-    def start(self) -> Child | None:
+    def start(self, defer: bool = False) -> Child | None:
         s = self.spec
         argv = [sys.executable, "-m", "nslab.tunnel", "--netns", s["ns"], "--run-dir", self.run_dir,
                 s["kind"], s["dev"]] + [f"{k}={v}" for k, v in s["config"]]
-        self.child = spawn(argv, s["what"], self.log, self.run_dir, ready=True)
+        self.child = spawn(argv, s["what"], self.log, self.run_dir, ready=True, defer=defer)
         return self.child
 
 
@@ -500,10 +513,12 @@ def run_agent(run_dir: str, ready_fd: int | None, reply_fd: int | None = None) -
             p = live.get(dp.spec["what"])
             if p is not None:
                 dp.child = Child(p.what, p.pid)
-            elif dp.start() is None:
-                raise OSError(f"lab {_lab(run_dir)} is gone")
             else:
+                dp.start(defer=True)            # all start in parallel; each recorded below
                 fresh.append(dp)
+        for dp in fresh:
+            if commit(dp.child, run_dir, dp.log) is None:
+                raise OSError(f"lab {_lab(run_dir)} is gone")
         problem = next(filter(None, (wait_ready(dp.child, dp.log) for dp in fresh)), None)
         if problem:
             raise OSError(problem)
