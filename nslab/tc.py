@@ -1,0 +1,481 @@
+"""Link conditions in the kernel: root qdiscs encoded as rtnetlink messages, applied in
+batches, read back and removed.
+
+Which qdisc:
+- rate alone (with burst/limit): tbf.  Built into this machine's kernel and every stock one.
+- any of delay, jitter, loss: one netem, carrying the rate too (netem's own `rate`, as
+  `containerlab tools netem` does) -- one qdisc per link end, read back in one piece.  netem
+  has no token bucket, so `burst` with netem is refused by units.Conditions.check().
+
+Messages are what `tc qdisc replace dev DEV root ...` of iproute2 6.1 sends, byte for byte
+(tests/test_tc_encoding.py holds them against tc's own bytes, captured with strace), except
+that tbf's 1 KB rate table (TCA_TBF_RTAB) is left out: the kernel reads it only for a
+ratespec of linklayer "unaware", and ours says ethernet, as tc's does.
+
+Wire helpers are local (nslab's own style: struct, no pyroute2) so this module stands alone
+while the package is restructured; they are the same shapes as apply's and can be merged.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import gzip
+import itertools
+import os
+import re
+import socket
+import struct
+import threading
+from dataclasses import dataclass, replace
+
+from .errors import NslabError
+from .units import TICKS_PER_USEC, U32_MAX, Conditions, ConditionsError, format_size
+
+# ---- rtnetlink constants (linux/rtnetlink.h, pkt_sched.h) -------------------------------------
+RTM_NEWLINK, RTM_GETLINK = 16, 18
+RTM_NEWQDISC, RTM_DELQDISC, RTM_GETQDISC = 36, 37, 38
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 0x1, 0x2, 0x4
+NLM_F_REPLACE, NLM_F_CREATE, NLM_F_DUMP = 0x100, 0x400, 0x300
+NLM_F_ACK_TLVS = 0x200
+NLMSGERR_ATTR_MSG = 1
+SOL_NETLINK, NETLINK_CAP_ACK, NETLINK_EXT_ACK = 270, 10, 11
+REPLACE = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE    # `tc qdisc replace`
+DELETE = NLM_F_REQUEST | NLM_F_ACK
+DUMP = NLM_F_REQUEST | NLM_F_DUMP
+TC_H_ROOT = 0xFFFFFFFF
+TCA_KIND, TCA_OPTIONS = 1, 2
+TCA_TBF_PARMS, TCA_TBF_RATE64, TCA_TBF_BURST = 1, 4, 6
+TCA_NETEM_RATE, TCA_NETEM_RATE64, TCA_NETEM_LATENCY64, TCA_NETEM_JITTER64 = 6, 8, 10, 11
+IFLA_IFNAME, IFLA_MTU = 3, 4
+TC_LINKLAYER_ETHERNET = 1
+NETEM_DEFAULT_LIMIT = 1000          # packets: what tc sends when no limit is given
+TBF_DEFAULT_LATENCY_US = 50_000     # tbf needs a queue bound: tc's `latency 50ms`
+TBF_MIN_BURST = 32 * 1024           # bytes: above any MTU nslab makes, so no packet waits forever
+ETH_HLEN = 14
+SEND_CHUNK = 64 * 1024
+
+_NLMSGHDR = struct.Struct("=IHHII")     # length, type, flags, seq, pid
+_TCMSG = struct.Struct("=BxxxiIII")     # family, ifindex, handle, parent, info
+_IFINFOMSG = struct.Struct("=BxHiII")   # family, type, index, flags, change
+_RTATTR = struct.Struct("=HH")
+_RATESPEC = struct.Struct("=BBHhHI")    # cell_log, linklayer, overhead, cell_align, mpu, rate
+_TBF_QOPT = struct.Struct("=12s12sIII")  # rate, peakrate, limit, buffer, mtu
+_NETEM_QOPT = struct.Struct("=IIIIII")  # latency, limit, loss, gap, duplicate, jitter
+_NETEM_RATE = struct.Struct("=IiIi")    # rate, packet_overhead, cell_size, cell_overhead
+_U32 = struct.Struct("=I")
+_U64 = struct.Struct("=Q")
+_S64 = struct.Struct("=q")
+
+
+class TcError(NslabError):
+    """The kernel refused a qdisc change (names the device and what was asked)."""
+
+
+class KernelFeatureError(NslabError):
+    """The kernel lacks a qdisc the conditions need: one sentence, nothing changed."""
+
+    exit_code = 2
+
+
+# ---- the probe: can this kernel do netem? ------------------------------------------------------
+SYS_MODULE = "/sys/module"
+LIB_MODULES = "/lib/modules"
+PROC_CONFIG = "/proc/config.gz"
+MODULES_DISABLED = "/proc/sys/kernel/modules_disabled"
+
+
+def netem_state(sys_module: str = SYS_MODULE, lib_modules: str = LIB_MODULES, config: str = PROC_CONFIG,
+                modules_disabled: str = MODULES_DISABLED, release: str | None = None) -> tuple[str, str]:
+    """(state, why) -- state 'loaded' (loaded or built in), 'unloaded' (a module the kernel
+    loads on first use, as it does for `tc`), 'absent' or 'unknown' (nothing to read).
+    Reads files only (like tunnel.ipip_state); never loads anything."""
+    release = release or os.uname().release
+    if os.path.isdir(os.path.join(sys_module, "sch_netem")):
+        return "loaded", "sch_netem is loaded"
+    tree = os.path.join(lib_modules, release)
+    listed = {}
+    for name in ("modules.builtin", "modules.dep"):
+        try:
+            with open(os.path.join(tree, name), encoding="utf-8", errors="replace") as f:
+                listed[name] = any(re.fullmatch(r"sch_netem\.ko(\.\w+)?",
+                                                line.split(":", 1)[0].strip().rsplit("/", 1)[-1]) for line in f)
+        except OSError:
+            pass
+    setting = None
+    try:
+        with gzip.open(config, "rt", encoding="utf-8", errors="replace") as f:
+            setting = "n"
+            for line in f:
+                m = re.fullmatch(r"CONFIG_NET_SCH_NETEM=(\w)\s*", line)
+                if m:
+                    setting = m.group(1)
+                    break
+    except (OSError, EOFError, ValueError):
+        pass
+    if listed.get("modules.builtin") or setting == "y":
+        return "loaded", "netem is built into the kernel"
+    if listed.get("modules.dep") or setting == "m":
+        try:
+            with open(modules_disabled) as f:
+                if f.read().strip() == "1":
+                    return "absent", "sch_netem is a module that is not loaded and module loading is disabled"
+        except OSError:
+            pass
+        return "unloaded", "sch_netem is a module the kernel loads on first use"
+    if setting == "n":
+        return "absent", "CONFIG_NET_SCH_NETEM is not set in /proc/config.gz"
+    if listed:
+        return "absent", f"sch_netem is neither built in nor a module in {tree}"
+    return "unknown", f"neither {config} nor {tree}/modules.builtin can be read"
+
+
+def netem_available(**paths) -> bool:
+    return netem_state(**paths)[0] in ("loaded", "unloaded")
+
+
+def require(conditions, **paths) -> None:
+    """Refuse, before anything is sent, conditions this kernel cannot do (netem's part)."""
+    wanted = [c for c in conditions if c is not None and c.needs_netem]
+    if not wanted:
+        return
+    state, why = netem_state(**paths)
+    if state in ("loaded", "unloaded"):
+        return
+    raise KernelFeatureError(f"this kernel ({os.uname().release}) has no netem qdisc ({why}), which delay, jitter "
+                             f"and loss need; rate alone works (tbf), and a stock Debian kernel has netem")
+
+
+# ---- encoding ---------------------------------------------------------------------------------
+def _attr(atype: int, payload: bytes) -> bytes:
+    length = _RTATTR.size + len(payload)
+    return _RTATTR.pack(length, atype) + payload + b"\0" * (-length & 3)
+
+
+def _message(mtype: int, flags: int, header: bytes, *attrs: bytes) -> bytearray:
+    """nlmsghdr + fixed header + attributes (seq is filled in when the batch is sent)."""
+    body = header + b"".join(attrs)
+    return bytearray(_NLMSGHDR.pack(_NLMSGHDR.size + len(body), mtype, flags, 0, 0) + body)
+
+
+def _tcmsg(ifindex: int, parent: int = TC_H_ROOT, handle: int = 0) -> bytes:
+    return _TCMSG.pack(socket.AF_UNSPEC, ifindex, handle, parent, 0)
+
+
+def _ticks(usec: float) -> int:
+    """tc_core_time2tick(): microseconds to the kernel's 64 ns ticks, truncated, in a u32."""
+    return min(int(int(usec) * TICKS_PER_USEC), U32_MAX)
+
+
+def effective(cond: Conditions, mtu: int = 1500) -> Conditions:
+    """The conditions with the defaults the encoder fills in (what the kernel then holds)."""
+    if cond.kind == "netem":
+        return replace(cond, limit=cond.limit or NETEM_DEFAULT_LIMIT)
+    if cond.kind == "tbf":
+        burst = cond.burst or max(TBF_MIN_BURST, cond.rate_bytes // 250, mtu + ETH_HLEN)   # >= 4 ms at rate
+        return replace(cond, burst=burst)
+    return cond
+
+
+def tbf_options(cond: Conditions, mtu: int = 1500) -> bytes:
+    """TCA_OPTIONS of `tc qdisc replace ... tbf rate R burst B latency 50ms` (or `limit`)."""
+    cond = effective(cond, mtu)
+    rate, burst = cond.rate_bytes, cond.burst
+    if burst < mtu + ETH_HLEN:
+        raise ConditionsError("burst", f"burst {format_size(burst)} is below a full frame of this link "
+                                       f"({mtu + ETH_HLEN}b): such packets would never pass")
+    if cond.limit:
+        limit = cond.limit * (mtu + ETH_HLEN)    # tbf's limit is bytes; ours is packets
+    else:
+        limit = rate * TBF_DEFAULT_LATENCY_US / 1e6 + burst
+    rate32 = min(rate, U32_MAX)
+    # tc_calc_rtable(): cell_log 3 for its default mtu 2047, cell_align -1; tc_calc_xmittime()
+    # on the 32-bit rate.  The kernel takes the bucket from TCA_TBF_BURST; buffer is for show.
+    ratespec = _RATESPEC.pack(3, TC_LINKLAYER_ETHERNET, 0, -1, 0, rate32)
+    buffer = _ticks(1e6 * (burst / rate32))
+    parms = _TBF_QOPT.pack(ratespec, b"\0" * 12, min(int(limit), U32_MAX), buffer, 0)
+    opts = _attr(TCA_TBF_PARMS, parms) + _attr(TCA_TBF_BURST, _U32.pack(burst))
+    if rate >= 1 << 32:
+        opts += _attr(TCA_TBF_RATE64, _U64.pack(rate))
+    return opts
+
+
+def netem_options(cond: Conditions) -> bytes:
+    """TCA_OPTIONS of `tc qdisc replace ... netem delay D J loss L rate R limit N`: the fixed
+    tc_netem_qopt followed (not nested) by netem's attributes, as tc lays it out."""
+    cond = effective(cond)
+    qopt = _NETEM_QOPT.pack(_ticks(cond.delay_us or 0), cond.limit, cond.loss_u32 or 0, 0, 0,
+                            _ticks(cond.jitter_us or 0))
+    attrs = b""
+    if cond.rate_bytes:
+        if cond.rate_bytes >= 1 << 32:
+            attrs += _attr(TCA_NETEM_RATE64, _U64.pack(cond.rate_bytes))
+        attrs += _attr(TCA_NETEM_RATE, _NETEM_RATE.pack(min(cond.rate_bytes, U32_MAX), 0, 0, 0))
+    return qopt + attrs
+
+
+def encode_set(ifindex: int, cond: Conditions, mtu: int = 1500) -> bytearray:
+    """RTM_NEWQDISC: replace the root qdisc of `ifindex` with what `cond` needs."""
+    kind = cond.kind
+    if kind == "tbf":
+        opts = tbf_options(cond, mtu)
+    elif kind == "netem":
+        opts = netem_options(cond)
+    else:
+        raise ValueError("no conditions to set (use encode_clear)")
+    return _message(RTM_NEWQDISC, REPLACE, _tcmsg(ifindex), _attr(TCA_KIND, kind.encode() + b"\0"),
+                    _attr(TCA_OPTIONS, opts))
+
+
+def encode_clear(ifindex: int) -> bytearray:
+    """RTM_DELQDISC of the root qdisc (`tc qdisc del dev DEV root`): back to the default."""
+    return _message(RTM_DELQDISC, DELETE, _tcmsg(ifindex))
+
+
+def encode_dump_qdiscs() -> bytearray:
+    return _message(RTM_GETQDISC, DUMP, _tcmsg(0, parent=0))
+
+
+def encode_dump_links() -> bytearray:
+    return _message(RTM_GETLINK, DUMP, _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0))
+
+
+# ---- decoding ---------------------------------------------------------------------------------
+def _attrs(buf: bytes, pos: int, end: int) -> dict[int, bytes]:
+    out = {}
+    while pos + 4 <= end:
+        alen, atype = _RTATTR.unpack_from(buf, pos)
+        if alen < 4:
+            break
+        out[atype & 0x3FFF] = bytes(buf[pos + 4: pos + alen])
+        pos += (alen + 3) & ~3
+    return out
+
+
+def decode_tbf(opts: bytes) -> Conditions:
+    a = _attrs(opts, 0, len(opts))
+    rate_raw, _peak, _limit, buffer, _mtu = _TBF_QOPT.unpack_from(a[TCA_TBF_PARMS])
+    rate = _U64.unpack(a[TCA_TBF_RATE64])[0] if TCA_TBF_RATE64 in a else _RATESPEC.unpack(rate_raw)[5]
+    # The kernel reports the bucket as time at rate (64 ns ticks), as tc shows it.
+    return Conditions(rate_bytes=rate, burst=round(rate * (buffer << 6) / 1e9))
+
+
+def decode_netem(opts: bytes) -> Conditions:
+    latency, limit, loss, _gap, _dup, jitter = _NETEM_QOPT.unpack_from(opts)
+    a = _attrs(opts, _NETEM_QOPT.size, len(opts))
+    # 64-bit ns values where the kernel sends them (4.17+); ticks are 64 ns.  Rounded back to
+    # the microseconds they were set in (the tick conversion loses less than 0.064 us).
+    delay_ns = _S64.unpack(a[TCA_NETEM_LATENCY64])[0] if TCA_NETEM_LATENCY64 in a else latency << 6
+    jitter_ns = _S64.unpack(a[TCA_NETEM_JITTER64])[0] if TCA_NETEM_JITTER64 in a else jitter << 6
+    rate = None
+    if TCA_NETEM_RATE in a:
+        rate = _NETEM_RATE.unpack_from(a[TCA_NETEM_RATE])[0] or None
+    if TCA_NETEM_RATE64 in a:
+        rate = _U64.unpack(a[TCA_NETEM_RATE64])[0]
+    return Conditions(rate_bytes=rate, delay_us=round(delay_ns / 1000) or None,
+                      jitter_us=round(jitter_ns / 1000) or None, loss_u32=loss or None, limit=limit)
+
+
+@dataclass(frozen=True)
+class Qdisc:
+    """A root qdisc as read back.  conditions is None for kinds nslab does not set."""
+    dev: str
+    ifindex: int
+    kind: str
+    handle: int
+    conditions: Conditions | None
+
+    def describe(self) -> str:
+        return self.conditions.describe() if self.conditions else f"qdisc {self.kind}"
+
+
+def _messages(buf: bytes):
+    pos = 0
+    while pos + 16 <= len(buf):
+        length, mtype, flags, seq, _pid = _NLMSGHDR.unpack_from(buf, pos)
+        if length < 16:
+            break
+        yield mtype, flags, seq, pos, length
+        pos += (length + 3) & ~3
+
+
+def decode_qdisc(buf: bytes, pos: int, length: int) -> tuple[int, str, int, int, Conditions | None]:
+    """(ifindex, kind, handle, parent, conditions) of one RTM_NEWQDISC message at pos."""
+    _fam, ifindex, handle, parent, _info = _TCMSG.unpack_from(buf, pos + 16)
+    a = _attrs(buf, pos + 16 + _TCMSG.size, pos + length)
+    kind = a.get(TCA_KIND, b"").split(b"\0")[0].decode()
+    opts = a.get(TCA_OPTIONS)
+    cond = None
+    if opts is not None and kind == "tbf":
+        cond = decode_tbf(opts)
+    elif opts is not None and kind == "netem":
+        cond = decode_netem(opts)
+    return ifindex, kind, handle, parent, cond
+
+
+# ---- talking to the kernel ----------------------------------------------------------------------
+_seq = itertools.count(0x7C000000)     # apart from apply's counter, which starts at 1
+
+
+def _extack(buf: bytes, offset: int, length: int, flags: int) -> str:
+    if not flags & NLM_F_ACK_TLVS:
+        return ""
+    a = _attrs(buf, offset + 16 + 4 + 16, offset + length)   # header, error, capped echo
+    return a.get(NLMSGERR_ATTR_MSG, b"").split(b"\0")[0].decode(errors="replace")
+
+
+def send_batch(sock: socket.socket, messages: list[tuple[bytearray, object]]) -> dict[object, tuple[int, str]]:
+    """Send all messages (chunked sends, one ack each) and return {tag: (errno, kernel text)}
+    for those the kernel refused."""
+    pending, chunk = {}, bytearray()
+    for data, tag in messages:
+        seq = next(_seq) & 0xFFFFFFFF
+        struct.pack_into("=I", data, 8, seq)
+        pending[seq] = tag
+        if len(chunk) + len(data) > SEND_CHUNK:
+            sock.send(chunk)
+            chunk = bytearray()
+        chunk += data
+    if chunk:
+        sock.send(chunk)
+    failed = {}
+    while pending:
+        buf = sock.recv(1 << 20)
+        for mtype, flags, seq, pos, length in _messages(buf):
+            if mtype == NLMSG_ERROR and seq in pending:
+                (code,) = struct.unpack_from("=i", buf, pos + 16)
+                tag = pending.pop(seq)
+                if code:
+                    failed[tag] = (-code, _extack(buf, pos, length, flags))
+    return failed
+
+
+def _dump(sock: socket.socket, request: bytearray):
+    """Yield (mtype, buf, pos, length) of each reply message of one dump."""
+    seq = next(_seq) & 0xFFFFFFFF
+    struct.pack_into("=I", request, 8, seq)
+    sock.send(request)
+    while True:
+        buf = sock.recv(1 << 20)
+        for mtype, _flags, mseq, pos, length in _messages(buf):
+            if mseq != seq:
+                continue
+            if mtype == NLMSG_DONE:
+                return
+            if mtype == NLMSG_ERROR:
+                (code,) = struct.unpack_from("=i", buf, pos + 16)
+                if code:
+                    raise TcError(f"cannot read qdiscs: {os.strerror(-code)}")
+                return
+            yield mtype, buf, pos, length
+
+
+def links(sock: socket.socket) -> dict[int, tuple[str, int]]:
+    """{ifindex: (name, mtu)} of the socket's namespace."""
+    out = {}
+    for mtype, buf, pos, length in _dump(sock, encode_dump_links()):
+        if mtype != RTM_NEWLINK:
+            continue
+        _fam, _type, index, _flags, _change = _IFINFOMSG.unpack_from(buf, pos + 16)
+        a = _attrs(buf, pos + 16 + _IFINFOMSG.size, pos + length)
+        name = a.get(IFLA_IFNAME, b"").split(b"\0")[0].decode()
+        mtu = _U32.unpack(a[IFLA_MTU])[0] if IFLA_MTU in a else 0
+        out[index] = (name, mtu)
+    return out
+
+
+def read(sock: socket.socket) -> dict[str, Qdisc]:
+    """The root qdisc of every device of the socket's namespace, by device name (for `link
+    show`).  Devices on the default (noqueue) have one of kind 'noqueue'."""
+    names = links(sock)
+    out = {}
+    for mtype, buf, pos, length in _dump(sock, encode_dump_qdiscs()):
+        if mtype != RTM_NEWQDISC:
+            continue
+        ifindex, kind, handle, parent, cond = decode_qdisc(buf, pos, length)
+        if parent == TC_H_ROOT and ifindex in names:
+            dev = names[ifindex][0]
+            out[dev] = Qdisc(dev=dev, ifindex=ifindex, kind=kind, handle=handle, conditions=cond)
+    return out
+
+
+def apply(sock: socket.socket, settings: list[tuple[str, int, Conditions | None]], mtu: int | dict = 1500,
+          where: str = "") -> None:
+    """Set (or, for None or empty conditions, clear) the root qdisc of each (dev, ifindex,
+    conditions) in one batch.  Refuses netem on a kernel without it before sending anything.
+    `mtu`: one for all, or {dev: mtu} (tbf's burst must hold a frame)."""
+    require([c for _, _, c in settings])
+    messages = []
+    for i, (dev, ifindex, cond) in enumerate(settings):
+        if cond is None or cond.empty:
+            messages.append((encode_clear(ifindex), i))
+        else:
+            dev_mtu = mtu.get(dev, 1500) if isinstance(mtu, dict) else mtu
+            messages.append((encode_set(ifindex, cond, dev_mtu), i))
+    failed = send_batch(sock, messages)
+    # Clearing what has nothing set is not an error: the kernel says ENOENT ("Cannot delete
+    # qdisc with handle of zero") for the default root.
+    problems = []
+    for i, (err, text) in sorted(failed.items()):
+        dev, _, cond = settings[i]
+        cond = None if cond is None or cond.empty else cond
+        if not (cond is None and err == errno.ENOENT):
+            problems.append((dev, cond, err, text))
+    if not problems:
+        return
+    dev, cond, err, text = problems[0]
+    place = f" in {where}" if where else ""
+    if cond is not None and cond.kind == "netem" and err == errno.ENOENT:
+        raise KernelFeatureError(f"this kernel has no netem qdisc (it refused it on {dev}{place}), which delay, "
+                                 f"jitter and loss need; rate alone works (tbf)")
+    what = f"{cond.kind} {cond.describe()}" if cond is not None else "removing its conditions"
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    raise TcError(f"the kernel refused {what} on {dev}{place}: {os.strerror(err)}"
+                  + (f" ({text})" if text else "") + more)
+
+
+def clear(sock: socket.socket, devs: list[tuple[str, int]], where: str = "") -> None:
+    """Remove the conditions of each (dev, ifindex): its root qdisc goes back to the default."""
+    apply(sock, [(dev, ifindex, None) for dev, ifindex in devs], where=where)
+
+
+# ---- a socket in a lab namespace (for `nslab link` and the tests) ---------------------------------
+CLONE_NEWNET = 0x40000000
+NETNS_RUN_DIR = "/run/netns"
+
+
+def open_socket(netns: str) -> socket.socket:
+    """A NETLINK_ROUTE socket bound to the named namespace.  Made by a short-lived thread that
+    enters it, so the caller's thread never changes namespace; never the root namespace."""
+    result: dict = {}
+
+    def inside():
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = os.open(os.path.join(NETNS_RUN_DIR, netns), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if libc.setns(fd, CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, f"setns {netns}: {os.strerror(err)}")
+            finally:
+                os.close(fd)
+            if os.stat("/proc/thread-self/ns/net").st_ino == os.stat("/proc/1/ns/net").st_ino:
+                raise TcError(f"{netns} is the root network namespace; nslab shapes links in lab namespaces only")
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE)
+            sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
+            sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            sock.bind((0, 0))
+            result["sock"] = sock
+        except BaseException as e:      # handed to the caller's thread
+            result["error"] = e
+
+    t = threading.Thread(target=inside, name=f"netns-{netns}")
+    t.start()
+    t.join()
+    if "error" in result:
+        e = result["error"]
+        if isinstance(e, FileNotFoundError):
+            raise TcError(f"network namespace {netns} does not exist") from None
+        raise e
+    return result["sock"]
