@@ -448,6 +448,7 @@ def open_socket(netns: str) -> socket.socket:
     """A NETLINK_ROUTE socket bound to the named namespace.  Made by a short-lived thread that
     enters it, so the caller's thread never changes namespace; never the root namespace."""
     result: dict = {}
+    home = os.stat("/proc/thread-self/ns/net").st_ino     # nslab runs in the root namespace
 
     def inside():
         try:
@@ -459,7 +460,7 @@ def open_socket(netns: str) -> socket.socket:
                     raise OSError(err, f"setns {netns}: {os.strerror(err)}")
             finally:
                 os.close(fd)
-            if os.stat("/proc/thread-self/ns/net").st_ino == os.stat("/proc/1/ns/net").st_ino:
+            if os.stat("/proc/thread-self/ns/net").st_ino == home:
                 raise TcError(f"{netns} is the root network namespace; nslab shapes links in lab namespaces only")
             sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE)
             sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)

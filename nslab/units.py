@@ -89,15 +89,18 @@ def parse_time(value, what: str = "time") -> int:
 def parse_percent(value, what: str = "loss") -> int:
     """netem's probability scale, 0..2^32-1 (tc's get_percent: rint(percent / 100 * UINT32_MAX));
     a bare number is already a percentage, as in tc."""
+    bad = ValueError(f"{what} {value!r} is not {PERCENT_FORMS}")
+    body = value
     if isinstance(value, str) and value.endswith("%"):
         body = value[:-1]
         if not body or body[-1:] in "% " or body.startswith(" "):
-            raise ValueError(f"{what} {value!r} is not {PERCENT_FORMS}")
-    else:
-        body = value
-    number, suffix = _split(body, what, PERCENT_FORMS)
+            raise bad
+    try:
+        number, suffix = _split(body, what, PERCENT_FORMS)
+    except ValueError:
+        raise bad from None
     if suffix:
-        raise ValueError(f"{what} {value!r} is not {PERCENT_FORMS}")
+        raise bad
     if number > 100:
         raise ValueError(f"{what} {value!r} is over 100%")
     return percent_to_u32(number)
