@@ -45,8 +45,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from nslab import lab as labmod
-from nslab import model, netns, state
-from nslab.apply import Applier
+from nslab import model, state
+from nslab.apply import netns
+from nslab.apply.applier import Applier
 
 PID = os.getpid()
 PREFIX = f"bench-{PID}"

@@ -15,14 +15,11 @@ import re
 import subprocess
 from dataclasses import dataclass
 from ipaddress import IPv4Address
-from typing import TYPE_CHECKING
 
 from . import lab as labmod
 from . import state
-from .capture import Capture
-
-if TYPE_CHECKING:
-    from . import checks, probe
+from .observe import checks, probe, trace
+from .observe.capture import Capture
 
 
 @dataclass
@@ -120,18 +117,15 @@ class Lab:
 
     def tcp(self, src: str, dst: str, port: int, timeout: float = 1.0) -> "probe.Outcome":
         """A TCP connect from src to dst:port (in-process, no fork); .ok, .detail."""
-        from . import probe
         return probe.tcp(self.ns(src), self.address(dst), port, b"nslab-api", timeout)
 
     def test(self, all_pairs: bool = False, hosts: bool = False) -> "checks.Report":
         """Run the topology's tests: section (or every pod pair); .ok, .results, str() for a summary."""
-        from . import checks
         return checks.run_all_pairs(self.topo, hosts) if all_pairs else checks.run(self.topo)
 
     def trace(self, src: str, dst: str, proto: str = "icmp", port: int | None = None, ttl: int | None = None,
               timeout: float = 1.0) -> dict:
         """One probe's path hop by hop, as `nslab trace --json` prints it."""
-        from . import trace
         return trace.trace(self.name, src, dst, proto, port, ttl, timeout)
 
     def capture(self, node: str, iface: str | None = None, bpf: str = "", **kw) -> Capture:

@@ -14,7 +14,12 @@ from rich.table import Table
 
 from . import lab as labmod
 from . import state
-from .errors import NslabError
+from .apply import containers, images
+from .compile import compile_topology
+from .compile.script import render
+from .model.limits import raise_nofile_soft_limit
+from .runtime import agent as agentmod
+from .errors import NslabError, UsageError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Network labs in Linux namespaces: hosts, routers, bridges and flannel overlays.")
@@ -92,11 +97,10 @@ def up(file: Optional[str] = typer.Argument(None, help="Topology YAML (default: 
 def down(target: Optional[str] = typer.Argument(None, help="Lab name or topology file."),
          all_labs: bool = typer.Option(False, "--all", help="Remove every nslab lab.")):
     """Remove everything a lab created, and nothing else."""
-    from . import containers
     labmod.require_root()
     if all_labs:
         labs = state.labs()
-        orphans = containers.orphans()          # containers of labs whose record is gone (reboot)
+        orphans = state.orphans()          # containers of labs whose record is gone (reboot)
         labs += sorted(set(orphans) - set(labs))
     elif target and (target.endswith((".yaml", ".yml")) or os.path.sep in target) and os.path.exists(target):
         labs = [labmod.load(target).name]
@@ -130,7 +134,6 @@ def down(target: Optional[str] = typer.Argument(None, help="Lab name or topology
 @run
 def ls(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
     """List running labs."""
-    from . import agent as agentmod
     rows = []
     for lab in state.labs():
         try:
@@ -202,14 +205,13 @@ def show(node: Optional[str] = typer.Argument(None, help="Node name (default: ev
          lab: Optional[str] = LabOpt,
          as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
     """Interfaces (kind, MTU, MAC, addresses), routes, neighbours and FDB of each node."""
-    from . import show as showmod
+    from .observe import show as showmod  # lazy: start-up
     labmod.require_root()
     lab = labmod.resolve_lab(lab)
     st = state.load(lab)
     nodes = [node] if node else list(st.nodes)
     for n in nodes:
         labmod.node_namespace(lab, n)
-    from . import agent as agentmod
     healed = agentmod.heal(st)               # agent and warden both gone: nobody else restarts them
     if healed:
         st = state.load(lab) or st
@@ -226,7 +228,6 @@ def show(node: Optional[str] = typer.Argument(None, help="Node name (default: ev
 def validate(files: List[str] = typer.Argument(..., help="Topology files."),
              backend: Optional[str] = typer.Option(None, "--backend", help="Override the cluster backend type.")):
     """Check topology files without touching the kernel."""
-    from .compile import compile_topology
     for f in files:
         topo = labmod.load(f, overrides={"backend": backend} if backend else None)
         plan = compile_topology(topo)
@@ -246,7 +247,7 @@ def generate(shape: str = typer.Argument(..., metavar="SHAPE",
              serve: Optional[str] = typer.Option(None, "--serve", help="cluster: every pod serves this (http).")):
     """Write a topology file for a fabric (CLOS, flannel cluster, Mininet's single/linear/tree)."""
     import shlex
-    from . import generate as gen      # imports jinja2: only this command pays for it
+    from . import generate as gen    # lazy: start-up (jinja2: only this command pays for it)
     sh = gen.parse_shape(shape)
     text = gen.render(sh, name=name, backend=backend, serve=serve, file=output,
                       command=shlex.join(["nslab", *sys.argv[1:]]))
@@ -268,8 +269,6 @@ def script(file: Optional[str] = typer.Argument(None, help="Topology YAML (defau
            name: Optional[str] = typer.Option(None, "--name", "-n"),
            backend: Optional[str] = typer.Option(None, "--backend")):
     """Print the lab as plain iproute2 commands that build it by hand."""
-    from .compile import compile_topology
-    from .script import render
     topo = labmod.load(file or default_topology(), name=name, overrides={"backend": backend} if backend else None)
     sys.stdout.write(render(compile_topology(topo)))
 
@@ -286,7 +285,7 @@ def trace(src: str = typer.Argument(..., help="Source node or pod (or one of its
           as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
     """Send one probe and show its path hop by hop, with the kernel entries that chose each step.
     Exits 1 when the probe or its reply did not get through."""
-    from . import trace as tracemod
+    from .observe import trace as tracemod  # lazy: start-up
     labmod.require_root()
     result = tracemod.trace(labmod.resolve_lab(lab), src, dst, proto, port, ttl, timeout)
     if as_json:
@@ -309,9 +308,8 @@ def test_(file: Optional[str] = typer.Argument(None, help="Topology file: bring 
           junit: Optional[str] = typer.Option(None, "--junit", help="Also write the results as JUnit XML to this file."),
           as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
     """Run a topology's tests: (ping, TCP connect, HTTP GET with expectations); exit 1 if any fails."""
-    from . import checks
-    from .api import Lab
-    from .errors import UsageError
+    from .api import Lab  # lazy: start-up
+    from .observe import checks  # lazy: start-up
     if file and lab:
         raise UsageError("give a topology FILE or -l LAB, not both")
     if not file and (name or backend):
@@ -354,7 +352,7 @@ def capture(target: str = typer.Argument(..., metavar="NODE[:IFACE]",
             bpf: str = typer.Option("", "--filter", "-f", help="tcpdump filter, e.g. 'udp port 4789'."),
             decode: bool = typer.Option(False, "--decode", help="Outer/inner header table per encapsulated packet.")):
     """Capture packets inside a node with tcpdump (live `-eni` output, a pcap, or decoded tables)."""
-    from . import capture as capmod
+    from .observe import capture as capmod  # lazy: start-up
     labmod.require_root()
     labmod.require_tools("ip", "tcpdump")
     rc = capmod.run(labmod.resolve_lab(lab), target, pcap=write, count=count, bpf=bpf, decode=decode)
@@ -369,7 +367,7 @@ def graph(file: Optional[str] = typer.Argument(None, help="Topology YAML (defaul
           output: Optional[str] = typer.Option(None, "-o", "--output", help="Write FILE.svg, .png, .pdf, .dot or .mmd."),
           fmt: Optional[str] = typer.Option(None, "--format", help="dot (default) or mermaid (text for a README).")):
     """A picture of a topology: routers, segments, nodes, pods, links and overlay tunnels."""
-    from . import graph as graphmod
+    from .observe import graph as graphmod  # lazy: start-up
     topo = labmod.load(file) if file else labmod.topology(labmod.resolve_lab(lab))
     text = graphmod.write(graphmod.build(topo), output, fmt)
     if text is not None:
@@ -400,28 +398,25 @@ def images_build(names: Optional[List[str]] = typer.Argument(None, help="Images 
                                                                    "recipe is there.")):
     """Build nslab's images locally (busybox-static; Debian minbase via debootstrap) and
     `docker import` them; an image already built from the same recipe is kept."""
-    from . import containers
-    from .errors import UsageError
     labmod.require_root()
-    unknown = [n for n in names or [] if n not in containers.IMAGES]
+    unknown = [n for n in names or [] if n not in images.IMAGES]
     if unknown:
-        raise UsageError(f"unknown image {unknown[0]!r} (nslab builds: {', '.join(containers.IMAGES)})")
+        raise UsageError(f"unknown image {unknown[0]!r} (nslab builds: {', '.join(images.IMAGES)})")
     client = containers.engine()
-    for n in names or list(containers.IMAGES):
+    for n in names or list(images.IMAGES):
         t0 = time.perf_counter()
-        if containers.build(client, n, force=force, log=console.print):
-            console.print(f"{containers.normalize(n)} built in {time.perf_counter() - t0:.1f} s")
+        if images.build(client, n, force=force, log=console.print):
+            console.print(f"{images.normalize(n)} built in {time.perf_counter() - t0:.1f} s")
         else:
-            console.print(f"{containers.normalize(n)} is up to date")
+            console.print(f"{images.normalize(n)} is up to date")
 
 
 @images_app.command("ls")
 @run
 def images_ls(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
     """nslab's images: present, built from the current recipe, size."""
-    from . import containers
     client = containers.engine()
-    rows = [containers.image_status(client, n) for n in containers.IMAGES]
+    rows = [images.image_status(client, n) for n in images.IMAGES]
     if as_json:
         print(json.dumps(rows, indent=1))
         return
@@ -436,7 +431,6 @@ def images_ls(as_json: bool = typer.Option(False, "--json", help="Machine-readab
 
 
 def main():
-    from .limits import raise_nofile_soft_limit
     raise_nofile_soft_limit()      # soft -> hard: a 1,000-namespace lab needs more than Debian's 1024
     app()
 

@@ -43,3 +43,7 @@ class PrerequisiteError(NslabError):
     """Missing privileges or a missing system tool: says what and how to get it."""
 
     exit_code = 3
+
+
+class ApplyError(NslabError):
+    """The kernel refused an operation of the plan (the message says which, and why)."""

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Network
 
 from .errors import UsageError
-from .model import LAB_NAME_RE, MAX_LAB_NAME
+from .model.types import LAB_NAME_RE, MAX_LAB_NAME
 
 MAX_NODES = 25_000          # namespaces in one generated lab (the target is 10,000)
 LINK_POOL = "172.31.0.0/16"  # nslab's default point-to-point pool: 16,384 /30 links

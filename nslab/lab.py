@@ -4,11 +4,14 @@ from __future__ import annotations
 import os
 import shutil
 
-from . import model, netns, state
-from .apply import Applier
+from . import model, state
+from .apply import containers, kernel, netns
+from .apply.applier import Applier
 from .compile import compile_topology
-from .errors import NslabError, PrerequisiteError, TopologyError, UsageError
-from .plan import Daemon, Plan, Serve
+from .compile.kernel import fit_to_kernel
+from .errors import ApplyError, NslabError, PrerequisiteError, TopologyError, UsageError
+from .plan import STAGE_NAMESPACE, Daemon, Netns, Plan, Serve, Sysctl
+from .runtime import agent
 
 
 def require_root() -> None:
@@ -49,9 +52,7 @@ def up(topo: model.Topology, overrides: dict | None = None) -> tuple[Plan, state
     waits until `up` has finished or cleaned up."""
     require_root()
     plan = compile_topology(topo)
-    from .tunnel import fit_to_kernel
-    fit_to_kernel(plan)                # no kernel ipip: TUN devices + encapsulators instead
-    from . import containers
+    fit_to_kernel(plan, kernel.ipip_state())   # no kernel ipip: TUN devices + encapsulators instead
     engine = containers.check(plan)    # container nodes: the engine answers, the images are here
     if os.path.lexists(state.lab_dir(topo.name)):
         raise _taken(topo)
@@ -61,7 +62,7 @@ def up(topo: model.Topology, overrides: dict | None = None) -> tuple[Plan, state
                          f"{topo.name}; remove it (ip netns del {taken[0]}) or rename the lab with --name")
     adopt = hosts_leftovers(plan)
     if engine is not None:
-        containers.conflicts(engine, plan, topo.name)
+        containers.conflicts(engine, plan, topo.name, state.lab_dir(topo.name))
     try:
         st = state.claim(topo.name, topo.file)
     except state.LabExists:
@@ -83,7 +84,7 @@ def up(topo: model.Topology, overrides: dict | None = None) -> tuple[Plan, state
             write_hosts_files(plan, st, record, adopt)
 
             def start_container(op):
-                pid = containers.start(engine, st, op, plan.hosts)
+                pid = containers.start(engine, st, op, plan.hosts, state.update)
                 ident = state.ns_identity(f"/proc/{pid}/ns/net")
                 record(lambda s: s.ns_ids.__setitem__(op.ns, ident))   # before the name is published
                 return pid
@@ -95,7 +96,6 @@ def up(topo: model.Topology, overrides: dict | None = None) -> tuple[Plan, state
                 applier.close()
             services = [op for op in plan.ops if isinstance(op, (Serve, Daemon))]
             if services:
-                from . import agent
                 agent.start(st, services)
             record(lambda s: setattr(s, "status", "up"))
         except BaseException:
@@ -119,7 +119,6 @@ class RecordingApplier(Applier):
         self.pool: dict[str, int] = {}
 
     def prepare(self, plan: Plan) -> None:
-        from .plan import Netns
         names = [op.ns for op in plan.ops if isinstance(op, Netns) and op.container is None]
         home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:
@@ -135,7 +134,6 @@ class RecordingApplier(Applier):
         self.record(lambda s: s.ns_ids.update(ids))
 
     def create_namespace(self, name: str, sysctls: list) -> object:
-        from .apply import ApplyError
         if not netns._run_dir_ready:
             netns._prepare_run_dir()
             netns._run_dir_ready = True
@@ -261,8 +259,7 @@ def teardown(lab: str) -> state.Teardown:
     labelled for it if its record is gone."""
     require_root()
     if not os.path.lexists(state.lab_dir(lab)):
-        from . import containers
-        orphans = containers.orphans(lab).get(lab, [])
+        orphans = state.orphans(lab).get(lab, [])
         if orphans:
             containers.remove(orphans)
             return state.Teardown(kept=[])
@@ -297,23 +294,19 @@ def rewire(lab: str) -> list[str]:
     Their old namespace is dropped with its veths, then every operation of the plan that
     touched it is applied again.  Returns the nodes re-wired."""
     require_root()
-    from . import containers
-    from .compile import compile_topology
-    from .plan import Netns, Sysctl, STAGE_NAMESPACE
-    from .tunnel import fit_to_kernel
     with state.locked(lab) as exists:       # one rewire at a time, and never during up or down
         st = state.load(lab) if exists else None
         if st is None:
             raise UsageError(f"no lab named {lab!r} is running (running: {', '.join(state.labs()) or 'none'})")
         plan = compile_topology(topology(lab))
-        fit_to_kernel(plan)
+        fit_to_kernel(plan, kernel.ipip_state())
         specs = [op for op in plan.ops if isinstance(op, Netns) and op.container is not None]
         if not specs:
             return []
         engine = containers.check(plan)
         done = []
         for netns_op in specs:
-            pid = containers.ensure_running(engine, st, netns_op, plan.hosts)
+            pid = containers.ensure_running(engine, st, netns_op, plan.hosts, state.update)
             named = netns.path(netns_op.ns)
             new_id = state.ns_identity(f"/proc/{pid}/ns/net")
             old_id = state.ns_identity(named)

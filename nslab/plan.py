@@ -1,7 +1,7 @@
 """The plan: an ordered list of kernel operations, pure data.
 
-`compile.py` produces it from a model; `apply.py` executes it through netlink, batched per
-namespace and stage; `script.py` renders it as the iproute2 commands the notes teach.
+nslab/compile/ produces it from a model; nslab/apply/ executes it through netlink, batched per
+namespace and stage; compile/script.py renders it as the iproute2 commands the notes teach.
 Each operation names the namespace it acts in.  Stages order the work across namespaces
 (all namespaces exist before any veth is created across them, all links exist before a
 route names one); inside a stage and namespace the plan order is kept (flannel's
@@ -9,6 +9,8 @@ neighbour -> FDB -> route order is plan order).
 """
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass, field
 
 STAGE_NAMESPACE, STAGE_LINK, STAGE_DEVICE, STAGE_CONFIG, STAGE_ROUTE, STAGE_PROCESS = range(6)
@@ -178,3 +180,45 @@ class Plan:
     def staged(self) -> list:
         """Operations in execution order: by stage, plan order within a stage."""
         return sorted(self.ops, key=lambda op: op.stage)
+
+
+# ---- sysctl keys: what a Sysctl op may name (model checks it at validate, netns again at write) ----
+
+# Sysctl keys nslab may set, in sysctl(8) notation: levels separated by dots, '/' for a
+# dot inside a level (net.ipv4.conf.flannel/1.rp_filter).  Only settings a network
+# namespace owns: in a namespace other than the host's, /proc/sys/net shows only those
+# (host-wide entries are hidden or read-only there, e.g. net.core.rmem_max,
+# net.netfilter.nf_conntrack_max).  These are the top levels a fresh namespace shows
+# writable on Linux 6.x (`unshare -n find /proc/sys/net -perm -200`), plus mpls and sctp,
+# whose tables are per namespace too when their modules are loaded.  net.core is mostly
+# host-wide: only the listed keys are per namespace.
+SYSCTL_PER_NETNS = ("ipv4", "ipv6", "netfilter", "bridge", "mptcp", "unix", "mpls", "sctp")
+SYSCTL_PER_NETNS_CORE = ("somaxconn", "optmem_max", "txrehash", "tstamp_allow_data", "rps_default_mask",
+                         "xfrm_acq_expires", "xfrm_aevent_etime", "xfrm_aevent_rseqth", "xfrm_larval_drop")
+# (the error message abbreviates the xfrm_* keys: keep it in step with this list)
+# One level: a safe word (no shell metacharacters, no whitespace), never starting with '.'
+# or '-' once '/' is read as a dot, so never '', '.', '..' or an option.
+_SYSCTL_LEVEL = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_/-]*")
+SYSCTL_ROOT = "/proc/sys/net"
+SLASH_DOT = str.maketrans("./", "/.")
+
+
+def sysctl_key_problem(key) -> str | None:
+    """Why `key` is not a per-namespace sysctl nslab may set, or None."""
+    if not isinstance(key, str) or not key.startswith("net."):
+        return f"only per-namespace net.* sysctls can be set, not {key!r}"
+    if not re.fullmatch(r"[A-Za-z0-9_./-]+", key) or len(key) > 255:
+        return f"{key!r} is not a sysctl key (letters, digits, '_', '-', '.' and '/' only)"
+    levels = key.split(".")
+    if not all(_SYSCTL_LEVEL.fullmatch(level) for level in levels):
+        return (f"sysctl key {key} has a level that is empty or starts with '/' or '-' ('/' stands for a dot "
+                f"inside a name): it must name one file under {SYSCTL_ROOT}")
+    if len(levels) < 3 or levels[1] not in SYSCTL_PER_NETNS + ("core",) or \
+            (levels[1] == "core" and (len(levels) != 3 or levels[2] not in SYSCTL_PER_NETNS_CORE)):
+        return (f"{key} is not a per-namespace sysctl; nslab sets net.{{{','.join(SYSCTL_PER_NETNS)}}}.* "
+                f"and of net.core only somaxconn, optmem_max, txrehash, tstamp_allow_data, rps_default_mask "
+                f"and xfrm_*")
+    path = "/proc/sys/" + key.translate(SLASH_DOT)
+    if os.path.normpath(path) != path or not path.startswith(SYSCTL_ROOT + "/"):   # the rules above ensure it
+        return f"{key} does not name a file under {SYSCTL_ROOT}"
+    return None

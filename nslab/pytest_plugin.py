@@ -94,7 +94,7 @@ class LabFactory:
         return self.shared[key]
 
     def close(self) -> None:
-        from nslab import netns
+        from nslab.apply import netns
         problems = []
         for lab in reversed(self.labs):
             try:

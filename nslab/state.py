@@ -29,8 +29,8 @@ import time
 from dataclasses import dataclass, field, fields
 from typing import Callable, Iterator
 
-from . import netns
-from .errors import NslabError
+from .apply import containers, netns
+from .errors import NslabError, PrerequisiteError
 
 RUN_DIR = os.environ.get("NSLAB_RUN_DIR", "/run/nslab")
 HOSTS_DIR = "/etc/netns"   # `ip netns exec NS` bind-mounts /etc/netns/NS/hosts over /etc/hosts
@@ -101,6 +101,7 @@ def lab_namespace(lab: str, ns) -> bool:
 
 
 # ---- reading --------------------------------------------------------------------------------
+
 
 def _parse(lab: str, data) -> LabState:
     if not isinstance(data, dict):
@@ -299,6 +300,7 @@ def _write_error(lab: str, path: str, e: OSError) -> NslabError:
 
 # ---- processes --------------------------------------------------------------------------------
 
+
 def process_start_time(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -368,6 +370,7 @@ def _zombie(pid: int) -> bool:
 
 # ---- namespaces ---------------------------------------------------------------------------------
 
+
 def ns_identity(path: str) -> list[int] | None:
     """[st_dev, st_ino] of a namespace file; a /proc/PID/ns/net link is followed, a
     /run/netns entry never is (a symlink there is not a namespace)."""
@@ -389,6 +392,7 @@ def _placeholder(path: str) -> bool:
 
 
 # ---- down -----------------------------------------------------------------------------------------
+
 
 @dataclass
 class Teardown:
@@ -417,10 +421,9 @@ def destroy(lab: str, st: LabState | None = None) -> Teardown:
         else:
             corrupt = False
         st.lab = lab
-        from . import containers
         if st.containers or corrupt:      # first, so that a missing engine leaves everything in place
             try:
-                containers.remove(containers.owned(lab, st.containers))
+                containers.remove(containers.owned(lab, lab_dir(lab), st.containers))
             except NslabError:
                 if not corrupt:
                     raise
@@ -473,3 +476,22 @@ def _rmtree_own(lab: str) -> None:
         os.unlink(d)
         return
     shutil.rmtree(d, ignore_errors=True)
+
+
+def orphans(lab: str | None = None) -> dict[str, list]:
+    """Containers nslab labelled for a lab of this run directory that has no run directory
+    any more (it lives in /run, a reboot empties it): {lab: [containers]}.  Empty when no
+    engine answers (nothing can be found, nothing is touched)."""
+    if not containers.engine_socket_present():
+        return {}
+    try:
+        client = containers.engine()
+    except PrerequisiteError:
+        return {}
+    out: dict[str, list] = {}
+    for c in client.containers.list(all=True, filters={"label": [f"{containers.LABEL_LAB}={lab}" if lab else containers.LABEL_LAB]}):
+        name = c.labels.get(containers.LABEL_LAB, "")
+        if valid_lab(name) and c.labels.get(containers.LABEL_STATE) == lab_dir(name) \
+                and not os.path.lexists(lab_dir(name)):
+            out.setdefault(name, []).append(c)
+    return out

@@ -45,7 +45,7 @@ def pytest_configure(config):
 
 
 def _KERNEL_IPIP() -> bool:
-    from nslab.tunnel import ipip_module_available
+    from nslab.apply.kernel import ipip_module_available
     return ipip_module_available()
 
 

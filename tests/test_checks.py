@@ -1,4 +1,4 @@
-"""The tests: section (nslab/checks.py) without root: parsing, validation, defaults, and the
+"""The tests: section (nslab/model/tests.py, nslab/observe/checks.py) without root: parsing, validation, defaults, and the
 reports (table text, JSON, JUnit XML).  Bad input cases with exact messages are the
 tests/errors/tests-*.yaml files (run by test_errors.py); running checks against real
 labs is tests/integration/test_nslab_test.py."""
@@ -10,7 +10,9 @@ from xml.etree import ElementTree as ET
 
 import pytest
 
-from nslab import checks, model, probe
+from nslab import model, packet
+from nslab.model import tests as model_tests
+from nslab.observe import checks, probe
 from nslab.errors import TopologyError
 
 SHIPPED = sorted((Path(__file__).parent.parent / "topologies").glob("*.yaml"))
@@ -31,7 +33,7 @@ def test_every_shipped_topology_declares_tests():
     for path in SHIPPED:
         topo = model.load(str(path))
         assert topo.tests, f"{path.name} has no tests: section"
-        assert all(isinstance(c, checks.Check) for c in topo.tests)
+        assert all(isinstance(c, model_tests.Check) for c in topo.tests)
 
 
 def test_spine_leaf_tests_as_declared():
@@ -93,7 +95,7 @@ def test_bad_tests(tests, where, words):
 
 def test_tests_do_not_change_the_plan():
     from nslab.compile import compile_topology
-    from nslab.script import render
+    from nslab.compile.script import render
     plain = render(compile_topology(load("")))
     assert render(compile_topology(load("tests:\n  - {ping: [ns1, ns2], expect: {ttl: 63}}\n"))) == plain
 
@@ -140,12 +142,12 @@ def test_table_names_every_failure(capsys):
 # --- probe packets --------------------------------------------------------------------------
 
 def test_echo_request_checksum_and_reply_parsing():
-    pkt = probe.echo_request(0x1234, 7, b"nslab-x")
-    assert probe.checksum(pkt) == 0                       # a correct checksum sums to zero
+    pkt = packet.echo_request(0x1234, 7, b"nslab-x")
+    assert packet.checksum(pkt) == 0                       # a correct checksum sums to zero
     ip = bytes([0x45, 0, 0, 20 + len(pkt), 0, 0, 0, 0, 64, 1, 0, 0, 10, 0, 0, 2, 10, 0, 0, 1])
     reply = bytes([0, 0]) + pkt[2:]                       # type 0 = echo reply
-    assert probe.parse_echo_reply(ip + reply) == ("10.0.0.2", 0x1234, 7, b"nslab-x")
-    assert probe.parse_echo_reply(ip + pkt) is None       # a request is not a reply
+    assert packet.parse_echo_reply(ip + reply) == ("10.0.0.2", 0x1234, 7, b"nslab-x")
+    assert packet.parse_echo_reply(ip + pkt) is None       # a request is not a reply
 
 
 def test_marker_payload_has_the_asked_size():

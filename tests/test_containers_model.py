@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from nslab import containers, model
+from nslab import model
+from nslab.apply import containers
 from nslab import plan as P
 from nslab.compile import compile_topology
 from nslab.errors import PrerequisiteError
-from nslab.script import render, render_op
+from nslab.compile.script import render, render_op
 
 TOPOLOGIES = Path(__file__).parent.parent / "topologies"
 

@@ -1,4 +1,4 @@
-"""nslab.decode on packets built with scapy (bytes read as `nslab capture --decode` reads them): note 002's outer/inner rows for vxlan (on any
+"""nslab.observe.decode on packets built with scapy (bytes read as `nslab capture --decode` reads them): note 002's outer/inner rows for vxlan (on any
 port, not only the ones scapy knows), ipip (protocol 4, no inner MAC) and flannel's udp
 backend (raw IP in UDP), and the names a lab gives its MACs and addresses."""
 from __future__ import annotations
@@ -15,8 +15,8 @@ from scapy.layers.l2 import ARP, Ether
 from scapy.layers.vxlan import VXLAN
 
 from nslab import model
-from nslab.capture import table
-from nslab.decode import Names, decode_pcap, describe, encap_ports, first_layer, rows, summary
+from nslab.observe.capture import table
+from nslab.observe.decode import Names, decode_pcap, describe, encap_ports, first_layer, rows, summary
 
 TOPO = os.path.join(os.path.dirname(__file__), "..", "topologies")
 
@@ -191,6 +191,6 @@ def test_tcp_flags_and_vxlan_on_the_other_usual_port():
 
 
 def test_capture_decode_does_not_import_scapy():
-    code = "import sys, nslab.capture, nslab.decode, nslab.trace; print(any(m.startswith('scapy') for m in sys.modules))"
+    code = "import sys, nslab.observe.capture, nslab.observe.decode, nslab.observe.trace; print(any(m.startswith('scapy') for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

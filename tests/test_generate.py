@@ -28,8 +28,8 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(autouse=True)
 def any_neighbour_table(monkeypatch):
     """model.load refuses a lab that overflows this machine's shared neighbour table
-    (nslab/limits.py, tested on its own); these tests are about the files, on any machine."""
-    monkeypatch.setattr("nslab.limits.gc_thresh3", lambda: None)
+    (nslab/model/limits.py, tested on its own); these tests are about the files, on any machine."""
+    monkeypatch.setattr("nslab.model.limits.gc_thresh3", lambda: None)
 
 
 def load(tmp_path: Path, text: str, file: str = "gen.yaml") -> model.Topology:

@@ -20,7 +20,7 @@ import pytest
 
 from nslab import model
 from nslab.compile import compile_topology
-from nslab.script import render
+from nslab.compile.script import render
 
 TESTS = Path(__file__).parent
 GOLDEN = TESTS / "golden"

@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from nslab import graph, model
+from nslab import model
+from nslab.observe import graph
 
 REPO = os.path.join(os.path.dirname(__file__), "..")
 TOPO = os.path.join(REPO, "topologies")

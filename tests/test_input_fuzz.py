@@ -24,7 +24,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nslab import checks, cluster, containers, flannel, lab as labmod, limits, model, tunnel  # noqa: F401
+from nslab import lab as labmod, model  # noqa: F401
+from nslab.compile import cluster as flannel  # noqa: F401
+from nslab.model import cluster, containers, limits, tests as checks, tunnels as tunnel  # noqa: F401
 from nslab.compile import compile_topology
 from nslab.errors import NslabError
 

@@ -1,4 +1,4 @@
-"""kube-proxy's iptables rules (nslab/kubeproxy.py), computed without root.
+"""kube-proxy's iptables rules (nslab/compile/kubeproxy.py), computed without root.
 
 The golden file is the note's Service as seen from worker3; regenerate after an intended
 change with NSLAB_UPDATE_GOLDEN=1 and read the diff.
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from nslab import kubeproxy as kp
+from nslab.compile import kubeproxy as kp
 
 GOLDEN = Path(__file__).parent / "golden" / "services"
 UPDATE = os.environ.get("NSLAB_UPDATE_GOLDEN") == "1"

@@ -1,9 +1,9 @@
-"""flannel v0.19.1's masquerade and forward rules (nslab/masq.py), computed without root."""
+"""flannel v0.19.1's masquerade and forward rules (nslab/compile/masq.py), computed without root."""
 from __future__ import annotations
 
 import pytest
 
-from nslab import masq
+from nslab.compile import masq
 from test_kubeproxy import golden
 
 

@@ -491,7 +491,7 @@ def single_switch(n: int, gateway: bool = True) -> str:
 
 
 def test_neighbour_floor_counts_gateway_pairs_and_link_ends():
-    from nslab import limits
+    from nslab.model import limits
     assert limits.minimum_dynamic_neighbours(model.load("s.yaml", text=single_switch(200))) == 400
     assert limits.minimum_dynamic_neighbours(model.load("s.yaml", text=single_switch(200, gateway=False))) == 0
     topo = load("""
@@ -506,7 +506,7 @@ def test_neighbour_floor_counts_gateway_pairs_and_link_ends():
 
 
 def test_neighbour_table_limit_refuses_at_validate(monkeypatch):
-    from nslab import limits
+    from nslab.model import limits
     monkeypatch.setattr(limits, "gc_thresh3", lambda: 1024)
     model.load("s.yaml", text=single_switch(200))               # 400 entries: fine
     with pytest.raises(TopologyError) as info:
@@ -516,7 +516,7 @@ def test_neighbour_table_limit_refuses_at_validate(monkeypatch):
 
 
 def test_permanent_neighbours_do_not_count(monkeypatch):
-    from nslab import limits
+    from nslab.model import limits
     from nslab.compile import compile_topology
     topo = model.load("s.yaml", text=single_switch(10))
     plan = compile_topology(topo)
@@ -526,8 +526,28 @@ def test_permanent_neighbours_do_not_count(monkeypatch):
     assert limits.permanent_neighbours(plan) == set()         # nothing permanent in a plain lab
 
 
+def test_cluster_permanent_neighbours_match_the_compiled_plan():
+    """model/limits.py counts flannel's permanent vxlan neighbours from the model (model sits
+    below compile): exactly the Neigh ops the compiled plan holds, for every shipped topology
+    and backend (vxlan with and without directRouting, and the others: none)."""
+    from nslab.compile import compile_topology
+    from nslab.model import limits
+    topologies = Path(__file__).parent.parent / "topologies"
+    seen = 0
+    for f in sorted(topologies.glob("*.yaml")):
+        for backend in (None, "vxlan", "host-gw", "udp", "ipip"):
+            try:
+                topo = model.load(str(f), overrides={"backend": backend} if backend else None)
+            except TopologyError:
+                continue                    # a backend the file's cluster cannot take, or no cluster
+            expected = limits.permanent_neighbours(compile_topology(topo))
+            assert limits.cluster_permanent_neighbours(topo) == expected, (f.name, backend)
+            seen += bool(expected)
+    assert seen, "no shipped topology has a permanent neighbour: the comparison proved nothing"
+
+
 def test_descriptor_limit_refuses_at_validate(monkeypatch):
-    from nslab import limits
+    from nslab.model import limits
     monkeypatch.setattr(limits, "nofile_hard_limit", lambda: 300)
     model.load("s.yaml", text=single_switch(100))       # 102 namespaces: 268 descriptors
     with pytest.raises(TopologyError) as info:
@@ -538,7 +558,7 @@ def test_descriptor_limit_refuses_at_validate(monkeypatch):
 
 def test_raise_nofile_soft_limit_in_a_child():
     """Soft -> hard for the process only (a child, so this test process keeps its limits)."""
-    code = ("import resource; from nslab.limits import raise_nofile_soft_limit as r; "
+    code = ("import resource; from nslab.model.limits import raise_nofile_soft_limit as r; "
             "s, h = resource.getrlimit(resource.RLIMIT_NOFILE); resource.setrlimit(resource.RLIMIT_NOFILE, (64, h)); "
             "print(r() == (h, h) and resource.getrlimit(resource.RLIMIT_NOFILE) == (h, h))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -549,7 +569,7 @@ def test_quadratic_route_computation_is_refused_before_it_starts(monkeypatch):
     """A 40 KB chain of 800 routers needs 637,602 computed routes (799 links x 798 routers not on each) (minutes and gigabytes
     before the cap): refused by counting first."""
     import time
-    from nslab import limits
+    from nslab.model import limits
     monkeypatch.setattr(limits, "gc_thresh3", lambda: 10 ** 6)
     n = 800
     text = "routers: [" + ", ".join(f"r{i}" for i in range(n)) + "]\nlinks:\n" + \

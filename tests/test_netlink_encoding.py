@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from nslab import apply as A
+from nslab.apply import applier as A
 from nslab import plan as P
 
 pytest.importorskip("pyroute2")

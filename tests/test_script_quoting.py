@@ -26,7 +26,7 @@ import pytest
 from nslab import model
 from nslab import plan as P
 from nslab.compile import compile_topology
-from nslab.script import removal, render, render_op
+from nslab.compile.script import removal, render, render_op
 
 REPO = Path(__file__).resolve().parent.parent
 TOPOLOGIES = ["flannel-vxlan.yaml", "spine-leaf-ecmp.yaml", "diy-ipip.yaml", "containers.yaml", "vxlan-3node.yaml"]

@@ -1,6 +1,6 @@
 """`nslab show` formatting, without root: each line must read exactly as iproute2 prints it
 (the expected strings are real `ip route` / `ip neigh` / `bridge fdb show` output)."""
-from nslab.show import (fdb_state, format_addr, format_fdb, format_link_details, format_neigh, format_route,
+from nslab.observe.show import (fdb_state, format_addr, format_fdb, format_link_details, format_neigh, format_route,
                         is_multicast_mac, norm_fdb, norm_neigh, norm_route, parse_subnet_env)
 
 
@@ -146,7 +146,7 @@ def test_render_sections_and_subnet_env():
 
     from rich.console import Console
 
-    from nslab.show import render
+    from nslab.observe.show import render
     link = dict(index=2, name="flannel.1", kind="vxlan", slave_kind=None, mtu=1450, mac="aa:bb:cc:dd:ee:01",
                 state="UNKNOWN", flags=["UP"], master=None, link=None, peer=None, info={},
                 details="vxlan id 1 local 172.12.1.11 dev ens33 dstport 8472 nolearning",

@@ -1,6 +1,6 @@
 """Sysctl keys from a topology never reach outside /proc/sys/net of a lab namespace.
 
-Rules (nslab/netns.py, sysctl_key_problem): sysctl(8) notation, '/' standing for a dot
+Rules (nslab/plan.py sysctl_key_problem, enforced again in nslab/apply/netns.py): sysctl(8) notation, '/' standing for a dot
 inside a level (net.ipv4.conf.flannel/1.rp_filter); every level a word of
 [A-Za-z0-9_/-] starting with a letter, digit or '_' (so after '/' -> '.' no level is
 empty, '.', '..' or an option); only per-namespace subtrees (net.ipv4, net.ipv6,
@@ -21,7 +21,8 @@ import threading
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from nslab import netns
+from nslab.apply import netns
+from nslab.plan import SYSCTL_ROOT
 from nslab.errors import NslabError
 
 GOOD = [
@@ -81,7 +82,7 @@ def test_hostile_keys_are_refused(key, why):
 
 def _assert_one_file_under_proc_sys_net(key: str) -> None:
     path = netns.sysctl_path(key)
-    assert path.startswith(netns.SYSCTL_ROOT + "/")
+    assert path.startswith(SYSCTL_ROOT + "/")
     assert posixpath.normpath(path) == path
     assert all(part not in ("", ".", "..") for part in path.split("/")[1:])
     assert shlex.split(key) == [key] and shlex.quote(key) == key      # one shell word, printed as is
@@ -163,7 +164,7 @@ def test_write_of_a_read_only_or_missing_key_is_one_sentence():
 
 PLANTED = r"""
 import os, sys, threading
-from nslab import netns
+from nslab.apply import netns
 from nslab.errors import NslabError
 target = sys.argv[1]
 os.makedirs("/proc/sys/net/ipv4/conf/lo", exist_ok=True)

@@ -6,9 +6,9 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import ARP, Ether
 from scapy.layers.vxlan import VXLAN
 
-from nslab.decode import decode, format_layer, format_layers, split
-from nslab.probe import echo_request as icmp_echo
-from nslab.trace import Obs, Probe, build_path, outer_errors, summary
+from nslab.observe.decode import decode, format_layer, format_layers, split
+from nslab.packet import echo_request as icmp_echo
+from nslab.observe.trace import Obs, Probe, build_path, outer_errors, summary
 
 POD1, POD3 = "10.244.1.2", "10.244.3.2"
 ENCAP = {4789: "vxlan", 8285: "udp"}

@@ -9,9 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from nslab import model, tunnel
+from nslab import model
+from nslab.apply import kernel
+from nslab.compile import kernel as compile_kernel
+from nslab.runtime import tunnels as tunnel
 from nslab import plan as P
-from nslab.probe import checksum
+from nslab.packet import checksum
 from nslab.compile import compile_topology
 
 TOPO = Path(__file__).parent.parent / "topologies"
@@ -23,6 +26,11 @@ def plan_of(name: str, backend: str | None = None) -> P.Plan:
 
 def ops(plan, cls, ns=None):
     return [op for op in plan.ops if isinstance(op, cls) and (ns is None or op.ns == ns)]
+
+
+def fit(plan) -> None:
+    """What `nslab up` does: the kernel's ipip state read, then the plan fitted to it."""
+    compile_kernel.fit_to_kernel(plan, kernel.ipip_state())
 
 
 def checksum_ok(header: bytes) -> bool:
@@ -97,8 +105,8 @@ def fake_kernel(root: Path, monkeypatch, ipip: str) -> None:
         dep.append("kernel/net/ipv4/ipip.ko.xz: kernel/net/ipv4/ip_tunnel.ko.xz kernel/net/ipv4/tunnel4.ko.xz")
     (tree / "modules.dep").write_text("\n".join(dep) + "\n")
     (tree / "modules.builtin").write_text("\n".join(builtin) + "\n")
-    monkeypatch.setattr(tunnel, "SYS_MODULE", str(sys_module))
-    monkeypatch.setattr(tunnel, "LIB_MODULES", str(root / "lib-modules"))
+    monkeypatch.setattr(kernel, "SYS_MODULE", str(sys_module))
+    monkeypatch.setattr(kernel, "LIB_MODULES", str(root / "lib-modules"))
 
 
 @pytest.fixture
@@ -111,8 +119,8 @@ def no_kernel_ipip(monkeypatch, tmp_path):
                                          ("absent", "absent")])
 def test_ipip_state_is_read_from_sys_module_and_the_module_tree(tmp_path, monkeypatch, ipip, state):
     fake_kernel(tmp_path, monkeypatch, ipip)
-    assert tunnel.ipip_state() == state
-    assert tunnel.ipip_module_available() is (state == "loaded")
+    assert kernel.ipip_state() == state
+    assert kernel.ipip_module_available() is (state == "loaded")
 
 
 def test_ipip_probe_never_loads_a_module(tmp_path, monkeypatch):
@@ -123,7 +131,7 @@ def test_ipip_probe_never_loads_a_module(tmp_path, monkeypatch):
     import builtins
     import socket
     import subprocess
-    from nslab import netns
+    from nslab.apply import netns
     from nslab.errors import PrerequisiteError
     plans = {mode: [plan_of("diy-ipip.yaml") for _ in range(4)] for mode in ("auto", "kernel", "userspace")}
     calls = []
@@ -153,12 +161,12 @@ def test_ipip_probe_never_loads_a_module(tmp_path, monkeypatch):
 
     for i, ipip in enumerate(("loaded", "builtin", "unloaded", "absent")):
         fake_kernel(tmp_path / ipip, monkeypatch, ipip)
-        tunnel.ipip_state()
-        tunnel.ipip_module_available()
+        kernel.ipip_state()
+        kernel.ipip_module_available()
         for mode, plan_list in plans.items():
             monkeypatch.setenv("NSLAB_IPIP", mode)
             try:
-                tunnel.fit_to_kernel(plan_list[i])
+                fit(plan_list[i])
             except PrerequisiteError:
                 assert mode == "kernel" and ipip in ("unloaded", "absent")
     assert not calls
@@ -169,33 +177,33 @@ def test_unloaded_module_is_left_unloaded_and_the_user_is_told_how(tmp_path, mon
     fake_kernel(tmp_path, monkeypatch, "unloaded")
     monkeypatch.delenv("NSLAB_IPIP", raising=False)
     plan = plan_of("diy-ipip.yaml")
-    tunnel.fit_to_kernel(plan)                         # auto: the userspace encapsulator ...
+    fit(plan)                         # auto: the userspace encapsulator ...
     assert {l.kind for l in ops(plan, P.Link) if l.name == "tunl1"} == {"tun"}
-    assert plan.notes["_notices"][0].startswith(tunnel.UNLOADED_NOTE)   # ... and what to do for the kernel's
-    assert "`modprobe ipip`" in tunnel.UNLOADED_NOTE and "tunl0 to the root namespace" in tunnel.UNLOADED_NOTE
+    assert plan.notes["_notices"][0].startswith(compile_kernel.UNLOADED_NOTE)   # ... and what to do for the kernel's
+    assert "`modprobe ipip`" in compile_kernel.UNLOADED_NOTE and "tunl0 to the root namespace" in compile_kernel.UNLOADED_NOTE
     monkeypatch.setenv("NSLAB_IPIP", "kernel")
     with pytest.raises(PrerequisiteError, match=r"not loaded, and nslab never loads it .*run `modprobe ipip` "
                                                 r"yourself"):
-        tunnel.fit_to_kernel(plan_of("diy-ipip.yaml"))
+        fit(plan_of("diy-ipip.yaml"))
 
 
 def test_fit_to_kernel_swaps_ipip_for_tun_and_encapsulator(no_kernel_ipip):
     plan = plan_of("spine-leaf.yaml", "ipip")
     before = [(type(op), getattr(op, "ns", None), getattr(op, "name", None)) for op in plan.ops]
-    tunnel.fit_to_kernel(plan)
+    fit(plan)
     devices = [l for l in ops(plan, P.Link) if l.name == "flannel.ipip"]
     assert len(devices) == 4 and {l.kind for l in devices} == {"tun"} and {l.mtu for l in devices} == {9130}
     daemons = {d.node: dict(d.config) for d in ops(plan, P.Daemon)}
     assert daemons["worker1"] == {"local": "10.0.0.21", "remote": "any", "pmtudisc": 0}
     assert [(type(op), getattr(op, "ns", None), getattr(op, "name", None)) for op in plan.ops][:len(before)] == before
-    assert plan.notes["_notices"][0].startswith(tunnel.USERSPACE_NOTE)
-    assert plan.notes["worker1"]["dataplane"].startswith(tunnel.USERSPACE_NOTE)
+    assert plan.notes["_notices"][0].startswith(compile_kernel.USERSPACE_NOTE)
+    assert plan.notes["worker1"]["dataplane"].startswith(compile_kernel.USERSPACE_NOTE)
 
 
 def test_fit_to_kernel_for_some_nodes_only(no_kernel_ipip, monkeypatch):
     monkeypatch.setenv("NSLAB_IPIP", "userspace:worker3")
     plan = plan_of("spine-leaf.yaml", "ipip")
-    tunnel.fit_to_kernel(plan)
+    fit(plan)
     kinds = {l.ns.split(".")[1]: l.kind for l in ops(plan, P.Link) if l.name == "flannel.ipip"}
     assert kinds == {"master1": "ipip", "worker1": "ipip", "worker2": "ipip", "worker3": "tun"}
     # kernel nodes hand the wire complete packets (no partial checksums for a raw socket)
@@ -209,7 +217,7 @@ def test_kernel_mode_with_the_module_keeps_kernel_devices(monkeypatch, tmp_path,
     for mode in ("kernel", "auto"):
         monkeypatch.setenv("NSLAB_IPIP", mode)
         plan = plan_of("spine-leaf.yaml", "ipip")
-        tunnel.fit_to_kernel(plan)
+        fit(plan)
         assert {l.kind for l in ops(plan, P.Link) if l.name == "flannel.ipip"} == {"ipip"}
         assert not ops(plan, P.Daemon) and not ops(plan, P.TxChecksum)
 
@@ -218,13 +226,13 @@ def test_fit_to_kernel_refuses_kernel_mode_without_the_module(no_kernel_ipip, mo
     from nslab.errors import PrerequisiteError
     monkeypatch.setenv("NSLAB_IPIP", "kernel")
     with pytest.raises(PrerequisiteError, match="no ipip module"):
-        tunnel.fit_to_kernel(plan_of("diy-ipip.yaml"))
+        fit(plan_of("diy-ipip.yaml"))
 
 
 def test_plans_without_ipip_are_left_alone(no_kernel_ipip):
     plan = plan_of("spine-leaf.yaml")
     n = len(plan.ops)
-    tunnel.fit_to_kernel(plan)
+    fit(plan)
     assert len(plan.ops) == n and "_notices" not in plan.notes
 
 

@@ -61,7 +61,8 @@ def scenarios(workdir: str) -> dict[str, tuple[str, list[str]]]:
 
 def containers_unavailable() -> str | None:
     sys.path.insert(0, str(REPO))
-    from nslab import containers, model
+    from nslab import model
+    from nslab.apply import containers
     from nslab.compile import compile_topology
     return containers.unavailable(compile_topology(model.load(str(REPO / "topologies" / "containers.yaml"))))
 

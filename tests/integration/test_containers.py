@@ -18,7 +18,8 @@ from conftest import TOPOLOGIES, leftovers, nslab, unique_lab_name
 
 docker = pytest.importorskip("docker", reason="the docker Python package is missing (./install.sh installs it)")
 
-from nslab import containers, model  # noqa: E402
+from nslab import model  # noqa: E402
+from nslab.apply import containers  # noqa: E402
 from nslab.compile import compile_topology  # noqa: E402
 
 pytestmark = pytest.mark.root

@@ -15,8 +15,8 @@ import time
 
 import pytest
 
-from nslab import tunnel
-from nslab.capture import Capture
+from nslab.apply import kernel as tunnel
+from nslab.observe.capture import Capture
 
 from conftest import TIMEOUT_SCALE, TOPOLOGIES, _alive, nslab
 

@@ -1,4 +1,4 @@
-"""kube-proxy's and flannel's rules loaded into real lab namespaces (nslab/iptables.py).
+"""kube-proxy's and flannel's rules loaded into real lab namespaces (nslab/apply/iptables.py).
 
 Two throwaway namespaces, no lab: `client` plays the spine (30.0.0.254) and `worker3` the
 note's node (30.0.0.23), holding the three endpoint addresses on its loopback so a DNAT'd
@@ -16,7 +16,8 @@ from collections import Counter
 import pytest
 
 from conftest import unique_lab_name
-from nslab import iptables, kubeproxy as kp, masq, netns
+from nslab.apply import iptables, netns
+from nslab.compile import kubeproxy as kp, masq
 from nslab.errors import NslabError
 
 ENDPOINTS = ("10.244.1.23", "10.244.2.16", "10.244.3.19")

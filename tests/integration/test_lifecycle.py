@@ -45,7 +45,8 @@ def test_shipped_topology_up_and_down(root_unchanged, lab_factory, topology):
         if MISSING_FEATURE.search(check.stderr):
             pytest.skip(f"{topology}: {check.stderr.strip()}")
         pytest.fail(f"nslab validate rejects shipped topology {topology}:\n{check.stderr}")
-    from nslab import containers, model
+    from nslab import model
+    from nslab.apply import containers
     from nslab.compile import compile_topology
     no_engine = containers.unavailable(compile_topology(model.load(str(TOPOLOGIES / topology))))
     if no_engine:                      # container nodes: CI starts the engine and builds the images

@@ -116,7 +116,8 @@ def test_a_failed_up_leaves_a_namespace_made_in_between(tmp_path, monkeypatch):
     """Someone creates one of the lab's namespace names after up's check and before up
     creates it: up fails and removes its own namespaces only."""
     from nslab import lab as labmod
-    from nslab import netns, state
+    from nslab import state
+    from nslab.apply import netns
     monkeypatch.setattr(state, "RUN_DIR", str(tmp_path))
     name = unique_lab_name()
     theirs = f"{name}.ns2"
@@ -202,7 +203,8 @@ def test_corrupt_and_unknown_key_records(lab_factory, tmp_path):
 
 def _engine():
     docker = pytest.importorskip("docker")
-    from nslab import containers, model
+    from nslab import model
+    from nslab.apply import containers
     from nslab.compile import compile_topology
     why = containers.unavailable(compile_topology(model.load(str(TOPOLOGIES / "containers.yaml"))))
     if why:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from nslab import netns
+from nslab.apply import netns
 
 REPO = Path(__file__).resolve().parent.parent.parent
 
@@ -59,7 +59,7 @@ def test_the_topologys_own_tests(lab):
 
 
 def test_trace(lab):
-    trace = pytest.importorskip("nslab.trace")
+    trace = pytest.importorskip("nslab.observe.trace")
     result = lab.trace("client", "web-worker3")
     assert trace.complete(result)
     assert "spine" in {h["node"] for h in result["request"]["hops"]}

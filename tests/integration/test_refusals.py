@@ -100,7 +100,7 @@ def test_missing_tool_is_named_with_its_package(tool, package, command, lab_fact
 
 def test_missing_iptables_is_refused_in_one_sentence(lab_factory, tmp_path, monkeypatch):
     """nslab.iptables (a lab namespace's rules) without iptables-restore on PATH."""
-    from nslab import iptables
+    from nslab.apply import iptables
     from nslab.errors import PrerequisiteError
     lab = lab_factory("diy-veth.yaml")
     ns = lab.ns("ns1")
@@ -132,7 +132,7 @@ def test_docker_engine_not_answering(engine, tmp_path, root_unchanged):
 
 # ---- a kernel without a needed module -------------------------------------------------------------
 def test_kernel_without_ipip_refuses_nslab_ipip_kernel(tmp_path, root_unchanged):
-    from nslab import tunnel
+    from nslab.apply import kernel as tunnel
     if tunnel.ipip_module_available():
         pytest.skip("this kernel's ipip is loaded (the VM stage): nothing to refuse")
     name = unique_lab_name()

@@ -7,9 +7,9 @@ import subprocess
 
 import pytest
 
-from nslab import netns
+from nslab.apply import netns
 from nslab.api import Lab
-from nslab.apply import set_tx_checksum
+from nslab.apply.kernel import set_tx_checksum
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (real namespaces)")
 TOPO = os.path.join(os.path.dirname(__file__), "..", "..", "topologies")

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from nslab.capture import Capture
+from nslab.observe.capture import Capture
 
 from conftest import TIMEOUT_SCALE
 

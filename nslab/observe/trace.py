@@ -34,11 +34,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from . import lab as labmod
-from . import netns, state
+from .. import lab as labmod
+from .. import state
+from ..apply import netns
 from .decode import decode, encap_ports, first_layer, format_layer, format_layers, innermost_ip, ip_key, split
-from .errors import NslabError, UsageError
-from .probe import echo_request
+from ..errors import NslabError, UsageError
+from ..packet import echo_request
 from .show import format_fdb, format_neigh, format_route, norm_fdb, norm_link, norm_neigh, norm_route
 
 ETH_P_ALL = 0x0003

@@ -5,7 +5,7 @@ A pod with `serve: http` gets an HTTP server on :80 (the notes curl nginx).  Ins
 process per pod, the agent opens each listening socket from inside the pod's namespace
 (a socket stays in the namespace it was created in) and serves them all from one
 selector loop.  The lab's userspace dataplanes (plan Daemon ops: flannel's udp proxy, the
-ipip encapsulator; nslab/tunnel.py) run as one process per node, in the node's namespace,
+ipip encapsulator; nslab/runtime/tunnels.py) run as one process per node, in the node's namespace,
 logged to <run dir>/tunnel-<node>.log.
 
 Supervision (the design): two supervisors that watch each other, plus a check on look.
@@ -46,7 +46,10 @@ import subprocess
 import sys
 import time
 
-from . import netns
+from .. import state
+from ..apply import netns
+from ..errors import NslabError
+from ..plan import Daemon
 
 SPEC = "agent.json"
 LOG = "agent.log"
@@ -76,7 +79,6 @@ def _lab(run_dir: str) -> str:
 def _update(run_dir: str, change) -> bool:
     """Apply change(LabState) to the lab's record through the one locked, atomic writer;
     False when the lab is gone."""
-    from . import state
     return state.update(_lab(run_dir), change) is not None
 
 
@@ -87,7 +89,6 @@ _via_up: tuple[int, object] | None = None
 
 def _record(run_dir: str, pid: int, what: str) -> bool:
     """Record pid as `what`, dropping earlier records of `what` whose process is gone."""
-    from . import state
     if _via_up is not None:
         fd, replies = _via_up
         os.write(fd, f"record {pid} {what}\n".encode())
@@ -101,13 +102,11 @@ def _record(run_dir: str, pid: int, what: str) -> bool:
 
 def _running(p) -> bool:
     """A recorded process that still runs (a zombie does not: init may be slow to reap)."""
-    from . import state
     return state.is_ours(p) and not state._zombie(p.pid)
 
 
 def _live(run_dir: str, prefix: str) -> list:
     """Recorded processes whose `what` starts with prefix and that still run."""
-    from . import state
     st = state.load(_lab(run_dir))
     return [p for p in (st.processes if st else []) if p.what.startswith(prefix) and _running(p)]
 
@@ -222,7 +221,6 @@ def wait_go(go_fd: int | None, run_dir: str | None) -> None:
             go = b""
     if go == b"go\n":
         return
-    from . import state
     me = state.process_start_time(os.getpid())
     try:
         st = state.load(_lab(run_dir)) if run_dir and os.path.isdir(run_dir) else None
@@ -255,7 +253,7 @@ def wait_ready(child: Child, log_path: str, timeout: float = 10.0) -> str | None
 
 
 def _agent_argv(run_dir: str, role: str) -> list[str]:
-    return [sys.executable, "-m", "nslab.agent", run_dir, role]
+    return [sys.executable, "-m", "nslab.runtime.agent", run_dir, role]
 
 
 def _restart_partner(run_dir: str, role: str, what: str, stopping) -> Child | None:
@@ -292,9 +290,6 @@ def _restart_partner(run_dir: str, role: str, what: str, stopping) -> Child | No
 def start(st, ops) -> None:
     """Start the agent for plan Serve and Daemon ops; return once it listens and every
     dataplane runs, all of them recorded."""
-    from . import state
-    from .errors import NslabError
-    from .plan import Daemon
     services = [s for s in ops if not isinstance(s, Daemon)]
     daemons = [d for d in ops if isinstance(d, Daemon)]
     per_node: dict[str, int] = {}
@@ -368,7 +363,6 @@ def expected(st) -> list[str]:
 def health(st) -> list[str]:
     """What is missing from a lab that is up: one phrase per process that should run but
     does not.  Empty when all is well (or the lab has no agent)."""
-    from . import state
     if st.status != "up":
         return []
     live = {p.what for p in st.processes if _running(p)}
@@ -475,7 +469,7 @@ def _read_spec(run_dir: str) -> dict:
 
 
 class Dataplane:
-    """One supervised tunnel daemon (nslab/tunnel.py) in its node's namespace."""
+    """One supervised tunnel daemon (nslab/runtime/tunnels.py) in its node's namespace."""
 
     def __init__(self, run_dir: str, spec: dict):
         self.run_dir, self.spec = run_dir, spec
@@ -484,7 +478,7 @@ class Dataplane:
 
     def start(self, defer: bool = False) -> Child | None:
         s = self.spec
-        argv = [sys.executable, "-m", "nslab.tunnel", "--netns", s["ns"], "--run-dir", self.run_dir,
+        argv = [sys.executable, "-m", "nslab.runtime.tunnels", "--netns", s["ns"], "--run-dir", self.run_dir,
                 s["kind"], s["dev"]] + [f"{k}={v}" for k, v in s["config"]]
         self.child = spawn(argv, s["what"], self.log, self.run_dir, ready=True, defer=defer)
         return self.child
@@ -625,7 +619,7 @@ def run_agent(run_dir: str, ready_fd: int | None, reply_fd: int | None = None) -
 
 
 def main(argv: list[str]) -> None:
-    """python3 -m nslab.agent [--go-fd N] [--ready-fd N] RUN_DIR agent|warden"""
+    """python3 -m nslab.runtime.agent [--go-fd N] [--ready-fd N] RUN_DIR agent|warden"""
     opts = {}
     while argv[0].startswith("--"):
         opts[argv[0]] = int(argv[1])

@@ -26,7 +26,7 @@ import yaml
 from yaml.events import (AliasEvent, DocumentStartEvent, MappingEndEvent, MappingStartEvent, ScalarEvent,
                          SequenceEndEvent, SequenceStartEvent, StreamEndEvent)
 
-from .errors import TopologyError
+from ..errors import TopologyError
 
 # A 10,000-node topology written out in full (every host a mapping with its address) is
 # about 1 MB and 120,000 YAML values; the cap leaves four times that.  Building 500,000

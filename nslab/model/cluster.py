@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
-from .model import IFNAMSIZ, Bridge, Nexthop, Route, stable_mac
+from .types import IFNAMSIZ, Bridge, Nexthop, Route, stable_mac
 
 # Bytes each backend adds to a packet; flannel subtracts them from the underlay MTU.
 # vxlan: encapOverhead = 50 (outer Ethernet 14 + IP 20 + UDP 8 + VXLAN 8),

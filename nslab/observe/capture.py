@@ -17,8 +17,10 @@ import tempfile
 import time
 from typing import Iterator
 
-from . import state
-from .errors import NslabError
+from .. import lab as labmod
+from .. import state
+from ..errors import NslabError, UsageError
+from .decode import Names, decode_pcap, encap_ports, rows, summary   # bytes only: no scapy to import
 
 PCAP_MAGIC = {b"\xd4\xc3\xb2\xa1": ("<", 1e-6), b"\xa1\xb2\xc3\xd4": (">", 1e-6),
               b"\x4d\x3c\xb2\xa1": ("<", 1e-9), b"\xa1\xb2\x3c\x4d": (">", 1e-9)}
@@ -211,8 +213,6 @@ def known_ifaces(topo, node: str) -> list[str]:
 def run(lab: str, target: str, pcap: str | None = None, count: int | None = None, bpf: str = "",
         decode: bool = False) -> int:
     """`nslab capture`: returns the exit code.  SIGINT/SIGTERM stop tcpdump cleanly."""
-    from . import lab as labmod
-    from .errors import UsageError
 
     stopping: list[int] = []
     cap: Capture | None = None
@@ -256,7 +256,6 @@ def run(lab: str, target: str, pcap: str | None = None, count: int | None = None
 def _decode_loop(cap: Capture, topo, where: str, pcap: str | None) -> None:
     from rich.console import Console
 
-    from .decode import Names, decode_pcap, encap_ports, rows, summary   # bytes only: no scapy to import
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
     names = Names.from_topology(topo)
     backend = topo.cluster.backend if topo.cluster is not None else None

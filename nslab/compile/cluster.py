@@ -22,8 +22,8 @@ One function per backend, each (cluster, node, topo) -> operations for that node
 from __future__ import annotations
 
 
-from . import plan as P
-from .cluster import Cluster, ClusterNode
+from .. import plan as P
+from ..model.cluster import Cluster, ClusterNode
 
 
 def vxlan(cluster: Cluster, node: ClusterNode, ns_of) -> list:

@@ -3,201 +3,25 @@
 Everything a user can get wrong is caught here, before anything touches the kernel, and
 reported as one sentence naming file, line and YAML path.  The result is resolved: every
 interface has a name, an address (or none, on purpose), a MAC and an MTU; every node has
-its routes.  `compile.py` turns it into a plan without making any further decisions that
+its routes.  `nslab/compile/` turns it into a plan without making any further decisions that
 could fail.
 """
 from __future__ import annotations
 
-import hashlib
 import re
 from collections import deque
 from itertools import islice
-from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
-from . import yamldoc
+from ..errors import TopologyError
+from ..plan import sysctl_key_problem
+from . import cluster, containers, limits, tests, tunnels, yamldoc
+from .limits import MAX_COMPUTED_ROUTES
 from .yamldoc import Doc
-
-DEFAULT_MTU = 1500
-MIN_MTU = 68  # the IPv4 minimum (RFC 791); the kernel refuses less on an IPv4 device
-MAX_MTU = 65535
-DEFAULT_LINK_POOL = "172.31.0.0/16"
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
-LAB_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
-MAX_LAB_NAME = 32
-MAX_NODE_NAME = 63
-IFNAMSIZ = 16
-NAME_MAX = 255          # a file name under /run/netns (a namespace name), in bytes
-# Devices the kernel itself puts in every new namespace once their module is loaded (the
-# fallback tunnels); a lab interface with one of these names fails at `up` on such a host.
-KERNEL_DEVICES = frozenset({"lo", "tunl0", "gre0", "gretap0", "erspan0", "sit0", "ip6tnl0", "ip6gre0",
-                            "ip_vti0", "ip6_vti0"})
-IFNAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-
-
-@dataclass
-class Iface:
-    """One end of a veth pair, inside `node`."""
-    node: str
-    name: str
-    ip: IPv4Interface | None
-    mac: str
-    mtu: int
-    peer_node: str
-    peer_name: str
-    segment: str | None = None      # set on both ends of a segment attachment
-    bridge: str | None = None       # set on the bridge-side end: the bridge it is a port of
-    hairpin: bool = False           # bridge port hairpin mode (the bridge CNI's hairpinMode)
-
-
-@dataclass
-class Bridge:
-    """A Linux bridge inside a node: a segment's br0, or a cluster node's cni0."""
-    name: str
-    mtu: int
-    mac: str
-    ip: IPv4Interface | None = None
-
-
-@dataclass
-class Nexthop:
-    via: IPv4Address | None
-    dev: str
-
-
-@dataclass
-class Route:
-    dst: IPv4Network
-    nexthops: list[Nexthop]         # several = ECMP (multipath)
-    onlink: bool = False
-    origin: str = "static"          # static | computed (for show/trace explanations)
-
-
-@dataclass
-class Node:
-    name: str
-    kind: str                       # host | router | switch | pod
-    ns: str                         # network namespace name (/run/netns/<ns>)
-    mtu: int
-    ifaces: list[Iface] = field(default_factory=list)
-    routes: list[Route] = field(default_factory=list)
-    sysctls: dict[str, str] = field(default_factory=dict)
-    serve: list[str] = field(default_factory=list)   # services the lab agent runs here (http)
-    bridges: list[Bridge] = field(default_factory=list)
-    tunnels: list = field(default_factory=list)      # nslab.tunnel.Tunnel (ip tunnel add ... mode ipip)
-    path: tuple = ()
-    container: object | None = None                  # plan.Container: the node is a container (image:)
-
-    @property
-    def bridge(self) -> str | None:
-        """The first bridge's name (a segment's switch has exactly one)."""
-        return self.bridges[0].name if self.bridges else None
-
-    def iface(self, name: str) -> Iface | None:
-        return next((i for i in self.ifaces if i.name == name), None)
-
-    @property
-    def addresses(self) -> list[IPv4Interface]:
-        return [i.ip for i in self.ifaces if i.ip is not None]
-
-
-@dataclass
-class Segment:
-    name: str
-    subnet: IPv4Network | None
-    gateway: str | None             # router node owning the gateway address
-    gateway_ip: IPv4Address | None
-    bridge: str
-    mtu: int
-
-
-@dataclass
-class Topology:
-    name: str
-    file: str
-    mtu: int
-    ipv6: bool
-    nodes: dict[str, Node]
-    segments: dict[str, Segment]
-    doc: Doc | None = None
-    cluster: object | None = None   # nslab.cluster.Cluster when the file has a cluster: section
-    tests: list = field(default_factory=list)   # nslab.checks.Check: the file's tests: section
-
-    def node(self, name: str) -> Node:
-        return self.nodes[name]
-
-    def address_of(self, name: str) -> IPv4Address | None:
-        """The address other nodes use for `name` (its first address)."""
-        addrs = self.nodes[name].addresses
-        return addrs[0].ip if addrs else None
-
-
-def stable_mac(*parts: str) -> str:
-    """A locally administered unicast MAC derived from names, so a lab's MACs are the same
-    on every run (captures, goldens and traces can be compared)."""
-    h = hashlib.sha256("/".join(parts).encode()).digest()
-    return ":".join(f"{b:02x}" for b in bytes([(h[0] & 0xFC) | 0x02]) + h[1:6])
-
-
-def short_ifname(*parts: str) -> str:
-    """An interface name from parts, shortened with a stable hash when longer than 15 bytes
-    (the kernel counts bytes, not characters)."""
-    name = "-".join(parts)
-    if len(name.encode()) < IFNAMSIZ:
-        return name
-    digest = hashlib.sha256(name.encode()).hexdigest()[:5]
-    head = name.encode()[: IFNAMSIZ - 1 - 6].decode(errors="ignore")   # never half a character
-    return head + "-" + digest
-
-
-def free_subnets(pool: IPv4Network, prefixlen: int, used: list[IPv4Network]):
-    """The /prefixlen subnets of pool that overlap none of `used`, in address order.  Jumps
-    over used ranges instead of testing every candidate (a /8 pool has 4 million /30s)."""
-    size = 1 << (32 - prefixlen)
-    merged: list[list[int]] = []
-    for start, end in sorted((int(u.network_address), int(u.broadcast_address)) for u in used):
-        if merged and start <= merged[-1][1] + 1:
-            merged[-1][1] = max(merged[-1][1], end)
-        else:
-            merged.append([start, end])
-    addr, last, i = int(pool.network_address), int(pool.broadcast_address), 0
-    while addr + size - 1 <= last:
-        while i < len(merged) and merged[i][1] < addr:
-            i += 1
-        if i < len(merged) and merged[i][0] <= addr + size - 1:
-            addr = (merged[i][1] // size + 1) * size     # the first aligned block after it
-            continue
-        yield IPv4Network((addr, prefixlen))
-        addr += size
-
-
-def ifname_problem(name) -> str | None:
-    """Why `name` cannot be an interface name (Linux's dev_valid_name, then nslab's safe
-    set), or None."""
-    if not isinstance(name, str) or not name:
-        return "an interface name must be a non-empty string"
-    if name in (".", "..") or any(c in name for c in "/:") or any(c.isspace() for c in name):
-        return f"{name!r} cannot be an interface name (no '/', ':', whitespace, '.' or '..')"
-    # Stricter than the kernel: names reach `nslab script`'s shell lines, sysctl keys and
-    # ip(8) arguments, so ASCII words only (no shell metacharacters, no '%', which the
-    # kernel expands as a template, no leading '-' that reads as an option).
-    if not IFNAME_RE.fullmatch(name):
-        return (f"{name!r} is not an interface name nslab accepts: ASCII letters, digits, '_', '-' and '.', "
-                f"starting with a letter or digit")
-    if len(name) >= IFNAMSIZ:
-        return f"interface name {name!r} is {len(name)} characters; Linux allows at most {IFNAMSIZ - 1}"
-    return None
-
-
-def namespace_name(lab: str, node: str) -> str:
-    return f"{lab}.{node}"
-
-
-def lab_name_from_file(file: str) -> str:
-    import os
-    stem = os.path.splitext(os.path.basename(file))[0].lower()
-    stem = re.sub(r"[^a-z0-9_-]", "-", stem).strip("-_") or "lab"
-    return stem[:MAX_LAB_NAME]
+from .types import (Bridge, DEFAULT_LINK_POOL, DEFAULT_MTU, IFNAMSIZ, Iface, KERNEL_DEVICES, LAB_NAME_RE,
+                    MAX_LAB_NAME, MAX_MTU, MAX_NODE_NAME, MIN_MTU, NAME_MAX, NAME_RE, Nexthop, Node, Route,
+                    Segment, Topology, free_subnets, ifname_problem, lab_name_from_file, namespace_name,
+                    short_ifname, stable_mac)
 
 
 class Parser:
@@ -345,7 +169,6 @@ class Parser:
         if self.name_override is not None:
             b.lab = self.name_override
             if not LAB_NAME_RE.match(b.lab) or len(b.lab) > MAX_LAB_NAME:
-                from .errors import TopologyError   # a command-line value: no line in the file to point at
                 raise TopologyError(doc.display_name, None, "--name",
                                     f"lab name {b.lab!r} must be lowercase letters, digits, '-' or '_' "
                                     f"(at most {MAX_LAB_NAME} characters)")
@@ -379,10 +202,8 @@ class Parser:
         for i, spec in enumerate(links):
             b.add_link(spec, ("links", i))
         if "cluster" in top:
-            from . import cluster
             cluster.parse(self, b, top["cluster"], ("cluster",))
-        from . import checks
-        b.tests = checks.parse(self, b, top.get("tests"), ("tests",))
+        b.tests = tests.parse(self, b, top.get("tests"), ("tests",))
         return b
 
 
@@ -418,7 +239,6 @@ class Builder:
         node = Node(name=name, kind=kind, ns="", mtu=node_mtu, path=path)
         sysctls = self.p.mapping(spec.get("sysctls"), path + ("sysctls",), what="sysctls")
         for key, value in sysctls.items():
-            from .netns import sysctl_key_problem
             problem = sysctl_key_problem(key)     # the rules write_sysctl checks again at up
             levels = key.split(".") if problem is None else []
             if levels[:3] in (["net", "ipv4", "conf"], ["net", "ipv6", "conf"], ["net", "ipv4", "neigh"],
@@ -440,12 +260,10 @@ class Builder:
                     raise self.err(path + ("serve",), f"unknown service {s!r} (nslab can serve: http)")
             node.serve = list(serve)
         if any(k in spec for k in ("image", "command", "env", "cap_add")):
-            from . import containers
             node.container = containers.parse(self.p, spec, path)
         if spec.get("tunnels") is not None:
-            from . import tunnel
-            node.tunnels = tunnel.parse(self.p, spec["tunnels"], path + ("tunnels",))
-            self.extensions.append(lambda b, node=node: tunnel.check(b, node))
+            node.tunnels = tunnels.parse(self.p, spec["tunnels"], path + ("tunnels",))
+            self.extensions.append(lambda b, node=node: tunnels.check(b, node))
         self.nodes[name] = node
         self.node_specs[name] = spec
         return node
@@ -558,7 +376,6 @@ class Builder:
         self._check_macs()
         topo = Topology(name=self.lab, file=self.doc.file, mtu=self.mtu, ipv6=self.ipv6, nodes=self.nodes,
                         segments=self.segments, doc=self.doc, cluster=self.cluster, tests=self.tests)
-        from . import limits
         limits.check(topo)      # what this machine can hold (descriptors, neighbour table), before routes
         self._resolve_routes()
         return topo
@@ -872,7 +689,6 @@ class Builder:
         subnets routes, quadratic.  Count them first (components, linear) and refuse a lab
         that would take minutes and gigabytes to compute (a chain of 1,500 routers: 2.2
         million routes)."""
-        from .limits import MAX_COMPUTED_ROUTES
         comp: dict[str, int] = {}
         sizes: list[int] = []
         for start in adj:
@@ -889,7 +705,6 @@ class Builder:
             sizes.append(size)
         total = sum(sizes[comp[next(iter(attached))]] - len(attached) for attached in subnets.values() if attached)
         if total > MAX_COMPUTED_ROUTES:
-            from .errors import TopologyError
             raise TopologyError(self.doc.display_name, None, "",
                                 f"the routers would need {total:,} routes ({len(adj):,} routers each learning every "
                                 f"subnet they reach); nslab computes at most {MAX_COMPUTED_ROUTES:,}: split the "

@@ -15,6 +15,9 @@ import errno
 import os
 import re
 
+from ..errors import NslabError
+from ..plan import SLASH_DOT, sysctl_key_problem
+
 NETNS_RUN_DIR = "/run/netns"
 
 CLONE_NEWNET = 0x40000000
@@ -187,45 +190,7 @@ def remove(name: str) -> bool:
     return True
 
 
-# Sysctl keys nslab may set, in sysctl(8) notation: levels separated by dots, '/' for a
-# dot inside a level (net.ipv4.conf.flannel/1.rp_filter).  Only settings a network
-# namespace owns: in a namespace other than the host's, /proc/sys/net shows only those
-# (host-wide entries are hidden or read-only there, e.g. net.core.rmem_max,
-# net.netfilter.nf_conntrack_max).  These are the top levels a fresh namespace shows
-# writable on Linux 6.x (`unshare -n find /proc/sys/net -perm -200`), plus mpls and sctp,
-# whose tables are per namespace too when their modules are loaded.  net.core is mostly
-# host-wide: only the listed keys are per namespace.
-SYSCTL_PER_NETNS = ("ipv4", "ipv6", "netfilter", "bridge", "mptcp", "unix", "mpls", "sctp")
-SYSCTL_PER_NETNS_CORE = ("somaxconn", "optmem_max", "txrehash", "tstamp_allow_data", "rps_default_mask",
-                         "xfrm_acq_expires", "xfrm_aevent_etime", "xfrm_aevent_rseqth", "xfrm_larval_drop")
-# (the error message abbreviates the xfrm_* keys: keep it in step with this list)
-# One level: a safe word (no shell metacharacters, no whitespace), never starting with '.'
-# or '-' once '/' is read as a dot, so never '', '.', '..' or an option.
-_SYSCTL_LEVEL = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_/-]*")
-SYSCTL_ROOT = "/proc/sys/net"
-_SLASH_DOT = str.maketrans("./", "/.")
 PROC_SUPER_MAGIC = 0x9FA0
-
-
-def sysctl_key_problem(key) -> str | None:
-    """Why `key` is not a per-namespace sysctl nslab may set, or None."""
-    if not isinstance(key, str) or not key.startswith("net."):
-        return f"only per-namespace net.* sysctls can be set, not {key!r}"
-    if not re.fullmatch(r"[A-Za-z0-9_./-]+", key) or len(key) > 255:
-        return f"{key!r} is not a sysctl key (letters, digits, '_', '-', '.' and '/' only)"
-    levels = key.split(".")
-    if not all(_SYSCTL_LEVEL.fullmatch(level) for level in levels):
-        return (f"sysctl key {key} has a level that is empty or starts with '/' or '-' ('/' stands for a dot "
-                f"inside a name): it must name one file under {SYSCTL_ROOT}")
-    if len(levels) < 3 or levels[1] not in SYSCTL_PER_NETNS + ("core",) or \
-            (levels[1] == "core" and (len(levels) != 3 or levels[2] not in SYSCTL_PER_NETNS_CORE)):
-        return (f"{key} is not a per-namespace sysctl; nslab sets net.{{{','.join(SYSCTL_PER_NETNS)}}}.* "
-                f"and of net.core only somaxconn, optmem_max, txrehash, tstamp_allow_data, rps_default_mask "
-                f"and xfrm_*")
-    path = "/proc/sys/" + key.translate(_SLASH_DOT)
-    if os.path.normpath(path) != path or not path.startswith(SYSCTL_ROOT + "/"):   # the rules above ensure it
-        return f"{key} does not name a file under {SYSCTL_ROOT}"
-    return None
 
 
 def sysctl_path(key: str) -> str:
@@ -235,7 +200,7 @@ def sysctl_path(key: str) -> str:
     problem = sysctl_key_problem(key)
     if problem:
         raise ValueError(problem)
-    return "/proc/sys/" + key.translate(_SLASH_DOT)
+    return "/proc/sys/" + key.translate(SLASH_DOT)
 
 
 def _open_sysctl(key: str, flags: int) -> int:
@@ -271,7 +236,6 @@ def _host_netns_inodes() -> set[int]:
 def write_sysctl(key: str, value) -> None:
     """Write a per-namespace net.* sysctl of the namespace the calling thread is in (never
     the host's: /proc/sys/net resolves to the opener's namespace, and we refuse the host's)."""
-    from .errors import NslabError
     if current_inode() in _host_netns_inodes():
         raise NslabError(f"refusing to set {key} in the host's network namespace")
     try:

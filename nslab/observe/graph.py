@@ -15,7 +15,7 @@ import re
 import subprocess
 from dataclasses import dataclass, field
 
-from .errors import PrerequisiteError, UsageError
+from ..errors import PrerequisiteError, UsageError
 
 # Overlay styles: colour and the words of the legend.
 OVERLAY = {"vxlan": ("#c0392b", "vxlan tunnel"), "ipip": ("#8e44ad", "ipip tunnel"),

@@ -9,7 +9,8 @@ from __future__ import annotations
 import shlex
 from ipaddress import IPv4Interface, IPv4Network
 
-from . import plan as P
+from .. import plan as P
+from ..model.containers import LABEL_LAB, container_name
 
 
 def _q(s) -> str:
@@ -29,7 +30,6 @@ def render_op(op) -> list[str]:
     n = f"ip -n {_q(op.ns)}" if hasattr(op, "ns") else "ip"
     if isinstance(op, P.Netns):
         if op.container is not None:      # a container node: started without a network, then named
-            from .containers import script_lines
             return script_lines(op)
         return [f"ip netns add {_q(op.ns)}"]
     if isinstance(op, P.Sysctl):
@@ -93,7 +93,6 @@ def render_op(op) -> list[str]:
     if isinstance(op, P.TxChecksum):
         return [f"ip netns exec {_q(op.ns)} ethtool -K {_q(op.dev)} tx {'on' if op.on else 'off'}"]
     if isinstance(op, P.Daemon):
-        from .tunnel import describe
         return [_comment(f"# {op.node}: {describe(op)}"),
                 "#   " + _comment(f"by hand: ip netns exec {_q(op.ns)} python3 -m nslab.tunnel {_q(op.kind)} "
                                   f"{_q(op.dev)} " + " ".join(_q(f"{k}={v}") for k, v in op.config
@@ -129,7 +128,6 @@ def removal(plan: P.Plan) -> str:
     /etc/netns/<ns>/hosts files with their directories (and /etc/netns if that is then
     empty: `mkdir -p` may have made it).  Run it as `nslab script F | sed -n 's/^# to remove
     it: //p' | sh`.  rmdir, not rm -r: a file someone else put there stays."""
-    from .containers import container_name
     cmds = []
     containers = [container_name(plan.lab, op.node) for op in plan.ops
                   if isinstance(op, P.Netns) and op.container is not None]
@@ -145,3 +143,29 @@ def removal(plan: P.Plan) -> str:
     if "\n" in line or "\r" in line:   # a quoted line break would end the comment: never from validate
         raise ValueError("a name in the plan has a line break; cannot print its removal as one line")
     return line
+
+
+def describe(op) -> str:
+    """One line for `nslab script`: what stands in for a Daemon op."""
+    c = dict(op.config)
+    if op.kind == "udp":
+        return (f"flannel's udp proxy (nslab's tunnel daemon): reads {op.dev}, sends each packet as one UDP "
+                f"datagram {c['local']}:{c['port']} -> <owner node>:{c['port']}, writes what arrives into {op.dev}")
+    return (f"userspace ipip on TUN {op.dev} (this kernel has no ipip): outer IP {c['local']} -> "
+            f"{c['remote'] if c['remote'] != 'any' else 'the route gateway'}, protocol 4")
+
+
+def script_lines(op) -> list[str]:
+    """`nslab script` for a container node: what nslab does, as docker and ip commands."""
+    spec = op.container
+    lab = op.ns[: -len(op.node) - 1]
+    name = container_name(lab, op.node)
+    argv = ["docker", "run", "-d", "--name", name, "--label", f"{LABEL_LAB}={lab}", "--hostname", op.node,
+            "--network", "none"]
+    for cap in spec.cap_add:
+        argv += ["--cap-add", cap]
+    for k, v in spec.env:
+        argv += ["-e", f"{k}={v}"]
+    argv += [spec.image, *spec.command]
+    return [" ".join(shlex.quote(a) for a in argv),
+            f"ip netns attach {shlex.quote(op.ns)} \"$(docker inspect -f '{{{{.State.Pid}}}}' {name})\""]

@@ -20,7 +20,8 @@ import os
 import socket
 from typing import Any, Iterable
 
-from . import netns
+from ..apply import netns
+from ..runtime.agent import health
 
 AF_BRIDGE = 7
 SO_NETNS_COOKIE = 71
@@ -451,7 +452,6 @@ def collect(st, nodes: list[str]) -> dict:
                 others[ns] = _read_namespace(ns, fds, full=False)["names"]
             return others[ns]
 
-        from .agent import health
         result: dict[str, Any] = {"lab": st.lab, "file": st.file, "degraded": health(st), "nodes": {}}
         for node in nodes:
             ns = st.nodes[node]

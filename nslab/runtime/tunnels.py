@@ -17,21 +17,18 @@ plus one process per node, run in the node's namespace and supervised by the lab
   receives outer+inner; the inner packet is written into the TUN.  The bytes on the wire
   are the kernel's (the IP ID is ours: the kernel's comes from a secret hash anyway).
 
-`fit_to_kernel` decides, at `nslab up`, where the plan's ipip devices come from: the
-kernel if its ipip is loaded or built in (read from /sys/module: never loaded by nslab,
-since loading ipip adds tunl0 to the root namespace), else this file.  NSLAB_IPIP=
-kernel|userspace|userspace:NODE,NODE overrides that (kernel/userspace interop tests).
-
-Node `tunnels:` (note 003 §5's `ip tunnel add tunl1 mode ipip ...`) are parsed here too.
+compile/kernel.py's `fit_to_kernel` decides, at `nslab up`, where the plan's ipip devices
+come from: the kernel if its ipip is loaded or built in (apply/kernel.py reads /sys/module:
+never loaded by nslab, since loading ipip adds tunl0 to the root namespace), else this file.
+Node `tunnels:` are parsed in model/tunnels.py and compiled in compile/tunnels.py.
 
 Run by hand inside a namespace:
-    python3 -m nslab.tunnel udp flannel0 local=10.0.0.21 port=8285 address=10.244.1.0 routes=10.244.3.0/24@30.0.0.23
-    python3 -m nslab.tunnel ipip tunl1 local=10.10.10.2 remote=10.10.20.2 pmtudisc=1
+    python3 -m nslab.runtime.tunnels udp flannel0 local=10.0.0.21 port=8285 address=10.244.1.0 routes=10.244.3.0/24@30.0.0.23
+    python3 -m nslab.runtime.tunnels ipip tunl1 local=10.10.10.2 remote=10.10.20.2 pmtudisc=1
 """
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import os
 import random
 import re
@@ -41,209 +38,29 @@ import struct
 import sys
 import threading
 import time
-from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Network
 
-from .probe import checksum
+from ..apply import netns
+from ..apply.kernel import open_tun
+from ..apply.netlink import open_route_socket
+from ..packet import checksum
+from .agent import wait_go
 
-TUNSETIFF, TUNSETPERSIST = 0x400454CA, 0x400454CB
-IFF_TUN, IFF_NO_PI = 0x0001, 0x1000
 IPPROTO_IPIP = 4
 IP_DF = 0x4000
 BUFFER = 65536
 SOCKET_BUFFER = 4 << 20
 SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33     # root may exceed net.core.[rw]mem_max (not namespaced)
-USERSPACE_NOTE = "ipip: userspace (kernel module missing)"
-UNLOADED_NOTE = ("ipip: userspace (the ipip module is not loaded; nslab does not load it: `modprobe ipip` "
-                 "makes the next `nslab up` use the kernel's, and adds tunl0 to the root namespace)")
-
-
-def open_tun(name: str, persist: bool = False) -> int:
-    """Open (or create) TUN device `name` in the calling thread's namespace; return its fd.
-    persist: the device outlives the fd (TUNSETPERSIST), so a restarted daemon finds it."""
-    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
-    try:
-        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(), IFF_TUN | IFF_NO_PI))
-        if persist:
-            fcntl.ioctl(fd, TUNSETPERSIST, 1)
-    except OSError:
-        os.close(fd)
-        raise
-    return fd
 
 
 # ---- kernel ipip or userspace --------------------------------------------------------------
 
-# Where the probe looks (tests point them elsewhere).  It only reads these: creating an ipip
-# device, even in a throwaway namespace, or `modprobe ipip` would load the module, and
-# loading ipip adds tunl0 to the ROOT namespace, which nslab never changes.
-SYS_MODULE = "/sys/module"
-LIB_MODULES = "/lib/modules"
-
-
-def ipip_state() -> str:
-    """'loaded' (loaded or built in: the kernel's ipip is usable as it is), 'unloaded' (a
-    module in this kernel's tree that nobody loaded: `modprobe ipip` would make it usable)
-    or 'absent'.  Reads /sys/module and modules.builtin / modules.dep only; never loads."""
-    if os.path.isdir(os.path.join(SYS_MODULE, "ipip")):
-        return "loaded"
-    tree = os.path.join(LIB_MODULES, os.uname().release)
-    for name, state in (("modules.builtin", "loaded"), ("modules.dep", "unloaded")):
-        try:
-            with open(os.path.join(tree, name), encoding="utf-8", errors="replace") as f:
-                # `kernel/net/ipv4/ipip.ko[.xz|.zst|.gz][: deps]`
-                if any(re.fullmatch(r"ipip\.ko(\.\w+)?", line.split(":", 1)[0].strip().rsplit("/", 1)[-1])
-                       for line in f):
-                    return state
-        except OSError:
-            pass
-    return "absent"
-
-
-def ipip_module_available() -> bool:
-    """Whether the kernel's ipip can be used without loading anything (loaded or built in):
-    what `nslab up` uses, and what the kernel_ipip tests need."""
-    return ipip_state() == "loaded"
-
-
-def fit_to_kernel(plan) -> None:
-    """Swap the plan's ipip devices for TUN devices plus encapsulators where the kernel
-    has no ipip (or NSLAB_IPIP says so); note it for `nslab up` and `nslab show`."""
-    from . import plan as P
-    from .errors import PrerequisiteError, UsageError
-    links = [i for i, op in enumerate(plan.ops) if isinstance(op, P.Link) and op.kind == "ipip"]
-    if not links:
-        return
-    mode, _, only = os.environ.get("NSLAB_IPIP", "auto").partition(":")
-    if mode not in ("auto", "kernel", "userspace"):
-        raise UsageError(f"NSLAB_IPIP={os.environ['NSLAB_IPIP']} is not auto, kernel, userspace or "
-                         f"userspace:NODE,NODE")
-    state = ipip_state()
-    has = state == "loaded"
-    if mode == "kernel" and state == "unloaded":
-        raise PrerequisiteError("NSLAB_IPIP=kernel but the ipip module is not loaded, and nslab never loads it "
-                                "(loading ipip adds tunl0 to the root namespace): run `modprobe ipip` yourself if "
-                                "that is acceptable, or unset NSLAB_IPIP to use the userspace encapsulator")
-    if mode == "kernel" and not has:
-        raise PrerequisiteError("NSLAB_IPIP=kernel but this kernel has no ipip module; unset NSLAB_IPIP to use "
-                                "the userspace encapsulator")
-    if mode in ("auto", "kernel") and has:
-        return
-    nodes = {op.ns: op.node for op in plan.ops if isinstance(op, P.Netns)}
-    chosen = set(only.split(",")) if only else None
-    why = ("ipip: userspace (NSLAB_IPIP=userspace)" if has else
-           USERSPACE_NOTE if state == "absent" else UNLOADED_NOTE)
-    for i in links:
-        op = plan.ops[i]
-        node = nodes[op.ns]
-        if chosen is not None and node not in chosen:
-            continue
-        o = dict(op.ipip)
-        plan.ops[i] = P.Link(ns=op.ns, name=op.name, kind="tun", mtu=op.mtu, stage=op.stage)
-        plan.add(P.Daemon(ns=op.ns, node=node, kind="ipip", dev=op.name,
-                          config=(("local", o["local"]), ("remote", o.get("remote") or "any"),
-                                  ("pmtudisc", int(o.get("pmtudisc", True))))))
-        plan.notes.setdefault(node, {})["dataplane"] = f"{why}: {op.name} is a TUN device and an encapsulator process"
-    if chosen is not None:
-        # Mixed lab (kernel and userspace ipip nodes): kernel nodes must hand the wire
-        # complete packets, as a real NIC would, not checksum-partial GSO ones.
-        for i in links:
-            op = plan.ops[i]
-            if op.kind == "ipip":
-                local = dict(op.ipip)["local"]
-                dev = next(a.dev for a in plan.ops if isinstance(a, P.Addr) and a.ns == op.ns
-                           and a.address.split("/")[0] == local)
-                plan.add(P.TxChecksum(op.ns, dev, on=False))
-    plan.notes.setdefault("_notices", []).append(
-        f"{why}: ipip devices are TUN devices with an encapsulator process per node; the packets on the wire "
-        f"are the kernel's (outer IP protocol 4, TTL inherited)")
-
-
-def describe(op) -> str:
-    """One line for `nslab script`: what stands in for a Daemon op."""
-    c = dict(op.config)
-    if op.kind == "udp":
-        return (f"flannel's udp proxy (nslab's tunnel daemon): reads {op.dev}, sends each packet as one UDP "
-                f"datagram {c['local']}:{c['port']} -> <owner node>:{c['port']}, writes what arrives into {op.dev}")
-    return (f"userspace ipip on TUN {op.dev} (this kernel has no ipip): outer IP {c['local']} -> "
-            f"{c['remote'] if c['remote'] != 'any' else 'the route gateway'}, protocol 4")
-
 
 # ---- node tunnels: `tunnels: {tunl1: {mode: ipip, local: A, remote: B, ip: X, peer: Y}}` ----
 
-TUNNEL_KEYS = {"mode", "local", "remote", "ip", "peer", "mtu", "pmtudisc"}
-
-
-@dataclass
-class Tunnel:
-    name: str
-    local: IPv4Address
-    remote: IPv4Address | None
-    ip: IPv4Interface | None
-    peer: IPv4Address | None
-    mtu: int | None
-    pmtudisc: bool
-    path: tuple
-
-
-def parse(p, spec, path) -> list[Tunnel]:
-    """A node's tunnels: section (checked against the node's addresses by `check`)."""
-    out = []
-    for name, t in p.mapping(spec, path, what="tunnels").items():
-        tpath = path + (name,)
-        p.ifname(name, tpath)
-        t = p.mapping(t, tpath, TUNNEL_KEYS, what="tunnel")
-        mode = t.get("mode", "ipip")
-        if mode != "ipip":
-            raise p.err(tpath + ("mode",), f"tunnel mode {mode!r} is not supported (nslab builds: ipip)")
-        if "local" not in t:
-            raise p.err(tpath, f"tunnel {name} needs local: ADDRESS (one of the node's own addresses)")
-        pmtudisc = t.get("pmtudisc", True)        # `ip tunnel add` sets DF unless nopmtudisc
-        if not isinstance(pmtudisc, bool):
-            raise p.err(tpath + ("pmtudisc",), f"pmtudisc must be true or false, got {pmtudisc!r}")
-        ip = peer = None
-        if "ip" in t:
-            ip = p.interface(t["ip"] if "/" in str(t["ip"]) or "peer" not in t else f"{t['ip']}/32",
-                             tpath + ("ip",), None)
-        if "peer" in t:
-            if ip is None:
-                raise p.err(tpath + ("peer",), "peer: needs ip: (ip a a IP peer PEER dev TUNNEL)")
-            peer = p.address(t["peer"], tpath + ("peer",))
-        out.append(Tunnel(name=name, local=p.address(t["local"], tpath + ("local",)),
-                          remote=p.address(t["remote"], tpath + ("remote",)) if t.get("remote", "any") != "any"
-                          else None, ip=ip, peer=peer,
-                          mtu=p.mtu(t["mtu"], tpath + ("mtu",)) if "mtu" in t else None,
-                          pmtudisc=pmtudisc, path=tpath))
-    return out
-
-
-def check(b, node) -> None:
-    """After addresses are resolved: local is the node's, names are free, MTU defaults to
-    the underlying interface's minus 20 (what the kernel derives for `ip tunnel add`)."""
-    for t in node.tunnels:
-        under = next((i for i in node.ifaces if i.ip is not None and i.ip.ip == t.local), None)
-        if under is None:
-            raise b.err(t.path + ("local",), f"{t.local} is not an address of {node.name} (it has: "
-                                             f"{', '.join(str(a.ip) for a in node.addresses) or 'none'})")
-        if node.iface(t.name) or t.name == "lo" or any(br.name == t.name for br in node.bridges):
-            raise b.err(t.path, f"{node.name} already has an interface named {t.name}")
-        if t.mtu is None:
-            t.mtu = under.mtu - 20
-
-
-def compile_tunnels(topo, plan) -> None:
-    from . import plan as P
-    for node in topo.nodes.values():
-        for t in getattr(node, "tunnels", ()):
-            plan.add(P.Link(ns=node.ns, name=t.name, kind="ipip", mtu=t.mtu, stage=P.STAGE_DEVICE,
-                            ipip=(("local", str(t.local)), ("remote", str(t.remote) if t.remote else None),
-                                  ("pmtudisc", t.pmtudisc))))
-            if t.ip is not None:
-                plan.add(P.Addr(node.ns, t.name, str(t.ip) if t.peer is None else f"{t.ip.ip}/32",
-                                peer=str(t.peer) if t.peer else None))
-
 
 # ---- the daemons ------------------------------------------------------------------------------
+
 
 class Counters(dict):
     def bump(self, key: str, n: int = 1) -> None:
@@ -352,7 +169,6 @@ class Gateways:
     RTM_NEWROUTE, RTM_GETROUTE, RTA_DST, RTA_GATEWAY, RTMGRP_IPV4_ROUTE = 24, 26, 1, 5, 0x40
 
     def __init__(self):
-        from .apply import open_route_socket
         self.sock = open_route_socket()
         self.events = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
         self.events.bind((0, self.RTMGRP_IPV4_ROUTE))
@@ -457,9 +273,9 @@ def _prctl(option: int, arg) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """python3 -m nslab.tunnel [--netns NS] [--ready-fd FD] [--go-fd FD] [--run-dir DIR] KIND DEV key=value ...
+    """python3 -m nslab.runtime.tunnels [--netns NS] [--ready-fd FD] [--go-fd FD] [--run-dir DIR] KIND DEV key=value ...
 
-    --go-fd: started by the lab agent (nslab/agent.py), which we die with until it has
+    --go-fd: started by the lab agent (nslab/runtime/agent.py), which we die with until it has
     recorded us and written "go"; from then on we outlive it (a restarted agent adopts us)."""
     opts = {}
     while argv and argv[0].startswith("--"):
@@ -470,12 +286,10 @@ def main(argv: list[str]) -> int:
         return 2
     kind, dev = argv[0], argv[1]
     if "go-fd" in opts:                  # recorded by the agent before we act
-        from .agent import wait_go
         wait_go(int(opts["go-fd"]), opts.get("run-dir"))
     cfg = dict(a.split("=", 1) for a in argv[2:])
     _prctl(15, ctypes.c_char_p(PROCESS_NAMES[kind]))          # PR_SET_NAME: `ss -ulpn` shows flanneld
     if "netns" in opts:
-        from . import netns
         before = netns.current_inode()
         fd = os.open(netns.path(opts["netns"]), os.O_RDONLY | os.O_CLOEXEC)
         netns.setns(fd)

@@ -1,8 +1,10 @@
 """Compile a resolved topology into a plan.  Pure: no kernel, no root, deterministic."""
 from __future__ import annotations
 
-from . import plan as P
-from .model import Topology
+from .. import plan as P
+from ..model import Topology
+from .cluster import compile_cluster
+from .tunnels import compile_tunnels
 
 
 def compile_topology(topo: Topology) -> P.Plan:
@@ -47,9 +49,7 @@ def compile_topology(topo: Topology) -> P.Plan:
                              nexthops=tuple(P.Nexthop(via=str(h.via) if h.via else None, dev=h.dev)
                                             for h in route.nexthops)))
     if topo.cluster is not None:
-        from .flannel import compile_cluster
         compile_cluster(topo, plan)
-    from .tunnel import compile_tunnels
     compile_tunnels(topo, plan)
     for node in nodes.values():
         for kind in node.serve if node.container is None else ():   # a container serves by itself

@@ -19,42 +19,15 @@ import struct
 import time
 from dataclasses import dataclass, field
 
-from . import netns
+from ..apply import netns
+from ..packet import ICMP_ECHO_REPLY, echo_request, parse_echo_reply
 
-ICMP_ECHO_REPLY, ICMP_ECHO = 0, 8
 SOL_RAW = 255
 ICMP_FILTER = 1            # SOL_RAW option: bitmask of ICMP types this socket does NOT receive
 IP_MTU_DISCOVER = 10       # not exported by Python's socket module
 IP_PMTUDISC_DO = 2         # its value: never fragment (DF), as `ping -M do`
 SO_RCVBUFFORCE = 33        # root may exceed net.core.rmem_max (not namespaced; never changed)
 RESEND_AT = (0.4, 1.0, 1.8)   # seconds after the first round: re-send to pairs still missing
-
-
-def checksum(data: bytes) -> int:
-    """The Internet checksum (RFC 1071) of IPv4 headers and ICMP messages; the one copy in nslab."""
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    s = (s >> 16) + (s & 0xFFFF)
-    s += s >> 16
-    return ~s & 0xFFFF
-
-
-def echo_request(ident: int, seq: int, payload: bytes) -> bytes:
-    head = struct.pack("!BBHHH", ICMP_ECHO, 0, 0, ident, seq)
-    return struct.pack("!BBHHH", ICMP_ECHO, 0, checksum(head + payload), ident, seq) + payload
-
-
-def parse_echo_reply(packet: bytes) -> tuple[str, int, int, bytes] | None:
-    """(source address, id, seq, payload) of an IPv4 echo reply as a raw socket reads it."""
-    if len(packet) < 28:
-        return None
-    ihl = (packet[0] & 0x0F) * 4
-    icmp = packet[ihl:]
-    if len(icmp) < 8 or icmp[0] != ICMP_ECHO_REPLY:
-        return None
-    ident, seq = struct.unpack("!HH", icmp[4:8])
-    return socket.inet_ntoa(packet[12:16]), ident, seq, icmp[8:]
 
 
 def open_in(ns: str, family: int, kind: int, proto: int = 0) -> socket.socket:
@@ -72,6 +45,7 @@ def icmp_socket(ns: str, rcvbuf: int = 1 << 21) -> socket.socket:
 
 
 # --- one probe ---------------------------------------------------------------------------------
+
 
 @dataclass
 class Outcome:
@@ -168,6 +142,7 @@ def http(ns: str, dst: str, port: int, marker: bytes, timeout: float = 2.0) -> O
 
 
 # --- every pair ----------------------------------------------------------------------------------
+
 
 def neighbour_table_fulls() -> int | None:
     """How often the kernel's ARP table was full ("neighbor table overflow").  The table is

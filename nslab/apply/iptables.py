@@ -18,7 +18,7 @@ import subprocess
 from dataclasses import dataclass, field
 
 from . import netns
-from .errors import NslabError, PrerequisiteError
+from ..errors import NslabError, PrerequisiteError
 
 RESTORE = ("iptables-restore", "-w", "--noflush")
 SAVE = ("iptables-save", "-c")

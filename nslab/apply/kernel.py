@@ -1,0 +1,76 @@
+"""What this kernel offers, read without changing anything: the ipip module's state (for
+compile.kernel.fit_to_kernel), TUN devices, and a device's tx checksumming (ethtool)."""
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import os
+import re
+import socket
+import struct
+
+from ..errors import ApplyError
+
+TUNSETIFF, TUNSETPERSIST = 0x400454CA, 0x400454CB
+IFF_TUN, IFF_NO_PI = 0x0001, 0x1000
+
+
+def open_tun(name: str, persist: bool = False) -> int:
+    """Open (or create) TUN device `name` in the calling thread's namespace; return its fd.
+    persist: the device outlives the fd (TUNSETPERSIST), so a restarted daemon finds it."""
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(), IFF_TUN | IFF_NO_PI))
+        if persist:
+            fcntl.ioctl(fd, TUNSETPERSIST, 1)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+# Where the probe looks (tests point them elsewhere).  It only reads these: creating an ipip
+# device, even in a throwaway namespace, or `modprobe ipip` would load the module, and
+# loading ipip adds tunl0 to the ROOT namespace, which nslab never changes.
+SYS_MODULE = "/sys/module"
+LIB_MODULES = "/lib/modules"
+
+
+def ipip_state() -> str:
+    """'loaded' (loaded or built in: the kernel's ipip is usable as it is), 'unloaded' (a
+    module in this kernel's tree that nobody loaded: `modprobe ipip` would make it usable)
+    or 'absent'.  Reads /sys/module and modules.builtin / modules.dep only; never loads."""
+    if os.path.isdir(os.path.join(SYS_MODULE, "ipip")):
+        return "loaded"
+    tree = os.path.join(LIB_MODULES, os.uname().release)
+    for name, state in (("modules.builtin", "loaded"), ("modules.dep", "unloaded")):
+        try:
+            with open(os.path.join(tree, name), encoding="utf-8", errors="replace") as f:
+                # `kernel/net/ipv4/ipip.ko[.xz|.zst|.gz][: deps]`
+                if any(re.fullmatch(r"ipip\.ko(\.\w+)?", line.split(":", 1)[0].strip().rsplit("/", 1)[-1])
+                       for line in f):
+                    return state
+        except OSError:
+            pass
+    return "absent"
+
+
+def ipip_module_available() -> bool:
+    """Whether the kernel's ipip can be used without loading anything (loaded or built in):
+    what `nslab up` uses, and what the kernel_ipip tests need."""
+    return ipip_state() == "loaded"
+
+
+SIOCETHTOOL, ETHTOOL_STXCSUM = 0x8946, 0x17
+
+
+def set_tx_checksum(dev: str, on: bool) -> None:
+    """ethtool's ETHTOOL_STXCSUM on `dev` in the calling thread's namespace.  Turning it off
+    also makes the kernel drop TSO (netdev_fix_features), so GSO packets are segmented in
+    software before the device."""
+    value = ctypes.create_string_buffer(struct.pack("=II", ETHTOOL_STXCSUM, int(on)))
+    ifreq = struct.pack("@16sP16x", dev.encode(), ctypes.addressof(value))   # struct ifreq: name, ifr_data
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+        try:
+            fcntl.ioctl(s.fileno(), SIOCETHTOOL, ifreq)
+        except OSError as e:
+            raise ApplyError(f"cannot set tx checksumming {'on' if on else 'off'} on {dev}: {e.strerror}") from None

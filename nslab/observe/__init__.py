@@ -1,0 +1,2 @@
+"""Observe a running lab: show, capture, trace, checks (the tests: runner), graph, probe,
+decode."""

@@ -1,0 +1,1 @@
+"""Processes a running lab owns: the agent (HTTP servers, supervision) and the tunnel daemons."""
