@@ -1,8 +1,10 @@
 """The `nslab` command line."""
 from __future__ import annotations
 
+import functools
 import json
 import os
+import shlex
 import sys
 import time
 from importlib import resources
@@ -36,7 +38,6 @@ def default_topology() -> str:
 
 def run(fn):
     """Turn NslabErrors into one line on stderr and their exit code (no traceback)."""
-    import functools
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -246,7 +247,6 @@ def generate(shape: str = typer.Argument(..., metavar="SHAPE",
                                                                            "ipip or udp."),
              serve: Optional[str] = typer.Option(None, "--serve", help="cluster: every pod serves this (http).")):
     """Write a topology file for a fabric (CLOS, flannel cluster, Mininet's single/linear/tree)."""
-    import shlex
     from . import generate as gen    # lazy: start-up (jinja2: only this command pays for it)
     sh = gen.parse_shape(shape)
     text = gen.render(sh, name=name, backend=backend, serve=serve, file=output,

@@ -360,7 +360,7 @@ def render(shape: Shape | str, name: str | None = None, backend: str | None = No
            command: str | None = None, file: str | None = None) -> str:
     """The topology file for `shape` as YAML text, with a comment header saying how it was
     made (`command`, default: the canonical `nslab generate` line) and what it holds."""
-    import jinja2      # only `nslab generate` needs it: keep the CLI's start-up light
+    import jinja2      # lazy: start-up (only `nslab generate` needs jinja2)
 
     if isinstance(shape, str):
         shape = parse_shape(shape)

@@ -73,8 +73,8 @@ class LabFactory:
         self.shared: dict[tuple, object] = {}
 
     def __call__(self, topology: str, backend: str | None = None, name: str | None = None):
-        from nslab.api import Lab
-        from nslab.errors import NslabError
+        from nslab.api import Lab  # lazy: start-up
+        from nslab.errors import NslabError  # lazy: start-up
         if os.geteuid() != 0:
             pytest.skip("nslab labs need root (they create network namespaces)")
         path = find_topology(str(topology), *self.bases)
@@ -94,7 +94,7 @@ class LabFactory:
         return self.shared[key]
 
     def close(self) -> None:
-        from nslab.apply import netns
+        from nslab.apply import netns  # lazy: start-up
         problems = []
         for lab in reversed(self.labs):
             try:

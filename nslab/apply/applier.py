@@ -216,7 +216,7 @@ class Applier:
     # ---- encoding ------------------------------------------------------------------------
     # Messages are packed with struct (helpers at the end of this file): pyroute2's generic
     # encoder costs about 150 us per message, more than the kernel's own work for a 200-host
-    # lab.  tests/test_netlink_encoding.py checks every shape byte for byte against pyroute2.
+    # lab.  tests/apply/test_netlink_encoding.py checks every shape byte for byte against pyroute2.
     def encode(self, ns: Namespace, op) -> list[bytearray]:
         if isinstance(op, P.Link):
             return [self._link(ns, op)]

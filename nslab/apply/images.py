@@ -108,7 +108,7 @@ def recipe_id(recipe: Recipe) -> str:
 
 
 def image_status(client, name: str) -> dict:
-    import docker
+    import docker  # lazy: start-up
     recipe = IMAGES[name]
     try:
         img = client.images.get(normalize(name))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
@@ -186,7 +187,6 @@ def namespace_name(lab: str, node: str) -> str:
 
 
 def lab_name_from_file(file: str) -> str:
-    import os
     stem = os.path.splitext(os.path.basename(file))[0].lower()
     stem = re.sub(r"[^a-z0-9_-]", "-", stem).strip("-_") or "lab"
     return stem[:MAX_LAB_NAME]

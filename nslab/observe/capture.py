@@ -142,10 +142,10 @@ class Capture:
             self.lab = None
 
     def packets(self) -> list:
-        import scapy.layers.inet  # noqa: F401  (registers the layers rdpcap decodes into)
-        import scapy.layers.l2  # noqa: F401
-        import scapy.layers.vxlan  # noqa: F401
-        from scapy.utils import rdpcap
+        import scapy.layers.inet  # noqa: F401  lazy: start-up (registers the layers rdpcap decodes into)
+        import scapy.layers.l2  # noqa: F401  lazy: start-up
+        import scapy.layers.vxlan  # noqa: F401  lazy: start-up
+        from scapy.utils import rdpcap  # lazy: start-up
         if not os.path.exists(self.pcap) or os.path.getsize(self.pcap) == 0:
             return []
         return list(rdpcap(self.pcap))
@@ -254,7 +254,7 @@ def run(lab: str, target: str, pcap: str | None = None, count: int | None = None
 
 
 def _decode_loop(cap: Capture, topo, where: str, pcap: str | None) -> None:
-    from rich.console import Console
+    from rich.console import Console  # lazy: start-up
 
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
     names = Names.from_topology(topo)
@@ -282,9 +282,9 @@ def _decode_loop(cap: Capture, topo, where: str, pcap: str | None) -> None:
 
 def table(d, names):
     """Note 002's table: rows outer/inner; src IP, src MAC, dst IP, dst MAC, protocol, VNI, ports."""
-    from rich import box
-    from rich.table import Table
-    from rich.text import Text
+    from rich import box  # lazy: start-up
+    from rich.table import Table  # lazy: start-up
+    from rich.text import Text  # lazy: start-up
     t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     for col in ("", "src IP", "src MAC", "dst IP", "dst MAC", "protocol", "VNI", "UDP ports"):
         t.add_column(col, no_wrap=True)

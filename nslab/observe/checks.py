@@ -8,6 +8,7 @@ import os
 import select
 import socket
 import time
+from xml.etree import ElementTree as ET
 from dataclasses import dataclass, field
 
 from ..apply import netns
@@ -251,7 +252,7 @@ def run_all_pairs(topo, hosts: bool = False, timeout: float = 3.0) -> Report:
 
 
 def render(console, report: Report) -> None:
-    from rich.table import Table
+    from rich.table import Table  # lazy: start-up
     lab, results = report.lab, report.results
     table = Table(title=f"lab {lab}: tests", title_justify="left")
     for col in ("", "test", "probe", "expected", "observed"):
@@ -270,7 +271,6 @@ def render(console, report: Report) -> None:
 
 def junit(report: Report, file: str) -> str:
     """JUnit XML (one testsuite, one testcase per check) for CI systems."""
-    from xml.etree import ElementTree as ET
     lab, results, elapsed = report.lab, report.results, report.seconds
     suites = ET.Element("testsuites", name="nslab", tests=str(len(results)),
                         failures=str(sum(not r.ok for r in results)), time=f"{elapsed:.3f}")

@@ -12,7 +12,7 @@ socket, and `_check_netns()` asserts the socket really is in the lab namespace.
 
 Data flow: collect() -> plain, JSON-ready dicts (normalised from netlink messages) ->
 format_*() turns one dict into the line iproute2 prints -> render() lays them out.
-The format functions are pure and unit-tested (tests/test_show_format.py).
+The format functions are pure and unit-tested (tests/observe/test_show_format.py).
 """
 from __future__ import annotations
 
@@ -400,7 +400,7 @@ def _check_netns(ipr, ns: str) -> None:
 
 
 def _read_namespace(ns: str, peer_fds: dict[str, int], full: bool = True) -> dict:
-    from pyroute2 import IPRoute
+    from pyroute2 import IPRoute  # lazy: start-up
 
     with netns.enter(ns):
         with IPRoute() as ipr:
@@ -501,8 +501,8 @@ def collect(st, nodes: list[str]) -> dict:
 # --- rendering --------------------------------------------------------------------------------
 
 def render(console, st, data: dict) -> None:
-    from rich.rule import Rule
-    from rich.text import Text
+    from rich.rule import Rule  # lazy: start-up
+    from rich.text import Text  # lazy: start-up
 
     for line in data.get("restarted", []):
         console.print(Text(f"lab {data['lab']}: {line}", style="yellow"))
@@ -555,7 +555,7 @@ def _kind(link: dict) -> str:
 
 
 def _section(console, title: str, lines: list[str]) -> None:
-    from rich.text import Text
+    from rich.text import Text  # lazy: start-up
     console.print(Text(title, style="bold cyan"))
     if not lines:
         console.print(Text("  (none)", style="dim"))

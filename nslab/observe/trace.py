@@ -16,7 +16,7 @@ How it works, without a process per interface or per namespace:
    FDB entry of a vxlan device or of a bridge.  Nothing is recomputed from the topology.
    Where the probe stops, the same lookups say why (no route, no neighbour, TTL, ...).
 Decoding (nslab/decode.py, shared with `nslab capture --decode` and `nslab test`) and
-matching are pure functions (tests/test_trace_format.py).
+matching are pure functions (tests/observe/test_trace_format.py).
 """
 from __future__ import annotations
 
@@ -316,7 +316,7 @@ class Kernel:
 
     def route(self, dst: str, src: str | None = None, iif: str | None = None, fibmatch: bool = False) -> dict:
         """`ip route get [fibmatch] DST [from SRC] [iif IIF]`; raises OSError like the kernel answers."""
-        from pyroute2.netlink.exceptions import NetlinkError
+        from pyroute2.netlink.exceptions import NetlinkError  # lazy: start-up
         kw: dict[str, Any] = {"dst": dst}
         if src:
             kw["src"] = src
@@ -654,7 +654,7 @@ def _step(o: Obs, t0: int) -> dict:
 
 def _explain(paths: dict, namespaces: dict[str, str]) -> None:
     """One namespace entry and one IPRoute socket per node on either path."""
-    from pyroute2 import IPRoute
+    from pyroute2 import IPRoute  # lazy: start-up
     by_node: dict[str, list[tuple[dict, list]]] = {}
     for p in paths.values():
         for h in p["hops"]:
@@ -670,7 +670,7 @@ def _explain(paths: dict, namespaces: dict[str, str]) -> None:
 
 def _drop(p: dict, namespaces: dict[str, str], topo) -> dict:
     """Where and why the path ends short of its target."""
-    from pyroute2 import IPRoute
+    from pyroute2 import IPRoute  # lazy: start-up
     last = p["hops"][-1]
     if last["dir"] == "out":
         peer = _peers(topo).get((last["node"], last["iface"]))
@@ -690,7 +690,7 @@ def _drop(p: dict, namespaces: dict[str, str], topo) -> dict:
 # --- rendering ------------------------------------------------------------------------------------
 
 def render(console, r: dict) -> None:
-    from rich.text import Text
+    from rich.text import Text  # lazy: start-up
     s, d = r["src"], r["dst"]
     head = Text.assemble(("trace ", "bold"), f"{s['name']} ({s['ip'] or s['node']}) -> {d['name']} ({d['ip']})  ",
                          (r["probe"]["text"], "cyan"),

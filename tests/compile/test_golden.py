@@ -6,7 +6,7 @@
 A change to the model, the compiler or a shipped lab shows up as a diff of these files in
 review.  After an intended change, regenerate with
 
-    NSLAB_UPDATE_GOLDEN=1 python3 -m pytest -q tests/test_golden.py
+    NSLAB_UPDATE_GOLDEN=1 python3 -m pytest -q tests/compile/test_golden.py
 
 and read the diff before committing it.  No root needed: nothing touches the kernel.
 """
@@ -22,7 +22,7 @@ from nslab import model
 from nslab.compile import compile_topology
 from nslab.compile.script import render
 
-TESTS = Path(__file__).parent
+TESTS = Path(__file__).parent.parent
 GOLDEN = TESTS / "golden"
 SHIPPED = TESTS.parent / "topologies"
 UPDATE = os.environ.get("NSLAB_UPDATE_GOLDEN") == "1"

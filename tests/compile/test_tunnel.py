@@ -17,7 +17,7 @@ from nslab import plan as P
 from nslab.packet import checksum
 from nslab.compile import compile_topology
 
-TOPO = Path(__file__).parent.parent / "topologies"
+TOPO = Path(__file__).parent.parent.parent / "topologies"
 
 
 def plan_of(name: str, backend: str | None = None) -> P.Plan:

@@ -18,7 +18,7 @@ from nslab import model
 from nslab.observe.capture import table
 from nslab.observe.decode import Names, decode_pcap, describe, encap_ports, first_layer, rows, summary
 
-TOPO = os.path.join(os.path.dirname(__file__), "..", "topologies")
+TOPO = os.path.join(os.path.dirname(__file__), "..", "..", "topologies")
 
 
 def load(name: str, backend: str | None = None, text: str | None = None):

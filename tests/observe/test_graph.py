@@ -13,7 +13,7 @@ import pytest
 from nslab import model
 from nslab.observe import graph
 
-REPO = os.path.join(os.path.dirname(__file__), "..")
+REPO = os.path.join(os.path.dirname(__file__), "..", "..")
 TOPO = os.path.join(REPO, "topologies")
 SHIPPED = sorted(os.path.basename(p) for p in glob.glob(os.path.join(TOPO, "*.yaml")))
 

@@ -28,7 +28,7 @@ from nslab import plan as P
 from nslab.compile import compile_topology
 from nslab.compile.script import removal, render, render_op
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent.parent
 TOPOLOGIES = ["flannel-vxlan.yaml", "spine-leaf-ecmp.yaml", "diy-ipip.yaml", "containers.yaml", "vxlan-3node.yaml"]
 GOLDEN = sorted((REPO / "tests" / "golden").glob("*.yaml"))
 HOSTILE = "x;touch${IFS}/tmp/p;# 'q' \"d\" `id` $(id) \\ *?[a] ~ & | < > %s {a,b} !"

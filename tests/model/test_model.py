@@ -15,7 +15,7 @@ import pytest
 from nslab import model
 from nslab.errors import TopologyError
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = Path(__file__).parent.parent / "golden"
 
 
 def load(text: str, file: str = "lab.yaml", **kw) -> model.Topology:
@@ -265,7 +265,7 @@ def test_switch_ports_for_long_node_names_fit_ifnamsiz():
 
 
 def test_every_interface_name_in_shipped_labs_fits():
-    for path in sorted((Path(__file__).parent.parent / "topologies").glob("*.yaml")):
+    for path in sorted((Path(__file__).parent.parent.parent / "topologies").glob("*.yaml")):
         topo = model.load(str(path))
         for node in topo.nodes.values():
             names = [i.name for i in node.ifaces] + [b.name for b in getattr(node, "bridges", [])]
@@ -500,7 +500,7 @@ def test_neighbour_floor_counts_gateway_pairs_and_link_ends():
         links: [[r1, r2], [r1, h1]]
     """)
     assert limits.minimum_dynamic_neighbours(topo) == 4
-    topo = model.load(str(Path(__file__).parent.parent / "topologies" / "flannel-vxlan.yaml"))
+    topo = model.load(str(Path(__file__).parent.parent.parent / "topologies" / "flannel-vxlan.yaml"))
     pods = len(topo.cluster.pods)
     assert limits.minimum_dynamic_neighbours(topo) == 2 * pods    # pod <-> cni0; no gateway on the underlay
 
@@ -532,7 +532,7 @@ def test_cluster_permanent_neighbours_match_the_compiled_plan():
     and backend (vxlan with and without directRouting, and the others: none)."""
     from nslab.compile import compile_topology
     from nslab.model import limits
-    topologies = Path(__file__).parent.parent / "topologies"
+    topologies = Path(__file__).parent.parent.parent / "topologies"
     seen = 0
     for f in sorted(topologies.glob("*.yaml")):
         for backend in (None, "vxlan", "host-gw", "udp", "ipip"):

@@ -13,7 +13,7 @@ from nslab.compile import compile_topology
 from nslab.errors import PrerequisiteError
 from nslab.compile.script import render, render_op
 
-TOPOLOGIES = Path(__file__).parent.parent / "topologies"
+TOPOLOGIES = Path(__file__).parent.parent.parent / "topologies"
 
 DIY = """
 hosts:

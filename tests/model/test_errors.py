@@ -18,7 +18,7 @@ from nslab import model
 from nslab.compile import compile_topology
 from nslab.errors import TopologyError
 
-ERRORS = Path(__file__).parent / "errors"
+ERRORS = Path(__file__).parent.parent / "errors"
 CASES = sorted(ERRORS.glob("*.yaml"))
 
 

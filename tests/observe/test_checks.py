@@ -15,7 +15,7 @@ from nslab.model import tests as model_tests
 from nslab.observe import checks, probe
 from nslab.errors import TopologyError
 
-SHIPPED = sorted((Path(__file__).parent.parent / "topologies").glob("*.yaml"))
+SHIPPED = sorted((Path(__file__).parent.parent.parent / "topologies").glob("*.yaml"))
 VETH = """\
 hosts: [ns1, ns2]
 routers: [r]
@@ -37,7 +37,7 @@ def test_every_shipped_topology_declares_tests():
 
 
 def test_spine_leaf_tests_as_declared():
-    topo = model.load(str(Path(__file__).parent.parent / "topologies" / "spine-leaf.yaml"))
+    topo = model.load(str(Path(__file__).parent.parent.parent / "topologies" / "spine-leaf.yaml"))
     by_name = {c.name: c for c in topo.tests}
     c = by_name["other rack over vxlan"]
     assert (c.kind, c.src, c.dst, c.dst_ip, c.dst_node) == ("ping", "client", "web-worker3", "10.244.3.2",

@@ -13,7 +13,7 @@ import pytest
 
 from nslab.compile import kubeproxy as kp
 
-GOLDEN = Path(__file__).parent / "golden" / "services"
+GOLDEN = Path(__file__).parent.parent / "golden" / "services"
 UPDATE = os.environ.get("NSLAB_UPDATE_GOLDEN") == "1"
 
 # The note's test.yaml: daemonset testappds on worker1..3, Service port 8080 -> 80, NodePort 30080.

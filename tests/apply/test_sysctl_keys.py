@@ -195,7 +195,7 @@ def test_write_follows_no_symlink_and_writes_only_procfs(tmp_path):
     script = ("mount -t tmpfs nslab-test /proc/sys && "
               f"exec {shlex.quote(sys.executable)} -c {shlex.quote(PLANTED)} {shlex.quote(str(target))}")
     proc = subprocess.run(["unshare", "--mount", "--net", "--propagation", "private", "sh", "-c", script],
-                          capture_output=True, text=True, timeout=60, cwd=os.path.dirname(os.path.dirname(__file__)))
+                          capture_output=True, text=True, timeout=60, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert len(lines) == 3 and all(line.startswith("refused ") and "cannot set sysctl" in line

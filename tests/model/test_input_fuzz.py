@@ -31,7 +31,7 @@ from nslab.compile import compile_topology
 from nslab.errors import NslabError
 
 # (imported up front: a first import inside a case would write __pycache__, a false violation)
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 SHIPPED = sorted((ROOT / "topologies").glob("*.yaml"))
 SEEDS = {p.name: yaml.safe_load(p.read_text(encoding="utf-8")) for p in SHIPPED}
 CASE_SECONDS = 10          # a hard bound per case (SIGALRM): a hang fails, it does not stall the run
