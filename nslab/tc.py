@@ -89,7 +89,7 @@ def netem_state(sys_module: str = SYS_MODULE, lib_modules: str = LIB_MODULES, co
                 modules_disabled: str = MODULES_DISABLED, release: str | None = None) -> tuple[str, str]:
     """(state, why) -- state 'loaded' (loaded or built in), 'unloaded' (a module the kernel
     loads on first use, as it does for `tc`), 'absent' or 'unknown' (nothing to read).
-    Reads files only (like tunnel.ipip_state); never loads anything."""
+    Reads files only (as ipip_state does for ipip); never loads anything."""
     release = release or os.uname().release
     if os.path.isdir(os.path.join(sys_module, "sch_netem")):
         return "loaded", "sch_netem is loaded"
@@ -386,7 +386,8 @@ def links(sock: socket.socket) -> dict[int, tuple[str, int]]:
 
 def read(sock: socket.socket) -> dict[str, Qdisc]:
     """The root qdisc of every device of the socket's namespace, by device name (for `link
-    show`).  Devices on the default (noqueue) have one of kind 'noqueue'."""
+    show`).  A device on the default has kind 'noqueue' (lo, whose default has no handle, is
+    not reported at all)."""
     names = links(sock)
     out = {}
     for mtype, buf, pos, length in _dump(sock, encode_dump_qdiscs()):

@@ -22,7 +22,8 @@ import math
 import re
 from dataclasses import dataclass, fields, replace
 
-_NUMBER = re.compile(r"(\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?)(.*)", re.S)
+# strtod()'s decimal form, ASCII digits only (\d would take other scripts' digits)
+_NUMBER = re.compile(r"([0-9]+\.?[0-9]*(?:[eE][+-]?[0-9]+)?|\.[0-9]+(?:[eE][+-]?[0-9]+)?)(.*)", re.S)
 
 # tc_util.c's suffixes[] (bits per unit); strcasecmp, so the table is lower case here.
 RATE_SUFFIXES = {
@@ -127,7 +128,7 @@ def parse_size(value, what: str = "burst") -> int:
 
 def parse_limit(value) -> int:
     """Packets queued (netem's limit)."""
-    if isinstance(value, str) and value.isdigit():
+    if isinstance(value, str) and re.fullmatch(r"[0-9]+", value):
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= U32_MAX:
         raise ValueError(f"limit {value!r} is not {LIMIT_FORMS}")

@@ -12,6 +12,7 @@ import gzip
 import os
 import socket
 import struct
+import threading
 
 import pytest
 
@@ -174,7 +175,8 @@ def test_probe_states(kernel_tree):
     assert tc.netem_state(**kernel_tree(config="CONFIG_NET_SCH_NETEM=m", modules_disabled="1\n"))[0] == "absent"
     state, why = tc.netem_state(**kernel_tree(config="# CONFIG_NET_SCH_NETEM is not set"))
     assert state == "absent" and "CONFIG_NET_SCH_NETEM is not set" in why
-    assert tc.netem_state(**kernel_tree(dep="kernel/net/sched/sch_tbf.ko:\n", builtin="x/sch_netemx.ko\n"))[0] == "absent"
+    other = kernel_tree(dep="kernel/net/sched/sch_tbf.ko:\n", builtin="x/sch_netemx.ko\n")
+    assert tc.netem_state(**other)[0] == "absent"
     assert tc.netem_state(**kernel_tree())[0] == "unknown"
 
 
@@ -210,7 +212,6 @@ def test_send_batch_matches_acks_by_sequence():
     ours, kernel = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     with ours, kernel:
         msgs = [(tc.encode_clear(i), f"dev{i}") for i in (2, 3, 4)]
-        import threading
 
         def answer():
             data = kernel.recv(65536)

@@ -24,7 +24,8 @@ def test_rate_like_tc(text, bytes_per_s):
 
 
 @pytest.mark.parametrize("text", ["", "mbit", "100 mbit", "100mb", "100m", "100mbit/s", "-1mbit", "0x10mbit",
-                                  "inf", "nan", "1e400mbit", " 100mbit", "100mbitx", True, None, [1], "7bit", 0])
+                                  "inf", "nan", "1e400mbit", " 100mbit", "100mbitx", True, None, [1], "7bit", 0,
+                                  "\u0661\u0662mbit"])
 def test_rate_refused(text):
     with pytest.raises(ValueError) as e:
         parse_rate(text)
@@ -86,7 +87,7 @@ def test_size_refused(text):
 
 def test_limit_is_a_packet_count():
     assert parse_limit(1000) == 1000 and parse_limit("1000") == 1000
-    for bad in (0, -1, "1k", 1.5, True, "1000p", 1 << 32):
+    for bad in (0, -1, "1k", 1.5, True, "1000p", 1 << 32, "\u00b2"):
         with pytest.raises(ValueError) as e:
             parse_limit(bad)
         assert "packets" in str(e.value)
