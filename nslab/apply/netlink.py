@@ -17,6 +17,10 @@ NLMSG_ERROR = 2
 NLM_F_ACK_TLVS = 0x200
 NLMSGERR_ATTR_MSG = 1
 RTM_DELLINK = 17
+RTM_GETLINK = 18
+RTM_NEWQDISC, RTM_DELQDISC, RTM_GETQDISC = 36, 37, 38
+NLMSG_DONE = 3
+NLM_F_DUMP = 0x300
 IFF_UP = 0x1
 NUD_PERMANENT = 0x80
 NTF_SELF = 0x02
@@ -60,6 +64,7 @@ RTMSG = struct.Struct("=BBBBBBBBI")    # family, dst_len, src_len, tos, table, p
 NDMSG = struct.Struct("=BxxxiHBB")     # family, ifindex, state, flags, type
 RTNEXTHOP = struct.Struct("=HBBi")     # length, flags, hops, ifindex
 RTATTR = struct.Struct("=HH")          # length, type
+TCMSG = struct.Struct("=BxxxiIII")     # family, ifindex, handle, parent, info
 U32 = struct.Struct("=I")
 U8 = struct.Struct("=B")
 
@@ -106,3 +111,26 @@ def extack(buf: bytes, offset: int, length: int, flags: int) -> str:
             return buf[pos + 4: pos + alen].split(b"\0")[0].decode(errors="replace")
         pos += (alen + 3) & ~3
     return ""
+
+
+def attrs(buf: bytes, pos: int, end: int) -> dict[int, bytes]:
+    """{type: payload} of the attributes in buf[pos:end] (the nested flag masked off)."""
+    out = {}
+    while pos + 4 <= end:
+        alen, atype = RTATTR.unpack_from(buf, pos)
+        if alen < 4:
+            break
+        out[atype & 0x3FFF] = bytes(buf[pos + 4: pos + alen])
+        pos += (alen + 3) & ~3
+    return out
+
+
+def messages(buf: bytes):
+    """(type, flags, seq, offset, length) of each netlink message in one received buffer."""
+    pos = 0
+    while pos + 16 <= len(buf):
+        length, mtype, flags, seq, _pid = NLMSGHDR.unpack_from(buf, pos)
+        if length < 16:
+            break
+        yield mtype, flags, seq, pos, length
+        pos += (length + 3) & ~3

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from nslab import tc
-from nslab.units import Conditions
+from nslab.apply import qdisc as tc
+from nslab.model.units import Conditions
 from tests.conftest import LAB_PREFIX, TIMEOUT_SCALE
 
 pytestmark = pytest.mark.skipif(shutil.which("iperf3") is None or shutil.which("tc") is None,

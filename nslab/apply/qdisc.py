@@ -12,12 +12,10 @@ Messages are what `tc qdisc replace dev DEV root ...` of iproute2 6.1 sends, byt
 that tbf's 1 KB rate table (TCA_TBF_RTAB) is left out: the kernel reads it only for a
 ratespec of linklayer "unaware", and ours says ethernet, as tc's does.
 
-Wire helpers are local (nslab's own style: struct, no pyroute2) so this module stands alone
-while the package is restructured; they are the same shapes as apply's and can be merged.
+The wire format (struct, no pyroute2) is netlink.py's, shared with the applier.
 """
 from __future__ import annotations
 
-import ctypes
 import errno
 import gzip
 import itertools
@@ -25,45 +23,34 @@ import os
 import re
 import socket
 import struct
-import threading
 from dataclasses import dataclass, replace
 
-from .errors import NslabError
-from .units import TICKS_PER_USEC, U32_MAX, Conditions, ConditionsError, format_size
+from ..errors import NslabError
+from ..model.units import TICKS_PER_USEC, U32_MAX, Conditions, ConditionsError, format_size
+from . import netns
+from .netlink import (IFINFOMSG, IFLA_IFNAME, IFLA_MTU, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK, NLM_F_DUMP,
+                      NLM_F_REQUEST, NLMSGHDR, REPLACE, RTM_DELQDISC, RTM_GETLINK, RTM_GETQDISC, RTM_NEWLINK,
+                      RTM_NEWQDISC, SEND_CHUNK, TCMSG, U32, attr, attrs, extack, ifinfomsg, message,
+                      open_route_socket)
+from .netlink import messages as replies
 
-# ---- rtnetlink constants (linux/rtnetlink.h, pkt_sched.h) -------------------------------------
-RTM_NEWLINK, RTM_GETLINK = 16, 18
-RTM_NEWQDISC, RTM_DELQDISC, RTM_GETQDISC = 36, 37, 38
-NLMSG_ERROR, NLMSG_DONE = 2, 3
-NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 0x1, 0x2, 0x4
-NLM_F_REPLACE, NLM_F_CREATE, NLM_F_DUMP = 0x100, 0x400, 0x300
-NLM_F_ACK_TLVS = 0x200
-NLMSGERR_ATTR_MSG = 1
-SOL_NETLINK, NETLINK_CAP_ACK, NETLINK_EXT_ACK = 270, 10, 11
-REPLACE = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE    # `tc qdisc replace`
-DELETE = NLM_F_REQUEST | NLM_F_ACK
-DUMP = NLM_F_REQUEST | NLM_F_DUMP
+# ---- qdisc constants (linux/pkt_sched.h); the wire format is netlink.py's ---------------------
 TC_H_ROOT = 0xFFFFFFFF
 TCA_KIND, TCA_OPTIONS = 1, 2
 TCA_TBF_PARMS, TCA_TBF_RATE64, TCA_TBF_BURST = 1, 4, 6
 TCA_NETEM_RATE, TCA_NETEM_RATE64, TCA_NETEM_LATENCY64, TCA_NETEM_JITTER64 = 6, 8, 10, 11
-IFLA_IFNAME, IFLA_MTU = 3, 4
 TC_LINKLAYER_ETHERNET = 1
 NETEM_DEFAULT_LIMIT = 1000          # packets: what tc sends when no limit is given
 TBF_DEFAULT_LATENCY_US = 50_000     # tbf needs a queue bound: tc's `latency 50ms`
 TBF_MIN_BURST = 32 * 1024           # bytes: above any MTU nslab makes, so no packet waits forever
 ETH_HLEN = 14
-SEND_CHUNK = 64 * 1024
+DELETE = NLM_F_REQUEST | NLM_F_ACK
+DUMP = NLM_F_REQUEST | NLM_F_DUMP
 
-_NLMSGHDR = struct.Struct("=IHHII")     # length, type, flags, seq, pid
-_TCMSG = struct.Struct("=BxxxiIII")     # family, ifindex, handle, parent, info
-_IFINFOMSG = struct.Struct("=BxHiII")   # family, type, index, flags, change
-_RTATTR = struct.Struct("=HH")
 _RATESPEC = struct.Struct("=BBHhHI")    # cell_log, linklayer, overhead, cell_align, mpu, rate
 _TBF_QOPT = struct.Struct("=12s12sIII")  # rate, peakrate, limit, buffer, mtu
 _NETEM_QOPT = struct.Struct("=IIIIII")  # latency, limit, loss, gap, duplicate, jitter
 _NETEM_RATE = struct.Struct("=IiIi")    # rate, packet_overhead, cell_size, cell_overhead
-_U32 = struct.Struct("=I")
 _U64 = struct.Struct("=Q")
 _S64 = struct.Struct("=q")
 
@@ -147,19 +134,8 @@ def require(conditions, **paths) -> None:
 
 
 # ---- encoding ---------------------------------------------------------------------------------
-def _attr(atype: int, payload: bytes) -> bytes:
-    length = _RTATTR.size + len(payload)
-    return _RTATTR.pack(length, atype) + payload + b"\0" * (-length & 3)
-
-
-def _message(mtype: int, flags: int, header: bytes, *attrs: bytes) -> bytearray:
-    """nlmsghdr + fixed header + attributes (seq is filled in when the batch is sent)."""
-    body = header + b"".join(attrs)
-    return bytearray(_NLMSGHDR.pack(_NLMSGHDR.size + len(body), mtype, flags, 0, 0) + body)
-
-
 def _tcmsg(ifindex: int, parent: int = TC_H_ROOT, handle: int = 0) -> bytes:
-    return _TCMSG.pack(socket.AF_UNSPEC, ifindex, handle, parent, 0)
+    return TCMSG.pack(socket.AF_UNSPEC, ifindex, handle, parent, 0)
 
 
 def _ticks(usec: float) -> int:
@@ -194,9 +170,9 @@ def tbf_options(cond: Conditions, mtu: int = 1500) -> bytes:
     ratespec = _RATESPEC.pack(3, TC_LINKLAYER_ETHERNET, 0, -1, 0, rate32)
     buffer = _ticks(1e6 * (burst / rate32))
     parms = _TBF_QOPT.pack(ratespec, b"\0" * 12, min(int(limit), U32_MAX), buffer, 0)
-    opts = _attr(TCA_TBF_PARMS, parms) + _attr(TCA_TBF_BURST, _U32.pack(burst))
+    opts = attr(TCA_TBF_PARMS, parms) + attr(TCA_TBF_BURST, U32.pack(burst))
     if rate >= 1 << 32:
-        opts += _attr(TCA_TBF_RATE64, _U64.pack(rate))
+        opts += attr(TCA_TBF_RATE64, _U64.pack(rate))
     return opts
 
 
@@ -209,8 +185,8 @@ def netem_options(cond: Conditions) -> bytes:
     attrs = b""
     if cond.rate_bytes:
         if cond.rate_bytes >= 1 << 32:
-            attrs += _attr(TCA_NETEM_RATE64, _U64.pack(cond.rate_bytes))
-        attrs += _attr(TCA_NETEM_RATE, _NETEM_RATE.pack(min(cond.rate_bytes, U32_MAX), 0, 0, 0))
+            attrs += attr(TCA_NETEM_RATE64, _U64.pack(cond.rate_bytes))
+        attrs += attr(TCA_NETEM_RATE, _NETEM_RATE.pack(min(cond.rate_bytes, U32_MAX), 0, 0, 0))
     return qopt + attrs
 
 
@@ -223,37 +199,26 @@ def encode_set(ifindex: int, cond: Conditions, mtu: int = 1500) -> bytearray:
         opts = netem_options(cond)
     else:
         raise ValueError("no conditions to set (use encode_clear)")
-    return _message(RTM_NEWQDISC, REPLACE, _tcmsg(ifindex), _attr(TCA_KIND, kind.encode() + b"\0"),
-                    _attr(TCA_OPTIONS, opts))
+    return message(RTM_NEWQDISC, REPLACE, _tcmsg(ifindex), attr(TCA_KIND, kind.encode() + b"\0"),
+                    attr(TCA_OPTIONS, opts))
 
 
 def encode_clear(ifindex: int) -> bytearray:
     """RTM_DELQDISC of the root qdisc (`tc qdisc del dev DEV root`): back to the default."""
-    return _message(RTM_DELQDISC, DELETE, _tcmsg(ifindex))
+    return message(RTM_DELQDISC, DELETE, _tcmsg(ifindex))
 
 
 def encode_dump_qdiscs() -> bytearray:
-    return _message(RTM_GETQDISC, DUMP, _tcmsg(0, parent=0))
+    return message(RTM_GETQDISC, DUMP, _tcmsg(0, parent=0))
 
 
 def encode_dump_links() -> bytearray:
-    return _message(RTM_GETLINK, DUMP, _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0))
+    return message(RTM_GETLINK, DUMP, ifinfomsg(0))
 
 
 # ---- decoding ---------------------------------------------------------------------------------
-def _attrs(buf: bytes, pos: int, end: int) -> dict[int, bytes]:
-    out = {}
-    while pos + 4 <= end:
-        alen, atype = _RTATTR.unpack_from(buf, pos)
-        if alen < 4:
-            break
-        out[atype & 0x3FFF] = bytes(buf[pos + 4: pos + alen])
-        pos += (alen + 3) & ~3
-    return out
-
-
 def decode_tbf(opts: bytes) -> Conditions:
-    a = _attrs(opts, 0, len(opts))
+    a = attrs(opts, 0, len(opts))
     rate_raw, _peak, _limit, buffer, _mtu = _TBF_QOPT.unpack_from(a[TCA_TBF_PARMS])
     rate = _U64.unpack(a[TCA_TBF_RATE64])[0] if TCA_TBF_RATE64 in a else _RATESPEC.unpack(rate_raw)[5]
     # The kernel reports the bucket as time at rate (64 ns ticks), as tc shows it.
@@ -262,7 +227,7 @@ def decode_tbf(opts: bytes) -> Conditions:
 
 def decode_netem(opts: bytes) -> Conditions:
     latency, limit, loss, _gap, _dup, jitter = _NETEM_QOPT.unpack_from(opts)
-    a = _attrs(opts, _NETEM_QOPT.size, len(opts))
+    a = attrs(opts, _NETEM_QOPT.size, len(opts))
     # 64-bit ns values where the kernel sends them (4.17+); ticks are 64 ns.  Rounded back to
     # the microseconds they were set in (the tick conversion loses less than 0.064 us).
     delay_ns = _S64.unpack(a[TCA_NETEM_LATENCY64])[0] if TCA_NETEM_LATENCY64 in a else latency << 6
@@ -289,20 +254,10 @@ class Qdisc:
         return self.conditions.describe() if self.conditions else f"qdisc {self.kind}"
 
 
-def _messages(buf: bytes):
-    pos = 0
-    while pos + 16 <= len(buf):
-        length, mtype, flags, seq, _pid = _NLMSGHDR.unpack_from(buf, pos)
-        if length < 16:
-            break
-        yield mtype, flags, seq, pos, length
-        pos += (length + 3) & ~3
-
-
 def decode_qdisc(buf: bytes, pos: int, length: int) -> tuple[int, str, int, int, Conditions | None]:
     """(ifindex, kind, handle, parent, conditions) of one RTM_NEWQDISC message at pos."""
-    _fam, ifindex, handle, parent, _info = _TCMSG.unpack_from(buf, pos + 16)
-    a = _attrs(buf, pos + 16 + _TCMSG.size, pos + length)
+    _fam, ifindex, handle, parent, _info = TCMSG.unpack_from(buf, pos + 16)
+    a = attrs(buf, pos + 16 + TCMSG.size, pos + length)
     kind = a.get(TCA_KIND, b"").split(b"\0")[0].decode()
     opts = a.get(TCA_OPTIONS)
     cond = None
@@ -315,13 +270,6 @@ def decode_qdisc(buf: bytes, pos: int, length: int) -> tuple[int, str, int, int,
 
 # ---- talking to the kernel ----------------------------------------------------------------------
 _seq = itertools.count(0x7C000000)     # apart from apply's counter, which starts at 1
-
-
-def _extack(buf: bytes, offset: int, length: int, flags: int) -> str:
-    if not flags & NLM_F_ACK_TLVS:
-        return ""
-    a = _attrs(buf, offset + 16 + 4 + 16, offset + length)   # header, error, capped echo
-    return a.get(NLMSGERR_ATTR_MSG, b"").split(b"\0")[0].decode(errors="replace")
 
 
 def send_batch(sock: socket.socket, messages: list[tuple[bytearray, object]]) -> dict[object, tuple[int, str]]:
@@ -341,12 +289,12 @@ def send_batch(sock: socket.socket, messages: list[tuple[bytearray, object]]) ->
     failed = {}
     while pending:
         buf = sock.recv(1 << 20)
-        for mtype, flags, seq, pos, length in _messages(buf):
+        for mtype, flags, seq, pos, length in replies(buf):
             if mtype == NLMSG_ERROR and seq in pending:
                 (code,) = struct.unpack_from("=i", buf, pos + 16)
                 tag = pending.pop(seq)
                 if code:
-                    failed[tag] = (-code, _extack(buf, pos, length, flags))
+                    failed[tag] = (-code, extack(buf, pos, length, flags))
     return failed
 
 
@@ -357,7 +305,7 @@ def _dump(sock: socket.socket, request: bytearray):
     sock.send(request)
     while True:
         buf = sock.recv(1 << 20)
-        for mtype, _flags, mseq, pos, length in _messages(buf):
+        for mtype, _flags, mseq, pos, length in replies(buf):
             if mseq != seq:
                 continue
             if mtype == NLMSG_DONE:
@@ -376,10 +324,10 @@ def links(sock: socket.socket) -> dict[int, tuple[str, int]]:
     for mtype, buf, pos, length in _dump(sock, encode_dump_links()):
         if mtype != RTM_NEWLINK:
             continue
-        _fam, _type, index, _flags, _change = _IFINFOMSG.unpack_from(buf, pos + 16)
-        a = _attrs(buf, pos + 16 + _IFINFOMSG.size, pos + length)
+        _fam, _type, index, _flags, _change = IFINFOMSG.unpack_from(buf, pos + 16)
+        a = attrs(buf, pos + 16 + IFINFOMSG.size, pos + length)
         name = a.get(IFLA_IFNAME, b"").split(b"\0")[0].decode()
-        mtu = _U32.unpack(a[IFLA_MTU])[0] if IFLA_MTU in a else 0
+        mtu = U32.unpack(a[IFLA_MTU])[0] if IFLA_MTU in a else 0
         out[index] = (name, mtu)
     return out
 
@@ -441,43 +389,15 @@ def clear(sock: socket.socket, devs: list[tuple[str, int]], where: str = "") -> 
 
 
 # ---- a socket in a lab namespace (for `nslab link` and the tests) ---------------------------------
-CLONE_NEWNET = 0x40000000
-NETNS_RUN_DIR = "/run/netns"
-
-
-def open_socket(netns: str) -> socket.socket:
-    """A NETLINK_ROUTE socket bound to the named namespace.  Made by a short-lived thread that
-    enters it, so the caller's thread never changes namespace; never the root namespace."""
-    result: dict = {}
-    home = os.stat("/proc/thread-self/ns/net").st_ino     # nslab runs in the root namespace
-
-    def inside():
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = os.open(os.path.join(NETNS_RUN_DIR, netns), os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                if libc.setns(fd, CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, f"setns {netns}: {os.strerror(err)}")
-            finally:
-                os.close(fd)
-            if os.stat("/proc/thread-self/ns/net").st_ino == home:
-                raise TcError(f"{netns} is the root network namespace; nslab shapes links in lab namespaces only")
-            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE)
-            sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
-            sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-            sock.bind((0, 0))
-            result["sock"] = sock
-        except BaseException as e:      # handed to the caller's thread
-            result["error"] = e
-
-    t = threading.Thread(target=inside, name=f"netns-{netns}")
-    t.start()
-    t.join()
-    if "error" in result:
-        e = result["error"]
-        if isinstance(e, FileNotFoundError):
-            raise TcError(f"network namespace {netns} does not exist") from None
-        raise e
-    return result["sock"]
+def open_socket(name: str) -> socket.socket:
+    """A NETLINK_ROUTE socket bound to lab namespace `name` (netns.Entered: never the root
+    namespace; the calling thread returns to its own)."""
+    try:
+        fd = os.open(netns.path(name), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise TcError(f"network namespace {name} does not exist") from None
+    try:
+        with netns.Entered(fd):
+            return open_route_socket()
+    finally:
+        os.close(fd)

@@ -16,8 +16,8 @@ import threading
 
 import pytest
 
-from nslab import tc
-from nslab.units import Conditions
+from nslab.apply import qdisc as tc
+from nslab.model.units import Conditions
 
 TC_BYTES = {
     # tc arguments: (our conditions, TCA_OPTIONS payload tc sent)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from nslab.units import (Conditions, ConditionsError, format_percent, format_rate, format_size, format_time,
+from nslab.model.units import (Conditions, ConditionsError, format_percent, format_rate, format_size, format_time,
                          parse_limit, parse_percent, parse_rate, parse_size, parse_time)
 
 
