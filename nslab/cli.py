@@ -23,8 +23,11 @@ from .model.limits import raise_nofile_soft_limit
 from .runtime import agent as agentmod
 from .errors import NslabError, UsageError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Network labs in Linux namespaces: hosts, routers, bridges and flannel overlays.")
+# add_completion: --install-completion/--show-completion (bash, zsh, fish); typer loads only
+# for them and for the completion requests themselves, never for a plain command.
+app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Network labs in Linux namespaces: hosts, routers, bridges and flannel overlays. "
+                       "`nslab --version` prints the version.")
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -432,6 +435,10 @@ def images_ls(as_json: bool = typer.Option(False, "--json", help="Machine-readab
 
 def main():
     raise_nofile_soft_limit()      # soft -> hard: a 1,000-namespace lab needs more than Debian's 1024
+    if sys.argv[1:] in (["--version"], ["-V"]):   # not a typer callback: that would load typer every time
+        from importlib.metadata import version  # lazy: start-up
+        print(f"nslab {version('nslab')}")
+        return
     app()
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 from . import model, state
 from .apply import containers, kernel, netns
@@ -33,8 +34,39 @@ def require_tools(*tools: str) -> None:
                                 f"`apt-get install -y {' '.join(pkgs)}`")
 
 
+BUNDLED = Path(__file__).parent / "topologies"
+
+
+def bundled_topologies() -> list[str]:
+    """Names of the topologies shipped with nslab (`nslab up spine-leaf`)."""
+    return sorted(p.stem for p in BUNDLED.glob("*.yaml"))
+
+
+def find_topology(spec: str, bases: tuple = ()) -> str:
+    """The topology file `spec` names: a path that exists (as given, or relative to one of
+    `bases`), else one bundled with nslab, by name (`spine-leaf`, `spine-leaf.yaml`) or
+    spelled as in nslab's repository (`topologies/spine-leaf.yaml`, so examples copied from
+    the README work anywhere).  Neither: the path as given (loading it says it is missing)."""
+    path = Path(spec)
+    if path.is_absolute() or path.is_file():
+        return spec
+    for base in bases:
+        if (Path(base) / path).is_file():
+            return str(Path(base) / path)
+    if len(path.parts) == 1 or (len(path.parts) == 2 and path.parts[0] == "topologies"):
+        for candidate in (BUNDLED / path.name, BUNDLED / f"{path.name}.yaml"):
+            if candidate.is_file():
+                return str(candidate)
+    return spec
+
+
 def load(file: str, name: str | None = None, overrides: dict | None = None) -> model.Topology:
-    return model.load(file, name=name, overrides=overrides)
+    """Load a topology file or a bundled topology by name (find_topology)."""
+    found = find_topology(file)
+    if found == file and not os.path.exists(file) and os.sep not in file:
+        raise UsageError(f"no topology {file!r}: no such file, and nslab bundles no topology of that name "
+                         f"(bundled: {', '.join(bundled_topologies())})")
+    return model.load(found, name=name, overrides=overrides)
 
 
 def topology(lab: str) -> model.Topology:
@@ -177,8 +209,12 @@ def _taken(topo: model.Topology):
                       f"(or an earlier one was interrupted: `nslab down {topo.name}`); try again once it is done")
 
 
-def already_running(topo: model.Topology) -> TopologyError:
+def already_running(topo: model.Topology) -> NslabError:
     doc = topo.doc
+    written = (doc.data or {}).get("name") if doc and isinstance(doc.data, dict) else None
+    if topo.name != (written or model.lab_name_from_file(topo.file)):   # the name came from --name
+        return UsageError(f"--name {topo.name}: lab {topo.name!r} is already running (`nslab down {topo.name}` "
+                          f"first, or choose another --name)")
     path = ("name",) if doc and "name" in (doc.data or {}) else ()
     return TopologyError(os.path.basename(topo.file), doc.line(path) if doc and path else None,
                          "name" if path else "",

@@ -49,19 +49,15 @@ def pytest_configure(config):
 
 
 def find_topology(spec: str, *bases: Path) -> str:
-    """A topology path: absolute, relative to one of `bases`, or bundled with nslab by name."""
-    path = Path(spec)
-    if path.is_absolute():
-        candidates = [path]
-    else:
-        candidates = [b / path for b in bases]
-        bundled = Path(__file__).parent / "topologies"
-        candidates += [bundled / spec, bundled / f"{spec}.yaml"]
-    for c in candidates:
-        if c.is_file():
-            return str(c)
-    pytest.fail(f"nslab: no topology {spec!r} (looked in {', '.join(str(c.parent) for c in candidates)})",
-                pytrace=False)
+    """A topology path: absolute, relative to one of `bases`, or bundled with nslab by name
+    (`spine-leaf`) or as spelled in nslab's repository (`topologies/spine-leaf.yaml`)."""
+    from nslab import lab as labmod  # lazy: start-up (the plugin loads with every pytest run)
+    found = labmod.find_topology(spec, tuple(bases))
+    if Path(found).is_file():
+        return found
+    looked = list(dict.fromkeys(str((b / spec).parent) for b in bases))     # rootdir is often the test's dir
+    pytest.fail(f"nslab: no topology {spec!r} (not in {', '.join(looked) or '.'}, and nslab bundles none of that "
+                f"name: {', '.join(labmod.bundled_topologies())})", pytrace=False)
 
 
 class LabFactory:

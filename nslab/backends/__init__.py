@@ -211,15 +211,19 @@ def parse(spec, path, err: Err, mtu: MtuCheck, override: str | None = None) -> C
         spec = {k: v for k, v in spec.items() if k in (known.keys if known else {"type"})}
         spec["type"] = otype
         if oport:
-            if not (known and "port" in known.keys) or not (oport.isascii() and oport.isdigit() and len(oport) <= 5):
+            # values from the command line: the error names the option, not the file
+            if not (known and "port" in known.keys):
                 takers = [b.name for b in _BACKENDS.values() if "port" in b.keys]
-                raise err(path + ("type",), f"--backend {override}: only {_and(takers)} take a port "
-                                            f"(--backend udp:8282)")
+                raise UsageError(f"--backend {override}: only {_and(takers)} take a port (--backend udp:8282)")
+            if not (oport.isascii() and oport.isdigit() and len(oport) <= 5 and 1 <= int(oport) <= 65535):
+                raise UsageError(f"--backend {override}: {oport!r} is not a UDP port (1 to 65535)")
             spec["port"] = int(oport)
+        if otype not in _BACKENDS:
+            raise UsageError(f"--backend {override}: unknown backend {otype!r} (flannel backends: "
+                             f"{', '.join(names())})")
     btype = spec.get("type", DEFAULT_TYPE)
     if not isinstance(btype, str) or btype not in _BACKENDS:
-        raise err(path + ("type",), f"unknown backend {btype!r} (flannel backends: {', '.join(names())})"
-                                    + (" (given with --backend)" if override else ""))
+        raise err(path + ("type",), f"unknown backend {btype!r} (flannel backends: {', '.join(names())})")
     backend = _BACKENDS[btype]
     for key in spec:
         if key not in backend.keys:

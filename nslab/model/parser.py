@@ -13,7 +13,7 @@ from collections import deque
 from itertools import islice
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
-from ..errors import TopologyError
+from ..errors import TopologyError, UsageError
 from ..plan import sysctl_key_problem
 from . import cluster, containers, limits, tests, tunnels, yamldoc
 from .limits import MAX_COMPUTED_ROUTES
@@ -756,4 +756,8 @@ def load(file: str, text: str | None = None, name: str | None = None, overrides:
     doc = yamldoc.load(file, text)
     parser = Parser(doc, name)
     parser.overrides = overrides or {}
-    return parser.parse().build()
+    topo = parser.parse().build()
+    if parser.overrides.get("backend") and topo.cluster is None:
+        raise UsageError(f"--backend {parser.overrides['backend']}: {doc.display_name} has no cluster: section, "
+                         f"so there is no flannel backend to choose")
+    return topo

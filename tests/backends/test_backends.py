@@ -28,6 +28,7 @@ import yaml
 from nslab import backends
 from nslab import plan as P
 from nslab.backends import Config, UnknownBackend
+from nslab.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "nslab" / "backends"
@@ -187,15 +188,24 @@ def test_defaults_devices_and_keys():
     ({"type": "udp", "port": True}, None, "cluster.backend.port: port True is not a UDP port"),
     ({"type": "udp", "mtu": 1400}, None, "cluster.backend.mtu: unknown key 'mtu' (expected one of: port, type)"),
     ({"type": "ipip", "mtu": 20}, None, "cluster.backend.mtu: bad MTU 20"),
-    (None, "geneve", "unknown backend 'geneve' (flannel backends: vxlan, host-gw, ipip, udp) (given with --backend)"),
-    (None, "ipip:99", "cluster.backend.type: --backend ipip:99: only vxlan and udp take a port (--backend udp:8282)"),
-    (None, "udp:²", "only vxlan and udp take a port"),
-    (None, "udp:" + "9" * 5000, "only vxlan and udp take a port"),
-    (None, "udp:0", "cluster.backend.port: port 0 is not a UDP port (1 to 65535)"),
 ])
 def test_bad_sections_name_the_key(spec, override, message):
     with pytest.raises(Bad) as info:
         parse(spec, override)
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("geneve", "--backend geneve: unknown backend 'geneve' (flannel backends: vxlan, host-gw, ipip, udp)"),
+    ("ipip:99", "--backend ipip:99: only vxlan and udp take a port (--backend udp:8282)"),
+    ("udp:²", "--backend udp:²: '²' is not a UDP port (1 to 65535)"),
+    ("udp:" + "9" * 5000, "is not a UDP port (1 to 65535)"),
+    ("udp:0", "--backend udp:0: '0' is not a UDP port (1 to 65535)"),
+    ("vxlan:99999", "--backend vxlan:99999: '99999' is not a UDP port (1 to 65535)"),
+])
+def test_bad_override_names_the_option_not_the_file(override, message):
+    with pytest.raises(UsageError) as info:
+        parse({"type": "vxlan", "vni": 4000}, override)
     assert message in str(info.value)
 
 

@@ -72,8 +72,8 @@ def test_backend_override_drops_keys_of_the_other_type():
 
 
 def test_backend_override_port_only_for_vxlan_and_udp():
-    from nslab.errors import TopologyError
-    with pytest.raises(TopologyError, match="only vxlan and udp take a port"):
+    from nslab.errors import UsageError
+    with pytest.raises(UsageError, match="--backend ipip:99: only vxlan and udp take a port"):
         model.load(str(TOPO / "spine-leaf.yaml"), overrides={"backend": "ipip:99"})
 
 

@@ -1,0 +1,72 @@
+"""Conveniences as a newcomer uses them, on real labs: command-line values blamed by option,
+bundled topology names everywhere, the README's pytest example copied out of the repository."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+from conftest import LAB_PREFIX, REPO, TIMEOUT_SCALE, nslab, unique_lab_name
+
+
+def test_name_of_a_running_lab_blames_name_option(root_unchanged, lab_factory):
+    lab = lab_factory("diy-veth.yaml")
+    r = nslab("up", "topologies/diy-veth.yaml", "--name", lab.name)
+    assert r.returncode == 2, r
+    assert r.stderr == (f"nslab: --name {lab.name}: lab {lab.name!r} is already running (`nslab down {lab.name}` "
+                        f"first, or choose another --name)\n")
+    assert lab.state["status"] == "up"            # the running lab is untouched
+
+
+def test_backend_on_a_topology_without_cluster_is_refused(root_unchanged):
+    name = unique_lab_name()
+    r = nslab("up", "diy-veth", "--name", name, "--backend", "ipip")
+    assert (r.returncode, r.stdout) == (2, ""), r
+    assert r.stderr == "nslab: --backend ipip: diy-veth.yaml has no cluster: section, so there is no flannel " \
+                       "backend to choose\n"
+    assert not os.path.exists(f"/run/nslab/{name}")
+
+
+def test_bundled_names_work_for_up_and_the_api(tmp_path, root_unchanged):
+    name = unique_lab_name()
+    r = subprocess.run([sys.executable, "-m", "nslab", "up", "-q", "diy-ip-forward", "--name", name],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=60 * TIMEOUT_SCALE)
+    try:
+        assert (r.returncode, r.stdout) == (0, f"{name}\n"), r
+        assert nslab("exec", "-l", name, "ns1", "--", "ping", "-c1", "-W2", "10.1.2.2").returncode == 0
+    finally:
+        nslab("down", name)
+    from nslab import Lab
+    lab = Lab.up("diy-ip-forward", name=unique_lab_name())
+    try:
+        assert lab.topo.file.endswith("nslab/topologies/diy-ip-forward.yaml")
+        assert lab.ping("ns1", "ns2").ttl == 63         # one router between them
+    finally:
+        lab.down()
+
+
+README_EXAMPLE = re.compile(r"```python\n(# test_overlay\.py.*?)```", re.S)
+
+
+def test_readme_pytest_example_works_outside_the_repository(tmp_path, root_unchanged):
+    code = README_EXAMPLE.search((REPO / "README.md").read_text()).group(1)
+    (tmp_path / "test_overlay.py").write_text(code)
+    prefix = f"{LAB_PREFIX}rd"
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nslab-prefix", prefix,
+                        "test_overlay.py"], capture_output=True, text=True, cwd=tmp_path,
+                       timeout=300 * TIMEOUT_SCALE)
+    assert r.returncode == 0 and "3 passed" in r.stdout, r.stdout[-3000:] + r.stderr[-2000:]
+    assert not [n for n in os.listdir("/run/netns") if n.startswith(prefix)]
+
+
+def test_plugin_names_where_it_looked_once(tmp_path):
+    (tmp_path / "test_missing.py").write_text('import pytest\n\n@pytest.mark.nslab("topologies/nope.yaml")\n'
+                                              'def test_x(lab):\n    pass\n')
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_missing.py"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=120 * TIMEOUT_SCALE)
+    assert r.returncode == 1
+    line = next(l for l in r.stdout.splitlines() if "no topology" in l)
+    assert f"nslab: no topology 'topologies/nope.yaml' (not in {tmp_path}/topologies, and nslab bundles none " \
+           f"of that name: " in line, line
+    assert line.count(str(tmp_path)) == 1
