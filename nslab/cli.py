@@ -10,26 +10,30 @@ import time
 from importlib import resources
 from typing import List, Optional
 
-import typer
-from rich.console import Console
-from rich.table import Table
-
+from . import clikit as typer   # typer's declarations, recorded: typer itself loads only when needed
+from . import console as out
 from . import lab as labmod
 from . import state
 from .apply import containers, images
 from .compile import compile_topology
 from .compile.script import render
 from .model.limits import raise_nofile_soft_limit
+from .plan import Addr, Link
 from .runtime import agent as agentmod
 from .errors import NslabError, UsageError
+from . import backends
+
+# `vxlan (default), host-gw, ipip or udp`: the registry's, for --backend's help
+BACKEND_LIST = ", ".join(f"{n} (default)" if n == backends.DEFAULT_TYPE else n for n in backends.names()[:-1]) + \
+    f" or {backends.names()[-1]}"
 
 # add_completion: --install-completion/--show-completion (bash, zsh, fish); typer loads only
 # for them and for the completion requests themselves, never for a plain command.
 app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Network labs in Linux namespaces: hosts, routers, bridges and flannel overlays. "
                        "`nslab --version` prints the version.")
-console = Console(highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+console = out.Lazy()                   # rich, made on first use (plain lines go through out.say/out.warn)
+err_console = out.Lazy(stderr=True)
 
 LabOpt = typer.Option(None, "-l", "--lab", help="Lab name (may be omitted when exactly one lab runs).")
 
@@ -47,48 +51,77 @@ def run(fn):
         try:
             return fn(*args, **kwargs)
         except NslabError as e:
-            err_console.print(f"nslab: {e}", markup=False)
+            out.warn(f"nslab: {e}")
             raise typer.Exit(e.exit_code)
         except PermissionError as e:
-            err_console.print(f"nslab: permission denied ({e.filename or e}): run nslab as root (sudo)", markup=False)
+            out.warn(f"nslab: permission denied ({e.filename or e}): run nslab as root (sudo)")
             raise typer.Exit(3)
     return wrapper
 
 
-def built_table(topo, plan) -> Table:
-    table = Table(title=f"lab {topo.name}", title_justify="left")
-    for col in ("node", "kind", "namespace", "interface", "address", "peer", "mtu"):
-        table.add_column(col)
+BUILT_COLUMNS = ["node", "kind", "namespace", "interface", "type", "address", "peer", "mac", "mtu"]
+
+
+def built_rows(topo, plan) -> list[dict]:
+    """Every device `up` made, node by node from the plan: the file's interfaces and the
+    overlay's (cni0, flannel.<VNI>, flannel.ipip, flannel0, tunl1...)."""
+    node_of = {n.ns: n.name for n in topo.nodes.values()}
+    devs: dict[str, dict[str, dict]] = {}
+    addrs: dict[tuple[str, str], list[str]] = {}
+    for op in plan.ops:
+        if isinstance(op, Link):
+            peer = f"{node_of.get(op.peer.ns, op.peer.ns)}:{op.peer.name}" if op.peer else ""
+            devs.setdefault(op.ns, {})[op.name] = dict(type=op.kind, mtu=op.mtu, mac=op.mac or "", peer=peer)
+            if op.peer:
+                devs.setdefault(op.peer.ns, {})[op.peer.name] = dict(
+                    type="veth", mtu=op.peer.mtu, mac=op.peer.mac or "", peer=f"{node_of.get(op.ns, op.ns)}:{op.name}")
+        elif isinstance(op, Addr):
+            addrs.setdefault((op.ns, op.dev), []).append(op.address)
+    rows = []
     for node in topo.nodes.values():
-        first = True
-        rows = node.ifaces or [None]
-        for iface in rows:
-            table.add_row(node.name if first else "", node.kind if first else "", node.ns if first else "",
-                          iface.name if iface else "-", str(iface.ip) if iface and iface.ip else "",
-                          f"{iface.peer_node}:{iface.peer_name}" if iface else "",
-                          str(iface.mtu) if iface else "")
-            first = False
-    return table
+        for dev, d in devs.get(node.ns, {}).items() or {"-": dict(type="", mtu="", mac="", peer="")}.items():
+            rows.append(dict(node=node.name, kind=node.kind, namespace=node.ns, interface=dev, type=d["type"],
+                             address=addrs.get((node.ns, dev), []), peer=d["peer"], mac=d["mac"], mtu=d["mtu"]))
+    return rows
+
+
+def built_table(topo, plan) -> None:
+    rows, last = [], None
+    for r in built_rows(topo, plan):
+        first = r["node"] != last
+        last = r["node"]
+        rows.append([r["node"] if first else "", r["kind"] if first else "", r["namespace"] if first else "",
+                     r["interface"], r["type"], "\n".join(r["address"]), r["peer"], r["mac"], str(r["mtu"])])
+    out.table(console, BUILT_COLUMNS, rows, title=f"lab {topo.name}", optional=("kind", "type", "mtu", "mac"))
 
 
 @app.command()
 @run
 def up(file: Optional[str] = typer.Argument(None, help="Topology YAML (default: the bundled spine-leaf lab)."),
        name: Optional[str] = typer.Option(None, "--name", "-n", help="Run the lab under this name."),
-       backend: Optional[str] = typer.Option(None, "--backend", help="Override the cluster backend: TYPE or TYPE:PORT (vxlan, host-gw, ipip, udp; udp:8282)."),
-       quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the lab name.")):
+       backend: Optional[str] = typer.Option(None, "--backend", help=f"Override the cluster backend: TYPE or TYPE:PORT ({', '.join(backends.names())}; udp:8282)."),
+       quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the lab name."),
+       as_json: bool = typer.Option(False, "--json", help="Machine-readable output: the devices built."),
+       without_netem: bool = typer.Option(False, "--without-netem", help="On a kernel without netem, build the lab "
+                                          "with its links' rates alone (no delay, jitter, loss).")):
     """Build a lab from a topology file."""
     file = file or default_topology()
     overrides = {"backend": backend} if backend else None
+    if without_netem:
+        overrides = {**(overrides or {}), "without_netem": True}
     topo = labmod.load(file, name=name, overrides=overrides)
     labmod.require_root()
     t0 = time.perf_counter()
     plan, st = labmod.up(topo, overrides)
     elapsed = time.perf_counter() - t0
     if quiet:
-        console.print(topo.name)
+        out.say(topo.name)
         return
-    console.print(built_table(topo, plan))
+    if as_json:
+        print(json.dumps(dict(lab=topo.name, seconds=round(elapsed, 3), devices=built_rows(topo, plan),
+                              notes=st.info.get("_notices", [])), indent=1))
+        return
+    built_table(topo, plan)
     for note in st.info.get("_notices", []):
         console.print(f"note: {note}")
     console.print(f"lab [bold]{topo.name}[/] is up: {len(topo.nodes)} nodes in {elapsed:.2f} s. "
@@ -119,16 +152,16 @@ def down(target: Optional[str] = typer.Argument(None, help="Lab name or topology
         except NslabError as e:
             if not all_labs:
                 raise
-            err_console.print(f"nslab: lab {lab}: {e}", markup=False)
+            out.warn(f"nslab: lab {lab}: {e}")
             failed.append(lab)
             continue
         for kept in result.kept:
-            err_console.print(f"nslab: {kept}", markup=False)
+            out.warn(f"nslab: {kept}")
         if result.kept:
             failed.append(lab)
-        console.print(f"lab {lab} removed ({len(result.removed)} namespaces)")
+        out.say(f"lab {lab} removed ({len(result.removed)} namespaces)")
     if all_labs and not labs:
-        console.print("no labs running")
+        out.say("no labs running")
     if failed:
         raise NslabError(f"{len(failed)} of {len(labs)} labs ({', '.join(failed)}) not removed completely: "
                          f"see the lines above")
@@ -144,14 +177,15 @@ def ls(as_json: bool = typer.Option(False, "--json", help="Machine-readable outp
             st = state.load(lab)
         except state.RecordError as e:
             err_console.print(f"nslab: {e}", markup=False)
-            rows.append(dict(lab=lab, status="corrupt", file="?", nodes=0, namespaces=[], processes=[]))
+            rows.append(dict(lab=lab, status="corrupt", backend="?", file="?", nodes=0, namespaces=[], processes=[]))
             continue
         if st is None:                          # removed since listed
             continue
         for w in st.warnings:
             err_console.print(f"nslab: warning: {w}", markup=False)
         missing = agentmod.health(st)         # a dead agent, warden or dataplane: say so
-        rows.append(dict(lab=lab, status="degraded" if missing else st.status, missing=missing, file=st.file,
+        rows.append(dict(lab=lab, status="degraded" if missing else st.status, missing=missing,
+                         backend=lab_backend(st), file=st.file,
                          nodes=len(st.nodes),
                          namespaces=st.namespaces, processes=[p.pid for p in st.processes]))
     if as_json:
@@ -160,13 +194,19 @@ def ls(as_json: bool = typer.Option(False, "--json", help="Machine-readable outp
     if not rows:
         console.print("no labs running")
         return
-    table = Table()
-    for col in ("lab", "status", "nodes", "file"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(r["lab"], r["status"] + (f": {'; '.join(r['missing'])}" if r.get("missing") else ""),
-                      str(r["nodes"]), r["file"])
-    console.print(table)
+    out.table(console, ["lab", "status", "nodes", "backend", "file"],
+              [[r["lab"], r["status"] + (f": {'; '.join(r['missing'])}" if r.get("missing") else ""), str(r["nodes"]),
+                r["backend"] or "-", r["file"]] for r in rows])
+
+
+def lab_backend(st) -> str | None:
+    """The flannel backend a lab runs (as `--backend` would name it: udp:8282); None without a cluster."""
+    types = {v["backend"] for v in st.info.values() if isinstance(v, dict) and v.get("backend")}
+    given = str((st.overrides or {}).get("backend") or "")
+    if not types:
+        return None
+    btype = types.pop()
+    return given if given.partition(":")[0] == btype and ":" in given else btype
 
 
 def _exec_argv(ns: str, argv: list[str]) -> list[str]:
@@ -246,8 +286,7 @@ def generate(shape: str = typer.Argument(..., metavar="SHAPE",
              output: Optional[str] = typer.Option(None, "-o", "--output", help="Write the topology here "
                                                                                 "(default: standard output)."),
              name: Optional[str] = typer.Option(None, "--name", "-n", help="Lab name (default: from the shape)."),
-             backend: Optional[str] = typer.Option(None, "--backend", help="cluster: vxlan (default), host-gw, "
-                                                                           "ipip or udp."),
+             backend: Optional[str] = typer.Option(None, "--backend", help=f"cluster: {BACKEND_LIST}."),
              serve: Optional[str] = typer.Option(None, "--serve", help="cluster: every pod serves this (http).")):
     """Write a topology file for a fabric (CLOS, flannel cluster, Mininet's single/linear/tree)."""
     from . import generate as gen    # lazy: start-up (jinja2: only this command pays for it)
@@ -270,10 +309,19 @@ def generate(shape: str = typer.Argument(..., metavar="SHAPE",
 @run
 def script(file: Optional[str] = typer.Argument(None, help="Topology YAML (default: the bundled lab)."),
            name: Optional[str] = typer.Option(None, "--name", "-n"),
-           backend: Optional[str] = typer.Option(None, "--backend")):
-    """Print the lab as plain iproute2 commands that build it by hand."""
+           backend: Optional[str] = typer.Option(None, "--backend"),
+           lab: Optional[str] = typer.Option(None, "-l", "--lab", help="Print what `up` applied to this running "
+                                                                     "lab (its recorded plan) instead.")):
+    """Print the lab as plain iproute2 commands that build it by hand: what `up` would apply on
+    this kernel (FILE), or what it did apply (--lab)."""
+    if lab is not None:
+        if file or name or backend:
+            raise UsageError("give a topology FILE (with --name/--backend) or --lab LAB, not both")
+        labmod.require_root()
+        sys.stdout.write(render(labmod.applied_plan(labmod.resolve_lab(lab))))
+        return
     topo = labmod.load(file or default_topology(), name=name, overrides={"backend": backend} if backend else None)
-    sys.stdout.write(render(compile_topology(topo)))
+    sys.stdout.write(render(labmod.plan_for_this_kernel(topo)))
 
 
 @app.command()
@@ -372,6 +420,9 @@ def graph(file: Optional[str] = typer.Argument(None, help="Topology YAML (defaul
     """A picture of a topology: routers, segments, nodes, pods, links and overlay tunnels."""
     from .observe import graph as graphmod  # lazy: start-up
     topo = labmod.load(file) if file else labmod.topology(labmod.resolve_lab(lab))
+    if not file:                    # a running lab: with its `nslab link set` changes
+        from . import shaping  # lazy: start-up
+        shaping.apply_recorded(topo, state.load(topo.name))
     text = graphmod.write(graphmod.build(topo), output, fmt)
     if text is not None:
         sys.stdout.write(text)
@@ -388,6 +439,61 @@ def rewire(lab: Optional[str] = LabOpt):
     lab = labmod.resolve_lab(lab)
     done = labmod.rewire(lab)
     console.print(f"lab {lab}: re-wired {', '.join(done)}" if done else f"lab {lab}: every container is wired")
+
+
+link_app = typer.Typer(no_args_is_help=True, help="Link conditions of a running lab: rate, delay, jitter, loss.")
+app.add_typer(link_app, name="link")
+
+
+@link_app.command("set")
+@run
+def link_set(target: str = typer.Argument(..., help="NODE:IFACE (the end whose outgoing traffic is shaped)."),
+             lab: Optional[str] = LabOpt,
+             rate: Optional[str] = typer.Option(None, "--rate", help="e.g. 10mbit (tc's units: mbps is megaBYTES/s)."),
+             delay: Optional[str] = typer.Option(None, "--delay", help="e.g. 50ms (needs netem)."),
+             jitter: Optional[str] = typer.Option(None, "--jitter", help="e.g. 5ms, around the delay (needs netem)."),
+             loss: Optional[str] = typer.Option(None, "--loss", help="e.g. 2% (needs netem)."),
+             limit: Optional[str] = typer.Option(None, "--limit", help="Packets queued, e.g. 1000."),
+             burst: Optional[str] = typer.Option(None, "--burst", help="tbf's bucket with a rate alone, e.g. 64kb."),
+             without_netem: bool = typer.Option(False, "--without-netem", help="On a kernel without netem, set the "
+                                                "rate alone instead of refusing.")):
+    """Set conditions on one end of a link, on top of what it has (a new --delay keeps its rate)."""
+    from . import shaping  # lazy: start-up
+    labmod.require_root()
+    lab = labmod.resolve_lab(lab)
+    values = {k: v for k, v in dict(rate=rate, delay=delay, jitter=jitter, loss=loss, limit=limit,
+                                    burst=burst).items() if v is not None}
+    cond, notice = shaping.set_conditions(lab, target, values, without_netem=without_netem)
+    if notice:
+        console.print(f"note: {notice}", markup=False)
+    console.print(f"{target}: {cond.describe()}", markup=False)
+
+
+@link_app.command("show")
+@run
+def link_show(target: Optional[str] = typer.Argument(None, help="NODE or NODE:IFACE (default: every interface)."),
+              lab: Optional[str] = LabOpt,
+              as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
+    """Each interface's conditions, read back from the kernel."""
+    from . import shaping  # lazy: start-up
+    labmod.require_root()
+    rows = shaping.show(labmod.resolve_lab(lab), target)
+    if as_json:
+        print(json.dumps(rows, indent=1))
+        return
+    out.table(console, ["node", "interface", "qdisc", "conditions"],
+              [[r["node"], r["iface"], r["kind"], r["conditions"] or "-"] for r in rows])
+
+
+@link_app.command("clear")
+@run
+def link_clear(target: str = typer.Argument(..., help="NODE:IFACE"), lab: Optional[str] = LabOpt):
+    """Remove an interface's conditions (declared ones too): the kernel's default queue again."""
+    from . import shaping  # lazy: start-up
+    labmod.require_root()
+    lab = labmod.resolve_lab(lab)
+    shaping.clear(lab, target)
+    console.print(f"{target}: no conditions", markup=False)
 
 
 images_app = typer.Typer(no_args_is_help=True, help="Local images for container nodes (no registry needed).")
@@ -423,14 +529,12 @@ def images_ls(as_json: bool = typer.Option(False, "--json", help="Machine-readab
     if as_json:
         print(json.dumps(rows, indent=1))
         return
-    table = Table()
-    for col in ("image", "status", "size", "contents"):
-        table.add_column(col)
+    table = []
     for r in rows:
         status = "up to date" if r["current"] else "old recipe (nslab images build)" if r["present"] else \
             "missing (nslab images build)"
-        table.add_row(r["image"], status, f"{r['size'] / 1e6:.0f} MB" if r["present"] else "", r["what"])
-    console.print(table)
+        table.append([r["image"], status, f"{r['size'] / 1e6:.0f} MB" if r["present"] else "", r["what"]])
+    out.table(console, ["image", "status", "size", "contents"], table, optional=("size", "contents"))
 
 
 def main():
@@ -439,7 +543,7 @@ def main():
         from importlib.metadata import version  # lazy: start-up
         print(f"nslab {version('nslab')}")
         return
-    app()
+    typer.main(app)                # plain command lines parsed here; --help, completion, odd input: typer
 
 
 if __name__ == "__main__":

@@ -11,6 +11,12 @@ which holds the lab's lock (flock on <run dir>/lock), re-reads the record, appli
 change and replaces the file atomically (unique temporary file, fsync, rename, fsync of
 the directory).  `locked()` holds the same lock across a whole command (up, down,
 rewire); it is re-entrant within one process, so their own updates go through.
+
+What was built: before anything is applied, `up` writes the exact topology text it loaded
+(topology.yaml) and the plan it applies (plan.json, already fitted to this kernel) into
+the run directory, each atomically, and only then names them with their SHA-256 in the
+record (`built`).  Observers and `rewire` read those (`read_built`), never the user's file
+again; a file that does not match its digest is refused, and never stops `down`.
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ import contextlib
 import errno
 import fcntl
 import glob
+import hashlib
 import json
 import os
 import re
@@ -38,6 +45,8 @@ HOSTS_DIR = "/etc/netns"   # `ip netns exec NS` bind-mounts /etc/netns/NS/hosts 
 # lab goes down last, with any run directory, removes the directory again.
 HOSTS_DIR_MARK = os.path.join(HOSTS_DIR, ".made-by-nslab")
 STATE, LOCK = "state.json", "lock"
+TOPOLOGY, PLAN = "topology.yaml", "plan.json"      # what was built (record_built)
+MAX_BUILT_BYTES = 1 << 30                          # a record larger than this is not ours
 # The name rules of nslab.model (kept here so reading a record needs no model import).
 LAB_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 NODE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
@@ -74,6 +83,7 @@ class LabState:
     overrides: dict = field(default_factory=dict)           # command-line changes (--backend)
     containers: list[dict] = field(default_factory=list)    # {node, name, id}: once created
     ns_ids: dict[str, list[int]] = field(default_factory=dict)   # namespace -> [st_dev, st_ino]
+    built: dict[str, str] = field(default_factory=dict)      # TOPOLOGY/PLAN -> SHA-256 of the file written
     # keys of a newer nslab: kept as they are, never interpreted
     extra: dict = field(default_factory=dict, repr=False)
     warnings: list[str] = field(default_factory=list, repr=False)   # not saved
@@ -84,7 +94,8 @@ class LabState:
 
 
 _TYPES = {"lab": str, "file": str, "status": str, "created": (int, float), "namespaces": list, "nodes": dict,
-          "processes": list, "files": list, "info": dict, "overrides": dict, "containers": list, "ns_ids": dict}
+          "processes": list, "files": list, "info": dict, "overrides": dict, "containers": list, "ns_ids": dict,
+          "built": dict}
 
 
 def lab_dir(lab: str) -> str:
@@ -125,6 +136,8 @@ def _parse(lab: str, data) -> LabState:
     ids = data.get("ns_ids", {})
     if not all(isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) for x in v) for v in ids.values()):
         raise ValueError("'ns_ids' holds something other than [device, inode] pairs")
+    if not all(isinstance(v, str) for v in data.get("built", {}).values()):
+        raise ValueError("'built' holds something other than digests")
     st = LabState(lab=lab, file=data.get("file", "?"),
                   **{k: data[k] for k in known - {"lab", "file", "processes"} if k in data}, processes=procs)
     st.extra = {k: v for k, v in data.items() if k not in known}
@@ -257,13 +270,17 @@ def release(lab: str) -> None:
 
 
 def _write(st: LabState) -> None:
-    d = st.dir
     data = {f.name: getattr(st, f.name) for f in fields(LabState) if f.name not in ("extra", "warnings")}
     data["processes"] = [vars(p) for p in st.processes]
-    text = json.dumps({**st.extra, **data}, indent=1).encode()
+    _write_file(st.lab, STATE, json.dumps({**st.extra, **data}, indent=1).encode())
+
+
+def _write_file(lab: str, name: str, text: bytes) -> None:
+    """Replace <run dir>/name atomically: unique temporary file, fsync, rename, fsync of the directory."""
+    d = lab_dir(lab)
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".state.", suffix=".tmp", dir=d)
+        fd, tmp = tempfile.mkstemp(prefix=f".{name.split('.')[0]}.", suffix=".tmp", dir=d)
         try:
             view = memoryview(text)
             while view:
@@ -271,7 +288,7 @@ def _write(st: LabState) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.rename(tmp, os.path.join(d, STATE))
+        os.rename(tmp, os.path.join(d, name))
         tmp = None
         dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
@@ -279,11 +296,51 @@ def _write(st: LabState) -> None:
         finally:
             os.close(dfd)
     except OSError as e:
-        raise _write_error(st.lab, os.path.join(d, STATE), e) from None
+        raise _write_error(lab, os.path.join(d, name), e) from None
     finally:
         if tmp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+
+
+def record_built(lab: str, topology_text: str, plan_json: str) -> None:
+    """What `up` builds, recorded before it is applied: the topology text and the plan are
+    written (each atomically), then named with their digests in the record.  Held under
+    the lab's lock (up holds it already)."""
+    files = {TOPOLOGY: topology_text.encode(), PLAN: plan_json.encode()}
+    with locked(lab):
+        for name, data in files.items():
+            _write_file(lab, name, data)
+        digests = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
+        update(lab, lambda s: s.built.update(digests))
+
+
+def read_built(lab: str, name: str, st: LabState | None = None) -> str:
+    """The text of TOPOLOGY or PLAN as `up` recorded it (its digest checked); RecordError
+    (one sentence) if the lab is not running, has no such record, or it was changed."""
+    if st is None:
+        st = load(lab)
+    if st is None:
+        raise RecordError(f"no lab named {lab!r} is running")
+    path = os.path.join(lab_dir(lab), name)
+    what = {TOPOLOGY: "topology", PLAN: "plan"}[name]
+    if name not in st.built:
+        why = "it is still being built or its `up` was interrupted" if st.status != "up" else \
+            "it was built by an nslab that did not record it"
+        raise RecordError(f"lab {lab}: its record holds no {what} ({why}); `nslab down {lab}` and bring it up again")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            data = f.read(MAX_BUILT_BYTES + 1)
+    except OSError as e:
+        raise RecordError(f"lab {lab}: cannot read its recorded {what} {path}: {e.strerror}") from None
+    if hashlib.sha256(data).hexdigest() != st.built[name]:
+        raise RecordError(f"lab {lab}: its recorded {what} {path} was changed after `up` (its SHA-256 is not the "
+                          f"one in {STATE}); nslab will not guess what was built: `nslab down {lab}` and up again")
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        raise RecordError(f"lab {lab}: its recorded {what} {path} is not UTF-8 text") from None
 
 
 def _write_error(lab: str, path: str, e: OSError) -> NslabError:
@@ -482,7 +539,7 @@ def orphans(lab: str | None = None) -> dict[str, list]:
     """Containers nslab labelled for a lab of this run directory that has no run directory
     any more (it lives in /run, a reboot empties it): {lab: [containers]}.  Empty when no
     engine answers (nothing can be found, nothing is touched)."""
-    if not containers.engine_socket_present():
+    if not containers.engine_socket_present() or not containers.any_labelled(lab):
         return {}
     try:
         client = containers.engine()

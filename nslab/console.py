@@ -1,0 +1,194 @@
+"""Terminal output, decided in one place: width, wrapping, colour and progress for a terminal
+versus a pipe.
+
+- On a terminal: colour, rich tables at the terminal's width. A table that does not fit drops
+  its optional columns, then becomes one record per line; names, addresses and MACs are never
+  cut with "…".
+- Piped (or NO_COLOR/TERM=dumb): plain text, no box drawing, every line complete at its natural
+  width (grep, awk and `ip netns exec` get whole names), whatever COLUMNS says.
+- Progress: a bar on stderr's terminal for work that has taken over a second; nothing when
+  stderr is piped (the command's own last line is the summary).
+
+rich is imported only when something rich is printed: plain lines (`say`, `warn`) cost nothing
+at start-up.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+PROGRESS_AFTER = 1.0          # seconds of work before a bar appears
+
+
+def is_terminal(stream=None) -> bool:
+    stream = stream or sys.stdout
+    try:
+        return stream.isatty() and os.environ.get("TERM") != "dumb"
+    except (AttributeError, ValueError):
+        return False
+
+
+def width(stream=None) -> int | None:
+    """The width output must fit: the terminal's (COLUMNS overrides), None when piped (unbounded)."""
+    if not is_terminal(stream):
+        return None
+    cols = os.environ.get("COLUMNS", "")
+    if cols.isdigit() and int(cols) > 0:
+        return int(cols)
+    try:
+        return os.get_terminal_size((stream or sys.stdout).fileno()).columns
+    except OSError:
+        return 80
+
+
+def say(text: str = "") -> None:
+    """One plain line on stdout (no markup, no rich)."""
+    sys.stdout.write(text + "\n")
+
+
+def warn(text: str) -> None:
+    """One plain line on stderr."""
+    sys.stdout.flush()
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
+def make(stderr: bool = False, terminal: bool | None = None, columns: int | None = None):
+    """A rich Console for this stream: on a terminal its width; piped: no colour, no wrapping
+    (soft_wrap) and a width no table reaches, so nothing is ever cut. `terminal`/`columns`
+    force a layout (tests, --json callers)."""
+    from rich.console import Console  # lazy: start-up
+    stream = sys.stderr if stderr else sys.stdout
+    tty = is_terminal(stream) if terminal is None else terminal
+    if tty:
+        c = Console(stderr=stderr, highlight=False, width=columns or width(stream) or 80,
+                    force_terminal=True if terminal else None)
+        c.nslab_limit = c.width
+    else:
+        c = Console(stderr=stderr, highlight=False, soft_wrap=True, no_color=True, width=10_000,
+                    force_terminal=False)
+        c.nslab_limit = None
+    return c
+
+
+class Lazy:
+    """A console made on first use: importing rich is paid only by commands that print with it."""
+
+    def __init__(self, stderr: bool = False):
+        self._stderr, self._console = stderr, None
+
+    def __getattr__(self, name):
+        if self._console is None:
+            self._console = make(self._stderr)
+        return getattr(self._console, name)
+
+
+def fits(console) -> int | None:
+    """The width a console's lines must fit, None when unbounded (piped)."""
+    return getattr(console, "nslab_limit", console.width)
+
+
+def table(console, columns: list[str], rows: list[list[str]], title: str | None = None,
+          optional: tuple[str, ...] = ()) -> None:
+    """Print a table whose cells are never truncated.
+
+    Piped: plain columns separated by two spaces. On a terminal: a rich table if it fits;
+    else without the `optional` columns; else one record per line (`column: value`)."""
+    from rich.cells import cell_len  # lazy: start-up
+    rows = [[str(c) for c in r] for r in rows]
+    limit = fits(console)
+    if limit is None:
+        if title:
+            console.print(title, markup=False, highlight=False)
+        console.print(_plain(columns, rows), markup=False, highlight=False)
+        return
+
+    def natural(cols: list[int]) -> int:      # rich's box: "│ a │ b │" = sum + 3 per column + 1
+        return sum(max([cell_len(columns[i])] + [cell_len(line) for r in rows for line in r[i].split("\n")])
+                   for i in cols) + 3 * len(cols) + 1
+    keep = list(range(len(columns)))
+    if natural(keep) > limit:
+        keep = [i for i in keep if columns[i] not in optional]
+    if natural(keep) > limit:
+        _records(console, columns, rows, title, limit)
+        return
+    from rich.table import Table  # lazy: start-up
+    t = Table(title=title, title_justify="left")
+    for i in keep:
+        t.add_column(columns[i], no_wrap=True, overflow="fold")
+    for r in rows:
+        t.add_row(*[r[i] for i in keep])
+    console.print(t)
+
+
+def _plain(columns: list[str], rows: list[list[str]]) -> str:
+    flat = [columns] + [[c.replace("\n", " ") for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in flat) for i in range(len(columns))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in flat)
+
+
+def _records(console, columns, rows, title, limit) -> None:
+    """Narrow terminal: one `column: value` line per cell, a blank line between records."""
+    from rich.text import Text  # lazy: start-up
+    if title:
+        console.print(Text(title, style="bold"))
+    pad = max(len(c) for c in columns)
+    for n, r in enumerate(rows):
+        if n:
+            console.print()
+        for c, v in zip(columns, r):
+            if v:
+                console.print(wrap(f"{c.rjust(pad)}: {v.replace(chr(10), ' ')}", limit, pad + 2),
+                              markup=False, highlight=False)
+
+
+def wrap(line: str, limit: int | None, indent: int = 4) -> str:
+    """Break a line at spaces to fit `limit`, continuation lines indented; a word longer than
+    the line (an address, a name) stays whole. limit None: the line as it is."""
+    if limit is None or len(line) <= limit:
+        return line
+    out, cur = [], ""
+    lead = " " * indent
+    for word in line.split(" "):
+        cand = f"{cur} {word}" if cur else word
+        if len(cand) > limit and cur.strip():
+            out.append(cur.rstrip())
+            cur = lead + word
+        else:
+            cur = cand
+    out.append(cur.rstrip())
+    return "\n".join(out)
+
+
+class Progress:
+    """A progress bar on stderr for work that has lasted over PROGRESS_AFTER seconds; nothing on
+    a pipe. Call it as the work goes: progress(phase, done, total)."""
+
+    def __init__(self, label: str):
+        self.label, self.t0 = label, time.monotonic()
+        self.bar = self.task = None
+        self.enabled = is_terminal(sys.stderr)
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if not self.enabled or (self.bar is None and time.monotonic() - self.t0 < PROGRESS_AFTER):
+            return
+        if self.bar is None:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress as Bar,  # lazy: start-up
+                                       TextColumn, TimeElapsedColumn)
+            self.bar = Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                           console=make(stderr=True), transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task(f"{self.label}: {phase}", total=total)
+        self.bar.update(self.task, description=f"{self.label}: {phase}", completed=done, total=total)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
