@@ -12,11 +12,13 @@ fi
 # Every command nslab, bench/ and tests/ call, by package (a fresh Debian 12 image lacks most):
 # ip/ss/bridge, ping, tcpdump, iptables(-save), iperf3, ethtool, brctl, curl, nc, ps/sysctl/pkill,
 # killall/fuser, dot, mnexec (bench/build.py), unshare/setpriv/flock, file (containers.py),
-# nft (the tests' root-namespace snapshot), tshark (tests read nslab's pcap files with it).
+# nft (the tests' root-namespace snapshot), tshark (tests read nslab's pcap files with it),
+# conntrack (a node's NAT table: note 001's services chapter, tests/integration/test_services.py).
 # tests/vm/run installs what only the VM stage needs (qemu-system-x86, kmod, xz-utils).
 APT_PACKAGES=(
   iproute2 iputils-ping tcpdump iptables iperf3 ethtool bridge-utils curl netcat-openbsd
   procps psmisc graphviz mininet python3-pip python3-venv util-linux coreutils file nftables tshark
+  conntrack
   docker.io busybox-static debootstrap  # container nodes: the engine, and local images without a registry
   vagrant                               # `vagrant validate` of the Vagrantfile in the tests
 )

@@ -162,6 +162,17 @@ class Daemon:
     stage = STAGE_PROCESS
 
 
+@dataclass(frozen=True)
+class Iptables:
+    """Rules for the namespace's own netfilter tables (flannel's ip-masq, kube-proxy's
+    services): `text` is iptables-restore input, loaded with one `iptables-restore
+    --noflush` per namespace (apply/iptables.py).  After the routes: nothing in it names a
+    device that must exist, but a lab is only half there before its routes."""
+    ns: str
+    text: str
+    stage = STAGE_ROUTE
+
+
 @dataclass
 class Plan:
     lab: str

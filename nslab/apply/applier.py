@@ -23,7 +23,7 @@ from ipaddress import IPv4Interface, IPv4Network
 from .. import plan as P
 from ..compile.script import render_op
 from ..errors import ApplyError
-from . import netns
+from . import iptables, netns
 from .kernel import open_tun, set_tx_checksum
 from .netlink import (AF_BRIDGE, CHANGE, CREATE, IFADDRMSG, IFA_ADDRESS, IFA_BROADCAST, IFA_LOCAL, IFF_UP,
                       IFLA_ADDRESS, IFLA_BRPORT_MODE, IFLA_BR_STP_STATE, IFLA_IFNAME, IFLA_INFO_DATA,
@@ -161,6 +161,9 @@ class Applier:
 
     def run_batch(self, ns: Namespace, ops: list) -> None:
         messages: list[tuple[int, bytes, object]] = []
+        # every Iptables op of the namespace in one iptables-restore, after its netlink work
+        rules = [op.text for op in ops if isinstance(op, P.Iptables)]
+        ops = [op for op in ops if not isinstance(op, P.Iptables)]
         for op in ops:
             if isinstance(op, P.TxChecksum):
                 with netns.Entered(ns.fd):
@@ -183,6 +186,8 @@ class Applier:
                 messages.append((self.seq, bytes(data), op))
         if messages:
             self.send(ns, messages)
+        if rules:
+            iptables.apply(ns.name, *rules)
 
     def send(self, ns: Namespace, messages) -> None:
         pending = {seq: op for seq, _, op in messages}

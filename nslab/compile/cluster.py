@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from .. import plan as P
 from ..model.cluster import Cluster, ClusterNode
+from .services import compile_services
 
 
 def vxlan(cluster: Cluster, node: ClusterNode, ns_of) -> list:
@@ -101,3 +102,4 @@ def compile_cluster(topo, plan: P.Plan) -> None:
             "backend": cluster.backend.type,
             "device": cluster.backend.device,
         }
+    compile_services(topo, plan)      # flannel's ip-masq and kube-proxy's rules, per node

@@ -97,6 +97,12 @@ def render_op(op) -> list[str]:
                 "#   " + _comment(f"by hand: ip netns exec {_q(op.ns)} python3 -m nslab.tunnel {_q(op.kind)} "
                                   f"{_q(op.dev)} " + " ".join(_q(f"{k}={v}") for k, v in op.config
                                                               if not isinstance(v, tuple)) + " &")]
+    if isinstance(op, P.Iptables):
+        # the here-document is quoted ('EOF'): the shell expands nothing inside it
+        body = op.text.splitlines()
+        if "EOF" in body:
+            raise ValueError(f"iptables rules for {op.ns} contain a line 'EOF'")
+        return [f"ip netns exec {_q(op.ns)} iptables-restore --noflush <<'EOF'", *body, "EOF"]
     raise ValueError(f"cannot render {op!r}")
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
+from . import services as services_model
 from .types import IFNAMSIZ, Bridge, Nexthop, Route, stable_mac
 
 # Bytes each backend adds to a packet; flannel subtracts them from the underlay MTU.
@@ -30,7 +31,7 @@ IMPLEMENTED = {"vxlan", "host-gw", "ipip", "udp"}
 DEFAULT_NETWORK = "10.244.0.0/16"
 VXLAN_DEFAULT_PORT = 8472      # flannel passes port 0 and Linux's vxlan uses its legacy 8472
 UDP_DEFAULT_PORT = 8285
-CLUSTER_KEYS = {"network", "subnetLen", "iface", "ipMasq", "backend", "nodes", "pods"}
+CLUSTER_KEYS = {"network", "subnetLen", "iface", "ipMasq", "backend", "nodes", "pods", "services", "serviceCIDR"}
 NODE_KEYS = {"segment", "ip", "subnet"}
 POD_KEYS = {"node", "daemonset", "ip", "serve", "image", "command", "env", "cap_add"}
 HOST_VETH_RE = re.compile(r"veth[0-9a-f]{8}")     # host_veth_name's names
@@ -70,6 +71,7 @@ class Pod:
     name: str
     node: str
     ip: IPv4Interface
+    group: str = ""          # the pods: key it came from (a daemonset's name): what a Service selects
 
 
 @dataclass
@@ -81,6 +83,11 @@ class Cluster:
     backend: Backend
     nodes: dict[str, ClusterNode]
     pods: dict[str, Pod]
+    service_cidr: IPv4Network | None = None
+    services: dict = field(default_factory=dict)    # name -> model.services.Service
+    # netfilter rules (flannel's ip-masq, kube-proxy's) are compiled where the file asks for
+    # them: ipMasq written out, or services; older labs keep their rule-free nodes
+    iptables: bool = False
 
     def owner(self, address: IPv4Address) -> ClusterNode | None:
         """The node whose lease holds address (what flannel's subnet lookup answers)."""
@@ -187,6 +194,9 @@ def parse(p, b, spec, path) -> None:
             mtu=node_mtu, vtep_mac=stable_mac(b.lab, name, backend.device or "vtep"), path=npath)
 
     _pods(p, b, cluster, spec.get("pods"), path + ("pods",))
+    cluster.service_cidr, cluster.services = services_model.parse(p, cluster, spec.get("services"),
+                                                                  spec.get("serviceCIDR"), path)
+    cluster.iptables = "ipMasq" in spec or bool(cluster.services)
     b.cluster = cluster
     b.extensions.append(lambda builder: _check_underlay(builder, cluster, path))
 
@@ -302,7 +312,8 @@ def _pods(p, b, cluster: Cluster, spec, path) -> None:
         pod_node = b.add_node(pod, "pod", node_spec, ppath, mtu=cn.mtu)
         gw = cn.subnet.network_address + 1
         veth = host_veth_name(node, pod)
-        cluster.pods[pod] = Pod(name=pod, node=node, ip=IPv4Interface(f"{ip}/{cn.subnet.prefixlen}"))
+        cluster.pods[pod] = Pod(name=pod, node=node, ip=IPv4Interface(f"{ip}/{cn.subnet.prefixlen}"),
+                                group=ppath[-1])
         cn.pods.append(pod)
         host = b.nodes[node]
         if not host.bridges:   # the bridge CNI creates cni0 with the first pod on a node
