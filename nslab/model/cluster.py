@@ -15,6 +15,7 @@ from itertools import islice
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 from . import services as services_model
+from ..errors import UsageError
 from .types import IFNAMSIZ, Bridge, Nexthop, Route, stable_mac
 
 # Bytes each backend adds to a packet; flannel subtracts them from the underlay MTU.
@@ -214,15 +215,18 @@ def _backend(p, spec, path) -> Backend:
         spec = {k: v for k, v in spec.items() if k in BACKEND_KEYS.get(otype, {"type"})}
         spec["type"] = otype
         if oport:
-            if otype not in ("vxlan", "udp") or not (oport.isascii() and oport.isdigit() and len(oport) <= 5):
-                raise p.err(path + ("type",), f"--backend {override}: only vxlan and udp take a port "
-                                              f"(--backend udp:8282)")
+            # values from the command line: the error names the option, not the file
+            if otype not in ("vxlan", "udp"):
+                raise UsageError(f"--backend {override}: only vxlan and udp take a port (--backend udp:8282)")
+            if not (oport.isascii() and oport.isdigit() and len(oport) <= 5 and 1 <= int(oport) <= 65535):
+                raise UsageError(f"--backend {override}: {oport!r} is not a UDP port (1 to 65535)")
             spec["port"] = int(oport)
+        if otype not in BACKEND_KEYS:
+            raise UsageError(f"--backend {override}: unknown backend {otype!r} (flannel backends: "
+                             f"{', '.join(BACKEND_KEYS)})")
     btype = spec.get("type", "vxlan")
     if not isinstance(btype, str) or btype not in BACKEND_KEYS:
-        where = "--backend" if override else None
-        msg = f"unknown backend {btype!r} (flannel backends: {', '.join(BACKEND_KEYS)})"
-        raise p.err(path + ("type",), msg + (" (given with --backend)" if where else ""))
+        raise p.err(path + ("type",), f"unknown backend {btype!r} (flannel backends: {', '.join(BACKEND_KEYS)})")
     if btype not in IMPLEMENTED:
         raise p.err(path + ("type",), f"backend {btype} is not available in this version of nslab "
                                       f"(available: {', '.join(sorted(IMPLEMENTED))})")

@@ -16,6 +16,10 @@ A probe goes from a node (host, router or pod) to a node or an IPv4 address.  `e
 - via: a node whose namespace sees the probe (encapsulated or not);
 - mtu: the path MTU: a ping payload of mtu - 28 bytes with DF set gets an answer, one
   byte more does not.
+A test may say which flannel backend it was written for: `backend: vxlan` (or a list).
+Under another backend (`nslab up --backend udp`) it is skipped, with that reason, rather
+than failed; `expect: {encap: vxlan}` implies `backend: vxlan`.  Expectations are never
+rewritten for another backend: TTLs, MTUs and direct routing differ between backends.
 Every probe carries a random marker, so it is recognised in any frame, at any depth of
 encapsulation.  Probes and sniffers are sockets opened inside the lab's namespaces by this
 process (nslab/probe.py): nothing is forked per check.
@@ -25,8 +29,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
+from .. import backends
+
 KINDS = ("ping", "tcp", "http")
-TEST_KEYS = {"name", "port", "expect", "timeout", *KINDS}
+TEST_KEYS = {"name", "port", "expect", "timeout", "backend", *KINDS}
 EXPECT_KEYS = {"result", "encap", "ttl", "via", "mtu"}
 ENCAPS = ("vxlan", "ipip", "udp", "none")
 RESULTS = ("success", "failure")
@@ -50,6 +56,14 @@ class Check:
     line: int | None = None
     dst_ip: str = ""              # filled in once addresses are resolved
     dst_node: str | None = None   # the lab node holding dst_ip, if any
+    backends: tuple = ()          # `backend:`: the flannel backends this test was written for
+
+    @property
+    def assumes(self) -> tuple:
+        """The backends this test holds under (empty: any): `backend:`, else the encap it expects."""
+        if self.backends:
+            return self.backends
+        return (self.encap,) if self.encap in backends.names() else ()
 
     @property
     def probe_text(self) -> str:
@@ -122,6 +136,15 @@ def _check(p, b, item, path) -> Check:
     elif kind == "http":
         c.timeout = 2.0
     _expect(p, b, c, item.get("expect", "success"), path + ("expect",))
+    if "backend" in item:
+        value = item["backend"]
+        names = value if isinstance(value, list) and value else [value]
+        for i, name in enumerate(names):
+            if name not in backends.names():
+                raise p.err(path + (("backend", i) if isinstance(value, list) else ("backend",)),
+                            f"backend must be a flannel backend ({', '.join(backends.names())}) or a list of them, "
+                            f"got {name!r}")
+        c.backends = tuple(names)
     if "name" in item:
         if not isinstance(item["name"], str) or not item["name"].strip():
             raise p.err(path + ("name",), f"a test name must be a non-empty string, got {item['name']!r}")
@@ -206,6 +229,9 @@ def _resolve_addresses(b, checks: list[Check]) -> None:
     owners = {i.ip.ip: n.name for n in b.nodes.values() for i in n.ifaces if i.ip is not None}
     owners.update({br.ip.ip: n.name for n in b.nodes.values() for br in n.bridges if br.ip is not None})
     for c in checks:
+        if c.backends and b.cluster is None:
+            raise b.err(c.path + ("backend",), "backend: names the flannel backend a test assumes; this topology "
+                                               "has no cluster: section")
         kind_path = c.path + (c.kind, 1)
         if c.dst in b.nodes:
             node = b.nodes[c.dst]

@@ -36,10 +36,16 @@ class Result:
     details: list[str] = field(default_factory=list)  # what each expectation saw
     seconds: float = 0.0
     line: int | None = None
+    skipped: str | None = None                        # why the test did not run (ok stays True)
+
+    @property
+    def status(self) -> str:
+        return "SKIP" if self.skipped else "PASS" if self.ok else "FAIL"
 
     def as_dict(self) -> dict:
         return dict(name=self.name, probe=self.probe, expected=self.expected, ok=self.ok,
-                    observed=self.observed, details=self.details, seconds=round(self.seconds, 3), line=self.line)
+                    observed=self.observed, details=self.details, seconds=round(self.seconds, 3), line=self.line,
+                    skipped=self.skipped)
 
 
 @dataclass
@@ -47,6 +53,7 @@ class Report:
     lab: str
     results: list[Result]
     seconds: float
+    backend: str | None = None                        # the lab's flannel backend, if it has a cluster
 
     @property
     def ok(self) -> bool:
@@ -56,15 +63,25 @@ class Report:
     def failed(self) -> list[Result]:
         return [r for r in self.results if not r.ok]
 
+    @property
+    def skipped(self) -> list[Result]:
+        return [r for r in self.results if r.skipped]
+
+    @property
+    def summary(self) -> str:
+        passed = len(self.results) - len(self.failed) - len(self.skipped)
+        return f"{passed} passed, {len(self.failed)} failed" + (f", {len(self.skipped)} skipped" if self.skipped
+                                                                 else "")
+
     def __str__(self) -> str:
-        lines = [f"{'PASS' if r.ok else 'FAIL'} {r.name}: {r.observed}" + ("" if r.ok else f" (expected {r.expected})")
+        lines = [f"{r.status} {r.name}: {r.observed}" + ("" if r.ok else f" (expected {r.expected})")
                  for r in self.results]
-        return "\n".join(lines + [f"{len(self.results) - len(self.failed)} passed, {len(self.failed)} failed"])
+        return "\n".join(lines + [self.summary])
 
     def as_dict(self) -> dict:
-        return dict(lab=self.lab, ok=self.ok, seconds=round(self.seconds, 3),
-                    passed=len(self.results) - len(self.failed), failed=len(self.failed),
-                    results=[r.as_dict() for r in self.results])
+        return dict(lab=self.lab, backend=self.backend, ok=self.ok, seconds=round(self.seconds, 3),
+                    passed=len(self.results) - len(self.failed) - len(self.skipped), failed=len(self.failed),
+                    skipped=len(self.skipped), results=[r.as_dict() for r in self.results])
 
 
 class Sniffer:
@@ -104,8 +121,16 @@ class Sniffer:
 def run(topo, checks: list[Check] | None = None) -> Report:
     """Run the checks (default: the topology's own) against the running lab built from `topo`."""
     t0 = time.monotonic()
-    results = [run_check(topo, c) for c in (topo.tests if checks is None else checks)]
-    return Report(topo.name, results, time.monotonic() - t0)
+    backend = topo.cluster.backend.type if topo.cluster else None
+    results = [skip(c, backend) if backend and c.assumes and backend not in c.assumes else run_check(topo, c)
+               for c in (topo.tests if checks is None else checks)]
+    return Report(topo.name, results, time.monotonic() - t0, backend)
+
+
+def skip(c: Check, backend: str) -> Result:
+    """A test written for other backends (`backend:`, or the encap it expects), not run."""
+    why = f"written for {' or '.join(c.assumes)}; this lab runs {backend}"
+    return Result(c.name, c.probe_text, c.expect_text, True, f"skipped: {why}", line=c.line, skipped=why)
 
 
 def run_check(topo, c: Check) -> Result:
@@ -254,19 +279,20 @@ def run_all_pairs(topo, hosts: bool = False, timeout: float = 3.0) -> Report:
 def render(console, report: Report) -> None:
     from rich.table import Table  # lazy: start-up
     lab, results = report.lab, report.results
-    table = Table(title=f"lab {lab}: tests", title_justify="left")
+    title = f"lab {lab}: tests" + (f" (flannel backend {report.backend})" if report.backend else "")
+    table = Table(title=title, title_justify="left")
     for col in ("", "test", "probe", "expected", "observed"):
         table.add_column(col)
     for r in results:
-        table.add_row("[green]PASS[/]" if r.ok else "[red bold]FAIL[/]", r.name, r.probe, r.expected, r.observed)
+        table.add_row("[yellow]SKIP[/]" if r.skipped else "[green]PASS[/]" if r.ok else "[red bold]FAIL[/]", r.name,
+                      r.probe, r.expected, r.observed)
     console.print(table)
     for r in results:
         if not r.ok:
             console.print(f"[red]FAIL[/] {r.name}" + (f" (line {r.line})" if r.line else ""))
             for d in r.details:
                 console.print(f"  {d}", markup=False)
-    failed = sum(not r.ok for r in results)
-    console.print(f"{len(results) - failed} passed, {failed} failed in {report.seconds:.2f} s")
+    console.print(f"{report.summary} in {report.seconds:.2f} s")
 
 
 def junit(report: Report, file: str) -> str:
@@ -275,14 +301,16 @@ def junit(report: Report, file: str) -> str:
     suites = ET.Element("testsuites", name="nslab", tests=str(len(results)),
                         failures=str(sum(not r.ok for r in results)), time=f"{elapsed:.3f}")
     suite = ET.SubElement(suites, "testsuite", name=f"nslab.{lab}", tests=str(len(results)),
-                          failures=str(sum(not r.ok for r in results)), errors="0", skipped="0",
+                          failures=str(sum(not r.ok for r in results)), errors="0", skipped=str(len(report.skipped)),
                           time=f"{elapsed:.3f}", file=file)
     for r in results:
         case = ET.SubElement(suite, "testcase", classname=f"nslab.{lab}", name=r.name, time=f"{r.seconds:.3f}")
         if r.line:
             case.set("file", file)
             case.set("line", str(r.line))
-        if not r.ok:
+        if r.skipped:
+            ET.SubElement(case, "skipped", message=r.skipped)
+        elif not r.ok:
             fail = ET.SubElement(case, "failure", message=f"expected {r.expected}; observed {r.observed}",
                                  type="nslab.check")
             fail.text = "\n".join(r.details)

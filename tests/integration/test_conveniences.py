@@ -2,6 +2,7 @@
 bundled topology names everywhere, the README's pytest example copied out of the repository."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -70,3 +71,36 @@ def test_plugin_names_where_it_looked_once(tmp_path):
     assert f"nslab: no topology 'topologies/nope.yaml' (not in {tmp_path}/topologies, and nslab bundles none " \
            f"of that name: " in line, line
     assert line.count(str(tmp_path)) == 1
+
+
+def test_ls_tells_labs_of_one_file_apart_by_backend(root_unchanged):
+    labs = {}
+    for backend in (None, "udp:8282", "host-gw"):
+        name = unique_lab_name()
+        nslab("up", "-q", "flannel-vxlan", "--name", name, *(["--backend", backend] if backend else []), check=True)
+        labs[name] = backend or "vxlan"
+    try:
+        rows = {r["lab"]: r for r in json.loads(nslab("ls", "--json", check=True).stdout)}
+        assert {n: rows[n]["backend"] for n in labs} == labs
+        table = nslab("ls", check=True).stdout
+        assert table.splitlines()[0].split() == ["lab", "status", "nodes", "backend", "file"]
+        for name, backend in labs.items():
+            assert next(l for l in table.splitlines() if l.startswith(name + " ")).split()[:4] == \
+                [name, "up", "5", backend]
+    finally:
+        for name in labs:
+            nslab("down", name)
+
+
+def test_tests_written_for_vxlan_are_skipped_under_udp(root_unchanged):
+    name = unique_lab_name()
+    r = nslab("test", "spine-leaf", "--name", name, "--backend", "udp", timeout=240)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"lab {name}: tests (flannel backend udp)" in r.stdout
+    lines = r.stdout.splitlines()
+    skipped = [l for l in lines if "SKIP" in l]
+    assert len(skipped) == 4 and all("written for vxlan; this lab runs udp" in l for l in skipped), r.stdout
+    assert lines[-1].startswith("2 passed, 0 failed, 4 skipped in ")
+    r = nslab("test", "spine-leaf", "--name", name, "--backend", "udp", "--json", timeout=240)
+    report = json.loads(r.stdout)
+    assert (report["backend"], report["passed"], report["skipped"], report["ok"]) == ("udp", 2, 4, True)
