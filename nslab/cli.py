@@ -112,7 +112,8 @@ def up(file: Optional[str] = typer.Argument(None, help="Topology YAML (default: 
     topo = labmod.load(file, name=name, overrides=overrides)
     labmod.require_root()
     t0 = time.perf_counter()
-    plan, st = labmod.up(topo, overrides)
+    with out.Progress(f"up {topo.name}") as progress:
+        plan, st = labmod.up(topo, overrides, progress=progress)
     elapsed = time.perf_counter() - t0
     if quiet:
         out.say(topo.name)
@@ -148,7 +149,8 @@ def down(target: Optional[str] = typer.Argument(None, help="Lab name or topology
     failed = []
     for lab in labs:
         try:
-            result = labmod.teardown(lab)
+            with out.Progress(f"down {lab}") as progress:
+                result = labmod.teardown(lab, progress=progress)
         except NslabError as e:
             if not all_labs:
                 raise
@@ -370,7 +372,8 @@ def test_(file: Optional[str] = typer.Argument(None, help="Topology file: bring 
         if not topo.tests and not all_pairs:
             raise UsageError(f"{file} declares no tests (add a tests: section, or use --all-pairs)")
         labmod.require_root()
-        handle = Lab.up(file, name=name, backend=backend)
+        with out.Progress(f"up {topo.name}").running("building"):
+            handle = Lab.up(file, name=name, backend=backend)
     else:
         labmod.require_root()
         handle = Lab.attach(labmod.resolve_lab(lab))
@@ -378,7 +381,8 @@ def test_(file: Optional[str] = typer.Argument(None, help="Topology file: bring 
             raise UsageError(f"lab {handle.name} declares no tests ({handle.topo.file} has no tests: section; "
                              f"use --all-pairs)")
     try:
-        report = handle.test(all_pairs=all_pairs, hosts=hosts)
+        with out.Progress(f"test {handle.name}").running("all pairs" if all_pairs else "tests"):
+            report = handle.test(all_pairs=all_pairs, hosts=hosts)
     finally:
         if file:
             handle.down()
@@ -514,7 +518,9 @@ def images_build(names: Optional[List[str]] = typer.Argument(None, help="Images 
     client = containers.engine()
     for n in names or list(images.IMAGES):
         t0 = time.perf_counter()
-        if images.build(client, n, force=force, log=console.print):
+        with out.Progress(f"image {n}").running("building") as progress:
+            built = images.build(client, n, force=force, log=progress.log)
+        if built:
             console.print(f"{images.normalize(n)} built in {time.perf_counter() - t0:.1f} s")
         else:
             console.print(f"{images.normalize(n)} is up to date")

@@ -163,16 +163,25 @@ def wrap(line: str, limit: int | None, indent: int = 4) -> str:
 
 class Progress:
     """A progress bar on stderr for work that has lasted over PROGRESS_AFTER seconds; nothing on
-    a pipe. Call it as the work goes: progress(phase, done, total)."""
+    a pipe. Call it as the work goes: progress(phase, done, total); or, for work without steps
+    to count, `with Progress(label).running(phase):` (the bar then shows the time elapsed)."""
 
     def __init__(self, label: str):
         self.label, self.t0 = label, time.monotonic()
         self.bar = self.task = None
         self.enabled = is_terminal(sys.stderr)
+        self.done = self.lock = None
 
-    def __call__(self, phase: str, done: int, total: int) -> None:
+    def __call__(self, phase: str, done: int, total: int | None) -> None:
         if not self.enabled or (self.bar is None and time.monotonic() - self.t0 < PROGRESS_AFTER):
             return
+        if self.lock is None:
+            self._show(phase, done, total)
+        else:
+            with self.lock:
+                self._show(phase, done, total)
+
+    def _show(self, phase: str, done: int, total: int | None) -> None:
         if self.bar is None:
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress as Bar,  # lazy: start-up
                                        TextColumn, TimeElapsedColumn)
@@ -182,7 +191,36 @@ class Progress:
             self.task = self.bar.add_task(f"{self.label}: {phase}", total=total)
         self.bar.update(self.task, description=f"{self.label}: {phase}", completed=done, total=total)
 
+    def running(self, phase: str) -> "Progress":
+        if self.enabled:
+            import threading  # lazy: start-up
+            self.done, self.lock = threading.Event(), threading.Lock()
+
+            def later():
+                if not self.done.wait(PROGRESS_AFTER):
+                    with self.lock:
+                        if not self.done.is_set():
+                            self._show(phase, 0, None)
+            threading.Thread(target=later, daemon=True).start()
+        return self
+
+    def log(self, text: str) -> None:
+        """A line of output while the bar may be showing (printed above it)."""
+        if self.bar is not None:
+            self.bar.console.print(text, markup=False, highlight=False)
+        else:
+            say(text)
+
     def close(self) -> None:
+        if self.done is not None:
+            self.done.set()
+        if self.lock is not None:
+            with self.lock:
+                self._stop()
+        else:
+            self._stop()
+
+    def _stop(self) -> None:
         if self.bar is not None:
             self.bar.stop()
             self.bar = None

@@ -457,7 +457,7 @@ class Teardown:
     kept: list[str] = field(default_factory=list)        # sentences: what was left, and why
 
 
-def destroy(lab: str, st: LabState | None = None) -> Teardown:
+def destroy(lab: str, st: LabState | None = None, progress=None) -> Teardown:
     """Remove what lab `lab` verifiably made, then its run directory.  `st`: the caller's
     own copy of the record (`up` cleaning up after itself); else the record is read, and
     if it is corrupt, only what can be verified without it goes (containers by label,
@@ -485,7 +485,9 @@ def destroy(lab: str, st: LabState | None = None) -> Teardown:
                 if not corrupt:
                     raise
         stop_processes([p for p in st.processes if labs_process(st, p)])
-        for ns, ident in st.ns_ids.items():
+        for i, (ns, ident) in enumerate(st.ns_ids.items()):
+            if progress:                   # console.Progress: a bar on a terminal after a second
+                progress("removing namespaces", i, len(st.ns_ids))
             p = netns.path(ns)
             if not lab_namespace(lab, ns):
                 out.kept.append(f"{ns!r} is not a namespace name of lab {lab}: left alone")
