@@ -17,9 +17,11 @@ Fixtures:
   `nslab_topology` ini option.  scope="module" shares one lab among the module's tests.
 - `nslab_lab` / `nslab_module_lab`: factories `(topology, backend=None, name=None) -> Lab`;
   every lab they bring up is brought down after the test / the module, even on failure,
-  and the teardown fails if any of its namespaces is left behind.
+  and the teardown fails if anything of it is left behind (namespaces, its run directory,
+  /etc/netns entries, processes).
 - `nslab_prefix`: lab names are `<prefix><pid>x<n>` (ini `nslab_prefix` or
   `--nslab-prefix`, default `pt`), unique per process so test runs can share a machine.
+  nslab's own tests use the same factory, names (prefix `t`) and root-skip.
 
 A topology is a path (relative to the test file's directory or the rootdir) or the name
 of one bundled with nslab (`spine-leaf`).  Labs need root: without it these fixtures skip.
@@ -27,7 +29,9 @@ Importing this module stays cheap and side-effect free (nslab is imported on fir
 """
 from __future__ import annotations
 
+import glob
 import itertools
+import json
 import os
 from pathlib import Path
 
@@ -60,25 +64,110 @@ def find_topology(spec: str, *bases: Path) -> str:
                 f"name: {', '.join(labmod.bundled_topologies())})", pytrace=False)
 
 
-class LabFactory:
-    """Brings labs up under unique names and takes every one of them down in close()."""
+NEEDS_ROOT = "needs root (real network namespaces); run as root"
 
-    def __init__(self, prefix: str, bases: list[Path]):
+
+def skip_unless_root() -> None:
+    """The one root-skip of nslab's fixtures (and of nslab's own test suite)."""
+    if os.geteuid() != 0:
+        pytest.skip(NEEDS_ROOT)
+
+
+def lab_prefix(prefix: str) -> str:
+    """What every lab name of this process starts with: `<prefix><pid>x`."""
+    return f"{prefix}{os.getpid()}x"
+
+
+def lab_name(prefix: str) -> str:
+    """A lab name unique on this machine while this process lives: `<prefix><pid>x<n>`."""
+    name = f"{lab_prefix(prefix)}{next(_counter)}"
+    assert len(name) <= 32, f"lab name {name!r} too long: shorten the prefix {prefix!r}"
+    return name
+
+
+def _alive(pid: int, start_time: int | None) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    if fields[0] == "Z":
+        return False
+    return start_time in (None, 0) or int(fields[19]) == start_time
+
+
+def recorded_processes(name: str, run_dir: str) -> list[dict]:
+    """The processes lab `name`'s record lists (empty if it has none or cannot be read)."""
+    try:
+        with open(os.path.join(run_dir, name, "state.json")) as f:
+            return list(json.load(f).get("processes", []))
+    except (OSError, ValueError, AttributeError):
+        return []
+
+
+def leftovers(name: str, run_dir: str, processes: list[dict]) -> list[str]:
+    """Everything lab `name` could have left behind: namespaces, its run directory,
+    /etc/netns entries, and still-running processes of its record (by PID and start time)."""
+    problems = []
+    ns_left = [n for n in (os.listdir("/run/netns") if os.path.isdir("/run/netns") else [])
+               if n.startswith(name + ".")]
+    if ns_left:
+        problems.append(f"namespaces left in /run/netns: {ns_left}")
+    if os.path.exists(os.path.join(run_dir, name)):
+        problems.append(f"{os.path.join(run_dir, name)} left behind")
+    hosts_left = glob.glob(f"/etc/netns/{glob.escape(name)}.*")
+    if hosts_left:
+        problems.append(f"/etc/netns entries left: {hosts_left}")
+    for p in processes:
+        if _alive(p["pid"], p.get("start_time")):
+            problems.append(f"process {p['pid']} ({p.get('what')}) still alive")
+    return problems
+
+
+def _api_up(path: str, name: str, backend: str | None = None):
+    from nslab.api import Lab  # lazy: start-up
+    from nslab.errors import NslabError  # lazy: start-up
+    try:
+        return Lab.up(path, name=name, backend=backend)
+    except NslabError as e:             # one line, as the CLI prints it
+        pytest.fail(f"nslab: {e}", pytrace=False)
+
+
+def _api_down(name: str, run_dir: str) -> None:
+    from nslab import lab as labmod  # lazy: start-up
+    labmod.down(name)
+
+
+def _run_dir() -> str:
+    from nslab import state  # lazy: start-up
+    return state.RUN_DIR
+
+
+class LabFactory:
+    """Brings labs up under unique names and takes every one of them down in close(),
+    failing if anything of theirs is left (see `leftovers`).
+
+    `up(path, name=, backend=, **kw) -> lab` and `down(name, run_dir)` default to the
+    Python API in this process; nslab's own tests pass ones that run the `nslab` CLI.
+    A lab counts from the moment its name is handed out: one whose `up` failed is checked
+    for leftovers too."""
+
+    def __init__(self, prefix: str, bases: list[Path], up=None, down=None):
         self.prefix, self.bases = prefix, bases
+        self.up, self.down = up or _api_up, down or _api_down
         self.labs: list = []
+        self.made: list[tuple[str, str]] = []          # (name, run dir) of every lab tried
         self.shared: dict[tuple, object] = {}
 
-    def __call__(self, topology: str, backend: str | None = None, name: str | None = None):
-        from nslab.api import Lab  # lazy: start-up
-        from nslab.errors import NslabError  # lazy: start-up
-        if os.geteuid() != 0:
-            pytest.skip("nslab labs need root (they create network namespaces)")
+    def __call__(self, topology: str, backend: str | None = None, name: str | None = None,
+                 run_dir: str | None = None, **kw):
+        skip_unless_root()
         path = find_topology(str(topology), *self.bases)
-        name = name or f"{self.prefix}{os.getpid()}x{next(_counter)}"
-        try:
-            lab = Lab.up(path, name=name, backend=backend)
-        except NslabError as e:             # one line, as the CLI prints it
-            pytest.fail(f"nslab: {e}", pytrace=False)
+        name = name or lab_name(self.prefix)
+        self.made.append((name, run_dir or _run_dir()))
+        if run_dir:
+            kw["run_dir"] = run_dir
+        lab = self.up(path, name=name, backend=backend, **kw)
         self.labs.append(lab)
         return lab
 
@@ -90,20 +179,20 @@ class LabFactory:
         return self.shared[key]
 
     def close(self) -> None:
-        from nslab.apply import netns  # lazy: start-up
         problems = []
-        for lab in reversed(self.labs):
-            try:
-                lab.down()
-            except Exception as e:          # keep going: every lab must come down
-                problems.append(f"nslab down {lab.name}: {e}")
-            left = [n for n in netns.list_names() if n.startswith(lab.name + ".")]
-            if left:
-                problems.append(f"lab {lab.name} left namespaces behind: {', '.join(left)}")
+        for name, run_dir in reversed(self.made):
+            processes = recorded_processes(name, run_dir)
+            if os.path.exists(os.path.join(run_dir, name)):     # not taken down by the test itself
+                try:
+                    self.down(name, run_dir)
+                except Exception as e:      # keep going: every lab must come down
+                    problems.append(f"nslab down {name} failed: {str(e).strip()}")
+            problems += [f"lab {name}: {p}" for p in leftovers(name, run_dir, processes)]
         self.labs.clear()
+        self.made.clear()
         self.shared.clear()
         if problems:
-            pytest.fail("\n".join(problems), pytrace=False)
+            pytest.fail("lab teardown left things behind:\n" + "\n".join(problems), pytrace=False)
 
 
 def _bases(request) -> list[Path]:

@@ -7,14 +7,15 @@
   Links (names + flags), addresses, every routing table, rules, forwarding sysctls, all of
   net.ipv4.conf.default.*, iptables-save / nft ruleset (counters removed) and our own
   /run/netns entries.  Any difference fails.
-- `lab_factory`: brings a lab up through the real CLI (`nslab up`) under a unique name
-  (t<pid>x<n>) and, at teardown, runs `nslab down` and fails the test if any namespace,
-  state directory, /etc/netns entry or recorded process of that lab is left behind.
+- `lab_factory`: the pytest plugin's LabFactory (nslab/pytest_plugin.py, what users get),
+  bringing labs up through the real CLI (`nslab up`) under the plugin's names with prefix
+  `t` (t<pid>x<n>) and, at teardown, running `nslab down` and failing the test if any
+  namespace, state directory, /etc/netns entry or recorded process of that lab is left.
+  One naming scheme, one root-skip (the plugin's NEEDS_ROOT), one leftover check.
 """
 from __future__ import annotations
 
 import glob
-import itertools
 import json
 import os
 import re
@@ -26,16 +27,18 @@ from pathlib import Path
 
 import pytest
 
+from nslab.pytest_plugin import (NEEDS_ROOT, LabFactory, _alive, lab_name, lab_prefix, leftovers,  # noqa: F401
+                                 skip_unless_root)
+
 REPO = Path(__file__).resolve().parent.parent
 TOPOLOGIES = REPO / "topologies"
 IS_ROOT = os.geteuid() == 0
 NSLAB = [sys.executable, "-m", "nslab.cli"]      # the console script's code path, this interpreter
-LAB_PREFIX = f"t{os.getpid()}x"
+LAB_PREFIX = lab_prefix("t")                     # t<pid>x: the plugin's scheme, prefix t
 # Every subprocess timeout in the tests is multiplied by this: in the VM stage (tests/vm/run
 # sets NSLAB_VM=1) Python under TCG is 20-40x slower and each `nslab` command takes 7-15 s
 # (tests/vm/README.md). Slowness alone must not fail a test; the VM's own timeout bounds all.
 TIMEOUT_SCALE = 10 if os.environ.get("NSLAB_VM") else 1
-_counter = itertools.count(1)
 
 
 # --- root marker ----------------------------------------------------------------------
@@ -49,8 +52,13 @@ def _KERNEL_IPIP() -> bool:
     return ipip_module_available()
 
 
+def _NETEM() -> bool:
+    from nslab.apply.qdisc import netem_available
+    return netem_available()
+
+
 def pytest_collection_modifyitems(config, items):
-    skip = pytest.mark.skip(reason="needs root (real network namespaces); run as root")
+    skip = pytest.mark.skip(reason=NEEDS_ROOT)
     for item in items:
         if "integration" in Path(str(item.fspath)).parts:
             item.add_marker(pytest.mark.root)
@@ -58,6 +66,9 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
         if item.get_closest_marker("kernel_ipip") and not _KERNEL_IPIP():
             item.add_marker(pytest.mark.skip(reason="kernel has no ipip module (tests/vm/run runs these on a "
+                                                    "stock kernel under qemu)"))
+        if item.get_closest_marker("stock_kernel") and not _NETEM():
+            item.add_marker(pytest.mark.skip(reason="kernel has no netem qdisc (tests/vm/run runs these on a "
                                                     "stock kernel under qemu)"))
 
 
@@ -199,9 +210,7 @@ def root_unchanged():
 # --- labs ----------------------------------------------------------------------------------
 
 def unique_lab_name() -> str:
-    name = f"{LAB_PREFIX}{next(_counter)}".lower()
-    assert len(name) <= 32
-    return name
+    return lab_name("t")
 
 
 @dataclass
@@ -237,73 +246,36 @@ class Lab:
         return proc
 
 
-def leftovers(name: str, run_dir: str, processes: list[dict]) -> list[str]:
-    """Everything lab `name` could have left behind."""
-    problems = []
-    ns_left = [n for n in (os.listdir("/run/netns") if os.path.isdir("/run/netns") else [])
-               if n.startswith(name + ".")]
-    if ns_left:
-        problems.append(f"namespaces left in /run/netns: {ns_left}")
-    if os.path.exists(os.path.join(run_dir, name)):
-        problems.append(f"{os.path.join(run_dir, name)} left behind")
-    hosts_left = glob.glob(f"/etc/netns/{glob.escape(name)}.*")
-    if hosts_left:
-        problems.append(f"/etc/netns entries left: {hosts_left}")
-    for p in processes:
-        if _alive(p["pid"], p.get("start_time")):
-            problems.append(f"process {p['pid']} ({p.get('what')}) still alive")
-    return problems
+def _cli_up(path: str, name: str, backend: str | None = None, run_dir: str | None = None) -> Lab:
+    env = {"NSLAB_RUN_DIR": run_dir} if run_dir else {}
+    lab = Lab(name=name, file=str(path), run_dir=run_dir or "/run/nslab", env=env)
+    nslab("up", "-q", path, "--name", name, *(["--backend", backend] if backend else []), env=env, check=True)
+    return lab
 
 
-def _alive(pid: int, start_time: int | None) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return False
-    if fields[0] == "Z":
-        return False
-    return start_time in (None, 0) or int(fields[19]) == start_time
+def _cli_down(name: str, run_dir: str) -> None:
+    proc = nslab("down", name, env={"NSLAB_RUN_DIR": run_dir})
+    if proc.returncode != 0:
+        raise AssertionError(proc.stderr.strip())
 
 
 @pytest.fixture
 def lab_factory(request):
-    """lab_factory(topology, run_dir=None) -> Lab.  `topology` is a path (relative paths are
-    looked up in topologies/) or YAML text.  run_dir isolates the state directory
-    (NSLAB_RUN_DIR) so that e.g. `down --all` sees only this test's labs."""
-    if not IS_ROOT:
-        pytest.skip("needs root")
-    made: list[Lab] = []
+    """lab_factory(topology, run_dir=None, name=None) -> Lab.  `topology` is a path (relative
+    paths are looked up in topologies/, then the repository) or YAML text.  run_dir isolates
+    the state directory (NSLAB_RUN_DIR) so that e.g. `down --all` sees only this test's labs.
+    The plugin's LabFactory with the CLI as up/down: its names, root-skip and leftover check."""
+    skip_unless_root()
     tmp = request.getfixturevalue("tmp_path")
+    factory = LabFactory("t", [TOPOLOGIES, REPO], up=_cli_up, down=_cli_down)
 
     def make(topology: str | Path, run_dir: str | None = None, name: str | None = None) -> Lab:
         text = str(topology)
         if "\n" in text:
-            path = tmp / f"topo{len(made)}.yaml"
+            path = tmp / f"topo{len(factory.made)}.yaml"
             path.write_text(text)
-        else:
-            path = Path(text) if os.path.isabs(text) else (TOPOLOGIES / text if (TOPOLOGIES / text).exists()
-                                                           else REPO / text)
-        name = name or unique_lab_name()
-        env = {"NSLAB_RUN_DIR": run_dir} if run_dir else {}
-        lab = Lab(name=name, file=str(path), run_dir=run_dir or "/run/nslab", env=env)
-        made.append(lab)
-        nslab("up", "-q", path, "--name", name, env=env, check=True)
-        return lab
+            text = str(path)
+        return factory(text, name=name, run_dir=run_dir)
 
     yield make
-
-    problems = []
-    for lab in made:
-        processes = []
-        try:
-            processes = lab.state.get("processes", [])
-        except (OSError, ValueError):
-            pass
-        if not lab.down_done and os.path.exists(os.path.join(lab.run_dir, lab.name)):
-            proc = lab.nslab("down", lab.name)
-            if proc.returncode != 0:
-                problems.append(f"nslab down {lab.name} failed: {proc.stderr.strip()}")
-        problems += [f"lab {lab.name}: {p}" for p in leftovers(lab.name, lab.run_dir, processes)]
-    if problems:
-        pytest.fail("lab teardown left things behind:\n" + "\n".join(problems), pytrace=False)
+    factory.close()

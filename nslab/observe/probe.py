@@ -1,17 +1,22 @@
-"""Probes sent from inside lab namespaces by this process: no `ip netns exec`, no fork.
+"""The probe engine: every probe nslab sends, from sockets this process opens inside lab
+namespaces (no `ip netns exec`, no fork).  `nslab test`, `nslab trace`, all-pairs and the
+Python API (nslab.api.Lab) all send through here.
 
 A socket stays in the namespace it was created in, so each probe socket is opened while
 the thread is inside the source's namespace (netns.enter) and then used from here.
 
+- `ping`, `tcp`, `http`, `udp`: one probe each (`send(kind, ...)` picks one), answering an
+  `Outcome`; each carries a marker that observe/sniffer.py finds in frames seen elsewhere
+  in the lab (also inside VXLAN/IPIP/UDP encapsulation).
+- `fire`: a probe sent and not waited for (`nslab trace` watches its path instead).
 - `all_pairs`: one raw ICMP socket per source; every source sends an echo request to every
   destination (id = the source's, seq = the destination's index, payload = a per-run
   nonce), replies are collected from all sockets with poll, missing pairs are re-sent a
   few times (the first packets to a neighbour wait for ARP) until a deadline.
-- `ping`, `tcp`, `http`: one probe each, carrying a marker that `checks.py` finds in
-  frames seen elsewhere in the lab (also inside VXLAN/IPIP/UDP encapsulation).
 """
 from __future__ import annotations
 
+import errno
 import os
 import select
 import socket
@@ -28,6 +33,7 @@ IP_MTU_DISCOVER = 10       # not exported by Python's socket module
 IP_PMTUDISC_DO = 2         # its value: never fragment (DF), as `ping -M do`
 SO_RCVBUFFORCE = 33        # root may exceed net.core.rmem_max (not namespaced; never changed)
 RESEND_AT = (0.4, 1.0, 1.8)   # seconds after the first round: re-send to pairs still missing
+HTTP_MAX = 1 << 20         # bytes of an HTTP response kept
 
 
 def open_in(ns: str, family: int, kind: int, proto: int = 0) -> socket.socket:
@@ -38,9 +44,33 @@ def open_in(ns: str, family: int, kind: int, proto: int = 0) -> socket.socket:
 def icmp_socket(ns: str, rcvbuf: int = 1 << 21) -> socket.socket:
     """A non-blocking raw ICMP socket in `ns` that receives echo replies only."""
     s = open_in(ns, socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-    s.setsockopt(SOL_RAW, ICMP_FILTER, struct.pack("I", ~(1 << ICMP_ECHO_REPLY) & 0xFFFFFFFF))
-    s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
-    s.setblocking(False)
+    try:
+        s.setsockopt(SOL_RAW, ICMP_FILTER, struct.pack("I", ~(1 << ICMP_ECHO_REPLY) & 0xFFFFFFFF))
+        s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
+        s.setblocking(False)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+def probe_socket(ns: str, proto: str, src: str | None = None, ttl: int | None = None) -> socket.socket:
+    """A non-blocking socket for one probe in `ns`: proto icmp (raw, echo replies only),
+    tcp or udp; bound to `src` if given (else the kernel picks the source), IP TTL `ttl`
+    if given."""
+    if proto == "icmp":
+        s = icmp_socket(ns, rcvbuf=1 << 18)
+    else:
+        s = open_in(ns, socket.AF_INET, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
+    try:
+        s.setblocking(False)
+        if ttl:
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
+        if src or proto != "icmp":
+            s.bind((src or "0.0.0.0", 0))
+    except BaseException:
+        s.close()
+        raise
     return s
 
 
@@ -50,8 +80,17 @@ def icmp_socket(ns: str, rcvbuf: int = 1 << 21) -> socket.socket:
 @dataclass
 class Outcome:
     ok: bool
-    detail: str
+    detail: str                         # one line: what was seen
     rtt_ms: float | None = None
+    ttl: int | None = None              # ping: the echo reply's IP TTL as it arrived
+    reply: bytes = b""                  # http: the whole response; udp: the answer
+    refused: bool = False               # the destination said no (TCP RST, ICMP port unreachable)
+    error: str | None = None            # the kernel refused to send: its strerror ("Message too long")
+
+
+def new_marker(tag: str = "probe") -> bytes:
+    """A marker no other probe carries: found in frames anywhere in the lab by observe/sniffer."""
+    return f"nslab-{tag}-".encode() + os.urandom(8).hex().encode()
 
 
 def marker_payload(size: int) -> bytes:
@@ -60,12 +99,16 @@ def marker_payload(size: int) -> bytes:
     return (marker + b"." * size)[:max(size, len(marker))]
 
 
+def _strerror(e: OSError) -> str:
+    return e.strerror or ("timed out" if isinstance(e, TimeoutError) else str(e) or type(e).__name__)
+
+
 def ping(ns: str, dst: str, marker: bytes, timeout: float = 1.0, tries: int = 3,
          dont_fragment: bool = False) -> Outcome:
     """Echo requests from `ns` to `dst` (up to `tries`, spread over `timeout`) until one is
     answered; the payload is `marker`.  dont_fragment: DF set, as `ping -M do`."""
     ident = int.from_bytes(os.urandom(2), "big")
-    s = icmp_socket(ns, rcvbuf=1 << 18)
+    s = probe_socket(ns, "icmp")
     try:
         if dont_fragment:
             s.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
@@ -91,54 +134,154 @@ def ping(ns: str, dst: str, marker: bytes, timeout: float = 1.0, tries: int = 3,
                     r = parse_echo_reply(data)
                     if r and r[0] == dst and r[1] == ident and r[3] == marker and r[2] in sent:
                         rtt = (time.monotonic() - sent[r[2]]) * 1000
-                        return Outcome(True, f"echo reply from {dst} in {rtt:.2f} ms", rtt)
+                        return Outcome(True, f"echo reply from {dst} in {rtt:.2f} ms, ttl={data[8]}", rtt, data[8])
         return Outcome(False, f"cannot send to {dst}: {error}" if error else f"no echo reply from {dst} "
-                                                                            f"within {timeout:g} s")
+                                                                            f"within {timeout:g} s", error=error)
     finally:
         s.close()
 
 
-def _exchange(s: socket.socket, dst: str, port: int, request: bytes, timeout: float,
-              want_reply: bool) -> tuple[float, bytes]:
-    """Connect, send `request`, and with want_reply read up to the first reply line.
-    Returns (ms until connected, or until the reply line; the reply).  OSError passes up."""
+def _connect(s: socket.socket, dst: str, port: int, timeout: float) -> float:
+    """Connect the blocking-with-timeout socket; ms until connected.  OSError passes up."""
     s.settimeout(timeout)
     t0 = time.monotonic()
     s.connect((dst, port))
-    connected = (time.monotonic() - t0) * 1000
-    s.sendall(request)
-    data = b""
-    while want_reply and b"\r\n" not in data and len(data) < 4096:
-        chunk = s.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-    return ((time.monotonic() - t0) * 1000 if want_reply else connected), data
+    return (time.monotonic() - t0) * 1000
 
 
 def tcp(ns: str, dst: str, port: int, marker: bytes, timeout: float = 1.0) -> Outcome:
     """TCP connect from `ns`; once connected, send the marker so the flow can be found."""
-    with open_in(ns, socket.AF_INET, socket.SOCK_STREAM) as s:
+    with probe_socket(ns, "tcp") as s:
         try:
-            rtt, _ = _exchange(s, dst, port, marker + b"\r\n", timeout, want_reply=False)
+            rtt = _connect(s, dst, port, timeout)
+            s.sendall(marker + b"\r\n")
         except OSError as e:
-            return Outcome(False, f"connect to {dst}:{port}: {e.strerror or 'timed out'}")
+            return Outcome(False, f"connect to {dst}:{port}: {_strerror(e)}",
+                           refused=isinstance(e, ConnectionRefusedError))
     return Outcome(True, f"connected to {dst}:{port} in {rtt:.2f} ms", rtt)
 
 
-def http(ns: str, dst: str, port: int, marker: bytes, timeout: float = 2.0) -> Outcome:
-    """HTTP GET / from `ns`; success is a 2xx or 3xx status.  The marker rides in a header."""
-    request = (f"GET / HTTP/1.0\r\nHost: {dst}\r\nUser-Agent: nslab-test\r\nX-Nslab-Probe: "
+def _content_length(head: bytes) -> int | None:
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length" and value.strip().isdigit():
+            return int(value)
+    return None
+
+
+def http(ns: str, dst: str, port: int, marker: bytes, timeout: float = 2.0, path: str = "/") -> Outcome:
+    """HTTP/1.0 GET from `ns`; success is a 2xx or 3xx status.  The marker rides in a header;
+    the response (up to 1 MiB) is in .reply, rtt_ms is the time until its status line."""
+    url = f"http://{dst}:{port}{path}"
+    request = (f"GET {path} HTTP/1.0\r\nHost: {dst}\r\nUser-Agent: nslab-test\r\nX-Nslab-Probe: "
                f"{marker.decode()}\r\n\r\n").encode()
-    with open_in(ns, socket.AF_INET, socket.SOCK_STREAM) as s:
+    data, rtt = b"", None
+    with probe_socket(ns, "tcp") as s:
         try:
-            rtt, data = _exchange(s, dst, port, request, timeout, want_reply=True)
+            t0 = time.monotonic()
+            _connect(s, dst, port, timeout)
+            s.sendall(request)
+            while len(data) < HTTP_MAX:
+                head, sep, body = data.partition(b"\r\n\r\n")
+                length = _content_length(head) if sep else None
+                if length is not None and len(body) >= length:
+                    break                                   # all of it: the server need not close first
+                try:
+                    chunk = s.recv(65536)
+                except TimeoutError:
+                    if rtt is None:
+                        raise
+                    break                                   # a status line came: keep what arrived
+                if not chunk:
+                    break
+                data += chunk
+                if rtt is None and b"\r\n" in data:
+                    rtt = (time.monotonic() - t0) * 1000
         except OSError as e:
-            return Outcome(False, f"GET http://{dst}:{port}/: {e.strerror or 'timed out'}")
+            return Outcome(False, f"GET {url}: {_strerror(e)}", refused=isinstance(e, ConnectionRefusedError))
     status = data.split(b"\r\n", 1)[0].decode(errors="replace")
     parts = status.split()
     ok = len(parts) >= 2 and parts[0].startswith("HTTP/") and parts[1][:1] in ("2", "3")
-    return Outcome(ok, f"GET http://{dst}:{port}/ -> {status or 'no response'}", rtt)
+    return Outcome(ok, f"GET {url} -> {status or 'no response'}", rtt, reply=data)
+
+
+def udp(ns: str, dst: str, port: int, marker: bytes, timeout: float = 1.0, tries: int = 3) -> Outcome:
+    """A datagram carrying `marker` from `ns` to dst:port (up to `tries`, spread over
+    `timeout`) until something answers from there.  An ICMP port unreachable is "refused"
+    (nothing listens); silence is a failure too (UDP has no other way to say "reached")."""
+    with probe_socket(ns, "udp") as s:
+        try:
+            s.connect((dst, port))          # connected: only dst:port's answers and ICMP errors come back
+            t0 = time.monotonic()
+            for n in range(1, tries + 1):
+                sent = time.monotonic()
+                s.send(marker)
+                next_send = t0 + timeout * n / tries
+                while (now := time.monotonic()) < next_send:
+                    if not select.select([s], [], [], next_send - now)[0]:
+                        continue
+                    try:
+                        data = s.recv(65535)
+                    except BlockingIOError:
+                        continue
+                    rtt = (time.monotonic() - sent) * 1000
+                    return Outcome(True, f"udp answer from {dst}:{port} in {rtt:.2f} ms ({len(data)} bytes)",
+                                   rtt, reply=data)
+        except ConnectionRefusedError:
+            return Outcome(False, f"udp to {dst}:{port}: refused (ICMP port unreachable)", refused=True)
+        except OSError as e:
+            return Outcome(False, f"udp to {dst}:{port}: {_strerror(e)}")
+    return Outcome(False, f"udp to {dst}:{port}: no answer within {timeout:g} s")
+
+
+KINDS = ("ping", "tcp", "http", "udp")
+
+
+def send(kind: str, ns: str, dst: str, port: int | None, marker: bytes, timeout: float) -> Outcome:
+    """One probe of `kind` (ping, tcp, http, udp): what `nslab test` sends for a check."""
+    if kind == "ping":
+        return ping(ns, dst, marker, timeout)
+    if kind not in KINDS:
+        raise ValueError(f"no probe kind {kind!r} (kinds: {', '.join(KINDS)})")
+    if port is None:
+        raise ValueError(f"a {kind} probe needs a port")
+    return {"tcp": tcp, "http": http, "udp": udp}[kind](ns, dst, port, marker, timeout)
+
+
+@dataclass
+class Fired:
+    """A probe sent and not waited for: close `sock` once done watching it."""
+    sock: socket.socket
+    error: OSError | None      # the kernel refused to send (no route, unreachable, ...)
+    t_ns: int                  # CLOCK_REALTIME when it was sent, as packet timestamps
+    sport: int                 # tcp/udp source port the kernel gave (0 for icmp)
+
+
+def fire(ns: str, proto: str, dst: str, port: int | None = None, ident: int = 0, seq: int = 0,
+         payload: bytes = b"", src: str | None = None, ttl: int | None = None) -> Fired:
+    """Send one probe from `ns` without waiting for an answer: an ICMP echo (id `ident`, seq
+    `seq`), a TCP SYN (non-blocking connect) or a UDP datagram (`payload`) to dst[:port]."""
+    sock = probe_socket(ns, proto, src, ttl)
+    try:
+        if proto == "tcp":      # closing it sends RST: the half-open connection is not left in the lab
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sport = sock.getsockname()[1] if proto != "icmp" else 0
+        t0 = time.time_ns()
+        try:
+            if proto == "icmp":
+                sock.sendto(echo_request(ident, seq, payload), (dst, 0))
+            elif proto == "tcp":
+                rc = sock.connect_ex((dst, port))
+                if rc not in (0, errno.EINPROGRESS):
+                    raise OSError(rc, os.strerror(rc))
+            else:
+                sock.sendto(payload, (dst, port))
+        except OSError as e:
+            return Fired(sock, e, t0, sport)
+        return Fired(sock, None, t0, sport)
+    except BaseException:
+        sock.close()
+        raise
 
 
 # --- every pair ----------------------------------------------------------------------------------

@@ -135,3 +135,55 @@ def test_users_test_file_in_its_own_repository(tmp_path):
     assert len(set(made)) == 6
     left = [n for n in netns.list_names() if n.startswith(prefix)]
     assert not left, f"the plugin left namespaces behind: {left}"
+
+
+# ---- one factory, one naming scheme, one root-skip for users and nslab's own tests ----------
+
+def test_one_naming_scheme_for_users_and_our_own_tests(lab_factory):
+    from conftest import LAB_PREFIX, unique_lab_name
+    from nslab.pytest_plugin import lab_name, lab_prefix
+    assert LAB_PREFIX == lab_prefix("t") == f"t{os.getpid()}x"
+    a, b = unique_lab_name(), lab_name("t")
+    assert a.startswith(LAB_PREFIX) and b.startswith(LAB_PREFIX) and a != b     # one counter
+    lab = lab_factory("diy-veth.yaml")
+    assert lab.name.startswith(LAB_PREFIX) and lab.ns("ns1") == f"{lab.name}.ns1"
+
+
+def test_factory_teardown_fails_on_anything_left_behind(tmp_path):
+    """LabFactory.close: down for every lab it named (also one whose up failed), then
+    namespaces, run directory and processes of the record are checked."""
+    from nslab.pytest_plugin import LabFactory, lab_prefix
+    made: list[str] = []
+    downs: list[str] = []
+    sleeper = subprocess.Popen(["sleep", "60"])
+
+    def up(path, name, backend=None, run_dir=None):
+        subprocess.run(["ip", "netns", "add", f"{name}.n1"], check=True)
+        made.append(f"{name}.n1")
+        os.makedirs(os.path.join(run_dir, name))
+        with open(os.path.join(run_dir, name, "state.json"), "w") as f:
+            f.write('{"processes": [{"pid": %d, "what": "sleeper"}]}' % sleeper.pid)
+        if len(made) == 2:
+            raise RuntimeError("up failed half-way")
+        return name
+
+    factory = LabFactory("nt", [REPO / "topologies"], up=up, down=lambda name, run_dir: downs.append(name))
+    try:
+        first = factory("diy-veth.yaml", run_dir=str(tmp_path))
+        with pytest.raises(RuntimeError):
+            factory("diy-veth.yaml", run_dir=str(tmp_path))
+        with pytest.raises(pytest.fail.Exception) as failed:
+            factory.close()
+        msg = str(failed.value)
+        second = made[1].split(".")[0]
+        assert first.startswith(lab_prefix("nt")) and downs == [second, first]
+        for name in (first, second):
+            assert f"lab {name}: namespaces left in /run/netns: ['{name}.n1']" in msg, msg
+            assert f"lab {name}: {tmp_path / name} left behind" in msg
+            assert f"lab {name}: process {sleeper.pid} (sleeper) still alive" in msg
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        for ns in made:
+            subprocess.run(["ip", "netns", "delete", ns], check=False)
+    assert not [n for n in netns.list_names() if n in made]
