@@ -186,6 +186,10 @@ def ls(as_json: bool = typer.Option(False, "--json", help="Machine-readable outp
         for w in st.warnings:
             err_console.print(f"nslab: warning: {w}", markup=False)
         missing = agentmod.health(st)         # a dead agent, warden or dataplane: say so
+        try:                                  # a restarted container node: its links are gone
+            missing += [f"{n}: {why} (nslab rewire -l {lab})" for n, why in labmod.unwired(st).items()]
+        except NslabError as e:               # no engine to ask: say so, list the rest
+            missing.append(str(e))
         rows.append(dict(lab=lab, status="degraded" if missing else st.status, missing=missing,
                          backend=lab_backend(st), file=st.file,
                          nodes=len(st.nodes),
@@ -226,6 +230,7 @@ def exec_(node: str = typer.Argument(..., help="Node name."),
     labmod.require_tools("ip")
     lab = labmod.resolve_lab(lab)
     ns = labmod.node_namespace(lab, node)
+    labmod.require_wired(lab, [node])
     sys.stdout.flush()
     os.execvp("ip", _exec_argv(ns, list(cmd)))
 
@@ -238,6 +243,7 @@ def shell(node: str = typer.Argument(..., help="Node name."), lab: Optional[str]
     labmod.require_tools("ip")
     lab = labmod.resolve_lab(lab)
     ns = labmod.node_namespace(lab, node)
+    labmod.require_wired(lab, [node])
     os.environ["PS1"] = f"[{lab}:{node}] \\w# "
     os.environ["NSLAB_LAB"], os.environ["NSLAB_NODE"] = lab, node
     shell_bin = "bash" if any(os.access(os.path.join(p, "bash"), os.X_OK)
@@ -258,6 +264,7 @@ def show(node: Optional[str] = typer.Argument(None, help="Node name (default: ev
     nodes = [node] if node else list(st.nodes)
     for n in nodes:
         labmod.node_namespace(lab, n)
+    labmod.require_wired(lab, nodes, st)
     healed = agentmod.heal(st)               # agent and warden both gone: nobody else restarts them
     if healed:
         st = state.load(lab) or st
@@ -377,6 +384,7 @@ def test_(file: Optional[str] = typer.Argument(None, help="Topology file: bring 
     else:
         labmod.require_root()
         handle = Lab.attach(labmod.resolve_lab(lab))
+        labmod.require_wired(handle.name)
         if not handle.topo.tests and not all_pairs:
             raise UsageError(f"lab {handle.name} declares no tests ({handle.topo.file} has no tests: section; "
                              f"use --all-pairs)")

@@ -324,6 +324,41 @@ def node_namespace(lab: str, node: str) -> str:
     return st.nodes[node]
 
 
+def unwired(st: state.LabState, nodes=None) -> dict[str, str]:
+    """Container nodes (of `nodes`, default all) no longer running in the network namespace
+    the lab wired: node -> what happened.  `docker restart` gives a container a new network
+    namespace without the lab's links (its old one stays, held by /run/netns, with them);
+    a stopped or removed container has none.  Asks the engine only for labs with containers."""
+    recorded = [c for c in st.containers if c.get("id") and (nodes is None or c["node"] in nodes)]
+    if not recorded:
+        return {}
+    import docker                      # lazy: start-up (only labs with container nodes pay for it)
+    client = containers.engine()
+    found = {}
+    for c in recorded:
+        try:
+            info = client.containers.get(c["id"]).attrs["State"]
+        except docker.errors.NotFound:
+            found[c["node"]] = f"container {c['name']} is gone"
+            continue
+        if not info.get("Running") or not info.get("Pid"):
+            found[c["node"]] = f"container {c['name']} is not running"
+        elif state.ns_identity(f"/proc/{info['Pid']}/ns/net") != st.ns_ids.get(st.nodes.get(c["node"])):
+            found[c["node"]] = f"container {c['name']} was restarted (new network namespace, without the lab's links)"
+    return found
+
+
+def require_wired(lab: str, nodes=None, st: state.LabState | None = None) -> None:
+    """Refuse to observe or enter container nodes that lost their wiring (unwired): one
+    sentence that names them and the fix.  nslab never re-wires behind the user's back:
+    `rewire` changes the lab, and ls/show/exec only look."""
+    st = st if st is not None else state.load(lab)
+    broken = unwired(st, nodes) if st is not None else {}
+    if broken:
+        raise NslabError(f"lab {lab}: {'; '.join(f'{n}: {why}' for n, why in broken.items())}: "
+                         f"run `nslab rewire -l {lab}`")
+
+
 def rewire(lab: str) -> list[str]:
     """Wire a running lab's containers again where they have a new network namespace
     (`docker restart`, or stopped or removed under nslab's feet: started or created again).

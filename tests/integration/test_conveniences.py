@@ -104,3 +104,28 @@ def test_tests_written_for_vxlan_are_skipped_under_udp(root_unchanged):
     r = nslab("test", "spine-leaf", "--name", name, "--backend", "udp", "--json", timeout=240)
     report = json.loads(r.stdout)
     assert (report["backend"], report["passed"], report["skipped"], report["ok"]) == ("udp", 2, 4, True)
+
+
+def test_restarted_container_is_detected_until_rewired(root_unchanged, lab_factory):
+    from nslab.apply import containers
+    from nslab.compile import compile_topology
+    from nslab import model
+    reason = containers.unavailable(compile_topology(model.load(str(REPO / "topologies/containers.yaml"))))
+    if reason:
+        import pytest
+        pytest.skip(f"needs the Docker engine and nslab's images: {reason}")
+    lab = lab_factory("containers.yaml")
+    containers.engine().containers.get(f"nslab.{lab.name}.nginx").restart(timeout=0)
+    hint = f"nginx: container nslab.{lab.name}.nginx was restarted (new network namespace, without the lab's links)"
+    row = next(r for r in json.loads(nslab("ls", "--json", check=True).stdout) if r["lab"] == lab.name)
+    assert row["status"] == "degraded" and row["missing"] == [f"{hint} (nslab rewire -l {lab.name})"], row
+    for args in (["exec", "-l", lab.name, "nginx", "--", "true"], ["show", "-l", lab.name],
+                 ["show", "-l", lab.name, "nginx"], ["test", "-l", lab.name]):
+        r = nslab(*args)
+        assert (r.returncode, r.stdout, r.stderr) == (1, "", f"nslab: lab {lab.name}: {hint}: run `nslab rewire -l "
+                                                             f"{lab.name}`\n"), args
+    assert nslab("exec", "-l", lab.name, "client", "--", "true").returncode == 0   # other nodes: as before
+    nslab("rewire", "-l", lab.name, check=True)
+    assert nslab("test", "-l", lab.name).returncode == 0
+    row = next(r for r in json.loads(nslab("ls", "--json", check=True).stdout) if r["lab"] == lab.name)
+    assert row["status"] == "up"
