@@ -413,12 +413,15 @@ def capture(target: str = typer.Argument(..., metavar="NODE[:IFACE]",
             write: Optional[str] = typer.Option(None, "-w", "--write", help="Write a pcap file (Wireshark, tshark)."),
             count: Optional[int] = typer.Option(None, "-c", "--count", help="Stop after this many packets."),
             bpf: str = typer.Option("", "--filter", "-f", help="tcpdump filter, e.g. 'udp port 4789'."),
-            decode: bool = typer.Option(False, "--decode", help="Outer/inner header table per encapsulated packet.")):
+            decode: bool = typer.Option(False, "--decode", help="Outer/inner header table per encapsulated packet."),
+            as_json: bool = typer.Option(False, "--json", help="Decoded packets as JSON, one object per line "
+                                                               "(implies --decode).")):
     """Capture packets inside a node with tcpdump (live `-eni` output, a pcap, or decoded tables)."""
     from .observe import capture as capmod  # lazy: start-up
     labmod.require_root()
     labmod.require_tools("ip", "tcpdump")
-    rc = capmod.run(labmod.resolve_lab(lab), target, pcap=write, count=count, bpf=bpf, decode=decode)
+    rc = capmod.run(labmod.resolve_lab(lab), target, pcap=write, count=count, bpf=bpf, decode=decode or as_json,
+                    as_json=as_json)
     if rc:
         raise typer.Exit(rc)
 

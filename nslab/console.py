@@ -54,20 +54,20 @@ def warn(text: str) -> None:
     sys.stderr.flush()
 
 
-def make(stderr: bool = False, terminal: bool | None = None, columns: int | None = None):
+def make(stderr: bool = False, terminal: bool | None = None, columns: int | None = None, file=None):
     """A rich Console for this stream: on a terminal its width; piped: no colour, no wrapping
     (soft_wrap) and a width no table reaches, so nothing is ever cut. `terminal`/`columns`
-    force a layout (tests, --json callers)."""
+    force a layout (tests); `file`: write there instead of the stream."""
     from rich.console import Console  # lazy: start-up
     stream = sys.stderr if stderr else sys.stdout
     tty = is_terminal(stream) if terminal is None else terminal
     if tty:
         c = Console(stderr=stderr, highlight=False, width=columns or width(stream) or 80,
-                    force_terminal=True if terminal else None)
+                    force_terminal=True if terminal else None, file=file)
         c.nslab_limit = c.width
     else:
         c = Console(stderr=stderr, highlight=False, soft_wrap=True, no_color=True, width=10_000,
-                    force_terminal=False)
+                    force_terminal=False, file=file)
         c.nslab_limit = None
     return c
 
@@ -89,13 +89,22 @@ def fits(console) -> int | None:
     return getattr(console, "nslab_limit", console.width)
 
 
+def table_width(columns: list[str], rows: list[list[str]], compact: bool = False) -> int:
+    """Columns a rich table of these cells takes unwrapped: default box "│ a │ b │" = sum + 3 per
+    column + 1; compact (no edge, blank separators) = sum + 3 per gap."""
+    from rich.cells import cell_len  # lazy: start-up
+    cells = sum(max([cell_len(columns[i])] + [cell_len(line) for r in rows for line in r[i].split("\n")])
+                for i in range(len(columns)))
+    return cells + (3 * (len(columns) - 1) if compact else 3 * len(columns) + 1)
+
+
 def table(console, columns: list[str], rows: list[list[str]], title: str | None = None,
-          optional: tuple[str, ...] = ()) -> None:
+          optional: tuple[str, ...] = (), compact: bool = False, narrow=None) -> None:
     """Print a table whose cells are never truncated.
 
-    Piped: plain columns separated by two spaces. On a terminal: a rich table if it fits;
-    else without the `optional` columns; else one record per line (`column: value`)."""
-    from rich.cells import cell_len  # lazy: start-up
+    Piped: plain columns separated by two spaces (a cell's lines joined by ", "). On a
+    terminal: a rich table if it fits; else without the `optional` columns; else narrow(console,
+    limit) if given, or one record per line (`column: value`)."""
     rows = [[str(c) for c in r] for r in rows]
     limit = fits(console)
     if limit is None:
@@ -103,27 +112,29 @@ def table(console, columns: list[str], rows: list[list[str]], title: str | None 
             console.print(title, markup=False, highlight=False)
         console.print(_plain(columns, rows), markup=False, highlight=False)
         return
-
-    def natural(cols: list[int]) -> int:      # rich's box: "│ a │ b │" = sum + 3 per column + 1
-        return sum(max([cell_len(columns[i])] + [cell_len(line) for r in rows for line in r[i].split("\n")])
-                   for i in cols) + 3 * len(cols) + 1
     keep = list(range(len(columns)))
-    if natural(keep) > limit:
+    if table_width(columns, rows, compact) > limit:
         keep = [i for i in keep if columns[i] not in optional]
-    if natural(keep) > limit:
-        _records(console, columns, rows, title, limit)
+    sub_cols, sub_rows = [columns[i] for i in keep], [[r[i] for i in keep] for r in rows]
+    if table_width(sub_cols, sub_rows, compact) > limit:
+        if narrow is not None:
+            narrow(console, limit)
+        else:
+            _records(console, columns, rows, title, limit)
         return
+    from rich import box  # lazy: start-up
     from rich.table import Table  # lazy: start-up
-    t = Table(title=title, title_justify="left")
-    for i in keep:
-        t.add_column(columns[i], no_wrap=True, overflow="fold")
-    for r in rows:
-        t.add_row(*[r[i] for i in keep])
+    t = Table(title=title, title_justify="left", **(dict(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+                                                    if compact else {}))
+    for c in sub_cols:
+        t.add_column(c, no_wrap=True, overflow="fold")
+    for r in sub_rows:
+        t.add_row(*r)
     console.print(t)
 
 
 def _plain(columns: list[str], rows: list[list[str]]) -> str:
-    flat = [columns] + [[c.replace("\n", " ") for c in r] for r in rows]
+    flat = [columns] + [[c.replace("\n", ", ") for c in r] for r in rows]
     widths = [max(len(r[i]) for r in flat) for i in range(len(columns))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in flat)
 
@@ -139,7 +150,7 @@ def _records(console, columns, rows, title, limit) -> None:
             console.print()
         for c, v in zip(columns, r):
             if v:
-                console.print(wrap(f"{c.rjust(pad)}: {v.replace(chr(10), ' ')}", limit, pad + 2),
+                console.print(wrap(f"{c.rjust(pad)}: {v.replace(chr(10), ', ')}", limit, pad + 2),
                               markup=False, highlight=False)
 
 

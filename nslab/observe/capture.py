@@ -8,6 +8,7 @@ it; it is taken out again when the capture ends by itself.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import struct
@@ -17,10 +18,12 @@ import tempfile
 import time
 from typing import Iterator
 
+from .. import backends
+from .. import console as out
 from .. import lab as labmod
 from .. import state
 from ..errors import NslabError, UsageError
-from .decode import Names, decode_pcap, encap_ports, rows, summary   # bytes only: no scapy to import
+from .decode import Names, decode_pcap, rows, summary   # bytes only: no scapy to import
 
 PCAP_MAGIC = {b"\xd4\xc3\xb2\xa1": ("<", 1e-6), b"\xa1\xb2\xc3\xd4": (">", 1e-6),
               b"\x4d\x3c\xb2\xa1": ("<", 1e-9), b"\xa1\xb2\x3c\x4d": (">", 1e-9)}
@@ -211,7 +214,7 @@ def known_ifaces(topo, node: str) -> list[str]:
 
 
 def run(lab: str, target: str, pcap: str | None = None, count: int | None = None, bpf: str = "",
-        decode: bool = False) -> int:
+        decode: bool = False, as_json: bool = False) -> int:
     """`nslab capture`: returns the exit code.  SIGINT/SIGTERM stop tcpdump cleanly."""
 
     stopping: list[int] = []
@@ -242,7 +245,7 @@ def run(lab: str, target: str, pcap: str | None = None, count: int | None = None
         cap.interrupt()
     if decode:
         try:
-            _decode_loop(cap, topo, f"{node}:{iface}", pcap)
+            _decode_loop(cap, topo, f"{node}:{iface}", pcap, as_json)
         except BrokenPipeError:       # `nslab capture ... | head`
             cap.interrupt()
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -253,51 +256,83 @@ def run(lab: str, target: str, pcap: str | None = None, count: int | None = None
     return 0 if stopping else rc
 
 
-def _decode_loop(cap: Capture, topo, where: str, pcap: str | None) -> None:
-    from rich.console import Console  # lazy: start-up
-
-    console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+def _decode_loop(cap: Capture, topo, where: str, pcap: str | None, as_json: bool = False) -> None:
+    console = out.make()
     names = Names.from_topology(topo)
     backend = topo.cluster.backend if topo.cluster is not None else None
     btype, port = (backend.type, backend.port) if backend else ("", None)
-    encap = encap_ports(btype, port)
-    out = open(pcap, "wb") if pcap else None     # --decode -w FILE: keep the bytes too
+    encap = backends.encap_ports(backend)
+    keep = open(pcap, "wb") if pcap else None     # --decode -w FILE: keep the bytes too
     t0 = None
     try:
-        for n, (ts, linktype, data) in enumerate(cap.records(tee=out), 1):
+        for n, (ts, linktype, data) in enumerate(cap.records(tee=keep), 1):
             t0 = ts if t0 is None else t0
             layers = decode_pcap(data, linktype, encap)
             d = rows(layers, btype, port)
-            head = f"#{n} {ts - t0:.6f} {where} {len(data)} bytes"
-            if d is None:
-                console.print(f"{head}  {summary(layers, names)}", markup=False)
+            if as_json:                # one JSON object per packet and line (JSON Lines: a stream)
+                print(json.dumps(dict(n=n, time=round(ts - t0, 6), where=where, bytes=len(data),
+                                      **(decoded_dict(d, names) if d else {"summary": summary(layers, names)}))))
             else:
-                console.print(f"{head}  {d.kind}", markup=False)
-                console.print(table(d, names))
+                head = f"#{n} {ts - t0:.6f} {where} {len(data)} bytes"
+                if d is None:
+                    console.print(out.wrap(f"{head}  {summary(layers, names)}", out.fits(console)), markup=False)
+                else:
+                    console.print(f"{head}  {d.kind}", markup=False)
+                    print_decoded(console, d, names)
             sys.stdout.flush()
     finally:
-        if out:
-            out.close()
+        if keep:
+            keep.close()
+
+
+COLUMNS = ["", "src IP", "src MAC", "dst IP", "dst MAC", "protocol", "VNI", "UDP ports"]
+FIELDS = ["src_ip", "src_mac", "dst_ip", "dst_mac", "proto", "vni", "ports"]
+
+
+def decoded_dict(d, names) -> dict:
+    """A decoded packet for --json: outer and inner rows, each address with the lab's name for it."""
+    def row(r):
+        return dict(src_ip=r.src_ip, src_name=names.of_ip(r.src_ip), src_mac=r.src_mac, src_mac_name=names.of_mac(r.src_mac),
+                    dst_ip=r.dst_ip, dst_name=names.of_ip(r.dst_ip), dst_mac=r.dst_mac, dst_mac_name=names.of_mac(r.dst_mac),
+                    protocol=r.proto, vni=r.vni, ports=r.ports)
+    return dict(kind=d.kind, outer=row(d.outer), inner=row(d.inner))
+
+
+def _cells(d, names, sep: str) -> list[list[str]]:
+    """Note 002's rows as text: an address, then (sep) the lab's name for it."""
+    def cell(value, name):
+        return "-" if value is None else value + (sep.format(name) if name else "")
+    return [[label, cell(r.src_ip, names.of_ip(r.src_ip)), cell(r.src_mac, names.of_mac(r.src_mac)),
+             cell(r.dst_ip, names.of_ip(r.dst_ip)), cell(r.dst_mac, names.of_mac(r.dst_mac)),
+             r.proto, "" if r.vni is None else str(r.vni), r.ports]
+            for label, r in (("outer", d.outer), ("inner", d.inner))]
+
+
+def print_decoded(console, d, names) -> None:
+    """Note 002's table where it fits (names under the addresses); piped: plain columns with
+    `address (name)`; on a narrow terminal: a few lines per header, every value whole."""
+    if out.fits(console) is None:
+        out.table(console, COLUMNS, _cells(d, names, " ({})"))
+        return
+
+    def narrow(console, limit):
+        for label, r in (("outer", d.outer), ("inner", d.inner)):
+            extra = "".join(f"  {x}" for x in (r.ports, f"VNI {r.vni}" if r.vni is not None else "") if x)
+            console.print(out.wrap(f"{label}  {r.proto}{extra}", limit), markup=False)
+            for end, ip, mac in (("src", r.src_ip, r.src_mac), ("dst", r.dst_ip, r.dst_mac)):
+                parts = [f"{v} ({n})" if n else v for v, n in ((ip, names.of_ip(ip)), (mac, names.of_mac(mac))) if v]
+                console.print(out.wrap(f"  {end}  " + "  ".join(parts or ["-"]), limit, 7), markup=False)
+    out.table(console, COLUMNS, _cells(d, names, "\n{}"), compact=True, narrow=narrow)
 
 
 def table(d, names):
-    """Note 002's table: rows outer/inner; src IP, src MAC, dst IP, dst MAC, protocol, VNI, ports."""
+    """Note 002's table (a rich renderable): rows outer/inner; src IP, src MAC, dst IP, dst MAC,
+    protocol, VNI, ports, each address with the lab's name for it beneath."""
     from rich import box  # lazy: start-up
     from rich.table import Table  # lazy: start-up
-    from rich.text import Text  # lazy: start-up
     t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    for col in ("", "src IP", "src MAC", "dst IP", "dst MAC", "protocol", "VNI", "UDP ports"):
+    for col in COLUMNS:
         t.add_column(col, no_wrap=True)
-
-    def cell(value, name):
-        if value is None:
-            return Text("-", style="dim")
-        text = Text(value)
-        if name:
-            text.append("\n" + name, style="dim")
-        return text
-    for label, r in (("outer", d.outer), ("inner", d.inner)):
-        t.add_row(label, cell(r.src_ip, names.of_ip(r.src_ip)), cell(r.src_mac, names.of_mac(r.src_mac)),
-                  cell(r.dst_ip, names.of_ip(r.dst_ip)), cell(r.dst_mac, names.of_mac(r.dst_mac)),
-                  r.proto, "" if r.vni is None else str(r.vni), r.ports)
+    for r in _cells(d, names, "\n{}"):
+        t.add_row(*r)
     return t
