@@ -134,7 +134,11 @@ def main() -> None:
     ap.add_argument("--streams", type=int, default=1, help="parallel TCP streams (iperf3 -P)")
     ap.add_argument("--backends", default="vxlan,host-gw,ipip,udp")
     ap.add_argument("--ecmp", type=int, metavar="FLOWS", help="the ECMP demonstration instead (spine-leaf-ecmp)")
+    ap.add_argument("--topology", metavar="FILE", help="a variant of spine-leaf.yaml (e.g. with link conditions)")
     args = ap.parse_args()
+    if args.topology:
+        global TOPOLOGY
+        TOPOLOGY = os.path.abspath(args.topology)
     if os.geteuid() != 0:
         sys.exit("bench/dataplane.py: run as root (it builds labs)")
     if args.ecmp:

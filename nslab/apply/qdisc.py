@@ -25,8 +25,10 @@ import socket
 import struct
 from dataclasses import dataclass, replace
 
+from .. import plan as P
 from ..errors import NslabError
-from ..model.units import TICKS_PER_USEC, U32_MAX, Conditions, ConditionsError, format_size
+from ..model.units import (ETH_HLEN, NETEM_DEFAULT_LIMIT, TBF_DEFAULT_LATENCY_US, TBF_MIN_BURST, TICKS_PER_USEC,
+                           U32_MAX, Conditions, ConditionsError, effective, format_size)
 from . import netns
 from .netlink import (IFINFOMSG, IFLA_IFNAME, IFLA_MTU, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK, NLM_F_DUMP,
                       NLM_F_REQUEST, NLMSGHDR, REPLACE, RTM_DELQDISC, RTM_GETLINK, RTM_GETQDISC, RTM_NEWLINK,
@@ -40,10 +42,6 @@ TCA_KIND, TCA_OPTIONS = 1, 2
 TCA_TBF_PARMS, TCA_TBF_RATE64, TCA_TBF_BURST = 1, 4, 6
 TCA_NETEM_RATE, TCA_NETEM_RATE64, TCA_NETEM_LATENCY64, TCA_NETEM_JITTER64 = 6, 8, 10, 11
 TC_LINKLAYER_ETHERNET = 1
-NETEM_DEFAULT_LIMIT = 1000          # packets: what tc sends when no limit is given
-TBF_DEFAULT_LATENCY_US = 50_000     # tbf needs a queue bound: tc's `latency 50ms`
-TBF_MIN_BURST = 32 * 1024           # bytes: above any MTU nslab makes, so no packet waits forever
-ETH_HLEN = 14
 DELETE = NLM_F_REQUEST | NLM_F_ACK
 DUMP = NLM_F_REQUEST | NLM_F_DUMP
 
@@ -121,7 +119,7 @@ def netem_available(**paths) -> bool:
     return netem_state(**paths)[0] in ("loaded", "unloaded")
 
 
-def require(conditions, **paths) -> None:
+def require(conditions, hint: str = "", **paths) -> None:
     """Refuse, before anything is sent, conditions this kernel cannot do (netem's part)."""
     wanted = [c for c in conditions if c is not None and c.needs_netem]
     if not wanted:
@@ -130,7 +128,37 @@ def require(conditions, **paths) -> None:
     if state in ("loaded", "unloaded"):
         return
     raise KernelFeatureError(f"this kernel ({os.uname().release}) has no netem qdisc ({why}), which delay, jitter "
-                             f"and loss need; rate alone works (tbf), and a stock Debian kernel has netem")
+                             f"and loss need; rate alone works (tbf), and a stock Debian kernel has netem"
+                             + (f"; {hint}" if hint else ""))
+
+
+WITHOUT_NETEM_HINT = "--without-netem goes on with the rates alone"
+
+
+def fit_plan(plan, without_netem: bool = False, **paths) -> None:
+    """A plan's Qdisc ops on this kernel: unchanged where it has netem; else refused
+    (KernelFeatureError, before anything exists), or with without_netem their delay, jitter
+    and loss left out (rates kept, a notice for `nslab up`)."""
+    ops = [(i, op, Conditions.from_pairs(op.conditions)) for i, op in enumerate(plan.ops) if isinstance(op, P.Qdisc)]
+    netem = [(i, op, c) for i, op, c in ops if c.needs_netem]
+    if not netem:
+        return
+    if not without_netem:
+        require([c for _, _, c in netem], hint=WITHOUT_NETEM_HINT, **paths)
+        return
+    if netem_available(**paths):
+        return
+    drop = set()
+    for i, op, cond in netem:
+        rest = cond.without_netem()
+        if rest.empty:
+            drop.add(i)
+        else:
+            plan.ops[i] = replace(op, conditions=rest.to_pairs())
+    plan.ops[:] = [op for i, op in enumerate(plan.ops) if i not in drop]
+    plan.notes.setdefault("_notices", []).append(
+        f"this kernel has no netem qdisc: delay, jitter and loss left out on {len(netem)} interface(s) "
+        f"(--without-netem); rates are kept")
 
 
 # ---- encoding ---------------------------------------------------------------------------------
@@ -141,16 +169,6 @@ def _tcmsg(ifindex: int, parent: int = TC_H_ROOT, handle: int = 0) -> bytes:
 def _ticks(usec: float) -> int:
     """tc_core_time2tick(): microseconds to the kernel's 64 ns ticks, truncated, in a u32."""
     return min(int(int(usec) * TICKS_PER_USEC), U32_MAX)
-
-
-def effective(cond: Conditions, mtu: int = 1500) -> Conditions:
-    """The conditions with the defaults the encoder fills in (what the kernel then holds)."""
-    if cond.kind == "netem":
-        return replace(cond, limit=cond.limit or NETEM_DEFAULT_LIMIT)
-    if cond.kind == "tbf":
-        burst = cond.burst or max(TBF_MIN_BURST, cond.rate_bytes // 250, mtu + ETH_HLEN)   # >= 4 ms at rate
-        return replace(cond, burst=burst)
-    return cond
 
 
 def tbf_options(cond: Conditions, mtu: int = 1500) -> bytes:

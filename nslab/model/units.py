@@ -45,6 +45,12 @@ LIMIT_FORMS = "a whole number of packets from 1 to 4294967295, e.g. 1000"
 
 U32_MAX = 0xFFFFFFFF
 TICKS_PER_USEC = 15.625     # /proc/net/psched on every kernel since 2.6.31: 1000 ns/us over 64 ns ticks
+# What nslab fills in where the topology does not say (apply/qdisc.py sends it, `nslab script`
+# prints it): the same numbers in both, so the script rebuilds the lab apply made.
+NETEM_DEFAULT_LIMIT = 1000          # packets: what tc sends when no limit is given
+TBF_DEFAULT_LATENCY_US = 50_000     # tbf needs a queue bound: tc's `latency 50ms`
+TBF_MIN_BURST = 32 * 1024           # bytes: above any MTU nslab makes, so no packet waits forever
+ETH_HLEN = 14
 
 
 def _split(value, what: str, forms: str) -> tuple[float, str]:
@@ -205,8 +211,9 @@ class Conditions:
     burst: int | None = None
 
     @classmethod
-    def parse(cls, mapping) -> "Conditions":
-        """From a `conditions:` mapping; ConditionsError names the bad key and the accepted forms."""
+    def parse(cls, mapping, check: bool = True) -> "Conditions":
+        """From a `conditions:` mapping; ConditionsError names the bad key and the accepted forms.
+        check=False: a change to merge onto others (`link set --jitter` over a delay)."""
         if not isinstance(mapping, dict):
             raise ConditionsError(None, f"conditions must be a mapping of {', '.join(KEYS)}")
         for key in mapping:
@@ -223,7 +230,8 @@ class Conditions:
             except ValueError as e:
                 raise ConditionsError(key, str(e)) from None
         cond = cls(**values)
-        cond.check()
+        if check:
+            cond.check()
         return cond
 
     def check(self) -> None:
@@ -284,6 +292,14 @@ class Conditions:
             parts.append(f"limit {self.limit}")
         return " ".join(parts)
 
+    def to_pairs(self) -> tuple:
+        """The plan's form (plan.Qdisc.conditions): (key, text) pairs; from_pairs reads them."""
+        return tuple((k, str(v)) for k, v in self.to_mapping().items())
+
+    @classmethod
+    def from_pairs(cls, pairs) -> "Conditions":
+        return cls.parse(dict(pairs))
+
     def to_mapping(self) -> dict:
         """Re-parsable strings (for the lab record): parse(to_mapping()) == self.  tc's print
         form where it reads back exactly, else an exact form (bps is bytes/s in tc)."""
@@ -303,3 +319,33 @@ class Conditions:
         if self.limit is not None:
             out["limit"] = self.limit
         return out
+
+
+def effective(cond: Conditions, mtu: int = 1500) -> Conditions:
+    """The conditions with the defaults the encoder fills in (what the kernel then holds)."""
+    if cond.kind == "netem":
+        return replace(cond, limit=cond.limit or NETEM_DEFAULT_LIMIT)
+    if cond.kind == "tbf":
+        burst = cond.burst or max(TBF_MIN_BURST, cond.rate_bytes // 250, mtu + ETH_HLEN)   # >= 4 ms at rate
+        return replace(cond, burst=burst)
+    return cond
+
+
+def tc_args(cond: Conditions, mtu: int = 1500) -> list[str]:
+    """`tc qdisc replace dev DEV root` + these words sets what apply/qdisc.py sends."""
+    eff = effective(cond, mtu)
+    m = eff.to_mapping()
+    if eff.kind == "tbf":
+        queue = ["limit", f"{eff.limit * (mtu + ETH_HLEN)}b"] if eff.limit else \
+            ["latency", format_time(TBF_DEFAULT_LATENCY_US)]
+        return ["tbf", "rate", m["rate"], "burst", m["burst"], *queue]
+    if eff.kind == "netem":
+        out = ["netem"]
+        if eff.delay_us:
+            out += ["delay", m["delay"]] + ([m["jitter"]] if eff.jitter_us else [])
+        if eff.loss_u32:
+            out += ["loss", m["loss"]]
+        if eff.rate_bytes:
+            out += ["rate", m["rate"]]
+        return out + ["limit", str(eff.limit)]
+    return []

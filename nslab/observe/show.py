@@ -20,7 +20,8 @@ import os
 import socket
 from typing import Any, Iterable
 
-from ..apply import netns
+from ..apply import netns, qdisc
+from ..apply.netlink import open_route_socket
 from ..runtime.agent import health
 
 AF_BRIDGE = 7
@@ -428,6 +429,11 @@ def _read_namespace(ns: str, peer_fds: dict[str, int], full: bool = True) -> dic
             out["neigh"] = [norm_neigh(m, names) for fam in (socket.AF_INET, socket.AF_INET6)
                             for m in ipr.get_neighbours(family=fam)]
             out["fdb"] = [norm_fdb(m, names) for m in ipr.neigh("dump", family=AF_BRIDGE)]
+        sock = open_route_socket()      # link conditions: root qdiscs, decoded by apply/qdisc.py
+        try:
+            out["qdiscs"] = {dev: q.describe() for dev, q in qdisc.read(sock).items() if q.conditions is not None}
+        finally:
+            sock.close()
     return out
 
 
@@ -475,6 +481,7 @@ def collect(st, nodes: list[str]) -> dict:
                     else:
                         link["peer"] = f"if{link['link']} (netnsid {nsid}, outside the lab)"
                     link["details"] = f"veth peer {link['peer']}"
+                link["conditions"] = r["qdiscs"].get(link["name"], "")
             entry["interfaces"] = r["links"]
             main = [x for x in r["routes"] if x["table"] != "local"]
             for x in main:
@@ -537,6 +544,8 @@ def render(console, st, data: dict) -> None:
                 console.print(Text(pad + link["details"], style="dim"), soft_wrap=True)
             for a in link["addresses"]:
                 console.print(Text(pad + a["text"]), soft_wrap=True)
+            if link.get("conditions"):
+                console.print(Text(pad + "conditions " + link["conditions"], style="magenta"), soft_wrap=True)
         if not links:
             console.print(Text("  (none)", style="dim"))
         _section(console, "routes", [x["text"] for x in entry["routes"]])
