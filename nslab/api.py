@@ -47,8 +47,9 @@ class Lab:
 
     @classmethod
     def attach(cls, name: str) -> "Lab":
-        """A lab that is already running (brought up by `nslab up` or another process)."""
-        return cls(name, labmod.topology(name))
+        """A lab that is already running (brought up by `nslab up` or another process): its
+        topology and plan as built, from its record (not its file, which may have changed)."""
+        return cls(name, labmod.topology(name), labmod.applied_plan(name))
 
     def down(self) -> list[str]:
         return labmod.down(self.name)

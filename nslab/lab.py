@@ -1,4 +1,8 @@
-"""Bring labs up and down: model -> plan -> state record -> apply, and the reverse."""
+"""Bring labs up and down: model -> plan -> state record -> apply, and the reverse.
+
+`up` records what it builds (state.record_built): the topology text it loaded and the plan
+it applies, fitted to this kernel.  `topology(lab)` and `applied_plan(lab)` read that record,
+so observers and `rewire` describe the lab as built, whatever happened to its file since."""
 from __future__ import annotations
 
 import os
@@ -6,6 +10,7 @@ import shutil
 from pathlib import Path
 
 from . import model, state
+from . import plan as P
 from .apply import containers, kernel, netns
 from .apply.applier import Applier
 from .compile import compile_topology
@@ -69,13 +74,45 @@ def load(file: str, name: str | None = None, overrides: dict | None = None) -> m
     return model.load(found, name=name, overrides=overrides)
 
 
-def topology(lab: str) -> model.Topology:
-    """The resolved topology of a running lab, exactly as it was built (same file, name
-    and command-line overrides), for observers that need names, MACs and addresses."""
-    st = state.load(lab)
+def _record(lab: str, st: state.LabState | None) -> state.LabState:
+    st = st if st is not None else state.load(lab)
     if st is None:
         raise UsageError(f"no lab named {lab!r} is running")
-    return model.load(st.file, name=lab, overrides=st.overrides or None)
+    return st
+
+
+def topology(lab: str, st: state.LabState | None = None) -> model.Topology:
+    """The resolved topology of a running lab exactly as it was built: the text `up`
+    recorded, parsed again with the lab's name and command-line overrides (the user's file
+    is not read: it may have been edited or deleted since), for observers that need names,
+    MACs and addresses.  What this machine can hold was checked at `up`, not again here."""
+    st = _record(lab, st)
+    text = state.read_built(lab, state.TOPOLOGY, st)
+    try:
+        return model.load(st.file, text=text, name=lab, overrides=st.overrides or None, check_limits=False)
+    except TopologyError as e:
+        raise state.RecordError(f"lab {lab}: its recorded topology {os.path.join(st.dir, state.TOPOLOGY)} no "
+                                f"longer loads ({e}); `nslab down {lab}` and bring it up again") from None
+
+
+def applied_plan(lab: str, st: state.LabState | None = None) -> Plan:
+    """The plan `up` applied to lab `lab` (after fitting it to this kernel), read back from
+    its record and validated: RecordError (one sentence) if it is not a plan of this nslab."""
+    st = _record(lab, st)
+    text = state.read_built(lab, state.PLAN, st)
+    try:
+        return P.from_json(text)
+    except (ValueError, TypeError) as e:
+        raise state.RecordError(f"lab {lab}: its recorded plan {os.path.join(st.dir, state.PLAN)} is corrupt "
+                                f"({e})") from None
+
+
+def plan_for_this_kernel(topo: model.Topology) -> Plan:
+    """The plan `up` would apply here: compiled, then fitted to this kernel (no ipip: TUN
+    devices and encapsulators instead).  Reads the kernel, changes nothing."""
+    plan = compile_topology(topo)
+    fit_to_kernel(plan, kernel.ipip_state())
+    return plan
 
 
 def up(topo: model.Topology, overrides: dict | None = None) -> tuple[Plan, state.LabState]:
@@ -83,8 +120,7 @@ def up(topo: model.Topology, overrides: dict | None = None) -> tuple[Plan, state
     The lab's lock is held throughout: a `down`, `capture` or `rewire` of the same lab
     waits until `up` has finished or cleaned up."""
     require_root()
-    plan = compile_topology(topo)
-    fit_to_kernel(plan, kernel.ipip_state())   # no kernel ipip: TUN devices + encapsulators instead
+    plan = plan_for_this_kernel(topo)
     engine = containers.check(plan)    # container nodes: the engine answers, the images are here
     if os.path.lexists(state.lab_dir(topo.name)):
         raise _taken(topo)
@@ -113,6 +149,8 @@ def up(topo: model.Topology, overrides: dict | None = None) -> tuple[Plan, state
                 s.overrides = dict(overrides or {})
                 s.containers = containers.intended(plan, lab)   # names: down looks for them by label
             record(plan_facts)
+            # what is built, recorded before it is: observers and rewire read this, not the file
+            state.record_built(lab, _source(topo), P.to_json(plan))
             write_hosts_files(plan, st, record, adopt)
 
             def start_container(op):
@@ -136,6 +174,14 @@ def up(topo: model.Topology, overrides: dict | None = None) -> tuple[Plan, state
     finally:
         state.release(lab)
     return plan, st
+
+
+def _source(topo: model.Topology) -> str:
+    """The exact text the topology was parsed from (kept by the model as it read it)."""
+    text = topo.doc.text if topo.doc is not None else None
+    if text is None:
+        raise UsageError(f"lab {topo.name}: its topology carries no text to record (load it with model.load)")
+    return text
 
 
 class RecordingApplier(Applier):
@@ -369,8 +415,7 @@ def rewire(lab: str) -> list[str]:
         st = state.load(lab) if exists else None
         if st is None:
             raise UsageError(f"no lab named {lab!r} is running (running: {', '.join(state.labs()) or 'none'})")
-        plan = compile_topology(topology(lab))
-        fit_to_kernel(plan, kernel.ipip_state())
+        plan = applied_plan(lab, st)       # the plan as applied at up, not the file as it is now
         specs = [op for op in plan.ops if isinstance(op, Netns) and op.container is not None]
         if not specs:
             return []

@@ -9,8 +9,13 @@ neighbour -> FDB -> route order is plan order).
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import re
+import sys
+import types
+import typing
 from dataclasses import dataclass, field
 
 STAGE_NAMESPACE, STAGE_LINK, STAGE_DEVICE, STAGE_CONFIG, STAGE_ROUTE, STAGE_PROCESS = range(6)
@@ -233,3 +238,184 @@ def sysctl_key_problem(key) -> str | None:
     if os.path.normpath(path) != path or not path.startswith(SYSCTL_ROOT + "/"):   # the rules above ensure it
         return f"{key} does not name a file under {SYSCTL_ROOT}"
     return None
+
+
+# ---- the record: a plan as JSON and back (lab.up stores the plan it applied) ------------------
+#
+# Generic over the dataclasses above: an op is any dataclass of this module with a `stage`;
+# its fields are encoded by their annotations, so a new op needs no edit here.  Reading is
+# validation: the file is input (only known op types and fields, each of its annotated type).
+
+PLAN_FORMAT = 1
+
+
+def _classes() -> dict[str, type]:
+    mod = sys.modules[__name__]
+    return {name: cls for name, cls in vars(mod).items()
+            if dataclasses.is_dataclass(cls) and isinstance(cls, type) and cls.__module__ == __name__}
+
+
+def op_types() -> dict[str, type]:
+    """Every operation type of a plan, by class name."""
+    return {name: cls for name, cls in _classes().items() if hasattr(cls, "stage") and cls is not Plan}
+
+
+_HINTS: dict[type, dict[str, object]] = {}
+
+
+def _hints(cls: type) -> dict[str, object]:
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls, vars(sys.modules[__name__]))
+    return _HINTS[cls]
+
+
+def _encode(value):
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out = {}
+        for f in dataclasses.fields(value):      # defaults left out: a 10,000-node plan stays small
+            v = getattr(value, f.name)
+            if f.default is not dataclasses.MISSING and v == f.default and type(v) is type(f.default):
+                continue
+            out[f.name] = _encode(v)
+        return out
+    if isinstance(value, (tuple, list)):
+        return [_encode(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _encode(v) for k, v in value.items()}
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    raise TypeError(f"cannot record a {type(value).__name__} in a plan: {value!r}")
+
+
+def to_json(plan: Plan) -> str:
+    """The plan as JSON text (one op per line, so a diff of two records reads well)."""
+    ops = [json.dumps({"op": type(op).__name__, **_encode(op)}, sort_keys=True) for op in plan.ops]
+    head = json.dumps({"format": PLAN_FORMAT, "lab": plan.lab, "hosts": plan.hosts, "notes": _encode(plan.notes)},
+                      sort_keys=True)
+    return head[:-1] + ', "ops": [\n' + ",\n".join(ops) + "\n]}\n"
+
+
+def _what(value) -> str:
+    return "null" if value is None else {list: "a list", dict: "an object", str: "a string", bool: "a boolean"}.get(
+        type(value), "a number")
+
+
+def _name(hint) -> str:
+    return {type(None): "null", _Plain: "text, a number, a boolean, null or a list of them",
+            _Json: "JSON"}.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _decode(value, hint, where: str):
+    """`value` (from JSON) as type `hint`; ValueError naming `where` otherwise."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is type(None) or hint is None:
+        if value is None:
+            return None
+    elif origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        problems = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _decode(value, arg, where)
+            except ValueError as e:
+                problems.append(str(e))
+        raise ValueError(problems[0] if len(problems) == 1 else f"{where} is {_what(value)}, of no type it may be")
+    elif hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    elif isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        if isinstance(value, dict):
+            return _build(hint, value, where)
+    elif hint is tuple or origin is tuple:
+        if isinstance(value, list):
+            if not args:                       # bare tuple: (key, value) pairs, argv: scalars and tuples
+                return tuple(_decode(v, _Plain, f"{where}[{i}]") for i, v in enumerate(value))
+            if len(args) == 2 and args[1] is Ellipsis:
+                return tuple(_decode(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+            if len(value) != len(args):
+                raise ValueError(f"{where} has {len(value)} items, not {len(args)}")
+            return tuple(_decode(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    elif hint is list or origin is list:
+        if isinstance(value, list):
+            item = args[0] if args else _Plain
+            return [_decode(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    elif hint is dict or origin is dict:
+        if isinstance(value, dict):
+            vt = args[1] if args else _Json
+            return {k: _decode(v, vt, f"{where}.{k}") for k, v in value.items()}
+    elif hint is _Plain:
+        if value is None or isinstance(value, (str, int, float, bool)):
+            return value
+        if isinstance(value, list):
+            return tuple(_decode(v, _Plain, f"{where}[{i}]") for i, v in enumerate(value))
+    elif hint is _Json or hint is typing.Any:
+        return value
+    else:
+        raise ValueError(f"{where}: nslab cannot read a field of type {hint}")
+    raise ValueError(f"{where} is {_what(value)}, not {_name(hint)}")
+
+
+class _Plain:
+    """A bare tuple's items: JSON scalars, or tuples of them."""
+
+
+class _Json:
+    """Any JSON value (an untyped dict's values: notes)."""
+
+
+def _build(cls: type, data: dict, where: str):
+    hints = _hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"{where} has a field {cls.__name__} does not have: {unknown[0]!r}")
+    kw = {}
+    for name, f in fields.items():
+        if name in data:
+            kw[name] = _decode(data[name], hints[name], f"{where}.{name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ValueError(f"{where} has no {name!r}")
+    return cls(**kw)
+
+
+def from_json(text: str | bytes) -> Plan:
+    """The plan to_json wrote; ValueError saying what is wrong with anything else."""
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise ValueError("it is nested too deeply") from None
+    if not isinstance(data, dict):
+        raise ValueError("it is not a JSON object")
+    unknown = sorted(set(data) - {"format", "lab", "hosts", "notes", "ops"})
+    if unknown:
+        raise ValueError(f"it has a key this nslab does not know: {unknown[0]!r}")
+    if data.get("format") != PLAN_FORMAT:
+        raise ValueError(f"its format is {data.get('format')!r}, this nslab reads format {PLAN_FORMAT}")
+    kinds = op_types()
+    ops = data.get("ops")
+    if not isinstance(ops, list):
+        raise ValueError("'ops' is not a list")
+    plan = Plan(lab=_decode(data.get("lab"), str, "lab"), hosts=_decode(data.get("hosts", {}), dict[str, str], "hosts"),
+                notes=_decode(data.get("notes", {}), dict[str, _Json], "notes"))
+    for i, raw in enumerate(ops):
+        where = f"op {i + 1}"
+        if not isinstance(raw, dict):
+            raise ValueError(f"{where} is {_what(raw)}, not an object")
+        kind = raw.get("op")
+        if kind not in kinds:
+            raise ValueError(f"{where} is of an unknown type {kind!r}" if isinstance(kind, str)
+                             else f"{where} names no op type")
+        plan.ops.append(_build(kinds[kind], {k: v for k, v in raw.items() if k != "op"}, f"{where} ({kind})"))
+    return plan

@@ -376,7 +376,8 @@ class Builder:
         self._check_macs()
         topo = Topology(name=self.lab, file=self.doc.file, mtu=self.mtu, ipv6=self.ipv6, nodes=self.nodes,
                         segments=self.segments, doc=self.doc, cluster=self.cluster, tests=self.tests)
-        limits.check(topo)      # what this machine can hold (descriptors, neighbour table), before routes
+        if getattr(self.p, "check_limits", True):   # off for a running lab's record (checked at up)
+            limits.check(topo)      # what this machine can hold (descriptors, neighbour table), before routes
         self._resolve_routes()
         return topo
 
@@ -750,12 +751,15 @@ class Builder:
                 node.routes.append(Route(dst=net, nexthops=hops, origin="computed"))
 
 
-def load(file: str, text: str | None = None, name: str | None = None, overrides: dict | None = None) -> Topology:
+def load(file: str, text: str | None = None, name: str | None = None, overrides: dict | None = None,
+         check_limits: bool = True) -> Topology:
     """Parse and validate a topology file; raise TopologyError on the first problem.
-    overrides: command-line changes (backend type) applied as if written in the file."""
+    overrides: command-line changes (backend type) applied as if written in the file.
+    check_limits=False: skip what this machine can hold (re-reading a running lab's record)."""
     doc = yamldoc.load(file, text)
     parser = Parser(doc, name)
     parser.overrides = overrides or {}
+    parser.check_limits = check_limits
     topo = parser.parse().build()
     if parser.overrides.get("backend") and topo.cluster is None:
         raise UsageError(f"--backend {parser.overrides['backend']}: {doc.display_name} has no cluster: section, "

@@ -65,10 +65,11 @@ def format_path(path: tuple) -> str:
 
 
 class Doc:
-    """Plain Python data (dicts, lists, scalars) plus the line of every path."""
+    """Plain Python data (dicts, lists, scalars) plus the line of every path, and the text
+    it was read from (`up` records that text: observers re-read it, never the file)."""
 
-    def __init__(self, file: str, data: Any, lines: dict[tuple, int]):
-        self.file, self.data, self.lines = file, data, lines
+    def __init__(self, file: str, data: Any, lines: dict[tuple, int], text: str | None = None):
+        self.file, self.data, self.lines, self.text = file, data, lines, text
 
     @property
     def display_name(self) -> str:
@@ -304,7 +305,7 @@ def load(file: str, text: str | None = None) -> Doc:
         return value
 
     data = build(root, ()) if root is not None else {}
-    return Doc(file, data, lines)
+    return Doc(file, data, lines, text)
 
 
 def _encodable(s: str) -> bool:

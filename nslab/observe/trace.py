@@ -562,7 +562,7 @@ def trace(lab: str, src: str, dst: str, proto: str = "icmp", port: int | None = 
     if not 0 < timeout <= 30:
         raise UsageError(f"--timeout must be more than 0 and at most 30 seconds, not {timeout}")
     st = state.load(lab)
-    topo = labmod.topology(lab)
+    topo = labmod.topology(lab, st)     # the lab as built (its record), not its file now
     s, d = resolve(topo, src), resolve(topo, dst)
     if s.node is None:
         raise UsageError(f"the source must be a node of lab {lab} (or one of its addresses): {src} is neither")

@@ -1,5 +1,10 @@
 """Golden plans: each topology in, the rendered plan (`nslab script` output) out.
 
+The plan is the one `up` applies: compiled, then fitted to the kernel.  The kernel facts are
+explicit (KERNEL_IPIP, NSLAB_IPIP unset), so the goldens are the same on every machine: a
+kernel without ipip, as on the CI machine, where ipip devices become TUN devices plus
+userspace encapsulators.
+
 - tests/golden/<name>.yaml          -> tests/golden/<name>.script
 - topologies/<name>.yaml (shipped)   -> tests/golden/topologies/<name>.script
 
@@ -20,19 +25,28 @@ import pytest
 
 from nslab import model
 from nslab.compile import compile_topology
+from nslab.compile.kernel import fit_to_kernel
 from nslab.compile.script import render
 
 TESTS = Path(__file__).parent.parent
 GOLDEN = TESTS / "golden"
 SHIPPED = TESTS.parent / "topologies"
 UPDATE = os.environ.get("NSLAB_UPDATE_GOLDEN") == "1"
+KERNEL_IPIP = "absent"      # apply.kernel.ipip_state() of the CI machine: no ipip module
 
 CASES = [(p, p.with_suffix(".script")) for p in sorted(GOLDEN.glob("*.yaml"))] + \
         [(p, GOLDEN / "topologies" / f"{p.stem}.script") for p in sorted(SHIPPED.glob("*.yaml"))]
 
 
+@pytest.fixture(autouse=True)
+def _no_ipip_override(monkeypatch):
+    monkeypatch.delenv("NSLAB_IPIP", raising=False)     # fit_to_kernel honours it: not here
+
+
 def rendered(path: Path) -> str:
-    return render(compile_topology(model.load(str(path))))
+    plan = compile_topology(model.load(str(path)))
+    fit_to_kernel(plan, KERNEL_IPIP)
+    return render(plan)
 
 
 @pytest.mark.parametrize("src,expected", CASES,
