@@ -99,12 +99,13 @@ def table_width(columns: list[str], rows: list[list[str]], compact: bool = False
 
 
 def table(console, columns: list[str], rows: list[list[str]], title: str | None = None,
-          optional: tuple[str, ...] = (), compact: bool = False, narrow=None) -> None:
+          optional: tuple[str, ...] = (), compact: bool = False, narrow=None, styles: dict | None = None) -> None:
     """Print a table whose cells are never truncated.
 
     Piped: plain columns separated by two spaces (a cell's lines joined by ", "). On a
     terminal: a rich table if it fits; else without the `optional` columns; else narrow(console,
-    limit) if given, or one record per line (`column: value`)."""
+    limit) if given, or one record per line (`column: value`). `styles`: a style for cells whose
+    whole text is a key (e.g. PASS: green) on a terminal."""
     rows = [[str(c) for c in r] for r in rows]
     limit = fits(console)
     if limit is None:
@@ -128,8 +129,9 @@ def table(console, columns: list[str], rows: list[list[str]], title: str | None 
                                                     if compact else {}))
     for c in sub_cols:
         t.add_column(c, no_wrap=True, overflow="fold")
+    from rich.text import Text  # lazy: start-up
     for r in sub_rows:
-        t.add_row(*r)
+        t.add_row(*[Text(c, style=(styles or {}).get(c, "")) for c in r])
     console.print(t)
 
 
@@ -149,27 +151,34 @@ def _records(console, columns, rows, title, limit) -> None:
         if n:
             console.print()
         for c, v in zip(columns, r):
-            if v:
-                console.print(wrap(f"{c.rjust(pad)}: {v.replace(chr(10), ', ')}", limit, pad + 2),
-                              markup=False, highlight=False)
+            if v:             # a column without a name (a status): its value alone heads the record
+                line = f"{c.rjust(pad)}: {v.replace(chr(10), ', ')}" if c else v
+                console.print(wrap(line, limit, pad + 2), markup=False, highlight=False)
 
 
-def wrap(line: str, limit: int | None, indent: int = 4) -> str:
-    """Break a line at spaces to fit `limit`, continuation lines indented; a word longer than
-    the line (an address, a name) stays whole. limit None: the line as it is."""
+def wrap(line: str, limit: int | None, indent: int = 4, sep: str = " ") -> str:
+    """Break a line between `sep`-separated parts to fit `limit`; continuation lines are indented
+    (and start with sep's mark, e.g. "| "). A part still too long is broken at spaces; a word
+    longer than the line (an address, a name) stays whole. limit None: the line as it is."""
     if limit is None or len(line) <= limit:
         return line
-    out, cur = [], ""
-    lead = " " * indent
-    for word in line.split(" "):
-        cand = f"{cur} {word}" if cur else word
-        if len(cand) > limit and cur.strip():
-            out.append(cur.rstrip())
-            cur = lead + word
+    lead0 = line[:len(line) - len(line.lstrip(" "))]
+    mark = sep.strip() + " " if sep.strip() else ""
+    lines, cur = [], ""
+    for word in line[len(lead0):].split(sep):
+        if not cur:
+            cur = lead0 + word
+            continue
+        cand = cur + sep + word
+        if len(cand) > limit:
+            lines.append(cur)
+            cur = " " * indent + mark + word
         else:
             cur = cand
-    out.append(cur.rstrip())
-    return "\n".join(out)
+    lines.append(cur)
+    if sep != " ":
+        lines = [wrap(x, limit, indent, " ") for x in lines]
+    return "\n".join(x.rstrip() for x in lines)
 
 
 class Progress:
