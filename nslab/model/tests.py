@@ -33,7 +33,8 @@ from .. import backends
 
 KINDS = ("ping", "tcp", "http")
 TEST_KEYS = {"name", "port", "expect", "timeout", "backend", *KINDS}
-EXPECT_KEYS = {"result", "encap", "ttl", "via", "mtu"}
+EXPECT_KEYS = {"result", "encap", "ttl", "via", "mtu", "source", "endpoint"}
+SVC = "svc/"                  # a destination svc/NAME: the cluster IP and port of service NAME
 ENCAPS = ("vxlan", "ipip", "udp", "none")
 RESULTS = ("success", "failure")
 IP_MTU_OVERHEAD = 28          # IPv4 header 20 + ICMP header 8: ping -s N sends N + 28 bytes
@@ -56,6 +57,8 @@ class Check:
     line: int | None = None
     dst_ip: str = ""              # filled in once addresses are resolved
     dst_node: str | None = None   # the lab node holding dst_ip, if any
+    source: str | None = None     # http: the peer address the answering server saw (after any NAT)
+    endpoint: str | None = None   # http: the pod that answered (which endpoint a service chose)
     backends: tuple = ()          # `backend:`: the flannel backends this test was written for
 
     @property
@@ -74,7 +77,8 @@ class Check:
     def expect_text(self) -> str:
         parts = ["success" if self.expect_ok else "failure"]
         parts += [f"{k} {v}" for k, v in (("encap", self.encap), ("ttl", self.ttl), ("via", self.via),
-                                          ("mtu", self.mtu)) if v is not None]
+                                          ("mtu", self.mtu), ("source", self.source),
+                                          ("endpoint", self.endpoint)) if v is not None]
         return ", ".join(parts)
 
 
@@ -115,6 +119,9 @@ def _check(p, b, item, path) -> Check:
     dst = _destination(p, b, ends[1], path + (kind, 1))
     if dst == src:
         raise p.err(path + (kind, 1), f"source and destination are both {src}")
+    if dst.startswith(SVC) and kind == "ping":
+        raise p.err(path + (kind, 1), "a service's cluster IP answers TCP or UDP on its port, not ping "
+                                      "(kube-proxy only rewrites the service's port); use http or tcp")
     c = Check(name="", kind=kind, src=src, dst=dst, path=path, line=p.doc.line(path))
 
     if "port" in item:
@@ -124,6 +131,8 @@ def _check(p, b, item, path) -> Check:
         if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
             raise p.err(path + ("port",), f"port {port!r} is not a TCP port (1 to 65535)")
         c.port = port
+    elif dst.startswith(SVC):
+        c.port = b.cluster.services[dst[len(SVC):]].port          # the service's own port
     elif kind == "tcp":
         raise p.err(path, "a tcp test needs port: N (the port to connect to)")
     elif kind == "http":
@@ -180,6 +189,14 @@ def _expect(p, b, c: Check, spec, path) -> None:
         if isinstance(ttl, bool) or not isinstance(ttl, int) or not 1 <= ttl <= 255:
             raise p.err(path + ("ttl",), f"ttl must be an integer from 1 to 255, got {ttl!r}")
         c.ttl = ttl
+    for key in ("source", "endpoint"):
+        if key in spec and (c.kind != "http" or not c.expect_ok):
+            raise p.err(path + (key,), f"{key} is read from the answer of nslab's HTTP server: http tests that "
+                                       f"expect success only")
+    if "source" in spec:
+        c.source = str(p.address(spec["source"], path + ("source",)))
+    if "endpoint" in spec:
+        c.endpoint = _node(p, b, spec["endpoint"], path + ("endpoint",))
     if "via" in spec:
         c.via = _node(p, b, spec["via"], path + ("via",))
         if c.via in (c.src, c.dst):
@@ -205,6 +222,11 @@ def _node(p, b, value, path) -> str:
 
 
 def _destination(p, b, value, path) -> str:
+    if isinstance(value, str) and value.startswith(SVC):
+        services = b.cluster.services if b.cluster is not None else {}
+        if value[len(SVC):] not in services:
+            raise p.err(path, f"no service {value[len(SVC):]!r} (cluster services: {', '.join(services) or 'none'})")
+        return value
     if isinstance(value, str) and (value in b.nodes or "@" in value):
         return _node(p, b, value, path)
     try:
@@ -233,7 +255,9 @@ def _resolve_addresses(b, checks: list[Check]) -> None:
             raise b.err(c.path + ("backend",), "backend: names the flannel backend a test assumes; this topology "
                                                "has no cluster: section")
         kind_path = c.path + (c.kind, 1)
-        if c.dst in b.nodes:
+        if c.dst.startswith(SVC):
+            c.dst_ip, c.dst_node = str(b.cluster.services[c.dst[len(SVC):]].cluster_ip), None
+        elif c.dst in b.nodes:
             node = b.nodes[c.dst]
             if not node.addresses:
                 raise b.err(kind_path, f"{c.dst} has no address to send to")

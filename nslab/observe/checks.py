@@ -188,6 +188,13 @@ def run_check(topo, c: Check) -> Result:
             details.append(f"mtu: {why}")
             obs.append(f"mtu {c.mtu}" if got else f"mtu not {c.mtu}")
             ok &= got
+        if c.source or c.endpoint:
+            # nslab's HTTP server answers "<pod> <its ip:port> answered <peer ip:port>"
+            words = out.reply.partition(b"\r\n\r\n")[2].decode(errors="replace").split()
+            pod, peer = (words[0], words[3].rsplit(":", 1)[0]) if len(words) == 4 else ("?", "?")
+            details.append(f"answered by {pod}, which saw {peer}")
+            obs.append(f"endpoint {pod}, source {peer}")
+            ok &= c.source in (None, peer) and c.endpoint in (None, pod)
         observed = ", ".join(obs)
     return Result(c.name, c.probe_text, c.expect_text, ok, observed, details, time.monotonic() - t0, c.line)
 

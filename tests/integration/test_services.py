@@ -7,6 +7,7 @@ lab's HTTP server answers "<pod> <its address> answered <peer>").  vxlan and hos
 from __future__ import annotations
 
 import collections
+import json
 import re
 import shutil
 import sys
@@ -150,3 +151,21 @@ def test_ip_masq_false_leaves_pod_traffic_unmasqueraded(root_unchanged, lab_fact
     assert len(out) == 1 and out[0][1]["dst"] == "10.244.0.20", out
     # services still work: kube-proxy's own masquerade is independent of flannel's
     assert {pod for pod, _, _ in get(lab, "spine", "30.0.0.23", 30080, 30)} <= set(ENDPOINTS)
+
+
+def test_nslab_test_reads_the_source_and_endpoint_a_service_probe_reached(root_unchanged, lab_factory):
+    """`http: [client, svc/testappds]` probes the cluster IP; source/endpoint expectations are
+    checked against what the answering server saw, and a wrong one fails."""
+    text = SHIPPED.replace("tests:\n", "tests:\n  - {name: wrong source, http: [client, svc/testappds], "
+                                       "expect: {source: 10.244.0.99}}\n"
+                                       "  - {name: no such endpoint, http: [client, svc/testappds], "
+                                       "expect: {endpoint: client}}\n", 1)
+    lab = lab_factory(text)
+    proc = lab.nslab("test", "-l", lab.name, "--json", timeout=120)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    results = {r["name"]: r for r in json.loads(proc.stdout)["results"]}
+    failed = sorted(name for name, r in results.items() if not r["ok"])
+    assert failed == ["no such endpoint", "wrong source"], results
+    assert "source 10.244.0.20" in results["wrong source"]["observed"]
+    assert re.search(r"endpoint testappds-worker[123]", results["no such endpoint"]["observed"])
+    assert results["ClusterIP keeps the pod's source"]["ok"] and results["NodePort from outside"]["ok"]

@@ -86,3 +86,30 @@ def test_refusals(services, message):
     with pytest.raises(TopologyError) as e:
         load(services)
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_probes_may_target_a_service():
+    topo = model.load("lab.yaml", text=BASE + textwrap.dedent("""\
+          services:
+            web: {selector: web, port: 8080, targetPort: 80, clusterIP: 10.96.0.50}
+        tests:
+          - {http: [client, svc/web], expect: {source: 10.244.0.2, endpoint: web@node2}}
+          - {tcp: [client, svc/web], port: 8081, expect: failure}
+        """))
+    http, tcp = topo.tests
+    assert (http.dst_ip, http.port, http.dst_node) == ("10.96.0.50", 8080, None)
+    assert (http.source, http.endpoint) == ("10.244.0.2", "web-node2")
+    assert (tcp.dst_ip, tcp.port) == ("10.96.0.50", 8081)
+
+
+@pytest.mark.parametrize("test,message", [
+    ("{ping: [client, svc/web]}", "not ping"),
+    ("{http: [client, svc/nope]}", "no service 'nope'"),
+    ("{tcp: [client, svc/web], expect: {source: 10.244.0.2}}", "http tests that expect success only"),
+    ("{http: [client, svc/web], expect: {result: failure, endpoint: web@node1}}", "expect success only"),
+])
+def test_service_probe_refusals(test, message):
+    text = BASE + "  services:\n    web: {selector: web, port: 8080}\ntests:\n  - " + test + "\n"
+    with pytest.raises(TopologyError) as e:
+        model.load("lab.yaml", text=text)
+    assert message in str(e.value), str(e.value)
