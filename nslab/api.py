@@ -11,6 +11,7 @@ The pytest plugin (nslab/pytest_plugin.py) hands tests such an object.
 """
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from dataclasses import dataclass
@@ -99,7 +100,10 @@ class Lab:
             return str(addr)
 
     def exec(self, node: str, *argv: str, timeout: float = 30, check: bool = False) -> subprocess.CompletedProcess:
-        return subprocess.run(["ip", "netns", "exec", self.ns(node), *argv], capture_output=True, text=True,
+        """argv in the node, as `nslab exec` runs it (its network namespace and hostname)."""
+        uts = labmod.uts_path(state.lab_dir(self.name), node)
+        enter = ["nsenter", f"--uts={uts}"] if os.path.ismount(uts) else []
+        return subprocess.run([*enter, "ip", "netns", "exec", self.ns(node), *argv], capture_output=True, text=True,
                               timeout=timeout, check=check)
 
     def ping(self, src: str, dst: str, count: int = 1, size: int | None = None, dont_fragment: bool = False,

@@ -231,6 +231,7 @@ def exec_(node: str = typer.Argument(..., help="Node name."),
     lab = labmod.resolve_lab(lab)
     ns = labmod.node_namespace(lab, node)
     labmod.require_wired(lab, [node])
+    labmod.enter_uts(lab, node)              # `hostname` prints the node; ip netns exec keeps our UTS
     sys.stdout.flush()
     os.execvp("ip", _exec_argv(ns, list(cmd)))
 
@@ -244,6 +245,7 @@ def shell(node: str = typer.Argument(..., help="Node name."), lab: Optional[str]
     lab = labmod.resolve_lab(lab)
     ns = labmod.node_namespace(lab, node)
     labmod.require_wired(lab, [node])
+    labmod.enter_uts(lab, node)
     os.environ["PS1"] = f"[{lab}:{node}] \\w# "
     os.environ["NSLAB_LAB"], os.environ["NSLAB_NODE"] = lab, node
     shell_bin = "bash" if any(os.access(os.path.join(p, "bash"), os.X_OK)

@@ -5,8 +5,10 @@ it applies, fitted to this kernel.  `topology(lab)` and `applied_plan(lab)` read
 so observers and `rewire` describe the lab as built, whatever happened to its file since."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import socket
 from pathlib import Path
 
 from . import model, state
@@ -164,11 +166,13 @@ def up(topo: model.Topology, overrides: dict | None = None) -> tuple[Plan, state
                 applier.apply(plan)
             finally:
                 applier.close()
+            make_uts(st.dir, [op.node for op in plan.ops if isinstance(op, Netns) and op.container is None])
             services = [op for op in plan.ops if isinstance(op, (Serve, Daemon))]
             if services:
                 agent.start(st, services)
             record(lambda s: setattr(s, "status", "up"))
         except BaseException:
+            release_uts(lab)
             state.destroy(lab, st)
             raise
     finally:
@@ -346,7 +350,68 @@ def teardown(lab: str) -> state.Teardown:
             containers.remove(orphans)
             return state.Teardown(kept=[])
         raise UsageError(f"no lab named {lab!r} is running (running: {', '.join(state.labs()) or 'none'})")
+    release_uts(lab)
     return state.destroy(lab)
+
+
+# ---- a hostname per node ----------------------------------------------------------------------
+# Each (non-container) node gets a UTS namespace whose hostname is the node's name, as
+# Mininet and containers do: `hostname` in `nslab exec`/`shell` prints the node.  It is held
+# by a bind mount on RUN_DIR/<lab>/uts/<node> (the lab's run directory is the record: nothing
+# else on the host), entered by exec/shell (`ip netns exec` enters only the network
+# namespace), and unmounted by down, also after an `up` that was killed.
+
+CLONE_NEWUTS = 0x04000000
+UTS_DIR = "uts"
+
+
+def uts_path(run_dir: str, node: str) -> str:
+    return os.path.join(run_dir, UTS_DIR, node)
+
+
+def make_uts(run_dir: str, nodes: list[str]) -> None:
+    if not nodes:
+        return
+    os.makedirs(os.path.join(run_dir, UTS_DIR), exist_ok=True)
+    home = os.open("/proc/thread-self/ns/uts", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        for node in nodes:
+            target = uts_path(run_dir, node)
+            os.close(os.open(target, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
+            netns.unshare(CLONE_NEWUTS)
+            try:
+                socket.sethostname(node)
+                netns.mount("/proc/thread-self/ns/uts", target, None, netns.MS_BIND)
+            finally:
+                netns.setns(home, CLONE_NEWUTS)
+    finally:
+        os.close(home)
+
+
+def release_uts(lab: str) -> None:
+    """Unmount a lab's UTS namespaces (only mounts inside its own run directory)."""
+    folder = os.path.join(state.lab_dir(lab), UTS_DIR)
+    if not state.valid_lab(lab) or os.path.islink(state.lab_dir(lab)) or not os.path.isdir(folder) \
+            or os.path.islink(folder):
+        return
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
+        if os.path.ismount(path):
+            netns.umount(path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def enter_uts(lab: str, node: str) -> None:
+    """Enter NODE's UTS namespace (this process, before it execs a command in the node)."""
+    path = uts_path(state.lab_dir(lab), node)
+    if not os.path.ismount(path):
+        return                               # a container node (its own), or a lab from before
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        netns.setns(fd, CLONE_NEWUTS)
+    finally:
+        os.close(fd)
 
 
 def resolve_lab(lab: str | None) -> str:

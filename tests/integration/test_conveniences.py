@@ -129,3 +129,23 @@ def test_restarted_container_is_detected_until_rewired(root_unchanged, lab_facto
     assert nslab("test", "-l", lab.name).returncode == 0
     row = next(r for r in json.loads(nslab("ls", "--json", check=True).stdout) if r["lab"] == lab.name)
     assert row["status"] == "up"
+
+
+def _lab_mounts(name: str) -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        return [line for line in f if f"/nslab/{name}/" in line]
+
+
+def test_exec_shell_and_api_show_the_node_as_hostname(root_unchanged, lab_factory):
+    host = os.uname().nodename
+    lab = lab_factory("diy-veth.yaml")
+    assert lab.exec("ns1", "hostname", check=True).stdout == "ns1\n"
+    assert lab.exec("ns2", "cat", "/proc/sys/kernel/hostname", check=True).stdout == "ns2\n"
+    r = nslab("shell", "-l", lab.name, "ns2", input="hostname\nexit 3\n")
+    assert r.returncode == 3 and "ns2\n" in r.stdout, r
+    from nslab import Lab
+    assert Lab.attach(lab.name).exec("ns1", "hostname").stdout == "ns1\n"
+    assert len(_lab_mounts(lab.name)) == 2                   # one UTS namespace per node, in the run dir
+    assert os.uname().nodename == host                        # the host's own hostname is untouched
+    lab.down()
+    assert _lab_mounts(lab.name) == [] and os.uname().nodename == host
