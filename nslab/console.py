@@ -103,7 +103,8 @@ def table(console, columns: list[str], rows: list[list[str]], title: str | None 
     """Print a table whose cells are never truncated.
 
     Piped: plain columns separated by two spaces (a cell's lines joined by ", "). On a
-    terminal: a rich table if it fits; else without the `optional` columns; else narrow(console,
+    terminal: a rich table if it fits; else without `optional` columns, dropped one by one in
+    their order until it fits; else narrow(console,
     limit) if given, or one record per line (`column: value`). `styles`: a style for cells whose
     whole text is a key (e.g. PASS: green) on a terminal."""
     rows = [[str(c) for c in r] for r in rows]
@@ -114,9 +115,11 @@ def table(console, columns: list[str], rows: list[list[str]], title: str | None 
         console.print(_plain(columns, rows), markup=False, highlight=False)
         return
     keep = list(range(len(columns)))
-    if table_width(columns, rows, compact) > limit:
-        keep = [i for i in keep if columns[i] not in optional]
-    sub_cols, sub_rows = [columns[i] for i in keep], [[r[i] for i in keep] for r in rows]
+    for drop in (None, *optional):          # optional columns go one by one, in the order given
+        keep = [i for i in keep if columns[i] != drop]
+        sub_cols, sub_rows = [columns[i] for i in keep], [[r[i] for i in keep] for r in rows]
+        if table_width(sub_cols, sub_rows, compact) <= limit:
+            break
     if table_width(sub_cols, sub_rows, compact) > limit:
         if narrow is not None:
             narrow(console, limit)
@@ -153,7 +156,7 @@ def _records(console, columns, rows, title, limit) -> None:
         for c, v in zip(columns, r):
             if v:             # a column without a name (a status): its value alone heads the record
                 line = f"{c.rjust(pad)}: {v.replace(chr(10), ', ')}" if c else v
-                console.print(wrap(line, limit, pad + 2), markup=False, highlight=False)
+                console.print(wrap(line, limit, pad + 2), markup=False, highlight=False, soft_wrap=True)
 
 
 def wrap(line: str, limit: int | None, indent: int = 4, sep: str = " ") -> str:

@@ -275,7 +275,8 @@ def _decode_loop(cap: Capture, topo, where: str, pcap: str | None, as_json: bool
             else:
                 head = f"#{n} {ts - t0:.6f} {where} {len(data)} bytes"
                 if d is None:
-                    console.print(out.wrap(f"{head}  {summary(layers, names)}", out.fits(console)), markup=False)
+                    console.print(out.wrap(f"{head}  {summary(layers, names)}", out.fits(console)), markup=False,
+                                  soft_wrap=True)
                 else:
                     console.print(f"{head}  {d.kind}", markup=False)
                     print_decoded(console, d, names)
@@ -292,9 +293,9 @@ FIELDS = ["src_ip", "src_mac", "dst_ip", "dst_mac", "proto", "vni", "ports"]
 def decoded_dict(d, names) -> dict:
     """A decoded packet for --json: outer and inner rows, each address with the lab's name for it."""
     def row(r):
-        return dict(src_ip=r.src_ip, src_name=names.of_ip(r.src_ip), src_mac=r.src_mac, src_mac_name=names.of_mac(r.src_mac),
-                    dst_ip=r.dst_ip, dst_name=names.of_ip(r.dst_ip), dst_mac=r.dst_mac, dst_mac_name=names.of_mac(r.dst_mac),
-                    protocol=r.proto, vni=r.vni, ports=r.ports)
+        return dict(src_ip=r.src_ip, src_name=names.of_ip(r.src_ip), src_mac=r.src_mac,
+                    src_mac_name=names.of_mac(r.src_mac), dst_ip=r.dst_ip, dst_name=names.of_ip(r.dst_ip),
+                    dst_mac=r.dst_mac, dst_mac_name=names.of_mac(r.dst_mac), protocol=r.proto, vni=r.vni, ports=r.ports)
     return dict(kind=d.kind, outer=row(d.outer), inner=row(d.inner))
 
 
@@ -318,10 +319,11 @@ def print_decoded(console, d, names) -> None:
     def narrow(console, limit):
         for label, r in (("outer", d.outer), ("inner", d.inner)):
             extra = "".join(f"  {x}" for x in (r.ports, f"VNI {r.vni}" if r.vni is not None else "") if x)
-            console.print(out.wrap(f"{label}  {r.proto}{extra}", limit), markup=False)
+            console.print(out.wrap(f"{label}  {r.proto}{extra}", limit), markup=False, soft_wrap=True)
             for end, ip, mac in (("src", r.src_ip, r.src_mac), ("dst", r.dst_ip, r.dst_mac)):
                 parts = [f"{v} ({n})" if n else v for v, n in ((ip, names.of_ip(ip)), (mac, names.of_mac(mac))) if v]
-                console.print(out.wrap(f"  {end}  " + "  ".join(parts or ["-"]), limit, 7), markup=False)
+                console.print(out.wrap(f"  {end}  " + "  ".join(parts or ["-"]), limit, 7), markup=False,
+                              soft_wrap=True)
     out.table(console, COLUMNS, _cells(d, names, "\n{}"), compact=True, narrow=narrow)
 
 

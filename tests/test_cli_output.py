@@ -1,0 +1,132 @@
+"""The CLI's own layer, without root: commands parsed on the fast road from typer's declarations
+(and typer for everything else), start-up importing none of typer/click/rich/docker for a plain
+command, and tables (`up`, `ls`, `test`) that never cut a name, address or MAC at 80 and 120
+columns or piped."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from nslab import cli, clikit, console as out, lab as labmod
+
+TOPO = os.path.join(os.path.dirname(__file__), "..", "nslab", "topologies")
+ANSI = re.compile(r"\x1b\[[0-9;?]*[a-zA-Z]")
+
+
+def fast(argv):
+    found = clikit.resolve(cli.app, argv)
+    return None if found is None else (found[0].__name__, found[1])
+
+
+def test_plain_command_lines_take_the_fast_road():
+    assert fast(["down", "mylab"]) == ("down", {"target": "mylab", "all_labs": False})
+    assert fast(["down", "--all"]) == ("down", {"target": None, "all_labs": True})
+    name, kw = fast(["up", "x.yaml", "--name", "n1", "--backend=udp:8282", "-q"])
+    assert name == "up" and (kw["file"], kw["name"], kw["backend"], kw["quiet"]) == ("x.yaml", "n1", "udp:8282", True)
+    assert fast(["exec", "-l", "lab1", "h1", "--", "ping", "-c", "1", "h2"]) == \
+        ("exec_", {"node": "h1", "cmd": ["ping", "-c", "1", "h2"], "lab": "lab1"})
+    name, kw = fast(["trace", "a", "b", "--port", "81", "--timeout", "2.5"])
+    assert (kw["port"], kw["timeout"]) == (81, 2.5)
+    assert fast(["images", "build", "busybox", "--force"])[1] == {"names": ["busybox"], "force": True}
+    assert fast(["validate", "a.yaml", "b.yaml"])[1]["files"] == ["a.yaml", "b.yaml"]
+
+
+@pytest.mark.parametrize("argv", [["down", "--help"], ["--help"], [], ["down", "-x"], ["trace", "a", "b", "--port", "x"],
+                                  ["exec", "h1"], ["down", "a", "b"], ["nosuchverb"], ["images"], ["--version"],
+                                  ["--install-completion"], ["up", "--name"]])
+def test_anything_else_goes_to_typer(argv):
+    assert fast(argv) is None
+
+
+def test_every_command_is_declared_for_typer_too():
+    """--help is typer's, built from the same declarations: every recorded command is listed."""
+    text = subprocess.run([sys.executable, "-m", "nslab.cli", "--help"], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "200"}, timeout=60).stdout
+    for verb in list(cli.app.commands) + list(cli.app.groups):
+        assert re.search(rf"│ {re.escape(verb)}\s", text), verb
+    bad = subprocess.run([sys.executable, "-m", "nslab.cli", "trace", "a", "b", "--port", "x"], capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 2 and "--port" in bad.stderr       # typer's own message for a bad value
+
+
+def test_start_up_imports_nothing_heavy():
+    """`nslab down nosuchlab` (as non-root: refused) must not load typer, click, rich or docker."""
+    code = ("import sys, runpy; sys.argv = ['nslab', 'down', 'nosuchlab']\n"
+            "try:\n    runpy.run_module('nslab.cli', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'typer', 'click', 'rich', 'docker', 'requests', "
+            "'pyroute2', 'jinja2', 'scapy'}))")
+    got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert got.stdout.strip().splitlines()[-1] == "[]", got
+
+
+def render(fn, columns):
+    buf = io.StringIO()
+    console = out.make(terminal=columns is not None, columns=columns, file=buf)
+    fn(console)
+    return ANSI.sub("", buf.getvalue())
+
+
+def check_whole(text, words, columns):
+    assert "…" not in text
+    for w in words:
+        assert w in text, (w, text)
+    if columns:
+        assert max(len(line) for line in text.splitlines()) <= columns, text
+
+
+@pytest.mark.parametrize("columns", [80, 120, None], ids=["80", "120", "piped"])
+@pytest.mark.parametrize("topology,backend", [("spine-leaf.yaml", None), ("flannel-vxlan.yaml", "udp"),
+                                              ("flannel-vxlan.yaml", "ipip"), ("diy-ipip.yaml", None)])
+def test_up_table_whole_with_overlay_devices(topology, backend, columns, monkeypatch):
+    topo = labmod.load(os.path.join(TOPO, topology), name="tour-fwd-with-a-long-name",
+                       overrides={"backend": backend} if backend else None)
+    plan = labmod.plan_for_this_kernel(topo)
+    monkeypatch.setattr(cli, "console", None)
+    text = render(lambda c: (setattr(cli, "console", c), cli.built_table(topo, plan)), columns)
+    rows = cli.built_rows(topo, plan)
+    words = {r["namespace"] for r in rows} | {r["interface"] for r in rows} | {a for r in rows for a in r["address"]}
+    if columns is None or "┃ mac" in text or "  namespace " in text:   # a table may drop the MAC column
+        words |= {r["mac"] for r in rows if r["mac"]}
+    check_whole(text, words, columns)
+    devices = {r["interface"] for r in rows}
+    if topology == "spine-leaf.yaml":
+        assert {"cni0", "flannel.4000"} <= devices
+    elif backend == "udp":
+        assert {"cni0", "flannel0"} <= devices
+    elif backend == "ipip":
+        assert {"cni0"} <= devices and devices & {"flannel.ipip", "flannel.ipip"}
+    else:
+        assert "tunl1" in devices
+    if columns is None:                # piped: one line per device plus the title and the header
+        assert len(text.splitlines()) == len(rows) + 2
+        assert json.dumps(rows)        # what --json prints is serialisable
+
+
+@pytest.mark.parametrize("columns", [80, 120, None], ids=["80", "120", "piped"])
+def test_generic_table_never_cuts(columns):
+    cols = ["lab", "status", "nodes", "backend", "file"]
+    rows = [["tour-fwd-with-a-long-name", "degraded: agent (pid 4242) not running; warden not running", "1044", "vxlan",
+             "/home/someone/labs/long-directory-name/and-another/clos-8-100-100.yaml"],
+            ["t2", "up", "3", "-", "/tmp/x.yaml"]]
+    text = render(lambda c: out.table(c, cols, rows), columns)
+    check_whole(text, [w for r in rows for w in r], columns)
+
+
+def test_wrap_keeps_words_whole():
+    line = "       outer eth 1a:af:f7:56:d8:c6 > d6:06:40:41:dd:52 | ip 10.0.0.21 > 30.0.0.23 ttl 64 | udp 58071 > 4789"
+    for limit in (40, 60, 80):
+        text = out.wrap(line, limit, 12, " | ")
+        assert all(len(x) <= limit for x in text.splitlines())
+        assert text.replace("\n", " ").split() == [w for w in line.split()]   # same words, same order, none split
+
+
+def test_a_word_longer_than_the_terminal_stays_whole():
+    path = "/srv/" + "x" * 90 + "/clos.yaml"
+    text = render(lambda c: out.table(c, ["lab", "file"], [["l1", path]]), 80)
+    assert path in text and "…" not in text
