@@ -92,7 +92,21 @@ def built_table(topo, plan) -> None:
         last = r["node"]
         rows.append([r["node"] if first else "", r["kind"] if first else "", r["namespace"] if first else "",
                      r["interface"], r["type"], "\n".join(r["address"]), r["peer"], r["mac"], str(r["mtu"])])
-    out.table(console, BUILT_COLUMNS, rows, title=f"lab {topo.name}", optional=("kind", "type", "mtu", "mac"))
+
+    def narrow(console, limit):        # a node's line, then one line per interface
+        console.print(f"lab {topo.name}", markup=False)
+        node = None
+        for r in built_rows(topo, plan):
+            if r["node"] != node:
+                node = r["node"]
+                console.print(out.wrap(f"{node}  {r['kind']}  namespace {r['namespace']}", limit), markup=False,
+                              soft_wrap=True)
+            parts = [r["interface"], r["type"], " ".join(r["address"]), r["peer"] and f"peer {r['peer']}", r["mac"],
+                     r["mtu"] and f"mtu {r['mtu']}"]
+            console.print(out.wrap("  " + "  ".join(p for p in parts if p), limit, 6), markup=False,
+                          soft_wrap=True)
+    out.table(console, BUILT_COLUMNS, rows, title=f"lab {topo.name}", optional=("kind", "type", "mtu", "mac"),
+              narrow=narrow)
 
 
 @app.command()
