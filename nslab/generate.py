@@ -22,6 +22,7 @@ import textwrap
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 
+from . import backends
 from .errors import UsageError
 from .model.types import LAB_NAME_RE, MAX_LAB_NAME
 
@@ -51,13 +52,30 @@ WHY_MAX = {
     ("linear", "M"): "hosts per switch",
     ("tree", "FANOUT"): "a bottom switch is a /24 with its gateway at .254",
 }
-BACKENDS = ("vxlan", "host-gw", "ipip", "udp")
-ENCAP = {"vxlan": "vxlan", "host-gw": "none", "ipip": "ipip", "udp": "udp"}
-# TTL a pod's ping arrives with at a pod on another node: both nodes forward (64 - 2); with
-# udp, flanneld also decrements on each side as it moves the packet through flannel0.
-POD_TTL = {"vxlan": 62, "host-gw": 62, "ipip": 62, "udp": 60}
-BACKEND_YAML = {"vxlan": "{type: vxlan, vni: 1, port: 8472}", "host-gw": "{type: host-gw}",
-                "ipip": "{type: ipip}", "udp": "{type: udp, port: 8285}"}
+
+
+def _encap(backend: str) -> str:
+    """What a test's `encap:` expects across nodes: the backend if it encapsulates."""
+    return backend if backends.get(backend).wire is not None else "none"
+
+
+def _pod_ttl(backend: str) -> int:
+    """TTL a pod's ping arrives with at a pod on another node: both nodes forward (64 - 2),
+    and a userspace dataplane may take more (udp: flanneld decrements on each side)."""
+    plane = backends.get(backend).dataplane
+    return 62 - (plane.ttl_hops if plane is not None else 0)
+
+
+def _backend_yaml(backend: str) -> str:
+    """The backend section, its defaults written out: `{type: vxlan, vni: 1, port: 8472}`."""
+    b = backends.get(backend)
+    config = b.parse({"type": backend}, (), _no_error, _no_error)
+    return "{" + ", ".join([f"type: {backend}"] + [f"{key}: {getattr(config, key)}" for key in ("vni", "port")
+                                                   if key in b.keys]) + "}"
+
+
+def _no_error(*args):      # parse of the defaults alone: nothing to refuse
+    raise AssertionError(args)
 
 
 @dataclass
@@ -228,14 +246,14 @@ def _cluster(shape: Shape, name: str, backend: str, serve: str | None) -> dict:
     network = "10.244.0.0/16" if total <= 256 else f"10.128.0.0/{24 - math.ceil(math.log2(total))}"
     pods = [f"pod{k}" for k in range(1, p + 1)]
     first, last = racks[0]["nodes"][0]["name"], racks[-1]["nodes"][-1]["name"]
-    encap = ENCAP[backend]
+    encap = _encap(backend)
     tests = []
     if total > 1:
         where = "the farthest racks" if r > 1 else "the first and last node"
         tests += [dict(name=f"pod to pod across {where}", kind="ping", src=f"pod1@{first}", dst=f"pod1@{last}",
-                       expect=f"{{encap: {encap}, ttl: {POD_TTL[backend]}}}"),
+                       expect=f"{{encap: {encap}, ttl: {_pod_ttl(backend)}}}"),
                   dict(name="and back", kind="ping", src=f"pod1@{last}", dst=f"pod1@{first}",
-                       expect=f"{{encap: {encap}, ttl: {POD_TTL[backend]}}}")]
+                       expect=f"{{encap: {encap}, ttl: {_pod_ttl(backend)}}}")]
         if serve:
             tests.append(dict(name=f"http across {where}", kind="http", src=f"pod1@{first}", dst=f"pod1@{last}",
                               expect=f"{{encap: {encap}}}"))
@@ -248,7 +266,7 @@ def _cluster(shape: Shape, name: str, backend: str, serve: str | None) -> dict:
     if not tests:
         tests.append(dict(name="node to its own pod (on cni0)", kind="ping", src=first, dst=f"pod1@{first}",
                           expect="{encap: none, ttl: 64}"))
-    return dict(racks=racks, spine="spine" if r > 1 else None, network=network, backend_yaml=BACKEND_YAML[backend],
+    return dict(racks=racks, spine="spine" if r > 1 else None, network=network, backend_yaml=_backend_yaml(backend),
                 pods=pods, serve=serve, tests=tests,
                 summary=[f"flannel cluster ({backend}): {r} rack{'s' * (r > 1)} x {n} node{'s' * (n > 1)} x "
                          f"{p} pod{'s' * (p > 1)} per node = {total:,} node{'s' * (total > 1)}, "
@@ -370,8 +388,8 @@ def render(shape: Shape | str, name: str | None = None, backend: str | None = No
                          f"(at most {MAX_LAB_NAME} characters)")
     if shape.kind != "cluster" and (backend or serve):
         raise UsageError(f"--{'backend' if backend else 'serve'} applies to cluster shapes, not {shape.kind}")
-    if backend is not None and backend not in BACKENDS:
-        raise UsageError(f"--backend {backend!r}: use one of {', '.join(BACKENDS)}")
+    if backend is not None and backend not in backends.names():
+        raise UsageError(f"--backend {backend!r}: use one of {', '.join(backends.names())}")
     if serve is not None and serve != "http":
         raise UsageError(f"--serve {serve!r}: nslab can serve http")
     if shape.kind == "cluster":

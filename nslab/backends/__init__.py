@@ -73,6 +73,10 @@ class Style:
     legend: str                 # the words of the legend
 
 
+# A pair of nodes its backend routes without encapsulation (host-gw; DirectRouting's peers)
+DIRECT = Style("#27ae60", "direct route (no encapsulation)")
+
+
 @dataclass(frozen=True)
 class Wire:
     """How the backend's packets look on the wire, for decode / test / trace.
@@ -104,6 +108,7 @@ class Dataplane:
     kind: str
     process_name: bytes         # PR_SET_NAME: what `ss -ulpn` and `ps` show
     describe: Callable[[Any], str]   # plan.Daemon op -> one line for `nslab script`
+    ttl_hops: int = 0           # TTL it takes off each packet it carries, beyond the kernel's routing
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ segment (check below); across racks, vxlan with directRouting does the same wher
 from __future__ import annotations
 
 from .. import plan as P
-from . import Backend, Config, Style
+from . import DIRECT, Backend, Config
 
 
 def parse(spec: dict, path: tuple, err, mtu) -> Config:
@@ -34,7 +34,7 @@ BACKEND = Backend(
     keys=frozenset({"type"}),
     overhead=0, overhead_source="flannel pkg/backend/hostgw/hostgw.go: plain routes, the link MTU unchanged",
     parse=parse, device=lambda c: None, ops=ops, direct=lambda c, node, peer: True,
-    style=Style("#27ae60", "direct route (no encapsulation)"),
+    style=DIRECT,                          # every pair is drawn as a direct route
     summary=lambda c: "host-gw",
     edge_label=lambda c: "direct",
     check=check,

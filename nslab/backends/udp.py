@@ -48,5 +48,6 @@ BACKEND = Backend(
     summary=lambda c: f"udp port {c.port}",
     edge_label=lambda c: f"udp :{c.port}",
     wire=Wire(layer="flannel-udp", ip_proto=17, inner="ip", description="UDP (flannel udp)"),
-    dataplane=Dataplane(kind="udp", process_name=b"flanneld", describe=describe),
+    # flanneld decrements the TTL as it reads from and as it writes into flannel0 (one each side)
+    dataplane=Dataplane(kind="udp", process_name=b"flanneld", describe=describe, ttl_hops=2),
 )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import shlex
 from ipaddress import IPv4Interface, IPv4Network
 
+from .. import backends
 from .. import plan as P
 from ..model.containers import LABEL_LAB, container_name
 
@@ -93,8 +94,8 @@ def render_op(op) -> list[str]:
     if isinstance(op, P.TxChecksum):
         return [f"ip netns exec {_q(op.ns)} ethtool -K {_q(op.dev)} tx {'on' if op.on else 'off'}"]
     if isinstance(op, P.Daemon):
-        return [_comment(f"# {op.node}: {describe(op)}"),
-                "#   " + _comment(f"by hand: ip netns exec {_q(op.ns)} python3 -m nslab.tunnel {_q(op.kind)} "
+        return [_comment(f"# {op.node}: {backends.describe_daemon(op)}"),
+                "#   " + _comment(f"by hand: ip netns exec {_q(op.ns)} python3 -m nslab.runtime.tunnels {_q(op.kind)} "
                                   f"{_q(op.dev)} " + " ".join(_q(f"{k}={v}") for k, v in op.config
                                                               if not isinstance(v, tuple)) + " &")]
     if isinstance(op, P.Iptables):
@@ -149,16 +150,6 @@ def removal(plan: P.Plan) -> str:
     if "\n" in line or "\r" in line:   # a quoted line break would end the comment: never from validate
         raise ValueError("a name in the plan has a line break; cannot print its removal as one line")
     return line
-
-
-def describe(op) -> str:
-    """One line for `nslab script`: what stands in for a Daemon op."""
-    c = dict(op.config)
-    if op.kind == "udp":
-        return (f"flannel's udp proxy (nslab's tunnel daemon): reads {op.dev}, sends each packet as one UDP "
-                f"datagram {c['local']}:{c['port']} -> <owner node>:{c['port']}, writes what arrives into {op.dev}")
-    return (f"userspace ipip on TUN {op.dev} (this kernel has no ipip): outer IP {c['local']} -> "
-            f"{c['remote'] if c['remote'] != 'any' else 'the route gateway'}, protocol 4")
 
 
 def script_lines(op) -> list[str]:

@@ -4,7 +4,7 @@ statically (no etcd, no API server).
 Parsing turns cluster nodes into hosts on underlay segments and pods into namespaces
 whose eth0 is a veth on their node's cni0; it assigns flannel's subnet leases in node
 order.  What flannel then writes to each node's kernel (VTEP devices, neighbours, FDB,
-routes) is compiled by nslab/flannel.py.
+routes) is compiled by nslab/compile/cluster.py from the backend's module (nslab/backends/).
 """
 from __future__ import annotations
 
@@ -14,43 +14,17 @@ from dataclasses import dataclass, field
 from itertools import islice
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
+from .. import backends
+from ..backends import Config
 from . import services as services_model
-from ..errors import UsageError
-from .types import IFNAMSIZ, Bridge, Nexthop, Route, stable_mac
+from .types import Bridge, Nexthop, Route, stable_mac
 
-# Bytes each backend adds to a packet; flannel subtracts them from the underlay MTU.
-# vxlan: encapOverhead = 50 (outer Ethernet 14 + IP 20 + UDP 8 + VXLAN 8),
-# ipip: 20 (outer IP), udp: 28 (outer IP 20 + UDP 8), host-gw: none (plain routing).
-OVERHEAD = {"vxlan": 50, "host-gw": 0, "ipip": 20, "udp": 28}
-BACKEND_KEYS = {
-    "vxlan": {"type", "vni", "port", "mtu", "directRouting", "gbp"},
-    "host-gw": {"type"},
-    "ipip": {"type", "directRouting", "mtu"},
-    "udp": {"type", "port"},
-}
-IMPLEMENTED = {"vxlan", "host-gw", "ipip", "udp"}
+# A backend's keys, defaults, MTU overhead, device and rules are its module's, in nslab/backends/.
 DEFAULT_NETWORK = "10.244.0.0/16"
-VXLAN_DEFAULT_PORT = 8472      # flannel passes port 0 and Linux's vxlan uses its legacy 8472
-UDP_DEFAULT_PORT = 8285
 CLUSTER_KEYS = {"network", "subnetLen", "iface", "ipMasq", "backend", "nodes", "pods", "services", "serviceCIDR"}
 NODE_KEYS = {"segment", "ip", "subnet"}
 POD_KEYS = {"node", "daemonset", "ip", "serve", "image", "command", "env", "cap_add"}
 HOST_VETH_RE = re.compile(r"veth[0-9a-f]{8}")     # host_veth_name's names
-
-
-@dataclass
-class Backend:
-    type: str = "vxlan"
-    vni: int = 1
-    port: int = VXLAN_DEFAULT_PORT
-    mtu: int | None = None
-    direct_routing: bool = False
-    gbp: bool = False
-
-    @property
-    def device(self) -> str | None:
-        """The device flannel creates: flannel.<VNI>, flannel.ipip, flannel0 (udp)."""
-        return {"vxlan": f"flannel.{self.vni}", "ipip": "flannel.ipip", "udp": "flannel0"}.get(self.type)
 
 
 @dataclass
@@ -81,7 +55,7 @@ class Cluster:
     subnet_len: int
     iface: str
     ip_masq: bool
-    backend: Backend
+    backend: Config
     nodes: dict[str, ClusterNode]
     pods: dict[str, Pod]
     service_cidr: IPv4Network | None = None
@@ -120,7 +94,8 @@ def parse(p, b, spec, path) -> None:
     ip_masq = spec.get("ipMasq", True)
     if not isinstance(ip_masq, bool):
         raise p.err(path + ("ipMasq",), f"ipMasq must be true or false, got {ip_masq!r}")
-    backend = _backend(p, spec.get("backend"), path + ("backend",))
+    backend = backends.parse(p.mapping(spec.get("backend"), path + ("backend",), what="backend"),
+                             path + ("backend",), p.err, p.mtu, override=p.overrides.get("backend"))
     # the underlay interface shares each node's namespace with what flannel and the bridge
     # CNI create there
     if iface in (backend.device, "cni0") or HOST_VETH_RE.fullmatch(iface):
@@ -177,16 +152,7 @@ def parse(p, b, spec, path) -> None:
         if subnet is None:
             raise p.err(npath, f"the pod network {network} has no /{subnet_len} left for {name}: "
                                f"more nodes than subnets")
-        node_mtu = backend.mtu if backend.mtu is not None else seg.mtu - OVERHEAD[backend.type]
-        if backend.mtu is None and node_mtu < 68:
-            raise p.err(path + ("backend", "type"), f"underlay MTU {seg.mtu} of segment {seg_name} is too small for "
-                                                    f"{backend.type}: {OVERHEAD[backend.type]} bytes of encapsulation "
-                                                    f"leave {node_mtu}, below the IPv4 minimum of 68")
-        if backend.mtu is not None and backend.mtu > seg.mtu - OVERHEAD[backend.type]:
-            raise p.err(path + ("backend", "mtu"), f"backend MTU {backend.mtu} does not fit segment {seg_name}'s MTU "
-                                                   f"{seg.mtu} minus {OVERHEAD[backend.type]} bytes of "
-                                                   f"{backend.type} encapsulation (at most "
-                                                   f"{seg.mtu - OVERHEAD[backend.type]})")
+        node_mtu = backends.flannel_mtu(backend, seg.mtu, seg_name, path + ("backend",), p.err)
         host = b.add_node(name, "host", {}, npath, mtu=seg.mtu)
         host.sysctls["net.ipv4.ip_forward"] = "1"   # kubelet/flannel nodes forward pod traffic
         b.attach(seg.name, name, iface=iface, ip=IPv4Interface(f"{ip}/{seg.subnet.prefixlen}"), path=npath)
@@ -200,63 +166,6 @@ def parse(p, b, spec, path) -> None:
     cluster.iptables = "ipMasq" in spec or bool(cluster.services)
     b.cluster = cluster
     b.extensions.append(lambda builder: _check_underlay(builder, cluster, path))
-
-
-def _backend(p, spec, path) -> Backend:
-    spec = dict(p.mapping(spec, path, what="backend"))
-    override = p.overrides.get("backend")
-    if override:
-        # --backend TYPE[:PORT] (udp:8282 is note 001's udp walk-through).  Switching type
-        # keeps only the keys that mean the same for every backend (directRouting, mtu);
-        # a vxlan port is no udp port.
-        otype, _, oport = str(override).partition(":")
-        if otype != spec.get("type", "vxlan"):
-            spec = {k: v for k, v in spec.items() if k in ("directRouting", "mtu")}
-        spec = {k: v for k, v in spec.items() if k in BACKEND_KEYS.get(otype, {"type"})}
-        spec["type"] = otype
-        if oport:
-            # values from the command line: the error names the option, not the file
-            if otype not in ("vxlan", "udp"):
-                raise UsageError(f"--backend {override}: only vxlan and udp take a port (--backend udp:8282)")
-            if not (oport.isascii() and oport.isdigit() and len(oport) <= 5 and 1 <= int(oport) <= 65535):
-                raise UsageError(f"--backend {override}: {oport!r} is not a UDP port (1 to 65535)")
-            spec["port"] = int(oport)
-        if otype not in BACKEND_KEYS:
-            raise UsageError(f"--backend {override}: unknown backend {otype!r} (flannel backends: "
-                             f"{', '.join(BACKEND_KEYS)})")
-    btype = spec.get("type", "vxlan")
-    if not isinstance(btype, str) or btype not in BACKEND_KEYS:
-        raise p.err(path + ("type",), f"unknown backend {btype!r} (flannel backends: {', '.join(BACKEND_KEYS)})")
-    if btype not in IMPLEMENTED:
-        raise p.err(path + ("type",), f"backend {btype} is not available in this version of nslab "
-                                      f"(available: {', '.join(sorted(IMPLEMENTED))})")
-    p.mapping(spec, path, BACKEND_KEYS[btype], what=f"{btype} backend")
-    be = Backend(type=btype)
-    if btype == "udp":
-        be.port = UDP_DEFAULT_PORT
-    if "vni" in spec:
-        vni = spec["vni"]
-        if isinstance(vni, bool) or not isinstance(vni, int) or not 0 <= vni <= 0xFFFFFF:
-            raise p.err(path + ("vni",), f"VNI {vni!r} is out of range: a VXLAN network identifier is 24 bits "
-                                         f"(0 to 16777215)")
-        if len(f"flannel.{vni}") >= IFNAMSIZ:
-            raise p.err(path + ("vni",), f"VNI {vni} makes flannel's device name, flannel.{vni}, "
-                                         f"{len(f'flannel.{vni}')} characters long; Linux allows at most "
-                                         f"{IFNAMSIZ - 1} (use a VNI below 10000000)")
-        be.vni = vni
-    if "port" in spec:
-        port = spec["port"]
-        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-            raise p.err(path + ("port",), f"port {port!r} is not a UDP port (1 to 65535)")
-        be.port = port
-    if "mtu" in spec:
-        be.mtu = p.mtu(spec["mtu"], path + ("mtu",))
-    for key, attr in (("directRouting", "direct_routing"), ("gbp", "gbp")):
-        if key in spec:
-            if not isinstance(spec[key], bool):
-                raise p.err(path + (key,), f"{key} must be true or false, got {spec[key]!r}")
-            setattr(be, attr, spec[key])
-    return be
 
 
 def _pods(p, b, cluster: Cluster, spec, path) -> None:
@@ -343,13 +252,4 @@ def _check_underlay(b, cluster: Cluster, path) -> None:
                 raise b.err(node.path, f"{node.name}'s address {iface.ip} on {iface.name} is inside the pod "
                                        f"network {cluster.network}; the underlay and the pod network must not "
                                        f"overlap")
-    if cluster.backend.type == "host-gw":
-        # flannel's host-gw adds `<subnet> via <node IP> dev <iface>`: the kernel refuses a
-        # gateway that is not directly connected, so every node must share one L2 segment.
-        nodes = list(cluster.nodes.values())
-        for n in nodes[1:]:
-            if n.segment != nodes[0].segment:
-                raise b.err(n.path + ("segment",),
-                            f"host-gw routes pod subnets via node IPs, so every node must be on one L2 segment: "
-                            f"{n.name} ({n.ip}) is on {n.segment} but {nodes[0].name} ({nodes[0].ip}) is on "
-                            f"{nodes[0].segment}; use vxlan (with directRouting) across racks")
+    backends.check_cluster(cluster, b.err)

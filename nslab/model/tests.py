@@ -35,8 +35,12 @@ KINDS = ("ping", "tcp", "http")
 TEST_KEYS = {"name", "port", "expect", "timeout", "backend", *KINDS}
 EXPECT_KEYS = {"result", "encap", "ttl", "via", "mtu", "source", "endpoint"}
 SVC = "svc/"                  # a destination svc/NAME: the cluster IP and port of service NAME
-ENCAPS = ("vxlan", "ipip", "udp", "none")
 RESULTS = ("success", "failure")
+
+
+def encaps() -> tuple[str, ...]:
+    """How a probe may leave: a backend that encapsulates (its module's `wire`), or not at all."""
+    return tuple(b.name for b in backends.all() if b.wire is not None) + ("none",)
 IP_MTU_OVERHEAD = 28          # IPv4 header 20 + ICMP header 8: ping -s N sends N + 28 bytes
 
 
@@ -181,8 +185,8 @@ def _expect(p, b, c: Check, spec, path) -> None:
                                           f"result: failure")
     if "encap" in spec:
         encap = spec["encap"]
-        if encap not in ENCAPS:
-            raise p.err(path + ("encap",), f"encap must be one of {', '.join(ENCAPS)}, got {encap!r}")
+        if encap not in encaps():
+            raise p.err(path + ("encap",), f"encap must be one of {', '.join(encaps())}, got {encap!r}")
         c.encap = encap
     if "ttl" in spec:
         ttl = spec["ttl"]

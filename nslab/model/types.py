@@ -8,17 +8,16 @@ import re
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
+from ..backends import IFNAMSIZ, IPV4_MIN_MTU as MIN_MTU   # linux/if.h; RFC 791 (defined once, below us)
 from .yamldoc import Doc
 
 DEFAULT_MTU = 1500
-MIN_MTU = 68  # the IPv4 minimum (RFC 791); the kernel refuses less on an IPv4 device
 MAX_MTU = 65535
 DEFAULT_LINK_POOL = "172.31.0.0/16"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 LAB_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 MAX_LAB_NAME = 32
 MAX_NODE_NAME = 63
-IFNAMSIZ = 16
 NAME_MAX = 255          # a file name under /run/netns (a namespace name), in bytes
 # Devices the kernel itself puts in every new namespace once their module is loaded (the
 # fallback tunnels); a lab interface with one of these names fails at `up` on such a host.

@@ -11,6 +11,7 @@ import time
 from xml.etree import ElementTree as ET
 from dataclasses import dataclass, field
 
+from .. import backends
 from ..apply import netns
 from ..model.tests import IP_MTU_OVERHEAD, Check, underlay_node
 from . import probe
@@ -200,21 +201,20 @@ def run_check(topo, c: Check) -> Result:
 
 
 def encap_ports(topo) -> dict[int, str]:
-    """UDP destination ports that carry encapsulated traffic in this lab (flannel's backend)."""
-    be = topo.cluster.backend if topo.cluster else None
-    return {be.port: be.type} if be and be.type in ("vxlan", "udp") else {}
+    """UDP destination ports that carry encapsulated traffic in this lab: the one classifier's
+    (VXLAN on 4789 and 8472 in any lab, DIY tunnels included; the cluster backend's port)."""
+    return backends.encap_ports(topo.cluster.backend if topo.cluster else None)
 
 
 def _encap(topo, frames, iface: str | None) -> tuple[str, str]:
     """How the probe left: (vxlan|ipip|udp|none, explanation).  Watching a whole namespace,
     the most encapsulated outgoing frame counts (a tunnel device sends the inner packet too)."""
-    kinds = {"vxlan": "vxlan", "ipip": "ipip", "flannel-udp": "udp"}
     best = None
     for name, outgoing, hatype, data in frames:
         if not outgoing:
             continue
         layers = decode(data, hatype, encap_ports(topo))
-        got = next((kinds[l["layer"]] for l in split(layers)[0] if l["layer"] in kinds), "none")
+        got = backends.classify(split(layers)[0]) or "none"
         if best is None or (best[0] == "none" and got != "none"):
             best = (got, f"left {name} as {format_layers(layers)}")
     if best is None:

@@ -2,11 +2,12 @@
 
 `decode(frame, hatype, encap)` turns one frame into a list of header dicts, outermost
 first: eth, arp, ip, icmp (with the packet an ICMP error quotes), tcp, udp, and the
-tunnels of the lab: vxlan, ipip, flannel-udp.  It reads the bytes itself rather than with
+tunnels of the lab: each flannel backend's header as its module's `wire` describes it
+(vxlan, ipip, flannel-udp).  It reads the bytes itself rather than with
 scapy, whose import alone costs ~0.2 s at every start of `nslab capture --decode`,
-`nslab trace` and `nslab test`.  A tunnel is known by the lab's configuration, not by the packet:
-vxlan = UDP to a configured port (`encap`), ipip = IP protocol 4, udp = a raw IPv4 packet
-as the payload of UDP to the lab's port (flannel's udp proxy).
+`nslab trace` and `nslab test`.  A tunnel is known by the lab's configuration, not by the packet: the one classifier in
+nslab/backends/ gives the UDP ports (`encap`, backends.encap_ports: vxlan on 4789 and
+8472 in any lab, the lab's backend on its port) and the IP protocols (ipip = 4).
 
 `rows(layers, backend, port)` gives note 002's outer and inner rows (src IP, src MAC,
 dst IP, dst MAC, protocol, VNI, UDP ports) of a packet of the lab's tunnel; `summary`
@@ -20,23 +21,15 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import backends
+
 ARPHRD_ETHER, ARPHRD_LOOPBACK = 1, 772                    # packet socket link types
 LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2 = 1, 113, 276   # pcap link types
-DEFAULT_VXLAN_PORTS = (4789, 8472)                        # IANA's and Linux's: VXLAN in any lab
 ICMP_NAMES = {0: "echo reply", 8: "echo request", 3: "destination unreachable", 11: "time exceeded",
               12: "parameter problem"}
 UNREACH_CODES = {0: "net unreachable", 1: "host unreachable", 2: "protocol unreachable",
                  3: "port unreachable", 4: "fragmentation needed", 9: "net prohibited",
                  10: "host prohibited", 13: "communication administratively prohibited"}
-
-
-def encap_ports(backend_type: str = "", port: int | None = None) -> dict[int, str]:
-    """The `encap` of `decode` for a lab: VXLAN on its usual ports, and the lab's backend
-    (vxlan or flannel's udp) on its own port."""
-    ports = {p: "vxlan" for p in DEFAULT_VXLAN_PORTS}
-    if backend_type in ("vxlan", "udp") and port:
-        ports[port] = backend_type
-    return ports
 
 
 # --- frames into layers (pure) ---------------------------------------------------------------
@@ -47,7 +40,7 @@ def _mac(b: bytes) -> str:
 
 def decode(frame: bytes, hatype: int = ARPHRD_ETHER, encap: dict[int, str] | None = None) -> list[dict]:
     """A frame as a list of header dicts, outermost first.  `encap` maps UDP destination
-    ports to the encapsulation they carry ("vxlan", or "udp" for flannel's UDP backend);
+    ports to the backend type they carry (backends.encap_ports);
     devices without a link header (TUN, IPIP) start at the IP header."""
     layers: list[dict] = []
     if hatype in (ARPHRD_ETHER, ARPHRD_LOOPBACK):
@@ -112,15 +105,19 @@ def _ip(data: bytes, layers: list, encap: dict, quoted: bool = False) -> None:
         sport, dport = struct.unpack("!HH", payload[:4])
         layers.append({"layer": "udp", "sport": sport, "dport": dport})
         kind = None if quoted else encap.get(dport)
-        if kind == "vxlan" and len(payload) >= 16:
-            layers.append({"layer": "vxlan", "vni": int.from_bytes(payload[12:15], "big")})
-            _eth(payload[16:], layers, encap)
-        elif kind == "udp":
-            layers.append({"layer": "flannel-udp"})
-            _ip(payload[8:], layers, encap)
-    elif proto == 4 and not quoted:
-        layers.append({"layer": "ipip"})
-        _ip(payload, layers, encap)
+        if kind is not None:
+            _tunnel(backends.get(kind).wire, payload[8:], layers, encap)
+    elif not quoted and proto in (tunnels := backends.ip_protocols()):     # 4: ipip
+        _tunnel(backends.get(tunnels[proto]).wire, payload, layers, encap)
+
+
+def _tunnel(wire, data: bytes, layers: list, encap: dict) -> None:
+    """A backend's own header (wire.header_len bytes, read by wire.fields), then what it carries."""
+    if len(data) < wire.header_len:
+        return
+    header = data[:wire.header_len]
+    layers.append({"layer": wire.layer, **(wire.fields(header) if wire.fields else {})})
+    (_eth if wire.inner == "eth" else _ip)(data[wire.header_len:], layers, encap)
 
 
 def _icmp(payload: bytes, layers: list, encap: dict, quoted: bool) -> None:
@@ -142,8 +139,9 @@ def _icmp(payload: bytes, layers: list, encap: dict, quoted: bool) -> None:
 
 def split(layers: list[dict]) -> tuple[list[dict], list[dict]]:
     """(outer, inner): inner starts after the last encapsulation header (vxlan, ipip,
-    flannel-udp); outer is empty when the frame is not encapsulated."""
-    cut = max((i + 1 for i, l in enumerate(layers) if l["layer"] in ("vxlan", "ipip", "flannel-udp")), default=0)
+    flannel-udp: backends.encap_layers); outer is empty when the frame is not encapsulated."""
+    kinds = backends.encap_layers()
+    cut = max((i + 1 for i, l in enumerate(layers) if l["layer"] in kinds), default=0)
     return layers[:cut], layers[cut:]
 
 
@@ -210,32 +208,30 @@ class Row:
 
 @dataclass
 class Decoded:
-    kind: str                # vxlan | ipip | udp
+    kind: str                # the backend type: vxlan | ipip | udp
     outer: Row
     inner: Row
 
 
 def rows(layers: list[dict], backend_type: str, port: int | None) -> Decoded | None:
     """The outer/inner rows of a packet of the lab's tunnel (its backend type, on its port),
-    or None for any other packet.  `layers` come from `decode` with `encap_ports(backend_type, port)`."""
+    or None for any other packet.  `layers` come from `decode` with the lab's
+    backends.encap_ports."""
     i = next((n for n, l in enumerate(layers) if l["layer"] == "ip"), None)
-    if i is None:
+    wire = backends.get(backend_type).wire if backend_type in backends.names() else None
+    if i is None or wire is None:
         return None
     outer, rest = _row(layers[:i + 1]), layers[i + 1:]    # the outer IP and the link header before it
-    kinds = [l["layer"] for l in rest]
-    if backend_type == "ipip" and kinds[:1] == ["ipip"]:
-        outer.proto = "IPIP (IP proto 4)"
-        return Decoded("ipip", outer, _inner(rest[1:]))
-    # vxlan needs the inner Ethernet header, flannel's udp the inner IPv4 one
-    tunnel = {"vxlan": ["udp", "vxlan", "eth"], "udp": ["udp", "flannel-udp", "ip"]}.get(backend_type)
-    if tunnel is None or kinds[:3] != tunnel or rest[0]["dport"] != port:
+    # the header after the outer IP must be the backend's, and carry the inner header it names
+    if [l["layer"] for l in rest[:len(wire.signature)]] != list(wire.signature):
         return None
-    outer.ports = f"{rest[0]['sport']} > {rest[0]['dport']}"
-    if backend_type == "vxlan":
-        outer.proto, outer.vni = "UDP/VXLAN", rest[1]["vni"]
-    else:
-        outer.proto = "UDP (flannel udp)"
-    return Decoded(backend_type, outer, _inner(rest[2:]))
+    if wire.udp:
+        if rest[0]["dport"] != port:
+            return None
+        outer.ports = f"{rest[0]['sport']} > {rest[0]['dport']}"
+    outer.proto = wire.description
+    outer.vni = rest[len(wire.signature) - 2].get("vni")
+    return Decoded(backend_type, outer, _inner(rest[len(wire.signature) - 1:]))
 
 
 def _row(layers: list[dict]) -> Row:
@@ -313,7 +309,8 @@ class Names:
         if cluster is not None:
             device = cluster.backend.device
             for cn in cluster.nodes.values():
-                if device and cluster.backend.type == "vxlan":
+                wire = backends.get(cluster.backend.type).wire
+                if device and wire is not None and wire.inner == "eth":    # a VTEP: the device has a MAC
                     names.mac[cn.vtep_mac.lower()] = f"{cn.name} {device}"
                 if device:   # flannel gives its device the lease's .0 address
                     names.ip[str(cn.subnet.network_address)] = f"{cn.name} {device}"

@@ -15,11 +15,13 @@ import re
 import subprocess
 from dataclasses import dataclass, field
 
+from .. import backends
 from ..errors import PrerequisiteError, UsageError
 
-# Overlay styles: colour and the words of the legend.
-OVERLAY = {"vxlan": ("#c0392b", "vxlan tunnel"), "ipip": ("#8e44ad", "ipip tunnel"),
-           "udp": ("#d35400", "udp tunnel (flannel0)"), "direct": ("#27ae60", "direct route (no encapsulation)")}
+# Overlay styles: colour and the words of the legend, each backend's own (its module's
+# `style`), and "direct" for a pair its backend routes without encapsulation.
+OVERLAY = {**{b.name: (b.style.colour, b.style.legend) for b in backends.all() if b.style != backends.DIRECT},
+           "direct": (backends.DIRECT.colour, backends.DIRECT.legend)}
 FILL = {"router": "#d6e4f0", "switch": "#e8e8e8", "host": "#fdf2d0", "pod": "#dcefd8"}
 
 
@@ -134,11 +136,7 @@ def _title(topo) -> str:
     c = topo.cluster
     if c is None:
         return f"lab {topo.name}"
-    b = c.backend
-    what = {"vxlan": f"vxlan VNI {b.vni} port {b.port}", "udp": f"udp port {b.port}"}.get(b.type, b.type)
-    if b.direct_routing and b.type in ("vxlan", "ipip"):
-        what += ", DirectRouting"
-    return f"lab {topo.name}: flannel {what}, pod network {c.network}"
+    return f"lab {topo.name}: flannel {backends.title(c.backend)}, pod network {c.network}"
 
 
 def _level(node, gateways) -> int:
@@ -156,17 +154,15 @@ def _end_label(node, iface) -> str:
 
 
 def _overlay_edges(d: Drawing, cluster) -> None:
-    b = cluster.backend
+    config = cluster.backend
+    backend = backends.get(config.type)
     nodes = list(cluster.nodes.values())
     for x, m in enumerate(nodes):
         for n in nodes[x + 1:]:
-            direct = b.type == "host-gw" or (b.direct_routing and b.type in ("vxlan", "ipip")
-                                             and m.underlay_net == n.underlay_net)
-            if direct:
+            if backend.direct(config, m, n):
                 d.edges.append(GEdge(m.name, n.name, label="direct", overlay="direct"))
             else:
-                label = {"vxlan": f"VNI {b.vni}", "udp": f":{b.port}"}.get(b.type, "")
-                d.edges.append(GEdge(m.name, n.name, label=f"{b.type} {label}".strip(), overlay=b.type))
+                d.edges.append(GEdge(m.name, n.name, label=backend.edge_label(config), overlay=config.type))
 
 
 def _tunnel_edges(d: Drawing, topo) -> None:

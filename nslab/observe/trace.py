@@ -34,10 +34,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from .. import backends
 from .. import lab as labmod
 from .. import state
 from ..apply import netns
-from .decode import decode, encap_ports, first_layer, format_layer, format_layers, innermost_ip, ip_key, split
+from .decode import decode, first_layer, format_layer, format_layers, innermost_ip, ip_key, split
 from ..errors import NslabError, UsageError
 from ..packet import echo_request
 from .show import format_fdb, format_neigh, format_route, norm_fdb, norm_link, norm_neigh, norm_route
@@ -343,8 +344,9 @@ class Kernel:
                 return f
         return None
 
-    def vxlan_for_port(self, port: int) -> dict | None:
-        return next((l for l in self.links.values() if l["kind"] == "vxlan" and l["info"].get("dstport") == port), None)
+    def link_for_port(self, port: int) -> dict | None:
+        """The device that takes in UDP datagrams to `port` (a vxlan device's dstport)."""
+        return next((l for l in self.links.values() if l["info"].get("dstport") == port), None)
 
 
 def _is_port(link: dict | None) -> bool:
@@ -392,10 +394,18 @@ def explain_step(k: Kernel, s: dict, path: list[dict]) -> None:
             return                                     # a drop: explained by explain_drop
         if r["type"] == "local":
             dec.append({"kind": "route", "text": _route_text(r)})
-            udp = first_layer(s["layers"], "udp")
-            vx = k.vxlan_for_port(udp["dport"]) if udp and first_layer(s["layers"], "vxlan") else None
-            s["note"] = (f"decapsulated: udp port {udp['dport']} is vxlan device {vx['name']} (id {vx['info']['id']})"
-                         if vx else "delivered")
+            s["note"] = _decap_note(k, s["layers"]) or "delivered"
+
+
+def _decap_note(k: Kernel, layers: list[dict]) -> str | None:
+    """Where a kernel device takes in an encapsulated packet: its backend's note (vxlan:
+    `decapsulated: udp port 8472 is vxlan device flannel.1 (id 1)`), None elsewhere."""
+    kind, udp = backends.classify(layers), first_layer(layers, "udp")
+    wire = backends.get(kind).wire if kind else None
+    if wire is None or not wire.decap_note or not (wire.udp and udp):
+        return None
+    link = k.link_for_port(udp["dport"])
+    return wire.decap_note.format(port=udp["dport"], device=link["name"], id=link["info"].get("id")) if link else None
 
 
 def _bridge_decision(k: Kernel, mac: str, bridge: str) -> dict:
@@ -541,11 +551,6 @@ def _peers(topo) -> dict[tuple[str, str], tuple[str, str]]:
     return {(n.name, i.name): (i.peer_node, i.peer_name) for n in topo.nodes.values() for i in n.ifaces}
 
 
-def _encap_ports(topo) -> dict[int, str]:
-    backend = topo.cluster.backend if topo.cluster is not None else None
-    return encap_ports(backend.type, backend.port) if backend else encap_ports()
-
-
 def trace(lab: str, src: str, dst: str, proto: str = "icmp", port: int | None = None, ttl: int | None = None,
           timeout: float = 1.0) -> dict:
     labmod.require_root()
@@ -570,7 +575,7 @@ def trace(lab: str, src: str, dst: str, proto: str = "icmp", port: int | None = 
         raise UsageError(f"{dst} has no address to send to")
     probe = Probe(proto, s.ip if s.name != s.node else None, d.ip, port, random.randint(1, 0xFFFF),
                   random.randint(1, 0xFFFF), ttl)
-    encap = _encap_ports(topo)
+    encap = backends.encap_ports(topo.cluster.backend if topo.cluster is not None else None)
     namespaces = {node: ns for node, ns in st.nodes.items() if netns.exists(ns)}
     if s.node not in namespaces:
         raise NslabError(f"namespace {st.nodes[s.node]} of {s.node} is gone; rebuild the lab "

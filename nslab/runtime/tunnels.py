@@ -40,6 +40,7 @@ import threading
 import time
 from ipaddress import IPv4Network
 
+from .. import backends
 from ..apply import netns
 from ..apply.kernel import open_tun
 from ..apply.netlink import open_route_socket
@@ -263,8 +264,9 @@ def run_ipip(tun: int, cfg: dict, counters: Counters, threads: list) -> None:
         threads.append(gateways.watch)
 
 
+# The code of each backend's userspace dataplane, by the `kind` its module's `dataplane` names
+# (the process name and `nslab script`'s line are there too).
 DAEMONS = {"udp": run_udp, "ipip": run_ipip}
-PROCESS_NAMES = {"udp": b"flanneld", "ipip": b"nslab-ipip"}
 
 
 def _prctl(option: int, arg) -> None:
@@ -288,7 +290,7 @@ def main(argv: list[str]) -> int:
     if "go-fd" in opts:                  # recorded by the agent before we act
         wait_go(int(opts["go-fd"]), opts.get("run-dir"))
     cfg = dict(a.split("=", 1) for a in argv[2:])
-    _prctl(15, ctypes.c_char_p(PROCESS_NAMES[kind]))          # PR_SET_NAME: `ss -ulpn` shows flanneld
+    _prctl(15, ctypes.c_char_p(backends.dataplane(kind).process_name))   # PR_SET_NAME: `ss -ulpn` shows flanneld
     if "netns" in opts:
         before = netns.current_inode()
         fd = os.open(netns.path(opts["netns"]), os.O_RDONLY | os.O_CLOEXEC)

@@ -169,3 +169,47 @@ def test_nslab_test_reads_the_source_and_endpoint_a_service_probe_reached(root_u
     assert "source 10.244.0.20" in results["wrong source"]["observed"]
     assert re.search(r"endpoint testappds-worker[123]", results["no such endpoint"]["observed"])
     assert results["ClusterIP keeps the pod's source"]["ok"] and results["NodePort from outside"]["ok"]
+
+
+TRY = r"""
+import socket, sys
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+for _ in range(n):
+    try:
+        s = socket.create_connection((host, port), timeout=1)
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+        s.close()
+        print(data.split(b"\r\n\r\n", 1)[1].decode().split()[0])
+    except OSError:
+        print("no answer")
+"""
+
+
+def test_same_node_clusterip_reply_needs_bridge_netfilter(root_unchanged, lab_factory):
+    """Why client sits on master1: a pod on worker3 reaches worker3's own endpoint through the
+    ClusterIP only while bridged frames pass iptables (net.bridge.bridge-nf-call-iptables=1,
+    br_netfilter: built into some kernels, a host-wide module nslab never loads on others).
+    The reply 10.244.3.2 -> the pod is bridged on cni0; without that hook it is never
+    un-DNATed, the client gets no answer and conntrack keeps the entry [UNREPLIED].  The
+    sysctl is per namespace: turning it off in worker3 touches nothing else."""
+    pods = "    testappds: {daemonset: [worker1, worker2, worker3], serve: http}\n"
+    lab = lab_factory(SHIPPED.replace(pods, pods + "    client3: {node: worker3}\n"))   # after: .3
+    knob = lab.exec("worker3", "cat", "/proc/sys/net/bridge/bridge-nf-call-iptables")
+
+    def attempts() -> collections.Counter:
+        proc = lab.exec("client3", sys.executable, "-c", TRY, "10.111.222.68", "8080", "20", timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        return collections.Counter(proc.stdout.split("\n")[:-1])
+
+    if knob.returncode == 0:            # the kernel has br_netfilter: on by default in a new namespace
+        assert knob.stdout.strip() == "1"
+        got = attempts()
+        assert set(got) == set(ENDPOINTS), got           # worker3's own endpoint answers too
+        assert lab.exec("worker3", "sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=0").returncode == 0
+    got = attempts()
+    assert set(got) <= {"testappds-worker1", "testappds-worker2", "no answer"} and got["no answer"] >= 1, got
+    lines = conntrack(lab, "worker3", "-p", "tcp", "--orig-dst", "10.111.222.68")
+    assert any("UNREPLIED" in line and tuples(line)[1]["src"] == "10.244.3.2" for line in lines), lines

@@ -24,7 +24,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nslab import lab as labmod, model  # noqa: F401
+from nslab import backends, lab as labmod, model  # noqa: F401
 from nslab.compile import cluster as flannel  # noqa: F401
 from nslab.model import cluster, containers, limits, tests as checks, tunnels as tunnel  # noqa: F401
 from nslab.compile import compile_topology
@@ -41,7 +41,7 @@ SCALE = float(os.environ.get("NSLAB_FUZZ_SCALE", "1"))   # more cases for a long
 KEYS = sorted(model.Parser.TOP_KEYS | model.Parser.NODE_KEYS | model.Parser.SEGMENT_KEYS
               | model.Parser.MEMBER_KEYS | model.Parser.END_KEYS | model.Parser.LINK_KEYS
               | model.Parser.ROUTE_KEYS | cluster.CLUSTER_KEYS | cluster.NODE_KEYS | cluster.POD_KEYS
-              | set().union(*cluster.BACKEND_KEYS.values())
+              | set().union(*(b.keys for b in backends.all()))
               | {"http", "ping", "tcp", "udp", "from", "to", "expect", "result", "encap", "ttl", "mode",
                  "local", "remote", "peer", "pmtudisc", "type", "vni", "port", "links", "<<"})
 WORDS = ["spine1", "leaf01", "h1", "r1", "lan", "eth0", "eth1", "br0", "cni0", "flannel.1", "lo", "tunl0",

@@ -14,9 +14,10 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import ARP, Ether
 from scapy.layers.vxlan import VXLAN
 
-from nslab import model
+from nslab import backends, model
+from nslab.backends import Config
 from nslab.observe.capture import table
-from nslab.observe.decode import Names, decode_pcap, describe, encap_ports, first_layer, rows, summary
+from nslab.observe.decode import Names, decode_pcap, describe, first_layer, rows, summary
 
 TOPO = os.path.join(os.path.dirname(__file__), "..", "..", "topologies")
 
@@ -32,6 +33,11 @@ def mac(topo, node, iface):
 def wire(pkt):
     """What a capture hands back: bytes re-dissected from Ethernet."""
     return Ether(bytes(pkt))
+
+
+def encap_ports(backend: str = "", port: int | None = None) -> dict[int, str]:
+    """The one classifier's ports for a lab with this backend on this port (capture's call)."""
+    return backends.encap_ports(Config(type=backend, port=port) if backend else None)
 
 
 def layers(pkt, backend: str = "", port: int | None = None) -> list[dict]:
