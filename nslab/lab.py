@@ -13,7 +13,7 @@ from pathlib import Path
 
 from . import model, state
 from . import plan as P
-from .apply import containers, kernel, netns
+from .apply import containers, kernel, netns, qdisc
 from .apply.applier import Applier
 from .compile import compile_topology
 from .compile.kernel import fit_to_kernel
@@ -123,6 +123,8 @@ def up(topo: model.Topology, overrides: dict | None = None) -> tuple[Plan, state
     waits until `up` has finished or cleaned up."""
     require_root()
     plan = plan_for_this_kernel(topo)
+    # link conditions: no netem here refuses delay/loss now, before anything exists
+    qdisc.fit_plan(plan, without_netem=bool((overrides or {}).get("without_netem")))
     engine = containers.check(plan)    # container nodes: the engine answers, the images are here
     if os.path.lexists(state.lab_dir(topo.name)):
         raise _taken(topo)

@@ -157,6 +157,19 @@ class TxChecksum:
 
 
 @dataclass(frozen=True)
+class Qdisc:
+    """Link conditions on a device: its root qdisc (`tc qdisc replace dev DEV root ...`),
+    tbf for a rate alone, netem for delay, jitter or loss.  `conditions` are (key, value)
+    pairs as a topology writes them (model.units.Conditions.parse reads them back); `mtu`
+    is the device's, as tbf's bucket must hold a whole frame."""
+    ns: str
+    dev: str
+    conditions: tuple              # (key, value) pairs: rate, delay, jitter, loss, limit, burst
+    mtu: int = 1500
+    stage = STAGE_CONFIG
+
+
+@dataclass(frozen=True)
 class Daemon:
     """A userspace dataplane the lab runs in a node on its TUN device `dev` (nslab/tunnel.py):
     kind udp (flannel's udp proxy) or ipip (the encapsulator standing in for kernel ipip)."""

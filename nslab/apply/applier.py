@@ -24,6 +24,8 @@ from .. import plan as P
 from ..compile.script import render_op
 from ..errors import ApplyError
 from . import iptables, netns
+from ..model.units import Conditions
+from . import qdisc
 from .kernel import open_tun, set_tx_checksum
 from .netlink import (AF_BRIDGE, CHANGE, CREATE, IFADDRMSG, IFA_ADDRESS, IFA_BROADCAST, IFA_LOCAL, IFF_UP,
                       IFLA_ADDRESS, IFLA_BRPORT_MODE, IFLA_BR_STP_STATE, IFLA_IFNAME, IFLA_INFO_DATA,
@@ -250,6 +252,8 @@ class Applier:
         if isinstance(op, P.Fdb):
             return [message(RTM_NEWNEIGH, REPLACE, NDMSG.pack(AF_BRIDGE, ns.index(op.dev), NUD_PERMANENT, NTF_SELF, 0),
                              attr(NDA_LLADDR, mac(op.lladdr)), attr(NDA_DST, ip4(op.dst)))]
+        if isinstance(op, P.Qdisc):       # link conditions: in the same batch as the links' config
+            return [qdisc.encode_set(ns.index(op.dev), Conditions.from_pairs(op.conditions), op.mtu)]
         if isinstance(op, P.BridgePort):
             return [message(RTM_NEWLINK, CHANGE, ifinfomsg(ns.index(op.dev)),
                              attr(IFLA_LINKINFO, attr(IFLA_INFO_SLAVE_KIND, b"bridge\0")

@@ -12,6 +12,7 @@ from ipaddress import IPv4Interface, IPv4Network
 from .. import backends
 from .. import plan as P
 from ..model.containers import LABEL_LAB, container_name
+from ..model.units import Conditions, tc_args
 
 
 def _q(s) -> str:
@@ -91,6 +92,9 @@ def render_op(op) -> list[str]:
     if isinstance(op, P.Serve):
         return [_comment(f"# {op.node}: an HTTP server on :{op.port} (nslab's lab agent); by hand: "
                          f"ip netns exec {_q(op.ns)} python3 -m http.server {_q(op.port)} &")]
+    if isinstance(op, P.Qdisc):
+        args = tc_args(Conditions.from_pairs(op.conditions), op.mtu)
+        return [f"ip netns exec {_q(op.ns)} tc qdisc replace dev {_q(op.dev)} root " + " ".join(map(_q, args))]
     if isinstance(op, P.TxChecksum):
         return [f"ip netns exec {_q(op.ns)} ethtool -K {_q(op.dev)} tx {'on' if op.on else 'off'}"]
     if isinstance(op, P.Daemon):

@@ -43,6 +43,8 @@ def compile_topology(topo: Topology) -> P.Plan:
                 plan.add(P.Addr(node.ns, iface.name, str(iface.ip)))
             if iface.hairpin:
                 plan.add(P.BridgePort(node.ns, iface.name, hairpin=True))
+            if iface.conditions is not None:     # link conditions: this end's root qdisc
+                plan.add(P.Qdisc(node.ns, iface.name, iface.conditions.to_pairs(), iface.mtu))
     for node in nodes.values():
         for route in node.routes:
             plan.add(P.Route(ns=node.ns, dst=str(route.dst), onlink=route.onlink,

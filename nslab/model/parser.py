@@ -15,7 +15,8 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 from ..errors import TopologyError, UsageError
 from ..plan import sysctl_key_problem
-from . import cluster, containers, limits, tests, tunnels, yamldoc
+from . import cluster, conditions, containers, limits, tests, tunnels, yamldoc
+from .units import ConditionsError
 from .limits import MAX_COMPUTED_ROUTES
 from .yamldoc import Doc
 from .types import (Bridge, DEFAULT_LINK_POOL, DEFAULT_MTU, IFNAMSIZ, Iface, KERNEL_DEVICES, LAB_NAME_RE,
@@ -30,10 +31,10 @@ class Parser:
     TOP_KEYS = {"name", "mtu", "ipv6", "pools", "hosts", "routers", "segments", "links",
                 "cluster", "tests", "description"}
     NODE_KEYS = {"mtu", "routes", "sysctls", "serve", "tunnels", "image", "command", "env", "cap_add"}
-    SEGMENT_KEYS = {"subnet", "gateway", "gateway_ip", "bridge", "mtu", "members"}
-    MEMBER_KEYS = {"iface", "port", "ip", "mac", "mtu"}
-    END_KEYS = {"node", "iface", "ip", "mac", "mtu"}
-    LINK_KEYS = {"ends", "mtu", "subnet"}
+    SEGMENT_KEYS = {"subnet", "gateway", "gateway_ip", "bridge", "mtu", "members", "conditions"}
+    MEMBER_KEYS = {"iface", "port", "ip", "mac", "mtu", "conditions"}
+    END_KEYS = {"node", "iface", "ip", "mac", "mtu", "conditions"}
+    LINK_KEYS = {"ends", "mtu", "subnet", "conditions"}
     ROUTE_KEYS = {"to", "via", "dev", "onlink"}
 
     def __init__(self, doc: Doc, name_override: str | None = None):
@@ -220,6 +221,7 @@ class Builder:
         self.node_specs: dict[str, dict] = {}
         self.segments: dict[str, Segment] = {}
         self.attachments: list[dict] = []   # pending veth pairs, resolved in order
+        self.segment_conditions: dict = {}  # segment -> its `conditions:` (every attachment's default)
         self.tests: list = []
         self.extensions: list = []          # callables(builder) run after addresses (cluster)
         self.iface_paths: dict[int, tuple] = {}   # id(Iface) -> where its name or end is written
@@ -276,6 +278,8 @@ class Builder:
         switch.bridges.append(Bridge(name=bridge, mtu=mtu, mac=stable_mac(self.lab, name, bridge)))
         seg = Segment(name=name, subnet=subnet, gateway=None, gateway_ip=None, bridge=bridge, mtu=mtu)
         self.segments[name] = seg
+        seg_cond = conditions.parse(self.p, spec.get("conditions"), path + ("conditions",))
+        self.segment_conditions[name] = (seg_cond, path)
         members = self.p.names_or_mapping(spec.get("members"), path + ("members",), "member")
         gw = spec.get("gateway")
         gw_ip = spec.get("gateway_ip")
@@ -310,6 +314,10 @@ class Builder:
             self.attach(name, member, iface=mspec.get("iface"), ip=ip, path=mpath, port=mspec.get("port"),
                         mac=mspec.get("mac"), mtu=mspec.get("mtu"),
                         auto_ip=subnet is not None and "ip" not in mspec and member != gw)
+            # a member's conditions shape both ends of its veth, over the segment's
+            self.attachments[-1]["conditions"] = self._merged_conditions(
+                seg_cond, conditions.parse(self.p, mspec.get("conditions"), mpath + ("conditions",)), mpath)
+            self.attachments[-1]["cond_path"] = mpath if "conditions" in mspec else path
 
     def attach(self, segment: str, node: str, iface: str | None, ip: IPv4Interface | None, path: tuple,
                port: str | None = None, mac: str | None = None, mtu: int | None = None, auto_ip: bool = False):
@@ -319,17 +327,22 @@ class Builder:
             subnet=self.segments[segment].subnet,
             a=dict(node=node, iface=iface, ip=ip, mac=mac, mtu=mtu, path=path, iface_path=path + ("iface",),
                    auto_ip=auto_ip),
-            b=dict(node=segment, iface=port, ip=None, mac=None, mtu=None, path=path, iface_path=path + ("port",))))
+            b=dict(node=segment, iface=port, ip=None, mac=None, mtu=None, path=path, iface_path=path + ("port",)),
+            # the segment's conditions (members may add theirs; cluster nodes take these)
+            conditions=self.segment_conditions.get(segment, (None,))[0],
+            cond_path=self.segment_conditions.get(segment, (None, path))[1]))
 
     def _end(self, spec, path) -> dict:
         if isinstance(spec, str):
             node, _, iface = spec.partition(":")
-            return dict(node=node, iface=iface or None, ip=None, mac=None, mtu=None, path=path, iface_path=path)
+            return dict(node=node, iface=iface or None, ip=None, mac=None, mtu=None, path=path, iface_path=path,
+                        conditions=None)
         spec = self.p.mapping(spec, path, Parser.END_KEYS, what="link end")
         if "node" not in spec:
             raise self.err(path, "a link end needs node: NAME")
         return dict(node=spec["node"], iface=spec.get("iface"), ip=spec.get("ip"), mac=spec.get("mac"),
-                    mtu=spec.get("mtu"), path=path, iface_path=path + ("iface",))
+                    mtu=spec.get("mtu"), path=path, iface_path=path + ("iface",),
+                    conditions=conditions.parse(self.p, spec.get("conditions"), path + ("conditions",)))
 
     def add_link(self, spec, path):
         if isinstance(spec, dict):
@@ -337,8 +350,9 @@ class Builder:
             ends, ends_path = spec.get("ends"), path + ("ends",)
             mtu = self.p.mtu(spec["mtu"], path + ("mtu",)) if "mtu" in spec else None
             subnet = self.p.network(spec["subnet"], path + ("subnet",)) if "subnet" in spec else None
+            link_cond = conditions.parse(self.p, spec.get("conditions"), path + ("conditions",))
         else:
-            ends, ends_path, mtu, subnet = spec, path, None, None
+            ends, ends_path, mtu, subnet, link_cond = spec, path, None, None, None
         if not isinstance(ends, list) or len(ends) != 2:
             raise self.err(ends_path, "a point-to-point link has exactly two ends, like [a, b]")
         a, b = (self._end(e, ends_path + (i,)) for i, e in enumerate(ends))
@@ -357,7 +371,17 @@ class Builder:
             raise self.err(b["path"] + ("ip",), f"{b['ip']} is not in the same subnet as the other end {a['ip']}")
         for end in (a, b):
             end["auto_ip"] = a["ip"] is None
-        self.attachments.append(dict(kind="link", segment=None, path=path, a=a, b=b, mtu=mtu, subnet=subnet))
+        for end in (a, b):        # an end's conditions shape that end only, over the link's
+            end["cond_path"] = end["path"] if end["conditions"] else path
+            end["conditions"] = self._merged_conditions(link_cond, end["conditions"], end["path"])
+        self.attachments.append(dict(kind="link", segment=None, path=path, a=a, b=b, mtu=mtu, subnet=subnet,
+                                     conditions=link_cond))
+
+    def _merged_conditions(self, wide, narrow, path):
+        try:
+            return conditions.merged(wide, narrow)
+        except ConditionsError as e:
+            raise self.err(path + ("conditions",), f"{e} (here on top of the inherited {wide.describe()})") from None
 
     # ---- resolution -------------------------------------------------------------------
     def build(self) -> Topology:
@@ -498,8 +522,11 @@ class Builder:
                 mac = self.p.mac(end["mac"], end["path"] + ("mac",)) if end["mac"] else \
                     stable_mac(self.lab, node.name, names[idx])
                 other = (b, nb) if idx == 0 else (a, na)
+                cond = end.get("conditions") or att.get("conditions")    # links: merged in add_link
+                conditions.check_burst(self.p, cond, mtus[idx], end.get("cond_path") or att.get("cond_path", att["path"]))
                 iface = Iface(node=node.name, name=names[idx], ip=end["ip"], mac=mac, mtu=mtus[idx],
-                              peer_node=other[1].name, peer_name=names[1 - idx], segment=att["segment"])
+                              peer_node=other[1].name, peer_name=names[1 - idx], segment=att["segment"],
+                              conditions=cond)
                 if att["kind"] == "segment" and node is nb:
                     iface.bridge = nb.bridge
                 if end.get("bridge"):       # a port of a bridge inside a node (cni0)

@@ -40,6 +40,7 @@ class Iface:
     segment: str | None = None      # set on both ends of a segment attachment
     bridge: str | None = None       # set on the bridge-side end: the bridge it is a port of
     hairpin: bool = False           # bridge port hairpin mode (the bridge CNI's hairpinMode)
+    conditions: object | None = None    # units.Conditions: how this end shapes what it sends
 
 
 @dataclass

@@ -119,7 +119,7 @@ def build(topo) -> Drawing:
             (na, ia), (nb, ib) = ends
             la, lb = _end_label(na, ia), _end_label(nb, ib)
             d.edges.append(GEdge(na.name, nb.name, la, lb, a_port=ia.name if la else None,
-                                 b_port=ib.name if lb else None))
+                                 b_port=ib.name if lb else None, label=_conditions_label(na, ia, nb, ib)))
             if la:
                 d.nodes[na.name].bottom.append((ia.name, la))
             if lb:
@@ -151,6 +151,14 @@ def _end_label(node, iface) -> str:
         # a segment's bridge port: only worth naming when the user named it (br-veth0)
         return iface.name if iface.name != iface.peer_node else ""
     return f"{iface.name} {iface.ip}" if iface.ip else iface.name
+
+
+def _conditions_label(na, ia, nb, ib) -> str:
+    """Link conditions on an edge: once when both ends send alike, else per direction."""
+    ca, cb = getattr(ia, "conditions", None), getattr(ib, "conditions", None)
+    if ca == cb:
+        return ca.describe() if ca is not None else ""
+    return "; ".join(f"{x.name}→ {c.describe()}" for x, c in ((na, ca), (nb, cb)) if c is not None)
 
 
 def _overlay_edges(d: Drawing, cluster) -> None:
@@ -219,6 +227,8 @@ def to_dot(d: Drawing) -> str:
                 attrs.append(f"label={_q(e.label)}")
             a, b = f"{_q(e.a)}:title", f"{_q(e.b)}:title"
         else:
+            if e.label:                 # link conditions
+                attrs += [f"label={_q(e.label)}", 'fontcolor="#8e24aa"', 'style="bold"']
             a = f"{_q(e.a)}:{_q('p_' + e.a_port)}:s" if e.a_port else _q(e.a)
             b = f"{_q(e.b)}:{_q('p_' + e.b_port)}:n" if e.b_port else _q(e.b)
         out.append(f"  {a} -- {b}" + (f" [{', '.join(attrs)}]" if attrs else "") + ";")
@@ -281,7 +291,7 @@ def to_mermaid(d: Drawing) -> str:
     emit(None, "  ")
     styles = []
     for k, e in enumerate(d.edges):
-        label = e.label or "<br/>".join(x for x in (e.a_label, e.b_label) if x)   # upper end first
+        label = "<br/>".join(x for x in (e.a_label, e.label, e.b_label) if x)   # upper end first
         arrow = "-.-" if e.overlay else "---"
         out.append(f"  {ids[e.a]} {arrow}" + (f'|"{_mq(label)}"|' if label else "") + f" {ids[e.b]}")
         if e.overlay:
