@@ -472,7 +472,8 @@ def rewire(lab: Optional[str] = LabOpt):
     console.print(f"lab {lab}: re-wired {', '.join(done)}" if done else f"lab {lab}: every container is wired")
 
 
-link_app = typer.Typer(no_args_is_help=True, help="Link conditions of a running lab: rate, delay, jitter, loss.")
+link_app = typer.Typer(no_args_is_help=True, help="Links of a running lab: conditions (rate, delay, jitter, loss) "
+                                                  "and state (down, up).")
 app.add_typer(link_app, name="link")
 
 
@@ -525,6 +526,35 @@ def link_clear(target: str = typer.Argument(..., help="NODE:IFACE"), lab: Option
     lab = labmod.resolve_lab(lab)
     shaping.clear(lab, target)
     console.print(f"{target}: no conditions", markup=False)
+
+
+@link_app.command("down")
+@run
+def link_down(target: str = typer.Argument(..., help="NODE:IFACE, e.g. worker1:flannel.4000."),
+              lab: Optional[str] = LabOpt):
+    """Set an interface down, as `ip link set dev IFACE down` does: Linux drops the routes
+    through it and its neighbours with it (flannel's too, on flannel.<VNI>)."""
+    labmod.require_root()
+    lab = labmod.resolve_lab(lab)
+    labmod.set_link(lab, target, up=False)
+    console.print(f"{target}: down (`nslab link up -l {lab} {target}` brings it back with its routes)", markup=False)
+
+
+@link_app.command("up")
+@run
+def link_up(target: str = typer.Argument(..., help="NODE:IFACE, e.g. worker1:flannel.4000."),
+            lab: Optional[str] = LabOpt):
+    """Set an interface up, then restore the node's routes, neighbours and FDB entries the lab
+    applied (its recorded plan) that Linux dropped meanwhile.  This mirrors flanneld, not a
+    bare kernel: flanneld's route check re-adds the routes it owns (host-gw, ipip: every 10 s)
+    and it writes its neighbour and FDB entries again when it handles the subnet leases; here
+    it happens at once.  What is restored is printed as iproute2 commands."""
+    labmod.require_root()
+    lab = labmod.resolve_lab(lab)
+    restored = labmod.set_link(lab, target, up=True)
+    console.print(f"{target}: up, {len(restored)} entries restored" + (":" if restored else ""), markup=False)
+    for line in restored:
+        console.print(f"  {line}", markup=False)
 
 
 images_app = typer.Typer(no_args_is_help=True, help="Local images for container nodes (no registry needed).")

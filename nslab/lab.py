@@ -6,9 +6,12 @@ so observers and `rewire` describe the lab as built, whatever happened to its fi
 from __future__ import annotations
 
 import contextlib
+import errno
+import json
 import os
 import shutil
 import socket
+import subprocess
 from pathlib import Path
 
 from . import model, state
@@ -17,6 +20,7 @@ from .apply import containers, kernel, netns, qdisc
 from .apply.applier import Applier
 from .compile import compile_topology
 from .compile.kernel import fit_to_kernel
+from .compile.script import render_op
 from .errors import ApplyError, NslabError, PrerequisiteError, TopologyError, UsageError
 from .plan import STAGE_NAMESPACE, Daemon, Netns, Plan, Serve, Sysctl
 from .runtime import agent
@@ -470,6 +474,65 @@ def require_wired(lab: str, nodes=None, st: state.LabState | None = None) -> Non
     if broken:
         raise NslabError(f"lab {lab}: {'; '.join(f'{n}: {why}' for n, why in broken.items())}: "
                          f"run `nslab rewire -l {lab}`")
+
+
+RESTORED = (P.Route, P.Neigh, P.Fdb)     # what Linux drops with a device that goes down, and flannel writes again
+
+
+def set_link(lab: str, target: str, up: bool) -> list[str]:
+    """`nslab link down|up NODE:IFACE`.  Down: the interface only (the kernel then drops the
+    routes through it, its neighbours, and flannel's entries on flannel.<VNI>).  Up: the
+    interface, then every route, neighbour and FDB entry of the node that `up` applied (the
+    recorded plan) and the kernel no longer has.  Returns what was restored, as iproute2."""
+    require_root()
+    node, sep, iface = target.partition(":")
+    if not sep or not node or not iface:
+        raise UsageError(f"{target!r} is not NODE:IFACE (e.g. worker1:flannel.4000)")
+    ns = node_namespace(lab, node)
+    require_wired(lab, [node])
+    plan = applied_plan(lab)
+    applier = Applier()
+    try:
+        handle = applier.open_namespace(ns)
+        if iface not in handle.ifindex:
+            raise UsageError(f"{node} has no interface {iface!r} (interfaces: "
+                             f"{', '.join(d for d in handle.ifindex if d != 'lo')})")
+        if not up:
+            require_tools("ip")
+            r = subprocess.run(["ip", "-n", ns, "link", "set", "dev", iface, "down"], capture_output=True, text=True)
+            if r.returncode:
+                raise ApplyError(f"ip -n {ns} link set dev {iface} down: {' '.join(r.stderr.split())}")
+            return []
+        applier.run_batch(handle, [P.Up(ns, iface)])
+        present = _neigh_and_fdb(ns)             # their netlink adds succeed when present too
+        restored = []
+        for op in plan.staged():
+            if isinstance(op, RESTORED) and op.ns == ns:
+                if (isinstance(op, P.Neigh) and (op.dev, op.address, op.lladdr) in present) or \
+                        (isinstance(op, P.Fdb) and (op.dev, op.lladdr, op.dst) in present):
+                    continue
+                try:
+                    applier.run_batch(handle, [op])
+                except ApplyError as e:          # still there (routes on other devices): fine
+                    if os.strerror(errno.EEXIST) not in str(e):
+                        raise
+                    continue
+                restored.append(op)
+    finally:
+        applier.close()
+    return [line for op in restored for line in render_op(op)]
+
+
+def _neigh_and_fdb(ns: str) -> set[tuple]:
+    """(dev, address, lladdr) of each neighbour and (dev, mac, dst) of each FDB entry in ns."""
+    found = set()
+    for argv, key in ((["ip", "-j", "-n", ns, "neigh", "show"], ("dev", "dst", "lladdr")),
+                      (["bridge", "-j", "-n", ns, "fdb", "show"], ("ifname", "mac", "dst"))):
+        r = subprocess.run(argv, capture_output=True, text=True)
+        if r.returncode:
+            raise ApplyError(f"{' '.join(argv)}: {' '.join(r.stderr.split())}")
+        found |= {tuple(e.get(k) for k in key) for e in json.loads(r.stdout or "[]")}
+    return found
 
 
 def rewire(lab: str) -> list[str]:

@@ -149,3 +149,32 @@ def test_exec_shell_and_api_show_the_node_as_hostname(root_unchanged, lab_factor
     assert os.uname().nodename == host                        # the host's own hostname is untouched
     lab.down()
     assert _lab_mounts(lab.name) == [] and os.uname().nodename == host
+
+
+def test_link_down_up_restores_the_lab_routes(root_unchanged, lab_factory):
+    lab = lab_factory("spine-leaf.yaml")
+
+    def flannel_state():
+        return [lab.exec("worker1", *argv, check=True).stdout for argv in
+                (["ip", "route", "show", "dev", "flannel.4000"], ["ip", "neigh", "show", "dev", "flannel.4000"],
+                 ["bridge", "fdb", "show", "dev", "flannel.4000"])]
+    before = flannel_state()
+    assert "10.244.3.0/24 via 10.244.3.0" in before[0] and "PERMANENT" in before[1]
+    r = lab.nslab("link", "down", "-l", lab.name, "worker1:flannel.4000", check=True)
+    assert r.stdout.startswith("worker1:flannel.4000: down")
+    assert "10.244.3.0/24" not in flannel_state()[0]                     # Linux dropped them
+    assert lab.exec("client", "ping", "-c1", "-W1", "10.244.3.2").returncode == 1
+    r = lab.nslab("link", "up", "-l", lab.name, "worker1:flannel.4000", check=True)
+    assert r.stdout.splitlines()[0] == "worker1:flannel.4000: up, 2 entries restored:"   # the FDB entry stays
+    assert r.stdout.splitlines()[1].startswith(f"  ip -n {lab.name}.worker1 neigh add 10.244.3.0 lladdr ")
+    assert f"  ip -n {lab.name}.worker1 route add 10.244.3.0/24 via 10.244.3.0 dev flannel.4000 onlink" \
+        in r.stdout.splitlines()
+    assert flannel_state() == before
+    assert lab.exec("client", "ping", "-c1", "-W2", "10.244.3.2").returncode == 0
+    assert lab.nslab("test", "-l", lab.name).returncode == 0
+    r = lab.nslab("link", "up", "-l", lab.name, "worker1:flannel.4000", check=True)   # already up: nothing to do
+    assert r.stdout == "worker1:flannel.4000: up, 0 entries restored\n"
+    r = lab.nslab("link", "down", "-l", lab.name, "worker1:nope")
+    assert r.returncode == 2 and r.stderr.startswith("nslab: worker1 has no interface 'nope' (interfaces: enp0s3, ")
+    r = lab.nslab("link", "down", "-l", lab.name, "worker1")
+    assert (r.returncode, r.stderr) == (2, "nslab: 'worker1' is not NODE:IFACE (e.g. worker1:flannel.4000)\n")
