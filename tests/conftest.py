@@ -259,6 +259,13 @@ def _cli_down(name: str, run_dir: str) -> None:
         raise AssertionError(proc.stderr.strip())
 
 
+@pytest.fixture(scope="session")
+def nslab_prefix() -> str:
+    """The plugin's lab fixtures (nslab_lab, nslab_module_lab, lab) name labs as lab_factory
+    does: t<pid>x<n>, which root_snapshot follows in /run/netns."""
+    return "t"
+
+
 @pytest.fixture
 def lab_factory(request):
     """lab_factory(topology, run_dir=None, name=None) -> Lab.  `topology` is a path (relative

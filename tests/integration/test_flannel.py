@@ -1,5 +1,6 @@
 """Issue 3: the flannel labs of notes 000, 001 and 002, checked in real namespaces with
-real packets.  Each module brings its lab up once under a unique name."""
+real packets.  Labs come from the pytest plugin's factories (nslab_module_lab, nslab_lab):
+its names, root-skip and leftover check, as every other lab in the suite."""
 from __future__ import annotations
 
 import json
@@ -12,12 +13,7 @@ from conftest import leftovers
 from nslab import state
 from nslab.api import Lab
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (real namespaces)")
 TOPO = os.path.join(os.path.dirname(__file__), "..", "..", "topologies")
-
-
-def unique(tag: str) -> str:
-    return f"t{os.getpid()}{tag}"
 
 
 def down_and_check(lab: Lab) -> None:
@@ -28,10 +24,8 @@ def down_and_check(lab: Lab) -> None:
 
 
 @pytest.fixture(scope="module")
-def spine_leaf():
-    lab = Lab.up(os.path.join(TOPO, "spine-leaf.yaml"), name=unique("sl"))
-    yield lab
-    down_and_check(lab)
+def spine_leaf(nslab_module_lab):
+    return nslab_module_lab(os.path.join(TOPO, "spine-leaf.yaml"))     # down and checked after the module
 
 
 def link(lab, node, dev) -> dict:
@@ -149,8 +143,8 @@ def test_largest_unfragmented_payload(spine_leaf):
 
 
 # ---- ECMP with two spines -------------------------------------------------------------
-def test_ecmp_leaves_spread_vxlan_flows_over_both_spines():
-    lab = Lab.up(os.path.join(TOPO, "spine-leaf-ecmp.yaml"), name=unique("ecmp"))
+def test_ecmp_leaves_spread_vxlan_flows_over_both_spines(nslab_lab):
+    lab = nslab_lab(os.path.join(TOPO, "spine-leaf-ecmp.yaml"))
     try:
         route = lab.exec("leaf01", "ip", "route", "show", "30.0.0.0/24", check=True).stdout
         assert route.count("nexthop via") == 2, route
@@ -177,11 +171,11 @@ def _tx_packets(lab, node, dev) -> int:
 
 
 # ---- note 000: two nodes, vxlan VNI 1 port 8472, then host-gw ------------------------
-def test_note_000_two_node_vxlan():
+def test_note_000_two_node_vxlan(nslab_lab):
     from scapy.layers.inet import IP, TCP, UDP
     from scapy.layers.l2 import Ether
     from scapy.layers.vxlan import VXLAN
-    lab = Lab.up(os.path.join(TOPO, "flannel-vxlan.yaml"), name=unique("f0"))
+    lab = nslab_lab(os.path.join(TOPO, "flannel-vxlan.yaml"))
     try:
         routes = lines(lab, "master", "ip", "route")
         assert "10.244.0.0/24 dev cni0 proto kernel scope link src 10.244.0.1" in routes
@@ -206,9 +200,9 @@ def test_note_000_two_node_vxlan():
         down_and_check(lab)
 
 
-def test_note_000_host_gw_has_no_encapsulation():
+def test_note_000_host_gw_has_no_encapsulation(nslab_lab):
     from scapy.layers.inet import ICMP, IP, UDP
-    lab = Lab.up(os.path.join(TOPO, "flannel-vxlan.yaml"), name=unique("hg"), backend="host-gw")
+    lab = nslab_lab(os.path.join(TOPO, "flannel-vxlan.yaml"), backend="host-gw")
     try:
         routes = lines(lab, "master", "ip", "route")
         assert "10.244.1.0/24 via 192.168.56.134 dev ens33" in routes
@@ -226,11 +220,11 @@ def test_note_000_host_gw_has_no_encapsulation():
 
 
 # ---- note 002: the outer/inner header table --------------------------------------------
-def test_note_002_header_table():
+def test_note_002_header_table(nslab_lab):
     from scapy.layers.inet import IP, TCP
     from scapy.layers.l2 import Ether
     from scapy.layers.vxlan import VXLAN
-    lab = Lab.up(os.path.join(TOPO, "vxlan-3node.yaml"), name=unique("v3"))
+    lab = nslab_lab(os.path.join(TOPO, "vxlan-3node.yaml"))
     try:
         vtep2 = link(lab, "node2", "flannel.1")["address"]
         assert set(lines(lab, "node1", "ip", "neigh", "show", "dev", "flannel.1")) == {

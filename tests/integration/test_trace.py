@@ -2,21 +2,12 @@
 table entries (compared with iproute2 inside the lab), the reply path, and drops."""
 from __future__ import annotations
 
-import itertools
 import json
-import os
 import time
 
 import pytest
 
 pytestmark = pytest.mark.root
-
-_names = itertools.count(1)
-
-
-def lab_name() -> str:
-    return f"tr-{os.getpid()}-{next(_names)}"
-
 
 def trace(lab, *args, rc=0) -> dict:
     proc = lab.nslab("trace", "-l", lab.name, "--json", *args)
@@ -49,7 +40,7 @@ def host_veth(lab, node, pod) -> str:
 
 @pytest.fixture
 def spine_leaf(lab_factory):
-    return lab_factory("spine-leaf.yaml", name=lab_name())
+    return lab_factory("spine-leaf.yaml")
 
 
 def test_trace_vxlan_across_racks(spine_leaf):
@@ -130,7 +121,7 @@ def test_trace_direct_routing_same_rack_and_tcp(spine_leaf):
 
 
 def test_trace_ip_forward_router_ttl_and_no_neighbour(lab_factory):
-    lab = lab_factory("diy-ip-forward.yaml", name=lab_name())
+    lab = lab_factory("diy-ip-forward.yaml")
     r = trace(lab, "ns1", "ns2")
     assert hops(r, "request") == [("ns1", "v1"), ("router", "v1_r"), ("router", "v2_r"), ("ns2", "v2")]
     assert hops(r, "reply") == [("ns2", "v2"), ("router", "v2_r"), ("router", "v1_r"), ("ns1", "v1")]

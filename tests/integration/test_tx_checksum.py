@@ -8,10 +8,8 @@ import subprocess
 import pytest
 
 from nslab.apply import netns
-from nslab.api import Lab
 from nslab.apply.kernel import set_tx_checksum
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (real namespaces)")
 TOPO = os.path.join(os.path.dirname(__file__), "..", "..", "topologies")
 
 
@@ -21,8 +19,8 @@ def features(lab, node, dev) -> dict[str, str]:
             if v.strip()}
 
 
-def test_tx_checksum_off_and_on_inside_a_node():
-    lab = Lab.up(os.path.join(TOPO, "diy-veth.yaml"), name=f"t{os.getpid()}tx")
+def test_tx_checksum_off_and_on_inside_a_node(nslab_lab):
+    lab = nslab_lab(os.path.join(TOPO, "diy-veth.yaml"))
     try:
         assert features(lab, "ns1", "veth0")["tx-checksumming"] == "on"
         with netns.enter(lab.ns("ns1")):
