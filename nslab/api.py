@@ -8,6 +8,15 @@
     lab.down()
 
 The pytest plugin (nslab/pytest_plugin.py) hands tests such an object.
+
+Probes (ping, tcp, http_get, udp) go through nslab's one probe engine (observe/probe.py):
+sockets opened inside the source's namespace by this process, no `ping` or `curl` forked.
+What that changed, against the ping/curl these methods forked before:
+- ping: stops at the first reply (ping -c N sent all N); .output is the engine's one line
+  (`echo reply from 10.1.1.3 in 0.05 ms, ttl=64`, not ping's text; `.ttl` reads it the
+  same way); a send the kernel refuses reads `ping: local error: message too long (...)`,
+  returncode 2 as ping's, no reply 1.
+- http_get: an HTTP/1.0 GET, the body as stdout; returncodes as curl's (0, 7, 28).
 """
 from __future__ import annotations
 
@@ -108,21 +117,39 @@ class Lab:
 
     def ping(self, src: str, dst: str, count: int = 1, size: int | None = None, dont_fragment: bool = False,
              timeout: float = 2) -> PingResult:
-        argv = ["ping", "-n", "-c", str(count), "-W", str(timeout), "-i", "0.2"]
-        if size is not None:
-            argv += ["-s", str(size)]
-        if dont_fragment:
-            argv += ["-M", "do"]
-        r = self.exec(src, *argv, self.address(dst), timeout=timeout * count + 5)
-        return PingResult(ok=r.returncode == 0, output=r.stdout + r.stderr, returncode=r.returncode)
+        """Echo requests from src to dst (observe/probe.ping, in-process): up to `count`, one
+        every `timeout` s, until one is answered.  size: ICMP payload bytes (ping -s, default
+        56); dont_fragment: DF set (ping -M do).  .ok, .ttl of the reply, .output one line."""
+        size = 56 if size is None else size
+        payload = probe.marker_payload(size)[:size]         # exactly `size` bytes, as ping -s
+        out = probe.ping(self.ns(src), self.address(dst), payload, timeout * count, max(count, 1), dont_fragment)
+        if out.error:                           # as ping says it, exit status 2
+            return PingResult(False, f"ping: local error: {out.error.lower()} ({out.detail})", 2)
+        return PingResult(out.ok, out.detail, 0 if out.ok else 1)
 
-    def http_get(self, src: str, dst: str, port: int = 80, timeout: float = 3) -> subprocess.CompletedProcess:
-        return self.exec(src, "curl", "-s", "-m", str(timeout), f"http://{self.address(dst)}:{port}/",
-                         timeout=timeout + 5)
+    def http_get(self, src: str, dst: str, port: int = 80, timeout: float = 3,
+                 path: str = "/") -> subprocess.CompletedProcess:
+        """HTTP/1.0 GET from src (observe/probe.http, in-process), shaped as `curl -s` ran:
+        returncode 0 once any response came (also a 404), 7 refused or unreachable, 28 timed out;
+        stdout the body, stderr the probe's one line when it failed."""
+        url = f"http://{self.address(dst)}:{port}{path}"
+        out = probe.http(self.ns(src), self.address(dst), port, probe.new_marker("api"), timeout, path)
+        head, sep, body = out.reply.partition(b"\r\n\r\n")
+        if out.reply.startswith(b"HTTP/"):
+            code = 0
+        else:
+            code = 28 if out.detail.endswith("timed out") else 7
+        return subprocess.CompletedProcess(["GET", url], code, body.decode(errors="replace") if sep else "",
+                                           "" if code == 0 else out.detail)
 
     def tcp(self, src: str, dst: str, port: int, timeout: float = 1.0) -> "probe.Outcome":
         """A TCP connect from src to dst:port (in-process, no fork); .ok, .detail."""
-        return probe.tcp(self.ns(src), self.address(dst), port, b"nslab-api", timeout)
+        return probe.tcp(self.ns(src), self.address(dst), port, probe.new_marker("api"), timeout)
+
+    def udp(self, src: str, dst: str, port: int, timeout: float = 1.0) -> "probe.Outcome":
+        """A datagram from src to dst:port, answered by something listening there (.ok,
+        .reply), or refused by an ICMP port unreachable (.refused), or not at all."""
+        return probe.udp(self.ns(src), self.address(dst), port, probe.new_marker("api"), timeout)
 
     def test(self, all_pairs: bool = False, hosts: bool = False) -> "checks.Report":
         """Run the topology's tests: section (or every pod pair); .ok, .results, str() for a summary."""
