@@ -155,8 +155,6 @@ def format_layer(l: dict) -> str:
         return f"tcp {l['sport']} > {l['dport']} [{l['flags'] or '.'}]"
     if kind == "udp":
         return f"udp {l['sport']} > {l['dport']}"
-    if kind == "vxlan":
-        return f"vxlan vni {l['vni']}"
     if kind == "icmp":
         text = f"icmp {ICMP_NAMES.get(l['type'], 'type ' + str(l['type']))}"
         if "id" in l:
@@ -169,7 +167,8 @@ def format_layer(l: dict) -> str:
     if kind == "arp":
         return (f"arp who-has {l['target']} tell {l['sender']}" if l["op"] == "request"
                 else f"arp {l['sender']} is-at {l['sender_mac']}")
-    return kind
+    # a backend's header, with the fields its wire reads (`vxlan vni 4000`, `ipip`)
+    return " ".join([kind, *(f"{k} {v}" for k, v in l.items() if k != "layer")])
 
 
 def format_layers(layers: list[dict]) -> str:

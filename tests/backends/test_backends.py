@@ -174,7 +174,7 @@ def test_a_new_backend_module_is_picked_up_by_model_compile_and_the_classifier(t
     from nslab.errors import TopologyError
     from nslab.model import load
     from nslab.observe import checks
-    from nslab.observe.decode import decode, rows, split
+    from nslab.observe.decode import decode, format_layers, rows, split
     assert backends.names() == ["vxlan", "host-gw", "ipip", "udp", "toy"]
     # the model: keys, defaults, MTU, device, errors, --backend, `encap:` of a test
     path = str(tmp_path / "toylab.yaml")
@@ -204,6 +204,7 @@ def test_a_new_backend_module_is_picked_up_by_model_compile_and_the_classifier(t
     layers = decode(outer + udp + (7).to_bytes(4, "big") + inner, hatype=0, encap=encap)
     assert [l["layer"] for l in layers] == ["ip", "udp", "toy", "ip", "icmp"] and layers[2]["tag"] == 7
     assert backends.classify(split(layers)[0]) == "toy"
+    assert format_layers(layers[1:3]) == "udp 40000 > 9999 | toy tag 7"         # trace's and test's text
     d = rows(layers, "toy", 9999)
     assert d.kind == "toy" and d.outer.proto == "UDP (toy)" and d.outer.ports == "40000 > 9999"
     assert d.inner.src_ip == "10.244.0.2" and d.inner.proto == "ICMP echo-request"
