@@ -472,6 +472,16 @@ def rewire(lab: Optional[str] = LabOpt):
     console.print(f"lab {lab}: re-wired {', '.join(done)}" if done else f"lab {lab}: every container is wired")
 
 
+@app.command("cli")
+@run
+def console_(lab: Optional[str] = LabOpt):
+    """An interactive console for a running lab, like Mininet's CLI: `client ping web-worker3`,
+    `worker1 tcpdump -ni enp0s3`, pingall, nodes, links, dump; history and Tab completion."""
+    from . import console_cli  # lazy: start-up
+    labmod.require_root()
+    console_cli.run(labmod.resolve_lab(lab))
+
+
 link_app = typer.Typer(no_args_is_help=True, help="Links of a running lab: conditions (rate, delay, jitter, loss) "
                                                   "and state (down, up).")
 app.add_typer(link_app, name="link")

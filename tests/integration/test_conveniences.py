@@ -178,3 +178,76 @@ def test_link_down_up_restores_the_lab_routes(root_unchanged, lab_factory):
     assert r.returncode == 2 and r.stderr.startswith("nslab: worker1 has no interface 'nope' (interfaces: enp0s3, ")
     r = lab.nslab("link", "down", "-l", lab.name, "worker1")
     assert (r.returncode, r.stderr) == (2, "nslab: 'worker1' is not NODE:IFACE (e.g. worker1:flannel.4000)\n")
+
+
+def test_console_runs_commands_pingall_and_listings(root_unchanged, lab_factory):
+    lab = lab_factory("spine-leaf.yaml")
+    script = "nodes\nclient ping -c1 -W2 web-worker3\npingall\nlinks\ndump\nbogus\nworker1 hostname\nexit\nnodes\n"
+    r = lab.nslab("cli", "-l", lab.name, input=script, timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.splitlines()
+    assert out[:4] == ["routers: spine leaf01 leaf02", "switches: rack1 rack2",
+                       "hosts: master1 worker1 worker2 worker3", "pods: client web-worker1 web-worker2 web-worker3"]
+    assert "PING 10.244.3.2 (10.244.3.2) 56(84) bytes of data." in out     # the node name became its address
+    assert "client -> master1 worker1 worker2 worker3 web-worker1 web-worker2 web-worker3" in out
+    assert "*** Results: 0% dropped (56/56 received)" in out
+    assert "rack2:worker3<->worker3:enp0s3" in out and "worker1:veth0120afb2<->client:eth0" in out
+    assert f"<pod web-worker3: eth0:10.244.3.2/24 ns={lab.name}.web-worker3>" in out
+    assert any(l.startswith("*** unknown command 'bogus'") for l in out)
+    assert out[-1] == "worker1" and out.count("routers: spine leaf01 leaf02") == 1    # exit ends it
+
+
+def test_console_pingall_marks_what_does_not_answer(root_unchanged, lab_factory):
+    lab = lab_factory("spine-leaf.yaml")
+    lab.nslab("link", "down", "-l", lab.name, "worker3:flannel.4000", check=True)
+    r = lab.nslab("cli", "-l", lab.name, input="pingall\n", timeout=120)
+    out = r.stdout.splitlines()
+    # worker3 answers pods through flannel.4000 too: pods and worker3 lose each other
+    assert "client -> master1 worker1 worker2 X web-worker1 web-worker2 X" in out, r.stdout
+    assert "web-worker3 -> X X X worker3 X X X" in out
+    assert out[-1] == "*** Results: 32% dropped (38/56 received)"
+
+
+def test_console_tab_completes_node_names_and_keeps_history(root_unchanged, lab_factory, tmp_path):
+    import pty
+    import select
+    import time
+    lab = lab_factory("spine-leaf.yaml")
+    pid, fd = pty.fork()
+    if pid == 0:                                       # the child: nslab cli on a terminal
+        os.chdir(REPO)
+        os.environ.update(HOME=str(tmp_path), TERM="dumb")
+        os.execvp(sys.executable, [sys.executable, "-m", "nslab", "cli", "-l", lab.name])
+    seen = b""
+
+    def read_until(token: bytes, seconds: float = 30 * TIMEOUT_SCALE) -> bytes:
+        nonlocal seen
+        deadline = time.monotonic() + seconds
+        while token not in seen.replace(b"\x07", b"") and time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.5)[0]:
+                try:
+                    seen += os.read(fd, 4096)
+                except OSError:
+                    break
+        assert token in seen.replace(b"\x07", b""), seen[-2000:]
+        return seen
+    try:
+        read_until(f"nslab:{lab.name}> ".encode())
+        os.write(fd, b"work\t")
+        read_until(b"worker")                          # four workers: completes the common part
+        os.write(fd, b"3 hostn\t")                     # one word starts with hostn? no: not a node
+        os.write(fd, b"ame\n")
+        read_until(b"\r\nworker3\r\n")
+        os.write(fd, b"cli\t ip -br addr show dev eth0\n")
+        read_until(b"10.244.1.2/24")
+        os.write(fd, b"exit\n")
+        _, status = os.waitpid(pid, 0)
+        pid = 0
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        if pid:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        os.close(fd)
+    history = (tmp_path / ".nslab_history").read_text().splitlines()
+    assert history[-3:] == ["worker3 hostname", "client ip -br addr show dev eth0", "exit"]
