@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import socket
 import struct
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from ipaddress import IPv4Interface, IPv4Network
 
@@ -61,16 +62,39 @@ class Namespace:
         except KeyError:
             raise ApplyError(f"namespace {self.name} has no interface {dev}") from None
 
+    @property
+    def is_open(self) -> bool:
+        return self.sock is not None
+
+    def reopen(self) -> None:
+        """Open the handle and socket again (by name: /run/netns/<name>); indexes are kept."""
+        fd = os.open(netns.path(self.name), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            with netns.Entered(fd):
+                self.sock = open_route_socket()
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd = fd
+
     def close(self):
-        self.sock.close()
-        os.close(self.fd)
+        if self.sock is not None:
+            self.sock.close()
+            os.close(self.fd)
+            self.sock, self.fd = None, -1
 
 
 class Applier:
     """Applies a plan; `namespaces` holds what it opened (closed by close())."""
 
-    def __init__(self, on_namespace_created=None, start_container=None):
+    def __init__(self, on_namespace_created=None, start_container=None, max_open: int = 256):
         self.namespaces: dict[str, Namespace] = {}
+        # Open files stay bounded whatever the lab's size (10,000 namespaces would be 20,000
+        # descriptors): at most `max_open` namespaces hold their handle and socket, the least
+        # recently used are closed and reopened by name (model/limits.py counts this bound).
+        self.max_open = max(max_open, 4)
+        self._open: OrderedDict[str, Namespace] = OrderedDict()
+        self._pinned: set[str] = set()     # handles named in messages not yet sent
         self.seq = 0
         self.on_namespace_created = on_namespace_created
         self.start_container = start_container    # Netns op with a container -> its PID (lab.py)
@@ -93,6 +117,7 @@ class Applier:
             ns.ifindex[dev] = idx
         ns.next_index = max(idx for idx, _ in existing) + 1 if existing else 2
         self.namespaces[name] = ns
+        self._use(ns)
         if self.on_namespace_created:
             self.on_namespace_created(name)
         return ns
@@ -126,6 +151,21 @@ class Applier:
             ns.ifindex[dev] = idx
         ns.next_index = max(idx for idx, _ in existing) + 1 if existing else 2
         self.namespaces[name] = ns
+        self._use(ns)
+        return ns
+
+    def _use(self, ns: Namespace) -> Namespace:
+        """`ns` open (reopened if it was closed), most recently used; the least recently
+        used beyond max_open closed, except those named in messages not yet sent."""
+        if not ns.is_open:
+            ns.reopen()
+        self._open[ns.name] = ns
+        self._open.move_to_end(ns.name)
+        while len(self._open) > self.max_open:
+            victim = next((n for n in self._open if n not in self._pinned and n != ns.name), None)
+            if victim is None:
+                break
+            self._open.pop(victim).close()
         return ns
 
     def delete_links(self, ns: Namespace, names: list[str]) -> None:
@@ -157,16 +197,39 @@ class Applier:
             if op.stage in (P.STAGE_NAMESPACE, P.STAGE_PROCESS):
                 continue
             stages.setdefault(op.stage, {}).setdefault(op.ns, []).append(op)
+        # Links first in every namespace (a veth is made from one end, both namespaces must
+        # exist); every later stage only names devices of its own namespace, so each
+        # namespace then runs its remaining stages in one visit: opened once, not per stage.
+        for ns_name, ns_ops in stages.pop(P.STAGE_LINK, {}).items():
+            self.run_batch(self.namespaces[ns_name], ns_ops)
+        later: dict[str, list] = {}
         for stage in sorted(stages):
             for ns_name, ns_ops in stages[stage].items():
+                later.setdefault(ns_name, []).append(ns_ops)
+        for ns_name, batches in later.items():
+            for ns_ops in batches:
                 self.run_batch(self.namespaces[ns_name], ns_ops)
 
     def run_batch(self, ns: Namespace, ops: list) -> None:
+        self._use(ns)
+        self._pinned.add(ns.name)
+        try:
+            self._run_batch(ns, ops)
+        finally:
+            self._pinned.clear()
+
+    def _run_batch(self, ns: Namespace, ops: list) -> None:
         messages: list[tuple[int, bytes, object]] = []
         # every Iptables op of the namespace in one iptables-restore, after its netlink work
         rules = [op.text for op in ops if isinstance(op, P.Iptables)]
         ops = [op for op in ops if not isinstance(op, P.Iptables)]
         for op in ops:
+            if len(self._pinned) > self.max_open // 2 and messages:
+                # a peer's handle is read when the kernel processes the message: send what
+                # names the ones open before opening more (a switch with 10,000 ports)
+                self.send(ns, messages)
+                messages = []
+                self._pinned.intersection_update({ns.name})
             if isinstance(op, P.TxChecksum):
                 with netns.Entered(ns.fd):
                     set_tx_checksum(op.dev, op.on)
@@ -282,6 +345,8 @@ class Applier:
         info = attr(IFLA_INFO_KIND, str_attr(op.kind))
         if op.kind == "veth":
             peer_ns = self.namespaces[op.peer.ns]
+            self._pinned.add(peer_ns.name)
+            self._use(peer_ns)
             peer = (attr(IFLA_IFNAME, str_attr(op.peer.name)) + attr(IFLA_MTU, U32.pack(op.peer.mtu))
                     + attr(IFLA_ADDRESS, mac(op.peer.mac)) + attr(IFLA_NET_NS_FD, U32.pack(peer_ns.fd)))
             peer_index = peer_ns.allocate(op.peer.name)
@@ -342,6 +407,7 @@ class Applier:
         for ns in self.namespaces.values():
             ns.close()
         self.namespaces.clear()
+        self._open.clear()
 
 
 # ---- netlink wire format ------------------------------------------------------------------

@@ -13,9 +13,12 @@ import resource
 from ..errors import TopologyError
 from ..plan import Neigh
 
-# nslab/apply.py (Applier, lab.RecordingApplier) holds, for every namespace of the lab at
-# once, its namespace fd and one NETLINK_ROUTE socket opened inside it: 2 descriptors.
-FDS_PER_NAMESPACE = 2
+# Apply (nslab/apply/applier.py) keeps at most OPEN_NAMESPACES namespaces open at once
+# (lab.py passes this bound), each as its namespace fd and one NETLINK_ROUTE socket opened
+# inside it, the least recently used closed and reopened by name; lab.RecordingApplier
+# holds up to as many more anonymous namespaces (one fd each) waiting for their name.
+FDS_PER_NAMESPACE = 3
+OPEN_NAMESPACES = 256
 # stdin/out/err, the lab lock and record, /dev/null, imports, a Docker API connection, ...
 FDS_RESERVE = 64
 GC_THRESH3 = "/proc/sys/net/ipv4/neigh/default/gc_thresh3"
@@ -54,71 +57,101 @@ def gc_thresh3() -> int | None:
 
 
 def descriptors_needed(topo) -> int:
-    return FDS_PER_NAMESPACE * len(topo.nodes) + FDS_RESERVE
+    return FDS_PER_NAMESPACE * min(len(topo.nodes), OPEN_NAMESPACES) + FDS_RESERVE
 
 
-def minimum_dynamic_neighbours(topo, permanent: set[tuple[str, str, str]] = frozenset()) -> int:
-    """Neighbour (ARP) entries the lab needs even if only each host talks to its gateway:
-    every addressed segment member and its gateway resolve each other (two entries), both
-    ends of an addressed point-to-point link resolve each other, and every pod and its
-    node's cni0.  All-pairs traffic needs more; this is the floor.  Entries nslab installs
-    as permanent ((namespace, device, address) in `permanent`) do not count.  Linear."""
+def neighbour_domains(topo):
+    """Every lab-internal L2 network with its addressed members, as (segment name or None,
+    static?, members, hubs): members are (namespace, device, address, MAC); hubs are the
+    members every other one talks through (the routers on a segment, a node's addressed
+    bridge for the pods on it (cni0), both ends of a point-to-point veth).  Linear in
+    interfaces."""
     nodes = topo.nodes
-    gateway_of = {}     # segment -> (gateway node, its interface on the segment)
-    for seg in topo.segments.values():
-        if seg.gateway is not None and seg.gateway_ip is not None and seg.gateway in nodes:
-            gw = nodes[seg.gateway]
-            iface = next((i for i in gw.ifaces if i.segment == seg.name), None)
-            if iface is not None:
-                gateway_of[seg.name] = (gw, iface)
-    count = 0
-
-    def pair(node_a, iface_a, node_b, iface_b):
-        nonlocal count
-        if iface_a.ip is None or iface_b.ip is None:
-            return
-        count += (node_a.ns, iface_a.name, str(iface_b.ip.ip)) not in permanent
-        count += (node_b.ns, iface_b.name, str(iface_a.ip.ip)) not in permanent
-
+    segments: dict[str, tuple[list, list]] = {}
+    bridged: dict[tuple, tuple[list, list]] = {}
+    for node in nodes.values():
+        for br in node.bridges:
+            if br.ip is not None:
+                bridged[(node.name, br.name)] = ([(node.ns, br.name, str(br.ip.ip), br.mac)], [0])
     for node in nodes.values():
         if node.kind == "switch":
             continue
         for iface in node.ifaces:
+            if iface.ip is None or iface.bridge:
+                continue
+            me = (node.ns, iface.name, str(iface.ip.ip), iface.mac)
             if iface.segment is not None:
-                gw = gateway_of.get(iface.segment)
-                if gw is not None and gw[0] is not node:
-                    pair(node, iface, gw[0], gw[1])
+                members, hubs = segments.setdefault(iface.segment, ([], []))
+                if node.kind == "router":
+                    hubs.append(len(members))
+                members.append(me)
                 continue
             peer_node = nodes.get(iface.peer_node)
             peer = peer_node.iface(iface.peer_name) if peer_node is not None else None
             if peer is None:
                 continue
-            if peer.bridge and peer_node.bridges:      # a pod's eth0 on its node's cni0
-                br = next((b for b in peer_node.bridges if b.name == peer.bridge), None)
-                if br is not None and br.ip is not None and iface.ip is not None:
-                    count += (node.ns, iface.name, str(br.ip.ip)) not in permanent
-                    count += (peer_node.ns, br.name, str(iface.ip.ip)) not in permanent
-            elif (node.name, iface.name) < (peer_node.name, peer.name):     # a link: once, from one end
-                pair(node, iface, peer_node, peer)
-    return count
+            if peer.bridge:         # a pod's eth0 on its node's cni0
+                found = bridged.get((peer_node.name, peer.bridge))
+                if found is not None:
+                    found[0].append(me)
+            elif peer.ip is not None and (node.name, iface.name) < (peer_node.name, peer.name):
+                yield None, topo.static_neighbours(), [me, (peer_node.ns, peer.name, str(peer.ip.ip), peer.mac)], [0, 1]
+    for name, (members, hubs) in segments.items():
+        yield name, topo.static_neighbours(name), members, hubs
+    for members, hubs in bridged.values():
+        if len(members) > 1:
+            yield None, topo.static_neighbours(), members, hubs
+
+
+def hub_pairs(members, hubs):
+    """(from, to) member indexes: each hub and every other member, both ways, once."""
+    is_hub = set(hubs)
+    for h in hubs:
+        for m in range(len(members)):
+            if m != h:
+                yield h, m
+                if m not in is_hub:
+                    yield m, h
+
+
+def _hub_pair_count(n: int, hubs: int) -> int:
+    return hubs * (n - 1) + (n - hubs) * hubs
+
+
+def possible_dynamic_neighbours(topo) -> int:
+    """Dynamic neighbour entries the lab can need at once: every member of every L2 network
+    may talk to every other (all-pairs tests do), n x (n - 1) per network.  Counted, not
+    enumerated."""
+    return sum(len(m) * (len(m) - 1) for _, static, m, _ in neighbour_domains(topo) if not static)
+
+
+def minimum_dynamic_neighbours(topo) -> int:
+    """Dynamic entries the lab needs even if each member only talks to its routers (each
+    host and its gateway, both ends of each link, each pod and its cni0): the floor.
+    Networks with static neighbours count nothing (permanent entries are not counted
+    against the kernel's table)."""
+    return sum(_hub_pair_count(len(m), len(h)) for _, static, m, h in neighbour_domains(topo) if not static)
 
 
 def permanent_neighbours(plan) -> set[tuple[str, str, str]]:
     return {(op.ns, op.dev, op.address) for op in plan.ops if isinstance(op, Neigh)}
 
 
-def cluster_permanent_neighbours(topo) -> set[tuple[str, str, str]]:
-    """The permanent neighbour entries the plan will hold, from the model (model sits below
-    compile): flannel's vxlan backend installs one per remote node it reaches through the
-    VXLAN device, as compile/cluster.py's vxlan() does; no other op makes one.  A unit test
-    holds this equal to permanent_neighbours(compile_topology(topo))."""
-    cluster = topo.cluster
-    if cluster is None or cluster.backend.type != "vxlan":
-        return set()
-    dev = cluster.backend.device
-    return {(topo.nodes[node.name].ns, dev, str(peer.subnet.network_address))
-            for node in cluster.nodes.values() for peer in cluster.nodes.values()
-            if peer is not node and not (cluster.backend.direct_routing and peer.ip in node.underlay_net)}
+def choose_neighbours(topo) -> None:
+    """Switch a lab to `neighbours: static` when its L2 peers could need more dynamic
+    entries than the kernel's shared table holds (and the file does not say which)."""
+    thresh = gc_thresh3()
+    if thresh is None or topo.neighbours_given:
+        return
+    dynamic = possible_dynamic_neighbours(topo)
+    if dynamic > thresh:
+        # Permanent entries are not counted against the shared table: nslab knows every MAC.
+        topo.neighbours = "static"
+        topo.neighbours_auto = (f"neighbours: static (chosen by nslab): the lab's L2 peers could need {dynamic:,} "
+                                f"dynamic ARP entries, more than the kernel's shared table holds ({thresh:,}, "
+                                f"net.ipv4.neigh.default.gc_thresh3); each host's entry for its gateway and the "
+                                f"gateway's for it are installed as permanent instead (write `neighbours: dynamic` "
+                                f"to keep ARP)")
 
 
 def check(topo) -> None:
@@ -128,24 +161,22 @@ def check(topo) -> None:
     hard = nofile_hard_limit()
     need = descriptors_needed(topo)
     if hard is not None and need > hard:
-        raise TopologyError(name, None, "", f"{len(topo.nodes)} namespaces need about {need} open files while the "
-                                            f"lab is built ({FDS_PER_NAMESPACE} per namespace: its handle and a "
-                                            f"netlink socket), but this process may open at most {hard} (the hard "
-                                            f"limit, `ulimit -Hn`); raise it as root (`ulimit -Hn {need}` in the "
-                                            f"shell that runs nslab, or a nofile line in "
-                                            f"/etc/security/limits.conf) or split the lab")
+        raise TopologyError(name, None, "", f"building {len(topo.nodes)} namespaces needs about {need} open files "
+                                            f"(up to {OPEN_NAMESPACES} namespaces open at once, "
+                                            f"{FDS_PER_NAMESPACE} descriptors each: its handle, a netlink socket and "
+                                            f"the next one waiting for its name), "
+                                            f"but this process may open at most {hard} (the hard limit, "
+                                            f"`ulimit -Hn`); raise it as root (`ulimit -Hn {need}` in the shell "
+                                            f"that runs nslab, or a nofile line in /etc/security/limits.conf)")
 
     thresh = gc_thresh3()
     if thresh is None:
         return
-    dynamic = minimum_dynamic_neighbours(topo)
-    if dynamic > thresh:
-        # entries nslab installs as permanent do not count
-        dynamic = minimum_dynamic_neighbours(topo, cluster_permanent_neighbours(topo))
-    if dynamic > thresh:
-        raise TopologyError(name, None, "", f"the lab needs at least {dynamic} dynamic neighbour (ARP) entries "
+    floor = minimum_dynamic_neighbours(topo)
+    if floor > thresh:
+        raise TopologyError(name, None, "", f"the lab needs at least {floor} dynamic neighbour (ARP) entries "
                                             f"(each host and its gateway, both ends of each link), but the "
                                             f"kernel's neighbour table, shared by every namespace, holds "
                                             f"{thresh} (net.ipv4.neigh.default.gc_thresh3, which nslab never "
-                                            f"changes); use fewer hosts per lab or ask the machine's admin to "
-                                            f"raise it")
+                                            f"changes); write `neighbours: static` (permanent entries, not "
+                                            f"counted) or use fewer hosts per lab")

@@ -29,9 +29,10 @@ class Parser:
     """Walks the document with explicit paths; the first problem raises a TopologyError."""
 
     TOP_KEYS = {"name", "mtu", "ipv6", "pools", "hosts", "routers", "segments", "links",
-                "cluster", "tests", "description"}
+                "cluster", "tests", "description", "neighbours"}
     NODE_KEYS = {"mtu", "routes", "sysctls", "serve", "tunnels", "image", "command", "env", "cap_add"}
-    SEGMENT_KEYS = {"subnet", "gateway", "gateway_ip", "bridge", "mtu", "members", "conditions"}
+    SEGMENT_KEYS = {"subnet", "gateway", "gateway_ip", "bridge", "mtu", "members", "neighbours",
+                    "conditions"}
     MEMBER_KEYS = {"iface", "port", "ip", "mac", "mtu", "conditions"}
     END_KEYS = {"node", "iface", "ip", "mac", "mtu", "conditions"}
     LINK_KEYS = {"ends", "mtu", "subnet", "conditions"}
@@ -56,6 +57,12 @@ class Parser:
                 if k not in keys:
                     raise self.err(tuple(path) + (k,),
                                    f"unknown key {k!r} (expected one of: {', '.join(sorted(keys))})")
+        return value
+
+    def neighbours(self, value, path) -> str:
+        if value not in ("static", "dynamic"):
+            raise self.err(path, f"neighbours must be static (permanent ARP entries for every lab peer, "
+                                 f"installed by nslab) or dynamic (ARP), got {value!r}")
         return value
 
     def mtu(self, value, path) -> int:
@@ -185,6 +192,7 @@ class Parser:
         if not isinstance(ipv6, bool):
             raise self.err(("ipv6",), f"ipv6 must be true or false, got {ipv6!r}")
         b.ipv6 = ipv6
+        b.neighbours = self.neighbours(top["neighbours"], ("neighbours",)) if "neighbours" in top else None
         pools = self.mapping(top.get("pools"), ("pools",), {"links"})
         b.link_pool = self.network(pools.get("links", DEFAULT_LINK_POOL), ("pools", "links"))
         if b.link_pool.prefixlen > 30:
@@ -216,6 +224,7 @@ class Builder:
         self.lab = ""
         self.mtu = DEFAULT_MTU
         self.ipv6 = False
+        self.neighbours = None      # the file's `neighbours:` (None: not given, dynamic unless too many)
         self.link_pool: IPv4Network = IPv4Network(DEFAULT_LINK_POOL)
         self.nodes: dict[str, Node] = {}
         self.node_specs: dict[str, dict] = {}
@@ -276,7 +285,9 @@ class Builder:
         bridge = self.p.ifname(spec.get("bridge", "br0"), path + ("bridge",))
         switch = self.add_node(name, "switch", {}, path, mtu=mtu)
         switch.bridges.append(Bridge(name=bridge, mtu=mtu, mac=stable_mac(self.lab, name, bridge)))
-        seg = Segment(name=name, subnet=subnet, gateway=None, gateway_ip=None, bridge=bridge, mtu=mtu)
+        seg = Segment(name=name, subnet=subnet, gateway=None, gateway_ip=None, bridge=bridge, mtu=mtu,
+                      neighbours=self.p.neighbours(spec["neighbours"], path + ("neighbours",))
+                      if "neighbours" in spec else None)
         self.segments[name] = seg
         seg_cond = conditions.parse(self.p, spec.get("conditions"), path + ("conditions",))
         self.segment_conditions[name] = (seg_cond, path)
@@ -399,7 +410,9 @@ class Builder:
         self._check_kernel_names()
         self._check_macs()
         topo = Topology(name=self.lab, file=self.doc.file, mtu=self.mtu, ipv6=self.ipv6, nodes=self.nodes,
-                        segments=self.segments, doc=self.doc, cluster=self.cluster, tests=self.tests)
+                        segments=self.segments, doc=self.doc, cluster=self.cluster, tests=self.tests,
+                        neighbours=self.neighbours or "dynamic", neighbours_given=self.neighbours is not None)
+        limits.choose_neighbours(topo)     # always: a lab's record reads back as it was built
         if getattr(self.p, "check_limits", True):   # off for a running lab's record (checked at up)
             limits.check(topo)      # what this machine can hold (descriptors, neighbour table), before routes
         self._resolve_routes()
@@ -753,29 +766,89 @@ class Builder:
                     if node.kind == "router":
                         subnets[iface.ip.network].add(node.name)
         self._check_route_count(adj, subnets)
-        for net, attached in subnets.items():
-            if not attached:
-                continue
-            dist = {r: 0 for r in attached}
-            queue = deque(attached)
+        # One BFS per router (not per subnet): hop counts between routers, and for each
+        # router the next hops toward each other router, computed once and shared by every
+        # route that uses them.  A subnet on several routers: the nearest ones, next hops
+        # merged in adjacency order (a neighbour one hop nearer to any nearest router).
+        dist: dict[str, dict[str, int]] = {}
+        for src in adj:
+            d = {src: 0}
+            queue = deque([src])
             while queue:
                 r = queue.popleft()
                 for nb, _, _ in adj[r]:
-                    if nb not in dist:
-                        dist[nb] = dist[r] + 1
+                    if nb not in d:
+                        d[nb] = d[r] + 1
                         queue.append(nb)
-            for r, d in dist.items():
-                if d == 0:
-                    continue
-                node = self.nodes[r]
-                if net in declared[r]:
-                    continue  # a declared route wins
-                hops, seen = [], set()
-                for nb, addr, dev in adj[r]:
-                    if dist.get(nb) == d - 1 and (nb, addr) not in seen:
+            dist[src] = d
+        toward: dict[tuple[str, str], list[int]] = {}
+
+        def hop_indexes(r: str, x: str) -> list[int]:
+            key = (r, x)
+            found = toward.get(key)
+            if found is None:
+                d, dx, seen, found = dist[x][r], dist[x], set(), []
+                for k, (nb, addr, _) in enumerate(adj[r]):
+                    if dx.get(nb) == d - 1 and (nb, addr) not in seen:
                         seen.add((nb, addr))
-                        hops.append(Nexthop(via=addr, dev=dev))
-                node.routes.append(Route(dst=net, nexthops=hops, origin="computed"))
+                        found.append(k)
+                toward[key] = found
+            return found
+
+        hop_lists: dict[tuple, list[Nexthop]] = {}
+        nexthop_objs: dict[int, Nexthop] = {}
+
+        def hops_for(r: str, indexes: tuple) -> list[Nexthop]:
+            key = (r, indexes)
+            hops = hop_lists.get(key)
+            if hops is None:
+                hops = []
+                for k in indexes:
+                    hop = nexthop_objs.get(id(adj[r][k]))
+                    if hop is None:
+                        _, addr, dev = adj[r][k]
+                        hop = nexthop_objs[id(adj[r][k])] = Nexthop(via=addr, dev=dev)
+                    hops.append(hop)
+                hop_lists[key] = hops
+            return hops
+
+        toward_hops: dict[tuple[str, str], list[Nexthop]] = {}
+        routes = {r: self.nodes[r].routes for r in adj}
+        for net, attached in subnets.items():
+            if not attached:
+                continue
+            if len(attached) == 1:
+                (a,) = attached
+                for r, d in dist[a].items():
+                    if d == 0 or (declared[r] and net in declared[r]):
+                        continue  # connected, or a declared route wins
+                    hops = toward_hops.get((r, a))
+                    if hops is None:
+                        hops = toward_hops[(r, a)] = hops_for(r, tuple(hop_indexes(r, a)))
+                    # shared Nexthop lists: routes are read, never changed in place
+                    routes[r].append(Route(dst=net, nexthops=hops, origin="computed"))
+                continue
+            near = [(a, dist[a]) for a in sorted(attached)]
+            for r in {r for _, da in near for r in da}:
+                d = min(da[r] for _, da in near if r in da)
+                if d == 0 or (declared[r] and net in declared[r]):
+                    continue
+                nearest = [a for a, da in near if da.get(r) == d]
+                if len(nearest) == 1:
+                    hops = toward_hops.get((r, nearest[0]))
+                    if hops is None:
+                        hops = toward_hops[(r, nearest[0])] = hops_for(r, tuple(hop_indexes(r, nearest[0])))
+                else:
+                    merged, seen, indexes = set(), set(), []
+                    for a in nearest:
+                        merged.update(hop_indexes(r, a))
+                    for k in sorted(merged):
+                        nb, addr, _ = adj[r][k]
+                        if (nb, addr) not in seen:
+                            seen.add((nb, addr))
+                            indexes.append(k)
+                    hops = hops_for(r, tuple(indexes))
+                routes[r].append(Route(dst=net, nexthops=hops, origin="computed"))
 
 
 def load(file: str, text: str | None = None, name: str | None = None, overrides: dict | None = None,

@@ -87,7 +87,15 @@ class Node:
         return self.bridges[0].name if self.bridges else None
 
     def iface(self, name: str) -> Iface | None:
-        return next((i for i in self.ifaces if i.name == name), None)
+        # An index, not a scan: a segment's switch has one port per member (100,000 in a
+        # hostile file), looked up once per member.  Rebuilt when a lookup misses or finds
+        # a renamed interface (names are given late, ifaces only get appended).
+        index = self.__dict__.get("_iface_index")
+        hit = index.get(name) if index is not None else None
+        if hit is not None and hit.name == name:
+            return hit
+        self.__dict__["_iface_index"] = index = {i.name: i for i in reversed(self.ifaces)}
+        return index.get(name)
 
     @property
     def addresses(self) -> list[IPv4Interface]:
@@ -102,6 +110,7 @@ class Segment:
     gateway_ip: IPv4Address | None
     bridge: str
     mtu: int
+    neighbours: str | None = None   # static | dynamic; None: the lab's setting
 
 
 @dataclass
@@ -115,6 +124,16 @@ class Topology:
     doc: Doc | None = None
     cluster: object | None = None   # model.cluster.Cluster when the file has a cluster: section
     tests: list = field(default_factory=list)   # model.tests.Check: the file's tests: section
+    # `neighbours:` static: permanent ARP entries for every lab-internal L2 peer (compile
+    # emits them); limits.check switches a lab to it when its possible dynamic entries
+    # would not fit the kernel's shared table, and leaves why in `neighbours_auto`.
+    neighbours: str = "dynamic"
+    neighbours_given: bool = False  # the file says which (nslab then never switches)
+    neighbours_auto: str | None = None
+
+    def static_neighbours(self, segment: str | None = None) -> bool:
+        seg = self.segments.get(segment) if segment is not None else None
+        return (seg.neighbours if seg is not None and seg.neighbours else self.neighbours) == "static"
 
     def node(self, name: str) -> Node:
         return self.nodes[name]

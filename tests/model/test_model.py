@@ -484,16 +484,19 @@ def test_error_messages_are_one_line_and_bounded():
 
 # ---- size limits ---------------------------------------------------------------------------
 
-def single_switch(n: int, gateway: bool = True) -> str:
+def single_switch(n: int, gateway: bool = True, neighbours: str | None = None) -> str:
     hosts = ", ".join(f"h{i}" for i in range(n))
-    return (("routers: [gw]\n" if gateway else "") + f"hosts: [{hosts}]\nsegments:\n  lan:\n"
+    return ((f"neighbours: {neighbours}\n" if neighbours else "") + ("routers: [gw]\n" if gateway else "")
+            + f"hosts: [{hosts}]\nsegments:\n  lan:\n"
             f"    subnet: 10.0.0.0/16\n" + ("    gateway: gw\n" if gateway else "") + f"    members: [{hosts}]\n")
 
 
 def test_neighbour_floor_counts_gateway_pairs_and_link_ends():
     from nslab.model import limits
-    assert limits.minimum_dynamic_neighbours(model.load("s.yaml", text=single_switch(200))) == 400
-    assert limits.minimum_dynamic_neighbours(model.load("s.yaml", text=single_switch(200, gateway=False))) == 0
+    dyn = dict(neighbours="dynamic")
+    assert limits.minimum_dynamic_neighbours(model.load("s.yaml", text=single_switch(200, **dyn))) == 400
+    assert limits.minimum_dynamic_neighbours(model.load("s.yaml", text=single_switch(200, False, **dyn))) == 0
+    assert limits.possible_dynamic_neighbours(model.load("s.yaml", text=single_switch(200, **dyn))) == 201 * 200
     topo = load("""
         routers: [r1, r2]
         hosts: [h1]
@@ -505,55 +508,83 @@ def test_neighbour_floor_counts_gateway_pairs_and_link_ends():
     assert limits.minimum_dynamic_neighbours(topo) == 2 * pods    # pod <-> cni0; no gateway on the underlay
 
 
-def test_neighbour_table_limit_refuses_at_validate(monkeypatch):
+def test_neighbour_table_limit_refuses_dynamic_at_validate(monkeypatch):
+    """`neighbours: dynamic` written in the file is kept: a lab whose floor does not fit is refused."""
     from nslab.model import limits
     monkeypatch.setattr(limits, "gc_thresh3", lambda: 1024)
-    model.load("s.yaml", text=single_switch(200))               # 400 entries: fine
+    model.load("s.yaml", text=single_switch(200, neighbours="dynamic"))     # 400 entries: fine
     with pytest.raises(TopologyError) as info:
-        model.load("s.yaml", text=single_switch(600))           # 1,200 > 1,024
+        model.load("s.yaml", text=single_switch(600, neighbours="dynamic"))  # 1,200 > 1,024
     assert str(info.value).startswith("s.yaml: the lab needs at least 1200 dynamic neighbour")
-    assert "1024" in str(info.value) and "gc_thresh3" in str(info.value)
+    assert "1024" in str(info.value) and "neighbours: static" in str(info.value)
 
 
-def test_permanent_neighbours_do_not_count(monkeypatch):
-    from nslab.model import limits
+def test_too_many_dynamic_neighbours_switch_to_static(monkeypatch):
+    """Unsaid, a lab whose peers could need more dynamic entries than gc_thresh3 gets permanent
+    ones: each host <-> its gateway, as Neigh ops with the peers' own MACs, and a notice."""
     from nslab.compile import compile_topology
-    topo = model.load("s.yaml", text=single_switch(10))
+    from nslab.model import limits
+    from nslab.plan import Neigh
+    monkeypatch.setattr(limits, "gc_thresh3", lambda: 1024)
+    small = model.load("s.yaml", text=single_switch(20))          # 21 x 20 = 420: dynamic
+    assert small.neighbours == "dynamic" and small.neighbours_auto is None
+    assert not [op for op in compile_topology(small).ops if isinstance(op, Neigh)]
+    topo = model.load("s.yaml", text=single_switch(600))          # 601 x 600 possible
+    assert topo.neighbours == "static" and "360,600" in topo.neighbours_auto and "1,024" in topo.neighbours_auto
+    assert limits.minimum_dynamic_neighbours(topo) == 0
     plan = compile_topology(topo)
-    gw = topo.nodes["gw"]
-    perm = {(gw.ns, gw.ifaces[0].name, str(topo.nodes[f"h{i}"].ifaces[0].ip.ip)) for i in range(10)}
-    assert limits.minimum_dynamic_neighbours(topo, perm) == 10
-    assert limits.permanent_neighbours(plan) == set()         # nothing permanent in a plain lab
+    neigh = [op for op in plan.ops if isinstance(op, Neigh)]
+    assert len(neigh) == 1200 and topo.neighbours_auto in plan.notes["_notices"]
+    gw, h7 = topo.nodes["gw"], topo.nodes["h7"]
+    assert Neigh(h7.ns, "eth0", str(gw.ifaces[0].ip.ip), gw.ifaces[0].mac) in neigh
+    assert Neigh(gw.ns, gw.ifaces[0].name, str(h7.ifaces[0].ip.ip), h7.ifaces[0].mac) in neigh
+    assert not [op for op in neigh if op.ns == h7.ns and op.address != str(gw.ifaces[0].ip.ip)]
 
 
-def test_cluster_permanent_neighbours_match_the_compiled_plan():
-    """model/limits.py counts flannel's permanent vxlan neighbours from the model (model sits
-    below compile): exactly the Neigh ops the compiled plan holds, for every shipped topology
-    and backend (vxlan with and without directRouting, and the others: none)."""
+def test_neighbours_written_per_segment_and_lab_wide():
     from nslab.compile import compile_topology
-    from nslab.model import limits
-    topologies = Path(__file__).parent.parent.parent / "topologies"
-    seen = 0
-    for f in sorted(topologies.glob("*.yaml")):
-        for backend in (None, "vxlan", "host-gw", "udp", "ipip"):
-            try:
-                topo = model.load(str(f), overrides={"backend": backend} if backend else None)
-            except (TopologyError, UsageError):
-                continue                    # a backend the file's cluster cannot take, or no cluster
-            expected = limits.permanent_neighbours(compile_topology(topo))
-            assert limits.cluster_permanent_neighbours(topo) == expected, (f.name, backend)
-            seen += bool(expected)
-    assert seen, "no shipped topology has a permanent neighbour: the comparison proved nothing"
+    from nslab.plan import Neigh
+    text = """
+        neighbours: {lab}
+        routers: [r1]
+        hosts: [a, b, c]
+        segments:
+          one: {{subnet: 10.0.1.0/24, gateway: r1, members: [a]{seg}}}
+          two: {{subnet: 10.0.2.0/24, gateway: r1, members: [b]}}
+        links: [[r1, c]]
+    """
+    def neighs(lab, seg=""):
+        topo = load(text.format(lab=lab, seg=seg))
+        return sorted((op.ns.split(".")[-1], op.address) for op in compile_topology(topo).ops if isinstance(op, Neigh))
+    assert neighs("dynamic") == []
+    assert neighs("dynamic", ", neighbours: static") == [("a", "10.0.1.254"), ("r1", "10.0.1.1")]
+    every = neighs("static")
+    assert len(every) == 6 and ("c", "172.31.0.1") in every and ("r1", "172.31.0.2") in every
+    assert neighs("static", ", neighbours: dynamic") == [x for x in every if not x[1].startswith("10.0.1.")]
+    with pytest.raises(TopologyError, match="neighbours must be static .* or dynamic"):
+        load(text.format(lab="permanent", seg=""))
+
+
+def test_seed_labs_stay_dynamic():
+    """The notes show ARP: no shipped topology gets permanent entries for its peers."""
+    for f in sorted((Path(__file__).parent.parent.parent / "topologies").glob("*.yaml")):
+        topo = model.load(str(f))
+        assert topo.neighbours == "dynamic" and topo.neighbours_auto is None, f.name
 
 
 def test_descriptor_limit_refuses_at_validate(monkeypatch):
+    """Apply keeps at most limits.OPEN_NAMESPACES namespaces open: the need stops growing there."""
     from nslab.model import limits
-    monkeypatch.setattr(limits, "nofile_hard_limit", lambda: 300)
-    model.load("s.yaml", text=single_switch(100))       # 102 namespaces: 268 descriptors
+    monkeypatch.setattr(limits, "OPEN_NAMESPACES", 100)
+    monkeypatch.setattr(limits, "nofile_hard_limit", lambda: 400)
+    model.load("s.yaml", text=single_switch(100))       # 100 of 102 namespaces open: 364 descriptors
+    model.load("s.yaml", text=single_switch(1000))      # still 364: the bound, not the lab, counts
+    monkeypatch.setattr(limits, "nofile_hard_limit", lambda: 350)
+    model.load("s.yaml", text=single_switch(10))        # 12 namespaces: 100
     with pytest.raises(TopologyError) as info:
-        model.load("s.yaml", text=single_switch(150))   # 152 namespaces: 368 > 300
+        model.load("s.yaml", text=single_switch(150))   # 100 x 3 + 64 = 364 > 350
     msg = str(info.value)
-    assert "152 namespaces need about 368 open files" in msg and "at most 300" in msg and "ulimit -Hn" in msg
+    assert "152 namespaces needs about 364 open files" in msg and "at most 350" in msg and "ulimit -Hn" in msg
 
 
 def test_raise_nofile_soft_limit_in_a_child():
