@@ -618,6 +618,7 @@ def trace(lab: str, src: str, dst: str, proto: str = "icmp", port: int | None = 
             later = [x for x in hops[i + 1:] if x["node"] == h["node"]]
             h["terminal"] = h["dir"] == "in" and not any(ip_key(x["layers"]) == ip_key(h["layers"]) for x in later)
     _explain(paths, namespaces)
+    _flanneld_notes(paths, topo)
     req_p, rep_p = paths["request"], paths["reply"]
     for p, target in ((req_p, d.node), (rep_p, None)):    # an ICMP error goes to whoever sent the packet
         p["delivered"] = bool(p["hops"]) and p["hops"][-1].get("note") == "delivered" and \
@@ -630,6 +631,9 @@ def trace(lab: str, src: str, dst: str, proto: str = "icmp", port: int | None = 
     if rep_p["hops"] and not rep_p["delivered"]:
         rep_p["drop"] = _drop(rep_p, namespaces, topo)
     rep_p["icmp_error"] = bool(replies) and replies[0].kind == "error"
+    _, l4 = innermost_ip(rep_p["hops"][0]["layers"]) if rep_p["hops"] else (None, None)
+    # a TCP connect answered with RST: the path works, the port does not (exit 1, said so)
+    result["refused"] = proto == "tcp" and bool(l4) and l4["layer"] == "tcp" and "R" in l4["flags"]
     result.update(paths)
     result["elapsed_ms"] = round((time.perf_counter() - t_start) * 1000, 1)
     for p in paths.values():
@@ -640,7 +644,34 @@ def trace(lab: str, src: str, dst: str, proto: str = "icmp", port: int | None = 
 
 def complete(result: dict) -> bool:
     """The probe reached its destination and its reply came back."""
-    return result["request"]["delivered"] and result["reply"]["delivered"] and not result["reply"]["icmp_error"]
+    return result["request"]["delivered"] and result["reply"]["delivered"] and not result["reply"]["icmp_error"] \
+        and not result.get("refused")
+
+
+def _flanneld_notes(paths: dict, topo) -> None:
+    """flannel's udp backend has no kernel device that encapsulates: flanneld does, in user
+    space.  Name its steps where they happen: it reads the packet from flannel0 and sends it
+    in UDP to the node whose subnet holds the destination; on that node it takes the datagram
+    in and writes the inner packet to flannel0, where the kernel routes it on."""
+    cluster = topo.cluster
+    if cluster is None or cluster.backend.type != "udp":
+        return
+    for p in paths.values():
+        for h in p["hops"]:
+            ip, _ = innermost_ip(h["layers"])
+            if ip is None:
+                continue
+            if h["dir"] == "out" and h["iface"] == cluster.backend.device and h["node"] in cluster.nodes:
+                dst = ipaddress.ip_address(ip["dst"])
+                owner = next((n for n in cluster.nodes.values() if dst in n.subnet), None)
+                h["decisions"].append({"kind": "lease", "text": (      # the table flanneld looks up
+                    f"flanneld read it from flannel0: {dst} is in {owner.subnet}, {owner.name}'s subnet: sent in "
+                    f"UDP to {owner.ip}:{cluster.backend.port}" if owner else
+                    f"flanneld read it from flannel0: no node's subnet holds {dst}: dropped")})
+            elif h["dir"] == "in" and h.get("terminal") and backends.classify(h["layers"]) == "udp":
+                udp = first_layer(h["layers"], "udp")
+                h["note"] = (f"flanneld takes it in on udp port {udp['dport']} and writes the inner packet "
+                             f"({ip['src']} > {ip['dst']}) to flannel0")
 
 
 def _kind_text(path: list[Obs]) -> str | None:
@@ -737,4 +768,7 @@ def render(console, r: dict) -> None:
             dr = p["drop"]
             where = f"{dr['node']} {dr['iface']}" if dr.get("iface") else dr["node"]
             console.print(Text(f"  dropped at {where} ({dr['reason']}): {dr['detail']}", style="red"))
+    if r.get("refused"):
+        console.print(Text(f"  connection refused: {r['dst']['name']} answered the SYN with RST (nothing listens on "
+                           f"port {r['probe']['port']})", style="red"))
     console.print(Text(f"\n{r['elapsed_ms']:.0f} ms", style="dim"))

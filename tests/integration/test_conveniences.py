@@ -251,3 +251,31 @@ def test_console_tab_completes_node_names_and_keeps_history(root_unchanged, lab_
         os.close(fd)
     history = (tmp_path / ".nslab_history").read_text().splitlines()
     assert history[-3:] == ["worker3 hostname", "client ip -br addr show dev eth0", "exit"]
+
+
+def test_trace_names_flanneld_under_udp_and_refused_tcp_fails(root_unchanged, lab_factory):
+    name = unique_lab_name()
+    nslab("up", "-q", "spine-leaf", "--name", name, "--backend", "udp", check=True)
+    try:
+        r = nslab("trace", "-l", name, "client", "web-worker3", "--json", timeout=120)
+        assert r.returncode == 0, r.stderr
+        hops = json.loads(r.stdout)["request"]["hops"]
+        sent = next(h for h in hops if (h["node"], h["iface"], h["dir"]) == ("worker1", "flannel0", "out"))
+        assert {"kind": "lease", "text": "flanneld read it from flannel0: 10.244.3.2 is in 10.244.3.0/24, worker3's "
+                                         "subnet: sent in UDP to 30.0.0.23:8285"} in sent["decisions"]
+        got = next(h for h in hops if (h["node"], h["iface"], h["dir"]) == ("worker3", "enp0s3", "in"))
+        assert got["note"] == "flanneld takes it in on udp port 8285 and writes the inner packet " \
+                              "(10.244.1.2 > 10.244.3.2) to flannel0"
+        assert hops[-1]["node"] == "web-worker3" and hops[-1]["note"] == "delivered"
+        r = nslab("trace", "-l", name, "client", "web-worker3", "--proto", "tcp", "--port", "81", timeout=120)
+        assert r.returncode == 1
+        assert "  connection refused: web-worker3 answered the SYN with RST (nothing listens on port 81)" \
+            in r.stdout.splitlines()
+        r = nslab("trace", "-l", name, "client", "web-worker3", "--proto", "tcp", "--port", "81", "--json",
+                  timeout=120)
+        assert r.returncode == 1 and json.loads(r.stdout)["refused"] is True
+        r = nslab("trace", "-l", name, "client", "web-worker3", "--proto", "tcp", "--port", "80", "--json",
+                  timeout=120)
+        assert r.returncode == 0 and json.loads(r.stdout)["refused"] is False
+    finally:
+        nslab("down", name)
