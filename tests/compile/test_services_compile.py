@@ -60,8 +60,6 @@ def test_script_prints_one_restore_per_namespace():
 
 
 def test_plan_json_round_trip_keeps_rules():
-    if not hasattr(P, "to_json"):
-        return
     plan = compile_topology(model.load(str(SHIPPED)))
     back = P.from_json(P.to_json(plan))
     assert ops(back, P.Iptables) == ops(plan, P.Iptables)
