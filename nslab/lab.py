@@ -22,6 +22,7 @@ from .compile import compile_topology
 from .compile.kernel import fit_to_kernel
 from .compile.script import render_op
 from .errors import ApplyError, NslabError, PrerequisiteError, TopologyError, UsageError
+from .model import limits
 from .plan import STAGE_NAMESPACE, Daemon, Netns, Plan, Serve, Sysctl
 from .runtime import agent
 
@@ -166,7 +167,7 @@ def up(topo: model.Topology, overrides: dict | None = None) -> tuple[Plan, state
                 ident = state.ns_identity(f"/proc/{pid}/ns/net")
                 record(lambda s: s.ns_ids.__setitem__(op.ns, ident))   # before the name is published
                 return pid
-            applier = RecordingApplier(record, start_container=start_container)
+            applier = RecordingApplier(record, max_open=limits.OPEN_NAMESPACES, start_container=start_container)
             try:
                 applier.prepare(plan)
                 applier.apply(plan)
@@ -195,11 +196,12 @@ def _source(topo: model.Topology) -> str:
 
 
 class RecordingApplier(Applier):
-    """Namespaces whose identity is in the record before their name exists: all of them
-    are made anonymous first (held by an fd), their device and inode recorded in one
-    write, and each is then published as /run/netns/<name> with an exclusive create and
-    a bind mount.  Killed at any moment, `down` finds each published namespace recorded
-    (or an empty placeholder file), and never mistakes someone else's for the lab's."""
+    """Namespaces whose identity is in the record before their name exists: they are made
+    anonymous first (held by an fd, a group of max_open at a time), their device and inode
+    recorded in one write per group, and each is then published as /run/netns/<name> with
+    an exclusive create and a bind mount.  Killed at any moment, `down` finds each
+    published namespace recorded (or an empty placeholder file), and never mistakes
+    someone else's for the lab's."""
 
     def __init__(self, record, **kw):
         super().__init__(**kw)
@@ -207,7 +209,13 @@ class RecordingApplier(Applier):
         self.pool: dict[str, int] = {}
 
     def prepare(self, plan: Plan) -> None:
-        names = [op.ns for op in plan.ops if isinstance(op, Netns) and op.container is None]
+        self.pending = [op.ns for op in plan.ops if isinstance(op, Netns) and op.container is None]
+        self.made = 0
+
+    def _make_anonymous(self) -> None:
+        """The next group of namespaces (max_open of them: open files stay bounded at any
+        lab size), made anonymous and recorded in one write before any is named."""
+        names = self.pending[self.made:self.made + self.max_open]
         home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:
             for name in names:
@@ -218,13 +226,16 @@ class RecordingApplier(Applier):
                     netns.setns(home)
         finally:
             os.close(home)
-        ids = {name: [os.fstat(fd).st_dev, os.fstat(fd).st_ino] for name, fd in self.pool.items()}
+        self.made += len(names)
+        ids = {name: [os.fstat(self.pool[name]).st_dev, os.fstat(self.pool[name]).st_ino] for name in names}
         self.record(lambda s: s.ns_ids.update(ids))
 
     def create_namespace(self, name: str, sysctls: list) -> object:
         if not netns._run_dir_ready:
             netns._prepare_run_dir()
             netns._run_dir_ready = True
+        if name not in self.pool:
+            self._make_anonymous()
         fd = self.pool.pop(name)
         target = netns.path(name)
         try:
