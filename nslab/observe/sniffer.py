@@ -98,6 +98,8 @@ class Sniffer:
         decapsulation); the non-None results, in arrival order.  What is queued at the end
         is read too."""
         kept: list[T] = []
+        if not self.socks:                     # nothing watched: nothing to wait for
+            return kept
         grace_until = None
         poller = select.poll()                 # not select(): a big lab has fds above FD_SETSIZE
         for fd in self.socks:
