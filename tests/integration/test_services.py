@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import re
 import shutil
 import sys
+from pathlib import Path
 
 import pytest
 
-from conftest import TOPOLOGIES
+from conftest import TOPOLOGIES, nslab, unique_lab_name
+from test_refusals import path_without
 from nslab.apply import iptables
 
 SHIPPED = (TOPOLOGIES / "spine-leaf-services.yaml").read_text()
@@ -213,3 +216,14 @@ def test_same_node_clusterip_reply_needs_bridge_netfilter(root_unchanged, lab_fa
     assert set(got) <= {"testappds-worker1", "testappds-worker2", "no answer"} and got["no answer"] >= 1, got
     lines = conntrack(lab, "worker3", "-p", "tcp", "--orig-dst", "10.111.222.68")
     assert any("UNREPLIED" in line and tuples(line)[1]["src"] == "10.244.3.2" for line in lines), lines
+
+
+def test_up_without_iptables_restore_is_one_sentence_and_leaves_nothing(root_unchanged, tmp_path):
+    """The rules are applied mid-up: a missing iptables-restore rolls the whole lab back."""
+    name = unique_lab_name()
+    path = path_without(tmp_path, "iptables-restore", "iptables-legacy-restore", "iptables-nft-restore")
+    proc = nslab("up", "-q", TOPOLOGIES / "spine-leaf-services.yaml", "--name", name, env={"PATH": path}, timeout=120)
+    assert proc.returncode != 0
+    assert proc.stderr.strip() == "nslab: iptables-restore is not installed (apt-get install iptables)", proc.stderr
+    assert not [n for n in os.listdir("/run/netns") if n.startswith(name + ".")]
+    assert not (Path("/run/nslab") / name).exists()
