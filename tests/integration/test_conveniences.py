@@ -279,3 +279,14 @@ def test_trace_names_flanneld_under_udp_and_refused_tcp_fails(root_unchanged, la
         assert r.returncode == 0 and json.loads(r.stdout)["refused"] is False
     finally:
         nslab("down", name)
+
+
+def test_readme_python_api_example_runs(root_unchanged):
+    block = re.search(r"\*\*Python API\.\*\*.*?```python\n(.*?)```", (REPO / "README.md").read_text(), re.S).group(1)
+    name = unique_lab_name()
+    code = block.replace('"demo"', repr(name))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/",
+                       timeout=180 * TIMEOUT_SCALE)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "worker1\n" in r.stdout and "6 passed, 0 failed" in r.stdout, r.stdout
+    assert not os.path.exists(f"/run/nslab/{name}")
