@@ -91,7 +91,7 @@ class Phases:
     """Where nslab's in-process up spends its time: wraps a few functions with timers while
     active (about 600 perf_counter() calls for N=200; nothing else changes)."""
 
-    WRAPPED = [(model, "load", "parse+plan"), (labmod, "compile_topology", "parse+plan"),
+    WRAPPED = [(model, "load", "parse+plan"), (labmod.compiler, "compile_topology", "parse+plan"),
                (labmod, "write_hosts_files", "hosts files"), (Applier, "create_namespace", "namespaces"),
                (Applier, "send", "netlink")]
 

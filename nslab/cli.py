@@ -15,7 +15,7 @@ from . import console as out
 from . import lab as labmod
 from . import state
 from .apply import containers, images
-from .compile import compile_topology
+from . import compile as compiler       # compile_topology loads on first use (start-up)
 from .compile.script import render
 from .model.limits import raise_nofile_soft_limit
 from .plan import Addr, Link
@@ -299,7 +299,7 @@ def validate(files: List[str] = typer.Argument(..., help="Topology files."),
     """Check topology files without touching the kernel."""
     for f in files:
         topo = labmod.load(f, overrides={"backend": backend} if backend else None)
-        plan = compile_topology(topo)
+        plan = compiler.compile_topology(topo)
         console.print(f"{f}: ok (lab {topo.name}: {len(topo.nodes)} nodes, {len(plan.ops)} operations)")
 
 

@@ -18,12 +18,12 @@ from . import model, state
 from . import plan as P
 from .apply import containers, kernel, netns, qdisc
 from .apply.applier import Applier
-from .compile import compile_topology
+from . import compile as compiler       # compile_topology loads on first use (CLI start-up)
 from .compile.kernel import fit_to_kernel
 from .compile.script import render_op
 from .errors import ApplyError, NslabError, PrerequisiteError, TopologyError, UsageError
 from .model import limits
-from .plan import STAGE_NAMESPACE, Daemon, Netns, Plan, Serve, Sysctl
+from .plan import STAGE_NAMESPACE, STAGE_PROCESS, Daemon, Netns, Plan, Serve, Sysctl
 from .runtime import agent
 
 
@@ -117,12 +117,12 @@ def applied_plan(lab: str, st: state.LabState | None = None) -> Plan:
 def plan_for_this_kernel(topo: model.Topology) -> Plan:
     """The plan `up` would apply here: compiled, then fitted to this kernel (no ipip: TUN
     devices and encapsulators instead).  Reads the kernel, changes nothing."""
-    plan = compile_topology(topo)
+    plan = compiler.compile_topology(topo)
     fit_to_kernel(plan, kernel.ipip_state())
     return plan
 
 
-def up(topo: model.Topology, overrides: dict | None = None) -> tuple[Plan, state.LabState]:
+def up(topo: model.Topology, overrides: dict | None = None, progress=None) -> tuple[Plan, state.LabState]:
     """Build the lab; on any failure remove what was made (and only that) and re-raise.
     The lab's lock is held throughout: a `down`, `capture` or `rewire` of the same lab
     waits until `up` has finished or cleaned up."""
@@ -167,7 +167,8 @@ def up(topo: model.Topology, overrides: dict | None = None) -> tuple[Plan, state
                 ident = state.ns_identity(f"/proc/{pid}/ns/net")
                 record(lambda s: s.ns_ids.__setitem__(op.ns, ident))   # before the name is published
                 return pid
-            applier = RecordingApplier(record, max_open=limits.OPEN_NAMESPACES, start_container=start_container)
+            applier = RecordingApplier(record, max_open=limits.OPEN_NAMESPACES, start_container=start_container,
+                                       progress=progress)
             try:
                 applier.prepare(plan)
                 applier.apply(plan)
@@ -203,10 +204,22 @@ class RecordingApplier(Applier):
     published namespace recorded (or an empty placeholder file), and never mistakes
     someone else's for the lab's."""
 
-    def __init__(self, record, **kw):
+    def __init__(self, record, progress=None, **kw):
         super().__init__(**kw)
         self.record = record
         self.pool: dict[str, int] = {}
+        self.progress = progress or (lambda phase, done, total: None)   # console.Progress from the CLI
+        self.batches = [0, 0]
+
+    def apply(self, plan: Plan) -> None:
+        self.batches = [0, len({(op.stage, op.ns) for op in plan.ops
+                                if op.stage not in (STAGE_NAMESPACE, STAGE_PROCESS)})]
+        super().apply(plan)
+
+    def run_batch(self, ns, ops: list) -> None:
+        super().run_batch(ns, ops)
+        self.batches[0] += 1
+        self.progress("links, addresses, routes", *self.batches)
 
     def prepare(self, plan: Plan) -> None:
         self.pending = [op.ns for op in plan.ops if isinstance(op, Netns) and op.container is None]
@@ -218,7 +231,8 @@ class RecordingApplier(Applier):
         names = self.pending[self.made:self.made + self.max_open]
         home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            for name in names:
+            for i, name in enumerate(names, self.made):
+                self.progress("creating namespaces", i, len(self.pending))
                 netns.unshare(netns.CLONE_NEWNET)
                 try:
                     self.pool[name] = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
@@ -237,6 +251,7 @@ class RecordingApplier(Applier):
         if name not in self.pool:
             self._make_anonymous()
         fd = self.pool.pop(name)
+        self.progress("naming namespaces", len(self.namespaces), len(self.pending))
         target = netns.path(name)
         try:
             os.close(os.open(target, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
@@ -357,7 +372,7 @@ def down(lab: str) -> list[str]:
     return result.removed
 
 
-def teardown(lab: str) -> state.Teardown:
+def teardown(lab: str, progress=None) -> state.Teardown:
     """Remove lab `lab`: what it verifiably made (see state.destroy), and the containers
     labelled for it if its record is gone."""
     require_root()
@@ -368,7 +383,7 @@ def teardown(lab: str) -> state.Teardown:
             return state.Teardown(kept=[])
         raise UsageError(f"no lab named {lab!r} is running (running: {', '.join(state.labs()) or 'none'})")
     release_uts(lab)
-    return state.destroy(lab)
+    return state.destroy(lab, progress=progress)
 
 
 # ---- a hostname per node ----------------------------------------------------------------------
@@ -419,11 +434,28 @@ def release_uts(lab: str) -> None:
             os.unlink(path)
 
 
+def uts_of(lab: str, node: str) -> str | None:
+    """The UTS namespace file of NODE: its mount in the run dir, or a container node's own
+    (docker gives it the node's name as hostname); None for a lab from before."""
+    path = uts_path(state.lab_dir(lab), node)
+    if os.path.ismount(path):
+        return path
+    st = state.load(lab)
+    record = next((c for c in st.containers if c.get("node") == node and c.get("id")), None) if st else None
+    if record is None:
+        return None
+    try:
+        pid = containers.engine().containers.get(record["id"]).attrs["State"]["Pid"]
+    except Exception:                        # gone or stopped: require_wired says so first
+        return None
+    return f"/proc/{pid}/ns/uts" if pid else None
+
+
 def enter_uts(lab: str, node: str) -> None:
     """Enter NODE's UTS namespace (this process, before it execs a command in the node)."""
-    path = uts_path(state.lab_dir(lab), node)
-    if not os.path.ismount(path):
-        return                               # a container node (its own), or a lab from before
+    path = uts_of(lab, node)
+    if path is None:
+        return
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         netns.setns(fd, CLONE_NEWUTS)
