@@ -75,8 +75,10 @@ class Pyroute2Reference(A.Applier):
         info = [("IFLA_INFO_KIND", op.kind)]
         if op.kind == "veth":
             peer_ns = self.namespaces[op.peer.ns]
+            attrs += [("IFLA_NUM_TX_QUEUES", 1), ("IFLA_NUM_RX_QUEUES", 1)]
             peer_attrs = [("IFLA_IFNAME", op.peer.name), ("IFLA_MTU", op.peer.mtu),
-                          ("IFLA_ADDRESS", op.peer.mac), ("IFLA_NET_NS_FD", peer_ns.fd)]
+                          ("IFLA_ADDRESS", op.peer.mac), ("IFLA_NET_NS_FD", peer_ns.fd),
+                          ("IFLA_NUM_TX_QUEUES", 1), ("IFLA_NUM_RX_QUEUES", 1)]
             peer_index = peer_ns.allocate(op.peer.name)
             info.append(("IFLA_INFO_DATA", {"attrs": [("VETH_INFO_PEER", {
                 "index": peer_index, "attrs": peer_attrs})]}))
