@@ -1,0 +1,190 @@
+#!/usr/bin/env python3
+"""Scale benchmark (issue 12): generated CLOS fabrics of 1,000 / 2,500 / 5,000 / 10,000 hosts,
+brought up and down with the CLI as a user runs it, and between the two:
+
+- peak RSS of the `nslab up` and `nslab down` processes (/usr/bin/time -f %M),
+- kernel memory: /proc/meminfo Slab and SUnreclaim before up, after up, after down,
+- a reachability sample, in-process with the probe engine's sockets (nslab/observe/probe.py):
+  every host -> its gateway, and every host -> a host in the farthest rack (half the racks
+  away; in a CLOS every other rack is 2 spine hops away), ICMP echo, re-sent twice,
+- neighbour table overflows: the kernel's table_fulls counter (/proc/net/stat/arp_cache)
+  and "neighbor table overflow" lines in the kernel log (dmesg), before and after.
+
+Every lab gets a unique name and is always taken down (try/finally); nothing is left.
+
+    sudo python3 bench/scale.py [--sizes 1000,2500,5000,10000]
+
+Mininet side by side: bench/build.py (single switch, N hosts; it skips Mininet's
+fixLimits(), which would raise the root namespace's neighbour thresholds -- `mn` itself
+does, so this script never runs `mn`).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import select
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+from nslab import generate, model
+from nslab.model import limits
+from nslab.observe import probe
+from nslab.packet import echo_request, parse_echo_reply
+
+SHAPES = {1000: "clos:4,20,50", 2500: "clos:4,50,50", 5000: "clos:8,50,100", 10000: "clos:8,100,100"}
+TARGETS = {1000: (2.0, 0.4), 10000: (25.0, 5.0)}
+
+
+def meminfo() -> dict[str, int]:
+    out = {}
+    with open("/proc/meminfo") as f:
+        for line in f:
+            key, value = line.split(":")
+            if key in ("Slab", "SUnreclaim"):
+                out[key] = int(value.split()[0]) // 1024        # MiB
+    return out
+
+
+def overflow_lines() -> int:
+    log = subprocess.run(["dmesg"], capture_output=True, text=True).stdout
+    return log.count("neighbor table overflow")
+
+
+def timed(argv: list[str]) -> tuple[float, int, str]:
+    """Wall seconds, peak RSS (MiB) and stdout of one CLI run."""
+    with tempfile.NamedTemporaryFile("r") as rss:
+        t0 = time.perf_counter()
+        done = subprocess.run(["/usr/bin/time", "-o", rss.name, "-f", "%M", *argv], capture_output=True, text=True)
+        elapsed = time.perf_counter() - t0
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)} failed: {done.stderr.strip() or done.stdout.strip()}")
+        return elapsed, int(rss.read().split()[-1]) // 1024, done.stdout
+
+
+def sample_pairs(topo) -> list[tuple[str, str, str, str]]:
+    """(source name, source namespace, destination name, destination address): each host to
+    its gateway and to the host at the same position in the rack half the fabric away."""
+    racks = [seg for seg in topo.segments.values() if seg.gateway]
+    members = {seg.name: [i.peer_node for i in topo.nodes[seg.name].ifaces] for seg in racks}
+    pairs = []
+    for k, seg in enumerate(racks):
+        far = racks[(k + len(racks) // 2) % len(racks)]
+        far_hosts = [h for h in members[far.name] if topo.nodes[h].kind == "host"]
+        for pos, h in enumerate(n for n in members[seg.name] if topo.nodes[n].kind == "host"):
+            node = topo.nodes[h]
+            pairs.append((h, node.ns, seg.gateway, str(seg.gateway_ip)))
+            target = far_hosts[pos % len(far_hosts)]
+            pairs.append((h, node.ns, target, str(topo.address_of(target))))
+    return pairs
+
+
+def reach(pairs, group: int = 400, timeout: float = 3.0) -> tuple[int, list]:
+    """Echo request for each pair (sources in groups: a bounded number of sockets open);
+    re-sent to the silent ones at 1 s and 2 s.  Returns (answered, [(src, dst) missing])."""
+    by_source: dict[str, list] = {}
+    for src, ns, dst, ip in pairs:
+        by_source.setdefault((src, ns), []).append((dst, ip))
+    sources = list(by_source)
+    answered, missing = 0, []
+    payload = b"nslab scale " + os.urandom(8)
+    for start in range(0, len(sources), group):
+        chunk = sources[start:start + group]
+        socks = [probe.icmp_socket(ns) for _, ns in chunk]
+        try:
+            poller = select.poll()
+            fd_index = {}
+            for i, s in enumerate(socks):
+                poller.register(s, select.POLLIN)
+                fd_index[s.fileno()] = i
+            pending = {(i, j) for i, src in enumerate(chunk) for j in range(len(by_source[src]))}
+
+            def send():
+                for i, j in sorted(pending):
+                    socks[i].sendto(echo_request((start + i) & 0xFFFF, j, payload), (by_source[chunk[i]][j][1], 0))
+
+            send()
+            t0, resent = time.monotonic(), 0
+            while pending and time.monotonic() - t0 < timeout:
+                if resent < 2 and time.monotonic() - t0 > 1.0 + resent:
+                    resent += 1
+                    send()
+                for fd, _ in poller.poll(100):
+                    i = fd_index[fd]
+                    while True:
+                        try:
+                            data = socks[i].recv(2048)
+                        except BlockingIOError:
+                            break
+                        r = parse_echo_reply(data)
+                        if r and r[1] == (start + i) & 0xFFFF and r[3] == payload and r[2] < len(by_source[chunk[i]]) \
+                                and by_source[chunk[i]][r[2]][1] == r[0]:
+                            pending.discard((i, r[2]))
+            answered += sum(len(by_source[src]) for src in chunk) - len(pending)
+            missing += [(chunk[i][0], by_source[chunk[i]][j][0]) for i, j in sorted(pending)]
+        finally:
+            for s in socks:
+                s.close()
+    return answered, missing
+
+
+def run_size(hosts: int, shape: str, workdir: str) -> dict:
+    name = f"scale{hosts}-{os.getpid()}"
+    path = os.path.join(workdir, f"{name}.yaml")
+    with open(path, "w") as f:
+        f.write(generate.render(shape, name=name, file=path))
+    topo = model.load(path)
+    row = dict(hosts=hosts, shape=shape, namespaces=len(topo.nodes), neighbours=topo.neighbours)
+    t0 = time.perf_counter()
+    subprocess.run(["nslab", "validate", path], check=True, capture_output=True)
+    row["validate"] = time.perf_counter() - t0
+    mem0, fulls0, lines0 = meminfo(), probe.neighbour_table_fulls() or 0, overflow_lines()
+    up_done = False
+    try:
+        row["up"], row["up_rss"], _ = timed(["nslab", "up", "-q", path])
+        up_done = True
+        row["mem_up"] = meminfo()
+        pairs = sample_pairs(topo)
+        t0 = time.perf_counter()
+        row["answered"], row["missing"] = reach(pairs)
+        row["pairs"], row["reach_s"] = len(pairs), time.perf_counter() - t0
+    finally:
+        if up_done or os.path.exists(f"/run/nslab/{name}"):
+            row["down"], row["down_rss"], _ = timed(["nslab", "down", name])
+    row["mem0"], row["mem_down"] = mem0, meminfo()
+    row["fulls"] = (probe.neighbour_table_fulls() or 0) - fulls0
+    row["overflow_lines"] = overflow_lines() - lines0
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="1000,2500,5000,10000")
+    args = ap.parse_args()
+    limits.raise_nofile_soft_limit()
+    print(f"machine: {os.cpu_count()} CPUs, {os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') >> 30} GiB, "
+          f"kernel {os.uname().release}, gc_thresh3 {probe.gc_thresh3()}, load average "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    with tempfile.TemporaryDirectory() as workdir:
+        for size in (int(s) for s in args.sizes.split(",")):
+            row = run_size(size, SHAPES[size], workdir)
+            target = TARGETS.get(size)
+            verdict = "" if not target else ("meets target" if row["up"] <= target[0] and row["down"] <= target[1]
+                                             else f"target {target[0]:.0f}/{target[1]:.1f} s missed")
+            m0, mu, md = row["mem0"], row["mem_up"], row["mem_down"]
+            print(f"{size:>6} hosts {row['shape']:>16} {row['namespaces']:>6} ns  validate {row['validate']:.2f} s  "
+                  f"up {row['up']:.2f} s ({row['up'] / row['namespaces'] * 1000:.2f} ms/ns, RSS {row['up_rss']} MiB)  "
+                  f"down {row['down']:.2f} s ({row['down'] / row['namespaces'] * 1000:.3f} ms/ns, RSS "
+                  f"{row['down_rss']} MiB)  slab {m0['Slab']}->{mu['Slab']}->{md['Slab']} MiB  sunreclaim "
+                  f"{m0['SUnreclaim']}->{mu['SUnreclaim']}->{md['SUnreclaim']} MiB  sample {row['answered']}/"
+                  f"{row['pairs']} in {row['reach_s']:.1f} s  neighbours {row['neighbours']}  table_fulls "
+                  f"+{row['fulls']}  dmesg overflow lines +{row['overflow_lines']}  {verdict}", flush=True)
+            if row["missing"]:
+                print(f"       missing (first 5): {row['missing'][:5]}", flush=True)
+            print(f"       load average now {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
