@@ -1,24 +1,20 @@
 """Running a topology's `tests:` section (parsed in model/tests.py) and all-pairs probes.
 
-Probes and sniffers are sockets opened inside the lab's namespaces by this process
-(observe/probe.py): nothing is forked per check."""
+Probes (observe/probe.py) and the sniffer (observe/sniffer.py) are sockets opened inside
+the lab's namespaces by this process: nothing is forked per check."""
 from __future__ import annotations
 
-import os
-import select
-import socket
 import time
 from xml.etree import ElementTree as ET
 from dataclasses import dataclass, field
 
 from .. import backends
+from .. import console as out
 from ..apply import netns
 from ..model.tests import IP_MTU_OVERHEAD, Check, underlay_node
 from . import probe
 from .decode import decode, format_layers, split
-
-ETH_P_ALL = 0x0003
-PACKET_OUTGOING = 4
+from .sniffer import Sniffer
 
 
 # --- parsing ------------------------------------------------------------------------------------
@@ -85,40 +81,6 @@ class Report:
                     skipped=len(self.skipped), results=[r.as_dict() for r in self.results])
 
 
-class Sniffer:
-    """An AF_PACKET socket in one namespace (one interface, or all), kept only for the
-    frames that carry a probe's marker."""
-
-    def __init__(self, ns: str, iface: str | None = None):
-        self.s = probe.open_in(ns, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-        try:
-            if iface:
-                self.s.bind((iface, ETH_P_ALL))
-            self.s.setsockopt(socket.SOL_SOCKET, probe.SO_RCVBUFFORCE, 1 << 22)
-            self.s.setblocking(False)
-        except BaseException:
-            self.s.close()
-            raise
-
-    def frames(self, marker: bytes, wait: float = 0.02) -> list[tuple[str, bool, int, bytes]]:
-        """(interface, outgoing, hatype, frame) of every queued frame carrying the marker."""
-        out = []
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                data, addr = self.s.recvfrom(65535)
-            except BlockingIOError:
-                left = deadline - time.monotonic()
-                if left <= 0 or not select.select([self.s], [], [], left)[0]:
-                    return out
-                continue
-            if marker in data:
-                out.append((addr[0], addr[2] == PACKET_OUTGOING, addr[3], data))
-
-    def close(self) -> None:
-        self.s.close()
-
-
 def run(topo, checks: list[Check] | None = None) -> Report:
     """Run the checks (default: the topology's own) against the running lab built from `topo`."""
     t0 = time.monotonic()
@@ -136,7 +98,7 @@ def skip(c: Check, backend: str) -> Result:
 
 def run_check(topo, c: Check) -> Result:
     t0 = time.monotonic()
-    marker = b"nslab-check-" + os.urandom(8).hex().encode()
+    marker = probe.new_marker("check")
     nodes = topo.nodes
     watch: dict[str, tuple[str, str | None]] = {}
     if c.encap:    # a pod's or cluster node's probe: on that node's underlay; else anywhere it leaves src
@@ -150,20 +112,11 @@ def run_check(topo, c: Check) -> Result:
     for ns in [src_ns] + [ns for ns, _ in watch.values()]:
         if not netns.exists(ns):
             return Result(c.name, c.probe_text, c.expect_text, False, f"namespace {ns} is gone", line=c.line)
-    sniffers: dict[str, Sniffer] = {}
-    try:
-        for role, (ns, iface) in watch.items():
-            sniffers[role] = Sniffer(ns, iface)
-        if c.kind == "ping":
-            out = probe.ping(src_ns, c.dst_ip, marker, c.timeout)
-        elif c.kind == "tcp":
-            out = probe.tcp(src_ns, c.dst_ip, c.port, marker, c.timeout)
-        else:
-            out = probe.http(src_ns, c.dst_ip, c.port, marker, c.timeout)
-        seen = {role: s.frames(marker) for role, s in sniffers.items()}
-    finally:
-        for s in sniffers.values():
-            s.close()
+    with Sniffer(watch) as sniffer:         # one packet socket per role, keyed by role
+        out = probe.send(c.kind, src_ns, c.dst_ip, c.port, marker, c.timeout)
+        seen: dict[str, list] = {role: [] for role in watch}
+        for f in sniffer.frames(marker):
+            seen[f.node].append((f.iface, f.outgoing, f.hatype, f.data))
     details = [out.detail]
     ok = out.ok == c.expect_ok
     observed = out.detail if not out.ok else "reached" if c.kind != "http" else out.detail.split("-> ", 1)[-1]
@@ -284,16 +237,11 @@ def run_all_pairs(topo, hosts: bool = False, timeout: float = 3.0) -> Report:
 
 
 def render(console, report: Report) -> None:
-    from rich.table import Table  # lazy: start-up
     lab, results = report.lab, report.results
     title = f"lab {lab}: tests" + (f" (flannel backend {report.backend})" if report.backend else "")
-    table = Table(title=title, title_justify="left")
-    for col in ("", "test", "probe", "expected", "observed"):
-        table.add_column(col)
-    for r in results:
-        table.add_row("[yellow]SKIP[/]" if r.skipped else "[green]PASS[/]" if r.ok else "[red bold]FAIL[/]", r.name,
-                      r.probe, r.expected, r.observed)
-    console.print(table)
+    out.table(console, ["", "test", "probe", "expected", "observed"],     # never cut (nslab/console.py)
+              [["SKIP" if r.skipped else "PASS" if r.ok else "FAIL", r.name, r.probe, r.expected, r.observed]
+               for r in results], title=title, styles={"PASS": "green", "FAIL": "red bold", "SKIP": "yellow"})
     for r in results:
         if not r.ok:
             console.print(f"[red]FAIL[/] {r.name}" + (f" (line {r.line})" if r.line else ""))

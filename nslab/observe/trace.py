@@ -3,10 +3,9 @@ table entry that decided each step (note 000's "pod eth0 -> host veth -> cni0 ->
 flannel.1 -> ens33 -> ...", note 002's "how each field is found").
 
 How it works, without a process per interface or per namespace:
-1. capture: one AF_PACKET socket (ETH_P_ALL) opened inside every lab namespace (a socket
-   stays in the namespace it was created in), all read from this thread with select.
-   The socket address gives the interface and the direction (PACKET_OUTGOING or not).
-2. probe: ICMP echo from a raw socket, a TCP connect, or a UDP datagram, opened inside
+1. capture: observe/sniffer.py's packet socket in every lab namespace, all read from this
+   thread; each frame comes with its interface and direction (PACKET_OUTGOING or not).
+2. probe: ICMP echo, a TCP connect, or a UDP datagram, sent by observe/probe.fire from
    the source's namespace.  Its ICMP id/seq or source port is the marker that finds it in
    every frame, also inside VXLAN/IPIP/flannel-UDP encapsulation and inside ICMP errors.
 3. path: a node's observations are in its socket's arrival order (causal inside one
@@ -24,28 +23,24 @@ import errno
 import ipaddress
 import os
 import random
-import select
 import shutil
 import socket
-import struct
 import subprocess
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from .. import backends
+from .. import console as out
 from .. import lab as labmod
 from .. import state
 from ..apply import netns
 from .decode import decode, first_layer, format_layer, format_layers, innermost_ip, ip_key, split
 from ..errors import NslabError, UsageError
-from ..packet import echo_request
+from . import probe as probes
+from .sniffer import Frame, Sniffer
 from .show import format_fdb, format_neigh, format_route, norm_fdb, norm_link, norm_neigh, norm_route
 
-ETH_P_ALL = 0x0003
-SO_TIMESTAMPNS = 35            # == SCM_TIMESTAMPNS (not exported by Python's socket module)
-PACKET_OUTGOING = 4
 RTM_F_FIB_MATCH = 0x2000       # `ip route get fibmatch`: the table entry, not a cloned result
 AF_BRIDGE = 7
 IFF_NOARP = 0x80
@@ -100,40 +95,13 @@ class Probe:
 
 
 def send_probe(ns: str, probe: Probe) -> tuple[socket.socket | None, OSError | None, int]:
-    """Send the probe from inside `ns`; returns (socket to close later, send error, send time ns).
-    Fills probe.ident for tcp/udp (the source port the kernel gave)."""
-    with netns.enter(ns):
-        if probe.proto == "icmp":
-            sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-        elif probe.proto == "tcp":
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))   # close = RST
-        else:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        sock.setblocking(False)
-        if probe.ttl:
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, probe.ttl)
-        sock.bind((probe.src or "0.0.0.0", 0))
-        if probe.proto != "icmp":
-            probe.ident = sock.getsockname()[1]
-        t0 = time.time_ns()
-        try:
-            if probe.proto == "icmp":
-                sock.sendto(echo_request(probe.ident, probe.seq, b"nslab trace " + os.urandom(8).hex().encode()),
-                            (probe.dst, 0))
-            elif probe.proto == "tcp":
-                rc = sock.connect_ex((probe.dst, probe.port))
-                if rc not in (0, errno.EINPROGRESS):
-                    raise OSError(rc, os.strerror(rc))
-            else:
-                sock.sendto(b"nslab trace " + os.urandom(8).hex().encode(), (probe.dst, probe.port))
-        except OSError as e:
-            return sock, e, t0
-        return sock, None, t0
-    except BaseException:
-        sock.close()
-        raise
+    """Send the probe from inside `ns` (observe/probe.fire); returns (socket to close later,
+    send error, send time ns).  Fills probe.ident for tcp/udp (the source port the kernel gave)."""
+    fired = probes.fire(ns, probe.proto, probe.dst, probe.port, probe.ident, probe.seq,
+                        probes.new_marker("trace"), probe.src, probe.ttl)
+    if probe.proto != "icmp":
+        probe.ident = fired.sport
+    return fired.sock, fired.error, fired.t_ns
 
 
 # --- capture ---------------------------------------------------------------------------------
@@ -150,81 +118,13 @@ class Obs:
     layers: list[dict]
 
 
-class Sniffer:
-    """An ETH_P_ALL packet socket in each namespace, read together from one thread."""
-
-    def __init__(self, namespaces: dict[str, str]):
-        self.socks: dict[int, tuple[str, socket.socket]] = {}
-        try:
-            for node, ns in namespaces.items():
-                with netns.enter(ns):
-                    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-                s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-                s.setblocking(False)
-                self.socks[s.fileno()] = (node, s)
-        except BaseException:
-            self.close()
-            raise
-        self.order = 0
-
-    def close(self) -> None:
-        # Closing a packet socket waits for an RCU grace period (synchronize_net): ~10 ms
-        # each, one after another; closed from parallel threads they share grace periods.
-        threads = [threading.Thread(target=s.close) for _, s in self.socks.values()]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        self.socks = {}
-
-    def drain(self) -> None:
-        """Drop whatever was queued before the probe."""
-        for _, s in self.socks.values():
-            while True:
-                try:
-                    s.recv(65535)
-                except BlockingIOError:
-                    break
-
-    def read(self, probe: Probe, encap: dict, deadline: float, done) -> list[Obs]:
-        """Observations of the probe until `done(observations)` or the deadline; after done,
-        a short grace period catches copies still in flight (floods, the last decap)."""
-        seen: list[Obs] = []
-        grace_until = None
-        poller = select.poll()                 # not select(): a big lab has fds above FD_SETSIZE
-        for fd in self.socks:
-            poller.register(fd, select.POLLIN)
-        while True:
-            now = time.monotonic()
-            end = min(deadline, grace_until) if grace_until else deadline
-            if now >= end:
-                return seen
-            for fd, _ in poller.poll(max(1, int((end - now) * 1000))):
-                node, s = self.socks[fd]
-                self._recv(node, s, probe, encap, seen)
-            if grace_until is None and done(seen):
-                grace_until = time.monotonic() + 0.02
-
-    def _recv(self, node: str, s: socket.socket, probe: Probe, encap: dict, seen: list[Obs]) -> None:
-        while True:
-            try:
-                data, anc, _, addr = s.recvmsg(65535, 64)
-            except BlockingIOError:
-                return
-            self.order += 1
-            ifname, _, pkttype, hatype = addr[:4]
-            layers = decode(data, hatype, encap)
-            kind = probe.classify(layers) or ("icmp error?" if _quote_tuple(layers) else None)
-            if kind is None:
-                continue
-            t_ns = time.time_ns()
-            for level, typ, value in anc:
-                if level == socket.SOL_SOCKET and typ == SO_TIMESTAMPNS and len(value) >= 16:
-                    sec, nsec = struct.unpack("qq", value[:16])
-                    t_ns = sec * 1_000_000_000 + nsec
-            seen.append(Obs(node, ifname, "out" if pkttype == PACKET_OUTGOING else "in", t_ns, self.order,
-                            kind, layers))
+def observe(probe: Probe, encap: dict, frame: Frame) -> Obs | None:
+    """The frame as a sighting of the probe, or None if it is not about it."""
+    layers = decode(frame.data, frame.hatype, encap)
+    kind = probe.classify(layers) or ("icmp error?" if _quote_tuple(layers) else None)
+    if kind is None:
+        return None
+    return Obs(frame.node, frame.iface, frame.dir, frame.t_ns, frame.order, kind, layers)
 
 
 # --- building the path (pure) ----------------------------------------------------------------
@@ -591,7 +491,7 @@ def trace(lab: str, src: str, dst: str, proto: str = "icmp", port: int | None = 
             return any(o.kind in ("reply", "error") and o.node == s.node and o.dir == "in" for o in seen)
 
         deadline = time.monotonic() + (0 if send_error else timeout)
-        obs = sniffer.read(probe, encap, deadline, answered)
+        obs = sniffer.read(lambda f: observe(probe, encap, f), deadline, answered)
     finally:
         sniffer.close()
         if sock is not None:
@@ -725,50 +625,59 @@ def _drop(p: dict, namespaces: dict[str, str], topo) -> dict:
 
 # --- rendering ------------------------------------------------------------------------------------
 
+PIPED_WIDTH = 100     # piped, trace still wraps (at parts, words whole): its packet lines run to ~170
+
+
 def render(console, r: dict) -> None:
+    """The trace as text: a hop's header, then its packet and the kernel entries that chose
+    the step on lines of their own, each wrapped to the terminal's width (PIPED_WIDTH piped)
+    between header parts, so no address or name is split or cut."""
     from rich.text import Text  # lazy: start-up
+    limit = out.fits(console) or PIPED_WIDTH
+
+    def emit(text: str, indent: int, style: str | None = None, sep: str = " | ") -> None:
+        line = Text(out.wrap(text, limit, indent, sep), style=style or "")
+        line.highlight_regex(r"(?m)^ *(outer|inner) ", "dim")
+        console.print(line, soft_wrap=True)
     s, d = r["src"], r["dst"]
-    head = Text.assemble(("trace ", "bold"), f"{s['name']} ({s['ip'] or s['node']}) -> {d['name']} ({d['ip']})  ",
-                         (r["probe"]["text"], "cyan"),
-                         f"{'  ttl ' + str(r['probe']['ttl']) if r['probe']['ttl'] else ''}  lab {r['lab']}")
-    console.print(head)
+    probe = r["probe"]["text"] + (f"  ttl {r['probe']['ttl']}" if r["probe"]["ttl"] else "")
+    emit(f"trace {s['name']} ({s['ip'] or s['node']}) -> {d['name']} ({d['ip']})  {probe}  lab {r['lab']}", 6,
+         "bold", sep=" ")
     for name in ("request", "reply"):
         p = r[name]
         console.print()
-        title = Text.assemble((name, "bold magenta"), f"  {p['kind'] or ''}")
-        console.print(title)
+        console.print(Text.assemble((name, "bold magenta"), f"  {p['kind'] or ''}"))
         if not p["hops"]:
             console.print(Text("  not seen anywhere" if name == "request" else "  no reply seen", style="red"))
         else:
-            console.print(Text("  " + p["summary"], style="bold"))
+            emit("  " + p["summary"], 4, "bold", sep=" -> ")
         last_node = None
         for i, h in enumerate(p["hops"], 1):
             node = h["node"] if h["node"] != last_node else ""
             last_node = h["node"]
-            line = Text(f"  {i:>2} ")
-            line.append(f"{node:<14}", style="bold")
-            line.append(f"{h['iface']:<14} {h['dir']:<3}  +{h['t_ms']:.3f} ms  ")
+            console.print(Text.assemble(f"  {i:>2} ", (f"{node:<14}", "bold"),
+                                        f" {h['iface']:<14} {h['dir']:<3}  +{h['t_ms']:.3f} ms"))
             if h["outer"]:
-                line.append("outer ", style="dim")
-                line.append(h["outer"] + "\n" + " " * 44)
-                line.append("inner ", style="dim")
-            line.append(h["inner"])
-            console.print(line)
+                emit(f"       outer {h['outer']}", 13)
+                emit(f"       inner {h['inner']}", 13)
+            else:
+                emit(f"       {h['inner']}", 9)
             for dec in h["decisions"]:
-                text = dec["text"].replace("\n\t", "\n" + " " * 29)      # multipath: one nexthop a line
-                console.print(Text(f"{'':>20}{dec['kind']:<7}", style="cyan") + Text(text))
+                for n, part in enumerate(dec["text"].split("\n\t")):     # multipath: one nexthop a line
+                    emit(f"       {dec['kind'] if n == 0 else '':<7}{part}", 16, None, sep=" ")
             if h.get("note"):
-                console.print(Text(f"{'':>20}{h['note']}", style="green"))
+                emit(f"       {h['note']}", 9, "green", sep=" ")
         for h in p["also_seen"]:
-            console.print(Text(f"      also seen at {h['node']} {h['iface']} {h['dir']} (+{h['t_ms']:.3f} ms)",
-                               style="dim"))
+            emit(f"      also seen at {h['node']} {h['iface']} {h['dir']} (+{h['t_ms']:.3f} ms)", 8, "dim", sep=" ")
         if p["delivered"]:
             console.print(Text(f"  delivered to {p['hops'][-1]['node']}", style="green"))
         elif p["drop"]:
             dr = p["drop"]
             where = f"{dr['node']} {dr['iface']}" if dr.get("iface") else dr["node"]
-            console.print(Text(f"  dropped at {where} ({dr['reason']}): {dr['detail']}", style="red"))
+            emit(f"  dropped at {where} ({dr['reason']}): {dr['detail']}", 4, "red", sep=" ")
     if r.get("refused"):
-        console.print(Text(f"  connection refused: {r['dst']['name']} answered the SYN with RST (nothing listens on "
-                           f"port {r['probe']['port']})", style="red"))
-    console.print(Text(f"\n{r['elapsed_ms']:.0f} ms", style="dim"))
+        emit(f"  connection refused: {d['name']} answered the SYN with RST (nothing listens on port "
+             f"{r['probe']['port']})", 4, "red", sep=" ")
+    console.print()
+    console.print(Text(f"trace took {r['elapsed_ms']:.0f} ms (probe, captures on every interface, kernel lookups)",
+                       style="dim"))
