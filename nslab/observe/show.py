@@ -20,6 +20,7 @@ import os
 import socket
 from typing import Any, Iterable
 
+from .. import console as out
 from ..apply import netns, qdisc
 from ..apply.netlink import open_route_socket
 from ..runtime.agent import health
@@ -510,13 +511,18 @@ def collect(st, nodes: list[str]) -> dict:
 def render(console, st, data: dict) -> None:
     from rich.rule import Rule  # lazy: start-up
     from rich.text import Text  # lazy: start-up
+    limit = out.fits(console)          # None when piped: lines complete, as iproute2 prints them
+
+    def emit(text: str, indent: int, style: str = "") -> None:
+        console.print(Text(out.wrap(text, limit, indent), style=style), soft_wrap=True)
 
     for line in data.get("restarted", []):
         console.print(Text(f"lab {data['lab']}: {line}", style="yellow"))
     if data.get("degraded"):       # nothing of the lab dies silently
         console.print(Text(f"lab {data['lab']} is degraded: {'; '.join(data['degraded'])}", style="bold red"))
     for node, entry in data["nodes"].items():
-        console.print(Rule(Text.assemble((node, "bold"), f"  namespace {entry['namespace']}"), align="left"))
+        title = Text.assemble((node, "bold"), f"  namespace {entry['namespace']}")
+        console.print(Rule(title, align="left") if limit else title)
         if entry.get("error"):
             console.print(Text(entry["error"], style="red"))
             continue
@@ -538,23 +544,27 @@ def render(console, st, data: dict) -> None:
                 line.append(f"  master {link['master']}")
             if link["peer"]:
                 line.append(f"  peer {link['peer']}")
+            if limit and len(line.plain) > limit:     # a narrow terminal: wrapped at spaces, nothing cut
+                wrapped = Text(out.wrap(line.plain, limit, width + 4, sep="  "))   # "peer X" stays together
+                wrapped.stylize("bold", 2, 2 + len(link["name"] or "?"))
+                line = wrapped
             console.print(line, soft_wrap=True)
             pad = " " * (width + 4)
             if link["details"] and link["details"] != link["kind"] and link["kind"] != "veth":
-                console.print(Text(pad + link["details"], style="dim"), soft_wrap=True)
+                emit(pad + link["details"], width + 6, "dim")
             for a in link["addresses"]:
-                console.print(Text(pad + a["text"]), soft_wrap=True)
+                emit(pad + a["text"], width + 6)
             if link.get("conditions"):
-                console.print(Text(pad + "conditions " + link["conditions"], style="magenta"), soft_wrap=True)
+                emit(pad + "conditions " + link["conditions"], width + 6, "magenta")
         if not links:
             console.print(Text("  (none)", style="dim"))
-        _section(console, "routes", [x["text"] for x in entry["routes"]])
-        _section(console, "neighbours", [x["text"] for x in entry["neighbours"]])
+        _section(console, "routes", [x["text"] for x in entry["routes"]], limit)
+        _section(console, "neighbours", [x["text"] for x in entry["neighbours"]], limit)
         fdb = [x for x in entry["fdb"] if not ("self" in x["flags"] and is_multicast_mac(x["mac"] or ""))]
         if any(x for x in fdb):
-            _section(console, "fdb", [x["text"] for x in fdb])
+            _section(console, "fdb", [x["text"] for x in fdb], limit)
         if entry.get("subnet_env"):
-            _section(console, "subnet.env", [f"{k}={v}" for k, v in entry["subnet_env"].items()])
+            _section(console, "subnet.env", [f"{k}={v}" for k, v in entry["subnet_env"].items()], limit)
         console.print()
 
 
@@ -563,10 +573,12 @@ def _kind(link: dict) -> str:
     return f"{kind}/{link['slave_kind']}-port" if link["slave_kind"] else kind
 
 
-def _section(console, title: str, lines: list[str]) -> None:
+def _section(console, title: str, lines: list[str], limit: int | None = None) -> None:
     from rich.text import Text  # lazy: start-up
     console.print(Text(title, style="bold cyan"))
     if not lines:
         console.print(Text("  (none)", style="dim"))
     for line in lines:
-        console.print(Text("  " + line.replace("\n\t", "\n      ")), soft_wrap=True)
+        parts = ("  " + line).split("\n\t")          # multipath: one nexthop a line
+        text = "\n".join([out.wrap(parts[0], limit, 6)] + [out.wrap("      " + p, limit, 8) for p in parts[1:]])
+        console.print(Text(text), soft_wrap=True)

@@ -1,5 +1,12 @@
 """`nslab show` formatting, without root: each line must read exactly as iproute2 prints it
 (the expected strings are real `ip route` / `ip neigh` / `bridge fdb show` output)."""
+import io
+import json
+import os
+import re
+
+import pytest
+
 from nslab.observe.show import (fdb_state, format_addr, format_fdb, format_link_details, format_neigh, format_route,
                         is_multicast_mac, norm_fdb, norm_neigh, norm_route, parse_subnet_env)
 
@@ -164,3 +171,37 @@ def test_render_sections_and_subnet_env():
                    "10.244.1.0/24 via 10.244.1.0 dev flannel.1 onlink", "subnet.env", "FLANNEL_SUBNET=10.244.0.1/24"):
         assert needle in text, needle
     assert "33:33:00:00:00:01" not in text      # multicast self entries are hidden in the rendering
+
+
+# --- the rendered text: whole at 80 and 120 columns and piped ------------------------------
+
+SHOWN = os.path.join(os.path.dirname(__file__), "data", "show-spine-leaf.json")   # `nslab show --json`, 3 nodes
+ANSI = re.compile(r"\x1b\[[0-9;?]*[a-zA-Z]")
+WORD = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}|\d+\.\d+\.\d+\.\d+(?:/\d+)?|flannel\.\d+|veth[0-9a-f]{8}")
+
+
+@pytest.mark.parametrize("columns", [80, 120, None], ids=["80", "120", "piped"])
+def test_show_text_whole_at_any_width(columns):
+    from nslab import console as out
+    from nslab.observe.show import render
+    data = json.load(open(SHOWN))
+    buf = io.StringIO()
+    render(out.make(terminal=columns is not None, columns=columns, file=buf), None, data)
+    text = ANSI.sub("", buf.getvalue())
+    assert "…" not in text
+    if columns:
+        assert max(len(line) for line in text.splitlines()) <= columns, text
+    else:                                  # piped: no rule drawn across a 10,000-column "width"
+        assert max(len(line) for line in text.splitlines()) < 200
+    flat = " ".join(text.split())
+    shown = {n: {**e, "fdb": [x for x in e["fdb"] if not ("self" in x["flags"] and is_multicast_mac(x["mac"] or ""))],
+                 "interfaces": [x for x in e["interfaces"] if x["kind"] != "loopback"]}
+             for n, e in data["nodes"].items()}      # render leaves out lo and the kernel's own multicast entries
+    words = set(WORD.findall(json.dumps(shown)))
+    assert len(words) > 20
+    for w in words:
+        assert re.search(rf"(?<![\w:.]){re.escape(w)}(?![\w:])", flat), w
+    for node, entry in data["nodes"].items():
+        assert f"{node} namespace {entry['namespace']}" in flat
+        for r in entry["routes"]:
+            assert " ".join(r["text"].split()) in flat
