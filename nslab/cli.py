@@ -87,8 +87,9 @@ def built_rows(topo, plan) -> list[dict]:
 
 def built_table(topo, plan) -> None:
     rows, last = [], None
+    piped = out.fits(console) is None        # every line whole for grep/awk: the node on each
     for r in built_rows(topo, plan):
-        first = r["node"] != last
+        first = r["node"] != last or piped
         last = r["node"]
         rows.append([r["node"] if first else "", r["kind"] if first else "", r["namespace"] if first else "",
                      r["interface"], r["type"], "\n".join(r["address"]), r["peer"], r["mac"], str(r["mtu"])])
