@@ -20,7 +20,6 @@ What that changed, against the ping/curl these methods forked before:
 """
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 from dataclasses import dataclass
@@ -110,8 +109,8 @@ class Lab:
 
     def exec(self, node: str, *argv: str, timeout: float = 30, check: bool = False) -> subprocess.CompletedProcess:
         """argv in the node, as `nslab exec` runs it (its network namespace and hostname)."""
-        uts = labmod.uts_path(state.lab_dir(self.name), node)
-        enter = ["nsenter", f"--uts={uts}"] if os.path.ismount(uts) else []
+        uts = labmod.uts_of(self.name, node)
+        enter = ["nsenter", f"--uts={uts}"] if uts else []
         return subprocess.run([*enter, "ip", "netns", "exec", self.ns(node), *argv], capture_output=True, text=True,
                               timeout=timeout, check=check)
 

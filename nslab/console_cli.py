@@ -75,8 +75,8 @@ class Console:
     def run_in_node(self, node: str, argv: list[str]) -> int:
         argv = [self._address(a) for a in argv]
         labmod.require_wired(self.lab.name, [node])
-        uts = labmod.uts_path(state.lab_dir(self.lab.name), node)
-        enter = ["nsenter", f"--uts={uts}"] if os.path.ismount(uts) else []
+        uts = labmod.uts_of(self.lab.name, node)
+        enter = ["nsenter", f"--uts={uts}"] if uts else []
         self.out.flush()
         try:
             return subprocess.run([*enter, "ip", "netns", "exec", self.lab.ns(node), *argv],

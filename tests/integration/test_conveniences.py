@@ -115,6 +115,8 @@ def test_restarted_container_is_detected_until_rewired(root_unchanged, lab_facto
         import pytest
         pytest.skip(f"needs the Docker engine and nslab's images: {reason}")
     lab = lab_factory("containers.yaml")
+    assert lab.exec("nginx", "hostname", check=True).stdout == "nginx\n"       # the container's own UTS
+    assert lab.exec("master", "hostname", check=True).stdout == "master\n"     # a namespace node's
     containers.engine().containers.get(f"nslab.{lab.name}.nginx").restart(timeout=0)
     hint = f"nginx: container nslab.{lab.name}.nginx was restarted (new network namespace, without the lab's links)"
     row = next(r for r in json.loads(nslab("ls", "--json", check=True).stdout) if r["lab"] == lab.name)
