@@ -18,7 +18,7 @@ import os
 import sys
 import time
 
-PROGRESS_AFTER = 1.0          # seconds of work before a bar appears
+PROGRESS_AFTER = float(os.environ.get("NSLAB_PROGRESS_AFTER") or 1.0)   # seconds of work before a bar shows
 
 
 def is_terminal(stream=None) -> bool:
