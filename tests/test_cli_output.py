@@ -130,3 +130,11 @@ def test_a_word_longer_than_the_terminal_stays_whole():
     path = "/srv/" + "x" * 90 + "/clos.yaml"
     text = render(lambda c: out.table(c, ["lab", "file"], [["l1", path]]), 80)
     assert path in text and "…" not in text
+
+
+def test_fast_road_keeps_exit_codes_and_one_line_errors():
+    """An NslabError on the fast road: one line on stderr and its exit code, as under typer."""
+    got = subprocess.run([sys.executable, "-m", "nslab.cli", "validate", "/nonexistent/x.yaml"], capture_output=True,
+                         text=True, timeout=60)
+    assert got.returncode == 2 and got.stdout == "" and len(got.stderr.strip().splitlines()) == 1, got
+    assert "/nonexistent/x.yaml" in got.stderr and "Traceback" not in got.stderr
