@@ -114,8 +114,9 @@ class Applier:
         def inside():
             sock = open_route_socket()
             existing = socket.if_nameindex()   # lo, plus fallback tunnels on some kernels
-            for op in sysctls:
-                netns.write_sysctl(op.key, op.value)
+            with netns.sysctl_walks():
+                for op in sysctls:
+                    netns.write_sysctl(op.key, op.value)
             return sock, existing
         try:
             fd, (sock, existing) = netns.create(name, inside)
@@ -154,8 +155,9 @@ class Applier:
         with netns.Entered(fd):
             sock = open_route_socket()
             existing = socket.if_nameindex()
-            for op in sysctls:
-                netns.write_sysctl(op.key, op.value)
+            with netns.sysctl_walks():
+                for op in sysctls:
+                    netns.write_sysctl(op.key, op.value)
         ns = Namespace(name=name, fd=fd, sock=sock)
         for idx, dev in existing:
             ns.ifindex[dev] = idx

@@ -203,22 +203,58 @@ def sysctl_path(key: str) -> str:
     return "/proc/sys/" + key.translate(SLASH_DOT)
 
 
+_walk_cache: dict | None = None     # path prefix -> directory fd, inside sysctl_walks()
+
+
+@contextlib.contextmanager
+def sysctl_walks():
+    """Several sysctls of one namespace share their directory walk (net.ipv6.conf.all and
+    .default: /proc/sys/net/ipv6/conf once).  Each lookup of a per-namespace directory
+    under /proc/sys/net gets slower with every namespace on the machine (its dentries share
+    a parent: 0.7 ms per key at 1,000 namespaces, 9 ms at 2,600), so fewer walks matter.
+    Only inside one namespace: the cached directories are this namespace's."""
+    global _walk_cache
+    outer, _walk_cache = _walk_cache, {}
+    try:
+        yield
+    finally:
+        for fd in _walk_cache.values():
+            os.close(fd)
+        _walk_cache = outer
+
+
 def _open_sysctl(key: str, flags: int) -> int:
     """Open a sysctl file walking from / one level at a time without following symlinks,
     and check the file is procfs: nothing planted on the way can redirect the write."""
     parts = sysctl_path(key).split("/")[1:]
-    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    cache = _walk_cache
+    fd, owned, start = None, False, 0
+    if cache is not None:
+        for i in range(len(parts) - 1, -1, -1):
+            if tuple(parts[:i]) in cache:
+                fd, start = cache[tuple(parts[:i])], i
+                break
+    if fd is None:
+        fd, owned = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), True
+        if cache is not None:
+            cache[()], owned = fd, False
     try:
-        for i, part in enumerate(parts):
-            mode = flags if i == len(parts) - 1 else os.O_RDONLY | os.O_DIRECTORY
-            fd, parent = os.open(part, mode | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd), fd
-            os.close(parent)
+        for i in range(start, len(parts)):
+            last = i == len(parts) - 1
+            mode = flags if last else os.O_RDONLY | os.O_DIRECTORY
+            fd, parent, parent_owned = os.open(parts[i], mode | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd), fd, owned
+            owned = True
+            if parent_owned:
+                os.close(parent)
+            if not last and cache is not None:
+                cache[tuple(parts[:i + 1])], owned = fd, False
         buf = ctypes.create_string_buffer(256)     # struct statfs; f_type (a long) comes first
         _check(_libc.fstatfs(fd, buf), f"fstatfs {key}")
         if ctypes.c_long.from_buffer(buf).value != PROC_SUPER_MAGIC:
             raise OSError(errno.EXDEV, f"{sysctl_path(key)} is not on procfs")
     except BaseException:
-        os.close(fd)
+        if owned:
+            os.close(fd)
         raise
     return fd
 
