@@ -556,10 +556,11 @@ def link_down(target: str = typer.Argument(..., help="NODE:IFACE, e.g. worker1:f
 def link_up(target: str = typer.Argument(..., help="NODE:IFACE, e.g. worker1:flannel.4000."),
             lab: Optional[str] = LabOpt):
     """Set an interface up, then restore the node's routes, neighbours and FDB entries the lab
-    applied (its recorded plan) that Linux dropped meanwhile.  This mirrors flanneld, not a
-    bare kernel: flanneld's route check re-adds the routes it owns (host-gw, ipip: every 10 s)
-    and it writes its neighbour and FDB entries again when it handles the subnet leases; here
-    it happens at once.  What is restored is printed as iproute2 commands."""
+    applied (its recorded plan) that Linux dropped meanwhile, printed as iproute2 commands.
+    This mirrors flanneld's route check (host-gw and ipip re-add their missing routes every
+    10 s), at once and for every backend.  Real flanneld's vxlan backend does not notice
+    flannel.<VNI> set down and up (it watches only for the device's deletion, and then
+    recreates it): there the entries stay gone until a lease changes or flanneld restarts."""
     labmod.require_root()
     lab = labmod.resolve_lab(lab)
     restored = labmod.set_link(lab, target, up=True)
