@@ -7,8 +7,10 @@ Why it is fast:
 - All messages for one namespace and one stage are concatenated into a single send();
   the kernel processes them in order and acknowledges each.  A few sends per namespace
   instead of one round trip per object.
-- Interface indexes are chosen by us (requested in RTM_NEWLINK, per namespace), so an
-  address or route can name its device in the same batch without reading anything back.
+- Interface indexes are chosen by us (requested in RTM_NEWLINK) from one counter for the
+  whole lab, so an address or route can name its device in the same batch without reading
+  anything back, and no two ends of a lab share an index (`ethtool -S` peer_ifindex and
+  `ip link`'s `veth0@ifN` name the other end, as on a real host).
 - Both ends of a veth are born in their target namespaces (IFLA_NET_NS_FD on the peer),
   so nothing ever exists in the root namespace, even for an instant.
 """
@@ -50,6 +52,21 @@ IFLA_NUM_TX_QUEUES, IFLA_NUM_RX_QUEUES = 31, 32
 ONE_QUEUE = attr(IFLA_NUM_TX_QUEUES, U32.pack(1)) + attr(IFLA_NUM_RX_QUEUES, U32.pack(1))
 
 
+class Indexes:
+    """The next free interface index of a lab: one counter shared by its namespaces, kept
+    above every index seen in them (lo's 1, what an opened namespace already holds, TUN
+    devices, whose index the kernel picks)."""
+    def __init__(self) -> None:
+        self.next = 2
+
+    def take(self) -> int:
+        self.next += 1
+        return self.next - 1
+
+    def seen(self, idx: int) -> None:
+        self.next = max(self.next, idx + 1)
+
+
 @dataclass
 class Namespace:
     """A lab namespace as apply holds it: fd, netlink socket, and its interface indexes."""
@@ -57,13 +74,16 @@ class Namespace:
     fd: int
     sock: socket.socket
     ifindex: dict[str, int] = field(default_factory=dict)
-    next_index: int = 2
+    indexes: Indexes = field(default_factory=Indexes)     # the Applier's, shared by all
 
     def allocate(self, dev: str) -> int:
-        idx = self.next_index
-        self.next_index += 1
-        self.ifindex[dev] = idx
+        idx = self.ifindex[dev] = self.indexes.take()
         return idx
+
+    def holds(self, idx: int, dev: str) -> None:
+        """`dev` exists with index `idx` (the kernel chose it): later indexes go above."""
+        self.ifindex[dev] = idx
+        self.indexes.seen(idx)
 
     def index(self, dev: str) -> int:
         try:
@@ -99,6 +119,7 @@ class Applier:
 
     def __init__(self, on_namespace_created=None, start_container=None, max_open: int = 256):
         self.namespaces: dict[str, Namespace] = {}
+        self.indexes = Indexes()           # unique across every namespace this applier opens
         # Open files stay bounded whatever the lab's size (10,000 namespaces would be 20,000
         # descriptors): at most `max_open` namespaces hold their handle and socket, the least
         # recently used are closed and reopened by name (model/limits.py counts this bound).
@@ -123,10 +144,9 @@ class Applier:
         except FileExistsError:
             raise ApplyError(f"network namespace {name} already exists (another lab or `ip netns add` made it); "
                              f"nslab will not touch it") from None
-        ns = Namespace(name=name, fd=fd, sock=sock)
+        ns = Namespace(name=name, fd=fd, sock=sock, indexes=self.indexes)
         for idx, dev in existing:
-            ns.ifindex[dev] = idx
-        ns.next_index = max(idx for idx, _ in existing) + 1 if existing else 2
+            ns.holds(idx, dev)
         self.namespaces[name] = ns
         self._use(ns)
         if self.on_namespace_created:
@@ -158,10 +178,9 @@ class Applier:
             with netns.sysctl_walks():
                 for op in sysctls:
                     netns.write_sysctl(op.key, op.value)
-        ns = Namespace(name=name, fd=fd, sock=sock)
+        ns = Namespace(name=name, fd=fd, sock=sock, indexes=self.indexes)
         for idx, dev in existing:
-            ns.ifindex[dev] = idx
-        ns.next_index = max(idx for idx, _ in existing) + 1 if existing else 2
+            ns.holds(idx, dev)
         self.namespaces[name] = ns
         self._use(ns)
         return ns
@@ -342,8 +361,7 @@ class Applier:
             except OSError as e:
                 raise ApplyError(f"cannot create TUN device {op.name} in {ns.name}: {e.strerror}") from None
             idx = socket.if_nametoindex(op.name)
-        ns.ifindex[op.name] = idx
-        ns.next_index = max(ns.next_index, idx + 1)
+        ns.holds(idx, op.name)
 
     def _link(self, ns: Namespace, op: P.Link) -> bytearray:
         if op.kind == "tun":        # already created by _create_tun: set its MTU and bring it up

@@ -28,6 +28,9 @@ def test_diy_veth_ping_and_peer_ifindex(lab_factory):
     assert m, stats
     ifindex = lab.exec("ns2", "cat", "/sys/class/net/veth1/ifindex", check=True).stdout.strip()
     assert m.group(1) == ifindex
+    # indexes are unique across the lab: the two ends differ, so peer_ifindex names one end only
+    own = lab.exec("ns1", "cat", "/sys/class/net/veth0/ifindex", check=True).stdout.strip()
+    assert own != ifindex
 
 
 def test_diy_bridge_ping_and_learned_macs(lab_factory):
