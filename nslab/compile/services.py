@@ -26,8 +26,10 @@ def services_of(cluster) -> list[kubeproxy.Service]:
 
 def compile_services(topo, plan: P.Plan) -> None:
     cluster = topo.cluster
-    if cluster is None or not cluster.iptables:
+    if cluster is None:
         return
+    # Every cluster node gets flanneld's rules, as flanneld's defaults install them:
+    # --ip-masq (true unless `ipMasq: false`) and --iptables-forward-rules (always).
     services = services_of(cluster)
     for node in cluster.nodes.values():
         ns = topo.nodes[node.name].ns

@@ -60,9 +60,6 @@ class Cluster:
     pods: dict[str, Pod]
     service_cidr: IPv4Network | None = None
     services: dict = field(default_factory=dict)    # name -> model.services.Service
-    # netfilter rules (flannel's ip-masq, kube-proxy's) are compiled where the file asks for
-    # them: ipMasq written out, or services; older labs keep their rule-free nodes
-    iptables: bool = False
 
     def owner(self, address: IPv4Address) -> ClusterNode | None:
         """The node whose lease holds address (what flannel's subnet lookup answers)."""
@@ -163,7 +160,6 @@ def parse(p, b, spec, path) -> None:
     _pods(p, b, cluster, spec.get("pods"), path + ("pods",))
     cluster.service_cidr, cluster.services = services_model.parse(p, cluster, spec.get("services"),
                                                                   spec.get("serviceCIDR"), path)
-    cluster.iptables = "ipMasq" in spec or bool(cluster.services)
     b.cluster = cluster
     b.extensions.append(lambda builder: _check_underlay(builder, cluster, path))
 

@@ -43,9 +43,17 @@ def test_ip_masq_false_leaves_out_flannels_masquerade_only():
            "-j MASQUERADE --random-fully" in w1
 
 
-def test_cluster_without_services_or_ipmasq_has_no_rules():
+def test_cluster_without_services_gets_flannels_masquerade_by_default():
+    """ipMasq not written out: flanneld's default (true), so its rules and no kube-proxy's."""
     plan = compile_topology(model.load(str(SHIPPED.parent / "spine-leaf.yaml")))
-    assert not ops(plan, P.Iptables)
+    rules = {op.ns.split(".", 1)[1]: op.text for op in ops(plan, P.Iptables)}
+    assert sorted(rules) == sorted(CLUSTER_NODES)
+    assert "-A POSTROUTING -s 10.244.0.0/16 ! -d 224.0.0.0/4 -m comment --comment \"flanneld masq\" " \
+           "-j MASQUERADE --random-fully" in rules["worker1"]
+    assert not any("KUBE-" in text for text in rules.values())
+    text = SHIPPED.parent.joinpath("spine-leaf.yaml").read_text().replace("cluster:\n", "cluster:\n  ipMasq: false\n", 1)
+    plan = compile_topology(model.load(str(SHIPPED.parent / "spine-leaf.yaml"), text=text))
+    assert not any("flanneld masq" in op.text for op in ops(plan, P.Iptables))
 
 
 def test_script_prints_one_restore_per_namespace():

@@ -36,7 +36,7 @@ def test_the_notes_service():
     assert svc.cluster_ip == IPv4Address("10.111.222.68")
     assert svc.endpoints == ("testappds-worker1", "testappds-worker2", "testappds-worker3")
     assert topo.cluster.service_cidr == IPv4Network("10.96.0.0/12")
-    assert topo.cluster.iptables
+    assert topo.cluster.ip_masq
 
 
 def test_selector_takes_a_single_pod_too_and_defaults():
@@ -68,10 +68,11 @@ def test_service_cidr_is_settable():
     assert topo.cluster.services["a"].cluster_ip == IPv4Address("172.20.0.2")
 
 
-def test_no_rules_unless_asked():
-    """A cluster without services and without ipMasq written out keeps rule-free nodes."""
-    assert not model.load("lab.yaml", text=BASE).cluster.iptables
-    assert model.load("lab.yaml", text=BASE + "  ipMasq: false\n").cluster.iptables
+def test_ip_masq_defaults_to_true_as_flannels_does():
+    """flanneld's --ip-masq is on unless turned off: a cluster that does not write ipMasq
+    gets it (compile/services.py then installs flannel's masquerade rules)."""
+    assert model.load("lab.yaml", text=BASE).cluster.ip_masq is True
+    assert model.load("lab.yaml", text=BASE + "  ipMasq: false\n").cluster.ip_masq is False
 
 
 @pytest.mark.parametrize("services,message", [
