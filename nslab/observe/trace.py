@@ -37,6 +37,7 @@ from .. import state
 from ..apply import netns
 from .decode import decode, first_layer, format_layer, format_layers, innermost_ip, ip_key, split
 from ..errors import NslabError, UsageError
+from . import nat
 from . import probe as probes
 from .sniffer import Frame, Sniffer
 from .show import format_fdb, format_neigh, format_route, norm_fdb, norm_link, norm_neigh, norm_route
@@ -58,6 +59,7 @@ class Probe:
     ident: int = 0             # icmp id, or the tcp/udp source port
     seq: int = 0               # icmp seq
     ttl: int | None = None
+    aliases: tuple = ()        # (sport, dport) of the request after NAT (observe/nat.py)
 
     def describe(self) -> str:
         if self.proto == "icmp":
@@ -83,11 +85,12 @@ class Probe:
         if self.proto == "icmp" and kind == "icmp" and l4.get("id") == self.ident and l4.get("seq") == self.seq:
             return {8: "request", 0: "reply"}.get(l4["type"])
         if self.proto == kind and kind in ("tcp", "udp"):
-            if l4["sport"] == self.ident and l4["dport"] == self.port:
+            fwd = {(self.ident, self.port), *self.aliases}
+            if (l4["sport"], l4["dport"]) in fwd:
                 if kind == "tcp" and not quoted and l4["flags"].replace("S", "") != "":
                     return None                           # the SYN only, not the ACK that follows
                 return "request"
-            if l4["sport"] == self.port and l4["dport"] == self.ident:
+            if (l4["dport"], l4["sport"]) in fwd:
                 if kind == "tcp" and not ("S" in l4["flags"] or "R" in l4["flags"]):
                     return None
                 return "reply"
@@ -141,22 +144,30 @@ def build_path(obs: list[Obs], start: str | None, peers: dict[tuple[str, str], t
         if key not in firsts:
             firsts.add(key)
             by_node.setdefault(o.node, []).append(o)
+    # a node can be passed twice (a NodePort's DNATed packet goes back out through the
+    # switches it came in by, encapsulated): its sightings split into visits, in...out each
+    visits: dict[str, list[list[Obs]]] = {}
+    for n, seen in by_node.items():
+        groups: list[list[Obs]] = []
+        for o in seen:
+            if not groups or (o.dir == "in" and groups[-1][-1].dir == "out"):
+                groups.append([])
+            groups[-1].append(o)
+        visits[n] = groups
     path: list[Obs] = []
     node = start if start in by_node else None
     if node is None and by_node:
         node = min(by_node, key=lambda n: (by_node[n][0].t_ns, by_node[n][0].dir != "out"))
-    visited: set[str] = set()
-    while node is not None and node not in visited:
-        visited.add(node)
-        steps = by_node[node]
+    while node is not None and visits[node]:
+        steps = visits[node].pop(0)
         path += steps
         node = None
         for o in steps:
             peer = peers.get((o.node, o.iface)) if o.dir == "out" else None
-            if peer and peer[0] in by_node and peer[0] not in visited:
+            if peer and peer[0] in visits and visits[peer[0]]:
                 node = peer[0]
                 break
-    rest = sorted((o for n, os_ in by_node.items() if n not in visited for o in os_), key=lambda o: o.t_ns)
+    rest = sorted((o for groups in visits.values() for g in groups for o in g), key=lambda o: o.t_ns)
     return path, rest
 
 
@@ -454,6 +465,11 @@ def _peers(topo) -> dict[tuple[str, str], tuple[str, str]]:
 def trace(lab: str, src: str, dst: str, proto: str = "icmp", port: int | None = None, ttl: int | None = None,
           timeout: float = 1.0) -> dict:
     labmod.require_root()
+    if ":" in dst:                      # ADDRESS:PORT, as the note writes a service (10.111.222.68:8080)
+        dst, _, text = dst.rpartition(":")
+        if not text.isdigit() or (port is not None and port != int(text)):
+            raise UsageError(f"{dst}:{text}: the port after ':' must be a number (and agree with --port)")
+        port = int(text)
     if proto not in PROTOS:
         raise UsageError(f"--proto must be one of {', '.join(PROTOS)}, not {proto!r}")
     if proto == "icmp" and port is not None:
@@ -490,12 +506,29 @@ def trace(lab: str, src: str, dst: str, proto: str = "icmp", port: int | None = 
         def answered(seen: list[Obs]) -> bool:
             return any(o.kind in ("reply", "error") and o.node == s.node and o.dir == "in" for o in seen)
 
+        unmatched: list[Frame] = []     # tcp/udp: frames NAT may have rewritten, matched again below
+
+        def match(f: Frame) -> Obs | None:
+            o = observe(probe, encap, f)
+            if o is None and proto != "icmp":
+                unmatched.append(f)
+            return o
+
         deadline = time.monotonic() + (0 if send_error else timeout)
-        obs = sniffer.read(lambda f: observe(probe, encap, f), deadline, answered)
+        obs = sniffer.read(match, deadline, answered)
     finally:
         sniffer.close()
         if sock is not None:
             sock.close()
+    nats: list[nat.Nat] = []
+    if proto != "icmp" and send_error is None and topo.cluster is not None:
+        src_ip = probe.src or _source_address(obs, probe)
+        if src_ip:
+            nats = nat.find(namespaces, proto, nat.Tuple(src_ip, probe.dst, probe.ident, port))
+            probe.aliases = tuple((n.after.sport, n.after.dport) for n in nats)
+            obs += [o for o in (observe(probe, encap, f) for f in unmatched) if o is not None]
+    dnats = [n for n in nats if n.dnat]
+    target = resolve(topo, dnats[-1].after.dst).node if dnats else d.node     # the endpoint DNAT chose
     peers = _peers(topo)
     result: dict[str, Any] = {
         "lab": lab, "src": vars(s), "dst": vars(d),
@@ -506,7 +539,7 @@ def trace(lab: str, src: str, dst: str, proto: str = "icmp", port: int | None = 
     paths: dict[str, dict] = {}
     req, req_rest = build_path([o for o in obs if o.kind == "request"], s.node, peers)
     replies = [o for o in obs if o.kind == "reply"] or [o for o in obs if o.kind == "error"]
-    rep, rep_rest = build_path(replies, d.node if replies and replies[0].kind == "reply" else None, peers)
+    rep, rep_rest = build_path(replies, target if replies and replies[0].kind == "reply" else None, peers)
     for name, path, rest in (("request", req, req_rest), ("reply", rep, rep_rest)):
         steps = [_step(o, t0) for o in path]
         paths[name] = {"kind": _kind_text(path), "hops": steps, "also_seen": [_step(o, t0) for o in rest],
@@ -519,10 +552,13 @@ def trace(lab: str, src: str, dst: str, proto: str = "icmp", port: int | None = 
             h["terminal"] = h["dir"] == "in" and not any(ip_key(x["layers"]) == ip_key(h["layers"]) for x in later)
     _explain(paths, namespaces)
     _flanneld_notes(paths, topo)
+    nat.annotate(paths, nats, _ports)
+    result["nat"] = [{"node": n.node, "dnat": n.dnat, "snat": n.snat, "before": vars(n.before),
+                      "after": vars(n.after), "rule": n.rule} for n in nats]
     req_p, rep_p = paths["request"], paths["reply"]
-    for p, target in ((req_p, d.node), (rep_p, None)):    # an ICMP error goes to whoever sent the packet
+    for p, to in ((req_p, target), (rep_p, None)):    # an ICMP error goes to whoever sent the packet
         p["delivered"] = bool(p["hops"]) and p["hops"][-1].get("note") == "delivered" and \
-            target in (None, p["hops"][-1]["node"])
+            to in (None, p["hops"][-1]["node"])
     if send_error is not None and not req_p["hops"]:
         req_p["drop"] = {"node": s.node, "iface": None, "reason": "not sent",
                          "detail": f"{s.node} could not send to {d.ip}: {send_error.strerror}"}
@@ -540,6 +576,18 @@ def trace(lab: str, src: str, dst: str, proto: str = "icmp", port: int | None = 
         for h in p["hops"] + p["also_seen"]:
             h.pop("_port", None)
     return result
+
+
+def _source_address(obs: list[Obs], probe: Probe) -> str | None:
+    """The source address the kernel gave the probe (its first sighting)."""
+    first = min((o for o in obs if o.kind == "request"), key=lambda o: o.order, default=None)
+    ip, _ = innermost_ip(first.layers) if first else (None, None)
+    return ip["src"] if ip else None
+
+
+def _ports(hop: dict) -> tuple | None:
+    _, l4 = innermost_ip(hop["layers"])
+    return (l4.get("sport"), l4.get("dport")) if l4 else None
 
 
 def complete(result: dict) -> bool:

@@ -218,12 +218,25 @@ def test_same_node_clusterip_reply_needs_bridge_netfilter(root_unchanged, lab_fa
     assert any("UNREPLIED" in line and tuples(line)[1]["src"] == "10.244.3.2" for line in lines), lines
 
 
-def test_up_without_iptables_restore_is_one_sentence_and_leaves_nothing(root_unchanged, tmp_path):
-    """The rules are applied mid-up: a missing iptables-restore rolls the whole lab back."""
+@pytest.mark.parametrize("topology", ["spine-leaf-services.yaml", "flannel-vxlan.yaml"])
+def test_up_without_iptables_restore_is_one_sentence_and_leaves_nothing(root_unchanged, tmp_path, topology):
+    """The rules are applied mid-up: a missing iptables-restore rolls the whole lab back.
+    A cluster without services needs it too: flannel's ip-masq is on by default."""
     name = unique_lab_name()
     path = path_without(tmp_path, "iptables-restore", "iptables-legacy-restore", "iptables-nft-restore")
-    proc = nslab("up", "-q", TOPOLOGIES / "spine-leaf-services.yaml", "--name", name, env={"PATH": path}, timeout=120)
+    proc = nslab("up", "-q", TOPOLOGIES / topology, "--name", name, env={"PATH": path}, timeout=120)
     assert proc.returncode != 0
     assert proc.stderr.strip() == "nslab: iptables-restore is not installed (apt-get install iptables)", proc.stderr
     assert not [n for n in os.listdir("/run/netns") if n.startswith(name + ".")]
     assert not (Path("/run/nslab") / name).exists()
+
+
+def test_lab_without_a_cluster_needs_no_iptables(root_unchanged, tmp_path):
+    """No cluster, no netfilter rules: such a lab comes up without iptables-restore."""
+    name = unique_lab_name()
+    path = path_without(tmp_path, "iptables-restore", "iptables-legacy-restore", "iptables-nft-restore")
+    proc = nslab("up", "-q", TOPOLOGIES / "diy-veth.yaml", "--name", name, env={"PATH": path}, timeout=120)
+    try:
+        assert proc.returncode == 0, proc.stderr
+    finally:
+        assert nslab("down", name, timeout=120).returncode == 0

@@ -1,0 +1,146 @@
+"""NAT for `nslab trace`: which address translations a tcp/udp probe went through, read from
+the kernels that made them (note 001's services chapter: kube-proxy's DNAT to one endpoint,
+KUBE-POSTROUTING's or flannel's MASQUERADE).
+
+- conntrack: one NETLINK_NETFILTER dump per lab namespace and trace (pyroute2's Conntrack,
+  opened inside the namespace), after the probe; an entry whose reply tuple is not the
+  original tuple reversed is a translation: DNAT where the reply comes from elsewhere than
+  the original destination, SNAT where it goes back to elsewhere than the original source.
+- which rule: the namespace's nat table (one iptables-save, only where a DNAT happened):
+  the KUBE-SEP-* chain whose DNAT goes to the endpoint, and the KUBE-SVC-* rule that jumps
+  to it, with the probability kube-proxy wrote.
+The tuples a translation gives the probe let trace find it again after NAT (`aliases`).
+"""
+from __future__ import annotations
+
+import re
+import socket
+from dataclasses import dataclass
+
+from ..apply import iptables, netns
+
+PROTO = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
+
+
+@dataclass(frozen=True)
+class Tuple:
+    src: str
+    dst: str
+    sport: int
+    dport: int
+
+    def text(self) -> str:
+        return f"{self.src}:{self.sport} > {self.dst}:{self.dport}"
+
+
+@dataclass
+class Nat:
+    """One translation in one node's conntrack: the request left it as `after`."""
+    node: str
+    ns: str
+    before: Tuple
+    after: Tuple
+    dnat: bool
+    snat: bool
+    rule: str | None = None      # KUBE-SVC-... -> KUBE-SEP-... (from the nat table)
+
+    def text(self) -> str:
+        kinds = "+".join(k for k, on in (("DNAT", self.dnat), ("SNAT", self.snat)) if on)
+        line = f"{kinds} {self.before.text()}  ->  {self.after.text()}"
+        return line + (f"\n\t{self.rule}" if self.rule else "")
+
+
+def dump(ns: str, proto: str) -> list[tuple[Tuple, Tuple]]:
+    """(original, reply) tuples of the namespace's conntrack table for `proto`."""
+    from pyroute2 import Conntrack  # lazy: start-up
+    out = []
+    with netns.enter(ns):
+        ct = Conntrack()
+        try:
+            for e in ct.dump_entries():
+                o, r = e.tuple_orig, e.tuple_reply
+                if o.proto != PROTO[proto] or o.sport is None:
+                    continue
+                out.append((Tuple(o.saddr, o.daddr, o.sport, o.dport), Tuple(r.saddr, r.daddr, r.sport, r.dport)))
+        finally:
+            ct.close()
+    return out
+
+
+def follow(start: Tuple, tables: dict[str, list[tuple[Tuple, Tuple]]]) -> list[tuple[str, Tuple, Tuple]]:
+    """The translations the request went through, in the order they happened: a node whose
+    entry has the request's current tuple as original and a reply that is not its mirror
+    turns it into (reply.dst <- reply.src) reversed; repeat from the new tuple."""
+    steps, current, seen = [], start, {start}
+    while True:
+        hit = None
+        for node, entries in tables.items():
+            for orig, reply in entries:
+                after = Tuple(reply.dst, reply.src, reply.dport, reply.sport)
+                if orig == current and after != current:
+                    hit = (node, current, after)
+                    break
+            if hit:
+                break
+        if hit is None or hit[2] in seen:
+            return steps
+        steps.append(hit)
+        current = hit[2]
+        seen.add(current)
+
+
+def find(namespaces: dict[str, str], proto: str, start: Tuple) -> list[Nat]:
+    """Every translation of the probe's connection in the lab (one conntrack dump per
+    namespace), each named by the kube-proxy chains that chose its endpoint."""
+    tables = {}
+    for node, ns in namespaces.items():
+        try:
+            tables[node] = dump(ns, proto)
+        except OSError:
+            tables[node] = []            # no conntrack in this namespace (module not loaded)
+    nats = []
+    for node, before, after in follow(start, tables):
+        n = Nat(node, namespaces[node], before, after, dnat=(before.dst, before.dport) != (after.dst, after.dport),
+                snat=(before.src, before.sport) != (after.src, after.sport))
+        if n.dnat:
+            n.rule = chosen(n.ns, after.dst, after.dport)
+        nats.append(n)
+    return nats
+
+
+def chosen(ns: str, ip: str, port: int) -> str | None:
+    """`KUBE-SVC-X chose KUBE-SEP-Y (-m statistic ... probability P) DNAT to IP:PORT` from
+    the namespace's nat table, or None where no kube-proxy chain DNATs there."""
+    try:
+        nat = iptables.tables(ns).get("nat", {})
+    except Exception:                    # iptables-save missing or failing: say nothing
+        return None
+    sep = next((c.name for c in nat.values() if c.name.startswith("KUBE-SEP-")
+                for r in c.rules if re.search(rf"--to-destination {re.escape(ip)}:{port}\b", r.spec)), None)
+    if sep is None:
+        return None
+    for c in nat.values():
+        for r in c.rules:
+            if c.name.startswith("KUBE-SVC-") and r.spec.endswith(f"-j {sep}"):
+                prob = re.search(r"--probability (\S+)", r.spec)
+                how = f"probability {prob.group(1)}" if prob else "the last rule: what the others left"
+                return f"{c.name} chose {sep} ({how}, {r.packets} packets): DNAT to {ip}:{port}"
+    return f"{sep}: DNAT to {ip}:{port}"
+
+
+def annotate(paths: dict, nats: list[Nat], ports_of) -> None:
+    """Put each translation on the first hop where the request is seen translated at its
+    node, and the reverse translation on the hop where the reply left that node restored."""
+    for n in nats:
+        # the first sighting at that node already translated (a bridged port's frame meets
+        # PREROUTING before cni0's tap sees it, with br_netfilter)
+        req = next((h for h in paths["request"]["hops"] if h["node"] == n.node
+                    and ports_of(h) == (n.after.sport, n.after.dport)), None)
+        if req is not None:
+            req["decisions"].append({"kind": "nat", "text": n.text()})
+        rep = next((h for h in paths["reply"]["hops"] if h["node"] == n.node and h["dir"] == "out"
+                    and ports_of(h) == (n.before.dport, n.before.sport)), None)
+        if rep is not None:
+            rep["decisions"].append({"kind": "un-nat", "text": f"reverse NAT (conntrack) "
+                                     f"{n.after.dst}:{n.after.dport} > {n.after.src}:{n.after.sport}  ->  "
+                                     f"{n.before.dst}:{n.before.dport} > {n.before.src}:{n.before.sport}"})
