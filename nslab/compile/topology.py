@@ -67,6 +67,9 @@ def compile_topology(topo: Topology) -> P.Plan:
     for node in nodes.values():
         for kind in node.serve if node.container is None else ():   # a container serves by itself
             plan.add(P.Serve(ns=node.ns, node=node.name, kind=kind))
+        for m in node.members:       # a pod's containers: listeners in the one namespace they share
+            if m.serve:
+                plan.add(P.Serve(ns=node.ns, node=f"{node.name}/{m.name}", kind=m.serve, port=m.port))
     for node in nodes.values():
         addr = topo.address_of(node.name)
         if addr is not None and node.kind != "switch":

@@ -23,7 +23,49 @@ from .types import Bridge, Nexthop, Route, stable_mac
 DEFAULT_NETWORK = "10.244.0.0/16"
 CLUSTER_KEYS = {"network", "subnetLen", "iface", "ipMasq", "backend", "nodes", "pods", "services", "serviceCIDR"}
 NODE_KEYS = {"segment", "ip", "subnet"}
-POD_KEYS = {"node", "daemonset", "ip", "serve", "image", "command", "env", "cap_add"}
+POD_KEYS = {"node", "daemonset", "ip", "serve", "image", "command", "env", "cap_add", "containers"}
+MEMBER_KEYS = {"name", "serve", "port"}
+
+
+@dataclass(frozen=True)
+class Member:
+    """One container of a pod (note 003 §1): a process in the pod's network namespace, as a
+    Kubernetes pod's containers share one; `serve: http` on `port` is answered by the lab
+    agent's listener in that namespace, so the other members reach it on 127.0.0.1 over lo."""
+    name: str
+    serve: str | None = None
+    port: int | None = None
+
+
+def _members(p, spec, path, pspec) -> list[Member]:
+    if not isinstance(spec, list) or not spec:
+        raise p.err(path, "containers must be a list of {name: NAME, serve: http, port: PORT}")
+    for key in ("serve", "image"):
+        if key in pspec:
+            raise p.err(path, f"a pod with containers: gives each member its own serve:/port:, not the pod {key}:")
+    out: list[Member] = []
+    for i, m in enumerate(spec):
+        mpath = path + (i,)
+        m = p.mapping(m, mpath, MEMBER_KEYS, what="container")
+        name = m.get("name")
+        if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", name):
+            raise p.err(mpath + ("name",), f"container name {name!r} must be a DNS label (a-z, 0-9, -)")
+        if any(o.name == name for o in out):
+            raise p.err(mpath + ("name",), f"container {name} is named twice in this pod")
+        serve, port = m.get("serve"), m.get("port")
+        if serve is not None and serve != "http":
+            raise p.err(mpath + ("serve",), f"unknown service {serve!r} (nslab can serve: http)")
+        if port is not None and (serve is None or isinstance(port, bool) or not isinstance(port, int)
+                                 or not 0 < port < 65536):
+            raise p.err(mpath + ("port",), f"port {port!r} must be 1..65535, with serve: http")
+        if serve is not None:
+            port = port or 80
+            clash = next((o.name for o in out if o.port == port), None)
+            if clash:
+                raise p.err(mpath + ("port",), f"port {port} is already {clash}'s: members share one network "
+                                               f"namespace, so one port has one listener")
+        out.append(Member(name, serve, port))
+    return out
 HOST_VETH_RE = re.compile(r"veth[0-9a-f]{8}")     # host_veth_name's names
 
 
@@ -219,6 +261,8 @@ def _pods(p, b, cluster: Cluster, spec, path) -> None:
             taken[node].add(ip)
         node_spec = {k: pspec[k] for k in ("serve", "image", "command", "env", "cap_add") if pspec.get(k) is not None}
         pod_node = b.add_node(pod, "pod", node_spec, ppath, mtu=cn.mtu)
+        if "containers" in pspec:
+            pod_node.members = _members(p, pspec["containers"], ppath + ("containers",), pspec)
         gw = cn.subnet.network_address + 1
         veth = host_veth_name(node, pod)
         cluster.pods[pod] = Pod(name=pod, node=node, ip=IPv4Interface(f"{ip}/{cn.subnet.prefixlen}"),

@@ -76,6 +76,7 @@ class Node:
     routes: list[Route] = field(default_factory=list)
     sysctls: dict[str, str] = field(default_factory=dict)
     serve: list[str] = field(default_factory=list)   # services the lab agent runs here (http)
+    members: list = field(default_factory=list)      # a pod's containers: model.cluster.Member, one netns
     bridges: list[Bridge] = field(default_factory=list)
     tunnels: list = field(default_factory=list)      # model.tunnels.Tunnel (ip tunnel add ... mode ipip)
     path: tuple = ()
