@@ -534,7 +534,40 @@ def _rmtree_own(lab: str) -> None:
     if os.path.islink(d):
         os.unlink(d)
         return
-    shutil.rmtree(d, ignore_errors=True)
+    # Take the name away in one step first: a command that looks for the lab from now on
+    # finds no directory, where it could otherwise re-create its lock file inside one being
+    # emptied (and leave a run directory holding only `lock`).
+    gone = os.path.join(RUN_DIR, f"{REMOVING}{lab}.{os.getpid()}")
+    try:
+        os.rename(d, gone)
+    except FileNotFoundError:
+        gone = None
+    except OSError:
+        gone = d
+    if gone:
+        shutil.rmtree(gone, ignore_errors=True)
+    _sweep_removing()
+
+
+REMOVING = ".removing."     # RUN_DIR/.removing.<lab>.<pid>: a run directory being emptied
+
+
+def _sweep_removing() -> None:
+    """Finish the removal of run directories whose remover was killed half-way (only
+    nslab's own `.removing.<lab>.<pid>` names, only when that PID is gone)."""
+    try:
+        names = os.listdir(RUN_DIR)
+    except FileNotFoundError:
+        return
+    for name in names:
+        lab, _, pid = name[len(REMOVING):].rpartition(".")
+        if not (name.startswith(REMOVING) and valid_lab(lab) and pid.isdigit()):
+            continue
+        if os.path.exists(f"/proc/{pid}"):
+            continue
+        path = os.path.join(RUN_DIR, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def orphans(lab: str | None = None) -> dict[str, list]:

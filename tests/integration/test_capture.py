@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import select
 import shutil
 import signal
@@ -77,7 +78,9 @@ def test_decode_vxlan_across_racks_names_and_vni(spine_leaf):
                  "client", "web-worker3", "ICMP echo-request", "ICMP echo-reply"):
         assert word in out, f"{word!r} missing from:\n{out}"
     request = out[out.index("outer"):]
-    outer, inner = request.splitlines()[0].split(), request.splitlines()[2].split()
+    # piped, columns are "address (name)" cells two or more spaces apart
+    outer, inner = (re.split(r"\s{2,}", line) for line in request.splitlines()[0:2])
+    outer, inner = [c.split()[0] for c in outer], [c.split()[0] for c in inner]
     assert (outer[0], outer[1], outer[3]) == ("outer", "10.0.0.21", "30.0.0.23")
     assert inner[0:2] == ["inner", "10.244.1.2"] and inner[3] == "10.244.3.2"
     assert "4 packets captured" in err and "Traceback" not in err
