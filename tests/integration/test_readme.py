@@ -104,6 +104,7 @@ _MASKS = [
     (re.compile(r"\b(sport|dport)=\d+"), r"\1=<P>"),
     (re.compile(r"(\d+\.\d+\.\d+\.\d+):\d{4,5}\b"), r"\1:<P>"),
     (re.compile(r"\b\d{4,5} > (\d+)\b"), r"<P> > \1"),
+    (re.compile(r"\b(\d+) > \d{5}\b"), r"\1 > <P>"),                          # a reply's ephemeral port
     (re.compile(r"^(icmp|tcp|udp)(\s+\d+)\s+\d+"), r"\1\2 <T>"),                 # conntrack timeout
     (re.compile(r"^\s*\d+[KMG]?\s+\d+[KMG]?(?=\s+[A-Za-z])"), "<pkts> <bytes>"),   # iptables -v counters
     (re.compile(r"policy (\w+) \d+ packets, \d+ bytes"), r"policy \1 <N> packets, <N> bytes"),
