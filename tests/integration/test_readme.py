@@ -287,3 +287,31 @@ def test_readme_console_blocks(readme_env, capsys):
             print("  skipped " + s)
     assert checked >= 10, "the README lost its console blocks?"
     assert not failures, f"{len(failures)} README command(s) drifted:\n\n" + "\n\n".join(failures)
+
+
+def test_readme_yaml_snippets_match_their_files():
+    """A ```yaml block whose first line says `# from topologies/X.yaml` quotes that file:
+    each of its lines (comments aside) is a line of the file, and the quoted list is whole
+    (the file has no more `- ` items at that indentation in the quoted section)."""
+    text = README.read_text()
+    quoted = 0
+    for m in re.finditer(r"```yaml\n(.*?)```", text, re.S):
+        lines = m.group(1).splitlines()
+        src = re.search(r"# from (topologies/\S+\.yaml)", lines[0]) if lines else None
+        if not src:
+            continue
+        quoted += 1
+        file_lines = [ln.rstrip() for ln in (REPO / src.group(1)).read_text().splitlines()]
+        strip = [re.sub(r"\s+#.*$", "", ln).rstrip() for ln in lines]
+        for ln in strip:
+            assert ln in file_lines, f"README quotes {src.group(1)} with a line it does not have: {ln!r}"
+        start = file_lines.index(strip[0])
+        section = []
+        for ln in file_lines[start + 1:]:
+            if ln and not ln.startswith(" "):
+                break
+            section.append(ln)
+        items = [ln for ln in section if ln.startswith("  - ")]
+        shown = [ln for ln in strip[1:] if ln.startswith("  - ")]
+        assert items == shown, f"README quotes {len(shown)} of {len(items)} items of {strip[0]!r} in {src.group(1)}"
+    assert quoted, "no ```yaml block quotes a topology file any more?"
