@@ -144,3 +144,16 @@ def annotate(paths: dict, nats: list[Nat], ports_of) -> None:
             rep["decisions"].append({"kind": "un-nat", "text": f"reverse NAT (conntrack) "
                                      f"{n.after.dst}:{n.after.dport} > {n.after.src}:{n.after.sport}  ->  "
                                      f"{n.before.dst}:{n.before.dport} > {n.before.src}:{n.before.sport}"})
+
+
+def mark_routing(paths: dict, nats: list[Nat], ports_of) -> None:
+    """The source the kernel routed a translated packet with, on the hops that carry it
+    rewritten (`_route_src`, for trace's route lookups): SNAT rewrites the request's source
+    after routing (POSTROUTING), and the reply's source is restored after routing too."""
+    for n in nats:
+        for h in paths["request"]["hops"]:
+            if n.snat and h["node"] == n.node and ports_of(h) == (n.after.sport, n.after.dport):
+                h["_route_src"] = n.before.src
+        for h in paths["reply"]["hops"]:
+            if n.dnat and h["node"] == n.node and ports_of(h) == (n.before.dport, n.before.sport):
+                h["_route_src"] = n.after.dst

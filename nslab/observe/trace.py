@@ -282,8 +282,13 @@ def explain_step(k: Kernel, s: dict, path: list[dict]) -> None:
             dec.append(_bridge_decision(k, eth["dst"], link["master"]))
     elif s["dir"] == "out" and not _is_port(link) and ip:
         iif = _iif(s, path)
+        if iif is None and "_route_src" in s:     # a NATed reply in by a bridge port: routed from its bridge
+            i = next(n for n, x in enumerate(path) if x is s)
+            prev = next((x for x in reversed(path[:i]) if x["node"] == s["node"] and x["dir"] == "in"), None)
+            plink = k.links.get(prev["iface"]) if prev else None
+            iif = plink["master"] if _is_port(plink) else None
         try:
-            r = k.route(ip["dst"], ip["src"], iif, fibmatch=True)
+            r = k.route(ip["dst"], s.get("_route_src", ip["src"]), iif, fibmatch=True)
             dec.append({"kind": "route", "text": _route_text(r)})
         except OSError as e:
             dec.append({"kind": "route", "text": f"ip route get {ip['dst']}: {e.strerror}"})
@@ -338,7 +343,9 @@ def _iif(step: dict, path: list[dict]) -> str | None:
     for prev in reversed(path[:i]):
         if prev["node"] != step["node"]:
             break
-        if prev["dir"] == "in" and ip_key(prev["layers"]) == key and not prev.get("_port"):
+        # a NATed packet's header differs from how it came in: the device it came in by
+        same = ip_key(prev["layers"]) == key or "_route_src" in step
+        if prev["dir"] == "in" and same and not prev.get("_port"):
             return prev["iface"]
     return None
 
@@ -550,6 +557,7 @@ def trace(lab: str, src: str, dst: str, proto: str = "icmp", port: int | None = 
         for i, h in enumerate(hops):
             later = [x for x in hops[i + 1:] if x["node"] == h["node"]]
             h["terminal"] = h["dir"] == "in" and not any(ip_key(x["layers"]) == ip_key(h["layers"]) for x in later)
+    nat.mark_routing(paths, nats, _ports)
     _explain(paths, namespaces)
     _flanneld_notes(paths, topo)
     nat.annotate(paths, nats, _ports)
@@ -575,6 +583,7 @@ def trace(lab: str, src: str, dst: str, proto: str = "icmp", port: int | None = 
     for p in paths.values():
         for h in p["hops"] + p["also_seen"]:
             h.pop("_port", None)
+            h.pop("_route_src", None)
     return result
 
 

@@ -24,6 +24,14 @@ def nat_decisions(r: dict, path: str, kind: str) -> list[tuple[str, str, str]]:
     return [(h["node"], h["iface"], d["text"]) for h in r[path]["hops"] for d in h["decisions"] if d["kind"] == kind]
 
 
+def routes_found(r: dict) -> None:
+    """Every hop's route lookup answered: a NATed packet is looked up with the source and
+    device the kernel routed it with, not with the rewritten header."""
+    failed = [(h["node"], h["iface"], d["text"]) for p in ("request", "reply") for h in r[p]["hops"]
+              for d in h["decisions"] if d["kind"] == "route" and d["text"].startswith("ip route get")]
+    assert not failed, failed
+
+
 def check_sep(lab, node: str, rule: str, endpoint: str) -> None:
     """The chain the trace names is the one in the node's nat table that DNATs to the endpoint."""
     m = re.match(rf"{SVC} chose (KUBE-SEP-\w+) \(.*\): DNAT to {re.escape(endpoint)}:80$", rule)
@@ -41,6 +49,7 @@ def test_clusterip_trace_names_the_dnat_and_the_endpoint(root_unchanged, lab_fac
     endpoint = n["after"]["dst"]
     assert endpoint in ENDPOINTS and n["after"]["dport"] == 80 and n["after"]["src"] == r["src"]["ip"]
     check_sep(lab, "master1", n["rule"], endpoint)
+    routes_found(r)
     assert r["request"]["delivered"] and r["request"]["hops"][-1]["node"] == ENDPOINTS[endpoint]
     assert r["reply"]["delivered"] and r["reply"]["hops"][-1]["node"] == "client"
     [(node, _, text)] = nat_decisions(r, "request", "nat")
@@ -65,6 +74,7 @@ def test_nodeport_trace_names_dnat_and_snat_and_follows_the_hairpin(root_unchang
         # the source the endpoint sees: cni0's address on worker3, flannel.1's for another node
         assert n["after"]["src"] == ("10.244.3.1" if endpoint == "10.244.3.2" else "10.244.3.0"), n
         check_sep(lab, "worker3", n["rule"], endpoint)
+        routes_found(r)
         req, rep = r["request"], r["reply"]
         assert req["delivered"] and req["hops"][-1]["node"] == ENDPOINTS[endpoint], req["summary"]
         assert rep["delivered"] and rep["hops"][0]["node"] == ENDPOINTS[endpoint] and rep["hops"][-1]["node"] == "spine"
