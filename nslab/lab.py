@@ -5,7 +5,6 @@ it applies, fitted to this kernel.  `topology(lab)` and `applied_plan(lab)` read
 so observers and `rewire` describe the lab as built, whatever happened to its file since."""
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
@@ -180,8 +179,7 @@ def up(topo: model.Topology, overrides: dict | None = None, progress=None) -> tu
                 agent.start(st, services)
             record(lambda s: setattr(s, "status", "up"))
         except BaseException:
-            release_uts(lab)
-            state.destroy(lab, st)
+            state.destroy(lab, st)          # unmounts the UTS namespaces too
             raise
     finally:
         state.release(lab)
@@ -382,7 +380,6 @@ def teardown(lab: str, progress=None) -> state.Teardown:
             containers.remove(orphans)
             return state.Teardown(kept=[])
         raise UsageError(f"no lab named {lab!r} is running (running: {', '.join(state.labs()) or 'none'})")
-    release_uts(lab)
     return state.destroy(lab, progress=progress)
 
 
@@ -418,20 +415,6 @@ def make_uts(run_dir: str, nodes: list[str]) -> None:
                 netns.setns(home, CLONE_NEWUTS)
     finally:
         os.close(home)
-
-
-def release_uts(lab: str) -> None:
-    """Unmount a lab's UTS namespaces (only mounts inside its own run directory)."""
-    folder = os.path.join(state.lab_dir(lab), UTS_DIR)
-    if not state.valid_lab(lab) or os.path.islink(state.lab_dir(lab)) or not os.path.isdir(folder) \
-            or os.path.islink(folder):
-        return
-    for name in os.listdir(folder):
-        path = os.path.join(folder, name)
-        if os.path.ismount(path):
-            netns.umount(path)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
 
 
 def uts_of(lab: str, node: str) -> str | None:

@@ -534,6 +534,7 @@ def _rmtree_own(lab: str) -> None:
     if os.path.islink(d):
         os.unlink(d)
         return
+    _unmount_inside(d)
     # Take the name away in one step first: a command that looks for the lab from now on
     # finds no directory, where it could otherwise re-create its lock file inside one being
     # emptied (and leave a run directory holding only `lock`).
@@ -567,7 +568,24 @@ def _sweep_removing() -> None:
             continue
         path = os.path.join(RUN_DIR, name)
         if os.path.isdir(path) and not os.path.islink(path):
+            _unmount_inside(path)
             shutil.rmtree(path, ignore_errors=True)
+
+
+def _unmount_inside(d: str) -> None:
+    """Unmount what is mounted below a run directory (the lab's UTS namespaces), deepest
+    first: rmtree cannot remove a mount point, and a mount left behind would keep its
+    namespace alive.  Done here, under the lab's lock, so an `up` that mounts while a
+    `down` waits for the lock is covered too."""
+    prefix = os.path.realpath(d) + "/"
+    try:
+        with open("/proc/self/mountinfo") as f:
+            points = [re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), line.split()[4]) for line in f]
+    except OSError:
+        return
+    for point in sorted((p for p in points if p.startswith(prefix)), key=len, reverse=True):
+        with contextlib.suppress(OSError):
+            netns.umount(point)
 
 
 def orphans(lab: str | None = None) -> dict[str, list]:

@@ -44,6 +44,32 @@ def test_concurrent_up_of_one_name_exactly_one_wins(tmp_path):
         assert leftovers(name, str(tmp_path), []) == []
 
 
+def mounts_below(path) -> list[str]:
+    prefix = os.path.realpath(path) + "/"
+    with open("/proc/self/mountinfo") as f:
+        return [line.split()[4] for line in f if line.split()[4].startswith(prefix)]
+
+
+def test_destroy_unmounts_what_an_up_mounted_while_down_waited(tmp_path):
+    """An `up` that finishes (and mounts its nodes' UTS namespaces) while a `down` waits for
+    the lock: the down's destroy, not a step before it, must unmount them, or the run
+    directory cannot be removed and the mounts leak."""
+    code = f"""
+import os
+from nslab import state, lab
+st = state.claim({"ux" + str(os.getpid())!r}, {TOPO!r})
+lab.make_uts(st.dir, ["ns1", "ns2"])
+state.release(st.lab)
+assert os.path.ismount(lab.uts_path(st.dir, "ns1"))
+state.destroy(st.lab)
+print(st.dir)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60,
+                          env={**os.environ, "NSLAB_RUN_DIR": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr
+    assert mounts_below(tmp_path) == [] and os.listdir(tmp_path) == [], (mounts_below(tmp_path), os.listdir(tmp_path))
+
+
 def test_up_down_capture_rewire_racing_never_corrupt_the_record(tmp_path):
     """Many rounds of up, down, capture and rewire of one lab started together in random
     order: every command ends with a sentence or success, the record always parses, and
@@ -58,6 +84,7 @@ def test_up_down_capture_rewire_racing_never_corrupt_the_record(tmp_path):
         if (tmp_path / name).exists():                 # a failed round: still leave nothing
             nslab("down", name, env=env)
     assert 0 in outcomes["up"] and 0 in outcomes["down"], outcomes
+    assert mounts_below(tmp_path) == [] and os.listdir(tmp_path) == [], (mounts_below(tmp_path), os.listdir(tmp_path))
 
 
 def _race(tmp_path, env, rng, name, outcomes):
