@@ -374,6 +374,7 @@ def teardown(lab: str, progress=None) -> state.Teardown:
     """Remove lab `lab`: what it verifiably made (see state.destroy), and the containers
     labelled for it if its record is gone."""
     require_root()
+    state.sweep_removing()              # a down killed between its rename and its rmtree
     if not os.path.lexists(state.lab_dir(lab)):
         orphans = state.orphans(lab).get(lab, [])
         if orphans:

@@ -547,13 +547,13 @@ def _rmtree_own(lab: str) -> None:
         gone = d
     if gone:
         shutil.rmtree(gone, ignore_errors=True)
-    _sweep_removing()
+    sweep_removing()
 
 
 REMOVING = ".removing."     # RUN_DIR/.removing.<lab>.<pid>: a run directory being emptied
 
 
-def _sweep_removing() -> None:
+def sweep_removing() -> None:
     """Finish the removal of run directories whose remover was killed half-way (only
     nslab's own `.removing.<lab>.<pid>` names, only when that PID is gone)."""
     try:

@@ -159,3 +159,18 @@ def test_disk_full_while_writing_the_record(tmp_path, free_pages):
                                    f"no space left on the device; free some space there and try again"), proc.stderr
     assert proc.stdout.strip() == ""               # the run directory (inside the tmpfs) was removed
     assert leftovers(name, str(small / "nslab"), []) == []
+
+
+def test_down_finishes_a_removal_killed_between_rename_and_rmtree(tmp_path):
+    """A `down` killed after renaming the run dir away (RUN_DIR/.removing.<lab>.<pid>) and
+    before emptying it: the next down sweeps it, but only nslab's own names whose remover
+    is gone."""
+    dead = tmp_path / ".removing.k1x1.999999999"           # no such PID
+    alive = tmp_path / f".removing.k1x2.{os.getpid()}"      # its remover still runs
+    foreign = tmp_path / ".removing.Not A Lab.999999999"
+    for d in (dead, alive, foreign):
+        d.mkdir()
+        (d / "state.json").write_text("{}")
+    proc = nslab("down", "nosuchlab", env={"NSLAB_RUN_DIR": str(tmp_path)})
+    assert proc.returncode == 2 and "no lab named 'nosuchlab'" in proc.stderr, proc
+    assert not dead.exists() and alive.exists() and foreign.exists()
