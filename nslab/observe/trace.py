@@ -157,7 +157,11 @@ def build_path(obs: list[Obs], start: str | None, peers: dict[tuple[str, str], t
     path: list[Obs] = []
     node = start if start in by_node else None
     if node is None and by_node:
-        node = min(by_node, key=lambda n: (by_node[n][0].t_ns, by_node[n][0].dir != "out"))
+        # No known start (an ICMP error): the node that made the packet is the one whose
+        # first sighting is outgoing (every other node receives it first); time breaks ties.
+        # Not time alone: sightings on different sockets are read in poll order, and a
+        # frame without a kernel timestamp gets the time it was read.
+        node = min(by_node, key=lambda n: (by_node[n][0].dir != "out", by_node[n][0].t_ns))
     while node is not None and visits[node]:
         steps = visits[node].pop(0)
         path += steps
