@@ -243,9 +243,7 @@ class RecordingApplier(Applier):
         self.record(lambda s: s.ns_ids.update(ids))
 
     def create_namespace(self, name: str, sysctls: list) -> object:
-        if not netns._run_dir_ready:
-            netns._prepare_run_dir()
-            netns._run_dir_ready = True
+        netns.ensure_run_dir()
         if name not in self.pool:
             self._make_anonymous()
         fd = self.pool.pop(name)

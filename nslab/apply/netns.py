@@ -128,15 +128,20 @@ def enter(name: str) -> contextlib.AbstractContextManager:
 _run_dir_ready = False
 
 
+def ensure_run_dir() -> None:
+    """/run/netns ready as a shared mount point (once per process)."""
+    global _run_dir_ready
+    if not _run_dir_ready:
+        _prepare_run_dir()
+        _run_dir_ready = True
+
+
 def create(name: str, on_inside=None):
     """Create namespace `name`; call on_inside() while the thread is inside it (open
     sockets, write namespace sysctls) and return (ns_fd, on_inside's result).
 
     Raises FileExistsError if the name is taken; never touches the root namespace."""
-    global _run_dir_ready
-    if not _run_dir_ready:
-        _prepare_run_dir()
-        _run_dir_ready = True
+    ensure_run_dir()
     target = path(name)
     fd0 = os.open(target, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0)
     os.close(fd0)
@@ -160,10 +165,7 @@ def create(name: str, on_inside=None):
 def adopt(name: str, pid: int) -> int:
     """Name the network namespace of process `pid` (a container's), as `ip netns attach
     NAME PID` does, and return an fd on it.  FileExistsError if the name is taken."""
-    global _run_dir_ready
-    if not _run_dir_ready:
-        _prepare_run_dir()
-        _run_dir_ready = True
+    ensure_run_dir()
     target = path(name)
     os.close(os.open(target, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
     try:

@@ -140,6 +140,18 @@ def _compose(name: str, text: str) -> _Node | None:
     def too_deep(line):
         refuse(line, f"the document nests deeper than {MAX_DEPTH} levels")
 
+    def place(node):
+        """A finished node into the collection being built (its size and height move up);
+        the node itself if it is the document's root."""
+        if not stack:
+            return node
+        top = stack[-1]
+        top[0].value.append(node)
+        top[2] += node.size
+        if node.height >= top[3]:
+            top[3] = node.height + 1
+        return None
+
     loader = _FastLoader(text)
     try:
         get = loader.get_event
@@ -170,14 +182,7 @@ def _compose(name: str, text: str) -> _Node | None:
                     too_many(ev.start_mark.line + 1)
                 if len(stack) + node.height > MAX_DEPTH:
                     too_deep(ev.start_mark.line + 1)
-                if stack:
-                    top = stack[-1]
-                    top[0].value.append(node)
-                    top[2] += node.size
-                    if node.height >= top[3]:
-                        top[3] = node.height + 1
-                else:
-                    root = node
+                root = place(node) or root
             elif cls is MappingStartEvent or cls is SequenceStartEvent:
                 if len(stack) >= MAX_DEPTH:
                     too_deep(ev.start_mark.line + 1)
@@ -193,14 +198,7 @@ def _compose(name: str, text: str) -> _Node | None:
                 node, anchor, node.size, node.height = stack.pop()
                 if anchor is not None:
                     anchors[anchor] = node
-                if stack:       # the children are counted already: only the sizes move up
-                    top = stack[-1]
-                    top[0].value.append(node)
-                    top[2] += node.size
-                    if node.height >= top[3]:
-                        top[3] = node.height + 1
-                else:
-                    root = node
+                root = place(node) or root      # its children are counted already: sizes move up
             elif cls is DocumentStartEvent:
                 documents += 1
                 if documents > 1:
