@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import stat as S
@@ -46,6 +47,10 @@ HOSTS_DIR = "/etc/netns"   # `ip netns exec NS` bind-mounts /etc/netns/NS/hosts 
 HOSTS_DIR_MARK = os.path.join(HOSTS_DIR, ".made-by-nslab")
 STATE, LOCK = "state.json", "lock"
 TOPOLOGY, PLAN = "topology.yaml", "plan.json"      # what was built (record_built)
+# Identities of namespaces appended by `up` a group at a time (record_namespaces), folded
+# into STATE by the next full write: rewriting the whole record per group made recording
+# quadratic (40 ms per group of 256 at 10,000 namespaces).
+NS_LOG = "namespaces.log"
 MAX_BUILT_BYTES = 1 << 30                          # a record larger than this is not ours
 # The name rules of nslab.model (kept here so reading a record needs no model import).
 LAB_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
@@ -133,8 +138,7 @@ def _parse(lab: str, data) -> LabState:
             raise ValueError(f"{key!r} holds something other than strings")
     if not all(isinstance(c, dict) for c in data.get("containers", [])):
         raise ValueError("'containers' holds something other than objects")
-    ids = data.get("ns_ids", {})
-    if not all(isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) for x in v) for v in ids.values()):
+    if not _identities(data.get("ns_ids", {})):
         raise ValueError("'ns_ids' holds something other than [device, inode] pairs")
     if not all(isinstance(v, str) for v in data.get("built", {}).values()):
         raise ValueError("'built' holds something other than digests")
@@ -162,9 +166,39 @@ def load(lab: str) -> LabState | None:
     except OSError as e:
         raise RecordError(f"lab {lab}: cannot read its record {os.path.join(d, STATE)}: {e.strerror}") from None
     try:
-        return _parse(lab, json.loads(raw))
+        st = _parse(lab, json.loads(raw))
     except (ValueError, TypeError, RecursionError) as e:
         raise RecordError(f"lab {lab}: its record {os.path.join(d, STATE)} is corrupt ({e})") from None
+    st.ns_ids = {**_read_ns_log(lab), **st.ns_ids}     # the record's own entries are newer (rewire)
+    return st
+
+
+def _read_ns_log(lab: str) -> dict[str, list[int]]:
+    """NS_LOG's groups merged; a last line without its newline was cut short by a crash
+    (its namespaces were never named: nothing to find) and is ignored."""
+    path = os.path.join(lab_dir(lab), NS_LOG)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return {}
+    except OSError as e:
+        raise RecordError(f"lab {lab}: cannot read its record {path}: {e.strerror}") from None
+    with open(fd, "rb") as f:
+        lines = f.read().split(b"\n")[:-1]
+    ids: dict[str, list[int]] = {}
+    try:
+        for line in lines:
+            group = json.loads(line)
+            if not isinstance(group, dict) or not _identities(group):
+                raise ValueError("a line holds something other than namespace: [device, inode] pairs")
+            ids.update(group)
+    except (ValueError, RecursionError) as e:
+        raise RecordError(f"lab {lab}: its record {path} is corrupt ({e})") from None
+    return ids
+
+
+def _identities(ids: dict) -> bool:
+    return all(isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) for x in v) for v in ids.values())
 
 
 def labs() -> list[str]:
@@ -232,6 +266,26 @@ def update(lab: str, change: Callable[[LabState], None]) -> LabState | None:
         return st
 
 
+def record_namespaces(lab: str, ids: dict[str, list[int]]) -> None:
+    """Add namespace identities to the record by appending them to NS_LOG (synced before
+    this returns), under the lab's lock: linear in the group, whatever the record holds."""
+    path = os.path.join(lab_dir(lab), NS_LOG)
+    with locked(lab) as exists:
+        if not exists:
+            raise RecordError(f"lab {lab}: its run directory {lab_dir(lab)} is gone")
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                view = memoryview(json.dumps(ids).encode() + b"\n")
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise _write_error(lab, path, e) from None
+
+
 def claim(lab: str, file: str) -> LabState:
     """Create the lab's run directory and first record, and take its lock (held until
     release(lab); `up` keeps it for its whole run).  LabExists if the lab exists."""
@@ -272,7 +326,12 @@ def release(lab: str) -> None:
 def _write(st: LabState) -> None:
     data = {f.name: getattr(st, f.name) for f in fields(LabState) if f.name not in ("extra", "warnings")}
     data["processes"] = [vars(p) for p in st.processes]
-    _write_file(st.lab, STATE, json.dumps({**st.extra, **data}, indent=1).encode())
+    # one line: json's C encoder (an indent sends it through the pure-Python one, 10x slower
+    # on a 10,000-namespace record, which `up` rewrites once per group of namespaces)
+    _write_file(st.lab, STATE, json.dumps({**st.extra, **data}).encode() + b"\n")
+    # st came from load(), which merged NS_LOG in: it is in STATE now
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(lab_dir(st.lab), NS_LOG))
 
 
 def _write_file(lab: str, name: str, text: bytes) -> None:
@@ -485,18 +544,20 @@ def destroy(lab: str, st: LabState | None = None, progress=None) -> Teardown:
                 if not corrupt:
                     raise
         stop_processes([p for p in st.processes if labs_process(st, p)])
-        for i, (ns, ident) in enumerate(st.ns_ids.items()):
-            if progress:                   # console.Progress: a bar on a terminal after a second
-                progress("removing namespaces", i, len(st.ns_ids))
-            p = netns.path(ns)
-            if not lab_namespace(lab, ns):
-                out.kept.append(f"{ns!r} is not a namespace name of lab {lab}: left alone")
-            elif ns_identity(p) == ident or _placeholder(p):
-                if netns.remove(ns):
-                    out.removed.append(ns)
-            elif ns_identity(p) is not None:
-                out.kept.append(f"namespace {ns} is not the one lab {lab} created (another has its name now): "
-                                f"left alone")
+        with _held_until_unmounted() as hold:
+            for i, (ns, ident) in enumerate(st.ns_ids.items()):
+                if progress:                   # console.Progress: a bar on a terminal after a second
+                    progress("removing namespaces", i, len(st.ns_ids))
+                p = netns.path(ns)
+                if not lab_namespace(lab, ns):
+                    out.kept.append(f"{ns!r} is not a namespace name of lab {lab}: left alone")
+                elif ns_identity(p) == ident or _placeholder(p):
+                    hold(p)
+                    if netns.remove(ns):
+                        out.removed.append(ns)
+                elif ns_identity(p) is not None:
+                    out.kept.append(f"namespace {ns} is not the one lab {lab} created (another has its name "
+                                    f"now): left alone")
         unverified = [ns for ns in (set(st.namespaces) | set(netns.list_names() if corrupt else []))
                       if ns not in st.ns_ids and lab_namespace(lab, ns) and netns.exists(ns)]
         for ns in sorted(unverified):
@@ -511,6 +572,34 @@ def destroy(lab: str, st: LabState | None = None, progress=None) -> Teardown:
             pass
         _rmtree_own(lab)
     return out
+
+
+@contextlib.contextmanager
+def _held_until_unmounted():
+    """hold(path): keep that namespace alive with an fd until a group of them is unmounted.
+    Unmounting the last reference queues the namespace's teardown on a kernel worker, and
+    each later unmount then waits out an RCU grace period behind it (measured: 1,044
+    unmounts 0.20 s, 0.07 s with the namespaces held, teardown starting after them).
+    Groups stay under the open-files limit."""
+    group = max(64, min(4096, resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 256))
+    held: list[int] = []
+
+    def release():
+        for fd in held:
+            os.close(fd)
+        held.clear()
+
+    def hold(path: str) -> None:
+        if len(held) >= group:
+            release()
+        try:
+            held.append(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC))
+        except OSError:
+            pass
+    try:
+        yield hold
+    finally:
+        release()
 
 
 def _remove_links(lab: str, recorded: list[str]) -> None:
@@ -573,17 +662,25 @@ def sweep_removing() -> None:
 
 
 def _unmount_inside(d: str) -> None:
-    """Unmount what is mounted below a run directory (the lab's UTS namespaces), deepest
-    first: rmtree cannot remove a mount point, and a mount left behind would keep its
-    namespace alive.  Done here, under the lab's lock, so an `up` that mounts while a
-    `down` waits for the lock is covered too."""
+    """Unmount what is mounted below a run directory (the lab's UTS tmpfs and the node
+    namespaces on it): rmtree cannot remove a mount point, and a mount left behind would
+    keep its namespace alive.  Each outermost mount goes in one lazy unmount, with what
+    is mounted inside it.  Done here, under the lab's lock, so an `up` that mounts while
+    a `down` waits for the lock is covered too."""
     prefix = os.path.realpath(d) + "/"
     try:
         with open("/proc/self/mountinfo") as f:
             points = [re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), line.split()[4]) for line in f]
     except OSError:
         return
-    for point in sorted((p for p in points if p.startswith(prefix)), key=len, reverse=True):
+    inside = {p for p in points if p.startswith(prefix)}
+
+    def below_another(p: str) -> bool:
+        while (p := os.path.dirname(p)) + "/" != prefix and len(p) > 1:
+            if p in inside:
+                return True
+        return False
+    for point in sorted(p for p in inside if not below_another(p)):
         with contextlib.suppress(OSError):
             netns.umount(point)
 

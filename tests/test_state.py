@@ -124,3 +124,42 @@ def test_only_lab_names_count_as_labs_and_namespaces(run_dir):
     assert state.lab_namespace("lab", "lab.node-1")
     for ns in ("../../etc/passwd", "/etc/passwd", "other.node", "lab.", "lab.a/b", "lab.a.b", "lab..", 5, "lab"):
         assert not state.lab_namespace("lab", ns), ns
+
+
+# --- namespace identities appended a group at a time (issue 12) ----------------------------
+
+
+def test_recorded_namespaces_are_appended_then_folded_into_the_record(run_dir):
+    _claimed("a")
+    state.record_namespaces("a", {"a.n1": [4, 11], "a.n2": [4, 12]})
+    state.record_namespaces("a", {"a.n3": [4, 13]})
+    before = (run_dir / "a" / "state.json").read_bytes()
+    assert state.load("a").ns_ids == {"a.n1": [4, 11], "a.n2": [4, 12], "a.n3": [4, 13]}
+    assert (run_dir / "a" / "state.json").read_bytes() == before      # appended: the record is not rewritten
+    state.update("a", lambda s: setattr(s, "status", "up"))             # a full write takes the log in
+    assert sorted(os.listdir(run_dir / "a")) == ["lock", "state.json"]
+    assert json.loads((run_dir / "a" / "state.json").read_text())["ns_ids"]["a.n3"] == [4, 13]
+
+
+def test_the_records_own_identity_wins_over_the_log(run_dir):
+    """rewire writes a namespace's new identity into the record; a log entry for the same
+    name (left by a crash between the record's write and the log's removal) is older."""
+    _claimed("a")
+    state.update("a", lambda s: s.ns_ids.__setitem__("a.n1", [4, 99]))
+    (run_dir / "a" / state.NS_LOG).write_text('{"a.n1": [4, 11], "a.n2": [4, 12]}\n')
+    assert state.load("a").ns_ids == {"a.n1": [4, 99], "a.n2": [4, 12]}
+
+
+def test_a_log_line_cut_short_is_ignored_and_a_bad_one_is_corrupt(run_dir):
+    _claimed("a")
+    log = run_dir / "a" / state.NS_LOG
+    log.write_text('{"a.n1": [4, 11]}\n{"a.n2": [4, ')                   # killed while appending
+    assert state.load("a").ns_ids == {"a.n1": [4, 11]}
+    for bad in ('{"a.n1": [4, "11"]}\n', '[1, 2]\n', 'not json\n'):
+        log.write_text(bad)
+        with pytest.raises(state.RecordError, match="namespaces.log is corrupt"):
+            state.load("a")
+    log.unlink()
+    os.symlink("/etc/hostname", log)                                    # never followed
+    with pytest.raises(state.RecordError, match="cannot read"):
+        state.load("a")

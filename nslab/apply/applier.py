@@ -439,6 +439,7 @@ class Applier:
             ns.close()
         self.namespaces.clear()
         self._open.clear()
+        netns.release_walk_root()
 
 
 # ---- netlink wire format ------------------------------------------------------------------

@@ -147,7 +147,8 @@ def test_exec_shell_and_api_show_the_node_as_hostname(root_unchanged, lab_factor
     assert r.returncode == 3 and "ns2\n" in r.stdout, r
     from nslab import Lab
     assert Lab.attach(lab.name).exec("ns1", "hostname").stdout == "ns1\n"
-    assert len(_lab_mounts(lab.name)) == 2                   # one UTS namespace per node, in the run dir
+    mounts = _lab_mounts(lab.name)                           # one UTS namespace per node, on the lab's tmpfs
+    assert sorted(line.split(" - ")[1].split()[0] for line in mounts) == ["nsfs", "nsfs", "tmpfs"], mounts
     assert os.uname().nodename == host                        # the host's own hostname is untouched
     lab.down()
     assert _lab_mounts(lab.name) == [] and os.uname().nodename == host
