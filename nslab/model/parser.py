@@ -786,15 +786,18 @@ class Builder:
                         queue.append(nb)
             dist[src] = d
         toward: dict[tuple[str, str], list[int]] = {}
+        # (neighbour, address as an int) per adjacency entry: hashing IPv4Address objects
+        # was a sixth of a 10,000-node validate
+        hop_keys = {r: [(nb, int(addr)) for nb, addr, _ in adj[r]] for r in adj}
 
         def hop_indexes(r: str, x: str) -> list[int]:
             key = (r, x)
             found = toward.get(key)
             if found is None:
-                d, dx, seen, found = dist[x][r], dist[x], set(), []
-                for k, (nb, addr, _) in enumerate(adj[r]):
-                    if dx.get(nb) == d - 1 and (nb, addr) not in seen:
-                        seen.add((nb, addr))
+                d, dx, seen, found = dist[x][r] - 1, dist[x], set(), []
+                for k, hop in enumerate(hop_keys[r]):
+                    if dx.get(hop[0]) == d and hop not in seen:
+                        seen.add(hop)
                         found.append(k)
                 toward[key] = found
             return found
@@ -817,6 +820,7 @@ class Builder:
             return hops
 
         toward_hops: dict[tuple[str, str], list[Nexthop]] = {}
+        merged_hops: dict[tuple[str, tuple], list[Nexthop]] = {}    # toward several equally near routers
         routes = {r: self.nodes[r].routes for r in adj}
         for net, attached in subnets.items():
             if not attached:
@@ -832,26 +836,35 @@ class Builder:
                     # shared Nexthop lists: routes are read, never changed in place
                     routes[r].append(Route(dst=net, nexthops=hops, origin="computed"))
                 continue
-            near = [(a, dist[a]) for a in sorted(attached)]
-            for r in {r for _, da in near for r in da}:
-                d = min([da[r] for _, da in near if r in da])
+            # each router's distance to the nearest attached routers, and which ones they are:
+            # one pass over the attached routers' distance maps (a /30 between two routers is
+            # most subnets of a fabric)
+            nearest_of: dict[str, tuple[int, list[str]]] = {}
+            for a in sorted(attached):
+                for r, d in dist[a].items():
+                    found = nearest_of.get(r)
+                    if found is None or d < found[0]:
+                        nearest_of[r] = (d, [a])
+                    elif d == found[0]:
+                        found[1].append(a)
+            for r, (d, nearest) in nearest_of.items():
                 if d == 0 or (declared[r] and net in declared[r]):
                     continue
-                nearest = [a for a, da in near if da.get(r) == d]
                 if len(nearest) == 1:
                     hops = toward_hops.get((r, nearest[0]))
                     if hops is None:
                         hops = toward_hops[(r, nearest[0])] = hops_for(r, tuple(hop_indexes(r, nearest[0])))
                 else:
-                    merged, seen, indexes = set(), set(), []
-                    for a in nearest:
-                        merged.update(hop_indexes(r, a))
-                    for k in sorted(merged):
-                        nb, addr, _ = adj[r][k]
-                        if (nb, addr) not in seen:
-                            seen.add((nb, addr))
-                            indexes.append(k)
-                    hops = hops_for(r, tuple(indexes))
+                    hops = merged_hops.get((r, tuple(nearest)))
+                    if hops is None:
+                        merged, seen, indexes = set(), set(), []
+                        for a in nearest:
+                            merged.update(hop_indexes(r, a))
+                        for k in sorted(merged):
+                            if hop_keys[r][k] not in seen:
+                                seen.add(hop_keys[r][k])
+                                indexes.append(k)
+                        hops = merged_hops[(r, tuple(nearest))] = hops_for(r, tuple(indexes))
                 routes[r].append(Route(dst=net, nexthops=hops, origin="computed"))
 
 

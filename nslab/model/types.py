@@ -149,7 +149,7 @@ def stable_mac(*parts: str) -> str:
     """A locally administered unicast MAC derived from names, so a lab's MACs are the same
     on every run (captures, goldens and traces can be compared)."""
     h = hashlib.sha256("/".join(parts).encode()).digest()
-    return ":".join(f"{b:02x}" for b in bytes([(h[0] & 0xFC) | 0x02]) + h[1:6])
+    return (bytes([(h[0] & 0xFC) | 0x02]) + h[1:6]).hex(":")
 
 
 def short_ifname(*parts: str) -> str:
