@@ -210,7 +210,7 @@ class RecordingApplier(Applier):
         super().__init__(**kw)
         self.record = record
         self.record_namespaces = record_namespaces       # identities: appended, not a rewrite
-        self.pool: dict[str, int] = {}
+        self.pool: dict[str, tuple] = {}     # name -> (fd, socket, interfaces) while anonymous
         self.progress = progress or (lambda phase, done, total: None)   # console.Progress from the CLI
         self.batches = [0, 0]
 
@@ -226,12 +226,14 @@ class RecordingApplier(Applier):
 
     def prepare(self, plan: Plan) -> None:
         self.pending = [op.ns for op in plan.ops if isinstance(op, Netns) and op.container is None]
+        self.sysctls = self.namespace_sysctls(plan)
         self.made = 0
 
     def _make_anonymous(self) -> None:
         """The next group of namespaces (max_open of them: open files stay bounded at any
         lab size), made anonymous and recorded in one write before any is named, then
-        their mount point files placed."""
+        their mount point files placed.  Each one's socket is opened and its sysctls are
+        written while the thread is inside it after unshare (no second visit)."""
         names = self.pending[self.made:self.made + self.max_open]
         home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:
@@ -239,13 +241,18 @@ class RecordingApplier(Applier):
                 self.progress("creating namespaces", i, len(self.pending))
                 netns.unshare(netns.CLONE_NEWNET)
                 try:
-                    self.pool[name] = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+                    fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+                    try:
+                        self.pool[name] = (fd, *self.inside(self.sysctls.get(name, [])))
+                    except BaseException:
+                        os.close(fd)
+                        raise
                 finally:
                     netns.setns(home)
         finally:
             os.close(home)
         self.made += len(names)
-        ids = {name: [os.fstat(self.pool[name]).st_dev, os.fstat(self.pool[name]).st_ino] for name in names}
+        ids = {name: [os.fstat(self.pool[name][0]).st_dev, os.fstat(self.pool[name][0]).st_ino] for name in names}
         self.record_namespaces(ids)
         netns.ensure_run_dir()
         try:
@@ -256,19 +263,21 @@ class RecordingApplier(Applier):
 
     def create_namespace(self, name: str, sysctls: list) -> object:
         if name not in self.pool:
-            self._make_anonymous()
-        fd = self.pool.pop(name)
+            self._make_anonymous()     # sysctls: written there (self.sysctls, the same list)
+        fd, sock, existing = self.pool.pop(name)
         self.progress("naming namespaces", len(self.namespaces), len(self.pending))
         try:
             netns.mount(f"/proc/self/fd/{fd}", netns.path(name), None, netns.MS_BIND)
-            return self._attach(name, fd, sysctls)
         except BaseException:
+            sock.close()
             os.close(fd)
             raise
+        return self.register(name, fd, sock, existing)
 
     def close(self) -> None:
         super().close()
-        for fd in self.pool.values():
+        for fd, sock, _ in self.pool.values():
+            sock.close()
             os.close(fd)
         self.pool.clear()
 

@@ -95,16 +95,14 @@ class Namespace:
     def is_open(self) -> bool:
         return self.fd >= 0
 
-    def reopen(self) -> None:
-        """Open the handle and socket again (by name: /run/netns/<name>); indexes are kept."""
-        fd = os.open(netns.path(self.name), os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            with netns.Entered(fd):
+    def reopen(self, with_socket: bool = True) -> None:
+        """Open the handle again (by name: /run/netns/<name>), and the socket unless only
+        the handle is wanted (a veth peer's IFLA_NET_NS_FD); indexes are kept."""
+        if self.fd < 0:
+            self.fd = os.open(netns.path(self.name), os.O_RDONLY | os.O_CLOEXEC)
+        if with_socket and self.sock is None:
+            with netns.Entered(self.fd):
                 self.sock = open_route_socket()
-        except BaseException:
-            os.close(fd)
-            raise
-        self.fd = fd
 
     def close(self):
         if self.fd >= 0:
@@ -131,24 +129,38 @@ class Applier:
         self.start_container = start_container    # Netns op with a container -> its PID (lab.py)
 
     # ---- namespaces -------------------------------------------------------------------
-    def create_namespace(self, name: str, sysctls: list[P.Sysctl]) -> Namespace:
-        def inside():
-            sock = open_route_socket()
-            existing = socket.if_nameindex()   # lo, plus fallback tunnels on some kernels
+    @staticmethod
+    def namespace_sysctls(plan: P.Plan) -> dict[str, list[P.Sysctl]]:
+        """The sysctls each namespace gets as it is created (before any link exists)."""
+        early: dict[str, list[P.Sysctl]] = {}
+        for op in plan.ops:
+            if isinstance(op, P.Sysctl) and op.stage == P.STAGE_NAMESPACE:
+                early.setdefault(op.ns, []).append(op)
+        return early
+
+    @staticmethod
+    def inside(sysctls: list[P.Sysctl]) -> tuple[socket.socket, list]:
+        """Run in the namespace the calling thread is in: its NETLINK_ROUTE socket (which
+        stays bound to it), the interfaces it holds already (lo, plus fallback tunnels on
+        some kernels), and its sysctls written."""
+        sock = open_route_socket()
+        try:
+            existing = socket.if_nameindex()
             with netns.sysctl_walks():
                 for op in sysctls:
                     netns.write_sysctl(op.key, op.value)
-            return sock, existing
+        except BaseException:
+            sock.close()
+            raise
+        return sock, existing
+
+    def create_namespace(self, name: str, sysctls: list[P.Sysctl]) -> Namespace:
         try:
-            fd, (sock, existing) = netns.create(name, inside)
+            fd, (sock, existing) = netns.create(name, lambda: self.inside(sysctls))
         except FileExistsError:
             raise ApplyError(f"network namespace {name} already exists (another lab or `ip netns add` made it); "
                              f"nslab will not touch it") from None
-        ns = Namespace(name=name, fd=fd, sock=sock, indexes=self.indexes)
-        for idx, dev in existing:
-            ns.holds(idx, dev)
-        self.namespaces[name] = ns
-        self._use(ns)
+        ns = self.register(name, fd, sock, existing)
         if self.on_namespace_created:
             self.on_namespace_created(name)
         return ns
@@ -173,11 +185,11 @@ class Applier:
 
     def _attach(self, name: str, fd: int, sysctls: list[P.Sysctl]) -> Namespace:
         with netns.Entered(fd):
-            sock = open_route_socket()
-            existing = socket.if_nameindex()
-            with netns.sysctl_walks():
-                for op in sysctls:
-                    netns.write_sysctl(op.key, op.value)
+            sock, existing = self.inside(sysctls)
+        return self.register(name, fd, sock, existing)
+
+    def register(self, name: str, fd: int, sock: socket.socket, existing: list) -> Namespace:
+        """A namespace this applier holds from now on (closed by close())."""
         ns = Namespace(name=name, fd=fd, sock=sock, indexes=self.indexes)
         for idx, dev in existing:
             ns.holds(idx, dev)
@@ -185,11 +197,11 @@ class Applier:
         self._use(ns)
         return ns
 
-    def _use(self, ns: Namespace) -> Namespace:
-        """`ns` open (reopened if it was closed), most recently used; the least recently
-        used beyond max_open closed, except those named in messages not yet sent."""
-        if not ns.is_open:
-            ns.reopen()
+    def _use(self, ns: Namespace, with_socket: bool = True) -> Namespace:
+        """`ns` open (reopened if it was closed: its socket too unless with_socket is
+        False), most recently used; the least recently used beyond max_open closed, except
+        those named in messages not yet sent."""
+        ns.reopen(with_socket)
         self._open[ns.name] = ns
         self._open.move_to_end(ns.name)
         while len(self._open) > self.max_open:
@@ -214,10 +226,7 @@ class Applier:
     # ---- the plan ----------------------------------------------------------------------
     def apply(self, plan: P.Plan) -> None:
         ops = plan.staged()
-        early_sysctls: dict[str, list] = {}
-        for op in ops:
-            if isinstance(op, P.Sysctl) and op.stage == P.STAGE_NAMESPACE:
-                early_sysctls.setdefault(op.ns, []).append(op)
+        early_sysctls = self.namespace_sysctls(plan)
         for op in ops:
             if isinstance(op, P.Netns) and op.container is not None:
                 self.adopt_namespace(op.ns, self.start_container(op), early_sysctls.get(op.ns, []))
@@ -376,7 +385,7 @@ class Applier:
         if op.kind == "veth":
             peer_ns = self.namespaces[op.peer.ns]
             self._pinned.add(peer_ns.name)
-            self._use(peer_ns)
+            self._use(peer_ns, with_socket=False)       # its handle is all the message names
             attrs.append(ONE_QUEUE)
             peer = (attr(IFLA_IFNAME, str_attr(op.peer.name)) + attr(IFLA_MTU, U32.pack(op.peer.mtu))
                     + attr(IFLA_ADDRESS, mac(op.peer.mac)) + attr(IFLA_NET_NS_FD, U32.pack(peer_ns.fd)) + ONE_QUEUE)

@@ -16,8 +16,8 @@ from ..plan import Neigh
 # Apply (nslab/apply/applier.py) keeps at most OPEN_NAMESPACES namespaces open at once
 # (lab.py passes this bound), each as its namespace fd and one NETLINK_ROUTE socket opened
 # inside it, the least recently used closed and reopened by name; lab.RecordingApplier
-# holds up to as many more anonymous namespaces (one fd each) waiting for their name.
-FDS_PER_NAMESPACE = 3
+# holds up to as many more anonymous namespaces (fd and socket each) waiting for their name.
+FDS_PER_NAMESPACE = 4
 OPEN_NAMESPACES = 256
 # stdin/out/err, the lab lock and record, /dev/null, imports, a Docker API connection, ...
 FDS_RESERVE = 64
