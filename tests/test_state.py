@@ -107,9 +107,13 @@ def test_a_failed_write_says_why_and_leaves_the_old_record(run_dir, monkeypatch)
     _claimed("a")
     before = (run_dir / "a" / "state.json").read_text()
 
-    def full(fd):
-        raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(state.os, "fsync", full)
+    write = os.write
+
+    def full(fd, data):                     # the run directory's file system is full
+        if os.readlink(f"/proc/self/fd/{fd}").startswith(str(run_dir)):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write(fd, data)
+    monkeypatch.setattr(state.os, "write", full)
     with pytest.raises(state.RecordError, match="no space left on the device"):
         state.update("a", lambda s: s.files.append("f"))
     assert (run_dir / "a" / "state.json").read_text() == before
