@@ -17,7 +17,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from .. import backends
 from ..backends import Config
 from . import services as services_model
-from .types import Bridge, Nexthop, Route, stable_mac
+from .types import Bridge, Nexthop, Route, name_list, stable_mac
 
 # A backend's keys, defaults, MTU overhead, device and rules are its module's, in nslab/backends/.
 DEFAULT_NETWORK = "10.244.0.0/16"
@@ -179,7 +179,7 @@ def parse(p, b, spec, path) -> None:
         seg = b.segments.get(seg_name)
         if seg is None:
             raise p.err(npath + ("segment",), f"unknown segment {seg_name!r} (segments: "
-                                              f"{', '.join(b.segments) or 'none'})")
+                                              f"{name_list(b.segments)})")
         if seg.subnet is None:
             raise p.err(npath + ("segment",), f"segment {seg_name} needs a subnet to place cluster nodes on")
         if "ip" not in nspec:
@@ -229,14 +229,14 @@ def _pods(p, b, cluster: Cluster, spec, path) -> None:
             for i, node in enumerate(on):
                 if not isinstance(node, str) or node not in cluster.nodes:
                     raise p.err(ppath + ("daemonset", i) if isinstance(ds, list) else ppath,
-                                f"unknown cluster node {node!r} (nodes: {', '.join(cluster.nodes)})")
+                                f"unknown cluster node {node!r} (nodes: {name_list(cluster.nodes)})")
                 wanted.append((f"{name}-{node}", node, pspec, ppath))
         else:
             node = pspec.get("node")
             if node is None:
                 raise p.err(ppath, f"pod {name} needs node: NAME (or daemonset: true)")
             if not isinstance(node, str) or node not in cluster.nodes:
-                raise p.err(ppath + ("node",), f"unknown cluster node {node!r} (nodes: {', '.join(cluster.nodes)})")
+                raise p.err(ppath + ("node",), f"unknown cluster node {node!r} (nodes: {name_list(cluster.nodes)})")
             wanted.append((name, node, pspec, ppath))
     taken: dict[str, set] = {n: set() for n in cluster.nodes}
     for pod, node, pspec, ppath in wanted:

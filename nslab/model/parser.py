@@ -21,8 +21,8 @@ from .limits import MAX_COMPUTED_ROUTES
 from .yamldoc import Doc
 from .types import (Bridge, DEFAULT_LINK_POOL, DEFAULT_MTU, IFNAMSIZ, Iface, KERNEL_DEVICES, LAB_NAME_RE,
                     MAX_LAB_NAME, MAX_MTU, MAX_NODE_NAME, MIN_MTU, NAME_MAX, NAME_RE, Nexthop, Node, Route,
-                    Segment, Topology, free_subnets, ifname_problem, lab_name_from_file, namespace_name,
-                    short_ifname, stable_mac)
+                    Segment, Topology, free_subnets, ifname_problem, lab_name_from_file, name_list,
+                    namespace_name, short_ifname, stable_mac)
 
 
 class Parser:
@@ -473,6 +473,65 @@ class Builder:
                                          f"must be different")
                 seen[iface.mac] = iface
 
+    def _early_route_count(self):
+        """The route-count check (_check_route_count) from who is attached to what, before
+        interfaces, addresses and subnets exist: a 2,000-router mesh was refused only after
+        6 s of allocation.  The same directed router graph _router_adjacency builds later (a
+        router reaches the addressed routers of each segment it is on, and the router at the
+        other end of each link), with a segment as one stop instead of routers x routers
+        edges, and the same subnets (links: one each; a segment: its subnet, or its members'
+        own networks)."""
+        nodes, routers = self.nodes, [n for n, x in self.nodes.items() if x.kind == "router"]
+        if not routers:
+            return
+        out: dict[object, list] = {r: [] for r in routers}     # router or ("seg", name) -> next stops
+        subnets: dict[object, set[str]] = {}
+        for k, att in enumerate(self.attachments):
+            a, b = att["a"], att["b"]
+            kind = att["kind"]
+            if kind == "segment":
+                if nodes[a["node"]].kind != "router":
+                    continue
+                stop = ("seg", att["segment"])
+                out[a["node"]].append(stop)
+                if a["ip"] is not None or a.get("auto_ip"):
+                    out.setdefault(stop, []).append(a["node"])
+                    net = a["ip"].network if a["ip"] is not None else att["subnet"]
+                    subnets.setdefault(net, set()).add(a["node"])
+            elif kind == "link":
+                ra, rb = nodes[a["node"]].kind == "router", nodes[b["node"]].kind == "router"
+                if ra and rb:
+                    out[a["node"]].append(b["node"])
+                    out[b["node"]].append(a["node"])
+                if ra or rb:    # every link end gets an address (given, its subnet's, or the pool's)
+                    net = a["ip"].network if a["ip"] is not None else att["subnet"] or ("link", k)
+                    subnets.setdefault(net, set()).update(e["node"] for e, r in ((a, ra), (b, rb)) if r)
+            elif nodes[a["node"]].kind == "router" or nodes[b["node"]].kind == "router":
+                return      # another kind of attachment on a router: leave it to the full check
+        comp: dict[object, int] = {}
+        sizes: list[int] = []
+        for start in routers:
+            if start in comp:
+                continue
+            comp[start], queue, size = len(sizes), [start], 0
+            while queue:
+                r = queue.pop()
+                size += isinstance(r, str)
+                for nb in out.get(r, ()):
+                    if nb not in comp:
+                        comp[nb] = comp[start]
+                        queue.append(nb)
+            sizes.append(size)
+        total = sum(sizes[comp[next(iter(attached))]] - len(attached) for attached in subnets.values())
+        if total > MAX_COMPUTED_ROUTES:
+            raise self._route_count_error(total, len(routers))
+
+    def _route_count_error(self, total: int, routers: int) -> TopologyError:
+        return TopologyError(self.doc.display_name, None, "",
+                             f"the routers would need {total:,} routes ({routers:,} routers each learning every "
+                             f"subnet they reach); nslab computes at most {MAX_COMPUTED_ROUTES:,}: split the "
+                             f"lab, or join routers through fewer subnets")
+
     def _next_free_ifname(self, node: Node, prefix="eth") -> str:
         taken = self._ifnames.setdefault(node.name, set())
         n = self._next_eth.get(node.name, 0)       # names only get taken: resume where we were
@@ -492,13 +551,13 @@ class Builder:
                     raise self.err(path, f"gateway {seg.gateway!r} of segment {seg.name} must be a router "
                                          f"(declared under routers:)" if gw is not None else
                                          f"unknown gateway {seg.gateway!r} (routers: "
-                                         f"{', '.join(n for n, x in self.nodes.items() if x.kind == 'router') or 'none'})")
+                                         f"{name_list(n for n, x in self.nodes.items() if x.kind == 'router')})")
         for att in self.attachments:
             a, b = att["a"], att["b"]
             for end in (a, b):
                 if end["node"] not in self.nodes:
                     raise self.err(end["path"], f"unknown node {end['node']!r} (nodes: "
-                                                f"{', '.join(sorted(n for n, x in self.nodes.items() if x.kind != 'switch')) or 'none'})")
+                                                f"{name_list(sorted(n for n, x in self.nodes.items() if x.kind != 'switch'))})")
             if att["kind"] == "segment" and self.nodes[a["node"]].kind == "switch":
                 raise self.err(a["path"], f"{a['node']} is a segment; join segments through a router")
             if att["kind"] == "link":
@@ -506,6 +565,7 @@ class Builder:
                     if self.nodes[end["node"]].kind == "switch":
                         raise self.err(end["path"], f"{end['node']} is a segment; attach nodes to it with "
                                                     f"segments.{end['node']}.members, not links")
+        self._early_route_count()
         for att in self.attachments:
             a, b = att["a"], att["b"]
             na, nb = self.nodes[a["node"]], self.nodes[b["node"]]
@@ -669,7 +729,7 @@ class Builder:
             dev = spec.get("dev")
             if dev is not None and node.iface(dev) is None:
                 raise self.err(p + ("dev",), f"{node.name} has no interface {dev!r} "
-                                             f"(it has: {', '.join(i.name for i in node.ifaces) or 'none'})")
+                                             f"(it has: {name_list(i.name for i in node.ifaces)})")
             via = self.p.address(spec["via"], p + ("via",)) if "via" in spec else None
             onlink = spec.get("onlink", False)
             if not isinstance(onlink, bool):
@@ -750,10 +810,7 @@ class Builder:
             sizes.append(size)
         total = sum(sizes[comp[next(iter(attached))]] - len(attached) for attached in subnets.values() if attached)
         if total > MAX_COMPUTED_ROUTES:
-            raise TopologyError(self.doc.display_name, None, "",
-                                f"the routers would need {total:,} routes ({len(adj):,} routers each learning every "
-                                f"subnet they reach); nslab computes at most {MAX_COMPUTED_ROUTES:,}: split the "
-                                f"lab, or join routers through fewer subnets")
+            raise self._route_count_error(total, len(adj))
 
     def _router_routes(self):
         """Every router learns every subnet it is not connected to, by shortest path (hop

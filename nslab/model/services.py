@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from itertools import islice
 
+from .types import name_list
+
 DEFAULT_SERVICE_CIDR = "10.96.0.0/12"
 NODE_PORT_RANGE = (30000, 32767)
 PROTOCOLS = ("TCP", "UDP")
@@ -87,7 +89,7 @@ def parse(p, cluster, spec, cidr_spec, path) -> tuple[IPv4Network, dict[str, Ser
             raise p.err(spath, f"service {name} needs selector: POD_OR_DAEMONSET (the pods it sends to)")
         if not isinstance(selector, str) or selector not in groups:
             raise p.err(spath + ("selector",), f"selector {selector!r} matches no pod or daemonset "
-                                               f"(pods and daemonsets: {', '.join(groups) or 'none'})")
+                                               f"(pods and daemonsets: {name_list(groups)})")
         port = _port(p, sspec, "port", spath)
         if port is None:
             raise p.err(spath, f"service {name} needs port: N (the port of its cluster IP)")

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 from .. import backends
+from .types import name_list
 
 KINDS = ("ping", "tcp", "http")
 TEST_KEYS = {"name", "port", "expect", "timeout", "backend", *KINDS}
@@ -220,7 +221,7 @@ def _node(p, b, value, path) -> str:
         raise p.err(path, f"no pod {value!r}: {value.split('@')[0]} is not a daemonset running on "
                           f"{value.split('@', 1)[1]} (there is no node {alias})")
     if not isinstance(value, str) or value not in b.nodes:
-        names = ", ".join(n for n, x in b.nodes.items() if x.kind != "switch") or "none"
+        names = name_list(n for n, x in b.nodes.items() if x.kind != "switch")
         raise p.err(path, f"unknown node {value!r} (nodes: {names})")
     return value
 
@@ -229,14 +230,14 @@ def _destination(p, b, value, path) -> str:
     if isinstance(value, str) and value.startswith(SVC):
         services = b.cluster.services if b.cluster is not None else {}
         if value[len(SVC):] not in services:
-            raise p.err(path, f"no service {value[len(SVC):]!r} (cluster services: {', '.join(services) or 'none'})")
+            raise p.err(path, f"no service {value[len(SVC):]!r} (cluster services: {name_list(services)})")
         return value
     if isinstance(value, str) and (value in b.nodes or "@" in value):
         return _node(p, b, value, path)
     try:
         return str(IPv4Address(str(value)))
     except ValueError:
-        names = ", ".join(n for n, x in b.nodes.items() if x.kind != "switch") or "none"
+        names = name_list(n for n, x in b.nodes.items() if x.kind != "switch")
         raise p.err(path, f"{value!r} is neither a node nor an IPv4 address (nodes: {names})") from None
 
 

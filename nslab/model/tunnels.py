@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface
 
+from .types import name_list
+
 TUNNEL_KEYS = {"mode", "local", "remote", "ip", "peer", "mtu", "pmtudisc"}
 
 
@@ -58,7 +60,7 @@ def check(b, node) -> None:
         under = next((i for i in node.ifaces if i.ip is not None and i.ip.ip == t.local), None)
         if under is None:
             raise b.err(t.path + ("local",), f"{t.local} is not an address of {node.name} (it has: "
-                                             f"{', '.join(str(a.ip) for a in node.addresses) or 'none'})")
+                                             f"{name_list(a.ip for a in node.addresses)})")
         if node.iface(t.name) or t.name == "lo" or any(br.name == t.name for br in node.bridges):
             raise b.err(t.path, f"{node.name} already has an interface named {t.name}")
         if t.mtu is None:

@@ -184,6 +184,20 @@ def free_subnets(pool: IPv4Network, prefixlen: int, used: list[IPv4Network]):
         addr += size
 
 
+def name_list(names, limit: int = 10) -> str:
+    """Names for an error message: the first `limit`, then "and N more" (an unknown member
+    in a 3,000-router file must not print 3,000 names), or "none"."""
+    shown, more = [], 0
+    for n in names:
+        if len(shown) < limit:
+            shown.append(str(n))
+        else:
+            more += 1
+    if not shown:
+        return "none"
+    return ", ".join(shown) + (f" and {more:,} more" if more else "")
+
+
 def ifname_problem(name) -> str | None:
     """Why `name` cannot be an interface name (Linux's dev_valid_name, then nslab's safe
     set), or None."""
