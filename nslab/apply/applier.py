@@ -16,6 +16,7 @@ Why it is fast:
 """
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import struct
@@ -419,10 +420,10 @@ class Applier:
         return message(RTM_NEWLINK, CREATE, ifinfomsg(ns.allocate(op.name), IFF_UP, IFF_UP), *attrs)
 
     def _route(self, ns: Namespace, op: P.Route) -> bytearray:
-        dst = IPv4Network(op.dst)
+        dst, prefixlen = _network(op.dst)
         attrs = [attr(RTA_TABLE, U32.pack(RT_TABLE_MAIN))]
-        if dst.prefixlen:
-            attrs.append(attr(RTA_DST, dst.network_address.packed))
+        if prefixlen:
+            attrs.append(attr(RTA_DST, dst))
         flags = RTNH_F_ONLINK if op.onlink else 0
         if len(op.nexthops) == 1:
             hop = op.nexthops[0]
@@ -439,7 +440,7 @@ class Applier:
             attrs.append(attr(RTA_MULTIPATH, hops))
             scope, rtm_flags = RT_SCOPE_UNIVERSE, 0
         return message(RTM_NEWROUTE, CREATE,
-                        RTMSG.pack(socket.AF_INET, dst.prefixlen, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT, scope,
+                        RTMSG.pack(socket.AF_INET, prefixlen, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT, scope,
                                     RTN_UNICAST, rtm_flags),
                         *attrs)
 
@@ -449,6 +450,14 @@ class Applier:
         self.namespaces.clear()
         self._open.clear()
         netns.release_walk_root()
+
+
+@functools.lru_cache(maxsize=8192)
+def _network(cidr: str) -> tuple[bytes, int]:
+    """(network address packed, prefix length): a fabric's routers all route to the same
+    few thousand subnets, parsed once (IPv4Network costs ~6 us; 97,000 routes at 10,000)."""
+    net = IPv4Network(cidr)
+    return net.network_address.packed, net.prefixlen
 
 
 # ---- netlink wire format ------------------------------------------------------------------
