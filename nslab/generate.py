@@ -27,6 +27,7 @@ from .errors import UsageError
 from .model.types import LAB_NAME_RE, MAX_LAB_NAME
 
 MAX_NODES = 25_000          # namespaces in one generated lab (the target is 10,000)
+BRIDGE_PORTS = 1023         # a Linux bridge numbers its ports 1..1023 (BR_MAX_PORTS 1024, port 0 unused)
 LINK_POOL = "172.31.0.0/16"  # nslab's default point-to-point pool: 16,384 /30 links
 WRAP = 96                   # columns for wrapped name lists and the header
 PLAIN_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ()._/@+-]*")
@@ -35,13 +36,14 @@ PLAIN_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ()._/@+-]*")
 SHAPES = {
     "clos": (("SPINES", "LEAVES", "HOSTS"), 3, (64, 254, 1000), ()),
     "cluster": (("RACKS", "NODES", "PODS"), 3, (127, 253, 250), ()),
-    "single": (("N",), 1, (MAX_NODES,), ()),
+    "single": (("N",), 1, (BRIDGE_PORTS,), ()),
     "linear": (("N", "M"), 1, (60, 250), (1,)),
     "tree": (("DEPTH", "FANOUT"), 1, (20, 253), (2,)),
 }
 EXAMPLES = {"clos": "clos:2,4,10", "cluster": "cluster:2,3,2", "single": "single:4", "linear": "linear:4",
             "tree": "tree:2,3"}
 WHY_MAX = {
+    ("single", "N"): "one Linux bridge has at most 1,023 ports; clos or tree for more hosts",
     ("clos", "SPINES"): "spine-leaf links come from the /16 link pool",
     ("clos", "LEAVES"): "rack N is 10.N.0.0",
     ("clos", "HOSTS"): "a rack is at most a /22",

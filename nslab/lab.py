@@ -8,12 +8,13 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
 from pathlib import Path
 
-from . import model, state
+from . import generate, model, state
 from . import plan as P
 from .apply import containers, kernel, netns, qdisc
 from .apply.applier import Applier
@@ -71,12 +72,23 @@ def find_topology(spec: str, bases: tuple = ()) -> str:
     return spec
 
 
+def is_shape(spec: str) -> bool:
+    """`clos:4,20,50`, `tree,2,3`: what `nslab generate` takes (well formed or not: a bad
+    one is refused by the generator, with what it takes)."""
+    return bool(re.match(r"[a-z]+[:,]", spec)) and re.split(r"[:,]", spec)[0] in generate.SHAPES
+
+
 def load(file: str, name: str | None = None, overrides: dict | None = None) -> model.Topology:
-    """Load a topology file or a bundled topology by name (find_topology)."""
+    """Load a topology file, a bundled topology by name (find_topology), or a fabric
+    `nslab generate` would write, by its shape (`nslab up clos:4,20,50`: generated in
+    memory; the run directory records the text as for any file)."""
     found = find_topology(file)
     if found == file and not os.path.exists(file) and os.sep not in file:
+        if is_shape(file):
+            return model.load(file, text=generate.render(file, name=name), name=name, overrides=overrides)
         raise UsageError(f"no topology {file!r}: no such file, and nslab bundles no topology of that name "
-                         f"(bundled: {', '.join(bundled_topologies())})")
+                         f"(bundled: {', '.join(bundled_topologies())}; or a generated fabric: "
+                         f"{', '.join(generate.EXAMPLES.values())})")
     return model.load(found, name=name, overrides=overrides)
 
 

@@ -54,10 +54,11 @@ def pytest_configure(config):
 
 def find_topology(spec: str, *bases: Path) -> str:
     """A topology path: absolute, relative to one of `bases`, or bundled with nslab by name
-    (`spine-leaf`) or as spelled in nslab's repository (`topologies/spine-leaf.yaml`)."""
+    (`spine-leaf`) or as spelled in nslab's repository (`topologies/spine-leaf.yaml`); or
+    a generated fabric's shape (`clos:2,4,10`), as `nslab up` takes it."""
     from nslab import lab as labmod  # lazy: start-up (the plugin loads with every pytest run)
     found = labmod.find_topology(spec, tuple(bases))
-    if Path(found).is_file():
+    if Path(found).is_file() or (found == spec and labmod.is_shape(spec)):   # a file, or a fabric's shape
         return found
     looked = list(dict.fromkeys(str((b / spec).parent) for b in bases))     # rootdir is often the test's dir
     pytest.fail(f"nslab: no topology {spec!r} (not in {', '.join(looked) or '.'}, and nslab bundles none of that "

@@ -303,7 +303,8 @@ def claim(lab: str, file: str) -> LabState:
         cm = locked(lab)
         if not cm.__enter__():
             raise LabExists(lab)      # a `down` removed it between mkdir and lock
-        st = LabState(lab=lab, file=os.path.abspath(file))
+        # a generated fabric (`nslab up clos:4,20,50`) is named by its shape, not a path
+        st = LabState(lab=lab, file=os.path.abspath(file) if os.path.exists(file) else file)
         try:
             _write(st)
         except BaseException:

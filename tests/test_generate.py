@@ -285,3 +285,26 @@ def test_templates_ship_with_the_package():
     assert '"templates/*.yaml.j2"' in text
     shipped = {p.name for p in (REPO / "nslab" / "templates").glob("*.yaml.j2")}
     assert {f"{k}.yaml.j2" for k in generate.SHAPES} <= shipped
+
+
+def test_a_shape_stands_for_a_file_wherever_a_topology_is_loaded(tmp_path):
+    """`nslab up clos:2,2,2` (and validate, script, test): generated in memory, as
+    `nslab generate` would write it; a file of that name still wins."""
+    from nslab import lab
+    topo = lab.load("clos:1,2,2")
+    assert topo.name == "clos-1-2-2" and topo.file == "clos:1,2,2" and len(topo.nodes) == 9
+    assert topo.doc.text == generate.render("clos:1,2,2")             # the text the run directory records
+    assert lab.load("single:3", name="mine").name == "mine"
+    with pytest.raises(UsageError, match="N is at most 1023"):
+        lab.load("single:1024")
+    with pytest.raises(UsageError, match="or a generated fabric: clos:2,4,10"):
+        lab.load("nosuch")
+    (tmp_path / "single:2").write_text("name: afile\nhosts: [a]\n")
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        assert lab.load("single:2").name == "afile"
+    finally:
+        os.chdir(cwd)
+    r = nslab("script", "single:2", cwd=tmp_path.parent)
+    assert r.returncode == 0 and "ip netns add single-2.h1" in r.stdout, r.stderr

@@ -69,3 +69,14 @@ def test_every_shape_passes_its_own_tests(tmp_path, shape, opts, root_unchanged)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert json.loads(proc.stdout)["ok"]
     assert not problems
+
+
+def test_up_a_shape_straight_away(lab_factory, root_unchanged):
+    """`nslab up single:3`: no file; the record names the shape and keeps the text."""
+    name = unique_lab_name()
+    lab = lab_factory("single:3", name=name)
+    row = next(r for r in json.loads(lab.nslab("ls", "--json", check=True).stdout) if r["lab"] == name)
+    assert row["file"] == "single:3", row
+    assert "nslab generate single:3" in state.read_built(name, state.TOPOLOGY)
+    assert lab.nslab("exec", "-l", name, "h1", "--", "ping", "-c1", "-W5", "h3").returncode == 0
+    down_clean(lab)
