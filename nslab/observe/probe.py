@@ -21,11 +21,12 @@ import os
 import select
 import socket
 import struct
+import threading
 import time
 from dataclasses import dataclass, field
 
 from ..apply import netns
-from ..packet import ICMP_ECHO_REPLY, echo_request, parse_echo_reply
+from ..packet import ICMP_ECHO, ICMP_ECHO_REPLY, echo_request, parse_echo_reply
 
 SOL_RAW = 255
 ICMP_FILTER = 1            # SOL_RAW option: bitmask of ICMP types this socket does NOT receive
@@ -33,6 +34,9 @@ IP_MTU_DISCOVER = 10       # not exported by Python's socket module
 IP_PMTUDISC_DO = 2         # its value: never fragment (DF), as `ping -M do`
 SO_RCVBUFFORCE = 33        # root may exceed net.core.rmem_max (not namespaced; never changed)
 RESEND_AT = (0.4, 1.0, 1.8)   # seconds after the first round: re-send to pairs still missing
+ARP_GRACE = 5.0           # the kernel reclaims no ARP entry younger than this (neigh_forced_gc)
+LAST_WAIT = 0.5           # all-pairs: seconds of listening after a re-send round, at least
+MAX_ROUNDS = 24           # all-pairs rounds at most, re-sends while the ARP table overflows included
 HTTP_MAX = 1 << 20         # bytes of an HTTP response kept
 
 
@@ -334,70 +338,163 @@ class AllPairs:
         return not self.missing
 
 
-def all_pairs(endpoints: list[Endpoint], timeout: float = 3.0) -> AllPairs:
-    """Echo request from every endpoint to every other one; who answered within `timeout`."""
+def _echo_head_sum(payload: bytes) -> int:
+    """The payload's share of an echo request's checksum (RFC 1071, unfolded): a packet's
+    checksum is then a few integer operations, not a pass over the payload per pair."""
+    if len(payload) % 2:
+        payload += b"\0"
+    return sum(struct.unpack(f"!{len(payload) // 2}H", payload)) + (ICMP_ECHO << 8)
+
+
+def _pair_wait(sent: int) -> float:
+    """Seconds to wait for stragglers after a round of `sent` echo requests: each round trip
+    normally completes inside sendto() (veth runs the receiver's softirq in the sender's
+    context), but on a busy machine the kernel defers softirqs to ksoftirqd and the replies
+    lag by up to the round's backlog.  Generous: 2 ms per 1,000 requests."""
+    return sent * 2e-6
+
+
+def all_pairs(endpoints: list[Endpoint], timeout: float = 3.0, threads: int = 0) -> AllPairs:
+    """Echo request from every endpoint to every other one; who answered.  The deadline is
+    `timeout` after the last re-send round, longer for big rounds (_pair_wait).
+
+    The sources are split between `threads` workers (default: one per CPU, at most 2 ... 4):
+    each sendto() carries the round trip through the lab in the kernel with the GIL
+    released, so a second worker uses a second core.  A worker sends its sources' requests
+    in diagonals (every source to its k-th neighbour, k = 1..n-1: no destination gets all its
+    requests at once), reads its sockets between every 256 sends (receive queues stay
+    short), then re-sends what is still missing at RESEND_AT after its first round (a
+    lost reply on a busy machine is not a failure until the re-sends go unanswered too).
+    While the kernel's ARP table overflows meanwhile (a lab with more dynamic neighbours
+    than the machine's table holds) and the re-sends still get answers, it keeps re-sending
+    every ARP_GRACE seconds (the table's entries cannot be reclaimed sooner).  Memory is
+    n^2 bytes (one answered-flag per pair), packets are built as they are sent."""
     n = len(endpoints)
     if n > 0xFFFF:
         raise ValueError("at most 65535 endpoints (the ICMP sequence number names the destination)")
     t0 = time.monotonic()
     nonce = os.urandom(8)
     payload = b"nslab all-pairs " + nonce
+    tail = len(payload)
+    head_sum = _echo_head_sum(payload)
     base = int.from_bytes(os.urandom(2), "big")
     idents = [(base + i) & 0xFFFF for i in range(n)]
+    ips = [ep.ip for ep in endpoints]
+    ip_bytes = [socket.inet_aton(ip) for ip in ips]
     socks: list[socket.socket] = []
     errors: dict[str, str] = {}
-    try:
-        for ep in endpoints:
-            socks.append(icmp_socket(ep.ns))
-        by_fd = {s.fileno(): i for i, s in enumerate(socks)}
-        index_of_ip = {ep.ip: j for j, ep in enumerate(endpoints)}
-        pending = {(i, j) for i in range(n) for j in range(n) if i != j}
-        packets = [echo_request(idents[i], j, payload) for i in range(n) for j in range(n)] if n else []
+    # got[i][j]: source i has its answer from destination j (its own slot counts as answered)
+    got = [bytearray(n) for _ in range(n)]
+    for i in range(n):
+        got[i][i] = 1
+    workers = threads or max(1, min(os.cpu_count() or 1, 4, n // 32 or 1))
+    stats = [[0, 1] for _ in range(workers)]          # per worker: requests sent, rounds
+    header = struct.Struct("!BBHHH")
+    fulls0 = neighbour_table_fulls()
+
+    def work(w: int) -> None:
+        mine = list(range(w, n, workers))
         poller = select.poll()      # not select(): a big lab has descriptors above FD_SETSIZE
-        for s in socks:
-            poller.register(s, select.POLLIN)
-        sent = 0
+        by_fd = {}
+        for i in mine:
+            poller.register(socks[i], select.POLLIN)
+            by_fd[socks[i].fileno()] = i
 
         def receive(wait_ms: int) -> None:
             for fd, _ in poller.poll(wait_ms):
-                i, s = by_fd[fd], socks[by_fd[fd]]
+                i = by_fd[fd]
+                s, answered, ident = socks[i], got[i], idents[i]
                 while True:
                     try:
                         data = s.recv(2048)
                     except BlockingIOError:
                         break
-                    r = parse_echo_reply(data)
-                    if r and r[1] == idents[i] and r[3] == payload and index_of_ip.get(r[0]) == r[2]:
-                        pending.discard((i, r[2]))
+                    ihl = (data[0] & 0x0F) * 4
+                    if len(data) != ihl + 8 + tail or data[ihl] != ICMP_ECHO_REPLY:
+                        continue
+                    rid, seq = struct.unpack_from("!HH", data, ihl + 4)
+                    if rid == ident and seq < n and data[12:16] == ip_bytes[seq] and data[ihl + 8:] == payload:
+                        answered[seq] = 1
 
-        def send(todo) -> None:
-            nonlocal sent
-            for k, (i, j) in enumerate(todo):
+        def send(todo) -> int:
+            count = 0
+            for i, j in todo:
+                ident = idents[i]
+                c = head_sum + ident + j
+                c = (c >> 16) + (c & 0xFFFF)
+                c += c >> 16
                 try:
-                    socks[i].sendto(packets[i * n + j], (endpoints[j].ip, 0))
-                    sent += 1
+                    socks[i].sendto(header.pack(ICMP_ECHO, 0, ~c & 0xFFFF, ident, j) + payload, (ips[j], 0))
+                    count += 1
                 except OSError as e:
-                    errors.setdefault(endpoints[i].name, f"{endpoints[j].ip}: {e.strerror}")
-                if k % 256 == 255:
+                    errors.setdefault(endpoints[i].name, f"{ips[j]}: {e.strerror}")
+                if count & 255 == 255:
                     receive(0)          # keep receive queues short while sending
+            stats[w][0] += count
+            return count
 
-        # First round in "diagonals" (every source to its k-th neighbour, k = 1..n-1) so
-        # that no single destination gets all its requests at once.
-        send([(i, (i + k) % n) for k in range(1, n) for i in range(n)])
-        rounds, first_done = 1, time.monotonic()
-        resend = [first_done + d for d in RESEND_AT]
-        deadline = first_done + timeout
-        while pending and (now := time.monotonic()) < deadline:
+        def pending():
+            return [(i, j) for i in mine for j in _zeros(got[i])]
+
+        sent = send((i, (i + k) % n) for k in range(1, n) for i in mine)
+        done = time.monotonic()
+        resend = [done + d for d in RESEND_AT]
+        deadline = done + max(timeout, RESEND_AT[-1] + LAST_WAIT) + _pair_wait(sent)
+        answered_before = None
+        while any(0 in got[i] for i in mine):
+            now = time.monotonic()
             if resend and now >= resend[0]:
                 resend.pop(0)
-                rounds += 1
-                send(sorted(pending))
+                stats[w][1] += 1
+                sent = send(pending())
+                deadline = max(deadline, time.monotonic() + LAST_WAIT + _pair_wait(sent))
+                continue
+            if now >= deadline:
+                overflowing = (neighbour_table_fulls() or 0) > (fulls0 or 0)
+                answered_now = sum(n - got[i].count(0) for i in mine)
+                if not overflowing or stats[w][1] >= MAX_ROUNDS or answered_now == answered_before:
+                    return
+                # the ARP table overflowed and answers still come: another round once the
+                # kernel may reclaim entries again
+                answered_before = answered_now
+                resend.append(now + ARP_GRACE)
+                deadline = now + ARP_GRACE
                 continue
             until = min(deadline, resend[0]) if resend else deadline
-            receive(max(1, int((until - now) * 1000)))
+            receive(max(1, min(100, int((until - now) * 1000) + 1)))
+
+    try:
+        for ep in endpoints:
+            socks.append(icmp_socket(ep.ns))
+        if workers == 1:
+            work(0)
+        else:
+            failed: list[BaseException] = []
+
+            def run(w: int) -> None:
+                try:
+                    work(w)
+                except BaseException as e:      # re-raised below: a worker's error is the caller's
+                    failed.append(e)
+            pool = [threading.Thread(target=run, args=(w,), name=f"all-pairs-{w}") for w in range(workers)]
+            for t in pool:
+                t.start()
+            for t in pool:
+                t.join()
+            if failed:
+                raise failed[0]
         elapsed = time.monotonic() - t0
     finally:
         for s in socks:
             s.close()
-    missing = sorted((endpoints[i].name, endpoints[j].name) for i, j in pending)
-    return AllPairs(endpoints, n * (n - 1) - len(missing), missing, sent, elapsed, rounds, errors)
+    missing = [(endpoints[i].name, endpoints[j].name) for i in range(n) for j in _zeros(got[i])]
+    return AllPairs(endpoints, n * (n - 1) - len(missing), missing, sum(s[0] for s in stats), elapsed,
+                    max((s[1] for s in stats), default=1), errors)
+
+
+def _zeros(flags: bytearray):
+    """Indexes of the zero bytes of `flags` (the destinations still unanswered)."""
+    j = flags.find(0)
+    while j >= 0:
+        yield j
+        j = flags.find(0, j + 1)
