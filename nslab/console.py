@@ -56,17 +56,18 @@ def warn(text: str) -> None:
 
 def make(stderr: bool = False, terminal: bool | None = None, columns: int | None = None, file=None):
     """A rich Console for this stream: on a terminal its width; piped: no colour, no wrapping
-    (soft_wrap) and a width no table reaches, so nothing is ever cut. `terminal`/`columns`
+    (soft_wrap) and a width no table reaches, so nothing is ever cut.  No emoji codes: a MAC
+    such as 9a:cd:83:... printed 9a💿83:... (rich reads :cd: as an emoji's name). `terminal`/`columns`
     force a layout (tests); `file`: write there instead of the stream."""
     from rich.console import Console  # lazy: start-up
     stream = sys.stderr if stderr else sys.stdout
     tty = is_terminal(stream) if terminal is None else terminal
     if tty:
-        c = Console(stderr=stderr, highlight=False, width=columns or width(stream) or 80,
+        c = Console(stderr=stderr, highlight=False, emoji=False, width=columns or width(stream) or 80,
                     force_terminal=True if terminal else None, file=file)
         c.nslab_limit = c.width
     else:
-        c = Console(stderr=stderr, highlight=False, soft_wrap=True, no_color=True, width=10_000,
+        c = Console(stderr=stderr, highlight=False, emoji=False, soft_wrap=True, no_color=True, width=10_000,
                     force_terminal=False, file=file)
         c.nslab_limit = None
     return c

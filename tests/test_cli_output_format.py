@@ -118,6 +118,15 @@ def test_generic_table_never_cuts(columns):
     check_whole(text, [w for r in rows for w in r], columns)
 
 
+@pytest.mark.parametrize("columns", [80, None], ids=["80", "piped"])
+def test_macs_and_names_print_as_they_are(columns):
+    """rich reads :cd: as an emoji's name: 9a:cd:83:da:26:e4 printed as 9a💿83:da:26:e4 in
+    the table of `nslab up` (seen on a generated CLOS lab)."""
+    rows = [["spine1", "9a:cd:83:da:26:e4", ":ok: :100:"]]
+    text = render(lambda c: out.table(c, ["node", "mac", "note"], rows), columns)
+    assert "9a:cd:83:da:26:e4" in text and ":ok: :100:" in text, text
+
+
 def test_wrap_keeps_words_whole():
     line = "       outer eth 1a:af:f7:56:d8:c6 > d6:06:40:41:dd:52 | ip 10.0.0.21 > 30.0.0.23 ttl 64 | udp 58071 > 4789"
     for limit in (40, 60, 80):
