@@ -10,9 +10,15 @@ brought up and down with the CLI as a user runs it, and between the two:
 - neighbour table overflows: the kernel's table_fulls counter (/proc/net/stat/arp_cache)
   and "neighbor table overflow" lines in the kernel log (dmesg), before and after.
 
+And a flannel cluster of 1,000 pods (--cluster, default cluster:4,25,10: 4 racks x 25 nodes
+x 10 pods, vxlan; --cluster-backend host-gw for the other): the same figures, its sample
+being every pod -> its node's cni0 and -> the pod at the same place in the rack half the
+cluster away, and then `nslab test --all-pairs` on it (CLI wall, peak RSS, pairs answered,
+the prober's own seconds).
+
 Every lab gets a unique name and is always taken down (try/finally); nothing is left.
 
-    sudo python3 bench/scale.py [--sizes 1000,2500,5000,10000]
+    sudo python3 bench/scale.py [--sizes 1000,2500,5000,10000] [--cluster cluster:4,25,10 | --cluster none]
 
 Mininet side by side: bench/build.py (single switch, N hosts; it skips Mininet's
 fixLimits(), which would raise the root namespace's neighbour thresholds -- `mn` itself
@@ -21,6 +27,7 @@ does, so this script never runs `mn`).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import select
 import socket
@@ -36,6 +43,7 @@ from nslab.packet import echo_request, parse_echo_reply
 
 SHAPES = {1000: "clos:4,20,50", 2500: "clos:4,50,50", 5000: "clos:8,50,100", 10000: "clos:8,100,100"}
 TARGETS = {1000: (2.0, 0.4), 10000: (25.0, 5.0)}
+ALL_PAIRS_TARGET = 30.0         # seconds, `nslab test --all-pairs` on 1,000 pods
 
 
 def meminfo() -> dict[str, int]:
@@ -130,12 +138,50 @@ def reach(pairs, group: int = 400, timeout: float = 3.0) -> tuple[int, list]:
     return answered, missing
 
 
-def run_size(hosts: int, shape: str, workdir: str) -> dict:
+def cluster_sample_pairs(topo) -> list[tuple[str, str, str, str]]:
+    """(source, namespace, destination, address): each pod to its node's cni0 and to the pod
+    at the same position in the rack half the cluster away."""
+    racks: dict[str, list] = {}
+    for node in topo.nodes.values():
+        if node.kind == "pod":
+            host = topo.nodes[node.ifaces[0].peer_node]
+            racks.setdefault(next(i.segment for i in host.ifaces if i.segment), []).append((node, host))
+    names = list(racks)
+    pairs = []
+    for k, rack in enumerate(names):
+        far = racks[names[(k + len(names) // 2) % len(names)]]
+        shift = len(far) // 2 if far is racks[rack] else 0      # one rack (host-gw): half of it away
+        for pos, (pod, host) in enumerate(racks[rack]):
+            bridge = next(b for b in host.bridges if b.ip is not None)
+            pairs.append((pod.name, pod.ns, f"{host.name}:{bridge.name}", str(bridge.ip.ip)))
+            target = far[(pos + shift) % len(far)][0]
+            pairs.append((pod.name, pod.ns, target.name, str(target.addresses[0].ip)))
+    return pairs
+
+
+def all_pairs_cli(name: str) -> dict:
+    """`nslab test --all-pairs` on a running lab, as a user runs it: wall, peak RSS, pairs."""
+    with tempfile.NamedTemporaryFile("r") as rss:
+        t0 = time.perf_counter()
+        done = subprocess.run(["/usr/bin/time", "-o", rss.name, "-f", "%M", "nslab", "test", "-l", name,
+                               "--all-pairs", "--json"], capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        peak = int(rss.read().split()[-1]) // 1024
+    try:
+        result = json.loads(done.stdout)["results"][0]
+    except (ValueError, LookupError):
+        raise RuntimeError(f"nslab test --all-pairs failed: {done.stderr.strip() or done.stdout.strip()}")
+    return dict(ap_wall=wall, ap_rss=peak, ap_ok=done.returncode == 0, ap_observed=result["observed"],
+                ap_details=result["details"])
+
+
+def run_size(hosts: int, shape: str, workdir: str, backend: str | None = None) -> dict:
     name = f"scale{hosts}-{os.getpid()}"
     path = os.path.join(workdir, f"{name}.yaml")
     with open(path, "w") as f:
-        f.write(generate.render(shape, name=name, file=path))
+        f.write(generate.render(shape, name=name, file=path, backend=backend))
     topo = model.load(path)
+    cluster = shape.startswith("cluster:")
     row = dict(hosts=hosts, shape=shape, namespaces=len(topo.nodes), neighbours=topo.neighbours)
     t0 = time.perf_counter()
     subprocess.run(["nslab", "validate", path], check=True, capture_output=True)
@@ -146,10 +192,12 @@ def run_size(hosts: int, shape: str, workdir: str) -> dict:
         row["up"], row["up_rss"], _ = timed(["nslab", "up", "-q", path])
         up_done = True
         row["mem_up"] = meminfo()
-        pairs = sample_pairs(topo)
+        pairs = cluster_sample_pairs(topo) if cluster else sample_pairs(topo)
         t0 = time.perf_counter()
         row["answered"], row["missing"] = reach(pairs)
         row["pairs"], row["reach_s"] = len(pairs), time.perf_counter() - t0
+        if cluster:
+            row.update(all_pairs_cli(name))
     finally:
         if up_done or os.path.exists(f"/run/nslab/{name}"):
             row["down"], row["down_rss"], _ = timed(["nslab", "down", name])
@@ -159,16 +207,40 @@ def run_size(hosts: int, shape: str, workdir: str) -> dict:
     return row
 
 
+def run_cluster(shape: str, backend: str | None, workdir: str) -> None:
+    racks, nodes, pods = (int(x) for x in shape.split(":", 1)[1].split(","))
+    row = run_size(racks * nodes * pods, shape, workdir, backend)
+    m0, mu, md = row["mem0"], row["mem_up"], row["mem_down"]
+    print(f"{row['hosts']:>6} pods  {row['shape']:>16} ({backend or 'vxlan'}) {row['namespaces']:>6} ns  validate "
+          f"{row['validate']:.2f} s  up {row['up']:.2f} s (RSS {row['up_rss']} MiB)  down {row['down']:.2f} s (RSS "
+          f"{row['down_rss']} MiB)  slab {m0['Slab']}->{mu['Slab']}->{md['Slab']} MiB  sunreclaim "
+          f"{m0['SUnreclaim']}->{mu['SUnreclaim']}->{md['SUnreclaim']} MiB  sample {row['answered']}/{row['pairs']} "
+          f"in {row['reach_s']:.1f} s  neighbours {row['neighbours']}  table_fulls +{row['fulls']}  dmesg overflow "
+          f"lines +{row['overflow_lines']}", flush=True)
+    if row["missing"]:
+        print(f"       sample missing (first 5): {row['missing'][:5]}", flush=True)
+    if "ap_wall" in row:
+        print(f"       nslab test --all-pairs: {row['ap_wall']:.1f} s wall, RSS {row['ap_rss']} MiB, "
+              f"{row['ap_details'][0]}; target <= {ALL_PAIRS_TARGET:.0f} s: "
+              f"{'met' if row['ap_ok'] and row['ap_wall'] <= ALL_PAIRS_TARGET else 'MISSED'}", flush=True)
+        for line in row["ap_details"][1:4]:
+            print(f"         {line}", flush=True)
+    print(f"       load average now {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", default="1000,2500,5000,10000")
+    ap.add_argument("--sizes", default="1000,2500,5000,10000", help="CLOS sizes (hosts); 'none' for none")
+    ap.add_argument("--cluster", default="cluster:4,25,10", help="a cluster shape to run, with all-pairs on its "
+                                                                 "pods; 'none' for none")
+    ap.add_argument("--cluster-backend", default=None, help="its flannel backend (default vxlan)")
     args = ap.parse_args()
     limits.raise_nofile_soft_limit()
     print(f"machine: {os.cpu_count()} CPUs, {os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') >> 30} GiB, "
           f"kernel {os.uname().release}, gc_thresh3 {probe.gc_thresh3()}, load average "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     with tempfile.TemporaryDirectory() as workdir:
-        for size in (int(s) for s in args.sizes.split(",")):
+        for size in (int(s) for s in args.sizes.split(",") if s != "none"):
             row = run_size(size, SHAPES[size], workdir)
             target = TARGETS.get(size)
             verdict = "" if not target else ("meets target" if row["up"] <= target[0] and row["down"] <= target[1]
@@ -184,6 +256,8 @@ def main() -> None:
             if row["missing"]:
                 print(f"       missing (first 5): {row['missing'][:5]}", flush=True)
             print(f"       load average now {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+        if args.cluster != "none":
+            run_cluster(args.cluster, args.cluster_backend, workdir)
 
 
 if __name__ == "__main__":
