@@ -12,6 +12,7 @@ import resource
 
 from ..errors import TopologyError
 from ..plan import Neigh
+from .types import ip_text
 
 # Apply (nslab/apply/applier.py) keeps at most OPEN_NAMESPACES namespaces open at once
 # (lab.py passes this bound), each as its namespace fd and one NETLINK_ROUTE socket opened
@@ -60,26 +61,27 @@ def descriptors_needed(topo) -> int:
     return FDS_PER_NAMESPACE * min(len(topo.nodes), OPEN_NAMESPACES) + FDS_RESERVE
 
 
-def neighbour_domains(topo):
+def neighbour_domains(topo, detail: bool = True):
     """Every lab-internal L2 network with its addressed members, as (segment name or None,
     static?, members, hubs): members are (namespace, device, address, MAC); hubs are the
     members every other one talks through (the routers on a segment, a node's addressed
     bridge for the pods on it (cni0), both ends of a point-to-point veth).  Linear in
-    interfaces."""
+    interfaces.  detail=False: members are None, for counting (an address's text costs
+    more than the rest of the walk)."""
     nodes = topo.nodes
     segments: dict[str, tuple[list, list]] = {}
     bridged: dict[tuple, tuple[list, list]] = {}
     for node in nodes.values():
         for br in node.bridges:
             if br.ip is not None:
-                bridged[(node.name, br.name)] = ([(node.ns, br.name, str(br.ip.ip), br.mac)], [0])
+                bridged[(node.name, br.name)] = ([(node.ns, br.name, ip_text(br.ip), br.mac) if detail else None], [0])
     for node in nodes.values():
         if node.kind == "switch":
             continue
         for iface in node.ifaces:
             if iface.ip is None or iface.bridge:
                 continue
-            me = (node.ns, iface.name, str(iface.ip.ip), iface.mac)
+            me = (node.ns, iface.name, ip_text(iface.ip), iface.mac) if detail else None
             if iface.segment is not None:
                 members, hubs = segments.setdefault(iface.segment, ([], []))
                 if node.kind == "router":
@@ -95,7 +97,8 @@ def neighbour_domains(topo):
                 if found is not None:
                     found[0].append(me)
             elif peer.ip is not None and (node.name, iface.name) < (peer_node.name, peer.name):
-                yield None, topo.static_neighbours(), [me, (peer_node.ns, peer.name, str(peer.ip.ip), peer.mac)], [0, 1]
+                yield None, topo.static_neighbours(), [me, (peer_node.ns, peer.name, ip_text(peer.ip), peer.mac)
+                                                       if detail else None], [0, 1]
     for name, (members, hubs) in segments.items():
         yield name, topo.static_neighbours(name), members, hubs
     for members, hubs in bridged.values():
@@ -122,7 +125,7 @@ def possible_dynamic_neighbours(topo) -> int:
     """Dynamic neighbour entries the lab can need at once: every member of every L2 network
     may talk to every other (all-pairs tests do), n x (n - 1) per network.  Counted, not
     enumerated."""
-    return sum(len(m) * (len(m) - 1) for _, static, m, _ in neighbour_domains(topo) if not static)
+    return sum(len(m) * (len(m) - 1) for _, static, m, _ in neighbour_domains(topo, detail=False) if not static)
 
 
 def minimum_dynamic_neighbours(topo) -> int:
@@ -130,7 +133,8 @@ def minimum_dynamic_neighbours(topo) -> int:
     host and its gateway, both ends of each link, each pod and its cni0): the floor.
     Networks with static neighbours count nothing (permanent entries are not counted
     against the kernel's table)."""
-    return sum(_hub_pair_count(len(m), len(h)) for _, static, m, h in neighbour_domains(topo) if not static)
+    return sum(_hub_pair_count(len(m), len(h)) for _, static, m, h in neighbour_domains(topo, detail=False)
+               if not static)
 
 
 def permanent_neighbours(plan) -> set[tuple[str, str, str]]:

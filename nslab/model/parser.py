@@ -21,8 +21,11 @@ from .limits import MAX_COMPUTED_ROUTES
 from .yamldoc import Doc
 from .types import (Bridge, DEFAULT_LINK_POOL, DEFAULT_MTU, IFNAMSIZ, Iface, KERNEL_DEVICES, LAB_NAME_RE,
                     MAX_LAB_NAME, MAX_MTU, MAX_NODE_NAME, MIN_MTU, NAME_MAX, NAME_RE, Nexthop, Node, Route,
-                    Segment, Topology, free_subnets, ifname_problem, lab_name_from_file, name_list,
-                    namespace_name, short_ifname, stable_mac)
+                    Segment, Topology, free_blocks, host_range, ifname_problem, lab_name_from_file, name_list,
+                    ipv4_interface, namespace_name, network_bounds, short_ifname, stable_mac)
+
+
+DEFAULT_ROUTE = IPv4Network("0.0.0.0/0")      # one object for every host's default route (never changed)
 
 
 class Parser:
@@ -645,7 +648,8 @@ class Builder:
     def _allocate_link_subnets(self):
         used = [n for n, _ in self._all_subnets()]
         used += [att["subnet"] for att in self.attachments if att["kind"] == "link" and att["subnet"] is not None]
-        candidates = free_subnets(self.link_pool, 30, used)
+        # addresses as ints (ipv4_interface): never an enumeration of a range, never a parse
+        candidates = free_blocks(self.link_pool, 30, used)
         for att in self.attachments:
             a, b = att["a"], att["b"]
             if att["kind"] == "segment":
@@ -654,58 +658,64 @@ class Builder:
                 continue
             if att["subnet"] is not None:
                 net = att["subnet"]
+                first, last = host_range(net)
+                prefixlen = net.prefixlen
+                if last - first < 1:
+                    raise self.err(att["path"] + ("subnet",), f"{net} has room for fewer than two addresses")
             else:
-                net = next(candidates, None)
-                if net is None:
+                first = next(candidates, None)
+                if first is None:
                     raise self.err(att["path"], f"link address pool {self.link_pool} is exhausted; "
                                                 f"set pools.links to a larger network")
-            hosts = list(islice(net.hosts(), 2))    # not list(hosts()): a /1 has 2**31 of them
-            if len(hosts) < 2:
-                raise self.err(att["path"] + ("subnet",), f"{net} has room for fewer than two addresses")
-            a["iface_obj"].ip = a["ip"] = IPv4Interface(f"{hosts[0]}/{net.prefixlen}")
-            b["iface_obj"].ip = b["ip"] = IPv4Interface(f"{hosts[1]}/{net.prefixlen}")
+                first, prefixlen = first + 1, 30
+            a["iface_obj"].ip = a["ip"] = ipv4_interface(first, prefixlen)
+            b["iface_obj"].ip = b["ip"] = ipv4_interface(first + 1, prefixlen)
         # segment members without an address: next free host address, in member order
         by_segment = self._by_segment()
         for seg in self.segments.values():
             if seg.subnet is None:
                 continue
             members = by_segment.get(seg.name, [])
-            taken = {att["a"]["ip"].ip for att in members if att["a"]["ip"] is not None}
-            pool = (h for h in seg.subnet.hosts() if h not in taken)
+            taken = {att["a"]["ip"]._ip for att in members if att["a"]["ip"] is not None}
+            addr, last = host_range(seg.subnet)
             for att in members:
                 if att["a"]["auto_ip"]:
-                    addr = next(pool, None)
-                    if addr is None:
+                    while addr in taken:
+                        addr += 1
+                    if addr > last:
                         raise self.err(att["path"], f"segment {seg.name} ({seg.subnet}) has no free address left")
-                    att["a"]["iface_obj"].ip = att["a"]["ip"] = IPv4Interface(f"{addr}/{seg.subnet.prefixlen}")
+                    att["a"]["iface_obj"].ip = att["a"]["ip"] = ipv4_interface(addr, seg.subnet.prefixlen)
+                    addr += 1
 
     def _check_addresses(self):
         subnets = sorted(self._all_subnets(), key=lambda s: self.doc.line(s[1]) or 0)  # blame the later line
         # CIDR blocks either nest or are disjoint: one sweep in address order finds, for each
         # block, one earlier block containing it (not all pairs: n log n, not n squared).
-        order = sorted(range(len(subnets)), key=lambda k: (int(subnets[k][0].network_address), subnets[k][0].prefixlen))
+        bounds = [network_bounds(net) for net, _ in subnets]
+        order = sorted(range(len(subnets)), key=lambda k: (bounds[k][0], subnets[k][0].prefixlen))
         pairs, cover = [], None
         for k in order:
-            net = subnets[k][0]
-            if cover is not None and net.network_address <= subnets[cover][0].broadcast_address:
+            first, last = bounds[k]
+            if cover is not None and first <= bounds[cover][1]:
                 pairs.append((min(cover, k), max(cover, k)))
-            if cover is None or net.broadcast_address > subnets[cover][0].broadcast_address:
+            if cover is None or last > bounds[cover][1]:
                 cover = k
         if pairs:
             i, j = min(pairs)
             (n1, p1), (n2, p2) = subnets[i], subnets[j]
             raise self.err(p2, f"subnet {n2} overlaps {n1} ({yamldoc.format_path(p1)}, line {self.doc.line(p1)})")
-        seen: dict[IPv4Address, tuple] = {}
+        seen: dict[int, tuple] = {}     # the address as an int: an IPv4Address is built per .ip
         for att in self.attachments:
             for end in (att["a"], att["b"]):
                 ip = end["ip"]
                 if ip is None:
                     continue
-                if ip.ip in seen:
-                    other_node, other_path = seen[ip.ip]
+                other = seen.get(ip._ip)
+                if other is not None:
+                    other_node, other_path = other
                     raise self.err(end["path"] + ("ip",) if not end.get("auto_ip") else end["path"],
                                    f"address {ip.ip} is already used by {other_node} (line {self.doc.line(other_path)})")
-                seen[ip.ip] = (end["node"], end["path"])
+                seen[ip._ip] = (end["node"], end["path"])
 
     # ---- routes ------------------------------------------------------------------------
     def _resolve_routes(self):
@@ -765,7 +775,7 @@ class Builder:
                     nh = Nexthop(via=peer.iface(iface.peer_name).ip.ip, dev=iface.name)
                     break
             if nh:
-                node.routes.append(Route(dst=IPv4Network("0.0.0.0/0"), nexthops=[nh], origin="computed"))
+                node.routes.append(Route(dst=DEFAULT_ROUTE, nexthops=[nh], origin="computed"))
 
     def _router_adjacency(self):
         """router -> [(neighbour router, its address, my interface)] over links and segments."""

@@ -2,6 +2,7 @@
 (stable MACs, short interface names, namespace names) that parser and compile share."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -163,25 +164,69 @@ def short_ifname(*parts: str) -> str:
     return head + "-" + digest
 
 
-def free_subnets(pool: IPv4Network, prefixlen: int, used: list[IPv4Network]):
-    """The /prefixlen subnets of pool that overlap none of `used`, in address order.  Jumps
-    over used ranges instead of testing every candidate (a /8 pool has 4 million /30s)."""
+@functools.lru_cache(maxsize=1 << 16)
+def ipv4_network(address: int, prefixlen: int) -> IPv4Network:
+    """IPv4Network((address, prefixlen)) from ints, built once per network: a link's two
+    ends and a segment's members share theirs (ipaddress parses a string per call, ~6 us)."""
+    return IPv4Network((address, prefixlen))
+
+
+def ipv4_interface(address: int, prefixlen: int) -> IPv4Interface:
+    """Equal to IPv4Interface(f"{IPv4Address(address)}/{prefixlen}") (value, str, hash,
+    network), without parsing: the attributes IPv4Interface.__init__ sets, the network
+    shared through ipv4_network.  tests/model/test_validate_scale.py holds it to that."""
+    ifc = object.__new__(IPv4Interface)
+    ifc._ip = address
+    ifc.network = net = ipv4_network(address & (0xFFFFFFFF ^ ((1 << (32 - prefixlen)) - 1)), prefixlen)
+    ifc.netmask = net.netmask
+    ifc._prefixlen = prefixlen
+    return ifc
+
+
+def ip_text(ifc: IPv4Interface) -> str:
+    """str(ifc.ip) without building the IPv4Address (2 of a neighbour entry's 3 us)."""
+    a = ifc._ip
+    return f"{a >> 24}.{(a >> 16) & 255}.{(a >> 8) & 255}.{a & 255}"
+
+
+def network_bounds(net: IPv4Network) -> tuple[int, int]:
+    """(first, last) address of a network as ints (broadcast_address builds two objects)."""
+    first = net.network_address._ip
+    return first, first | ((1 << (32 - net.prefixlen)) - 1)
+
+
+def host_range(net: IPv4Network) -> tuple[int, int]:
+    """(first, last) usable host as ints, as net.hosts() gives them: all of a /31, the one
+    address of a /32, otherwise without the network and broadcast addresses."""
+    first, last = network_bounds(net)
+    return (first, last) if net.prefixlen >= 31 else (first + 1, last - 1)
+
+
+def free_blocks(pool: IPv4Network, prefixlen: int, used):
+    """The first address (an int) of each /prefixlen block of pool that overlaps none of
+    `used`, in address order.  Jumps over used ranges instead of testing every candidate
+    (a /8 pool has 4 million /30s)."""
     size = 1 << (32 - prefixlen)
     merged: list[list[int]] = []
-    for start, end in sorted((int(u.network_address), int(u.broadcast_address)) for u in used):
+    for start, end in sorted(network_bounds(u) for u in used):
         if merged and start <= merged[-1][1] + 1:
             merged[-1][1] = max(merged[-1][1], end)
         else:
             merged.append([start, end])
-    addr, last, i = int(pool.network_address), int(pool.broadcast_address), 0
+    (addr, last), i = network_bounds(pool), 0
     while addr + size - 1 <= last:
         while i < len(merged) and merged[i][1] < addr:
             i += 1
         if i < len(merged) and merged[i][0] <= addr + size - 1:
             addr = (merged[i][1] // size + 1) * size     # the first aligned block after it
             continue
-        yield IPv4Network((addr, prefixlen))
+        yield addr
         addr += size
+
+
+def free_subnets(pool: IPv4Network, prefixlen: int, used: list[IPv4Network]):
+    """The /prefixlen subnets of pool that overlap none of `used`, in address order."""
+    return (IPv4Network((addr, prefixlen)) for addr in free_blocks(pool, prefixlen, used))
 
 
 def name_list(names, limit: int = 10) -> str:

@@ -71,3 +71,67 @@ def test_name_list():
     assert name_list(iter(["a", "b"])) == "a, b"
     assert name_list(range(12)) == "0, 1, 2, 3, 4, 5, 6, 7, 8, 9 and 2 more"
     assert name_list((f"n{i}" for i in range(10))) == ", ".join(f"n{i}" for i in range(10))
+
+
+@pytest.mark.parametrize("text", ["10.0.0.1/30", "10.0.0.2/30", "172.31.255.254/31", "192.168.7.9/32",
+                                  "10.1.2.3/8", "0.0.0.1/0", "255.255.255.254/24", "10.0.0.0/31"])
+def test_fast_interface_equals_ipaddress(text):
+    """ipv4_interface replaces IPv4Interface(f"{ip}/{len}") in allocation: same value, text,
+    hash, equality and network (shared between the ends of a link)."""
+    from ipaddress import IPv4Interface
+    from nslab.model.types import ipv4_interface
+    slow = IPv4Interface(text)
+    fast = ipv4_interface(int(slow.ip), slow.network.prefixlen)
+    assert fast == slow and slow == fast and hash(fast) == hash(slow)
+    assert str(fast) == str(slow) and repr(fast) == repr(slow) and fast.with_prefixlen == slow.with_prefixlen
+    assert fast.ip == slow.ip and fast.network == slow.network and fast.netmask == slow.netmask
+    assert fast.network.broadcast_address == slow.network.broadcast_address
+    if slow.network.prefixlen >= 24:
+        assert list(fast.network.hosts()) == list(slow.network.hosts())
+    assert {fast: 1}[slow] == 1 and fast.network.prefixlen == slow.network.prefixlen
+    from nslab.model.types import ip_text
+    assert ip_text(fast) == ip_text(slow) == str(slow.ip)
+    assert fast != IPv4Interface(f"{slow.ip}/{max(slow.network.prefixlen - 1, 0)}") or slow.network.prefixlen == 0
+
+
+@pytest.mark.parametrize("cidr", ["10.0.0.0/24", "10.0.0.0/30", "10.0.0.0/31", "10.0.0.7/32", "0.0.0.0/0"])
+def test_host_range_is_hosts_first_and_last(cidr):
+    from ipaddress import IPv4Network
+    from nslab.model.types import host_range, network_bounds
+    net = IPv4Network(cidr)
+    first, last = host_range(net)
+    hosts = net.hosts()
+    assert first == int(next(iter(hosts)))
+    if net.prefixlen >= 24:
+        assert last == int(list(net.hosts())[-1])
+    assert network_bounds(net) == (int(net.network_address), int(net.broadcast_address))
+
+
+def test_free_blocks_skip_used_ranges_and_equal_free_subnets():
+    from ipaddress import IPv4Network
+    from nslab.model.types import free_blocks, free_subnets
+    pool = IPv4Network("10.0.0.0/26")
+    used = [IPv4Network("10.0.0.4/30"), IPv4Network("10.0.0.16/28"), IPv4Network("10.0.0.9/32")]
+    blocks = list(free_blocks(pool, 30, used))
+    assert [str(IPv4Network((b, 30))) for b in blocks] == [str(n) for n in free_subnets(pool, 30, used)]
+    assert [b - int(pool.network_address) for b in blocks] == [0, 12, 32, 36, 40, 44, 48, 52, 56, 60]
+
+
+def test_segment_and_link_addresses_as_before():
+    """Auto addresses skip the ones members gave; /31 and /29 link subnets give their first two hosts."""
+    topo = model.load("a.yaml", text="hosts: [a, b, c, d]\nrouters: [r]\nsegments:\n  lan:\n"
+                                     "    subnet: 10.0.0.0/29\n    gateway: r\n"
+                                     "    members: [a, {b: {ip: 10.0.0.2}}, c]\n"
+                                     "links:\n  - {ends: [d, r], subnet: 10.5.0.0/31}\n"
+                                     "  - {ends: [c, d], subnet: 10.6.0.8/29}\n  - [a, d]\n")
+    ips = {(n.name, i.name): str(i.ip) for n in topo.nodes.values() for i in n.ifaces if i.ip is not None}
+    assert ips[("a", "eth0")] == "10.0.0.1/29" and ips[("b", "eth0")] == "10.0.0.2/29"
+    assert ips[("c", "eth0")] == "10.0.0.3/29" and ips[("r", "eth0")] == "10.0.0.6/29"
+    assert ips[("d", "eth0")] == "10.5.0.0/31" and ips[("r", "eth1")] == "10.5.0.1/31"
+    assert ips[("c", "eth1")] == "10.6.0.9/29" and ips[("d", "eth1")] == "10.6.0.10/29"
+    assert ips[("a", "eth1")] == "172.31.0.1/30" and ips[("d", "eth2")] == "172.31.0.2/30"
+    with pytest.raises(TopologyError, match="has no free address left"):
+        model.load("f.yaml", text="hosts: [a, b, c]\nsegments:\n  lan:\n    subnet: 10.0.0.0/31\n"
+                                  "    members: [a, b, c]\n")
+    with pytest.raises(TopologyError, match="fewer than two addresses"):
+        model.load("f.yaml", text="hosts: [a, b]\nlinks:\n  - {ends: [a, b], subnet: 10.0.0.0/32}\n")
