@@ -48,8 +48,13 @@ class Lab:
         self.name, self.topo, self.plan = name, topo, plan
 
     @classmethod
-    def up(cls, file: str, name: str | None = None, backend: str | None = None) -> "Lab":
+    def up(cls, file: str, name: str | None = None, backend: str | None = None,
+           without_netem: bool = False) -> "Lab":
+        """As `nslab up FILE [--name] [--backend] [--without-netem]`; FILE may also be a
+        bundled topology's name or a generated fabric's shape (`clos:2,4,10`)."""
         overrides = {"backend": backend} if backend else None
+        if without_netem:
+            overrides = {**(overrides or {}), "without_netem": True}
         topo = labmod.load(file, name=name, overrides=overrides)
         plan, _ = labmod.up(topo, overrides)
         return cls(topo.name, topo, plan)

@@ -131,3 +131,20 @@ def test_without_netem_up_refuses_in_one_sentence_and_makes_nothing(tmp_path, ro
         assert "left out on a:eth0" in proc.stdout and "a:eth0: rate 5Mbit" in proc.stdout
     finally:
         nslab("down", name, check=True)
+
+
+@pytest.mark.skipif(netem_available(), reason="this kernel has netem (the refusal is for kernels without it)")
+def test_the_api_takes_without_netem_as_the_cli_does(tmp_path, root_unchanged):
+    from nslab import Lab
+    from nslab.errors import NslabError
+    topo = tmp_path / "delay.yaml"
+    topo.write_text(DELAY)
+    name = unique_lab_name()
+    with pytest.raises(NslabError, match="no netem qdisc"):
+        Lab.up(str(topo), name=name)
+    lab = Lab.up(str(topo), name=name, without_netem=True)
+    try:
+        shown = json.loads(nslab("link", "show", "-l", name, "--json", check=True).stdout)
+        assert {r["conditions"] for r in shown} == {"rate 20Mbit burst 32Kb"}, shown
+    finally:
+        lab.down()
