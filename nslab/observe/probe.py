@@ -359,11 +359,11 @@ def all_pairs(endpoints: list[Endpoint], timeout: float = 3.0, threads: int = 0)
     """Echo request from every endpoint to every other one; who answered.  The deadline is
     `timeout` after the last re-send round, longer for big rounds (_pair_wait).
 
-    The sources are split between `threads` workers (default: one per CPU, at most 2 ... 4):
-    each sendto() carries the round trip through the lab in the kernel with the GIL
-    released, so a second worker uses a second core.  A worker sends its sources' requests
-    in diagonals (every source to its k-th neighbour, k = 1..n-1: no destination gets all its
-    requests at once), reads its sockets between every 256 sends (receive queues stay
+    The sources are split between `threads` workers (default: one per CPU, at most 4; one
+    below 64 endpoints): each sendto() carries the round trip through the lab in the kernel
+    with the GIL released, so a second worker uses a second core.  A worker sends its
+    sources' requests in diagonals inside tiles (_diagonal_tiles: no destination gets all
+    its requests at once), reads its sockets between every 256 sends (receive queues stay
     short), then re-sends what is still missing at RESEND_AT after its first round (a
     lost reply on a busy machine is not a failure until the re-sends go unanswered too).
     While the kernel's ARP table overflows meanwhile (a lab with more dynamic neighbours
