@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 
 import pytest
 
@@ -60,5 +61,39 @@ def test_one_pod_off_the_network_fails_exactly_its_pairs(tmp_path, root_unchange
         assert r.reachable == n * (n - 1) - 2 * (n - 1)
         assert r.rounds == 1 + len(probe.RESEND_AT)          # the silent pairs were re-sent, every round
         assert off.name in r.errors and "unreachable" in r.errors[off.name].lower()   # its own sends fail at once
+    finally:
+        lab.down(name)
+
+
+def test_re_sends_go_on_while_the_arp_table_overflows_and_answers_still_come(tmp_path, root_unchanged, monkeypatch):
+    """A lab with more dynamic neighbours than the kernel's shared ARP table holds loses
+    requests until entries can be reclaimed: while the table overflows, all_pairs re-sends
+    every ARP_GRACE seconds as long as a round brings new answers, and stops at the first
+    round that brings none.  (The overflow counter is simulated; the silence is real: a
+    pod that ignores echo requests, answering again later.)"""
+    name = unique_lab_name()
+    path = tmp_path / "cluster.yaml"
+    path.write_text(generate.render("cluster:1,2,3", name=name, file=str(path)))
+    topo = model.load(str(path))
+    eps = checks.pair_endpoints(topo)
+    quiet = eps[2]
+    fulls = iter(range(10**6))
+    monkeypatch.setattr(probe, "neighbour_table_fulls", lambda: next(fulls))
+    monkeypatch.setattr(probe, "ARP_GRACE", 0.5)
+    ignore = ["ip", "netns", "exec", quiet.ns, "sysctl", "-q", "-w"]
+    try:
+        lab.up(topo)
+        subprocess.run(ignore + ["net.ipv4.icmp_echo_ignore_all=1"], check=True)
+        r = probe.all_pairs(eps, timeout=1.0)
+        assert sorted(r.missing) == sorted((e.name, quiet.name) for e in eps if e is not quiet)
+        assert r.rounds == 1 + len(probe.RESEND_AT) + 1         # one grace round, no new answer: done
+
+        back = threading.Timer(2.5, subprocess.run, [ignore + ["net.ipv4.icmp_echo_ignore_all=0"]])
+        back.start()
+        try:
+            r = probe.all_pairs(eps, timeout=1.0)
+        finally:
+            back.join()
+        assert r.ok and r.rounds > 1 + len(probe.RESEND_AT), (r.rounds, r.missing[:3])
     finally:
         lab.down(name)
