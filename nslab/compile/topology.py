@@ -77,16 +77,32 @@ def compile_topology(topo: Topology) -> P.Plan:
     return plan
 
 
+# `neighbours: static` gives a network of up to MESH_MEMBERS members the full mesh (every
+# member's entry for every other: the pods on a node's cni0, the nodes of a cluster's rack
+# talk to each other directly), within MESH_BUDGET entries for the whole lab; a bigger
+# network gets the star (each hub's entry for every member and theirs for it).
+MESH_MEMBERS = 32
+MESH_BUDGET = 50_000
+
+
 def _static_neighbours(topo: Topology, plan: P.Plan) -> None:
-    """`neighbours: static`: on each L2 network, every member gets a permanent entry for each
-    router on it (its gateway; a pod: its cni0), and each router one for every member (nslab
-    chose every MAC): no ARP and nothing counted against the kernel's shared table.  Hosts
-    on one network still resolve each other by ARP: a full mesh is n x (n - 1) entries
-    (1,010,000 in a 10,000-host CLOS, ~23 us each in the kernel), the star is 2n."""
+    """`neighbours: static`: permanent entries (nslab chose every MAC), so no ARP and nothing
+    counted against the kernel's shared table.  Every member of a small network gets one for
+    each other member; on a big one (a 100-host rack), each member one for each router on
+    it (its gateway) and each router one for every member: a full mesh there is n x (n - 1)
+    entries (1,010,000 in a 10,000-host CLOS, ~23 us each in the kernel), the star 2n, and
+    hosts of one rack still resolve each other by ARP."""
+    budget = MESH_BUDGET
     for _, static, members, hubs in neighbour_domains(topo):
-        if static:
-            plan.ops.extend(P.Neigh(members[a][0], members[a][1], members[b][2], members[b][3])
-                            for a, b in hub_pairs(members, hubs))
+        if not static:
+            continue
+        n = len(members)
+        if n <= MESH_MEMBERS and n * (n - 1) <= budget:
+            budget -= n * (n - 1)
+            pairs = ((a, b) for a in range(n) for b in range(n) if a != b)
+        else:
+            pairs = hub_pairs(members, hubs)
+        plan.ops.extend(P.Neigh(members[a][0], members[a][1], members[b][2], members[b][3]) for a, b in pairs)
     if topo.neighbours_auto:
         plan.notes.setdefault("_notices", []).append(topo.neighbours_auto)
 

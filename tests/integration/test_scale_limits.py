@@ -50,6 +50,9 @@ def test_bounded_descriptors_and_static_neighbours(tmp_path, monkeypatch, root_u
                                text=True, check=True).stdout
         gw_ip = str(topo.segments["rack01"].gateway_ip)
         assert any(line.startswith(gw_ip + " ") and "PERMANENT" in line for line in neigh.splitlines()), neigh
+        mates = {str(i.ip.ip) for n in hosts for i in n.ifaces if i.segment == "rack01" and n is not h}
+        assert len(mates) == 3 and mates <= {line.split()[0] for line in neigh.splitlines() if "PERMANENT" in line}, \
+            neigh                                            # a rack of 5: the full mesh
         gw_iface = next(i for i in gw.ifaces if i.segment == "rack01")
         neigh = subprocess.run(["ip", "-n", gw.ns, "neigh", "show", "dev", gw_iface.name, "nud", "permanent"],
                                capture_output=True, text=True, check=True).stdout
