@@ -17,7 +17,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from .. import backends
 from ..backends import Config
 from . import services as services_model
-from .types import Bridge, Nexthop, Route, name_list, stable_mac
+from .types import DEFAULT_ROUTE, Bridge, Nexthop, Route, host_range, ipv4_interface, name_list, stable_mac
 
 # A backend's keys, defaults, MTU overhead, device and rules are its module's, in nslab/backends/.
 DEFAULT_NETWORK = "10.244.0.0/16"
@@ -246,26 +246,32 @@ def _pods(p, b, cluster: Cluster, spec, path) -> None:
             if ip not in sn or ip in (sn.network_address, sn.network_address + 1, sn.broadcast_address):
                 raise p.err(ppath + ("ip",), f"{ip} is not a pod address of {node}'s subnet {sn} "
                                              f"(.0 is the VTEP, .1 is cni0)")
-            if ip in taken[node]:
+            if int(ip) in taken[node]:
                 raise p.err(ppath + ("ip",), f"{ip} is already used by another pod on {node}")
-            taken[node].add(ip)
+            taken[node].add(int(ip))
+    cursor: dict[str, int] = {}     # per node: no free address below it (pinned ones are all taken)
     for pod, node, pspec, ppath in wanted:
         cn = cluster.nodes[node]
         if "ip" in pspec:
             ip = IPv4Address(str(pspec["ip"]))
-        else:   # host-local IPAM: the lowest free address from .2 up
-            # lazily: list(hosts()) of a /2 lease is a billion addresses
-            ip = next((a for a in islice(cn.subnet.hosts(), 1, None) if a not in taken[node]), None)
-            if ip is None:
+        else:   # host-local IPAM: the lowest free address from .2 up (the second of hosts())
+            # as ints from where the last pod's search stopped: never hosts() again per pod
+            first, last = host_range(cn.subnet)
+            addr = cursor.get(node, first + 1)
+            while addr in taken[node]:
+                addr += 1
+            if addr > last:
                 raise p.err(ppath, f"{node}'s subnet {cn.subnet} has no free pod address left")
-            taken[node].add(ip)
+            taken[node].add(addr)
+            cursor[node] = addr + 1
+            ip = IPv4Address(addr)
         node_spec = {k: pspec[k] for k in ("serve", "image", "command", "env", "cap_add") if pspec.get(k) is not None}
         pod_node = b.add_node(pod, "pod", node_spec, ppath, mtu=cn.mtu)
         if "containers" in pspec:
             pod_node.members = _members(p, pspec["containers"], ppath + ("containers",), pspec)
         gw = cn.subnet.network_address + 1
         veth = host_veth_name(node, pod)
-        cluster.pods[pod] = Pod(name=pod, node=node, ip=IPv4Interface(f"{ip}/{cn.subnet.prefixlen}"),
+        cluster.pods[pod] = Pod(name=pod, node=node, ip=ipv4_interface(int(ip), cn.subnet.prefixlen),
                                 group=ppath[-1])
         cn.pods.append(pod)
         host = b.nodes[node]
@@ -280,7 +286,7 @@ def _pods(p, b, cluster: Cluster, spec, path) -> None:
                    bridge="cni0", hairpin=True, auto_ip=False)))
         # The pod's routes as the bridge CNI (isDefaultGateway) and flannel's CNI config
         # leave them: default via cni0's address, and the whole pod network via it too.
-        pod_node.routes = [Route(dst=IPv4Network("0.0.0.0/0"), nexthops=[Nexthop(via=gw, dev="eth0")], origin="cni"),
+        pod_node.routes = [Route(dst=DEFAULT_ROUTE, nexthops=[Nexthop(via=gw, dev="eth0")], origin="cni"),
                            Route(dst=cluster.network, nexthops=[Nexthop(via=gw, dev="eth0")], origin="cni")]
 
 

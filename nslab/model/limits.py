@@ -27,6 +27,9 @@ GC_THRESH3 = "/proc/sys/net/ipv4/neigh/default/gc_thresh3"
 # A 10,000-node CLOS (108 routers, ~900 subnets) needs ~97,000; five times that is ~200 MB
 # of Route objects and a few seconds.
 MAX_COMPUTED_ROUTES = 500_000
+# kube-proxy rules compile writes for services: every cluster node x every endpoint of every
+# service (compile/kubeproxy.py, ~5 us each): 200,000 is about a second.
+MAX_SERVICE_ENDPOINT_RULES = 200_000
 
 
 def raise_nofile_soft_limit() -> tuple[int, int]:

@@ -19,13 +19,10 @@ from . import cluster, conditions, containers, limits, tests, tunnels, yamldoc
 from .units import ConditionsError
 from .limits import MAX_COMPUTED_ROUTES
 from .yamldoc import Doc
-from .types import (Bridge, DEFAULT_LINK_POOL, DEFAULT_MTU, IFNAMSIZ, Iface, KERNEL_DEVICES, LAB_NAME_RE,
+from .types import (Bridge, DEFAULT_LINK_POOL, DEFAULT_ROUTE, DEFAULT_MTU, IFNAMSIZ, Iface, KERNEL_DEVICES, LAB_NAME_RE,
                     MAX_LAB_NAME, MAX_MTU, MAX_NODE_NAME, MIN_MTU, NAME_MAX, NAME_RE, Nexthop, Node, Route,
                     Segment, Topology, free_blocks, host_range, ifname_problem, lab_name_from_file, name_list,
                     ipv4_interface, namespace_name, network_bounds, short_ifname, stable_mac)
-
-
-DEFAULT_ROUTE = IPv4Network("0.0.0.0/0")      # one object for every host's default route (never changed)
 
 
 class Parser:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from itertools import islice
 
+from .limits import MAX_SERVICE_ENDPOINT_RULES
 from .types import name_list
 
 DEFAULT_SERVICE_CIDR = "10.96.0.0/12"
@@ -75,6 +76,7 @@ def parse(p, cluster, spec, cidr_spec, path) -> tuple[IPv4Network, dict[str, Ser
     groups: dict[str, list[str]] = {}
     for pod in cluster.pods.values():
         groups.setdefault(pod.group, []).append(pod.name)
+    endpoint_rules = 0
     for name, sspec in spec.items():
         spath = path + ("services", name)
         if not isinstance(name, str) or not DNS_LABEL.fullmatch(name):
@@ -109,6 +111,14 @@ def parse(p, cluster, spec, cidr_spec, path) -> tuple[IPv4Network, dict[str, Ser
                                  target_port=target if target is not None else port, protocol=protocol,
                                  type=stype, cluster_ip=cluster_ip, node_port=node_port,
                                  endpoints=tuple(groups[selector]), path=spath)
+        # kube-proxy's rules are nodes x endpoints of every service: counted as they come, so a
+        # 1 MB file of 2,000 services over 50-pod daemonsets is refused here, not after minutes
+        endpoint_rules += len(cluster.nodes) * len(groups[selector])
+        if endpoint_rules > MAX_SERVICE_ENDPOINT_RULES:
+            raise p.err(spath, f"kube-proxy on the {len(cluster.nodes):,} cluster nodes would need "
+                               f"{endpoint_rules:,} endpoint rules by this service (one per node for each "
+                               f"endpoint of each service); nslab writes at most {MAX_SERVICE_ENDPOINT_RULES:,}: "
+                               f"use fewer services, endpoints or nodes")
     _check_unique(p, services)
     _allocate(p, cidr, services, path)
     return cidr, services

@@ -26,6 +26,7 @@ KERNEL_DEVICES = frozenset({"lo", "tunl0", "gre0", "gretap0", "erspan0", "sit0",
                             "ip_vti0", "ip6_vti0"})
 
 IFNAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+DEFAULT_ROUTE = IPv4Network("0.0.0.0/0")      # one object for every default route nslab adds (never changed)
 
 
 @dataclass

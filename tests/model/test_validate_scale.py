@@ -135,3 +135,36 @@ def test_segment_and_link_addresses_as_before():
                                   "    members: [a, b, c]\n")
     with pytest.raises(TopologyError, match="fewer than two addresses"):
         model.load("f.yaml", text="hosts: [a, b]\nlinks:\n  - {ends: [a, b], subnet: 10.0.0.0/32}\n")
+
+
+def cluster_text(pods: str, services: str = "", subnet_len: int = 24) -> str:
+    return ("segments:\n  rack: {subnet: 192.168.0.0/24}\ncluster:\n  network: 10.244.0.0/16\n"
+            f"  subnetLen: {subnet_len}\n  backend: {{type: vxlan}}\n  nodes:\n"
+            "    n1: {segment: rack, ip: 192.168.0.1}\n    n2: {segment: rack, ip: 192.168.0.2}\n"
+            "  pods:\n" + pods + services)
+
+
+def test_pod_addresses_lowest_free_from_two_around_pinned_ones():
+    pods = ("    a: {node: n1}\n    b: {node: n1, ip: 10.244.0.3}\n    c: {node: n1}\n    d: {node: n1}\n"
+            "    e: {node: n1, ip: 10.244.0.2}\n    ds: {daemonset: true}\n")
+    topo = model.load("c.yaml", text=cluster_text(pods))
+    got = {name: str(pod.ip) for name, pod in topo.cluster.pods.items()}
+    assert got == {"a": "10.244.0.4/24", "b": "10.244.0.3/24", "c": "10.244.0.5/24", "d": "10.244.0.6/24",
+                   "e": "10.244.0.2/24", "ds-n1": "10.244.0.7/24", "ds-n2": "10.244.1.2/24"}
+    full = "".join(f"    p{i}: {{node: n1}}\n" for i in range(2))      # a /30 holds one pod (.2)
+    with pytest.raises(TopologyError, match=r"pods.p1: n1's subnet 10.244.0.0/30 has no free pod address left"):
+        model.load("c.yaml", text=cluster_text(full, subnet_len=30))
+    one = model.load("c.yaml", text=cluster_text("    p0: {node: n1}\n", subnet_len=30))
+    assert str(one.cluster.pods["p0"].ip) == "10.244.0.2/30"
+
+
+def test_service_endpoint_rules_are_capped_before_compile(monkeypatch):
+    from nslab.model import services
+    pods = "    web: {daemonset: true, serve: http}\n"
+    svcs = "  services:\n" + "".join(f"    s{i}: {{selector: web, port: {80 + i}}}\n" for i in range(3))
+    model.load("s.yaml", text=cluster_text(pods, svcs))          # 2 nodes x 2 endpoints x 3 = 12
+    monkeypatch.setattr(services, "MAX_SERVICE_ENDPOINT_RULES", 11)
+    with pytest.raises(TopologyError) as info:
+        model.load("s.yaml", text=cluster_text(pods, svcs))
+    msg = str(info.value)
+    assert "cluster.services.s2:" in msg and "would need 12 endpoint rules" in msg and "at most 11" in msg
