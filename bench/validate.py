@@ -169,16 +169,18 @@ def sysctls_long_names() -> str:
 
 
 def aliases() -> str:
-    """Anchors and aliases: one segment spec and one link spec reused by every entry: validates."""
-    head = ("routers: [r0]\nsegments:\n  s0: &seg {subnet: 10.0.0.0/24, gateway: r0, members: [h0]}\nhosts: [h0]\n"
-            "links:\n")
-    hosts = ["h0"]
-
-    def unit(i):
-        hosts.append(f"x{i}")
-        return f"  - [x{i}, r0]\n"
-    body = fill(head, unit, limit=LIMIT - 150_000)
-    return body.replace("hosts: [h0]\n", "hosts: [" + ", ".join(hosts) + "]\n", 1)
+    """Anchors and aliases: one member-settings mapping and one conditions mapping written once,
+    every segment member and link referring to them: validates."""
+    def text(n):
+        return ("pools: {links: 172.16.0.0/12}\nrouters: [r0]\nhosts: [" + ", ".join(f"h{i}" for i in range(n))
+                + "]\nsegments:\n  lan:\n    subnet: 10.0.0.0/16\n    gateway: r0\n    members:\n"
+                + "".join(f"      - h{i}: " + ("&m {mtu: 1400}" if i == 0 else "*m") + "\n" for i in range(n))
+                + "links:\n" + "".join("  - {ends: [h%d, r0], conditions: %s}\n"
+                                       % (i, "&c {delay: 1ms}" if i == 0 else "*c") for i in range(n)))
+    n = 100
+    while len(text(n + 100)) <= LIMIT:
+        n += 100
+    return text(n)
 
 
 def explicit_links() -> str:
