@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import gc
 import json
 import os
 import shlex
@@ -612,7 +613,16 @@ def images_ls(as_json: bool = typer.Option(False, "--json", help="Machine-readab
     out.table(console, ["image", "status", "size", "contents"], table, optional=("size", "contents"))
 
 
+# Commands that build, check or remove a lab and exit: no cyclic garbage collection.  A
+# 10,000-host lab is ~1 million objects that live to the end, and every collection pass
+# walked them again (compile 0.93 -> 0.43 s, the plan record 1.12 -> 0.83 s at 10,000).
+# Long-running ones (capture, the console, the agent's own processes) keep it.
+ONE_SHOT = {"up", "down", "validate", "script", "generate", "test"}
+
+
 def main():
+    if sys.argv[1:2] and sys.argv[1] in ONE_SHOT:
+        gc.disable()
     raise_nofile_soft_limit()      # soft -> hard: a 1,000-namespace lab needs more than Debian's 1024
     if sys.argv[1:] in (["--version"], ["-V"]):   # not a typer callback: that would load typer every time
         from importlib.metadata import version  # lazy: start-up
