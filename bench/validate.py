@@ -43,14 +43,14 @@ def clos_10k() -> str:
 def router_mesh() -> str:
     """2,000 routers, links between pairs of them: refused (route count)."""
     n = 2000
-    head = "routers: [" + ", ".join(f"r{i}" for i in range(n)) + "]\nlinks:\n"
+    head = "pools: {links: 10.0.0.0/8}\nrouters: [" + ", ".join(f"r{i}" for i in range(n)) + "]\nlinks:\n"
     return fill(head, lambda i: f"  - [r{i % n}, r{(i + 1 + i // n % (n - 1)) % n}]\n")
 
 
 def few_routers() -> str:
     """9 routers, links between every two of them over and over: refused (route count)."""
     pairs = [(a, b) for a in range(9) for b in range(a + 1, 9)]
-    head = "routers: [" + ", ".join(f"r{i}" for i in range(9)) + "]\nlinks:\n"
+    head = "pools: {links: 10.0.0.0/8}\nrouters: [" + ", ".join(f"r{i}" for i in range(9)) + "]\nlinks:\n"
     return fill(head, lambda i: "  - [r%d, r%d]\n" % pairs[i % len(pairs)])
 
 
