@@ -567,13 +567,15 @@ class Builder:
                         raise self.err(end["path"], f"{end['node']} is a segment; attach nodes to it with "
                                                     f"segments.{end['node']}.members, not links")
         self._early_route_count()
-        for att in self.attachments:
+        on_segment: set[tuple[str, str]] = set()    # (node, segment): a gateway of 12,000 segments
+        for att in self.attachments:                 # was a scan of its interfaces per segment
             a, b = att["a"], att["b"]
             na, nb = self.nodes[a["node"]], self.nodes[b["node"]]
             if att["kind"] == "segment":
                 seg = self.segments[att["segment"]]
-                if any(i.segment == seg.name for i in na.ifaces):
+                if (na.name, seg.name) in on_segment:
                     raise self.err(a["path"], f"{na.name} is attached to segment {seg.name} twice")
+                on_segment.add((na.name, seg.name))
             names = []
             for end, node in ((a, na), (b, nb)):
                 if end["iface"] is not None:

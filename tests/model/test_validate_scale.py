@@ -168,3 +168,22 @@ def test_service_endpoint_rules_are_capped_before_compile(monkeypatch):
         model.load("s.yaml", text=cluster_text(pods, svcs))
     msg = str(info.value)
     assert "cluster.services.s2:" in msg and "would need 12 endpoint rules" in msg and "at most 11" in msg
+
+
+def test_a_node_on_a_segment_twice_is_refused():
+    text = ("segments:\n  rack: {subnet: 192.168.0.0/24, members: [n1]}\ncluster:\n  network: 10.244.0.0/16\n"
+            "  backend: {type: vxlan}\n  nodes:\n    n1: {segment: rack, ip: 192.168.0.1}\n")
+    with pytest.raises(TopologyError, match="n1 is attached to segment rack twice"):
+        model.load("t.yaml", text=text)
+
+
+def test_one_gateway_of_many_segments_is_linear():
+    """A router as the gateway of 3,000 segments: each attachment used to scan its interfaces."""
+    import time
+    n = 3000
+    text = ("routers: [r0]\nhosts: [" + ", ".join(f"h{i}" for i in range(n)) + "]\nsegments:\n"
+            + "".join(f"  s{i}: {{subnet: 10.{i // 256}.{i % 256}.0/24, gateway: r0, members: [h{i}]}}\n"
+                      for i in range(n)))
+    t0 = time.perf_counter()
+    topo = model.load("gw.yaml", text=text)
+    assert len(topo.nodes["r0"].ifaces) == n and time.perf_counter() - t0 < 10
