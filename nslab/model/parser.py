@@ -730,6 +730,12 @@ class Builder:
         if not isinstance(specs, list):
             raise self.err(path, "routes must be a list of {to: CIDR|default, via: ADDRESS, dev: IFACE}")
         out = []
+        dsts: set[IPv4Network] = set()      # routes x routes comparisons, and routes x interfaces
+        on_net: dict[int, dict[int, list[int]]] = {}   # scans, were 10^8 steps for a big router
+        for k, i in enumerate(node.ifaces):     # prefix length -> network (an int) -> iface indexes
+            if i.ip is not None:
+                on_net.setdefault(i.ip.network.prefixlen, {}).setdefault(
+                    i.ip.network.network_address._ip, []).append(k)
         for i, spec in enumerate(specs):
             p = path + (i,)
             spec = self.p.mapping(spec, p, Parser.ROUTE_KEYS, what="route")
@@ -747,12 +753,17 @@ class Builder:
             if via is None and dev is None:
                 raise self.err(p, "a route needs via: ADDRESS or dev: IFACE")
             if via is not None and not onlink:
-                on = [i for i in node.ifaces if i.ip is not None and via in i.ip.network and (dev is None or i.name == dev)]
+                # the first interface (in order) whose network holds via: one lookup per prefix length
+                v = via._ip
+                on = sorted(k for plen, nets in on_net.items()
+                            for k in nets.get(v & (0xFFFFFFFF ^ ((1 << (32 - plen)) - 1)), ())
+                            if dev is None or node.ifaces[k].name == dev)
                 if not on:
                     raise self.err(p + ("via",), f"gateway {via} is not on any subnet connected to {node.name}")
-                dev = dev or on[0].name
-            if any(r.dst == dst for r in out):
+                dev = dev or node.ifaces[on[0]].name
+            if dst in dsts:
                 raise self.err(p + ("to",), f"{node.name} already has a route to {dst}")
+            dsts.add(dst)
             out.append(Route(dst=dst, nexthops=[Nexthop(via=via, dev=dev)], onlink=onlink, origin="static"))
         return out
 

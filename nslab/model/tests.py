@@ -264,9 +264,11 @@ def _resolve_addresses(b, checks: list[Check]) -> None:
             c.dst_ip, c.dst_node = str(b.cluster.services[c.dst[len(SVC):]].cluster_ip), None
         elif c.dst in b.nodes:
             node = b.nodes[c.dst]
-            if not node.addresses:
+            # its first address, not node.addresses (a list of all: tests x interfaces)
+            first = next((i.ip for i in node.ifaces if i.ip is not None), None)
+            if first is None:
                 raise b.err(kind_path, f"{c.dst} has no address to send to")
-            c.dst_ip, c.dst_node = str(node.addresses[0].ip), c.dst
+            c.dst_ip, c.dst_node = str(first.ip), c.dst
         else:
             c.dst_ip, c.dst_node = c.dst, owners.get(IPv4Address(c.dst))
         if c.ttl is not None and c.dst_node is None:

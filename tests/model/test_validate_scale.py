@@ -187,3 +187,27 @@ def test_one_gateway_of_many_segments_is_linear():
     t0 = time.perf_counter()
     topo = model.load("gw.yaml", text=text)
     assert len(topo.nodes["r0"].ifaces) == n and time.perf_counter() - t0 < 10
+
+
+def test_static_routes_pick_the_first_interface_holding_the_gateway_and_stay_linear():
+    import time
+    n = 3000
+    text = ("hosts: [a, b, c]\nrouters: [r]\nlinks:\n  - {ends: [a, r], subnet: 10.0.0.0/24}\n"
+            "  - {ends: [b, r], subnet: 10.1.0.0/16}\n  - {ends: [c, r], subnet: 10.2.0.0/30}\n"
+            + "".join(f"  - [r, h{i}]\n" for i in range(n))
+            + "hosts: [" + ", ".join(f"h{i}" for i in range(n)) + "]\n")
+    text = text.replace("hosts: [a, b, c]\n", "").replace("hosts: [h", "hosts: [a, b, c, h", 1)
+    routes = ["{to: 192.%d.%d.0/24, via: 10.1.%d.9}" % (168 + i // 256, i % 256, i // 256) for i in range(n)]
+    routes += ["{to: 172.16.0.0/12, via: 10.0.0.1}", "{to: default, via: 10.2.0.1, dev: eth2}"]
+    body = text.replace("routers: [r]\n", "routers:\n  r:\n    routes: [" + ", ".join(routes) + "]\n")
+    t0 = time.perf_counter()
+    topo = model.load("r.yaml", text=body)
+    assert time.perf_counter() - t0 < 10
+    got = {str(r.dst): (str(r.nexthops[0].via), r.nexthops[0].dev) for r in topo.nodes["r"].routes
+           if r.origin == "static"}
+    assert got["192.168.5.0/24"] == ("10.1.0.9", "eth1") and got["172.16.0.0/12"] == ("10.0.0.1", "eth0")
+    assert got["0.0.0.0/0"] == ("10.2.0.1", "eth2") and len(got) == n + 2
+    with pytest.raises(TopologyError, match="gateway 10.1.0.9 is not on any subnet connected to r"):
+        model.load("r.yaml", text=body.replace("via: 10.1.0.9}", "via: 10.1.0.9, dev: eth0}", 1))
+    with pytest.raises(TopologyError, match="r already has a route to 192.168.0.0/24"):
+        model.load("r.yaml", text=body.replace("{to: 192.168.1.0/24", "{to: 192.168.0.0/24", 1))
