@@ -197,6 +197,33 @@ def explicit_links() -> str:
     return fill(head, unit)
 
 
+def one_gateway() -> str:
+    """One router the gateway of every segment, a host on each: validates (each attachment
+    scanned the router's interfaces)."""
+    def text(n):
+        return ("routers: [r0]\nhosts: [" + ", ".join(f"h{i}" for i in range(n)) + "]\nsegments:\n"
+                + "".join(f"  s{i}: {{subnet: 10.{i // 256}.{i % 256}.0/24, gateway: r0, members: [h{i}]}}\n"
+                          for i in range(n)))
+    n = 100
+    while len(text(n + 100)) <= LIMIT:
+        n += 100
+    return text(n)
+
+
+def static_routes() -> str:
+    """A router with thousands of links and as many static routes: validates (each route
+    scanned the interfaces and the routes before it)."""
+    def text(n):
+        routes = ", ".join("{to: 192.%d.%d.0/24, via: 172.31.%d.%d}" % (168 + i // 256, i % 256, (4 * i + 2) // 256,
+                                                                        (4 * i + 2) % 256) for i in range(n))
+        return ("hosts: [" + ", ".join(f"h{i}" for i in range(n)) + "]\nrouters:\n  r:\n    routes: [" + routes
+                + "]\nlinks:\n" + "".join(f"  - [h{i}, r]\n" for i in range(n)))
+    n = 100
+    while len(text(n + 100)) <= LIMIT:
+        n += 100
+    return text(n)
+
+
 SHAPES = {
     "clos-8-100-100": clos_10k,
     "router-mesh": router_mesh,
@@ -212,6 +239,8 @@ SHAPES = {
     "sysctls-long-names": sysctls_long_names,
     "aliases": aliases,
     "explicit-links": explicit_links,
+    "one-gateway": one_gateway,
+    "static-routes": static_routes,
 }
 
 

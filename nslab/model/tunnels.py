@@ -56,8 +56,12 @@ def parse(p, spec, path) -> list[Tunnel]:
 def check(b, node) -> None:
     """After addresses are resolved: local is the node's, names are free, MTU defaults to
     the underlying interface's minus 20 (what the kernel derives for `ip tunnel add`)."""
+    first: dict[int, object] = {}       # address -> its first interface: not a scan per tunnel
+    for i in node.ifaces:
+        if i.ip is not None:
+            first.setdefault(i.ip._ip, i)
     for t in node.tunnels:
-        under = next((i for i in node.ifaces if i.ip is not None and i.ip.ip == t.local), None)
+        under = first.get(int(t.local))
         if under is None:
             raise b.err(t.path + ("local",), f"{t.local} is not an address of {node.name} (it has: "
                                              f"{name_list(a.ip for a in node.addresses)})")
