@@ -14,9 +14,10 @@ def compile_topology(topo: Topology) -> P.Plan:
     for node in nodes.values():
         plan.add(P.Netns(ns=node.ns, node=node.name, container=node.container))
         if not topo.ipv6:
-            # Quiet captures: no router solicitations or MLD reports among the notes' ARP and ICMP.
+            # Quiet captures: no router solicitations or MLD reports among the notes' ARP and
+            # ICMP.  Writing `all` also sets `default` (the kernel's addrconf_disable_ipv6), so
+            # devices made later are covered: one sysctl write per namespace, not two.
             plan.add(P.Sysctl(node.ns, "net.ipv6.conf.all.disable_ipv6", "1"))
-            plan.add(P.Sysctl(node.ns, "net.ipv6.conf.default.disable_ipv6", "1"))
         for key, value in node.sysctls.items():
             # per-interface keys (net.ipv4.conf.eth0.x) need the interface first
             iface_key = key.split(".")[3] if key.startswith(("net.ipv4.conf.", "net.ipv6.conf.", "net.ipv4.neigh.")) else None
@@ -92,6 +93,10 @@ def _static_neighbours(topo: Topology, plan: P.Plan) -> None:
     it (its gateway) and each router one for every member: a full mesh there is n x (n - 1)
     entries (1,010,000 in a 10,000-host CLOS, ~23 us each in the kernel), the star 2n, and
     hosts of one rack still resolve each other by ARP."""
+    if topo.neighbours_auto:
+        plan.notes.setdefault("_notices", []).append(topo.neighbours_auto)
+    if not topo.static_neighbours() and not any(topo.static_neighbours(s) for s in topo.segments):
+        return                      # the notes' labs: nothing static, no address texts to build
     budget = MESH_BUDGET
     for _, static, members, hubs in neighbour_domains(topo):
         if not static:
@@ -103,8 +108,6 @@ def _static_neighbours(topo: Topology, plan: P.Plan) -> None:
         else:
             pairs = hub_pairs(members, hubs)
         plan.ops.extend(P.Neigh(members[a][0], members[a][1], members[b][2], members[b][3]) for a, b in pairs)
-    if topo.neighbours_auto:
-        plan.notes.setdefault("_notices", []).append(topo.neighbours_auto)
 
 
 def _veth_pairs(topo: Topology):

@@ -156,8 +156,9 @@ def choose_neighbours(topo) -> None:
         topo.neighbours = "static"
         topo.neighbours_auto = (f"neighbours: static (chosen by nslab): the lab's L2 peers could need {dynamic:,} "
                                 f"dynamic ARP entries, more than the kernel's shared table holds ({thresh:,}, "
-                                f"net.ipv4.neigh.default.gc_thresh3); each host's entry for its gateway and the "
-                                f"gateway's for it are installed as permanent instead (write `neighbours: dynamic` "
+                                f"net.ipv4.neigh.default.gc_thresh3); permanent entries instead: every member's "
+                                f"for every other on small networks (pods of a node, a rack of up to 32), each "
+                                f"host's for its gateway and back on bigger ones (write `neighbours: dynamic` "
                                 f"to keep ARP)")
 
 

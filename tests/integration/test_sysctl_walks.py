@@ -56,3 +56,19 @@ def test_each_namespace_gets_its_own_value_through_shared_private_instances(root
         for fd, _ in made:
             os.close(fd)
     assert open("/proc/sys/net/ipv4/ip_forward").read() == before
+
+
+def test_lab_devices_have_no_ipv6(root_unchanged, lab_factory):
+    """The plan writes only net.ipv6.conf.all.disable_ipv6: the kernel copies it to `default`,
+    so the veths made afterwards have IPv6 off too (no link-local address, no router
+    solicitation or MLD report in the notes' captures)."""
+    import subprocess
+    lab = lab_factory("diy-veth.yaml")
+    for node in ("ns1", "ns2"):
+        ns = lab.ns(node)
+        with netns.enter(ns):
+            assert netns.read_sysctl("net.ipv6.conf.default.disable_ipv6") == "1"
+            devices = [d for d in os.listdir("/proc/sys/net/ipv6/conf") if d not in ("all", "default", "lo")]
+            assert devices and all(netns.read_sysctl(f"net.ipv6.conf.{d}.disable_ipv6") == "1" for d in devices)
+        out = subprocess.run(["ip", "-n", ns, "-6", "addr"], capture_output=True, text=True, check=True).stdout
+        assert out.strip() == "", out
