@@ -24,10 +24,9 @@ from ipaddress import IPv4Network
 
 from . import backends
 from .errors import UsageError
-from .model.types import LAB_NAME_RE, MAX_LAB_NAME
+from .model.types import BRIDGE_PORTS, LAB_NAME_RE, MAX_LAB_NAME
 
 MAX_NODES = 25_000          # namespaces in one generated lab (the target is 10,000)
-BRIDGE_PORTS = 1023         # a Linux bridge numbers its ports 1..1023 (BR_MAX_PORTS 1024, port 0 unused)
 LINK_POOL = "172.31.0.0/16"  # nslab's default point-to-point pool: 16,384 /30 links
 WRAP = 96                   # columns for wrapped name lists and the header
 PLAIN_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ()._/@+-]*")

@@ -20,7 +20,7 @@ from . import cluster, conditions, containers, limits, tests, tunnels, yamldoc
 from .units import ConditionsError
 from .limits import MAX_COMPUTED_ROUTES
 from .yamldoc import Doc
-from .types import (Bridge, DEFAULT_LINK_POOL, DEFAULT_ROUTE, DEFAULT_MTU, IFNAMSIZ, Iface, KERNEL_DEVICES, LAB_NAME_RE,
+from .types import (BRIDGE_PORTS, Bridge, DEFAULT_LINK_POOL, DEFAULT_ROUTE, DEFAULT_MTU, IFNAMSIZ, Iface, KERNEL_DEVICES, LAB_NAME_RE,
                     MAX_LAB_NAME, MAX_MTU, MAX_NODE_NAME, MIN_MTU, NAME_MAX, NAME_RE, Nexthop, Node, Route,
                     Segment, Topology, free_blocks, host_range, ifname_problem, lab_name_from_file, name_list,
                     ipv4_interface, namespace_name, network_bounds, short_ifname, stable_mac)
@@ -433,6 +433,15 @@ class Builder:
             if len(node.ns.encode()) > NAME_MAX:
                 raise self.err(node.path, f"namespace name {node.ns} is {len(node.ns.encode())} bytes; "
                                           f"a file name under /run/netns holds at most {NAME_MAX}")
+            ports: dict[str, int] = {}
+            for i in node.ifaces:
+                if i.bridge:
+                    ports[i.bridge] = ports.get(i.bridge, 0) + 1
+            for br, count in ports.items():
+                if count > BRIDGE_PORTS:
+                    what = f"segment {node.name}" if node.kind == "switch" else f"bridge {br} of {node.name}"
+                    raise self.err(node.path, f"{what} would have {count:,} ports; a Linux bridge holds at most "
+                                              f"{BRIDGE_PORTS:,} (split it, or build a fabric: nslab generate clos)")
             names: dict[str, str] = dict(reserved.get(node.name, {}))
             devices = [(br.name, node.path, "bridge") for br in node.bridges]
             devices += [(i.name, self.iface_paths.get(id(i), node.path), "interface") for i in node.ifaces]

@@ -20,6 +20,7 @@ LAB_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 MAX_LAB_NAME = 32
 MAX_NODE_NAME = 63
 NAME_MAX = 255          # a file name under /run/netns (a namespace name), in bytes
+BRIDGE_PORTS = 1023     # a Linux bridge numbers its ports 1..1023 (BR_MAX_PORTS 1024, port 0 unused)
 # Devices the kernel itself puts in every new namespace once their module is loaded (the
 # fallback tunnels); a lab interface with one of these names fails at `up` on such a host.
 KERNEL_DEVICES = frozenset({"lo", "tunl0", "gre0", "gretap0", "erspan0", "sit0", "ip6tnl0", "ip6gre0",

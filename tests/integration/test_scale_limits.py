@@ -79,3 +79,17 @@ def test_dynamic_lab_has_no_permanent_peer_entries(tmp_path, root_unchanged):
         assert neigh.strip() and "PERMANENT" not in neigh, neigh
     finally:
         lab.down(name)
+
+
+def test_a_full_bridge_is_built(tmp_path, root_unchanged):
+    """single:1023: 1,023 ports on one Linux bridge, the most it numbers (validate refuses
+    the 1,024th); the last host answers the first."""
+    name = unique_lab_name()
+    topo = lab.load("single:1023", name=name)
+    try:
+        lab.up(topo)
+        last = str(topo.nodes["h1023"].ifaces[0].ip.ip)
+        out = probe.ping(topo.nodes["h1"].ns, last, probe.marker_payload(56), 10, 5)
+        assert out.ok, out
+    finally:
+        lab.down(name)

@@ -211,3 +211,19 @@ def test_static_routes_pick_the_first_interface_holding_the_gateway_and_stay_lin
         model.load("r.yaml", text=body.replace("via: 10.1.0.9}", "via: 10.1.0.9, dev: eth0}", 1))
     with pytest.raises(TopologyError, match="r already has a route to 192.168.0.0/24"):
         model.load("r.yaml", text=body.replace("{to: 192.168.1.0/24", "{to: 192.168.0.0/24", 1))
+
+
+def test_a_segment_holds_what_one_linux_bridge_holds():
+    """A Linux bridge numbers its ports 1..1023: the 1,024th member failed in `up` with
+    'Exchange full' (single:1500); now validate says so (single:1023 is built for real in
+    tests/integration/test_scale_limits.py)."""
+    from nslab.errors import TopologyError
+    from nslab.model.types import BRIDGE_PORTS
+
+    def text(n):
+        names = ", ".join(f"h{i}" for i in range(n))
+        return f"hosts: [{names}]\nsegments:\n  big:\n    subnet: 10.0.0.0/16\n    members: [{names}]\n"
+    assert len(model.load("big.yaml", text=text(BRIDGE_PORTS)).nodes) == BRIDGE_PORTS + 1
+    with pytest.raises(TopologyError, match=r"big.yaml:3 segments.big: segment big would have 1,024 ports; "
+                                            r"a Linux bridge holds at most 1,023"):
+        model.load("big.yaml", text=text(BRIDGE_PORTS + 1))
