@@ -28,8 +28,8 @@ def test_bundled_names_validate_anywhere(tmp_path):
     r = subprocess.run([sys.executable, "-m", "nslab", "validate", "diy-veth", "topologies/spine-leaf.yaml",
                         "nosuch"], capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert r.returncode == 2
-    assert r.stdout.splitlines() == ["diy-veth: ok (lab diy-veth: 2 nodes, 12 operations)",
-                                     "topologies/spine-leaf.yaml: ok (lab spine-leaf: 13 nodes, 166 operations)"]
+    assert r.stdout.splitlines() == ["diy-veth: ok (lab diy-veth: 2 nodes, 10 operations)",
+                                     "topologies/spine-leaf.yaml: ok (lab spine-leaf: 13 nodes, 153 operations)"]
     assert r.stderr.startswith("nslab: no topology 'nosuch': no such file, and nslab bundles no topology of that "
                                "name (bundled: containers, diy-bridge, ")
 
