@@ -14,7 +14,7 @@ import socket
 import subprocess
 from pathlib import Path
 
-from . import generate, model, state
+from . import model, state
 from . import plan as P
 from .apply import containers, kernel, netns, qdisc
 from .apply.applier import Applier
@@ -75,6 +75,7 @@ def find_topology(spec: str, bases: tuple = ()) -> str:
 def is_shape(spec: str) -> bool:
     """`clos:4,20,50`, `tree,2,3`: what `nslab generate` takes (well formed or not: a bad
     one is refused by the generator, with what it takes)."""
+    from . import generate  # lazy: start-up (generate loads the model's types and PyYAML)
     return bool(re.match(r"[a-z]+[:,]", spec)) and re.split(r"[:,]", spec)[0] in generate.SHAPES
 
 
@@ -84,6 +85,7 @@ def load(file: str, name: str | None = None, overrides: dict | None = None) -> m
     memory; the run directory records the text as for any file)."""
     found = find_topology(file)
     if found == file and not os.path.exists(file) and os.sep not in file:
+        from . import generate  # lazy: start-up
         if is_shape(file):
             return model.load(file, text=generate.render(file, name=name), name=name, overrides=overrides)
         raise UsageError(f"no topology {file!r}: no such file, and nslab bundles no topology of that name "

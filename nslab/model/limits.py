@@ -12,7 +12,6 @@ import resource
 
 from ..errors import TopologyError
 from ..plan import Neigh
-from .types import ip_text
 
 # Apply (nslab/apply/applier.py) keeps at most OPEN_NAMESPACES namespaces open at once
 # (lab.py passes this bound), each as its namespace fd and one NETLINK_ROUTE socket opened
@@ -71,6 +70,7 @@ def neighbour_domains(topo, detail: bool = True):
     bridge for the pods on it (cni0), both ends of a point-to-point veth).  Linear in
     interfaces.  detail=False: members are None, for counting (an address's text costs
     more than the rest of the walk)."""
+    from .types import ip_text  # lazy: start-up (the CLI imports this module for its file limit; types loads PyYAML)
     nodes = topo.nodes
     segments: dict[str, tuple[list, list]] = {}
     bridged: dict[tuple, tuple[list, list]] = {}
