@@ -175,6 +175,19 @@ def all_pairs_cli(name: str) -> dict:
                 ap_details=result["details"])
 
 
+def settle(limit: float = 120.0) -> None:
+    """Wait until the kernel has freed the last lab (it tears namespaces down on a worker,
+    after `down` returned: 10,000 take tens of seconds of CPU): Slab no longer shrinking,
+    so one lab's teardown does not slow the next one's up."""
+    end, last = time.monotonic() + limit, meminfo()["Slab"]
+    while time.monotonic() < end:
+        time.sleep(1.0)
+        now = meminfo()["Slab"]
+        if last - now < 8:          # MiB per second
+            return
+        last = now
+
+
 def run_size(hosts: int, shape: str, workdir: str, backend: str | None = None) -> dict:
     name = f"scale{hosts}-{os.getpid()}"
     path = os.path.join(workdir, f"{name}.yaml")
@@ -186,6 +199,7 @@ def run_size(hosts: int, shape: str, workdir: str, backend: str | None = None) -
     t0 = time.perf_counter()
     subprocess.run(["nslab", "validate", path], check=True, capture_output=True)
     row["validate"] = time.perf_counter() - t0
+    settle()
     mem0, fulls0, lines0 = meminfo(), probe.neighbour_table_fulls() or 0, overflow_lines()
     up_done = False
     try:

@@ -160,7 +160,7 @@ MAP = json.loads(os.environ["README_MAP"])
 def ren(name):
     return MAP.get(name, P + name)
 args = sys.argv[1:]
-NO_LAB = {{"script", "graph", "validate", "images", "ls", "--version", "--help"}}
+NO_LAB = {{"script", "graph", "validate", "generate", "images", "ls", "--version", "--help"}}
 
 def stem(path):
     return os.path.basename(path).removesuffix(".yaml")
