@@ -159,6 +159,8 @@ def _parse(lab: str, data) -> LabState:
 def load(lab: str) -> LabState | None:
     """The lab's record; None if the lab does not exist; RecordError if it is corrupt.
     The lab's name is always the directory's, never the record's."""
+    if not valid_lab(lab):
+        return None
     d = lab_dir(lab)
     try:
         with open(os.path.join(d, STATE), "rb") as f:
@@ -220,7 +222,12 @@ _held: dict[str, int] = {}          # lab -> depth of locked() in this process
 
 @contextlib.contextmanager
 def locked(lab: str) -> Iterator[bool]:
-    """Hold the lab's lock; yields False if the lab does not exist (or went while waiting)."""
+    """Hold the lab's lock; yields False if the lab does not exist (or went while waiting).
+    A name that is not a lab name (`..`, `a/b`) never names a directory here: whatever
+    writes or removes under the lock (update, record_namespaces, destroy) stays in RUN_DIR."""
+    if not valid_lab(lab):
+        yield False
+        return
     if lab in _held:
         _held[lab] += 1
         try:

@@ -167,3 +167,19 @@ def test_a_log_line_cut_short_is_ignored_and_a_bad_one_is_corrupt(run_dir):
     os.symlink("/etc/hostname", log)                                    # never followed
     with pytest.raises(state.RecordError, match="cannot read"):
         state.load("a")
+
+
+def test_names_that_are_not_lab_names_reach_nothing_outside_the_run_directory(run_dir):
+    """A lab name from the command line or a record is input: `..` would make RUN_DIR/..
+    the lab's directory (its record, its namespaces.log, its lock)."""
+    (run_dir / "state.json").write_text("{}")
+    (run_dir / state.NS_LOG).write_text("{}\n")
+    for bad in ("..", ".", "a/../..", "", "x/y"):
+        assert state.update(bad, lambda s: s.files.append("f")) is None
+        assert state.load(bad) is None
+        with pytest.raises(state.RecordError):
+            state.record_namespaces(bad, {"x.n": [1, 2]})
+        with state.locked(bad) as exists:
+            assert exists is False
+    assert (run_dir / "state.json").read_text() == "{}" and (run_dir / state.NS_LOG).read_text() == "{}\n"
+    assert sorted(os.listdir(run_dir)) == ["namespaces.log", "state.json"]            # no lock file either
