@@ -284,9 +284,10 @@ def release_walk_root() -> None:
 
 @contextlib.contextmanager
 def sysctl_walks():
-    """Several sysctls of one namespace share their directory walk (net.ipv6.conf.all and
-    .default: /proc/sys/net/ipv6/conf once), starting from a private procfs instance
-    (_walk_root).  Only inside one namespace: the cached directories are this namespace's."""
+    """Several sysctls of one namespace share their directory walk (a router's
+    net.ipv4.ip_forward and net.ipv4.fib_multipath_hash_policy: sys/net/ipv4 once),
+    starting from a private procfs instance (_walk_root).  Only inside one namespace: the
+    cached directories are this namespace's."""
     global _walk_cache
     fd, at = _walk_root()
     outer, _walk_cache = _walk_cache, {at: fd}
@@ -299,8 +300,9 @@ def sysctl_walks():
 
 
 def _open_sysctl(key: str, flags: int) -> int:
-    """Open a sysctl file walking from / one level at a time without following symlinks,
-    and check the file is procfs: nothing planted on the way can redirect the write."""
+    """Open a sysctl file walking one level at a time without following symlinks (from
+    sysctl_walks' procfs instance, else from /), and check the file is procfs: nothing
+    planted on the way can redirect the write."""
     parts = sysctl_path(key).split("/")[1:]
     cache = _walk_cache
     fd, owned, start = None, False, 0
