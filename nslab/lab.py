@@ -215,8 +215,9 @@ def _source(topo: model.Topology) -> str:
 class RecordingApplier(Applier):
     """Namespaces whose identity is in the record before their name exists: they are made
     anonymous first (held by an fd, a group of max_open at a time), their device and inode
-    recorded in one write per group, and each is then published as /run/netns/<name> with
-    an exclusive create and a bind mount.  Killed at any moment, `down` finds each
+    recorded in one appended line per group, the group's /run/netns/<name> files made
+    exclusively (netns.place_files), and each is then published with a bind mount on its
+    file.  Killed at any moment, `down` finds each
     published namespace recorded (or an empty placeholder file), and never mistakes
     someone else's for the lab's."""
 
