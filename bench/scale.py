@@ -221,16 +221,25 @@ def run_size(hosts: int, shape: str, workdir: str, backend: str | None = None) -
     return row
 
 
+def figures(row: dict, per_namespace: bool = True) -> str:
+    """One lab's figures on one line: validate, up, down, memory, sample, overflows."""
+    m0, mu, md = row["mem0"], row["mem_up"], row["mem_down"]
+    ns = row["namespaces"]
+    up_ns = f"{row['up'] / ns * 1000:.2f} ms/ns, " if per_namespace else ""
+    down_ns = f"{row['down'] / ns * 1000:.3f} ms/ns, " if per_namespace else ""
+    return (f"validate {row['validate']:.2f} s  up {row['up']:.2f} s ({up_ns}RSS {row['up_rss']} MiB)  "
+            f"down {row['down']:.2f} s ({down_ns}RSS {row['down_rss']} MiB)  "
+            f"slab {m0['Slab']}->{mu['Slab']}->{md['Slab']} MiB  "
+            f"sunreclaim {m0['SUnreclaim']}->{mu['SUnreclaim']}->{md['SUnreclaim']} MiB  "
+            f"sample {row['answered']}/{row['pairs']} in {row['reach_s']:.1f} s  neighbours {row['neighbours']}  "
+            f"table_fulls +{row['fulls']}  dmesg overflow lines +{row['overflow_lines']}")
+
+
 def run_cluster(shape: str, backend: str | None, workdir: str) -> None:
     racks, nodes, pods = (int(x) for x in shape.split(":", 1)[1].split(","))
     row = run_size(racks * nodes * pods, shape, workdir, backend)
-    m0, mu, md = row["mem0"], row["mem_up"], row["mem_down"]
-    print(f"{row['hosts']:>6} pods  {row['shape']:>16} ({backend or 'vxlan'}) {row['namespaces']:>6} ns  validate "
-          f"{row['validate']:.2f} s  up {row['up']:.2f} s (RSS {row['up_rss']} MiB)  down {row['down']:.2f} s (RSS "
-          f"{row['down_rss']} MiB)  slab {m0['Slab']}->{mu['Slab']}->{md['Slab']} MiB  sunreclaim "
-          f"{m0['SUnreclaim']}->{mu['SUnreclaim']}->{md['SUnreclaim']} MiB  sample {row['answered']}/{row['pairs']} "
-          f"in {row['reach_s']:.1f} s  neighbours {row['neighbours']}  table_fulls +{row['fulls']}  dmesg overflow "
-          f"lines +{row['overflow_lines']}", flush=True)
+    print(f"{row['hosts']:>6} pods  {row['shape']:>16} ({backend or 'vxlan'}) {row['namespaces']:>6} ns  "
+          f"{figures(row, per_namespace=False)}", flush=True)
     if row["missing"]:
         print(f"       sample missing (first 5): {row['missing'][:5]}", flush=True)
     if "ap_wall" in row:
@@ -259,14 +268,8 @@ def main() -> None:
             target = TARGETS.get(size)
             verdict = "" if not target else ("meets target" if row["up"] <= target[0] and row["down"] <= target[1]
                                              else f"target {target[0]:.0f}/{target[1]:.1f} s missed")
-            m0, mu, md = row["mem0"], row["mem_up"], row["mem_down"]
-            print(f"{size:>6} hosts {row['shape']:>16} {row['namespaces']:>6} ns  validate {row['validate']:.2f} s  "
-                  f"up {row['up']:.2f} s ({row['up'] / row['namespaces'] * 1000:.2f} ms/ns, RSS {row['up_rss']} MiB)  "
-                  f"down {row['down']:.2f} s ({row['down'] / row['namespaces'] * 1000:.3f} ms/ns, RSS "
-                  f"{row['down_rss']} MiB)  slab {m0['Slab']}->{mu['Slab']}->{md['Slab']} MiB  sunreclaim "
-                  f"{m0['SUnreclaim']}->{mu['SUnreclaim']}->{md['SUnreclaim']} MiB  sample {row['answered']}/"
-                  f"{row['pairs']} in {row['reach_s']:.1f} s  neighbours {row['neighbours']}  table_fulls "
-                  f"+{row['fulls']}  dmesg overflow lines +{row['overflow_lines']}  {verdict}", flush=True)
+            print(f"{size:>6} hosts {row['shape']:>16} {row['namespaces']:>6} ns  {figures(row)}  {verdict}",
+                  flush=True)
             if row["missing"]:
                 print(f"       missing (first 5): {row['missing'][:5]}", flush=True)
             print(f"       load average now {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)

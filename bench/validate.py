@@ -34,6 +34,14 @@ def fill(head: str, unit, tail: str = "", limit: int = LIMIT) -> str:
     return "".join(parts) + tail
 
 
+def largest(text, start: int, step: int) -> str:
+    """text(n) for the largest n = start + k * step that stays within LIMIT bytes."""
+    n = start
+    while len(text(n + step)) <= LIMIT:
+        n += step
+    return text(n)
+
+
 def clos_10k() -> str:
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
     from nslab import generate as gen
@@ -56,10 +64,7 @@ def few_routers() -> str:
 
 def hosts_linked() -> str:
     """Hosts each linked to one of 4 routers (hosts listed first, links after): validates."""
-    n = 1
-    while len(hosts_linked_text(n + 1000)) <= LIMIT:
-        n += 1000
-    return hosts_linked_text(n)
+    return largest(hosts_linked_text, 1, 1000)
 
 
 def hosts_linked_text(n: int) -> str:
@@ -69,10 +74,7 @@ def hosts_linked_text(n: int) -> str:
 
 def one_segment() -> str:
     """One segment, every host a member (a /8): validates."""
-    n = 1
-    while len(one_segment_text(n + 1000)) <= LIMIT:
-        n += 1000
-    return one_segment_text(n)
+    return largest(one_segment_text, 1, 1000)
 
 
 def one_segment_text(n: int) -> str:
@@ -84,10 +86,7 @@ def one_segment_text(n: int) -> str:
 def many_segments() -> str:
     """A segment per router with two hosts each, the routers in a binary tree: validates or
     is refused by the route count."""
-    n = 1
-    while len(many_segments_text(n + 100)) <= LIMIT:
-        n += 100
-    return many_segments_text(n)
+    return largest(many_segments_text, 1, 100)
 
 
 def many_segments_text(n: int) -> str:
@@ -162,10 +161,7 @@ def sysctls_long_names() -> str:
                         f"      net.ipv4.conf.eth0.rp_filter: {i % 3}\n" for i in range(n))
         return ("routers: [gw]\nhosts:\n" + hosts + "segments:\n  lan:\n    subnet: 10.0.0.0/16\n    gateway: gw\n"
                 "    members: [" + ", ".join(name(i) for i in range(n)) + "]\n")
-    n = 100
-    while len(text(n + 100)) <= LIMIT:
-        n += 100
-    return text(n)
+    return largest(text, 100, 100)
 
 
 def aliases() -> str:
@@ -177,10 +173,7 @@ def aliases() -> str:
                 + "".join(f"      - h{i}: " + ("&m {mtu: 1400}" if i == 0 else "*m") + "\n" for i in range(n))
                 + "links:\n" + "".join("  - {ends: [h%d, r0], conditions: %s}\n"
                                        % (i, "&c {delay: 1ms}" if i == 0 else "*c") for i in range(n)))
-    n = 100
-    while len(text(n + 100)) <= LIMIT:
-        n += 100
-    return text(n)
+    return largest(text, 100, 100)
 
 
 def explicit_links() -> str:
@@ -204,10 +197,7 @@ def one_gateway() -> str:
         return ("routers: [r0]\nhosts: [" + ", ".join(f"h{i}" for i in range(n)) + "]\nsegments:\n"
                 + "".join(f"  s{i}: {{subnet: 10.{i // 256}.{i % 256}.0/24, gateway: r0, members: [h{i}]}}\n"
                           for i in range(n)))
-    n = 100
-    while len(text(n + 100)) <= LIMIT:
-        n += 100
-    return text(n)
+    return largest(text, 100, 100)
 
 
 def static_routes() -> str:
@@ -218,10 +208,7 @@ def static_routes() -> str:
                                                                         (4 * i + 2) % 256) for i in range(n))
         return ("hosts: [" + ", ".join(f"h{i}" for i in range(n)) + "]\nrouters:\n  r:\n    routes: [" + routes
                 + "]\nlinks:\n" + "".join(f"  - [h{i}, r]\n" for i in range(n)))
-    n = 100
-    while len(text(n + 100)) <= LIMIT:
-        n += 100
-    return text(n)
+    return largest(text, 100, 100)
 
 
 SHAPES = {
