@@ -368,8 +368,14 @@ def write_hosts_files(plan: Plan, st: state.LabState, record, adopt: list[str] =
         open(state.HOSTS_DIR_MARK, "w").close()     # nslab made it: the last down removes it
     links = [os.path.join(state.HOSTS_DIR, ns) for ns in plan.namespaces]
     for link in adopt:
-        os.unlink(os.path.join(link, "hosts"))
-        os.rmdir(link)
+        # through the directory itself, never a path: a directory swapped for a symlink
+        # since hosts_leftovers looked (/etc/netns/x -> /etc) must not cost /etc/hosts
+        fd = os.open(link, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.unlink("hosts", dir_fd=fd)
+        finally:
+            os.close(fd)
+        os.rmdir(link)             # a symlink by now: ENOTDIR, nothing removed
     try:
         netns.place_files(links, symlink_to=etc)
     except FileExistsError as e:

@@ -114,3 +114,29 @@ def test_compile_alone_is_not_what_up_applies_without_kernel_ipip(monkeypatch):
     assert any(isinstance(op, P.Link) and op.kind == "ipip" for op in compiled.ops)
     assert not any(isinstance(op, P.Link) and op.kind == "ipip" for op in fitted.ops)
     assert sum(isinstance(op, P.Daemon) and op.kind == "ipip" for op in fitted.ops) == 2
+
+
+def test_an_adopted_hosts_folder_swapped_for_a_symlink_costs_nothing(tmp_path, monkeypatch):
+    """hosts_leftovers found a hosts-only folder /etc/netns/<ns> left by `nslab script`; if it
+    is a symlink by the time up removes it (/etc/netns/<ns> -> /etc), nothing behind the link
+    goes: the removal works through the folder itself, never a path."""
+    import pytest as _pytest
+    from nslab import lab, model, state
+    monkeypatch.setattr(state, "HOSTS_DIR", str(tmp_path / "netns"))
+    monkeypatch.setattr(state, "HOSTS_DIR_MARK", str(tmp_path / "netns" / ".made-by-nslab"))
+    monkeypatch.setattr(state, "RUN_DIR", str(tmp_path / "run"))
+    topo = model.load("diy-veth.yaml", text="name: swap\nhosts: [a, b]\nlinks: [[a, b]]\n")
+    plan = lab.plan_for_this_kernel(topo)
+    elsewhere = tmp_path / "etc"
+    elsewhere.mkdir()
+    (elsewhere / "hosts").write_text("the host's own\n")
+    (tmp_path / "netns").mkdir()
+    link = tmp_path / "netns" / "swap.a"
+    link.symlink_to(elsewhere)                     # the swap, after the check
+    st = state.claim("swap", "x.yaml")
+    try:
+        with _pytest.raises(OSError):
+            lab.write_hosts_files(plan, st, lambda change: change(st), adopt=[str(link)])
+    finally:
+        state.release("swap")
+    assert (elsewhere / "hosts").read_text() == "the host's own\n" and link.is_symlink()
