@@ -298,6 +298,8 @@ def record_namespaces(lab: str, ids: dict[str, list[int]]) -> None:
 def claim(lab: str, file: str) -> LabState:
     """Create the lab's run directory and first record, and take its lock (held until
     release(lab); `up` keeps it for its whole run).  LabExists if the lab exists."""
+    if not valid_lab(lab):          # the model checks names; this is the record's own guard
+        raise RecordError(f"{lab!r} is not a lab name (lowercase letters, digits, '-' or '_')")
     d = lab_dir(lab)
     try:
         os.makedirs(RUN_DIR, mode=0o755, exist_ok=True)

@@ -181,5 +181,7 @@ def test_names_that_are_not_lab_names_reach_nothing_outside_the_run_directory(ru
             state.record_namespaces(bad, {"x.n": [1, 2]})
         with state.locked(bad) as exists:
             assert exists is False
+        with pytest.raises(state.RecordError, match="is not a lab name"):
+            state.claim(bad, "x.yaml")
     assert (run_dir / "state.json").read_text() == "{}" and (run_dir / state.NS_LOG).read_text() == "{}\n"
     assert sorted(os.listdir(run_dir)) == ["namespaces.log", "state.json"]            # no lock file either

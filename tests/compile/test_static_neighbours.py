@@ -42,7 +42,16 @@ def test_a_big_network_gets_the_star():
     assert len(neigh) == 2 * len(hosts) + 2           # + the leaf-spine link, both ways
 
 
-def test_the_mesh_stops_at_the_budget():
-    # 100 nodes x 10 pods + cni0: 110 entries a node; 50,000 / 110 = 454 nodes would fit: all do
-    topo, neigh = _neighs("cluster:4,25,10")
-    assert len(neigh) <= MESH_BUDGET + 2 * len(topo.nodes) and len(neigh) > 100 * 110
+def test_the_mesh_stops_at_the_budget(monkeypatch):
+    """Within MESH_BUDGET entries the small networks get the mesh; past it, the star."""
+    from nslab.compile import topology
+    topo, full = _neighs("cluster:1,4,3")                     # 4 nodes x (3 pods + cni0): 12 each
+    cni0s = {op.ns for op in full if op.dev == "cni0"}
+    assert len(cni0s) == 4
+    pod_to_pod = [op for op in full if op.ns not in cni0s and op.dev == "eth0" and op.address.startswith("10.244.")
+                  and not op.address.endswith(".1")]
+    assert len(pod_to_pod) == 4 * 3 * 2                          # each pod: its 2 mates, on 4 nodes
+    monkeypatch.setattr(topology, "MESH_BUDGET", 12 + 2 * 12)    # the rack's 4 nodes, then two nodes' pods
+    _, capped = _neighs("cluster:1,4,3")
+    meshed = [op for op in capped if op in pod_to_pod]
+    assert len(meshed) == 2 * 3 * 2 and len(capped) < len(full)  # the other two nodes: the star only
