@@ -29,6 +29,7 @@ from . import lab as labmod
 from . import state
 from .observe import checks, probe, trace
 from .observe.capture import Capture
+from .runtime import spawn
 
 
 @dataclass
@@ -115,9 +116,9 @@ class Lab:
     def exec(self, node: str, *argv: str, timeout: float = 30, check: bool = False) -> subprocess.CompletedProcess:
         """argv in the node, as `nslab exec` runs it (its network namespace and hostname)."""
         uts = labmod.uts_of(self.name, node)
-        enter = ["nsenter", f"--uts={uts}"] if uts else []
-        return subprocess.run([*enter, "ip", "netns", "exec", self.ns(node), *argv], capture_output=True, text=True,
-                              timeout=timeout, check=check)
+        enter = [spawn.need("nsenter"), f"--uts={uts}"] if uts else []      # the user's command: their env
+        return subprocess.run([*enter, spawn.need("ip"), "netns", "exec", self.ns(node), *argv], capture_output=True,
+                              text=True, timeout=timeout, check=check)
 
     def ping(self, src: str, dst: str, count: int = 1, size: int | None = None, dont_fragment: bool = False,
              timeout: float = 2) -> PingResult:

@@ -20,7 +20,7 @@ from . import compile as compiler       # compile_topology loads on first use (s
 from .compile.script import render
 from .model.limits import raise_nofile_soft_limit
 from .plan import Addr, Link
-from .runtime import agent as agentmod
+from .runtime import agent as agentmod, spawn
 from .errors import NslabError, UsageError
 from . import backends
 
@@ -249,7 +249,7 @@ def exec_(node: str = typer.Argument(..., help="Node name."),
     labmod.require_wired(lab, [node])
     labmod.enter_uts(lab, node)              # `hostname` prints the node; ip netns exec keeps our UTS
     sys.stdout.flush()
-    os.execvp("ip", _exec_argv(ns, list(cmd)))
+    os.execv(spawn.need("ip"), _exec_argv(ns, list(cmd)))     # CMD is the user's: their PATH, env, cwd
 
 
 @app.command()
@@ -266,7 +266,8 @@ def shell(node: str = typer.Argument(..., help="Node name."), lab: Optional[str]
     os.environ["NSLAB_LAB"], os.environ["NSLAB_NODE"] = lab, node
     shell_bin = "bash" if any(os.access(os.path.join(p, "bash"), os.X_OK)
                               for p in os.environ.get("PATH", "").split(":")) else "sh"
-    os.execvp("ip", _exec_argv(ns, [shell_bin, "--norc", "-i"] if shell_bin == "bash" else [shell_bin, "-i"]))
+    os.execv(spawn.need("ip"), _exec_argv(ns, [shell_bin, "--norc", "-i"] if shell_bin == "bash" else
+                                          [shell_bin, "-i"]))
 
 
 @app.command()

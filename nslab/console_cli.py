@@ -22,6 +22,7 @@ from .errors import NslabError
 from .api import Lab
 from .observe import probe
 from .observe.checks import pair_endpoints
+from .runtime import spawn
 
 COMMANDS = ("nodes", "links", "dump", "pingall", "help", "exit", "quit")
 HISTORY = os.path.expanduser("~/.nslab_history")
@@ -76,10 +77,10 @@ class Console:
         argv = [self._address(a) for a in argv]
         labmod.require_wired(self.lab.name, [node])
         uts = labmod.uts_of(self.lab.name, node)
-        enter = ["nsenter", f"--uts={uts}"] if uts else []
+        enter = [spawn.need("nsenter"), f"--uts={uts}"] if uts else []     # the user's command: their env
         self.out.flush()
         try:
-            return subprocess.run([*enter, "ip", "netns", "exec", self.lab.ns(node), *argv],
+            return subprocess.run([*enter, spawn.need("ip"), "netns", "exec", self.lab.ns(node), *argv],
                                   stdout=None if self.out is sys.stdout else self.out).returncode
         except KeyboardInterrupt:         # Ctrl-C stops the command (the child got it too), not the console
             return 130

@@ -9,7 +9,6 @@ import errno
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 from pathlib import Path
@@ -24,7 +23,7 @@ from .compile.script import render_op
 from .errors import ApplyError, NslabError, PrerequisiteError, TopologyError, UsageError
 from .model import limits
 from .plan import STAGE_NAMESPACE, STAGE_PROCESS, Daemon, Netns, Plan, Serve, Sysctl
-from .runtime import agent
+from .runtime import agent, spawn
 
 
 def require_root() -> None:
@@ -36,12 +35,9 @@ def require_root() -> None:
 
 def require_tools(*tools: str) -> None:
     """Checked before anything is made: names each missing command and its Debian package."""
-    packages = {"ip": "iproute2", "bridge": "iproute2", "ss": "iproute2", "tcpdump": "tcpdump",
-                "ping": "iputils-ping", "iperf3": "iperf3", "iptables": "iptables", "iptables-restore": "iptables",
-                "iptables-save": "iptables", "nsenter": "util-linux", "ethtool": "ethtool", "dot": "graphviz"}
-    missing = [t for t in tools if shutil.which(t) is None]
+    missing = [t for t in tools if spawn.tool(t) is None]      # where nslab will run them from
     if missing:
-        pkgs = sorted({packages.get(t, t) for t in missing})
+        pkgs = sorted({spawn.PACKAGES.get(t, t) for t in missing})
         raise PrerequisiteError(f"{', '.join(missing)} not found on PATH: install it with "
                                 f"`apt-get install -y {' '.join(pkgs)}`")
 
@@ -558,7 +554,8 @@ def set_link(lab: str, target: str, up: bool) -> list[str]:
                              f"{', '.join(d for d in handle.ifindex if d != 'lo')})")
         if not up:
             require_tools("ip")
-            r = subprocess.run(["ip", "-n", ns, "link", "set", "dev", iface, "down"], capture_output=True, text=True)
+            r = subprocess.run([spawn.need("ip"), "-n", ns, "link", "set", "dev", iface, "down"], capture_output=True,
+                               text=True, cwd=spawn.CWD, env=spawn.env())
             if r.returncode:
                 raise ApplyError(f"ip -n {ns} link set dev {iface} down: {' '.join(r.stderr.split())}")
             return []
@@ -587,7 +584,8 @@ def _neigh_and_fdb(ns: str) -> set[tuple]:
     found = set()
     for argv, key in ((["ip", "-j", "-n", ns, "neigh", "show"], ("dev", "dst", "lladdr")),
                       (["bridge", "-j", "-n", ns, "fdb", "show"], ("ifname", "mac", "dst"))):
-        r = subprocess.run(argv, capture_output=True, text=True)
+        r = subprocess.run([spawn.need(argv[0]), *argv[1:]], capture_output=True, text=True, cwd=spawn.CWD,
+                           env=spawn.env())
         if r.returncode:
             raise ApplyError(f"{' '.join(argv)}: {' '.join(r.stderr.split())}")
         found |= {tuple(e.get(k) for k in key) for e in json.loads(r.stdout or "[]")}

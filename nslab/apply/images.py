@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from ..errors import NslabError, PrerequisiteError
 from ..model.containers import normalize
 from . import netns
+from ..runtime import spawn
 
 LABEL_RECIPE = "nslab.recipe"
 
@@ -35,10 +36,16 @@ DEBIAN_PACKAGES = ["iproute2", "iputils-ping", "tcpdump", "curl", "procps", "net
 DEBIAN_SUITE = "bookworm"
 
 
+def _run(argv: list, **kw) -> subprocess.CompletedProcess:
+    """A system tool run as root: never from the caller's directory or with their environment
+    (a proxy setting aside: debootstrap downloads)."""
+    proxy = {k: v for k, v in os.environ.items() if k.lower() in ("http_proxy", "https_proxy", "no_proxy")}
+    return subprocess.run(argv, cwd=spawn.CWD, env=spawn.env(**proxy), **kw)
+
+
 def _busybox_rootfs(root: str) -> None:
-    busybox = shutil.which("busybox")
-    out = subprocess.run(["file", "-L", busybox], capture_output=True, text=True).stdout if busybox and \
-        shutil.which("file") else ""
+    busybox, file = spawn.tool("busybox"), spawn.tool("file")
+    out = _run([file, "-L", busybox], capture_output=True, text=True).stdout if busybox and file else ""
     if not busybox or ("dynamically linked" in out):
         raise PrerequisiteError("a static busybox is needed for the busybox image: "
                                 "`apt-get install -y busybox-static`")
@@ -46,7 +53,7 @@ def _busybox_rootfs(root: str) -> None:
         os.makedirs(os.path.join(root, d), exist_ok=True)
     os.chmod(os.path.join(root, "tmp"), 0o1777)
     shutil.copy2(busybox, os.path.join(root, "bin", "busybox"))
-    applets = subprocess.run([busybox, "--list-full"], capture_output=True, text=True, check=True).stdout.split()
+    applets = _run([busybox, "--list-full"], capture_output=True, text=True, check=True).stdout.split()
     for rel in applets:
         link = os.path.join(root, rel)
         if not os.path.lexists(link):
@@ -76,10 +83,11 @@ def _debian_mirror() -> str:
 
 
 def _debian_rootfs(root: str) -> None:
-    if shutil.which("debootstrap") is None:
+    debootstrap = spawn.tool("debootstrap")
+    if debootstrap is None:
         raise PrerequisiteError("debootstrap not found: install it with `apt-get install -y debootstrap`")
-    proc = subprocess.run(["debootstrap", "--variant=minbase", f"--include={','.join(DEBIAN_PACKAGES)}",
-                           DEBIAN_SUITE, root, _debian_mirror()], capture_output=True, text=True)
+    proc = _run([debootstrap, "--variant=minbase", f"--include={','.join(DEBIAN_PACKAGES)}",
+                 DEBIAN_SUITE, root, _debian_mirror()], capture_output=True, text=True)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["?"]
         raise NslabError(f"debootstrap failed: {tail[0]}")
@@ -101,8 +109,8 @@ IMAGES = {
 
 def recipe_id(recipe: Recipe) -> str:
     extra = ""
-    if recipe.name == "nslab/busybox" and shutil.which("busybox"):
-        with open(shutil.which("busybox"), "rb") as f:
+    if recipe.name == "nslab/busybox" and spawn.tool("busybox"):
+        with open(spawn.tool("busybox"), "rb") as f:
             extra = hashlib.sha256(f.read()).hexdigest()
     return hashlib.sha256(f"{recipe.version} {extra}".encode()).hexdigest()[:12]
 
@@ -134,7 +142,7 @@ def build(client, name: str, force: bool = False, log=print) -> bool:
         log(f"building {normalize(name)}: {recipe.what}")
         recipe.build(root)
         tar = os.path.join(tmp, "rootfs.tar")
-        subprocess.run(["tar", "--numeric-owner", "--xattrs", "-C", root, "-cf", tar, "."], check=True)
+        _run([spawn.need("tar"), "--numeric-owner", "--xattrs", "-C", root, "-cf", tar, "."], check=True)
         repo, tag = normalize(name).split(":")
         client.api.import_image(src=tar, repository=repo, tag=tag,
                                 changes=[f"LABEL {LABEL_RECIPE}={rid}", 'CMD ["sleep", "infinity"]'])

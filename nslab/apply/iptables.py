@@ -13,19 +13,19 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 from dataclasses import dataclass, field
 
 from . import netns
 from ..errors import NslabError, PrerequisiteError
+from ..runtime import spawn
 
 RESTORE = ("iptables-restore", "-w", "--noflush")
 SAVE = ("iptables-save", "-c")
 
 
 def _tool(name: str) -> str:
-    path = shutil.which(name)
+    path = spawn.tool(name)
     if path is None:
         pkg = "util-linux" if name == "nsenter" else "iptables"
         raise PrerequisiteError(f"{name} is not installed (apt-get install {pkg})")
@@ -54,7 +54,8 @@ def _run(ns: str, argv: tuple, *, input: str | None = None, timeout: float) -> s
     try:
         # /proc/self/fd/N: nsenter resolves it in its own fd table, where pass_fds put our fd.
         return subprocess.run([nsenter, f"--net=/proc/self/fd/{fd}", tool, *argv[1:]], pass_fds=(fd,),
-                              input=input, capture_output=True, text=True, timeout=timeout)
+                              input=input, capture_output=True, text=True, timeout=timeout, cwd=spawn.CWD,
+                              env=spawn.env())
     finally:
         os.close(fd)
 

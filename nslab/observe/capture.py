@@ -23,6 +23,7 @@ from .. import console as out
 from .. import lab as labmod
 from .. import state
 from ..errors import NslabError, UsageError
+from ..runtime import spawn
 from .decode import Names, decode_pcap, rows, summary   # bytes only: no scapy to import
 
 PCAP_MAGIC = {b"\xd4\xc3\xb2\xa1": ("<", 1e-6), b"\xa1\xb2\xc3\xd4": (">", 1e-6),
@@ -53,7 +54,8 @@ class Capture:
     def argv(self) -> list[str]:
         # --immediate-mode: without it tcpdump holds packets in the kernel ring for up to a
         # second and a prompt stop loses them ("received by filter" but not captured).
-        argv = ["ip", "netns", "exec", self.ns, "tcpdump", "-i", self.iface, "--immediate-mode", "-n"]
+        argv = [spawn.need("ip"), "netns", "exec", self.ns, spawn.need("tcpdump"), "-i", self.iface,
+                "--immediate-mode", "-n"]
         if self.text:
             argv += ["-e", "-l"]          # -l: line-buffered, so a pipe sees each packet at once
         else:   # -U: flush per packet; -Z root: Debian's tcpdump would drop to a user that cannot write the file
@@ -67,7 +69,8 @@ class Capture:
     def start(self) -> "Capture":
         self.proc = subprocess.Popen(self.argv(), stdout=subprocess.PIPE if self.pcap == "-" else
                                      (None if self.text else subprocess.DEVNULL),
-                                     stderr=subprocess.PIPE, start_new_session=self.lab is not None)
+                                     stderr=subprocess.PIPE, start_new_session=self.lab is not None,
+                                     cwd=spawn.CWD, env=spawn.env())
         if self.lab:
             _record(self.lab, self.proc.pid, self.what)
         line = self.proc.stderr.readline().decode(errors="replace")   # "tcpdump: listening on IFACE, ..."

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import re
 import subprocess
 from dataclasses import dataclass, field
 
 from .. import backends
 from ..errors import PrerequisiteError, UsageError
+from ..runtime import spawn
 
 # Overlay styles: colour and the words of the legend, each backend's own (its module's
 # `style`), and "direct" for a pair its backend routes without encapsulation.
@@ -334,10 +336,11 @@ def write(d: Drawing, output: str | None, fmt: str | None) -> str | None:
         raise UsageError(f"cannot tell the picture format from {output!r}: name it .svg, .png, .pdf, .dot or .mmd")
     if fmt == "mermaid":
         raise UsageError(f"--format mermaid writes text: name the output .mmd or .md, not .{ext}")
-    try:
-        proc = subprocess.run(["dot", f"-T{ext}", "-o", output], input=text, capture_output=True, text=True)
-    except FileNotFoundError:
-        raise PrerequisiteError("dot not found: install graphviz with `apt-get install -y graphviz`") from None
+    dot = spawn.tool("dot")
+    if dot is None:
+        raise PrerequisiteError("dot not found: install graphviz with `apt-get install -y graphviz`")
+    proc = subprocess.run([dot, f"-T{ext}", "-o", os.path.abspath(output)], input=text, capture_output=True,
+                          text=True, cwd=spawn.CWD, env=spawn.env())
     if proc.returncode != 0:
         raise UsageError(f"dot could not render {output}: {' '.join(proc.stderr.split())}")
     return None

@@ -23,7 +23,6 @@ import errno
 import ipaddress
 import os
 import random
-import shutil
 import socket
 import subprocess
 import time
@@ -37,6 +36,7 @@ from .. import state
 from ..apply import netns
 from .decode import decode, first_layer, format_layer, format_layers, innermost_ip, ip_key, split
 from ..errors import NslabError, UsageError
+from ..runtime import spawn
 from . import nat
 from . import probe as probes
 from .sniffer import Frame, Sniffer
@@ -431,10 +431,11 @@ def _sysctl(key: str) -> str | None:
 def firewall_drops(ns: str) -> list[str]:
     """DROP/REJECT rules and DROP policies of the namespace's iptables (forks iptables-save:
     only ever called for a dropped probe)."""
-    if shutil.which("iptables-save") is None:
+    ip, save = spawn.tool("ip"), spawn.tool("iptables-save")
+    if ip is None or save is None:
         return []
-    proc = subprocess.run(["ip", "netns", "exec", ns, "iptables-save", "-c"], capture_output=True, text=True,
-                          timeout=10)
+    proc = subprocess.run([ip, "netns", "exec", ns, save, "-c"], capture_output=True, text=True, timeout=10,
+                          cwd=spawn.CWD, env=spawn.env())
     hits = []
     for line in proc.stdout.splitlines():
         if line.startswith(":") and " DROP " in line and not line.endswith("[0:0]"):

@@ -50,6 +50,7 @@ from .. import state
 from ..apply import netns
 from ..errors import NslabError
 from ..plan import Daemon
+from . import spawn as clean
 
 SPEC = "agent.json"
 LOG = "agent.log"
@@ -145,10 +146,11 @@ class Child:
             self.go = None
 
 
-def spawn(argv: list[str], what: str, log_path: str, run_dir: str, ready: bool = False,
+def spawn(module: str, args: list[str], what: str, log_path: str, run_dir: str, ready: bool = False,
           new_session: bool = False, reply_fd: int | None = None, defer: bool = False) -> Child | None:
-    """Start argv (`python3 -m MODULE ...`) with --go-fd (and --ready-fd) after MODULE, so
-    that it is recorded before it acts; None when the lab is gone.
+    """Start `python3 -m MODULE --go-fd N [--ready-fd N] ARGS` (isolated, in "/", with a clean
+    environment: runtime/spawn.py), so that it is recorded before it acts; None when the lab
+    is gone.
 
     The child dies with us (PR_SET_PDEATHSIG, from before exec) until it has started and
     said "hello" on the go socket; it then no longer does, and waits.  Only now do we
@@ -170,9 +172,10 @@ def spawn(argv: list[str], what: str, log_path: str, run_dir: str, ready: bool =
     keep = (theirs.fileno(),) + ((ready_w,) if ready else ()) + ((reply_fd,) if reply_fd is not None else ())
     try:
         with open(log_path, "ab") as log:
-            proc = subprocess.Popen(argv[:3] + extra + argv[3:], stdin=subprocess.DEVNULL, stdout=log,
+            proc = subprocess.Popen(clean.python(module, *extra, *args), stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=subprocess.STDOUT, pass_fds=keep, preexec_fn=die_with_parent,
-                                    start_new_session=new_session)
+                                    start_new_session=new_session, cwd=clean.CWD,
+                                    env=clean.env(NSLAB_RUN_DIR=os.path.dirname(run_dir.rstrip("/"))))
     finally:
         theirs.close()
         if ready:
@@ -252,8 +255,7 @@ def wait_ready(child: Child, log_path: str, timeout: float = 10.0) -> str | None
     return f"{child.what} did not start: {line or last}"
 
 
-def _agent_argv(run_dir: str, role: str) -> list[str]:
-    return [sys.executable, "-m", "nslab.runtime.agent", run_dir, role]
+AGENT_MODULE = "nslab.runtime.agent"
 
 
 def _restart_partner(run_dir: str, role: str, what: str, stopping) -> Child | None:
@@ -271,7 +273,7 @@ def _restart_partner(run_dir: str, role: str, what: str, stopping) -> Child | No
         live = _live(run_dir, what.split(" ")[0])
         if live:
             return Child(live[0].what, live[0].pid)
-        child = spawn(_agent_argv(run_dir, role), what, os.path.join(run_dir, LOG), run_dir,
+        child = spawn(AGENT_MODULE, [run_dir, role], what, os.path.join(run_dir, LOG), run_dir,
                       ready=role == "agent", new_session=True)
         if child is None:
             return None
@@ -306,7 +308,8 @@ def start(st, ops) -> None:
     os.replace(tmp, os.path.join(st.dir, SPEC))
     reply_r, reply_w = os.pipe()
     try:
-        child = spawn(_agent_argv(st.dir, "agent"), spec["what"], os.path.join(st.dir, LOG), st.dir,
+        run_dir = os.path.abspath(st.dir)      # the agent runs in "/"
+        child = spawn(AGENT_MODULE, [run_dir, "agent"], spec["what"], os.path.join(run_dir, LOG), run_dir,
                       ready=True, new_session=True, reply_fd=reply_r)
     except OSError as e:
         os.close(reply_w)
@@ -383,7 +386,7 @@ def heal(st) -> list[str]:
     if not expected(st) or st.status != "up" or AGENT in live or WARDEN in live:
         return []
     try:
-        child = _restart_partner(st.dir, "agent", expected(st)[0], lambda: False)
+        child = _restart_partner(os.path.abspath(st.dir), "agent", expected(st)[0], lambda: False)
     except OSError as e:
         return [f"could not restart the lab agent: {e}"]
     if child is None:
@@ -478,9 +481,9 @@ class Dataplane:
 
     def start(self, defer: bool = False) -> Child | None:
         s = self.spec
-        argv = [sys.executable, "-m", "nslab.runtime.tunnels", "--netns", s["ns"], "--run-dir", self.run_dir,
-                s["kind"], s["dev"]] + [f"{k}={v}" for k, v in s["config"]]
-        self.child = spawn(argv, s["what"], self.log, self.run_dir, ready=True, defer=defer)
+        args = ["--netns", s["ns"], "--run-dir", self.run_dir, s["kind"], s["dev"]] + \
+            [f"{k}={v}" for k, v in s["config"]]
+        self.child = spawn("nslab.runtime.tunnels", args, s["what"], self.log, self.run_dir, ready=True, defer=defer)
         return self.child
 
 
@@ -520,7 +523,7 @@ def run_agent(run_dir: str, ready_fd: int | None, reply_fd: int | None = None) -
             sup.watch(dp.child)
         warden = _live(run_dir, WARDEN)
         warden = Child(warden[0].what, warden[0].pid) if warden else \
-            spawn(_agent_argv(run_dir, "warden"), WARDEN_WHAT, os.path.join(run_dir, LOG), run_dir,
+            spawn(AGENT_MODULE, [run_dir, "warden"], WARDEN_WHAT, os.path.join(run_dir, LOG), run_dir,
                   new_session=True)
         if warden is None:
             raise OSError(f"lab {_lab(run_dir)} is gone")
