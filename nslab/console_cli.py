@@ -6,13 +6,14 @@
     nslab> pingall                         every pod and host pings every other (a matrix)
     nslab> nodes | links | dump | help | exit
 
-History (up/down arrows; kept in ~/.nslab_history) and tab completion of commands and node
+History (up/down arrows; kept in ~/.nslab_history when HOME is ours) and tab completion of commands and node
 names come from readline.  Each command runs as `nslab exec` runs it: in the node's network
 namespace and under its hostname.  Reads commands from a pipe too (`... | nslab cli`)."""
 from __future__ import annotations
 
 import os
 import shlex
+import stat
 import subprocess
 import sys
 
@@ -25,7 +26,8 @@ from .observe.checks import pair_endpoints
 from .runtime import spawn
 
 COMMANDS = ("nodes", "links", "dump", "pingall", "help", "exit", "quit")
-HISTORY = os.path.expanduser("~/.nslab_history")
+HISTORY = ".nslab_history"           # in HOME
+HISTORY_LENGTH = 1000
 
 
 class Console:
@@ -128,6 +130,59 @@ class Console:
         return matches[state_] if state_ < len(matches) else None
 
 
+# ---- history: only in a file of ours, in a HOME of ours --------------------------------------
+# nslab runs as root; with `sudo -E` or `su` (without -) HOME is a user's, where
+# ~/.nslab_history may be a symlink to any file (readline.write_history_file would replace
+# the link's target with a root-owned copy).  So: HOME must be a directory of ours that
+# nobody else can write to (then nobody can swap the file between our checks and our use),
+# and the file is opened without following a symlink and used only if it is a regular file
+# of ours with one link.  Otherwise there is no history, silently.
+
+def _history_fd(flags: int) -> int | None:
+    home = os.path.expanduser("~")
+    try:
+        st = os.lstat(home)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            return None
+        fd = os.open(os.path.join(home, HISTORY), flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_nlink != 1:
+        os.close(fd)
+        return None
+    return fd
+
+
+def load_history(readline) -> None:
+    fd = _history_fd(os.O_RDONLY)
+    if fd is None:
+        return
+    try:
+        with open(fd, encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()[-HISTORY_LENGTH:]
+    except OSError:
+        return
+    for line in lines:
+        readline.add_history(line)
+
+
+def save_history(readline) -> None:
+    """The last HISTORY_LENGTH lines, written through our own descriptor (readline's writer
+    renames a temporary file onto the path)."""
+    fd = _history_fd(os.O_WRONLY | os.O_CREAT)
+    if fd is None:
+        return
+    n = readline.get_current_history_length()
+    lines = [readline.get_history_item(i) or "" for i in range(max(1, n - HISTORY_LENGTH + 1), n + 1)]
+    try:
+        with open(fd, "w", encoding="utf-8", errors="replace") as f:
+            f.truncate()
+            f.write("".join(line + "\n" for line in lines))
+    except OSError:                      # a full disk: the console still ends cleanly
+        pass
+
+
 def run(lab_name: str) -> None:
     lab = Lab.attach(lab_name)
     con = Console(lab)
@@ -137,10 +192,7 @@ def run(lab_name: str) -> None:
         readline.set_completer(con.complete)
         readline.set_completer_delims(" \t")
         readline.parse_and_bind("tab: complete")
-        try:
-            readline.read_history_file(HISTORY)
-        except OSError:
-            pass
+        load_history(readline)
         con.say(f"lab {lab_name}: {len(lab.topo.nodes)} nodes. `help` lists the commands; Tab completes "
                 f"node names; exit or Ctrl-D leaves.")
     prompt = f"nslab:{lab_name}> " if interactive else ""
@@ -161,8 +213,4 @@ def run(lab_name: str) -> None:
     finally:
         if interactive:
             import readline  # lazy: start-up
-            try:
-                readline.set_history_length(1000)
-                readline.write_history_file(HISTORY)
-            except OSError:
-                pass
+            save_history(readline)
