@@ -327,6 +327,16 @@ def hosts_text(plan: Plan) -> str:
     return "127.0.0.1 localhost\n" + "".join(f"{addr} {name}\n" for name, addr in sorted(plan.hosts.items()))
 
 
+# A lab's own resolv.conf (beside its hosts file, bind-mounted over /etc/resolv.conf by
+# `ip netns exec`): without it a node asks the host's nameserver, which no lab reaches, and
+# `ping nosuch` waits 5-10 s on it.  Names resolve through /etc/hosts; a query for anything
+# else goes to the node's own loopback, where nothing listens: refused at once.
+RESOLV_CONF = ("# nslab: this lab has no DNS server; its node names resolve through /etc/hosts.\n"
+               "# Any other name is asked here (the node's own loopback) and fails at once.\n"
+               "nameserver 127.0.0.1\n"
+               "options timeout:1 attempts:1\n")
+
+
 def hosts_leftovers(plan: Plan) -> list[str]:
     """/etc/netns/<ns> entries in the way of the plan's links: a directory holding only the
     hosts file `nslab script` writes for this very plan is adopted (returned: replaced by
@@ -353,7 +363,8 @@ def hosts_leftovers(plan: Plan) -> list[str]:
 
 def write_hosts_files(plan: Plan, st: state.LabState, record, adopt: list[str] = ()) -> None:
     """Node names for `ip netns exec` (and so `nslab exec`): it bind-mounts
-    /etc/netns/<ns>/hosts over /etc/hosts.  One hosts file per lab, under the lab's run
+    /etc/netns/<ns>/hosts over /etc/hosts, and resolv.conf over /etc/resolv.conf
+    (RESOLV_CONF).  One hosts file and one resolv.conf per lab, under the lab's run
     directory; each /etc/netns/<ns> is a symlink to its folder (one write in /etc per
     namespace, one unlink at down), recorded once made.  `adopt`: hosts-only leftovers of
     this plan (hosts_leftovers), replaced by the link."""
@@ -363,6 +374,8 @@ def write_hosts_files(plan: Plan, st: state.LabState, record, adopt: list[str] =
     os.makedirs(etc, exist_ok=True)
     with open(os.path.join(etc, "hosts"), "w") as f:
         f.write(hosts_text(plan))
+    with open(os.path.join(etc, "resolv.conf"), "w") as f:
+        f.write(RESOLV_CONF)
     if not os.path.isdir(state.HOSTS_DIR):
         os.makedirs(state.HOSTS_DIR, exist_ok=True)
         open(state.HOSTS_DIR_MARK, "w").close()     # nslab made it: the last down removes it
