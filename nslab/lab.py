@@ -56,20 +56,37 @@ def bundled_topologies() -> list[str]:
 
 def find_topology(spec: str, bases: tuple = ()) -> str:
     """The topology file `spec` names: a path that exists (as given, or relative to one of
-    `bases`), else one bundled with nslab, by name (`spine-leaf`, `spine-leaf.yaml`) or
-    spelled as in nslab's repository (`topologies/spine-leaf.yaml`, so examples copied from
-    the README work anywhere).  Neither: the path as given (loading it says it is missing)."""
+    `bases`), else, for a bare name only (`spine-leaf`: no folder, no .yaml), the topology
+    bundled with nslab under that name.  Otherwise the path as given (load() says it is
+    missing, naming the bundled topology of that name if there is one): a path that does
+    not exist never silently means a bundled file."""
     path = Path(spec)
     if path.is_absolute() or path.is_file():
         return spec
     for base in bases:
         if (Path(base) / path).is_file():
             return str(Path(base) / path)
-    if len(path.parts) == 1 or (len(path.parts) == 2 and path.parts[0] == "topologies"):
-        for candidate in (BUNDLED / path.name, BUNDLED / f"{path.name}.yaml"):
-            if candidate.is_file():
-                return str(candidate)
+    if bare_name(spec) and (BUNDLED / f"{spec}.yaml").is_file():
+        return str(BUNDLED / f"{spec}.yaml")
     return spec
+
+
+def bare_name(spec: str) -> bool:
+    """`spine-leaf`: a bundled topology's name, not a path (no folder, no .yaml)."""
+    return bool(spec) and os.sep not in spec and not spec.endswith((".yaml", ".yml")) and spec not in (".", "..")
+
+
+def missing_topology(spec: str) -> UsageError:
+    """One sentence for a topology that is neither a file nor a bundled name; a path whose
+    file name is a bundled topology's names that one as the alternative."""
+    stem = Path(spec).stem if spec.endswith((".yaml", ".yml")) else Path(spec).name
+    if (BUNDLED / f"{stem}.yaml").is_file():
+        return UsageError(f"no topology file {spec!r}: no such file; nslab bundles a topology of that name: "
+                          f"give it as {stem}")
+    from . import generate  # lazy: start-up
+    return UsageError(f"no topology {spec!r}: no such file, and nslab bundles no topology of that name "
+                      f"(bundled: {', '.join(bundled_topologies())}; or a generated fabric: "
+                      f"{', '.join(generate.EXAMPLES.values())})")
 
 
 def is_shape(spec: str) -> bool:
@@ -84,13 +101,11 @@ def load(file: str, name: str | None = None, overrides: dict | None = None) -> m
     `nslab generate` would write, by its shape (`nslab up clos:4,20,50`: generated in
     memory; the run directory records the text as for any file)."""
     found = find_topology(file)
-    if found == file and not os.path.exists(file) and os.sep not in file:
-        from . import generate  # lazy: start-up
-        if is_shape(file):
+    if found == file and not os.path.exists(file):
+        if os.sep not in file and is_shape(file):
+            from . import generate  # lazy: start-up
             return model.load(file, text=generate.render(file, name=name), name=name, overrides=overrides)
-        raise UsageError(f"no topology {file!r}: no such file, and nslab bundles no topology of that name "
-                         f"(bundled: {', '.join(bundled_topologies())}; or a generated fabric: "
-                         f"{', '.join(generate.EXAMPLES.values())})")
+        raise missing_topology(file)
     return model.load(found, name=name, overrides=overrides)
 
 
