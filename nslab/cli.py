@@ -13,6 +13,7 @@ from typing import List, Optional
 
 from . import clikit as typer   # typer's declarations, recorded: typer itself loads only when needed
 from . import console as out
+from . import completion
 from . import lab as labmod
 from . import state
 from .apply import containers, images
@@ -36,7 +37,7 @@ app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_e
 console = out.Lazy()                   # rich, made on first use (plain lines go through out.say/out.warn)
 err_console = out.Lazy(stderr=True)
 
-LabOpt = typer.Option(None, "-l", "--lab", help="Lab name (may be omitted when exactly one lab runs).")
+LabOpt = typer.Option(None, "-l", "--lab", autocompletion=completion.labs, help="Lab name (default: $NSLAB_LAB, or the one lab that runs; a node given as LAB.NODE names it too).")
 
 
 def default_topology() -> str:
@@ -238,13 +239,13 @@ def _exec_argv(ns: str, argv: list[str]) -> list[str]:
 
 @app.command("exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 @run
-def exec_(node: str = typer.Argument(..., help="Node name."),
+def exec_(node: str = typer.Argument(..., help="Node name (or LAB.NODE).", autocompletion=completion.nodes),
           cmd: List[str] = typer.Argument(..., help="Command and arguments (after --)."),
           lab: Optional[str] = LabOpt):
     """Run CMD inside NODE's network namespace; its output and exit code pass through."""
     labmod.require_root()
     labmod.require_tools("ip")
-    lab = labmod.resolve_lab(lab)
+    lab, node = labmod.resolve_nodes(lab, node)
     ns = labmod.node_namespace(lab, node)
     labmod.require_wired(lab, [node])
     labmod.enter_uts(lab, node)              # `hostname` prints the node; ip netns exec keeps our UTS
@@ -254,11 +255,11 @@ def exec_(node: str = typer.Argument(..., help="Node name."),
 
 @app.command()
 @run
-def shell(node: str = typer.Argument(..., help="Node name."), lab: Optional[str] = LabOpt):
+def shell(node: str = typer.Argument(..., help="Node name (or LAB.NODE).", autocompletion=completion.nodes), lab: Optional[str] = LabOpt):
     """Open an interactive shell inside NODE, with a prompt naming it."""
     labmod.require_root()
     labmod.require_tools("ip")
-    lab = labmod.resolve_lab(lab)
+    lab, node = labmod.resolve_nodes(lab, node)
     ns = labmod.node_namespace(lab, node)
     labmod.require_wired(lab, [node])
     labmod.enter_uts(lab, node)
@@ -271,13 +272,14 @@ def shell(node: str = typer.Argument(..., help="Node name."), lab: Optional[str]
 
 @app.command()
 @run
-def show(node: Optional[str] = typer.Argument(None, help="Node name (default: every node)."),
+def show(node: Optional[str] = typer.Argument(None, help="Node name or LAB.NODE (default: every node).",
+                                              autocompletion=completion.nodes),
          lab: Optional[str] = LabOpt,
          as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
     """Interfaces (kind, MTU, MAC, addresses), routes, neighbours and FDB of each node."""
     from .observe import show as showmod  # lazy: start-up
     labmod.require_root()
-    lab = labmod.resolve_lab(lab)
+    lab, node = labmod.resolve_nodes(lab, node)
     st = state.load(lab)
     nodes = [node] if node else list(st.nodes)
     for n in nodes:
@@ -353,8 +355,9 @@ def script(file: Optional[str] = typer.Argument(None, help="Topology YAML (defau
 
 @app.command()
 @run
-def trace(src: str = typer.Argument(..., help="Source node or pod (or one of its addresses)."),
-          dst: str = typer.Argument(..., help="Destination node, pod or address."),
+def trace(src: str = typer.Argument(..., help="Source node or pod (or one of its addresses).",
+                                    autocompletion=completion.nodes),
+          dst: str = typer.Argument(..., help="Destination node, pod or address.", autocompletion=completion.nodes),
           lab: Optional[str] = LabOpt,
           proto: str = typer.Option("icmp", "--proto", help="icmp (echo), tcp (connect) or udp."),
           port: Optional[int] = typer.Option(None, "--port", help="tcp/udp destination port (tcp: 80)."),
@@ -365,7 +368,8 @@ def trace(src: str = typer.Argument(..., help="Source node or pod (or one of its
     Exits 1 when the probe or its reply did not get through."""
     from .observe import trace as tracemod  # lazy: start-up
     labmod.require_root()
-    result = tracemod.trace(labmod.resolve_lab(lab), src, dst, proto, port, ttl, timeout)
+    lab, src, dst = labmod.resolve_nodes(lab, src, dst)
+    result = tracemod.trace(lab, src, dst, proto, port, ttl, timeout)
     if as_json:
         print(json.dumps(result, indent=1))
     else:
@@ -426,7 +430,8 @@ def test_(file: Optional[str] = typer.Argument(None, help="Topology file: bring 
 @app.command()
 @run
 def capture(target: str = typer.Argument(..., metavar="NODE[:IFACE]",
-                                         help="Node, and interface (default: its underlay interface)."),
+                                         help="Node, and interface (default: its underlay interface).",
+                                         autocompletion=completion.node_ifaces),
             lab: Optional[str] = LabOpt,
             write: Optional[str] = typer.Option(None, "-w", "--write", help="Write a pcap file (Wireshark, tshark)."),
             count: Optional[int] = typer.Option(None, "-c", "--count", help="Stop after this many packets."),
@@ -438,7 +443,8 @@ def capture(target: str = typer.Argument(..., metavar="NODE[:IFACE]",
     from .observe import capture as capmod  # lazy: start-up
     labmod.require_root()
     labmod.require_tools("ip", "tcpdump")
-    rc = capmod.run(labmod.resolve_lab(lab), target, pcap=write, count=count, bpf=bpf, decode=decode or as_json,
+    lab, target = labmod.resolve_nodes(lab, target)
+    rc = capmod.run(lab, target, pcap=write, count=count, bpf=bpf, decode=decode or as_json,
                     as_json=as_json)
     if rc:
         raise typer.Exit(rc)
@@ -491,7 +497,8 @@ app.add_typer(link_app, name="link")
 
 @link_app.command("set")
 @run
-def link_set(target: str = typer.Argument(..., help="NODE:IFACE (the end whose outgoing traffic is shaped)."),
+def link_set(target: str = typer.Argument(..., help="NODE:IFACE (the end whose outgoing traffic is shaped).",
+                                          autocompletion=completion.node_ifaces),
              lab: Optional[str] = LabOpt,
              rate: Optional[str] = typer.Option(None, "--rate", help="e.g. 10mbit (tc's units: mbps is megaBYTES/s)."),
              delay: Optional[str] = typer.Option(None, "--delay", help="e.g. 50ms (needs netem)."),
@@ -504,7 +511,7 @@ def link_set(target: str = typer.Argument(..., help="NODE:IFACE (the end whose o
     """Set conditions on one end of a link, on top of what it has (a new --delay keeps its rate)."""
     from . import shaping  # lazy: start-up
     labmod.require_root()
-    lab = labmod.resolve_lab(lab)
+    lab, target = labmod.resolve_nodes(lab, target)
     values = {k: v for k, v in dict(rate=rate, delay=delay, jitter=jitter, loss=loss, limit=limit,
                                     burst=burst).items() if v is not None}
     cond, notice = shaping.set_conditions(lab, target, values, without_netem=without_netem)
@@ -515,13 +522,15 @@ def link_set(target: str = typer.Argument(..., help="NODE:IFACE (the end whose o
 
 @link_app.command("show")
 @run
-def link_show(target: Optional[str] = typer.Argument(None, help="NODE or NODE:IFACE (default: every interface)."),
+def link_show(target: Optional[str] = typer.Argument(None, help="NODE or NODE:IFACE (default: every interface).",
+                                                     autocompletion=completion.node_ifaces),
               lab: Optional[str] = LabOpt,
               as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
     """Each interface's conditions, read back from the kernel."""
     from . import shaping  # lazy: start-up
     labmod.require_root()
-    rows = shaping.show(labmod.resolve_lab(lab), target)
+    lab, target = labmod.resolve_nodes(lab, target)
+    rows = shaping.show(lab, target)
     if as_json:
         print(json.dumps(rows, indent=1))
         return
@@ -531,30 +540,32 @@ def link_show(target: Optional[str] = typer.Argument(None, help="NODE or NODE:IF
 
 @link_app.command("clear")
 @run
-def link_clear(target: str = typer.Argument(..., help="NODE:IFACE"), lab: Optional[str] = LabOpt):
+def link_clear(target: str = typer.Argument(..., help="NODE:IFACE", autocompletion=completion.node_ifaces), lab: Optional[str] = LabOpt):
     """Remove an interface's conditions (declared ones too): the kernel's default queue again."""
     from . import shaping  # lazy: start-up
     labmod.require_root()
-    lab = labmod.resolve_lab(lab)
+    lab, target = labmod.resolve_nodes(lab, target)
     shaping.clear(lab, target)
     console.print(f"{target}: no conditions", markup=False)
 
 
 @link_app.command("down")
 @run
-def link_down(target: str = typer.Argument(..., help="NODE:IFACE, e.g. worker1:flannel.4000."),
+def link_down(target: str = typer.Argument(..., help="NODE:IFACE, e.g. worker1:flannel.4000.",
+                                           autocompletion=completion.node_ifaces),
               lab: Optional[str] = LabOpt):
     """Set an interface down, as `ip link set dev IFACE down` does: Linux drops the routes
     through it and its neighbours with it (flannel's too, on flannel.<VNI>)."""
     labmod.require_root()
-    lab = labmod.resolve_lab(lab)
+    lab, target = labmod.resolve_nodes(lab, target)
     labmod.set_link(lab, target, up=False)
     console.print(f"{target}: down (`nslab link up -l {lab} {target}` brings it back with its routes)", markup=False)
 
 
 @link_app.command("up")
 @run
-def link_up(target: str = typer.Argument(..., help="NODE:IFACE, e.g. worker1:flannel.4000."),
+def link_up(target: str = typer.Argument(..., help="NODE:IFACE, e.g. worker1:flannel.4000.",
+                                         autocompletion=completion.node_ifaces),
             lab: Optional[str] = LabOpt):
     """Set an interface up, then restore the node's routes, neighbours and FDB entries the lab
     applied (its recorded plan) that Linux dropped meanwhile, printed as iproute2 commands.
@@ -563,7 +574,7 @@ def link_up(target: str = typer.Argument(..., help="NODE:IFACE, e.g. worker1:fla
     flannel.<VNI> set down and up (it watches only for the device's deletion, and then
     recreates it): there the entries stay gone until a lease changes or flanneld restarts."""
     labmod.require_root()
-    lab = labmod.resolve_lab(lab)
+    lab, target = labmod.resolve_nodes(lab, target)
     restored = labmod.set_link(lab, target, up=True)
     console.print(f"{target}: up, {len(restored)} entries restored" + (":" if restored else ""), markup=False)
     for line in restored:

@@ -508,17 +508,48 @@ def enter_uts(lab: str, node: str) -> None:
 
 
 def resolve_lab(lab: str | None) -> str:
-    """-l LAB, or the only running lab."""
+    """-l LAB, else $NSLAB_LAB (set inside `nslab shell`, or by you), else the only running lab."""
     running = state.labs()
     if lab:
         if lab not in running:
             raise UsageError(f"no lab named {lab!r} is running (running: {', '.join(running) or 'none'})")
         return lab
+    default = os.environ.get("NSLAB_LAB")
+    if default:
+        if default not in running:
+            raise UsageError(f"NSLAB_LAB={default}: no lab of that name is running (running: "
+                             f"{', '.join(running) or 'none'}); unset it or give -l LAB")
+        return default
     if len(running) == 1:
         return running[0]
     if not running:
         raise UsageError("no lab is running (start one with `nslab up`)")
-    raise UsageError(f"several labs are running ({', '.join(running)}): say which with -l LAB")
+    raise UsageError(f"several labs are running ({', '.join(running)}): say which with -l LAB "
+                     f"(or a node as LAB.NODE, or NSLAB_LAB=LAB)")
+
+
+def resolve_nodes(lab: str | None, *targets: str | None) -> tuple:
+    """The lab and the node arguments of a command: a node may be written as the namespace
+    name nslab prints, `LAB.NODE` (also `LAB.NODE:IFACE`), which names the lab as well (no
+    -l needed however many labs run).  Returns (lab, *targets without the `LAB.` prefix).
+    Node and lab names hold no '.', so an address (10.244.1.2) is never read as one."""
+    running = None
+    named: list[str] = []
+    plain = []
+    for t in targets:
+        head, dot, rest = (t or "").partition(".")
+        if dot and "." not in rest.split(":")[0] and state.valid_lab(head):
+            running = running if running is not None else state.labs()
+            if head in running:
+                named.append(head)
+                plain.append(rest)
+                continue
+        plain.append(t)
+    chosen = lab or (named[0] if named else None)
+    for other in named:
+        if other != chosen:
+            raise UsageError(f"nodes of two labs given ({chosen} and {other}): one command works on one lab")
+    return (resolve_lab(chosen), *plain)
 
 
 def node_namespace(lab: str, node: str) -> str:

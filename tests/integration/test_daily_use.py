@@ -2,9 +2,13 @@
 command line, what a path that does not exist means."""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 
-from conftest import nslab
+from conftest import REPO, nslab
 
 
 def test_a_node_has_its_own_resolv_conf_and_an_unknown_name_fails_at_once(root_unchanged, lab_factory):
@@ -20,3 +24,47 @@ def test_a_node_has_its_own_resolv_conf_and_an_unknown_name_fails_at_once(root_u
     assert r.returncode == 2, r                     # getent: key not found
     # the host's resolver would be asked with 5 s timeouts; a generous bound, far below them
     assert took < 4, f"an unknown name took {took:.1f} s to fail"
+
+
+def test_nodes_named_as_printed_and_the_default_lab(root_unchanged, lab_factory):
+    """LAB.NODE (the namespace name nslab prints) names the lab too: no -l with two labs
+    running; NSLAB_LAB sets the default lab; -l and a LAB.NODE of another lab disagree."""
+    a, b = lab_factory("diy-veth.yaml"), lab_factory("diy-bridge.yaml")
+    env = {"NSLAB_RUN_DIR": a.run_dir}
+    r = nslab("exec", f"{a.name}.ns1", "--", "hostname", env=env)
+    assert (r.returncode, r.stdout) == (0, "ns1\n"), r
+    r = nslab("exec", "ns1", "--", "ip", "-o", "link", "show", "br-veth0", env=env)
+    assert r.returncode == 2 and "several labs are running" in r.stderr and "LAB.NODE" in r.stderr, r
+    r = nslab("exec", "ns1", "--", "ip", "-o", "link", "show", "veth0", env={**env, "NSLAB_LAB": a.name})
+    assert r.returncode == 0 and ": veth0@" in r.stdout, r
+    r = nslab("link", "show", f"{b.name}.br0:br-veth0", "--json", env={**env, "NSLAB_LAB": a.name})
+    assert r.returncode == 0 and json.loads(r.stdout)[0]["node"] == "br0", r     # the prefix wins over NSLAB_LAB
+    r = nslab("show", f"{b.name}.ns1", "-l", a.name, env=env)
+    assert (r.returncode, r.stderr) == (2, f"nslab: nodes of two labs given ({a.name} and {b.name}): one command "
+                                           f"works on one lab\n"), r
+    r = nslab("exec", "ns1", "--", "true", env={**env, "NSLAB_LAB": "nosuchlab"})
+    assert r.returncode == 2 and r.stderr.startswith("nslab: NSLAB_LAB=nosuchlab: no lab of that name is running"), r
+    r = nslab("trace", f"{a.name}.ns1", f"{a.name}.ns2", env=env)
+    assert r.returncode == 0 and "ns1" in r.stdout and "ns2" in r.stdout, r
+
+
+def _complete(words: str, env: dict) -> list[str]:
+    """What bash completion offers for the last word of `words` (typer's protocol)."""
+    parts = words.split(" ")
+    full = {**os.environ, **env, "_NSLAB_COMPLETE": "complete_bash", "COMP_WORDS": words,
+            "COMP_CWORD": str(len(parts) - 1)}
+    # as the console script `nslab` (completion is keyed on the program's name), this checkout's code
+    argv = [sys.executable, "-c", "import sys; sys.argv[0] = 'nslab'; from nslab.cli import main; main()"]
+    r = subprocess.run(argv, capture_output=True, text=True, env=full, timeout=60, cwd=REPO)
+    assert r.returncode == 0, r
+    return r.stdout.split()
+
+
+def test_completion_of_labs_nodes_and_interfaces(root_unchanged, lab_factory):
+    lab = lab_factory("diy-bridge.yaml")
+    env = {"NSLAB_RUN_DIR": lab.run_dir}
+    assert _complete(f"nslab exec -l {lab.name} n", env) == ["ns1", "ns2"]
+    assert _complete(f"nslab exec {lab.name}.", env) == [f"{lab.name}.br0", f"{lab.name}.ns1", f"{lab.name}.ns2"]
+    assert _complete(f"nslab link show -l {lab.name} br0:br-", env) == ["br0:br-veth0", "br0:br-veth1"]
+    assert _complete(f"nslab capture {lab.name}.ns1:", env) == [f"{lab.name}.ns1:veth0"]
+    assert lab.name in _complete(f"nslab show -l {lab.name[:3]}", env)
