@@ -142,7 +142,7 @@ def up(file: Optional[str] = typer.Argument(None, help="Topology YAML (default: 
     built_table(topo, plan)
     for note in st.info.get("_notices", []):
         console.print(f"note: {note}")
-    console.print(f"lab [bold]{topo.name}[/] is up: {len(topo.nodes)} nodes in {elapsed:.2f} s. "
+    console.print(f"lab [bold]{topo.name}[/] is up: {out.plural(len(topo.nodes), 'node')} in {elapsed:.2f} s. "
                   f"Try `nslab show -l {topo.name}`, `nslab exec -l {topo.name} NODE -- CMD`, "
                   f"`nslab down {topo.name}`.")
 
@@ -178,7 +178,7 @@ def down(target: Optional[str] = typer.Argument(None, help="Lab name or topology
             out.warn(f"nslab: {kept}")
         if result.kept:
             failed.append(lab)
-        out.say(f"lab {lab} removed ({len(result.removed)} namespaces)")
+        out.say(f"lab {lab} removed ({out.plural(len(result.removed), 'namespace')})")
     if all_labs and not labs:
         out.say("no labs running")
     if failed:
@@ -218,8 +218,11 @@ def ls(as_json: bool = typer.Option(False, "--json", help="Machine-readable outp
         console.print("no labs running")
         return
     out.table(console, ["lab", "status", "nodes", "backend", "file"],
-              [[r["lab"], r["status"] + (f": {'; '.join(r['missing'])}" if r.get("missing") else ""), str(r["nodes"]),
-                r["backend"] or "-", r["file"]] for r in rows])
+              [[r["lab"], r["status"], str(r["nodes"]), r["backend"] or "-", r["file"]] for r in rows])
+    for r in rows:              # the status column stays one word; what is wrong is one line each, below
+        if r.get("missing"):
+            out.say(f"{r['lab']}: {out.plural(len(r['missing']), 'problem')} (`nslab show -l {r['lab']}` shows them "
+                    f"and restarts what died): {r['missing'][0]}{'; ...' if len(r['missing']) > 1 else ''}")
 
 
 def lab_backend(st) -> str | None:
@@ -240,9 +243,12 @@ def _exec_argv(ns: str, argv: list[str]) -> list[str]:
 @app.command("exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 @run
 def exec_(node: str = typer.Argument(..., help="Node name (or LAB.NODE).", autocompletion=completion.nodes),
-          cmd: List[str] = typer.Argument(..., help="Command and arguments (after --)."),
+          cmd: Optional[List[str]] = typer.Argument(None, help="Command and arguments (after --)."),
           lab: Optional[str] = LabOpt):
     """Run CMD inside NODE's network namespace; its output and exit code pass through."""
+    if not cmd:
+        raise UsageError(f"no command to run in {node}: `nslab exec {node} -- CMD ...`, or `nslab shell {node}` "
+                         f"for an interactive shell there")
     labmod.require_root()
     labmod.require_tools("ip")
     lab, node = labmod.resolve_nodes(lab, node)
@@ -304,7 +310,8 @@ def validate(files: List[str] = typer.Argument(..., help="Topology files."),
     for f in files:
         topo = labmod.load(f, overrides={"backend": backend} if backend else None)
         plan = compiler.compile_topology(topo)
-        console.print(f"{f}: ok (lab {topo.name}: {len(topo.nodes)} nodes, {len(plan.ops)} operations)")
+        console.print(f"{f}: ok (lab {topo.name}: {out.plural(len(topo.nodes), 'node')}, "
+                      f"{out.plural(len(plan.ops), 'operation')})")
 
 
 @app.command()
@@ -337,8 +344,10 @@ def generate(shape: str = typer.Argument(..., metavar="SHAPE",
 @app.command()
 @run
 def script(file: Optional[str] = typer.Argument(None, help="Topology YAML (default: the bundled lab)."),
-           name: Optional[str] = typer.Option(None, "--name", "-n"),
-           backend: Optional[str] = typer.Option(None, "--backend"),
+           name: Optional[str] = typer.Option(None, "--name", "-n", help="The lab's name in the commands (its "
+                                              "namespaces are NAME.NODE; default: the file's name: or its file name)."),
+           backend: Optional[str] = typer.Option(None, "--backend", help=f"Override the cluster backend: TYPE or "
+                                                 f"TYPE:PORT ({', '.join(backends.names())}; udp:8282)."),
            lab: Optional[str] = typer.Option(None, "-l", "--lab", help="Print what `up` applied to this running "
                                                                      "lab (its recorded plan) instead.")):
     """Print the lab as plain iproute2 commands that build it by hand: what `up` would apply on
@@ -525,8 +534,9 @@ def link_set(target: str = typer.Argument(..., help="NODE:IFACE (the end whose o
 def link_show(target: Optional[str] = typer.Argument(None, help="NODE or NODE:IFACE (default: every interface).",
                                                      autocompletion=completion.node_ifaces),
               lab: Optional[str] = LabOpt,
-              as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
-    """Each interface's conditions, read back from the kernel."""
+              show_all: bool = typer.Option(False, "--all", "-a", help="Every interface, shaped or not."),
+              as_json: bool = typer.Option(False, "--json", help="Machine-readable output (every interface).")):
+    """The shaped interfaces' conditions, read back from the kernel (--all: every interface)."""
     from . import shaping  # lazy: start-up
     labmod.require_root()
     lab, target = labmod.resolve_nodes(lab, target)
@@ -534,6 +544,12 @@ def link_show(target: Optional[str] = typer.Argument(None, help="NODE or NODE:IF
     if as_json:
         print(json.dumps(rows, indent=1))
         return
+    if not show_all and ":" not in (target or ""):     # NODE:IFACE asks for that one, shaped or not
+        rows = [r for r in rows if r["conditions"]]
+        if not rows:
+            out.say(f"no shaped interfaces{' in ' + target if target else ''} (`nslab link show --all` lists "
+                    f"every interface and its queue)")
+            return
     out.table(console, ["node", "interface", "qdisc", "conditions"],
               [[r["node"], r["iface"], r["kind"], r["conditions"] or "-"] for r in rows])
 
@@ -576,7 +592,8 @@ def link_up(target: str = typer.Argument(..., help="NODE:IFACE, e.g. worker1:fla
     labmod.require_root()
     lab, target = labmod.resolve_nodes(lab, target)
     restored = labmod.set_link(lab, target, up=True)
-    console.print(f"{target}: up, {len(restored)} entries restored" + (":" if restored else ""), markup=False)
+    console.print(f"{target}: up, {out.plural(len(restored), 'entry', 'entries')} restored" + (":" if restored else ""),
+                  markup=False)
     for line in restored:
         console.print(f"  {line}", markup=False)
 

@@ -257,6 +257,8 @@ def test_console_tab_completes_node_names_and_keeps_history(root_unchanged, lab_
         read_until(b"\r\nworker3\r\n")
         os.write(fd, b"cli\t ip -br addr show dev eth0\n")
         read_until(b"10.244.1.2/24")
+        os.write(fd, b"clear\n")
+        read_until(b"\x1b[H\x1b[2J")                     # clear(1)'s screen reset, on a terminal
         os.write(fd, b"exit\n")
         _, status = os.waitpid(pid, 0)
         pid = 0
@@ -267,7 +269,7 @@ def test_console_tab_completes_node_names_and_keeps_history(root_unchanged, lab_
             os.waitpid(pid, 0)
         os.close(fd)
     history = (tmp_path / ".nslab_history").read_text().splitlines()
-    assert history[-3:] == ["worker3 hostname", "client ip -br addr show dev eth0", "exit"]
+    assert history[-4:] == ["worker3 hostname", "client ip -br addr show dev eth0", "clear", "exit"]
 
 
 def test_trace_names_flanneld_under_udp_and_refused_tcp_fails(root_unchanged, lab_factory):

@@ -68,3 +68,17 @@ def test_completion_of_labs_nodes_and_interfaces(root_unchanged, lab_factory):
     assert _complete(f"nslab link show -l {lab.name} br0:br-", env) == ["br0:br-veth0", "br0:br-veth1"]
     assert _complete(f"nslab capture {lab.name}.ns1:", env) == [f"{lab.name}.ns1:veth0"]
     assert lab.name in _complete(f"nslab show -l {lab.name[:3]}", env)
+
+
+def test_link_show_lists_shaped_interfaces_unless_all(root_unchanged, lab_factory):
+    lab = lab_factory("diy-veth.yaml")
+    r = lab.nslab("link", "show", "-l", lab.name, check=True)
+    assert r.stdout == "no shaped interfaces (`nslab link show --all` lists every interface and its queue)\n"
+    lab.nslab("link", "set", "-l", lab.name, "ns1:veth0", "--rate", "10mbit", check=True)
+    shaped = lab.nslab("link", "show", "-l", lab.name, check=True).stdout
+    assert "veth0" in shaped and "rate 10Mbit" in shaped and "veth1" not in shaped, shaped
+    every = lab.nslab("link", "show", "-l", lab.name, "--all", check=True).stdout
+    assert "veth0" in every and "veth1" in every, every
+    one = lab.nslab("link", "show", "-l", lab.name, "ns2:veth1", check=True).stdout    # asked for: shown
+    assert "veth1" in one, one
+    assert len(json.loads(lab.nslab("link", "show", "-l", lab.name, "--json", check=True).stdout)) == 2
