@@ -372,6 +372,7 @@ def trace(src: str = typer.Argument(..., help="Source node or pod (or one of its
           port: Optional[int] = typer.Option(None, "--port", help="tcp/udp destination port (tcp: 80)."),
           ttl: Optional[int] = typer.Option(None, "--ttl", help="IP TTL of the probe."),
           timeout: float = typer.Option(1.0, "--timeout", help="Seconds to wait for the probe and its reply."),
+          brief: bool = typer.Option(False, "--brief", "-b", help="One line per hop."),
           as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
     """Send one probe and show its path hop by hop, with the kernel entries that chose each step.
     Exits 1 when the probe or its reply did not get through."""
@@ -382,7 +383,7 @@ def trace(src: str = typer.Argument(..., help="Source node or pod (or one of its
     if as_json:
         print(json.dumps(result, indent=1))
     else:
-        tracemod.render(console, result)
+        (tracemod.render_brief if brief else tracemod.render)(console, result)
     if not tracemod.complete(result):
         raise typer.Exit(1)
 

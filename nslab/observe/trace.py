@@ -689,12 +689,55 @@ def _drop(p: dict, namespaces: dict[str, str], topo) -> dict:
 PIPED_WIDTH = 100     # piped, trace still wraps (at parts, words whole): its packet lines run to ~170
 
 
+def _width(console) -> int:
+    """The terminal's width; piped, COLUMNS when set (`COLUMNS=200 nslab trace ... | less`),
+    else PIPED_WIDTH."""
+    cols = os.environ.get("COLUMNS", "")
+    piped = int(cols) if cols.isascii() and cols.isdigit() and int(cols) >= 40 else PIPED_WIDTH
+    return out.fits(console) or piped
+
+
+def render_brief(console, r: dict) -> None:
+    """`trace --brief`: one line per hop (node, interface, direction, time, and the entry that
+    chose the step, or the encapsulation seen), cut to the width with '…'."""
+    from rich.text import Text  # lazy: start-up
+    limit = _width(console)
+
+    def line(text: str, style: str = "") -> None:
+        console.print(Text(text if len(text) <= limit else text[:limit - 1] + "…", style=style), soft_wrap=True)
+    s, d = r["src"], r["dst"]
+    line(f"trace {s['name']} -> {d['name']} ({d['ip']})  {r['probe']['text']}  lab {r['lab']}", "bold")
+    for name in ("request", "reply"):
+        p = r[name]
+        line(f"{name}  {p['kind'] or ''}".rstrip(), "bold magenta")
+        for i, h in enumerate(p["hops"], 1):
+            line(f"  {i:>2} {h['node']:<12} {h['iface']:<14} {h['dir']:<3} {_brief_what(h)}".rstrip())
+        if p["delivered"]:
+            line(f"  delivered to {p['hops'][-1]['node']}", "green")
+        elif p["drop"]:
+            dr = p["drop"]
+            line(f"  dropped at {dr['node']} {dr.get('iface') or ''} ({dr['reason']}): {dr['detail']}", "red")
+        elif not p["hops"]:
+            line("  not seen anywhere" if name == "request" else "  no reply seen", "red")
+
+
+def _brief_what(h: dict) -> str:
+    """A hop in a few words: the entry that chose the step, else the outer headers seen
+    (their Ethernet part left out), else its note."""
+    if h["decisions"]:
+        d = h["decisions"][0]
+        return f"{d['kind']} {d['text'].split(chr(10))[0]}"
+    if h["outer"]:
+        return "outer " + " | ".join(part for part in h["outer"].split(" | ") if not part.startswith("eth "))
+    return h.get("note") or ""
+
+
 def render(console, r: dict) -> None:
     """The trace as text: a hop's header, then its packet and the kernel entries that chose
-    the step on lines of their own, each wrapped to the terminal's width (PIPED_WIDTH piped)
-    between header parts, so no address or name is split or cut."""
+    the step on lines of their own, each wrapped to the terminal's width (piped: COLUMNS if
+    set, else PIPED_WIDTH) between header parts, so no address or name is split or cut."""
     from rich.text import Text  # lazy: start-up
-    limit = out.fits(console) or PIPED_WIDTH
+    limit = _width(console)
 
     def emit(text: str, indent: int, style: str | None = None, sep: str = " | ") -> None:
         line = Text(out.wrap(text, limit, indent, sep), style=style or "")
@@ -740,5 +783,5 @@ def render(console, r: dict) -> None:
         emit(f"  connection refused: {d['name']} answered the SYN with RST (nothing listens on port "
              f"{r['probe']['port']})", 4, "red", sep=" ")
     console.print()
-    console.print(Text(f"trace took {r['elapsed_ms']:.0f} ms (probe, captures on every interface, kernel lookups)",
-                       style="dim"))
+    emit(f"trace took {r['elapsed_ms']:.0f} ms (probe, captures on every interface, kernel lookups)", 2, "dim",
+         sep=" ")
