@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from conftest import REPO, nslab
+from conftest import REPO, nslab, unique_lab_name
 
 
 def test_a_node_has_its_own_resolv_conf_and_an_unknown_name_fails_at_once(root_unchanged, lab_factory):
@@ -82,3 +82,14 @@ def test_link_show_lists_shaped_interfaces_unless_all(root_unchanged, lab_factor
     one = lab.nslab("link", "show", "-l", lab.name, "ns2:veth1", check=True).stdout    # asked for: shown
     assert "veth1" in one, one
     assert len(json.loads(lab.nslab("link", "show", "-l", lab.name, "--json", check=True).stdout)) == 2
+
+
+def test_flannel_vxlan_tests_under_host_gw_skip_what_is_vxlan_only(root_unchanged):
+    """The bundled file's MTU test assumes vxlan (1500 - 50): under --backend host-gw it is
+    skipped with its reason, not failed; the rest pass."""
+    r = nslab("test", "flannel-vxlan", "--name", unique_lab_name(), "--backend", "host-gw", "--json", timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    results = {t["name"]: t for t in json.loads(r.stdout)["results"]}
+    mtu = results["pod MTU 1450 under vxlan (1500 - 50)"]
+    assert mtu.get("skipped"), mtu
+    assert all(t["ok"] for name, t in results.items() if not t.get("skipped")), results
