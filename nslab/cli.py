@@ -281,8 +281,12 @@ def shell(node: str = typer.Argument(..., help="Node name (or LAB.NODE).", autoc
 def show(node: Optional[str] = typer.Argument(None, help="Node name or LAB.NODE (default: every node).",
                                               autocompletion=completion.nodes),
          lab: Optional[str] = LabOpt,
+         brief: bool = typer.Option(False, "--brief", "-b", help="One line per node: kind, cluster role, "
+                                    "addresses, status (like containerlab's inspect)."),
          as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
-    """Interfaces (kind, MTU, MAC, addresses), routes, neighbours and FDB of each node."""
+    """What each node is (kind; a cluster node's role, pod CIDR, VTEP and pods; a pod's node and
+    containers; a container's image), then its interfaces (kind, MTU, MAC, addresses), routes,
+    neighbours and FDB."""
     from .observe import show as showmod  # lazy: start-up
     labmod.require_root()
     lab, node = labmod.resolve_nodes(lab, node)
@@ -296,6 +300,18 @@ def show(node: Optional[str] = typer.Argument(None, help="Node name or LAB.NODE 
         st = state.load(lab) or st
     data = showmod.collect(st, nodes)
     data["restarted"] = healed
+    topo = labmod.topology(lab, st)
+    for n, entry in data["nodes"].items():
+        entry["about"] = showmod.about(topo, st, n)
+    if brief:
+        rows = showmod.inspect_rows(topo, st, data)
+        if as_json:
+            print(json.dumps(rows, indent=1))
+        else:
+            out.table(console, ["node", "kind", "role", "addresses", "status"],
+                      [[r["node"], r["kind"], r["role"] or "-", " ".join(r["addresses"]) or "-", r["status"]]
+                       for r in rows])
+        return
     if as_json:
         print(json.dumps(data, indent=1))
     else:

@@ -37,6 +37,7 @@ from .. import state
 from ..apply import netns
 from .decode import decode, first_layer, format_layer, format_layers, innermost_ip, ip_key, split
 from ..errors import NslabError, UsageError
+from ..model.tests import SVC
 from . import nat
 from . import probe as probes
 from .sniffer import Frame, Sniffer
@@ -469,6 +470,21 @@ def resolve(topo, text: str) -> Endpoint:
     return Endpoint(text, owner, str(addr))
 
 
+def _service_target(lab: str, dst: str, proto: str, port: int | None) -> tuple[dict, str, str, int]:
+    """svc/NAME -> (the service as the trace names it, its cluster IP, the protocol: the
+    service's unless --proto says tcp/udp, the port: its own unless --port says)."""
+    topo = labmod.topology(lab)
+    services = topo.cluster.services if topo.cluster is not None else {}
+    name = dst[len(SVC):]
+    if name not in services:
+        raise UsageError(f"lab {lab} has no service {name!r} (services: {', '.join(services) or 'none'})")
+    svc = services[name]
+    if proto == "icmp":                 # kube-proxy rewrites the service's port only: no ping
+        proto = svc.protocol.lower()
+    return ({"name": svc.name, "type": svc.type, "cluster_ip": str(svc.cluster_ip), "port": svc.port,
+             "node_port": svc.node_port}, str(svc.cluster_ip), proto, port if port is not None else svc.port)
+
+
 def _peers(topo) -> dict[tuple[str, str], tuple[str, str]]:
     return {(n.name, i.name): (i.peer_node, i.peer_name) for n in topo.nodes.values() for i in n.ifaces}
 
@@ -476,6 +492,9 @@ def _peers(topo) -> dict[tuple[str, str], tuple[str, str]]:
 def trace(lab: str, src: str, dst: str, proto: str = "icmp", port: int | None = None, ttl: int | None = None,
           timeout: float = 1.0) -> dict:
     labmod.require_root()
+    service = None
+    if dst.startswith(SVC):             # svc/NAME, as in a topology's tests: its cluster IP and port, over TCP
+        service, dst, proto, port = _service_target(lab, dst, proto, port)
     if ":" in dst:                      # ADDRESS:PORT, as the note writes a service (10.111.222.68:8080)
         dst, _, text = dst.rpartition(":")
         if not text.isdigit() or (port is not None and port != int(text)):
@@ -541,8 +560,10 @@ def trace(lab: str, src: str, dst: str, proto: str = "icmp", port: int | None = 
     dnats = [n for n in nats if n.dnat]
     target = resolve(topo, dnats[-1].after.dst).node if dnats else d.node     # the endpoint DNAT chose
     peers = _peers(topo)
+    if service is not None:
+        d.name = f"svc/{service['name']}"
     result: dict[str, Any] = {
-        "lab": lab, "src": vars(s), "dst": vars(d),
+        "lab": lab, "src": vars(s), "dst": vars(d), "service": service,
         "probe": {"proto": proto, "src": probe.src, "dst": probe.dst, "port": port, "ident": probe.ident,
                   "seq": probe.seq if proto == "icmp" else None, "ttl": ttl, "text": probe.describe()},
     }
@@ -706,12 +727,14 @@ def render_brief(console, r: dict) -> None:
     def line(text: str, style: str = "") -> None:
         console.print(Text(text if len(text) <= limit else text[:limit - 1] + "…", style=style), soft_wrap=True)
     s, d = r["src"], r["dst"]
-    line(f"trace {s['name']} -> {d['name']} ({d['ip']})  {r['probe']['text']}  lab {r['lab']}", "bold")
+    line(f"trace {s['name']} -> {_destination(r)}  {r['probe']['text']}  lab {r['lab']}", "bold")
+    hops = [h for name in ("request", "reply") for h in r[name]["hops"]]
+    nw, iw = (max([len(h[k]) for h in hops] + [4]) for k in ("node", "iface"))
     for name in ("request", "reply"):
         p = r[name]
         line(f"{name}  {p['kind'] or ''}".rstrip(), "bold magenta")
         for i, h in enumerate(p["hops"], 1):
-            line(f"  {i:>2} {h['node']:<12} {h['iface']:<14} {h['dir']:<3} {_brief_what(h)}".rstrip())
+            line(f"  {i:>2} {h['node']:<{nw}} {h['iface']:<{iw}} {h['dir']:<3} {_brief_what(h)}".rstrip())
         if p["delivered"]:
             line(f"  delivered to {p['hops'][-1]['node']}", "green")
         elif p["drop"]:
@@ -719,6 +742,12 @@ def render_brief(console, r: dict) -> None:
             line(f"  dropped at {dr['node']} {dr.get('iface') or ''} ({dr['reason']}): {dr['detail']}", "red")
         elif not p["hops"]:
             line("  not seen anywhere" if name == "request" else "  no reply seen", "red")
+
+
+def _destination(r: dict) -> str:
+    """The trace's destination as its header names it: a service by name, type, IP and port."""
+    svc, d = r.get("service"), r["dst"]
+    return f"service {svc['name']} ({svc['type']} {d['ip']}:{svc['port']})" if svc else f"{d['name']} ({d['ip']})"
 
 
 def _brief_what(h: dict) -> str:
@@ -745,8 +774,8 @@ def render(console, r: dict) -> None:
         console.print(line, soft_wrap=True)
     s, d = r["src"], r["dst"]
     probe = r["probe"]["text"] + (f"  ttl {r['probe']['ttl']}" if r["probe"]["ttl"] else "")
-    emit(f"trace {s['name']} ({s['ip'] or s['node']}) -> {d['name']} ({d['ip']})  {probe}  lab {r['lab']}", 6,
-         "bold", sep=" ")
+    emit(f"trace {s['name']} ({s['ip'] or s['node']}) -> {_destination(r)}  {probe}  lab {r['lab']}", 6, "bold",
+         sep=" ")
     for name in ("request", "reply"):
         p = r[name]
         console.print()

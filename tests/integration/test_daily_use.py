@@ -93,3 +93,31 @@ def test_flannel_vxlan_tests_under_host_gw_skip_what_is_vxlan_only(root_unchange
     mtu = results["pod MTU 1450 under vxlan (1500 - 50)"]
     assert mtu.get("skipped"), mtu
     assert all(t["ok"] for name, t in results.items() if not t.get("skipped")), results
+
+
+def test_show_says_what_a_node_is_and_trace_reaches_a_service_by_name(root_unchanged, lab_factory):
+    lab = lab_factory("spine-leaf-services.yaml")
+    master = json.loads(lab.nslab("show", "-l", lab.name, "master1", "--json", check=True).stdout)
+    about = master["nodes"]["master1"]["about"]
+    assert about["kind"] == "host" and about["role"] == "flannel node (vxlan)" and about["pod_cidr"] == "10.244.0.0/24"
+    assert about["vtep"].startswith("flannel.1 10.244.0.0/32 ") and "client" in about["pods"], about
+    vtep_mac = about["vtep"].split()[-1]
+    link = next(i for i in master["nodes"]["master1"]["interfaces"] if i["name"] == "flannel.1")
+    assert link["mac"] == vtep_mac                       # what show says is what the kernel holds
+    text = lab.nslab("show", "-l", lab.name, "client", check=True).stdout
+    assert "on node master1" in text and "kind pod" in text, text
+    rows = json.loads(lab.nslab("show", "-l", lab.name, "--brief", "--json", check=True).stdout)
+    by = {r["node"]: r for r in rows}
+    assert len(rows) == len(lab.state["nodes"])
+    assert by["client"]["role"] == "pod on master1" and by["client"]["status"] == "up"
+    assert by["worker3"]["role"] == "flannel node (vxlan)" and "30.0.0.23/24" in by["worker3"]["addresses"]
+    r = lab.nslab("trace", "-l", lab.name, "client", "svc/testappds", "--json")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr
+    t = json.loads(r.stdout)
+    assert t["service"]["name"] == "testappds" and t["probe"]["dst"] == "10.111.222.68" and t["probe"]["port"] == 8080
+    assert t["probe"]["proto"] == "tcp" and t["request"]["delivered"]
+    assert t["request"]["hops"][-1]["node"].startswith("testappds-")      # an endpoint DNAT chose
+    head = lab.nslab("trace", "-l", lab.name, "client", "svc/testappds", env={"COLUMNS": "200"}).stdout.splitlines()[0]
+    assert "-> service testappds (NodePort 10.111.222.68:8080)" in head, head
+    r = lab.nslab("trace", "-l", lab.name, "client", "svc/nosuch")
+    assert (r.returncode, r.stderr) == (2, f"nslab: lab {lab.name} has no service 'nosuch' (services: testappds)\n")
