@@ -13,6 +13,7 @@ from typing import List, Optional
 
 from . import clikit as typer   # typer's declarations, recorded: typer itself loads only when needed
 from . import console as out
+from . import completion
 from . import lab as labmod
 from . import state
 from .apply import containers, images
@@ -36,7 +37,7 @@ app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_e
 console = out.Lazy()                   # rich, made on first use (plain lines go through out.say/out.warn)
 err_console = out.Lazy(stderr=True)
 
-LabOpt = typer.Option(None, "-l", "--lab", help="Lab name (may be omitted when exactly one lab runs).")
+LabOpt = typer.Option(None, "-l", "--lab", autocompletion=completion.labs, help="Lab name (default: $NSLAB_LAB, or the one lab that runs; a node given as LAB.NODE names it too).")
 
 
 def default_topology() -> str:
@@ -141,7 +142,7 @@ def up(file: Optional[str] = typer.Argument(None, help="Topology YAML (default: 
     built_table(topo, plan)
     for note in st.info.get("_notices", []):
         console.print(f"note: {note}")
-    console.print(f"lab [bold]{topo.name}[/] is up: {len(topo.nodes)} nodes in {elapsed:.2f} s. "
+    console.print(f"lab [bold]{topo.name}[/] is up: {out.plural(len(topo.nodes), 'node')} in {elapsed:.2f} s. "
                   f"Try `nslab show -l {topo.name}`, `nslab exec -l {topo.name} NODE -- CMD`, "
                   f"`nslab down {topo.name}`.")
 
@@ -177,7 +178,7 @@ def down(target: Optional[str] = typer.Argument(None, help="Lab name or topology
             out.warn(f"nslab: {kept}")
         if result.kept:
             failed.append(lab)
-        out.say(f"lab {lab} removed ({len(result.removed)} namespaces)")
+        out.say(f"lab {lab} removed ({out.plural(len(result.removed), 'namespace')})")
     if all_labs and not labs:
         out.say("no labs running")
     if failed:
@@ -217,8 +218,11 @@ def ls(as_json: bool = typer.Option(False, "--json", help="Machine-readable outp
         console.print("no labs running")
         return
     out.table(console, ["lab", "status", "nodes", "backend", "file"],
-              [[r["lab"], r["status"] + (f": {'; '.join(r['missing'])}" if r.get("missing") else ""), str(r["nodes"]),
-                r["backend"] or "-", r["file"]] for r in rows])
+              [[r["lab"], r["status"], str(r["nodes"]), r["backend"] or "-", r["file"]] for r in rows])
+    for r in rows:              # the status column stays one word; what is wrong is one line each, below
+        if r.get("missing"):
+            out.say(f"{r['lab']}: {out.plural(len(r['missing']), 'problem')} (`nslab show -l {r['lab']}` shows them "
+                    f"and restarts what died): {r['missing'][0]}{'; ...' if len(r['missing']) > 1 else ''}")
 
 
 def lab_backend(st) -> str | None:
@@ -238,13 +242,16 @@ def _exec_argv(ns: str, argv: list[str]) -> list[str]:
 
 @app.command("exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 @run
-def exec_(node: str = typer.Argument(..., help="Node name."),
-          cmd: List[str] = typer.Argument(..., help="Command and arguments (after --)."),
+def exec_(node: str = typer.Argument(..., help="Node name (or LAB.NODE).", autocompletion=completion.nodes),
+          cmd: Optional[List[str]] = typer.Argument(None, help="Command and arguments (after --)."),
           lab: Optional[str] = LabOpt):
     """Run CMD inside NODE's network namespace; its output and exit code pass through."""
+    if not cmd:
+        raise UsageError(f"no command to run in {node}: `nslab exec {node} -- CMD ...`, or `nslab shell {node}` "
+                         f"for an interactive shell there")
     labmod.require_root()
     labmod.require_tools("ip")
-    lab = labmod.resolve_lab(lab)
+    lab, node = labmod.resolve_nodes(lab, node)
     ns = labmod.node_namespace(lab, node)
     labmod.require_wired(lab, [node])
     labmod.enter_uts(lab, node)              # `hostname` prints the node; ip netns exec keeps our UTS
@@ -254,11 +261,11 @@ def exec_(node: str = typer.Argument(..., help="Node name."),
 
 @app.command()
 @run
-def shell(node: str = typer.Argument(..., help="Node name."), lab: Optional[str] = LabOpt):
+def shell(node: str = typer.Argument(..., help="Node name (or LAB.NODE).", autocompletion=completion.nodes), lab: Optional[str] = LabOpt):
     """Open an interactive shell inside NODE, with a prompt naming it."""
     labmod.require_root()
     labmod.require_tools("ip")
-    lab = labmod.resolve_lab(lab)
+    lab, node = labmod.resolve_nodes(lab, node)
     ns = labmod.node_namespace(lab, node)
     labmod.require_wired(lab, [node])
     labmod.enter_uts(lab, node)
@@ -272,13 +279,18 @@ def shell(node: str = typer.Argument(..., help="Node name."), lab: Optional[str]
 
 @app.command()
 @run
-def show(node: Optional[str] = typer.Argument(None, help="Node name (default: every node)."),
+def show(node: Optional[str] = typer.Argument(None, help="Node name or LAB.NODE (default: every node).",
+                                              autocompletion=completion.nodes),
          lab: Optional[str] = LabOpt,
+         brief: bool = typer.Option(False, "--brief", "-b", help="One line per node: kind, cluster role, "
+                                    "addresses, status (like containerlab's inspect)."),
          as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
-    """Interfaces (kind, MTU, MAC, addresses), routes, neighbours and FDB of each node."""
+    """What each node is (kind; a cluster node's role, pod CIDR, VTEP and pods; a pod's node and
+    containers; a container's image), then its interfaces (kind, MTU, MAC, addresses), routes,
+    neighbours and FDB."""
     from .observe import show as showmod  # lazy: start-up
     labmod.require_root()
-    lab = labmod.resolve_lab(lab)
+    lab, node = labmod.resolve_nodes(lab, node)
     st = state.load(lab)
     nodes = [node] if node else list(st.nodes)
     for n in nodes:
@@ -289,6 +301,18 @@ def show(node: Optional[str] = typer.Argument(None, help="Node name (default: ev
         st = state.load(lab) or st
     data = showmod.collect(st, nodes)
     data["restarted"] = healed
+    topo = labmod.topology(lab, st)
+    for n, entry in data["nodes"].items():
+        entry["about"] = showmod.about(topo, st, n)
+    if brief:
+        rows = showmod.inspect_rows(topo, st, data)
+        if as_json:
+            print(json.dumps(rows, indent=1))
+        else:
+            out.table(console, ["node", "kind", "role", "addresses", "status"],
+                      [[r["node"], r["kind"], r["role"] or "-", " ".join(r["addresses"]) or "-", r["status"]]
+                       for r in rows])
+        return
     if as_json:
         print(json.dumps(data, indent=1))
     else:
@@ -303,7 +327,8 @@ def validate(files: List[str] = typer.Argument(..., help="Topology files."),
     for f in files:
         topo = labmod.load(f, overrides={"backend": backend} if backend else None)
         plan = compiler.compile_topology(topo)
-        console.print(f"{f}: ok (lab {topo.name}: {len(topo.nodes)} nodes, {len(plan.ops)} operations)")
+        console.print(f"{f}: ok (lab {topo.name}: {out.plural(len(topo.nodes), 'node')}, "
+                      f"{out.plural(len(plan.ops), 'operation')})")
 
 
 @app.command()
@@ -336,8 +361,10 @@ def generate(shape: str = typer.Argument(..., metavar="SHAPE",
 @app.command()
 @run
 def script(file: Optional[str] = typer.Argument(None, help="Topology YAML (default: the bundled lab)."),
-           name: Optional[str] = typer.Option(None, "--name", "-n"),
-           backend: Optional[str] = typer.Option(None, "--backend"),
+           name: Optional[str] = typer.Option(None, "--name", "-n", help="The lab's name in the commands (its "
+                                              "namespaces are NAME.NODE; default: the file's name: or its file name)."),
+           backend: Optional[str] = typer.Option(None, "--backend", help=f"Override the cluster backend: TYPE or "
+                                                 f"TYPE:PORT ({', '.join(backends.names())}; udp:8282)."),
            lab: Optional[str] = typer.Option(None, "-l", "--lab", help="Print what `up` applied to this running "
                                                                      "lab (its recorded plan) instead.")):
     """Print the lab as plain iproute2 commands that build it by hand: what `up` would apply on
@@ -354,23 +381,26 @@ def script(file: Optional[str] = typer.Argument(None, help="Topology YAML (defau
 
 @app.command()
 @run
-def trace(src: str = typer.Argument(..., help="Source node or pod (or one of its addresses)."),
-          dst: str = typer.Argument(..., help="Destination node, pod or address."),
+def trace(src: str = typer.Argument(..., help="Source node or pod (or one of its addresses).",
+                                    autocompletion=completion.nodes),
+          dst: str = typer.Argument(..., help="Destination node, pod or address.", autocompletion=completion.nodes),
           lab: Optional[str] = LabOpt,
           proto: str = typer.Option("icmp", "--proto", help="icmp (echo), tcp (connect) or udp."),
           port: Optional[int] = typer.Option(None, "--port", help="tcp/udp destination port (tcp: 80)."),
           ttl: Optional[int] = typer.Option(None, "--ttl", help="IP TTL of the probe."),
           timeout: float = typer.Option(1.0, "--timeout", help="Seconds to wait for the probe and its reply."),
+          brief: bool = typer.Option(False, "--brief", "-b", help="One line per hop."),
           as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
     """Send one probe and show its path hop by hop, with the kernel entries that chose each step.
     Exits 1 when the probe or its reply did not get through."""
     from .observe import trace as tracemod  # lazy: start-up
     labmod.require_root()
-    result = tracemod.trace(labmod.resolve_lab(lab), src, dst, proto, port, ttl, timeout)
+    lab, src, dst = labmod.resolve_nodes(lab, src, dst)
+    result = tracemod.trace(lab, src, dst, proto, port, ttl, timeout)
     if as_json:
         print(json.dumps(result, indent=1))
     else:
-        tracemod.render(console, result)
+        (tracemod.render_brief if brief else tracemod.render)(console, result)
     if not tracemod.complete(result):
         raise typer.Exit(1)
 
@@ -427,7 +457,8 @@ def test_(file: Optional[str] = typer.Argument(None, help="Topology file: bring 
 @app.command()
 @run
 def capture(target: str = typer.Argument(..., metavar="NODE[:IFACE]",
-                                         help="Node, and interface (default: its underlay interface)."),
+                                         help="Node, and interface (default: its underlay interface).",
+                                         autocompletion=completion.node_ifaces),
             lab: Optional[str] = LabOpt,
             write: Optional[str] = typer.Option(None, "-w", "--write", help="Write a pcap file (Wireshark, tshark)."),
             count: Optional[int] = typer.Option(None, "-c", "--count", help="Stop after this many packets."),
@@ -439,7 +470,8 @@ def capture(target: str = typer.Argument(..., metavar="NODE[:IFACE]",
     from .observe import capture as capmod  # lazy: start-up
     labmod.require_root()
     labmod.require_tools("ip", "tcpdump")
-    rc = capmod.run(labmod.resolve_lab(lab), target, pcap=write, count=count, bpf=bpf, decode=decode or as_json,
+    lab, target = labmod.resolve_nodes(lab, target)
+    rc = capmod.run(lab, target, pcap=write, count=count, bpf=bpf, decode=decode or as_json,
                     as_json=as_json)
     if rc:
         raise typer.Exit(rc)
@@ -492,7 +524,8 @@ app.add_typer(link_app, name="link")
 
 @link_app.command("set")
 @run
-def link_set(target: str = typer.Argument(..., help="NODE:IFACE (the end whose outgoing traffic is shaped)."),
+def link_set(target: str = typer.Argument(..., help="NODE:IFACE (the end whose outgoing traffic is shaped).",
+                                          autocompletion=completion.node_ifaces),
              lab: Optional[str] = LabOpt,
              rate: Optional[str] = typer.Option(None, "--rate", help="e.g. 10mbit (tc's units: mbps is megaBYTES/s)."),
              delay: Optional[str] = typer.Option(None, "--delay", help="e.g. 50ms (needs netem)."),
@@ -505,7 +538,7 @@ def link_set(target: str = typer.Argument(..., help="NODE:IFACE (the end whose o
     """Set conditions on one end of a link, on top of what it has (a new --delay keeps its rate)."""
     from . import shaping  # lazy: start-up
     labmod.require_root()
-    lab = labmod.resolve_lab(lab)
+    lab, target = labmod.resolve_nodes(lab, target)
     values = {k: v for k, v in dict(rate=rate, delay=delay, jitter=jitter, loss=loss, limit=limit,
                                     burst=burst).items() if v is not None}
     cond, notice = shaping.set_conditions(lab, target, values, without_netem=without_netem)
@@ -516,46 +549,57 @@ def link_set(target: str = typer.Argument(..., help="NODE:IFACE (the end whose o
 
 @link_app.command("show")
 @run
-def link_show(target: Optional[str] = typer.Argument(None, help="NODE or NODE:IFACE (default: every interface)."),
+def link_show(target: Optional[str] = typer.Argument(None, help="NODE or NODE:IFACE (default: every interface).",
+                                                     autocompletion=completion.node_ifaces),
               lab: Optional[str] = LabOpt,
-              as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
-    """Each interface's conditions, read back from the kernel."""
+              show_all: bool = typer.Option(False, "--all", "-a", help="Every interface, shaped or not."),
+              as_json: bool = typer.Option(False, "--json", help="Machine-readable output (every interface).")):
+    """The shaped interfaces' conditions, read back from the kernel (--all: every interface)."""
     from . import shaping  # lazy: start-up
     labmod.require_root()
-    rows = shaping.show(labmod.resolve_lab(lab), target)
+    lab, target = labmod.resolve_nodes(lab, target)
+    rows = shaping.show(lab, target)
     if as_json:
         print(json.dumps(rows, indent=1))
         return
+    if not show_all and ":" not in (target or ""):     # NODE:IFACE asks for that one, shaped or not
+        rows = [r for r in rows if r["conditions"]]
+        if not rows:
+            out.say(f"no shaped interfaces{' in ' + target if target else ''} (`nslab link show --all` lists "
+                    f"every interface and its queue)")
+            return
     out.table(console, ["node", "interface", "qdisc", "conditions"],
               [[r["node"], r["iface"], r["kind"], r["conditions"] or "-"] for r in rows])
 
 
 @link_app.command("clear")
 @run
-def link_clear(target: str = typer.Argument(..., help="NODE:IFACE"), lab: Optional[str] = LabOpt):
+def link_clear(target: str = typer.Argument(..., help="NODE:IFACE", autocompletion=completion.node_ifaces), lab: Optional[str] = LabOpt):
     """Remove an interface's conditions (declared ones too): the kernel's default queue again."""
     from . import shaping  # lazy: start-up
     labmod.require_root()
-    lab = labmod.resolve_lab(lab)
+    lab, target = labmod.resolve_nodes(lab, target)
     shaping.clear(lab, target)
     console.print(f"{target}: no conditions", markup=False)
 
 
 @link_app.command("down")
 @run
-def link_down(target: str = typer.Argument(..., help="NODE:IFACE, e.g. worker1:flannel.4000."),
+def link_down(target: str = typer.Argument(..., help="NODE:IFACE, e.g. worker1:flannel.4000.",
+                                           autocompletion=completion.node_ifaces),
               lab: Optional[str] = LabOpt):
     """Set an interface down, as `ip link set dev IFACE down` does: Linux drops the routes
     through it and its neighbours with it (flannel's too, on flannel.<VNI>)."""
     labmod.require_root()
-    lab = labmod.resolve_lab(lab)
+    lab, target = labmod.resolve_nodes(lab, target)
     labmod.set_link(lab, target, up=False)
     console.print(f"{target}: down (`nslab link up -l {lab} {target}` brings it back with its routes)", markup=False)
 
 
 @link_app.command("up")
 @run
-def link_up(target: str = typer.Argument(..., help="NODE:IFACE, e.g. worker1:flannel.4000."),
+def link_up(target: str = typer.Argument(..., help="NODE:IFACE, e.g. worker1:flannel.4000.",
+                                         autocompletion=completion.node_ifaces),
             lab: Optional[str] = LabOpt):
     """Set an interface up, then restore the node's routes, neighbours and FDB entries the lab
     applied (its recorded plan) that Linux dropped meanwhile, printed as iproute2 commands.
@@ -564,9 +608,10 @@ def link_up(target: str = typer.Argument(..., help="NODE:IFACE, e.g. worker1:fla
     flannel.<VNI> set down and up (it watches only for the device's deletion, and then
     recreates it): there the entries stay gone until a lease changes or flanneld restarts."""
     labmod.require_root()
-    lab = labmod.resolve_lab(lab)
+    lab, target = labmod.resolve_nodes(lab, target)
     restored = labmod.set_link(lab, target, up=True)
-    console.print(f"{target}: up, {len(restored)} entries restored" + (":" if restored else ""), markup=False)
+    console.print(f"{target}: up, {out.plural(len(restored), 'entry', 'entries')} restored" + (":" if restored else ""),
+                  markup=False)
     for line in restored:
         console.print(f"  {line}", markup=False)
 

@@ -19,7 +19,8 @@ import inspect
 import os
 import sys
 
-_PLAIN_KW = {"help", "metavar", "show_default", "hidden", "rich_help_panel"}
+_PLAIN_KW = {"help", "metavar", "show_default", "hidden", "rich_help_panel",
+             "autocompletion"}   # used only while the shell completes, on typer's road
 
 
 class Exit(Exception):

@@ -42,6 +42,11 @@ def width(stream=None) -> int | None:
         return 80
 
 
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """'1 node', '2 nodes', '1 entry', '3 entries' (give `many` where 's' is not the plural)."""
+    return f"{n} {word if n == 1 else many or word + 's'}"
+
+
 def say(text: str = "") -> None:
     """One plain line on stdout (no markup, no rich)."""
     sys.stdout.write(text + "\n")

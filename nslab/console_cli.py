@@ -4,7 +4,7 @@
                                            arguments become their addresses, as in Mininet)
     nslab> worker1 tcpdump -ni enp0s3 -c2  any command, output as it comes; Ctrl-C stops it
     nslab> pingall                         every pod and host pings every other (a matrix)
-    nslab> nodes | links | dump | help | exit
+    nslab> nodes | links | dump | clear | help | exit
 
 History (up/down arrows; kept in ~/.nslab_history when HOME is ours) and tab completion of commands and node
 names come from readline.  Each command runs as `nslab exec` runs it: in the node's network
@@ -25,7 +25,8 @@ from .observe import probe
 from .observe.checks import pair_endpoints
 from .runtime import spawn
 
-COMMANDS = ("nodes", "links", "dump", "pingall", "help", "exit", "quit")
+COMMANDS = ("nodes", "links", "dump", "pingall", "clear", "help", "exit", "quit")
+CLEAR = "\x1b[H\x1b[2J\x1b[3J"      # cursor home, clear the screen and its scrollback (as clear(1))
 HISTORY = ".nslab_history"           # in HOME
 HISTORY_LENGTH = 1000
 
@@ -106,6 +107,10 @@ class Console:
             return False
         if head in ("nodes", "links", "dump", "pingall"):
             getattr(self, head)()
+        elif head == "clear":
+            if self.out.isatty():             # piped, a clear is no output worth writing
+                self.out.write(CLEAR)
+                self.out.flush()
         elif head == "help":
             self.say(__doc__.split("\n\n")[1])
         elif head in self.topo.nodes:

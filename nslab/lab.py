@@ -52,20 +52,37 @@ def bundled_topologies() -> list[str]:
 
 def find_topology(spec: str, bases: tuple = ()) -> str:
     """The topology file `spec` names: a path that exists (as given, or relative to one of
-    `bases`), else one bundled with nslab, by name (`spine-leaf`, `spine-leaf.yaml`) or
-    spelled as in nslab's repository (`topologies/spine-leaf.yaml`, so examples copied from
-    the README work anywhere).  Neither: the path as given (loading it says it is missing)."""
+    `bases`), else, for a bare name only (`spine-leaf`: no folder, no .yaml), the topology
+    bundled with nslab under that name.  Otherwise the path as given (load() says it is
+    missing, naming the bundled topology of that name if there is one): a path that does
+    not exist never silently means a bundled file."""
     path = Path(spec)
     if path.is_absolute() or path.is_file():
         return spec
     for base in bases:
         if (Path(base) / path).is_file():
             return str(Path(base) / path)
-    if len(path.parts) == 1 or (len(path.parts) == 2 and path.parts[0] == "topologies"):
-        for candidate in (BUNDLED / path.name, BUNDLED / f"{path.name}.yaml"):
-            if candidate.is_file():
-                return str(candidate)
+    if bare_name(spec) and (BUNDLED / f"{spec}.yaml").is_file():
+        return str(BUNDLED / f"{spec}.yaml")
     return spec
+
+
+def bare_name(spec: str) -> bool:
+    """`spine-leaf`: a bundled topology's name, not a path (no folder, no .yaml)."""
+    return bool(spec) and os.sep not in spec and not spec.endswith((".yaml", ".yml")) and spec not in (".", "..")
+
+
+def missing_topology(spec: str) -> UsageError:
+    """One sentence for a topology that is neither a file nor a bundled name; a path whose
+    file name is a bundled topology's names that one as the alternative."""
+    stem = Path(spec).stem if spec.endswith((".yaml", ".yml")) else Path(spec).name
+    if (BUNDLED / f"{stem}.yaml").is_file():
+        return UsageError(f"no topology file {spec!r}: no such file; nslab bundles a topology of that name: "
+                          f"give it as {stem}")
+    from . import generate  # lazy: start-up
+    return UsageError(f"no topology {spec!r}: no such file, and nslab bundles no topology of that name "
+                      f"(bundled: {', '.join(bundled_topologies())}; or a generated fabric: "
+                      f"{', '.join(generate.EXAMPLES.values())})")
 
 
 def is_shape(spec: str) -> bool:
@@ -80,13 +97,11 @@ def load(file: str, name: str | None = None, overrides: dict | None = None) -> m
     `nslab generate` would write, by its shape (`nslab up clos:4,20,50`: generated in
     memory; the run directory records the text as for any file)."""
     found = find_topology(file)
-    if found == file and not os.path.exists(file) and os.sep not in file:
-        from . import generate  # lazy: start-up
-        if is_shape(file):
+    if found == file and not os.path.exists(file):
+        if os.sep not in file and is_shape(file):
+            from . import generate  # lazy: start-up
             return model.load(file, text=generate.render(file, name=name), name=name, overrides=overrides)
-        raise UsageError(f"no topology {file!r}: no such file, and nslab bundles no topology of that name "
-                         f"(bundled: {', '.join(bundled_topologies())}; or a generated fabric: "
-                         f"{', '.join(generate.EXAMPLES.values())})")
+        raise missing_topology(file)
     return model.load(found, name=name, overrides=overrides)
 
 
@@ -323,6 +338,16 @@ def hosts_text(plan: Plan) -> str:
     return "127.0.0.1 localhost\n" + "".join(f"{addr} {name}\n" for name, addr in sorted(plan.hosts.items()))
 
 
+# A lab's own resolv.conf (beside its hosts file, bind-mounted over /etc/resolv.conf by
+# `ip netns exec`): without it a node asks the host's nameserver, which no lab reaches, and
+# `ping nosuch` waits 5-10 s on it.  Names resolve through /etc/hosts; a query for anything
+# else goes to the node's own loopback, where nothing listens: refused at once.
+RESOLV_CONF = ("# nslab: this lab has no DNS server; its node names resolve through /etc/hosts.\n"
+               "# Any other name is asked here (the node's own loopback) and fails at once.\n"
+               "nameserver 127.0.0.1\n"
+               "options timeout:1 attempts:1\n")
+
+
 def hosts_leftovers(plan: Plan) -> list[str]:
     """/etc/netns/<ns> entries in the way of the plan's links: a directory holding only the
     hosts file `nslab script` writes for this very plan is adopted (returned: replaced by
@@ -349,7 +374,8 @@ def hosts_leftovers(plan: Plan) -> list[str]:
 
 def write_hosts_files(plan: Plan, st: state.LabState, record, adopt: list[str] = ()) -> None:
     """Node names for `ip netns exec` (and so `nslab exec`): it bind-mounts
-    /etc/netns/<ns>/hosts over /etc/hosts.  One hosts file per lab, under the lab's run
+    /etc/netns/<ns>/hosts over /etc/hosts, and resolv.conf over /etc/resolv.conf
+    (RESOLV_CONF).  One hosts file and one resolv.conf per lab, under the lab's run
     directory; each /etc/netns/<ns> is a symlink to its folder (one write in /etc per
     namespace, one unlink at down), recorded once made.  `adopt`: hosts-only leftovers of
     this plan (hosts_leftovers), replaced by the link."""
@@ -359,6 +385,8 @@ def write_hosts_files(plan: Plan, st: state.LabState, record, adopt: list[str] =
     os.makedirs(etc, exist_ok=True)
     with open(os.path.join(etc, "hosts"), "w") as f:
         f.write(hosts_text(plan))
+    with open(os.path.join(etc, "resolv.conf"), "w") as f:
+        f.write(RESOLV_CONF)
     if not os.path.isdir(state.HOSTS_DIR):
         os.makedirs(state.HOSTS_DIR, exist_ok=True)
         open(state.HOSTS_DIR_MARK, "w").close()     # nslab made it: the last down removes it
@@ -476,17 +504,48 @@ def enter_uts(lab: str, node: str) -> None:
 
 
 def resolve_lab(lab: str | None) -> str:
-    """-l LAB, or the only running lab."""
+    """-l LAB, else $NSLAB_LAB (set inside `nslab shell`, or by you), else the only running lab."""
     running = state.labs()
     if lab:
         if lab not in running:
             raise UsageError(f"no lab named {lab!r} is running (running: {', '.join(running) or 'none'})")
         return lab
+    default = os.environ.get("NSLAB_LAB")
+    if default:
+        if default not in running:
+            raise UsageError(f"NSLAB_LAB={default}: no lab of that name is running (running: "
+                             f"{', '.join(running) or 'none'}); unset it or give -l LAB")
+        return default
     if len(running) == 1:
         return running[0]
     if not running:
         raise UsageError("no lab is running (start one with `nslab up`)")
-    raise UsageError(f"several labs are running ({', '.join(running)}): say which with -l LAB")
+    raise UsageError(f"several labs are running ({', '.join(running)}): say which with -l LAB "
+                     f"(or a node as LAB.NODE, or NSLAB_LAB=LAB)")
+
+
+def resolve_nodes(lab: str | None, *targets: str | None) -> tuple:
+    """The lab and the node arguments of a command: a node may be written as the namespace
+    name nslab prints, `LAB.NODE` (also `LAB.NODE:IFACE`), which names the lab as well (no
+    -l needed however many labs run).  Returns (lab, *targets without the `LAB.` prefix).
+    Node and lab names hold no '.', so an address (10.244.1.2) is never read as one."""
+    running = None
+    named: list[str] = []
+    plain = []
+    for t in targets:
+        head, dot, rest = (t or "").partition(".")
+        if dot and "." not in rest.split(":")[0] and state.valid_lab(head):
+            running = running if running is not None else state.labs()
+            if head in running:
+                named.append(head)
+                plain.append(rest)
+                continue
+        plain.append(t)
+    chosen = lab or (named[0] if named else None)
+    for other in named:
+        if other != chosen:
+            raise UsageError(f"nodes of two labs given ({chosen} and {other}): one command works on one lab")
+    return (resolve_lab(chosen), *plain)
 
 
 def node_namespace(lab: str, node: str) -> str:

@@ -2,7 +2,7 @@
 
     import pytest
 
-    @pytest.mark.nslab("topologies/spine-leaf.yaml")          # up before the test, down after
+    @pytest.mark.nslab("topologies/spine-leaf.yaml")          # a path; up before, down after
     def test_overlay(lab):
         assert lab.ping("client", "web-worker3").ok
         assert lab.test().ok                                   # the file's own tests: section
@@ -53,16 +53,18 @@ def pytest_configure(config):
 
 
 def find_topology(spec: str, *bases: Path) -> str:
-    """A topology path: absolute, relative to one of `bases`, or bundled with nslab by name
-    (`spine-leaf`) or as spelled in nslab's repository (`topologies/spine-leaf.yaml`); or
-    a generated fabric's shape (`clos:2,4,10`), as `nslab up` takes it."""
+    """A topology path: absolute or relative to one of `bases`; a bare name (`spine-leaf`)
+    bundled with nslab; or a generated fabric's shape (`clos:2,4,10`), as `nslab up` takes
+    it (lab.find_topology: a path that does not exist is never a bundled file)."""
     from nslab import lab as labmod  # lazy: start-up (the plugin loads with every pytest run)
     found = labmod.find_topology(spec, tuple(bases))
     if Path(found).is_file() or (found == spec and labmod.is_shape(spec)):   # a file, or a fabric's shape
         return found
     looked = list(dict.fromkeys(str((b / spec).parent) for b in bases))     # rootdir is often the test's dir
-    pytest.fail(f"nslab: no topology {spec!r} (not in {', '.join(looked) or '.'}, and nslab bundles none of that "
-                f"name: {', '.join(labmod.bundled_topologies())})", pytrace=False)
+    stem = Path(spec).stem
+    alternative = (f"nslab bundles a topology named {stem}: nslab_lab({stem!r})" if stem in labmod.bundled_topologies()
+                   else f"and nslab bundles none of that name: {', '.join(labmod.bundled_topologies())}")
+    pytest.fail(f"nslab: no topology {spec!r} (not in {', '.join(looked) or '.'}; {alternative})", pytrace=False)
 
 
 NEEDS_ROOT = "needs root (real network namespaces); run as root"

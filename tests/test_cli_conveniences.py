@@ -25,13 +25,25 @@ def test_bad_option_values_blame_the_option(args, message):
 
 def test_bundled_names_validate_anywhere(tmp_path):
     import subprocess, sys
-    r = subprocess.run([sys.executable, "-m", "nslab", "validate", "diy-veth", "topologies/spine-leaf.yaml",
-                        "nosuch"], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    r = subprocess.run([sys.executable, "-m", "nslab", "validate", "diy-veth", "spine-leaf", "nosuch"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert r.returncode == 2
     assert r.stdout.splitlines() == ["diy-veth: ok (lab diy-veth: 2 nodes, 10 operations)",
-                                     "topologies/spine-leaf.yaml: ok (lab spine-leaf: 13 nodes, 153 operations)"]
+                                     "spine-leaf: ok (lab spine-leaf: 13 nodes, 153 operations)"]
     assert r.stderr.startswith("nslab: no topology 'nosuch': no such file, and nslab bundles no topology of that "
                                "name (bundled: containers, diy-bridge, ")
+
+
+@pytest.mark.parametrize("spec", ["topologies/spine-leaf.yaml", "spine-leaf.yaml", "./spine-leaf"])
+def test_a_path_that_does_not_exist_is_an_error_naming_the_bundled_file(tmp_path, spec):
+    """Only a bare name means a bundled topology: a missing path (here: relative to an empty
+    folder) used to bring up the bundled file of the same name without a word."""
+    import subprocess, sys
+    r = subprocess.run([sys.executable, "-m", "nslab", "validate", spec], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=60)
+    assert (r.returncode, r.stdout) == (2, ""), r
+    assert r.stderr == (f"nslab: no topology file {spec!r}: no such file; nslab bundles a topology of that name: "
+                        f"give it as spine-leaf\n")
 
 
 def test_package_face_is_lazy_and_complete(tmp_path):

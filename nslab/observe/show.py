@@ -523,6 +523,8 @@ def render(console, st, data: dict) -> None:
     for node, entry in data["nodes"].items():
         title = Text.assemble((node, "bold"), f"  namespace {entry['namespace']}")
         console.print(Rule(title, align="left") if limit else title)
+        for line in about_lines(entry["about"]) if entry.get("about") else []:
+            emit(line, 4, "yellow")
         if entry.get("error"):
             console.print(Text(entry["error"], style="red"))
             continue
@@ -582,3 +584,63 @@ def _section(console, title: str, lines: list[str], limit: int | None = None) ->
         parts = ("  " + line).split("\n\t")          # multipath: one nexthop a line
         text = "\n".join([out.wrap(parts[0], limit, 6)] + [out.wrap("      " + p, limit, 8) for p in parts[1:]])
         console.print(Text(text), soft_wrap=True)
+
+
+# --- what a node is (from the resolved topology and the record) -----------------------------
+
+def about(topo, st, node: str) -> dict:
+    """What NODE is in the lab, beside what its kernel holds: its kind; for a cluster node its
+    flannel role, pod CIDR, VTEP and pods; for a pod its node and containers; for a container
+    node its image and container.  JSON-ready."""
+    n = topo.nodes[node]
+    facts: dict[str, Any] = {"kind": n.kind}
+    cluster = getattr(topo, "cluster", None)
+    if cluster is not None and node in cluster.nodes:
+        cn = cluster.nodes[node]
+        facts.update(role=f"flannel node ({cluster.backend.type})", pod_cidr=str(cn.subnet),
+                     underlay=f"{cn.underlay} {cn.ip}", pods=list(cn.pods))
+        device = cluster.backend.device
+        if device:
+            # flannel's VTEP: the subnet's .0 as a /32 on the device (vxlan: with its MAC)
+            facts["vtep"] = f"{device} {cn.subnet.network_address}/32" + \
+                (f" {cn.vtep_mac}" if cluster.backend.type == "vxlan" else "")
+    if cluster is not None and node in cluster.pods:
+        pod = cluster.pods[node]
+        facts.update(node=pod.node, pod_ip=str(pod.ip.ip))
+        if n.members:
+            facts["containers"] = [m.name + (f" ({m.serve} :{m.port})" if m.serve else "") for m in n.members]
+    if n.container is not None:
+        facts["image"] = n.container.image
+        made = [c for c in st.containers if c.get("node") == node]
+        if made:
+            facts["container"] = f"{made[0].get('name')} {str(made[0].get('id') or '')[:12]}".strip()
+    return facts
+
+
+def about_lines(facts: dict) -> list[str]:
+    """`about` as show prints it: one fact a line."""
+    lines = [f"kind {facts['kind']}" + (f", {facts['role']}" if facts.get("role") else "")]
+    for key, label in (("pod_cidr", "pod CIDR"), ("vtep", "VTEP"), ("underlay", "underlay"),
+                       ("node", "on node"), ("pod_ip", "pod IP"), ("image", "image"), ("container", "container")):
+        if facts.get(key):
+            lines.append(f"{label} {facts[key]}")
+    if "pods" in facts:
+        lines.append(f"pods {' '.join(facts['pods']) or '(none)'}")
+    if facts.get("containers"):
+        lines.append(f"containers {', '.join(facts['containers'])}")
+    return lines
+
+
+def inspect_rows(topo, st, data: dict) -> list[dict]:
+    """One row per node (containerlab's inspect): kind, cluster role, addresses, status."""
+    rows = []
+    for node, entry in data["nodes"].items():
+        facts = about(topo, st, node)
+        addrs = [a["text"].split()[1] for link in entry.get("interfaces", []) if link["kind"] != "loopback"
+                 for a in link["addresses"] if a["text"].startswith("inet ")]
+        down = [link["name"] for link in entry.get("interfaces", [])
+                if link["kind"] != "loopback" and link["state"] not in ("UP", "UNKNOWN")]
+        status = "missing" if entry.get("error") else f"down: {','.join(down)}" if down else "up"
+        role = facts.get("role") or (f"pod on {facts['node']}" if facts.get("node") else "")
+        rows.append(dict(node=node, kind=facts["kind"], role=role, addresses=addrs, status=status))
+    return rows

@@ -36,6 +36,7 @@ from .. import state
 from ..apply import netns
 from .decode import decode, first_layer, format_layer, format_layers, innermost_ip, ip_key, split
 from ..errors import NslabError, UsageError
+from ..model.tests import SVC
 from ..runtime import spawn
 from . import nat
 from . import probe as probes
@@ -470,6 +471,21 @@ def resolve(topo, text: str) -> Endpoint:
     return Endpoint(text, owner, str(addr))
 
 
+def _service_target(lab: str, dst: str, proto: str, port: int | None) -> tuple[dict, str, str, int]:
+    """svc/NAME -> (the service as the trace names it, its cluster IP, the protocol: the
+    service's unless --proto says tcp/udp, the port: its own unless --port says)."""
+    topo = labmod.topology(lab)
+    services = topo.cluster.services if topo.cluster is not None else {}
+    name = dst[len(SVC):]
+    if name not in services:
+        raise UsageError(f"lab {lab} has no service {name!r} (services: {', '.join(services) or 'none'})")
+    svc = services[name]
+    if proto == "icmp":                 # kube-proxy rewrites the service's port only: no ping
+        proto = svc.protocol.lower()
+    return ({"name": svc.name, "type": svc.type, "cluster_ip": str(svc.cluster_ip), "port": svc.port,
+             "node_port": svc.node_port}, str(svc.cluster_ip), proto, port if port is not None else svc.port)
+
+
 def _peers(topo) -> dict[tuple[str, str], tuple[str, str]]:
     return {(n.name, i.name): (i.peer_node, i.peer_name) for n in topo.nodes.values() for i in n.ifaces}
 
@@ -477,6 +493,9 @@ def _peers(topo) -> dict[tuple[str, str], tuple[str, str]]:
 def trace(lab: str, src: str, dst: str, proto: str = "icmp", port: int | None = None, ttl: int | None = None,
           timeout: float = 1.0) -> dict:
     labmod.require_root()
+    service = None
+    if dst.startswith(SVC):             # svc/NAME, as in a topology's tests: its cluster IP and port, over TCP
+        service, dst, proto, port = _service_target(lab, dst, proto, port)
     if ":" in dst:                      # ADDRESS:PORT, as the note writes a service (10.111.222.68:8080)
         dst, _, text = dst.rpartition(":")
         if not text.isdigit() or (port is not None and port != int(text)):
@@ -542,8 +561,10 @@ def trace(lab: str, src: str, dst: str, proto: str = "icmp", port: int | None = 
     dnats = [n for n in nats if n.dnat]
     target = resolve(topo, dnats[-1].after.dst).node if dnats else d.node     # the endpoint DNAT chose
     peers = _peers(topo)
+    if service is not None:
+        d.name = f"svc/{service['name']}"
     result: dict[str, Any] = {
-        "lab": lab, "src": vars(s), "dst": vars(d),
+        "lab": lab, "src": vars(s), "dst": vars(d), "service": service,
         "probe": {"proto": proto, "src": probe.src, "dst": probe.dst, "port": port, "ident": probe.ident,
                   "seq": probe.seq if proto == "icmp" else None, "ttl": ttl, "text": probe.describe()},
     }
@@ -690,12 +711,63 @@ def _drop(p: dict, namespaces: dict[str, str], topo) -> dict:
 PIPED_WIDTH = 100     # piped, trace still wraps (at parts, words whole): its packet lines run to ~170
 
 
+def _width(console) -> int:
+    """The terminal's width; piped, COLUMNS when set (`COLUMNS=200 nslab trace ... | less`),
+    else PIPED_WIDTH."""
+    cols = os.environ.get("COLUMNS", "")
+    piped = int(cols) if cols.isascii() and cols.isdigit() and int(cols) >= 40 else PIPED_WIDTH
+    return out.fits(console) or piped
+
+
+def render_brief(console, r: dict) -> None:
+    """`trace --brief`: one line per hop (node, interface, direction, time, and the entry that
+    chose the step, or the encapsulation seen), cut to the width with '…'."""
+    from rich.text import Text  # lazy: start-up
+    limit = _width(console)
+
+    def line(text: str, style: str = "") -> None:
+        console.print(Text(text if len(text) <= limit else text[:limit - 1] + "…", style=style), soft_wrap=True)
+    s, d = r["src"], r["dst"]
+    line(f"trace {s['name']} -> {_destination(r)}  {r['probe']['text']}  lab {r['lab']}", "bold")
+    hops = [h for name in ("request", "reply") for h in r[name]["hops"]]
+    nw, iw = (max([len(h[k]) for h in hops] + [4]) for k in ("node", "iface"))
+    for name in ("request", "reply"):
+        p = r[name]
+        line(f"{name}  {p['kind'] or ''}".rstrip(), "bold magenta")
+        for i, h in enumerate(p["hops"], 1):
+            line(f"  {i:>2} {h['node']:<{nw}} {h['iface']:<{iw}} {h['dir']:<3} {_brief_what(h)}".rstrip())
+        if p["delivered"]:
+            line(f"  delivered to {p['hops'][-1]['node']}", "green")
+        elif p["drop"]:
+            dr = p["drop"]
+            line(f"  dropped at {dr['node']} {dr.get('iface') or ''} ({dr['reason']}): {dr['detail']}", "red")
+        elif not p["hops"]:
+            line("  not seen anywhere" if name == "request" else "  no reply seen", "red")
+
+
+def _destination(r: dict) -> str:
+    """The trace's destination as its header names it: a service by name, type, IP and port."""
+    svc, d = r.get("service"), r["dst"]
+    return f"service {svc['name']} ({svc['type']} {d['ip']}:{svc['port']})" if svc else f"{d['name']} ({d['ip']})"
+
+
+def _brief_what(h: dict) -> str:
+    """A hop in a few words: the entry that chose the step, else the outer headers seen
+    (their Ethernet part left out), else its note."""
+    if h["decisions"]:
+        d = h["decisions"][0]
+        return f"{d['kind']} {d['text'].split(chr(10))[0]}"
+    if h["outer"]:
+        return "outer " + " | ".join(part for part in h["outer"].split(" | ") if not part.startswith("eth "))
+    return h.get("note") or ""
+
+
 def render(console, r: dict) -> None:
     """The trace as text: a hop's header, then its packet and the kernel entries that chose
-    the step on lines of their own, each wrapped to the terminal's width (PIPED_WIDTH piped)
-    between header parts, so no address or name is split or cut."""
+    the step on lines of their own, each wrapped to the terminal's width (piped: COLUMNS if
+    set, else PIPED_WIDTH) between header parts, so no address or name is split or cut."""
     from rich.text import Text  # lazy: start-up
-    limit = out.fits(console) or PIPED_WIDTH
+    limit = _width(console)
 
     def emit(text: str, indent: int, style: str | None = None, sep: str = " | ") -> None:
         line = Text(out.wrap(text, limit, indent, sep), style=style or "")
@@ -703,8 +775,8 @@ def render(console, r: dict) -> None:
         console.print(line, soft_wrap=True)
     s, d = r["src"], r["dst"]
     probe = r["probe"]["text"] + (f"  ttl {r['probe']['ttl']}" if r["probe"]["ttl"] else "")
-    emit(f"trace {s['name']} ({s['ip'] or s['node']}) -> {d['name']} ({d['ip']})  {probe}  lab {r['lab']}", 6,
-         "bold", sep=" ")
+    emit(f"trace {s['name']} ({s['ip'] or s['node']}) -> {_destination(r)}  {probe}  lab {r['lab']}", 6, "bold",
+         sep=" ")
     for name in ("request", "reply"):
         p = r[name]
         console.print()
@@ -741,5 +813,5 @@ def render(console, r: dict) -> None:
         emit(f"  connection refused: {d['name']} answered the SYN with RST (nothing listens on port "
              f"{r['probe']['port']})", 4, "red", sep=" ")
     console.print()
-    console.print(Text(f"trace took {r['elapsed_ms']:.0f} ms (probe, captures on every interface, kernel lookups)",
-                       style="dim"))
+    emit(f"trace took {r['elapsed_ms']:.0f} ms (probe, captures on every interface, kernel lookups)", 2, "dim",
+         sep=" ")

@@ -68,9 +68,20 @@ def test_plugin_names_where_it_looked_once(tmp_path):
                        capture_output=True, text=True, cwd=tmp_path, timeout=120 * TIMEOUT_SCALE)
     assert r.returncode == 1
     line = next(l for l in r.stdout.splitlines() if "no topology" in l)
-    assert f"nslab: no topology 'topologies/nope.yaml' (not in {tmp_path}/topologies, and nslab bundles none " \
+    assert f"nslab: no topology 'topologies/nope.yaml' (not in {tmp_path}/topologies; and nslab bundles none " \
            f"of that name: " in line, line
     assert line.count(str(tmp_path)) == 1
+
+
+def test_plugin_refuses_a_missing_path_naming_the_bundled_topology(tmp_path):
+    (tmp_path / "test_missing.py").write_text('import pytest\n\n@pytest.mark.nslab("topologies/diy-veth.yaml")\n'
+                                              'def test_x(lab):\n    pass\n')
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_missing.py"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=120 * TIMEOUT_SCALE)
+    assert r.returncode == 1
+    line = next(l for l in r.stdout.splitlines() if "no topology" in l)
+    assert f"nslab: no topology 'topologies/diy-veth.yaml' (not in {tmp_path}/topologies; nslab bundles a " \
+           f"topology named diy-veth: nslab_lab('diy-veth'))" in line, line
 
 
 def test_ls_tells_labs_of_one_file_apart_by_backend(root_unchanged):
@@ -246,6 +257,8 @@ def test_console_tab_completes_node_names_and_keeps_history(root_unchanged, lab_
         read_until(b"\r\nworker3\r\n")
         os.write(fd, b"cli\t ip -br addr show dev eth0\n")
         read_until(b"10.244.1.2/24")
+        os.write(fd, b"clear\n")
+        read_until(b"\x1b[H\x1b[2J")                     # clear(1)'s screen reset, on a terminal
         os.write(fd, b"exit\n")
         _, status = os.waitpid(pid, 0)
         pid = 0
@@ -256,7 +269,7 @@ def test_console_tab_completes_node_names_and_keeps_history(root_unchanged, lab_
             os.waitpid(pid, 0)
         os.close(fd)
     history = (tmp_path / ".nslab_history").read_text().splitlines()
-    assert history[-3:] == ["worker3 hostname", "client ip -br addr show dev eth0", "exit"]
+    assert history[-4:] == ["worker3 hostname", "client ip -br addr show dev eth0", "clear", "exit"]
 
 
 def test_trace_names_flanneld_under_udp_and_refused_tcp_fails(root_unchanged, lab_factory):

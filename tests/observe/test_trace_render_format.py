@@ -27,7 +27,8 @@ def render(r: dict, columns: int | None) -> str:
 
 
 @pytest.mark.parametrize("columns", [80, 120, None], ids=["80", "120", "piped"])
-def test_trace_lines_fit_and_nothing_is_cut(columns):
+def test_trace_lines_fit_and_nothing_is_cut(columns, monkeypatch):
+    monkeypatch.delenv("COLUMNS", raising=False)         # piped: PIPED_WIDTH unless COLUMNS says
     r = json.load(open(RESULT))
     text = render(r, columns)
     limit = columns or trace.PIPED_WIDTH
@@ -56,3 +57,29 @@ def test_trace_drop_is_said_whole():
     text = render(bad, 80)
     assert "dropped at leaf02 eth1 (no route):" in " ".join(text.split())
     assert max(len(line) for line in text.splitlines()) <= 80
+
+
+def test_piped_trace_honours_columns(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "60")
+    text = render(json.load(open(RESULT)), None)
+    assert max(len(line) for line in text.splitlines()) <= 60 < trace.PIPED_WIDTH, text
+    assert "…" not in text
+
+
+@pytest.mark.parametrize("columns", [100, None], ids=["100", "piped"])
+def test_brief_trace_is_one_line_per_hop(columns, monkeypatch):
+    monkeypatch.delenv("COLUMNS", raising=False)
+    r = json.load(open(RESULT))
+    buf = io.StringIO()
+    trace.render_brief(out.make(terminal=columns is not None, columns=columns, file=buf), r)
+    lines = ANSI.sub("", buf.getvalue()).splitlines()
+    hops = [line for line in lines if re.match(r"^ +\d+ ", line)]
+    assert len(hops) == len(r["request"]["hops"]) + len(r["reply"]["hops"]) == 40
+    assert len(lines) == 1 + 2 * 2 + 40                 # title; per direction its kind and its end
+    assert max(map(len, lines)) <= (columns or trace.PIPED_WIDTH)
+    assert hops[3].split()[:4] == ["4", "worker1", "flannel.4000", "out"]
+    assert "route 10.244.3.0/24 via 10.244.3.0 dev flannel.4000 onlink" in hops[3]
+    assert "outer ip 10.0.0.21 > 30.0.0.23 ttl 64 | udp" in hops[6] and "eth " not in hops[6]
+    assert lines[22] == "  delivered to web-worker3" and lines[-1] == "  delivered to client"
+    assert [line for line in lines if len(line) == (columns or trace.PIPED_WIDTH)] == \
+           [line for line in lines if line.endswith("…")]      # only lines too long are cut, and marked
