@@ -1,17 +1,17 @@
 """Tab completion of lab names, node names and NODE:IFACE, from the labs' records (what
 `up` recorded: no namespace is entered, nothing is changed).  Typer calls these while the
 shell completes (`nslab --install-completion` for bash, zsh or fish); any problem reading a
-record completes nothing rather than printing an error into the user's command line."""
+record completes nothing rather than printing an error into the user's command line.
+Typer passes the click context and the word being completed by parameter name (`ctx`,
+`incomplete`): no annotation, so importing this module loads no typer (CLI start-up)."""
 from __future__ import annotations
 
-import typer
 
-
-def _lab_of(ctx: typer.Context) -> str | None:
+def _lab_of(ctx) -> str | None:
     return (ctx.params or {}).get("lab") if ctx is not None else None
 
 
-def _records(ctx: typer.Context):
+def _records(ctx):
     """(lab, record) of the lab the command line names (-l), else of every running lab."""
     from . import state  # lazy: start-up of every other command
     chosen = _lab_of(ctx)
@@ -24,12 +24,12 @@ def _records(ctx: typer.Context):
             yield lab, st
 
 
-def labs(ctx: typer.Context, incomplete: str) -> list[str]:
+def labs(ctx, incomplete) -> list[str]:
     from . import state  # lazy: start-up
     return [lab for lab in state.labs() if lab.startswith(incomplete)]
 
 
-def nodes(ctx: typer.Context, incomplete: str) -> list[str]:
+def nodes(ctx, incomplete) -> list[str]:
     """Node names, and LAB.NODE (the namespace names nslab prints) once a '.' is typed or
     several labs run."""
     records = list(_records(ctx))
@@ -41,7 +41,7 @@ def nodes(ctx: typer.Context, incomplete: str) -> list[str]:
     return sorted(dict.fromkeys(out))
 
 
-def node_ifaces(ctx: typer.Context, incomplete: str) -> list[str]:
+def node_ifaces(ctx, incomplete) -> list[str]:
     """NODE (then NODE:IFACE once the node is typed with its ':'), IFACE from the lab's
     applied plan: the interfaces `up` made in that node."""
     if ":" not in incomplete:

@@ -38,7 +38,7 @@ def test_plain_command_lines_take_the_fast_road():
 
 
 @pytest.mark.parametrize("argv", [["down", "--help"], ["--help"], [], ["down", "-x"], ["trace", "a", "b", "--port", "x"],
-                                  ["exec", "h1"], ["down", "a", "b"], ["nosuchverb"], ["images"], ["--version"],
+                                  ["exec"], ["down", "a", "b"], ["nosuchverb"], ["images"], ["--version"],
                                   ["--install-completion"], ["up", "--name"]])
 def test_anything_else_goes_to_typer(argv):
     assert fast(argv) is None
