@@ -135,11 +135,14 @@ def up(file: Optional[str] = typer.Argument(None, help="Topology YAML (default: 
     if quiet:
         out.say(topo.name)
         return
+    from .observe import show as showmod  # lazy: start-up
     if as_json:
         print(json.dumps(dict(lab=topo.name, seconds=round(elapsed, 3), devices=built_rows(topo, plan),
-                              notes=st.info.get("_notices", [])), indent=1))
+                              services=showmod.service_rows(topo), notes=st.info.get("_notices", [])), indent=1))
         return
     built_table(topo, plan)
+    if showmod.service_rows(topo):
+        showmod.service_table(console, showmod.service_rows(topo))
     for note in st.info.get("_notices", []):
         console.print(f"note: {note}")
     console.print(f"lab [bold]{topo.name}[/] is up: {out.plural(len(topo.nodes), 'node')} in {elapsed:.2f} s. "
@@ -212,6 +215,14 @@ def ls(as_json: bool = typer.Option(False, "--json", help="Machine-readable outp
                          nodes=len(st.nodes),
                          namespaces=st.namespaces, processes=[p.pid for p in st.processes]))
     if as_json:
+        from .observe import show as showmod  # lazy: start-up
+        for r in rows:                  # a cluster's services, from the topology as built
+            r["services"] = []
+            if r["backend"] not in (None, "?") and r["status"] != "corrupt":
+                try:
+                    r["services"] = showmod.service_rows(labmod.topology(r["lab"]))
+                except NslabError as e:
+                    err_console.print(f"nslab: {e}", markup=False)
         print(json.dumps(rows, indent=1))
         return
     if not rows:
@@ -313,10 +324,13 @@ def show(node: Optional[str] = typer.Argument(None, help="Node name or LAB.NODE 
                       [[r["node"], r["kind"], r["role"] or "-", " ".join(r["addresses"]) or "-", r["status"]]
                        for r in rows])
         return
+    data["services"] = showmod.service_rows(topo)
     if as_json:
         print(json.dumps(data, indent=1))
     else:
         showmod.render(console, st, data)
+        if data["services"] and not node:
+            showmod.service_table(console, data["services"])
 
 
 @app.command()

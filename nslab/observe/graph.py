@@ -24,13 +24,14 @@ from ..runtime import spawn
 # `style`), and "direct" for a pair its backend routes without encapsulation.
 OVERLAY = {**{b.name: (b.style.colour, b.style.legend) for b in backends.all() if b.style != backends.DIRECT},
            "direct": (backends.DIRECT.colour, backends.DIRECT.legend)}
-FILL = {"router": "#d6e4f0", "switch": "#e8e8e8", "host": "#fdf2d0", "pod": "#dcefd8"}
+FILL = {"router": "#d6e4f0", "switch": "#e8e8e8", "host": "#fdf2d0", "pod": "#dcefd8", "service": "#f3e5f5"}
+SERVICE_EDGE = "#8e24aa"      # a service to its endpoints (kube-proxy's DNAT), dotted
 
 
 @dataclass
 class GNode:
     id: str
-    kind: str                  # router | switch | host | pod
+    kind: str                  # router | switch | host | pod | service
     title: str
     lines: list[str] = field(default_factory=list)   # interfaces that no edge shows
     group: str | None = None
@@ -48,6 +49,8 @@ class GEdge:
     b_port: str | None = None
     label: str = ""
     overlay: str | None = None     # a key of OVERLAY for overlay edges
+    service: bool = False          # a service to one of its endpoints
+    ends: str = ""                 # an overlay edge's underlay addresses (10.0.0.21 - 30.0.0.23)
 
 
 @dataclass
@@ -87,7 +90,7 @@ def build(topo) -> Drawing:
     for node in topo.nodes.values():
         g = d.nodes[node.name]
         segs = [i.segment for i in node.ifaces if i.segment]
-        if node.kind == "router" and len(gateways.get(node.name, [])) == 1:
+        if node.kind == "router" and len(gateways.get(node.name, [])) == 1 and not _transit(node, topo):
             g.group = gateways[node.name][0]             # a rack's leaf sits in its rack
         elif node.kind == "host" and len(segs) == 1:
             g.group = segs[0]
@@ -130,8 +133,23 @@ def build(topo) -> Drawing:
     if cluster is not None:
         d.overlay = cluster.backend.type
         _overlay_edges(d, cluster)
+        _services(d, cluster)
     _tunnel_edges(d, topo)
     return d
+
+
+def _services(d: Drawing, cluster) -> None:
+    """Each service a box of its own (type, cluster IP:port, node port), dotted to the pods
+    kube-proxy sends it to."""
+    for svc in cluster.services.values():
+        sid = f"svc/{svc.name}"
+        lines = [f"{svc.type} {svc.cluster_ip}:{svc.port}/{svc.protocol}"]
+        if svc.node_port:
+            lines.append(f"nodePort {svc.node_port}")
+        d.nodes[sid] = GNode(sid, "service", f"service {svc.name}", lines)
+        for pod in svc.endpoints:
+            if pod in d.nodes:
+                d.edges.append(GEdge(sid, pod, label=f":{svc.target_port}", service=True))
 
 
 def _title(topo) -> str:
@@ -139,6 +157,13 @@ def _title(topo) -> str:
     if c is None:
         return f"lab {topo.name}"
     return f"lab {topo.name}: flannel {backends.title(c.backend)}, pod network {c.network}"
+
+
+def _transit(node, topo) -> bool:
+    """A router linked to two or more other routers (a spine): drawn above the racks, even
+    where it is also one segment's gateway (the services lab's spine and its `internet`)."""
+    peers = {i.peer_node for i in node.ifaces if i.peer_node in topo.nodes and topo.nodes[i.peer_node].kind == "router"}
+    return len(peers) >= 2
 
 
 def _level(node, gateways) -> int:
@@ -169,10 +194,11 @@ def _overlay_edges(d: Drawing, cluster) -> None:
     nodes = list(cluster.nodes.values())
     for x, m in enumerate(nodes):
         for n in nodes[x + 1:]:
+            ends = f"{m.ip} - {n.ip}"       # one edge per pair of nodes, named by its ends
             if backend.direct(config, m, n):
-                d.edges.append(GEdge(m.name, n.name, label="direct", overlay="direct"))
+                d.edges.append(GEdge(m.name, n.name, label="direct", overlay="direct", ends=ends))
             else:
-                d.edges.append(GEdge(m.name, n.name, label=backend.edge_label(config), overlay=config.type))
+                d.edges.append(GEdge(m.name, n.name, label=backend.edge_label(config), overlay=config.type, ends=ends))
 
 
 def _tunnel_edges(d: Drawing, topo) -> None:
@@ -190,7 +216,7 @@ def _tunnel_edges(d: Drawing, topo) -> None:
 
 # --- graphviz -------------------------------------------------------------------------------
 
-BORDER = {"router": "#2c5d8a", "switch": "#777777", "host": "#9a7d0a", "pod": "#3c7d32"}
+BORDER = {"router": "#2c5d8a", "switch": "#777777", "host": "#9a7d0a", "pod": "#3c7d32", "service": "#8e24aa"}
 
 
 def to_dot(d: Drawing) -> str:
@@ -225,8 +251,14 @@ def to_dot(d: Drawing) -> str:
             color, _ = OVERLAY[e.overlay]
             attrs += [f'color="{color}"', f'fontcolor="{color}"', "penwidth=1.8", "constraint=false",
                       'style="dotted"' if e.overlay == "direct" else 'style="dashed"']
-            if e.label and e.overlay not in ("direct", d.overlay):   # the legend names the cluster's own
-                attrs.append(f"label={_q(e.label)}")
+            # each tunnel told apart by its ends; the legend names the cluster's own backend and "direct"
+            label = e.ends if e.ends and e.overlay in ("direct", d.overlay) else " ".join(filter(None, (e.label, e.ends)))
+            if label:
+                attrs.append(f"label={_q(label)}")
+            a, b = f"{_q(e.a)}:title", f"{_q(e.b)}:title"
+        elif e.service:
+            attrs += [f'color="{SERVICE_EDGE}"', f'fontcolor="{SERVICE_EDGE}"', 'style="dotted"', "constraint=false",
+                      f"label={_q(e.label)}"]
             a, b = f"{_q(e.a)}:title", f"{_q(e.b)}:title"
         else:
             if e.label:                 # link conditions
@@ -269,7 +301,8 @@ def _q(s: str) -> str:
 
 # --- mermaid --------------------------------------------------------------------------------
 
-MERMAID_SHAPES = {"router": ('{{"', '"}}'), "switch": ('[["', '"]]'), "host": ('["', '"]'), "pod": ('("', '")')}
+MERMAID_SHAPES = {"router": ('{{"', '"}}'), "switch": ('[["', '"]]'), "host": ('["', '"]'), "pod": ('("', '")'),
+                  "service": ('(["', '"])')}
 
 
 def to_mermaid(d: Drawing) -> str:
@@ -293,8 +326,8 @@ def to_mermaid(d: Drawing) -> str:
     emit(None, "  ")
     styles = []
     for k, e in enumerate(d.edges):
-        label = "<br/>".join(x for x in (e.a_label, e.label, e.b_label) if x)   # upper end first
-        arrow = "-.-" if e.overlay else "---"
+        label = "<br/>".join(x for x in (e.a_label, " ".join(filter(None, (e.label, e.ends))), e.b_label) if x)
+        arrow = "-.-" if e.overlay or e.service else "---"
         out.append(f"  {ids[e.a]} {arrow}" + (f'|"{_mq(label)}"|' if label else "") + f" {ids[e.b]}")
         if e.overlay:
             styles.append(f"  linkStyle {k} stroke:{OVERLAY[e.overlay][0]},stroke-width:2px,color:{OVERLAY[e.overlay][0]}")

@@ -644,3 +644,28 @@ def inspect_rows(topo, st, data: dict) -> list[dict]:
         role = facts.get("role") or (f"pod on {facts['node']}" if facts.get("node") else "")
         rows.append(dict(node=node, kind=facts["kind"], role=role, addresses=addrs, status=status))
     return rows
+
+
+# --- services ---------------------------------------------------------------------------------
+
+SERVICE_COLUMNS = ["service", "type", "cluster IP", "port", "node port", "endpoints"]
+
+
+def service_rows(topo) -> list[dict]:
+    """The lab's Kubernetes services as kube-proxy serves them: type, cluster IP, port (and
+    protocol), node port, and each endpoint as pod address:targetPort."""
+    cluster = getattr(topo, "cluster", None)
+    if cluster is None:
+        return []
+    rows = []
+    for svc in cluster.services.values():
+        eps = [f"{p} {cluster.pods[p].ip.ip}:{svc.target_port}" for p in svc.endpoints if p in cluster.pods]
+        rows.append(dict(name=svc.name, namespace=svc.namespace, type=svc.type, cluster_ip=str(svc.cluster_ip),
+                         port=svc.port, protocol=svc.protocol, node_port=svc.node_port, endpoints=eps))
+    return rows
+
+
+def service_table(console, rows: list[dict]) -> None:
+    out.table(console, SERVICE_COLUMNS,
+              [[r["name"], r["type"], r["cluster_ip"], f"{r['port']}/{r['protocol']}", str(r["node_port"] or "-"),
+                "\n".join(r["endpoints"]) or "(none)"] for r in rows], title="services")

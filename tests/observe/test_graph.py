@@ -104,8 +104,8 @@ def test_mermaid():
     assert '  subgraph g_rack1["rack1  10.0.0.0/24"]' in lines
     assert '  n_spine{{"<b>spine</b>"}}' in lines
     assert '  n_spine ---|"eth0 172.31.0.2/30<br/>eth1 172.31.0.1/30"| n_leaf01' in lines
-    assert '  n_worker1 -.-|"vxlan VNI 4000"| n_worker3' in lines
-    assert '  n_worker1 -.-|"direct"| n_worker2' in lines
+    assert '  n_worker1 -.-|"vxlan VNI 4000 10.0.0.21 - 30.0.0.23"| n_worker3' in lines
+    assert '  n_worker1 -.-|"direct 10.0.0.21 - 10.0.0.22"| n_worker2' in lines
     k = next(i for i, line in enumerate(ln for ln in lines if " --" in ln or " -.-" in ln) if "n_worker1 -.-" in line
              and "n_worker3" in line)
     assert f"  linkStyle {k} stroke:{graph.OVERLAY['vxlan'][0]},stroke-width:2px,color:{graph.OVERLAY['vxlan'][0]}" in lines
@@ -144,3 +144,35 @@ def test_cli_graph_from_a_file(tmp_path):
     r = subprocess.run(cli + [os.path.join(TOPO, "flannel-vxlan.yaml"), "-o", str(tmp_path / "x.jpg")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+
+
+def test_each_tunnel_is_one_labelled_edge_per_node_pair():
+    """Every vxlan tunnel told apart in the picture: one edge per pair of cluster nodes, named
+    by its two underlay addresses (dot and mermaid alike; the legend names the backend once)."""
+    d = drawing("spine-leaf.yaml")
+    tunnels = [e for e in d.edges if e.overlay == "vxlan"]
+    assert len(tunnels) == len({frozenset([e.a, e.b]) for e in tunnels}) == 3
+    assert sorted(e.ends for e in tunnels) == ["10.0.0.11 - 30.0.0.23", "10.0.0.21 - 30.0.0.23", "10.0.0.22 - 30.0.0.23"]
+    dot = graph.to_dot(d)
+    for e in tunnels:
+        assert f'label="{e.ends}"' in dot, e.ends         # the cluster's own backend was left unlabelled
+    assert 'label="10.0.0.21 - 10.0.0.22"' in dot         # DirectRouting inside rack1, by its ends too
+
+
+def test_services_are_drawn_with_their_endpoints():
+    d = drawing("spine-leaf-services.yaml")
+    svc = d.nodes["svc/testappds"]
+    assert (svc.kind, svc.title, svc.lines) == ("service", "service testappds",
+                                                ["NodePort 10.111.222.68:8080/TCP", "nodePort 30080"])
+    assert sorted(e.b for e in d.edges if e.service and e.a == "svc/testappds") == \
+        ["testappds-worker1", "testappds-worker2", "testappds-worker3"]
+    dot = graph.to_dot(d)
+    assert '"svc/testappds":title -- "testappds-worker3":title [color="#8e24aa"' in dot
+    assert 'n_svc_testappds(["<b>service testappds</b><br/>NodePort 10.111.222.68:8080/TCP<br/>nodePort 30080"])' \
+        in graph.to_mermaid(d)
+
+
+def test_a_spine_that_is_also_a_gateway_stays_out_of_the_segment_box():
+    d = drawing("spine-leaf-services.yaml")
+    assert d.nodes["spine"].group is None                 # was inside `internet` (it is its gateway)
+    assert d.nodes["leaf01"].group == "rack1" and d.nodes["outside"].group == "internet"
