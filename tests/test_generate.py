@@ -308,3 +308,46 @@ def test_a_shape_stands_for_a_file_wherever_a_topology_is_loaded(tmp_path):
         os.chdir(cwd)
     r = nslab("script", "single:2", cwd=tmp_path.parent)
     assert r.returncode == 0 and "ip netns add single-2.h1" in r.stdout, r.stderr
+
+
+# --- what reaches the file is one line of text (issue 18, hole 4) -------------------------------
+
+INJECTED = "\n<<: {routers: {evil: {image: busybox, command: 'touch pwned'}}}\n#"
+
+
+@pytest.mark.parametrize("args,option", [
+    (["single:2", "-o", f"d{INJECTED}/x.yaml"], "-o"),
+    (["single:2", "-o", "d\u2028x.yaml"], "-o"),
+    (["single:2", "--name", "lab\n"], "--name"),
+    (["single:2\n"], "shape"),
+    (["single:2", "-o", "x.yaml", "--name=lab\x1b[2J"], "--name"),
+    (["cluster:1,1,1", "--backend", "udp\x85", "--backend", "udp", "-o", "x.yaml"], "argument"),  # the last wins
+])
+def test_cli_refuses_control_characters(tmp_path, args, option):
+    """Issue 18: a newline in -o ended the header's comment line, and the YAML after it (a
+    merge key adding a router that runs a command) validated.  Now: exit 2, one line naming
+    the option, nothing written (the directory the path names exists: only the refusal
+    stops the write)."""
+    (tmp_path / f"d{INJECTED}").mkdir()
+    proc = nslab("generate", *args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith(f"nslab: {option} ") and proc.stderr.count("\n") == 1
+    assert "control character" in proc.stderr and "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.rglob("*")) == [f"d{INJECTED}"]
+
+
+@pytest.mark.parametrize("bad", ["\n", "\r", "\r\n", "\x85", "\u2028", "\u2029", "\x0b", "\x0c", "\x1b", "\0",
+                                 "\ufeff", "\udcff"])
+def test_comment_values_stay_on_one_line(tmp_path, bad):
+    """Defence in depth: whatever reaches the header (the command and the file name are
+    printed inside comments) is one line there, even when no check refused it first."""
+    neutral = generate.render("clos:1,2,2")
+    evil = f"a{bad}{INJECTED}"
+    text = generate.render("clos:1,2,2", command=f"nslab generate {evil}", file=evil)
+    assert len(text.splitlines()) == len(neutral.splitlines())
+    for got, want in zip(text.splitlines(), neutral.splitlines()):
+        assert got.startswith("#") == want.startswith("#"), got
+    path = tmp_path / "gen.yaml"
+    path.write_text(text, encoding="utf-8", errors="surrogatepass")
+    from nslab.model import yamldoc
+    assert yamldoc.load(str(path)).data == yamldoc.load("n.yaml", neutral).data
