@@ -8,7 +8,9 @@ or a file of ten thousand `[` is refused as soon as the count passes the limit.
 
 What nslab reads is YAML 1.1 (PyYAML's safe schema) with these decisions:
 - anchors, aliases and merge keys (`<<: *defaults`) work; a key written explicitly wins
-  over a merged one;
+  over a merged one, and an earlier source over a later one (`<<: [*a, *b]`: a's); `<<`
+  is a key like any other, so a mapping may hold it once (a second `<<:` is a duplicate
+  key: it could add keys nobody sees among the ones written);
 - keys are text: a plain key YAML would read as null, a boolean, a number (`~:`, `no:`,
   `1:`) is refused, because it is almost always a name that lost its meaning; quote it;
 - dates (`2024-01-02`) and base-60 numbers (`1:30`, which swallows MAC-like values) are
@@ -267,6 +269,9 @@ def load(file: str, text: str | None = None) -> Doc:
             out, merged = {}, []
             for k, v in zip(n.value[::2], n.value[1::2]):
                 if k.kind == "s" and k.tag == MERGE:
+                    if merged:      # `<<` is a key too: written twice, the second would add keys unseen
+                        fail(k.line, path + ("<<",), "duplicate key '<<' (merge several mappings with one "
+                                                     "key: <<: [*a, *b])")
                     merged.append((k, v))
                     continue
                 key = key_of(k, path)
