@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Network
 
 from . import backends
-from .errors import NslabError, UsageError
+from .errors import NslabError, UsageError, one_line
 from .model.types import BRIDGE_PORTS, LAB_NAME_RE, MAX_LAB_NAME
 
 MAX_NODES = 25_000          # namespaces in one generated lab (the issue's target is 10,000)
@@ -98,16 +98,6 @@ def breaks_text(c: str) -> bool:
     character, a surrogate, private or unassigned (Unicode category C*), or a line or
     paragraph separator (YAML and Python end a line at U+2028, U+2029 and U+0085 too)."""
     return unicodedata.category(c)[0] == "C" or c in "\u2028\u2029"
-
-
-def one_line(text) -> str:
-    """`text` as one line of printable text: every character breaks_text finds is written as
-    its escape (a newline as \\n).  What the templates print inside a comment goes through
-    this, so no value can end the comment, whatever the checks before let through."""
-    text = str(text)
-    if text.isprintable():          # the common case (isprintable is False for all of them)
-        return text
-    return "".join(c.encode("unicode_escape").decode("ascii") if breaks_text(c) else c for c in text)
 
 
 def refuse_control(option: str, value: str | None) -> None:
@@ -431,7 +421,7 @@ def render(shape: Shape | str, name: str | None = None, backend: str | None = No
     env = jinja2.Environment(loader=jinja2.PackageLoader("nslab", "templates"), undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True, autoescape=False)
     env.filters["q"] = quote
-    env.filters["oneline"] = one_line
+    env.filters["oneline"] = one_line    # inside comments: no value may end the line (defence in depth)
     return env.get_template(f"{shape.kind}.yaml.j2").render(name=name, command=command, shape=shape,
                                                              summary=summary, file=file or "FILE", **ctx)
 
