@@ -232,8 +232,15 @@ def test_parse_shape(text, shape):
     ("tree:20,2", "namespaces"), ("linear:61", "N is at most 60"), ("single", "single takes N"),
     ("mesh:3", "unknown shape"), ("", "unknown shape"), ("cluster:128,1,1", "RACKS is at most 127"),
     ("cluster:1,1,251", "PODS is at most 250"), ("single:-1", "whole number"), ("linear:1,2,3", "linear takes N[,M]"),
+    # issue 18, hole 7: int() and isdigit() take other digits ('²' then failed in int(): a traceback)
+    ("single:\u00b2", "N must be a whole number"), ("single:\u0663", "N must be a whole number"),
+    ("tree:\uff12", "DEPTH must be a whole number"), pytest.param("single:" + "9" * 5000, "N is at most 1023", id="5000-digits"),
+    ("single:0000000004", None), ("single:4\n", "contains a control character (\\n)"),
 ])
 def test_bad_shapes(text, says):
+    if says is None:            # leading zeros: still a number
+        assert generate.parse_shape(text).args == (4,)
+        return
     with pytest.raises(UsageError) as e:
         generate.parse_shape(text)
     assert says in str(e.value) and "\n" not in str(e.value) and e.value.exit_code == 2
@@ -297,6 +304,8 @@ def test_a_shape_stands_for_a_file_wherever_a_topology_is_loaded(tmp_path):
     assert lab.load("single:3", name="mine").name == "mine"
     with pytest.raises(UsageError, match="N is at most 1023"):
         lab.load("single:1024")
+    with pytest.raises(UsageError, match="N must be a whole number"):      # validate, script, up: hole 7
+        lab.load("single:\u00b2")
     with pytest.raises(UsageError, match="or a generated fabric: clos:2,4,10"):
         lab.load("nosuch")
     (tmp_path / "single:2").write_text("name: afile\nhosts: [a]\n")
