@@ -427,8 +427,15 @@ def render(shape: Shape | str, name: str | None = None, backend: str | None = No
 
 
 def quote(text: str) -> str:
-    """A YAML scalar for text that stays a plain string inside a flow mapping."""
-    return text if PLAIN_RE.fullmatch(text) else json.dumps(text)
+    """A YAML scalar that reads back as this text, inside a flow mapping too: plain when it
+    is plain text, quoted when YAML would read it as something else (a lab named `0`, `no`,
+    `null` or `1_000` is a number, a boolean or null written plain)."""
+    import yaml     # lazy: as jinja2 (the model loads it anyway)
+
+    if PLAIN_RE.fullmatch(text) and yaml.resolver.Resolver().resolve(yaml.ScalarNode, text, (True, False)) == \
+            "tag:yaml.org,2002:str":
+        return text
+    return json.dumps(text)
 
 
 def default_command(shape: Shape, name: str | None, backend: str | None, serve: str | None) -> str:

@@ -205,6 +205,14 @@ def test_golden_files_load():
         assert model.load(str(GOLDEN / f"{kind}.yaml")).tests
 
 
+@pytest.mark.parametrize("name", ["0", "123", "1_000", "0x1f", "0o17", "no", "on", "off", "yes", "null",
+                                  "2024-01-02", "1e3"])
+def test_name_option_that_yaml_reads_as_something_else(tmp_path, name):
+    """Lab names YAML would read as a number, a boolean, null or a date are written quoted
+    (found by tests/test_generate_fuzz.py: `--name 0` wrote `name: 0`, a file nslab refused)."""
+    assert load(tmp_path, generate.render("single:2", name=name)).name == name
+
+
 def test_name_option(tmp_path):
     topo = load(tmp_path, generate.render("clos:1,2,1", name="fab_1"))
     assert topo.name == "fab_1"
