@@ -5,7 +5,6 @@ import functools
 import gc
 import json
 import os
-import shlex
 import sys
 import time
 from importlib import resources
