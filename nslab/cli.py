@@ -5,7 +5,6 @@ import functools
 import gc
 import json
 import os
-import shlex
 import sys
 import time
 from importlib import resources
@@ -357,17 +356,10 @@ def generate(shape: str = typer.Argument(..., metavar="SHAPE",
              serve: Optional[str] = typer.Option(None, "--serve", help="cluster: every pod serves this (http).")):
     """Write a topology file for a fabric (CLOS, flannel cluster, Mininet's single/linear/tree)."""
     from . import generate as gen    # lazy: start-up (jinja2: only this command pays for it)
-    sh = gen.parse_shape(shape)
-    text = gen.render(sh, name=name, backend=backend, serve=serve, file=output,
-                      command=shlex.join(["nslab", *sys.argv[1:]]))
+    text, sh = gen.write(shape, output, name=name, backend=backend, serve=serve, argv=sys.argv[1:])
     if output is None:
         sys.stdout.write(text)
         return
-    try:
-        with open(output, "w", encoding="utf-8") as f:
-            f.write(text)
-    except OSError as e:
-        raise NslabError(f"cannot write {output}: {e.strerror}") from None
     err_console.print(f"wrote {output}: {sh.text}, lab {name or gen.default_name(sh)} ({gen.node_count(sh):,} "
                       f"namespaces). Next: nslab test {output}", markup=False)
 

@@ -18,12 +18,14 @@ from __future__ import annotations
 import json
 import math
 import re
+import shlex
 import textwrap
+import unicodedata
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 
 from . import backends
-from .errors import UsageError
+from .errors import NslabError, UsageError, one_line
 from .model.types import BRIDGE_PORTS, LAB_NAME_RE, MAX_LAB_NAME
 
 MAX_NODES = 25_000          # namespaces in one generated lab (the issue's target is 10,000)
@@ -91,8 +93,25 @@ class Shape:
         return f"{self.kind}:{','.join(map(str, self.args[:self.given or len(self.args)]))}"
 
 
+def breaks_text(c: str) -> bool:
+    """A character that has no place in one line of a text file: a control or format
+    character, a surrogate, private or unassigned (Unicode category C*), or a line or
+    paragraph separator (YAML and Python end a line at U+2028, U+2029 and U+0085 too)."""
+    return unicodedata.category(c)[0] == "C" or c in "\u2028\u2029"
+
+
+def refuse_control(option: str, value: str | None) -> None:
+    """UsageError (exit 2) if `value`, which ends up in the generated file or names it, is
+    not one line of printable text."""
+    if value is not None and any(breaks_text(c) for c in value):
+        bad = next(c for c in value if breaks_text(c))
+        raise UsageError(f"{option} {value!r} contains a control character ({one_line(bad)}): nslab takes "
+                         f"printable text on one line here")
+
+
 def parse_shape(text: str) -> Shape:
     """`clos:2,4,10`, `tree,2,3`, `single:5` -> Shape; a UsageError (exit 2) otherwise."""
+    refuse_control("shape", text)
     m = re.fullmatch(r"\s*([a-z]+)\s*[:,]?\s*(.*?)\s*", text or "")
     kind = m.group(1) if m else ""
     if kind not in SHAPES:
@@ -106,9 +125,9 @@ def parse_shape(text: str) -> Shape:
         raise UsageError(f"bad shape {text!r}: {usage}")
     values = []
     for name, part, most in zip(names, parts, maxima):
-        if not part.isdigit():
+        if not re.fullmatch(r"[0-9]+", part):     # ASCII digits: int() and isdigit() take '²' and '٣'
             raise UsageError(f"bad shape {text!r}: {name} must be a whole number, got {part!r} ({usage})")
-        value = int(part)
+        value = int(part) if len(part.lstrip("0")) <= 9 else most + 1
         if value < 1:
             raise UsageError(f"bad shape {text!r}: {name} must be at least 1")
         if value > most:
@@ -169,7 +188,7 @@ def flow(names: list[str], groups: list[tuple[str | None, list[str]]] | None = N
     lines = ["["]
     for comment, group in groups or [(None, names)]:
         if comment:
-            lines.append(f"  # {comment}")
+            lines.append(f"  # {one_line(comment)}")
         lines += wrap(group, 2)
     return "\n".join(lines + ["]"])
 
@@ -384,7 +403,7 @@ def render(shape: Shape | str, name: str | None = None, backend: str | None = No
     if isinstance(shape, str):
         shape = parse_shape(shape)
     name = name or default_name(shape)
-    if not LAB_NAME_RE.match(name) or len(name) > MAX_LAB_NAME:
+    if not LAB_NAME_RE.fullmatch(name) or len(name) > MAX_LAB_NAME:
         raise UsageError(f"--name {name!r}: a lab name is lowercase letters, digits, '-' or '_' "
                          f"(at most {MAX_LAB_NAME} characters)")
     if shape.kind != "cluster" and (backend or serve):
@@ -402,13 +421,21 @@ def render(shape: Shape | str, name: str | None = None, backend: str | None = No
     env = jinja2.Environment(loader=jinja2.PackageLoader("nslab", "templates"), undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True, autoescape=False)
     env.filters["q"] = quote
+    env.filters["oneline"] = one_line    # inside comments: no value may end the line (defence in depth)
     return env.get_template(f"{shape.kind}.yaml.j2").render(name=name, command=command, shape=shape,
                                                              summary=summary, file=file or "FILE", **ctx)
 
 
 def quote(text: str) -> str:
-    """A YAML scalar for text that stays a plain string inside a flow mapping."""
-    return text if PLAIN_RE.fullmatch(text) else json.dumps(text)
+    """A YAML scalar that reads back as this text, inside a flow mapping too: plain when it
+    is plain text, quoted when YAML would read it as something else (a lab named `0`, `no`,
+    `null` or `1_000` is a number, a boolean or null written plain)."""
+    import yaml     # lazy: as jinja2 (the model loads it anyway)
+
+    if PLAIN_RE.fullmatch(text) and yaml.resolver.Resolver().resolve(yaml.ScalarNode, text, (True, False)) == \
+            "tag:yaml.org,2002:str":
+        return text
+    return json.dumps(text)
 
 
 def default_command(shape: Shape, name: str | None, backend: str | None, serve: str | None) -> str:
@@ -421,3 +448,25 @@ def default_command(shape: Shape, name: str | None, backend: str | None, serve: 
     if serve:
         parts += ["--serve", serve]
     return " ".join(parts)
+
+
+def write(shape: str, output: str | None = None, name: str | None = None, backend: str | None = None,
+          serve: str | None = None, argv: list[str] | None = None) -> tuple[str, Shape]:
+    """`nslab generate SHAPE [-o OUTPUT] ...` (argv: the arguments as typed, echoed in the
+    header): writes OUTPUT (or returns the text for standard output) and returns the text
+    and the shape.  Every value that reaches the file or names it is one line of printable
+    text, or nothing is written (UsageError, exit 2)."""
+    sh = parse_shape(shape)
+    for option, value in (("-o", output), ("--name", name), ("--backend", backend), ("--serve", serve)):
+        refuse_control(option, value)
+    for arg in argv or ():
+        refuse_control("argument", arg)
+    text = render(sh, name=name, backend=backend, serve=serve, file=output,
+                  command=shlex.join(["nslab", *argv]) if argv is not None else None)
+    if output is not None:
+        try:
+            with open(output, "w", encoding="utf-8") as f:
+                f.write(text)
+        except OSError as e:
+            raise NslabError(f"cannot write {output}: {e.strerror}") from None
+    return text, sh

@@ -89,7 +89,8 @@ def is_shape(spec: str) -> bool:
     """`clos:4,20,50`, `tree,2,3`: what `nslab generate` takes (well formed or not: a bad
     one is refused by the generator, with what it takes)."""
     from . import generate  # lazy: start-up (generate loads the model's types and PyYAML)
-    return bool(re.match(r"[a-z]+[:,]", spec)) and re.split(r"[:,]", spec)[0] in generate.SHAPES
+    m = re.fullmatch(r"([a-z]+)[:,].*", spec, re.S)
+    return m is not None and m.group(1) in generate.SHAPES
 
 
 def load(file: str, name: str | None = None, overrides: dict | None = None) -> model.Topology:

@@ -205,6 +205,14 @@ def test_golden_files_load():
         assert model.load(str(GOLDEN / f"{kind}.yaml")).tests
 
 
+@pytest.mark.parametrize("name", ["0", "123", "1_000", "0x1f", "0o17", "no", "on", "off", "yes", "null",
+                                  "2024-01-02", "1e3"])
+def test_name_option_that_yaml_reads_as_something_else(tmp_path, name):
+    """Lab names YAML would read as a number, a boolean, null or a date are written quoted
+    (found by tests/test_generate_fuzz.py: `--name 0` wrote `name: 0`, a file nslab refused)."""
+    assert load(tmp_path, generate.render("single:2", name=name)).name == name
+
+
 def test_name_option(tmp_path):
     topo = load(tmp_path, generate.render("clos:1,2,1", name="fab_1"))
     assert topo.name == "fab_1"
@@ -232,8 +240,15 @@ def test_parse_shape(text, shape):
     ("tree:20,2", "namespaces"), ("linear:61", "N is at most 60"), ("single", "single takes N"),
     ("mesh:3", "unknown shape"), ("", "unknown shape"), ("cluster:128,1,1", "RACKS is at most 127"),
     ("cluster:1,1,251", "PODS is at most 250"), ("single:-1", "whole number"), ("linear:1,2,3", "linear takes N[,M]"),
+    # issue 18, hole 7: int() and isdigit() take other digits ('²' then failed in int(): a traceback)
+    ("single:\u00b2", "N must be a whole number"), ("single:\u0663", "N must be a whole number"),
+    ("tree:\uff12", "DEPTH must be a whole number"), pytest.param("single:" + "9" * 5000, "N is at most 1023", id="5000-digits"),
+    ("single:0000000004", None), ("single:4\n", "contains a control character (\\n)"),
 ])
 def test_bad_shapes(text, says):
+    if says is None:            # leading zeros: still a number
+        assert generate.parse_shape(text).args == (4,)
+        return
     with pytest.raises(UsageError) as e:
         generate.parse_shape(text)
     assert says in str(e.value) and "\n" not in str(e.value) and e.value.exit_code == 2
@@ -297,6 +312,8 @@ def test_a_shape_stands_for_a_file_wherever_a_topology_is_loaded(tmp_path):
     assert lab.load("single:3", name="mine").name == "mine"
     with pytest.raises(UsageError, match="N is at most 1023"):
         lab.load("single:1024")
+    with pytest.raises(UsageError, match="N must be a whole number"):      # validate, script, up: hole 7
+        lab.load("single:\u00b2")
     with pytest.raises(UsageError, match="or a generated fabric: clos:2,4,10"):
         lab.load("nosuch")
     (tmp_path / "single:2").write_text("name: afile\nhosts: [a]\n")
@@ -308,3 +325,46 @@ def test_a_shape_stands_for_a_file_wherever_a_topology_is_loaded(tmp_path):
         os.chdir(cwd)
     r = nslab("script", "single:2", cwd=tmp_path.parent)
     assert r.returncode == 0 and "ip netns add single-2.h1" in r.stdout, r.stderr
+
+
+# --- what reaches the file is one line of text (issue 18, hole 4) -------------------------------
+
+INJECTED = "\n<<: {routers: {evil: {image: busybox, command: 'touch pwned'}}}\n#"
+
+
+@pytest.mark.parametrize("args,option", [
+    (["single:2", "-o", f"d{INJECTED}/x.yaml"], "-o"),
+    (["single:2", "-o", "d\u2028x.yaml"], "-o"),
+    (["single:2", "--name", "lab\n"], "--name"),
+    (["single:2\n"], "shape"),
+    (["single:2", "-o", "x.yaml", "--name=lab\x1b[2J"], "--name"),
+    (["cluster:1,1,1", "--backend", "udp\x85", "--backend", "udp", "-o", "x.yaml"], "argument"),  # the last wins
+])
+def test_cli_refuses_control_characters(tmp_path, args, option):
+    """Issue 18: a newline in -o ended the header's comment line, and the YAML after it (a
+    merge key adding a router that runs a command) validated.  Now: exit 2, one line naming
+    the option, nothing written (the directory the path names exists: only the refusal
+    stops the write)."""
+    (tmp_path / f"d{INJECTED}").mkdir()
+    proc = nslab("generate", *args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith(f"nslab: {option} ") and proc.stderr.count("\n") == 1
+    assert "control character" in proc.stderr and "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.rglob("*")) == [f"d{INJECTED}"]
+
+
+@pytest.mark.parametrize("bad", ["\n", "\r", "\r\n", "\x85", "\u2028", "\u2029", "\x0b", "\x0c", "\x1b", "\0",
+                                 "\ufeff", "\udcff"])
+def test_comment_values_stay_on_one_line(tmp_path, bad):
+    """Defence in depth: whatever reaches the header (the command and the file name are
+    printed inside comments) is one line there, even when no check refused it first."""
+    neutral = generate.render("clos:1,2,2")
+    evil = f"a{bad}{INJECTED}"
+    text = generate.render("clos:1,2,2", command=f"nslab generate {evil}", file=evil)
+    assert len(text.splitlines()) == len(neutral.splitlines())
+    for got, want in zip(text.splitlines(), neutral.splitlines()):
+        assert got.startswith("#") == want.startswith("#"), got
+    path = tmp_path / "gen.yaml"
+    path.write_text(text, encoding="utf-8", errors="surrogatepass")
+    from nslab.model import yamldoc
+    assert yamldoc.load(str(path)).data == yamldoc.load("n.yaml", neutral).data

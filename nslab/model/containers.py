@@ -8,8 +8,8 @@ import shlex
 from ..plan import Container
 
 LABEL_LAB, LABEL_NODE, LABEL_STATE = "nslab.lab", "nslab.node", "nslab.state"
-IMAGE_RE = re.compile(r"^[a-z0-9]+([._/-][a-z0-9]+)*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$")
-CAP_RE = re.compile(r"^[A-Z][A-Z_]*$")
+IMAGE_RE = re.compile(r"[a-z0-9]+([._/-][a-z0-9]+)*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?")
+CAP_RE = re.compile(r"[A-Z][A-Z_]*")
 # capabilities(7), Linux 6.x.  A container's root is the host's root (no user namespace),
 # so a capability that acts on something the container's namespaces do not isolate (the
 # kernel, the clock, the host's files by handle, LSM policy, audit, the kernel log)
@@ -58,7 +58,7 @@ def parse(p, spec: dict, path: tuple):
         key = next(k for k in ("command", "env", "cap_add") if k in spec)
         raise p.err(path + (key,), f"{key} is an option of a container node: add image: NAME")
     image = spec["image"]
-    if not isinstance(image, str) or not IMAGE_RE.match(image):
+    if not isinstance(image, str) or not IMAGE_RE.fullmatch(image):
         raise p.err(path + ("image",), f"{image!r} is not an image name like nslab/busybox or nslab/debian:latest")
     command = spec.get("command")
     if command is None:
@@ -88,7 +88,7 @@ def parse(p, spec: dict, path: tuple):
     for i, cap in enumerate(caps):
         where = path + (("cap_add",) if scalar else ("cap_add", i))
         name = cap.upper().removeprefix("CAP_") if isinstance(cap, str) else cap
-        if not isinstance(name, str) or not CAP_RE.match(name):
+        if not isinstance(name, str) or not CAP_RE.fullmatch(name):
             raise p.err(where, f"{cap!r} is not a capability name like NET_ADMIN")
         if name in CAP_REFUSED:
             raise p.err(where, f"cap_add {name} is refused: {CAP_REFUSED[name]}; a lab container may add only "

@@ -137,7 +137,7 @@ class Parser:
         return value
 
     def node_name(self, value, path) -> str:
-        if not isinstance(value, str) or not NAME_RE.match(value) or len(value) > MAX_NODE_NAME:
+        if not isinstance(value, str) or not NAME_RE.fullmatch(value) or len(value) > MAX_NODE_NAME:
             raise self.err(path, f"node name {value!r} must be letters, digits, '-' or '_' (starting with a "
                                  f"letter or digit, at most {MAX_NODE_NAME} characters)")
         return value
@@ -177,13 +177,13 @@ class Parser:
         b = Builder(self, doc)
         if self.name_override is not None:
             b.lab = self.name_override
-            if not LAB_NAME_RE.match(b.lab) or len(b.lab) > MAX_LAB_NAME:
+            if not LAB_NAME_RE.fullmatch(b.lab) or len(b.lab) > MAX_LAB_NAME:
                 raise TopologyError(doc.display_name, None, "--name",
                                     f"lab name {b.lab!r} must be lowercase letters, digits, '-' or '_' "
                                     f"(at most {MAX_LAB_NAME} characters)")
         elif "name" in top:
             b.lab = top["name"]
-            if not isinstance(b.lab, str) or not LAB_NAME_RE.match(b.lab) or len(b.lab) > MAX_LAB_NAME:
+            if not isinstance(b.lab, str) or not LAB_NAME_RE.fullmatch(b.lab) or len(b.lab) > MAX_LAB_NAME:
                 raise self.err(("name",), f"lab name {b.lab!r} must be lowercase letters, digits, '-' or '_' "
                                           f"(at most {MAX_LAB_NAME} characters)")
         else:

@@ -15,8 +15,9 @@ from .yamldoc import Doc
 DEFAULT_MTU = 1500
 MAX_MTU = 65535
 DEFAULT_LINK_POOL = "172.31.0.0/16"
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
-LAB_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+# Checked with fullmatch, as every pattern in nslab/model: match() with `^...$` took "name\n".
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+LAB_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]*")
 MAX_LAB_NAME = 32
 MAX_NODE_NAME = 63
 NAME_MAX = 255          # a file name under /run/netns (a namespace name), in bytes

@@ -8,7 +8,9 @@ or a file of ten thousand `[` is refused as soon as the count passes the limit.
 
 What nslab reads is YAML 1.1 (PyYAML's safe schema) with these decisions:
 - anchors, aliases and merge keys (`<<: *defaults`) work; a key written explicitly wins
-  over a merged one;
+  over a merged one, and an earlier source over a later one (`<<: [*a, *b]`: a's); `<<`
+  is a key like any other, so a mapping may hold it once (a second `<<:` is a duplicate
+  key: it could add keys nobody sees among the ones written);
 - keys are text: a plain key YAML would read as null, a boolean, a number (`~:`, `no:`,
   `1:`) is refused, because it is almost always a name that lost its meaning; quote it;
 - dates (`2024-01-02`) and base-60 numbers (`1:30`, which swallows MAC-like values) are
@@ -30,8 +32,13 @@ from ..errors import TopologyError
 
 # A 10,000-node topology written out in full (every host a mapping with its address) is
 # about 1 MB and 120,000 YAML values; the cap leaves four times that.  Building 500,000
-# values takes about a second and ~150 MB: memory stays bounded whatever the file does.
+# values takes about a second and at most MAX_LOAD_MB (the whole validating process):
+# memory stays bounded whatever the file does.  What that rests on: the data costs about
+# its values, and nothing else is kept per expanded value -- a line is found on demand in
+# the composed nodes, which aliases share (Doc.line), so 60 levels of aliases cost no more
+# than a flat list (a path per value kept 315 MB for a 2.3 KB file, issue 18).
 MAX_NODES = 500_000
+MAX_LOAD_MB = 150
 # Topology files nest about 6 levels (cluster.pods.NAME.env.KEY); 64 is generous and far
 # from Python's recursion limit (the build below recurses once per level).
 MAX_DEPTH = 64
@@ -65,21 +72,54 @@ def format_path(path: tuple) -> str:
 
 
 class Doc:
-    """Plain Python data (dicts, lists, scalars) plus the line of every path, and the text
-    it was read from (`up` records that text: observers re-read it, never the file)."""
+    """Plain Python data (dicts, lists, scalars) plus the composed nodes it was built from
+    (for the line of any path), and the text it was read from (`up` records that text:
+    observers re-read it, never the file)."""
 
-    def __init__(self, file: str, data: Any, lines: dict[tuple, int], text: str | None = None):
-        self.file, self.data, self.lines, self.text = file, data, lines, text
+    def __init__(self, file: str, data: Any, root: "_Node | None", text: str | None = None):
+        self.file, self.data, self.root, self.text = file, data, root, text
+        self._keys: dict[int, dict] = {}    # id(mapping node) -> {key: (value node, key's line)}
 
     @property
     def display_name(self) -> str:
         return os.path.basename(self.file)
 
     def line(self, path: tuple) -> int | None:
-        path = tuple(path)
-        while path not in self.lines and path:
-            path = path[:-1]
-        return self.lines.get(path)
+        """The line of the deepest value on `path` the file has: a mapping entry's key line,
+        a list item's own line, the root's first line (None for an empty file).  Found by
+        walking the composed nodes (an alias's value is the anchored node: its lines)."""
+        node = self.root
+        if node is None:
+            return None
+        line = node.line
+        for part in path:
+            if node.kind == "q" and isinstance(part, int) and 0 <= part < len(node.value):
+                node = node.value[part]
+                line = node.line
+            elif node.kind == "m" and isinstance(part, str) and part in self._entries(node):
+                node, line = self._entries(node)[part]
+            else:
+                break
+        return line
+
+    def _entries(self, node: "_Node") -> dict:
+        """A mapping node's keys as load() resolved them: merged ones first (an earlier
+        source wins), then the written ones over them.  Built once per node, on demand."""
+        entries = self._keys.get(id(node))
+        if entries is None:
+            entries = {}
+            pairs = list(zip(node.value[::2], node.value[1::2]))
+            for k, v in pairs:
+                if k.kind == "s" and k.tag == MERGE and v.kind in "mq":
+                    for src in (v.value if v.kind == "q" else [v]):
+                        for sk, sv in zip(src.value[::2], src.value[1::2]):
+                            if sk.kind == "s":
+                                entries.setdefault(sk.value, (sv, sk.line))
+            for k, v in pairs:
+                if k.kind == "s" and k.tag != MERGE:
+                    entries[k.value] = (v, k.line)
+            self._keys[id(node)] = entries
+        return entries
 
     def error(self, path: tuple, message: str) -> TopologyError:
         return TopologyError(self.display_name, self.line(path), format_path(path), message)
@@ -239,11 +279,17 @@ def load(file: str, text: str | None = None) -> Doc:
         raise TopologyError(name, None, "", f"the file is larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB; "
                                             f"nslab reads topology files up to that size")
     root = _compose(name, text)
-    lines: dict[tuple, int] = {}
     constructor = yaml.SafeLoader("")
 
-    def fail(line, path, message):
-        raise TopologyError(name, line, format_path(path), message)
+    # Where a value is: (where its parent is, its key or index), () for the root -- a link
+    # to the parent's, so a value 60 levels deep costs one pair, not a 60-part tuple; the
+    # tuple is made only for an error.
+    def fail(line, at, message):
+        path = []
+        while at:
+            at, part = at
+            path.append(part)
+        raise TopologyError(name, line, format_path(tuple(reversed(path))), message)
 
     def key_of(k: _Node, path) -> str:
         if k.kind != "s":
@@ -259,39 +305,39 @@ def load(file: str, text: str | None = None) -> Doc:
             fail(k.line, path, f"key {k.value!r} is not text; write it in quotes if it is a name")
         return key
 
-    def build(n: _Node, path, line_path=None):
-        lines[path] = n.line
+    def build(n: _Node, path):
         if n.kind == "m":
             if n.tag != MAP:
                 fail(n.line, path, f"tag {n.tag.replace(_TAG, '!!')} is not supported on a mapping")
             out, merged = {}, []
             for k, v in zip(n.value[::2], n.value[1::2]):
                 if k.kind == "s" and k.tag == MERGE:
+                    if merged:      # `<<` is a key too: written twice, the second would add keys unseen
+                        fail(k.line, (path, "<<"), "duplicate key '<<' (merge several mappings with one "
+                                                     "key: <<: [*a, *b])")
                     merged.append((k, v))
                     continue
                 key = key_of(k, path)
                 if key in out:
-                    fail(k.line, path + (key,), f"duplicate key {key!r}")
-                out[key] = build(v, path + (key,))
-                lines[path + (key,)] = k.line
+                    fail(k.line, (path, key), f"duplicate key {key!r}")
+                out[key] = build(v, (path, key))
             for k, v in merged:        # YAML merge keys: explicit keys win, earlier sources win
                 sources = v.value if v.kind == "q" else [v]
                 for src in sources:
                     if src.kind != "m":
-                        fail(k.line, path + ("<<",), "a merge key (<<) takes a mapping or a list of mappings "
+                        fail(k.line, (path, "<<"), "a merge key (<<) takes a mapping or a list of mappings "
                                                      "(<<: *defaults)")
                     for sk, sv in zip(src.value[::2], src.value[1::2]):
                         if sk.kind == "s" and sk.tag == MERGE:
-                            fail(sk.line, path + ("<<",), "a merged mapping may not merge again (nested <<)")
+                            fail(sk.line, (path, "<<"), "a merged mapping may not merge again (nested <<)")
                         key = key_of(sk, path)
                         if key not in out:
-                            out[key] = build(sv, path + (key,))
-                            lines[path + (key,)] = sk.line
+                            out[key] = build(sv, (path, key))
             return out
         if n.kind == "q":
             if n.tag != SEQ:
                 fail(n.line, path, f"tag {n.tag.replace(_TAG, '!!')} is not supported on a list")
-            return [build(v, path + (i,)) for i, v in enumerate(n.value)]
+            return [build(v, (path, i)) for i, v in enumerate(n.value)]
         try:
             value = _scalar(n, constructor)
         except (ValueError, OverflowError, TypeError, yaml.YAMLError) as e:
@@ -303,7 +349,7 @@ def load(file: str, text: str | None = None) -> Doc:
         return value
 
     data = build(root, ()) if root is not None else {}
-    return Doc(file, data, lines, text)
+    return Doc(file, data, root, text)
 
 
 def _encodable(s: str) -> bool:

@@ -285,7 +285,7 @@ def test_every_interface_name_in_shipped_labs_fits():
 ])
 def test_lab_name_from_file(file, lab):
     assert model.lab_name_from_file(file) == lab
-    assert model.LAB_NAME_RE.match(lab)
+    assert model.LAB_NAME_RE.fullmatch(lab)
 
 
 def test_lab_name_comes_from_the_file_name_when_not_given():
