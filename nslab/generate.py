@@ -243,9 +243,9 @@ def _clos(shape: Shape, name: str) -> dict:
                          "Every leaf is linked to every spine" +
                          (f", so a leaf reaches another rack over {s} equal-cost paths (multipath route,"
                           f" L4 hash: fib_multipath_hash_policy=1 in the leaves)." if s > 1 else "."),
-                         f"Rack N is segment rackN, 10.N.0.0/{prefix} behind leafN "
-                         f"(leaf at {racks[0]['gateway_ip'].replace('10.1.', '10.N.')}); hosts get .1, .2, ... "
-                         f"in member order.",
+                         f"Rack N is segment {_span(racks, 'name')}, 10.N.0.0/{prefix} behind "
+                         f"{_span(racks, 'leaf')} (the leaf at {racks[0]['gateway_ip'].replace('10.1.', '10.N.')}); "
+                         f"hosts get .1, .2, ... in member order.",
                          f"Spine-leaf links are /30s from {LINK_POOL} (pools.links)."])
 
 
@@ -291,13 +291,19 @@ def _cluster(shape: Shape, name: str, backend: str, serve: str | None) -> dict:
                 summary=[f"flannel cluster ({backend}): {r} rack{'s' * (r > 1)} x {n} node{'s' * (n > 1)} x "
                          f"{p} pod{'s' * (p > 1)} per node = {total:,} node{'s' * (total > 1)}, "
                          f"{total * p:,} pod{'s' * (total * p > 1)} ({node_count(shape):,} namespaces).",
-                         (f"Rack N is segment rackN, 10.N.0.0/24 behind leafN (10.N.0.254); the leaves hang off "
-                          f"one spine." if r > 1 else "One rack: segment rack01, 10.1.0.0/24, no routers."),
+                         (f"Rack N is segment {_span(racks, 'name')}, 10.N.0.0/24 behind {_span(racks, 'leaf')} "
+                          f"(10.N.0.254); the leaves hang off one spine." if r > 1
+                          else f"One rack: segment {racks[0]['name']}, 10.1.0.0/24, no routers."),
                          f"Cluster nodes are n<rack>-<node> at 10.<rack>.0.<node>; each leases a /24 of the pod "
                          f"network {network} in node order.",
                          (f"Pods are daemonsets pod1..pod{p}: pod K on node X is podK-X (podK@X in tests)"
                           if p > 1 else "Pods are the daemonset pod1: its pod on node X is pod1-X (pod1@X in tests)") +
                          (", each serving HTTP on port 80." if serve else ".")])
+
+
+def _span(racks: list[dict], key: str) -> str:
+    """Rack names as the file writes them: `rack01..rack12` (zero-padded), or the one."""
+    return racks[0][key] if len(racks) == 1 else f"{racks[0][key]}..{racks[-1][key]}"
 
 
 def _single(shape: Shape, name: str) -> dict:

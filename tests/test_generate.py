@@ -16,6 +16,7 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import pytest
+import yaml
 
 from nslab import generate, model
 from nslab.errors import UsageError
@@ -368,3 +369,13 @@ def test_comment_values_stay_on_one_line(tmp_path, bad):
     path.write_text(text, encoding="utf-8", errors="surrogatepass")
     from nslab.model import yamldoc
     assert yamldoc.load(str(path)).data == yamldoc.load("n.yaml", neutral).data
+
+
+@pytest.mark.parametrize("shape, first, last", [("clos:2,12,2", "rack01", "rack12"), ("cluster:3,2,1", "rack01", "rack03")])
+def test_the_header_names_racks_as_the_file_does(shape, first, last):
+    """The comment said `segment rackN` where the file's segments are rack01..rack12."""
+    text = generate.render(shape)
+    header = " ".join(line[2:] for line in text.splitlines() if line.startswith("# "))
+    assert f"Rack N is segment {first}..{last}, " in header, header
+    segments = yaml.safe_load(text)["segments"]
+    assert first in segments and last in segments
