@@ -141,9 +141,10 @@ def up(file: Optional[str] = typer.Argument(None, help="Topology YAML (default: 
     built_table(topo, plan)
     for note in st.info.get("_notices", []):
         console.print(f"note: {note}")
-    console.print(f"lab [bold]{topo.name}[/] is up: {len(topo.nodes)} nodes in {elapsed:.2f} s. "
-                  f"Try `nslab show -l {topo.name}`, `nslab exec -l {topo.name} NODE -- CMD`, "
-                  f"`nslab down {topo.name}`.")
+    from rich.text import Text  # lazy: start-up
+    console.print(Text.assemble("lab ", (topo.name, "bold"), f" is up: {len(topo.nodes)} nodes in {elapsed:.2f} s. "
+                                f"Try `nslab show -l {topo.name}`, `nslab exec -l {topo.name} NODE -- CMD`, "
+                                f"`nslab down {topo.name}`."))
 
 
 @app.command()
