@@ -1,0 +1,52 @@
+"""Inputs that used to end in a traceback on a running lab (issue 18, hole 7): one sentence and
+exit 2 for bad values, and names the kernel holds that are not UTF-8 shown as their escapes."""
+from __future__ import annotations
+
+import json
+import subprocess
+
+TWO = """
+hosts: [a, b]
+links:
+  - ends: [{node: a, ip: 10.1.1.2/24}, {node: b, ip: 10.1.1.3/24}]
+"""
+
+
+def one_sentence(proc, *words):
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    for w in words:
+        assert w in proc.stderr, proc.stderr
+
+
+def test_bad_numbers_and_a_burst_below_a_frame_are_one_sentence(lab_factory):
+    lab = lab_factory(TWO)
+    # '²'.isdigit() is True, int('²') raised ValueError
+    one_sentence(lab.nslab("trace", "-l", lab.name, "a", "10.1.1.3:²"), "10.1.1.3:²", "port")
+    one_sentence(lab.nslab("trace", "-l", lab.name, "a", "10.1.1.3:" + "9" * 5000), "port")
+    # the frame check is the device's (its MTU): it raised ConditionsError out of qdisc.apply
+    one_sentence(lab.nslab("link", "set", "-l", lab.name, "a:eth0", "--rate", "1mbit", "--burst", "100b"),
+                 "--burst", "1514b")
+    shown = json.loads(lab.nslab("link", "show", "-l", lab.name, "a:eth0", "--json", check=True).stdout)
+    assert shown[0]["kind"] == "noqueue", shown                     # nothing was set
+
+
+def test_an_interface_renamed_to_bytes_that_are_not_utf8(lab_factory):
+    lab = lab_factory(TWO)
+    ns = lab.ns("a")
+    for argv in (["link", "set", "dev", "eth0", "down"], ["link", "set", "dev", "eth0", "name", b"\xff\xfe"],
+                 ["link", "set", "dev", b"\xff\xfe", "up"]):
+        subprocess.run(["ip", "-n", ns, *argv], check=True, timeout=30)
+    rows = json.loads(lab.nslab("link", "show", "-l", lab.name, "--json", check=True).stdout)
+    assert {(r["node"], r["iface"]) for r in rows} == {("a", r"\xff\xfe"), ("b", "eth0")}, rows
+    text = lab.nslab("show", "-l", lab.name, check=True).stdout
+    assert r"dev \xff\xfe proto kernel" in text and r"peer a:\xff\xfe" in text, text
+    data = json.loads(lab.nslab("show", "-l", lab.name, "--json", check=True).stdout)
+    assert r"\xff\xfe" in [link["name"] for link in data["nodes"]["a"]["interfaces"]], data
+    # the name as shown is the name `link set` takes
+    assert lab.nslab("link", "set", "-l", lab.name, r"a:\xff\xfe", "--rate", "10mbit", check=True).returncode == 0
+    assert "rate 10Mbit" in lab.nslab("link", "show", "-l", lab.name, r"a:\xff\xfe", check=True).stdout
+    # trace sniffs every interface: a frame whose interface name Python cannot decode is skipped
+    proc = lab.nslab("trace", "-l", lab.name, "a", "b", timeout=120)
+    assert proc.returncode in (0, 1) and "Traceback" not in proc.stderr, proc.stderr
+    assert "trace took" in proc.stdout, proc.stdout
