@@ -55,3 +55,19 @@ def test_columns_with_non_ascii_digits_is_ignored(monkeypatch):
     assert c.size.width == 10_000
     monkeypatch.setenv("COLUMNS", "9" * 5000)           # int() of 5000 digits raises too
     assert out.make(terminal=True, file=io.StringIO()).width == 80
+
+
+def test_image_names_up_to_dockers_limit():
+    # Docker: the name before :TAG at most 255 characters (a 300-character name ended `up` in
+    # docker.errors.APIError "repository name must not be more than 255 characters"), the tag 128
+    import pytest
+    from nslab import model
+    from nslab.errors import TopologyError
+    longest = "a/" * 127 + "b"
+    assert len(longest) == 255
+    topo = model.load("i.yaml", text=f'hosts:\n  web: {{image: "{longest}:{"t" * 128}"}}\n')
+    assert topo.nodes["web"].container.image.startswith(longest)
+    for image in (longest + "c", longest + "c:latest", "a" * 300):
+        with pytest.raises(TopologyError, match=r"i.yaml:2 hosts.web.image: .* characters long; Docker takes at most "
+                                                r"255 before the :TAG"):
+            model.load("i.yaml", text=f'hosts:\n  web: {{image: "{image}"}}\n')
