@@ -114,6 +114,16 @@ class Namespace:
             self.sock, self.fd = None, -1
 
 
+def write_sysctl(op: P.Sysctl) -> None:
+    """op's sysctl in the namespace the calling thread is in; a value the kernel refuses says
+    which namespace (lab.up names the file's line from it)."""
+    try:
+        netns.write_sysctl(op.key, op.value)
+    except netns.SysctlRefused as e:
+        e.ns = op.ns
+        raise
+
+
 class Applier:
     """Applies a plan; `namespaces` holds what it opened (closed by close())."""
 
@@ -151,7 +161,7 @@ class Applier:
             existing = socket.if_nameindex()
             with netns.sysctl_walks():
                 for op in sysctls:
-                    netns.write_sysctl(op.key, op.value)
+                    write_sysctl(op)
         except BaseException:
             sock.close()
             raise
@@ -279,7 +289,7 @@ class Applier:
                 continue
             if isinstance(op, P.Sysctl):
                 with netns.Entered(ns.fd):
-                    netns.write_sysctl(op.key, op.value)
+                    write_sysctl(op)
                 continue
             if isinstance(op, P.Link) and op.kind == "tun":
                 # TUN devices come from an ioctl, not netlink, and the kernel picks their

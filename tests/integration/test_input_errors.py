@@ -50,3 +50,20 @@ def test_an_interface_renamed_to_bytes_that_are_not_utf8(lab_factory):
     proc = lab.nslab("trace", "-l", lab.name, "a", "b", timeout=120)
     assert proc.returncode in (0, 1) and "Traceback" not in proc.stderr, proc.stderr
     assert "trace took" in proc.stdout, proc.stdout
+
+
+def test_a_sysctl_value_the_kernel_refuses_names_the_file_line_and_key(tmp_path, root_unchanged):
+    """An integer in range for YAML but not for the kernel (EINVAL), and a congestion control the
+    kernel does not have (ENOENT): `up` ended in an OSError traceback, exit 1.  Now one sentence
+    at the file's line and key, exit 2, and nothing of the lab left."""
+    from conftest import leftovers, nslab, unique_lab_name
+    from nslab import state
+    for key, value, line in (("net.ipv4.fib_multipath_hash_policy", "7", 6),
+                             ("net.ipv4.tcp_congestion_control", "nosuchcc", 6)):
+        name = unique_lab_name()
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(f"name: {name}\nhosts:\n  a: {{}}\n  b:\n    sysctls:\n      {key}: {value}\n"
+                        f"links:\n  - [a, b]\n")
+        proc = nslab("up", path)
+        one_sentence(proc, f"{path.name}:{line} hosts.b.sysctls.{key}: the kernel refused {value!r} for {key}")
+        assert not leftovers(name, state.RUN_DIR, []), name
