@@ -29,7 +29,7 @@ def is_terminal(stream=None) -> bool:
         return False
 
 
-def _digits(text: str) -> bool:
+def ascii_digits(text: str) -> bool:
     """A small whole number in ASCII digits (str.isdigit() also takes '²', which int() refuses)."""
     return text.isascii() and text.isdigit() and len(text) <= 6
 
@@ -39,7 +39,7 @@ def width(stream=None) -> int | None:
     if not is_terminal(stream):
         return None
     cols = os.environ.get("COLUMNS", "")
-    if _digits(cols) and int(cols) > 0:
+    if ascii_digits(cols) and int(cols) > 0:
         return int(cols)
     try:
         return os.get_terminal_size((stream or sys.stdout).fileno()).columns
@@ -70,7 +70,7 @@ def make(stderr: bool = False, terminal: bool | None = None, columns: int | None
     stream = sys.stderr if stderr else sys.stdout
     tty = is_terminal(stream) if terminal is None else terminal
     # rich reads COLUMNS/LINES itself with isdigit() and int(): COLUMNS=² raised ValueError
-    environ = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES") or _digits(v)}
+    environ = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES") or ascii_digits(v)}
     if tty:
         c = Console(stderr=stderr, highlight=False, emoji=False, markup=False, width=columns or width(stream) or 80,
                     force_terminal=True if terminal else None, file=file, _environ=environ)

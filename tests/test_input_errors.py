@@ -71,3 +71,20 @@ def test_image_names_up_to_dockers_limit():
         with pytest.raises(TopologyError, match=r"i.yaml:2 hosts.web.image: .* characters long; Docker takes at most "
                                                 r"255 before the :TAG"):
             model.load("i.yaml", text=f'hosts:\n  web: {{image: "{image}"}}\n')
+
+
+def test_odd_command_lines_are_one_sentence():
+    # `up ''` built the bundled spine-leaf lab ('' read as "no file given"); script too
+    for argv in (["up", ""], ["script", ""]):
+        proc = nslab(*argv, "--name", "Not-A-Name")       # a bad name too: a regression refuses it, builds nothing
+        assert proc.returncode == 2 and proc.stderr.startswith("nslab: no topology '': no such file"), proc.stderr
+    # tcpdump's -c 0 is no limit: capture ran until Ctrl-C
+    for count in ("0", "-5", str(1 << 31)):
+        proc = nslab("capture", "-l", "nolab", "a", "-c", count)
+        assert proc.returncode == 2 and proc.stderr == f"nslab: --count must be from 1 to 2147483647 packets, " \
+                                                      f"not {count}\n", proc.stderr
+    # click's and rich's help read COLUMNS with isdigit() and int() (ValueError for '²')
+    proc = nslab("--help", env={"COLUMNS": "²", "LINES": "³"})
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr and "validate" in proc.stdout, proc.stderr
+    proc = nslab("trace", env={"COLUMNS": "²"})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "Missing argument" in proc.stderr, proc.stderr

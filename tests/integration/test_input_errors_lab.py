@@ -29,6 +29,10 @@ def test_bad_numbers_and_a_burst_below_a_frame_are_one_sentence(lab_factory):
                  "--burst", "1514b")
     shown = json.loads(lab.nslab("link", "show", "-l", lab.name, "a:eth0", "--json", check=True).stdout)
     assert shown[0]["kind"] == "noqueue", shown                     # nothing was set
+    # a JUnit file that cannot be written: FileNotFoundError's traceback after the tests ran
+    proc = lab.nslab("test", "-l", lab.name, "--all-pairs", "--junit", "/nonexistent/x.xml")
+    assert proc.returncode == 1 and proc.stderr == "nslab: --junit: cannot write '/nonexistent/x.xml': No such " \
+                                                   "file or directory\n", proc.stderr
 
 
 def test_an_interface_renamed_to_bytes_that_are_not_utf8(lab_factory):
