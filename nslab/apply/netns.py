@@ -383,7 +383,8 @@ def write_sysctl(key: str, value) -> None:
     try:
         os.write(fd, str(value).encode())
     except OSError as e:                 # EINVAL: out of range or not a number; ENOENT: no such choice
-        raise SysctlRefused(key, value, e.strerror) from None
+        why = "not a choice this kernel has" if e.errno == errno.ENOENT else e.strerror
+        raise SysctlRefused(key, value, why) from None
     finally:
         os.close(fd)
 

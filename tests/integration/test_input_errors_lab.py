@@ -62,12 +62,12 @@ def test_a_sysctl_value_the_kernel_refuses_names_the_file_line_and_key(tmp_path,
     at the file's line and key, exit 2, and nothing of the lab left."""
     from conftest import leftovers, nslab, unique_lab_name
     from nslab import state
-    for key, value, line in (("net.ipv4.fib_multipath_hash_policy", "7", 6),
-                             ("net.ipv4.tcp_congestion_control", "nosuchcc", 6)):
+    for key, value, why in (("net.ipv4.fib_multipath_hash_policy", "7", "Invalid argument"),
+                            ("net.ipv4.tcp_congestion_control", "nosuchcc", "not a choice this kernel has")):
         name = unique_lab_name()
         path = tmp_path / f"{name}.yaml"
         path.write_text(f"name: {name}\nhosts:\n  a: {{}}\n  b:\n    sysctls:\n      {key}: {value}\n"
                         f"links:\n  - [a, b]\n")
         proc = nslab("up", path)
-        one_sentence(proc, f"{path.name}:{line} hosts.b.sysctls.{key}: the kernel refused {value!r} for {key}")
+        one_sentence(proc, f"{path.name}:6 hosts.b.sysctls.{key}: the kernel refused {value!r} for {key} ({why})")
         assert not leftovers(name, state.RUN_DIR, []), name
