@@ -121,7 +121,7 @@ def up(file: Optional[str] = typer.Argument(None, help="Topology YAML (default: 
        without_netem: bool = typer.Option(False, "--without-netem", help="On a kernel without netem, build the lab "
                                           "with its links' rates alone (no delay, jitter, loss).")):
     """Build a lab from a topology file."""
-    file = file or default_topology()
+    file = default_topology() if file is None else file     # '' is a file name (refused), not "none given"
     overrides = {"backend": backend} if backend else None
     if without_netem:
         overrides = {**(overrides or {}), "without_netem": True}
@@ -144,9 +144,10 @@ def up(file: Optional[str] = typer.Argument(None, help="Topology YAML (default: 
         showmod.service_table(console, showmod.service_rows(topo))
     for note in st.info.get("_notices", []):
         console.print(f"note: {note}")
-    console.print(f"lab [bold]{topo.name}[/] is up: {out.plural(len(topo.nodes), 'node')} in {elapsed:.2f} s. "
-                  f"Try `nslab show -l {topo.name}`, `nslab exec -l {topo.name} NODE -- CMD`, "
-                  f"`nslab down {topo.name}`.")
+    from rich.text import Text  # lazy: start-up
+    console.print(Text.assemble("lab ", (topo.name, "bold"), f" is up: {out.plural(len(topo.nodes), 'node')} in "
+                                f"{elapsed:.2f} s. Try `nslab show -l {topo.name}`, `nslab exec -l {topo.name} NODE -- "
+                                f"CMD`, `nslab down {topo.name}`."))
 
 
 @app.command()
@@ -381,7 +382,8 @@ def script(file: Optional[str] = typer.Argument(None, help="Topology YAML (defau
         labmod.require_root()
         sys.stdout.write(render(labmod.applied_plan(labmod.resolve_lab(lab))))
         return
-    topo = labmod.load(file or default_topology(), name=name, overrides={"backend": backend} if backend else None)
+    topo = labmod.load(default_topology() if file is None else file, name=name,
+                       overrides={"backend": backend} if backend else None)
     sys.stdout.write(render(labmod.plan_for_this_kernel(topo)))
 
 
@@ -449,9 +451,12 @@ def test_(file: Optional[str] = typer.Argument(None, help="Topology file: bring 
     finally:
         if file:
             handle.down()
-    if junit:
-        with open(junit, "w", encoding="utf-8") as f:
-            f.write(checks.junit(report, handle.topo.file))
+    if junit is not None:
+        try:
+            with open(junit, "w", encoding="utf-8") as f:
+                f.write(checks.junit(report, handle.topo.file))
+        except OSError as e:
+            raise NslabError(f"--junit: cannot write {junit!r}: {e.strerror}") from None
     if as_json:
         print(json.dumps(report.as_dict(), indent=1))
     else:
@@ -474,6 +479,8 @@ def capture(target: str = typer.Argument(..., metavar="NODE[:IFACE]",
                                                                "(implies --decode).")):
     """Capture packets inside a node with tcpdump (live `-eni` output, a pcap, or decoded tables)."""
     from .observe import capture as capmod  # lazy: start-up
+    if count is not None and not 0 < count < 1 << 31:      # tcpdump's -c: 0 would mean no limit
+        raise UsageError(f"--count must be from 1 to {(1 << 31) - 1} packets, not {count}")
     labmod.require_root()
     labmod.require_tools("ip", "tcpdump")
     lab, target = labmod.resolve_nodes(lab, target)

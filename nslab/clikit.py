@@ -239,6 +239,10 @@ def main(app: Typer, argv: list[str] | None = None) -> None:
     found = resolve(app, argv)
     try:
         if found is None:
+            from .console import ascii_digits  # lazy: start-up
+            for var in ("COLUMNS", "LINES"):   # typer's rich reads them with isdigit() and int(): '²' raised
+                if not ascii_digits(os.environ.get(var, "0")):
+                    del os.environ[var]
             app.real()(args=argv)
         else:
             fn, values = found

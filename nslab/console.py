@@ -29,12 +29,17 @@ def is_terminal(stream=None) -> bool:
         return False
 
 
+def ascii_digits(text: str) -> bool:
+    """A small whole number in ASCII digits (str.isdigit() also takes '²', which int() refuses)."""
+    return text.isascii() and text.isdigit() and len(text) <= 6
+
+
 def width(stream=None) -> int | None:
     """The width output must fit: the terminal's (COLUMNS overrides), None when piped (unbounded)."""
     if not is_terminal(stream):
         return None
     cols = os.environ.get("COLUMNS", "")
-    if cols.isdigit() and int(cols) > 0:
+    if ascii_digits(cols) and int(cols) > 0:
         return int(cols)
     try:
         return os.get_terminal_size((stream or sys.stdout).fileno()).columns
@@ -62,18 +67,22 @@ def warn(text: str) -> None:
 def make(stderr: bool = False, terminal: bool | None = None, columns: int | None = None, file=None):
     """A rich Console for this stream: on a terminal its width; piped: no colour, no wrapping
     (soft_wrap) and a width no table reaches, so nothing is ever cut.  No emoji codes: a MAC
-    such as 9a:cd:83:... printed 9a💿83:... (rich reads :cd: as an emoji's name). `terminal`/`columns`
-    force a layout (tests); `file`: write there instead of the stream."""
+    such as 9a:cd:83:... printed 9a💿83:... (rich reads :cd: as an emoji's name). No markup either:
+    strings print as they are, so a file name or test name such as `x[/bold]` is text, not a tag
+    (styles go in Text objects). `terminal`/`columns` force a layout (tests); `file`: write there
+    instead of the stream."""
     from rich.console import Console  # lazy: start-up
     stream = sys.stderr if stderr else sys.stdout
     tty = is_terminal(stream) if terminal is None else terminal
+    # rich reads COLUMNS/LINES itself with isdigit() and int(): COLUMNS=² raised ValueError
+    environ = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES") or ascii_digits(v)}
     if tty:
-        c = Console(stderr=stderr, highlight=False, emoji=False, width=columns or width(stream) or 80,
-                    force_terminal=True if terminal else None, file=file)
+        c = Console(stderr=stderr, highlight=False, emoji=False, markup=False, width=columns or width(stream) or 80,
+                    force_terminal=True if terminal else None, file=file, _environ=environ)
         c.nslab_limit = c.width
     else:
-        c = Console(stderr=stderr, highlight=False, emoji=False, soft_wrap=True, no_color=True, width=10_000,
-                    force_terminal=False, file=file)
+        c = Console(stderr=stderr, highlight=False, emoji=False, markup=False, soft_wrap=True, no_color=True,
+                    width=10_000, force_terminal=False, file=file, _environ=environ)
         c.nslab_limit = None
     return c
 
@@ -222,8 +231,8 @@ class Progress:
         if self.bar is None:
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress as Bar,  # lazy: start-up
                                        TextColumn, TimeElapsedColumn)
-            self.bar = Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                           console=make(stderr=True), transient=True)
+            self.bar = Bar(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+                           TimeElapsedColumn(), console=make(stderr=True), transient=True)
             self.bar.start()
             self.task = self.bar.add_task(f"{self.label}: {phase}", total=total)
         self.bar.update(self.task, description=f"{self.label}: {phase}", completed=done, total=total)

@@ -201,6 +201,8 @@ def up(topo: model.Topology, overrides: dict | None = None, progress=None) -> tu
             try:
                 applier.prepare(plan)
                 applier.apply(plan)
+            except netns.SysctlRefused as e:      # the kernel judges the value: the file's line
+                raise e.located(topo) from None
             finally:
                 applier.close()
             make_uts(st.dir, [op.node for op in plan.ops if isinstance(op, Netns) and op.container is None])

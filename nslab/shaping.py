@@ -78,7 +78,10 @@ def set_conditions(lab: str, target: str, values: dict, without_netem: bool = Fa
     sock = qdisc.open_socket(ns)
     try:
         index, mtu = _device(sock, ns, iface)
-        qdisc.apply(sock, [(iface, index, cond)], mtu=mtu, where=ns)
+        try:
+            qdisc.apply(sock, [(iface, index, cond)], mtu=mtu, where=ns)
+        except ConditionsError as e:         # what only the device can tell (a burst below its frame)
+            raise UsageError(f"--{e.key} on {target}: {e}" if e.key else f"{target}: {e}") from None
     finally:
         sock.close()
     state.update(lab, lambda s: s.info.setdefault(RECORD_KEY, {}).__setitem__(f"{node}:{iface}", cond.to_mapping()))

@@ -28,6 +28,7 @@ from .. import plan as P
 from ..compile.script import render_op
 from ..errors import ApplyError
 from . import iptables, netns
+from ..model import limits
 from ..model.units import Conditions
 from . import qdisc
 from .kernel import open_tun, set_tx_checksum
@@ -113,16 +114,27 @@ class Namespace:
             self.sock, self.fd = None, -1
 
 
+def write_sysctl(op: P.Sysctl) -> None:
+    """op's sysctl in the namespace the calling thread is in; a value the kernel refuses says
+    which namespace (lab.up names the file's line from it)."""
+    try:
+        netns.write_sysctl(op.key, op.value)
+    except netns.SysctlRefused as e:
+        e.ns = op.ns
+        raise
+
+
 class Applier:
     """Applies a plan; `namespaces` holds what it opened (closed by close())."""
 
-    def __init__(self, on_namespace_created=None, start_container=None, max_open: int = 256):
+    def __init__(self, on_namespace_created=None, start_container=None, max_open: int | None = None):
         self.namespaces: dict[str, Namespace] = {}
         self.indexes = Indexes()           # unique across every namespace this applier opens
         # Open files stay bounded whatever the lab's size (10,000 namespaces would be 20,000
         # descriptors): at most `max_open` namespaces hold their handle and socket, the least
-        # recently used are closed and reopened by name (model/limits.py counts this bound).
-        self.max_open = max(max_open, 4)
+        # recently used are closed and reopened by name.  model/limits.py sizes this bound to
+        # the open-files limit (and refuses a lab when too few fit); a smaller max_open: tests.
+        self.max_open = max(min(limits.open_namespaces(), max_open or limits.OPEN_NAMESPACES), 4)
         self._open: OrderedDict[str, Namespace] = OrderedDict()
         self._pinned: set[str] = set()     # handles named in messages not yet sent
         self.seq = 0
@@ -149,7 +161,7 @@ class Applier:
             existing = socket.if_nameindex()
             with netns.sysctl_walks():
                 for op in sysctls:
-                    netns.write_sysctl(op.key, op.value)
+                    write_sysctl(op)
         except BaseException:
             sock.close()
             raise
@@ -277,7 +289,7 @@ class Applier:
                 continue
             if isinstance(op, P.Sysctl):
                 with netns.Entered(ns.fd):
-                    netns.write_sysctl(op.key, op.value)
+                    write_sysctl(op)
                 continue
             if isinstance(op, P.Link) and op.kind == "tun":
                 # TUN devices come from an ioctl, not netlink, and the kernel picks their

@@ -346,6 +346,23 @@ def _host_netns_inodes() -> set[int]:
     return inodes
 
 
+class SysctlRefused(NslabError):
+    """The kernel refused a sysctl's value (the key exists and is writable): `ns` is set by the
+    applier, and located() names the topology's file, line and key when the file gave it."""
+
+    def __init__(self, key: str, value, why: str):
+        self.key, self.value, self.why, self.ns = key, str(value), why, None
+        super().__init__(f"the kernel refused {self.value!r} for sysctl {key} ({why})")
+
+    def located(self, topo) -> NslabError:
+        """A TopologyError at the file's `sysctls:` key (exit 2), or self for one nslab wrote."""
+        node = next((n for n in topo.nodes.values() if n.ns == self.ns and self.key in n.sysctls), None)
+        if node is None or topo.doc is None:
+            return self
+        return topo.doc.error(node.path + ("sysctls", self.key),
+                              f"the kernel refused {self.value!r} for {self.key} ({self.why})")
+
+
 def write_sysctl(key: str, value) -> None:
     """Write a per-namespace net.* sysctl of the namespace the calling thread is in (never
     the host's: /proc/sys/net resolves to the opener's namespace, and we refuse the host's)."""
@@ -365,6 +382,9 @@ def write_sysctl(key: str, value) -> None:
         raise NslabError(f"cannot set sysctl {key}: {e.strerror}") from None
     try:
         os.write(fd, str(value).encode())
+    except OSError as e:                 # EINVAL: out of range or not a number; ENOENT: no such choice
+        why = "not a choice this kernel has" if e.errno == errno.ENOENT else e.strerror
+        raise SysctlRefused(key, value, why) from None
     finally:
         os.close(fd)
 

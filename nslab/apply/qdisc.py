@@ -276,7 +276,7 @@ def decode_qdisc(buf: bytes, pos: int, length: int) -> tuple[int, str, int, int,
     """(ifindex, kind, handle, parent, conditions) of one RTM_NEWQDISC message at pos."""
     _fam, ifindex, handle, parent, _info = TCMSG.unpack_from(buf, pos + 16)
     a = attrs(buf, pos + 16 + TCMSG.size, pos + length)
-    kind = a.get(TCA_KIND, b"").split(b"\0")[0].decode()
+    kind = a.get(TCA_KIND, b"").split(b"\0")[0].decode(errors="backslashreplace")
     opts = a.get(TCA_OPTIONS)
     cond = None
     if opts is not None and kind == "tbf":
@@ -344,7 +344,9 @@ def links(sock: socket.socket) -> dict[int, tuple[str, int]]:
             continue
         _fam, _type, index, _flags, _change = IFINFOMSG.unpack_from(buf, pos + 16)
         a = attrs(buf, pos + 16 + IFINFOMSG.size, pos + length)
-        name = a.get(IFLA_IFNAME, b"").split(b"\0")[0].decode()
+        # the kernel takes any bytes but '/', ':' and blanks (`ip link set dev eth0 name $'\xff'`):
+        # such a name reads as its escapes (\xff), printable, and what `link set` is given back
+        name = a.get(IFLA_IFNAME, b"").split(b"\0")[0].decode(errors="backslashreplace")
         mtu = U32.unpack(a[IFLA_MTU])[0] if IFLA_MTU in a else 0
         out[index] = (name, mtu)
     return out

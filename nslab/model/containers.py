@@ -9,6 +9,7 @@ from ..plan import Container
 
 LABEL_LAB, LABEL_NODE, LABEL_STATE = "nslab.lab", "nslab.node", "nslab.state"
 IMAGE_RE = re.compile(r"[a-z0-9]+([._/-][a-z0-9]+)*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?")
+IMAGE_NAME_MAX = 255      # Docker's reference grammar: the name before :TAG (NameTotalLengthMax); the tag is <= 128
 CAP_RE = re.compile(r"[A-Z][A-Z_]*")
 # capabilities(7), Linux 6.x.  A container's root is the host's root (no user namespace),
 # so a capability that acts on something the container's namespaces do not isolate (the
@@ -60,6 +61,10 @@ def parse(p, spec: dict, path: tuple):
     image = spec["image"]
     if not isinstance(image, str) or not IMAGE_RE.fullmatch(image):
         raise p.err(path + ("image",), f"{image!r} is not an image name like nslab/busybox or nslab/debian:latest")
+    name = image.rpartition(":")[0] if ":" in image.rsplit("/", 1)[-1] else image
+    if len(name) > IMAGE_NAME_MAX:
+        raise p.err(path + ("image",), f"the image name {name[:40]}... is {len(name)} characters long; Docker takes "
+                                       f"at most {IMAGE_NAME_MAX} before the :TAG")
     command = spec.get("command")
     if command is None:
         argv = ()

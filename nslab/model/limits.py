@@ -13,12 +13,15 @@ import resource
 from ..errors import TopologyError
 from ..plan import Neigh
 
-# Apply (nslab/apply/applier.py) keeps at most OPEN_NAMESPACES namespaces open at once
-# (lab.py passes this bound), each as its namespace fd and one NETLINK_ROUTE socket opened
-# inside it, the least recently used closed and reopened by name; lab.RecordingApplier
-# holds up to as many more anonymous namespaces (fd and socket each) waiting for their name.
+# Apply (nslab/apply/applier.py) keeps at most open_namespaces() namespaces open at once,
+# each as its namespace fd and one NETLINK_ROUTE socket opened inside it, the least recently
+# used closed and reopened by name; lab.RecordingApplier holds up to as many more anonymous
+# namespaces (fd and socket each) waiting for their name.  The window is OPEN_NAMESPACES, or
+# what the hard open-files limit leaves room for; a lab is refused only when not even
+# MIN_OPEN_NAMESPACES fit (fewer would reopen namespaces over and over).
 FDS_PER_NAMESPACE = 4
 OPEN_NAMESPACES = 256
+MIN_OPEN_NAMESPACES = 16
 # stdin/out/err, the lab lock and record, /dev/null, imports, a Docker API connection, ...
 FDS_RESERVE = 64
 GC_THRESH3 = "/proc/sys/net/ipv4/neigh/default/gc_thresh3"
@@ -59,8 +62,20 @@ def gc_thresh3() -> int | None:
         return None
 
 
-def descriptors_needed(topo) -> int:
-    return FDS_PER_NAMESPACE * min(len(topo.nodes), OPEN_NAMESPACES) + FDS_RESERVE
+def open_namespaces(hard: int | None = None) -> int:
+    """How many namespaces apply keeps open at once under the hard open-files limit `hard`
+    (default: this process's; None or RLIM_INFINITY: no limit): OPEN_NAMESPACES, or as many
+    as fit in it beside the reserve (`ulimit -Hn 1024`: 240).  Below MIN_OPEN_NAMESPACES,
+    check() refuses the lab."""
+    hard = nofile_hard_limit() if hard is None else hard
+    if hard is None or hard == resource.RLIM_INFINITY:
+        return OPEN_NAMESPACES
+    return max(0, min(OPEN_NAMESPACES, (hard - FDS_RESERVE) // FDS_PER_NAMESPACE))
+
+
+def descriptors_needed(topo, window: int | None = None) -> int:
+    """Descriptors apply holds at most for topo with `window` namespaces open (default OPEN_NAMESPACES)."""
+    return FDS_PER_NAMESPACE * min(len(topo.nodes), OPEN_NAMESPACES if window is None else window) + FDS_RESERVE
 
 
 def neighbour_domains(topo, detail: bool = True):
@@ -167,15 +182,16 @@ def check(topo) -> None:
     name = topo.doc.display_name if topo.doc is not None else topo.file
 
     hard = nofile_hard_limit()
-    need = descriptors_needed(topo)
+    need = descriptors_needed(topo, MIN_OPEN_NAMESPACES)       # the least apply can work with
     if hard is not None and need > hard:
         raise TopologyError(name, None, "", f"building {len(topo.nodes)} namespaces needs about {need} open files "
-                                            f"(up to {OPEN_NAMESPACES} namespaces open at once, "
-                                            f"{FDS_PER_NAMESPACE} descriptors each: its handle, a netlink socket and "
-                                            f"the next one waiting for its name), "
+                                            f"(at least {min(len(topo.nodes), MIN_OPEN_NAMESPACES)} namespaces "
+                                            f"open at once, {FDS_PER_NAMESPACE} descriptors each: its handle, a "
+                                            f"netlink socket and the next one waiting for its name), "
                                             f"but this process may open at most {hard} (the hard limit, "
-                                            f"`ulimit -Hn`); raise it as root (`ulimit -Hn {need}` in the shell "
-                                            f"that runs nslab, or a nofile line in /etc/security/limits.conf)")
+                                            f"`ulimit -Hn`); raise it as root (`ulimit -Hn "
+                                            f"{descriptors_needed(topo)}` in the shell that runs nslab, or a "
+                                            f"nofile line in /etc/security/limits.conf)")
 
     thresh = gc_thresh3()
     if thresh is None:

@@ -263,6 +263,8 @@ class Builder:
                 raise self.err(path + ("sysctls", key), f"sysctl value must be a number or string, got {value!r}")
             if any(c < " " and c != "\t" or c == "\x7f" for c in str(value)):
                 raise self.err(path + ("sysctls", key), f"the value of {key} must be one line of printable text")
+            if _integer_sysctl(levels) and not re.fullmatch(r"\s*-?[0-9]+\s*", str(value), re.ASCII):
+                raise self.err(path + ("sysctls", key), f"{key} takes a whole number, not {value!r}")
             node.sysctls[key] = str(value)
         serve = spec.get("serve")
         if serve is not None:
@@ -980,3 +982,22 @@ def load(file: str, text: str | None = None, name: str | None = None, overrides:
         raise UsageError(f"--backend {parser.overrides['backend']}: {doc.display_name} has no cluster: section, "
                          f"so there is no flannel backend to choose")
     return topo
+
+
+# Sysctls known to hold one integer (proc_dointvec): their values are checked at validate.
+# Any other value is the kernel's to judge at `up`, which names the file's line when it refuses.
+INTEGER_SYSCTLS = {"net.ipv4.ip_forward", "net.ipv4.fib_multipath_hash_policy", "net.ipv4.fib_multipath_use_neigh",
+                   "net.ipv4.ip_nonlocal_bind", "net.ipv4.ip_default_ttl", "net.ipv4.ip_no_pmtu_disc",
+                   "net.ipv4.icmp_echo_ignore_all", "net.ipv4.icmp_echo_ignore_broadcasts", "net.ipv4.tcp_syncookies",
+                   "net.ipv6.fib_multipath_hash_policy", "net.ipv6.conf.all.forwarding"}
+
+
+def _integer_sysctl(levels: list[str]) -> bool:
+    """Every key of net.ipv4.conf.<dev>.* and net.ipv4/ipv6.neigh.<dev>.* is one integer, and
+    of net.ipv6.conf.<dev>.* all but stable_secret (an address); plus INTEGER_SYSCTLS."""
+    if ".".join(levels) in INTEGER_SYSCTLS:
+        return True
+    if len(levels) != 5 or levels[0] != "net":
+        return False
+    return levels[1:3] in (["ipv4", "conf"], ["ipv4", "neigh"], ["ipv6", "neigh"]) or \
+        (levels[1:3] == ["ipv6", "conf"] and levels[4] != "stable_secret")

@@ -241,6 +241,7 @@ def run_all_pairs(topo, hosts: bool = False, timeout: float = 3.0) -> Report:
 
 
 def render(console, report: Report) -> None:
+    from rich.text import Text  # lazy: start-up
     lab, results = report.lab, report.results
     title = f"lab {lab}: tests" + (f" (flannel backend {report.backend})" if report.backend else "")
     out.table(console, ["", "test", "probe", "expected", "observed"],     # never cut (nslab/console.py)
@@ -248,7 +249,7 @@ def render(console, report: Report) -> None:
                for r in results], title=title, styles={"PASS": "green", "FAIL": "red bold", "SKIP": "yellow"})
     for r in results:
         if not r.ok:
-            console.print(f"[red]FAIL[/] {r.name}" + (f" (line {r.line})" if r.line else ""))
+            console.print(Text.assemble(("FAIL", "red"), f" {r.name}" + (f" (line {r.line})" if r.line else "")))
             for d in r.details:
                 console.print(f"  {d}", markup=False)
     console.print(f"{report.summary} in {report.seconds:.2f} s")

@@ -27,6 +27,7 @@ ARPHRD_ETHER, ARPHRD_LOOPBACK = 1, 772                    # packet socket link t
 LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2 = 1, 113, 276   # pcap link types
 ICMP_NAMES = {0: "echo reply", 8: "echo request", 3: "destination unreachable", 11: "time exceeded",
               12: "parameter problem"}
+MAX_TUNNELS = 8          # tunnels decoded inside one another (the lab nests at most 2: a pod's IPIP in VXLAN)
 UNREACH_CODES = {0: "net unreachable", 1: "host unreachable", 2: "protocol unreachable",
                  3: "port unreachable", 4: "fragmentation needed", 9: "net prohibited",
                  10: "host prohibited", 13: "communication administratively prohibited"}
@@ -112,8 +113,12 @@ def _ip(data: bytes, layers: list, encap: dict, quoted: bool = False) -> None:
 
 
 def _tunnel(wire, data: bytes, layers: list, encap: dict) -> None:
-    """A backend's own header (wire.header_len bytes, read by wire.fields), then what it carries."""
+    """A backend's own header (wire.header_len bytes, read by wire.fields), then what it carries,
+    up to MAX_TUNNELS deep (a 10 KB frame of IPv4-in-IPv4 headers would recurse 500 levels)."""
     if len(data) < wire.header_len:
+        return
+    if sum(l["layer"] in backends.encap_layers() for l in layers) >= MAX_TUNNELS:
+        layers.append({"layer": "nested", "note": f"more tunnels nested inside; decoded the first {MAX_TUNNELS}"})
         return
     header = data[:wire.header_len]
     layers.append({"layer": wire.layer, **(wire.fields(header) if wire.fields else {})})
@@ -164,6 +169,8 @@ def format_layer(l: dict) -> str:
         if l.get("quote"):
             text += " for [" + " | ".join(format_layer(q) for q in l["quote"]) + "]"
         return text
+    if kind == "nested":
+        return l["note"]
     if kind == "arp":
         return (f"arp who-has {l['target']} tell {l['sender']}" if l["op"] == "request"
                 else f"arp {l['sender']} is-at {l['sender_mac']}")

@@ -435,7 +435,20 @@ def _read_namespace(ns: str, peer_fds: dict[str, int], full: bool = True) -> dic
             out["qdiscs"] = {dev: q.describe() for dev, q in qdisc.read(sock).items() if q.conditions is not None}
         finally:
             sock.close()
-    return out
+    return _text(out)
+
+
+def _text(value):
+    """value with every bytes in it as text: pyroute2 hands a name that is not UTF-8 (the kernel
+    takes any bytes, `ip link set dev eth0 name $'\\xff'`) over as bytes; it reads as its escapes
+    (\\xff), as apply/qdisc.py reads it too."""
+    if isinstance(value, bytes):
+        return value.decode(errors="backslashreplace")
+    if isinstance(value, dict):
+        return {_text(k): _text(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_text(v) for v in value]
+    return value
 
 
 def collect(st, nodes: list[str]) -> dict:

@@ -127,6 +127,8 @@ class Sniffer:
                 data, anc, _, addr = s.recvmsg(65535, 64)
             except BlockingIOError:
                 return
+            except UnicodeDecodeError:       # an interface name that is not UTF-8 ($'\xff'): Python
+                continue                     # cannot build the address; the frame is gone, skip it
             self.order += 1
             t_ns = 0
             for level, typ, value in anc:

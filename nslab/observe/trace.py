@@ -498,7 +498,8 @@ def trace(lab: str, src: str, dst: str, proto: str = "icmp", port: int | None = 
         service, dst, proto, port = _service_target(lab, dst, proto, port)
     if ":" in dst:                      # ADDRESS:PORT, as the note writes a service (10.111.222.68:8080)
         dst, _, text = dst.rpartition(":")
-        if not text.isdigit() or (port is not None and port != int(text)):
+        # ASCII digits only: str.isdigit() takes '²', which int() refuses; 5 digits bound int()'s work
+        if not (text.isascii() and text.isdigit() and len(text) <= 5) or (port is not None and port != int(text)):
             raise UsageError(f"{dst}:{text}: the port after ':' must be a number (and agree with --port)")
         port = int(text)
     if proto not in PROTOS:

@@ -573,19 +573,42 @@ def test_seed_labs_stay_dynamic():
 
 
 def test_descriptor_limit_refuses_at_validate(monkeypatch):
-    """Apply keeps at most limits.OPEN_NAMESPACES namespaces open: the need stops growing there."""
+    """Apply's window of open namespaces shrinks to the hard limit; validate refuses only when
+    not even limits.MIN_OPEN_NAMESPACES fit."""
     from nslab.model import limits
     monkeypatch.setattr(limits, "OPEN_NAMESPACES", 100)
     monkeypatch.setattr(limits, "FDS_PER_NAMESPACE", 3)     # the figures below (apply's count may change)
+    monkeypatch.setattr(limits, "MIN_OPEN_NAMESPACES", 20)
     monkeypatch.setattr(limits, "nofile_hard_limit", lambda: 400)
-    model.load("s.yaml", text=single_switch(100))       # 100 of 102 namespaces open: 364 descriptors
-    model.load("s.yaml", text=single_switch(1000))      # still 364: the bound, not the lab, counts
-    monkeypatch.setattr(limits, "nofile_hard_limit", lambda: 350)
-    model.load("s.yaml", text=single_switch(10))        # 12 namespaces: 100
+    model.load("s.yaml", text=single_switch(1000))      # the window: 100 of 1002 namespaces open
+    monkeypatch.setattr(limits, "nofile_hard_limit", lambda: 130)
+    model.load("s.yaml", text=single_switch(150))       # a window of (130 - 64) // 3 = 22
+    monkeypatch.setattr(limits, "nofile_hard_limit", lambda: 120)
+    model.load("s.yaml", text=single_switch(16))        # 18 namespaces: 3 x 18 + 64 = 118
     with pytest.raises(TopologyError) as info:
-        model.load("s.yaml", text=single_switch(150))   # 100 x 3 + 64 = 364 > 350
+        model.load("s.yaml", text=single_switch(150))   # a window of 20 needs 20 x 3 + 64 = 124 > 120
     msg = str(info.value)
-    assert "152 namespaces needs about 364 open files" in msg and "at most 350" in msg and "ulimit -Hn" in msg
+    assert "152 namespaces needs about 124 open files" in msg and "at least 20 namespaces" in msg, msg
+    assert "at most 120" in msg and "ulimit -Hn 364" in msg, msg
+
+
+def test_the_window_of_open_namespaces_is_sized_to_the_hard_limit():
+    from nslab.model import limits
+    import resource
+    per, reserve = limits.FDS_PER_NAMESPACE, limits.FDS_RESERVE
+    assert limits.open_namespaces(resource.RLIM_INFINITY) == limits.OPEN_NAMESPACES
+    assert limits.open_namespaces(1 << 20) == limits.OPEN_NAMESPACES
+    assert limits.open_namespaces(1024) == (1024 - reserve) // per == 240       # `ulimit -n 1024`
+    assert limits.open_namespaces(reserve + per * limits.MIN_OPEN_NAMESPACES) == limits.MIN_OPEN_NAMESPACES
+    assert limits.open_namespaces(reserve + 3) == 0 and limits.open_namespaces(10) == 0
+    for hard in (100, 128, 500, 1024, 4096):                 # what it sizes fits under the limit
+        assert per * limits.open_namespaces(hard) + reserve <= hard
+    # apply's window is the same sizing (a child: this process keeps its hard limit)
+    code = ("import resource; resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024)); "
+            "from nslab.apply.applier import Applier; print(Applier().max_open, Applier(max_open=256).max_open, "
+            "Applier(max_open=8).max_open)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["240", "240", "8"], out.stderr
 
 
 def test_raise_nofile_soft_limit_in_a_child():

@@ -107,6 +107,25 @@ def test_ipip_protocol_4_has_no_inner_mac():
     assert decode(pkt, "vxlan", 4789) is None
 
 
+def test_a_frame_of_500_nested_ipip_headers_is_decoded_to_a_bound():
+    """~10 KB of IPv4-in-IPv4 headers sent inside a lab recursed past Python's limit in
+    capture --decode, trace and test (RecursionError); now: the first MAX_TUNNELS, and a note."""
+    from nslab.observe.decode import MAX_TUNNELS, format_layers
+    pkt = bytes(IP(src="10.244.1.2", dst="10.244.3.2") / ICMP(type=8))
+    outer = bytes(IP(src="10.0.0.21", dst="30.0.0.23", proto=4))       # one header; scapy recurses too
+    for _ in range(500):                                                # so the bytes are nested here
+        pkt = outer[:2] + (20 + len(pkt)).to_bytes(2, "big") + outer[4:] + pkt
+    frame = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02", type=0x0800)) + pkt
+    assert len(frame) > 10_000
+    got = layers(frame, "ipip")
+    assert [l["layer"] for l in got] == ["eth"] + ["ip", "ipip"] * MAX_TUNNELS + ["ip", "nested"]
+    assert format_layers(got).endswith(f"| ip 10.0.0.21 > 30.0.0.23 ttl 64 | more tunnels nested inside; "
+                                       f"decoded the first {MAX_TUNNELS}")
+    d = decode(frame, "ipip", None)                          # capture --decode's rows of it
+    assert d.kind == "ipip" and (d.outer.src_ip, d.outer.dst_ip) == ("10.0.0.21", "30.0.0.23")
+    summary(got, Names())                                    # trace's and test's one line
+
+
 @pytest.mark.parametrize("backend,port", [("udp", 8285), ("udp:8282", 8282)])
 def test_udp_backend_raw_ip_in_udp(backend, port):
     topo = load("spine-leaf.yaml", backend=backend)
