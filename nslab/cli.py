@@ -119,14 +119,38 @@ def up(file: Optional[str] = typer.Argument(None, help="Topology YAML (default: 
        quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the lab name."),
        as_json: bool = typer.Option(False, "--json", help="Machine-readable output: the devices built."),
        without_netem: bool = typer.Option(False, "--without-netem", help="On a kernel without netem, build the lab "
-                                          "with its links' rates alone (no delay, jitter, loss).")):
-    """Build a lab from a topology file."""
+                                          "with its links' rates alone (no delay, jitter, loss)."),
+       dry_run: bool = typer.Option(False, "--dry-run", help="Print what `up` would add (+), remove (-) and "
+                                    "recreate (~) in the lab, and change nothing.")):
+    """Build a lab from a topology file; for a lab that runs, apply only what the file changed."""
+    from . import converge     # lazy: start-up (the differ loads only for a lab that runs)
     file = file or default_topology()
     overrides = {"backend": backend} if backend else None
     if without_netem:
         overrides = {**(overrides or {}), "without_netem": True}
     topo = labmod.load(file, name=name, overrides=overrides)
     labmod.require_root()
+    if dry_run:
+        change, names = converge.preview(topo, overrides)
+        for line in converge.diff.render(change, names):
+            out.say(line)
+        return
+    st = state.load(topo.name)
+    if st is not None and st.status in ("up", "converging"):
+        t0 = time.perf_counter()
+        with out.Progress(f"up {topo.name}") as progress:
+            change, plan, st, notices = converge.converge(topo, overrides, progress=progress)
+        if quiet:
+            out.say(topo.name)
+            return
+        if change.empty:
+            out.say(f"lab {topo.name}: no changes")
+            return
+        for line in converge.diff.render(change, converge.node_names(plan)) + [f"note: {n}" for n in notices]:
+            out.say(line)
+        out.say(f"lab {topo.name} is up to date with {os.path.basename(topo.file)} "
+                f"({time.perf_counter() - t0:.2f} s)")
+        return
     t0 = time.perf_counter()
     with out.Progress(f"up {topo.name}") as progress:
         plan, st = labmod.up(topo, overrides, progress=progress)
