@@ -159,6 +159,14 @@ def compute(old: P.Plan, new: P.Plan, force=()) -> Converge:
               and not any(ns in rebuilt or ns in c.remove for ns in namespaces_of(op))
               and not (not isinstance(op, P.Link) and touches(op, dying))
               and (isinstance(op, UNDONE + (P.Link,)) or (isinstance(op, P.Qdisc) and (op.ns, op.dev) not in new_keys))]
+    # an address deleted in place takes the routes through its device whose gateway it
+    # reached: those of the new plan are deleted (if still there) and added again
+    readdressed = {(op.ns, op.dev) for op in c.undo if isinstance(op, P.Addr)}
+    applied = set(c.apply)
+    again = [op for op in new.ops if isinstance(op, P.Route) and op not in applied
+             and any((op.ns, h.dev) in readdressed for h in op.nexthops)]
+    c.undo += again
+    c.apply += again
     procs = [op for op in c.added + c.removed if isinstance(op, PROCESS_OPS)]
     c.agent = bool(procs) or any(op.ns in rebuilt | set(c.remove) for op in new.ops + old.ops
                                  if isinstance(op, PROCESS_OPS))
