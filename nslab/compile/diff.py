@@ -15,6 +15,7 @@ its veths' far ends) is applied again from the new plan (apply.containers.ops_to
 rule, for a set of dying devices)."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from .. import plan as P
@@ -110,13 +111,22 @@ def _why_not_in_place(op, new_keys: set) -> str | None:
     return f"{type(op).__name__} cannot be undone in place"
 
 
+def _key(op):
+    """What makes two ops the same kernel work: a veth's Peer.address is only for display
+    (the peer's Addr op sets it), so an address change does not replace the veth."""
+    if isinstance(op, P.Link) and op.peer is not None and op.peer.address is not None:
+        return dataclasses.replace(op, peer=dataclasses.replace(op.peer, address=None))
+    return op
+
+
 def compute(old: P.Plan, new: P.Plan, force=()) -> Converge:
     """The converge from `old` (applied) to `new`.  `force`: namespaces in an unknown state
     (touched by a converge that was interrupted): recreated if the new plan has them,
     else removed."""
-    old_set, new_set = set(old.ops), set(new.ops)
-    c = Converge(added=[op for op in new.ops if op not in old_set],
-                 removed=[op for op in old.ops if op not in new_set])
+    old_keys, new_keys_ = [_key(op) for op in old.ops], [_key(op) for op in new.ops]
+    old_set, new_set = set(old_keys), set(new_keys_)
+    c = Converge(added=[op for op, k in zip(new.ops, new_keys_) if k not in old_set],
+                 removed=[op for op, k in zip(old.ops, old_keys) if k not in new_set])
     old_ns, new_ns = old.namespaces, new.namespaces
     old_nss, new_nss = set(old_ns), set(new_ns)
     c.create = [ns for ns in new_ns if ns not in old_nss]

@@ -162,3 +162,12 @@ def test_an_interrupted_converge_recreates_what_it_touched():
     c = D.compute(plan(ROUTED), plan(ROUTED), force={"x.r1", "x.gone"})
     assert c.recreate == {"x.r1": "an earlier converge was interrupted"} and c.remove == ["x.gone"]
     assert not c.empty and {op.ns for op in c.apply} >= {"x.r1", "x.h1", "x.h2"}
+
+
+def test_an_address_change_on_a_veth_peer_leaves_the_veth():
+    """Peer.address is for display only: the far end's new address must not replace the veth."""
+    text = (REPO / "topologies" / "diy-veth.yaml").read_text().split("\ntests:")[0] + "\n"
+    c = D.compute(plan(text), plan(text.replace("10.1.1.3", "10.1.1.9")))
+    assert [type(op).__name__ for op in c.undo] == ["Addr"] and [type(op).__name__ for op in c.apply] == ["Addr"]
+    assert D.render(c, {}) == ["~ ns2: changed in place", "  - addr add 10.1.1.3/24 brd + dev veth1",
+                               "  + addr add 10.1.1.9/24 brd + dev veth1", "~ hosts file (node names) rewritten"]
