@@ -15,7 +15,6 @@ its veths' far ends) is applied again from the new plan (apply.containers.ops_to
 rule, for a set of dying devices)."""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 from .. import plan as P
@@ -114,8 +113,10 @@ def _why_not_in_place(op, new_keys: set) -> str | None:
 def _key(op):
     """What makes two ops the same kernel work: a veth's Peer.address is only for display
     (the peer's Addr op sets it), so an address change does not replace the veth."""
-    if isinstance(op, P.Link) and op.peer is not None and op.peer.address is not None:
-        return dataclasses.replace(op, peer=dataclasses.replace(op.peer, address=None))
+    if isinstance(op, P.Link) and op.peer is not None:
+        p = op.peer
+        return (op.ns, op.name, op.kind, op.mtu, op.mac, op.master, p.ns, p.name, p.mtu, p.mac, op.vxlan, op.ipip,
+                op.stage)
     return op
 
 
@@ -123,10 +124,10 @@ def compute(old: P.Plan, new: P.Plan, force=()) -> Converge:
     """The converge from `old` (applied) to `new`.  `force`: namespaces in an unknown state
     (touched by a converge that was interrupted): recreated if the new plan has them,
     else removed."""
-    old_keys, new_keys_ = [_key(op) for op in old.ops], [_key(op) for op in new.ops]
-    old_set, new_set = set(old_keys), set(new_keys_)
-    c = Converge(added=[op for op, k in zip(new.ops, new_keys_) if k not in old_set],
-                 removed=[op for op, k in zip(old.ops, old_keys) if k not in new_set])
+    old_k, new_k = [_key(op) for op in old.ops], [_key(op) for op in new.ops]
+    old_set, new_set = set(old_k), set(new_k)
+    c = Converge(added=[op for op, k in zip(new.ops, new_k) if k not in old_set],
+                 removed=[op for op, k in zip(old.ops, old_k) if k not in new_set])
     old_ns, new_ns = old.namespaces, new.namespaces
     old_nss, new_nss = set(old_ns), set(new_ns)
     c.create = [ns for ns in new_ns if ns not in old_nss]
@@ -161,9 +162,9 @@ def compute(old: P.Plan, new: P.Plan, force=()) -> Converge:
             c.recreate[ns] = "the device under its vxlan device is replaced"
     c.dying = dying
     rebuilt = set(c.recreate) | set(c.create)
-    added = set(c.added)
+    added = {id(op) for op in c.added}       # ops of new.ops: by identity, no hashing
     c.apply = [op for op in new.ops if not isinstance(op, PROCESS_OPS)
-               and (op in added or op.ns in rebuilt or touches(op, dying)
+               and (id(op) in added or op.ns in rebuilt or (dying and touches(op, dying))
                     or (isinstance(op, P.Link) and op.peer is not None and op.peer.ns in rebuilt))]
     c.undo = [op for op in c.removed if not isinstance(op, (P.Netns,) + PROCESS_OPS)
               and not any(ns in rebuilt or ns in c.remove for ns in namespaces_of(op))
@@ -172,8 +173,8 @@ def compute(old: P.Plan, new: P.Plan, force=()) -> Converge:
     # an address deleted in place takes the routes through its device whose gateway it
     # reached: those of the new plan are deleted (if still there) and added again
     readdressed = {(op.ns, op.dev) for op in c.undo if isinstance(op, P.Addr)}
-    applied = set(c.apply)
-    again = [op for op in new.ops if isinstance(op, P.Route) and op not in applied
+    applied = {id(op) for op in c.apply}
+    again = [op for op in new.ops if readdressed and isinstance(op, P.Route) and id(op) not in applied
              and any((op.ns, h.dev) in readdressed for h in op.nexthops)]
     c.undo += again
     c.apply += again
@@ -241,7 +242,8 @@ def render(c: Converge, node_of: dict) -> list[str]:
         lines += per[ns]
     for ns in sorted(set(c.recreate) - set(per), key=node):
         lines.append(f"~ {node(ns)}: recreated: {c.recreate[ns]}")
-    again = sorted({op.ns for op in c.apply if op not in set(c.added)} - set(c.recreate) - set(c.create))
+    added = {id(op) for op in c.added}
+    again = sorted({op.ns for op in c.apply if id(op) not in added} - set(c.recreate) - set(c.create))
     if again:
         lines.append(f"  (applied again where devices are replaced: {', '.join(node(ns) for ns in again)})")
     if c.hosts:
