@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""Crash safety, measured: SIGKILL `nslab up` or `nslab down` at a random moment, run
+"""Crash safety, measured: SIGKILL `nslab up`, `nslab down` or a converge at a random moment, run
 `nslab down LAB` again, and compare the host with how it was before the run.
 
     sudo python3 tests/crash/killtest.py --runs 100            # ~100 kills, 3 lab kinds
     sudo python3 tests/crash/killtest.py --runs 6 --seed 1 --scenarios udp,hosts200
+    sudo python3 tests/crash/killtest.py --runs 20 --ops converge     # only converges
 
 Lab kinds (round robin): spine-leaf with `--backend udp` (tunnel daemons + the lab agent),
 topologies/containers.yaml (Docker containers), and a 200-host single-switch lab.
@@ -273,6 +274,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--scenarios", default="udp,containers,hosts200",
                     help="comma-separated: udp, containers, hosts200 (default: all three)")
+    ap.add_argument("--ops", default="up,down,converge",
+                    help="comma-separated: which operations to kill (default: up,down,converge)")
     ap.add_argument("--json", help="also write every run's result to this file")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
@@ -305,7 +308,7 @@ def main(argv=None) -> int:
             killed = 0
             while killed < args.runs and i < args.runs * 3:
                 kind = kinds[i % len(kinds)]
-                ops = ("up", "down", "converge") if kind in runner.edits else ("up", "down")
+                ops = [o for o in args.ops.split(",") if o != "converge" or kind in runner.edits]
                 op = ops[(i // len(kinds)) % len(ops)]
                 r = runner.run(kind, op, startup, rng)
                 i += 1

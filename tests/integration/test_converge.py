@@ -9,6 +9,9 @@ import json
 import os
 import re
 import subprocess
+import sys
+
+import pytest
 
 from conftest import REPO, nslab, unique_lab_name
 
@@ -223,3 +226,53 @@ def test_dry_run_of_a_lab_that_does_not_run_lists_everything(tmp_path):
     assert r.stdout.splitlines()[:3] == ["+ h1: new node (6 objects)", "+ h2: new node (6 objects)",
                                          "+ r1: new node (8 objects)"], r.stdout
     assert not os.path.exists(f"/run/nslab/{name}") and not os.path.exists(f"/run/netns/{name}.h1")
+
+
+# ---- a converge killed part-way (os._exit: no cleanup runs, as with kill -9) ----------------
+
+KILLED = """
+import os, sys
+from nslab import cli, converge, state
+point = sys.argv.pop(1)
+def after(owner, name):
+    original = getattr(owner, name)
+    def wrapper(*a, **kw):
+        result = original(*a, **kw)
+        os._exit(137)
+    setattr(owner, name, wrapper)
+after(*{"drop": (converge, "_drop"), "create": (converge.L.RecordingApplier, "create_namespace"),
+        "applied": (converge.L.RecordingApplier, "apply"), "built": (state, "record_built")}[point])
+sys.argv[0] = "nslab"
+cli.main()
+"""
+EDITED = ROUTED.replace("  h2: {}\n", "  h3: {}\n").replace("10.9.0.0/24", "10.8.0.0/24").replace(
+    "{node: h2, ip: 10.2.0.2/24}", "{node: h3, ip: 10.2.0.3/24}")
+
+
+@pytest.mark.parametrize("point,then", [("drop", "up"), ("create", "up"), ("built", "up"), ("create", "down"),
+                                        ("applied", "other")])
+def test_a_converge_killed_part_way_is_finished_by_up_or_removed_by_down(root_unchanged, lab_factory, tmp_path,
+                                                                          point, then):
+    lab = lab_factory(ROUTED)
+    path = tmp_path / "edited.yaml"
+    path.write_text(EDITED)
+    killed = subprocess.run([sys.executable, "-c", KILLED, point, "up", str(path), "--name", lab.name],
+                            capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert killed.returncode == 137, killed
+    assert lab.state["status"] == "converging"
+    if then == "down":
+        lab.down()                 # lab_factory's leftover check: nothing of it (old or new) is left
+        assert not any(n.startswith(lab.name + ".") for n in os.listdir("/run/netns"))
+        return
+    target = EDITED
+    if then == "other":           # edited again meanwhile: what the killed one half-did must not stay
+        target = EDITED.replace("10.8.0.0/24", "10.7.0.0/24")
+        path.write_text(target)
+    r = lab.nslab("up", path, "--name", lab.name, timeout=180)
+    assert r.returncode == 0, r
+    assert lab.state["status"] == "up" and sorted(lab.state["nodes"]) == ["h1", "h3", "r1"]
+    assert not os.path.exists(f"/run/netns/{lab.name}.h2") and not os.path.lexists(f"/etc/netns/{lab.name}.h2")
+    assert lab.nslab("up", path, "--name", lab.name).stdout == f"lab {lab.name}: no changes\n"
+    assert lab.exec("h3", "ping", "-c1", "-W2", "10.2.0.1").returncode == 0
+    assert lab.exec("h3", "hostname").stdout.strip() == "h3"
+    assert_as_fresh(lab, target, lab_factory)
