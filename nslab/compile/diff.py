@@ -89,6 +89,21 @@ def devices(plan_ops, ns_set: set) -> set:
     return out
 
 
+BUILTIN_CHAINS = {"filter": ("INPUT", "FORWARD", "OUTPUT"), "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
+                  "mangle": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"),
+                  "raw": ("PREROUTING", "OUTPUT"), "security": ("INPUT", "FORWARD", "OUTPUT")}
+
+
+def _tables(texts) -> list[str]:
+    return sorted({line[1:].strip() for t in texts for line in t.splitlines() if line.startswith("*")})
+
+
+def iptables_reset(ns: str, texts: list[str]) -> P.Iptables:
+    """iptables-restore text that returns the tables `texts` use to a fresh namespace's."""
+    return P.Iptables(ns, "".join(f"*{t}\n-F\n-X\n" + "".join(f":{c} ACCEPT [0:0]\n" for c in BUILTIN_CHAINS[t])
+                                  + "COMMIT\n" for t in _tables(texts)))
+
+
 def _why_not_in_place(op, new_keys: set) -> str | None:
     """None if `op` (removed, in a namespace that stays) can be undone in place, else why not."""
     if isinstance(op, P.Netns):
@@ -104,7 +119,7 @@ def _why_not_in_place(op, new_keys: set) -> str | None:
     if isinstance(op, P.Up):
         return f"{op.dev} is no longer brought up"
     if isinstance(op, P.Iptables):
-        return "its iptables rules changed"
+        return None if set(_tables([op.text])) <= set(BUILTIN_CHAINS) else "its iptables rules changed"
     if isinstance(op, PROCESS_OPS):
         return None
     return f"{type(op).__name__} cannot be undone in place"
@@ -178,6 +193,16 @@ def compute(old: P.Plan, new: P.Plan, force=()) -> Converge:
              and any((op.ns, h.dev) in readdressed for h in op.nexthops)]
     c.undo += again
     c.apply += again
+    # iptables text changed in a kept namespace: its tables are reset (flushed, user chains
+    # deleted, built-in policies ACCEPT as in a fresh namespace), then its whole new text
+    # loaded (iptables-restore --noflush cannot take single rules back)
+    gone_or_rebuilt = rebuilt | set(c.remove)
+    for ns in dict.fromkeys(op.ns for op in c.removed if isinstance(op, P.Iptables) and op.ns not in gone_or_rebuilt):
+        texts = [op for op in new.ops if isinstance(op, P.Iptables) and op.ns == ns]
+        olds = [op.text for op in old.ops if isinstance(op, P.Iptables) and op.ns == ns]
+        applied = {id(op) for op in c.apply}
+        c.apply = [iptables_reset(ns, olds + [op.text for op in texts])] + c.apply + \
+            [op for op in texts if id(op) not in applied]
     procs = [op for op in c.added + c.removed if isinstance(op, PROCESS_OPS)]
     c.agent = bool(procs) or any(op.ns in rebuilt | set(c.remove) for op in new.ops + old.ops
                                  if isinstance(op, PROCESS_OPS))
@@ -245,7 +270,8 @@ def render(c: Converge, node_of: dict) -> list[str]:
     added = {id(op) for op in c.added}
     again = sorted({op.ns for op in c.apply if id(op) not in added} - set(c.recreate) - set(c.create))
     if again:
-        lines.append(f"  (applied again where devices are replaced: {', '.join(node(ns) for ns in again)})")
+        lines.append(f"  (applied again, where devices or iptables tables are replaced: "
+                     f"{', '.join(node(ns) for ns in again)})")
     if c.hosts:
         lines.append("~ hosts file (node names) rewritten")
     if c.agent:

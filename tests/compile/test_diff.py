@@ -171,3 +171,14 @@ def test_an_address_change_on_a_veth_peer_leaves_the_veth():
     assert [type(op).__name__ for op in c.undo] == ["Addr"] and [type(op).__name__ for op in c.apply] == ["Addr"]
     assert D.render(c, {}) == ["~ ns2: changed in place", "  - addr add 10.1.1.3/24 brd + dev veth1",
                                "  + addr add 10.1.1.9/24 brd + dev veth1", "~ hosts file (node names) rewritten"]
+
+
+def test_a_kube_service_added_replaces_iptables_in_place():
+    service = "  services:\n    web: {selector: nginx, port: 8080, targetPort: 80, clusterIP: 10.96.0.10}\n  pods:\n"
+    c = D.compute(plan(cluster()), plan(cluster(lambda s: s.replace("  pods:\n", service))))
+    assert not c.recreate and not c.create and not c.undo
+    for ns in ("x.master", "x.node1"):
+        rules = [op.text for op in c.apply if isinstance(op, P.Iptables) and op.ns == ns]
+        # first the tables reset as in a fresh namespace, then the node's whole new text
+        assert rules[0].startswith("*filter\n-F\n-X\n:INPUT ACCEPT [0:0]\n") and "*nat\n-F\n-X\n" in rules[0]
+        assert len(rules) == 2 and "10.96.0.10" in rules[1]

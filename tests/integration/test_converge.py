@@ -54,6 +54,9 @@ def kernel(ns: str) -> dict:
         "neigh": sorted((n["dst"], _n(n["dev"])) for n in _j(["ip", "-j", "-n", ns, "neigh", "show", "nud",
                                                                 "permanent"])),
         "fdb": sorted((f["ifname"], f["dst"]) for f in _j(["bridge", "-j", "-n", ns, "fdb", "show"]) if "dst" in f),
+        "iptables": sorted(re.sub(r"\[\d+:\d+\]", "", line) for line in subprocess.run(
+            ["ip", "netns", "exec", ns, "iptables-save"], capture_output=True, text=True).stdout.splitlines()
+            if not line.startswith("#")),
         "qdisc": sorted((_n(q["dev"]), q["kind"]) for q in _j(["tc", "-j", "-n", ns, "qdisc", "show"])
                         if q.get("root") and q["kind"] not in ("noqueue", "noop")),
     }
@@ -202,6 +205,16 @@ def test_cluster_pod_and_service_added_then_vni_changed(root_unchanged, lab_fact
     assert lab.exec("client", "curl", "-s", "-m5", "http://nginx").stdout.startswith("nginx ")
     assert lab.nslab("show", "-l", lab.name).returncode == 0
     assert "degraded" not in lab.nslab("ls").stdout
+    assert_as_fresh(lab, edit, lab_factory)
+
+    # a Service: kube-proxy's rules in every node replaced in place, nothing recreated
+    edit = edit.replace("  pods:\n", "  services:\n    web: {selector: nginx, port: 8080, targetPort: 80, "
+                                      "clusterIP: 10.96.0.10}\n  pods:\n")
+    mark(lab)
+    converge_to(lab, edit, tmp_path)
+    assert kept(lab) == set(lab.state["nodes"])
+    svc = lab.exec("client", "curl", "-s", "-m5", "http://10.96.0.10:8080")
+    assert svc.returncode == 0 and svc.stdout.startswith("nginx "), svc
     assert_as_fresh(lab, edit, lab_factory)
 
     vni = edit.replace("vni: 1,", "vni: 7,")
