@@ -105,26 +105,28 @@ def converge(topo, overrides: dict | None = None, progress=None) -> tuple[diff.C
             c.agent = c.agent or any(isinstance(op, diff.PROCESS_OPS) for op in new.ops + old.ops)
         if c.empty and not resuming:
             return c, new, st, []
-        _refuse(lab, c, old, new, st)
-        notices = _run(topo, st, old, new, c, overrides, progress)
+        engine = _refuse(lab, c, old, new, st)
+        notices = _run(topo, st, old, new, c, overrides, progress, engine)
         return c, new, st, notices
 
 
-def _refuse(lab: str, c: diff.Converge, old: P.Plan, new: P.Plan, st: state.LabState) -> None:
-    """What this converge cannot do: said before anything changes."""
-    specs = {op.ns: op for plan in (old, new) for op in plan.ops if isinstance(op, P.Netns) and op.container}
-    boxed = sorted(ns for ns in set(c.create) | set(c.remove) | set(c.recreate) if ns in specs)
-    if boxed:
-        raise UsageError(f"lab {lab}: container node {specs[boxed[0]].node} would be added, removed or recreated, "
-                         f"which `up` cannot do to a running lab yet: `nslab down {lab}` and `nslab up` again")
+def _refuse(lab: str, c: diff.Converge, old: P.Plan, new: P.Plan, st: state.LabState):
+    """What this converge cannot do, said before anything changes; the container engine
+    when containers are to be started (their images here, their names free)."""
+    starting = [op for op in new.ops if isinstance(op, P.Netns) and op.container
+                and (op.ns in c.create or op.ns in c.recreate)]
+    engine = containers.check(P.Plan(lab=lab, ops=starting)) if starting else None
+    if engine is not None:     # the lab's own containers of those names are no conflict (they go first)
+        containers.conflicts(engine, P.Plan(lab=lab, ops=starting), lab, st.dir)
     for ns in c.create:
         ident = state.ns_identity(netns.path(ns))
         if ident is not None and ident != st.ns_ids.get(ns):
             raise UsageError(f"network namespace {ns} already exists and nslab did not make it for lab {lab}; "
                              f"remove it (ip netns del {ns}) or rename the lab with --name")
+    return engine
 
 
-def _run(topo, st, old, new, c, overrides, progress) -> list[str]:
+def _run(topo, st, old, new, c, overrides, progress, engine=None) -> list[str]:
     lab = topo.name
 
     def record(change) -> None:        # our copy first, then the record
@@ -142,11 +144,19 @@ def _run(topo, st, old, new, c, overrides, progress) -> list[str]:
     # 2. processes
     if c.agent:
         _stop_agent(st, record)
-    # 3. namespaces that go or are made afresh
+    # 3. namespaces that go or are made afresh (a container node's container with it)
+    nodes = node_names(old, new)
     for ns in list(c.remove) + list(c.recreate) + list(c.create):
-        _drop(lab, st, ns, record)
+        _drop(lab, st, ns, record, nodes.get(ns))
+
+    def start_container(op):            # as `up` does: its identity recorded before its name
+        pid = containers.start(engine, st, op, new.hosts, state.update)
+        ident = state.ns_identity(f"/proc/{pid}/ns/net")
+        record(lambda s: s.ns_ids.__setitem__(op.ns, ident))
+        return pid
     # 4. in place, then the new ops
-    applier = L.RecordingApplier(record, record_namespaces, max_open=limits.OPEN_NAMESPACES, progress=progress)
+    applier = L.RecordingApplier(record, record_namespaces, max_open=limits.OPEN_NAMESPACES, progress=progress,
+                                 start_container=start_container)
     made = set(c.recreate) | set(c.create)
     try:
         for ns in sorted({ns for op in c.apply + c.undo for ns in diff.namespaces_of(op)} - made):
@@ -209,9 +219,10 @@ def _stop_agent(st: state.LabState, record) -> None:
     record(lambda s: setattr(s, "processes", [p for p in s.processes if (p.pid, p.start_time) not in gone]))
 
 
-def _drop(lab: str, st: state.LabState, ns: str, record) -> None:
+def _drop(lab: str, st: state.LabState, ns: str, record, node: str | None = None) -> None:
     """Remove namespace `ns` if it is the lab's (its veths first: their far ends go now),
-    then forget its identity.  Someone else's namespace of that name: refused."""
+    and node `node`'s container if the lab has one, then forget both.  Someone else's
+    namespace of that name: refused."""
     path = netns.path(ns)
     ident = state.ns_identity(path)
     if ident is not None and ident != st.ns_ids.get(ns):
@@ -225,6 +236,11 @@ def _drop(lab: str, st: state.LabState, ns: str, record) -> None:
                 applier.delete_links(handle, [dev], applier.GONE + NOT_DELETABLE)
         finally:
             applier.close()
+    boxed = [r for r in st.containers if node is not None and r.get("node") == node]
+    if boxed:
+        containers.remove([box for box in containers.owned(lab, st.dir, boxed)
+                           if box.labels.get(containers.LABEL_NODE) == node])
+        record(lambda s: setattr(s, "containers", [r for r in s.containers if r.get("node") != node]))
     if os.path.lexists(path):
         netns.remove(ns)
     if ns in st.ns_ids:

@@ -289,3 +289,34 @@ def test_a_converge_killed_part_way_is_finished_by_up_or_removed_by_down(root_un
     assert lab.exec("h3", "ping", "-c1", "-W2", "10.2.0.1").returncode == 0
     assert lab.exec("h3", "hostname").stdout.strip() == "h3"
     assert_as_fresh(lab, target, lab_factory)
+
+
+def test_container_nodes_added_removed_and_recreated(root_unchanged, lab_factory, tmp_path):
+    from nslab import model
+    from nslab.apply import containers
+    from nslab.compile import compile_topology
+    why = containers.unavailable(compile_topology(model.load(str(REPO / "topologies" / "containers.yaml"))))
+    if why:
+        pytest.skip(f"needs the Docker engine and nslab's images: {why}")
+    import docker
+    text = (REPO / "topologies" / "containers.yaml").read_text().split("\ntests:")[0].replace(
+        "name: containers\n", "") + "\n"
+    lab = lab_factory(text)
+    mark(lab)
+    old_nginx = docker.from_env().containers.get(f"nslab.{lab.name}.nginx").id
+    # nginx's command changed (recreated), client removed, a container pod web2 added
+    edit = text.replace("command: httpd -f -p 80 -h /www", "command: httpd -f -p 80 -h /").replace(
+        "    client: {node: master, image: nslab/debian}", "    web2: {node: master, image: nslab/busybox, "
+        "command: httpd -f -p 80 -h /www}\n   ")
+    r = converge_to(lab, edit, tmp_path)
+    assert "~ nginx: recreated: its container changed" in r.stdout and "- client: removed" in r.stdout, r.stdout
+    assert kept(lab) == {"lan", "master", "node1"}
+    names = sorted(c.name for c in docker.from_env().containers.list(all=True,
+                                                                      filters={"label": f"nslab.lab={lab.name}"}))
+    assert names == [f"nslab.{lab.name}.nginx", f"nslab.{lab.name}.web2"]
+    assert docker.from_env().containers.get(f"nslab.{lab.name}.nginx").id != old_nginx
+    assert {c["node"] for c in lab.state["containers"]} == {"nginx", "web2"}
+    code = ["curl", "-s", "-m5", "-o", "/dev/null", "-w", "%{http_code}"]
+    assert lab.exec("master", *code, "http://web2").stdout == "200"
+    assert lab.exec("master", *code, "http://nginx/").stdout == "404"       # its new document root: /
+    assert lab.nslab("up", tmp_path / "edit.yaml", "--name", lab.name).stdout == f"lab {lab.name}: no changes\n"
