@@ -138,7 +138,8 @@ def _run(topo, st, old, new, c, overrides, progress, engine=None) -> list[str]:
         state.record_namespaces(lab, ids)
 
     # 1. what is about to happen
-    state._write_file(lab, PENDING, P.to_json(new).encode())
+    plan_json = P.to_json(new)          # once: ~0.3 s for 1,000 pods
+    state._write_file(lab, PENDING, plan_json.encode())
     union = list(dict.fromkeys(st.namespaces + old.namespaces + new.namespaces))
     record(lambda s: (setattr(s, "status", "converging"), setattr(s, "namespaces", union)))
     # 2. processes
@@ -189,7 +190,7 @@ def _run(topo, st, old, new, c, overrides, progress, engine=None) -> list[str]:
         agent.start(st, services)
     # 6. the record: what is built now
     notices, conditions = _conditions(st, c, new)
-    state.record_built(lab, L._source(topo), P.to_json(new))
+    state.record_built(lab, L._source(topo), plan_json)
 
     def done(s):
         s.status = "up"
