@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
+import re
 
 from . import lab as L
 from . import plan as P
@@ -29,6 +31,7 @@ from .apply import containers, netns, qdisc
 from .compile import diff
 from .errors import NslabError, UsageError
 from .model import limits
+from .model.types import lab_name_from_file
 from .runtime import agent
 
 PENDING = "pending-plan.json"
@@ -72,6 +75,44 @@ def unchanged(topo, overrides: dict | None, st: state.LabState) -> bool:
         return False
 
 
+def summary(c: diff.Converge, nodes: dict) -> dict:
+    """--json: what a converge changes, per node (ops as --dry-run describes them)."""
+    def node(ns):
+        return nodes.get(ns, ns.split(".", 1)[-1])
+    per: dict[str, dict] = {}
+    for sign, ops in (("added", c.added), ("removed", c.removed)):
+        for op in ops:
+            if not isinstance(op, P.Netns):
+                per.setdefault(node(op.ns), {"added": [], "removed": []})[sign].append(diff.describe(op))
+    return dict(changed=not c.empty, created=[node(ns) for ns in c.create], removed=[node(ns) for ns in c.remove],
+                recreated={node(ns): why for ns, why in c.recreate.items()}, nodes=per, hosts=c.hosts,
+                agent_restarted=c.agent)
+
+
+def unchanged_file(file: str, name: str | None) -> str | None:
+    """The running lab whose record holds exactly the text of `file`, read from that path,
+    found without parsing it (a 10,000-node file takes seconds to parse); None otherwise,
+    and then the file is parsed and compared as usual.  No --name: the lab's name is the
+    file's top-level `name:` (a plain one; anything else takes the usual way), else its stem."""
+    path = os.path.abspath(L.find_topology(file))
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    if name is None:
+        m = re.search(rb"^name:[ \t]*([a-z0-9][a-z0-9_-]*)[ \t]*(#.*)?$", data, re.M)
+        name = m.group(1).decode() if m else lab_name_from_file(path)
+    try:
+        st = state.load(name)
+    except state.RecordError:
+        return None
+    if st is None or st.status != "up" or st.file != path or \
+            st.built.get(state.TOPOLOGY) != hashlib.sha256(data).hexdigest():
+        return None
+    return name
+
+
 def interrupted(lab: str, st: state.LabState, old: P.Plan) -> set[str]:
     """The namespaces an interrupted converge may have left half-changed: those its diff
     touched, and any it listed that the applied plan does not have."""
@@ -106,7 +147,13 @@ def converge(topo, overrides: dict | None = None, progress=None) -> tuple[diff.C
         if c.empty and not resuming:
             return c, new, st, []
         engine = _refuse(lab, c, old, new, st)
-        notices = _run(topo, st, old, new, c, overrides, progress, engine)
+        try:
+            notices = _run(topo, st, old, new, c, overrides, progress, engine)
+        except NslabError as e:         # the record says converging: the next up or down finishes
+            half = NslabError(f"{e} (lab {lab} is half-converged: `nslab up` again finishes it, "
+                              f"`nslab down {lab}` removes it)")
+            half.exit_code = e.exit_code
+            raise half from None
         return c, new, st, notices
 
 

@@ -122,6 +122,10 @@ def test_routed_lab_edits_converge_in_place(root_unchanged, lab_factory, tmp_pat
     assert dry.returncode == 0, dry
     assert "~ h1: changed in place" in dry.stdout and "  - route add 10.9.0.0/24 via 10.1.0.1 dev eth0" in dry.stdout
     assert "  + addr add 10.2.0.7/24 brd + dev eth0" in dry.stdout
+    as_json = json.loads(lab.nslab("up", path, "--name", lab.name, "--dry-run", "--json").stdout)
+    assert as_json["nodes"]["h1"] == {"added": ["route add 10.8.0.0/24 via 10.1.0.1 dev eth0"],
+                                      "removed": ["route add 10.9.0.0/24 via 10.1.0.1 dev eth0"]}
+    assert (as_json["dry_run"], as_json["changed"], as_json["recreated"]) == (True, True, {})
     assert open(os.path.join(lab.run_dir, lab.name, "state.json")).read() == state_before   # dry: untouched
     assert lab_kernel(lab) == kernel_before
     mark(lab)
