@@ -230,7 +230,8 @@ def describe(op) -> str:
     if isinstance(op, P.Serve):
         return f"serve {op.kind} on :{op.port}"
     if isinstance(op, P.Daemon):
-        return f"{op.kind} dataplane on {op.dev}"
+        port = dict(op.config).get("port")
+        return f"{op.kind} dataplane on {op.dev}" + (f" (port {port})" if port else "")
     line = render_op(op)[0]
     for prefix in _PREFIXES:
         if line.startswith(prefix):

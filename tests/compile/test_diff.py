@@ -182,3 +182,13 @@ def test_a_kube_service_added_replaces_iptables_in_place():
         # first the tables reset as in a fresh namespace, then the node's whole new text
         assert rules[0].startswith("*filter\n-F\n-X\n:INPUT ACCEPT [0:0]\n") and "*nat\n-F\n-X\n" in rules[0]
         assert len(rules) == 2 and "10.96.0.10" in rules[1]
+
+
+def test_a_udp_port_changed_restarts_the_dataplanes_in_place():
+    def udp(port):
+        return compile_topology(model.load(str(REPO / "topologies" / "spine-leaf.yaml"), name="x",
+                                           overrides={"backend": f"udp:{port}"}))
+    c = D.compute(udp(8285), udp(8300))
+    assert c.agent and not c.recreate and not c.apply and not c.undo
+    assert D.render(c, {})[:3] == ["~ master1: changed in place", "  - udp dataplane on flannel0 (port 8285)",
+                                   "  + udp dataplane on flannel0 (port 8300)"]

@@ -10,10 +10,11 @@ Lab kinds (round robin): spine-leaf with `--backend udp` (tunnel daemons + the l
 topologies/containers.yaml (Docker containers), and a 200-host single-switch lab.
 Operations alternate: kill `up` part-way, or bring the lab up and kill `down` part-way, or
 bring it up and kill a converge part-way (`up` of an edited file on the running lab: 30
-hosts removed and 30 added to the 200-host lab; the udp lab's backend port changed, which
-recreates every cluster node and restarts the agent); after a killed converge, every other
-run first brings the lab to the edited file with `up` again (which must succeed, and a
-further `up` must say "no changes"), then `down`.
+hosts removed and 30 added to the 200-host lab, which renumbers the others; the udp lab
+moved to the vxlan backend, which recreates every cluster node and stops the agent and its
+dataplanes); after a killed converge, every other run first brings the lab to the edited
+file with `up` again (which must succeed, and a further `up` must say "no changes"), then
+`down`.
 The moment is uniform between the end of Python's start-up (measured once) and the end
 of the operation (measured on a calibration run of each kind), so nearly every kill lands
 while nslab is changing the host.  Only the nslab process itself is killed (as the OOM
@@ -70,7 +71,7 @@ def converges(workdir: str) -> dict[str, tuple[str, list[str]]]:
     path = os.path.join(workdir, "hosts200-edited.yaml")
     with open(path, "w") as f:
         f.write(hosts_yaml(200, first=31))     # h1-h30 removed, h201-h230 added
-    return {"udp": (str(REPO / "topologies" / "spine-leaf.yaml"), ["--backend", "udp:8300"]),
+    return {"udp": (str(REPO / "topologies" / "spine-leaf.yaml"), ["--backend", "vxlan"]),
             "hosts200": (path, [])}
 
 
