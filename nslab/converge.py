@@ -31,7 +31,6 @@ from .apply import containers, netns, qdisc
 from .compile import diff
 from .errors import NslabError, UsageError
 from .model import limits
-from .model.types import lab_name_from_file
 from .runtime import agent
 
 PENDING = "pending-plan.json"
@@ -102,7 +101,11 @@ def unchanged_file(file: str, name: str | None) -> str | None:
         return None
     if name is None:
         m = re.search(rb"^name:[ \t]*([a-z0-9][a-z0-9_-]*)[ \t]*(#.*)?$", data, re.M)
-        name = m.group(1).decode() if m else lab_name_from_file(path)
+        if m:
+            name = m.group(1).decode()
+        else:
+            from .model.types import lab_name_from_file     # lazy: it loads the model (YAML), 0.1 s
+            name = lab_name_from_file(path)
     try:
         st = state.load(name)
     except state.RecordError:
