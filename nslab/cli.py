@@ -117,16 +117,54 @@ def up(file: Optional[str] = typer.Argument(None, help="Topology YAML (default: 
        name: Optional[str] = typer.Option(None, "--name", "-n", help="Run the lab under this name."),
        backend: Optional[str] = typer.Option(None, "--backend", help=f"Override the cluster backend: TYPE or TYPE:PORT ({', '.join(backends.names())}; udp:8282)."),
        quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the lab name."),
-       as_json: bool = typer.Option(False, "--json", help="Machine-readable output: the devices built."),
+       as_json: bool = typer.Option(False, "--json", help="Machine-readable output: the devices built (or, "
+                                    "for a lab that runs, what changed)."),
        without_netem: bool = typer.Option(False, "--without-netem", help="On a kernel without netem, build the lab "
-                                          "with its links' rates alone (no delay, jitter, loss).")):
-    """Build a lab from a topology file."""
+                                          "with its links' rates alone (no delay, jitter, loss)."),
+       dry_run: bool = typer.Option(False, "--dry-run", help="Print what `up` would add (+), remove (-) and "
+                                    "recreate (~) in the lab, and change nothing.")):
+    """Build a lab from a topology file; for a lab that runs, apply only what the file changed."""
+    from . import converge     # lazy: start-up (the differ loads only for a lab that runs)
     file = default_topology() if file is None else file     # '' is a file name (refused), not "none given"
     overrides = {"backend": backend} if backend else None
     if without_netem:
         overrides = {**(overrides or {}), "without_netem": True}
+    if os.geteuid() == 0 and not (dry_run or overrides or as_json):
+        same = converge.unchanged_file(file, name)      # the file as recorded: no parsing
+        if same:
+            out.say(same if quiet else f"lab {same}: no changes")
+            return
     topo = labmod.load(file, name=name, overrides=overrides)
     labmod.require_root()
+    if dry_run:
+        change, names = converge.preview(topo, overrides)
+        if as_json:
+            print(json.dumps(dict(lab=topo.name, dry_run=True, **converge.summary(change, names)), indent=1))
+            return
+        for line in converge.diff.render(change, names):
+            out.say(line)
+        return
+    st = state.load(topo.name)
+    if st is not None and st.status in ("up", "converging"):
+        t0 = time.perf_counter()
+        with out.Progress(f"up {topo.name}") as progress:
+            change, plan, st, notices = converge.converge(topo, overrides, progress=progress)
+        if quiet:
+            out.say(topo.name)
+            return
+        if as_json:
+            print(json.dumps(dict(lab=topo.name, seconds=round(time.perf_counter() - t0, 3),
+                                  **converge.summary(change, converge.node_names(plan) if plan else {}),
+                                  notes=notices), indent=1))
+            return
+        if change.empty:
+            out.say(f"lab {topo.name}: no changes")
+            return
+        for line in converge.diff.render(change, converge.node_names(plan)) + [f"note: {n}" for n in notices]:
+            out.say(line)
+        out.say(f"lab {topo.name} is up to date with {os.path.basename(topo.file)} "
+                f"({time.perf_counter() - t0:.2f} s)")
+        return
     t0 = time.perf_counter()
     with out.Progress(f"up {topo.name}") as progress:
         plan, st = labmod.up(topo, overrides, progress=progress)

@@ -460,8 +460,9 @@ def make_uts(run_dir: str, nodes: list[str]) -> None:
         return
     folder = os.path.join(run_dir, UTS_DIR)
     os.makedirs(folder, exist_ok=True)
-    netns.mount("nslab-uts", folder, "tmpfs", netns.MS_NOSUID | netns.MS_NODEV | netns.MS_NOEXEC,
-                "mode=0755,size=64k")
+    if not os.path.ismount(folder):       # a converge adds nodes to the lab's own
+        netns.mount("nslab-uts", folder, "tmpfs", netns.MS_NOSUID | netns.MS_NODEV | netns.MS_NOEXEC,
+                    "mode=0755,size=64k")
     netns.place_files([uts_path(run_dir, node) for node in nodes])
     home = os.open("/proc/thread-self/ns/uts", os.O_RDONLY | os.O_CLOEXEC)
     try:

@@ -16,6 +16,7 @@ Why it is fast:
 """
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import socket
@@ -39,7 +40,8 @@ from .netlink import (AF_BRIDGE, CHANGE, CREATE, IFADDRMSG, IFA_ADDRESS, IFA_BRO
                       IFLA_MASTER, IFLA_MTU, IFLA_NET_NS_FD, IFLA_VXLAN_GBP, IFLA_VXLAN_ID,
                       IFLA_VXLAN_LEARNING, IFLA_VXLAN_LINK, IFLA_VXLAN_LOCAL, IFLA_VXLAN_PORT, NDA_DST,
                       NDA_LLADDR, NDMSG, NLMSG_ERROR, NTF_SELF, NUD_PERMANENT, REPLACE, RTA_DST, RTA_GATEWAY,
-                      RTA_MULTIPATH, RTA_OIF, RTA_TABLE, RTMSG, RTM_DELLINK, RTM_NEWADDR, RTM_NEWLINK,
+                      RTA_MULTIPATH, RTA_OIF, RTA_TABLE, RTMSG, RTM_DELADDR, RTM_DELLINK, RTM_DELNEIGH,
+                      RTM_DELROUTE, RTM_NEWADDR, RTM_NEWLINK,
                       RTM_NEWNEIGH, RTM_NEWROUTE, RTNEXTHOP, RTNH_F_ONLINK, RTN_UNICAST, RTPROT_BOOT,
                       RT_SCOPE_LINK, RT_SCOPE_UNIVERSE, RT_TABLE_MAIN, SEND_CHUNK, U32, U8, VETH_INFO_PEER,
                       attr, extack, ifinfomsg, ip4, mac, message, open_route_socket, str_attr)
@@ -224,8 +226,9 @@ class Applier:
             self._open.pop(victim).close()
         return ns
 
-    def delete_links(self, ns: Namespace, names: list[str]) -> None:
-        """Delete devices (a veth takes its peer with it, at once)."""
+    def delete_links(self, ns: Namespace, names: list[str], ignore=()) -> None:
+        """Delete devices (a veth takes its peer with it, at once); `ignore`: errnos that
+        are no failure (a converge: the device went already)."""
         msgs = []
         for dev in names:
             if dev in ns.ifindex:
@@ -234,7 +237,7 @@ class Applier:
                 struct.pack_into("=I", data, 8, self.seq)
                 msgs.append((self.seq, bytes(data), P.Up(ns.name, dev)))
         if msgs:
-            self.send(ns, msgs)
+            self.send(ns, msgs, ignore)
 
     # ---- the plan ----------------------------------------------------------------------
     def apply(self, plan: P.Plan) -> None:
@@ -307,7 +310,42 @@ class Applier:
         if rules:
             iptables.apply(ns.name, *rules)
 
-    def send(self, ns: Namespace, messages) -> None:
+    # ---- a converge: undo ops in place ----------------------------------------------------
+    # Each inverse is the op's own message with the delete type (the kernel matches a route,
+    # address or neighbour by the same attributes it was added with).  Already gone (a
+    # converge resumed, a route the kernel dropped with its address) is what was wanted.
+    GONE = (errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL, errno.ENODEV)
+
+    def undo(self, ns: Namespace, ops: list) -> None:
+        """Delete in namespace `ns` what route, address, neighbour, FDB, qdisc and veth ops
+        made (ops on a device `ns` no longer has are skipped: they went with it)."""
+        messages = []
+        links = [op.name for op in ops if isinstance(op, P.Link)]
+        for op in ops:
+            if isinstance(op, P.Link) or any(dev not in ns.ifindex for dev in _devs(op)):
+                continue
+            for data in self.encode_undo(ns, op):
+                self.seq += 1
+                struct.pack_into("=I", data, 8, self.seq)
+                messages.append((self.seq, bytes(data), op))
+        self._use(ns)
+        if messages:
+            self.send(ns, messages, ignore=self.GONE)
+        self.delete_links(ns, links, self.GONE)
+
+    def encode_undo(self, ns: Namespace, op) -> list[bytearray]:
+        if isinstance(op, P.Qdisc):
+            return [qdisc.encode_clear(ns.index(op.dev))]
+        kind = {P.Addr: RTM_DELADDR, P.Route: RTM_DELROUTE, P.Neigh: RTM_DELNEIGH, P.Fdb: RTM_DELNEIGH}.get(type(op))
+        if kind is None:
+            raise ApplyError(f"cannot undo {op!r} in place")
+        out = []
+        for data in self.encode(ns, op):
+            struct.pack_into("=HH", data, 4, kind, CHANGE)
+            out.append(data)
+        return out
+
+    def send(self, ns: Namespace, messages, ignore=()) -> None:
         pending = {seq: op for seq, _, op in messages}
         chunk = bytearray()
         for _, data, _ in messages:
@@ -326,7 +364,7 @@ class Applier:
                 if mtype == NLMSG_ERROR and seq in pending:
                     (code,) = struct.unpack_from("=i", buf, offset + 16)
                     op = pending.pop(seq)
-                    if code != 0 and first_error is None:
+                    if code != 0 and first_error is None and -code not in ignore:
                         first_error = (op, -code, extack(buf, offset, length, flags))
                 offset += (length + 3) & ~3
                 if length == 0:
@@ -462,6 +500,13 @@ class Applier:
         self.namespaces.clear()
         self._open.clear()
         netns.release_walk_root()
+
+
+def _devs(op) -> list[str]:
+    """The devices an op names (they must exist for its message to be encoded)."""
+    if isinstance(op, P.Route):
+        return [h.dev for h in op.nexthops]
+    return [op.dev] if hasattr(op, "dev") else []
 
 
 @functools.lru_cache(maxsize=8192)

@@ -1,13 +1,20 @@
 #!/usr/bin/env python3
-"""Crash safety, measured: SIGKILL `nslab up` or `nslab down` at a random moment, run
+"""Crash safety, measured: SIGKILL `nslab up`, `nslab down` or a converge at a random moment, run
 `nslab down LAB` again, and compare the host with how it was before the run.
 
     sudo python3 tests/crash/killtest.py --runs 100            # ~100 kills, 3 lab kinds
     sudo python3 tests/crash/killtest.py --runs 6 --seed 1 --scenarios udp,hosts200
+    sudo python3 tests/crash/killtest.py --runs 20 --ops converge     # only converges
 
 Lab kinds (round robin): spine-leaf with `--backend udp` (tunnel daemons + the lab agent),
 topologies/containers.yaml (Docker containers), and a 200-host single-switch lab.
-Operations alternate: kill `up` part-way, or bring the lab up and kill `down` part-way.
+Operations alternate: kill `up` part-way, or bring the lab up and kill `down` part-way, or
+bring it up and kill a converge part-way (`up` of an edited file on the running lab: 30
+hosts removed and 30 added to the 200-host lab, which renumbers the others; the udp lab
+moved to the vxlan backend, which recreates every cluster node and stops the agent and its
+dataplanes); after a killed converge, every other run first brings the lab to the edited
+file with `up` again (which must succeed, and a further `up` must say "no changes"), then
+`down`.
 The moment is uniform between the end of Python's start-up (measured once) and the end
 of the operation (measured on a calibration run of each kind), so nearly every kill lands
 while nslab is changing the host.  Only the nslab process itself is killed (as the OOM
@@ -45,8 +52,8 @@ RUN_DIR = os.environ.get("NSLAB_RUN_DIR", "/run/nslab")
 PREFIX = f"k{os.getpid()}x"
 
 
-def hosts_yaml(n: int) -> str:
-    hosts = ", ".join(f"h{i}" for i in range(1, n + 1))
+def hosts_yaml(n: int, first: int = 1) -> str:
+    hosts = ", ".join(f"h{i}" for i in range(first, first + n))
     return f"name: hosts{n}\nhosts: [{hosts}]\nsegments:\n  sw:\n    subnet: 10.0.0.0/16\n    members: [{hosts}]\n"
 
 
@@ -56,6 +63,15 @@ def scenarios(workdir: str) -> dict[str, tuple[str, list[str]]]:
         f.write(hosts_yaml(200))
     return {"udp": (str(REPO / "topologies" / "spine-leaf.yaml"), ["--backend", "udp"]),
             "containers": (str(REPO / "topologies" / "containers.yaml"), []),
+            "hosts200": (path, [])}
+
+
+def converges(workdir: str) -> dict[str, tuple[str, list[str]]]:
+    """The edit each kind is converged to (kinds without one get no converge runs)."""
+    path = os.path.join(workdir, "hosts200-edited.yaml")
+    with open(path, "w") as f:
+        f.write(hosts_yaml(200, first=31))     # h1-h30 removed, h201-h230 added
+    return {"udp": (str(REPO / "topologies" / "spine-leaf.yaml"), ["--backend", "vxlan"]),
             "hosts200": (path, [])}
 
 
@@ -167,6 +183,7 @@ class Runner:
     def __init__(self, args, workdir):
         self.args = args
         self.kinds = scenarios(workdir)
+        self.edits = converges(workdir)
         self.n = 0
         self.names: list[str] = []
         self.duration: dict[tuple[str, str], float] = {}
@@ -177,8 +194,8 @@ class Runner:
         self.names.append(lab)
         return lab
 
-    def up_argv(self, kind: str, lab: str) -> list[str]:
-        file, extra = self.kinds[kind]
+    def up_argv(self, kind: str, lab: str, edited: bool = False) -> list[str]:
+        file, extra = (self.edits if edited else self.kinds)[kind]
         return ["up", "-q", file, "--name", lab] + extra
 
     def calibrate(self, kind: str) -> None:
@@ -190,6 +207,13 @@ class Runner:
         if proc.returncode != 0:
             nslab("down", lab)
             raise SystemExit(f"killtest: {kind}: nslab up failed: {proc.stderr.strip()}")
+        if kind in self.edits:
+            t0 = time.monotonic()
+            proc = nslab(*self.up_argv(kind, lab, edited=True))
+            self.duration[(kind, "converge")] = time.monotonic() - t0
+            if proc.returncode != 0:
+                nslab("down", lab)
+                raise SystemExit(f"killtest: {kind}: the converge failed: {proc.stderr.strip()}")
         t0 = time.monotonic()
         proc = nslab("down", lab)
         self.duration[(kind, "up")], self.duration[(kind, "down")] = t_up, time.monotonic() - t0
@@ -203,7 +227,7 @@ class Runner:
     def run(self, kind: str, op: str, startup: float, rng: random.Random) -> dict:
         lab = self.name()
         before = host_state(PREFIX)
-        if op == "down":
+        if op in ("down", "converge"):
             t0 = time.monotonic()
             proc = nslab(*self.up_argv(kind, lab))
             self.learn(kind, "up", time.monotonic() - t0)
@@ -211,13 +235,23 @@ class Runner:
                 return dict(lab=lab, kind=kind, op=op, clean=False, problems=[f"up failed: {proc.stderr.strip()}"])
         end = self.duration[(kind, op)]
         delay = rng.uniform(min(startup, end) * 0.8, end)
-        argv = self.up_argv(kind, lab) if op == "up" else ["down", lab]
+        argv = {"up": self.up_argv(kind, lab), "down": ["down", lab],
+                "converge": self.up_argv(kind, lab, edited=True)}[op]
         killed, ran = timed_kill(argv, delay)
         if not killed:
             self.learn(kind, op, ran)
+        problems = []
+        finished = op == "converge" and self.n % 4 < 2
+        if finished:           # the next `up` finishes the converge; one more finds nothing to do
+            proc = nslab(*argv)
+            if proc.returncode != 0:
+                problems.append(f"up after the killed converge exited {proc.returncode}: {proc.stderr.strip()}")
+            again = nslab(*[a for a in argv if a != "-q"])
+            if again.stdout.strip() != f"lab {lab}: no changes":
+                problems.append(f"a second up after the killed converge did not say `no changes`: "
+                                f"{again.stdout.strip()[:300]} {again.stderr.strip()}")
         # What exists now is what `down` must remove.
         inodes, recorded = namespace_inodes(lab), recorded_processes(lab)
-        problems = []
         t0 = time.monotonic()
         if os.path.isdir(os.path.join(RUN_DIR, lab)):
             proc = nslab("down", lab)
@@ -227,7 +261,7 @@ class Runner:
         after = host_state(PREFIX, inodes, recorded)
         problems += snapshot_diff(before, after)
         return dict(lab=lab, kind=kind, op=op, delay=round(delay, 3), killed=killed, ran=round(ran, 3),
-                    down=round(t_down, 3), clean=not problems, problems=problems)
+                    down=round(t_down, 3), finished=finished, clean=not problems, problems=problems)
 
     def cleanup(self) -> None:
         for lab in self.names:
@@ -241,6 +275,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--scenarios", default="udp,containers,hosts200",
                     help="comma-separated: udp, containers, hosts200 (default: all three)")
+    ap.add_argument("--ops", default="up,down,converge",
+                    help="comma-separated: which operations to kill (default: up,down,converge)")
     ap.add_argument("--json", help="also write every run's result to this file")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
@@ -272,14 +308,17 @@ def main(argv=None) -> int:
             i = 0
             killed = 0
             while killed < args.runs and i < args.runs * 3:
-                kind, op = kinds[i % len(kinds)], ("up", "down")[(i // len(kinds)) % 2]
+                kind = kinds[i % len(kinds)]
+                ops = [o for o in args.ops.split(",") if o != "converge" or kind in runner.edits]
+                op = ops[(i // len(kinds)) % len(ops)]
                 r = runner.run(kind, op, startup, rng)
                 i += 1
                 killed += r.get("killed", False)
                 results.append(r)
                 mark = "clean" if r["clean"] else "DIRTY"
-                print(f"{len(results):3d} {kind:10s} kill {op:4s} at {r.get('delay', 0):5.2f} s "
-                      f"({'killed' if r.get('killed') else 'finished first'}): {mark}", flush=True)
+                then = ", up again" if r.get("finished") else ""
+                print(f"{len(results):3d} {kind:10s} kill {op:8s} at {r.get('delay', 0):5.2f} s "
+                      f"({'killed' if r.get('killed') else 'finished first'}{then}): {mark}", flush=True)
                 for p in r["problems"]:
                     print(f"      {p}", flush=True)
         finally:
@@ -289,10 +328,10 @@ def main(argv=None) -> int:
     print(f"\n{clean}/{len(results)} runs clean; {sum(r['clean'] for r in landed)}/{len(landed)} "
           f"of the runs whose SIGKILL landed while nslab ran (seed {seed})")
     for kind in kinds:
-        for op in ("up", "down"):
+        for op in ("up", "down", "converge"):
             rs = [r for r in landed if r["kind"] == kind and r["op"] == op]
             if rs:
-                print(f"  {kind:10s} kill {op:4s}: {sum(r['clean'] for r in rs)}/{len(rs)} clean")
+                print(f"  {kind:10s} kill {op:8s}: {sum(r['clean'] for r in rs)}/{len(rs)} clean")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(seed=seed, results=results), f, indent=1)
