@@ -281,7 +281,7 @@ def show(node: Optional[str] = typer.Argument(None, help="Node name (default: ev
     st = state.load(lab)
     nodes = [node] if node else list(st.nodes)
     for n in nodes:
-        labmod.node_namespace(lab, n)
+        labmod.node_namespace(lab, n, st)
     labmod.require_wired(lab, nodes, st)
     healed = agentmod.heal(st)               # agent and warden both gone: nobody else restarts them
     if healed:
