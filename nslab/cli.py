@@ -223,7 +223,8 @@ def ls(as_json: bool = typer.Option(False, "--json", help="Machine-readable outp
 
 def lab_backend(st) -> str | None:
     """The flannel backend a lab runs (as `--backend` would name it: udp:8282); None without a cluster."""
-    types = {v["backend"] for v in st.info.values() if isinstance(v, dict) and v.get("backend")}
+    types = {v["backend"] for v in st.info.values() if isinstance(v, dict) and isinstance(v.get("backend"), str)
+             and v["backend"]}
     given = str((st.overrides or {}).get("backend") or "")
     if not types:
         return None
