@@ -404,6 +404,7 @@ def test_(file: Optional[str] = typer.Argument(None, help="Topology file: bring 
         labmod.require_root()
         handle = Lab.attach(labmod.resolve_lab(lab))
         labmod.require_wired(handle.name)
+        labmod.require_own_namespaces(handle.state, [n.ns for n in handle.topo.nodes.values()])
         if not handle.topo.tests and not all_pairs:
             raise UsageError(f"lab {handle.name} declares no tests ({handle.topo.file} has no tests: section; "
                              f"use --all-pairs)")

@@ -506,6 +506,15 @@ def node_namespace(lab: str, node: str, st: state.LabState | None = None) -> str
     return st.nodes[node]
 
 
+def require_own_namespaces(st: state.LabState, names) -> None:
+    """Refuse, in one sentence, unless every namespace in `names` (those of the recorded
+    topology's nodes, say) is verifiably the lab's (state.verified_ids)."""
+    owned = state.verified_ids(st, names)
+    for ns in names:
+        if ns not in owned:
+            raise NslabError(state.namespace_problem(st, ns))
+
+
 def unwired(st: state.LabState, nodes=None) -> dict[str, str]:
     """Container nodes (of `nodes`, default all) no longer running in the network namespace
     the lab wired: node -> what happened.  `docker restart` gives a container a new network

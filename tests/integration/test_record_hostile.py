@@ -1,6 +1,6 @@
 """A record edited by hand (or by anyone who can write it) steers nothing outside the lab
 (issue 18 holes 2 and 3): `down` kills no host process by a recorded host namespace, and
-`exec`, `link`, `show`, `trace` and `rewire` refuse a namespace the lab did not create,
+`exec`, `link`, `show`, `trace`, `test` and `rewire` refuse a namespace the lab did not create,
 whatever state.json or plan.json name; a run directory others can write to is refused."""
 from __future__ import annotations
 
@@ -101,6 +101,17 @@ def test_exec_link_show_trace_refuse_a_recorded_namespace_the_lab_did_not_create
                 assert one_line(proc) == expected, args
             assert not marker.exists()
             assert bridge_up(ns)
+        # the recorded topology names the lab's own ns1 (`nslab test` works from it), whose recorded identity is wrong
+        own, ident = f"{lab.name}.ns1", lab.state["ns_ids"][f"{lab.name}.ns1"]
+        edit(lab, lambda st: (st["nodes"].update(ns1=own), st["ns_ids"].update({own: [1, 2]})))
+        try:
+            proc = lab.nslab("test", "-l", lab.name)
+            assert proc.returncode == 1 and one_line(proc) == (
+                f"nslab: lab {lab.name}: namespace {own!r} is not the one lab {lab.name} created (its identity is not "
+                f"the recorded one): nslab will not touch it; `nslab down {lab.name}` and bring it up again")
+        finally:
+            edit(lab, lambda st: st["ns_ids"].update({own: ident}))     # so that the teardown's down removes it
+        assert lab.nslab("test", "-l", lab.name).returncode == 0
     finally:
         ip_netns_del(ghost)
 
