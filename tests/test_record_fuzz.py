@@ -168,20 +168,12 @@ def sandbox(world, monkeypatch):
 
 # ---- mutations --------------------------------------------------------------------------------
 
-def _paths(data, path=()):
-    yield path
-    if isinstance(data, dict):
-        for k, v in data.items():
-            yield from _paths(v, path + (k,))
-    elif isinstance(data, list):
-        for i, v in enumerate(data):
-            yield from _paths(v, path + (i,))
-
-
-def _get(data, path):
-    for p in path:
-        data = data[p]
-    return data
+def _spots(data):
+    """(container, key) of every value inside a JSON document."""
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
+    for key, value in list(items):
+        yield data, key
+        yield from _spots(value)
 
 
 @st.composite
@@ -194,14 +186,13 @@ def edits(draw):
 
     def apply(data, w: World):
         for pick, op, value, key in ops:
-            paths = list(_paths(data))
-            path = paths[pick % len(paths)]
+            spots = [(None, None)] + list(_spots(data))
+            parent, last = spots[pick % len(spots)]
             value, key = w.token(value), w.token(key) if not key.startswith("@id") else key
-            if not path:
+            if parent is None:                  # the document itself
                 if op == "replace":
                     data = value
                 continue
-            parent, last = _get(data, path[:-1]), path[-1]
             if op == "replace":
                 parent[last] = value
             elif op == "delete":
@@ -247,7 +238,8 @@ def aimed(draw):
             elif kind == "files" and "file" in data:
                 data.setdefault(kind, []).append(os.path.join(str(w.hosts_dir), a))
             elif kind.startswith("op.") and isinstance(data.get("ops"), list):
-                fit = {"op.ns": lambda o: o.get("ns") in CONTAINER_NS or _peer_ns(o) in CONTAINER_NS,   # what rewire reads
+                # op.ns: only ops rewire reads (those in or reaching a container node's namespace)
+                fit = {"op.ns": lambda o: o.get("ns") in CONTAINER_NS or _peer_ns(o) in CONTAINER_NS,
                        "op.container": lambda o: o.get("op") == "Netns",
                        "op.peer": lambda o: isinstance(o.get("peer"), dict)}[kind]
                 candidates = [o for o in data["ops"] if isinstance(o, dict) and fit(o)]

@@ -326,7 +326,7 @@ def test_a_run_directory_others_can_write_to_is_refused_before_anything_is_read(
                 assert str(e.value) == (f"nslab's run directory {d} is writable by group or others (mode "
                                         f"{mode:04o}), so its records cannot be trusted: make it root's and not "
                                         f"writable by others (chown root {d}; chmod 755 {d}) or set "
-                                        f"NSLAB_RUN_DIR to a root-owned directory of mode 0755")
+                                        "NSLAB_RUN_DIR to a root-owned directory of mode 0755")
         finally:
             os.chmod(d, 0o700 if d == run_dir else 0o755)
     assert state.labs() == ["a"] and os.path.exists(run_dir / "a" / "state.json")

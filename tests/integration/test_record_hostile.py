@@ -170,7 +170,7 @@ def test_a_run_directory_others_can_write_to_is_refused(tmp_path, how):
         os.chown(run_dir, 65534, 65534)
     name = unique_lab_name()
     env = {"NSLAB_RUN_DIR": str(run_dir)}
-    why = f"belongs to uid 65534, not root" if how == "not root's" else \
+    why = "belongs to uid 65534, not root" if how == "not root's" else \
         f"is writable by group or others (mode {os.stat(run_dir).st_mode & 0o7777:04o})"
     expected = (f"nslab: nslab's run directory {run_dir} {why}, so its records cannot be trusted: make it root's and "
                 f"not writable by others (chown root {run_dir}; chmod 755 {run_dir}) or set NSLAB_RUN_DIR to a "

@@ -84,7 +84,8 @@ def test_an_endpoint_off_the_network_fails_exactly_its_pairs(star, monkeypatch, 
     net = FakeNet(eps, off=[off.ns])
     monkeypatch.setattr(probe, "icmp_socket", net.icmp_socket)
     r = probe.all_pairs(eps, timeout=0.05, threads=threads)
-    expected = sorted([(e.name, off.name) for e in eps if e is not off] + [(off.name, e.name) for e in eps if e is not off])
+    others = [e for e in eps if e is not off]
+    expected = sorted([(e.name, off.name) for e in others] + [(off.name, e.name) for e in others])
     assert sorted(r.missing) == expected and not r.ok
     assert r.reachable == 20 - 8 and r.pairs == 20
     assert r.rounds == 1 + len(probe.RESEND_AT)                       # the silent pairs were re-sent, every round
