@@ -276,7 +276,8 @@ def ls(as_json: bool = typer.Option(False, "--json", help="Machine-readable outp
 
 def lab_backend(st) -> str | None:
     """The flannel backend a lab runs (as `--backend` would name it: udp:8282); None without a cluster."""
-    types = {v["backend"] for v in st.info.values() if isinstance(v, dict) and v.get("backend")}
+    types = {v["backend"] for v in st.info.values() if isinstance(v, dict) and isinstance(v.get("backend"), str)
+             and v["backend"]}
     given = str((st.overrides or {}).get("backend") or "")
     if not types:
         return None
@@ -343,7 +344,7 @@ def show(node: Optional[str] = typer.Argument(None, help="Node name or LAB.NODE 
     st = state.load(lab)
     nodes = [node] if node else list(st.nodes)
     for n in nodes:
-        labmod.node_namespace(lab, n)
+        labmod.node_namespace(lab, n, st)
     labmod.require_wired(lab, nodes, st)
     healed = agentmod.heal(st)               # agent and warden both gone: nobody else restarts them
     if healed:
@@ -480,6 +481,7 @@ def test_(file: Optional[str] = typer.Argument(None, help="Topology file: bring 
         labmod.require_root()
         handle = Lab.attach(labmod.resolve_lab(lab))
         labmod.require_wired(handle.name)
+        labmod.require_own_namespaces(handle.state, [n.ns for n in handle.topo.nodes.values()])
         if not handle.topo.tests and not all_pairs:
             raise UsageError(f"lab {handle.name} declares no tests ({handle.topo.file} has no tests: section; "
                              f"use --all-pairs)")

@@ -488,8 +488,8 @@ def uts_of(lab: str, node: str) -> str | None:
     record = next((c for c in st.containers if c.get("node") == node and c.get("id")), None) if st else None
     if record is None:
         return None
-    try:
-        pid = containers.engine().containers.get(record["id"]).attrs["State"]["Pid"]
+    try:          # only a container that carries the lab's labels, whatever the record says
+        pid = next(c for c in containers.owned(lab, st.dir, [record]) if c.id == record["id"]).attrs["State"]["Pid"]
     except Exception:                        # gone or stopped: require_wired says so first
         return None
     return f"/proc/{pid}/ns/uts" if pid else None
@@ -552,11 +552,26 @@ def resolve_nodes(lab: str | None, *targets: str | None) -> tuple:
     return (resolve_lab(chosen), *plain)
 
 
-def node_namespace(lab: str, node: str) -> str:
-    st = state.load(lab)
+def node_namespace(lab: str, node: str, st: state.LabState | None = None) -> str:
+    """NODE's namespace, for every command that enters, reads or changes it: the record's
+    name for it only if that namespace is verifiably the lab's (state.verified_ids), else
+    one sentence saying why not."""
+    st = _record(lab, st)
     if node not in st.nodes:
         raise UsageError(f"lab {lab} has no node {node!r} (nodes: {', '.join(st.nodes)})")
+    problem = state.namespace_problem(st, st.nodes[node], node)
+    if problem:
+        raise NslabError(problem)
     return st.nodes[node]
+
+
+def require_own_namespaces(st: state.LabState, names) -> None:
+    """Refuse, in one sentence, unless every namespace in `names` (those of the recorded
+    topology's nodes, say) is verifiably the lab's (state.verified_ids)."""
+    owned = state.verified_ids(st, names)
+    for ns in names:
+        if ns not in owned:
+            raise NslabError(state.namespace_problem(st, ns))
 
 
 def unwired(st: state.LabState, nodes=None) -> dict[str, str]:
@@ -578,7 +593,8 @@ def unwired(st: state.LabState, nodes=None) -> dict[str, str]:
             continue
         if not info.get("Running") or not info.get("Pid"):
             found[c["node"]] = f"container {c['name']} is not running"
-        elif state.ns_identity(f"/proc/{info['Pid']}/ns/net") != st.ns_ids.get(st.nodes.get(c["node"])):
+        elif state.ns_identity(f"/proc/{info['Pid']}/ns/net") not in \
+                state.verified_ids(st, [st.nodes.get(c["node"])]).values():
             found[c["node"]] = f"container {c['name']} was restarted (new network namespace, without the lab's links)"
     return found
 
@@ -655,6 +671,24 @@ def _neigh_and_fdb(ns: str) -> set[tuple]:
     return found
 
 
+def _check_rewire_names(st: state.LabState, specs: list[Netns], touching: dict[str, list]) -> None:
+    """Every namespace rewire would touch, by the names the recorded plan gives, is the
+    lab's: a container node's is the record's namespace of that node, by the lab's name
+    rule and recorded when nslab made it (rewire re-adopts it, so it may be gone or be
+    the container's old one); each other one the plan's operations reach is verifiably
+    the lab's now (state.verified_ids).  A plan edited to name anything else is refused."""
+    for op in specs:
+        if st.nodes.get(op.node) != op.ns or not state.lab_namespace(st.lab, op.ns) or op.ns not in st.ns_ids:
+            raise NslabError(f"lab {st.lab}: its recorded plan names namespace {op.ns!r} for container node "
+                             f"{op.node!r}, which lab {st.lab} did not create: nslab will not touch it; "
+                             f"`nslab down {st.lab}` and bring it up again")
+    for op in specs:
+        others = {ns for o in touching[op.ns] for ns in (o.ns, getattr(getattr(o, "peer", None), "ns", None))
+                  if ns is not None and ns != op.ns}
+        for ns in sorted(others - set(state.verified_ids(st, others))):
+            raise NslabError(state.namespace_problem(st, ns))
+
+
 def rewire(lab: str) -> list[str]:
     """Wire a running lab's containers again where they have a new network namespace
     (`docker restart`, or stopped or removed under nslab's feet: started or created again).
@@ -669,6 +703,8 @@ def rewire(lab: str) -> list[str]:
         specs = [op for op in plan.ops if isinstance(op, Netns) and op.container is not None]
         if not specs:
             return []
+        touching = {op.ns: containers.ops_touching(plan, op.ns) for op in specs}
+        _check_rewire_names(st, specs, touching)      # before anything is started, read or changed
         engine = containers.check(plan)
         done = []
         for netns_op in specs:
@@ -678,10 +714,10 @@ def rewire(lab: str) -> list[str]:
             old_id = state.ns_identity(named)
             if old_id == new_id:
                 continue
-            if old_id is not None and old_id != st.ns_ids.get(netns_op.ns):
+            if old_id is not None and netns_op.ns not in state.verified_ids(st, [netns_op.ns]):
                 raise NslabError(f"namespace {netns_op.ns} is not the one lab {lab} made (another has its name): "
                                  f"nslab leaves it alone; remove it (ip netns del {netns_op.ns}) to rewire")
-            ops = containers.ops_touching(plan, netns_op.ns)
+            ops = touching[netns_op.ns]
             applier = Applier()
             try:
                 if old_id is not None:   # the old namespace still holds the veths: free their names

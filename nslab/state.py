@@ -4,7 +4,12 @@
 taken before its name was published), processes (PID and start time, so a recycled PID is
 never killed), /etc/netns links and containers.  `down` works from any process, after a
 crash and after kill -9 in the middle of `up`, and removes only what it can verify was
-made by the lab: a hand-edited or corrupted record cannot point it at anything else.
+made by the lab: a hand-edited or corrupted record cannot point it at anything else.  A
+recorded namespace counts only while /run/netns/<name> holds the very namespace recorded
+(and never the host's: verified_ids); a process only if it is one of the lab's nslab
+processes or lives in such a namespace; the commands that enter or change a lab (exec,
+link, show, trace, rewire) use a recorded name only after the same check.  The run
+directory itself must be root's and writable by nobody else (check_run_dir).
 
 One writer: every change goes through `update()` (or `claim()` for the first version),
 which holds the lab's lock (flock on <run dir>/lock), re-reads the record, applies the
@@ -56,8 +61,9 @@ TOPOLOGY, PLAN = "topology.yaml", "plan.json"      # what was built (record_buil
 NS_LOG = "namespaces.log"
 MAX_BUILT_BYTES = 1 << 30                          # a record larger than this is not ours
 # The name rules of nslab.model (kept here so reading a record needs no model import).
-LAB_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
-NODE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+# Full matches only: with `$`, a name with a trailing newline would pass.
+LAB_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+NODE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
 
 
 class RecordError(NslabError):
@@ -110,13 +116,35 @@ def lab_dir(lab: str) -> str:
     return os.path.join(RUN_DIR, lab)
 
 
+def check_run_dir(lab: str | None = None) -> None:
+    """RecordError (one sentence) unless RUN_DIR, and lab's directory in it if it exists,
+    belongs to root (or to this user) and nobody else can write to it: its records steer
+    what root removes and kills, so nobody else may plant or swap them.  Checked before
+    anything there is read or written; an absent directory holds nothing yet."""
+    for d in (RUN_DIR,) + ((lab_dir(lab),) if lab is not None and valid_lab(lab) else ()):
+        try:
+            s = os.stat(d)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as e:
+            raise RecordError(f"cannot read nslab's run directory {d}: {e.strerror}") from None
+        fix = (f"make it root's and not writable by others (chown root {d}; chmod 755 {d}) or set NSLAB_RUN_DIR "
+               f"to a root-owned directory of mode 0755")
+        if s.st_uid not in (0, os.geteuid()):
+            raise RecordError(f"nslab's run directory {d} belongs to uid {s.st_uid}, not root, so its records cannot "
+                              f"be trusted: {fix}")
+        if s.st_mode & 0o022:
+            raise RecordError(f"nslab's run directory {d} is writable by group or others (mode "
+                              f"{S.S_IMODE(s.st_mode):04o}), so its records cannot be trusted: {fix}")
+
+
 def valid_lab(lab: str) -> bool:
-    return bool(LAB_NAME_RE.match(lab))
+    return isinstance(lab, str) and bool(LAB_NAME_RE.fullmatch(lab))
 
 
 def lab_namespace(lab: str, ns) -> bool:
     """ns is `<lab>.<node>` with a valid node name (so never a path)."""
-    return isinstance(ns, str) and ns.startswith(lab + ".") and bool(NODE_NAME_RE.match(ns[len(lab) + 1:]))
+    return isinstance(ns, str) and ns.startswith(lab + ".") and bool(NODE_NAME_RE.fullmatch(ns[len(lab) + 1:]))
 
 
 # ---- reading --------------------------------------------------------------------------------
@@ -139,8 +167,11 @@ def _parse(lab: str, data) -> LabState:
     for key in ("namespaces", "files"):
         if not all(isinstance(x, str) for x in data.get(key, [])):
             raise ValueError(f"{key!r} holds something other than strings")
-    if not all(isinstance(c, dict) for c in data.get("containers", [])):
-        raise ValueError("'containers' holds something other than objects")
+    if not all(isinstance(c, dict) and isinstance(c.get("node"), str) and isinstance(c.get("name"), str)
+               and isinstance(c.get("id"), (str, type(None))) for c in data.get("containers", [])):
+        raise ValueError("'containers' holds something other than {node, name, id} objects")
+    if not all(isinstance(v, str) for v in data.get("nodes", {}).values()):
+        raise ValueError("'nodes' holds something other than namespace names")
     if not _identities(data.get("ns_ids", {})):
         raise ValueError("'ns_ids' holds something other than [device, inode] pairs")
     if not all(isinstance(v, str) for v in data.get("built", {}).values()):
@@ -161,6 +192,7 @@ def load(lab: str) -> LabState | None:
     The lab's name is always the directory's, never the record's."""
     if not valid_lab(lab):
         return None
+    check_run_dir(lab)
     d = lab_dir(lab)
     try:
         with open(os.path.join(d, STATE), "rb") as f:
@@ -208,6 +240,7 @@ def _identities(ids: dict) -> bool:
 
 def labs() -> list[str]:
     """Run directories with a valid lab name (anything else in RUN_DIR is not nslab's)."""
+    check_run_dir()
     try:
         return sorted(d for d in os.listdir(RUN_DIR) if valid_lab(d) and os.path.isdir(lab_dir(d))
                       and not os.path.islink(lab_dir(d)))
@@ -235,6 +268,7 @@ def locked(lab: str) -> Iterator[bool]:
         finally:
             _held[lab] -= 1
         return
+    check_run_dir(lab)
     path = os.path.join(lab_dir(lab), LOCK)
     for _ in range(100):
         try:
@@ -303,6 +337,7 @@ def claim(lab: str, file: str) -> LabState:
     d = lab_dir(lab)
     try:
         os.makedirs(RUN_DIR, mode=0o755, exist_ok=True)
+        check_run_dir()
         os.mkdir(d, 0o755)
     except FileExistsError:
         raise LabExists(lab) from None
@@ -388,6 +423,7 @@ def read_built(lab: str, name: str, st: LabState | None = None) -> str:
         st = load(lab)
     if st is None:
         raise RecordError(f"no lab named {lab!r} is running")
+    check_run_dir(lab)
     path = os.path.join(lab_dir(lab), name)
     what = {TOPOLOGY: "topology", PLAN: "plan"}[name]
     if name not in st.built:
@@ -445,22 +481,30 @@ def is_ours(proc: Process) -> bool:
     return process_start_time(proc.pid) == proc.start_time
 
 
-def labs_process(st: LabState, proc: Process) -> bool:
-    """A recorded process is the lab's if its start time matches and it carries the lab
-    (its run directory is one of its arguments, as the agent's and the tunnel daemons'
-    are, or it lives in one of the lab's verified namespaces, as a capture's tcpdump does):
-    a hand-edited record that copies another process's start time names nothing."""
+def labs_process(st: LabState, proc: Process, owned: dict[str, list[int]] | None = None) -> bool:
+    """A recorded process is the lab's if its start time matches and it carries the lab:
+    an nslab runtime process (`-m nslab.runtime.*`, the agent, the warden and the tunnel
+    daemons) with the lab's run directory among its arguments, or a process living in one
+    of the lab's verified namespaces (`owned`, default verified_ids(st)), as a capture's
+    tcpdump does.  A hand-edited record that copies another process's start time, or
+    records the host's namespace as the lab's, names nothing."""
     if not is_ours(proc):
         return False
     try:
         with open(f"/proc/{proc.pid}/cmdline", "rb") as f:
             argv = f.read().split(b"\0")
-        if os.fsencode(st.dir) in argv:
-            return True
-        ns = os.stat(f"/proc/{proc.pid}/ns/net")
     except OSError:
         return False
-    return [ns.st_dev, ns.st_ino] in st.ns_ids.values()
+    if os.fsencode(st.dir) in argv and any(a == b"-m" and b.startswith(b"nslab.runtime.")
+                                           for a, b in zip(argv, argv[1:])):
+        return True
+    ident = process_namespace(proc.pid)
+    return ident is not None and ident in (verified_ids(st) if owned is None else owned).values()
+
+
+def process_namespace(pid: int) -> list[int] | None:
+    """[st_dev, st_ino] of process pid's network namespace; None if it is gone."""
+    return ns_identity(f"/proc/{pid}/ns/net")
 
 
 def stop_processes(procs: list[Process], timeout: float = 2.0) -> None:
@@ -499,9 +543,54 @@ def ns_identity(path: str) -> list[int] | None:
     /run/netns entry never is (a symlink there is not a namespace)."""
     try:
         s = os.stat(path, follow_symlinks=path.startswith("/proc/"))
-    except FileNotFoundError:
+    except OSError:               # gone, or not ours to see
         return None
     return [s.st_dev, s.st_ino]
+
+
+def _netns_facts() -> tuple[int, list[list[int]]]:
+    """nsfs's device (every namespace file is one of its files) and the network namespaces
+    never taken for a lab's: the host's (init's) and this process's own."""
+    own = os.stat("/proc/self/ns/net")
+    never = [[own.st_dev, own.st_ino]]
+    init = ns_identity("/proc/1/ns/net")          # None without root: nothing to enter then anyway
+    if init is not None:
+        never.append(init)
+    return own.st_dev, never
+
+
+def verified_ids(st: LabState, names=None) -> dict[str, list[int]]:
+    """The recorded namespaces (of `names`, default all) that are verifiably the lab's now,
+    with their identities: the name is the lab's by its name rule, /run/netns/<name> is a
+    namespace (a file of nsfs: only a bind mount puts one there) whose identity is the one
+    recorded when nslab made it, and that namespace is neither the host's (init's) nor
+    this process's own.  An identity a record holds counts for nothing else, whoever
+    wrote it."""
+    nsfs, never = _netns_facts()
+    out = {}
+    for ns in st.ns_ids if names is None else names:
+        if not lab_namespace(st.lab, ns) or ns not in st.ns_ids:
+            continue
+        now = ns_identity(netns.path(ns))
+        if now is not None and now == st.ns_ids[ns] and now[0] == nsfs and now not in never:
+            out[ns] = now
+    return out
+
+
+def namespace_problem(st: LabState, ns, node: str | None = None) -> str | None:
+    """None if namespace ns is verifiably the lab's (verified_ids); else one sentence
+    saying why nslab will not touch it, for the command that was about to."""
+    if ns in verified_ids(st, [ns]):
+        return None
+    what = f"namespace {ns!r}" + (f" of node {node}" if node else "")
+    rebuild = f"`nslab down {st.lab}` and bring it up again"
+    if not lab_namespace(st.lab, ns):
+        return f"lab {st.lab}: its record names {what}, which is not a namespace name of lab {st.lab}: " \
+               f"nslab will not touch it; {rebuild}"
+    if ns_identity(netns.path(ns)) is None:
+        return f"lab {st.lab}: {what} is gone; {rebuild}"
+    return f"lab {st.lab}: {what} is not the one lab {st.lab} created (its identity is not the recorded one): " \
+           f"nslab will not touch it; {rebuild}"
 
 
 def _placeholder(path: str) -> bool:
@@ -550,15 +639,16 @@ def destroy(lab: str, st: LabState | None = None, progress=None) -> Teardown:
             except NslabError:
                 if not corrupt:
                     raise
-        stop_processes([p for p in st.processes if labs_process(st, p)])
+        owned = verified_ids(st)
+        stop_processes([p for p in st.processes if labs_process(st, p, owned)])
         with _held_until_unmounted() as hold:
-            for i, (ns, ident) in enumerate(st.ns_ids.items()):
+            for i, ns in enumerate(st.ns_ids):
                 if progress:                   # console.Progress: a bar on a terminal after a second
                     progress("removing namespaces", i, len(st.ns_ids))
                 p = netns.path(ns)
                 if not lab_namespace(lab, ns):
                     out.kept.append(f"{ns!r} is not a namespace name of lab {lab}: left alone")
-                elif ns_identity(p) == ident or _placeholder(p):
+                elif ns in owned or _placeholder(p):
                     hold(p)
                     if netns.remove(ns):
                         out.removed.append(ns)
@@ -652,6 +742,7 @@ REMOVING = ".removing."     # RUN_DIR/.removing.<lab>.<pid>: a run directory bei
 def sweep_removing() -> None:
     """Finish the removal of run directories whose remover was killed half-way (only
     nslab's own `.removing.<lab>.<pid>` names, only when that PID is gone)."""
+    check_run_dir()
     try:
         names = os.listdir(RUN_DIR)
     except FileNotFoundError:

@@ -185,3 +185,165 @@ def test_names_that_are_not_lab_names_reach_nothing_outside_the_run_directory(ru
             state.claim(bad, "x.yaml")
     assert (run_dir / "state.json").read_text() == "{}" and (run_dir / state.NS_LOG).read_text() == "{}\n"
     assert sorted(os.listdir(run_dir)) == ["namespaces.log", "state.json"]            # no lock file either
+
+
+# --- what a record's namespace identities are worth (issue 18 hole 2, issue 24 item 4) -------
+# Files in a temporary /run/netns stand for namespaces: their (st_dev, st_ino) are the
+# identities, and _netns_facts says their file system is nsfs.  No root needed.
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+from nslab.apply import netns  # noqa: E402
+
+
+@pytest.fixture
+def netns_dir(tmp_path, monkeypatch, run_dir):
+    d = tmp_path / "netns"
+    d.mkdir()
+    monkeypatch.setattr(netns, "NETNS_RUN_DIR", str(d))
+    monkeypatch.setattr(state, "HOSTS_DIR", str(tmp_path / "etc-netns"))        # destroy looks there
+    monkeypatch.setattr(state, "HOSTS_DIR_MARK", str(tmp_path / "etc-netns" / ".made-by-nslab"))
+    host = tmp_path / "host-netns"                                           # stands for the host's
+    host.touch()
+    monkeypatch.setattr(state, "_netns_facts", lambda: (os.stat(d).st_dev, [_ident(host)]))
+    return d, host
+
+
+def _ident(path) -> list[int]:
+    s = os.stat(path)
+    return [s.st_dev, s.st_ino]
+
+
+def _record(lab: str, **fields) -> state.LabState:
+    _claimed(lab)
+    return state.update(lab, lambda s: [setattr(s, k, v) for k, v in fields.items()])
+
+
+def _sleeper(*args: str) -> subprocess.Popen:
+    return _started([sys.executable, "-c", "import time; time.sleep(300)", *args])
+
+
+def _started(argv: list[str]) -> subprocess.Popen:
+    """A child once it runs argv (until exec, /proc shows the parent's command line)."""
+    p = subprocess.Popen(argv)
+    while open(f"/proc/{p.pid}/cmdline", "rb").read().split(b"\0")[:-1] != [os.fsencode(a) for a in argv]:
+        time.sleep(0.005)
+    return p
+
+
+def test_only_a_namespace_mounted_with_its_recorded_identity_is_the_labs(netns_dir, tmp_path, monkeypatch):
+    d, host = netns_dir
+    for name in ("a.good", "a.swapped", "other.x"):
+        (d / name).touch()
+    os.link(host, d / "a.host")                         # the host's namespace under a lab name
+    st = _record("a", ns_ids={"a.good": _ident(d / "a.good"), "a.swapped": [1, 2], "a.gone": [3, 4],
+                              "other.x": _ident(d / "other.x"), "a.host": _ident(host)})
+    assert state.verified_ids(st) == {"a.good": _ident(d / "a.good")}
+    assert state.verified_ids(st, ["a.swapped", "a.good", ["not", "a", "name"], None]) == \
+        {"a.good": _ident(d / "a.good")}
+    assert state.namespace_problem(st, "a.good") is None
+    assert state.namespace_problem(st, "a.gone", "n") == "lab a: namespace 'a.gone' of node n is gone; " \
+                                                         "`nslab down a` and bring it up again"
+    for ns in ("a.swapped", "a.host"):
+        assert state.namespace_problem(st, ns) == (f"lab a: namespace {ns!r} is not the one lab a created (its "
+                                                   f"identity is not the recorded one): nslab will not touch it; "
+                                                   f"`nslab down a` and bring it up again")
+    assert "is not a namespace name of lab a" in state.namespace_problem(st, "other.x")
+    # a file with the recorded identity that is not on nsfs (a regular file, not a mount) counts for nothing
+    monkeypatch.setattr(state, "_netns_facts", lambda: (os.stat(d).st_dev + 1, []))
+    assert state.verified_ids(st) == {}
+
+
+def test_down_never_stops_a_process_by_a_recorded_host_namespace(netns_dir):
+    """Issue 18 hole 2 without root: the record names the namespace the process lives in
+    (this process's own, the real one) under a lab-shaped name, and the process: `down`
+    must leave it running.  /run/netns/a.host is absent here, so nothing verifies it."""
+    victim = _sleeper()
+    try:
+        me = state.process_namespace(os.getpid())
+        _record("a", ns_ids={"a.host": me},
+                processes=[state.Process(victim.pid, state.process_start_time(victim.pid), "tcpdump")])
+        out = state.destroy("a")
+        assert victim.poll() is None, "down killed a process outside the lab"
+        assert out.removed == [] and not os.path.exists(state.lab_dir("a"))
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+def test_down_stops_a_process_in_a_verified_namespace_and_removes_that_namespace(netns_dir, monkeypatch):
+    d, host = netns_dir
+    (d / "a.n1").touch()
+    os.link(host, d / "a.host")                        # the host's namespace, named and recorded as the lab's
+    inside, outside, named = _sleeper(), _sleeper(), _sleeper()
+    where = {inside.pid: _ident(d / "a.n1"), outside.pid: _ident(host)}     # the processes' namespaces
+    monkeypatch.setattr(state, "process_namespace", lambda pid: where.get(pid, [0, 0]))
+    monkeypatch.setattr(netns, "umount", lambda target: None)               # regular files: nothing mounted
+    try:
+        procs = [state.Process(p.pid, state.process_start_time(p.pid), "x") for p in (inside, outside, named)]
+        st = _record("a", ns_ids={"a.n1": _ident(d / "a.n1"), "a.host": _ident(host)}, processes=procs)
+        assert [state.labs_process(st, p) for p in procs] == [True, False, False]
+        out = state.destroy("a")
+        assert inside.wait(timeout=10) is not None
+        assert outside.poll() is None and named.poll() is None
+        assert out.removed == ["a.n1"] and sorted(os.listdir(d)) == ["a.host"]
+        assert out.kept == ["namespace a.host is not the one lab a created (another has its name now): left alone"]
+    finally:
+        for p in (inside, outside, named):
+            p.kill()
+            p.wait()
+
+
+def test_a_process_with_the_run_directory_in_its_arguments_is_the_labs_only_if_it_is_nslabs(run_dir):
+    st = _record("a")
+    plain = _sleeper(st.dir)                                     # e.g. `du -sh /run/nslab/a`
+    runtime = _started([sys.executable, "-c", "import time; time.sleep(300)", "-m", "nslab.runtime.agent",
+                        st.dir, "agent"])
+    try:
+        procs = [state.Process(p.pid, state.process_start_time(p.pid), "agent") for p in (plain, runtime)]
+        assert [state.labs_process(st, p, owned={}) for p in procs] == [False, True]
+    finally:
+        for p in (plain, runtime):
+            p.kill()
+            p.wait()
+
+
+# --- the run directory itself (issue 18 hole 3) ----------------------------------------------
+
+
+def test_a_run_directory_others_can_write_to_is_refused_before_anything_is_read(run_dir):
+    _claimed("a")
+    for d, mode in ((run_dir, 0o775), (run_dir, 0o757), (run_dir / "a", 0o777)):
+        os.chmod(d, mode)
+        try:
+            calls = [lambda: state.load("a"), lambda: state.update("a", lambda s: None), lambda: state.destroy("a"),
+                     lambda: state.read_built("a", state.PLAN)]
+            for call in calls + ([state.labs, lambda: state.claim("b", "x.yaml")] if d == run_dir else []):
+                with pytest.raises(state.RecordError) as e:
+                    call()
+                assert str(e.value) == (f"nslab's run directory {d} is writable by group or others (mode "
+                                        f"{mode:04o}), so its records cannot be trusted: make it root's and not "
+                                        f"writable by others (chown root {d}; chmod 755 {d}) or set "
+                                        "NSLAB_RUN_DIR to a root-owned directory of mode 0755")
+        finally:
+            os.chmod(d, 0o700 if d == run_dir else 0o755)
+    assert state.labs() == ["a"] and os.path.exists(run_dir / "a" / "state.json")
+
+
+def test_a_run_directory_of_another_user_is_refused(run_dir, monkeypatch):
+    _claimed("a")
+    owner = os.stat(run_dir).st_uid
+    monkeypatch.setattr(state.os, "geteuid", lambda: owner + 1)
+    if owner == 0:                                   # root's is always trusted
+        assert state.labs() == ["a"]
+        return
+    with pytest.raises(state.RecordError, match=f"run directory {run_dir} belongs to uid {owner}, not root"):
+        state.labs()
+
+
+def test_names_with_a_trailing_newline_are_not_names(run_dir):
+    assert not state.valid_lab("a\n") and not state.lab_namespace("a", "a.n1\n")
+    with pytest.raises(state.RecordError, match="is not a lab name"):
+        state.claim("a\n", "x.yaml")

@@ -184,7 +184,7 @@ def ops_touching(plan, ns: str) -> list:
     end elsewhere (bridge port, address, route, per-interface sysctl)."""
     dying = set()
     for op in plan.ops:
-        if isinstance(op, P.Link) and op.kind == "veth" and ns in (op.ns, op.peer.ns):
+        if isinstance(op, P.Link) and op.kind == "veth" and op.peer is not None and ns in (op.ns, op.peer.ns):
             dying |= {(op.ns, op.name), (op.peer.ns, op.peer.name)}
     out = []
     for op in plan.staged():

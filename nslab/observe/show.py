@@ -21,6 +21,7 @@ import socket
 from typing import Any, Iterable
 
 from .. import console as out
+from ..state import verified_ids
 from ..apply import netns, qdisc
 from ..apply.netlink import open_route_socket
 from ..runtime.agent import health
@@ -454,7 +455,8 @@ def _text(value):
 def collect(st, nodes: list[str]) -> dict:
     """Everything `nslab show` prints, as JSON-ready data: {lab, nodes: {node: {...}}}."""
     ns_node = {ns: node for node, ns in st.nodes.items()}
-    lab_ns = [ns for ns in dict.fromkeys(list(st.nodes.values()) + list(st.namespaces)) if netns.exists(ns)]
+    # only namespaces verifiably the lab's (the record's names are checked, not trusted)
+    lab_ns = list(verified_ids(st, dict.fromkeys(list(st.nodes.values()) + list(st.namespaces))))
     fds: dict[str, int] = {}
     try:
         for ns in lab_ns:

@@ -524,10 +524,10 @@ def trace(lab: str, src: str, dst: str, proto: str = "icmp", port: int | None = 
     probe = Probe(proto, s.ip if s.name != s.node else None, d.ip, port, random.randint(1, 0xFFFF),
                   random.randint(1, 0xFFFF), ttl)
     encap = backends.encap_ports(topo.cluster.backend if topo.cluster is not None else None)
-    namespaces = {node: ns for node, ns in st.nodes.items() if netns.exists(ns)}
+    owned = state.verified_ids(st, st.nodes.values())     # the record's names, checked
+    namespaces = {node: ns for node, ns in st.nodes.items() if ns in owned}
     if s.node not in namespaces:
-        raise NslabError(f"namespace {st.nodes[s.node]} of {s.node} is gone; rebuild the lab "
-                         f"(nslab down {lab}, then nslab up)")
+        raise NslabError(state.namespace_problem(st, st.nodes.get(s.node), s.node))
     t_start = time.perf_counter()
     sniffer = Sniffer(namespaces)
     sock = None

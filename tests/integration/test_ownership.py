@@ -212,6 +212,11 @@ def _engine():
     return docker.from_env()
 
 
+def still_there(client, container) -> bool:
+    """Asked, not inferred from reload() raising: the container exists."""
+    return [c.id for c in client.containers.list(all=True, filters={"id": container.id})] == [container.id]
+
+
 def test_orphan_containers_of_a_lost_record(tmp_path):
     """After a reboot /run is empty but containers remain: up removes its own orphan and
     refuses anyone else's container of that name; down and down --all find orphans by label."""
@@ -234,7 +239,7 @@ def test_orphan_containers_of_a_lost_record(tmp_path):
                                        f"it for lab {name}: remove it (docker rm -f nslab.{name}.client) or run the "
                                        f"lab under another name with --name")
         assert leftovers(name, run_dir, []) == []
-        foreign.reload()                            # still there
+        assert still_there(client, foreign)
         foreign.remove(force=True)
 
         old = orphan(name)                          # our own, from before the "reboot"
@@ -271,7 +276,7 @@ def test_a_foreign_container_in_the_record_survives_down(lab_factory, tmp_path):
                                                      for c in (unlabelled, other_dir)))
         lab.down()
         for c in (unlabelled, other_dir):
-            c.reload()
+            assert still_there(client, c), f"down removed container {c.name}, which lab {lab.name} did not make"
     finally:
         for c in (unlabelled, other_dir):
             c.remove(force=True)
