@@ -46,6 +46,7 @@ from dataclasses import dataclass, field, fields
 from typing import Callable, Iterator
 
 from .apply import containers, netns
+from .runtime import spawn
 from .errors import NslabError, PrerequisiteError
 
 RUN_DIR = os.environ.get("NSLAB_RUN_DIR", "/run/nslab")
@@ -483,8 +484,9 @@ def is_ours(proc: Process) -> bool:
 
 def labs_process(st: LabState, proc: Process, owned: dict[str, list[int]] | None = None) -> bool:
     """A recorded process is the lab's if its start time matches and it carries the lab:
-    an nslab runtime process (`-m nslab.runtime.*`, the agent, the warden and the tunnel
-    daemons) with the lab's run directory among its arguments, or a process living in one
+    an nslab runtime process (runtime.spawn.python's `-I -c` of an nslab.runtime module, or
+    `-m nslab.runtime.*`: the agent, the warden and the tunnel daemons) with the lab's run
+    directory among its arguments, or a process living in one
     of the lab's verified namespaces (`owned`, default verified_ids(st)), as a capture's
     tcpdump does.  A hand-edited record that copies another process's start time, or
     records the host's namespace as the lab's, names nothing."""
@@ -495,8 +497,7 @@ def labs_process(st: LabState, proc: Process, owned: dict[str, list[int]] | None
             argv = f.read().split(b"\0")
     except OSError:
         return False
-    if os.fsencode(st.dir) in argv and any(a == b"-m" and b.startswith(b"nslab.runtime.")
-                                           for a, b in zip(argv, argv[1:])):
+    if os.fsencode(st.dir) in argv and spawn.runtime_module(argv) is not None:
         return True
     ident = process_namespace(proc.pid)
     return ident is not None and ident in (verified_ids(st) if owned is None else owned).values()

@@ -86,3 +86,19 @@ def test_tools_come_only_from_directories_nobody_else_can_write(tmp_path, monkey
 def test_system_tools_resolve_to_absolute_paths():
     path = spawn.tool("sh")
     assert path is not None and os.path.isabs(path) and os.path.basename(path) == "sh"
+
+
+def test_runtime_module_recognises_what_nslab_started_and_nothing_else():
+    """`down` stops a recorded process only if it is an nslab runtime process (state.labs_process):
+    what spawn.python starts, from any ROOT, and the `-m` form of earlier nslab; not a command
+    that merely names the run directory."""
+    argv = [a.encode() for a in spawn.python("nslab.runtime.agent", "/run/nslab/lab1", "agent")]
+    assert spawn.runtime_module(argv) == "nslab.runtime.agent"
+    moved = [a.replace(repr(spawn.ROOT).encode(), b"'/opt/other nslab'") for a in argv]
+    assert spawn.runtime_module(moved) == "nslab.runtime.agent"
+    assert spawn.runtime_module([b"python3", b"-m", b"nslab.runtime.tunnels", b"--netns", b"x"]) == \
+        "nslab.runtime.tunnels"
+    for other in ([b"du", b"-sh", b"/run/nslab/lab1"], [b"python3", b"-c", b"import os; os.system('x')",
+                                                         b"/run/nslab/lab1"],
+                  [b"python3", b"-m", b"http.server", b"/run/nslab/lab1"], [b"python3"], []):
+        assert spawn.runtime_module(other) is None, other

@@ -196,6 +196,7 @@ import sys  # noqa: E402
 import time  # noqa: E402
 
 from nslab.apply import netns  # noqa: E402
+from nslab.runtime import spawn  # noqa: E402
 
 
 @pytest.fixture
@@ -296,16 +297,25 @@ def test_down_stops_a_process_in_a_verified_namespace_and_removes_that_namespace
             p.wait()
 
 
-def test_a_process_with_the_run_directory_in_its_arguments_is_the_labs_only_if_it_is_nslabs(run_dir):
+def test_a_process_with_the_run_directory_in_its_arguments_is_the_labs_only_if_it_is_nslabs(run_dir, tmp_path):
     st = _record("a")
+    # runtime.spawn.python's own command line, with a stand-in nslab.runtime.agent under its ROOT that sleeps
+    fake_root = tmp_path / "root"
+    (fake_root / "nslab" / "runtime").mkdir(parents=True)
+    for init in ("nslab/__init__.py", "nslab/runtime/__init__.py"):
+        (fake_root / init).write_text("")
+    (fake_root / "nslab" / "runtime" / "agent.py").write_text("import time\ntime.sleep(300)\n")
+    argv = [a.replace(repr(spawn.ROOT), repr(str(fake_root))) for a in spawn.python("nslab.runtime.agent", st.dir,
+                                                                                    "agent")]
     plain = _sleeper(st.dir)                                     # e.g. `du -sh /run/nslab/a`
-    runtime = _started([sys.executable, "-c", "import time; time.sleep(300)", "-m", "nslab.runtime.agent",
-                        st.dir, "agent"])
+    runtime = _started(argv)
+    mimic = _started([sys.executable, "-c", "import time; time.sleep(300)", "-m", "nslab.runtime.agent", st.dir])
     try:
-        procs = [state.Process(p.pid, state.process_start_time(p.pid), "agent") for p in (plain, runtime)]
-        assert [state.labs_process(st, p, owned={}) for p in procs] == [False, True]
+        procs = [state.Process(p.pid, state.process_start_time(p.pid), "agent") for p in (plain, runtime, mimic)]
+        # `-m` after `-c CODE` is an argument of CODE, not Python's option: not nslab's
+        assert [state.labs_process(st, p, owned={}) for p in procs] == [False, True, False]
     finally:
-        for p in (plain, runtime):
+        for p in (plain, runtime, mimic):
             p.kill()
             p.wait()
 

@@ -22,6 +22,7 @@ environment and directory; only nslab's wrappers around them (ip, nsenter) come 
 from __future__ import annotations
 
 import os
+import re
 import stat
 import sys
 
@@ -42,6 +43,23 @@ def python(module: str, *args: str) -> list[str]:
     code = (f"import sys; sys.path.insert(0, {ROOT!r}); import runpy; "
             f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)")
     return [sys.executable, "-I", "-c", code, *args]
+
+
+# python()'s code, whatever ROOT was (an nslab moved or upgraded since the lab came up)
+_CODE = re.compile(rb"import sys; sys\.path\.insert\(0, .+\); import runpy; "
+                   rb"runpy\.run_module\('(nslab\.runtime\.\w+)', run_name='__main__', alter_sys=True\)")
+
+
+def runtime_module(argv: list[bytes]) -> str | None:
+    """The nslab.runtime module a process runs, from its /proc/PID/cmdline words, if nslab
+    started it: python() (`-I -c CODE`), or `-m nslab.runtime.X` as nslab did before; else None."""
+    for flag, arg in zip(argv[1:], argv[2:]):
+        if flag == b"-m" and arg.startswith(b"nslab.runtime."):
+            return arg.decode(errors="replace")
+        if flag == b"-c":
+            m = _CODE.fullmatch(arg)
+            return m.group(1).decode() if m else None
+    return None
 
 
 def tool(name: str) -> str | None:
