@@ -44,6 +44,11 @@ def test_past_them_is_refused(port):
         backend("{type: vxlan}", f"vxlan:{port}")
 
 
+def test_a_port_of_more_than_five_digits_is_refused_before_it_is_read():
+    with pytest.raises(UsageError, match=r"--backend vxlan:065535: '065535' is not a UDP port"):
+        backend("{type: vxlan}", "vxlan:065535")
+
+
 def test_backend_of_the_files_own_type_keeps_its_keys():
     assert backend("{type: udp, port: 8300}", "udp").port == 8300
     assert backend("{vni: 7}", "vxlan").vni == 7                    # no type: vxlan, the default
