@@ -85,6 +85,33 @@ def nslab(*args, env=None, timeout=60, check=False, input=None) -> subprocess.Co
     return proc
 
 
+# --- what install.sh provides: missing is a failure, never a skip ---------------------------
+# Skips are only for what this machine's kernel lacks (the markers above) or root. A command,
+# the Docker engine or an image that install.sh installs, starts or builds is there on every
+# machine the suite runs on; a skip would turn a broken install into a green run.
+
+def installed(*commands: str) -> None:
+    missing = [c for c in commands if shutil.which(c) is None]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not installed: ./install.sh installs it", pytrace=False)
+
+
+def container_engine_ready(topology: str = "containers.yaml") -> None:
+    """Fail unless the engine answers and the topology's images are built (only what the
+    topology's container nodes need: none, nothing to check)."""
+    from nslab import model
+    from nslab.apply import containers
+    from nslab.compile import compile_topology
+    reason = containers.unavailable(compile_topology(model.load(str(TOPOLOGIES / topology))))
+    if reason:
+        pytest.fail(f"{topology}: {reason} (./install.sh starts the engine and builds nslab's images)", pytrace=False)
+
+
+@pytest.fixture
+def container_engine():
+    container_engine_ready()
+
+
 # --- root namespace snapshot -------------------------------------------------------------
 
 def _run(argv: list[str]) -> str:

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
+from conftest import installed
 
 REPO = Path(__file__).resolve().parent.parent
 VAGRANTFILE = (REPO / "Vagrantfile").read_text()
@@ -17,8 +16,8 @@ README = (REPO / "README.md").read_text()
 THREE = ["vagrant up", "vagrant ssh -c 'sudo nslab up'", "vagrant ssh -c 'cd /vagrant && sudo python3 -m pytest -q tests'"]
 
 
-@pytest.mark.skipif(shutil.which("vagrant") is None, reason="vagrant is not installed (./install.sh installs it)")
 def test_vagrant_validate(tmp_path):
+    installed("vagrant")
     env = dict(os.environ, VAGRANT_HOME=str(tmp_path / "home"), VAGRANT_DOTFILE_PATH=str(tmp_path / "dot"),
                VAGRANT_CWD=str(REPO), VAGRANT_CHECKPOINT_DISABLE="1")
     # --ignore-provider: CI has no VirtualBox/libvirt; the provider blocks are checked by `vagrant up`

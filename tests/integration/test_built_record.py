@@ -134,18 +134,12 @@ def test_a_damaged_record_is_refused_in_one_sentence_and_down_still_works(root_u
     assert time.monotonic() - start < 60
 
 
-docker = pytest.importorskip("docker", reason="the docker Python package is missing (./install.sh installs it)")
-
-from nslab import model  # noqa: E402
-from nslab.apply import containers  # noqa: E402
-from nslab.compile import compile_topology  # noqa: E402
+import docker  # noqa: E402
 
 CONTAINERS = (TOPOLOGIES / "containers.yaml").read_text()
-_reason = containers.unavailable(compile_topology(model.load(str(TOPOLOGIES / "containers.yaml")))) \
-    if os.geteuid() == 0 else "needs root"
 
 
-@pytest.mark.skipif(bool(_reason), reason=f"needs the Docker engine and nslab's images: {_reason}")
+@pytest.mark.usefixtures("container_engine")      # conftest: fails without the engine or images
 def test_rewire_uses_the_plan_as_applied_not_the_edited_file(lab_factory, tmp_path):
     path = tmp_path / "containers.yaml"
     path.write_text(CONTAINERS)

@@ -3,7 +3,8 @@ the host like any namespace node.
 
 Needs the Docker engine (started with --iptables=false --ip6tables=false --ip-forward=false
 --bridge=none: nslab/images/start-dockerd) and nslab's local images (`nslab images build`);
-install.sh does both, so CI runs these.  Without them the tests skip and say why.
+install.sh does both, so CI runs these.  Without them the tests fail and say why (a skip
+would hide a broken install).
 """
 from __future__ import annotations
 
@@ -12,21 +13,14 @@ import os
 import re
 import subprocess
 
+import docker
 import pytest
 
 from conftest import TOPOLOGIES, leftovers, nslab, unique_lab_name
 
-docker = pytest.importorskip("docker", reason="the docker Python package is missing (./install.sh installs it)")
-
-from nslab import model  # noqa: E402
-from nslab.apply import containers  # noqa: E402
-from nslab.compile import compile_topology  # noqa: E402
-
 pytestmark = pytest.mark.root
 
-_reason = containers.unavailable(compile_topology(model.load(str(TOPOLOGIES / "containers.yaml")))) \
-    if os.geteuid() == 0 else "needs root"
-needs_engine = pytest.mark.skipif(bool(_reason), reason=f"needs the Docker engine and nslab's images: {_reason}")
+needs_engine = pytest.mark.usefixtures("container_engine")     # conftest: fails without the engine or images
 
 
 def engine():

@@ -8,7 +8,7 @@ import re
 import subprocess
 import sys
 
-from conftest import LAB_PREFIX, REPO, TIMEOUT_SCALE, nslab, unique_lab_name
+from conftest import LAB_PREFIX, REPO, TIMEOUT_SCALE, container_engine_ready, nslab, unique_lab_name
 
 
 def test_up_of_a_running_lab_by_its_name_converges(root_unchanged, lab_factory):
@@ -119,12 +119,7 @@ def test_tests_written_for_vxlan_are_skipped_under_udp(root_unchanged):
 
 def test_restarted_container_is_detected_until_rewired(root_unchanged, lab_factory):
     from nslab.apply import containers
-    from nslab.compile import compile_topology
-    from nslab import model
-    reason = containers.unavailable(compile_topology(model.load(str(REPO / "topologies/containers.yaml"))))
-    if reason:
-        import pytest
-        pytest.skip(f"needs the Docker engine and nslab's images: {reason}")
+    container_engine_ready()
     lab = lab_factory("containers.yaml")
     assert lab.exec("nginx", "hostname", check=True).stdout == "nginx\n"       # the container's own UTS
     assert lab.exec("master", "hostname", check=True).stdout == "master\n"     # a namespace node's

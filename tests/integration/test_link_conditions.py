@@ -7,16 +7,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import time
 
 import pytest
 
 from nslab.apply.qdisc import netem_available
-from tests.conftest import TIMEOUT_SCALE, nslab, unique_lab_name
+from tests.conftest import TIMEOUT_SCALE, installed, nslab, unique_lab_name
 
-pytestmark = pytest.mark.skipif(shutil.which("iperf3") is None, reason="needs iperf3 (Debian package iperf3)")
+@pytest.fixture(autouse=True)
+def _tools():
+    installed("iperf3")
 
 # One link at 50 Mbit/s both ways.  TCP goodput is 1448 of each 1514-byte frame: 47.8.
 RATE = """

@@ -59,7 +59,7 @@ def test_the_topologys_own_tests(lab):
 
 
 def test_trace(lab):
-    trace = pytest.importorskip("nslab.observe.trace")
+    from nslab.observe import trace
     result = lab.trace("client", "web-worker3")
     assert trace.complete(result)
     assert "spine" in {h["node"] for h in result["request"]["hops"]}

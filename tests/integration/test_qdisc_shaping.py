@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import time
 
@@ -15,10 +14,11 @@ import pytest
 
 from nslab.apply import qdisc as tc
 from nslab.model.units import Conditions
-from tests.conftest import LAB_PREFIX, TIMEOUT_SCALE
+from tests.conftest import LAB_PREFIX, TIMEOUT_SCALE, installed
 
-pytestmark = pytest.mark.skipif(shutil.which("iperf3") is None or shutil.which("tc") is None,
-                                reason="needs iperf3 and tc (Debian packages iperf3, iproute2)")
+@pytest.fixture(autouse=True)
+def _tools():
+    installed("iperf3", "tc")
 
 A, B = f"{LAB_PREFIX}tca", f"{LAB_PREFIX}tcb"     # the conftest snapshot watches this prefix
 ADDR_A, ADDR_B = "10.251.0.1", "10.251.0.2"

@@ -10,13 +10,12 @@ import collections
 import json
 import os
 import re
-import shutil
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import TOPOLOGIES, nslab, unique_lab_name
+from conftest import TOPOLOGIES, installed, nslab, unique_lab_name
 from test_refusals import path_without
 from nslab.apply import iptables
 
@@ -38,8 +37,9 @@ for _ in range(n):
     print(data.split(b"\r\n\r\n", 1)[1].decode().strip())
 """
 
-pytestmark = pytest.mark.skipif(shutil.which("conntrack") is None,
-                                reason="conntrack is not installed (install.sh installs it)")
+@pytest.fixture(autouse=True)
+def _tools():
+    installed("conntrack")
 
 
 def topology(backend: str) -> tuple[str, str, str]:

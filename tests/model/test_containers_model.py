@@ -81,7 +81,6 @@ def test_no_container_needs_no_engine():
 
 
 def test_engine_missing_is_one_sentence(monkeypatch):
-    pytest.importorskip("docker")
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
     with pytest.raises(PrerequisiteError) as info:
         containers.check(compile_topology(load(DIY)))

@@ -4,7 +4,6 @@ from __future__ import annotations
 import glob
 import os
 import re
-import shutil
 import subprocess
 import sys
 
@@ -12,6 +11,8 @@ import pytest
 
 from nslab import model
 from nslab.observe import graph
+
+from conftest import installed
 
 REPO = os.path.join(os.path.dirname(__file__), "..", "..")
 TOPO = os.path.join(REPO, "topologies")
@@ -119,8 +120,7 @@ def test_mermaid():
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_dot_renders_every_shipped_topology(name, tmp_path):
-    if shutil.which("dot") is None:
-        pytest.skip("graphviz `dot` not installed (apt-get install -y graphviz)")
+    installed("dot")
     out = tmp_path / "g.svg"
     graph.write(drawing(name), str(out), None)
     svg = out.read_text().replace("&#45;", "-")
@@ -131,8 +131,7 @@ def test_dot_renders_every_shipped_topology(name, tmp_path):
 
 
 def test_cli_graph_from_a_file(tmp_path):
-    if shutil.which("dot") is None:
-        pytest.skip("graphviz `dot` not installed")
+    installed("dot")
     png = tmp_path / "sl.png"
     cli = [sys.executable, "-m", "nslab.cli", "graph"]
     r = subprocess.run(cli + [os.path.join(TOPO, "spine-leaf.yaml"), "-o", str(png)], capture_output=True, text=True)
