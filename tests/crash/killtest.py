@@ -235,8 +235,7 @@ class Runner:
                 return dict(lab=lab, kind=kind, op=op, clean=False, problems=[f"up failed: {proc.stderr.strip()}"])
         end = self.duration[(kind, op)]
         delay = rng.uniform(min(startup, end) * 0.8, end)
-        argv = {"up": self.up_argv(kind, lab), "down": ["down", lab],
-                "converge": self.up_argv(kind, lab, edited=True)}[op]
+        argv = ["down", lab] if op == "down" else self.up_argv(kind, lab, edited=op == "converge")
         killed, ran = timed_kill(argv, delay)
         if not killed:
             self.learn(kind, op, ran)
