@@ -202,7 +202,7 @@ def _run(topo, st, old, new, c, overrides, progress, engine=None) -> list[str]:
 
     def start_container(op):            # as `up` does: its identity recorded before its name
         pid = containers.start(engine, st, op, new.hosts, state.update)
-        ident = state.ns_identity(f"/proc/{pid}/ns/net")
+        ident = state.container_namespace(pid, f"container node {op.node}")
         record(lambda s: s.ns_ids.__setitem__(op.ns, ident))
         return pid
     # 4. in place, then the new ops

@@ -193,7 +193,7 @@ def up(topo: model.Topology, overrides: dict | None = None, progress=None) -> tu
 
             def start_container(op):
                 pid = containers.start(engine, st, op, plan.hosts, state.update)
-                ident = state.ns_identity(f"/proc/{pid}/ns/net")
+                ident = state.container_namespace(pid, f"container node {op.node}")
                 record(lambda s: s.ns_ids.__setitem__(op.ns, ident))   # before the name is published
                 return pid
             applier = RecordingApplier(record, record_namespaces, max_open=limits.OPEN_NAMESPACES, start_container=start_container,
@@ -710,7 +710,7 @@ def rewire(lab: str) -> list[str]:
         for netns_op in specs:
             pid = containers.ensure_running(engine, st, netns_op, plan.hosts, state.update)
             named = netns.path(netns_op.ns)
-            new_id = state.ns_identity(f"/proc/{pid}/ns/net")
+            new_id = state.container_namespace(pid, f"container node {netns_op.node}")
             old_id = state.ns_identity(named)
             if old_id == new_id:
                 continue

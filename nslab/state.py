@@ -560,6 +560,18 @@ def _netns_facts() -> tuple[int, list[list[int]]]:
     return own.st_dev, never
 
 
+def container_namespace(pid: int, what: str) -> list[int]:
+    """The identity of the network namespace a container's PID (as the engine reported it)
+    lives in, to be recorded and wired as the lab's: never the host's or this process's own
+    (an engine that is not the real one could name any PID, PID 1 included)."""
+    ident = ns_identity(f"/proc/{pid}/ns/net")
+    if ident is None or ident in _netns_facts()[1]:
+        raise NslabError(f"{what}: the container engine reported PID {pid}, which lives in "
+                         f"{'no network namespace nslab can see' if ident is None else 'the host network namespace'}; "
+                         f"nslab wires nothing there (is DOCKER_HOST the machine's own engine?)")
+    return ident
+
+
 def verified_ids(st: LabState, names=None) -> dict[str, list[int]]:
     """The recorded namespaces (of `names`, default all) that are verifiably the lab's now,
     with their identities: the name is the lab's by its name rule, /run/netns/<name> is a

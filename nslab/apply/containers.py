@@ -28,6 +28,27 @@ DOCKERD = "dockerd --iptables=false --ip6tables=false --ip-forward=false --bridg
 # ---- the engine ---------------------------------------------------------------------------
 
 
+def engine_socket() -> str:
+    """The local engine's unix socket: DOCKER_HOST's (default /var/run/docker.sock).  nslab
+    wires a container by the PID the engine reports, into that process's namespace on this
+    machine, as root: so only a local engine, on a socket only root (or we) can replace, is
+    asked; a tcp:// or ssh:// engine, or a socket in a user's folder (`sudo -E` keeps
+    DOCKER_HOST), is refused in one sentence."""
+    from ..runtime import spawn  # lazy: start-up
+    host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    if not host.startswith("unix://"):
+        raise PrerequisiteError(f"DOCKER_HOST={host}: nslab wires containers by their PID on this machine, so it "
+                                f"talks only to the local engine's unix socket (unset DOCKER_HOST)")
+    path = host[len("unix://"):]
+    # the socket's folders decide who can put another socket there (the socket itself is
+    # usually root:docker 0660: whoever may write to it may ask the engine, not replace it)
+    if os.path.exists(path) and not (spawn.safe(os.path.dirname(os.path.realpath(path)))
+                                     and os.stat(path).st_uid in (0, os.geteuid())):
+        raise PrerequisiteError(f"DOCKER_HOST={host}: that socket (or a folder above it) can be replaced by "
+                                f"another user; nslab asks only an engine whose socket is root's")
+    return path
+
+
 def engine():
     """A client for the local engine, or one sentence saying how to get one."""
     try:
@@ -35,8 +56,9 @@ def engine():
     except ImportError:
         raise PrerequisiteError("the docker Python package is missing: run ./install.sh "
                                 "(or pip install docker)") from None
+    socket_path = engine_socket()
     try:
-        client = docker.from_env(timeout=30)
+        client = docker.DockerClient(base_url=f"unix://{socket_path}", timeout=30)
         client.ping()
     except Exception:
         raise PrerequisiteError(f"Docker engine not running: start it with `{DOCKERD} &` "

@@ -72,12 +72,12 @@ def tool(name: str) -> str | None:
     for d in os.environ.get("PATH", PATH).split(":"):
         path = os.path.join(d, name)
         if os.path.isabs(d) and os.path.isfile(path) and os.access(path, os.X_OK) and \
-                _safe(d) and _safe(os.path.realpath(path)):
+                safe(d) and safe(os.path.realpath(path)):
             return os.path.normpath(path)
     return None
 
 
-def _safe(path: str) -> bool:
+def safe(path: str) -> bool:
     """path, its target and every directory above them belong to root (or to us) and only
     their owner can change them (an ancestor may be a sticky /tmp: nobody can rename our
     entries there; the path itself may not)."""
@@ -93,7 +93,7 @@ def _safe(path: str) -> bool:
         if st.st_uid not in (0, me):
             return False
         if stat.S_ISLNK(st.st_mode):
-            if not _safe(os.path.realpath(prefix)):
+            if not safe(os.path.realpath(prefix)):
                 return False
             continue
         last = i == len(parts)
