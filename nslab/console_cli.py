@@ -18,7 +18,6 @@ import subprocess
 import sys
 
 from . import lab as labmod
-from . import state
 from .errors import NslabError
 from .api import Lab
 from .observe import probe
@@ -58,11 +57,11 @@ class Console:
                 self.say(f"{n.name}:{i.name}<->{i.peer_node}:{i.peer_name}")
 
     def dump(self) -> None:
-        """Each node: kind, namespace, addresses (Mininet's `dump`)."""
-        st = state.load(self.lab.name)
+        """Each node: kind, namespace, addresses (Mininet's `dump`), from the topology as built
+        (its namespace name is the lab's rule, LAB.NODE: nothing a record could redirect)."""
         for n in self.topo.nodes.values():
             addrs = ", ".join(f"{i.name}:{i.ip}" for i in n.ifaces if i.ip is not None)
-            self.say(f"<{n.kind} {n.name}: {addrs or 'no addresses'} ns={st.nodes.get(n.name, n.ns)}>")
+            self.say(f"<{n.kind} {n.name}: {addrs or 'no addresses'} ns={n.ns}>")
 
     def pingall(self) -> bool:
         eps = pair_endpoints(self.topo, hosts=True)
