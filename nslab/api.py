@@ -29,7 +29,7 @@ from . import lab as labmod
 from . import state
 from .observe import checks, probe, trace
 from .observe.capture import Capture
-from .runtime import spawn
+from . import spawn
 
 
 @dataclass

@@ -20,7 +20,8 @@ from . import compile as compiler       # compile_topology loads on first use (s
 from .compile.script import render
 from .model.limits import raise_nofile_soft_limit
 from .plan import Addr, Link
-from .runtime import agent as agentmod, spawn
+from . import spawn
+from .runtime import agent as agentmod
 from .errors import NslabError, UsageError
 from . import backends
 

@@ -22,7 +22,7 @@ from .errors import NslabError
 from .api import Lab
 from .observe import probe
 from .observe.checks import pair_endpoints
-from .runtime import spawn
+from . import spawn
 
 COMMANDS = ("nodes", "links", "dump", "pingall", "clear", "help", "exit", "quit")
 CLEAR = "\x1b[H\x1b[2J\x1b[3J"      # cursor home, clear the screen and its scrollback (as clear(1))

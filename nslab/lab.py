@@ -23,7 +23,8 @@ from .compile.script import render_op
 from .errors import ApplyError, NslabError, PrerequisiteError, TopologyError, UsageError
 from .model import limits
 from .plan import STAGE_NAMESPACE, STAGE_PROCESS, Daemon, Netns, Plan, Serve, Sysctl
-from .runtime import agent, spawn
+from . import spawn
+from .runtime import agent
 
 
 def require_root() -> None:

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field, fields
 from typing import Callable, Iterator
 
 from .apply import containers, netns
-from .runtime import spawn
+from . import spawn
 from .errors import NslabError, PrerequisiteError
 
 RUN_DIR = os.environ.get("NSLAB_RUN_DIR", "/run/nslab")
@@ -484,7 +484,7 @@ def is_ours(proc: Process) -> bool:
 
 def labs_process(st: LabState, proc: Process, owned: dict[str, list[int]] | None = None) -> bool:
     """A recorded process is the lab's if its start time matches and it carries the lab:
-    an nslab runtime process (runtime.spawn.python's `-I -c` of an nslab.runtime module, or
+    an nslab runtime process (spawn.python's `-I -c` of an nslab.runtime module, or
     `-m nslab.runtime.*`: the agent, the warden and the tunnel daemons) with the lab's run
     directory among its arguments, or a process living in one
     of the lab's verified namespaces (`owned`, default verified_ids(st)), as a capture's

@@ -1,4 +1,4 @@
-"""nslab/runtime/spawn.py (hole 1 of issue 18): a Python child nslab starts runs this
+"""nslab/spawn.py (hole 1 of issue 18): a Python child nslab starts runs this
 checkout's nslab whatever the directory and environment it is started from, its working
 directory and environment are fixed, and the tools nslab runs come only from directories
 nobody else can write to.  (The whole path as root: tests/integration/test_spawn_hygiene.py.)"""
@@ -8,7 +8,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from nslab.runtime import spawn
+from nslab import spawn
 
 REPO = Path(__file__).resolve().parent.parent
 FAKE = """import os

@@ -196,7 +196,7 @@ import sys  # noqa: E402
 import time  # noqa: E402
 
 from nslab.apply import netns  # noqa: E402
-from nslab.runtime import spawn  # noqa: E402
+from nslab import spawn  # noqa: E402
 
 
 @pytest.fixture
@@ -299,7 +299,7 @@ def test_down_stops_a_process_in_a_verified_namespace_and_removes_that_namespace
 
 def test_a_process_with_the_run_directory_in_its_arguments_is_the_labs_only_if_it_is_nslabs(run_dir, tmp_path):
     st = _record("a")
-    # runtime.spawn.python's own command line, with a stand-in nslab.runtime.agent under its ROOT that sleeps
+    # spawn.python's own command line, with a stand-in nslab.runtime.agent under its ROOT that sleeps
     fake_root = tmp_path / "root"
     (fake_root / "nslab" / "runtime").mkdir(parents=True)
     for init in ("nslab/__init__.py", "nslab/runtime/__init__.py"):

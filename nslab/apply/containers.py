@@ -34,7 +34,7 @@ def engine_socket() -> str:
     machine, as root: so only a local engine, on a socket only root (or we) can replace, is
     asked; a tcp:// or ssh:// engine, or a socket in a user's folder (`sudo -E` keeps
     DOCKER_HOST), is refused in one sentence."""
-    from ..runtime import spawn  # lazy: start-up
+    from .. import spawn  # lazy: start-up
     host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
     if not host.startswith("unix://"):
         raise PrerequisiteError(f"DOCKER_HOST={host}: nslab wires containers by their PID on this machine, so it "

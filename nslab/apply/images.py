@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from ..errors import NslabError, PrerequisiteError
 from ..model.containers import normalize
 from . import netns
-from ..runtime import spawn
+from .. import spawn
 
 LABEL_RECIPE = "nslab.recipe"
 

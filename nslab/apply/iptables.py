@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from . import netns
 from ..errors import NslabError, PrerequisiteError
-from ..runtime import spawn
+from .. import spawn
 
 RESTORE = ("iptables-restore", "-w", "--noflush")
 SAVE = ("iptables-save", "-c")

@@ -23,7 +23,7 @@ from .. import console as out
 from .. import lab as labmod
 from .. import state
 from ..errors import NslabError, UsageError
-from ..runtime import spawn
+from .. import spawn
 from .decode import Names, decode_pcap, rows, summary   # bytes only: no scapy to import
 
 PCAP_MAGIC = {b"\xd4\xc3\xb2\xa1": ("<", 1e-6), b"\xa1\xb2\xc3\xd4": (">", 1e-6),

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from .. import backends
 from ..errors import PrerequisiteError, UsageError
-from ..runtime import spawn
+from .. import spawn
 
 # Overlay styles: colour and the words of the legend, each backend's own (its module's
 # `style`), and "direct" for a pair its backend routes without encapsulation.

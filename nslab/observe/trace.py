@@ -37,7 +37,7 @@ from ..apply import netns
 from .decode import decode, first_layer, format_layer, format_layers, innermost_ip, ip_key, split
 from ..errors import NslabError, UsageError
 from ..model.tests import SVC
-from ..runtime import spawn
+from .. import spawn
 from . import nat
 from . import probe as probes
 from .sniffer import Frame, Sniffer

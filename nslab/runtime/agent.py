@@ -50,7 +50,7 @@ from .. import state
 from ..apply import netns
 from ..errors import NslabError
 from ..plan import Daemon
-from . import spawn as clean
+from .. import spawn as clean
 
 SPEC = "agent.json"
 LOG = "agent.log"
@@ -149,7 +149,7 @@ class Child:
 def spawn(module: str, args: list[str], what: str, log_path: str, run_dir: str, ready: bool = False,
           new_session: bool = False, reply_fd: int | None = None, defer: bool = False) -> Child | None:
     """Start `python3 -m MODULE --go-fd N [--ready-fd N] ARGS` (isolated, in "/", with a clean
-    environment: runtime/spawn.py), so that it is recorded before it acts; None when the lab
+    environment: nslab/spawn.py), so that it is recorded before it acts; None when the lab
     is gone.
 
     The child dies with us (PR_SET_PDEATHSIG, from before exec) until it has started and

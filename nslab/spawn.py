@@ -28,8 +28,8 @@ import sys
 
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"   # sudo's secure_path
 CWD = "/"
-# The directory that holds the running nslab package (nslab/runtime/spawn.py -> up three).
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The directory that holds the running nslab package (nslab/spawn.py -> up two).
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def env(**extra: str) -> dict[str, str]:
