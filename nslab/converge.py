@@ -173,6 +173,15 @@ def _refuse(lab: str, c: diff.Converge, old: P.Plan, new: P.Plan, st: state.LabS
         if ident is not None and ident != st.ns_ids.get(ns):
             raise UsageError(f"network namespace {ns} already exists and nslab did not make it for lab {lab}; "
                              f"remove it (ip netns del {ns}) or rename the lab with --name")
+    # every namespace the record's plan names that this converge changes, drops or recreates:
+    # the lab's by name rule, and (where it exists) verifiably the one nslab made (state.verified_ids)
+    kept = {ns for op in c.apply + c.undo for ns in diff.namespaces_of(op)} - set(c.create)
+    for ns in sorted(kept | set(c.remove) | set(c.recreate)):
+        if state.lab_namespace(lab, ns) and state.ns_identity(netns.path(ns)) is None:
+            continue                    # gone already: nothing of anyone's is there to touch
+        problem = state.namespace_problem(st, ns)
+        if problem:
+            raise NslabError(problem)
     return engine
 
 
@@ -276,7 +285,7 @@ def _drop(lab: str, st: state.LabState, ns: str, record, node: str | None = None
     namespace of that name: refused."""
     path = netns.path(ns)
     ident = state.ns_identity(path)
-    if ident is not None and ident != st.ns_ids.get(ns):
+    if ident is not None and ns not in state.verified_ids(st, [ns]):
         raise NslabError(f"namespace {ns} is not the one lab {lab} made (another has its name): nslab leaves it "
                          f"alone; remove it (ip netns del {ns}) and run `nslab up` again")
     if ident is not None:

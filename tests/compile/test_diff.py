@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from nslab import model
 from nslab import plan as P
 from nslab.compile import compile_topology
 from nslab.compile import diff as D
+from nslab.errors import NslabError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -192,3 +195,18 @@ def test_a_udp_port_changed_restarts_the_dataplanes_in_place():
     assert c.agent and not c.recreate and not c.apply and not c.undo
     assert D.render(c, {})[:3] == ["~ master1: changed in place", "  - udp dataplane on flannel0 (port 8285)",
                                    "  + udp dataplane on flannel0 (port 8300)"]
+
+
+def test_converge_refuses_a_namespace_its_record_names_that_is_not_the_labs(tmp_path, monkeypatch):
+    """The plan in a lab's record is input (hole 3 of issue 18): a converge drops, recreates or
+    changes only namespaces of the lab's name rule that are verifiably the ones it made."""
+    from nslab import converge, state
+    monkeypatch.setattr(state, "RUN_DIR", str(tmp_path))
+    st = state.LabState(lab="lab1", file="x.yaml", ns_ids={"other.x": [1, 2]})
+    for field, value in (("remove", ["other.x"]), ("recreate", {"other.x": "image changed"})):
+        with pytest.raises(NslabError) as e:
+            converge._refuse("lab1", D.Converge(**{field: value}), P.Plan(lab="lab1"), P.Plan(lab="lab1"), st)
+        assert str(e.value).startswith("lab lab1: its record names namespace 'other.x', which is not a namespace "
+                                       "name of lab lab1: nslab will not touch it"), e.value
+    # a namespace of the lab's name that is gone is no one's: nothing refused
+    converge._refuse("lab1", D.Converge(remove=["lab1.gone"]), P.Plan(lab="lab1"), P.Plan(lab="lab1"), st)
