@@ -17,14 +17,17 @@ def single_switch(n: int) -> str:
 
 
 def test_exactly_the_hard_limit_of_descriptors_fits(monkeypatch):
-    monkeypatch.setattr(limits, "OPEN_NAMESPACES", 100)
+    """The window of open namespaces shrinks to the hard limit (hole 9 of issue 18): a lab is
+    refused only when even MIN_OPEN_NAMESPACES of them do not fit beside the reserve."""
+    monkeypatch.setattr(limits, "MIN_OPEN_NAMESPACES", 10)
     monkeypatch.setattr(limits, "FDS_PER_NAMESPACE", 3)
-    monkeypatch.setattr(limits, "nofile_hard_limit", lambda: 364)      # 100 x 3 + 64
+    monkeypatch.setattr(limits, "nofile_hard_limit", lambda: 94)       # 10 x 3 + 64
     model.load("s.yaml", text=single_switch(150))
-    monkeypatch.setattr(limits, "nofile_hard_limit", lambda: 363)
+    assert limits.open_namespaces(94) == 10
+    monkeypatch.setattr(limits, "nofile_hard_limit", lambda: 93)
     with pytest.raises(TopologyError) as info:
         model.load("s.yaml", text=single_switch(150))
-    assert str(info.value).startswith("s.yaml: building 152 namespaces needs about 364 open files "), str(info.value)
+    assert str(info.value).startswith("s.yaml: building 152 namespaces needs about 94 open files "), str(info.value)
 
 
 @pytest.mark.parametrize("thresh,chosen", [(420, "dynamic"), (419, "static")])
