@@ -144,6 +144,7 @@ def converge(topo, overrides: dict | None = None, progress=None) -> tuple[diff.C
             return diff.Converge(), None, st, []
         new = target_plan(topo, overrides)
         old = L.applied_plan(lab, st)
+        _own_names(lab, old)
         c = diff.compute(old, new, interrupted(lab, st, old) if resuming else ())
         if resuming:
             c.agent = c.agent or any(isinstance(op, diff.PROCESS_OPS) for op in new.ops + old.ops)
@@ -158,6 +159,17 @@ def converge(topo, overrides: dict | None = None, progress=None) -> tuple[diff.C
             half.exit_code = e.exit_code
             raise half from None
         return c, new, st, notices
+
+
+def _own_names(lab: str, old: P.Plan) -> None:
+    """The recorded plan is input (issue 18, hole 3): its node names become paths (the
+    nodes' UTS files under the run directory) and its namespaces are dropped or changed, so
+    each of its namespaces must be `LAB.NODE` with NODE a node name, or nothing happens."""
+    for op in old.ops:
+        if isinstance(op, P.Netns) and (op.ns != f"{lab}.{op.node}" or not state.lab_namespace(lab, op.ns)):
+            raise state.RecordError(f"lab {lab}: its recorded plan names namespace {op.ns!r} for node {op.node!r}, "
+                                    f"which is not how lab {lab} names its nodes: nslab will not touch it; "
+                                    f"`nslab down {lab}` and bring it up again")
 
 
 def _refuse(lab: str, c: diff.Converge, old: P.Plan, new: P.Plan, st: state.LabState):
