@@ -200,7 +200,10 @@ def down(target: Optional[str] = typer.Argument(None, help="Lab name or topology
         orphans = state.orphans()          # containers of labs whose record is gone (reboot)
         labs += sorted(set(orphans) - set(labs))
     elif target and (target.endswith((".yaml", ".yml")) or os.path.sep in target) and os.path.exists(target):
-        labs = [labmod.load(target).name]
+        labs = labmod.labs_of_file(target) or [labmod.load(target).name]    # up under another --name too
+        if len(labs) > 1:
+            raise UsageError(f"{target} runs as {len(labs)} labs ({', '.join(labs)}): say which, "
+                             f"`nslab down NAME`, or `nslab down --all`")
     elif target and not os.path.lexists(state.lab_dir(target)) and state.valid_lab(target):
         labs = [target]                         # down() looks for its containers by label
     else:

@@ -529,6 +529,21 @@ def resolve_lab(lab: str | None) -> str:
                      f"(or a node as LAB.NODE, or NSLAB_LAB=LAB)")
 
 
+def labs_of_file(path: str) -> list[str]:
+    """The running labs brought up from topology file `path`, under any --name (their
+    records name the file `up` read, absolute)."""
+    want = os.path.realpath(path)
+    found = []
+    for lab in state.labs():
+        try:
+            st = state.load(lab)
+        except state.RecordError:       # unreadable: `down NAME` names it; not guessed at here
+            continue
+        if st is not None and st.file not in ("", "?") and os.path.realpath(st.file) == want:
+            found.append(lab)
+    return found
+
+
 def resolve_nodes(lab: str | None, *targets: str | None) -> tuple:
     """The lab and the node arguments of a command: a node may be written as the namespace
     name nslab prints, `LAB.NODE` (also `LAB.NODE:IFACE`), which names the lab as well (no

@@ -132,3 +132,24 @@ def test_show_says_what_a_node_is_and_trace_reaches_a_service_by_name(root_uncha
                                         "testappds-worker3 10.244.3.2:80"]
     r = lab.nslab("trace", "-l", lab.name, "client", "svc/nosuch")
     assert (r.returncode, r.stderr) == (2, f"nslab: lab {lab.name} has no service 'nosuch' (services: testappds)\n")
+
+
+def test_down_file_finds_the_lab_brought_up_from_it_under_another_name(root_unchanged, tmp_path):
+    """`nslab down FILE` takes down the lab `up FILE --name X` made (it looked for the file's
+    own lab name, which does not run); with two such labs it names both and removes neither."""
+    topo = tmp_path / "mine.yaml"
+    topo.write_text((REPO / "topologies" / "diy-veth.yaml").read_text())
+    a, b = unique_lab_name(), unique_lab_name()
+    try:
+        for name in (a, b):
+            nslab("up", "-q", str(topo), "--name", name, check=True)
+        r = nslab("down", str(topo))
+        assert (r.returncode, r.stdout) == (2, ""), r
+        assert r.stderr == f"nslab: {topo} runs as 2 labs ({a}, {b}): say which, `nslab down NAME`, or `nslab down " \
+                           f"--all`\n", r.stderr
+        nslab("down", b, check=True)
+        r = nslab("down", str(topo))
+        assert (r.returncode, r.stdout) == (0, f"lab {a} removed (2 namespaces)\n"), r
+    finally:
+        for name in (a, b):
+            nslab("down", name)
