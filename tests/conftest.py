@@ -90,6 +90,20 @@ def nslab(*args, env=None, timeout=60, check=False, input=None) -> subprocess.Co
 # the Docker engine or an image that install.sh installs, starts or builds is there on every
 # machine the suite runs on; a skip would turn a broken install into a green run.
 
+# Two hosts routed through r1, h1 with a static route: what the converge tests (diff and
+# real labs) edit one piece at a time.
+ROUTED_HOSTS = """\
+hosts:
+  h1:
+    routes: [{to: 10.9.0.0/24, via: 10.1.0.1}]
+  h2: {}
+routers: [r1]
+links:
+  - [{node: h1, ip: 10.1.0.2/24}, {node: r1, ip: 10.1.0.1/24}]
+  - [{node: r1, ip: 10.2.0.1/24}, {node: h2, ip: 10.2.0.2/24}]
+"""
+
+
 def installed(*commands: str) -> None:
     missing = [c for c in commands if shutil.which(c) is None]
     if missing:

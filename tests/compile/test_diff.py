@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import ROUTED_HOSTS
 from nslab import model
 from nslab import plan as P
 from nslab.compile import compile_topology
@@ -14,17 +15,7 @@ from nslab.errors import NslabError
 
 REPO = Path(__file__).resolve().parents[2]
 
-ROUTED = """\
-name: x
-hosts:
-  h1:
-    routes: [{to: 10.9.0.0/24, via: 10.1.0.1}]
-  h2: {}
-routers: [r1]
-links:
-  - [{node: h1, ip: 10.1.0.2/24}, {node: r1, ip: 10.1.0.1/24}]
-  - [{node: r1, ip: 10.2.0.1/24}, {node: h2, ip: 10.2.0.2/24}]
-"""
+ROUTED = "name: x\n" + ROUTED_HOSTS
 
 
 def plan(text: str) -> P.Plan:

@@ -13,18 +13,9 @@ import sys
 
 import pytest
 
-from conftest import REPO, nslab, unique_lab_name
+from conftest import REPO, ROUTED_HOSTS, nslab, unique_lab_name
 
-ROUTED = """\
-hosts:
-  h1:
-    routes: [{to: 10.9.0.0/24, via: 10.1.0.1}]
-  h2: {}
-routers: [r1]
-links:
-  - [{node: h1, ip: 10.1.0.2/24}, {node: r1, ip: 10.1.0.1/24}]
-  - [{node: r1, ip: 10.2.0.1/24}, {node: h2, ip: 10.2.0.2/24}]
-"""
+ROUTED = ROUTED_HOSTS     # the diff tests' topology (conftest), without a name: the test names the lab
 
 
 def _j(argv: list[str]) -> list:

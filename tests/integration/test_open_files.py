@@ -5,20 +5,19 @@ hard), its pings work, and it goes down clean.  Before, validate refused it: 301
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 
 import pytest
 
-from conftest import REPO, TIMEOUT_SCALE, leftovers, nslab, unique_lab_name
+from conftest import REPO, TIMEOUT_SCALE, installed, leftovers, nslab, unique_lab_name
 from nslab import state
 
-pytestmark = pytest.mark.skipif(shutil.which("prlimit") is None, reason="needs prlimit (util-linux)")
 
 
 def limited(*args, timeout=300) -> subprocess.CompletedProcess:
     """`nslab ARGS` with RLIMIT_NOFILE 1024 soft and hard (the CLI cannot raise it)."""
+    installed("prlimit")            # util-linux, which install.sh installs: missing is a failure, not a skip
     return subprocess.run(["prlimit", "--nofile=1024:1024", sys.executable, "-m", "nslab.cli", *map(str, args)],
                           cwd=REPO, capture_output=True, text=True, timeout=timeout * TIMEOUT_SCALE)
 
