@@ -108,6 +108,9 @@ _MASKS = [
     (re.compile(r"^(icmp|tcp|udp)(\s+\d+)\s+\d+"), r"\1\2 <T>"),                 # conntrack timeout
     (re.compile(r"^\s*\d+[KMG]?\s+\d+[KMG]?(?=\s+[A-Za-z])"), "<pkts> <bytes>"),   # iptables -v counters
     (re.compile(r"policy (\w+) \d+ packets, \d+ bytes"), r"policy \1 <N> packets, <N> bytes"),
+    # a learned neighbour's state moves with time (REACHABLE turns DELAY while the kernel
+    # confirms it); a PERMANENT one (flannel's VTEP entries) is kept as it is
+    (re.compile(r"(lladdr \S+) (?:REACHABLE|STALE|DELAY|PROBE)\b"), r"\1 <NUD>"),
 ]
 
 
