@@ -76,9 +76,13 @@ class Link:
 
 @dataclass(frozen=True)
 class BridgePort:
+    """A bridge port's settings: hairpin mode, or (master) the veth end made in a namespace
+    other than its bridge's enslaved to it (a join of two segments: a veth's peer cannot
+    be given a master in the message that creates the pair)."""
     ns: str
     dev: str
-    hairpin: bool
+    hairpin: bool = False
+    master: str | None = None
     stage = STAGE_CONFIG
 
 

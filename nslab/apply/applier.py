@@ -409,6 +409,9 @@ class Applier:
         if isinstance(op, P.Qdisc):       # link conditions: in the same batch as the links' config
             return [qdisc.encode_set(ns.index(op.dev), Conditions.from_pairs(op.conditions), op.mtu)]
         if isinstance(op, P.BridgePort):
+            if op.master:       # `ip link set dev DEV master BR`: the port's mode stays the default
+                return [message(RTM_NEWLINK, CHANGE, ifinfomsg(ns.index(op.dev)),
+                                attr(IFLA_MASTER, U32.pack(ns.index(op.master))))]
             return [message(RTM_NEWLINK, CHANGE, ifinfomsg(ns.index(op.dev)),
                              attr(IFLA_LINKINFO, attr(IFLA_INFO_SLAVE_KIND, b"bridge\0")
                                    + attr(IFLA_INFO_SLAVE_DATA, attr(IFLA_BRPORT_MODE, U8.pack(int(op.hairpin))))))]

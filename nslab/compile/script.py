@@ -88,6 +88,8 @@ def render_op(op) -> list[str]:
     if isinstance(op, P.Fdb):
         return [f"bridge -n {_q(op.ns)} fdb append {_q(op.lladdr)} dev {_q(op.dev)} dst {_q(op.dst)} self permanent"]
     if isinstance(op, P.BridgePort):
+        if op.master:
+            return [f"ip -n {_q(op.ns)} link set dev {_q(op.dev)} master {_q(op.master)}"]
         return [f"bridge -n {_q(op.ns)} link set dev {_q(op.dev)} hairpin {'on' if op.hairpin else 'off'}"]
     if isinstance(op, P.Serve):
         return [_comment(f"# {op.node}: an HTTP server on :{op.port} (nslab's lab agent); by hand: "

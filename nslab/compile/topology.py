@@ -35,6 +35,8 @@ def compile_topology(topo: Topology) -> P.Plan:
                                     address=str(peer.ip) if peer.ip else None)))
     for (_, _), (peer_node, peer) in _veth_pairs(topo):
         plan.add(P.Up(peer_node.ns, peer.name))
+        if peer.bridge:         # two segments joined: the far end is a port of its own bridge
+            plan.add(P.BridgePort(peer_node.ns, peer.name, master=peer.bridge))
     for node in nodes.values():
         plan.add(P.Up(node.ns, "lo"))
         for br in node.bridges:

@@ -100,8 +100,8 @@ def neighbour_domains(topo, detail: bool = True):
             if iface.ip is None or iface.bridge:
                 continue
             me = (node.ns, iface.name, ip_text(iface.ip), iface.mac) if detail else None
-            if iface.segment is not None:
-                members, hubs = segments.setdefault(iface.segment, ([], []))
+            if iface.segment is not None:      # joined segments: one L2 domain, one network
+                members, hubs = segments.setdefault(topo.segments[iface.segment].domain or iface.segment, ([], []))
                 if node.kind == "router":
                     hubs.append(len(members))
                 members.append(me)

@@ -202,10 +202,15 @@ class Parser:
         for kind, key in (("host", "hosts"), ("router", "routers")):
             for name, (spec, p) in self.names_or_mapping(top.get(key), (key,), kind).items():
                 b.add_node(name, kind, self.mapping(spec, p, self.NODE_KEYS, what=kind), p)
+        segments = {}
         for name, spec in self.mapping(top.get("segments"), ("segments",), what="segments").items():
             p = ("segments", name)
             self.node_name(name, p)
-            b.add_segment(name, self.mapping(spec, p, self.SEGMENT_KEYS, what="segment"), p)
+            spec = self.mapping(spec, p, self.SEGMENT_KEYS, what="segment")
+            segments[name] = (spec, p, self.names_or_mapping(spec.get("members"), p + ("members",), "member"))
+        b.join_segments(segments)
+        for name, (spec, p, members) in segments.items():
+            b.add_segment(name, spec, p, members)
         links = top.get("links") or []
         if not isinstance(links, list):
             raise self.err(("links",), "links must be a list of links ([a, b] or {ends: [a, b]})")
@@ -232,6 +237,9 @@ class Builder:
         self.segments: dict[str, Segment] = {}
         self.attachments: list[dict] = []   # pending veth pairs, resolved in order
         self.segment_conditions: dict = {}  # segment -> its `conditions:` (every attachment's default)
+        self.domains: dict[str, str] = {}   # segment -> its L2 domain (join_segments)
+        self.domain_subnets: dict[str, tuple] = {}   # domain -> (subnet, where it is written)
+        self.domain_gateways: dict[str, str] = {}    # domain -> the segment that names its gateway
         self.tests: list = []
         self.extensions: list = []          # callables(builder) run after addresses (cluster)
         self.iface_paths: dict[int, tuple] = {}   # id(Iface) -> where its name or end is written
@@ -282,19 +290,89 @@ class Builder:
         self.node_specs[name] = spec
         return node
 
-    def add_segment(self, name, spec, path):
-        subnet = self.p.network(spec["subnet"], path + ("subnet",)) if "subnet" in spec else None
+    def join_segments(self, segments: dict) -> None:
+        """Segments listed as members of other segments are joined switch to switch (a veth
+        between their bridges, as Mininet's addLink(switch, switch)); each set of joined
+        segments is one L2 domain.  Refused here, before anything else: a join that closes
+        a loop (nslab's bridges run without STP, so a broadcast would circle it forever),
+        two different subnets in one domain, and two gateways for one."""
+        root = {n: n for n in segments}      # union-find over the joins: loops in linear time
+
+        def find(x):
+            while root[x] != x:
+                root[x] = root[root[x]]
+                x = root[x]
+            return x
+
+        joins: dict[str, list[str]] = {n: [] for n in segments}
+        for name, (spec, path, members) in segments.items():
+            gw = spec.get("gateway")
+            if isinstance(gw, str) and gw in segments:
+                raise self.err(path + ("gateway",), f"gateway {gw!r} of segment {name} is a segment; a gateway "
+                                                    f"is a router (to join {gw} to {name}, list it under members:)")
+            for member, (mspec, mpath) in members.items():
+                if member not in segments:
+                    continue
+                if member == name:
+                    raise self.err(mpath, f"segment {name} lists itself as a member")
+                if isinstance(mspec, dict) and "ip" in mspec:
+                    raise self.err(mpath + ("ip",), f"{member} is a segment: a join of two switches has no address")
+                if find(member) == find(name):
+                    loop = _join_path(joins, name, member)
+                    raise self.err(mpath, f"joining segment {member} to {name} closes a loop "
+                                          f"({' - '.join(loop + [name])}): nslab's bridges run without STP, so a "
+                                          f"broadcast would circle it forever; remove one of these joins")
+                root[find(member)] = find(name)
+                joins[name].append(member)
+                joins[member].append(name)
+        for name in segments:               # a domain is named by its first-declared segment
+            if name not in self.domains:
+                todo = [name]
+                self.domains[name] = name
+                while todo:
+                    for other in joins[todo.pop()]:
+                        if other not in self.domains:
+                            self.domains[other] = name
+                            todo.append(other)
+        for name, (spec, path, _) in segments.items():
+            dom = self.domains[name]
+            if "subnet" in spec:
+                net = self.p.network(spec["subnet"], path + ("subnet",))
+                other = self.domain_subnets.get(dom)
+                if other is None:
+                    self.domain_subnets[dom] = (net, path + ("subnet",))
+                elif other[0] != net:
+                    raise self.err(path + ("subnet",), f"subnet {net} differs from {other[0]} of segment "
+                                                       f"{other[1][1]} (line {self.doc.line(other[1])}), joined to "
+                                                       f"this one in one L2 domain: joined segments share one "
+                                                       f"subnet (write it once, or the same on each)")
+            if spec.get("gateway") is not None:
+                other = self.domain_gateways.get(dom)
+                if other is not None:
+                    first = ("segments", other, "gateway")
+                    raise self.err(path + ("gateway",), f"segment {other} (line {self.doc.line(first)}) already "
+                                                        f"gives the L2 domain this segment is joined to its "
+                                                        f"gateway; a domain has one (another router can be a "
+                                                        f"member with an ip:)")
+                self.domain_gateways[dom] = name
+
+    def add_segment(self, name, spec, path, members=None):
+        """A segment: a switch node with its bridge, its members attached (a member that is
+        a segment is joined bridge to bridge: join_segments has made them one domain)."""
+        dom = self.domains.setdefault(name, name)
+        subnet = self.domain_subnets[dom][0] if dom in self.domain_subnets else None
         mtu = self.p.mtu(spec["mtu"], path + ("mtu",)) if "mtu" in spec else self.mtu
         bridge = self.p.ifname(spec.get("bridge", "br0"), path + ("bridge",))
         switch = self.add_node(name, "switch", {}, path, mtu=mtu)
         switch.bridges.append(Bridge(name=bridge, mtu=mtu, mac=stable_mac(self.lab, name, bridge)))
         seg = Segment(name=name, subnet=subnet, gateway=None, gateway_ip=None, bridge=bridge, mtu=mtu,
                       neighbours=self.p.neighbours(spec["neighbours"], path + ("neighbours",))
-                      if "neighbours" in spec else None)
+                      if "neighbours" in spec else None, domain=dom)
         self.segments[name] = seg
         seg_cond = conditions.parse(self.p, spec.get("conditions"), path + ("conditions",))
         self.segment_conditions[name] = (seg_cond, path)
-        members = self.p.names_or_mapping(spec.get("members"), path + ("members",), "member")
+        if members is None:
+            members = self.p.names_or_mapping(spec.get("members"), path + ("members",), "member")
         gw = spec.get("gateway")
         gw_ip = spec.get("gateway_ip")
         if gw is not None:
@@ -320,6 +398,9 @@ class Builder:
             raise self.err(path + ("gateway_ip",), "gateway_ip needs a gateway router (gateway: NAME)")
         for member, (mspec, mpath) in members.items():
             mspec = self.p.mapping(mspec, mpath, Parser.MEMBER_KEYS, what="member")
+            if self.domains.get(member) == dom and member != name:
+                self.join(name, member, mspec, mpath, seg_cond)
+                continue
             ip = None
             if "ip" in mspec:
                 ip = self.p.interface(mspec["ip"], mpath + ("ip",), subnet)
@@ -345,6 +426,19 @@ class Builder:
             # the segment's conditions (members may add theirs; cluster nodes take these)
             conditions=self.segment_conditions.get(segment, (None,))[0],
             cond_path=self.segment_conditions.get(segment, (None, path))[1]))
+
+    def join(self, segment: str, member: str, mspec: dict, mpath: tuple, seg_cond):
+        """Join segment `member` to `segment`: a veth between their bridges, each end a port
+        named after the other switch (`iface:` names member's end, `port:` segment's)."""
+        self.attachments.append(dict(
+            kind="join", segment=segment, path=mpath, mtu=None, subnet=None,
+            a=dict(node=member, iface=mspec.get("iface"), ip=None, mac=mspec.get("mac"), mtu=mspec.get("mtu"),
+                   path=mpath, iface_path=mpath + ("iface",), auto_ip=False),
+            b=dict(node=segment, iface=mspec.get("port"), ip=None, mac=None, mtu=None, path=mpath,
+                   iface_path=mpath + ("port",)),
+            conditions=self._merged_conditions(
+                seg_cond, conditions.parse(self.p, mspec.get("conditions"), mpath + ("conditions",)), mpath),
+            cond_path=mpath if "conditions" in mspec else self.segment_conditions[segment][1]))
 
     def _end(self, spec, path) -> dict:
         if isinstance(spec, str):
@@ -468,7 +562,7 @@ class Builder:
         for node in self.nodes.values():
             for iface in node.ifaces:
                 if iface.segment:
-                    key = ("segment", iface.segment)
+                    key = ("segment", self.segments[iface.segment].domain)
                 elif iface.bridge:
                     key = ("bridge", node.name, iface.bridge)
                 else:
@@ -480,6 +574,8 @@ class Builder:
                 if other is not None:
                     path = self.iface_paths.get(id(iface), node.path)
                     where = f"segment {iface.segment}" if iface.segment else "the same link"
+                    if iface.segment and other.segment != iface.segment:
+                        where += f" (joined to {other.segment})"
                     raise self.err(path, f"MAC {iface.mac} of {node.name}:{iface.name} is also the MAC of "
                                          f"{other.node}:{other.name} on {where}; every MAC on one L2 network "
                                          f"must be different")
@@ -504,7 +600,7 @@ class Builder:
             if kind == "segment":
                 if nodes[a["node"]].kind != "router":
                     continue
-                stop = ("seg", att["segment"])
+                stop = ("seg", self.domains[att["segment"]])     # joined segments: one stop
                 out[a["node"]].append(stop)
                 if a["ip"] is not None or a.get("auto_ip"):
                     out.setdefault(stop, []).append(a["node"])
@@ -570,8 +666,6 @@ class Builder:
                 if end["node"] not in self.nodes:
                     raise self.err(end["path"], f"unknown node {end['node']!r} (nodes: "
                                                 f"{name_list(sorted(n for n, x in self.nodes.items() if x.kind != 'switch'))})")
-            if att["kind"] == "segment" and self.nodes[a["node"]].kind == "switch":
-                raise self.err(a["path"], f"{a['node']} is a segment; join segments through a router")
             if att["kind"] == "link":
                 for end in (a, b):
                     if self.nodes[end["node"]].kind == "switch":
@@ -593,9 +687,10 @@ class Builder:
                     name = self.p.ifname(end["iface"], end["iface_path"])
                     if name in self._ifnames.get(node.name, ()) or name == node.bridge or name == "lo":
                         raise self.err(end["iface_path"], f"{node.name} already has an interface named {name}")
-                elif att["kind"] == "segment" and node is nb:
-                    name = short_ifname(na.name) if short_ifname(na.name) not in self._ifnames.get(nb.name, ()) \
-                        else short_ifname(seg.name, na.name)
+                elif att["kind"] == "segment" and node is nb or att["kind"] == "join":
+                    other = na if node is nb else nb    # a bridge port is named after what it leads to
+                    name = short_ifname(other.name) if short_ifname(other.name) not in self._ifnames.get(node.name, ()) \
+                        else short_ifname(node.name, other.name)
                 else:
                     name = self._next_free_ifname(node)
                 names.append(name)
@@ -612,10 +707,10 @@ class Builder:
                 cond = end.get("conditions") or att.get("conditions")    # links: merged in add_link
                 conditions.check_burst(self.p, cond, mtus[idx], end.get("cond_path") or att.get("cond_path", att["path"]))
                 iface = Iface(node=node.name, name=names[idx], ip=end["ip"], mac=mac, mtu=mtus[idx],
-                              peer_node=other[1].name, peer_name=names[1 - idx], segment=att["segment"],
-                              conditions=cond)
-                if att["kind"] == "segment" and node is nb:
-                    iface.bridge = nb.bridge
+                              peer_node=other[1].name, peer_name=names[1 - idx],
+                              segment=node.name if att["kind"] == "join" else att["segment"], conditions=cond)
+                if att["kind"] == "segment" and node is nb or att["kind"] == "join":
+                    iface.bridge = node.bridge
                 if end.get("bridge"):       # a port of a bridge inside a node (cni0)
                     iface.bridge, iface.hairpin = end["bridge"], end.get("hairpin", False)
                 node.ifaces.append(iface)
@@ -628,29 +723,32 @@ class Builder:
         `mtu:` if it declared one, else the segment's (or, for a link, the smaller node MTU)."""
         if att["kind"] == "link":
             return att["mtu"] or min(na.mtu, nb.mtu)
+        if att["kind"] == "join":           # two segments' bridges: the smaller MTU
+            return min(na.mtu, nb.mtu)
         if att["kind"] == "segment" and "mtu" in self.node_specs.get(node.name, {}):
             return node.mtu
         return att["mtu"]
 
-    def _by_segment(self) -> dict[str, list[dict]]:
+    def _by_domain(self) -> dict[str, list[dict]]:
+        """Each L2 domain's attachments (its segments' members), in the order written."""
         out: dict[str, list[dict]] = {}
         for att in self.attachments:
-            if att["segment"] is not None:
-                out.setdefault(att["segment"], []).append(att)
+            if att["segment"] is not None and att["kind"] != "join":
+                out.setdefault(self.segments[att["segment"]].domain, []).append(att)
         return out
 
     def _all_subnets(self) -> list[tuple[IPv4Network, tuple]]:
-        out = [(s.subnet, ("segments", s.name, "subnet")) for s in self.segments.values() if s.subnet]
+        out = [self.domain_subnets[s.name] for s in self.segments.values() if s.name in self.domain_subnets]
         for att in self.attachments:
             if att["kind"] == "link" and att["a"]["ip"] is not None:
                 where = (att["path"] + ("subnet",) if att["subnet"] is not None else att["path"]) \
                     if att["a"].get("auto_ip") else att["a"]["path"] + ("ip",)
                 out.append((att["a"]["ip"].network, where))
-        by_segment = self._by_segment()
+        by_domain = self._by_domain()
         for seg in self.segments.values():
-            if seg.subnet is None:   # members addressed by hand: each network the segment carries, once
-                nets = {}
-                for att in by_segment.get(seg.name, []):
+            if seg.subnet is None and seg.domain == seg.name:   # members addressed by hand: each
+                nets = {}                                       # network the domain carries, once
+                for att in by_domain.get(seg.name, []):
                     if att["a"]["ip"] is not None:
                         nets.setdefault(att["a"]["ip"].network, att["a"]["path"] + ("ip",))
                 out.extend(nets.items())
@@ -663,7 +761,7 @@ class Builder:
         candidates = free_blocks(self.link_pool, 30, used)
         for att in self.attachments:
             a, b = att["a"], att["b"]
-            if att["kind"] == "segment":
+            if att["kind"] in ("segment", "join"):     # a join of two bridges has no address
                 continue
             if a["ip"] is not None:
                 continue
@@ -681,12 +779,13 @@ class Builder:
                 first, prefixlen = first + 1, 30
             a["iface_obj"].ip = a["ip"] = ipv4_interface(first, prefixlen)
             b["iface_obj"].ip = b["ip"] = ipv4_interface(first + 1, prefixlen)
-        # segment members without an address: next free host address, in member order
-        by_segment = self._by_segment()
+        # segment members without an address: next free host address of their L2 domain,
+        # in member order (joined segments in the order written: Mininet's h1, h2, ...)
+        by_domain = self._by_domain()
         for seg in self.segments.values():
-            if seg.subnet is None:
+            if seg.subnet is None or seg.domain != seg.name:
                 continue
-            members = by_segment.get(seg.name, [])
+            members = by_domain.get(seg.name, [])
             taken = {att["a"]["ip"]._ip for att in members if att["a"]["ip"] is not None}
             addr, last = host_range(seg.subnet)
             for att in members:
@@ -694,7 +793,9 @@ class Builder:
                     while addr in taken:
                         addr += 1
                     if addr > last:
-                        raise self.err(att["path"], f"segment {seg.name} ({seg.subnet}) has no free address left")
+                        joined = "" if att["segment"] == seg.name else f", joined to {seg.name}"
+                        raise self.err(att["path"], f"segment {att['segment']} ({seg.subnet}{joined}) has no free "
+                                                    f"address left")
                     att["a"]["iface_obj"].ip = att["a"]["ip"] = ipv4_interface(addr, seg.subnet.prefixlen)
                     addr += 1
 
@@ -789,6 +890,8 @@ class Builder:
             nh = None
             for iface in node.ifaces:
                 seg = self.segments.get(iface.segment) if iface.segment else None
+                if seg and seg.domain in self.domain_gateways:      # its own segment's, or a joined one's
+                    seg = self.segments[self.domain_gateways[seg.domain]]
                 if seg and seg.gateway and seg.gateway != node.name:
                     nh = Nexthop(via=seg.gateway_ip, dev=iface.name)
                     break
@@ -804,15 +907,15 @@ class Builder:
         adj: dict[str, list] = {n: [] for n, x in self.nodes.items() if x.kind == "router"}
         # each segment's addressed router interfaces, in node order: not a scan of every
         # node per router interface (100 leaves x 10,000 nodes)
-        on_segment: dict[str, list] = {}
+        on_segment: dict[str, list] = {}     # by L2 domain: joined segments are one network
         for r in adj:
             for oi in self.nodes[r].ifaces:
                 if oi.segment and oi.ip is not None:
-                    on_segment.setdefault(oi.segment, []).append((r, oi))
+                    on_segment.setdefault(self.segments[oi.segment].domain, []).append((r, oi))
         for r in adj:
             for iface in self.nodes[r].ifaces:
                 if iface.segment:
-                    for other, oi in on_segment.get(iface.segment, ()):
+                    for other, oi in on_segment.get(self.segments[iface.segment].domain, ()):
                         if other != r:
                             adj[r].append((other, oi.ip.ip, iface.name))
                 else:
@@ -955,6 +1058,22 @@ class Builder:
                                 indexes.append(k)
                         hops = merged_hops[(r, tuple(nearest))] = hops_for(r, tuple(indexes))
                 routes[r].append(Route(dst=net, nexthops=hops, origin="computed"))
+
+
+def _join_path(joins: dict[str, list[str]], start: str, goal: str) -> list[str]:
+    """The segments from start to goal over the joins so far (a forest: one path)."""
+    back, todo = {start: None}, deque([start])
+    while todo:
+        x = todo.popleft()
+        for y in joins[x]:
+            if y not in back:
+                back[y] = x
+                todo.append(y)
+    path, x = [], goal
+    while x is not None:
+        path.append(x)
+        x = back[x]
+    return path[::-1]
 
 
 def load(file: str, text: str | None = None, name: str | None = None, overrides: dict | None = None,

@@ -116,6 +116,11 @@ class Segment:
     bridge: str
     mtu: int
     neighbours: str | None = None   # static | dynamic; None: the lab's setting
+    # The L2 domain: the first-declared segment of those joined switch to switch (a
+    # segment listed as a member of another), its own name when it is joined to none.
+    # A domain has one subnet (every segment of it holds it), one address allocator and
+    # at most one gateway.
+    domain: str = ""
 
 
 @dataclass

@@ -59,6 +59,9 @@ class Pyroute2Reference(A.Applier):
             return [_msg(ndmsg(), RTM_NEWNEIGH, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
                          family=A.AF_BRIDGE, ifindex=ns.index(op.dev), state=A.NUD_PERMANENT, flags=A.NTF_SELF,
                          attrs=[("NDA_LLADDR", op.lladdr), ("NDA_DST", op.dst)])]
+        if isinstance(op, P.BridgePort) and op.master:
+            return [_msg(ifinfmsg(), RTM_NEWLINK, CHANGE, index=ns.index(op.dev),
+                         attrs=[("IFLA_MASTER", ns.index(op.master))])]
         if isinstance(op, P.BridgePort):
             return [_msg(ifinfmsg(), RTM_NEWLINK, CHANGE, index=ns.index(op.dev), attrs=[
                 ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_SLAVE_KIND", "bridge"),
@@ -148,6 +151,7 @@ OPS = [
     P.Fdb(ns="a", dev="flannel.1", lladdr=MAC2, dst="192.168.1.3"),
     P.BridgePort(ns="a", dev="br-veth0", hairpin=True),
     P.BridgePort(ns="a", dev="br-veth0", hairpin=False),
+    P.BridgePort(ns="a", dev="br-veth0", master="br0"),    # a join's far end enslaved to its bridge
 ]
 
 
