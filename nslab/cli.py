@@ -392,13 +392,17 @@ def validate(files: List[str] = typer.Argument(..., help="Topology files."),
 @run
 def generate(shape: str = typer.Argument(..., metavar="SHAPE",
                                          help="clos:SPINES,LEAVES,HOSTS | cluster:RACKS,NODES,PODS | single:N | "
-                                              "linear:N[,M] | tree:DEPTH[,FANOUT] (Mininet's tree,2,3 form too)."),
+                                              "linear:N[,M] | tree:DEPTH[,FANOUT] (Mininet's L2 switches, one "
+                                              "subnet, ttl 64; Mininet's tree,2,3 form too) | "
+                                              "linear-routed:N[,M] | tree-routed:DEPTH[,FANOUT] (switches as "
+                                              "routers)."),
              output: Optional[str] = typer.Option(None, "-o", "--output", help="Write the topology here "
                                                                                 "(default: standard output)."),
              name: Optional[str] = typer.Option(None, "--name", "-n", help="Lab name (default: from the shape)."),
              backend: Optional[str] = typer.Option(None, "--backend", help=f"cluster: {BACKEND_LIST}."),
              serve: Optional[str] = typer.Option(None, "--serve", help="cluster: every pod serves this (http).")):
-    """Write a topology file for a fabric (CLOS, flannel cluster, Mininet's single/linear/tree)."""
+    """Write a topology file for a fabric (CLOS, flannel cluster, Mininet's single/linear/tree, and
+    linear/tree with routers for switches)."""
     from . import generate as gen    # lazy: start-up (jinja2: only this command pays for it)
     text, sh = gen.write(shape, output, name=name, backend=backend, serve=serve, argv=sys.argv[1:])
     if output is None:

@@ -8,6 +8,12 @@ Shapes (the Mininet ones accept Mininet's comma form too, `tree,2,3`):
   single:N                    one switch (segment) with N hosts
   linear:N[,M]                N switches in a chain, M hosts each (default 1)
   tree:DEPTH[,FANOUT]         Mininet's tree: FANOUT^DEPTH hosts (fanout default 2)
+  linear-routed:N[,M]         linear, each switch a router (one subnet per switch)
+  tree-routed:DEPTH[,FANOUT]  tree, the upper switches routers, the bottom ones segments
+
+single, linear and tree build what Mininet builds: L2 switches (a Linux bridge each, in
+its own namespace, joined bridge to bridge: no loops), every host in one subnet, so a
+ping arrives with ttl 64 however many switches it crosses.
 
 Python plans names and addresses (so they never overlap and scale to tens of thousands of
 hosts); the jinja2 templates in nslab/templates/ only lay the plan out as YAML.  The plan
@@ -38,11 +44,14 @@ SHAPES = {
     "clos": (("SPINES", "LEAVES", "HOSTS"), 3, (64, 254, 1000), ()),
     "cluster": (("RACKS", "NODES", "PODS"), 3, (127, 253, 250), ()),
     "single": (("N",), 1, (BRIDGE_PORTS,), ()),
-    "linear": (("N", "M"), 1, (60, 250), (1,)),
-    "tree": (("DEPTH", "FANOUT"), 1, (20, 253), (2,)),
+    "linear": (("N", "M"), 1, (MAX_NODES // 2, BRIDGE_PORTS - 2), (1,)),
+    "tree": (("DEPTH", "FANOUT"), 1, (20, BRIDGE_PORTS - 1), (2,)),
+    "linear-routed": (("N", "M"), 1, (60, 250), (1,)),
+    "tree-routed": (("DEPTH", "FANOUT"), 1, (20, 253), (2,)),
 }
 EXAMPLES = {"clos": "clos:2,4,10", "cluster": "cluster:2,3,2", "single": "single:4", "linear": "linear:4",
-            "tree": "tree:2,3"}
+            "tree": "tree:2,3", "linear-routed": "linear-routed:4", "tree-routed": "tree-routed:2,3"}
+TEMPLATES = {"linear": "switches", "tree": "switches"}   # shape -> its template, when not its own
 WHY_MAX = {
     ("single", "N"): "one Linux bridge has at most 1,023 ports; clos or tree for more hosts",
     ("clos", "SPINES"): "spine-leaf links come from the /16 link pool",
@@ -51,9 +60,12 @@ WHY_MAX = {
     ("cluster", "RACKS"): "rack N is 10.N.0.0/24 and pods use 10.128.0.0/9",
     ("cluster", "NODES"): "a rack is a /24 with its leaf at .254",
     ("cluster", "PODS"): "each node leases a /24 of the pod network",
-    ("linear", "N"): "every switch is a router here, and a ping's TTL of 64 must cross the chain",
-    ("linear", "M"): "hosts per switch",
-    ("tree", "FANOUT"): "a bottom switch is a /24 with its gateway at .254",
+    ("linear", "N"): "with one host each, that is the most namespaces nslab generates",
+    ("linear", "M"): "a switch's hosts and its two neighbours are ports of one Linux bridge of at most 1,023",
+    ("tree", "FANOUT"): "a switch's children and its parent are ports of one Linux bridge of at most 1,023",
+    ("linear-routed", "N"): "every switch is a router here, and a ping's TTL of 64 must cross the chain",
+    ("linear-routed", "M"): "hosts per switch",
+    ("tree-routed", "FANOUT"): "a bottom switch is a /24 with its gateway at .254",
 }
 
 
@@ -112,7 +124,7 @@ def refuse_control(option: str, value: str | None) -> None:
 def parse_shape(text: str) -> Shape:
     """`clos:2,4,10`, `tree,2,3`, `single:5` -> Shape; a UsageError (exit 2) otherwise."""
     refuse_control("shape", text)
-    m = re.fullmatch(r"\s*([a-z]+)\s*[:,]?\s*(.*?)\s*", text or "")
+    m = re.fullmatch(r"\s*([a-z]+(?:-[a-z]+)?)\s*[:,]?\s*(.*?)\s*", text or "")
     kind = m.group(1) if m else ""
     if kind not in SHAPES:
         raise UsageError(f"unknown shape {text!r}: use one of {', '.join(map(_form, SHAPES))} "
@@ -160,7 +172,7 @@ def node_count(shape: Shape) -> int:
         return r * n * (1 + p) + r + (r + 1 if r > 1 else 0)
     if shape.kind == "single":
         return 1 + a[0]
-    if shape.kind == "linear":
+    if shape.kind in ("linear", "linear-routed"):
         return a[0] * (1 + a[1])
     depth, fanout = a                   # depth <= 20: exact integers, however large
     return sum(fanout ** i for i in range(depth)) + fanout ** depth
@@ -320,7 +332,74 @@ def _single(shape: Shape, name: str) -> dict:
                 + (["One host has nobody to ping: no tests: section."] if k == 1 else []))
 
 
+def _switches(shape: Shape, segments: list[dict], hosts: list[str], tests: list[dict], summary: list[str]) -> dict:
+    """The plan of an L2 lab (switches.yaml.j2): segments joined bridge to bridge, the
+    domain's one subnet written on the first, each member list inline when it fits."""
+    for sg in segments:
+        inline = f"[{', '.join(sg['members'])}]"
+        sg["inline"] = inline if len(inline) + 13 <= WRAP else None
+    return dict(segments=segments, hosts_flow=flow(hosts, key="hosts"), tests=tests, summary=summary)
+
+
+def _l2_tests(first: str, last: str, what: str) -> list[dict]:
+    if first == last:
+        return []
+    return [dict(name=f"first to last host ({what})", kind="ping", src=first, dst=last, expect="{ttl: 64}"),
+            dict(name="and back", kind="ping", src=last, dst=first, expect="{ttl: 64}")]
+
+
 def _linear(shape: Shape, name: str) -> dict:
+    """Mininet's LinearTopo: switch i has its hosts, then a link to switch i - 1."""
+    k, m = shape.args
+    hosts = [[f"h{i}" if m == 1 else f"h{j}s{i}" for j in range(1, m + 1)] for i in range(1, k + 1)]
+    flat = [h for group in hosts for h in group]
+    subnet = IPv4Network(f"10.0.0.0/{_prefix_for(len(flat))}")
+    segments = [dict(name=f"s{i}", subnet=str(subnet) if i == 1 else None, joined=k > 1,
+                     members=hosts[i - 1] + ([f"s{i - 1}"] if i > 1 else [])) for i in range(1, k + 1)]
+    return _switches(shape, segments, flat, _l2_tests(flat[0], flat[-1], f"{k} switch{'es' * (k > 1)}, one L2 domain"),
+                     [f"Mininet's linear,{k}{',' + str(m) if m > 1 else ''}: {k} switch{'es' * (k > 1)} "
+                      f"s1..s{k} in a chain, {m} host{'s' * (m > 1)} on each.",
+                      "Every switch is a Linux bridge in its own namespace (a segment); each segment lists the "
+                      "previous one as a member, which joins the two bridges with a veth: one L2 domain, no "
+                      "loops, as in Mininet.",
+                      f"All {len(flat):,} host{'s' * (len(flat) > 1)} are in {subnet} (h1 is .1, h2 .2, ... in the "
+                      f"order written), so a ping arrives with ttl 64 across the whole chain.",
+                      *(["One host has nobody to ping: no tests: section."] if len(flat) == 1 else [])])
+
+
+def _tree(shape: Shape, name: str) -> dict:
+    """Mininet's TreeTopo.addTree: switches numbered depth-first, each linked to its
+    FANOUT children (switches, or hosts at the bottom)."""
+    depth, fanout = shape.args
+    segments, hosts = [], []
+
+    def add(level: int) -> str:
+        me = dict(name=f"s{len(segments) + 1}", subnet=None, joined=depth > 1, members=[])
+        segments.append(me)
+        for _ in range(fanout):
+            if level == depth:
+                hosts.append(f"h{len(hosts) + 1}")
+                me["members"].append(hosts[-1])
+            else:
+                me["members"].append(add(level + 1))
+        return me["name"]
+
+    add(1)
+    subnet = IPv4Network(f"10.0.0.0/{_prefix_for(len(hosts))}")
+    segments[0]["subnet"] = str(subnet)
+    n, s = len(hosts), len(segments)
+    return _switches(shape, segments, hosts, _l2_tests(hosts[0], hosts[-1], "across the root, one L2 domain"),
+                     [f"Mininet's tree,{depth},{fanout}: {n:,} host{'s' * (n > 1)} h1..h{n} under {s:,} "
+                      f"switch{'es' * (s > 1)} s1..s{s}, numbered depth-first as Mininet's TreeTopo does.",
+                      "Every switch is a Linux bridge in its own namespace (a segment) whose members are its "
+                      "children: a child switch listed there is joined to it by a veth between the bridges. One L2 "
+                      "domain, no loops, as in Mininet.",
+                      f"All hosts are in {subnet} (h1 is .1, h2 .2, ...), so a ping arrives with ttl 64 from any "
+                      f"host to any other.",
+                      *(["One host has nobody to ping: no tests: section."] if n == 1 else [])])
+
+
+def _linear_routed(shape: Shape, name: str) -> dict:
     k, m = shape.args
     switches = [f"s{i}" for i in range(1, k + 1)]
     # Mininet's names: h<i> with one host per switch, h<j>s<i> with several
@@ -338,14 +417,14 @@ def _linear(shape: Shape, name: str) -> dict:
     return dict(switches=switches, hosts=hosts, hosts_flow=flow(flat, key="hosts"),
                 routers_flow=flow(switches, key="routers"),
                 link_pool="10.0.0.0/16", tests=tests,
-                summary=[f"Mininet's linear,{k}{',' + str(m) if m > 1 else ''}: {k} switch{'es' * (k > 1)} "
-                         f"s1..s{k} in a chain, {m} host{'s' * (m > 1)} on each.",
-                         "nslab joins segments only through routers, so each switch is a router here (Mininet's "
-                         "are one L2 domain): a probe loses one TTL per switch.",
+                summary=[f"Mininet's linear,{k}{',' + str(m) if m > 1 else ''}, routed: {k} "
+                         f"switch{'es' * (k > 1)} s1..s{k} in a chain, {m} host{'s' * (m > 1)} on each.",
+                         "Each switch is a router here (linear:N builds Mininet's L2 switches): every link is a "
+                         "subnet of its own, and a probe loses one TTL per switch.",
                          "Every link is a /30 from 10.0.0.0/16 (pools.links), in the order written below."])
 
 
-def _tree(shape: Shape, name: str) -> dict:
+def _tree_routed(shape: Shape, name: str) -> dict:
     depth, fanout = shape.args
     routers, links, segments = [], [], []
     counters = {"s": 0, "h": 0}
@@ -387,14 +466,14 @@ def _tree(shape: Shape, name: str) -> dict:
     return dict(routers=routers, routers_flow=flow(routers, key="routers"), links=links, segments=segments,
                 hosts_flow=flow([h for sg in segments for h in sg["hosts"]], key="hosts"),
                 link_pool=LINK_POOL, tests=tests,
-                summary=[f"Mininet's tree,{depth},{fanout}: {hosts:,} host{'s' * (hosts > 1)} h1..h{hosts} "
+                summary=[f"Mininet's tree,{depth},{fanout}, routed: {hosts:,} host{'s' * (hosts > 1)} h1..h{hosts} "
                          f"under {len(routers) + len(segments):,} switch{'es' * (len(routers) + len(segments) > 1)} "
                          f"numbered depth-first as Mininet does.",
                          f"The {len(segments):,} bottom switch{'es are' if len(segments) > 1 else ' is a'} L2 "
                          f"segment{'s' * (len(segments) > 1)} (10.A.B.0/24 in order from 10.0.0.0/24, "
                          f"hosts .1, .2, ...)" +
                          (f"; the {len(routers)} upper switch{'es are' if len(routers) > 1 else ' is a'} "
-                          f"router{'s' * (len(routers) > 1)} (nslab joins segments only through routers),"
+                          f"router{'s' * (len(routers) > 1)} (tree:D,F builds Mininet's L2 switches instead),"
                           f" each bottom segment's gateway (.254) is its parent." if routers else "."),
                          *([f"Router-router links are /30s from {LINK_POOL} (pools.links)."] if links else []),
                          *(["One host has nobody to ping: no tests: section."] if not tests else [])])
@@ -421,14 +500,15 @@ def render(shape: Shape | str, name: str | None = None, backend: str | None = No
     if shape.kind == "cluster":
         ctx = _cluster(shape, name, backend or "vxlan", serve)
     else:
-        ctx = {"clos": _clos, "single": _single, "linear": _linear, "tree": _tree}[shape.kind](shape, name)
+        ctx = {"clos": _clos, "single": _single, "linear": _linear, "tree": _tree, "linear-routed": _linear_routed,
+               "tree-routed": _tree_routed}[shape.kind](shape, name)
     command = command or default_command(shape, name, backend, serve)
     summary = [line for text in ctx.pop("summary") for line in textwrap.wrap(text, WRAP - 2)]
     env = jinja2.Environment(loader=jinja2.PackageLoader("nslab", "templates"), undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True, autoescape=False)
     env.filters["q"] = quote
     env.filters["oneline"] = one_line    # inside comments: no value may end the line (defence in depth)
-    return env.get_template(f"{shape.kind}.yaml.j2").render(name=name, command=command, shape=shape,
+    return env.get_template(f"{TEMPLATES.get(shape.kind, shape.kind)}.yaml.j2").render(name=name, command=command, shape=shape,
                                                              summary=summary, file=file or "FILE", **ctx)
 
 

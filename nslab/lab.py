@@ -90,7 +90,7 @@ def is_shape(spec: str) -> bool:
     """`clos:4,20,50`, `tree,2,3`: what `nslab generate` takes (well formed or not: a bad
     one is refused by the generator, with what it takes)."""
     from . import generate  # lazy: start-up (generate loads the model's types and PyYAML)
-    m = re.fullmatch(r"([a-z]+)[:,].*", spec, re.S)
+    m = re.fullmatch(r"([a-z]+(?:-[a-z]+)?)[:,].*", spec, re.S)
     return m is not None and m.group(1) in generate.SHAPES
 
 

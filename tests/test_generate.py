@@ -127,9 +127,71 @@ def test_single(tmp_path, k):
     assert len(topo.tests) == (0 if k == 1 else 2)
 
 
-@pytest.mark.parametrize("k,m", [(1, 1), (1, 2), (3, 1), (4, 2), (60, 1)])
+def l2_domain(topo) -> set[str]:
+    """The segments' L2 domains (one when every switch is joined to the others)."""
+    return {sg.domain for sg in topo.segments.values()}
+
+
+def joins(topo) -> set[frozenset]:
+    """Switch-to-switch veths, as {a, b} pairs."""
+    return {frozenset((n.name, i.peer_node)) for n in topo.nodes.values() if n.kind == "switch"
+            for i in n.ifaces if topo.nodes[i.peer_node].kind == "switch"}
+
+
+@pytest.mark.parametrize("k,m", [(1, 1), (1, 2), (3, 1), (4, 2), (60, 1), (200, 3)])
 def test_linear(tmp_path, k, m):
+    """Mininet's LinearTopo: k L2 switches in a chain (joined bridge to bridge), one
+    subnet, hosts h<i> (or h<j>s<i>) addressed .1, .2, ... in order, tests expecting ttl 64."""
     shape = f"linear:{k},{m}" if m > 1 else f"linear,{k}"
+    topo = load(tmp_path, generate.render(shape))
+    assert kinds(topo) == Counter(switch=k, host=k * m)
+    assert len(topo.nodes) == generate.node_count(generate.parse_shape(shape))
+    assert joins(topo) == {frozenset((f"s{i - 1}", f"s{i}")) for i in range(2, k + 1)}   # the chain
+    assert l2_domain(topo) == {"s1"} and p2p_links(topo) == 0
+    hosts = [f"h{i}" if m == 1 else f"h{j}s{i}" for i in range(1, k + 1) for j in range(1, m + 1)]
+    subnet = topo.segments["s1"].subnet
+    assert all(sg.subnet == subnet for sg in topo.segments.values())
+    assert [topo.nodes[h].addresses[0].ip for h in hosts] == [subnet.network_address + x for x in
+                                                             range(1, len(hosts) + 1)]
+    assert topo.nodes[hosts[-1]].ifaces[0].peer_node == f"s{k}"
+    if len(hosts) > 1:
+        assert [t.ttl for t in topo.tests] == [64, 64] and (topo.tests[0].src, topo.tests[0].dst) == (hosts[0], hosts[-1])
+    else:
+        assert not topo.tests
+
+
+@pytest.mark.parametrize("depth,fanout", [(1, 1), (1, 3), (2, 2), (3, 1), (3, 3), (4, 4), (2, 100)])
+def test_tree(tmp_path, depth, fanout):
+    """Mininet's TreeTopo: switches numbered depth-first, joined to their parent, one L2
+    domain; the subnet holds every host (a /22 for 10,000 hosts)."""
+    topo = load(tmp_path, generate.render(f"tree:{depth},{fanout}"))
+    switches = sum(fanout ** i for i in range(depth))
+    hosts = fanout ** depth
+    assert kinds(topo) == Counter(host=hosts, switch=switches)
+    assert len(joins(topo)) == switches - 1 and l2_domain(topo) == {"s1"}
+    assert topo.segments["s1"].subnet.num_addresses >= hosts + 2
+    assert topo.nodes[f"h{hosts}"].addresses[0].ip == IPv4Address("10.0.0.0") + hosts
+    if depth == 2 and fanout == 2:          # Mininet's numbering: s1 the root, s2 and s3 below it
+        assert joins(topo) == {frozenset(("s1", "s2")), frozenset(("s1", "s3"))}
+        assert topo.nodes["h1"].ifaces[0].peer_node == "s2" and topo.nodes["h4"].ifaces[0].peer_node == "s3"
+    if depth == 3 and fanout == 2:
+        assert frozenset(("s2", "s3")) in joins(topo) and frozenset(("s1", "s5")) in joins(topo)
+    assert all(t.ttl == 64 for t in topo.tests) and len(topo.tests) == (0 if hosts == 1 else 2)
+
+
+def test_big_l2_shapes_fit_a_bridge_and_a_subnet(tmp_path):
+    """A switch's ports (hosts, children, parent) stay within a Linux bridge's 1,023, and
+    the one subnet holds every host."""
+    topo = load(tmp_path, generate.render("tree:1,1022"))
+    assert len(topo.nodes["s1"].ifaces) == 1022 and topo.segments["s1"].subnet.prefixlen == 22
+    text = generate.render("linear:3,1021")
+    assert "10.0.0.0/20" in text
+    assert len(load(tmp_path, text).nodes["s2"].ifaces) == 1023
+
+
+@pytest.mark.parametrize("k,m", [(1, 1), (1, 2), (3, 1), (4, 2), (60, 1)])
+def test_linear_routed(tmp_path, k, m):
+    shape = f"linear-routed:{k},{m}" if m > 1 else f"linear-routed,{k}"
     topo = load(tmp_path, generate.render(shape))
     assert kinds(topo) == Counter(router=k, host=k * m)
     assert p2p_links(topo) == (k - 1) + k * m
@@ -141,8 +203,8 @@ def test_linear(tmp_path, k, m):
 
 
 @pytest.mark.parametrize("depth,fanout", [(1, 1), (1, 3), (2, 2), (3, 1), (3, 3), (4, 4)])
-def test_tree(tmp_path, depth, fanout):
-    topo = load(tmp_path, generate.render(f"tree:{depth},{fanout}"))
+def test_tree_routed(tmp_path, depth, fanout):
+    topo = load(tmp_path, generate.render(f"tree-routed:{depth},{fanout}"))
     switches = sum(fanout ** i for i in range(depth))
     bottom = fanout ** (depth - 1)
     assert kinds(topo) == Counter(host=fanout ** depth, switch=bottom, router=switches - bottom)
@@ -169,7 +231,7 @@ def test_clos_10k_plan_without_loading():
 # --- the file itself: header, readability, determinism, goldens ------------------------------
 
 SMALL = {"clos": "clos:2,2,2", "cluster": "cluster:2,2,2", "single": "single,3", "linear": "linear:3",
-         "tree": "tree,2,2"}
+         "tree": "tree,2,2", "linear-routed": "linear-routed:3", "tree-routed": "tree-routed,2,2"}
 
 
 @pytest.mark.parametrize("kind", SMALL)
@@ -228,6 +290,7 @@ def test_name_option(tmp_path):
     ("single,5", ("single", (5,))), ("single:5", ("single", (5,))),
     ("linear:4", ("linear", (4, 1))), ("linear,4,2", ("linear", (4, 2))),
     ("tree,2,3", ("tree", (2, 3))), ("tree:2", ("tree", (2, 2))), ("cluster:1,2,3", ("cluster", (1, 2, 3))),
+    ("linear-routed:4", ("linear-routed", (4, 1))), ("tree-routed,2,3", ("tree-routed", (2, 3))),
 ])
 def test_parse_shape(text, shape):
     got = generate.parse_shape(text)
@@ -238,7 +301,10 @@ def test_parse_shape(text, shape):
     ("clos:2,2", "clos takes SPINES,LEAVES,HOSTS"), ("clos:0,1,1", "SPINES must be at least 1"),
     ("clos:1,255,1", "LEAVES is at most 254"), ("clos:1,1,1001", "HOSTS is at most 1000"),
     ("clos:8,100,1000", "namespaces; nslab generates at most"), ("tree:x,2", "DEPTH must be a whole number"),
-    ("tree:20,2", "namespaces"), ("linear:61", "N is at most 60"), ("single", "single takes N"),
+    ("tree:20,2", "namespaces"), ("linear-routed:61", "N is at most 60"),
+    ("linear:2,1022", "M is at most 1021 (a switch's hosts and its two neighbours are ports of one Linux bridge"),
+    ("tree:1,1023", "FANOUT is at most 1022"), ("linear:12501", "N is at most 12500"), ("linear:13000,1", "N is at most"),
+    ("tree-routed:1,254", "FANOUT is at most 253"), ("linear-bridged:3", "unknown shape"), ("single", "single takes N"),
     ("mesh:3", "unknown shape"), ("", "unknown shape"), ("cluster:128,1,1", "RACKS is at most 127"),
     ("cluster:1,1,251", "PODS is at most 250"), ("single:-1", "whole number"), ("linear:1,2,3", "linear takes N[,M]"),
     # issue 18, hole 7: int() and isdigit() take other digits ('²' then failed in int(): a traceback)
@@ -300,7 +366,7 @@ def test_templates_ship_with_the_package():
     text = (REPO / "pyproject.toml").read_text()
     assert '"templates/*.yaml.j2"' in text
     shipped = {p.name for p in (REPO / "nslab" / "templates").glob("*.yaml.j2")}
-    assert {f"{k}.yaml.j2" for k in generate.SHAPES} <= shipped
+    assert {f"{generate.TEMPLATES.get(k, k)}.yaml.j2" for k in generate.SHAPES} <= shipped
 
 
 def test_a_shape_stands_for_a_file_wherever_a_topology_is_loaded(tmp_path):
