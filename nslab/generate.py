@@ -356,7 +356,7 @@ def _linear(shape: Shape, name: str) -> dict:
     subnet = IPv4Network(f"10.0.0.0/{_prefix_for(len(flat))}")
     segments = [dict(name=f"s{i}", subnet=str(subnet) if i == 1 else None, joined=k > 1,
                      members=hosts[i - 1] + ([f"s{i - 1}"] if i > 1 else [])) for i in range(1, k + 1)]
-    return _switches(shape, segments, flat, _l2_tests(flat[0], flat[-1], f"{k} switch{'es' * (k > 1)}, one L2 domain"),
+    return _switches(shape, segments, flat, _l2_tests(flat[0], flat[-1], f"L2, {k} switch{'es' * (k > 1)}"),
                      [f"Mininet's linear,{k}{',' + str(m) if m > 1 else ''}: {k} switch{'es' * (k > 1)} "
                       f"s1..s{k} in a chain, {m} host{'s' * (m > 1)} on each.",
                       "Every switch is a Linux bridge in its own namespace (a segment); each segment lists the "
@@ -388,7 +388,7 @@ def _tree(shape: Shape, name: str) -> dict:
     subnet = IPv4Network(f"10.0.0.0/{_prefix_for(len(hosts))}")
     segments[0]["subnet"] = str(subnet)
     n, s = len(hosts), len(segments)
-    return _switches(shape, segments, hosts, _l2_tests(hosts[0], hosts[-1], "across the root, one L2 domain"),
+    return _switches(shape, segments, hosts, _l2_tests(hosts[0], hosts[-1], "L2, through the root"),
                      [f"Mininet's tree,{depth},{fanout}: {n:,} host{'s' * (n > 1)} h1..h{n} under {s:,} "
                       f"switch{'es' * (s > 1)} s1..s{s}, numbered depth-first as Mininet's TreeTopo does.",
                       "Every switch is a Linux bridge in its own namespace (a segment) whose members are its "

@@ -57,9 +57,11 @@ def test_cluster_vxlan_up_test_down(tmp_path, lab_factory, root_unchanged):
 
 
 @pytest.mark.parametrize("shape,opts", [("single:3", ()), ("linear:3", ()), ("tree,2,2", ()),
+                                        ("linear-routed:3", ()), ("tree-routed,2,2", ()),
                                         ("cluster:1,2,2", ("--backend", "host-gw")),
                                         ("cluster:2,1,1", ("--backend", "udp"))],
-                         ids=["single", "linear", "tree", "cluster-host-gw", "cluster-udp"])
+                         ids=["single", "linear", "tree", "linear-routed", "tree-routed", "cluster-host-gw",
+                              "cluster-udp"])
 def test_every_shape_passes_its_own_tests(tmp_path, shape, opts, root_unchanged):
     """`nslab test FILE`: up, tests, down in one command (the way a user proves a file)."""
     name = unique_lab_name()
