@@ -98,3 +98,19 @@ def test_loops_and_conflicts_are_refused(segments, says):
     with pytest.raises(TopologyError) as e:
         load(f"segments:\n  {segments}\n")
     assert says in str(e.value) and e.value.exit_code == 2
+
+
+def test_static_neighbours_of_a_domain_reach_across_its_joins():
+    """`neighbours: static`: the entries of one L2 domain are those of one network."""
+    topo = load("""
+        neighbours: static
+        segments:
+          rack1: {subnet: 10.1.0.0/24}
+          rack2: {members: [rack1]}
+        cluster:
+          nodes:
+            n1: {segment: rack1, ip: 10.1.0.11}
+            n2: {segment: rack2, ip: 10.1.0.12}
+    """)
+    neigh = {(op.ns, op.address) for op in compile_topology(topo).ops if isinstance(op, P.Neigh)}
+    assert {("lab.n1", "10.1.0.12"), ("lab.n2", "10.1.0.11")} <= neigh
