@@ -58,10 +58,20 @@ def preview(topo, overrides: dict | None) -> tuple[diff.Converge, dict]:
     if running and st.status == "up" and unchanged(topo, overrides, st):
         return diff.Converge(), {}
     new = target_plan(topo, overrides)
-    old = L.applied_plan(topo.name, st) if running else P.Plan(lab=topo.name)
-    force = interrupted(topo.name, st, old) if running and st.status == "converging" else set()
-    c = diff.compute(old, new, force)
+    if not running:
+        return diff.compute(P.Plan(lab=topo.name), new), node_names(new)
+    new_lines = P.op_lines(new)
+    old, old_lines = applied(topo.name, st, new, new_lines)
+    force = interrupted(topo.name, st, old) if st.status == "converging" else set()
+    c = diff.compute(old, new, force, (old_lines, new_lines))
     return c, node_names(old, new)
+
+
+def applied(lab: str, st: state.LabState, new: P.Plan, new_lines: list[str]) -> tuple[P.Plan, list[str]]:
+    """The record's plan and its ops' lines; its lines that the new plan has too are the
+    new plan's ops (equal ops, equal lines): only what changed is decoded (~0.1 s of the
+    ~12,000 ops of a 1,000-pod lab otherwise)."""
+    return L.applied_plan_lines(lab, st, dict(zip(new_lines, new.ops)))
 
 
 def unchanged(topo, overrides: dict | None, st: state.LabState) -> bool:
@@ -143,16 +153,17 @@ def converge(topo, overrides: dict | None = None, progress=None) -> tuple[diff.C
         if not resuming and unchanged(topo, overrides, st):
             return diff.Converge(), None, st, []
         new = target_plan(topo, overrides)
-        old = L.applied_plan(lab, st)
+        new_lines = P.op_lines(new)
+        old, old_lines = applied(lab, st, new, new_lines)
         _own_names(lab, old)
-        c = diff.compute(old, new, interrupted(lab, st, old) if resuming else ())
+        c = diff.compute(old, new, interrupted(lab, st, old) if resuming else (), (old_lines, new_lines))
         if resuming:
             c.agent = c.agent or any(isinstance(op, diff.PROCESS_OPS) for op in new.ops + old.ops)
         if c.empty and not resuming:
             return c, new, st, []
         engine = _refuse(lab, c, old, new, st)
         try:
-            notices = _run(topo, st, old, new, c, overrides, progress, engine)
+            notices = _run(topo, st, old, new, c, overrides, progress, engine, P.to_json(new, new_lines))
         except NslabError as e:         # the record says converging: the next up or down finishes
             half = NslabError(f"{e} (lab {lab} is half-converged: `nslab up` again finishes it, "
                               f"`nslab down {lab}` removes it)")
@@ -197,7 +208,7 @@ def _refuse(lab: str, c: diff.Converge, old: P.Plan, new: P.Plan, st: state.LabS
     return engine
 
 
-def _run(topo, st, old, new, c, overrides, progress, engine=None) -> list[str]:
+def _run(topo, st, old, new, c, overrides, progress, engine, plan_json: str) -> list[str]:
     lab = topo.name
 
     def record(change) -> None:        # our copy first, then the record
@@ -209,7 +220,6 @@ def _run(topo, st, old, new, c, overrides, progress, engine=None) -> list[str]:
         state.record_namespaces(lab, ids)
 
     # 1. what is about to happen
-    plan_json = P.to_json(new)          # once: ~0.3 s for 1,000 pods
     state._write_file(lab, PENDING, plan_json.encode())
     union = list(dict.fromkeys(st.namespaces + old.namespaces + new.namespaces))
     record(lambda s: (setattr(s, "status", "converging"), setattr(s, "namespaces", union)))

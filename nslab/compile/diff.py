@@ -135,14 +135,26 @@ def _key(op):
     return op
 
 
-def compute(old: P.Plan, new: P.Plan, force=()) -> Converge:
+def _changed(old: list, new: list) -> tuple[list, list]:
+    """(ops of `new` only, ops of `old` only), by _key."""
+    old_k, new_k = [_key(op) for op in old], [_key(op) for op in new]
+    old_set, new_set = set(old_k), set(new_k)
+    return [op for op, k in zip(new, new_k) if k not in old_set], [op for op, k in zip(old, old_k) if k not in new_set]
+
+
+def compute(old: P.Plan, new: P.Plan, force=(), lines: tuple | None = None) -> Converge:
     """The converge from `old` (applied) to `new`.  `force`: namespaces in an unknown state
     (touched by a converge that was interrupted): recreated if the new plan has them,
-    else removed."""
-    old_k, new_k = [_key(op) for op in old.ops], [_key(op) for op in new.ops]
-    old_set, new_set = set(old_k), set(new_k)
-    c = Converge(added=[op for op, k in zip(new.ops, new_k) if k not in old_set],
-                 removed=[op for op, k in zip(old.ops, old_k) if k not in new_set])
+    else removed.  `lines`: (old's, new's) plan.op_lines: an op whose line the other plan
+    has is in both (equal ops, equal lines), and only the ops whose lines differ are
+    compared as ops (a 1,000-pod plan has ~12,000 ops; hashing them is most of a diff)."""
+    if lines is None:
+        added, removed = _changed(old.ops, new.ops)
+    else:
+        old_lines, new_lines = set(lines[0]), set(lines[1])
+        added, removed = _changed([op for op, line in zip(old.ops, lines[0]) if line not in new_lines],
+                                  [op for op, line in zip(new.ops, lines[1]) if line not in old_lines])
+    c = Converge(added=added, removed=removed)
     old_ns, new_ns = old.namespaces, new.namespaces
     old_nss, new_nss = set(old_ns), set(new_ns)
     c.create = [ns for ns in new_ns if ns not in old_nss]
