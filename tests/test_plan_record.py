@@ -204,7 +204,7 @@ def test_lines_refused_as_from_json_refuses():
     text, lines = P.to_json(plan), P.op_lines(plan)
     known = dict(zip(lines, plan.ops))
     link = first("Link")
-    bad = lines[link].replace('"mtu": 1500', '"mtu": "1500"')
+    bad = lines[link].replace('"mtu":1500', '"mtu":"1500"')
     assert bad != lines[link]
     for tampered in (text.replace(lines[link], bad), text.replace(lines[0], '{"op": "Reboot", "ns": "a.b"}'),
                      text.replace(lines[0], '{"op": "Netns",\n"ns": "x.y", "node": "y", "colour": 1}'),
