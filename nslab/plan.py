@@ -19,8 +19,6 @@ import types
 import typing
 from dataclasses import dataclass, field
 
-import orjson
-
 STAGE_NAMESPACE, STAGE_LINK, STAGE_DEVICE, STAGE_CONFIG, STAGE_ROUTE, STAGE_PROCESS = range(6)
 
 
@@ -299,8 +297,12 @@ def _fields(value) -> dict:
         spec = _FIELDS[cls] = (tuple(f.name for f in fs), operator.attrgetter(*(f.name for f in fs)),
                                tuple((f.name, f.default) for f in fs if f.default is not dataclasses.MISSING))
     names, get, defaults = spec
-    values = get(value)
-    out = dict(zip(names, values if len(names) > 1 else (values,)))
+    own = getattr(value, "__dict__", None)
+    if own is not None and len(own) == len(names):
+        out = dict(own)         # the fields, in class order (__init__ sets them so): a C-level copy
+    else:
+        values = get(value)
+        out = dict(zip(names, values if len(names) > 1 else (values,)))
     for name, default in defaults:
         v = out[name]
         if v == default and type(v) is type(default):
@@ -312,19 +314,20 @@ def _fields(value) -> dict:
 _ENCODE_JSON = json.JSONEncoder(check_circular=False, default=_fields).encode
 
 
-def _op_line(op) -> str:
-    fields = {"op": type(op).__name__, **_fields(op)}
-    try:        # orjson: the JSON of a 1,000-pod plan's ~12,000 ops in ~1/3 of json's time
-        return orjson.dumps(fields, default=_fields, option=orjson.OPT_PASSTHROUGH_DATACLASS).decode()
-    except orjson.JSONEncodeError:      # what orjson does not take (an integer beyond 64 bits): json's
-        return _ENCODE_JSON(fields)
-
-
 def op_lines(plan: Plan) -> list[str]:
     """Each op of the plan as the line of JSON to_json writes for it.  Equal ops have equal
     lines (fields in class order, defaults left out), so a converge compares two plans by
     their lines (compile/diff.py) and reads back only the lines that changed (from_json)."""
-    return [_op_line(op) for op in plan.ops]
+    import orjson       # lazy: start-up (commands that do not write a plan)
+    dumps, opt, refused = orjson.dumps, orjson.OPT_PASSTHROUGH_DATACLASS, orjson.JSONEncodeError
+
+    def line(op) -> str:
+        fields = {"op": type(op).__name__, **_fields(op)}
+        try:        # orjson: the JSON of a 1,000-pod plan's ~12,000 ops in ~1/3 of json's time
+            return dumps(fields, default=_fields, option=opt).decode()
+        except refused:         # what orjson does not take (an integer beyond 64 bits): json's
+            return _ENCODE_JSON(fields)
+    return [line(op) for op in plan.ops]
 
 
 _OPS_OPEN, _OPS_CLOSE = ', "ops": [\n', "\n]}\n"
