@@ -131,10 +131,18 @@ def topology(lab: str, st: state.LabState | None = None) -> model.Topology:
 def applied_plan(lab: str, st: state.LabState | None = None) -> Plan:
     """The plan `up` applied to lab `lab` (after fitting it to this kernel), read back from
     its record and validated: RecordError (one sentence) if it is not a plan of this nslab."""
+    return applied_plan_lines(lab, st)[0]
+
+
+def applied_plan_lines(lab: str, st: state.LabState | None = None, known: dict | None = None) -> tuple[Plan, list]:
+    """applied_plan, and its ops' lines (plan.op_lines) for a converge; `known`: line -> op
+    of the plan compiled now, whose ops are not decoded again (plan.from_json_lines)."""
     st = _record(lab, st)
     text = state.read_built(lab, state.PLAN, st)
     try:
-        return P.from_json(text)
+        if known is None:
+            return P.from_json(text), None
+        return P.from_json_lines(text, known)
     except (ValueError, TypeError) as e:
         raise state.RecordError(f"lab {lab}: its recorded plan {os.path.join(st.dir, state.PLAN)} is corrupt "
                                 f"({e})") from None

@@ -180,3 +180,42 @@ def test_route_nexthops_are_typed():
     data["ops"][i]["nexthops"] = [{"via": None, "dev": "eth0"}]
     route = P.from_json(json.dumps(data)).ops[i]
     assert route.nexthops == (P.Nexthop(via=None, dev="eth0"),)
+
+
+# ---- read back beside a plan compiled now (a converge: plan.from_json_lines) -----------------
+
+def test_lines_known_are_the_known_ops_and_the_rest_is_decoded():
+    plan = applied(REPO / "topologies" / "flannel-vxlan.yaml", "absent")
+    text, lines = P.to_json(plan), P.op_lines(plan)
+    assert text == P.to_json(plan, lines)
+    half = dict(list(zip(lines, plan.ops))[::2])
+    back, back_lines = P.from_json_lines(text, half)
+    same(plan, back)
+    assert back_lines == lines
+    assert [b is a for a, b in zip(plan.ops, back.ops)] == [i % 2 == 0 for i in range(len(lines))]
+    back, _ = P.from_json_lines(text, {})
+    same(plan, back)
+
+
+def test_lines_refused_as_from_json_refuses():
+    """A line the plan compiled now does not have is input: validated as from_json does, with
+    the same sentence; a text not laid out as to_json writes it is read whole."""
+    plan = applied(REPO / "topologies" / "diy-veth.yaml", "absent")
+    text, lines = P.to_json(plan), P.op_lines(plan)
+    known = dict(zip(lines, plan.ops))
+    link = first("Link")
+    bad = lines[link].replace('"mtu":1500', '"mtu":"1500"')
+    assert bad != lines[link]
+    for tampered in (text.replace(lines[link], bad), text.replace(lines[0], '{"op": "Reboot", "ns": "a.b"}'),
+                     text.replace(lines[0], '{"op": "Netns",\n"ns": "x.y", "node": "y", "colour": 1}'),
+                     text.replace(lines[0], "[" * 100_000 + "]" * 100_000),
+                     text.replace('"format": 1', '"format": 2')):
+        with pytest.raises(ValueError) as whole:
+            P.from_json(tampered)
+        with pytest.raises(ValueError) as by_lines:
+            P.from_json_lines(tampered, known)
+        assert str(by_lines.value) == str(whole.value)
+    relaid = json.dumps(json.loads(text), indent=1)
+    back, back_lines = P.from_json_lines(relaid, known)
+    same(plan, back)
+    assert back_lines == lines

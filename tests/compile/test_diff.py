@@ -22,19 +22,31 @@ def plan(text: str) -> P.Plan:
     return compile_topology(model.load("x.yaml", text=text, name="x"))
 
 
+def compute(old: P.Plan, new: P.Plan, force=()) -> D.Converge:
+    """D.compute, checked against the way a converge calls it: the old plan read back from
+    its record beside the new plan's lines (only the lines that differ decoded and compared
+    as ops) gives the same converge."""
+    want = D.compute(old, new, force)
+    new_lines = P.op_lines(new)
+    back, old_lines = P.from_json_lines(P.to_json(old), dict(zip(new_lines, new.ops)))
+    assert back == old
+    assert D.compute(back, new, force, (old_lines, new_lines)) == want
+    return want
+
+
 def cluster(edit=lambda s: s) -> str:
     return edit((REPO / "topologies" / "flannel-vxlan.yaml").read_text().split("\ntests:")[0] + "\n")
 
 
 def test_the_same_file_changes_nothing():
-    c = D.compute(plan(ROUTED), plan(ROUTED))
+    c = compute(plan(ROUTED), plan(ROUTED))
     assert c.empty and not c.apply and not c.undo
     assert D.render(c, {}) == ["no changes"]
 
 
 def test_a_route_changed_in_place():
     new = ROUTED.replace("10.9.0.0/24", "10.8.0.0/24")
-    c = D.compute(plan(ROUTED), plan(new))
+    c = compute(plan(ROUTED), plan(new))
     assert not c.recreate and not c.create and not c.remove
     assert [type(op).__name__ for op in c.undo] == ["Route"] and c.undo[0].dst == "10.9.0.0/24"
     assert [op.dst for op in c.apply] == ["10.8.0.0/24"]
@@ -45,7 +57,7 @@ def test_a_route_changed_in_place():
 
 def test_an_address_changed_reapplies_the_routes_through_it():
     new = ROUTED.replace("10.2.0.2/24", "10.2.0.3/24")
-    c = D.compute(plan(ROUTED), plan(new))
+    c = compute(plan(ROUTED), plan(new))
     assert not c.recreate
     # the default route through it goes with the old address: deleted if left, added again
     assert [(type(op).__name__, getattr(op, "address", getattr(op, "dst", None))) for op in c.undo] == \
@@ -58,7 +70,7 @@ def test_an_address_changed_reapplies_the_routes_through_it():
 def test_a_node_added_is_created_with_what_touches_it():
     new = ROUTED.replace("  h2: {}\n", "  h2: {}\n  h3: {}\n") + \
         "  - [{node: r1, ip: 10.3.0.1/24}, {node: h3, ip: 10.3.0.2/24}]\n"
-    c = D.compute(plan(ROUTED), plan(new))
+    c = compute(plan(ROUTED), plan(new))
     assert c.create == ["x.h3"] and not c.remove and not c.recreate and not c.undo
     assert {op.ns for op in c.apply} == {"x.h3", "x.r1"}
     assert any(isinstance(op, P.Netns) and op.ns == "x.h3" for op in c.apply)
@@ -68,7 +80,7 @@ def test_a_node_added_is_created_with_what_touches_it():
 def test_a_node_removed_takes_its_link_with_it():
     new = ROUTED.replace("  h2: {}\n", "").replace("  - [{node: r1, ip: 10.2.0.1/24}, {node: h2, ip: 10.2.0.2/24}]\n",
                                                    "")
-    c = D.compute(plan(ROUTED), plan(new))
+    c = compute(plan(ROUTED), plan(new))
     assert c.remove == ["x.h2"] and not c.recreate
     # the veth had one end in r1: deleted in place (or with h2); r1's address on it went with it
     assert all(not isinstance(op, P.Addr) for op in c.undo)
@@ -78,7 +90,7 @@ def test_a_node_removed_takes_its_link_with_it():
 
 def test_a_link_added_between_existing_nodes():
     new = ROUTED + "  - [{node: h1, ip: 10.5.0.1/24}, {node: h2, ip: 10.5.0.2/24}]\n"
-    c = D.compute(plan(ROUTED), plan(new))
+    c = compute(plan(ROUTED), plan(new))
     assert not c.recreate and not c.create and not c.undo
     kinds = sorted(type(op).__name__ for op in c.apply)
     assert "Link" in kinds and kinds.count("Addr") == 2 and kinds.count("Up") >= 1
@@ -86,7 +98,7 @@ def test_a_link_added_between_existing_nodes():
 
 def test_a_link_mtu_changed_deletes_the_veth_and_reapplies_both_ends():
     new = ROUTED.replace("{node: h2, ip: 10.2.0.2/24}]", "{node: h2, ip: 10.2.0.2/24, mtu: 1400}]")
-    c = D.compute(plan(ROUTED), plan(new))
+    c = compute(plan(ROUTED), plan(new))
     assert not c.recreate
     assert [type(op).__name__ for op in c.undo] == ["Link"]
     again = {(type(op).__name__, op.ns) for op in c.apply}
@@ -95,24 +107,24 @@ def test_a_link_mtu_changed_deletes_the_veth_and_reapplies_both_ends():
 
 def test_a_sysctl_changed_is_overwritten_removed_recreates():
     base = ROUTED.replace("  h2: {}\n", "  h2:\n    sysctls: {net.ipv4.conf.all.rp_filter: 0}\n")
-    c = D.compute(plan(base), plan(base.replace("rp_filter: 0", "rp_filter: 2")))
+    c = compute(plan(base), plan(base.replace("rp_filter: 0", "rp_filter: 2")))
     assert not c.recreate and not c.undo and [op.value for op in c.apply] == ["2"]
-    c = D.compute(plan(base), plan(ROUTED))
+    c = compute(plan(base), plan(ROUTED))
     assert list(c.recreate) == ["x.h2"] and "default" in c.recreate["x.h2"]
 
 
 def test_a_link_condition_changed_is_replaced_in_place():
     base = ROUTED.replace("{node: h2, ip: 10.2.0.2/24}]", "{node: h2, ip: 10.2.0.2/24, conditions: {delay: 20ms}}]")
-    c = D.compute(plan(base), plan(base.replace("20ms", "50ms")))
+    c = compute(plan(base), plan(base.replace("20ms", "50ms")))
     assert not c.recreate and not c.undo
     assert [type(op).__name__ for op in c.apply] == ["Qdisc"]
-    c = D.compute(plan(base), plan(ROUTED))         # gone: the root qdisc is deleted
+    c = compute(plan(base), plan(ROUTED))         # gone: the root qdisc is deleted
     assert [type(op).__name__ for op in c.undo] == ["Qdisc"] and not c.apply
 
 
 def test_a_pod_added_keeps_every_other_namespace():
     new = cluster(lambda s: s.replace("    nginx: {node: node1", "    web2: {node: node1}\n    nginx: {node: node1"))
-    c = D.compute(plan(cluster()), plan(new))
+    c = compute(plan(cluster()), plan(new))
     assert c.create == ["x.web2"] and not c.recreate and not c.undo and not c.agent
     assert {op.ns for op in c.apply} == {"x.web2", "x.node1"}
     assert D.render(c, {"x.node1": "node1"}) == [
@@ -123,13 +135,13 @@ def test_a_pod_added_keeps_every_other_namespace():
 
 
 def test_a_pod_removed_is_removed_and_its_service_stops():
-    c = D.compute(plan(cluster()), plan(cluster(lambda s: s.replace("    nginx: {node: node1, ip: 10.244.1.6, serve: "
+    c = compute(plan(cluster()), plan(cluster(lambda s: s.replace("    nginx: {node: node1, ip: 10.244.1.6, serve: "
                                                                      "http}\n", ""))))
     assert "x.nginx" in c.remove and c.agent
 
 
 def test_a_service_added_restarts_the_agent():
-    c = D.compute(plan(cluster()), plan(cluster(lambda s: s.replace("client: {node: master}",
+    c = compute(plan(cluster()), plan(cluster(lambda s: s.replace("client: {node: master}",
                                                                     "client: {node: master, serve: http}"))))
     assert c.agent and not c.recreate and not c.create
 
@@ -137,7 +149,7 @@ def test_a_service_added_restarts_the_agent():
 def test_backend_vni_port_or_type_changed_recreates_the_cluster_nodes():
     for edit in (lambda s: s.replace("vni: 1", "vni: 2"), lambda s: s.replace("port: 8472", "port: 4789"),
                  lambda s: s.replace("{type: vxlan, vni: 1, port: 8472}", "{type: ipip}")):
-        c = D.compute(plan(cluster()), plan(cluster(edit)))
+        c = compute(plan(cluster()), plan(cluster(edit)))
         assert set(c.recreate) == {"x.master", "x.node1"}, c.recreate
         assert not c.create and not c.remove
         # the pods' veths into the recreated nodes are made again
@@ -148,12 +160,12 @@ def test_backend_vni_port_or_type_changed_recreates_the_cluster_nodes():
 def test_container_image_changed_recreates_that_node():
     text = (REPO / "topologies" / "containers.yaml").read_text().split("\ntests:")[0] + "\n"
     image = next(op.container.image for op in plan(text).ops if isinstance(op, P.Netns) and op.container)
-    c = D.compute(plan(text), plan(text.replace(image, image + "-other", 1)))
+    c = compute(plan(text), plan(text.replace(image, image + "-other", 1)))
     assert len(c.recreate) == 1 and list(c.recreate.values()) == ["its container changed"]
 
 
 def test_an_interrupted_converge_recreates_what_it_touched():
-    c = D.compute(plan(ROUTED), plan(ROUTED), force={"x.r1", "x.gone"})
+    c = compute(plan(ROUTED), plan(ROUTED), force={"x.r1", "x.gone"})
     assert c.recreate == {"x.r1": "an earlier converge was interrupted"} and c.remove == ["x.gone"]
     assert not c.empty and {op.ns for op in c.apply} >= {"x.r1", "x.h1", "x.h2"}
 
@@ -161,7 +173,7 @@ def test_an_interrupted_converge_recreates_what_it_touched():
 def test_an_address_change_on_a_veth_peer_leaves_the_veth():
     """Peer.address is for display only: the far end's new address must not replace the veth."""
     text = (REPO / "topologies" / "diy-veth.yaml").read_text().split("\ntests:")[0] + "\n"
-    c = D.compute(plan(text), plan(text.replace("10.1.1.3", "10.1.1.9")))
+    c = compute(plan(text), plan(text.replace("10.1.1.3", "10.1.1.9")))
     assert [type(op).__name__ for op in c.undo] == ["Addr"] and [type(op).__name__ for op in c.apply] == ["Addr"]
     assert D.render(c, {}) == ["~ ns2: changed in place", "  - addr add 10.1.1.3/24 brd + dev veth1",
                                "  + addr add 10.1.1.9/24 brd + dev veth1", "~ hosts file (node names) rewritten"]
@@ -169,7 +181,7 @@ def test_an_address_change_on_a_veth_peer_leaves_the_veth():
 
 def test_a_kube_service_added_replaces_iptables_in_place():
     service = "  services:\n    web: {selector: nginx, port: 8080, targetPort: 80, clusterIP: 10.96.0.10}\n  pods:\n"
-    c = D.compute(plan(cluster()), plan(cluster(lambda s: s.replace("  pods:\n", service))))
+    c = compute(plan(cluster()), plan(cluster(lambda s: s.replace("  pods:\n", service))))
     assert not c.recreate and not c.create and not c.undo
     for ns in ("x.master", "x.node1"):
         rules = [op.text for op in c.apply if isinstance(op, P.Iptables) and op.ns == ns]
@@ -182,7 +194,7 @@ def test_a_udp_port_changed_restarts_the_dataplanes_in_place():
     def udp(port):
         return compile_topology(model.load(str(REPO / "topologies" / "spine-leaf.yaml"), name="x",
                                            overrides={"backend": f"udp:{port}"}))
-    c = D.compute(udp(8285), udp(8300))
+    c = compute(udp(8285), udp(8300))
     assert c.agent and not c.recreate and not c.apply and not c.undo
     assert D.render(c, {})[:3] == ["~ master1: changed in place", "  - udp dataplane on flannel0 (port 8285)",
                                    "  + udp dataplane on flannel0 (port 8300)"]
