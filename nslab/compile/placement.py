@@ -31,7 +31,7 @@ from .. import plan as P
 from ..console import plural, wrap
 from ..errors import UsageError
 from ..model.placement import machine_problem
-from ..model.types import name_list
+from ..model.types import MAX_MTU, MIN_MTU, name_list
 
 STITCH_OVERHEAD = backends.get("vxlan").overhead   # a stitch is a VXLAN: 50 bytes per frame
 DEFAULT_STITCH_PORT = 4789      # IANA's VXLAN port (RFC 7348); --stitch-port changes it
@@ -49,6 +49,8 @@ class Machine:
 
 @dataclass(frozen=True)
 class StitchEnd:
+    """One end of a stitch: made like the veth end it replaces (plan.Link makes its own end
+    with its master set and up; the peer's Up op stays in its machine's plan)."""
     machine: str
     node: str
     ns: str
@@ -280,6 +282,8 @@ def place(topo, plan: P.Plan, machines: list[Machine] | None, *, port: int = DEF
     include every machine it names), else spread over `machines`."""
     if not 1 <= port <= 65535:
         raise UsageError(f"--stitch-port {port}: a UDP port is 1 to 65535")
+    if not MIN_MTU <= underlay_mtu <= MAX_MTU:
+        raise UsageError(f"--underlay-mtu {underlay_mtu}: an MTU is {MIN_MTU} to {MAX_MTU}")
     if topo.placement:
         where, machines = from_file(topo, machines)
         source = "placement:"

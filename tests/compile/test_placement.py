@@ -237,6 +237,19 @@ def test_machines_option_errors(text, message):
     assert str(info.value) == message
 
 
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(port=0), "--stitch-port 0: a UDP port is 1 to 65535"),
+    (dict(port=65536), "--stitch-port 65536: a UDP port is 1 to 65535"),
+    (dict(underlay_mtu=67), "--underlay-mtu 67: an MTU is 68 to 65535"),
+    (dict(underlay_mtu=65536), "--underlay-mtu 65536: an MTU is 68 to 65535"),
+])
+def test_option_ranges(kwargs, message):
+    topo = model.load(str(GOLDEN / "segment-split.yaml"))
+    with pytest.raises(UsageError) as info:
+        pl.place(topo, compile_topology(topo), None, **kwargs)
+    assert str(info.value) == message
+
+
 def test_no_placement_no_machines():
     topo = model.load(str(TESTS.parent / "topologies" / "diy-veth.yaml"))
     with pytest.raises(UsageError, match="no placement: section"):
