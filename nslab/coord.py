@@ -479,14 +479,13 @@ def release_lab(etcd: Etcd, lab: str) -> None:
 def allocate_vnis(etcd: Etcd, lab: str, stitches: list[str], base: int = 5001, tries: int = 10) -> dict[str, int]:
     """A VNI for each stitch (its id, e.g. 'leaf01:eth1'), unique in the cluster: the lowest
     free ones from base, taken in transactions of at most MAX_TXN_OPS keys, each key created
-    only if absent.  A batch that loses a race is retried with fresh numbers; on failure the
-    VNIs taken so far are given back.  {stitch: VNI}."""
+    only if absent.  A batch that loses a race is read again and retried with fresh numbers
+    (at most `tries` lost races); on failure the VNIs taken so far are given back.
+    {stitch: VNI}."""
     taken: dict[str, int] = {}
     try:
-        todo = list(stitches)
-        for _ in range(tries):
-            if not todo:
-                return taken
+        todo, lost = list(stitches), 0
+        while todo:
             kvs, _ = etcd.get_prefix(f"{PREFIX}/vnis/")
             used = set(taken.values())
             for kv in kvs:
@@ -508,9 +507,11 @@ def allocate_vnis(etcd: Etcd, lab: str, stitches: list[str], base: int = 5001, t
             if ok:
                 taken.update(picks)
                 todo = todo[len(batch):]
-        if todo:
-            raise EtcdError(f"could not take {len(todo):,} VNIs in etcd at {etcd.endpoint} after {tries} tries "
-                            f"(other labs are taking them too)")
+                continue
+            lost += 1           # another lab took one of these numbers first: read again
+            if lost >= tries:
+                raise EtcdError(f"could not take {len(todo):,} VNIs in etcd at {etcd.endpoint} after {tries} "
+                                f"tries (other labs are taking them too)")
         return taken
     except BaseException:
         _delete_vnis(etcd, list(taken.values()))
@@ -558,13 +559,16 @@ def subnet_key(subnet: IPv4Network) -> str:
 def net_conf(cluster) -> dict:
     """The network config flanneld reads (net-conf.json) for a lab's cluster: Network,
     SubnetLen and Backend as flannel names them."""
-    backend = {"Type": cluster.backend.type}
-    if cluster.backend.type == "vxlan":
-        backend["VNI"] = cluster.backend.vni
-        if cluster.backend.direct_routing:
-            backend["DirectRouting"] = True
-    if cluster.backend.port is not None:
-        backend["Port"] = cluster.backend.port
+    config = cluster.backend
+    backend = {"Type": config.type}
+    if config.type == "vxlan":
+        backend["VNI"] = config.vni
+        if config.gbp:
+            backend["GBP"] = True
+    if config.direct_routing:           # vxlan and ipip
+        backend["DirectRouting"] = True
+    if config.port is not None:         # vxlan and udp
+        backend["Port"] = config.port
     return {"Network": str(cluster.network), "SubnetLen": cluster.subnet_len, "Backend": backend}
 
 

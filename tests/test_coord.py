@@ -133,6 +133,23 @@ def test_vnis_are_unique_across_labs_and_transactions(etcd):
     coord.release_vnis(etcd, "lab-a")
     assert coord.lab_vnis(etcd, "lab-a") == {}
     assert coord.allocate_vnis(etcd, "lab-c", ["z"]) == {"z": 5001}     # the freed ones are reused
+    big = coord.allocate_vnis(etcd, "lab-d", [f"s{i}" for i in range(1500)])   # 12 transactions
+    assert len(set(big.values())) == 1500 and not set(big.values()) & (set(b.values()) | {5001})
+
+
+def test_vnis_taken_are_given_back_when_allocation_fails(etcd, monkeypatch):
+    real_txn, calls = coord.Etcd.txn, []
+
+    def failing_second_batch(self, compare, success, failure=()):
+        calls.append(len(success))
+        if len(calls) == 2:
+            raise coord.EtcdUnreachable("etcd at x does not answer (connection refused)")
+        return real_txn(self, compare, success, failure)
+    monkeypatch.setattr(coord.Etcd, "txn", failing_second_batch)
+    with pytest.raises(coord.EtcdUnreachable):
+        coord.allocate_vnis(etcd, "lab-a", [f"s{i}" for i in range(200)])
+    monkeypatch.undo()
+    assert calls[:2] == [128, 72] and coord.lab_vnis(etcd, "lab-a") == {}
 
 
 def test_racing_labs_get_disjoint_vnis(etcd):
