@@ -600,10 +600,12 @@ def network_config(etcd: Etcd, prefix: str = FLANNEL_PREFIX) -> dict:
 
 
 def _lease_value(lease: SubnetLease) -> str:
-    # lease.LeaseAttrs marshalled by encoding/json: PublicIPv6 (a nil *ip.IP6) is null,
-    # BackendV6Data is omitempty.
-    return json.dumps({"PublicIP": lease.public_ip, "PublicIPv6": None, "BackendType": lease.backend_type,
-                       "BackendData": lease.backend_data})
+    # lease.LeaseAttrs marshalled by encoding/json: PublicIPv6 (a nil *ip.IP6) is null;
+    # BackendData and BackendV6Data are omitempty (host-gw, ipip and udp write none).
+    attrs = {"PublicIP": lease.public_ip, "PublicIPv6": None, "BackendType": lease.backend_type}
+    if lease.backend_data:
+        attrs["BackendData"] = lease.backend_data
+    return json.dumps(attrs)
 
 
 def create_subnet_lease(etcd: Etcd, lease: SubnetLease, ttl: int, prefix: str = FLANNEL_PREFIX) -> int:

@@ -257,6 +257,9 @@ def test_flannel_keys_as_flannel_writes_them(etcd):
 def test_hostile_subnet_leases_are_skipped_with_a_sentence(etcd, key, value, problem):
     good = coord.SubnetLease(IPv4Network("10.244.2.0/24"), "10.0.0.2", "host-gw", {})
     coord.create_subnet_lease(etcd, good, 60)
+    # host-gw's lease as flanneld writes it: no BackendData (omitempty)
+    assert json.loads(etcd.get("/coreos.com/network/subnets/10.244.2.0-24").value) == {
+        "PublicIP": "10.0.0.2", "PublicIPv6": None, "BackendType": "host-gw"}
     etcd.put(f"/coreos.com/network/subnets/{key}", value)
     leases, _, bad = coord.subnet_leases(etcd)
     assert [lease.subnet for lease in leases] == [good.subnet]
