@@ -29,7 +29,7 @@ from ipaddress import IPv4Address
 from .. import backends
 from .. import plan as P
 from ..console import plural, wrap
-from ..errors import UsageError
+from ..errors import UsageError, one_line
 from ..model.placement import machine_problem
 from ..model.types import MAX_MTU, MIN_MTU, name_list
 
@@ -95,18 +95,19 @@ class Placed:
 def parse_machines(text: str, option: str) -> list[Machine]:
     """`m1,m2=198.18.0.2,m3` -> machines (an address is optional); a problem: UsageError naming the option."""
     machines: list[Machine] = []
+    shown = one_line(str(text))         # the option as typed, on one line
     for item in str(text).split(","):
         name, eq, address = item.strip().partition("=")
         problem = machine_problem(name)
         if problem:
-            raise UsageError(f"{option} {text}: {problem}")
+            raise UsageError(f"{option} {shown}: {problem}")
         if any(m.name == name for m in machines):
-            raise UsageError(f"{option} {text}: machine {name} is named twice")
+            raise UsageError(f"{option} {shown}: machine {name} is named twice")
         if eq:
             try:
                 address = str(IPv4Address(address))
             except ValueError:
-                raise UsageError(f"{option} {text}: {address!r} is not an IPv4 address (NAME=ADDRESS)") from None
+                raise UsageError(f"{option} {shown}: {address!r} is not an IPv4 address (NAME=ADDRESS)") from None
         machines.append(Machine(name, address or None))
     return machines
 

@@ -228,6 +228,8 @@ def test_own_entry_settles_two_segments(tmp_path):
                "or digit, at most 63 characters)"),
     ("m1,m1", "--machines m1,m1: machine m1 is named twice"),
     ("m1=10.0.0.300", "--machines m1=10.0.0.300: '10.0.0.300' is not an IPv4 address (NAME=ADDRESS)"),
+    ("m1,m\n2", "--machines m1,m\\n2: machine name 'm\\n2' must be letters, digits, '-' or '_' (starting with a "
+                 "letter or digit, at most 63 characters)"),
     ("m1/../x", "--machines m1/../x: machine name 'm1/../x' must be letters, digits, '-' or '_' (starting with a "
                 "letter or digit, at most 63 characters)"),
 ])
