@@ -45,7 +45,7 @@ from ipaddress import IPv4Address, IPv4Network
 from urllib.parse import urlsplit
 
 from . import backends
-from .errors import NslabError, UsageError
+from .errors import NslabError, UsageError, one_line
 from .model.placement import machine_problem
 from .model.types import LAB_NAME_RE, MAX_LAB_NAME
 
@@ -61,7 +61,11 @@ MAC_RE = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
 
 
 class EtcdError(NslabError):
-    """etcd answered, but not as nslab needs (a refusal, or data that is not valid)."""
+    """etcd answered, but not as nslab needs (a refusal, or data that is not valid).  The
+    sentence quotes what etcd sent: it is made one line (errors.one_line)."""
+
+    def __init__(self, message: str):
+        super().__init__(one_line(message))
 
 
 class EtcdUnreachable(EtcdError):

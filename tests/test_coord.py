@@ -311,6 +311,7 @@ class _Liar(http.server.BaseHTTPRequestHandler):
     (b'{"kvs": [{"key": "YQ==", "value": "YQ==", "mod_revision": "1e9"}]}', "not a number"),
     (b'{"error": "x", "message": "etcdserver: permission denied", "code": 7}', "refused /v3/kv/range: etcdserver: "
                                                                               "permission denied"),
+    (b'{"error": "x", "message": "line one\\nline two", "code": 2}', "refused /v3/kv/range: line one\\nline two"),
 ])
 def test_a_lying_gateway_is_refused(answer, problem):
     handler = type("Liar", (_Liar,), {"answer": answer})
@@ -319,7 +320,7 @@ def test_a_lying_gateway_is_refused(answer, problem):
     try:
         with pytest.raises(coord.EtcdError) as info:
             coord.Etcd(f"http://127.0.0.1:{server.server_port}").get("a")
-        assert problem in str(info.value)
+        assert problem in str(info.value) and "\n" not in str(info.value)
     finally:
         server.shutdown()
         server.server_close()
