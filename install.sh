@@ -21,6 +21,7 @@ APT_PACKAGES=(
   conntrack
   docker.io busybox-static debootstrap  # container nodes: the engine, and local images without a registry
   vagrant                               # `vagrant validate` of the Vagrantfile in the tests
+  etcd-server etcd-client               # labs across machines (nslab/coord.py); the tests start their own
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -39,6 +40,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [[ " ${missing[*]} " == *" etcd-server "* ]] && [ -d /run/systemd/system ]; then
+    # Debian's package enables and starts an etcd on 127.0.0.1:2379 at once: nslab needs only
+    # the binary (the tests run their own on random ports; a cluster names its own etcd).
+    systemctl disable --now etcd >/dev/null 2>&1 || true
+  fi
 fi
 
 PY=${PYTHON:-python3}

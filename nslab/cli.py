@@ -112,6 +112,25 @@ def built_table(topo, plan) -> None:
               narrow=narrow)
 
 
+StitchPortOpt = typer.Option(4789, "--stitch-port", help="UDP port of the VXLAN stitches between machines.")
+UnderlayMtuOpt = typer.Option(1500, "--underlay-mtu", help="The MTU the machines' underlay carries (a stitch "
+                              "adds 50 bytes to the lab's frames).")
+
+
+def print_placement(topo, plan, machines: str | None, option: str, port: int, underlay_mtu: int,
+                    as_json: bool) -> None:
+    """The lab over machines (compile/placement.py): where each node runs, the stitches."""
+    from .compile import placement      # lazy: start-up
+    placed = placement.place(topo, plan,
+                             None if machines is None else placement.parse_machines(machines, option),
+                             port=port, underlay_mtu=underlay_mtu)
+    if as_json:
+        print(json.dumps(placement.as_dict(placed), indent=1))
+        return
+    for line in placement.render(placed, out.width()):
+        out.say(line)
+
+
 @app.command()
 @run
 def up(file: Optional[str] = typer.Argument(None, help="Topology YAML (default: the bundled spine-leaf lab)."),
@@ -123,19 +142,29 @@ def up(file: Optional[str] = typer.Argument(None, help="Topology YAML (default: 
        without_netem: bool = typer.Option(False, "--without-netem", help="On a kernel without netem, build the lab "
                                           "with its links' rates alone (no delay, jitter, loss)."),
        dry_run: bool = typer.Option(False, "--dry-run", help="Print what `up` would add (+), remove (-) and "
-                                    "recreate (~) in the lab, and change nothing.")):
+                                    "recreate (~) in the lab, and change nothing."),
+       spread: Optional[str] = typer.Option(None, "--spread", metavar="M1,M2,...", help="Spread the lab over these "
+                                            "machines (NAME or NAME=UNDERLAY-ADDRESS); with --dry-run, print the "
+                                            "placement and the cross-machine links."),
+       stitch_port: int = StitchPortOpt, underlay_mtu: int = UnderlayMtuOpt):
     """Build a lab from a topology file; for a lab that runs, apply only what the file changed."""
     from . import converge     # lazy: start-up (the differ loads only for a lab that runs)
     file = default_topology() if file is None else file     # '' is a file name (refused), not "none given"
     overrides = {"backend": backend} if backend else None
     if without_netem:
         overrides = {**(overrides or {}), "without_netem": True}
-    if os.geteuid() == 0 and not (dry_run or overrides or as_json):
+    if os.geteuid() == 0 and not (dry_run or overrides or as_json or spread is not None):
         same = converge.unchanged_file(file, name)      # the file as recorded: no parsing
         if same:
             out.say(same if quiet else f"lab {same}: no changes")
             return
     topo = labmod.load(file, name=name, overrides=overrides)
+    if spread is not None or topo.placement:      # over machines: the placement only, for now (issue 20)
+        if not dry_run:
+            raise UsageError("a lab over several machines (placement: or --spread) needs nslab's machine agent, "
+                             "which is not built yet: `nslab up FILE --spread M1,M2 --dry-run` prints its placement")
+        print_placement(topo, compiler.compile_topology(topo), spread, "--spread", stitch_port, underlay_mtu, as_json)
+        return
     labmod.require_root()
     if dry_run:
         change, names = converge.preview(topo, overrides)
@@ -379,11 +408,17 @@ def show(node: Optional[str] = typer.Argument(None, help="Node name or LAB.NODE 
 @app.command()
 @run
 def validate(files: List[str] = typer.Argument(..., help="Topology files."),
-             backend: Optional[str] = typer.Option(None, "--backend", help="Override the cluster backend type.")):
+             backend: Optional[str] = typer.Option(None, "--backend", help="Override the cluster backend type."),
+             machines: Optional[str] = typer.Option(None, "--machines", metavar="M1,M2,...", help="Check the lab "
+                                                    "over these machines and print its placement and cross-machine "
+                                                    "links (a file's placement: is printed without it)."),
+             stitch_port: int = StitchPortOpt, underlay_mtu: int = UnderlayMtuOpt):
     """Check topology files without touching the kernel."""
     for f in files:
         topo = labmod.load(f, overrides={"backend": backend} if backend else None)
         plan = compiler.compile_topology(topo)
+        if machines is not None or topo.placement:
+            print_placement(topo, plan, machines, "--machines", stitch_port, underlay_mtu, False)
         console.print(f"{f}: ok (lab {topo.name}: {out.plural(len(topo.nodes), 'node')}, "
                       f"{out.plural(len(plan.ops), 'operation')})")
 

@@ -105,14 +105,15 @@ def safe(path: str) -> bool:
 # The Debian package of each command nslab runs (a missing one is named with its package).
 PACKAGES = {"ip": "iproute2", "bridge": "iproute2", "ss": "iproute2", "tcpdump": "tcpdump",
             "ping": "iputils-ping", "iperf3": "iperf3", "iptables": "iptables", "iptables-restore": "iptables",
-            "iptables-save": "iptables", "nsenter": "util-linux", "ethtool": "ethtool", "dot": "graphviz"}
+            "iptables-save": "iptables", "nsenter": "util-linux", "ethtool": "ethtool", "dot": "graphviz",
+            "etcd": "etcd-server", "etcdctl": "etcd-client"}
 
 
 def need(name: str) -> str:
     """tool(name), or a one-sentence error (exit 3) naming its package when it is not installed."""
     path = tool(name)
     if path is None:
-        from ..errors import PrerequisiteError  # lazy: this module imports nothing of nslab's
+        from .errors import PrerequisiteError   # lazy: this module imports nothing of nslab's
         raise PrerequisiteError(f"{name} not found on PATH: install it with "
                                 f"`apt-get install -y {PACKAGES.get(name, name)}`")
     return path

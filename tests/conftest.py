@@ -327,3 +327,61 @@ def lab_factory(request):
 
     yield make
     factory.close()
+
+
+# --- etcd (issue 20: coordination) ------------------------------------------------------
+
+@dataclass
+class EtcdServer:
+    endpoint: str
+    pid: int
+    data_dir: Path
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def etcd_server(tmp_path_factory):
+    """A private etcd (Debian's etcd-server, which install.sh installs and leaves stopped) on
+    127.0.0.1 with random ports and a temporary data directory, started through spawn and
+    killed by its PID at the end of the module."""
+    import signal
+    import time
+    from nslab import coord, spawn
+    installed("etcd")
+    for _ in range(3):              # a port taken between free_port() and etcd's bind: again
+        client, peer = free_port(), free_port()
+        data = tmp_path_factory.mktemp("etcd")
+        endpoint = f"http://127.0.0.1:{client}"
+        with open(data / "etcd.log", "wb") as log:
+            proc = subprocess.Popen(
+                [spawn.need("etcd"), "--name", "t", "--data-dir", str(data / "member"),
+                 "--listen-client-urls", endpoint, "--advertise-client-urls", endpoint,
+                 "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+                 "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+                 "--initial-cluster", f"t=http://127.0.0.1:{peer}"],
+                cwd=spawn.CWD, env=spawn.env(), stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30 * TIMEOUT_SCALE
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                coord.Etcd(endpoint, timeout=1).get("/")
+                break
+            except coord.EtcdError:
+                time.sleep(0.1)
+        else:
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            continue
+        try:
+            yield EtcdServer(endpoint, proc.pid, data)
+        finally:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+        return
+    pytest.fail(f"etcd did not start: {(data / 'etcd.log').read_text(errors='replace')[-2000:]}", pytrace=False)

@@ -8,6 +8,8 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from nslab import spawn
 
 REPO = Path(__file__).resolve().parent.parent
@@ -102,3 +104,14 @@ def test_runtime_module_recognises_what_nslab_started_and_nothing_else():
                                                          b"/run/nslab/lab1"],
                   [b"python3", b"-m", b"http.server", b"/run/nslab/lab1"], [b"python3"], []):
         assert spawn.runtime_module(other) is None, other
+
+
+def test_need_names_the_package_of_a_missing_tool(monkeypatch):
+    """A missing tool is one sentence naming its package, exit 3 (it raised ImportError:
+    `from ..errors` reached above the nslab package)."""
+    from nslab.errors import PrerequisiteError
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(PrerequisiteError) as info:
+        spawn.need("etcd")
+    assert str(info.value) == "etcd not found on PATH: install it with `apt-get install -y etcd-server`"
+    assert info.value.exit_code == 3

@@ -16,7 +16,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 from ..errors import TopologyError, UsageError
 from ..plan import sysctl_key_problem
-from . import cluster, conditions, containers, limits, tests, tunnels, yamldoc
+from . import cluster, conditions, containers, limits, placement, tests, tunnels, yamldoc
 from .units import ConditionsError
 from .limits import MAX_COMPUTED_ROUTES
 from .yamldoc import Doc
@@ -30,7 +30,7 @@ class Parser:
     """Walks the document with explicit paths; the first problem raises a TopologyError."""
 
     TOP_KEYS = {"name", "mtu", "ipv6", "pools", "hosts", "routers", "segments", "links",
-                "cluster", "tests", "description", "neighbours"}
+                "cluster", "tests", "description", "neighbours", "placement"}
     NODE_KEYS = {"mtu", "routes", "sysctls", "serve", "tunnels", "image", "command", "env", "cap_add"}
     SEGMENT_KEYS = {"subnet", "gateway", "gateway_ip", "bridge", "mtu", "members", "neighbours",
                     "conditions"}
@@ -219,6 +219,7 @@ class Parser:
         if "cluster" in top:
             cluster.parse(self, b, top["cluster"], ("cluster",))
         b.tests = tests.parse(self, b, top.get("tests"), ("tests",))
+        b.placement = placement.parse(self, b, top.get("placement"), ("placement",))
         return b
 
 
@@ -1093,7 +1094,9 @@ def load(file: str, text: str | None = None, name: str | None = None, overrides:
         parser = Parser(doc, name)
         parser.overrides = overrides or {}
         parser.check_limits = check_limits
-        topo = parser.parse().build()
+        builder = parser.parse()
+        topo = builder.build()
+        topo.placement = builder.placement      # compile/placement.py reads it
     finally:
         if paused:
             gc.enable()

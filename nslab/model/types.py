@@ -140,6 +140,8 @@ class Topology:
     neighbours: str = "dynamic"
     neighbours_given: bool = False  # the file says which (nslab then never switches)
     neighbours_auto: str | None = None
+    # `placement:` (model/placement.py): node or segment -> (machine, YAML path); {}: none given
+    placement: dict = field(default_factory=dict)
 
     def static_neighbours(self, segment: str | None = None) -> bool:
         seg = self.segments.get(segment) if segment is not None else None

@@ -1,0 +1,694 @@
+"""Coordination through etcd v3 (issue 20, item 1): the one module that talks to etcd.
+
+What machines must agree on lives in etcd, nothing a machine can derive: which machines
+are up (each under a lease its agent keeps alive), who holds a lab's name, the VNIs of the
+stitches between machines, and flannel's own network config and subnet leases, under
+flannel's keys and in flannel's JSON.  No consensus, membership or election of our own:
+leases, transactions and watches are etcd's.
+
+The client: etcd's v3 JSON gateway (grpc-gateway: POST /v3/kv/range, /v3/kv/txn,
+/v3/lease/grant, /v3/watch ...), served by every etcd v3 on its client port, over
+http.client from the standard library.  The Python clients were weighed: python-etcd3 has
+had no release since 2020 and its generated protobuf modules fail to import with protobuf
+4+ ("Descriptors cannot be created directly"), pinning the whole project to protobuf 3;
+etcd3gw speaks this same gateway but pulls in futurist, pbr and requests for what is a few
+JSON calls here.  The gateway is stable across etcd 3.4 (Debian 12's etcd-server) to 3.6.
+
+Everything read from etcd is input: a hostile writer of the store must not steer nslab.
+Keys and values are decoded strictly (base64, UTF-8, JSON of bounded size), then checked
+for what they become (a machine name, an IPv4 address, a network, a MAC, a VNI); what
+fails is refused with a sentence naming the key, never used.
+
+Failure to reach etcd: one sentence naming the endpoint (`EtcdUnreachable`), within
+TIMEOUT seconds (5).
+
+Key layout (PREFIX = /nslab):
+    /nslab/machines/NAME        {"name", "address", "underlay_mtu"}   under the agent's lease
+    /nslab/labs/LAB             {"lab", "machine"}                    claimed by a transaction
+    /nslab/vnis/VNI             "LAB/STITCH"                          one per stitch, transactions
+    /coreos.com/network/config  flannel's net-conf.json
+    /coreos.com/network/subnets/10.244.1.0-24
+                                {"PublicIP", "PublicIPv6", "BackendType", "BackendData"}
+"""
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import re
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from urllib.parse import urlsplit
+
+from . import backends
+from .errors import NslabError, UsageError, one_line
+from .model.placement import machine_problem
+from .model.types import LAB_NAME_RE, MAX_LAB_NAME
+
+TIMEOUT = 5.0                   # seconds: connect and each answer (a watch waits as long as asked)
+MAX_VALUE = 1 << 20             # bytes of one value nslab accepts back (etcd's own default limit is 1.5 MiB)
+MAX_ANSWER = 64 << 20           # bytes of one answer (a range over many keys)
+PREFIX = "/nslab"
+FLANNEL_PREFIX = "/coreos.com/network"      # flanneld's --etcd-prefix default
+MAX_TXN_OPS = 128               # etcd's --max-txn-ops default: operations per transaction
+MAX_VNI = (1 << 24) - 1
+SUBNET_KEY_RE = re.compile(r"(\d{1,3}(?:\.\d{1,3}){3})-(\d{1,2})")     # flannel's MakeSubnetKey, IPv4 only
+MAC_RE = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
+
+
+class EtcdError(NslabError):
+    """etcd answered, but not as nslab needs (a refusal, or data that is not valid).  The
+    sentence quotes what etcd sent: it is made one line (errors.one_line)."""
+
+    def __init__(self, message: str):
+        super().__init__(one_line(message))
+
+
+class EtcdUnreachable(EtcdError):
+    """No answer from the endpoint."""
+
+
+class Claimed(EtcdError):
+    """A name someone else holds (a machine, a lab)."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class KV:
+    key: str
+    value: bytes
+    lease: int
+    mod_revision: int
+    create_revision: int
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str                   # PUT | DELETE
+    kv: KV
+
+
+def _b64(text: str | bytes) -> str:
+    return base64.b64encode(text.encode() if isinstance(text, str) else text).decode()
+
+
+def prefix_end(prefix: str) -> str:
+    """The range_end that makes [prefix, end) every key under prefix (clientv3.GetPrefixRangeEnd)."""
+    raw = bytearray(prefix.encode())
+    for i in range(len(raw) - 1, -1, -1):
+        if raw[i] < 0xFF:
+            raw[i] += 1
+            return _b64(bytes(raw[: i + 1]))
+    return _b64(b"\0")
+
+
+def _int(value, what: str) -> int:
+    """A proto3 int64 as the gateway writes it (a decimal string; absent = 0)."""
+    if value is None:
+        return 0
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.isascii() and re.fullmatch(r"-?\d{1,20}", value):
+        return int(value)
+    raise EtcdError(f"etcd sent {what} {value!r}, not a number")
+
+
+def _kv(item) -> KV:
+    if not isinstance(item, dict):
+        raise EtcdError(f"etcd sent a key-value that is not an object: {item!r:.80}")
+    try:
+        key = base64.b64decode(item.get("key", ""), validate=True).decode("utf-8")
+        value = base64.b64decode(item.get("value", ""), validate=True)
+    except (ValueError, TypeError):
+        raise EtcdError(f"etcd sent a key or value that is not base64 UTF-8: {item.get('key')!r:.80}") from None
+    if len(value) > MAX_VALUE:
+        raise EtcdError(f"etcd key {key!r:.200}: a value of {len(value):,} bytes (nslab reads at most {MAX_VALUE:,})")
+    return KV(key, value, _int(item.get("lease"), "a lease"), _int(item.get("mod_revision"), "a revision"),
+              _int(item.get("create_revision"), "a revision"))
+
+
+def json_value(kv: KV) -> object:
+    try:
+        return json.loads(kv.value.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise EtcdError(f"etcd key {kv.key!r:.200} does not hold JSON") from None
+
+
+class Etcd:
+    """One etcd v3 cluster, through its JSON gateway.  endpoint: http://HOST:PORT or
+    https://HOST:PORT (then `ca`, and `cert`/`key` for a client certificate)."""
+
+    def __init__(self, endpoint: str, timeout: float = TIMEOUT, ca: str | None = None, cert: str | None = None,
+                 key: str | None = None):
+        url = urlsplit(str(endpoint))
+        try:
+            port = url.port
+        except ValueError:
+            port = None
+        if url.scheme not in ("http", "https") or not url.hostname or port is None or url.path not in ("", "/") \
+                or url.query or url.username:
+            raise UsageError(f"etcd endpoint {endpoint!r}: expected http://HOST:PORT or https://HOST:PORT")
+        self.endpoint = f"{url.scheme}://{url.netloc}"
+        self.host, self.port, self.timeout = url.hostname, port, timeout
+        self.context = None
+        if url.scheme == "https":
+            self.context = ssl.create_default_context(cafile=ca)
+            if cert:
+                self.context.load_cert_chain(cert, key)
+
+    # ---- the gateway ------------------------------------------------------------------------
+    def _connect(self, timeout: float | None):
+        if self.context is not None:
+            return http.client.HTTPSConnection(self.host, self.port, timeout=timeout, context=self.context)
+        return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+
+    def _unreachable(self, e: Exception) -> EtcdUnreachable:
+        why = "no answer within {:g} s".format(self.timeout) if isinstance(e, (socket.timeout, TimeoutError)) \
+            else (getattr(e, "strerror", None) or str(e) or type(e).__name__).lower()
+        return EtcdUnreachable(f"etcd at {self.endpoint} does not answer ({why})")
+
+    def call(self, path: str, body: dict) -> dict:
+        """POST one gateway call; its JSON answer (an error answer raises EtcdError)."""
+        conn = self._connect(self.timeout)
+        try:
+            conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            data = resp.read(MAX_ANSWER + 1)
+        except (OSError, http.client.HTTPException) as e:
+            raise self._unreachable(e) from None
+        finally:
+            conn.close()
+        if len(data) > MAX_ANSWER:
+            raise EtcdError(f"etcd at {self.endpoint} sent more than {MAX_ANSWER:,} bytes for {path}")
+        try:
+            answer = json.loads(data)
+        except ValueError:
+            raise EtcdError(f"etcd at {self.endpoint} answered {path} with HTTP {resp.status} and no JSON "
+                            f"(is it etcd v3?)") from None
+        if not isinstance(answer, dict):
+            raise EtcdError(f"etcd at {self.endpoint} answered {path} with {type(answer).__name__}, not an object")
+        if resp.status != 200 or "error" in answer:
+            message = answer.get("message") or answer.get("error") or f"HTTP {resp.status}"
+            raise EtcdError(f"etcd at {self.endpoint} refused {path}: {str(message)[:300]}")
+        return answer
+
+    # ---- keys ---------------------------------------------------------------------------------
+    def get(self, key: str) -> KV | None:
+        kvs = self.call("/v3/kv/range", {"key": _b64(key)}).get("kvs") or []
+        return _kv(kvs[0]) if kvs else None
+
+    def get_prefix(self, prefix: str) -> tuple[list[KV], int]:
+        """Every key under prefix, and the store's revision they were read at (to watch from)."""
+        answer = self.call("/v3/kv/range", {"key": _b64(prefix), "range_end": prefix_end(prefix)})
+        kvs = answer.get("kvs") or []
+        if not isinstance(kvs, list):
+            raise EtcdError(f"etcd sent kvs that are not a list under {prefix!r}")
+        return [_kv(x) for x in kvs], _int((answer.get("header") or {}).get("revision"), "a revision")
+
+    def put(self, key: str, value: str | bytes, lease: int = 0) -> int:
+        """Write key; the revision it was written at."""
+        body = {"key": _b64(key), "value": _b64(value)}
+        if lease:
+            body["lease"] = str(lease)
+        return _int(self.call("/v3/kv/put", body).get("header", {}).get("revision"), "a revision")
+
+    def delete(self, key: str, prefix: bool = False) -> int:
+        body = {"key": _b64(key)}
+        if prefix:
+            body["range_end"] = prefix_end(key)
+        return _int(self.call("/v3/kv/deleterange", body).get("deleted"), "a count")
+
+    def txn(self, compare: list[dict], success: list[dict], failure: list[dict] = ()) -> tuple[bool, list]:
+        """One transaction (etcd's If/Then/Else); (succeeded, the responses of the branch taken)."""
+        answer = self.call("/v3/kv/txn", {"compare": compare, "success": success, "failure": list(failure)})
+        return answer.get("succeeded") is True, answer.get("responses") or []
+
+    @staticmethod
+    def absent(key: str) -> dict:
+        """A compare: key does not exist (flannel's createSubnet: Version(key) = 0)."""
+        return {"key": _b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
+
+    @staticmethod
+    def op_put(key: str, value: str | bytes, lease: int = 0) -> dict:
+        req = {"key": _b64(key), "value": _b64(value)}
+        if lease:
+            req["lease"] = str(lease)
+        return {"request_put": req}
+
+    @staticmethod
+    def op_get(key: str) -> dict:
+        return {"request_range": {"key": _b64(key)}}
+
+    @staticmethod
+    def op_delete(key: str) -> dict:
+        return {"request_delete_range": {"key": _b64(key)}}
+
+    # ---- leases ---------------------------------------------------------------------------------
+    def grant(self, ttl: int) -> int:
+        """A new lease of ttl seconds; its ID."""
+        if not isinstance(ttl, int) or not 1 <= ttl <= 86400:
+            raise UsageError(f"a lease TTL is 1 to 86,400 seconds, not {ttl!r}")
+        lease = _int(self.call("/v3/lease/grant", {"TTL": str(ttl)}).get("ID"), "a lease")
+        if lease <= 0:
+            raise EtcdError(f"etcd at {self.endpoint} granted no lease")
+        return lease
+
+    def keepalive(self, lease: int) -> int:
+        """Renew a lease once; its TTL now (0: the lease is gone, expired or revoked)."""
+        result = self.call("/v3/lease/keepalive", {"ID": str(lease)}).get("result") or {}
+        return _int(result.get("TTL"), "a TTL")
+
+    def time_to_live(self, lease: int) -> int:
+        """Seconds left on a lease (-1: gone)."""
+        return _int(self.call("/v3/lease/timetolive", {"ID": str(lease)}).get("TTL"), "a TTL")
+
+    def revoke(self, lease: int) -> None:
+        """End a lease now: every key under it goes."""
+        try:
+            self.call("/v3/lease/revoke", {"ID": str(lease)})
+        except EtcdError as e:
+            if "lease not found" not in str(e):
+                raise
+
+    # ---- watch ----------------------------------------------------------------------------------
+    def watch(self, prefix: str, start_revision: int = 0, timeout: float | None = None) -> "Watch":
+        """Events under prefix from start_revision (0: from now).  Iterate it; a quiet stream
+        ends the iteration after `timeout` seconds (None: waits for ever); close() ends it."""
+        return Watch(self, prefix, start_revision, timeout)
+
+    # ---- claims ---------------------------------------------------------------------------------
+    def claim(self, key: str, value: str, lease: int = 0) -> KV | None:
+        """Create key if nobody has: None on success, else the holder's key-value (one transaction)."""
+        ok, responses = self.txn([self.absent(key)], [self.op_put(key, value, lease)], [self.op_get(key)])
+        if ok:
+            return None
+        for r in responses:
+            kvs = (r.get("response_range") or {}).get("kvs") or []
+            if kvs:
+                return _kv(kvs[0])
+        return self.get(key) or KV(key, b"", 0, 0, 0)     # gone since: still, it was not ours
+
+
+class Watch:
+    """A watch stream (POST /v3/watch: one JSON message per line)."""
+
+    def __init__(self, etcd: Etcd, prefix: str, start_revision: int, timeout: float | None):
+        self.etcd, self.prefix = etcd, prefix
+        self.conn = etcd._connect(etcd.timeout)
+        body = {"create_request": {"key": _b64(prefix), "range_end": prefix_end(prefix)}}
+        if start_revision:
+            body["create_request"]["start_revision"] = str(start_revision)
+        try:
+            self.conn.request("POST", "/v3/watch", json.dumps(body), {"Content-Type": "application/json"})
+            self.resp = self.conn.getresponse()
+            self.conn.sock.settimeout(timeout)
+            first = self._message()
+        except (OSError, http.client.HTTPException) as e:
+            self.close()
+            raise etcd._unreachable(e) from None
+        if first is None or not first.get("created"):
+            self.close()
+            raise EtcdError(f"etcd at {etcd.endpoint} did not start a watch of {prefix!r}")
+        self.pending: list[Event] = self._events(first)
+
+    def _message(self) -> dict | None:
+        line = self.resp.readline(MAX_ANSWER + 1)
+        if not line:
+            return None
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            raise EtcdError(f"etcd at {self.etcd.endpoint} sent a watch message that is not JSON") from None
+        if not isinstance(msg, dict) or not isinstance(msg.get("result", {}), dict):
+            raise EtcdError(f"etcd at {self.etcd.endpoint} sent a watch message that is not an object")
+        if "error" in msg:
+            raise EtcdError(f"etcd at {self.etcd.endpoint} ended the watch of {self.prefix!r}: "
+                            f"{str(msg.get('message') or msg['error'])[:300]}")
+        return msg.get("result", {})
+
+    def _events(self, result: dict) -> list[Event]:
+        out = []
+        if result.get("canceled"):
+            raise EtcdError(f"etcd at {self.etcd.endpoint} cancelled the watch of {self.prefix!r}: "
+                            f"{str(result.get('cancel_reason', ''))[:300]}")
+        for ev in result.get("events") or []:
+            if not isinstance(ev, dict):
+                raise EtcdError(f"etcd at {self.etcd.endpoint} sent a watch event that is not an object")
+            kind = ev.get("type", "PUT")
+            if kind not in ("PUT", "DELETE"):
+                raise EtcdError(f"etcd at {self.etcd.endpoint} sent a watch event of type {kind!r:.40}")
+            out.append(Event(kind, _kv(ev.get("kv") or {})))
+        return out
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> Event:
+        while not self.pending:
+            try:
+                msg = self._message()
+            except (socket.timeout, TimeoutError):
+                self.close()
+                raise StopIteration from None
+            except (OSError, http.client.HTTPException) as e:
+                self.close()
+                raise self.etcd._unreachable(e) from None
+            if msg is None:
+                self.close()
+                raise StopIteration
+            self.pending = self._events(msg)
+        return self.pending.pop(0)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class KeepAlive:
+    """Keeps a lease alive from a thread (every third of its TTL, as clientv3 does) until
+    stop(); `lost` is set when etcd says the lease is gone or stops answering for longer than
+    the TTL, and on_lost(reason) is called once."""
+
+    def __init__(self, etcd: Etcd, lease: int, ttl: int, on_lost=None):
+        self.etcd, self.lease, self.ttl, self.on_lost = etcd, lease, ttl, on_lost
+        self.lost: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"etcd-lease-{lease:x}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        last_ok = time.monotonic()
+        while not self._stop.wait(max(self.ttl / 3, 0.2)):
+            try:
+                if self.etcd.keepalive(self.lease) <= 0:
+                    self._lose(f"lease {self.lease:x} expired or was revoked")
+                    return
+                last_ok = time.monotonic()
+            except EtcdError as e:
+                if time.monotonic() - last_ok > self.ttl:
+                    self._lose(str(e))
+                    return
+
+    def _lose(self, reason: str) -> None:
+        self.lost = reason
+        if self.on_lost is not None:
+            self.on_lost(reason)
+
+    def stop(self, revoke: bool = True) -> None:
+        self._stop.set()
+        self._thread.join()
+        if revoke and self.lost is None:
+            self.etcd.revoke(self.lease)
+
+
+# ---- what nslab keeps: machines, labs, stitch VNIs ------------------------------------------------
+
+@dataclass(frozen=True)
+class Machine:
+    name: str
+    address: str
+    underlay_mtu: int
+    lease: int = 0
+
+
+def _machine_record(kv: KV) -> Machine:
+    data = json_value(kv)
+    name = kv.key[len(f"{PREFIX}/machines/"):]
+    if not isinstance(data, dict) or set(data) != {"name", "address", "underlay_mtu"}:
+        raise EtcdError(f"etcd key {kv.key!r:.200} is not a machine record (name, address, underlay_mtu)")
+    if machine_problem(name) or data["name"] != name:
+        raise EtcdError(f"etcd key {kv.key!r:.200} names machine {data['name']!r:.80}: not its key's valid name")
+    try:
+        address = str(IPv4Address(data["address"]))
+    except ValueError:
+        raise EtcdError(f"etcd key {kv.key!r:.200}: address {data['address']!r:.80} is not an IPv4 address") from None
+    mtu = data["underlay_mtu"]
+    if not isinstance(mtu, int) or isinstance(mtu, bool) or not 68 <= mtu <= 65535:
+        raise EtcdError(f"etcd key {kv.key!r:.200}: underlay_mtu {mtu!r:.40} is not an MTU (68 to 65535)")
+    return Machine(name, address, mtu, kv.lease)
+
+
+def register_machine(etcd: Etcd, name: str, address: str, underlay_mtu: int, lease: int) -> Machine:
+    """Claim a machine name under the agent's lease: a second agent with the same name is refused."""
+    problem = machine_problem(name)
+    if problem:
+        raise UsageError(problem)
+    machine = Machine(name, str(IPv4Address(address)), underlay_mtu, lease)
+    key = f"{PREFIX}/machines/{name}"
+    value = json.dumps({"name": name, "address": machine.address, "underlay_mtu": underlay_mtu})
+    holder = etcd.claim(key, value, lease)
+    if holder is not None:
+        raise Claimed(f"machine name {name} is taken in etcd at {etcd.endpoint} (lease {holder.lease:x}); "
+                      f"another agent runs as {name}, or its lease has not expired yet")
+    return machine
+
+
+def machines(etcd: Etcd) -> tuple[list[Machine], list[str]]:
+    """The registered machines, and a sentence for each record that is not valid (skipped)."""
+    kvs, _ = etcd.get_prefix(f"{PREFIX}/machines/")
+    good, bad = [], []
+    for kv in kvs:
+        try:
+            good.append(_machine_record(kv))
+        except EtcdError as e:
+            bad.append(str(e))
+    return good, bad
+
+
+def claim_lab(etcd: Etcd, lab: str, machine: str, lease: int = 0) -> None:
+    """Claim a lab name for the cluster (one transaction): a second `up` of that name is refused."""
+    if not isinstance(lab, str) or not LAB_NAME_RE.fullmatch(lab) or len(lab) > MAX_LAB_NAME:
+        raise UsageError(f"lab name {lab!r} must be lowercase letters, digits, '-' or '_'")
+    holder = etcd.claim(f"{PREFIX}/labs/{lab}", json.dumps({"lab": lab, "machine": machine}), lease)
+    if holder is not None:
+        raise Claimed(f"lab {lab} already runs in the cluster at {etcd.endpoint}: "
+                      f"{holder.value.decode('utf-8', 'replace')[:200]}")
+
+
+def release_lab(etcd: Etcd, lab: str) -> None:
+    etcd.delete(f"{PREFIX}/labs/{lab}")
+    release_vnis(etcd, lab)
+
+
+def allocate_vnis(etcd: Etcd, lab: str, stitches: list[str], base: int = 5001, tries: int = 10) -> dict[str, int]:
+    """A VNI for each stitch (its id, e.g. 'leaf01:eth1'), unique in the cluster: the lowest
+    free ones from base, taken in transactions of at most MAX_TXN_OPS keys, each key created
+    only if absent.  A batch that loses a race is read again and retried with fresh numbers
+    (at most `tries` lost races); on failure the VNIs taken so far are given back.
+    {stitch: VNI}."""
+    taken: dict[str, int] = {}
+    try:
+        todo, lost = list(stitches), 0
+        while todo:
+            kvs, _ = etcd.get_prefix(f"{PREFIX}/vnis/")
+            used = set(taken.values())
+            for kv in kvs:
+                tail = kv.key[len(f"{PREFIX}/vnis/"):]
+                if tail.isascii() and tail.isdigit():
+                    used.add(int(tail))
+            batch, vni = todo[:MAX_TXN_OPS], base
+            picks = []
+            for stitch in batch:
+                while vni in used:
+                    vni += 1
+                if vni > MAX_VNI:
+                    raise EtcdError(f"no free VNI left from {base} in etcd at {etcd.endpoint}")
+                picks.append((stitch, vni))
+                used.add(vni)
+            keys = [f"{PREFIX}/vnis/{v}" for _, v in picks]
+            ok, _ = etcd.txn([etcd.absent(k) for k in keys],
+                             [etcd.op_put(k, f"{lab}/{s}") for k, (s, _) in zip(keys, picks)])
+            if ok:
+                taken.update(picks)
+                todo = todo[len(batch):]
+                continue
+            lost += 1           # another lab took one of these numbers first: read again
+            if lost >= tries:
+                raise EtcdError(f"could not take {len(todo):,} VNIs in etcd at {etcd.endpoint} after {tries} "
+                                f"tries (other labs are taking them too)")
+        return taken
+    except BaseException:
+        _delete_vnis(etcd, list(taken.values()))
+        raise
+
+
+def _delete_vnis(etcd: Etcd, vnis: list[int]) -> None:
+    for i in range(0, len(vnis), MAX_TXN_OPS):
+        etcd.txn([], [etcd.op_delete(f"{PREFIX}/vnis/{v}") for v in vnis[i:i + MAX_TXN_OPS]])
+
+
+def lab_vnis(etcd: Etcd, lab: str) -> dict[str, int]:
+    """{stitch: VNI} of a lab, as etcd holds them (records of other labs, or not valid, skipped)."""
+    kvs, _ = etcd.get_prefix(f"{PREFIX}/vnis/")
+    out = {}
+    for kv in kvs:
+        tail = kv.key[len(f"{PREFIX}/vnis/"):]
+        owner = kv.value.decode("utf-8", "replace")
+        if tail.isascii() and tail.isdigit() and 1 <= int(tail) <= MAX_VNI and owner.startswith(f"{lab}/"):
+            out[owner[len(lab) + 1:]] = int(tail)
+    return out
+
+
+def release_vnis(etcd: Etcd, lab: str) -> None:
+    _delete_vnis(etcd, list(lab_vnis(etcd, lab).values()))
+
+
+# ---- flannel's own keys (pkg/subnet/etcd/registry.go) ---------------------------------------------
+
+@dataclass(frozen=True)
+class SubnetLease:
+    """One node's lease as flanneld's etcd subnet manager keeps it (lease.Lease/LeaseAttrs)."""
+    subnet: IPv4Network
+    public_ip: str
+    backend_type: str
+    backend_data: dict          # vxlan: {"VNI": 1, "VtepMAC": "..."}; host-gw, ipip, udp: {}
+    lease: int = 0
+
+
+def subnet_key(subnet: IPv4Network) -> str:
+    """flannel's MakeSubnetKey: 10.244.1.0/24 -> 10.244.1.0-24 (IPv4 only)."""
+    return f"{subnet.network_address}-{subnet.prefixlen}"
+
+
+def net_conf(cluster) -> dict:
+    """The network config flanneld reads (net-conf.json) for a lab's cluster: Network,
+    SubnetLen and Backend as flannel names them."""
+    config = cluster.backend
+    backend = {"Type": config.type}
+    if config.type == "vxlan":
+        backend["VNI"] = config.vni
+        if config.gbp:
+            backend["GBP"] = True
+    if config.direct_routing:           # vxlan and ipip
+        backend["DirectRouting"] = True
+    if config.port is not None:         # vxlan and udp
+        backend["Port"] = config.port
+    return {"Network": str(cluster.network), "SubnetLen": cluster.subnet_len, "Backend": backend}
+
+
+def put_network_config(etcd: Etcd, conf: dict, prefix: str = FLANNEL_PREFIX) -> None:
+    etcd.put(f"{prefix}/config", json.dumps(conf))
+
+
+def network_config(etcd: Etcd, prefix: str = FLANNEL_PREFIX) -> dict:
+    """flannel's config as etcd holds it, checked as flannel's ParseConfig would read it."""
+    kv = etcd.get(f"{prefix}/config")
+    if kv is None:
+        # flannel's errConfigNotFound
+        raise EtcdError(f"flannel config not found in etcd at {etcd.endpoint} ({prefix}/config)")
+    conf = json_value(kv)
+    if not isinstance(conf, dict):
+        raise EtcdError(f"etcd key {kv.key}: flannel's config is not a JSON object")
+    try:
+        IPv4Network(conf.get("Network"))
+    except (ValueError, TypeError):
+        raise EtcdError(f"etcd key {kv.key}: Network {conf.get('Network')!r:.80} is not an IPv4 network") from None
+    sl = conf.get("SubnetLen", 24)
+    if not isinstance(sl, int) or isinstance(sl, bool) or not 1 <= sl <= 30:
+        raise EtcdError(f"etcd key {kv.key}: SubnetLen {sl!r:.40} is not a prefix length (1 to 30)")
+    backend = conf.get("Backend", {"Type": "udp"})      # flannel's default backend when none is given
+    if not isinstance(backend, dict) or backend.get("Type", "udp") not in backends.names():
+        raise EtcdError(f"etcd key {kv.key}: Backend {backend!r:.80} is not a backend nslab knows "
+                        f"({', '.join(backends.names())})")
+    return conf
+
+
+def _lease_value(lease: SubnetLease) -> str:
+    # lease.LeaseAttrs marshalled by encoding/json: PublicIPv6 (a nil *ip.IP6) is null;
+    # BackendData and BackendV6Data are omitempty (host-gw, ipip and udp write none).
+    attrs = {"PublicIP": lease.public_ip, "PublicIPv6": None, "BackendType": lease.backend_type}
+    if lease.backend_data:
+        attrs["BackendData"] = lease.backend_data
+    return json.dumps(attrs)
+
+
+def create_subnet_lease(etcd: Etcd, lease: SubnetLease, ttl: int, prefix: str = FLANNEL_PREFIX) -> int:
+    """flannel's createSubnet: a lease of ttl seconds, the key created only if absent (one
+    transaction); the lease ID.  Taken: Claimed (and the new lease revoked, as flannel does)."""
+    _check_lease(lease, "the lease to write")
+    lid = etcd.grant(ttl)
+    key = f"{prefix}/subnets/{subnet_key(lease.subnet)}"
+    ok, _ = etcd.txn([etcd.absent(key)], [etcd.op_put(key, _lease_value(lease), lid)])
+    if not ok:
+        etcd.revoke(lid)
+        raise Claimed(f"subnet {lease.subnet} is already leased in etcd at {etcd.endpoint}")
+    return lid
+
+
+def _check_lease(lease: SubnetLease, where: str) -> SubnetLease:
+    if lease.backend_type not in backends.names():
+        raise EtcdError(f"{where}: BackendType {lease.backend_type!r:.40} is not a backend nslab knows")
+    data = lease.backend_data
+    if not isinstance(data, dict):
+        raise EtcdError(f"{where}: BackendData is not an object")
+    if lease.backend_type == "vxlan":
+        mac, vni = data.get("VtepMAC"), data.get("VNI", 1)
+        if not isinstance(mac, str) or not MAC_RE.fullmatch(mac.lower()) or int(mac[:2], 16) & 1:
+            raise EtcdError(f"{where}: VtepMAC {mac!r:.40} is not a unicast MAC address")
+        if not isinstance(vni, int) or isinstance(vni, bool) or not 0 <= vni <= MAX_VNI:
+            raise EtcdError(f"{where}: VNI {vni!r:.40} is not a VNI (0 to {MAX_VNI:,})")
+    try:
+        IPv4Address(lease.public_ip)
+    except ValueError:
+        raise EtcdError(f"{where}: PublicIP {lease.public_ip!r:.80} is not an IPv4 address") from None
+    return lease
+
+
+def parse_subnet_lease(kv: KV, prefix: str = FLANNEL_PREFIX) -> SubnetLease:
+    """A key under <prefix>/subnets/ back into a lease (flannel's kvToIPLease), checked."""
+    tail = kv.key[len(f"{prefix}/subnets/"):] if kv.key.startswith(f"{prefix}/subnets/") else None
+    m = SUBNET_KEY_RE.fullmatch(tail or "")
+    try:
+        subnet = IPv4Network(f"{m[1]}/{m[2]}") if m else None
+    except ValueError:
+        subnet = None
+    if subnet is None:
+        raise EtcdError(f"etcd key {kv.key!r:.200} is not a flannel subnet key (like 10.244.1.0-24)")
+    data = json_value(kv)
+    if not isinstance(data, dict):
+        raise EtcdError(f"etcd key {kv.key!r:.200}: a subnet lease is a JSON object")
+    return _check_lease(SubnetLease(subnet, data.get("PublicIP"), data.get("BackendType"),
+                                    data.get("BackendData") if data.get("BackendData") is not None else {},
+                                    kv.lease), f"etcd key {kv.key!r:.200}")
+
+
+def subnet_leases(etcd: Etcd, prefix: str = FLANNEL_PREFIX) -> tuple[list[SubnetLease], int, list[str]]:
+    """flannel's getSubnets: the leases, the revision to watch from, and a sentence for each
+    key skipped as not valid (flannel logs "Ignoring bad subnet node" and goes on)."""
+    kvs, revision = etcd.get_prefix(f"{prefix}/subnets/")
+    leases, bad = [], []
+    for kv in kvs:
+        try:
+            leases.append(parse_subnet_lease(kv, prefix))
+        except EtcdError as e:
+            bad.append(str(e))
+    return leases, revision, bad
+
+
+def subnet_events(etcd: Etcd, since: int, timeout: float | None = None, prefix: str = FLANNEL_PREFIX):
+    """flannel's watchSubnets: ("added", lease) or ("removed", subnet) for each change under
+    <prefix>/subnets/ after revision `since` (a getSubnets revision + 1), until the stream is
+    quiet for `timeout` seconds.  An event whose key or value is not valid is skipped, as
+    flannel's parseSubnetWatchResponse errors are: ("bad", sentence)."""
+    with etcd.watch(f"{prefix}/subnets/", since, timeout) as events:
+        for ev in events:
+            try:
+                if ev.type == "DELETE":
+                    m = SUBNET_KEY_RE.fullmatch(ev.kv.key[len(f"{prefix}/subnets/"):])
+                    if m is None:
+                        raise EtcdError(f"etcd key {ev.kv.key!r:.200} is not a flannel subnet key")
+                    yield "removed", IPv4Network(f"{m[1]}/{m[2]}")
+                else:
+                    yield "added", parse_subnet_lease(ev.kv, prefix)
+            except (EtcdError, ValueError) as e:
+                yield "bad", str(e)
