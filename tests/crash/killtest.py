@@ -309,9 +309,11 @@ def main(argv=None) -> int:
             while killed < args.runs and i < args.runs * 3:
                 kind = kinds[i % len(kinds)]
                 ops = [o for o in args.ops.split(",") if o != "converge" or kind in runner.edits]
-                op = ops[(i // len(kinds)) % len(ops)]
-                r = runner.run(kind, op, startup, rng)
                 i += 1
+                if not ops:                  # e.g. --ops converge on a lab with no converge edit
+                    continue
+                op = ops[((i - 1) // len(kinds)) % len(ops)]
+                r = runner.run(kind, op, startup, rng)
                 killed += r.get("killed", False)
                 results.append(r)
                 mark = "clean" if r["clean"] else "DIRTY"
@@ -322,6 +324,10 @@ def main(argv=None) -> int:
                     print(f"      {p}", flush=True)
         finally:
             runner.cleanup()
+    if not results:
+        print("killtest: no run: none of the scenarios has one of the operations asked for "
+              "(converge needs a scenario with a converge edit)", file=sys.stderr)
+        return 2
     clean = sum(r["clean"] for r in results)
     landed = [r for r in results if r.get("killed")]
     print(f"\n{clean}/{len(results)} runs clean; {sum(r['clean'] for r in landed)}/{len(landed)} "
