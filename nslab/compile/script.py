@@ -98,8 +98,10 @@ def render_op(op) -> list[str]:
     if isinstance(op, P.TxChecksum):
         return [f"ip netns exec {_q(op.ns)} ethtool -K {_q(op.dev)} tx {'on' if op.on else 'off'}"]
     if isinstance(op, P.Daemon):
-        return [_comment(f"# {op.node}: {backends.describe_daemon(op)}"),
-                "#   " + _comment(f"by hand: ip netns exec {_q(op.ns)} python3 -m nslab.runtime.tunnels {_q(op.kind)} "
+        what = "the cluster DNS server (as CoreDNS answers a cluster's services)" if op.kind == "dns" \
+            else backends.describe_daemon(op)
+        return [_comment(f"# {op.node}: {what}"),
+                "#   " + _comment(f"by hand: ip netns exec {_q(op.ns)} python3 -m {op.module} {_q(op.kind)} "
                                   f"{_q(op.dev)} " + " ".join(_q(f"{k}={v}") for k, v in op.config
                                                               if not isinstance(v, tuple)) + " &")]
     if isinstance(op, P.Iptables):
