@@ -182,6 +182,11 @@ def _kube_dns(p, cluster, cidr: IPv4Network, services: dict, ip, path) -> Servic
         ip = p.address(ip, ipath)
         if ip not in cidr or ip in (cidr.network_address, cidr.broadcast_address):
             raise p.err(ipath, f"dns ip {ip} is not a usable address of the service CIDR {cidr}")
+    taken = next((o for o in services.values() if o.cluster_ip == ip), None)
+    if taken is not None:
+        raise p.err(taken.path + ("clusterIP",), f"clusterIP {ip} is the cluster DNS's ({DNS_NAMESPACE}/"
+                                                 f"{DNS_SERVICE}, the service CIDR's tenth address as kubeadm "
+                                                 f"gives it); pick another, or move it with dns: {{ip: A}}")
     return Service(name=DNS_SERVICE, namespace=DNS_NAMESPACE, selector=DNS_POD, port=53, target_port=53,
                    protocol="UDP", type="ClusterIP", cluster_ip=ip, node_port=None, endpoints=(DNS_POD,),
                    path=ipath, port_name="dns")
