@@ -255,6 +255,16 @@ def wait_ready(child: Child, log_path: str, timeout: float = 10.0) -> str | None
     return f"{child.what} did not start: {line or last}"
 
 
+def enter(ns: str) -> str | None:
+    """A daemon's first act after wait_go: move into lab namespace `ns` for good.  Why it
+    could not (the path is the namespace it started in), or None."""
+    before = netns.current_inode()
+    fd = os.open(netns.path(ns), os.O_RDONLY | os.O_CLOEXEC)
+    netns.setns(fd)
+    os.close(fd)
+    return f"{ns} is the namespace we started in" if netns.current_inode() == before else None
+
+
 AGENT_MODULE = "nslab.runtime.agent"
 
 

@@ -28,10 +28,9 @@ import threading
 import time
 from ipaddress import IPv4Address
 
-from dnslib import CLASS, PTR, QTYPE, RCODE, RR, SOA, A, DNSError, DNSLabel, DNSRecord
+from dnslib import CLASS, PTR, QTYPE, RCODE, RR, SOA, A, DNSError, DNSRecord
 
-from ..apply import netns
-from .agent import wait_go
+from .agent import enter, wait_go
 
 PORT = 53
 TTL = 5                        # the kubernetes plugin's default ttl
@@ -154,14 +153,10 @@ def main(argv: list[str]) -> int:
         print(f"refusing to run: {e}", file=sys.stderr)
         return 2
     _libc.prctl(PR_SET_NAME, ctypes.c_char_p(b"coredns"), 0, 0, 0)
-    if "netns" in opts:
-        before = netns.current_inode()
-        fd = os.open(netns.path(opts["netns"]), os.O_RDONLY | os.O_CLOEXEC)
-        netns.setns(fd)
-        os.close(fd)
-        if netns.current_inode() == before:
-            print(f"refusing to run: {opts['netns']} is the namespace we started in", file=sys.stderr)
-            return 1
+    problem = enter(opts["netns"]) if "netns" in opts else None
+    if problem:
+        print(f"refusing to run: {problem}", file=sys.stderr)
+        return 1
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

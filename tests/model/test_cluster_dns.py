@@ -3,9 +3,7 @@ pod after the file's pods, kubelet's resolv.conf for pods, and what the server a
 (nslab/runtime/dns.py's Zone on real DNS messages, built by dnslib)."""
 from __future__ import annotations
 
-import textwrap
 from ipaddress import IPv4Address
-from pathlib import Path
 
 from dnslib import QTYPE, RCODE, DNSRecord
 
@@ -15,22 +13,7 @@ from nslab.compile import compile_topology
 from nslab.compile.dns import resolv_conf
 from nslab.runtime import dns as server
 
-SHIPPED = Path(__file__).parent.parent.parent / "topologies" / "spine-leaf-services.yaml"
-BASE = """\
-segments:
-  lan: {subnet: 192.168.0.0/24}
-cluster:
-  nodes:
-    node1: {segment: lan, ip: 192.168.0.11}
-    node2: {segment: lan, ip: 192.168.0.12}
-  pods:
-    client: {node: node1}
-    web: {daemonset: true, serve: http}
-"""
-
-
-def load(extra: str) -> model.Topology:
-    return model.load("lab.yaml", text=BASE + textwrap.indent(textwrap.dedent(extra), "  "))
+from test_services_model import SHIPPED, load     # the same small cluster: client, web on node1/node2
 
 
 def test_kube_dns_is_kubeadms_service_on_the_cidrs_tenth_address():
