@@ -14,6 +14,7 @@ fi
 # killall/fuser, dot, mnexec (bench/build.py), unshare/setpriv/flock, file (containers.py),
 # nft (the tests' root-namespace snapshot), tshark (tests read nslab's pcap files with it),
 # conntrack (a node's NAT table: note 001's services chapter, tests/integration/test_services.py).
+# Python packages (pyproject.toml, installed by pip below) include dnslib: the cluster DNS server.
 # tests/vm/run installs what only the VM stage needs (qemu-system-x86, kmod, xz-utils).
 APT_PACKAGES=(
   iproute2 iputils-ping tcpdump iptables iperf3 ethtool bridge-utils curl netcat-openbsd

@@ -384,21 +384,34 @@ def hosts_leftovers(plan: Plan) -> list[str]:
     return adopt
 
 
+def _resolv_conf(note) -> str:
+    """A namespace's resolv.conf: its plan note's (a pod's, kubelet's text), else the lab's."""
+    text = note.get("resolv.conf") if isinstance(note, dict) else None
+    return text if isinstance(text, str) else RESOLV_CONF
+
+
 def write_hosts_files(plan: Plan, st: state.LabState, record, adopt: list[str] = ()) -> None:
     """Node names for `ip netns exec` (and so `nslab exec`): it bind-mounts
     /etc/netns/<ns>/hosts over /etc/hosts, and resolv.conf over /etc/resolv.conf
-    (RESOLV_CONF).  One hosts file and one resolv.conf per lab, under the lab's run
+    (RESOLV_CONF; a pod's is kubelet's).  One hosts file and resolv.conf per lab, under its run
     directory; each /etc/netns/<ns> is a symlink to its folder (one write in /etc per
     namespace, one unlink at down), recorded once made.  `adopt`: hosts-only leftovers of
     this plan (hosts_leftovers), replaced by the link."""
     if not plan.hosts:
         return
-    etc = os.path.join(st.dir, "etc")
-    os.makedirs(etc, exist_ok=True)
-    with open(os.path.join(etc, "hosts"), "w") as f:
-        f.write(hosts_text(plan))
-    with open(os.path.join(etc, "resolv.conf"), "w") as f:
-        f.write(RESOLV_CONF)
+    # A cluster's pods have the resolv.conf kubelet writes (compile/dns.py, in the plan's
+    # notes): a folder of their own per distinct text, etc-pods, etc-pods-2, ...
+    texts = [_resolv_conf(plan.notes.get(op.node)) for op in plan.ops if isinstance(op, Netns)]
+    folders: dict[str, str] = {RESOLV_CONF: os.path.join(st.dir, "etc")}
+    for text in texts:
+        if text not in folders:
+            folders[text] = os.path.join(st.dir, "etc-pods" + (f"-{len(folders)}" if len(folders) > 1 else ""))
+    for text, etc in folders.items():
+        os.makedirs(etc, exist_ok=True)
+        with open(os.path.join(etc, "hosts"), "w") as f:
+            f.write(hosts_text(plan))
+        with open(os.path.join(etc, "resolv.conf"), "w") as f:
+            f.write(text)
     if not os.path.isdir(state.HOSTS_DIR):
         os.makedirs(state.HOSTS_DIR, exist_ok=True)
         open(state.HOSTS_DIR_MARK, "w").close()     # nslab made it: the last down removes it
@@ -412,10 +425,16 @@ def write_hosts_files(plan: Plan, st: state.LabState, record, adopt: list[str] =
         finally:
             os.close(fd)
         os.rmdir(link)             # a symlink by now: ENOTDIR, nothing removed
+    groups: dict[str, list[str]] = {}
+    for link, text in zip(links, texts):
+        groups.setdefault(folders[text], []).append(link)
+    made: list[str] = []
     try:
-        netns.place_files(links, symlink_to=etc)
+        for etc, group in groups.items():
+            netns.place_files(group, symlink_to=etc)
+            made += group
     except FileExistsError as e:
-        made = links[:links.index(e.filename)]
+        made += group[:group.index(e.filename)]
         record(lambda s: s.files.extend(made))
         raise UsageError(f"{e.filename} appeared while lab {st.lab} was being built and nslab did not make it: "
                          f"remove it (rm -r {e.filename}) or rename the lab with --name") from None

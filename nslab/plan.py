@@ -175,14 +175,26 @@ class Qdisc:
 
 @dataclass(frozen=True)
 class Daemon:
-    """A userspace dataplane the lab runs in a node on its TUN device `dev` (nslab/tunnel.py):
-    kind udp (flannel's udp proxy) or ipip (the encapsulator standing in for kernel ipip)."""
+    """A process the lab agent runs in a node: a userspace dataplane on its TUN device `dev`
+    (nslab/runtime/tunnels.py), kind udp (flannel's udp proxy) or ipip (the encapsulator
+    standing in for kernel ipip); or kind dns, the cluster DNS server in the coredns pod
+    (nslab/runtime/dns.py, dev empty)."""
     ns: str
     node: str
     kind: str
     dev: str
-    config: tuple = ()             # (key, value) pairs, see tunnel.py
+    config: tuple = ()             # (key, value) pairs, see the module
     stage = STAGE_PROCESS
+
+    @property
+    def module(self) -> str:
+        return "nslab.runtime.dns" if self.kind == "dns" else "nslab.runtime.tunnels"
+
+    @property
+    def what(self) -> str:
+        """How the lab's record and `nslab ls` name the process (with the node's count of
+        dataplanes: a dev is named when a node has more than one)."""
+        return f"{self.kind} {'server' if self.kind == 'dns' else 'dataplane'} on {self.node}"
 
 
 @dataclass(frozen=True)

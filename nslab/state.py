@@ -713,14 +713,14 @@ def _held_until_unmounted():
 
 
 def _remove_links(lab: str, recorded: list[str]) -> None:
-    """/etc/netns/<lab>.<node> symlinks that point at this lab's hosts folder (also ones
+    """/etc/netns/<lab>.<node> symlinks that point at this lab's hosts folders (also ones
     an interrupted `up` made but did not record); nothing else."""
-    target = os.path.join(lab_dir(lab), "etc")
+    own = re.compile(re.escape(os.path.join(lab_dir(lab), "etc")) + r"(-pods(-\d+)?)?")   # lab.write_hosts_files' folders
     names = {os.path.basename(p) for p in recorded if os.path.dirname(p) == HOSTS_DIR}
     names |= {os.path.basename(p) for p in glob.glob(os.path.join(HOSTS_DIR, glob.escape(lab) + ".*"))}
     for name in names:
         link = os.path.join(HOSTS_DIR, name)
-        if lab_namespace(lab, name) and os.path.islink(link) and os.readlink(link) == target:
+        if lab_namespace(lab, name) and os.path.islink(link) and own.fullmatch(os.readlink(link)):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(link)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from .. import backends
 from .. import plan as P
 from ..model.cluster import Cluster
+from .dns import compile_dns
 from .services import compile_services
 
 
@@ -24,3 +25,4 @@ def compile_cluster(topo, plan: P.Plan) -> None:
             "device": cluster.backend.device,
         }
     compile_services(topo, plan)      # flannel's ip-masq and kube-proxy's rules, per node
+    compile_dns(topo, plan)           # the coredns pod's server, the pods' resolv.conf

@@ -253,7 +253,7 @@ def describe(op) -> str:
         return f"serve {op.kind} on :{op.port}"
     if isinstance(op, P.Daemon):
         port = dict(op.config).get("port")
-        return f"{op.kind} dataplane on {op.dev}" + (f" (port {port})" if port else "")
+        return op.what if op.kind == "dns" else f"{op.kind} dataplane on {op.dev}" + (f" (port {port})" if port else "")
     line = render_op(op)[0]
     for prefix in _PREFIXES:
         if line.startswith(prefix):

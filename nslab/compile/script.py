@@ -100,8 +100,10 @@ def render_op(op) -> list[str]:
     if isinstance(op, P.TxChecksum):
         return [f"ip netns exec {_q(op.ns)} ethtool -K {_q(op.dev)} tx {'on' if op.on else 'off'}"]
     if isinstance(op, P.Daemon):
-        return [_comment(f"# {op.node}: {backends.describe_daemon(op)}"),
-                "#   " + _comment(f"by hand: ip netns exec {_q(op.ns)} python3 -m nslab.runtime.tunnels {_q(op.kind)} "
+        what = "the cluster DNS server (as CoreDNS answers a cluster's services)" if op.kind == "dns" \
+            else backends.describe_daemon(op)
+        return [_comment(f"# {op.node}: {what}"),
+                "#   " + _comment(f"by hand: ip netns exec {_q(op.ns)} python3 -m {op.module} {_q(op.kind)} "
                                   f"{_q(op.dev)} " + " ".join(_q(f"{k}={v}") for k, v in op.config
                                                               if not isinstance(v, tuple)) + " &")]
     if isinstance(op, P.Iptables):
@@ -132,8 +134,20 @@ def render(plan: P.Plan) -> str:
         for ns in plan.namespaces:
             lines.append(f"mkdir -p {_q(f'/etc/netns/{ns}')} && printf '%s\\n' {entries} "
                          f"> {_q(f'/etc/netns/{ns}/hosts')}")
+        resolv = _resolv_confs(plan)
+        if resolv:
+            lines += ["", "# the pods' resolv.conf, as kubelet writes it (nameserver: the cluster DNS)"]
+            for ns, text in resolv.items():
+                lines.append(f"printf '%s\\n' {' '.join(_q(x) for x in text.splitlines())} "
+                             f"> {_q(f'/etc/netns/{ns}/resolv.conf')}")
     lines += ["", "# to remove it: " + removal(plan)]
     return "\n".join(lines) + "\n"
+
+
+def _resolv_confs(plan: P.Plan) -> dict[str, str]:
+    """{namespace: text} of the plan's pods that have kubelet's resolv.conf (compile/dns.py)."""
+    return {op.ns: plan.notes[op.node]["resolv.conf"] for op in plan.ops
+            if isinstance(op, P.Netns) and "resolv.conf" in plan.notes.get(op.node, {})}
 
 
 def removal(plan: P.Plan) -> str:
@@ -148,7 +162,8 @@ def removal(plan: P.Plan) -> str:
         cmds.append("docker rm -f " + " ".join(_q(c) for c in containers))
     body = 'ip netns del "$ns"'
     if plan.hosts:
-        body += '; rm -f "/etc/netns/$ns/hosts"; rmdir "/etc/netns/$ns"'
+        files = '"/etc/netns/$ns/hosts"' + (' "/etc/netns/$ns/resolv.conf"' if _resolv_confs(plan) else "")
+        body += f'; rm -f {files}; rmdir "/etc/netns/$ns"'
     cmds.append(f"for ns in {' '.join(_q(ns) for ns in plan.namespaces)}; do {body}; done")
     if plan.hosts:
         cmds.append("rmdir /etc/netns 2>/dev/null || true")

@@ -13,12 +13,17 @@ from . import kubeproxy, masq
 
 
 def services_of(cluster) -> list[kubeproxy.Service]:
-    """The model's services as kube-proxy sees them: endpoints are the selected pods' IPs."""
+    """The model's services as kube-proxy sees them: endpoints are the selected pods' IPs.
+    A headless service has no cluster IP, so kube-proxy has nothing to do for it (only the
+    cluster DNS names its endpoints)."""
     out = []
     for s in cluster.services.values():
+        if s.headless:
+            continue
         eps = tuple(kubeproxy.Endpoint(ip=str(cluster.pods[pod].ip.ip), node=cluster.pods[pod].node)
                     for pod in s.endpoints)
-        out.append(kubeproxy.Service(name=s.name, namespace=s.namespace, port=s.port, target_port=s.target_port,
+        out.append(kubeproxy.Service(name=s.name, namespace=s.namespace, port=s.port, port_name=s.port_name,
+                                     target_port=s.target_port,
                                      cluster_ip=str(s.cluster_ip), protocol=s.protocol, type=s.type,
                                      node_port=s.node_port, endpoints=eps))
     return out

@@ -21,7 +21,7 @@ from .types import DEFAULT_ROUTE, Bridge, Nexthop, Route, host_range, ipv4_inter
 
 # A backend's keys, defaults, MTU overhead, device and rules are its module's, in nslab/backends/.
 DEFAULT_NETWORK = "10.244.0.0/16"
-CLUSTER_KEYS = {"network", "subnetLen", "iface", "ipMasq", "backend", "nodes", "pods", "services", "serviceCIDR"}
+CLUSTER_KEYS = {"network", "subnetLen", "iface", "ipMasq", "backend", "nodes", "pods", "services", "serviceCIDR", "dns"}
 NODE_KEYS = {"segment", "ip", "subnet"}
 POD_KEYS = {"node", "daemonset", "ip", "serve", "image", "command", "env", "cap_add", "containers"}
 MEMBER_KEYS = {"name", "serve", "port"}
@@ -89,6 +89,7 @@ class Pod:
     node: str
     ip: IPv4Interface
     group: str = ""          # the pods: key it came from (a daemonset's name): what a Service selects
+    namespace: str = "default"   # its Kubernetes namespace (the DNS search path kubelet writes)
 
 
 @dataclass
@@ -102,6 +103,7 @@ class Cluster:
     pods: dict[str, Pod]
     service_cidr: IPv4Network | None = None
     services: dict = field(default_factory=dict)    # name -> model.services.Service
+    dns: str | None = None       # the cluster DNS's pod (services_model.DNS_POD), None: no DNS
 
     def owner(self, address: IPv4Address) -> ClusterNode | None:
         """The node whose lease holds address (what flannel's subnet lookup answers)."""
@@ -199,14 +201,18 @@ def parse(p, b, spec, path) -> None:
             name=name, segment=seg.name, ip=ip, subnet=subnet, underlay=iface, underlay_net=seg.subnet,
             mtu=node_mtu, vtep_mac=stable_mac(b.lab, name, backend.device or "vtep"), path=npath)
 
-    _pods(p, b, cluster, spec.get("pods"), path + ("pods",))
+    dns = services_model.parse_dns(p, cluster, spec, path)
+    _pods(p, b, cluster, spec.get("pods"), path + ("pods",), dns_node=dns[0] if dns else None)
     cluster.service_cidr, cluster.services = services_model.parse(p, cluster, spec.get("services"),
-                                                                  spec.get("serviceCIDR"), path)
+                                                                  spec.get("serviceCIDR"), path,
+                                                                  dns_ip=dns[1] if dns else None)
     b.cluster = cluster
     b.extensions.append(lambda builder: _check_underlay(builder, cluster, path))
 
 
-def _pods(p, b, cluster: Cluster, spec, path) -> None:
+def _pods(p, b, cluster: Cluster, spec, path, dns_node: str | None = None) -> None:
+    """dns_node: where the cluster DNS's pod runs (None: no DNS).  It comes after the file's
+    pods, so that it takes the next free address and theirs stay what they were."""
     pods_spec = p.mapping(spec, path, what="pods")
     wanted: list[tuple[str, str, dict, tuple]] = []      # (pod, node, spec, path)
     for name, pspec in pods_spec.items():
@@ -238,6 +244,14 @@ def _pods(p, b, cluster: Cluster, spec, path) -> None:
             if not isinstance(node, str) or node not in cluster.nodes:
                 raise p.err(ppath + ("node",), f"unknown cluster node {node!r} (nodes: {name_list(cluster.nodes)})")
             wanted.append((name, node, pspec, ppath))
+    if dns_node is not None:
+        dns_pod = services_model.DNS_POD
+        clash = next((w[3] for w in wanted if w[0] == dns_pod), None) or \
+            (b.nodes[dns_pod].path if dns_pod in b.nodes else None)
+        if clash is not None:
+            raise p.err(clash, f"{dns_pod} is the name of the cluster DNS's pod "
+                               f"({services_model.DNS_NAMESPACE}/{dns_pod}); rename this one or set dns: false")
+        wanted.append((dns_pod, dns_node, {}, path[:-1] + ("dns",)))
     taken: dict[str, set] = {n: set() for n in cluster.nodes}
     for pod, node, pspec, ppath in wanted:
         if "ip" in pspec:
@@ -271,8 +285,12 @@ def _pods(p, b, cluster: Cluster, spec, path) -> None:
             pod_node.members = _members(p, pspec["containers"], ppath + ("containers",), pspec)
         gw = cn.subnet.network_address + 1
         veth = host_veth_name(node, pod)
+        dns = pod == services_model.DNS_POD and dns_node is not None
         cluster.pods[pod] = Pod(name=pod, node=node, ip=ipv4_interface(int(ip), cn.subnet.prefixlen),
-                                group=ppath[-1])
+                                group=pod if dns else ppath[-1],
+                                namespace=services_model.DNS_NAMESPACE if dns else "default")
+        if dns:
+            cluster.dns = pod
         cn.pods.append(pod)
         host = b.nodes[node]
         if not host.bridges:   # the bridge CNI creates cni0 with the first pod on a node

@@ -10,7 +10,15 @@ with file:line path: ports 1..65535, nodePort in 30000..32767 (its default
 --service-node-port-range) and not taken twice, clusterIP inside the service CIDR (default
 10.96.0.0/12, kubeadm's) and not taken twice.  A clusterIP left out is allocated from the
 CIDR, a nodePort from the range: the lowest free one (the apiserver picks at random; a lab
-wants the same address every run).  kube-proxy's rules are compiled by compile/services.py.
+wants the same address every run).  `clusterIP: None` is a headless service: no cluster IP,
+no kube-proxy rules; its DNS name lists its endpoints.  kube-proxy's rules are compiled by
+compile/services.py.
+
+Cluster DNS (`cluster.dns:`, on wherever the cluster has a service network): as kubeadm
+deploys it, the Service kube-system/kube-dns (port 53/UDP named "dns") on the service CIDR's
+tenth address (kubeadm's GetDNSIP: 10.96.0.10 for the default CIDR; `dns: {ip: A}` says
+otherwise), selecting the pod `coredns` (kube-system, on the first cluster node unless
+`dns: {node: N}`); `dns: false` leaves both out.  Its answers are compile/dns.py's.
 """
 from __future__ import annotations
 
@@ -26,6 +34,9 @@ DEFAULT_SERVICE_CIDR = "10.96.0.0/12"
 NODE_PORT_RANGE = (30000, 32767)
 PROTOCOLS = ("TCP", "UDP")
 TYPES = ("ClusterIP", "NodePort")
+DNS_KEYS = {"node", "ip"}
+DNS_POD, DNS_SERVICE, DNS_NAMESPACE = "coredns", "kube-dns", "kube-system"
+DNS_IP_INDEX = 10           # kubeadm's GetDNSIP: the service subnet's 10th address
 SERVICE_KEYS = {"namespace", "selector", "port", "targetPort", "protocol", "type", "nodePort", "clusterIP"}
 DNS_LABEL = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")      # a Service name is an RFC 1035 label
 
@@ -43,6 +54,8 @@ class Service:
     node_port: int | None
     endpoints: tuple[str, ...]      # pod names, in pod order
     path: tuple = ()
+    port_name: str = ""             # kube-dns's "dns": part of kube-proxy's servicePortName
+    headless: bool = False          # clusterIP: None (cluster_ip stays None)
 
 
 def _port(p, spec, key, path, lo=1, hi=65535) -> int | None:
@@ -64,8 +77,30 @@ def _choice(p, spec, key, path, choices, default) -> str:
     return value
 
 
-def parse(p, cluster, spec, cidr_spec, path) -> tuple[IPv4Network, dict[str, Service]]:
-    """(service CIDR, {name: Service}); `path` is the cluster section's path."""
+def has_network(spec: dict) -> bool:
+    """The cluster section models a service network (services, or a serviceCIDR)."""
+    return spec.get("services") is not None or spec.get("serviceCIDR") is not None
+
+
+def parse_dns(p, cluster, spec: dict, path) -> tuple[str, object] | None:
+    """`cluster.dns:` -> (the node of the coredns pod, the ip as written or None), or None
+    when the cluster has no DNS (no service network, or `dns: false`)."""
+    value = spec.get("dns")
+    if value is False or not has_network(spec):
+        if value not in (None, False):
+            raise p.err(path + ("dns",), "dns needs a service network: add services: (or serviceCIDR:) "
+                                         "to the cluster")
+        return None
+    dspec = p.mapping(value if value is not True else None, path + ("dns",), DNS_KEYS, what="dns")
+    node = dspec.get("node", next(iter(cluster.nodes)))
+    if not isinstance(node, str) or node not in cluster.nodes:
+        raise p.err(path + ("dns", "node"), f"unknown cluster node {node!r} (nodes: {name_list(cluster.nodes)})")
+    return node, dspec.get("ip")
+
+
+def parse(p, cluster, spec, cidr_spec, path, dns_ip=None) -> tuple[IPv4Network, dict[str, Service]]:
+    """(service CIDR, {name: Service}); `path` is the cluster section's path.  dns_ip: the
+    written `dns: {ip:}` (None: kubeadm's), given when the cluster has DNS."""
     if spec is None and cidr_spec is None:
         return None, {}            # no services: the default CIDR may overlap nothing it need not
     cidr = p.network(cidr_spec if cidr_spec is not None else DEFAULT_SERVICE_CIDR, path + ("serviceCIDR",))
@@ -102,7 +137,11 @@ def parse(p, cluster, spec, cidr_spec, path) -> tuple[IPv4Network, dict[str, Ser
         if node_port is not None and stype != "NodePort":
             raise p.err(spath + ("nodePort",), "nodePort is only for type: NodePort")
         cluster_ip = None
-        if "clusterIP" in sspec:
+        headless = sspec.get("clusterIP") == "None"      # as the apiserver spells it
+        if headless and stype != "ClusterIP":
+            raise p.err(spath + ("clusterIP",), f"a headless service (clusterIP: None) must be type ClusterIP, "
+                                                f"not {stype}")
+        if "clusterIP" in sspec and not headless:
             cluster_ip = p.address(sspec["clusterIP"], spath + ("clusterIP",))
             if cluster_ip not in cidr or cluster_ip in (cidr.network_address, cidr.broadcast_address):
                 raise p.err(spath + ("clusterIP",), f"clusterIP {cluster_ip} is not a usable address of the "
@@ -110,7 +149,7 @@ def parse(p, cluster, spec, cidr_spec, path) -> tuple[IPv4Network, dict[str, Ser
         services[name] = Service(name=name, namespace=namespace, selector=selector, port=port,
                                  target_port=target if target is not None else port, protocol=protocol,
                                  type=stype, cluster_ip=cluster_ip, node_port=node_port,
-                                 endpoints=tuple(groups[selector]), path=spath)
+                                 endpoints=tuple(groups[selector]), path=spath, headless=headless)
         # kube-proxy's rules are nodes x endpoints of every service: counted as they come, so a
         # 1 MB file of 2,000 services over 50-pod daemonsets is refused here, not after minutes
         endpoint_rules += len(cluster.nodes) * len(groups[selector])
@@ -119,9 +158,38 @@ def parse(p, cluster, spec, cidr_spec, path) -> tuple[IPv4Network, dict[str, Ser
                                f"{endpoint_rules:,} endpoint rules by this service (one per node for each "
                                f"endpoint of each service); nslab writes at most {MAX_SERVICE_ENDPOINT_RULES:,}: "
                                f"use fewer services, endpoints or nodes")
+    if DNS_POD in cluster.pods:
+        services[DNS_SERVICE] = _kube_dns(p, cluster, cidr, services, dns_ip, path)
     _check_unique(p, services)
     _allocate(p, cidr, services, path)
     return cidr, services
+
+
+def _kube_dns(p, cluster, cidr: IPv4Network, services: dict, ip, path) -> Service:
+    """kubeadm's kube-system/kube-dns (its CoreDNS addon manifest), with its first port,
+    "dns" 53/UDP (the answers of a lab's names fit in a UDP datagram: dns-tcp and metrics
+    are not modelled)."""
+    ipath = path + ("dns", "ip")
+    if DNS_SERVICE in services:
+        raise p.err(services[DNS_SERVICE].path, f"{DNS_SERVICE} is the name of the cluster's DNS service "
+                                                f"({DNS_NAMESPACE}/{DNS_SERVICE}); rename this one or set dns: false")
+    if ip is None:
+        if cidr.num_addresses <= DNS_IP_INDEX + 1:
+            raise p.err(path + ("serviceCIDR",), f"service CIDR {cidr} has no tenth address for the cluster DNS "
+                                                 f"(kubeadm's); give dns: {{ip: A}} or a larger CIDR")
+        ip, ipath = cidr.network_address + DNS_IP_INDEX, path + ("serviceCIDR",)
+    else:
+        ip = p.address(ip, ipath)
+        if ip not in cidr or ip in (cidr.network_address, cidr.broadcast_address):
+            raise p.err(ipath, f"dns ip {ip} is not a usable address of the service CIDR {cidr}")
+    taken = next((o for o in services.values() if o.cluster_ip == ip), None)
+    if taken is not None:
+        raise p.err(taken.path + ("clusterIP",), f"clusterIP {ip} is the cluster DNS's ({DNS_NAMESPACE}/"
+                                                 f"{DNS_SERVICE}, the service CIDR's tenth address as kubeadm "
+                                                 f"gives it); pick another, or move it with dns: {{ip: A}}")
+    return Service(name=DNS_SERVICE, namespace=DNS_NAMESPACE, selector=DNS_POD, port=53, target_port=53,
+                   protocol="UDP", type="ClusterIP", cluster_ip=ip, node_port=None, endpoints=(DNS_POD,),
+                   path=ipath, port_name="dns")
 
 
 def _check_unique(p, services: dict[str, Service]) -> None:
@@ -148,7 +216,7 @@ def _allocate(p, cidr: IPv4Network, services: dict[str, Service], path) -> None:
     used_ports = {s.node_port for s in services.values() if s.node_port is not None}
     free_ports = (n for n in range(NODE_PORT_RANGE[0], NODE_PORT_RANGE[1] + 1) if n not in used_ports)
     for s in services.values():
-        if s.cluster_ip is None:
+        if s.cluster_ip is None and not s.headless:
             s.cluster_ip = next(free_ips, None)
             if s.cluster_ip is None:
                 raise p.err(path + ("serviceCIDR",), f"service CIDR {cidr} has no address left for {s.name}")

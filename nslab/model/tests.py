@@ -231,6 +231,9 @@ def _destination(p, b, value, path) -> str:
         services = b.cluster.services if b.cluster is not None else {}
         if value[len(SVC):] not in services:
             raise p.err(path, f"no service {value[len(SVC):]!r} (cluster services: {name_list(services)})")
+        if services[value[len(SVC):]].headless:
+            raise p.err(path, f"service {value[len(SVC):]} is headless (clusterIP: None): it has no address to "
+                              f"probe; name one of its pods")
         return value
     if isinstance(value, str) and (value in b.nodes or "@" in value):
         return _node(p, b, value, path)

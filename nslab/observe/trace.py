@@ -480,6 +480,9 @@ def _service_target(lab: str, dst: str, proto: str, port: int | None) -> tuple[d
     if name not in services:
         raise UsageError(f"lab {lab} has no service {name!r} (services: {', '.join(services) or 'none'})")
     svc = services[name]
+    if svc.headless:
+        raise UsageError(f"service {name} is headless (clusterIP: None): no address to trace; trace to one of "
+                         f"its pods")
     if proto == "icmp":                 # kube-proxy rewrites the service's port only: no ping
         proto = svc.protocol.lower()
     return ({"name": svc.name, "type": svc.type, "cluster_ip": str(svc.cluster_ip), "port": svc.port,

@@ -255,6 +255,16 @@ def wait_ready(child: Child, log_path: str, timeout: float = 10.0) -> str | None
     return f"{child.what} did not start: {line or last}"
 
 
+def enter(ns: str) -> str | None:
+    """A daemon's first act after wait_go: move into lab namespace `ns` for good.  Why it
+    could not (the path is the namespace it started in), or None."""
+    before = netns.current_inode()
+    fd = os.open(netns.path(ns), os.O_RDONLY | os.O_CLOEXEC)
+    netns.setns(fd)
+    os.close(fd)
+    return f"{ns} is the namespace we started in" if netns.current_inode() == before else None
+
+
 AGENT_MODULE = "nslab.runtime.agent"
 
 
@@ -299,8 +309,8 @@ def start(st, ops) -> None:
         per_node[d.node] = per_node.get(d.node, 0) + 1
     spec = {"what": f"{AGENT} http on {len(services)} pods, {len(daemons)} dataplanes",
             "services": [dict(ns=s.ns, node=s.node, kind=s.kind, port=s.port) for s in services],
-            "daemons": [dict(ns=d.ns, node=d.node, kind=d.kind, dev=d.dev, config=list(d.config),
-                             what=f"{d.kind} dataplane on {d.node}" + (f" ({d.dev})" if per_node[d.node] > 1 else ""))
+            "daemons": [dict(ns=d.ns, node=d.node, kind=d.kind, dev=d.dev, config=list(d.config), module=d.module,
+                             what=d.what + (f" ({d.dev})" if per_node[d.node] > 1 else ""))
                         for d in daemons]}
     tmp = os.path.join(st.dir, SPEC + ".tmp")
     with open(tmp, "w") as f:            # a restarted agent must never read half of it
@@ -472,18 +482,25 @@ def _read_spec(run_dir: str) -> dict:
 
 
 class Dataplane:
-    """One supervised tunnel daemon (nslab/runtime/tunnels.py) in its node's namespace."""
+    """One supervised daemon in its node's namespace: a tunnel (nslab/runtime/tunnels.py)
+    or the cluster DNS server (nslab/runtime/dns.py), by its plan.Daemon's module."""
+    MODULES = ("nslab.runtime.tunnels", "nslab.runtime.dns")
 
     def __init__(self, run_dir: str, spec: dict):
         self.run_dir, self.spec = run_dir, spec
         self.child: Child | None = None
-        self.log = os.path.join(run_dir, f"tunnel-{spec['node']}.log")
+        module = spec.get("module", self.MODULES[0])       # a spec written before there was a choice
+        if module not in self.MODULES:                     # the spec file is input too
+            raise OSError(f"unknown daemon module {module!r} in {SPEC}")
+        self.module = module
+        log = "dns" if module.endswith(".dns") else "tunnel"
+        self.log = os.path.join(run_dir, f"{log}-{spec['node']}.log")
 
     def start(self, defer: bool = False) -> Child | None:
         s = self.spec
         args = ["--netns", s["ns"], "--run-dir", self.run_dir, s["kind"], s["dev"]] + \
             [f"{k}={v}" for k, v in s["config"]]
-        self.child = spawn("nslab.runtime.tunnels", args, s["what"], self.log, self.run_dir, ready=True, defer=defer)
+        self.child = spawn(self.module, args, s["what"], self.log, self.run_dir, ready=True, defer=defer)
         return self.child
 
 
@@ -493,8 +510,8 @@ def run_agent(run_dir: str, ready_fd: int | None, reply_fd: int | None = None) -
         _via_up = (ready_fd, os.fdopen(reply_fd, "rb"))
     sup = Supervisor(run_dir)
     spec = _read_spec(run_dir)
-    planes = [Dataplane(run_dir, d) for d in spec["daemons"]]
     try:
+        planes = [Dataplane(run_dir, d) for d in spec["daemons"]]
         for svc in spec["services"]:
             with netns.enter(svc["ns"]):
                 sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

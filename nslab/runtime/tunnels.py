@@ -41,11 +41,10 @@ import time
 from ipaddress import IPv4Network
 
 from .. import backends
-from ..apply import netns
 from ..apply.kernel import open_tun
 from ..apply.netlink import open_route_socket
 from ..packet import checksum
-from .agent import wait_go
+from .agent import enter, wait_go
 
 IPPROTO_IPIP = 4
 IP_DF = 0x4000
@@ -291,14 +290,10 @@ def main(argv: list[str]) -> int:
         wait_go(int(opts["go-fd"]), opts.get("run-dir"))
     cfg = dict(a.split("=", 1) for a in argv[2:])
     _prctl(15, ctypes.c_char_p(backends.dataplane(kind).process_name))   # PR_SET_NAME: `ss -ulpn` shows flanneld
-    if "netns" in opts:
-        before = netns.current_inode()
-        fd = os.open(netns.path(opts["netns"]), os.O_RDONLY | os.O_CLOEXEC)
-        netns.setns(fd)
-        os.close(fd)
-        if netns.current_inode() == before:
-            print(f"refusing to run: {opts['netns']} is the namespace we started in", file=sys.stderr)
-            return 1
+    problem = enter(opts["netns"]) if "netns" in opts else None
+    if problem:
+        print(f"refusing to run: {problem}", file=sys.stderr)
+        return 1
     counters = Counters()
     threads: list = []
     tun = open_tun(dev)

@@ -180,7 +180,8 @@ def test_an_address_change_on_a_veth_peer_leaves_the_veth():
 
 
 def test_a_kube_service_added_replaces_iptables_in_place():
-    service = "  services:\n    web: {selector: nginx, port: 8080, targetPort: 80, clusterIP: 10.96.0.10}\n  pods:\n"
+    service = "  dns: false\n  services:\n    web: {selector: nginx, port: 8080, targetPort: 80, clusterIP: 10.96.0.10}\n" \
+              "  pods:\n"       # no cluster DNS: its pod would be a namespace created
     c = compute(plan(cluster()), plan(cluster(lambda s: s.replace("  pods:\n", service))))
     assert not c.recreate and not c.create and not c.undo
     for ns in ("x.master", "x.node1"):

@@ -120,18 +120,21 @@ def test_show_says_what_a_node_is_and_trace_reaches_a_service_by_name(root_uncha
     head = lab.nslab("trace", "-l", lab.name, "client", "svc/testappds", env={"COLUMNS": "200"}).stdout.splitlines()[0]
     assert "-> service testappds (NodePort 10.111.222.68:8080)" in head, head
     listed = next(r for r in json.loads(lab.nslab("ls", "--json", check=True).stdout) if r["lab"] == lab.name)
-    svc, = listed["services"]
+    svc, dns = listed["services"]            # the note's, and the cluster DNS (kubeadm's kube-dns)
+    assert (dns["name"], dns["namespace"], dns["cluster_ip"], dns["port"], dns["protocol"]) == \
+        ("kube-dns", "kube-system", "10.96.0.10", 53, "UDP")
     assert (svc["name"], svc["type"], svc["cluster_ip"], svc["port"], svc["node_port"]) == \
         ("testappds", "NodePort", "10.111.222.68", 8080, 30080)
     assert svc["endpoints"] == ["testappds-worker1 10.244.1.2:80", "testappds-worker2 10.244.2.2:80",
                                 "testappds-worker3 10.244.3.2:80"]
     whole = lab.nslab("show", "-l", lab.name, check=True).stdout.splitlines()
-    assert whole[-2].split() == ["service", "type", "cluster", "IP", "port", "node", "port", "endpoints"]
-    assert whole[-1].split(None, 5) == ["testappds", "NodePort", "10.111.222.68", "8080/TCP", "30080",
+    assert whole[-3].split() == ["service", "type", "cluster", "IP", "port", "node", "port", "endpoints"]
+    assert whole[-1].split() == ["kube-dns", "ClusterIP", "10.96.0.10", "53/UDP", "-", "coredns", "10.244.1.3:53"]
+    assert whole[-2].split(None, 5) == ["testappds", "NodePort", "10.111.222.68", "8080/TCP", "30080",
                                         "testappds-worker1 10.244.1.2:80, testappds-worker2 10.244.2.2:80, "
                                         "testappds-worker3 10.244.3.2:80"]
     r = lab.nslab("trace", "-l", lab.name, "client", "svc/nosuch")
-    assert (r.returncode, r.stderr) == (2, f"nslab: lab {lab.name} has no service 'nosuch' (services: testappds)\n")
+    assert (r.returncode, r.stderr) == (2, f"nslab: lab {lab.name} has no service 'nosuch' (services: testappds, kube-dns)\n")
 
 
 def test_down_file_finds_the_lab_brought_up_from_it_under_another_name(root_unchanged, tmp_path):
