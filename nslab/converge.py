@@ -333,26 +333,41 @@ def _drop(lab: str, st: state.LabState, ns: str, record, node: str | None = None
 
 
 def _hosts(st: state.LabState, new: P.Plan, namespaces: list[str], c: diff.Converge, record) -> None:
-    """The lab's hosts file rewritten, /etc/netns links for new namespaces (`namespaces`:
-    the new plan's), removed ones' links gone."""
-    etc = os.path.join(st.dir, "etc")
+    """The lab's hosts files rewritten (the lab's folder and the pods' kubelet folders,
+    state.etc_folder), /etc/netns links for new namespaces (`namespaces`: the new plan's),
+    removed ones' links gone."""
+    own = state.etc_folder_re(st.dir)
     for ns in c.remove:
         link = os.path.join(state.HOSTS_DIR, ns)
-        if os.path.islink(link) and os.readlink(link) == etc:
+        if os.path.islink(link) and own.fullmatch(os.readlink(link)):
             os.unlink(link)
     if c.remove:
         record(lambda s: setattr(s, "files", [f for f in s.files if os.path.basename(f) not in c.remove]))
     if not new.hosts:
         return
-    if c.hosts or not os.path.exists(os.path.join(etc, "hosts")):
-        os.makedirs(etc, exist_ok=True)
-        tmp = os.path.join(etc, ".hosts.tmp")
+    folders = [os.path.join(st.dir, d) for d in sorted(os.listdir(st.dir))
+               if own.fullmatch(os.path.join(st.dir, d)) and os.path.isdir(os.path.join(st.dir, d))]
+    etc = state.etc_folder(st.dir)
+    for folder in folders if c.hosts or not os.path.exists(os.path.join(etc, "hosts")) else ():
+        tmp = os.path.join(folder, ".hosts.tmp")
         with open(tmp, "w") as f:
             f.write(L.hosts_text(new))
-        os.replace(tmp, os.path.join(etc, "hosts"))
-    missing = [ns for ns in namespaces if not os.path.islink(os.path.join(state.HOSTS_DIR, ns))]
+        os.replace(tmp, os.path.join(folder, "hosts"))
+    missing = {ns for ns in namespaces if not os.path.islink(os.path.join(state.HOSTS_DIR, ns))}
+    # a namespace whose resolv.conf changed (cluster DNS added or dropped: kubelet's text or
+    # the lab's) is linked again to its new folder; `ip netns exec` binds it at the next exec
+    want = {op.ns: L.etc_folder(st.dir, new.notes.get(op.node))
+            for op in new.ops if isinstance(op, P.Netns) and op.ns not in missing}
+    for ns, folder in want.items():
+        link = os.path.join(state.HOSTS_DIR, ns)
+        if os.path.islink(link) and own.fullmatch(os.readlink(link)) and os.readlink(link) != folder:
+            os.unlink(link)
+            missing.add(ns)
     if missing:
-        made = P.Plan(lab=new.lab, ops=[P.Netns(ns, ns) for ns in missing], hosts=new.hosts)
+        # the new namespaces as the new plan has them: a pod's note holds kubelet's resolv.conf
+        ops = [op for op in new.ops if isinstance(op, P.Netns) and op.ns in missing]
+        made = P.Plan(lab=new.lab, ops=ops, hosts=new.hosts,
+                      notes={op.node: new.notes[op.node] for op in ops if op.node in new.notes})
         L.write_hosts_files(made, st, record, L.hosts_leftovers(made))
 
 

@@ -384,10 +384,16 @@ def hosts_leftovers(plan: Plan) -> list[str]:
     return adopt
 
 
-def _resolv_conf(note) -> str:
+def resolv_conf(note) -> str:
     """A namespace's resolv.conf: its plan note's (a pod's, kubelet's text), else the lab's."""
     text = note.get("resolv.conf") if isinstance(note, dict) else None
     return text if isinstance(text, str) else RESOLV_CONF
+
+
+def etc_folder(run_dir: str, note) -> str:
+    """The folder a namespace's /etc/netns link points to, for its plan note."""
+    text = resolv_conf(note)
+    return state.etc_folder(run_dir, None if text == RESOLV_CONF else text)
 
 
 def write_hosts_files(plan: Plan, st: state.LabState, record, adopt: list[str] = ()) -> None:
@@ -400,12 +406,11 @@ def write_hosts_files(plan: Plan, st: state.LabState, record, adopt: list[str] =
     if not plan.hosts:
         return
     # A cluster's pods have the resolv.conf kubelet writes (compile/dns.py, in the plan's
-    # notes): a folder of their own per distinct text, etc-pods, etc-pods-2, ...
-    texts = [_resolv_conf(plan.notes.get(op.node)) for op in plan.ops if isinstance(op, Netns)]
-    folders: dict[str, str] = {RESOLV_CONF: os.path.join(st.dir, "etc")}
-    for text in texts:
-        if text not in folders:
-            folders[text] = os.path.join(st.dir, "etc-pods" + (f"-{len(folders)}" if len(folders) > 1 else ""))
+    # notes): a folder of their own per distinct text (state.etc_folder)
+    notes = [plan.notes.get(op.node) for op in plan.ops if isinstance(op, Netns)]
+    texts = [resolv_conf(note) for note in notes]
+    folders = {text: etc_folder(st.dir, note) for text, note in zip(texts, notes)}
+    folders.setdefault(RESOLV_CONF, state.etc_folder(st.dir))
     for text, etc in folders.items():
         os.makedirs(etc, exist_ok=True)
         with open(os.path.join(etc, "hosts"), "w") as f:

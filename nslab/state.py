@@ -712,10 +712,24 @@ def _held_until_unmounted():
         release()
 
 
+def etc_folder(run_dir: str, resolv_conf: str | None = None) -> str:
+    """The folder under a lab's run directory that /etc/netns/<ns> links to: `etc` for the
+    lab's own resolv.conf (None), `etc-pods-<digest>` for another text (kubelet's, per pod
+    namespace) -- named by its text, so a converge that adds one pod finds its folder."""
+    if resolv_conf is None:
+        return os.path.join(run_dir, "etc")
+    return os.path.join(run_dir, "etc-pods-" + hashlib.sha256(resolv_conf.encode()).hexdigest()[:12])
+
+
+def etc_folder_re(run_dir: str) -> re.Pattern:
+    """Every path etc_folder gives for `run_dir`."""
+    return re.compile(re.escape(os.path.join(run_dir, "etc")) + r"(-pods-[0-9a-f]{12})?")
+
+
 def _remove_links(lab: str, recorded: list[str]) -> None:
     """/etc/netns/<lab>.<node> symlinks that point at this lab's hosts folders (also ones
     an interrupted `up` made but did not record); nothing else."""
-    own = re.compile(re.escape(os.path.join(lab_dir(lab), "etc")) + r"(-pods(-\d+)?)?")   # lab.write_hosts_files' folders
+    own = etc_folder_re(lab_dir(lab))
     names = {os.path.basename(p) for p in recorded if os.path.dirname(p) == HOSTS_DIR}
     names |= {os.path.basename(p) for p in glob.glob(os.path.join(HOSTS_DIR, glob.escape(lab) + ".*"))}
     for name in names:

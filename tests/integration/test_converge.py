@@ -203,7 +203,7 @@ def test_cluster_pod_and_service_added_then_vni_changed(root_unchanged, lab_fact
     assert_as_fresh(lab, edit, lab_factory)
 
     # a Service: kube-proxy's rules in every node replaced in place, nothing recreated
-    # (dns: false: a converge does not yet move the pods' resolv.conf to a cluster DNS added)
+    # (dns: false: no coredns pod, whose namespace would be new; the DNS test below adds it)
     edit = edit.replace("  pods:\n", "  dns: false\n  services:\n    web: {selector: nginx, port: 8080, "
                                       "targetPort: 80, clusterIP: 10.96.0.10}\n  pods:\n")
     mark(lab)
@@ -224,6 +224,44 @@ def test_cluster_pod_and_service_added_then_vni_changed(root_unchanged, lab_fact
     assert lab.exec("client", "curl", "-s", "-m5", "http://web2").stdout.startswith("web2 ")
     assert "vxlan id 7 " in lab.exec("master", "ip", "-d", "link", "show", "flannel.7").stdout
     assert_as_fresh(lab, vni, lab_factory)
+
+
+def test_cluster_dns_added_by_converge_reaches_old_and_new_pods_and_goes_again(root_unchanged, lab_factory,
+                                                                              tmp_path):
+    """A Service with cluster DNS added to a running lab: the coredns pod is new, the pods
+    that ran before get kubelet's resolv.conf from their next exec on, a pod added later
+    gets it at once; with the services gone, every pod has the lab's resolv.conf again."""
+    lab = lab_factory(cluster())
+    services = ("  services:\n    web: {selector: nginx, port: 8080, targetPort: 80, "
+                "clusterIP: 10.96.0.20}\n  pods:\n")
+    edit = cluster(lambda s: s.replace("  pods:\n", services, 1))
+    mark(lab)
+    converge_to(lab, edit, tmp_path)
+    assert kept(lab) == set(lab.state["nodes"]) - {"coredns"}, lab.state["nodes"]
+
+    def resolv(node):
+        return lab.exec(node, "cat", "/etc/resolv.conf", check=True).stdout
+
+    assert "nameserver 10.96.0.10" in resolv("client") and "ndots:5" in resolv("client")
+    assert "10.96.0.10" not in resolv("master")                 # a node keeps the lab's
+    got = lab.exec("client", "getent", "hosts", "web")
+    assert got.returncode == 0 and got.stdout.split()[0] == "10.96.0.20", got
+    assert lab.exec("client", "curl", "-s", "-m5", "http://web:8080").stdout.startswith("nginx ")
+
+    edit = edit.replace("    nginx: {node: node1", "    web3: {node: node1, serve: http}\n    nginx: {node: node1")
+    converge_to(lab, edit, tmp_path)
+    assert "nameserver 10.96.0.10" in resolv("web3")
+    assert lab.exec("web3", "getent", "hosts", "web.default.svc.cluster.local").returncode == 0
+    assert_as_fresh(lab, edit, lab_factory)
+
+    plain = cluster(lambda s: s.replace("    nginx: {node: node1", "    web3: {node: node1, serve: http}\n"
+                                                                  "    nginx: {node: node1"))
+    converge_to(lab, plain, tmp_path)
+    assert "coredns" not in lab.state["nodes"]
+    assert not os.path.lexists(f"/etc/netns/{lab.name}.coredns")
+    assert "10.96.0.10" not in resolv("client") and "10.96.0.10" not in resolv("web3")
+    assert lab.exec("client", "getent", "hosts", "web").returncode != 0
+    assert_as_fresh(lab, plain, lab_factory)
 
 
 def test_dry_run_of_a_lab_that_does_not_run_lists_everything(tmp_path):
