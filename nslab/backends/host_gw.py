@@ -2,7 +2,8 @@
 
 On each node, for every other node: `<their subnet> via <their IP> dev <underlay>`.  The
 kernel refuses a gateway that is not directly connected, so every node must share one L2
-segment (check below); across racks, vxlan with directRouting does the same where it can.
+network: one segment, or segments joined switch to switch (check below); across racks,
+vxlan with directRouting does the same where it can.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def ops(cluster, node, ns_of) -> list:
 def check(cluster, err) -> None:
     nodes = list(cluster.nodes.values())
     for n in nodes[1:]:
-        if n.segment != nodes[0].segment:
+        if n.ip not in nodes[0].underlay_net:       # one subnet: one segment or one L2 domain
             raise err(n.path + ("segment",),
                       f"host-gw routes pod subnets via node IPs, so every node must be on one L2 segment: "
                       f"{n.name} ({n.ip}) is on {n.segment} but {nodes[0].name} ({nodes[0].ip}) is on "

@@ -326,6 +326,7 @@ def _error_case(name: str):
     doc = yaml.safe_load((ERRORS / f"{name}.yaml").read_text())
     cluster, segments = doc["cluster"], doc["segments"]
     nodes = {n: SimpleNamespace(name=n, segment=s["segment"], ip=IPv4Address(s["ip"]),
+                                underlay_net=IPv4Network(segments[s["segment"]]["subnet"]),
                                 path=("cluster", "nodes", n)) for n, s in cluster["nodes"].items()}
     return cluster.get("backend"), segments, nodes
 

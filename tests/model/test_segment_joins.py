@@ -114,3 +114,25 @@ def test_static_neighbours_of_a_domain_reach_across_its_joins():
     """)
     neigh = {(op.ns, op.address) for op in compile_topology(topo).ops if isinstance(op, P.Neigh)}
     assert {("lab.n1", "10.1.0.12"), ("lab.n2", "10.1.0.11")} <= neigh
+
+
+def test_host_gw_takes_cluster_nodes_on_joined_segments_and_refuses_separate_ones():
+    """host-gw's routes go via the peer's IP: one L2 domain is enough, two segments that
+    are not joined are refused (the error case host-gw-across-segments has the sentence)."""
+    text = """
+        segments:
+          rack1: {subnet: 192.168.56.0/24}
+          rack2: {members: [rack1]}
+        cluster:
+          network: 10.244.0.0/16
+          backend: {type: host-gw}
+          nodes:
+            n1: {segment: rack1, ip: 192.168.56.11}
+            n2: {segment: rack2, ip: 192.168.56.12}
+    """
+    plan = compile_topology(load(text))
+    routes = [op for op in plan.ops if isinstance(op, P.Route) and op.dst == "10.244.1.0/24"]
+    assert [(r.ns.split(".")[-1], r.nexthops[0].via) for r in routes] == [("n1", "192.168.56.12")]
+    with pytest.raises(TopologyError, match="every node must be on one L2 segment"):
+        load(text.replace("rack2: {members: [rack1]}", "rack2: {subnet: 192.168.57.0/24}")
+             .replace("192.168.56.12", "192.168.57.12"))
