@@ -27,8 +27,7 @@ SAVE = ("iptables-save", "-c")
 def _tool(name: str) -> str:
     path = spawn.tool(name)
     if path is None:
-        pkg = "util-linux" if name == "nsenter" else "iptables"
-        raise PrerequisiteError(f"{name} is not installed (apt-get install {pkg})")
+        raise PrerequisiteError(f"{name} is not installed (apt-get install {spawn.PACKAGES.get(name, name)})")
     return path
 
 
@@ -47,7 +46,9 @@ def _open_lab_ns(ns: str) -> int:
     return fd
 
 
-def _run(ns: str, argv: tuple, *, input: str | None = None, timeout: float) -> subprocess.CompletedProcess:
+def run(ns: str, argv: tuple, *, input: str | None = None, timeout: float) -> subprocess.CompletedProcess:
+    """System tool argv (iptables-restore, nft, ...) inside lab namespace `ns`: one nsenter
+    child that execs it, fed `input` on stdin."""
     nsenter = _tool("nsenter")
     tool = _tool(argv[0])
     fd = _open_lab_ns(ns)
@@ -67,7 +68,7 @@ def apply(ns: str, *texts: str, timeout: float = 60) -> None:
     text = "".join(t if t.endswith("\n") else t + "\n" for t in texts if t)
     if not text:
         return
-    proc = _run(ns, RESTORE, input=text, timeout=timeout)
+    proc = run(ns, RESTORE, input=text, timeout=timeout)
     if proc.returncode != 0:
         raise NslabError(f"iptables-restore in {ns} failed: {_explain(proc.stderr, text)}")
 
@@ -136,7 +137,7 @@ def parse_save(text: str) -> dict[str, dict[str, Chain]]:
 
 def save(ns: str, *, counters: bool = True, timeout: float = 30) -> str:
     """`iptables-save [-c]` inside namespace `ns` (one process)."""
-    proc = _run(ns, SAVE if counters else SAVE[:1], timeout=timeout)
+    proc = run(ns, SAVE if counters else SAVE[:1], timeout=timeout)
     if proc.returncode != 0:
         raise NslabError(f"iptables-save in {ns} failed: {' '.join(proc.stderr.split())}")
     return proc.stdout
