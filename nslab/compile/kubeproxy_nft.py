@@ -1,7 +1,7 @@
 """kube-proxy's nftables mode, computed for one node: the `nft -f` transaction it runs.
 
-Mirrors kube-proxy's nftables proxier as it went GA (Kubernetes v1.33,
-`pkg/proxy/nftables/proxier.go`): setupNFTables, then syncProxyRules' loop over the service
+Mirrors kube-proxy's nftables proxier of its GA releases (`pkg/proxy/nftables/proxier.go` as
+of the ServiceCIDR-aware cluster-ips-check and the nftElementStorage maps): setupNFTables, then syncProxyRules' loop over the service
 ports and writeServiceToEndpointRules, written as knftables writes a Transaction (one
 "add/flush/delete ..." line per operation, base chain priorities as numbers).  This is the
 first, full sync of a fresh kube-proxy (proxier.flushed is false: each base chain is added and
@@ -14,7 +14,8 @@ so NodePorts answer on the node's address (not on every local address, as the ip
 `--dst-type LOCAL` does).  The service CIDR is the cluster's (a ServiceCIDR object, GA in
 v1.33): traffic to an unallocated cluster IP is dropped, to a wrong port of one rejected.
 
-Chain names (the functions are kube-proxy's):
+Chain names (the functions are kube-proxy's; tests check them against the names in kube-proxy's
+own proxier_test.go):
 - servicePortChainNameBase: "<ns>/<name>/<proto>/<portname>" behind hashAndTruncate, i.e. 8
   characters of base32(sha256(that text)), "-", the text (cut to 240 with "..."); the chains
   are "service-" (Cluster policy), "external-" (NodePort) + that base;
@@ -23,6 +24,11 @@ Chain names (the functions are kube-proxy's):
 Endpoints are in the EndpointSliceCache's order (sorted by "ip:port"), the index of each in
 `numgen random mod N vmap { 0 : goto ..., 1 : ... }`.  Services, visited by kube-proxy in
 Go map order, are sorted by service port name so the text is stable.
+
+Later proxier.go versions (read beside it) rename the filter base chains
+(filter-prerouting-pre-dnat, filter-output-pre-dnat), hook filter-input/forward/output at
+priority 0 and match the clusterIP masquerade rule without its port; the nat side, the sets
+and maps and every chain name are the same.
 
 Not mirrored (as in kubeproxy.py): session affinity, Local traffic policies, load balancers
 and their source ranges (the firewall map stays empty), externalIPs, IPv6, partial syncs.
@@ -244,7 +250,7 @@ def _service(tx: _Tx, s: Service, cluster_cidr: str) -> None:
         tx.rule(ext, f"goto {svc}")
     # writeServiceToEndpointRules
     chains = [endpoint_chain(s, endpoint_string(s, ep)) for ep in eps]
-    vmap = ", ".join(f"{i} : goto {c}" for i, c in enumerate(chains))
+    vmap = " , ".join(f"{i} : goto {c}" for i, c in enumerate(chains))     # knftables.Concat's spacing
     tx.rule(svc, f"numgen random mod {len(eps)} vmap {{ {vmap} }}")
     for ep, chain in zip(eps, chains):               # the per-endpoint chains
         tx.rule(chain, f"ip saddr {ep.ip} jump mark-for-masquerade")      # hairpin
