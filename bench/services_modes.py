@@ -54,8 +54,8 @@ def nslab(*args: str) -> float:
 
 def rule_count(mode: str, ns: str) -> int:
     if mode == "iptables":
-        return sum(1 for line in iptables.save(ns, counters=False).splitlines() if line.startswith("-A "))
-    table = nftables.table(ns, "kube-proxy") or []
+        return sum(1 for line in iptables.save(ns, counters=False, timeout=600).splitlines() if line.startswith("-A "))
+    table = nftables.table(ns, "kube-proxy", timeout=600) or []
     elems = sum(len(o[k].get("elem", [])) for o in table for k in ("set", "map") if k in o)
     return sum(1 for o in table if "rule" in o) + elems
 
