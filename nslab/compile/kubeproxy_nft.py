@@ -38,6 +38,7 @@ Pure: standard library only; the output is one text for `nft -f -` in the node's
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import ipaddress
 
@@ -258,13 +259,22 @@ def _service(tx: _Tx, s: Service, cluster_cidr: str) -> None:
 
 
 def rules(node: Node, services, *, service_cidr: str | None = None, mark: str | None = None) -> str:
-    """The `nft -f` text of kube-proxy's first full sync in `node`: one transaction."""
-    services = sorted(services, key=lambda s: (s.port_name_string, s.proto))
-    check_services(services)
+    """The `nft -f` text of kube-proxy's first full sync in `node`: one transaction.  Only
+    setupNFTables names the node (its address in @nodeport-ips); the services' part is the
+    same on every node of a cluster and computed once (_services_text, cached)."""
     if service_cidr is not None:
         service_cidr = str(ipaddress.IPv4Network(service_cidr, strict=True))
+    mark = mark or masquerade_mark()
     tx = _Tx()
-    _setup(tx, node, mark or masquerade_mark(), service_cidr)
+    _setup(tx, node, mark, service_cidr)
+    return "\n".join(tx.lines) + "\n" + _services_text(tuple(services), node.cluster_cidr)
+
+
+@functools.lru_cache(maxsize=8)
+def _services_text(services: tuple, cluster_cidr: str) -> str:
+    services = sorted(services, key=lambda s: (s.port_name_string, s.proto))
+    check_services(services)
+    tx = _Tx()
     for s in services:
-        _service(tx, s, node.cluster_cidr)
-    return "\n".join(tx.lines) + "\n"
+        _service(tx, s, cluster_cidr)
+    return "".join(line + "\n" for line in tx.lines)
