@@ -50,10 +50,10 @@ class Lab:
 
     @classmethod
     def up(cls, file: str, name: str | None = None, backend: str | None = None,
-           without_netem: bool = False) -> "Lab":
-        """As `nslab up FILE [--name] [--backend] [--without-netem]`; FILE may also be a
-        bundled topology's name or a generated fabric's shape (`clos:2,4,10`)."""
-        overrides = {"backend": backend} if backend else None
+           without_netem: bool = False, proxy_mode: str | None = None) -> "Lab":
+        """As `nslab up FILE [--name] [--backend] [--without-netem] [--proxy-mode]`; FILE may
+        also be a bundled topology's name or a generated fabric's shape (`clos:2,4,10`)."""
+        overrides = {k: v for k, v in (("backend", backend), ("proxy_mode", proxy_mode)) if v} or None
         if without_netem:
             overrides = {**(overrides or {}), "without_netem": True}
         topo = labmod.load(file, name=name, overrides=overrides)

@@ -129,6 +129,14 @@ def print_placement(topo, plan, machines: str | None, option: str, port: int, un
         return
     for line in placement.render(placed, out.width()):
         out.say(line)
+ProxyModeOpt = typer.Option(None, "--proxy-mode", help="Override kube-proxy's mode: iptables, nftables or ipvs "
+                           "(cluster.kubeProxy.mode).")
+
+
+def cluster_overrides(backend: str | None, proxy_mode: str | None = None) -> dict | None:
+    """--backend and --proxy-mode as the model's overrides (None: the file as written)."""
+    overrides = {k: v for k, v in (("backend", backend), ("proxy_mode", proxy_mode)) if v}
+    return overrides or None
 
 
 @app.command()
@@ -136,6 +144,7 @@ def print_placement(topo, plan, machines: str | None, option: str, port: int, un
 def up(file: Optional[str] = typer.Argument(None, help="Topology YAML (default: the bundled spine-leaf lab)."),
        name: Optional[str] = typer.Option(None, "--name", "-n", help="Run the lab under this name."),
        backend: Optional[str] = typer.Option(None, "--backend", help=f"Override the cluster backend: TYPE or TYPE:PORT ({', '.join(backends.names())}; udp:8282)."),
+       proxy_mode: Optional[str] = ProxyModeOpt,
        quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the lab name."),
        as_json: bool = typer.Option(False, "--json", help="Machine-readable output: the devices built (or, "
                                     "for a lab that runs, what changed)."),
@@ -150,7 +159,7 @@ def up(file: Optional[str] = typer.Argument(None, help="Topology YAML (default: 
     """Build a lab from a topology file; for a lab that runs, apply only what the file changed."""
     from . import converge     # lazy: start-up (the differ loads only for a lab that runs)
     file = default_topology() if file is None else file     # '' is a file name (refused), not "none given"
-    overrides = {"backend": backend} if backend else None
+    overrides = cluster_overrides(backend, proxy_mode)
     if without_netem:
         overrides = {**(overrides or {}), "without_netem": True}
     if os.geteuid() == 0 and not (dry_run or overrides or as_json or spread is not None):
@@ -412,10 +421,11 @@ def validate(files: List[str] = typer.Argument(..., help="Topology files."),
              machines: Optional[str] = typer.Option(None, "--machines", metavar="M1,M2,...", help="Check the lab "
                                                     "over these machines and print its placement and cross-machine "
                                                     "links (a file's placement: is printed without it)."),
-             stitch_port: int = StitchPortOpt, underlay_mtu: int = UnderlayMtuOpt):
+             stitch_port: int = StitchPortOpt, underlay_mtu: int = UnderlayMtuOpt,
+             proxy_mode: Optional[str] = ProxyModeOpt):
     """Check topology files without touching the kernel."""
     for f in files:
-        topo = labmod.load(f, overrides={"backend": backend} if backend else None)
+        topo = labmod.load(f, overrides=cluster_overrides(backend, proxy_mode))
         plan = compiler.compile_topology(topo)
         if machines is not None or topo.placement:
             print_placement(topo, plan, machines, "--machines", stitch_port, underlay_mtu, False)
@@ -454,18 +464,19 @@ def script(file: Optional[str] = typer.Argument(None, help="Topology YAML (defau
                                               "namespaces are NAME.NODE; default: the file's name: or its file name)."),
            backend: Optional[str] = typer.Option(None, "--backend", help=f"Override the cluster backend: TYPE or "
                                                  f"TYPE:PORT ({', '.join(backends.names())}; udp:8282)."),
+           proxy_mode: Optional[str] = ProxyModeOpt,
            lab: Optional[str] = typer.Option(None, "-l", "--lab", help="Print what `up` applied to this running "
                                                                      "lab (its recorded plan) instead.")):
     """Print the lab as plain iproute2 commands that build it by hand: what `up` would apply on
     this kernel (FILE), or what it did apply (--lab)."""
     if lab is not None:
-        if file or name or backend:
-            raise UsageError("give a topology FILE (with --name/--backend) or --lab LAB, not both")
+        if file or name or backend or proxy_mode:
+            raise UsageError("give a topology FILE (with --name/--backend/--proxy-mode) or --lab LAB, not both")
         labmod.require_root()
         sys.stdout.write(render(labmod.applied_plan(labmod.resolve_lab(lab))))
         return
     topo = labmod.load(default_topology() if file is None else file, name=name,
-                       overrides={"backend": backend} if backend else None)
+                       overrides=cluster_overrides(backend, proxy_mode))
     sys.stdout.write(render(labmod.plan_for_this_kernel(topo)))
 
 

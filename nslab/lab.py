@@ -151,6 +151,8 @@ def applied_plan_lines(lab: str, st: state.LabState | None = None, known: dict |
 def plan_for_this_kernel(topo: model.Topology) -> Plan:
     """The plan `up` would apply here: compiled, then fitted to this kernel (no ipip: TUN
     devices and encapsulators instead).  Reads the kernel, changes nothing."""
+    if topo.cluster is not None and topo.cluster.proxy_mode == "ipvs":
+        kernel.require_ip_vs()
     plan = compiler.compile_topology(topo)
     fit_to_kernel(plan, kernel.ipip_state())
     return plan

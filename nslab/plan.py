@@ -208,6 +208,17 @@ class Iptables:
     stage = STAGE_ROUTE
 
 
+@dataclass(frozen=True)
+class Nftables:
+    """Tables of the namespace's own nftables (kube-proxy's nftables mode, flannel's
+    EnableNFTables masquerade): `text` is `nft -f` input, every Nftables op of a namespace
+    loaded with one `nft -f -` (one transaction: all of it or nothing; apply/nftables.py).
+    Stage as Iptables."""
+    ns: str
+    text: str
+    stage = STAGE_ROUTE
+
+
 @dataclass
 class Plan:
     lab: str

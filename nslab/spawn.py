@@ -105,7 +105,8 @@ def safe(path: str) -> bool:
 # The Debian package of each command nslab runs (a missing one is named with its package).
 PACKAGES = {"ip": "iproute2", "bridge": "iproute2", "ss": "iproute2", "tcpdump": "tcpdump",
             "ping": "iputils-ping", "iperf3": "iperf3", "iptables": "iptables", "iptables-restore": "iptables",
-            "iptables-save": "iptables", "nsenter": "util-linux", "ethtool": "ethtool", "dot": "graphviz",
+            "iptables-save": "iptables", "nft": "nftables", "nsenter": "util-linux", "ethtool": "ethtool",
+            "dot": "graphviz",
             "etcd": "etcd-server", "etcdctl": "etcd-client"}
 
 

@@ -28,7 +28,7 @@ from ipaddress import IPv4Interface, IPv4Network
 from .. import plan as P
 from ..compile.script import render_op
 from ..errors import ApplyError
-from . import iptables, netns
+from . import iptables, netns, nftables
 from ..model import limits
 from ..model.units import Conditions
 from . import qdisc
@@ -278,7 +278,8 @@ class Applier:
         messages: list[tuple[int, bytes, object]] = []
         # every Iptables op of the namespace in one iptables-restore, after its netlink work
         rules = [op.text for op in ops if isinstance(op, P.Iptables)]
-        ops = [op for op in ops if not isinstance(op, P.Iptables)]
+        tables = [op.text for op in ops if isinstance(op, P.Nftables)]     # and every Nftables in one nft -f
+        ops = [op for op in ops if not isinstance(op, (P.Iptables, P.Nftables))]
         for op in ops:
             if len(self._pinned) > self.max_open // 2 and messages:
                 # a peer's handle is read when the kernel processes the message: send what
@@ -309,6 +310,8 @@ class Applier:
             self.send(ns, messages)
         if rules:
             iptables.apply(ns.name, *rules)
+        if tables:
+            nftables.apply(ns.name, *tables)
 
     # ---- a converge: undo ops in place ----------------------------------------------------
     # Each inverse is the op's own message with the delete type (the kernel matches a route,

@@ -10,6 +10,7 @@ import socket
 import struct
 
 from ..errors import ApplyError
+from .qdisc import KernelFeatureError
 
 TUNSETIFF, TUNSETPERSIST = 0x400454CA, 0x400454CB
 IFF_TUN, IFF_NO_PI = 0x0001, 0x1000
@@ -35,23 +36,40 @@ SYS_MODULE = "/sys/module"
 LIB_MODULES = "/lib/modules"
 
 
-def ipip_state() -> str:
-    """'loaded' (loaded or built in: the kernel's ipip is usable as it is), 'unloaded' (a
-    module in this kernel's tree that nobody loaded: `modprobe ipip` would make it usable)
-    or 'absent'.  Reads /sys/module and modules.builtin / modules.dep only; never loads."""
-    if os.path.isdir(os.path.join(SYS_MODULE, "ipip")):
+def module_state(module: str) -> str:
+    """'loaded' (loaded or built in: usable as it is), 'unloaded' (a module in this kernel's
+    tree that nobody loaded: modprobe would make it usable) or 'absent'.  Reads /sys/module
+    and modules.builtin / modules.dep only; never loads."""
+    if os.path.isdir(os.path.join(SYS_MODULE, module)):
         return "loaded"
     tree = os.path.join(LIB_MODULES, os.uname().release)
+    pattern = re.escape(module) + r"\.ko(\.\w+)?"
     for name, state in (("modules.builtin", "loaded"), ("modules.dep", "unloaded")):
         try:
             with open(os.path.join(tree, name), encoding="utf-8", errors="replace") as f:
                 # `kernel/net/ipv4/ipip.ko[.xz|.zst|.gz][: deps]`
-                if any(re.fullmatch(r"ipip\.ko(\.\w+)?", line.split(":", 1)[0].strip().rsplit("/", 1)[-1])
-                       for line in f):
+                if any(re.fullmatch(pattern, line.split(":", 1)[0].strip().rsplit("/", 1)[-1]) for line in f):
                     return state
         except OSError:
             pass
     return "absent"
+
+
+def ipip_state() -> str:
+    """module_state of ipip (what compile.kernel.fit_to_kernel is told)."""
+    return module_state("ipip")
+
+
+def require_ip_vs() -> None:
+    """kube-proxy's ipvs mode: refused here, before anything exists (KernelFeatureError).
+    Without ip_vs in the kernel (this project's CI kernel) it cannot run at all; with it, nslab
+    does not build the IPVS virtual servers yet."""
+    if module_state("ip_vs") == "absent":
+        raise KernelFeatureError(f"kube-proxy's ipvs mode needs the kernel's ip_vs module, which this kernel "
+                                 f"({os.uname().release}) does not have: use --proxy-mode iptables or nftables "
+                                 f"here, or a kernel with ip_vs")
+    raise KernelFeatureError("kube-proxy's ipvs mode is not built by nslab yet: use --proxy-mode iptables or "
+                             "nftables")
 
 
 def ipip_module_available() -> bool:

@@ -58,7 +58,8 @@ class TcError(NslabError):
 
 
 class KernelFeatureError(NslabError):
-    """The kernel lacks a qdisc the conditions need: one sentence, nothing changed."""
+    """The kernel lacks what the lab needs (a qdisc its conditions name, kube-proxy's ip_vs):
+    one sentence, nothing changed."""
 
     exit_code = 2
 

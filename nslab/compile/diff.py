@@ -249,6 +249,8 @@ def describe(op) -> str:
         return f"link {op.name} {op.kind}{to} mtu {op.mtu}{master}" + (f" ({opts})" if opts else "")
     if isinstance(op, P.Iptables):
         return f"iptables rules ({len(op.text.splitlines())} lines)"
+    if isinstance(op, P.Nftables):
+        return f"nftables rules ({len(op.text.splitlines())} lines)"
     if isinstance(op, P.Serve):
         return f"serve {op.kind} on :{op.port}"
     if isinstance(op, P.Daemon):

@@ -37,6 +37,7 @@ text for `iptables-restore --noflush` in the node's namespace (nslab/iptables.py
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import ipaddress
 from dataclasses import dataclass
@@ -300,10 +301,17 @@ def check_services(services) -> None:
 
 def rules(node: Node, services, *, mark: str | None = None) -> str:
     """The iptables-restore text kube-proxy's sync leaves in `node`: filter, then nat, as in
-    its RestoreAll payload, with the jump rules and canary chains it adds outside it."""
+    its RestoreAll payload, with the jump rules and canary chains it adds outside it.
+    Of the node only its cluster CIDR (the local-traffic detector) shapes the text, so a
+    cluster's nodes share one computation (_rules, cached)."""
+    return _rules(tuple(services), node.cluster_cidr, mark or masquerade_mark())
+
+
+@functools.lru_cache(maxsize=8)
+def _rules(services: tuple, cluster_cidr: str, mark: str) -> str:
+    node = Node(name="", ip="", pod_cidr="", cluster_cidr=cluster_cidr)
     services = sorted(services, key=lambda s: (s.port_name_string, s.proto))
     check_services(services)
-    mark = mark or masquerade_mark()
     lines = ["*mangle", _chain_line(CANARY), "COMMIT",
              *_filter(services, mark), *_nat(node, services, mark)]
     return "\n".join(lines) + "\n"

@@ -66,3 +66,65 @@ def rules(network: str, subnet: str, *, ip_masq: bool = True, forward: bool = Tr
     if forward:
         lines += ["*filter", *forward_rules(network), "COMMIT"]
     return "\n".join(lines) + "\n" if lines else ""
+
+
+# --- flannel's nftables traffic manager (EnableNFTables) ----------------------------------------
+#
+# With "EnableNFTables": true in net-conf.json (flannel v0.25.0 and later), flanneld programs
+# the same rules with nftables instead (pkg/trafficmngr/nftables/nftables.go,
+# NFTablesManager): its own table `ip flannel-ipv4`, a nat chain `postrtg` hooked at
+# postrouting (srcnat) for --ip-masq, and a filter chain `forward` (filter priority) for the
+# forward rules.  Written as knftables writes its transactions: Init's table, then
+# SetupAndEnsureMasqRules, then SetupAndEnsureForwardRules (three transactions in flanneld;
+# one `nft -f` here, with the same result).  No ip6 table: a lab's cluster is IPv4 only.
+
+NFT_TABLE = "flannel-ipv4"
+NFT_MULTICAST = MULTICAST
+KUBE_PROXY_MARK = "0x4000"              # flannel writes kube-proxy's default mark literally
+
+
+def nft_masq_rules(network: str, subnet: str, random_fully: bool = True) -> list[str]:
+    """addMasqRules(clusterCidr = flannel's Network, podCidr = this node's lease), in flannel's
+    order.  Unlike the iptables rules, the fourth rule returns for any source outside this
+    node's subnet towards the network (`ip saddr != podCidr`, flannel's text), so the last
+    rule masquerades only what the earlier ones let through."""
+    n, sn = _net(network), _net(subnet)
+    if not ipaddress.IPv4Network(sn).subnet_of(ipaddress.IPv4Network(n)):
+        raise ValueError(f"node subnet {sn} is not inside the flannel network {n}")
+    masquerade = "masquerade fully-random" if random_fully else "masquerade"
+    t = f"ip {NFT_TABLE} postrtg"
+    return [
+        # traffic kube-proxy marked for masquerade: kube-proxy's own chain does it
+        f"add rule {t} meta mark {KUBE_PROXY_MARK} return",
+        # don't NAT traffic within overlay network
+        f"add rule {t} ip saddr {sn} ip daddr {n} return",
+        f"add rule {t} ip saddr {n} ip daddr {sn} return",
+        # external traffic arriving from the node that owns the pod address
+        f"add rule {t} ip saddr != {sn} ip daddr {n} return",
+        # NAT if it's not multicast traffic
+        f"add rule {t} ip saddr {n} ip daddr != {NFT_MULTICAST} {masquerade}",
+        # masquerade anything headed towards flannel from the host
+        f"add rule {t} ip saddr != {n} ip daddr {n} {masquerade}",
+    ]
+
+
+def nft_rules(network: str, subnet: str, *, ip_masq: bool = True, forward: bool = True,
+              random_fully: bool = True) -> str:
+    """The `nft -f` text flanneld's NFTablesManager leaves in a node (initTable, then the
+    masquerade rules if --ip-masq, then the forward rules); empty if neither is on."""
+    if not (ip_masq or forward):
+        return ""
+    n = _net(network)
+    lines = [f'add table ip {NFT_TABLE} {{ comment "rules for {NFT_TABLE}" ; }}']
+    if ip_masq:
+        lines += [f"add chain ip {NFT_TABLE} postrtg {{ type nat hook postrouting priority 100 ; "
+                  f'comment "chain to manage traffic masquerading by flannel" ; }}',
+                  f"flush chain ip {NFT_TABLE} postrtg",
+                  *nft_masq_rules(network, subnet, random_fully)]
+    if forward:
+        lines += [f"add chain ip {NFT_TABLE} forward {{ type filter hook forward priority 0 ; "
+                  f'comment "chain to accept flannel traffic" ; }}',
+                  f"flush chain ip {NFT_TABLE} forward",
+                  f"add rule ip {NFT_TABLE} forward ip saddr {n} accept",
+                  f"add rule ip {NFT_TABLE} forward ip daddr {n} accept"]
+    return "\n".join(lines) + "\n"

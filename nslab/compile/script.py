@@ -112,6 +112,11 @@ def render_op(op) -> list[str]:
         if "EOF" in body:
             raise ValueError(f"iptables rules for {op.ns} contain a line 'EOF'")
         return [f"ip netns exec {_q(op.ns)} iptables-restore --noflush <<'EOF'", *body, "EOF"]
+    if isinstance(op, P.Nftables):
+        body = op.text.splitlines()
+        if "EOF" in body:
+            raise ValueError(f"nftables rules for {op.ns} contain a line 'EOF'")
+        return [f"ip netns exec {_q(op.ns)} nft -f - <<'EOF'", *body, "EOF"]
     raise ValueError(f"cannot render {op!r}")
 
 

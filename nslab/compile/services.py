@@ -1,6 +1,12 @@
 """Netfilter rules per cluster node: flannel's ip-masq/forward rules (masq.py) and kube-proxy's
-iptables mode for the cluster's services (kubeproxy.py), as one Iptables op per node (loaded
-with one iptables-restore), plus the sysctl kube-proxy sets (route_localnet).
+rules for the cluster's services, as one Iptables op per node (loaded with one
+iptables-restore) and, where flannel's EnableNFTables or kube-proxy's nftables mode put rules
+in nftables, one Nftables op (loaded with one `nft -f`), plus the sysctl kube-proxy's
+iptables mode sets (route_localnet).
+
+kube-proxy's mode (cluster.kubeProxy.mode or --proxy-mode): iptables (kubeproxy.py),
+nftables (kubeproxy_nft.py: table `ip kube-proxy`), ipvs (compiled into nothing: this
+kernel's check in lab.plan_for_this_kernel refuses it before anything exists).
 
 Order inside a node follows the daemons' start on a real node: flanneld appends its rules to
 POSTROUTING/FORWARD, kube-proxy then inserts its jumps at the top (`iptables -I`), so
@@ -9,7 +15,7 @@ KUBE-POSTROUTING comes before flannel's MASQUERADE, as in the note's screenshots
 from __future__ import annotations
 
 from .. import plan as P
-from . import kubeproxy, masq
+from . import kubeproxy, kubeproxy_nft, masq
 
 
 def services_of(cluster) -> list[kubeproxy.Service]:
@@ -29,19 +35,40 @@ def services_of(cluster) -> list[kubeproxy.Service]:
     return out
 
 
+def chains_of(cluster) -> dict[str, str]:
+    """Service name -> the kube-proxy chain that picks its endpoint in the cluster's mode:
+    KUBE-SVC-<hash> (iptables), service-<hash>-<ns>/<name>/<proto>/<port> (nftables); none
+    for ipvs or a service without endpoints (nothing picks)."""
+    pick = {"iptables": kubeproxy.svc_chain, "nftables": kubeproxy_nft.service_chain}.get(cluster.proxy_mode)
+    if pick is None:
+        return {}
+    return {name: pick(s) for name, s in zip(cluster.services, services_of(cluster)) if s.endpoints}
+
+
 def compile_services(topo, plan: P.Plan) -> None:
     cluster = topo.cluster
     if cluster is None:
         return
     # Every cluster node gets flanneld's rules, as flanneld's defaults install them:
     # --ip-masq (true unless `ipMasq: false`) and --iptables-forward-rules (always).
+    # With EnableNFTables the same rules go into flannel's own nftables table instead.
     services = services_of(cluster)
+    mode = cluster.proxy_mode
     for node in cluster.nodes.values():
         ns = topo.nodes[node.name].ns
-        text = masq.rules(str(cluster.network), str(node.subnet), ip_masq=cluster.ip_masq)
-        if services:
+        network, subnet = str(cluster.network), str(node.subnet)
+        if cluster.enable_nftables:
+            text, nft = "", masq.nft_rules(network, subnet, ip_masq=cluster.ip_masq)
+        else:
+            text, nft = masq.rules(network, subnet, ip_masq=cluster.ip_masq), ""
+        kp_node = kubeproxy.Node(name=node.name, ip=str(node.ip), pod_cidr=subnet, cluster_cidr=network)
+        if services and mode == "iptables":
             for key, value in kubeproxy.sysctls().items():
                 plan.add(P.Sysctl(ns, key, value))
-            text += kubeproxy.rules(kubeproxy.Node(name=node.name, ip=str(node.ip), pod_cidr=str(node.subnet),
-                                                   cluster_cidr=str(cluster.network)), services)
-        plan.add(P.Iptables(ns, text))
+            text += kubeproxy.rules(kp_node, services)
+        elif services and mode == "nftables":
+            nft += kubeproxy_nft.rules(kp_node, services, service_cidr=str(cluster.service_cidr))
+        if text:
+            plan.add(P.Iptables(ns, text))
+        if nft:
+            plan.add(P.Nftables(ns, nft))

@@ -16,12 +16,17 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 from .. import backends
 from ..backends import Config
+from ..errors import UsageError
 from . import services as services_model
 from .types import DEFAULT_ROUTE, Bridge, Nexthop, Route, host_range, ipv4_interface, name_list, stable_mac
 
 # A backend's keys, defaults, MTU overhead, device and rules are its module's, in nslab/backends/.
 DEFAULT_NETWORK = "10.244.0.0/16"
-CLUSTER_KEYS = {"network", "subnetLen", "iface", "ipMasq", "backend", "nodes", "pods", "services", "serviceCIDR", "dns"}
+CLUSTER_KEYS = {"network", "subnetLen", "iface", "ipMasq", "enableNFTables", "backend", "kubeProxy", "nodes", "pods",
+                "services", "serviceCIDR", "dns"}
+KUBE_PROXY_KEYS = {"mode"}
+# kube-proxy's --proxy-mode values on Linux (iptables is its default; nslab's too)
+PROXY_MODES = ("iptables", "nftables", "ipvs")
 NODE_KEYS = {"segment", "ip", "subnet"}
 POD_KEYS = {"node", "daemonset", "ip", "serve", "image", "command", "env", "cap_add", "containers"}
 MEMBER_KEYS = {"name", "serve", "port"}
@@ -104,6 +109,8 @@ class Cluster:
     service_cidr: IPv4Network | None = None
     services: dict = field(default_factory=dict)    # name -> model.services.Service
     dns: str | None = None       # the cluster DNS's pod (services_model.DNS_POD), None: no DNS
+    proxy_mode: str = "iptables"      # kube-proxy's mode (cluster.kubeProxy.mode, or --proxy-mode)
+    enable_nftables: bool = False     # flannel's EnableNFTables (net-conf.json): its masquerade in nftables
 
     def owner(self, address: IPv4Address) -> ClusterNode | None:
         """The node whose lease holds address (what flannel's subnet lookup answers)."""
@@ -135,6 +142,10 @@ def parse(p, b, spec, path) -> None:
     ip_masq = spec.get("ipMasq", True)
     if not isinstance(ip_masq, bool):
         raise p.err(path + ("ipMasq",), f"ipMasq must be true or false, got {ip_masq!r}")
+    enable_nftables = spec.get("enableNFTables", False)
+    if not isinstance(enable_nftables, bool):
+        raise p.err(path + ("enableNFTables",), f"enableNFTables must be true or false, got {enable_nftables!r}")
+    proxy_mode = _proxy_mode(p, spec, path)
     backend = backends.parse(p.mapping(spec.get("backend"), path + ("backend",), what="backend"),
                              path + ("backend",), p.err, p.mtu, override=p.overrides.get("backend"))
     # the underlay interface shares each node's namespace with what flannel and the bridge
@@ -154,7 +165,7 @@ def parse(p, b, spec, path) -> None:
     if not nodes_spec:
         raise p.err(path + ("nodes",), "a cluster needs at least one node (nodes: {NAME: {segment: S, ip: A}})")
     cluster = Cluster(network=network, subnet_len=subnet_len, iface=iface, ip_masq=ip_masq, backend=backend,
-                      nodes={}, pods={})
+                      nodes={}, pods={}, proxy_mode=proxy_mode, enable_nftables=enable_nftables)
     pinned: dict[IPv4Network, str] = {}
     for name, nspec in nodes_spec.items():
         npath = path + ("nodes", name)
@@ -208,6 +219,21 @@ def parse(p, b, spec, path) -> None:
                                                                   dns_ip=dns[1] if dns else None)
     b.cluster = cluster
     b.extensions.append(lambda builder: _check_underlay(builder, cluster, path))
+
+
+def _proxy_mode(p, spec, path) -> str:
+    """cluster.kubeProxy.mode, or `--proxy-mode` (an override, as if written in the file)."""
+    kp = p.mapping(spec.get("kubeProxy"), path + ("kubeProxy",), KUBE_PROXY_KEYS, what="kubeProxy")
+    override = p.overrides.get("proxy_mode")
+    if override is not None:
+        if override not in PROXY_MODES:
+            raise UsageError(f"--proxy-mode {override!r}: kube-proxy's modes are {', '.join(PROXY_MODES)}")
+        return override
+    mode = kp.get("mode", "iptables")
+    if mode not in PROXY_MODES:
+        raise p.err(path + ("kubeProxy", "mode"), f"kubeProxy mode must be one of {', '.join(PROXY_MODES)}, "
+                                                  f"not {mode!r}")
+    return mode
 
 
 def _pods(p, b, cluster: Cluster, spec, path, dns_node: str | None = None) -> None:

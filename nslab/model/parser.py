@@ -1103,6 +1103,9 @@ def load(file: str, text: str | None = None, name: str | None = None, overrides:
     if parser.overrides.get("backend") and topo.cluster is None:
         raise UsageError(f"--backend {parser.overrides['backend']}: {doc.display_name} has no cluster: section, "
                          f"so there is no flannel backend to choose")
+    if parser.overrides.get("proxy_mode") and topo.cluster is None:
+        raise UsageError(f"--proxy-mode {parser.overrides['proxy_mode']}: {doc.display_name} has no cluster: "
+                         f"section, so there is no kube-proxy to choose a mode for")
     return topo
 
 

@@ -8,7 +8,11 @@ KUBE-POSTROUTING's or flannel's MASQUERADE).
   the original destination, SNAT where it goes back to elsewhere than the original source.
 - which rule: the namespace's nat table (one iptables-save, only where a DNAT happened):
   the KUBE-SEP-* chain whose DNAT goes to the endpoint, and the KUBE-SVC-* rule that jumps
-  to it, with the probability kube-proxy wrote.
+  to it, with the probability kube-proxy wrote.  In kube-proxy's nftables mode (no KUBE-SEP
+  chain DNATs there), table `ip kube-proxy` (one `nft -j list table`): the element of
+  @service-ips or @service-nodeports that matched the original destination, the
+  endpoint-* chain whose dnat goes to the endpoint, and the service-* chain's
+  `numgen random mod N vmap` element that chose it.
 The tuples a translation gives the probe let trace find it again after NAT (`aliases`).
 """
 from __future__ import annotations
@@ -17,7 +21,7 @@ import re
 import socket
 from dataclasses import dataclass
 
-from ..apply import iptables, netns
+from ..apply import iptables, netns, nftables
 
 PROTO = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
 
@@ -42,7 +46,7 @@ class Nat:
     after: Tuple
     dnat: bool
     snat: bool
-    rule: str | None = None      # KUBE-SVC-... -> KUBE-SEP-... (from the nat table)
+    rule: str | None = None      # KUBE-SVC-... -> KUBE-SEP-... (nat table), or the nft chains
 
     def text(self) -> str:
         kinds = "+".join(k for k, on in (("DNAT", self.dnat), ("SNAT", self.snat)) if on)
@@ -103,7 +107,8 @@ def find(namespaces: dict[str, str], proto: str, start: Tuple) -> list[Nat]:
         n = Nat(node, namespaces[node], before, after, dnat=(before.dst, before.dport) != (after.dst, after.dport),
                 snat=(before.src, before.sport) != (after.src, after.sport))
         if n.dnat:
-            n.rule = chosen(n.ns, after.dst, after.dport)
+            n.rule = chosen(n.ns, after.dst, after.dport) or \
+                chosen_nft(n.ns, proto, before.dst, before.dport, after.dst, after.dport)
         nats.append(n)
     return nats
 
@@ -126,6 +131,47 @@ def chosen(ns: str, ip: str, port: int) -> str | None:
                 how = f"probability {prob.group(1)}" if prob else "the last rule: what the others left"
                 return f"{c.name} chose {sep} ({how}, {r.packets} packets): DNAT to {ip}:{port}"
     return f"{sep}: DNAT to {ip}:{port}"
+
+
+def chosen_nft(ns: str, proto: str, vip: str, vport: int, ip: str, port: int) -> str | None:
+    """`@service-ips 10.96.0.1 . tcp . 443 -> service-X; service-X chose endpoint-Y (numgen
+    random mod 3: 0): DNAT to IP:PORT` from kube-proxy's nftables table, or None where it
+    has none or no endpoint chain dnats there."""
+    try:
+        objects = nftables.table(ns, "kube-proxy")
+    except Exception:                    # nft missing or failing: say nothing
+        return None
+    if not objects:
+        return None
+    rules = [o["rule"] for o in objects if "rule" in o]
+    endpoint = next((r["chain"] for r in rules for e in r.get("expr", [])
+                     if isinstance(e, dict) and isinstance(e.get("dnat"), dict)
+                     and e["dnat"].get("addr") == ip and e["dnat"].get("port") == port), None)
+    if endpoint is None:
+        return None
+    # the map element the original destination matched: a service IP, else a node port
+    entry = None
+    for o in objects:
+        m = o.get("map")
+        if not m or m.get("name") not in ("service-ips", "service-nodeports"):
+            continue
+        want = [vip, proto, vport] if m["name"] == "service-ips" else [proto, vport]
+        for key, verdict in m.get("elem", []):
+            if isinstance(key, dict) and key.get("concat") == want:
+                target = next(iter(verdict.values()), {}).get("target") if isinstance(verdict, dict) else None
+                entry = f"@{m['name']} {' . '.join(map(str, want))} -> {target}"
+    for r in rules:
+        for e in r.get("expr", []):
+            vmap = e.get("vmap") if isinstance(e, dict) else None
+            gen = vmap.get("key", {}).get("numgen") if isinstance(vmap, dict) else None
+            if not gen:
+                continue
+            for index, verdict in vmap.get("data", {}).get("set", []):
+                if isinstance(verdict, dict) and verdict.get("goto", {}).get("target") == endpoint:
+                    how = f"numgen {gen.get('mode')} mod {gen.get('mod')}: {index}"
+                    line = f"{r['chain']} chose {endpoint} ({how}): DNAT to {ip}:{port}"
+                    return f"{entry}\n\t{line}" if entry else line
+    return f"{endpoint}: DNAT to {ip}:{port}"
 
 
 def annotate(paths: dict, nats: list[Nat], ports_of) -> None:

@@ -663,24 +663,30 @@ def inspect_rows(topo, st, data: dict) -> list[dict]:
 
 # --- services ---------------------------------------------------------------------------------
 
-SERVICE_COLUMNS = ["service", "type", "cluster IP", "port", "node port", "endpoints"]
+SERVICE_COLUMNS = ["service", "type", "cluster IP", "port", "node port", "endpoints", "chosen by"]
 
 
 def service_rows(topo) -> list[dict]:
     """The lab's Kubernetes services as kube-proxy serves them: type, cluster IP, port (and
-    protocol), node port, and each endpoint as pod address:targetPort."""
+    protocol), node port, each endpoint as pod address:targetPort, kube-proxy's mode and the
+    chain in it that picks the endpoint (KUBE-SVC-..., or nftables' service-...)."""
     cluster = getattr(topo, "cluster", None)
     if cluster is None:
         return []
+    from ..compile.services import chains_of  # lazy: start-up
+    chains = chains_of(cluster)
     rows = []
     for svc in cluster.services.values():
         eps = [f"{p} {cluster.pods[p].ip.ip}:{svc.target_port}" for p in svc.endpoints if p in cluster.pods]
         rows.append(dict(name=svc.name, namespace=svc.namespace, type=svc.type, cluster_ip=str(svc.cluster_ip),
-                         port=svc.port, protocol=svc.protocol, node_port=svc.node_port, endpoints=eps))
+                         port=svc.port, protocol=svc.protocol, node_port=svc.node_port, endpoints=eps,
+                         proxy_mode=cluster.proxy_mode, chain=chains.get(svc.name)))
     return rows
 
 
 def service_table(console, rows: list[dict]) -> None:
+    """One row per service; "chosen by" (the chain) is the first column to go on a narrow terminal."""
     out.table(console, SERVICE_COLUMNS,
               [[r["name"], r["type"], r["cluster_ip"], f"{r['port']}/{r['protocol']}", str(r["node_port"] or "-"),
-                "\n".join(r["endpoints"]) or "(none)"] for r in rows], title="services")
+                "\n".join(r["endpoints"]) or "(none)", r.get("chain") or "-"] for r in rows], title="services",
+              optional=("chosen by",))

@@ -128,11 +128,14 @@ def test_show_says_what_a_node_is_and_trace_reaches_a_service_by_name(root_uncha
     assert svc["endpoints"] == ["testappds-worker1 10.244.1.2:80", "testappds-worker2 10.244.2.2:80",
                                 "testappds-worker3 10.244.3.2:80"]
     whole = lab.nslab("show", "-l", lab.name, check=True).stdout.splitlines()
-    assert whole[-3].split() == ["service", "type", "cluster", "IP", "port", "node", "port", "endpoints"]
-    assert whole[-1].split() == ["kube-dns", "ClusterIP", "10.96.0.10", "53/UDP", "-", "coredns", "10.244.1.3:53"]
+    assert whole[-3].split() == ["service", "type", "cluster", "IP", "port", "node", "port", "endpoints", "chosen",
+                                 "by"]
+    assert whole[-1].split() == ["kube-dns", "ClusterIP", "10.96.0.10", "53/UDP", "-", "coredns", "10.244.1.3:53",
+                                 "KUBE-SVC-TCOU7JCQXEZGVUNU"]
     assert whole[-2].split(None, 5) == ["testappds", "NodePort", "10.111.222.68", "8080/TCP", "30080",
                                         "testappds-worker1 10.244.1.2:80, testappds-worker2 10.244.2.2:80, "
-                                        "testappds-worker3 10.244.3.2:80"]
+                                        "testappds-worker3 10.244.3.2:80  KUBE-SVC-QMR6LTDCBEU4U25W"]
+    assert svc["proxy_mode"] == "iptables" and svc["chain"] == "KUBE-SVC-QMR6LTDCBEU4U25W"
     r = lab.nslab("trace", "-l", lab.name, "client", "svc/nosuch")
     assert (r.returncode, r.stderr) == (2, f"nslab: lab {lab.name} has no service 'nosuch' (services: testappds, kube-dns)\n")
 

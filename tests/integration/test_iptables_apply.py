@@ -190,3 +190,31 @@ def test_pod_to_outside_is_masqueraded_by_flannel(pair, ip_masq):
     post = iptables.tables(w)["nat"]["POSTROUTING"].rules
     masquerades = [r.packets for r in post if "MASQUERADE" in r.spec and "224.0.0.0/4" in r.spec]
     assert masquerades == ([1] if ip_masq else [])
+
+
+def test_a_restore_that_outlasts_its_timeout_is_one_sentence(pair):
+    """A restore killed at its timeout is an NslabError naming the tool, the namespace and the
+    input's size (it was a raw subprocess.TimeoutExpired traceback)."""
+    w = pair["worker3"]
+    text = kp.rules(NODE, [SERVICE])
+    with pytest.raises(NslabError, match=rf"^iptables-restore in {w} did not finish in 0 s with "
+                                         rf"{text.count(chr(10))} lines of input$"):
+        iptables.apply(w, text, timeout=0.001)
+    assert iptables.timeout_for("x\n" * 43000) > 60 + 43000 / 300
+
+
+def test_nft_text_loads_as_one_transaction(pair):
+    """kube-proxy's nftables text in one `nft -f`: a bad line anywhere leaves nothing of it
+    (the table does not exist), the whole text loads at once, and nothing lands elsewhere."""
+    from nslab.apply import nftables
+    from nslab.compile import kubeproxy_nft as kn
+    w, c = pair["worker3"], pair["client"]
+    text = kn.rules(NODE, [SERVICE], service_cidr="10.96.0.0/12")
+    with pytest.raises(NslabError, match=rf"^nft -f in {w} failed: .*Error"):
+        nftables.apply(w, text, "add rule ip kube-proxy services no such expression\n")
+    assert nftables.table(w, "kube-proxy") is None
+    nftables.apply(w, text)
+    chains = {o["chain"]["name"] for o in nftables.table(w, "kube-proxy") if "chain" in o}
+    assert kn.service_chain(SERVICE) in chains and kn.external_chain(SERVICE) in chains
+    assert {kn.endpoint_chain(SERVICE, f"{ep}:80") for ep in ENDPOINTS} <= chains
+    assert nftables.table(c, "kube-proxy") is None
