@@ -1,0 +1,435 @@
+"""`nslab doctor`: the recorded plan (what `up` applied: flannel's and kube-proxy's entries)
+against what the kernel holds now, node by node, plus probes between pods.
+
+It reads the kernel, never `nslab break`'s record: a route deleted with `ip route del`, a
+neighbour changed with `ip neigh replace`, `sysctl -w net.ipv4.ip_forward=0` or
+`iptables -P FORWARD DROP` are found the same way as the faults `nslab break` makes.
+
+Checks that need no packet (each names the node, the kernel object, its key, what the plan
+put there, what is there now and the command that puts it back):
+- links: every device the plan made exists, is up when the plan set it up, has its MTU
+  (a black hole found before a packet is lost) and MAC (a VTEP MAC that changed);
+- routes, neighbours and FDB entries of the plan present and equal; a neighbour or FDB
+  entry is compared with the MAC its VTEP has *now* (flanneld restarted with a new VTEP
+  MAC: the peers keep the old one); routes the plan did not make (a blackhole) named too;
+- sysctls the plan set (ip_forward, ...), and strict rp_filter anywhere (the plan never
+  sets it: it drops the replies of an asymmetric path);
+- netfilter in every namespace that forwards or holds rules of the plan: the FORWARD
+  policy (Docker sets DROP), the plan's rules (flannel's masquerade, kube-proxy's
+  chains) present, and DROP/REJECT rules the plan did not write;
+- the lab's processes (udp/ipip dataplanes, the agent) running.
+Probes (one raw ICMP socket per source, observe/probe.py): pod pairs, a sample in big
+labs with its size printed; a pair that fails with no packet-free finding to explain it
+is reported itself, with the `nslab trace` that follows it.
+
+Data flow: plan + kernel -> check() -> [Finding] -> render() / as_json().
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import random
+import shlex
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+
+from .. import console as out
+from .. import plan as P
+from ..apply import iptables, netns
+from ..errors import NslabError
+from . import show
+
+STAGES = ("link", "encap", "route", "neighbour", "bridge", "netfilter", "decap", "reply path", "daemon")
+OBJECTS = ("route", "neigh", "fdb", "sysctl", "mtu", "rule", "policy", "conntrack", "link", "daemon")
+FLANNEL_DEVS = ("flannel.", "flannel0", "tunl")
+PAIR_SAMPLE = 400          # endpoints probed at most (the sample size is printed)
+
+
+@dataclass
+class Finding:
+    node: str
+    stage: str             # STAGES
+    object: str            # OBJECTS
+    key: str               # the entry: destination, address, MAC, sysctl name, device, chain
+    expected: str          # what the plan (flannel, kube-proxy, the topology) put there
+    actual: str            # what the kernel holds now
+    fix: str               # the command that puts it back
+    why: str = ""          # one line: what this breaks
+
+
+@dataclass
+class Report:
+    lab: str
+    findings: list[Finding] = field(default_factory=list)
+    nodes: int = 0                   # namespaces read
+    probed: str = ""                 # what the probes covered ("" when none were sent)
+    failed_pairs: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def healthy(self) -> bool:
+        return not self.findings
+
+
+# ---- reading the kernel ------------------------------------------------------------------------
+
+def _read(ns: str, sysctls: list[str], with_iptables: bool) -> dict:
+    """Links, main-table IPv4 routes, neighbours, FDB, the sysctls asked for (None where
+    absent) and, if asked, iptables-save of namespace ns."""
+    from pyroute2 import IPRoute  # lazy: start-up
+    with netns.enter(ns):
+        with IPRoute() as ipr:
+            links = list(ipr.get_links())
+            names = {m.get("index"): m.get_attr("IFLA_IFNAME") for m in links}
+            data = {"links": {lk["name"]: lk for lk in (show.norm_link(m, names) for m in links)},
+                    "routes": [r for r in (show.norm_route(m, names) for m in ipr.get_routes(family=socket.AF_INET))
+                               if r["table"] == "main"],
+                    "neigh": [show.norm_neigh(m, names) for m in ipr.get_neighbours(family=socket.AF_INET)],
+                    "fdb": [show.norm_fdb(m, names) for m in ipr.neigh("dump", family=show.AF_BRIDGE)]}
+        values = {}
+        with netns.sysctl_walks():
+            for key in sysctls:
+                try:
+                    values[key] = " ".join(netns.read_sysctl(key).split())
+                except OSError:
+                    values[key] = None
+        data["sysctls"] = values
+    data["iptables"] = iptables.parse_save(iptables.save(ns, counters=False)) if with_iptables else None
+    return show._text(data)
+
+
+def _dev_key(dev: str, name: str) -> str:
+    return f"net.ipv4.conf.{dev.replace('.', '/')}.{name}"
+
+
+def _route_dst(dst: str) -> str:
+    """A plan's destination as show.norm_route names it (default, a bare /32 address)."""
+    if dst in ("0.0.0.0/0", "default"):
+        return "default"
+    return dst[:-3] if dst.endswith("/32") else dst
+
+
+def _hops(route: dict) -> set[tuple]:
+    if route["nexthops"]:
+        return {(h["gateway"], h["dev"]) for h in route["nexthops"]}
+    return {(route["gateway"], route["dev"])}
+
+
+def _stage_of(dev: str) -> str:
+    if dev.startswith(FLANNEL_DEVS):
+        return "encap"
+    if dev.startswith(("cni", "veth")) or dev.startswith("br"):
+        return "bridge"
+    return "route"
+
+
+def _rule_words(spec: str) -> tuple:
+    """A rule as words, quotes resolved: the plan's text and iptables-save's compare equal."""
+    try:
+        return tuple(shlex.split(spec))
+    except ValueError:
+        return tuple(spec.split())
+
+
+def _quote(word: str) -> str:
+    """A shell word as iptables-save writes it ('!' bare, text with spaces in double quotes)."""
+    return word if word == "!" else f'"{word}"' if " " in word and '"' not in word else shlex.quote(word)
+
+
+def _plan_rules(texts: list[str]) -> tuple[dict, dict]:
+    """iptables-restore texts -> ({(table, chain): [spec words]}, {(table, chain): policy})."""
+    rules: dict[tuple, list] = {}
+    policies: dict[tuple, str] = {}
+    table = None
+    for text in texts:
+        for line in text.splitlines():
+            line = line.strip()
+            if line.startswith("*"):
+                table = line[1:]
+            elif line.startswith(":") and table:
+                name, policy = (line[1:].split() + ["-"])[:2]
+                if policy != "-":
+                    policies[(table, name)] = policy
+            elif line.startswith("-A ") and table:
+                _, chain, *rest = line.split(" ", 2) + [""]
+                rules.setdefault((table, chain), []).append(_rule_words(rest[0] if rest else ""))
+    return rules, policies
+
+
+# ---- the checks --------------------------------------------------------------------------------
+
+def check(st, plan: P.Plan, report: Report | None = None) -> Report:
+    """Every packet-free check over the lab's namespaces; findings in report.findings."""
+    report = report or Report(st.lab)
+    node_of = {ns: node for node, ns in st.nodes.items()}
+    by_ns: dict[str, list] = {}
+    links: dict[tuple, tuple] = {}          # (ns, dev) -> (mtu, mac)
+    for op in plan.ops:
+        by_ns.setdefault(op.ns, []).append(op)
+        if isinstance(op, P.Link):
+            links[(op.ns, op.name)] = (op.mtu, op.mac)
+            if op.peer:
+                links[(op.peer.ns, op.peer.name)] = (op.peer.mtu, op.peer.mac)
+    sysctl_ops = {(op.ns, op.key): op.value for op in plan.ops if isinstance(op, P.Sysctl)}
+    forwards = {ns for (ns, key), v in sysctl_ops.items() if key == "net.ipv4.ip_forward" and v.strip() == "1"}
+    rules_in = {ns for ns, ops in by_ns.items() if any(isinstance(o, P.Iptables) for o in ops)}
+    kernel: dict[str, dict] = {}
+    for ns in plan.namespaces:
+        keys = [k for (n, k) in sysctl_ops if n == ns]
+        devs = [d for (n, d) in links if n == ns]
+        keys += ["net.ipv4.conf.all.rp_filter"] + [_dev_key(d, "rp_filter") for d in devs]
+        if not netns.exists(ns):
+            report.findings.append(Finding(node_of.get(ns, ns), "link", "link", ns, "namespace exists",
+                                           "gone", f"nslab down {st.lab}; nslab up again"))
+            continue
+        kernel[ns] = _read(ns, list(dict.fromkeys(keys)), ns in forwards or ns in rules_in)
+    report.nodes = len(kernel)
+    # a VTEP's MAC now (a peer's neighbour and FDB entries must name it)
+    mac_now: dict[str, str] = {}
+    for (ns, dev), (mtu, mac) in links.items():
+        k = kernel.get(ns, {}).get("links", {}).get(dev)
+        if mac and k and k["mac"]:
+            mac_now[mac] = k["mac"]
+    add = report.findings.append
+    for ns, data in kernel.items():
+        node = node_of.get(ns, ns)
+        klinks = data["links"]
+        for (lns, dev), (mtu, mac) in links.items():
+            if lns != ns:
+                continue
+            k = klinks.get(dev)
+            if k is None:
+                add(Finding(node, _stage_of(dev), "link", dev, "present", "missing",
+                            f"nslab down {st.lab}; nslab up again", "the plan made this device"))
+                continue
+            if "UP" not in k["flags"]:          # every device the lab makes is up
+                add(Finding(node, _stage_of(dev), "link", dev, "up", "down", f"ip -n {ns} link set dev {dev} up",
+                            "a device that is down drops every packet and the kernel drops its routes"))
+            if mtu and k["mtu"] != mtu:
+                add(Finding(node, _stage_of(dev), "mtu", dev, str(mtu), str(k["mtu"]),
+                            f"ip -n {ns} link set dev {dev} mtu {mtu}",
+                            "packets larger than the smallest MTU on the path are dropped (a black hole)"))
+            if mac and k["mac"] and k["mac"].lower() != mac.lower() and dev.startswith(FLANNEL_DEVS):
+                add(Finding(node, "encap", "link", f"{dev} address", mac, k["mac"],
+                            f"ip -n {ns} link set dev {dev} address {mac}",
+                            "the VTEP MAC changed (flanneld restarted): peers still send to the old one"))
+        _check_routes(add, ns, node, by_ns.get(ns, []), data["routes"])
+        _check_neigh_fdb(add, ns, node, by_ns.get(ns, []), data, mac_now)
+        for (sns, key), value in sysctl_ops.items():
+            if sns != ns:
+                continue
+            now = data["sysctls"].get(key)
+            if now is not None and now != " ".join(value.split()):
+                add(Finding(node, "route" if key.endswith("ip_forward") else "netfilter"
+                            if "bridge" in key else "reply path" if "rp_filter" in key else "route",
+                            "sysctl", key, value, now, f"ip netns exec {ns} sysctl -w {key}={value}",
+                            "without it the node stops forwarding" if key.endswith("ip_forward") else ""))
+        all_rp = data["sysctls"].get("net.ipv4.conf.all.rp_filter")
+        for key, now in data["sysctls"].items():
+            if key.endswith(".rp_filter") and (ns, key) not in sysctl_ops and now == "1" and \
+                    (key.endswith(".all.rp_filter") or all_rp != "1"):
+                add(Finding(node, "reply path", "sysctl", key, "0", now, f"ip netns exec {ns} sysctl -w {key}=0",
+                            "strict reverse-path filtering drops packets that arrive on another interface than "
+                            "the reply would leave by (an asymmetric path)"))
+        if data["iptables"] is not None:
+            _check_netfilter(add, ns, node, [o.text for o in by_ns.get(ns, []) if isinstance(o, P.Iptables)],
+                             data["iptables"], ns in forwards)
+    from ..runtime.agent import health   # lazy: start-up
+    for missing in health(st):
+        add(Finding("-", "daemon", "daemon", missing.split(" not running")[0], "running", missing,
+                    f"nslab show -l {st.lab} (restarts the lab agent, which restarts the rest)"))
+    return report
+
+
+def _check_routes(add, ns: str, node: str, ops: list, routes: list[dict]) -> None:
+    have: dict[str, list[dict]] = {}
+    for r in routes:
+        have.setdefault(r["dst"], []).append(r)
+    planned = set()
+    for op in ops:
+        if not isinstance(op, P.Route):
+            continue
+        dst = _route_dst(op.dst)
+        planned.add(dst)
+        want = {(h.via, h.dev) for h in op.nexthops}
+        via = " ".join(f"via {v} dev {d}" if v else f"dev {d}" for v, d in sorted(want, key=str))
+        text = f"{op.dst} {via}" + (" onlink" if op.onlink else "")
+        fix = f"ip -n {ns} route replace {text}"
+        got = have.get(dst, [])
+        stage = _stage_of(next(iter(want))[1]) if want else "route"
+        stage = "encap" if stage == "encap" else "route"
+        if not got:
+            add(Finding(node, stage, "route", op.dst, text, "missing", fix,
+                        "packets to it take the default route or are dropped"))
+            continue
+        r = got[0]
+        if r["type"] != "unicast":
+            add(Finding(node, "route", "route", op.dst, text, f"{r['type']} {op.dst}", fix,
+                        "the kernel drops every packet to it"))
+        elif _hops(r) != want:
+            now = " ".join(f"via {g} dev {d}" if g else f"dev {d}" for g, d in sorted(_hops(r), key=str))
+            add(Finding(node, stage, "route", op.dst, text, f"{op.dst} {now}", fix))
+    for r in routes:
+        if r["dst"] in planned or r["proto"] == "kernel":
+            continue
+        text = f"{r['type']} {r['dst']}" if r["type"] != "unicast" else \
+            f"{r['dst']} " + " ".join(f"via {g} dev {d}" if g else f"dev {d}" for g, d in sorted(_hops(r), key=str))
+        kind = f"{r['type']} " if r["type"] != "unicast" else ""
+        add(Finding(node, "route", "route", r["dst"], "no such route (the plan made none)", text,
+                    f"ip -n {ns} route del {kind}{r['dst']}",
+                    "it overrides the plan's routes for the addresses it covers"))
+
+
+def _check_neigh_fdb(add, ns: str, node: str, ops: list, data: dict, mac_now: dict) -> None:
+    neigh = {(n["dev"], n["dst"]): n for n in data["neigh"]}
+    fdb: dict[tuple, list] = {}
+    for f in data["fdb"]:
+        fdb.setdefault((f["dev"], (f["mac"] or "").lower()), []).append(f)
+    for op in ops:
+        if isinstance(op, P.Neigh):
+            want = mac_now.get(op.lladdr, op.lladdr)
+            fix = f"ip -n {ns} neigh replace {op.address} lladdr {want} dev {op.dev} nud permanent"
+            n = neigh.get((op.dev, op.address))
+            if n is None or not n["lladdr"]:
+                add(Finding(node, "neighbour", "neigh", f"{op.address} dev {op.dev}", want, "missing", fix,
+                            "the remote VTEP's MAC is unknown: the kernel cannot build the inner frame"))
+            elif n["lladdr"].lower() != want.lower():
+                stale = n["lladdr"].lower() == op.lladdr.lower()
+                add(Finding(node, "neighbour", "neigh", f"{op.address} dev {op.dev}", want, n["lladdr"], fix,
+                            "stale: the VTEP's MAC changed (flanneld restarted) and this peer kept the old one"
+                            if stale else "frames go to a MAC no VTEP has"))
+        elif isinstance(op, P.Fdb):
+            want = mac_now.get(op.lladdr, op.lladdr).lower()
+            fix = f"bridge -n {ns} fdb replace {want} dev {op.dev} dst {op.dst} self permanent"
+            got = fdb.get((op.dev, want), [])
+            if not any(f["dst"] == op.dst for f in got):
+                stale = want != op.lladdr.lower() and any(f["dst"] == op.dst for f in fdb.get((op.dev, op.lladdr.lower()), []))
+                add(Finding(node, "encap", "fdb", f"{want} dev {op.dev}", f"dst {op.dst}",
+                            f"dst {got[0]['dst']}" if got else
+                            f"missing ({op.lladdr} dst {op.dst} is there: stale)" if stale else "missing", fix,
+                            "the kernel does not know which host to send the VXLAN packet to"))
+
+
+def _check_netfilter(add, ns: str, node: str, texts: list[str], tables: dict, forwards: bool) -> None:
+    rules, policies = _plan_rules(texts)
+    if forwards:
+        want = policies.get(("filter", "FORWARD"), "ACCEPT")
+        chain = tables.get("filter", {}).get("FORWARD")
+        now = chain.policy if chain is not None else "ACCEPT"
+        if now != want:
+            add(Finding(node, "netfilter", "policy", "filter FORWARD", want, now,
+                        f"ip netns exec {ns} iptables -P FORWARD {want}",
+                        "forwarded packets the rules do not accept are dropped (Docker sets DROP)"))
+    for (table, chain), specs in rules.items():
+        have = [_rule_words(r.spec) for r in tables.get(table, {}).get(chain, iptables.Chain(chain, None, 0, 0)).rules]
+        for words in specs:
+            if words not in have:
+                spec = " ".join(_quote(w) for w in words)
+                add(Finding(node, "netfilter", "rule", f"{table} {chain}", f"-A {chain} {spec}", "missing",
+                            f"ip netns exec {ns} iptables -t {table} -A {chain} {spec}",
+                            "masquerade" in spec.lower() and "pods lose their way out (no masquerade)" or ""))
+    for table, chains in tables.items():
+        for name, chain in chains.items():
+            planned = rules.get((table, name), [])
+            for r in chain.rules:
+                words = _rule_words(r.spec)
+                if words not in planned and ("DROP" in words or "REJECT" in words):
+                    add(Finding(node, "netfilter", "rule", f"{table} {name}", "no such rule (the plan made none)",
+                                f"-A {name} {r.spec}", f"ip netns exec {ns} iptables -t {table} -D {name} {r.spec}",
+                                "it drops packets the plan lets through"))
+
+
+# ---- probes ------------------------------------------------------------------------------------
+
+def probe_pairs(topo, report: Report, sample: int = PAIR_SAMPLE, seed: int = 0) -> None:
+    """Ping every ordered pair of pods (a sample of `sample` endpoints in bigger labs)."""
+    from . import checks, probe   # lazy: start-up
+    eps = checks.pair_endpoints(topo)
+    total = len(eps)
+    if total > sample:
+        eps = sorted(random.Random(seed).sample(eps, sample), key=lambda e: e.name)
+    if len(eps) < 2:
+        report.probed = "no pairs to probe (fewer than two pods)"
+        return
+    r = probe.all_pairs(eps)
+    report.failed_pairs = list(r.missing)
+    report.probed = (f"{r.reachable}/{r.pairs} pairs of {len(eps)} endpoints answered"
+                     + (f" (a sample of {len(eps)} of {total})" if total > len(eps) else ""))
+
+
+def probe_one(topo, report: Report, src: str, dst: str, proto: str = "ping", port: int | None = None) -> None:
+    from . import probe   # lazy: start-up
+    nodes = topo.nodes
+    if src not in nodes:
+        raise NslabError(f"lab {topo.name} has no node {src!r}")
+    target = nodes[dst].addresses[0].ip if dst in nodes and nodes[dst].addresses else dst
+    try:
+        ipaddress.ip_address(str(target))
+    except ValueError:
+        raise NslabError(f"{dst!r} is neither a node of lab {topo.name} nor an address") from None
+    kind = {"icmp": "ping", "ping": "ping"}.get(proto, proto)
+    o = probe.send(kind, nodes[src].ns, str(target), port, probe.new_marker("doctor"), 2.0)
+    report.probed = f"{kind} {src} -> {dst}" + (f":{port}" if port else "") + \
+        (": answered" if o.ok else f": failed ({o.detail})")
+    if not o.ok:
+        report.failed_pairs = [(src, dst)]
+
+
+def explain_failures(report: Report) -> None:
+    """A failed probe with no finding to explain it is a finding itself."""
+    if report.failed_pairs and not report.findings:
+        s, d = report.failed_pairs[0]
+        more = len(report.failed_pairs) - 1
+        report.findings.append(Finding(s, "route", "route", f"{s} -> {d}", "answered",
+                                       "no answer" + (f" ({more} more pairs)" if more else ""),
+                                       f"nslab trace {s} {d}",
+                                       "no kernel entry differs from the plan: follow the packet"))
+
+
+def diagnose(st, plan: P.Plan, topo, pair: tuple | None = None, proto: str = "ping", port: int | None = None,
+             probes: bool = True) -> Report:
+    t0 = time.monotonic()
+    report = check(st, plan)
+    if probes:
+        if pair:
+            probe_one(topo, report, pair[0], pair[1], proto, port)
+        else:
+            probe_pairs(topo, report)
+        explain_failures(report)
+    report.seconds = time.monotonic() - t0
+    return report
+
+
+# ---- output ------------------------------------------------------------------------------------
+
+def as_json(report: Report) -> dict:
+    return {"lab": report.lab, "healthy": report.healthy, "nodes": report.nodes, "probes": report.probed,
+            "failed_pairs": [list(p) for p in report.failed_pairs], "seconds": round(report.seconds, 3),
+            "findings": [asdict(f) for f in report.findings]}
+
+
+def render(report: Report) -> None:
+    """Plain lines (80 columns, piped alike): one block per finding."""
+    import textwrap
+    say = out.say
+
+    def field_(name: str, text: str, wrap: bool = True) -> None:
+        head = f"  {name + ':':<10}"
+        if not wrap:                    # a command stays one line: it is copied as it is
+            say(head + text)
+            return
+        say(textwrap.fill(text, 80, initial_indent=head, subsequent_indent=" " * len(head)))
+    for f in report.findings:
+        say(f"{f.node}: {f.object} {f.key} ({f.stage})")
+        field_("expected", f.expected)
+        field_("actual", f.actual)
+        if f.why:
+            field_("why", f.why)
+        field_("fix", f.fix, wrap=False)
+    tail = f"; {report.probed}" if report.probed else ""
+    if report.healthy:
+        say(f"lab {report.lab}: healthy ({out.plural(report.nodes, 'namespace')} match the plan{tail})")
+    else:
+        say(f"lab {report.lab}: {out.plural(len(report.findings), 'finding')} "
+            f"({out.plural(report.nodes, 'namespace')} read{tail})")
