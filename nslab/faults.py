@@ -24,7 +24,6 @@ import errno
 import ipaddress
 import json
 import os
-import shlex
 import re
 import struct
 import subprocess
@@ -215,7 +214,13 @@ def _masq_missing(ctx: Ctx, args: list[str]) -> list[dict]:
     for i, op in ctx.of(P.Iptables):
         for j, (table, chain, spec) in enumerate(_rules(op.text)):
             if table == "nat" and chain == "POSTROUTING" and "MASQUERADE" in spec.split() and " ! -d " in f" {spec} ":
-                changes.append({"kind": "rule", "ns": ctx.ns, "op": i, "line": j})
+                # where it is in the kernel's chain now: the undo puts it back there (rule order
+                # is meaning: flannel's RETURN rules must come before its MASQUERADE)
+                saved = _saved_spec(table, chain, spec)
+                have = iptables.parse_save(iptables.save(ctx.ns, counters=False)).get(table, {}).get(chain)
+                specs = [r.spec for r in have.rules] if have is not None else []
+                pos = specs.index(saved) + 1 if saved in specs else len(specs) + 1
+                changes.append({"kind": "rule", "ns": ctx.ns, "op": i, "line": j, "pos": pos})
     if not changes:
         raise UsageError(f"{ctx.node} has no masquerade rule of flannel's (ipMasq is off, or it is no cluster node)")
     return changes[:1]
@@ -307,6 +312,13 @@ def _policy_now(ns: str) -> str:
     return chain.policy if chain is not None and chain.policy else "ACCEPT"
 
 
+def _saved_spec(table: str, chain: str, spec: str) -> str:
+    """A rule as iptables-save writes it (apply/iptables.as_saved), to find it in the kernel."""
+    saved = iptables.as_saved([f"*{table}\n-A {chain} {spec}\nCOMMIT\n"])
+    rules = saved.get(table, {}).get(chain)
+    return rules.rules[0].spec if rules is not None and rules.rules else spec
+
+
 def _rules(text: str) -> list[tuple[str, str, str]]:
     """(table, chain, spec) of each -A line of iptables-restore text, in order."""
     out, table = [], None
@@ -339,7 +351,8 @@ def _check(st: state.LabState, plan: P.Plan, c) -> dict:
         if kind == "del" and not isinstance(op, (P.Route, P.Neigh, P.Fdb)):
             raise bad
         if kind == "rule" and (not isinstance(op, P.Iptables) or type(c.get("line")) is not int
-                               or not 0 <= c["line"] < len(_rules(op.text))):
+                               or not 0 <= c["line"] < len(_rules(op.text))
+                               or type(c.get("pos")) is not int or not 1 <= c["pos"] <= 100000):
             raise bad
     elif kind == "sysctl":
         if P.sysctl_key_problem(c.get("key")) or not all(isinstance(c.get(k), str) and VALUE_RE.fullmatch(c[k])
@@ -428,15 +441,14 @@ def _change(lab: str, plan: P.Plan, c: dict, forward: bool) -> None:
     elif kind == "policy":
         iptables.apply(ns, f"*filter\n:{c['chain']} {c['after' if forward else 'before']} [0:0]\nCOMMIT\n")
     elif kind == "rule":
-        rules = _rules(plan.ops[c["op"]].text)
-        table, chain, spec = rules[c["line"]]
+        table, chain, spec = _rules(plan.ops[c["op"]].text)[c["line"]]
+        spec = _saved_spec(table, chain, spec)
         have = iptables.parse_save(iptables.save(ns, counters=False)).get(table, {}).get(chain)
-        present = have is not None and any(shlex.split(r.spec) == shlex.split(spec) for r in have.rules)
+        present = have is not None and any(r.spec == spec for r in have.rules)
         if forward and present:
             iptables.apply(ns, f"*{table}\n-D {chain} {spec}\nCOMMIT\n")
         elif not forward and not present:
-            pos = 1 + sum(1 for t, ch, _ in rules[:c["line"]] if (t, ch) == (table, chain))
-            pos = min(pos, len(have.rules) + 1 if have is not None else 1)
+            pos = min(c["pos"], len(have.rules) + 1 if have is not None else 1)
             iptables.apply(ns, f"*{table}\n-I {chain} {pos} {spec}\nCOMMIT\n")
 
 

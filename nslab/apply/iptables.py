@@ -145,3 +145,22 @@ def save(ns: str, *, counters: bool = True, timeout: float = 30) -> str:
 def tables(ns: str, timeout: float = 30) -> dict[str, dict[str, Chain]]:
     """Every table, chain and rule of namespace `ns`, with packet and byte counters."""
     return parse_save(save(ns, timeout=timeout))
+
+
+def as_saved(texts: list[str], _cache: dict = {}) -> dict:
+    """iptables-restore texts (a plan's) as iptables itself writes them back: loaded into a
+    throwaway network namespace (`unshare --net`, gone with the process) and saved, so they
+    compare with the kernel's iptables-save byte for byte (iptables rewrites what it reads:
+    `-d X` -> `-d X/32`, `--or-mark 0x00004000` -> `--set-xmark 0x4000/0x4000`, matches
+    reordered).  The host's namespace is not touched.  Cached per text."""
+    text = "".join(t if t.endswith("\n") else t + "\n" for t in texts)
+    if not text:
+        return {}
+    if text not in _cache:
+        r = subprocess.run([spawn.need("unshare"), "--net", "--", "sh", "-c",
+                            "iptables-restore -w --noflush && iptables-save"], input=text, capture_output=True, text=True,
+                           cwd=spawn.CWD, env=spawn.env(), timeout=60)
+        if r.returncode:
+            raise NslabError(f"iptables-restore refuses rules nslab wrote: {_explain(r.stderr, text)}")
+        _cache[text] = parse_save(r.stdout)
+    return _cache[text]

@@ -29,7 +29,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import random
-import shlex
 import socket
 import time
 from dataclasses import asdict, dataclass, field
@@ -124,37 +123,7 @@ def _stage_of(dev: str) -> str:
     return "route"
 
 
-def _rule_words(spec: str) -> tuple:
-    """A rule as words, quotes resolved: the plan's text and iptables-save's compare equal."""
-    try:
-        return tuple(shlex.split(spec))
-    except ValueError:
-        return tuple(spec.split())
-
-
-def _quote(word: str) -> str:
-    """A shell word as iptables-save writes it ('!' bare, text with spaces in double quotes)."""
-    return word if word == "!" else f'"{word}"' if " " in word and '"' not in word else shlex.quote(word)
-
-
-def _plan_rules(texts: list[str]) -> tuple[dict, dict]:
-    """iptables-restore texts -> ({(table, chain): [spec words]}, {(table, chain): policy})."""
-    rules: dict[tuple, list] = {}
-    policies: dict[tuple, str] = {}
-    table = None
-    for text in texts:
-        for line in text.splitlines():
-            line = line.strip()
-            if line.startswith("*"):
-                table = line[1:]
-            elif line.startswith(":") and table:
-                name, policy = (line[1:].split() + ["-"])[:2]
-                if policy != "-":
-                    policies[(table, name)] = policy
-            elif line.startswith("-A ") and table:
-                _, chain, *rest = line.split(" ", 2) + [""]
-                rules.setdefault((table, chain), []).append(_rule_words(rest[0] if rest else ""))
-    return rules, policies
+_NO_CHAIN = iptables.Chain("", None, 0, 0)
 
 
 # ---- the checks --------------------------------------------------------------------------------
@@ -312,29 +281,30 @@ def _check_neigh_fdb(add, ns: str, node: str, ops: list, data: dict, mac_now: di
 
 
 def _check_netfilter(add, ns: str, node: str, texts: list[str], tables: dict, forwards: bool) -> None:
-    rules, policies = _plan_rules(texts)
+    planned = iptables.as_saved(texts)
     if forwards:
-        want = policies.get(("filter", "FORWARD"), "ACCEPT")
+        chain = planned.get("filter", {}).get("FORWARD")
+        want = chain.policy if chain is not None and chain.policy else "ACCEPT"
         chain = tables.get("filter", {}).get("FORWARD")
         now = chain.policy if chain is not None else "ACCEPT"
         if now != want:
             add(Finding(node, "netfilter", "policy", "filter FORWARD", want, now,
                         f"ip netns exec {ns} iptables -P FORWARD {want}",
                         "forwarded packets the rules do not accept are dropped (Docker sets DROP)"))
-    for (table, chain), specs in rules.items():
-        have = [_rule_words(r.spec) for r in tables.get(table, {}).get(chain, iptables.Chain(chain, None, 0, 0)).rules]
-        for words in specs:
-            if words not in have:
-                spec = " ".join(_quote(w) for w in words)
-                add(Finding(node, "netfilter", "rule", f"{table} {chain}", f"-A {chain} {spec}", "missing",
-                            f"ip netns exec {ns} iptables -t {table} -A {chain} {spec}",
-                            "masquerade" in spec.lower() and "pods lose their way out (no masquerade)" or ""))
+    for table, chains in planned.items():
+        for name, chain in chains.items():
+            have = {r.spec for r in tables.get(table, {}).get(name, _NO_CHAIN).rules}
+            for pos, r in enumerate(chain.rules, 1):
+                if r.spec not in have:
+                    add(Finding(node, "netfilter", "rule", f"{table} {name}", f"-A {name} {r.spec}", "missing",
+                                f"ip netns exec {ns} iptables -t {table} -I {name} {pos} {r.spec}",
+                                "pods lose their way out (no masquerade)" if "MASQUERADE" in r.spec else ""))
     for table, chains in tables.items():
         for name, chain in chains.items():
-            planned = rules.get((table, name), [])
+            want = {r.spec for r in planned.get(table, {}).get(name, _NO_CHAIN).rules}
             for r in chain.rules:
-                words = _rule_words(r.spec)
-                if words not in planned and ("DROP" in words or "REJECT" in words):
+                words = r.spec.split()
+                if r.spec not in want and ("DROP" in words or "REJECT" in words):
                     add(Finding(node, "netfilter", "rule", f"{table} {name}", "no such rule (the plan made none)",
                                 f"-A {name} {r.spec}", f"ip netns exec {ns} iptables -t {table} -D {name} {r.spec}",
                                 "it drops packets the plan lets through"))
