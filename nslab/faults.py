@@ -129,7 +129,9 @@ def _is_pod_entry(ctx: Ctx, op) -> bool:
         dst = ipaddress.ip_network(op.dst)
     except ValueError:
         return False
-    return dst.subnet_of(net) and dst != net and not dst.overlaps(own)
+    if dst == net:           # udp: one route for the whole network into flannel0
+        return bool(op.nexthops) and op.nexthops[0].dev.startswith(FLANNEL_DEVS)
+    return dst.subnet_of(net) and not dst.overlaps(own)
 
 
 # ---- the catalogue ---------------------------------------------------------------------------------
