@@ -148,6 +148,20 @@ def _blackhole(ctx: Ctx, args: list[str]) -> list[dict]:
     return [{"kind": "del", "ns": ctx.ns, "op": i}, {"kind": "blackhole", "ns": ctx.ns, "dst": op.dst}]
 
 
+def _host_gw_across(ctx: Ctx, args: list[str]) -> list[dict]:
+    i, op = _pick(ctx, P.Route, "pod-subnet route through the overlay", _arg(args, 0), lambda op: op.dst,
+                  lambda op: op.nexthops[0].dev.startswith(FLANNEL_DEVS))
+    hop = op.nexthops[0]
+    mac = next((n.lladdr for _, n in ctx.of(P.Neigh) if n.address == hop.via), None)
+    node_ip = next((f.dst for _, f in ctx.of(P.Fdb) if f.lladdr == mac), None)
+    nic = ctx.underlay()
+    if not hop.dev.startswith(FLANNEL_DEVS) or node_ip is None or nic is None:
+        raise UsageError(f"{ctx.node}'s route to {op.dst} does not go through the VXLAN overlay: host-gw-across-"
+                         f"subnets needs a vxlan lab whose nodes sit in different racks (spine-leaf)")
+    return [{"kind": "del", "ns": ctx.ns, "op": i},
+            {"kind": "route-via", "ns": ctx.ns, "dst": op.dst, "via": node_ip, "dev": nic}]
+
+
 def _neigh_missing(ctx: Ctx, args: list[str]) -> list[dict]:
     i, _ = _pick(ctx, P.Neigh, "VTEP neighbour", _arg(args, 0), lambda op: op.address)
     return [{"kind": "del", "ns": ctx.ns, "op": i}]
@@ -234,6 +248,12 @@ CATALOGUE = {f.name: f for f in (
           "FDB entries kept the old one (flannel-io/flannel issues 1036 `reboot bug` and 1795 `wrong VtepMAC "
           "after flannel.1 first up`: the peers' entries are only rewritten when they see the lease change)",
           _vtep_mac),
+    Fault("host-gw-across-subnets", "[POD-SUBNET]",
+          "the route to a pod subnet in another rack becomes host-gw's (via that node's IP, onlink)",
+          "host-gw routes a pod subnet via the node's own IP, which only works when every node shares one L2 "
+          "segment (flannel's docs, Backends: host-gw `requires direct layer2 connectivity`); across racks "
+          "the next hop is never answered (ARP for an address that is not on the wire)",
+          _host_gw_across),
     Fault("fdb-missing", "[MAC]", "one FDB entry of the node's flannel.<VNI> is deleted",
           "flannel's vxlan backend adds `bridge fdb append MAC dev flannel.<VNI> dst IP self permanent` per remote "
           "node (pkg/backend/vxlan/vxlan_network.go handleSubnetEvents); a lost entry leaves the kernel without the "
@@ -375,6 +395,14 @@ def _check(st: state.LabState, plan: P.Plan, c) -> dict:
             ipaddress.ip_network(c.get("dst"))
         except (TypeError, ValueError):
             raise bad from None
+    elif kind == "route-via":
+        try:
+            ipaddress.ip_network(c.get("dst"))
+            ipaddress.ip_address(c.get("via"))
+        except (TypeError, ValueError):
+            raise bad from None
+        if c.get("dev") not in devs:
+            raise bad
     elif kind == "policy":
         if c.get("chain") != "FORWARD" or not all(c.get(k) in ("ACCEPT", "DROP") for k in ("before", "after")):
             raise bad
@@ -419,6 +447,13 @@ def _change(lab: str, plan: P.Plan, c: dict, forward: bool) -> None:
                         raise
         finally:
             applier.close()
+    elif kind == "route-via":
+        argv = ["route", "add" if forward else "del", c["dst"], "via", c["via"], "dev", c["dev"], "onlink"]
+        try:
+            _ip(ns, *argv)
+        except ApplyError as e:
+            if not any(w in str(e) for w in ("File exists", "No such process", "not found")):
+                raise
     elif kind == "sysctl":
         with netns.enter(ns):
             netns.write_sysctl(c["key"], c["after" if forward else "before"])

@@ -161,6 +161,7 @@ def check(st, plan: P.Plan, report: Report | None = None) -> Report:
         if mac and k and k["mac"]:
             mac_now[mac] = k["mac"]
     add = report.findings.append
+    underlays = {dict(op.vxlan).get("dev") for op in plan.ops if isinstance(op, P.Link) and op.vxlan}
     for ns, data in kernel.items():
         node = node_of.get(ns, ns)
         klinks = data["links"]
@@ -176,7 +177,7 @@ def check(st, plan: P.Plan, report: Report | None = None) -> Report:
                 add(Finding(node, _stage_of(dev), "link", dev, "up", "down", f"ip -n {ns} link set dev {dev} up",
                             "a device that is down drops every packet and the kernel drops its routes"))
             if mtu and k["mtu"] != mtu:
-                add(Finding(node, _stage_of(dev), "mtu", dev, str(mtu), str(k["mtu"]),
+                add(Finding(node, "encap" if dev in underlays else _stage_of(dev), "mtu", dev, str(mtu), str(k["mtu"]),
                             f"ip -n {ns} link set dev {dev} mtu {mtu}",
                             "packets larger than the smallest MTU on the path are dropped (a black hole)"))
             if mac and k["mac"] and k["mac"].lower() != mac.lower() and dev.startswith(FLANNEL_DEVS):
@@ -238,7 +239,10 @@ def _check_routes(add, ns: str, node: str, ops: list, routes: list[dict]) -> Non
                         "the kernel drops every packet to it"))
         elif _hops(r) != want:
             now = " ".join(f"via {g} dev {d}" if g else f"dev {d}" for g, d in sorted(_hops(r), key=str))
-            add(Finding(node, stage, "route", op.dst, text, f"{op.dst} {now}", fix))
+            why = "packets leave by another next hop than the plan's"
+            if stage == "encap" and not any(d.startswith(FLANNEL_DEVS) for _, d in _hops(r)):
+                why += " and skip the overlay (host-gw's route: across racks its next hop never answers ARP)"
+            add(Finding(node, stage, "route", op.dst, text, f"{op.dst} {now}", fix, why))
     for r in routes:
         if r["dst"] in planned or r["proto"] == "kernel":
             continue

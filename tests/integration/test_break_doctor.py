@@ -232,3 +232,17 @@ def test_other_backends_route_forward_and_mtu_faults(nslab_lab, backend):
     r = nslab("doctor", "-l", lab.name, "--json")
     assert r.returncode == 0, r.stdout
     assert lab.ping("client", "nginx").ok
+
+
+def test_host_gw_across_racks_is_named_on_the_node_that_routes(nslab_lab):
+    lab = nslab_lab(str(REPO / "topologies" / "spine-leaf.yaml"))
+    assert lab.ping("client", "web-worker3").ok
+    nslab("break", "-l", lab.name, "host-gw-across-subnets", "worker1", check=True)
+    assert not lab.ping("client", "web-worker3").ok
+    rc, report = doctor(lab)
+    assert rc == 1 and found(report, "worker1", "route", "10.244.3.0/24")
+    [f] = [f for f in report["findings"] if f["node"] == "worker1"]
+    assert f["actual"] == "10.244.3.0/24 via 30.0.0.23 dev enp0s3" and "host-gw" in f["why"]
+    nslab("break", "-l", lab.name, "--undo-all", check=True)
+    rc, report = doctor(lab)
+    assert rc == 0 and report["probes"].startswith("12/12 pairs")
