@@ -424,7 +424,8 @@ def break_(fault: Optional[str] = typer.Argument(None, help="A fault of the cata
         lab = labmod.resolve_lab(lab)
         node = faults.default_node(lab)
     b = faults.inject(lab, fault, node, target[1:])
-    out.say(f"break {b['id']}: {fault} on {node}: {faults.CATALOGUE[fault].summary}")
+    out.say(f"break {b['id']}: {fault} on {node}")
+    out.say(f"  {faults.CATALOGUE[fault].summary}")
     out.say(f"  undo: nslab break -l {lab} --undo {b['id']}")
 
 

@@ -249,7 +249,7 @@ CATALOGUE = {f.name: f for f in (
           "after flannel.1 first up`: the peers' entries are only rewritten when they see the lease change)",
           _vtep_mac),
     Fault("host-gw-across-subnets", "[POD-SUBNET]",
-          "the route to a pod subnet in another rack becomes host-gw's (via that node's IP, onlink)",
+          "the route to another rack's pods becomes host-gw's (via the node's IP)",
           "host-gw routes a pod subnet via the node's own IP, which only works when every node shares one L2 "
           "segment (flannel's docs, Backends: host-gw `requires direct layer2 connectivity`); across racks "
           "the next hop is never answered (ARP for an address that is not on the wire)",
