@@ -228,7 +228,7 @@ def _forward_drop(ctx: Ctx, args: list[str]) -> list[dict]:
 def _masq_missing(ctx: Ctx, args: list[str]) -> list[dict]:
     changes = []
     for i, op in ctx.of(P.Iptables):
-        for j, (table, chain, spec) in enumerate(_rules(op.text)):
+        for j, (table, chain, spec) in enumerate(iptables.rules_of(op.text)):
             if table == "nat" and chain == "POSTROUTING" and "MASQUERADE" in spec.split() and " ! -d " in f" {spec} ":
                 # where it is in the kernel's chain now: the undo puts it back there (rule order
                 # is meaning: flannel's RETURN rules must come before its MASQUERADE)
@@ -341,19 +341,6 @@ def _saved_spec(table: str, chain: str, spec: str) -> str:
     return rules.rules[0].spec if rules is not None and rules.rules else spec
 
 
-def _rules(text: str) -> list[tuple[str, str, str]]:
-    """(table, chain, spec) of each -A line of iptables-restore text, in order."""
-    out, table = [], None
-    for line in text.splitlines():
-        line = line.strip()
-        if line.startswith("*"):
-            table = line[1:]
-        elif line.startswith("-A ") and table:
-            parts = line.split(" ", 2)
-            out.append((table, parts[1], parts[2] if len(parts) > 2 else ""))
-    return out
-
-
 # ---- validating a recorded change (records read back are input) ---------------------------------
 
 def _check(st: state.LabState, plan: P.Plan, c) -> dict:
@@ -373,7 +360,7 @@ def _check(st: state.LabState, plan: P.Plan, c) -> dict:
         if kind == "del" and not isinstance(op, (P.Route, P.Neigh, P.Fdb)):
             raise bad
         if kind == "rule" and (not isinstance(op, P.Iptables) or type(c.get("line")) is not int
-                               or not 0 <= c["line"] < len(_rules(op.text))
+                               or not 0 <= c["line"] < len(iptables.rules_of(op.text))
                                or type(c.get("pos")) is not int or not 1 <= c["pos"] <= 100000):
             raise bad
     elif kind == "sysctl":
@@ -478,7 +465,7 @@ def _change(lab: str, plan: P.Plan, c: dict, forward: bool) -> None:
     elif kind == "policy":
         iptables.apply(ns, f"*filter\n:{c['chain']} {c['after' if forward else 'before']} [0:0]\nCOMMIT\n")
     elif kind == "rule":
-        table, chain, spec = _rules(plan.ops[c["op"]].text)[c["line"]]
+        table, chain, spec = iptables.rules_of(plan.ops[c["op"]].text)[c["line"]]
         spec = _saved_spec(table, chain, spec)
         have = iptables.parse_save(iptables.save(ns, counters=False)).get(table, {}).get(chain)
         present = have is not None and any(r.spec == spec for r in have.rules)

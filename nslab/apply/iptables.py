@@ -164,3 +164,50 @@ def as_saved(texts: list[str], _cache: dict = {}) -> dict:
             raise NslabError(f"iptables-restore refuses rules nslab wrote: {_explain(r.stderr, text)}")
         _cache[text] = parse_save(r.stdout)
     return _cache[text]
+
+
+def rules_of(text: str) -> list[tuple[str, str, str]]:
+    """(table, chain, spec) of each `-A CHAIN spec` line of iptables-restore text, in order."""
+    out, table = [], None
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("*"):
+            table = line[1:]
+        elif line.startswith("-A ") and table:
+            parts = line.split(" ", 2)
+            out.append((table, parts[1], parts[2] if len(parts) > 2 else ""))
+    return out
+
+
+def missing(ns: str, rules: list[tuple[str, str, str]], timeout: float = 60) -> list[tuple[str, str, str]]:
+    """Those of `rules` (table, chain, spec) namespace `ns` does not hold, asked of iptables
+    itself (`-C`, which compares rules as iptables reads them, whatever their spelling):
+    one iptables-restore --noflush of -C lines, which changes nothing; it stops at the first
+    rule missing, so that one is noted and the rest asked again (one process when all hold)."""
+    pending, gone = list(rules), []
+    while pending:
+        lines, where, table = [], {}, None
+        for rule in pending:
+            if rule[0] != table:
+                if table is not None:
+                    lines.append("COMMIT")
+                table = rule[0]
+                lines.append(f"*{table}")
+            lines.append(f"-C {rule[1]} {rule[2]}")
+            where[len(lines)] = rule
+        lines.append("COMMIT")
+        proc = _run(ns, RESTORE, input="\n".join(lines) + "\n", timeout=timeout)
+        if proc.returncode == 0:
+            break
+        m = re.search(r"line (\d+) failed", proc.stderr)
+        rule = where.get(int(m.group(1))) if m else None
+        if rule is None:                    # not a -C line: the table or chain itself is not there
+            m2 = re.search(r"line (\d+)", proc.stderr)
+            n = int(m2.group(1)) if m2 else 0
+            rule = next((where[k] for k in sorted(where) if k > n), None) if n else None
+            if rule is None:
+                raise NslabError(f"iptables-restore in {ns} could not check rules: "
+                                 f"{' '.join(proc.stderr.split())}")
+        gone.append(rule)
+        pending.remove(rule)
+    return gone
