@@ -414,6 +414,98 @@ def show(node: Optional[str] = typer.Argument(None, help="Node name or LAB.NODE 
             showmod.service_table(console, data["services"])
 
 
+@app.command("break", context_settings={"ignore_unknown_options": True})
+@run
+def break_(fault: Optional[str] = typer.Argument(None, help="A fault of the catalogue (--list)."),
+           target: Optional[List[str]] = typer.Argument(None, help="NODE (default: the first cluster node), "
+                                                        "then the fault's own arguments (--list)."),
+           lab: Optional[str] = LabOpt,
+           list_: bool = typer.Option(False, "--list", help="The catalogue, and the lab's breaks."),
+           undo: Optional[List[int]] = typer.Option(None, "--undo", metavar="ID", help="Undo break ID."),
+           undo_all: bool = typer.Option(False, "--undo-all", help="Undo every break of the lab.")):
+    """Break a running lab on purpose, as real flannel clusters break (`--list`); each break is
+    recorded in the lab's record and `--undo ID` / `--undo-all` puts back exactly what it
+    changed.  `nslab doctor` finds it from the kernel alone."""
+    from . import faults  # lazy: start-up
+    if list_:
+        for f in faults.CATALOGUE.values():
+            out.say(f"{f.name} [NODE]" + (f" {f.usage}" if f.usage else ""))
+            out.say(f"    {f.summary}")
+        try:
+            lab = labmod.resolve_lab(lab)
+        except UsageError:
+            return
+        made = faults.recorded(lab)
+        out.say(f"breaks in lab {lab}: " + ("none" if not made else ""))
+        for b in made:
+            out.say(f"  {faults.describe(b)}")
+        return
+    labmod.require_root()
+    if undo or undo_all:
+        if fault:
+            raise UsageError("--undo and --undo-all take no FAULT")
+        lab = labmod.resolve_lab(lab)
+        done = faults.undo(lab, None if undo_all else list(undo))
+        for b in done:
+            out.say(f"undone {faults.describe(b)}")
+        if not done:
+            out.say(f"lab {lab}: no breaks to undo")
+        return
+    if not fault:
+        raise UsageError("say which fault (`nslab break --list` shows the catalogue)")
+    target = list(target or [])
+    if fault not in faults.CATALOGUE:
+        raise UsageError(f"no fault {fault!r} in the catalogue (`nslab break --list`: {', '.join(faults.CATALOGUE)})")
+    if target:
+        lab, node = labmod.resolve_nodes(lab, target[0])
+    else:
+        lab = labmod.resolve_lab(lab)
+        node = faults.default_node(lab)
+    b = faults.inject(lab, fault, node, target[1:])
+    out.say(f"break {b['id']}: {fault} on {node}")
+    out.say(f"  {faults.CATALOGUE[fault].summary}")
+    out.say(f"  undo: nslab break -l {lab} --undo {b['id']}")
+
+
+@app.command()
+@run
+def doctor(src: Optional[str] = typer.Argument(None, help="Probe from this node or pod (with DST).",
+                                              autocompletion=completion.nodes),
+           dst: Optional[str] = typer.Argument(None, help="... to this node, pod or address.",
+                                              autocompletion=completion.nodes),
+           lab: Optional[str] = LabOpt,
+           proto: str = typer.Option("ping", "--proto", help="With SRC DST: ping, tcp, udp or http."),
+           port: Optional[int] = typer.Option(None, "--port", help="With SRC DST and tcp/udp/http: the port."),
+           no_probe: bool = typer.Option(False, "--no-probe", help="Only the checks that need no packet."),
+           as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
+    """Compare the kernel of every node with what the lab applied (routes, neighbours, FDB,
+    sysctls, MTUs, links, iptables, daemons), then probe pod pairs (or SRC DST).  Each finding
+    names the node, the kernel object, its key, expected and actual, and the fix.  Exit 0
+    healthy, 1 findings, 2 bad input."""
+    from .observe import doctor as doc  # lazy: start-up
+    labmod.require_root()
+    if (src is None) != (dst is None):
+        raise UsageError("doctor takes no pair or both SRC and DST")
+    if proto not in ("ping", "icmp", "tcp", "udp", "http"):
+        raise UsageError(f"--proto {proto}: not one of ping, tcp, udp, http")
+    if proto in ("tcp", "udp", "http") and port is None:
+        raise UsageError(f"--proto {proto} needs --port")
+    if port is not None and not 0 < port < 65536:
+        raise UsageError(f"--port {port}: not a port (1-65535)")
+    lab, src, dst = labmod.resolve_nodes(lab, src, dst)
+    st = state.load(lab)
+    labmod.require_own_namespaces(st, list(st.nodes.values()))
+    topo = labmod.topology(lab, st)
+    report = doc.diagnose(st, labmod.applied_plan(lab, st), topo, (src, dst) if src else None, proto, port,
+                          probes=not no_probe)
+    if as_json:
+        print(json.dumps(doc.as_json(report), indent=1))
+    else:
+        doc.render(report)
+    if not report.healthy:
+        raise typer.Exit(1)
+
+
 @app.command()
 @run
 def validate(files: List[str] = typer.Argument(..., help="Topology files."),

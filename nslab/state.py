@@ -99,6 +99,9 @@ class LabState:
     containers: list[dict] = field(default_factory=list)    # {node, name, id}: once created
     ns_ids: dict[str, list[int]] = field(default_factory=dict)   # namespace -> [st_dev, st_ino]
     built: dict[str, str] = field(default_factory=dict)      # TOPOLOGY/PLAN -> SHA-256 of the file written
+    # `nslab break`'s faults, recorded before each is made, kept until undone (nslab/faults.py
+    # reads and validates them: each names what it changed in the lab's own namespaces)
+    breaks: list[dict] = field(default_factory=list)
     # keys of a newer nslab: kept as they are, never interpreted
     extra: dict = field(default_factory=dict, repr=False)
     warnings: list[str] = field(default_factory=list, repr=False)   # not saved
@@ -110,7 +113,7 @@ class LabState:
 
 _TYPES = {"lab": str, "file": str, "status": str, "created": (int, float), "namespaces": list, "nodes": dict,
           "processes": list, "files": list, "info": dict, "overrides": dict, "containers": list, "ns_ids": dict,
-          "built": dict}
+          "built": dict, "breaks": list}
 
 
 def lab_dir(lab: str) -> str:
@@ -175,6 +178,8 @@ def _parse(lab: str, data) -> LabState:
         raise ValueError("'nodes' holds something other than namespace names")
     if not _identities(data.get("ns_ids", {})):
         raise ValueError("'ns_ids' holds something other than [device, inode] pairs")
+    if not all(isinstance(b, dict) for b in data.get("breaks", [])):
+        raise ValueError("'breaks' holds something other than objects")
     if not all(isinstance(v, str) for v in data.get("built", {}).values()):
         raise ValueError("'built' holds something other than digests")
     st = LabState(lab=lab, file=data.get("file", "?"),

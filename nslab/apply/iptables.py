@@ -156,3 +156,69 @@ def save(ns: str, *, counters: bool = True, timeout: float = 30) -> str:
 def tables(ns: str, timeout: float = 30) -> dict[str, dict[str, Chain]]:
     """Every table, chain and rule of namespace `ns`, with packet and byte counters."""
     return parse_save(save(ns, timeout=timeout))
+
+
+def as_saved(texts: list[str], _cache: dict = {}) -> dict:
+    """iptables-restore texts (a plan's) as iptables itself writes them back: loaded into a
+    throwaway network namespace (`unshare --net`, gone with the process) and saved, so they
+    compare with the kernel's iptables-save byte for byte (iptables rewrites what it reads:
+    `-d X` -> `-d X/32`, `--or-mark 0x00004000` -> `--set-xmark 0x4000/0x4000`, matches
+    reordered).  The host's namespace is not touched.  Cached per text."""
+    text = "".join(t if t.endswith("\n") else t + "\n" for t in texts)
+    if not text:
+        return {}
+    if text not in _cache:
+        r = subprocess.run([spawn.need("unshare"), "--net", "--", "sh", "-c",
+                            "iptables-restore -w --noflush && iptables-save"], input=text, capture_output=True, text=True,
+                           cwd=spawn.CWD, env=spawn.env(), timeout=60)
+        if r.returncode:
+            raise NslabError(f"iptables-restore refuses rules nslab wrote: {_explain(r.stderr, text)}")
+        _cache[text] = parse_save(r.stdout)
+    return _cache[text]
+
+
+def rules_of(text: str) -> list[tuple[str, str, str]]:
+    """(table, chain, spec) of each `-A CHAIN spec` line of iptables-restore text, in order."""
+    out, table = [], None
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("*"):
+            table = line[1:]
+        elif line.startswith("-A ") and table:
+            parts = line.split(" ", 2)
+            out.append((table, parts[1], parts[2] if len(parts) > 2 else ""))
+    return out
+
+
+def missing(ns: str, rules: list[tuple[str, str, str]], timeout: float = 60) -> list[tuple[str, str, str]]:
+    """Those of `rules` (table, chain, spec) namespace `ns` does not hold, asked of iptables
+    itself (`-C`, which compares rules as iptables reads them, whatever their spelling):
+    one iptables-restore --noflush of -C lines, which changes nothing; it stops at the first
+    rule missing, so that one is noted and the rest asked again (one process when all hold)."""
+    pending, gone = list(rules), []
+    while pending:
+        lines, where, table = [], {}, None
+        for rule in pending:
+            if rule[0] != table:
+                if table is not None:
+                    lines.append("COMMIT")
+                table = rule[0]
+                lines.append(f"*{table}")
+            lines.append(f"-C {rule[1]} {rule[2]}")
+            where[len(lines)] = rule
+        lines.append("COMMIT")
+        proc = _run(ns, RESTORE, input="\n".join(lines) + "\n", timeout=timeout)
+        if proc.returncode == 0:
+            break
+        m = re.search(r"line (\d+) failed", proc.stderr)
+        rule = where.get(int(m.group(1))) if m else None
+        if rule is None:                    # not a -C line: the table or chain itself is not there
+            m2 = re.search(r"line (\d+)", proc.stderr)
+            n = int(m2.group(1)) if m2 else 0
+            rule = next((where[k] for k in sorted(where) if k > n), None) if n else None
+            if rule is None:
+                raise NslabError(f"iptables-restore in {ns} could not check rules: "
+                                 f"{' '.join(proc.stderr.split())}")
+        gone.append(rule)
+        pending.remove(rule)
+    return gone
