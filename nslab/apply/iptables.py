@@ -207,7 +207,7 @@ def missing(ns: str, rules: list[tuple[str, str, str]], timeout: float = 60) -> 
             lines.append(f"-C {rule[1]} {rule[2]}")
             where[len(lines)] = rule
         lines.append("COMMIT")
-        proc = _run(ns, RESTORE, input="\n".join(lines) + "\n", timeout=timeout)
+        proc = run(ns, RESTORE, input="\n".join(lines) + "\n", timeout=timeout)
         if proc.returncode == 0:
             break
         m = re.search(r"line (\d+) failed", proc.stderr)
