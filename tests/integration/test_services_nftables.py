@@ -124,8 +124,10 @@ def test_the_notes_four_nat_cases_in_nftables_mode(root_unchanged, lab_factory, 
     (n,) = json.loads(proc.stdout)["nat"]
     assert n["node"] == "worker3" and n["rule"].startswith(f"@service-nodeports tcp . 30080 -> {EXTERNAL}\n"), n
     # the services table names the chain
-    svc, = json.loads(lab.nslab("show", "-l", lab.name, "--json", check=True).stdout)["services"]
-    assert (svc["proxy_mode"], svc["chain"]) == ("nftables", SERVICE)
+    svcs = {s["name"]: s for s in json.loads(lab.nslab("show", "-l", lab.name, "--json", check=True).stdout)["services"]}
+    assert sorted(svcs) == ["kube-dns", "testappds"]           # the cluster DNS is a service too
+    assert (svcs["testappds"]["proxy_mode"], svcs["testappds"]["chain"]) == ("nftables", SERVICE)
+    assert svcs["kube-dns"]["chain"] == chain("service", "kube-system/kube-dns/udp/dns")
 
 
 @pytest.mark.skipif(kernel.module_state("ip_vs") != "absent", reason="this kernel has ip_vs")
@@ -153,8 +155,8 @@ def test_proxy_mode_option_is_recorded_and_kept(root_unchanged, tmp_path):
         state = json.loads((tmp_path / name / "state.json").read_text())
         assert state["overrides"] == {"proxy_mode": "nftables"}
         shown = nslab("show", "-l", name, "--json", env=run, timeout=60)
-        svc, = json.loads(shown.stdout)["services"]
-        assert svc["chain"] == SERVICE
+        svcs = {s["name"]: s for s in json.loads(shown.stdout)["services"]}
+        assert svcs["testappds"]["chain"] == SERVICE
         assert nftables.table(f"{name}.worker1", "kube-proxy") is not None
     finally:
         assert nslab("down", name, env=run, timeout=120).returncode == 0
