@@ -71,16 +71,23 @@ def timeout_for(text: str) -> float:
     return 60 + text.count("\n") / 250
 
 
+def load(ns: str, argv: tuple, texts: tuple[str, ...],
+         timeout: float | None) -> tuple[str, subprocess.CompletedProcess] | None:
+    """The texts (concatenated, each ending its line) fed to one `argv` (a loader that reads
+    stdin: iptables-restore, nft -f -) in `ns`: (text, process), or None for no text."""
+    text = "".join(t if t.endswith("\n") else t + "\n" for t in texts if t)
+    if not text:
+        return None
+    return text, run(ns, argv, input=text, timeout=timeout or timeout_for(text))
+
+
 def apply(ns: str, *texts: str, timeout: float | None = None) -> None:
     """Load iptables-restore text (several texts are concatenated: each keeps its own
     *table ... COMMIT sections) into namespace `ns` with one iptables-restore.  --noflush:
     rules already there stay, chains declared in the text are (re)created empty."""
-    text = "".join(t if t.endswith("\n") else t + "\n" for t in texts if t)
-    if not text:
-        return
-    proc = run(ns, RESTORE, input=text, timeout=timeout or timeout_for(text))
-    if proc.returncode != 0:
-        raise NslabError(f"iptables-restore in {ns} failed: {_explain(proc.stderr, text)}")
+    loaded = load(ns, RESTORE, texts, timeout)
+    if loaded and loaded[1].returncode != 0:
+        raise NslabError(f"iptables-restore in {ns} failed: {_explain(loaded[1].stderr, loaded[0])}")
 
 
 def _explain(stderr: str, text: str) -> str:

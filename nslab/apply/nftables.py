@@ -12,19 +12,16 @@ import json
 import re
 
 from ..errors import NslabError
-from .iptables import run, timeout_for
+from .iptables import load, run
 
 LOAD = ("nft", "-f", "-")
 
 
 def apply(ns: str, *texts: str, timeout: float | None = None) -> None:
     """Load the texts (concatenated) into namespace `ns` with one `nft -f -`: one transaction."""
-    text = "".join(t if t.endswith("\n") else t + "\n" for t in texts if t)
-    if not text:
-        return
-    proc = run(ns, LOAD, input=text, timeout=timeout or timeout_for(text))
-    if proc.returncode != 0:
-        raise NslabError(f"nft -f in {ns} failed: {_explain(proc.stderr)}")
+    loaded = load(ns, LOAD, texts, timeout)
+    if loaded and loaded[1].returncode != 0:
+        raise NslabError(f"nft -f in {ns} failed: {_explain(loaded[1].stderr)}")
 
 
 def _explain(stderr: str) -> str:

@@ -28,12 +28,18 @@ def _net(text: str) -> str:
     return str(ipaddress.IPv4Network(text, strict=True))
 
 
-def masq_rules(network: str, subnet: str, random_fully: bool = True) -> list[str]:
-    """MasqRules(ipn = flannel's Network, lease.Subnet = this node's pod subnet): nat
-    POSTROUTING rules, in flannel's order."""
+def _lease_in(network: str, subnet: str) -> tuple[str, str]:
+    """(flannel's Network, this node's lease), the lease checked to be inside the network."""
     n, sn = _net(network), _net(subnet)
     if not ipaddress.IPv4Network(sn).subnet_of(ipaddress.IPv4Network(n)):
         raise ValueError(f"node subnet {sn} is not inside the flannel network {n}")
+    return n, sn
+
+
+def masq_rules(network: str, subnet: str, random_fully: bool = True) -> list[str]:
+    """MasqRules(ipn = flannel's Network, lease.Subnet = this node's pod subnet): nat
+    POSTROUTING rules, in flannel's order."""
+    n, sn = _lease_in(network, subnet)
     rf = " --random-fully" if random_fully else ""
     c = f"-m comment --comment {MASQ_COMMENT}"
     return [
@@ -88,9 +94,7 @@ def nft_masq_rules(network: str, subnet: str, random_fully: bool = True) -> list
     order.  Unlike the iptables rules, the fourth rule returns for any source outside this
     node's subnet towards the network (`ip saddr != podCidr`, flannel's text), so the last
     rule masquerades only what the earlier ones let through."""
-    n, sn = _net(network), _net(subnet)
-    if not ipaddress.IPv4Network(sn).subnet_of(ipaddress.IPv4Network(n)):
-        raise ValueError(f"node subnet {sn} is not inside the flannel network {n}")
+    n, sn = _lease_in(network, subnet)
     masquerade = "masquerade fully-random" if random_fully else "masquerade"
     t = f"ip {NFT_TABLE} postrtg"
     return [
