@@ -25,6 +25,7 @@ import ipaddress
 import json
 import os
 import re
+import signal
 import struct
 import subprocess
 import time
@@ -242,6 +243,72 @@ def _masq_missing(ctx: Ctx, args: list[str]) -> list[dict]:
     return changes[:1]
 
 
+def _services(ctx: Ctx) -> tuple:
+    """The lab's cluster and its services as kube-proxy sees them (compile/services.py)."""
+    from .compile.services import services_of   # lazy: start-up
+    cluster = labmod.topology(ctx.st.lab, ctx.st).cluster
+    if cluster is None:
+        raise UsageError(f"lab {ctx.st.lab} has no cluster (services need one)")
+    return cluster, services_of(cluster)
+
+
+def _endpoint_gone(ctx: Ctx, args: list[str]) -> list[dict]:
+    cluster, services = _services(ctx)
+    eps = {pod: s.name for s in cluster.services.values() if not s.headless for pod in s.endpoints
+           if cluster.pods[pod].node == ctx.node}
+    pod = _arg(args, 0) or next(iter(sorted(eps)), None)
+    if pod not in eps:
+        raise UsageError(f"{ctx.node} runs no endpoint {pod!r} of a service (endpoints there: "
+                         f"{', '.join(sorted(eps)) or 'none'})" if pod else
+                         f"{ctx.node} runs no endpoint of a service: choose a node that does")
+    pod_ctx = Ctx(ctx.st, ctx.plan, pod)
+    dev = next(d for d in pod_ctx.devs() if d != "lo")
+    # the pod's interface down: as a deleted pod's veth, nothing answers on its IP
+    return [{"kind": "link", "ns": pod_ctx.ns, "dev": dev, "attr": "state", "before": "up", "after": "down"}]
+
+
+STALE_SPORT = 41053     # the client's UDP source port: a resolver or agent that keeps one socket
+
+
+def _stale_conntrack(ctx: Ctx, args: list[str]) -> list[dict]:
+    cluster, services = _services(ctx)
+    udp = [s for s in services if s.protocol == "UDP" and s.endpoints]
+    name = _arg(args, 0)
+    s = next((s for s in udp if name in (None, s.name)), None)
+    if s is None:
+        raise UsageError(f"lab {ctx.st.lab} has no UDP service {name or ''} with endpoints (UDP services: "
+                         f"{', '.join(x.name for x in udp) or 'none'})".replace("  ", " "))
+    pods = sorted(p for p, pod in cluster.pods.items() if pod.node == ctx.node and p in ctx.st.nodes)
+    src = str(cluster.pods[pods[0]].ip.ip) if pods else str(cluster.nodes[ctx.node].ip)
+    # the old endpoint: an address of the first endpoint's node's pod subnet that no pod has
+    # now (its pod was replaced; the new one got another address)
+    taken = {str(p.ip.ip) for p in cluster.pods.values()}
+    subnet = cluster.nodes[s.endpoints[0].node].subnet
+    old = next(str(a) for a in reversed(list(subnet.hosts())) if str(a) not in taken)
+    return [{"kind": "conntrack", "ns": ctx.ns, "src": src, "sport": STALE_SPORT, "vip": s.cluster_ip,
+             "port": s.port, "old": old, "target": s.target_port}]
+
+
+def _daemon_dead(ctx: Ctx, args: list[str]) -> list[dict]:
+    whats = [op.what for _, op in ctx.of(P.Daemon) if op.kind in ("udp", "ipip")]
+    if not whats:
+        raise UsageError(f"{ctx.node} runs no userspace dataplane (daemon-dead needs the udp backend or "
+                         f"userspace ipip)")
+    proc = next((p for p in ctx.st.processes if p.what == whats[0] and state.is_ours(p)), None)
+    if proc is None:
+        raise UsageError(f"the {whats[0]} is not running (`nslab show` restarts it)")
+    return [{"kind": "daemon", "ns": ctx.ns, "what": whats[0], "pid": proc.pid, "start": proc.start_time}]
+
+
+def _bridge_nf_call(ctx: Ctx, args: list[str]) -> list[dict]:
+    if not any(op.kind == "bridge" for _, op in ctx.of(P.Link)):
+        raise UsageError(f"{ctx.node} has no bridge (cni0): choose a cluster node that runs pods")
+    return [_sysctl_change(ctx, BRIDGE_NF_CALL, "0")]
+
+
+BRIDGE_NF_CALL = "net.bridge.bridge-nf-call-iptables"
+
+
 CATALOGUE = {f.name: f for f in (
     Fault("vtep-mac-changed", "[MAC]", "the node's flannel.<VNI> gets a new MAC; its peers keep the old one",
           "a node rebooted or flanneld recreated flannel.<VNI> with a new MAC; the other nodes' neighbour and "
@@ -294,6 +361,26 @@ CATALOGUE = {f.name: f for f in (
           "flannel's ip-masq rules (pkg/ip/iptables.go MasqRules) removed by an iptables flush: pods still reach "
           "each other, but traffic to the outside leaves with a pod source address and gets no answer",
           _masq_missing),
+    Fault("endpoint-gone", "[POD]", "a service endpoint pod on the node loses its network (eth0 down)",
+          "a pod deleted or crashed while kube-proxy still holds its endpoint (kube-proxy programs the "
+          "EndpointSlices it is told about, with a delay: kubernetes.io, Virtual IPs and Service Proxies); "
+          "connections DNATed to it get no answer",
+          _endpoint_gone),
+    Fault("stale-conntrack", "[SERVICE]", "a UDP conntrack entry to the service still DNATs to an old endpoint",
+          "UDP has no connection to end: after an endpoint change kube-proxy deletes the conntrack entries "
+          "that DNAT to the old endpoint (pkg/proxy/conntrack/cleanup.go, `conntrack -D --orig-dst VIP "
+          "--dst-nat OLD -p udp`); without that a client that keeps its source port keeps sending to the old "
+          "endpoint (kubernetes issues 48370, 59368)",
+          _stale_conntrack),
+    Fault("daemon-dead", "", "the node's udp or userspace ipip dataplane is killed and kept down",
+          "flanneld with the udp backend forwards every packet in userspace (flannel's docs, Backends: udp, "
+          "`use only for debug`): when the process dies the TUN device stays and traffic stops",
+          _daemon_dead),
+    Fault("bridge-nf-call-off", "", "net.bridge.bridge-nf-call-iptables=0 on the node",
+          "without br_netfilter's hook a reply from an endpoint on the client's own node is bridged on cni0 "
+          "and skips the reverse NAT (note 001; kubeadm's preflight requires bridge-nf-call-iptables=1; "
+          "kernel Documentation/networking/ip-sysctl.rst, bridge-nf-call-iptables)",
+          _bridge_nf_call),
 )}
 
 
@@ -390,6 +477,19 @@ def _check(st: state.LabState, plan: P.Plan, c) -> dict:
             raise bad from None
         if c.get("dev") not in devs:
             raise bad
+    elif kind == "conntrack":
+        try:
+            for k in ("src", "vip", "old"):
+                ipaddress.IPv4Address(c.get(k))
+        except (TypeError, ValueError):
+            raise bad from None
+        if not all(type(c.get(k)) is int and 0 < c[k] < 65536 for k in ("sport", "port", "target")):
+            raise bad
+    elif kind == "daemon":
+        whats = {op.what for op in plan.ops if isinstance(op, P.Daemon) and op.ns == c["ns"] and op.kind != "dns"}
+        if c.get("what") not in whats or type(c.get("pid")) is not int or c["pid"] < 2 or \
+                not isinstance(c.get("start"), (int, float)):
+            raise bad
     elif kind == "policy":
         if c.get("chain") != "FORWARD" or not all(c.get(k) in ("ACCEPT", "DROP") for k in ("before", "after")):
             raise bad
@@ -462,6 +562,14 @@ def _change(lab: str, plan: P.Plan, c: dict, forward: bool) -> None:
                 _send(applier, applier.open_namespace(ns), _own_neighbours(plan, ns, c["dev"]), delete=False)
             finally:
                 applier.close()
+    elif kind == "conntrack":
+        _conntrack(ns, c, forward)
+    elif kind == "daemon":
+        # held down first (the record names it: the agent does not restart it), then killed
+        # by the PID and start time recorded: only the process the lab started
+        proc = state.Process(pid=c["pid"], start_time=c["start"], what=c["what"])
+        if forward and state.is_ours(proc):
+            os.kill(proc.pid, signal.SIGKILL)
     elif kind == "policy":
         iptables.apply(ns, f"*filter\n:{c['chain']} {c['after' if forward else 'before']} [0:0]\nCOMMIT\n")
     elif kind == "rule":
@@ -474,6 +582,37 @@ def _change(lab: str, plan: P.Plan, c: dict, forward: bool) -> None:
         elif not forward and not present:
             pos = min(c["pos"], len(have.rules) + 1 if have is not None else 1)
             iptables.apply(ns, f"*{table}\n-I {chain} {pos} {spec}\nCOMMIT\n")
+
+
+def _conntrack(ns: str, c: dict, forward: bool) -> None:
+    """Insert (or delete) the stale entry: client -> VIP:port whose reply comes from the old
+    endpoint, as the DNAT of an earlier connection left it (conntrack(8) -I/-D)."""
+    match = ["-p", "udp", "-s", c["src"], "-d", c["vip"], "--sport", str(c["sport"]), "--dport", str(c["port"])]
+    argv = ["-I", *match, "-r", c["old"], "-q", c["src"], "--reply-port-src", str(c["target"]),
+            "--reply-port-dst", str(c["sport"]), "-t", "600", "-u", "SEEN_REPLY,ASSURED"] if forward else \
+        ["-D", *match]
+    r = subprocess.run([spawn.need("ip"), "netns", "exec", ns, spawn.need("conntrack"), *argv], capture_output=True,
+                       text=True, cwd=spawn.CWD, env=spawn.env())
+    if r.returncode and not any(w in r.stderr for w in ("File exists", "0 flow entries")):
+        raise ApplyError(f"conntrack {' '.join(argv)} in {ns}: {' '.join(r.stderr.split())}")
+
+
+def _wait_running(lab: str, whats: list[str], timeout: float = 20.0) -> None:
+    """After a daemon-dead undo: the agent restarts the dataplane within RESTART_GAP."""
+    from .runtime import agent   # lazy: start-up
+    end = time.monotonic() + timeout
+    while True:
+        st = state.load(lab)
+        if st is None:
+            return
+        agent.heal(st)           # agent and warden both gone: nobody else restarts it
+        missing = [w for w in whats if not any(p.what == w and state.is_ours(p) for p in st.processes)]
+        if not missing:
+            return
+        if time.monotonic() > end:
+            raise NslabError(f"lab {lab}: {missing[0]} did not start again within {timeout:.0f} s "
+                             f"(`nslab show -l {lab}` says why)")
+        time.sleep(0.2)
 
 
 # ---- the verbs -----------------------------------------------------------------------------------
@@ -530,7 +669,10 @@ def undo(lab: str, ids: list[int] | None) -> list[dict]:
             for c in reversed(changes):
                 _change(lab, plan, c, forward=False)
             state.update(lab, lambda s: s.breaks.remove(next(x for x in s.breaks if x.get("id") == b["id"])))
-        return chosen
+    held = [c["what"] for b in chosen for c in b["changes"] if c.get("kind") == "daemon"]
+    if held:
+        _wait_running(lab, held)       # outside the lock: the agent records the new process
+    return chosen
 
 
 def default_node(lab: str) -> str:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import json
 import os
 import random
 import re
@@ -47,6 +48,7 @@ STAGES = ("link", "encap", "route", "neighbour", "bridge", "netfilter", "decap",
 OBJECTS = ("route", "neigh", "fdb", "sysctl", "mtu", "rule", "policy", "conntrack", "link", "daemon")
 FLANNEL_DEVS = ("flannel.", "flannel0", "tunl")
 PAIR_SAMPLE = 100          # endpoints probed at most (the sample size is printed)
+BRIDGE_NF_CALL = "net.bridge.bridge-nf-call-iptables"
 
 
 @dataclass
@@ -191,9 +193,9 @@ def _kernel_tables(sock, wanted: list[tuple[str, str]] = (), with_fdb: bool = Tr
 
 
 def _read(ns: str, sysctls: list[str], with_iptables: bool, neighbours: list[tuple[str, str]],
-          with_fdb: bool) -> dict:
+          with_fdb: bool, with_nft: bool = False) -> dict:
     """Links, main-table IPv4 routes, neighbours, FDB, the sysctls asked for (None where
-    absent) and, if asked, iptables-save of namespace ns."""
+    absent) and, if asked, iptables-save and `nft -j list ruleset` of namespace ns."""
     with netns.enter(ns):
         sock = nl.open_route_socket()
         try:
@@ -209,7 +211,112 @@ def _read(ns: str, sysctls: list[str], with_iptables: bool, neighbours: list[tup
                     values[key] = None
         data["sysctls"] = values
     data["iptables"] = iptables.parse_save(iptables.save(ns, counters=False)) if with_iptables else None
+    data["nft"] = _nft_ruleset(ns) if with_nft else None
     return data
+
+
+# ---- nftables: the plan's text against the kernel's ruleset -------------------------------------
+
+_NFT_LINE = re.compile(r"(add|insert|flush|delete) (table|chain|rule|set|map|element) (ip6?|inet) (\S+)(?: (\S+))?")
+
+
+def _nft_elements(line: str) -> int:
+    body = line[line.find("{") + 1:line.rfind("}")]
+    return len([e for e in body.split(",") if e.strip()])
+
+
+def nft_plan(texts: list[str]) -> dict:
+    """What the plan's `nft -f` texts leave in the kernel, replayed line by line:
+    (family, table) -> {"chains": {chain: [its rules' lines]}, "sets": {set or map: elements},
+    "lines": the table's lines} (a flush empties, a delete removes, as nft does)."""
+    tables: dict[tuple, dict] = {}
+    for line in (line for t in texts for line in t.splitlines()):
+        m = _NFT_LINE.match(line)
+        if not m:
+            continue
+        verb, kind, family, table, name = m.groups()
+        key = (family, table)
+        if kind == "table":
+            if verb == "delete":
+                tables.pop(key, None)
+            else:
+                t = tables.setdefault(key, {"chains": {}, "sets": {}, "lines": []})
+                if verb == "flush":
+                    t["chains"] = {c: [] for c in t["chains"]}
+                    t["sets"] = {c: 0 for c in t["sets"]}
+            continue
+        t = tables.setdefault(key, {"chains": {}, "sets": {}, "lines": []})
+        t["lines"].append(line)
+        if kind == "chain":
+            if verb == "delete":
+                t["chains"].pop(name, None)
+            elif verb == "flush" or name not in t["chains"]:
+                t["chains"][name] = []
+        elif kind == "rule" and verb in ("add", "insert"):
+            t["chains"].setdefault(name, []).append(line)
+        elif kind in ("set", "map"):
+            if verb == "delete":
+                t["sets"].pop(name, None)
+            elif verb == "flush" or name not in t["sets"]:
+                t["sets"][name] = 0
+        elif kind == "element" and verb == "add":
+            t["sets"][name] = t["sets"].get(name, 0) + _nft_elements(line)
+    return tables
+
+
+def _nft_ruleset(ns: str) -> dict:
+    """`nft -j list ruleset` of ns, counted as nft_plan counts: (family, table) ->
+    {"chains": {chain: rules}, "sets": {name: elements}}."""
+    from ..apply.iptables import run    # one nsenter'd process, as apply/nftables.py
+    proc = run(ns, ("nft", "-j", "list", "ruleset"), timeout=30)
+    if proc.returncode != 0:
+        raise NslabError(f"nft list ruleset in {ns} failed: {' '.join(proc.stderr.split())}")
+    tables: dict[tuple, dict] = {}
+    for obj in json.loads(proc.stdout or "{}").get("nftables", []):
+        (kind, v), = obj.items()
+        if kind == "metainfo":
+            continue
+        t = tables.setdefault((v.get("family"), v.get("table", v.get("name"))), {"chains": {}, "sets": {}})
+        if kind == "chain":
+            t["chains"].setdefault(v["name"], 0)
+        elif kind == "rule":
+            t["chains"][v["chain"]] = t["chains"].get(v["chain"], 0) + 1
+        elif kind in ("set", "map"):
+            t["sets"][v["name"]] = len(v.get("elem", []))
+    return tables
+
+
+def _check_nft(add, ns: str, node: str, lab: str, plan_tables: dict, kernel: dict) -> None:
+    """Every table, chain, set and map of the plan's nftables text there, with as many rules
+    and elements (a flushed kube-proxy chain or map, flannel's masquerade rule deleted)."""
+    for (family, table), want in plan_tables.items():
+        have = kernel.get((family, table))
+        if have is None:
+            add(Finding(node, "netfilter", "rule", f"{family} {table}", "table present (the plan's nft text)",
+                        "missing", f"nslab down {lab}; nslab up again", "every rule of the table is gone"))
+            continue
+        for chain, rules in want["chains"].items():
+            now = have["chains"].get(chain)
+            if now is not None and now >= len(rules):
+                continue
+            head = [ln for ln in want["lines"] if ln.startswith(("add chain", "flush chain"))
+                    and ln.split()[4:5] == [chain]]
+            fix = "; ".join(([head[0]] if now is None and head else [f"flush chain {family} {table} {chain}"])
+                            + rules)
+            add(Finding(node, "netfilter", "rule", f"{table}/{chain}", f"{out.plural(len(rules), 'rule')}",
+                        "chain missing" if now is None else f"{out.plural(now, 'rule')}",
+                        f"ip netns exec {ns} nft '{fix}'",
+                        "pods lose their way out (no masquerade)" if "masquerade" in " ".join(rules) else
+                        "packets the plan's rules handle are not handled"))
+        for name, count in want["sets"].items():
+            now = have["sets"].get(name)
+            if now is None or now < count:
+                lines = [ln for ln in want["lines"] if ln.split()[4:5] == [name] and
+                         (ln.startswith("add element") or now is None and ln.startswith(("add set", "add map")))]
+                add(Finding(node, "netfilter", "rule", f"{table}/{name}", f"{out.plural(count, 'element')}",
+                            "missing" if now is None else f"{out.plural(now, 'element')}",
+                            f"ip netns exec {ns} nft '{'; '.join(lines)}'",
+                            "the services it maps are no longer matched"))
 
 
 def _dev_key(dev: str, name: str) -> str:
@@ -242,8 +349,10 @@ _NO_CHAIN = iptables.Chain("", None, 0, 0)
 
 # ---- the checks --------------------------------------------------------------------------------
 
-def check(st, plan: P.Plan, report: Report | None = None) -> Report:
-    """Every packet-free check over the lab's namespaces; findings in report.findings."""
+def check(st, plan: P.Plan, report: Report | None = None, services: list = ()) -> Report:
+    """Every packet-free check over the lab's namespaces; findings in report.findings.
+    services: kube-proxy's view of the cluster's services (compile/services.services_of),
+    for the conntrack entries and endpoints."""
     report = report or Report(st.lab)
     node_of = {ns: node for node, ns in st.nodes.items()}
     by_ns: dict[str, list] = {}
@@ -258,11 +367,15 @@ def check(st, plan: P.Plan, report: Report | None = None) -> Report:
         elif isinstance(op, P.Sysctl):
             sysctl_ops.setdefault(op.ns, {})[op.key] = op.value
     forwards = {ns for ns, keys in sysctl_ops.items() if keys.get("net.ipv4.ip_forward", "").strip() == "1"}
+    # nodes where kube-proxy runs beside a bridge of pods: br_netfilter's hook must be on
+    bridged = {op.ns for op in plan.ops if isinstance(op, P.Link) and op.kind == "bridge"}
+    proxied = {op.ns for op in plan.ops if op.ns in bridged and (
+        isinstance(op, P.Iptables) and "KUBE-" in op.text or isinstance(op, P.Nftables) and " kube-proxy " in op.text)}
     kernel: dict[str, dict] = {}
     for ns in plan.namespaces:
         ops = by_ns.get(ns, [])
         keys = list(sysctl_ops.get(ns, {})) + ["net.ipv4.conf.all.rp_filter"] + \
-            [_dev_key(d, "rp_filter") for d in links.get(ns, {})]
+            [_dev_key(d, "rp_filter") for d in links.get(ns, {})] + ([BRIDGE_NF_CALL] if ns in proxied else [])
         if not netns.exists(ns):
             report.findings.append(Finding(node_of.get(ns, ns), "link", "link", ns, "namespace exists",
                                            "gone", f"nslab down {st.lab}; nslab up again"))
@@ -270,7 +383,7 @@ def check(st, plan: P.Plan, report: Report | None = None) -> Report:
         kernel[ns] = _read(ns, list(dict.fromkeys(keys)),
                            ns in forwards or any(isinstance(o, P.Iptables) for o in ops),
                            [(o.dev, o.address) for o in ops if isinstance(o, P.Neigh)],
-                           any(isinstance(o, P.Fdb) for o in ops))
+                           any(isinstance(o, P.Fdb) for o in ops), any(isinstance(o, P.Nftables) for o in ops))
     report.nodes = len(kernel)
     # a VTEP's MAC now (a peer's neighbour and FDB entries must name it)
     mac_now: dict[str, str] = {}
@@ -280,6 +393,13 @@ def check(st, plan: P.Plan, report: Report | None = None) -> Report:
             if mac and k and k["mac"]:
                 mac_now[mac] = k["mac"]
     add = report.findings.append
+    endpoint_of = {}                    # pod -> "an endpoint of service S (ip:port)"
+    owner = {op.address.split("/")[0]: node_of.get(op.ns) for op in plan.ops if isinstance(op, P.Addr)}
+    for svc in services:
+        for ep in svc.endpoints:
+            pod = owner.get(ep.ip)
+            if pod:
+                endpoint_of.setdefault(pod, f"an endpoint of service {svc.name} ({ep.ip}:{svc.target_port})")
     underlays = {dict(op.vxlan).get("dev") for op in plan.ops if isinstance(op, P.Link) and op.vxlan}
     for ns, data in kernel.items():
         node = node_of.get(ns, ns)
@@ -292,7 +412,9 @@ def check(st, plan: P.Plan, report: Report | None = None) -> Report:
                 continue
             if "UP" not in k["flags"]:          # every device the lab makes is up
                 add(Finding(node, _stage_of(dev), "link", dev, "up", "down", f"ip -n {ns} link set dev {dev} up",
-                            "a device that is down drops every packet and the kernel drops its routes"))
+                            "a device that is down drops every packet and the kernel drops its routes"
+                            + (f"; {node} is {endpoint_of[node]}: kube-proxy's rules still DNAT connections "
+                               f"to it, which get no answer" if node in endpoint_of else "")))
             if mtu and k["mtu"] != mtu:
                 add(Finding(node, "encap" if dev in underlays else _stage_of(dev), "mtu", dev, str(mtu), str(k["mtu"]),
                             f"ip -n {ns} link set dev {dev} mtu {mtu}",
@@ -301,7 +423,8 @@ def check(st, plan: P.Plan, report: Report | None = None) -> Report:
                 add(Finding(node, "encap", "link", f"{dev} address", mac, k["mac"],
                             f"ip -n {ns} link set dev {dev} address {mac}",
                             "the VTEP MAC changed (flanneld restarted): peers still send to the old one"))
-        _check_routes(add, ns, node, by_ns.get(ns, []), data["routes"])
+        down = {d for d, k in klinks.items() if "UP" not in k["flags"]}
+        _check_routes(add, ns, node, by_ns.get(ns, []), data["routes"], down)
         _check_neigh_fdb(add, ns, node, by_ns.get(ns, []), data, mac_now)
         for key, value in sysctl_ops.get(ns, {}).items():
             now = data["sysctls"].get(key)
@@ -320,14 +443,57 @@ def check(st, plan: P.Plan, report: Report | None = None) -> Report:
         if data["iptables"] is not None:
             _check_netfilter(add, ns, node, [o.text for o in by_ns.get(ns, []) if isinstance(o, P.Iptables)],
                              data["iptables"], ns in forwards)
+        if data["nft"] is not None:
+            _check_nft(add, ns, node, st.lab, nft_plan([o.text for o in by_ns.get(ns, [])
+                                                       if isinstance(o, P.Nftables)]), data["nft"])
+        bnf = data["sysctls"].get(BRIDGE_NF_CALL)
+        if ns in proxied and bnf is not None and bnf != "1":
+            add(Finding(node, "bridge", "sysctl", BRIDGE_NF_CALL, "1", bnf,
+                        f"ip netns exec {ns} sysctl -w {BRIDGE_NF_CALL}=1",
+                        "a reply from an endpoint on this node is bridged on cni0 past the reverse NAT: "
+                        "pods here get no answer from their own node's endpoints (note 001)"))
+        if ns in proxied and any(s.protocol == "UDP" and s.endpoints for s in services):
+            _check_conntrack(add, ns, node, services)
     from ..runtime.agent import health   # lazy: start-up
+    daemons = {op.what: op for op in plan.ops if isinstance(op, P.Daemon)}
     for missing in health(st):
-        add(Finding("-", "daemon", "daemon", missing.split(" not running")[0], "running", missing,
-                    f"nslab show -l {st.lab} (restarts the lab agent, which restarts the rest)"))
+        what = missing.split(" not running")[0]
+        op = daemons.get(what)
+        add(Finding(op.node if op else "-", "daemon", "daemon", what, "running", missing.replace(what, "").strip(),
+                    f"nslab show -l {st.lab} (restarts the lab agent, which restarts the rest)"
+                    if op is None else f"nslab break -l {st.lab} --undo-all (if a break holds it down); "
+                                       f"nslab show -l {st.lab}",
+                    f"nothing forwards the {op.kind} tunnel's packets: traffic between {op.node}'s pods and "
+                    f"other nodes stops" if op else "the lab's processes are not supervised"))
     return report
 
 
-def _check_routes(add, ns: str, node: str, ops: list, routes: list[dict]) -> None:
+def _check_conntrack(add, ns: str, node: str, services: list) -> None:
+    """UDP conntrack entries to a service that DNAT to no endpoint of it now: kube-proxy
+    deletes them when an endpoint goes (pkg/proxy/conntrack/cleanup.go)."""
+    from . import nat   # lazy: start-up (pyroute2)
+    try:
+        entries = nat.dump(ns, "udp")
+    except OSError:
+        return                              # no conntrack in this namespace
+    udp = {(s.cluster_ip, s.port): s for s in services if s.protocol == "UDP"}
+    for orig, reply in entries:
+        s = udp.get((str(orig.dst), orig.dport))
+        if s is None or str(reply.src) == str(orig.dst):
+            continue                        # not a service, or not DNATed
+        eps = {ep.ip for ep in s.endpoints}
+        if str(reply.src) in eps:
+            continue
+        add(Finding(node, "netfilter", "conntrack", f"udp {orig.src}:{orig.sport} > {orig.dst}:{orig.dport}",
+                    f"DNAT to an endpoint of {s.name}: " + ", ".join(f"{ip}:{s.target_port}" for ip in sorted(eps)),
+                    f"DNAT to {reply.src}:{reply.sport} (no endpoint of {s.name})",
+                    f"ip netns exec {ns} conntrack -D -p udp --orig-dst {orig.dst} --reply-src {reply.src}",
+                    "the entry outlived its endpoint: the client's datagrams keep going to it"))
+
+
+def _check_routes(add, ns: str, node: str, ops: list, routes: list[dict], down: set = frozenset()) -> None:
+    """The plan's routes there and equal; a route missing because its device is down is the
+    link's finding (the kernel dropped it; `ip link set up` and the lab put it back)."""
     have: dict[str, list[dict]] = {}
     for r in routes:
         have.setdefault(r["dst"], []).append(r)
@@ -344,6 +510,8 @@ def _check_routes(add, ns: str, node: str, ops: list, routes: list[dict]) -> Non
         got = have.get(dst, [])
         stage = _stage_of(next(iter(want))[1]) if want else "route"
         stage = "encap" if stage == "encap" else "route"
+        if not got and want and all(d in down for _, d in want):
+            continue
         if not got:
             add(Finding(node, stage, "route", op.dst, text, "missing", fix,
                         "packets to it take the default route or are dropped"))
@@ -487,7 +655,8 @@ def explain_failures(report: Report) -> None:
 def diagnose(st, plan: P.Plan, topo, pair: tuple | None = None, proto: str = "ping", port: int | None = None,
              probes: bool = True) -> Report:
     t0 = time.monotonic()
-    report = check(st, plan)
+    from ..compile.services import services_of   # lazy: start-up
+    report = check(st, plan, services=services_of(topo.cluster) if topo.cluster is not None else [])
     if probes:
         if pair:
             probe_one(topo, report, pair[0], pair[1], proto, port)

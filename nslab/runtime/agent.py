@@ -101,6 +101,17 @@ def _record(run_dir: str, pid: int, what: str) -> bool:
     return _update(run_dir, change)
 
 
+def held(st, what: str) -> bool:
+    """`nslab break daemon-dead` holds this dataplane down until its undo (nslab/faults.py):
+    a change of kind "daemon" naming it in one of the lab's recorded breaks."""
+    for b in (st.breaks if st else []):
+        changes = b.get("changes") if isinstance(b, dict) else None
+        if isinstance(changes, list) and any(isinstance(c, dict) and c.get("kind") == "daemon"
+                                             and c.get("what") == what for c in changes):
+            return True
+    return False
+
+
 def _running(p) -> bool:
     """A recorded process that still runs (a zombie does not: init may be slow to reap)."""
     return state.is_ours(p) and not state._zombie(p.pid)
@@ -121,7 +132,7 @@ class Child:
         self.what, self.pid, self.popen = what, pid, popen
         self.started = time.monotonic() if popen is not None else 0.0    # adopted: not ours to pace
         try:
-            self.fd = os.pidfd_open(pid)
+            self.fd = os.pidfd_open(pid) if pid > 0 else None
         except ProcessLookupError:
             self.fd = None
         self.ready: int | None = None
@@ -527,6 +538,8 @@ def run_agent(run_dir: str, ready_fd: int | None, reply_fd: int | None = None) -
             p = live.get(dp.spec["what"])
             if p is not None:
                 dp.child = Child(p.what, p.pid)
+            elif held(state.load(_lab(run_dir)), dp.spec["what"]):
+                dp.child = Child(dp.spec["what"], 0)   # dead: revive() retries it after the break's undo
             else:
                 dp.start(defer=True)            # all start in parallel; each recorded below
                 fresh.append(dp)
@@ -557,6 +570,7 @@ def run_agent(run_dir: str, ready_fd: int | None, reply_fd: int | None = None) -
         _via_up = None                   # `up` has finished with the record: write it ourselves
     _log(f"agent runs: http on {len(spec['services'])} pods, {len(planes)} dataplanes, warden {warden.pid}")
     retry: list[Child] = []               # failed to start: tried again after RESTART_GAP
+    retry += [dp.child for dp in planes if dp.child.fd is None]        # held down at start
 
     def revive(who: Child) -> bool:
         """Start `who` (the warden or a dataplane) again; False when the lab is going."""
@@ -565,6 +579,10 @@ def run_agent(run_dir: str, ready_fd: int | None, reply_fd: int | None = None) -
         time.sleep(GRACE)                  # a SIGTERM from `nslab down` lands meanwhile
         if sup.stopping or sup.lab_gone():
             return False
+        if who.what != WARDEN_WHAT and held(state.load(_lab(run_dir)), who.what):
+            who.started = time.monotonic()          # asked again after RESTART_GAP, quietly
+            retry.append(who)
+            return True
         t0 = time.monotonic()
         try:
             if who.what == WARDEN_WHAT:
