@@ -70,6 +70,8 @@ class Report:
     nodes: int = 0                   # namespaces read
     probed: str = ""                 # what the probes covered ("" when none were sent)
     failed_pairs: list[tuple[str, str]] = field(default_factory=list)
+    failed_nodes: list[tuple[str, str]] = field(default_factory=list)
+    failed_services: list[tuple] = field(default_factory=list)   # (node, service, ip:port, proto, detail)
     seconds: float = 0.0
 
     @property
@@ -468,16 +470,30 @@ def check(st, plan: P.Plan, report: Report | None = None, services: list = ()) -
     return report
 
 
+_CT_TUPLE = re.compile(r"src=(\S+) dst=(\S+) sport=(\d+) dport=(\d+)")
+
+
+def _udp_conntrack(ns: str) -> list[tuple]:
+    """(original, reply) tuples of the namespace's UDP conntrack entries: `conntrack -L -p
+    udp` (one process; pyroute2's decoder takes 6 ms an entry, 1.5 s for a small lab)."""
+    from ..apply.iptables import run
+    from .nat import Tuple
+    proc = run(ns, ("conntrack", "-L", "-p", "udp"), timeout=30)
+    if proc.returncode != 0:
+        return []                           # no conntrack in this namespace
+    entries = []
+    for line in proc.stdout.splitlines():
+        t = _CT_TUPLE.findall(line)
+        if len(t) >= 2:
+            entries.append(tuple(Tuple(a, b, int(c), int(d)) for a, b, c, d in t[:2]))
+    return entries
+
+
 def _check_conntrack(add, ns: str, node: str, services: list) -> None:
     """UDP conntrack entries to a service that DNAT to no endpoint of it now: kube-proxy
     deletes them when an endpoint goes (pkg/proxy/conntrack/cleanup.go)."""
-    from . import nat   # lazy: start-up (pyroute2)
-    try:
-        entries = nat.dump(ns, "udp")
-    except OSError:
-        return                              # no conntrack in this namespace
     udp = {(s.cluster_ip, s.port): s for s in services if s.protocol == "UDP"}
-    for orig, reply in entries:
+    for orig, reply in _udp_conntrack(ns):
         s = udp.get((str(orig.dst), orig.dport))
         if s is None or str(reply.src) == str(orig.dst):
             continue                        # not a service, or not DNATed
@@ -623,6 +639,56 @@ def probe_pairs(topo, report: Report, sample: int = PAIR_SAMPLE, seed: int = 0) 
                      + (f" (a sample of {len(eps)} of {total})" if total > len(eps) else ""))
 
 
+NODE_SAMPLE = 30           # cluster nodes whose pairs are pinged, and that probe each service
+# a DNS query (id 0x6e73, "nslab.doctor." A): any answer, NXDOMAIN included, is reached
+DNS_QUERY = bytes.fromhex("6e7301000001000000000000056e736c616206646f63746f720000010001")
+
+
+def probe_nodes(topo, report: Report, sample: int = NODE_SAMPLE, seed: int = 0) -> list:
+    """Ping every ordered pair of cluster nodes by their node IPs (a sample in big clusters);
+    returns the nodes probed (services are probed from the same ones)."""
+    from . import probe   # lazy: start-up
+    if topo.cluster is None:
+        return []
+    eps = [probe.Endpoint(n.name, topo.nodes[n.name].ns, str(n.ip)) for n in topo.cluster.nodes.values()]
+    total = len(eps)
+    if total > sample:
+        eps = sorted(random.Random(seed).sample(eps, sample), key=lambda e: e.name)
+    if len(eps) >= 2:
+        r = probe.all_pairs(eps)
+        report.failed_nodes = list(r.missing)
+        report.probed += (f"; {r.reachable}/{r.pairs} node pairs" +
+                          (f" (a sample of {len(eps)} of {total} nodes)" if total > len(eps) else ""))
+    return eps
+
+
+def probe_services(topo, report: Report, nodes: list, services: list) -> None:
+    """Each service (ClusterIP:port) from each node probed: tcp connect, or a datagram (a DNS
+    query to port 53) that must be answered, all in parallel."""
+    from concurrent.futures import ThreadPoolExecutor
+    from . import probe   # lazy: start-up
+    jobs = [(n, s) for s in services if s.endpoints and s.cluster_ip for n in nodes]
+    if not jobs:
+        return
+
+    def one(job):
+        n, s = job
+        if s.protocol == "UDP":
+            marker = DNS_QUERY if s.port == 53 else probe.new_marker("doctor")
+            return probe.udp(n.ns, s.cluster_ip, s.port, marker, 2.0)
+        if s.protocol == "TCP":
+            return probe.tcp(n.ns, s.cluster_ip, s.port, probe.new_marker("doctor"), 2.0)
+        return None
+    with ThreadPoolExecutor(min(32, len(jobs))) as pool:
+        results = list(pool.map(one, jobs))
+    done = [(job, o) for job, o in zip(jobs, results) if o is not None]
+    report.failed_services = [(n.name, s.name, f"{s.cluster_ip}:{s.port}", s.protocol.lower(), o.detail)
+                              for (n, s), o in done if not o.ok]
+    report.probed += (f"; {len(done) - len(report.failed_services)}/{len(done)} service probes "
+                      f"({out.plural(len({s.name for _, s in jobs}), 'service')} from "
+                      f"{out.plural(len(nodes), 'node')})")
+
+
 def probe_one(topo, report: Report, src: str, dst: str, proto: str = "ping", port: int | None = None) -> None:
     from . import probe   # lazy: start-up
     nodes = topo.nodes
@@ -641,28 +707,46 @@ def probe_one(topo, report: Report, src: str, dst: str, proto: str = "ping", por
         report.failed_pairs = [(src, dst)]
 
 
-def explain_failures(report: Report) -> None:
-    """A failed probe with no finding to explain it is a finding itself."""
-    if report.failed_pairs and not report.findings:
-        s, d = report.failed_pairs[0]
-        more = len(report.failed_pairs) - 1
-        report.findings.append(Finding(s, "route", "route", f"{s} -> {d}", "answered",
-                                       "no answer" + (f" ({more} more pairs)" if more else ""),
-                                       f"nslab trace {s} {d}",
-                                       "no kernel entry differs from the plan: follow the packet"))
+def explain_failures(report: Report, chains: dict | None = None) -> None:
+    """A failed probe with no finding to explain it is a finding itself: the first failed
+    pair of pods and of nodes (stage route), each service that failed from a node (stage
+    netfilter, the kube-proxy chain that picks its endpoint)."""
+    if report.findings:
+        return
+    for failed in (report.failed_pairs, report.failed_nodes):
+        if failed:
+            s, d = failed[0]
+            more = len(failed) - 1
+            report.findings.append(Finding(s, "route", "route", f"{s} -> {d}", "answered",
+                                           "no answer" + (f" ({more} more pairs)" if more else ""),
+                                           f"nslab trace -l {report.lab} {s} {d}",
+                                           "no kernel entry differs from the plan: follow the packet"))
+    seen = set()
+    for node, name, target, proto, detail in report.failed_services:
+        if name in seen:
+            continue
+        seen.add(name)
+        report.findings.append(Finding(node, "netfilter", "rule", (chains or {}).get(name, f"service {name}"),
+                                       f"{proto} {target} (service {name}) answered", detail,
+                                       f"nslab trace -l {report.lab} {node} {target} --proto {proto}",
+                                       "no kernel entry differs from the plan: follow the packet through "
+                                       "kube-proxy's DNAT"))
 
 
 def diagnose(st, plan: P.Plan, topo, pair: tuple | None = None, proto: str = "ping", port: int | None = None,
              probes: bool = True) -> Report:
     t0 = time.monotonic()
-    from ..compile.services import services_of   # lazy: start-up
-    report = check(st, plan, services=services_of(topo.cluster) if topo.cluster is not None else [])
+    from ..compile.services import chains_of, services_of   # lazy: start-up
+    cluster = topo.cluster
+    services = services_of(cluster) if cluster is not None else []
+    report = check(st, plan, services=services)
     if probes:
         if pair:
             probe_one(topo, report, pair[0], pair[1], proto, port)
         else:
             probe_pairs(topo, report)
-        explain_failures(report)
+            probe_services(topo, report, probe_nodes(topo, report), services)
+        explain_failures(report, chains_of(cluster) if cluster is not None else {})
     report.seconds = time.monotonic() - t0
     return report
 
@@ -671,7 +755,10 @@ def diagnose(st, plan: P.Plan, topo, pair: tuple | None = None, proto: str = "pi
 
 def as_json(report: Report) -> dict:
     return {"lab": report.lab, "healthy": report.healthy, "nodes": report.nodes, "probes": report.probed,
-            "failed_pairs": [list(p) for p in report.failed_pairs], "seconds": round(report.seconds, 3),
+            "failed_pairs": [list(p) for p in report.failed_pairs],
+            "failed_node_pairs": [list(p) for p in report.failed_nodes],
+            "failed_services": [{"node": n, "service": s, "target": t, "proto": p, "detail": d}
+                                for n, s, t, p, d in report.failed_services], "seconds": round(report.seconds, 3),
             "findings": [asdict(f) for f in report.findings]}
 
 
