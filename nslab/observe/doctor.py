@@ -685,7 +685,7 @@ def probe_services(topo, report: Report, nodes: list, services: list) -> None:
     report.failed_services = [(n.name, s.name, f"{s.cluster_ip}:{s.port}", s.protocol.lower(), o.detail)
                               for (n, s), o in done if not o.ok]
     report.probed += (f"; {len(done) - len(report.failed_services)}/{len(done)} service probes "
-                      f"({out.plural(len({s.name for _, s in jobs}), 'service')} from "
+                      f"({out.plural(len({s.name for _, s in jobs}), 'service')}, "
                       f"{out.plural(len(nodes), 'node')})")
 
 
@@ -782,7 +782,8 @@ def render(report: Report) -> None:
         field_("fix", f.fix, wrap=False)
     tail = f"; {report.probed}" if report.probed else ""
     if report.healthy:
-        say(f"lab {report.lab}: healthy ({out.plural(report.nodes, 'namespace')} match the plan{tail})")
+        line = f"lab {report.lab}: healthy ({out.plural(report.nodes, 'namespace')} match the plan{tail})"
     else:
-        say(f"lab {report.lab}: {out.plural(len(report.findings), 'finding')} "
-            f"({out.plural(report.nodes, 'namespace')} read{tail})")
+        line = (f"lab {report.lab}: {out.plural(len(report.findings), 'finding')} "
+                f"({out.plural(report.nodes, 'namespace')} read{tail})")
+    say(textwrap.fill(line, 80, subsequent_indent="  ", break_on_hyphens=False))
