@@ -35,6 +35,7 @@ import re
 import socket
 import struct
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 from .. import console as out
@@ -194,10 +195,9 @@ def _kernel_tables(sock, wanted: list[tuple[str, str]] = (), with_fdb: bool = Tr
     return {"links": links, "routes": routes, "neigh": neigh, "fdb": fdb}
 
 
-def _read(ns: str, sysctls: list[str], with_iptables: bool, neighbours: list[tuple[str, str]],
-          with_fdb: bool, with_nft: bool = False) -> dict:
-    """Links, main-table IPv4 routes, neighbours, FDB, the sysctls asked for (None where
-    absent) and, if asked, iptables-save and `nft -j list ruleset` of namespace ns."""
+def _read(ns: str, sysctls: list[str], neighbours: list[tuple[str, str]], with_fdb: bool) -> dict:
+    """Links, main-table IPv4 routes, neighbours, FDB and the sysctls asked for (None where
+    absent) of namespace ns, read in this process (netlink, /proc)."""
     with netns.enter(ns):
         sock = nl.open_route_socket()
         try:
@@ -212,8 +212,6 @@ def _read(ns: str, sysctls: list[str], with_iptables: bool, neighbours: list[tup
                 except OSError:
                     values[key] = None
         data["sysctls"] = values
-    data["iptables"] = iptables.parse_save(iptables.save(ns, counters=False)) if with_iptables else None
-    data["nft"] = _nft_ruleset(ns) if with_nft else None
     return data
 
 
@@ -373,6 +371,28 @@ def check(st, plan: P.Plan, report: Report | None = None, services: list = ()) -
     bridged = {op.ns for op in plan.ops if isinstance(op, P.Link) and op.kind == "bridge"}
     proxied = {op.ns for op in plan.ops if op.ns in bridged and (
         isinstance(op, P.Iptables) and "KUBE-" in op.text or isinstance(op, P.Nftables) and " kube-proxy " in op.text)}
+    # what takes a process per namespace (iptables-save and -C, nft, conntrack) runs
+    # meanwhile, a few at a time: they wait on exec and on the kernel, not on this process
+    pool = ThreadPoolExecutor(8)
+    tools: dict[tuple[str, str], object] = {}
+    for ns in plan.namespaces:
+        ops = by_ns.get(ns, [])
+        texts = [o.text for o in ops if isinstance(o, P.Iptables)]
+        if not netns.exists(ns):
+            continue
+        if ns in forwards or texts:
+            tools[ns, "iptables"] = pool.submit(lambda ns=ns: iptables.parse_save(iptables.save(ns, counters=False)))
+            planned = [r for t in texts for r in iptables.rules_of(t)]
+            tools[ns, "missing"] = pool.submit(iptables.missing, ns, planned) if planned else None
+        if any(isinstance(o, P.Nftables) for o in ops):
+            tools[ns, "nft"] = pool.submit(_nft_ruleset, ns)
+        if ns in proxied and any(s.protocol == "UDP" and s.endpoints for s in services):
+            tools[ns, "conntrack"] = pool.submit(_udp_conntrack, ns)
+    pool.shutdown(wait=False)
+
+    def tool(ns: str, what: str):
+        f = tools.get((ns, what))
+        return f.result() if f is not None else None
     kernel: dict[str, dict] = {}
     for ns in plan.namespaces:
         ops = by_ns.get(ns, [])
@@ -382,10 +402,8 @@ def check(st, plan: P.Plan, report: Report | None = None, services: list = ()) -
             report.findings.append(Finding(node_of.get(ns, ns), "link", "link", ns, "namespace exists",
                                            "gone", f"nslab down {st.lab}; nslab up again"))
             continue
-        kernel[ns] = _read(ns, list(dict.fromkeys(keys)),
-                           ns in forwards or any(isinstance(o, P.Iptables) for o in ops),
-                           [(o.dev, o.address) for o in ops if isinstance(o, P.Neigh)],
-                           any(isinstance(o, P.Fdb) for o in ops), any(isinstance(o, P.Nftables) for o in ops))
+        kernel[ns] = _read(ns, list(dict.fromkeys(keys)), [(o.dev, o.address) for o in ops if isinstance(o, P.Neigh)],
+                           any(isinstance(o, P.Fdb) for o in ops))
     report.nodes = len(kernel)
     # a VTEP's MAC now (a peer's neighbour and FDB entries must name it)
     mac_now: dict[str, str] = {}
@@ -442,20 +460,20 @@ def check(st, plan: P.Plan, report: Report | None = None, services: list = ()) -
                 add(Finding(node, "reply path", "sysctl", key, "0", now, f"ip netns exec {ns} sysctl -w {key}=0",
                             "strict reverse-path filtering drops packets that arrive on another interface than "
                             "the reply would leave by (an asymmetric path)"))
-        if data["iptables"] is not None:
+        if (ns, "iptables") in tools:
             _check_netfilter(add, ns, node, [o.text for o in by_ns.get(ns, []) if isinstance(o, P.Iptables)],
-                             data["iptables"], ns in forwards)
-        if data["nft"] is not None:
+                             tool(ns, "iptables"), ns in forwards, tool(ns, "missing") or [])
+        if (ns, "nft") in tools:
             _check_nft(add, ns, node, st.lab, nft_plan([o.text for o in by_ns.get(ns, [])
-                                                       if isinstance(o, P.Nftables)]), data["nft"])
+                                                       if isinstance(o, P.Nftables)]), tool(ns, "nft"))
         bnf = data["sysctls"].get(BRIDGE_NF_CALL)
         if ns in proxied and bnf is not None and bnf != "1":
             add(Finding(node, "bridge", "sysctl", BRIDGE_NF_CALL, "1", bnf,
                         f"ip netns exec {ns} sysctl -w {BRIDGE_NF_CALL}=1",
                         "a reply from an endpoint on this node is bridged on cni0 past the reverse NAT: "
                         "pods here get no answer from their own node's endpoints (note 001)"))
-        if ns in proxied and any(s.protocol == "UDP" and s.endpoints for s in services):
-            _check_conntrack(add, ns, node, services)
+        if (ns, "conntrack") in tools:
+            _check_conntrack(add, node, ns, services, tool(ns, "conntrack"))
     from ..runtime.agent import health   # lazy: start-up
     daemons = {op.what: op for op in plan.ops if isinstance(op, P.Daemon)}
     for missing in health(st):
@@ -489,11 +507,11 @@ def _udp_conntrack(ns: str) -> list[tuple]:
     return entries
 
 
-def _check_conntrack(add, ns: str, node: str, services: list) -> None:
+def _check_conntrack(add, node: str, ns: str, services: list, entries: list) -> None:
     """UDP conntrack entries to a service that DNAT to no endpoint of it now: kube-proxy
     deletes them when an endpoint goes (pkg/proxy/conntrack/cleanup.go)."""
     udp = {(s.cluster_ip, s.port): s for s in services if s.protocol == "UDP"}
-    for orig, reply in _udp_conntrack(ns):
+    for orig, reply in entries:
         s = udp.get((str(orig.dst), orig.dport))
         if s is None or str(reply.src) == str(orig.dst):
             continue                        # not a service, or not DNATed
@@ -587,7 +605,9 @@ def _drops(specs) -> int:
     return sum(1 for spec in specs if {"DROP", "REJECT"} & set(spec.split()))
 
 
-def _check_netfilter(add, ns: str, node: str, texts: list[str], tables: dict, forwards: bool) -> None:
+def _check_netfilter(add, ns: str, node: str, texts: list[str], tables: dict, forwards: bool,
+                     missing: list) -> None:
+    """missing: the plan's rules iptables -C did not find (iptables.missing)."""
     if forwards:
         want = "DROP" if any(re.search(r"^:FORWARD DROP", t, re.M) for t in texts) else "ACCEPT"
         chain = tables.get("filter", {}).get("FORWARD")
@@ -600,7 +620,7 @@ def _check_netfilter(add, ns: str, node: str, texts: list[str], tables: dict, fo
     order: dict[tuple, list] = {}
     for table, chain, spec in planned:
         order.setdefault((table, chain), []).append(spec)
-    for table, chain, spec in iptables.missing(ns, planned) if planned else []:
+    for table, chain, spec in missing:
         pos = order[(table, chain)].index(spec) + 1
         add(Finding(node, "netfilter", "rule", f"{table} {chain}", f"-A {chain} {spec}", "missing",
                     f"ip netns exec {ns} iptables -t {table} -I {chain} {pos} {spec}",
@@ -665,7 +685,6 @@ def probe_nodes(topo, report: Report, sample: int = NODE_SAMPLE, seed: int = 0) 
 def probe_services(topo, report: Report, nodes: list, services: list) -> None:
     """Each service (ClusterIP:port) from each node probed: tcp connect, or a datagram (a DNS
     query to port 53) that must be answered, all in parallel."""
-    from concurrent.futures import ThreadPoolExecutor
     from . import probe   # lazy: start-up
     jobs = [(n, s) for s in services if s.endpoints and s.cluster_ip for n in nodes]
     if not jobs:

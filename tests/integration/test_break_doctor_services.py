@@ -17,6 +17,7 @@ import time
 import pytest
 
 from conftest import REPO, TOPOLOGIES, installed, nslab
+from test_break_doctor import doctor, found
 from nslab import state
 
 SERVICES = (TOPOLOGIES / "spine-leaf-services.yaml").read_text()
@@ -62,16 +63,6 @@ for _ in range(int(sys.argv[3])):
 @pytest.fixture(autouse=True)
 def _tools():
     installed("conntrack")
-
-
-def doctor(lab, *args) -> tuple[int, dict]:
-    r = nslab("doctor", "-l", lab.name, "--json", *args, timeout=180)
-    assert r.returncode in (0, 1), r.stderr
-    return r.returncode, json.loads(r.stdout)
-
-
-def found(report: dict, node: str, obj: str, key: str) -> bool:
-    return any(f["node"] == node and f["object"] == obj and key in f["key"] for f in report["findings"])
 
 
 def run(*argv) -> str:
