@@ -4,7 +4,10 @@ recorded in its record before the kernel is touched and undone exactly.
 Each break is a list of *changes*, each a small dict naming one kernel entry in one of the
 lab's namespaces and what it held before: a plan entry deleted (route, neighbour, FDB; by
 its index in the recorded plan), a sysctl, a device's MTU, MAC or state, a blackhole
-route, the FORWARD policy, a rule of the plan's iptables text deleted.  The break is
+route, the FORWARD policy, a rule of the plan's iptables text deleted, a conntrack entry
+inserted (conntrack -I; undone with -D), a dataplane daemon killed by the PID and start
+time in the lab's record (while a recorded break names it, the lab agent does not restart
+it: runtime/agent.held; the undo waits for it to run again).  The break is
 written to the lab's record (state.breaks, status "breaking") before the first change and
 marked "made" after the last; undo marks it "undoing", reverts the changes newest first and
 only then drops it from the record.  Every change and its revert is idempotent (set the

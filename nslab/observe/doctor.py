@@ -16,10 +16,15 @@ put there, what is there now and the command that puts it back):
   sets it: it drops the replies of an asymmetric path);
 - netfilter in every namespace that forwards or holds rules of the plan: the FORWARD
   policy (Docker sets DROP), the plan's rules (flannel's masquerade, kube-proxy's
-  chains) present, and DROP/REJECT rules the plan did not write;
-- the lab's processes (udp/ipip dataplanes, the agent) running.
-Probes (one raw ICMP socket per source, observe/probe.py): pod pairs, a sample in big
-labs with its size printed; a pair that fails with no packet-free finding to explain it
+  chains) present, and DROP/REJECT rules the plan did not write; the plan's nftables
+  text (kube-proxy's nftables mode, flannel's EnableNFTables) replayed into tables,
+  chains and sets with their rule and element counts, against `nft -j list ruleset`;
+- bridge-nf-call-iptables on nodes where kube-proxy runs beside a pod bridge, and UDP
+  conntrack entries to a service that DNAT to no endpoint of it;
+- the lab's processes (udp/ipip dataplanes, the agent) running, named by their node.
+Probes (observe/probe.py): pod pairs (one raw ICMP socket per source), node pairs by node
+IP, each service from each of those nodes (tcp connect; udp: a DNS query to port 53), a
+sample in big labs with its size printed; a failure that no packet-free finding explains
 is reported itself, with the `nslab trace` that follows it.
 
 Data flow: plan + kernel -> check() -> [Finding] -> render() / as_json().
