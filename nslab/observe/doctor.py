@@ -763,13 +763,20 @@ def diagnose(st, plan: P.Plan, topo, pair: tuple | None = None, proto: str = "pi
     from ..compile.services import chains_of, services_of   # lazy: start-up
     cluster = topo.cluster
     services = services_of(cluster) if cluster is not None else []
-    report = check(st, plan, services=services)
+    sent = Report(st.lab)            # the probes' results, merged into the report below
+    with ThreadPoolExecutor(1) as pool:
+        # the probes (mostly waiting for answers) run while check() reads the kernel
+        if probes and pair:
+            probing = pool.submit(probe_one, topo, sent, pair[0], pair[1], proto, port)
+        elif probes:
+            probing = pool.submit(lambda: (probe_pairs(topo, sent),
+                                           probe_services(topo, sent, probe_nodes(topo, sent), services)))
+        report = check(st, plan, services=services)
+        if probes:
+            probing.result()
+    report.probed, report.failed_pairs = sent.probed, sent.failed_pairs
+    report.failed_nodes, report.failed_services = sent.failed_nodes, sent.failed_services
     if probes:
-        if pair:
-            probe_one(topo, report, pair[0], pair[1], proto, port)
-        else:
-            probe_pairs(topo, report)
-            probe_services(topo, report, probe_nodes(topo, report), services)
         explain_failures(report, chains_of(cluster) if cluster is not None else {})
     report.seconds = time.monotonic() - t0
     return report
