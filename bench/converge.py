@@ -13,7 +13,8 @@ with one pod added to the first node (cluster shapes), its `--dry-run`, and `dow
 tree TREE (say `git worktree add /tmp/nslab-old COMMIT`), gets the same pods in turn
 (A B A B ...: a machine whose speed drifts moves both alike); the medians and the median
 of the per-pair ratios A/B are printed, wall and CPU (user + system of the process).
-Everything is named bench-conv-<pid>[-b] and removed at the end (also on failure).
+Everything is named bench-conv-<pid>[-b] (--prefix: another first part) and removed at the
+end (also on failure).
 Targets (issue 19): one pod added to a 1,000-pod lab <= 0.5 s; the unchanged 10,000-node
 file <= 3 s."""
 from __future__ import annotations
@@ -70,12 +71,13 @@ def main() -> int:
     ap.add_argument("--only-same", action="store_true", help="time only the unchanged file (no pod added)")
     ap.add_argument("--runs", type=int, default=1, help="pods added, one per `up` (default 1)")
     ap.add_argument("--vs", type=Path, help="an nslab source tree to run a second lab with, in turn (B)")
+    ap.add_argument("--prefix", default="bench-conv", help="the labs' names: PREFIX-<pid>[-b]")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench: needs root", file=sys.stderr)
         return 2
     trees = [REPO] + ([args.vs.resolve()] if args.vs else [])
-    names = [f"bench-conv-{os.getpid()}"] + ([f"bench-conv-{os.getpid()}-b"] if args.vs else [])
+    names = [f"{args.prefix}-{os.getpid()}"] + ([f"{args.prefix}-{os.getpid()}-b"] if args.vs else [])
     with tempfile.TemporaryDirectory(prefix="nslab-bench-") as tmp:
         texts, files = [], []
         for name in names:

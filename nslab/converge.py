@@ -264,7 +264,7 @@ def _run(topo, st, old, new, c, overrides, progress, engine, plan_json: str) -> 
     finally:
         applier.close()
     # 5. names, hostnames, services
-    _hosts(st, new, [op.ns for op in new_nss], c, record)
+    _hosts(st, new, new_nss, c, record)
     gone_nodes = [nodes[ns] for ns in c.remove if ns in nodes]
     fresh = [nodes[ns] for ns in c.create if ns not in boxed]
     remove_uts(st.dir, gone_nodes + fresh)
@@ -332,10 +332,10 @@ def _drop(lab: str, st: state.LabState, ns: str, record, node: str | None = None
         record(lambda s: s.ns_ids.pop(ns, None))
 
 
-def _hosts(st: state.LabState, new: P.Plan, namespaces: list[str], c: diff.Converge, record) -> None:
+def _hosts(st: state.LabState, new: P.Plan, new_nss: list[P.Netns], c: diff.Converge, record) -> None:
     """The lab's hosts files rewritten (the lab's folder and the pods' kubelet folders,
-    state.etc_folder), /etc/netns links for new namespaces (`namespaces`: the new plan's),
-    removed ones' links gone."""
+    state.etc_folder), /etc/netns links for new namespaces (`new_nss`: the new plan's
+    Netns ops), removed ones' links gone."""
     own = state.etc_folder_re(st.dir)
     for ns in c.remove:
         link = os.path.join(state.HOSTS_DIR, ns)
@@ -353,22 +353,36 @@ def _hosts(st: state.LabState, new: P.Plan, namespaces: list[str], c: diff.Conve
         with open(tmp, "w") as f:
             f.write(L.hosts_text(new))
         os.replace(tmp, os.path.join(folder, "hosts"))
-    missing = {ns for ns in namespaces if not os.path.islink(os.path.join(state.HOSTS_DIR, ns))}
+    # one readlink per namespace (a 1,000-pod lab has ~1,000): None where no link is
+    targets = {op.ns: _link_target(os.path.join(state.HOSTS_DIR, op.ns)) for op in new_nss}
+    missing = {ns for ns, target in targets.items() if target is None}
     # a namespace whose resolv.conf changed (cluster DNS added or dropped: kubelet's text or
     # the lab's) is linked again to its new folder; `ip netns exec` binds it at the next exec
-    want = {op.ns: L.etc_folder(st.dir, new.notes.get(op.node))
-            for op in new.ops if isinstance(op, P.Netns) and op.ns not in missing}
-    for ns, folder in want.items():
-        link = os.path.join(state.HOSTS_DIR, ns)
-        if os.path.islink(link) and own.fullmatch(os.readlink(link)) and os.readlink(link) != folder:
-            os.unlink(link)
-            missing.add(ns)
+    folder_of: dict[str, str] = {}      # resolv.conf text -> its folder (one digest per text)
+    for op in new_nss:
+        if op.ns not in missing:
+            note = new.notes.get(op.node)
+            text = L.resolv_conf(note)
+            if text not in folder_of:
+                folder_of[text] = L.etc_folder(st.dir, note)
+            folder, target = folder_of[text], targets[op.ns]
+            if own.fullmatch(target) and target != folder:
+                os.unlink(os.path.join(state.HOSTS_DIR, op.ns))
+                missing.add(op.ns)
     if missing:
         # the new namespaces as the new plan has them: a pod's note holds kubelet's resolv.conf
-        ops = [op for op in new.ops if isinstance(op, P.Netns) and op.ns in missing]
+        ops = [op for op in new_nss if op.ns in missing]
         made = P.Plan(lab=new.lab, ops=ops, hosts=new.hosts,
                       notes={op.node: new.notes[op.node] for op in ops if op.node in new.notes})
         L.write_hosts_files(made, st, record, L.hosts_leftovers(made))
+
+
+def _link_target(path: str) -> str | None:
+    """What symlink `path` points to; None if there is none (or no symlink) there."""
+    try:
+        return os.readlink(path)
+    except OSError:
+        return None
 
 
 def remove_uts(run_dir: str, nodes: list[str]) -> None:

@@ -33,6 +33,7 @@ import errno
 import fcntl
 import glob
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -169,18 +170,18 @@ def _parse(lab: str, data) -> LabState:
             raise ValueError(f"process entry {p!r} has no integer pid and start_time")
         procs.append(Process(pid=p["pid"], start_time=p["start_time"], what=str(p.get("what", ""))))
     for key in ("namespaces", "files"):
-        if not all(isinstance(x, str) for x in data.get(key, [])):
+        if not _all(data.get(key, []), str):
             raise ValueError(f"{key!r} holds something other than strings")
     if not all(isinstance(c, dict) and isinstance(c.get("node"), str) and isinstance(c.get("name"), str)
                and isinstance(c.get("id"), (str, type(None))) for c in data.get("containers", [])):
         raise ValueError("'containers' holds something other than {node, name, id} objects")
-    if not all(isinstance(v, str) for v in data.get("nodes", {}).values()):
+    if not _all(data.get("nodes", {}).values(), str):
         raise ValueError("'nodes' holds something other than namespace names")
     if not _identities(data.get("ns_ids", {})):
         raise ValueError("'ns_ids' holds something other than [device, inode] pairs")
-    if not all(isinstance(b, dict) for b in data.get("breaks", [])):
+    if not _all(data.get("breaks", []), dict):
         raise ValueError("'breaks' holds something other than objects")
-    if not all(isinstance(v, str) for v in data.get("built", {}).values()):
+    if not _all(data.get("built", {}).values(), str):
         raise ValueError("'built' holds something other than digests")
     st = LabState(lab=lab, file=data.get("file", "?"),
                   **{k: data[k] for k in known - {"lab", "file", "processes"} if k in data}, processes=procs)
@@ -240,8 +241,14 @@ def _read_ns_log(lab: str) -> dict[str, list[int]]:
     return ids
 
 
+def _all(values, types) -> bool:
+    """Each value an instance of `types` (the loop in C: a record's lists are as long as the lab)."""
+    return all(map(isinstance, values, itertools.repeat(types)))
+
+
 def _identities(ids: dict) -> bool:
-    return all(isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) for x in v) for v in ids.values())
+    return all(isinstance(v, list) and len(v) == 2 and isinstance(v[0], int) and isinstance(v[1], int)
+               for v in ids.values())
 
 
 def labs() -> list[str]:
