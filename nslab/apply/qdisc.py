@@ -353,6 +353,27 @@ def links(sock: socket.socket) -> dict[int, tuple[str, int]]:
     return out
 
 
+IFLA_STATS64 = 23
+IFF_LOWER_UP = 0x10000
+STATS64 = struct.Struct("=QQQQ")      # rtnl_link_stats64: rx_packets, tx_packets, rx_bytes, tx_bytes (...)
+
+
+def link_stats(sock: socket.socket) -> dict[str, tuple[int, int, int, int, bool]]:
+    """{name: (rx_packets, tx_packets, rx_bytes, tx_bytes, up)} of every device of the
+    socket's namespace, from one RTM_GETLINK dump (`ip -s link`'s numbers; up: IFF_UP and
+    the carrier, as `ip link` prints UP and LOWER_UP)."""
+    out = {}
+    for mtype, buf, pos, length in _dump(sock, encode_dump_links()):
+        if mtype != RTM_NEWLINK:
+            continue
+        _fam, _type, _index, flags, _change = IFINFOMSG.unpack_from(buf, pos + 16)
+        a = attrs(buf, pos + 16 + IFINFOMSG.size, pos + length)
+        name = a.get(IFLA_IFNAME, b"").split(b"\0")[0].decode(errors="backslashreplace")
+        st = STATS64.unpack_from(a[IFLA_STATS64]) if len(a.get(IFLA_STATS64, b"")) >= STATS64.size else (0, 0, 0, 0)
+        out[name] = (*st, flags & 0x1 != 0 and flags & IFF_LOWER_UP != 0)
+    return out
+
+
 def read(sock: socket.socket) -> dict[str, Qdisc]:
     """The root qdisc of every device of the socket's namespace, by device name (for `link
     show`).  A device on the default has kind 'noqueue' (lo, whose default has no handle, is
