@@ -2,9 +2,12 @@
 
 How it stays cheap: one NETLINK_ROUTE socket per lab namespace, opened once while this
 thread is inside the namespace (a netlink socket stays in the namespace it was made in;
-apply/netns.py), and each tick one RTM_GETLINK dump per socket (apply/qdisc.link_stats:
-the kernel's rtnl_link_stats64, what `ip -s link` prints).  No process is started and no
-setns() is made per tick; nothing in the lab is changed.
+apply/netns.py), and each tick one RTM_GETLINK dump per namespace read (apply/qdisc.
+link_stats: the kernel's rtnl_link_stats64, what `ip -s link` prints).  No process is
+started and no setns() is made per tick; nothing in the lab is changed.  A veth's two ends
+count the same packets, so each link is read at one end (view.links' "read": a rack's
+bridge holds all its ports, a node its pods' ends), and only the links the page draws are
+read (a collapsed rack's inner links are not).
 
 Encapsulated traffic, told apart without touching the lab: a cluster node's underlay link
 carries its backend's encapsulated packets, and those are exactly the packets its tunnel
@@ -26,73 +29,77 @@ from ..apply.netlink import open_route_socket
 
 
 class Counters:
-    """Rates of one lab's links (view.links()), read by `tick()`."""
+    """Rates of a lab's links (view.links() entries), read by `tick(links)`."""
 
-    def __init__(self, st: state.LabState, links: list[dict], overhead: int = 0):
-        self.links = links
-        self.overhead = overhead
-        wanted = {l[end][0] for l in links for end in ("a", "b")}
-        ids = state.verified_ids(st, dict.fromkeys(st.nodes[n] for n in wanted if n in st.nodes))
-        self.socks = {}                     # node -> socket in its namespace
-        for node in sorted(wanted):
-            ns = st.nodes.get(node)
-            if ns not in ids:
-                continue
-            try:
-                with netns.enter(ns):
-                    self.socks[node] = open_route_socket()
-            except OSError:
-                continue
-        self.last: dict[str, dict] = {}
-        self.last_t = 0.0
+    def __init__(self, st: state.LabState | None, overhead: int = 0):
+        self.st, self.overhead = st, overhead
+        self.ids = state.verified_ids(st, list(st.nodes.values())) if st is not None else {}
+        self.socks: dict[str, object] = {}          # node -> socket in its namespace (None: unreadable)
+        self.seen: dict[str, tuple[float, dict]] = {}   # node -> (time, stats) of its last two reads
+        self.before: dict[str, tuple[float, dict]] = {}
 
     @classmethod
-    def for_lab(cls, st, topo, links):
+    def for_lab(cls, st, topo):
         over = backends.get(topo.cluster.backend.type).overhead if topo.cluster is not None else 0
-        return cls(st, links, over)
+        return cls(st, over)
 
-    def read(self) -> dict[str, dict]:
-        out = {}
-        for node, sock in self.socks.items():
+    def _sock(self, node: str):
+        if node not in self.socks:
+            ns = self.st.nodes.get(node) if self.st is not None else None
+            self.socks[node] = None
+            if ns in self.ids:
+                try:
+                    with netns.enter(ns):
+                        self.socks[node] = open_route_socket()
+                except OSError:
+                    pass
+        return self.socks[node]
+
+    def _read(self, nodes: set[str]) -> None:
+        for node in nodes:
+            if node in self.seen and time.monotonic() - self.seen[node][0] < 0.5:
+                continue            # read for another page just now: rates over a useful span
+            sock = self._sock(node)
             try:
-                out[node] = qdisc.link_stats(sock)
+                stats = qdisc.link_stats(sock) if sock is not None else {}
             except (OSError, qdisc.TcError):
-                out[node] = {}
-        return out
+                stats = {}
+            if node in self.seen:
+                self.before[node] = self.seen[node]
+            self.seen[node] = (time.monotonic(), stats)
 
-    def tick(self) -> dict:
-        """{edge: [pps, Bps, encap pps, encap Bps, down]} since the last tick (zeros on the
-        first), and the seconds the reading took."""
+    def _rate(self, node: str, dev: str) -> tuple[float, float, tuple | None]:
+        t1, now = self.seen.get(node, (0, {}))
+        t0, then = self.before.get(node, (0, {}))
+        a, b = now.get(dev), then.get(dev)
+        if a is None or b is None or t1 <= t0:
+            return 0.0, 0.0, a
+        dt = t1 - t0
+        return max(0, a[0] + a[1] - b[0] - b[1]) / dt, max(0, a[2] + a[3] - b[2] - b[3]) / dt, a
+
+    def tick(self, links: list[dict]) -> dict:
+        """{edge: [pps, Bps, encap pps, encap Bps, down]} of `links` since their last
+        reading (zeros on the first), the seconds the reading took and the namespaces read."""
         t0 = time.monotonic()
-        now = self.read()
-        dt = t0 - self.last_t if self.last_t else 0
+        nodes = {l[l["read"]][0] for l in links} | {l["underlay"][0] for l in links if l["underlay"]}
+        self._read(nodes)
         rates = {}
-        for l in self.links:
-            (na, ia), (nb, ib) = l["a"], l["b"]
-            sa, sb = now.get(na, {}).get(ia), now.get(nb, {}).get(ib)
-            pa = self.last.get(na, {}).get(ia)
-            down = (sa is not None and not sa[4]) or (sb is not None and not sb[4]) or sa is None
-            pps = bps = epps = ebps = 0.0
-            if dt and sa and pa:
-                pps = max(0, (sa[0] + sa[1]) - (pa[0] + pa[1])) / dt
-                bps = max(0, (sa[2] + sa[3]) - (pa[2] + pa[3])) / dt
-            if dt and l["underlay"]:
-                node, _, dev = l["underlay"]
-                st, pst = now.get(node, {}).get(dev), self.last.get(node, {}).get(dev)
-                if st and pst:
-                    epps = max(0, (st[0] + st[1]) - (pst[0] + pst[1])) / dt
-                    ebps = max(0, (st[2] + st[3]) - (pst[2] + pst[3])) / dt + epps * self.overhead
-                    epps, ebps = min(epps, pps) if pps else epps, min(ebps, bps) if bps else ebps
-            rates[l["edge"]] = [round(pps, 1), round(bps), round(epps, 1), round(ebps), bool(down)]
-        self.last, self.last_t = now, t0
-        return dict(rates=rates, took=round(time.monotonic() - t0, 4), sockets=len(self.socks))
+        for l in links:
+            node, iface = l[l["read"]]
+            pps, bps, now = self._rate(node, iface)
+            epps = ebps = 0.0
+            if l["underlay"]:
+                epps, ebps, _ = self._rate(l["underlay"][0], l["underlay"][2])
+                ebps += epps * self.overhead
+                epps, ebps = min(epps, pps), min(ebps, bps)
+            down = now is None or not now[4]         # a veth's carrier is off when its peer is down
+            rates[l["edge"]] = [round(pps, 1), round(bps), round(epps, 1), round(ebps), down]
+        return dict(rates=rates, took=round(time.monotonic() - t0, 4), namespaces=len(nodes))
 
     def close(self) -> None:
         for sock in self.socks.values():
-            try:
+            if sock is not None:
                 sock.close()
-            except OSError:
-                pass
         self.socks = {}
 
 

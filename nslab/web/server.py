@@ -37,6 +37,7 @@ from aiohttp import web
 from .. import lab as labmod
 from .. import state
 from ..errors import NslabError, UsageError
+from ..observe import graph as graphmod
 from . import counters as countermod
 from . import view
 
@@ -46,35 +47,47 @@ LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 
 class Lab:
-    """One running lab's picture facts and counters (made on first use, dropped when it stops)."""
+    """One running lab's picture facts and counters (made on first use, dropped when it
+    stops).  `topo` with no record: a picture only (bench/web.py's 10,000-node render)."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, topo=None):
         self.name = name
-        self.st = state.load(name)
-        if self.st is None:
+        self.st = state.load(name) if topo is None else None
+        if self.st is None and topo is None:
             raise UsageError(f"no lab named {name!r} runs")
-        self.topo, self.drawing = view.drawing(name, self.st)
+        if topo is None:
+            self.topo, self.drawing = view.drawing(name, self.st)
+        else:
+            self.topo, self.drawing = topo, graphmod.build(topo)
         self.links = view.links(self.topo, self.drawing)
-        self.counters: countermod.Counters | None = None
-        self.svgs: dict[frozenset | None, tuple[str, dict]] = {}
+        self.counters = countermod.Counters.for_lab(self.st, self.topo)
+        self.svgs: dict[frozenset | None, tuple[str, dict, list]] = {}
         self.lock = threading.Lock()
 
-    def picture(self, opened: frozenset | None) -> tuple[str, dict]:
-        with self.lock:
-            if opened not in self.svgs:
-                d, members = view.collapse(self.drawing, set(opened) if opened is not None else None)
-                self.svgs[opened] = (view.svg(d, members), view.model(self.topo, d, members))
-            return self.svgs[opened]
+    def key(self, opened: str | None) -> frozenset | None:
+        """The view a page asks for: None (every group open) or the groups it opened; a
+        lab of more than view.COLLAPSE_ABOVE nodes starts collapsed."""
+        if opened == "*" or (opened is None and len(self.topo.nodes) <= view.COLLAPSE_ABOVE):
+            return None
+        return frozenset(g for g in (opened or "").split(",") if g in self.drawing.groups)
 
-    def tick(self) -> dict:
+    def picture(self, key: frozenset | None) -> tuple[str, dict, list]:
+        """(SVG, model, the links drawn) of one view, laid out once."""
         with self.lock:
-            if self.counters is None:
-                self.counters = countermod.Counters.for_lab(self.st, self.topo, self.links)
-            return self.counters.tick()
+            if key not in self.svgs:
+                d, members = view.collapse(self.drawing, set(key) if key is not None else None)
+                drawn = {k for ks in members.values() for k in ks}
+                self.svgs[key] = (view.svg(d, members), view.model(self.topo, d, members),
+                                  [l for l in self.links if l["edge"] in drawn])
+            return self.svgs[key]
+
+    def tick(self, key: frozenset | None) -> dict:
+        links = self.picture(key)[2]
+        with self.lock:
+            return self.counters.tick(links)
 
     def close(self) -> None:
-        if self.counters is not None:
-            self.counters.close()
+        self.counters.close()
 
 
 class Capture:
@@ -152,7 +165,8 @@ def _loopback(bind: str) -> bool:
 
 
 def make_app(bind: str = "127.0.0.1", port: int = 8080, lab: str | None = None, token: str | None = None,
-             allow_changes: bool = False) -> web.Application:
+             allow_changes: bool = False, fixed: dict[str, Lab] | None = None) -> web.Application:
+    """The app; `fixed`: labs given as pictures (bench/web.py), served instead of the running ones."""
     hosts = {f"{h}:{port}" for h in _host_names(bind)}
     if port == 80:
         hosts |= _host_names(bind)
@@ -184,27 +198,35 @@ def make_app(bind: str = "127.0.0.1", port: int = 8080, lab: str | None = None, 
 
     app = web.Application(middlewares=[guard])
     labs: dict[str, Lab] = {}
+    making = threading.Lock()
     captures: dict[str, Capture] = {}
     folder = tempfile.mkdtemp(prefix="nslab-web-")
     static = resources.files("nslab.web").joinpath("static")
 
     def running() -> list[str]:
+        if fixed is not None:
+            return sorted(fixed)
         return [l for l in state.labs() if (lab is None or l == lab)]
 
     def get_lab(request) -> Lab:
-        name = request.match_info["lab"]
+        return lab_named(request.match_info["lab"])
+
+    def lab_named(name: str) -> Lab:
+        if fixed is not None and name in fixed:
+            return fixed[name]
         if not state.valid_lab(name) or name not in running():
             raise web.HTTPNotFound(text=f"no lab named {name!r} runs\n")
-        have = labs.get(name)
-        st = state.load(name)
-        if have is None or st is None or have.st.ns_ids != st.ns_ids or have.st.file != st.file:
-            if have is not None:
-                have.close()
-            labs[name] = have = Lab(name)
-        return have
+        with making:
+            have = labs.get(name)
+            st = state.load(name)
+            if have is None or st is None or have.st.ns_ids != st.ns_ids or have.st.file != st.file:
+                if have is not None:
+                    have.close()
+                labs[name] = have = Lab(name)
+            return have
 
     def node_of(lb: Lab, name: str) -> str:
-        if name not in lb.st.nodes:
+        if lb.st is None or name not in lb.st.nodes:
             raise web.HTTPNotFound(text=f"lab {lb.name} has no node {name!r}\n")
         return name
 
@@ -225,23 +247,20 @@ def make_app(bind: str = "127.0.0.1", port: int = 8080, lab: str | None = None, 
         return web.json_response(dict(labs=running(), changes=allow_changes))
 
     async def picture(request):
-        lb = get_lab(request)
-        opened = request.query.get("open")
-        if opened == "*" or (opened is None and len(lb.topo.nodes) <= view.COLLAPSE_ABOVE):
-            key = None
-        else:
-            key = frozenset(g for g in (opened or "").split(",") if g in lb.drawing.groups)
-        svg, model = await off_loop(lb.picture, key)
+        lb = await off_loop(get_lab, request)
+        key = lb.key(request.query.get("open"))
+        svg, model, _ = await off_loop(lb.picture, key)
         return web.json_response(dict(svg=svg, model=model, collapsed=key is not None))
 
     async def counters(request):
-        lb = get_lab(request)
+        lb = await off_loop(get_lab, request)
+        key = lb.key(request.query.get("open"))
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"})
         await resp.prepare(request)
         cpu0 = countermod.pid_cpu()
         try:
             while True:
-                data = await off_loop(lb.tick)
+                data = await off_loop(lb.tick, key)
                 data["cpu"] = round(countermod.pid_cpu() - cpu0, 3)
                 await resp.write(f"data: {json.dumps(data)}\n\n".encode())
                 await asyncio.sleep(1)
@@ -371,6 +390,17 @@ def make_app(bind: str = "127.0.0.1", port: int = 8080, lab: str | None = None, 
         lb.close()
         return web.json_response(dict(ok=True, text=text))
 
+    async def warm(app):
+        """Lay out each lab's first view before anyone asks (a 10,000-node lab's drawing
+        takes seconds to build): the page's first render is then the browser's work."""
+        async def one(name):
+            try:
+                lb = await off_loop(lab_named, name)
+                await off_loop(lb.picture, lb.key(None))
+            except Exception:           # a lab that went away meanwhile: the page will say
+                pass
+        app["warm"] = [asyncio.create_task(one(n)) for n in running()]
+
     async def cleanup(app):
         for cap in captures.values():
             cap.stop()
@@ -391,6 +421,7 @@ def make_app(bind: str = "127.0.0.1", port: int = 8080, lab: str | None = None, 
     app.router.add_post("/api/capture/{cid}/stop", capture_stop)
     app.router.add_get("/api/capture/{cid}/pcap", capture_pcap)
     app.router.add_post("/api/lab/{lab}/link", link)
+    app.on_startup.append(warm)
     app.on_cleanup.append(cleanup)
     return app
 

@@ -37,7 +37,8 @@ def _top(d: graphmod.Drawing, group: str | None) -> str | None:
 
 def collapse(d: graphmod.Drawing, opened: set[str] | None) -> tuple[graphmod.Drawing, dict[int, list[int]]]:
     """The drawing with every top-level group not in `opened` (None: all open) as one box
-    (id group:GROUP).  Returns it and {drawn edge index: [full-drawing edge indexes]}."""
+    (id group:GROUP); overlay edges only between two shut boxes (a 1,000-node cluster has
+    half a million node pairs: no picture reads them, and dot would take minutes).  Returns it and {drawn edge index: [full-drawing edge indexes]}."""
     if opened is None:
         return d, {k: [k] for k in range(len(d.edges))}
     shut = {g.id for g in d.groups.values() if g.parent is None and g.id not in opened}
@@ -59,6 +60,8 @@ def collapse(d: graphmod.Drawing, opened: set[str] | None) -> tuple[graphmod.Dra
         a, b = box.get(e.a, e.a), box.get(e.b, e.b)
         if a == b and a.startswith("group:"):
             continue                                # inside a shut box
+        if e.overlay and not (a.startswith("group:") and b.startswith("group:")):
+            continue        # a big lab's tunnels: one edge per pair of shut racks, none per node
         if a != e.a or b != e.b:
             key = (a, b, bool(e.overlay), e.service)
             if key in seen:
@@ -91,8 +94,10 @@ def svg(d: graphmod.Drawing, members: dict[int, list[int]]) -> str:
 
 def links(topo, d: graphmod.Drawing) -> list[dict]:
     """The full drawing's veth links (edges with interfaces at both ends), each with the
-    ends' (node, interface) and, for a cluster node's underlay end, its tunnel device: the
-    traffic the counters tell apart as encapsulated."""
+    ends' (node, interface), the end whose counters are read (a veth's two ends count the
+    same packets: the segment bridge's end, else not a pod's, so one namespace holds many
+    links' counters) and, for a cluster node's underlay link, the node and its tunnel
+    device: the traffic the counters tell apart as encapsulated."""
     cluster = topo.cluster
     device = cluster.backend.device if cluster is not None else None
     out = []
@@ -103,7 +108,9 @@ def links(topo, d: graphmod.Drawing) -> list[dict]:
         for node, iface in ((e.a, e.a_iface), (e.b, e.b_iface)):
             if device and node in cluster.nodes and cluster.nodes[node].underlay == iface:
                 under = [node, iface, device]
-        out.append(dict(edge=k, a=[e.a, e.a_iface], b=[e.b, e.b_iface], underlay=under))
+        ka, kb = topo.nodes[e.a].kind, topo.nodes[e.b].kind
+        read = "b" if kb == "switch" or (ka == "pod" and kb != "pod") else "a"
+        out.append(dict(edge=k, a=[e.a, e.a_iface], b=[e.b, e.b_iface], read=read, underlay=under))
     return out
 
 

@@ -93,7 +93,8 @@ function loadColour(pps, down) {
 
 function startCounters() {
   if (state.es) state.es.close();
-  state.es = new EventSource(`/api/lab/${enc(state.lab)}/counters`);
+  const q = state.opened === null ? "" : `?open=${enc([...state.opened].join(","))}`;
+  state.es = new EventSource(`/api/lab/${enc(state.lab)}/counters${q}`);
   state.es.onmessage = (ev) => paint(JSON.parse(ev.data));
 }
 
