@@ -55,8 +55,9 @@ async function load(lab, opened) {
   svg.querySelectorAll("title").forEach((t) => t.remove());     // no tooltips of dot's ids
   wire(svg);
   const ends = [...j.model.nodes, ...j.model.services];
-  options($("#src"), j.model.nodes); options($("#dst"), ends); options($("#cap-node"), j.model.nodes);
-  if (ends.length > 1) $("#dst").value = ends[ends.length - 1];
+  options($("#node-names"), j.model.nodes); options($("#end-names"), ends);   // one list each, even at 10,000
+  $("#src").value = $("#cap-node").value = j.model.nodes[0] || "";
+  $("#dst").value = ends[ends.length - 1] || "";
   const b = j.model.backend;
   $("#encap-note").textContent = b ? `on a cluster node's underlay link, the ${b.type} share is its ${b.device} ` +
     "device's traffic (links between routers show totals)" : "";
