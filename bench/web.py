@@ -9,6 +9,10 @@ the lab is not brought up, so no counters), and opens the page in headless Chrom
             the collapsed first view with dot (the server does this at start)
   first     page opened -> picture drawn (navigation start to the page's "drawn")
   open rack a click on one collapsed rack -> that rack drawn (its nodes and pods, by dot)
+  counters  the per-tick cost of the live counters: measured on a lab that runs
+            (--counters-shape, small: brought up and down here), per namespace read, and
+            applied to the namespaces one tick reads in the big lab's collapsed view and
+            with one rack open (a tick reads only the links drawn, each at one end)
 
     sudo python3 bench/web.py [--shape cluster:20,50,9] [--runs 3] [--port 18096]
 """
@@ -52,11 +56,39 @@ def wait(browser, script: str, timeout: float = 120):
     return value
 
 
+def counters_cost(shape: str, _big: str) -> float:
+    """Seconds one tick spends per namespace it reads, on a lab of `shape` that runs."""
+    from nslab import state
+    path = os.path.join(tempfile.mkdtemp(prefix="bench-web-"), "small.yaml")
+    name = f"wb-webctr-{os.getpid()}"
+    nslab = [sys.executable, "-m", "nslab.cli"]
+    subprocess.run(nslab + ["generate", shape, "-o", path, "--name", name], check=True, capture_output=True, cwd=ROOT)
+    try:
+        subprocess.run(nslab + ["up", path, "-q"], check=True, capture_output=True, cwd=ROOT)
+        lab = server.Lab(name)
+        links = lab.picture(None)[2]
+        took, reads = [], 0
+        for _ in range(10):
+            data = lab.counters.tick(links)
+            took.append(data["took"])
+            reads = data["namespaces"]
+            time.sleep(0.6)
+        lab.close()
+        best = sorted(took)[len(took) // 2]
+        print(f"counters on {shape} ({len(state.load(name).nodes)} namespaces, running): {len(links)} links, "
+              f"{reads} namespaces read per tick, median tick {1000 * best:.1f} ms "
+              f"({1e6 * best / reads:.0f} us per namespace)")
+        return best / reads
+    finally:
+        subprocess.run(nslab + ["down", name], capture_output=True, cwd=ROOT)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", default="cluster:20,50,9")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--port", type=int, default=18096)
+    ap.add_argument("--counters-shape", default="cluster:2,10,4", help="the lab brought up to time the counters")
     args = ap.parse_args()
     path = os.path.join(tempfile.mkdtemp(prefix="bench-web-"), "lab.yaml")
     subprocess.run([sys.executable, "-m", "nslab.cli", "generate", args.shape, "-o", path], check=True,
@@ -92,6 +124,12 @@ def main() -> None:
         print(f"open {group}: {time.monotonic() - t:.2f} s ({nodes} boxes drawn; laid out on the first click)")
     finally:
         browser.quit()
+    per_ns = counters_cost(args.counters_shape, path)
+    for what, key in (("collapsed", lab.key(None)), (f"{group} open", frozenset([group]))):
+        links = lab.picture(key)[2]
+        reads = {l[l["read"]][0] for l in links} | {l["underlay"][0] for l in links if l["underlay"]}
+        print(f"counters at {len(topo.nodes):,} namespaces, {what}: {len(links)} links drawn, {len(reads)} "
+              f"namespaces read per tick: {100 * per_ns * len(reads):.2f} % of a core (estimated)")
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
 

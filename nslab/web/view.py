@@ -9,6 +9,7 @@ and trace steps find an edge whether its group is open or not.
 from __future__ import annotations
 
 import dataclasses
+import re
 import subprocess
 
 from .. import lab as labmod
@@ -77,18 +78,34 @@ def collapse(d: graphmod.Drawing, opened: set[str] | None) -> tuple[graphmod.Dra
 
 
 def svg(d: graphmod.Drawing, members: dict[int, list[int]]) -> str:
-    """graphviz's SVG of the drawing; each edge's id is its first full-drawing index."""
+    """graphviz's SVG of the drawing; each edge's id is its first full-drawing index.  Where
+    dot fails (graphviz's "trouble in init_rank", which tunnel edges between clusters can
+    set off: `nslab graph` of cluster:2,10,4 fails alike), the picture is laid out again
+    without the tunnel edges, and its title says so."""
+    text = _dot(d, members)
+    try:
+        return _layout(text)
+    except UsageError:
+        keep = {k: m for k, m in members.items() if not d.edges[k].overlay}
+        bare = graphmod.Drawing(d.title + " (tunnels not drawn: graphviz could not lay them out)", None,
+                                d.nodes, [d.edges[k] for k in keep], d.groups)
+        return _layout(_dot(bare, {n: keep[k] for n, k in enumerate(keep)}))
+
+
+def _dot(d: graphmod.Drawing, members: dict[int, list[int]]) -> str:
     text = graphmod.to_dot(d, ids=True)
-    for k in sorted(members, reverse=True):         # e/<drawn> -> e/<full> (longest ids first)
-        if members[k][0] != k:
-            text = text.replace(f'id="e/{k}"', f'id="e/{members[k][0]}"', 1)
+    ids = {k: members[k][0] for k in members}
+    return re.sub(r'id="e/(\d+)"', lambda m: f'id="e/{ids[int(m.group(1))]}"', text)
+
+
+def _layout(text: str) -> str:
     dot = spawn.tool("dot")
     if dot is None:
         raise PrerequisiteError("dot not found: install graphviz with `apt-get install -y graphviz`")
     proc = subprocess.run([dot, "-Tsvg"], input=text, capture_output=True, text=True, cwd=spawn.CWD,
                           env=spawn.env())
     if proc.returncode != 0:
-        raise UsageError(f"dot could not lay out the lab: {' '.join(proc.stderr.split())}")
+        raise UsageError(f"dot could not lay out the lab: {' '.join(proc.stderr.split())[:300]}")
     return proc.stdout
 
 
