@@ -140,7 +140,7 @@ class Capture:
         self.cap.stop()
 
 
-async def _no_content():
+async def _no_content(request):
     return web.Response(status=204)
 
 
@@ -199,6 +199,7 @@ def make_app(bind: str = "127.0.0.1", port: int = 8080, lab: str | None = None, 
     app = web.Application(middlewares=[guard])
     labs: dict[str, Lab] = {}
     making = threading.Lock()
+    warming: list[asyncio.Task] = []          # held: the loop keeps only weak references to tasks
     captures: dict[str, Capture] = {}
     folder = tempfile.mkdtemp(prefix="nslab-web-")
     static = resources.files("nslab.web").joinpath("static")
@@ -399,7 +400,7 @@ def make_app(bind: str = "127.0.0.1", port: int = 8080, lab: str | None = None, 
                 await off_loop(lb.picture, lb.key(None))
             except Exception:           # a lab that went away meanwhile: the page will say
                 pass
-        app["warm"] = [asyncio.create_task(one(n)) for n in running()]
+        warming.extend(asyncio.create_task(one(n)) for n in running())
 
     async def cleanup(app):
         for cap in captures.values():
@@ -409,7 +410,7 @@ def make_app(bind: str = "127.0.0.1", port: int = 8080, lab: str | None = None, 
         shutil.rmtree(folder, ignore_errors=True)
 
     app.router.add_get("/", page)
-    app.router.add_get("/favicon.ico", lambda request: _no_content())
+    app.router.add_get("/favicon.ico", _no_content)
     app.router.add_get("/static/{name}", asset)
     app.router.add_get("/api/labs", list_labs)
     app.router.add_get("/api/lab/{lab}/picture", picture)

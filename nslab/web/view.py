@@ -161,12 +161,13 @@ def trace_steps(result: dict, d: graphmod.Drawing) -> list[dict]:
             labels = []
             if h.get("outer") and not prev_outer:
                 labels.append("encap " + h["outer"].split(" | ")[-1] if " | " in h["outer"] else "encap")
-            if (h.get("note") or "").startswith("decapsulated") or (prev_outer and not h.get("outer")):
+            decap = (h.get("note") or "").startswith("decapsulated")
+            if decap or (prev_outer and not h.get("outer")):
                 labels.append("decap")
             for dec in h.get("decisions", []):
                 if dec["kind"] == "nat":
                     labels.append("NAT " + dec["text"])
-            prev_outer = h.get("outer")
+            prev_outer = None if decap else h.get("outer")    # the kernel's note names the decap step
             steps.append(dict(leg=leg, node=h["node"], iface=h["iface"], dir=h["dir"],
                               edge=edge_of.get((h["node"], h["iface"])), outer=h.get("outer"), inner=h.get("inner"),
                               decisions=[f"{x['kind']}: {x['text']}" for x in h.get("decisions", [])],
