@@ -442,8 +442,11 @@ def serve(bind: str = "127.0.0.1", port: int = 8080, lab: str | None = None, all
         raise UsageError(f"no lab named {lab!r} runs (`nslab ls` lists them)")
     app = make_app(bind, port, lab, token, allow_changes)
     # run_app prints its line once the socket listens: ours instead, with the token
-    web.run_app(app, host=bind, port=port, print=lambda _: say(banner(bind, port, token, allow_changes)),
-                handle_signals=True, access_log=None, shutdown_timeout=2)
+    try:
+        web.run_app(app, host=bind, port=port, print=lambda _: say(banner(bind, port, token, allow_changes)),
+                    handle_signals=True, access_log=None, shutdown_timeout=2)
+    except OSError as e:                # taken port, an address not of this machine
+        raise NslabError(f"cannot listen on {bind}:{port}: {e.strerror or e}") from None
     say("nslab web: stopped")
 
 
