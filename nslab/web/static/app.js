@@ -122,7 +122,9 @@ function paint(data) {
     if (!t) {
       const p = path.getPointAtLength(path.getTotalLength() / 2);
       t = document.createElementNS("http://www.w3.org/2000/svg", "text");
-      t.setAttribute("class", "rate"); t.setAttribute("x", p.x + 4); t.setAttribute("y", p.y);
+      const right = p.x > g.ownerSVGElement.viewBox.baseVal.width * 0.6;    // keep it inside the picture
+      t.setAttribute("class", "rate"); t.setAttribute("x", right ? p.x - 4 : p.x + 4); t.setAttribute("y", p.y);
+      t.setAttribute("text-anchor", right ? "end" : "start");
       g.appendChild(t);
     }
     t.textContent = text + (etext ? ` (${etext})` : "");
