@@ -98,3 +98,19 @@ def test_guards_host_origin_token_read_only():
     assert status == 200 and cookies["nslab_token"].value == "s3cret"
     assert _request(wide(), "GET", "/api/labs", {**there, "Cookie": "nslab_token=s3cret"})[0] == 200
     assert _request(wide(), "GET", "/api/labs?token=wrong", there)[0] == 401
+
+
+def test_lab_switcher_lists_the_labs_served():
+    import json
+    labs = {n: server.Lab(n, topo=labmod.load(str(TOPOLOGIES / f), name=n))
+            for n, f in (("one", "diy-veth.yaml"), ("two", "diy-bridge.yaml"))}
+    from aiohttp.test_utils import TestClient, TestServer
+
+    async def go():
+        async with TestClient(TestServer(server.make_app(fixed=labs))) as client:
+            r = await client.get("/api/labs", headers={"Host": "127.0.0.1:8080"})
+            p = await client.get("/api/lab/two/picture", headers={"Host": "127.0.0.1:8080"})
+            return json.loads(await r.text()), p.status, json.loads(await p.text())
+    listed, status, picture = asyncio.run(go())
+    assert listed == {"labs": ["one", "two"], "changes": False}
+    assert status == 200 and picture["model"]["lab"] == "two" and "<svg" in picture["svg"]
