@@ -114,3 +114,18 @@ def test_lab_switcher_lists_the_labs_served():
     listed, status, picture = asyncio.run(go())
     assert listed == {"labs": ["one", "two"], "changes": False}
     assert status == 200 and picture["model"]["lab"] == "two" and "<svg" in picture["svg"]
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("args, says", [
+    (["--port", "0"], "nslab: --port must be from 1 to 65535, not 0"),
+    (["--bind", "not-an-address"], "nslab: --bind takes an IP address of this machine (or localhost), "
+                                   "not 'not-an-address'"),
+    (["-l", "no-such-lab-wb"], "nslab: no lab named 'no-such-lab-wb' runs (`nslab ls` lists them)"),
+])
+def test_bad_options_one_sentence_exit_2(args, says):
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-m", "nslab.cli", "web", *args], capture_output=True, text=True,
+                          timeout=60)
+    assert (proc.returncode, proc.stderr.strip(), proc.stdout) == (2, says, "")
