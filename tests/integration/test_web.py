@@ -282,8 +282,16 @@ def test_changes_when_allowed_down_marked_then_ctrl_c_leaves_nothing(lab, browse
             marked = "true" if action == "down" else "false"
             _wait(f"the link marked {action}", lambda: (_edge(browser, "worker2", "enp0s3") or {}).get("down")
                   == marked, 30)
+        js(browser, "document.querySelector('nav button[data-tab=capture]').click();"     # left running
+                    "document.getElementById('cap-node').value = 'worker3'; document.getElementById('cap-start').click()")
+        _wait("the capture to start", lambda: "capturing on" in js(
+            browser, "return document.getElementById('cap-status').textContent"), 30)
+        tcpdumps = [p for p in lab.state["processes"] if "(nslab web)" in p["what"]]
+        assert len(tcpdumps) == 1, lab.state["processes"]
     finally:
         rc = s.stop()
     assert rc == 0, s.out
     assert subprocess.run(["ss", "-Htln", f"sport = :{PORT_CHANGES}"], capture_output=True,
                           text=True).stdout.strip() == ""
+    assert not os.path.exists(f"/proc/{tcpdumps[0]['pid']}"), "Ctrl-C left the page's tcpdump running"
+    assert not [p for p in lab.state["processes"] if "(nslab web)" in p["what"]]
