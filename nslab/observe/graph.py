@@ -195,13 +195,15 @@ def _overlay_edges(d: Drawing, cluster) -> None:
     config = cluster.backend
     backend = backends.get(config.type)
     nodes = list(cluster.nodes.values())
+    ip = {n.name: str(n.ip) for n in nodes}     # once per node: 1,000 nodes make 499,500 pairs
+    label = backend.edge_label(config)
     for x, m in enumerate(nodes):
         for n in nodes[x + 1:]:
-            ends = f"{m.ip} - {n.ip}"       # one edge per pair of nodes, named by its ends
+            ends = f"{ip[m.name]} - {ip[n.name]}"       # one edge per pair of nodes, named by its ends
             if backend.direct(config, m, n):
                 d.edges.append(GEdge(m.name, n.name, label="direct", overlay="direct", ends=ends))
             else:
-                d.edges.append(GEdge(m.name, n.name, label=backend.edge_label(config), overlay=config.type, ends=ends))
+                d.edges.append(GEdge(m.name, n.name, label=label, overlay=config.type, ends=ends))
 
 
 def _tunnel_edges(d: Drawing, topo) -> None:
