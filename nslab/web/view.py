@@ -39,7 +39,8 @@ def _top(d: graphmod.Drawing, group: str | None) -> str | None:
 def collapse(d: graphmod.Drawing, opened: set[str] | None) -> tuple[graphmod.Drawing, dict[int, list[int]]]:
     """The drawing with every top-level group not in `opened` (None: all open) as one box
     (id group:GROUP); overlay edges only between two shut boxes (a 1,000-node cluster has
-    half a million node pairs: no picture reads them, and dot would take minutes).  Returns it and {drawn edge index: [full-drawing edge indexes]}."""
+    half a million node pairs: no picture reads them, and dot would take minutes).
+    Returns it and {drawn edge index: [full-drawing edge indexes]}."""
     if opened is None:
         return d, {k: [k] for k in range(len(d.edges))}
     shut = {g.id for g in d.groups.values() if g.parent is None and g.id not in opened}

@@ -283,7 +283,8 @@ def test_changes_when_allowed_down_marked_then_ctrl_c_leaves_nothing(lab, browse
             _wait(f"the link marked {action}", lambda: (_edge(browser, "worker2", "enp0s3") or {}).get("down")
                   == marked, 30)
         js(browser, "document.querySelector('nav button[data-tab=capture]').click();"     # left running
-                    "document.getElementById('cap-node').value = 'worker3'; document.getElementById('cap-start').click()")
+                    "document.getElementById('cap-node').value = 'worker3';"
+                    "document.getElementById('cap-start').click()")
         _wait("the capture to start", lambda: "capturing on" in js(
             browser, "return document.getElementById('cap-status').textContent"), 30)
         tcpdumps = [p for p in lab.state["processes"] if "(nslab web)" in p["what"]]

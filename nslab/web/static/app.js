@@ -243,7 +243,8 @@ async function startCapture() {
     state.capEs = new EventSource(`/api/capture/${j.id}/rows`);
     state.capEs.onmessage = (ev) => {
       const r = JSON.parse(ev.data);
-      const ends = (x) => x ? `${x.src_ip || x.src_mac || "-"} → ${x.dst_ip || x.dst_mac || "-"} ${x.protocol || ""}` +
+      const ends = (x) => x ? `${x.src_ip || x.src_mac || "-"} → ${x.dst_ip || x.dst_mac || "-"} ` +
+        `${x.protocol || ""}` +
         (x.vni !== null && x.vni !== undefined ? ` vni ${x.vni}` : "") + (x.ports ? ` ${x.ports}` : "") : "";
       const tr = el("tr", { class: "cap-row" });
       tr.append(el("td", {}, r.n), el("td", {}, r.time.toFixed(3)), el("td", {}, r.kind || r.summary || ""),
