@@ -36,6 +36,7 @@ from aiohttp import web
 
 from .. import lab as labmod
 from .. import state
+from ..apply import netns
 from ..errors import NslabError, UsageError
 from ..observe import graph as graphmod
 from . import counters as countermod
@@ -86,8 +87,19 @@ class Lab:
         with self.lock:
             return self.counters.tick(links)
 
+    def alive(self) -> bool:
+        """The lab still runs with the namespaces this object read (one checked: a lab that
+        went down, or down and up again, has none of them)."""
+        if self.st is None:
+            return True
+        if not self.counters.ids:
+            return self.name in state.labs()
+        ns, identity = next(iter(self.counters.ids.items()))
+        return state.ns_identity(netns.path(ns)) == identity
+
     def close(self) -> None:
-        self.counters.close()
+        with self.lock:
+            self.counters.close()
 
 
 class Capture:
@@ -216,6 +228,9 @@ def make_app(bind: str = "127.0.0.1", port: int = 8080, lab: str | None = None, 
         if fixed is not None and name in fixed:
             return fixed[name]
         if not state.valid_lab(name) or name not in running():
+            gone = labs.pop(name, None)
+            if gone is not None:
+                gone.close()
             raise web.HTTPNotFound(text=f"no lab named {name!r} runs\n")
         with making:
             have = labs.get(name)
@@ -261,6 +276,14 @@ def make_app(bind: str = "127.0.0.1", port: int = 8080, lab: str | None = None, 
         cpu0 = countermod.pid_cpu()
         try:
             while True:
+                if not await off_loop(lb.alive):
+                    # its namespaces gone: close our sockets in them (an open socket would
+                    # keep a taken-down lab's namespace, and its devices, alive)
+                    if labs.get(lb.name) is lb:
+                        labs.pop(lb.name)
+                    lb.close()
+                    await resp.write(b"event: gone\ndata: {}\n\n")
+                    break
                 data = await off_loop(lb.tick, key)
                 data["cpu"] = round(countermod.pid_cpu() - cpu0, 3)
                 await resp.write(f"data: {json.dumps(data)}\n\n".encode())

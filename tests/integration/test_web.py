@@ -29,7 +29,7 @@ from conftest import NSLAB, REPO, TOPOLOGIES, LabFactory, _cli_down, _cli_up, ns
 pytestmark = pytest.mark.root
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 SHOTS = Path(os.environ.get("NSLAB_WEB_SHOTS", REPO / "tests" / "integration" / "web-shots"))
-PORT, PORT_CHANGES = 18090, 18091
+PORT, PORT_CHANGES, PORT_GONE = 18090, 18091, 18092
 
 
 def _wait(what: str, cond, timeout: float = 30, every: float = 0.3):
@@ -296,3 +296,19 @@ def test_changes_when_allowed_down_marked_then_ctrl_c_leaves_nothing(lab, browse
                           text=True).stdout.strip() == ""
     assert not os.path.exists(f"/proc/{tcpdumps[0]['pid']}"), "Ctrl-C left the page's tcpdump running"
     assert not [p for p in lab.state["processes"] if "(nslab web)" in p["what"]]
+
+
+@screenshots
+def test_lab_taken_down_page_says_so_and_server_lets_go(lab_factory, browser):
+    other = lab_factory("diy-veth.yaml")
+    browser._nslab_lab = other.name
+    s = Server(other, PORT_GONE)
+    try:
+        open_page(browser, s, other)
+        _wait("counters", lambda: js(browser, "return document.getElementById('status').dataset.took"), 30)
+        assert nslab("down", other.name, env=other.env).returncode == 0
+        _wait("the page to say the lab is gone", lambda: js(browser, "return document.body.dataset.gone")
+              == other.name, 30)
+        assert "no longer runs" in js(browser, "return document.getElementById('status').textContent")
+    finally:
+        assert s.stop() == 0, s.out

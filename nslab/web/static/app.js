@@ -97,6 +97,11 @@ function startCounters() {
   const q = state.opened === null ? "" : `?open=${enc([...state.opened].join(","))}`;
   state.es = new EventSource(`/api/lab/${enc(state.lab)}/counters${q}`);
   state.es.onmessage = (ev) => paint(JSON.parse(ev.data));
+  state.es.addEventListener("gone", () => {
+    state.es.close();
+    status(`lab ${state.lab} no longer runs`, true);
+    document.body.dataset.gone = state.lab;
+  });
 }
 
 function paint(data) {
