@@ -700,8 +700,8 @@ def graph(file: Optional[str] = typer.Argument(None, help="Topology YAML (defaul
 def web(lab: Optional[str] = typer.Option(None, "-l", "--lab", autocompletion=completion.labs,
                                           help="Serve only this lab (default: every lab that runs)."),
         port: int = typer.Option(8080, "--port", help="TCP port."),
-        bind: str = typer.Option("127.0.0.1", "--bind", help="Address to listen on; any but a loopback one "
-                                 "needs the token printed at start."),
+        bind: str = typer.Option("127.0.0.1", "--bind", help="The one address to listen on (not 0.0.0.0); "
+                                 "any but a loopback one needs the token printed at start."),
         allow_changes: bool = typer.Option(False, "--allow-changes", help="Let the page set link conditions "
                                            "and links down/up (as `nslab link`); read-only otherwise.")):
     """Serve the running labs as a live page: the topology as `nslab graph` draws it, packets

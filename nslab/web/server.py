@@ -456,7 +456,9 @@ def serve(bind: str = "127.0.0.1", port: int = 8080, lab: str | None = None, all
     if not 0 < port < 65536:
         raise UsageError(f"--port must be from 1 to 65535, not {port}")
     try:
-        ipaddress.ip_address(bind)
+        if ipaddress.ip_address(bind).is_unspecified:
+            raise UsageError(f"--bind {bind}: give the one address to serve on (the page answers only to a Host "
+                             f"header naming the address it is bound to: the DNS rebinding guard)")
     except ValueError:
         if bind != "localhost":
             raise UsageError(f"--bind takes an IP address of this machine (or localhost), not {bind!r}") from None

@@ -121,6 +121,8 @@ def test_lab_switcher_lists_the_labs_served():
     (["--port", "0"], "nslab: --port must be from 1 to 65535, not 0"),
     (["--bind", "not-an-address"], "nslab: --bind takes an IP address of this machine (or localhost), "
                                    "not 'not-an-address'"),
+    (["--bind", "0.0.0.0"], "nslab: --bind 0.0.0.0: give the one address to serve on (the page answers only to "
+                            "a Host header naming the address it is bound to: the DNS rebinding guard)"),
     (["-l", "no-such-lab-wb"], "nslab: no lab named 'no-such-lab-wb' runs (`nslab ls` lists them)"),
 ])
 def test_bad_options_one_sentence_exit_2(args, says):
