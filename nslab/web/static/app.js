@@ -194,18 +194,39 @@ async function runTrace() {
       li.onclick = () => goStep(i);
       return li;
     }));
+    const marked = new Set(), rows = {};
     for (const s of j.steps) {
       const g = s.edge !== null && document.getElementById(`e/${s.edge}`);
       if (g) g.classList.add("trace");
+      const word = s.label.split(" ")[0];          // encap / decap / NAT, once per node and leg
+      if (word && !marked.has(`${s.leg} ${s.node} ${word}`)) {
+        marked.add(`${s.leg} ${s.node} ${word}`);
+        rows[s.node] = (rows[s.node] || 0) + 1;    // one line each beside the node's box
+        svgLabel(s.node, `${s.leg === "reply" ? "↩ " : ""}${word} ${s.iface}`, "trace-label", rows[s.node] - 1);
+      }
     }
     $("#steps").dataset.count = j.steps.length;
     goStep(0);
   } catch (e) { $("#trace-summary").replaceChildren(el("span", { class: "error" }, e.message)); }
 }
 
+function svgLabel(node, text, cls, row) {
+  // a label beside a node's box on the picture (trace steps: encap, decap, NAT, the current step)
+  const g = document.getElementById(`n/${node}`);
+  if (!g) return;
+  const box = g.getBBox();
+  const t = document.createElementNS("http://www.w3.org/2000/svg", "text");
+  t.setAttribute("class", cls);
+  t.setAttribute("x", box.x + box.width + 3);
+  t.setAttribute("y", box.y + 10 + 11 * row);
+  t.textContent = text;
+  g.ownerSVGElement.querySelector("g").appendChild(t);
+}
+
 function clearTrace() {
   if (state.timer) { clearInterval(state.timer); state.timer = null; }
   document.querySelectorAll("#graph .trace, #graph .step").forEach((g) => g.classList.remove("trace", "step"));
+  document.querySelectorAll("#graph text.trace-label, #graph text.step-label").forEach((t) => t.remove());
   state.steps = []; state.step = -1; $("#steps").replaceChildren(); $("#step-text").textContent = "";
 }
 
@@ -220,6 +241,8 @@ function goStep(i) {
   const e = s.edge !== null && document.getElementById(`e/${s.edge}`);
   if (e) e.classList.add("step");
   document.querySelectorAll("#steps li").forEach((li, k) => li.classList.toggle("current", k === i));
+  document.querySelectorAll("#graph text.step-label").forEach((t) => t.remove());
+  svgLabel(s.node, `${i + 1}. ${s.iface} ${s.dir}${s.label ? " " + s.label.split(" ")[0] : ""}`, "step-label", -1);
   $("#step-text").textContent = `${i + 1}/${state.steps.length}: ${s.node} ${s.iface} ${s.dir}` +
     (s.label ? ` — ${s.label}` : "");
 }
