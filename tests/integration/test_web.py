@@ -199,6 +199,8 @@ def test_drawn_trace_equals_trace_json(lab, server, browser):
     assert any(l.startswith("encap") for l in labels) and "decap" in labels, labels
     on_picture = js(browser, "return document.querySelectorAll('#graph g.edge.trace').length")
     assert on_picture >= 5
+    marks = js(browser, "return [...document.querySelectorAll('#graph text.trace-label')].map(t => t.textContent)")
+    assert "encap enp0s3" in marks and "decap enp0s3" in marks, marks       # worker1's, worker3's
     js(browser, "document.getElementById('next').click(); document.getElementById('next').click()")
     assert js(browser, "return [...document.querySelectorAll('#steps li')].findIndex(li => "
                        "li.classList.contains('current'))") == 2
