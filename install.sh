@@ -23,6 +23,7 @@ APT_PACKAGES=(
   docker.io busybox-static debootstrap  # container nodes: the engine, and local images without a registry
   vagrant                               # `vagrant validate` of the Vagrantfile in the tests
   etcd-server etcd-client               # labs across machines (nslab/coord.py); the tests start their own
+  chromium chromium-driver              # `nslab web`'s browser tests (Selenium drives the system chromium)
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -16,6 +16,13 @@ in the leaves): N parallel TCP flows client -> web-worker3, and the packets each
 forwarded from leaf01 during the run, under vxlan, ipip and udp.
 
     sudo python3 bench/dataplane.py --ecmp 50
+
+--web ROUNDS: `nslab web`'s cost to the data plane (issue 22: at most 5 %), in one lab and
+one run: vxlan client -> web-worker3, alternately with no page open and with the page open
+in headless Chromium (its counters read every second), ROUNDS times each; also the CPU
+the server took meanwhile.
+
+    sudo python3 bench/dataplane.py --web 4 --seconds 5
 """
 from __future__ import annotations
 
@@ -128,12 +135,95 @@ def ecmp(flows: int, seconds: int) -> None:
               f"spine2 {d['spine2']:>9} ({100 * d['spine2'] / total:3.0f}%)")
 
 
+def _cpu(pid: int) -> float:
+    """CPU seconds (user + system) of a process, from /proc/PID/stat."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _tree_cpu(root: int) -> float:
+    """CPU seconds of a process and all its descendants (the browser's processes)."""
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                ppid = int(open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d))
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        try:
+            total += _cpu(pid)
+        except (OSError, IndexError, ValueError):
+            pass
+        todo += children.get(pid, [])
+    return total
+
+
+def web_overhead(rounds: int, seconds: int, port: int = 18097) -> None:
+    sys.path.insert(0, ROOT)
+    from nslab.web.browser import chromium
+    lab = f"wb-webbench-{os.getpid()}"
+    server, server_ip = DEFAULT_SERVER
+    web = browser = None
+    try:
+        nslab("up", TOPOLOGY, "--name", lab)
+        web = subprocess.Popen([sys.executable, "-m", "nslab.cli", "web", "-l", lab, "--port", str(port)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+        while "nslab web: http" not in (line := web.stdout.readline()):
+            if not line:
+                raise RuntimeError("nslab web did not start")
+        browser = chromium()
+        rows = []
+        for r in range(rounds):
+            for page in (False, True):
+                if page:
+                    browser.get(f"http://127.0.0.1:{port}/#{lab}")
+                    while browser.execute_script("return document.body.dataset.lab") != lab:
+                        time.sleep(0.1)
+                    time.sleep(2)               # counters streaming
+                else:
+                    browser.get("about:blank")
+                    time.sleep(1)
+                srv = subprocess.Popen(netns(lab, server) + ["iperf3", "-s", "-1"], stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.DEVNULL)
+                time.sleep(0.3)
+                cpu0, t0 = _cpu(web.pid), time.monotonic()
+                bcpu0 = _tree_cpu(browser.service.process.pid)
+                res = subprocess.run(netns(lab, "client") + ["iperf3", "-c", server_ip, "-t", str(seconds), "-J"],
+                                     capture_output=True, text=True)
+                cpu = (_cpu(web.pid) - cpu0) / (time.monotonic() - t0)
+                bcpu = (_tree_cpu(browser.service.process.pid) - bcpu0) / (time.monotonic() - t0)
+                srv.wait(timeout=10)
+                gbps = json.loads(res.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
+                rows.append((page, gbps, cpu))
+                print(f"round {r + 1} {'page open ' if page else 'no page   '} {gbps:6.2f} Gbit/s   "
+                      f"nslab web {100 * cpu:4.1f} % of a core, Chromium {100 * bcpu:4.1f} %", flush=True)
+        without = [g for p, g, _ in rows if not p]
+        with_ = [g for p, g, _ in rows if p]
+        a, b = sum(without) / len(without), sum(with_) / len(with_)
+        cpu = sum(c for p, _, c in rows if p) / len(with_)
+        print(f"mean: no page {a:.2f} Gbit/s, page open {b:.2f} Gbit/s: {100 * (a - b) / a:+.1f} % slower "
+              f"with the page; nslab web {100 * cpu:.1f} % of a core while the page was open; "
+              f"load average {os.getloadavg()[0]:.1f}")
+    finally:
+        if browser is not None:
+            browser.quit()
+        if web is not None:
+            web.send_signal(2)
+            web.wait(timeout=30)
+        subprocess.run(["nslab", "down", lab], capture_output=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--streams", type=int, default=1, help="parallel TCP streams (iperf3 -P)")
     ap.add_argument("--backends", default="vxlan,host-gw,ipip,udp")
     ap.add_argument("--ecmp", type=int, metavar="FLOWS", help="the ECMP demonstration instead (spine-leaf-ecmp)")
+    ap.add_argument("--web", type=int, metavar="ROUNDS", help="nslab web's cost: iperf3 with and without the page")
     ap.add_argument("--topology", metavar="FILE", help="a variant of spine-leaf.yaml (e.g. with link conditions)")
     args = ap.parse_args()
     if args.topology:
@@ -143,6 +233,8 @@ def main() -> None:
         sys.exit("bench/dataplane.py: run as root (it builds labs)")
     if args.ecmp:
         return ecmp(args.ecmp, min(args.seconds, 3))
+    if args.web:
+        return web_overhead(args.web, args.seconds)
     rows = [run(b, args.seconds, args.streams) for b in args.backends.split(",")]
     base = next((r["gbps"] for r in rows if r["backend"] == "vxlan"), None)
     print(f"{'backend':8} {'dataplane':10} {'path':24} {'Gbit/s':>7} {'vs vxlan':>9} {'retrans':>8}  notes")

@@ -697,6 +697,22 @@ def graph(file: Optional[str] = typer.Argument(None, help="Topology YAML (defaul
 
 @app.command()
 @run
+def web(lab: Optional[str] = typer.Option(None, "-l", "--lab", autocompletion=completion.labs,
+                                          help="Serve only this lab (default: every lab that runs)."),
+        port: int = typer.Option(8080, "--port", help="TCP port."),
+        bind: str = typer.Option("127.0.0.1", "--bind", help="The one address to listen on (not 0.0.0.0); "
+                                 "any but a loopback one needs the token printed at start."),
+        allow_changes: bool = typer.Option(False, "--allow-changes", help="Let the page set link conditions "
+                                           "and links down/up (as `nslab link`); read-only otherwise.")):
+    """Serve the running labs as a live page: the topology as `nslab graph` draws it, packets
+    and bytes per second on each link, a node's tables, traces and captures.  Ctrl-C stops it."""
+    from .web import server  # lazy: start-up (aiohttp)
+    labmod.require_root()
+    server.serve(bind, port, lab, allow_changes)
+
+
+@app.command()
+@run
 def rewire(lab: Optional[str] = LabOpt):
     """Wire the lab's containers again after one was restarted (a restarted container has a
     new network namespace, without the lab's links), stopped or removed under nslab's feet."""

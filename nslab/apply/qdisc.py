@@ -31,7 +31,7 @@ from ..model.units import (ETH_HLEN, NETEM_DEFAULT_LIMIT, TBF_DEFAULT_LATENCY_US
                            U32_MAX, Conditions, ConditionsError, effective, format_size)
 from . import netns
 from .netlink import (IFINFOMSG, IFLA_IFNAME, IFLA_MTU, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK, NLM_F_DUMP,
-                      NLM_F_REQUEST, NLMSGHDR, REPLACE, RTM_DELQDISC, RTM_GETLINK, RTM_GETQDISC, RTM_NEWLINK,
+                      NLM_F_REQUEST, NLMSGHDR, RTATTR, REPLACE, RTM_DELQDISC, RTM_GETLINK, RTM_GETQDISC, RTM_NEWLINK,
                       RTM_NEWQDISC, SEND_CHUNK, TCMSG, U32, attr, attrs, extack, ifinfomsg, message,
                       open_route_socket)
 from .netlink import messages as replies
@@ -350,6 +350,39 @@ def links(sock: socket.socket) -> dict[int, tuple[str, int]]:
         name = a.get(IFLA_IFNAME, b"").split(b"\0")[0].decode(errors="backslashreplace")
         mtu = U32.unpack(a[IFLA_MTU])[0] if IFLA_MTU in a else 0
         out[index] = (name, mtu)
+    return out
+
+
+IFLA_STATS64 = 23
+IFF_LOWER_UP = 0x10000
+STATS64 = struct.Struct("=QQQQ")      # rtnl_link_stats64: rx_packets, tx_packets, rx_bytes, tx_bytes (...)
+
+
+def link_stats(sock: socket.socket) -> dict[str, tuple[int, int, int, int, bool]]:
+    """{name: (rx_packets, tx_packets, rx_bytes, tx_bytes, up)} of every device of the
+    socket's namespace, from one RTM_GETLINK dump (`ip -s link`'s numbers; up: IFF_UP and
+    the carrier, as `ip link` prints UP and LOWER_UP)."""
+    out = {}
+    for mtype, buf, pos, length in _dump(sock, encode_dump_links()):
+        if mtype != RTM_NEWLINK:
+            continue
+        _fam, _type, _index, flags, _change = IFINFOMSG.unpack_from(buf, pos + 16)
+        name, st = "", (0, 0, 0, 0)
+        at, end = pos + 16 + IFINFOMSG.size, pos + length
+        # the two attributes only, stopping at the stats (the kernel puts the name before
+        # them): `nslab web` reads this every second
+        while at + 4 <= end:
+            alen, atype = RTATTR.unpack_from(buf, at)
+            if alen < 4:
+                break
+            atype &= 0x3FFF
+            if atype == IFLA_IFNAME:
+                name = bytes(buf[at + 4: at + alen]).split(b"\0")[0].decode(errors="backslashreplace")
+            elif atype == IFLA_STATS64 and alen - 4 >= STATS64.size:
+                st = STATS64.unpack_from(buf, at + 4)
+                break
+            at += (alen + 3) & ~3
+        out[name] = (*st, flags & 0x1 != 0 and flags & IFF_LOWER_UP != 0)
     return out
 
 

@@ -51,6 +51,8 @@ class GEdge:
     overlay: str | None = None     # a key of OVERLAY for overlay edges
     service: bool = False          # a service to one of its endpoints
     ends: str = ""                 # an overlay edge's underlay addresses (10.0.0.21 - 30.0.0.23)
+    a_iface: str | None = None     # a link's interfaces at its two ends, labelled or not
+    b_iface: str | None = None
 
 
 @dataclass
@@ -124,7 +126,8 @@ def build(topo) -> Drawing:
             (na, ia), (nb, ib) = ends
             la, lb = _end_label(na, ia), _end_label(nb, ib)
             d.edges.append(GEdge(na.name, nb.name, la, lb, a_port=ia.name if la else None,
-                                 b_port=ib.name if lb else None, label=_conditions_label(na, ia, nb, ib)))
+                                 b_port=ib.name if lb else None, label=_conditions_label(na, ia, nb, ib),
+                                 a_iface=ia.name, b_iface=ib.name))
             if la:
                 d.nodes[na.name].bottom.append((ia.name, la))
             if lb:
@@ -192,13 +195,15 @@ def _overlay_edges(d: Drawing, cluster) -> None:
     config = cluster.backend
     backend = backends.get(config.type)
     nodes = list(cluster.nodes.values())
+    ip = {n.name: str(n.ip) for n in nodes}     # once per node: 1,000 nodes make 499,500 pairs
+    label = backend.edge_label(config)
     for x, m in enumerate(nodes):
         for n in nodes[x + 1:]:
-            ends = f"{m.ip} - {n.ip}"       # one edge per pair of nodes, named by its ends
+            ends = f"{ip[m.name]} - {ip[n.name]}"       # one edge per pair of nodes, named by its ends
             if backend.direct(config, m, n):
                 d.edges.append(GEdge(m.name, n.name, label="direct", overlay="direct", ends=ends))
             else:
-                d.edges.append(GEdge(m.name, n.name, label=backend.edge_label(config), overlay=config.type, ends=ends))
+                d.edges.append(GEdge(m.name, n.name, label=label, overlay=config.type, ends=ends))
 
 
 def _tunnel_edges(d: Drawing, topo) -> None:
@@ -219,7 +224,11 @@ def _tunnel_edges(d: Drawing, topo) -> None:
 BORDER = {"router": "#2c5d8a", "switch": "#777777", "host": "#9a7d0a", "pod": "#3c7d32", "service": "#8e24aa"}
 
 
-def to_dot(d: Drawing) -> str:
+def to_dot(d: Drawing, ids: bool = False) -> str:
+    """DOT text; ids=True gives each node, group and edge an id (n/NAME, g/GROUP, e/INDEX) that
+    graphviz's SVG keeps, for `nslab web`'s page to find them."""
+    def id_(text: str) -> str:
+        return f"id={_q(text)}" if ids else ""
     out = ["graph nslab {",
            f'  graph [label=<{_legend(d)}>, labelloc=b, fontname="Helvetica", fontsize=12, rankdir=TB, '
            f'nodesep=0.5, ranksep=0.55, newrank=true, pad=0.2];',
@@ -234,19 +243,19 @@ def to_dot(d: Drawing) -> str:
 
     def emit(group: str | None, indent: str) -> None:
         for n in members.get(group, []):
-            out.append(f"{indent}{_q(n.id)} [label=<{_node_html(n)}>];")
+            out.append(f"{indent}{_q(n.id)} [label=<{_node_html(n)}>{', ' + id_('n/' + n.id) if ids else ''}];")
         for gid in children.get(group, []):
             g = d.groups[gid]
             style = ('style="rounded,filled"; fillcolor="#f4f6f9"; color="#8a9bb0"' if g.kind == "segment"
                      else 'style="rounded,dashed"; color="#b7950b"')
             out.append(f'{indent}subgraph {_q("cluster_" + gid)} {{')
             out.append(f'{indent}  label=<<b>{html.escape(g.label)}</b>>; labelloc=t; labeljust=l; fontsize=11; '
-                       f'margin=10; {style};')
+                       f'margin=10; {style};' + (f" {id_('g/' + gid)};" if ids else ""))
             emit(gid, indent + "  ")
             out.append(f"{indent}}}")
     emit(None, "  ")
-    for e in d.edges:
-        attrs = []
+    for k, e in enumerate(d.edges):
+        attrs = [id_(f"e/{k}")] if ids else []
         if e.overlay:
             color, _ = OVERLAY[e.overlay]
             attrs += [f'color="{color}"', f'fontcolor="{color}"', "penwidth=1.8", "constraint=false",
