@@ -5,7 +5,9 @@ worker1's underlay link move and show vxlan while idle links stay still; a trace
 the page equals `nslab trace --json`; a capture streams decoded rows and its pcap
 downloads; a read-only server refuses changes; a foreign Host or Origin is refused; Ctrl-C
 leaves nothing running.  A failing test saves a screenshot (tests/integration/web-shots/,
-or $NSLAB_WEB_SHOTS); the flood test writes docs/web.png, the README's picture.
+or $NSLAB_WEB_SHOTS); the flood test takes the README's picture, and writes it to
+docs/web.png when NSLAB_UPDATE_SCREENSHOT=1 (as NSLAB_UPDATE_GOLDEN does for goldens, so
+a test run leaves the tree as it was).
 """
 from __future__ import annotations
 
@@ -147,7 +149,7 @@ def test_page_shows_every_node(lab, server, browser):
 
 
 @screenshots
-def test_flood_moves_worker1_underlay_as_vxlan_idle_links_still(lab, server, browser):
+def test_flood_moves_worker1_underlay_as_vxlan_idle_links_still(lab, server, browser, tmp_path):
     browser._nslab_lab = lab.name
     open_page(browser, server, lab)
     flood = subprocess.Popen(NSLAB + ["exec", "-l", lab.name, "client", "--", "ping", "-q", "-i", "0.002", "-w", "20",
@@ -163,8 +165,11 @@ def test_flood_moves_worker1_underlay_as_vxlan_idle_links_still(lab, server, bro
         assert float(idle["pps"]) < 5 and float(master["pps"]) < 5, (idle, master)    # an ARP now and then
         text = js(browser, f"return document.getElementById('{under['id']}').querySelector('text.rate').textContent")
         assert "vxlan" in text and "pkt/s" in text, text
-        (REPO / "docs").mkdir(exist_ok=True)
-        browser.save_screenshot(str(REPO / "docs" / "web.png"))
+        shot = tmp_path / "web.png"
+        assert browser.save_screenshot(str(shot)), "the browser took no screenshot"
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+        if os.environ.get("NSLAB_UPDATE_SCREENSHOT") == "1":
+            shutil.copyfile(shot, REPO / "docs" / "web.png")
     finally:
         flood.kill()
         flood.wait()
