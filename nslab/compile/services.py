@@ -26,12 +26,17 @@ def services_of(cluster) -> list[kubeproxy.Service]:
     for s in cluster.services.values():
         if s.headless:
             continue
-        eps = tuple(kubeproxy.Endpoint(ip=str(cluster.pods[pod].ip.ip), node=cluster.pods[pod].node)
-                    for pod in s.endpoints)
-        out.append(kubeproxy.Service(name=s.name, namespace=s.namespace, port=s.port, port_name=s.port_name,
-                                     target_port=s.target_port,
-                                     cluster_ip=str(s.cluster_ip), protocol=s.protocol, type=s.type,
-                                     node_port=s.node_port, endpoints=eps))
+        for port in s.ports:
+            # a pod without the named targetPort is no endpoint of this port (FindPort fails)
+            eps = tuple(kubeproxy.Endpoint(ip=str(cluster.pods[pod].ip.ip), node=cluster.pods[pod].node)
+                        for pod in s.endpoints if port.target_port is not None)
+            out.append(kubeproxy.Service(name=s.name, namespace=s.namespace, port=port.port, port_name=port.name,
+                                         target_port=port.target_port or port.port,
+                                         cluster_ip=str(s.cluster_ip), protocol=port.protocol, type=s.type,
+                                         node_port=port.node_port, endpoints=eps,
+                                         external_local=s.external_policy == "Local",
+                                         internal_local=s.internal_policy == "Local",
+                                         affinity_timeout=s.affinity_timeout))
     return out
 
 
