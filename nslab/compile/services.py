@@ -40,14 +40,32 @@ def services_of(cluster) -> list[kubeproxy.Service]:
     return out
 
 
-def chains_of(cluster) -> dict[str, str]:
-    """Service name -> the kube-proxy chain that picks its endpoint in the cluster's mode:
-    KUBE-SVC-<hash> (iptables), service-<hash>-<ns>/<name>/<proto>/<port> (nftables); none
-    for ipvs or a service without endpoints (nothing picks)."""
-    pick = {"iptables": kubeproxy.svc_chain, "nftables": kubeproxy_nft.service_chain}.get(cluster.proxy_mode)
-    if pick is None:
+def chains_of(cluster) -> dict[str, list[str]]:
+    """Service name -> per port, the kube-proxy chain that picks the endpoint of its cluster
+    IP in the cluster's mode: KUBE-SVC-<hash>, or KUBE-SVL-<hash> with internalTrafficPolicy
+    Local (iptables); service-/local-<hash>-<ns>/<name>/<proto>/<port> (nftables).  With
+    externalTrafficPolicy Local the node port's local chain follows ("nodePort: ..."), with
+    session affinity how it sticks.  Empty for ipvs; "-" for a port without endpoints
+    (nothing picks: kube-proxy rejects)."""
+    if cluster.proxy_mode == "iptables":
+        cluster_chain, local_chain = kubeproxy.svc_chain, kubeproxy.svl_chain
+        sticky = "affinity: -m recent, {} s"
+    elif cluster.proxy_mode == "nftables":
+        cluster_chain, local_chain = kubeproxy_nft.service_chain, kubeproxy_nft.local_chain
+        sticky = "affinity: @affinity- sets, {} s"
+    else:
         return {}
-    return {name: pick(s) for name, s in zip(cluster.services, services_of(cluster)) if s.endpoints}
+    out: dict[str, list[str]] = {}
+    for s in services_of(cluster):
+        text = "-"
+        if s.endpoints:
+            text = (local_chain if s.internal_local else cluster_chain)(s)
+            if s.external_local and s.node_port is not None:
+                text += f"; nodePort: {local_chain(s)}"
+            if s.affinity_timeout:
+                text += f" ({sticky.format(s.affinity_timeout)})"
+        out.setdefault(s.name, []).append(text)
+    return out
 
 
 def compile_services(topo, plan: P.Plan) -> None:
