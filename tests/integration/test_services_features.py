@@ -1,5 +1,6 @@
 """Issue 23's service features with real packets, in kube-proxy's iptables and nftables
-modes (tests/golden/services-features*.yaml, one small lab per mode): web runs on n1 only.
+modes (topologies/services-features.yaml and tests/golden/services-features-nftables.yaml,
+one small lab per mode): web runs on n1 only.
 
 - externalTrafficPolicy Local: a NodePort on n1 keeps the client's source, on n2 (no local
   endpoint) it is dropped; with Cluster the same NodePort on n2 is masqueraded to n2;
@@ -17,13 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import installed
+from conftest import TOPOLOGIES, installed
 from test_services import get
 from nslab.apply import iptables
 from nslab.pytest_plugin import lab_name
 
 GOLDEN = Path(__file__).parent.parent / "golden"
-TOPOLOGY = {"iptables": GOLDEN / "services-features.yaml", "nftables": GOLDEN / "services-features-nftables.yaml"}
+TOPOLOGY = {"iptables": TOPOLOGIES / "services-features.yaml", "nftables": GOLDEN / "services-features-nftables.yaml"}
 OUTSIDE, N1, N2 = "10.0.0.100", "10.0.0.1", "10.0.0.2"
 LOCAL_NP, CLUSTER_NP, EMPTY_NP = 30080, 30081, 30084
 INTERNAL, STICKY, EMPTY, MULTI = "10.96.0.82", "10.96.0.83", "10.96.0.84", "10.96.0.85"
