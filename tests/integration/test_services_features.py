@@ -12,6 +12,9 @@ one small lab per mode): web runs on n1 only.
 """
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import sys
 import time
 from pathlib import Path
@@ -66,6 +69,11 @@ def _tools():
     installed("nft")
 
 
+def b32(text: str, n: int) -> str:
+    """kube-proxy's hashes, computed here from their definition (not nslab's)."""
+    return base64.b32encode(hashlib.sha256(text.encode()).digest()).decode()[:n]
+
+
 def connect(lab, node: str, host: str, port: int, timeout: float = 3.0) -> str:
     proc = lab.exec(node, sys.executable, "-c", CONNECT, host, str(port), str(timeout), timeout=60)
     assert proc.returncode == 0, proc.stderr
@@ -90,6 +98,14 @@ def test_service_features(root_unchanged, lab_factory, mode):
     # internalTrafficPolicy Local: a pod on n1 reaches web-n1 (unSNATed); client on n2 is dropped
     assert get(lab, "multi-n1", INTERNAL, 8080, 2) == [("web-n1", "10.244.0.2", "10.244.0.3")] * 2
     assert connect(lab, "client", INTERNAL, 8080) == "timeout"
+    # trace and show name the Local policy's chain (KUBE-SVL- / local-), not the Cluster one
+    local = ("KUBE-SVL-" + b32("default/internaltcp", 16) if mode == "iptables"
+             else f"local-{b32('default/internal/tcp/', 8)}-default/internal/tcp/")
+    proc = lab.nslab("trace", "-l", lab.name, "multi-n1", "svc/internal", "--json", timeout=90)
+    (n,) = json.loads(proc.stdout)["nat"]
+    assert n["node"] == "n1" and f"{local} chose" in n["rule"], n
+    svcs = {s["name"]: s for s in json.loads(lab.nslab("show", "-l", lab.name, "--json", check=True).stdout)["services"]}
+    assert svcs["internal"]["chain"] == local and [p["port"] for p in svcs["multi"]["ports"]] == [80, 8081, 5353]
 
     # a service without endpoints: refused at once, on its cluster IP and its node port
     assert connect(lab, "client", EMPTY, 80, timeout=20) == "refused"
