@@ -223,7 +223,8 @@ def policy(s: Service, node: str) -> Policy:
     eps = tuple(endpoints_in_order(s))
     cluster = eps if s.uses_cluster_endpoints() else ()
     local = tuple(ep for ep in eps if ep.node == node) if s.uses_local_endpoints() else ()
-    reachable = tuple(ep for ep in eps if ep in cluster or ep in local)
+    keep = set(cluster) | set(local)           # their union, in endpoint order
+    reachable = tuple(ep for ep in eps if ep in keep)
     has = bool(eps)
     has_internal = has and (bool(local) if s.internal_local else True)
     has_external = has and (bool(local) if s.external_local else True)
