@@ -151,6 +151,7 @@ def _service_problem(s: Service) -> str | None:
 
 # --- chain names (pkg/proxy/iptables/proxier.go) ------------------------------------------------
 
+@functools.lru_cache(maxsize=1 << 16)      # every node of a cluster asks for the same names
 def _hash16(text: str) -> str:
     return base64.b32encode(hashlib.sha256(text.encode()).digest()).decode()[:16]
 
@@ -218,6 +219,7 @@ class Policy:
     external_drop: bool
 
 
+@functools.lru_cache(maxsize=1 << 14)      # asked for by the filter and the nat part alike
 def policy(s: Service, node: str) -> Policy:
     """CategorizeEndpoints (all endpoints ready, no topology) and syncProxyRules' variables."""
     eps = tuple(endpoints_in_order(s))

@@ -91,6 +91,7 @@ JUMP_CHAINS = (
 
 # --- chain names ------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=1 << 16)      # every node of a cluster asks for the same names
 def hash_and_truncate(name: str) -> str:
     """hashAndTruncate: base32(sha256(name))[:8] + "-" + name, cut to 240 characters."""
     h = base64.b32encode(hashlib.sha256(name.encode()).digest()).decode()[:8]
