@@ -71,3 +71,13 @@ def test_the_services_table_names_each_ports_chain():
     assert chains["internal"] == ["KUBE-SVL-" + b32("default/internaltcp", 16)]
     assert chains["empty"] == ["-"] and len(chains["multi"]) == 3
     assert chains["sticky"][0].endswith("(affinity: -m recent, 3 s)")
+
+
+def test_a_headless_service_without_endpoints_has_no_dns_record():
+    """Its record would be "name.ns=" (no address), which the DNS daemon refuses as input."""
+    from nslab.compile.dns import records
+    text = LAB.read_text().replace("  dns: false\n", "    bare: {port: 80, clusterIP: None}\n")
+    topo = model.load("lab.yaml", text=text)
+    recs = records(topo.cluster)
+    assert topo.cluster.services["bare"].headless and not [v for _, v in recs if v.startswith("bare.")]
+    assert ("a", "local.default=10.96.0.80") in recs
