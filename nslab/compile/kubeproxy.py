@@ -62,7 +62,7 @@ MASQUERADE_BIT = 14                     # kube-proxy's default --iptables-masque
 @dataclass(frozen=True)
 class Endpoint:
     ip: str              # the pod's IP
-    node: str            # the node the pod runs on (Cluster policy does not use it in rules)
+    node: str            # the node the pod runs on (what a Local traffic policy keeps)
 
 
 @dataclass(frozen=True)
