@@ -36,6 +36,8 @@ def records(cluster) -> list[tuple[str, str]]:
     out = []
     for s in cluster.services.values():
         ips = [str(cluster.pods[p].ip.ip) for p in s.endpoints] if s.headless else [str(s.cluster_ip)]
+        if not ips:                     # headless without endpoints (no selector): no record,
+            continue                    # NXDOMAIN (CoreDNS has no address to give either)
         out.append(("headless" if s.headless else "a", f"{s.name}.{s.namespace}={','.join(ips)}"))
     return out
 

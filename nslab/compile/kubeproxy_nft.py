@@ -30,8 +30,18 @@ Later proxier.go versions (read beside it) rename the filter base chains
 priority 0 and match the clusterIP masquerade rule without its port; the nat side, the sets
 and maps and every chain name are the same.
 
-Not mirrored (as in kubeproxy.py): session affinity, Local traffic policies, load balancers
-and their source ranges (the firewall map stays empty), externalIPs, IPv6, partial syncs.
+Traffic policies and session affinity as syncProxyRules writes them (the decisions are
+kubeproxy.policy's, shared with the iptables mode): internalTrafficPolicy Local sends the
+clusterIP to "local-<base>" (no local endpoint: @no-endpoint-services' verdict drop),
+externalTrafficPolicy Local keeps the client's source in "external-<base>" (pod traffic
+and `fib saddr type local` short-circuited to the service- chain, the rest to local-; no
+local endpoint: @no-endpoint-nodeports' drop); sessionAffinity ClientIP gives each endpoint
+a set "affinity-<endpoint base>" (flags dynamic,timeout, timeout StickyMaxAgeSeconds), an
+`ip saddr @affinity-X goto endpoint-X` rule before the numgen one and an
+`update @affinity-X { ip saddr }` in the endpoint chain.
+
+Not mirrored (as in kubeproxy.py): load balancers and their source ranges (the firewall map
+stays empty), externalIPs, IPv6, partial syncs, terminating endpoints and topology hints.
 
 Pure: standard library only; the output is one text for `nft -f -` in the node's namespace.
 """
@@ -42,7 +52,7 @@ import functools
 import hashlib
 import ipaddress
 
-from .kubeproxy import Node, Service, check_services, endpoint_string, endpoints_in_order, masquerade_mark
+from .kubeproxy import Node, Service, check_services, endpoint_string, masquerade_mark, policy
 
 TABLE = "kube-proxy"                       # kubeProxyTable
 FAMILY = "ip"                              # knftables.IPv4Family
@@ -81,6 +91,7 @@ JUMP_CHAINS = (
 
 # --- chain names ------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=1 << 16)      # every node of a cluster asks for the same names
 def hash_and_truncate(name: str) -> str:
     """hashAndTruncate: base32(sha256(name))[:8] + "-" + name, cut to 240 characters."""
     h = base64.b32encode(hashlib.sha256(name.encode()).digest()).decode()[:8]
@@ -105,11 +116,25 @@ def external_chain(s: Service) -> str:
     return "external-" + service_chain_base(s)
 
 
-def endpoint_chain(s: Service, endpoint: str) -> str:
-    """newEndpointInfo's chainName: endpoint-<servicePortEndpointChainNameBase>, the
-    endpoint "ip:port" written "ip/port" after "__"."""
+def local_chain(s: Service) -> str:
+    """localPolicyChainName: local-<base>."""
+    return "local-" + service_chain_base(s)
+
+
+def _endpoint_base(s: Service, endpoint: str) -> str:
+    """servicePortEndpointChainNameBase: the endpoint "ip:port" written "ip/port" after "__"."""
     ip, port = endpoint.rsplit(":", 1)
-    return "endpoint-" + hash_and_truncate(f"{s.namespace}/{s.name}/{s.proto}/{s.port_name}__{ip}/{port}")
+    return hash_and_truncate(f"{s.namespace}/{s.name}/{s.proto}/{s.port_name}__{ip}/{port}")
+
+
+def endpoint_chain(s: Service, endpoint: str) -> str:
+    """newEndpointInfo's chainName: endpoint-<servicePortEndpointChainNameBase>."""
+    return "endpoint-" + _endpoint_base(s, endpoint)
+
+
+def affinity_set(s: Service, endpoint: str) -> str:
+    """newEndpointInfo's affinitySetName: affinity-<servicePortEndpointChainNameBase>."""
+    return "affinity-" + _endpoint_base(s, endpoint)
 
 
 # --- the transaction, as knftables writes it ----------------------------------------------------
@@ -154,8 +179,12 @@ class _Tx:
     def rule(self, chain: str, rule: str, comment: str | None = None) -> None:
         self.add(f"add rule {self.prefix} {chain} {rule}" + (f' comment "{comment}"' if comment else ""))
 
-    def collection(self, kind: str, name: str, type_: str, comment: str) -> None:
-        self.add(f'add {kind} {self.prefix} {name} {{ type {type_} ; comment "{comment}" ; }}')
+    def collection(self, kind: str, name: str, type_: str, comment: str | None = None, *, flags: str = "",
+                   timeout: int | None = None) -> None:
+        """knftables' Set/Map: type, flags, timeout, comment, in that order."""
+        spec = [f"type {type_} ;"] + ([f"flags {flags} ;"] if flags else []) + \
+            ([f"timeout {timeout}s ;"] if timeout is not None else []) + ([f'comment "{comment}" ;'] if comment else [])
+        self.add(f"add {kind} {self.prefix} {name} {{ {' '.join(spec)} }}")
 
     def element(self, name: str, key: tuple, value: str | None = None, comment: str | None = None) -> None:
         text = " . ".join(str(k) for k in key)
@@ -217,64 +246,96 @@ def _setup(tx: _Tx, node: Node, mark: str, service_cidr: str | None) -> None:
         tx.flush(kind, name)
 
 
-def _service(tx: _Tx, s: Service, cluster_cidr: str) -> None:
-    """One service port of syncProxyRules (Cluster traffic policies, no affinity)."""
+def _service(tx: _Tx, s: Service, node: str, cluster_cidr: str) -> None:
+    """One service port of syncProxyRules on `node` (its local endpoints)."""
     proto, name = s.proto, s.port_name_string
-    eps = endpoints_in_order(s)
-    has_endpoints = bool(eps)
-    svc, ext = service_chain(s), external_chain(s)
-    for ep in eps:                                   # "Note the endpoint chains that will be used"
+    p = policy(s, node)
+    svc, loc, ext = service_chain(s), local_chain(s), external_chain(s)
+    internal = loc if s.internal_local else svc          # internalTrafficChain
+    external = loc if s.external_local else svc          # externalPolicyChain
+    for ep in p.reachable:                           # "Note the endpoint chains that will be used"
         tx.ensure_chain(endpoint_chain(s, endpoint_string(s, ep)))
-    if has_endpoints:                                # usesClusterPolicyChain
+    if p.uses_cluster_chain:
         tx.ensure_chain(svc)
-    uses_ext = has_endpoints and s.node_port is not None      # ExternallyAccessible: a NodePort
-    if uses_ext:
+    if p.uses_local_chain:
+        tx.ensure_chain(loc)
+    if p.uses_ext:                                   # usesExternalTrafficChain
         tx.ensure_chain(ext)
+    # the filter verdicts: reject a service without endpoints, drop one whose Local policy
+    # finds none on this node
+    internal_verdict = "drop" if p.internal_drop else "goto reject-chain"
+    external_verdict = "drop" if p.external_drop else "goto reject-chain"
     # Capture the clusterIP.
     tx.element("cluster-ips", (s.cluster_ip,))
-    if has_endpoints:
-        tx.element("service-ips", (s.cluster_ip, proto, s.port), f"goto {svc}")
+    if p.has_internal:
+        tx.element("service-ips", (s.cluster_ip, proto, s.port), f"goto {internal}")
     else:
-        tx.element("no-endpoint-services", (s.cluster_ip, proto, s.port), "goto reject-chain", comment=name)
+        tx.element("no-endpoint-services", (s.cluster_ip, proto, s.port), internal_verdict, comment=name)
     # Capture nodeports.
     if s.node_port is not None:
-        if has_endpoints:
+        if p.has_endpoints:
             tx.element("service-nodeports", (proto, s.node_port), f"goto {ext}")
-        else:
-            tx.element("no-endpoint-nodeports", (proto, s.node_port), "goto reject-chain", comment=name)
-    if not has_endpoints:
-        return
+        if not p.has_external:
+            tx.element("no-endpoint-nodeports", (proto, s.node_port), external_verdict, comment=name)
     # internal traffic: off-cluster sources to the clusterIP are masqueraded (IfNotLocalNFT)
-    tx.rule(svc, f"ip daddr {s.cluster_ip} {proto} dport {s.port} ip saddr != {cluster_cidr} jump mark-for-masquerade")
-    if uses_ext:                                     # Cluster external policy: masquerade, then the service
-        tx.rule(ext, "jump mark-for-masquerade")
-        tx.rule(ext, f"goto {svc}")
-    # writeServiceToEndpointRules
-    chains = [endpoint_chain(s, endpoint_string(s, ep)) for ep in eps]
-    vmap = " , ".join(f"{i} : goto {c}" for i, c in enumerate(chains))     # knftables.Concat's spacing
-    tx.rule(svc, f"numgen random mod {len(eps)} vmap {{ {vmap} }}")
-    for ep, chain in zip(eps, chains):               # the per-endpoint chains
+    if p.has_internal:
+        tx.rule(internal, f"ip daddr {s.cluster_ip} {proto} dport {s.port} ip saddr != {cluster_cidr} "
+                          f"jump mark-for-masquerade")
+    if p.uses_ext:
+        if not s.external_local:                     # Cluster external policy: masquerade
+            tx.rule(ext, "jump mark-for-masquerade")
+        else:                                        # Local: keep the source; short-circuit pods and the node
+            tx.rule(ext, f"ip saddr {cluster_cidr} goto {svc}", comment="short-circuit pod traffic")
+            tx.rule(ext, "fib saddr type local jump mark-for-masquerade", comment="masquerade local traffic")
+            tx.rule(ext, f"fib saddr type local goto {svc}", comment="short-circuit local traffic")
+        if p.has_external:
+            tx.rule(ext, f"goto {external}")
+    if s.affinity_timeout:                           # the per-endpoint affinity sets
+        for ep in p.reachable:
+            tx.collection("set", affinity_set(s, endpoint_string(s, ep)), "ipv4_addr", flags="dynamic,timeout",
+                          timeout=s.affinity_timeout)
+    if p.uses_cluster_chain:
+        _to_endpoints(tx, s, svc, p.cluster)
+    if p.uses_local_chain:
+        _to_endpoints(tx, s, loc, p.local)
+    for ep in p.reachable:                           # the per-endpoint chains
+        target = endpoint_string(s, ep)
+        chain = endpoint_chain(s, target)
         tx.rule(chain, f"ip saddr {ep.ip} jump mark-for-masquerade")      # hairpin
-        tx.rule(chain, f"meta l4proto {proto} dnat to {endpoint_string(s, ep)}")
+        if s.affinity_timeout:
+            tx.rule(chain, f"update @{affinity_set(s, target)} {{ ip saddr }}")
+        tx.rule(chain, f"meta l4proto {proto} dnat to {target}")
+
+
+def _to_endpoints(tx: _Tx, s: Service, chain: str, eps) -> None:
+    """writeServiceToEndpointRules: the affinity rules first, then `numgen random mod N vmap`."""
+    chains = [endpoint_chain(s, endpoint_string(s, ep)) for ep in eps]
+    for ep, target in zip(eps, chains) if s.affinity_timeout else ():
+        tx.rule(chain, f"ip saddr @{affinity_set(s, endpoint_string(s, ep))} goto {target}")
+    vmap = " , ".join(f"{i} : goto {c}" for i, c in enumerate(chains))     # knftables.Concat's spacing
+    tx.rule(chain, f"numgen random mod {len(eps)} vmap {{ {vmap} }}")
 
 
 def rules(node: Node, services, *, service_cidr: str | None = None, mark: str | None = None) -> str:
     """The `nft -f` text of kube-proxy's first full sync in `node`: one transaction.  Only
     setupNFTables names the node (its address in @nodeport-ips); the services' part is the
-    same on every node of a cluster and computed once (_services_text, cached)."""
+    same on every node of a cluster, unless a Local traffic policy makes it the node's, and
+    computed once (_services_text, cached)."""
     if service_cidr is not None:
         service_cidr = str(ipaddress.IPv4Network(service_cidr, strict=True))
     mark = mark or masquerade_mark()
     tx = _Tx()
     _setup(tx, node, mark, service_cidr)
-    return "\n".join(tx.lines) + "\n" + _services_text(tuple(services), node.cluster_cidr)
+    services = tuple(services)
+    local = node.name if any(s.local_policy for s in services) else ""
+    return "\n".join(tx.lines) + "\n" + _services_text(services, local, node.cluster_cidr)
 
 
 @functools.lru_cache(maxsize=8)
-def _services_text(services: tuple, cluster_cidr: str) -> str:
+def _services_text(services: tuple, node: str, cluster_cidr: str) -> str:
     services = sorted(services, key=lambda s: (s.port_name_string, s.proto))
     check_services(services)
     tx = _Tx()
     for s in services:
-        _service(tx, s, cluster_cidr)
+        _service(tx, s, node, cluster_cidr)
     return "".join(line + "\n" for line in tx.lines)

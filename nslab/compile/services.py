@@ -26,23 +26,46 @@ def services_of(cluster) -> list[kubeproxy.Service]:
     for s in cluster.services.values():
         if s.headless:
             continue
-        eps = tuple(kubeproxy.Endpoint(ip=str(cluster.pods[pod].ip.ip), node=cluster.pods[pod].node)
-                    for pod in s.endpoints)
-        out.append(kubeproxy.Service(name=s.name, namespace=s.namespace, port=s.port, port_name=s.port_name,
-                                     target_port=s.target_port,
-                                     cluster_ip=str(s.cluster_ip), protocol=s.protocol, type=s.type,
-                                     node_port=s.node_port, endpoints=eps))
+        for port in s.ports:
+            # a pod without the named targetPort is no endpoint of this port (FindPort fails)
+            eps = tuple(kubeproxy.Endpoint(ip=str(cluster.pods[pod].ip.ip), node=cluster.pods[pod].node)
+                        for pod in s.endpoints if port.target_port is not None)
+            out.append(kubeproxy.Service(name=s.name, namespace=s.namespace, port=port.port, port_name=port.name,
+                                         target_port=port.target_port or port.port,
+                                         cluster_ip=str(s.cluster_ip), protocol=port.protocol, type=s.type,
+                                         node_port=port.node_port, endpoints=eps,
+                                         external_local=s.external_policy == "Local",
+                                         internal_local=s.internal_policy == "Local",
+                                         affinity_timeout=s.affinity_timeout))
     return out
 
 
-def chains_of(cluster) -> dict[str, str]:
-    """Service name -> the kube-proxy chain that picks its endpoint in the cluster's mode:
-    KUBE-SVC-<hash> (iptables), service-<hash>-<ns>/<name>/<proto>/<port> (nftables); none
-    for ipvs or a service without endpoints (nothing picks)."""
-    pick = {"iptables": kubeproxy.svc_chain, "nftables": kubeproxy_nft.service_chain}.get(cluster.proxy_mode)
-    if pick is None:
+def chains_of(cluster) -> dict[str, list[str]]:
+    """Service name -> per port, the kube-proxy chain that picks the endpoint of its cluster
+    IP in the cluster's mode: KUBE-SVC-<hash>, or KUBE-SVL-<hash> with internalTrafficPolicy
+    Local (iptables); service-/local-<hash>-<ns>/<name>/<proto>/<port> (nftables).  With
+    externalTrafficPolicy Local the node port's local chain follows ("nodePort: ..."), with
+    session affinity how it sticks.  Empty for ipvs; "-" for a port without endpoints
+    (nothing picks: kube-proxy rejects)."""
+    if cluster.proxy_mode == "iptables":
+        cluster_chain, local_chain = kubeproxy.svc_chain, kubeproxy.svl_chain
+        sticky = "affinity: -m recent, {} s"
+    elif cluster.proxy_mode == "nftables":
+        cluster_chain, local_chain = kubeproxy_nft.service_chain, kubeproxy_nft.local_chain
+        sticky = "affinity: @affinity- sets, {} s"
+    else:
         return {}
-    return {name: pick(s) for name, s in zip(cluster.services, services_of(cluster)) if s.endpoints}
+    out: dict[str, list[str]] = {}
+    for s in services_of(cluster):
+        text = "-"
+        if s.endpoints:
+            text = (local_chain if s.internal_local else cluster_chain)(s)
+            if s.external_local and s.node_port is not None:
+                text += f"; nodePort: {local_chain(s)}"
+            if s.affinity_timeout:
+                text += f" ({sticky.format(s.affinity_timeout)})"
+        out.setdefault(s.name, []).append(text)
+    return out
 
 
 def compile_services(topo, plan: P.Plan) -> None:

@@ -28,7 +28,7 @@ KUBE_PROXY_KEYS = {"mode"}
 # kube-proxy's --proxy-mode values on Linux (iptables is its default; nslab's too)
 PROXY_MODES = ("iptables", "nftables", "ipvs")
 NODE_KEYS = {"segment", "ip", "subnet"}
-POD_KEYS = {"node", "daemonset", "ip", "serve", "image", "command", "env", "cap_add", "containers"}
+POD_KEYS = {"node", "daemonset", "ip", "serve", "image", "command", "env", "cap_add", "containers", "ports"}
 MEMBER_KEYS = {"name", "serve", "port"}
 
 
@@ -95,6 +95,8 @@ class Pod:
     ip: IPv4Interface
     group: str = ""          # the pods: key it came from (a daemonset's name): what a Service selects
     namespace: str = "default"   # its Kubernetes namespace (the DNS search path kubelet writes)
+    ports: dict = field(default_factory=dict)   # named container ports (name -> containerPort): a
+                                                 # Service's targetPort may name one (services.py)
 
 
 @dataclass
@@ -314,7 +316,8 @@ def _pods(p, b, cluster: Cluster, spec, path, dns_node: str | None = None) -> No
         dns = pod == services_model.DNS_POD and dns_node is not None
         cluster.pods[pod] = Pod(name=pod, node=node, ip=ipv4_interface(int(ip), cn.subnet.prefixlen),
                                 group=pod if dns else ppath[-1],
-                                namespace=services_model.DNS_NAMESPACE if dns else "default")
+                                namespace=services_model.DNS_NAMESPACE if dns else "default",
+                                ports=services_model.container_ports(p, pspec.get("ports"), ppath + ("ports",)))
         if dns:
             cluster.dns = pod
         cn.pods.append(pod)

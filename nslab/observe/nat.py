@@ -7,16 +7,19 @@ KUBE-POSTROUTING's or flannel's MASQUERADE).
   original tuple reversed is a translation: DNAT where the reply comes from elsewhere than
   the original destination, SNAT where it goes back to elsewhere than the original source.
 - which rule: the namespace's nat table (one iptables-save, only where a DNAT happened):
-  the KUBE-SEP-* chain whose DNAT goes to the endpoint, and the KUBE-SVC-* rule that jumps
-  to it, with the probability kube-proxy wrote.  In kube-proxy's nftables mode (no KUBE-SEP
-  chain DNATs there), table `ip kube-proxy` (one `nft -j list table`): the element of
-  @service-ips or @service-nodeports that matched the original destination, the
-  endpoint-* chain whose dnat goes to the endpoint, and the service-* chain's
-  `numgen random mod N vmap` element that chose it.
+  the KUBE-SEP-* chain whose DNAT goes to the endpoint, and the KUBE-SVC-* (or, for a Local
+  traffic policy, KUBE-SVL-*) rule that jumps to it, with the probability kube-proxy wrote
+  or its session affinity's `-m recent` check (the rule whose counter moved most).  In
+  kube-proxy's nftables mode (no KUBE-SEP chain DNATs there), table `ip kube-proxy` (one
+  `nft -j list table`): the element of @service-ips or @service-nodeports that matched the
+  original destination, the endpoint-* chain whose dnat goes to the endpoint, and the
+  service-* (or local-*) chain's `numgen random mod N vmap` element that chose it, or the
+  endpoint's @affinity-* set that keeps a client on it.
 The tuples a translation gives the probe let trace find it again after NAT (`aliases`).
 """
 from __future__ import annotations
 
+import json
 import re
 import socket
 from dataclasses import dataclass
@@ -107,30 +110,50 @@ def find(namespaces: dict[str, str], proto: str, start: Tuple) -> list[Nat]:
         n = Nat(node, namespaces[node], before, after, dnat=(before.dst, before.dport) != (after.dst, after.dport),
                 snat=(before.src, before.sport) != (after.src, after.sport))
         if n.dnat:
-            n.rule = chosen(n.ns, after.dst, after.dport) or \
+            n.rule = chosen(n.ns, after.dst, after.dport, before.dst, before.dport) or \
                 chosen_nft(n.ns, proto, before.dst, before.dport, after.dst, after.dport)
         nats.append(n)
     return nats
 
 
-def chosen(ns: str, ip: str, port: int) -> str | None:
+def chosen(ns: str, ip: str, port: int, vip: str | None = None, vport: int | None = None) -> str | None:
     """`KUBE-SVC-X chose KUBE-SEP-Y (-m statistic ... probability P) DNAT to IP:PORT` from
     the namespace's nat table, or None where no kube-proxy chain DNATs there."""
     try:
         nat = iptables.tables(ns).get("nat", {})
     except Exception:                    # iptables-save missing or failing: say nothing
         return None
-    sep = next((c.name for c in nat.values() if c.name.startswith("KUBE-SEP-")
-                for r in c.rules if re.search(rf"--to-destination {re.escape(ip)}:{port}\b", r.spec)), None)
-    if sep is None:
+    # several services may DNAT to one endpoint (a pod behind two services): each has its SEP
+    seps = [c.name for c in nat.values() if c.name.startswith("KUBE-SEP-")
+            for r in c.rules if re.search(rf"--to-destination {re.escape(ip)}:{port}\b", r.spec)]
+    if not seps:
         return None
-    for c in nat.values():
-        for r in c.rules:
-            if c.name.startswith("KUBE-SVC-") and r.spec.endswith(f"-j {sep}"):
-                prob = re.search(r"--probability (\S+)", r.spec)
-                how = f"probability {prob.group(1)}" if prob else "the last rule: what the others left"
-                return f"{c.name} chose {sep} ({how}, {r.packets} packets): DNAT to {ip}:{port}"
+    # the rules that jump to it: KUBE-SVC (Cluster policy) or KUBE-SVL (Local), a
+    # probabilistic one or, with session affinity, `-m recent --rcheck`; the one whose
+    # counter moved most is the one that chose (several may have, one connection each)
+    jumps = [(r.packets, c.name, r.spec, sep) for c in nat.values() if c.name.startswith(("KUBE-SVC-", "KUBE-SVL-"))
+             for r in c.rules for sep in seps if r.spec.endswith(f"-j {sep}")]
+    # the service chain the original destination was sent to: KUBE-SERVICES' clusterIP rule,
+    # or KUBE-NODEPORTS' to a KUBE-EXT chain, whose last rule goes on to KUBE-SVC/KUBE-SVL
+    entry = _first_jump(nat, "KUBE-SERVICES", rf"-d {re.escape(str(vip))}(/32)? .*--dport {vport}\b") or \
+        _first_jump(nat, "KUBE-NODEPORTS", rf"--dport {vport}\b")
+    if entry and entry.startswith("KUBE-EXT-") and entry in nat and nat[entry].rules:
+        entry = nat[entry].rules[-1].spec.rsplit("-j ", 1)[-1]
+    jumps = [j for j in jumps if j[1] == entry] or jumps
+    sep = seps[0]
+    if jumps:
+        packets, name, spec, sep = max(jumps, key=lambda j: j[0])
+        prob = re.search(r"--probability (\S+)", spec)
+        recent = re.search(r"--rcheck --seconds (\d+)", spec)
+        how = (f"session affinity: -m recent within {recent.group(1)} s" if recent else
+               f"probability {prob.group(1)}" if prob else "the last rule: what the others left")
+        return f"{name} chose {sep} ({how}, {packets} packets): DNAT to {ip}:{port}"
     return f"{sep}: DNAT to {ip}:{port}"
+
+
+def _first_jump(nat: dict, chain: str, pattern: str) -> str | None:
+    rules = nat[chain].rules if chain in nat else []
+    return next((r.spec.rsplit("-j ", 1)[-1] for r in rules if re.search(pattern, r.spec)), None)
 
 
 def chosen_nft(ns: str, proto: str, vip: str, vport: int, ip: str, port: int) -> str | None:
@@ -144,10 +167,10 @@ def chosen_nft(ns: str, proto: str, vip: str, vport: int, ip: str, port: int) ->
     if not objects:
         return None
     rules = [o["rule"] for o in objects if "rule" in o]
-    endpoint = next((r["chain"] for r in rules for e in r.get("expr", [])
-                     if isinstance(e, dict) and isinstance(e.get("dnat"), dict)
-                     and e["dnat"].get("addr") == ip and e["dnat"].get("port") == port), None)
-    if endpoint is None:
+    endpoints = [r["chain"] for r in rules for e in r.get("expr", [])
+                 if isinstance(e, dict) and isinstance(e.get("dnat"), dict)
+                 and e["dnat"].get("addr") == ip and e["dnat"].get("port") == port]
+    if not endpoints:
         return None
     # the map element the original destination matched: a service IP, else a node port
     entry = None
@@ -160,6 +183,13 @@ def chosen_nft(ns: str, proto: str, vip: str, vport: int, ip: str, port: int) ->
             if isinstance(key, dict) and key.get("concat") == want:
                 target = next(iter(verdict.values()), {}).get("target") if isinstance(verdict, dict) else None
                 entry = f"@{m['name']} {' . '.join(map(str, want))} -> {target}"
+    # the chain the element sends to (an external- chain goes on to service- or local-)
+    target_chain = entry.rsplit("-> ", 1)[-1] if entry else None
+    if target_chain and target_chain.startswith("external-"):
+        gotos = [e["goto"]["target"] for r in rules if r["chain"] == target_chain for e in r.get("expr", [])
+                 if isinstance(e, dict) and isinstance(e.get("goto"), dict)]
+        target_chain = gotos[-1] if gotos else None
+    picks = []
     for r in rules:
         for e in r.get("expr", []):
             vmap = e.get("vmap") if isinstance(e, dict) else None
@@ -167,10 +197,19 @@ def chosen_nft(ns: str, proto: str, vip: str, vport: int, ip: str, port: int) ->
             if not gen:
                 continue
             for index, verdict in vmap.get("data", {}).get("set", []):
-                if isinstance(verdict, dict) and verdict.get("goto", {}).get("target") == endpoint:
-                    how = f"numgen {gen.get('mode')} mod {gen.get('mod')}: {index}"
-                    line = f"{r['chain']} chose {endpoint} ({how}): DNAT to {ip}:{port}"
-                    return f"{entry}\n\t{line}" if entry else line
+                target = verdict.get("goto", {}).get("target") if isinstance(verdict, dict) else None
+                if target in endpoints:
+                    picks.append((r["chain"] != target_chain, r["chain"], target,
+                                  f"numgen {gen.get('mode')} mod {gen.get('mod')}: {index}"))
+    endpoint = endpoints[0]
+    if picks:
+        _, chain, endpoint, how = min(picks)
+        # sessionAffinity ClientIP: an `ip saddr @affinity-X goto endpoint-X` rule in that chain
+        if any(r["chain"] == chain and "@affinity-" in json.dumps(r.get("expr", [])) and
+               endpoint in json.dumps(r.get("expr", [])) for r in rules):
+            how += f"; or, sticky, @affinity-{endpoint[len('endpoint-'):]}"
+        line = f"{chain} chose {endpoint} ({how}): DNAT to {ip}:{port}"
+        return f"{entry}\n\t{line}" if entry else line
     return f"{endpoint}: DNAT to {ip}:{port}"
 
 

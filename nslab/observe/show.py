@@ -678,15 +678,25 @@ def service_rows(topo) -> list[dict]:
     rows = []
     for svc in cluster.services.values():
         eps = [f"{p} {cluster.pods[p].ip.ip}:{svc.target_port}" for p in svc.endpoints if p in cluster.pods]
+        picks = chains.get(svc.name) or [None] * len(svc.ports)
+        ports = [dict(name=p.name, port=p.port, protocol=p.protocol, target_port=p.target_port,
+                      node_port=p.node_port, chain=c if c != "-" else None) for p, c in zip(svc.ports, picks)]
         rows.append(dict(name=svc.name, namespace=svc.namespace, type=svc.type, cluster_ip=str(svc.cluster_ip),
                          port=svc.port, protocol=svc.protocol, node_port=svc.node_port, endpoints=eps,
-                         proxy_mode=cluster.proxy_mode, chain=chains.get(svc.name)))
+                         proxy_mode=cluster.proxy_mode, chain=ports[0]["chain"], ports=ports,
+                         external_traffic_policy=svc.external_policy,
+                         internal_traffic_policy=svc.internal_policy,
+                         session_affinity_timeout=svc.affinity_timeout))
     return rows
 
 
 def service_table(console, rows: list[dict]) -> None:
-    """One row per service; "chosen by" (the chain) is the first column to go on a narrow terminal."""
+    """One row per service, a line per port; "chosen by" (the chain) is the first column to
+    go on a narrow terminal."""
+    def lines(r, f):
+        return "\n".join(f(p) for p in r.get("ports") or [r])
     out.table(console, SERVICE_COLUMNS,
-              [[r["name"], r["type"], r["cluster_ip"], f"{r['port']}/{r['protocol']}", str(r["node_port"] or "-"),
-                "\n".join(r["endpoints"]) or "(none)", r.get("chain") or "-"] for r in rows], title="services",
-              optional=("chosen by",))
+              [[r["name"], r["type"], r["cluster_ip"], lines(r, lambda p: f"{p['port']}/{p['protocol']}"),
+                lines(r, lambda p: str(p["node_port"] or "-")),
+                "\n".join(r["endpoints"]) or "(none)", lines(r, lambda p: p.get("chain") or "-")] for r in rows],
+              title="services", optional=("chosen by",))

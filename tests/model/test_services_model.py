@@ -77,7 +77,7 @@ def test_ip_masq_defaults_to_true_as_flannels_does():
 
 @pytest.mark.parametrize("services,message", [
     ("services:\n  Web: {selector: web, port: 80}\n", "must be a DNS label"),
-    ("services:\n  a: {port: 80}\n", "needs selector"),
+    ("services:\n  a: {selector: nope, port: 80}\n", "matches no pod"),
     ("services:\n  a: {selector: web, port: true}\n", "port True is not a port"),
     ("services:\n  a: {selector: web, port: 80, type: LoadBalancer}\n", "type must be one of ClusterIP, NodePort"),
     ("services:\n  a: {selector: web, port: 80, clusterIP: 10.96.0.0}\n", "not a usable address"),
