@@ -47,7 +47,7 @@ IMAGE = "nslab/machine:latest"
 LABEL = "nslab.sandbox"
 ETCD_ADDRESS = "198.18.0.1"             # br0 in the underlay namespace
 PREFIX_LEN = 15                         # 198.18.0.0/15
-AGENT_PORT = 7400                       # each machine's agent, on its underlay address
+
 DEFAULT_PORT = 23790
 DEFAULT_MTU = 9216                      # a jumbo underlay: a lab's 9150-byte links + 50 of VXLAN fit
 MAX_MACHINES = 50
@@ -212,9 +212,6 @@ def up(name: str, n: int, port: int = DEFAULT_PORT, mtu: int = DEFAULT_MTU, log=
         _ip("link", "add", "br0", "mtu", str(mtu), "type", "bridge", ns=underlay)
         _ip("addr", "add", f"{ETCD_ADDRESS}/{PREFIX_LEN}", "dev", "br0", ns=underlay)
         _ip("link", "set", "br0", "up", ns=underlay)
-        for i in range(1, n + 1):
-            _machine(client, rec, i, site)
-            log(f"m{i}: container {name}.m{i}, underlay {machine_address(i)}")
         data = os.path.join(rec.dir, "etcd")
         url = f"http://{ETCD_ADDRESS}:2379"
         _start(rec, [spawn.need("ip"), "netns", "exec", underlay, etcd_bin, "--name", "sandbox",
@@ -222,10 +219,16 @@ def up(name: str, n: int, port: int = DEFAULT_PORT, mtu: int = DEFAULT_MTU, log=
                      "--listen-peer-urls", f"http://{ETCD_ADDRESS}:2380",
                      "--initial-advertise-peer-urls", f"http://{ETCD_ADDRESS}:2380",
                      "--initial-cluster", f"sandbox=http://{ETCD_ADDRESS}:2380"], "etcd")
-        pairs = [f"{port}={ETCD_ADDRESS}:2379"] + [f"{port + i}={machine_address(i)}:{AGENT_PORT}"
+        for i in range(1, n + 1):
+            _machine(client, rec, i, site)
+            log(f"m{i}: container {name}.m{i}, underlay {machine_address(i)}")
+        pairs = [f"{port}={ETCD_ADDRESS}:2379"] + [f"{port + i}={machine_address(i)}:{coord.AGENT_PORT}"
                                                     for i in range(1, n + 1)]
         _start(rec, spawn.python("nslab.runtime.forward", netns.path(underlay), rec.dir, *pairs), "forward")
         _wait_etcd(rec, timeout)
+        for i in range(1, n + 1):
+            _start_agent(client, rec, i)
+        _wait_agents(rec, timeout)
     except BaseException:
         down(name)
         raise
@@ -257,6 +260,29 @@ def _machine(client, rec: Record, i: int, site: str) -> None:
     _in_container(pid, "link", "set", "lo", "up")
     _in_container(pid, "addr", "add", f"{machine_address(i)}/{PREFIX_LEN}", "dev", "eth0")
     _in_container(pid, "link", "set", "eth0", "up")
+
+
+def _start_agent(client, rec: Record, i: int) -> None:
+    """mI's agent, kept running inside the machine as a service manager would (a loop that
+    starts it again a second after it ends: kill -9 of the agent is a fault case)."""
+    loop = (f"while :; do python3 -m nslab agent --etcd http://{ETCD_ADDRESS}:2379 --machine m{i} "
+            f"--underlay eth0 >>/run/nslab-agent.log 2>&1; sleep 1; done")
+    client.containers.get(rec.containers[i - 1]["id"]).exec_run(["sh", "-c", loop], detach=True)
+
+
+def _wait_agents(rec: Record, timeout: float) -> None:
+    etcd = coord.Etcd(rec.etcd())
+    deadline = time.monotonic() + timeout
+    want = {f"m{i}" for i in range(1, rec.machines + 1)}
+    while True:
+        have = {m.name for m in coord.machines(etcd)[0]}
+        if want <= have:
+            return
+        if time.monotonic() > deadline:
+            missing = sorted(want - have)
+            raise NslabError(f"the agent of {missing[0]} did not register within {timeout:g} s; see "
+                             f"`docker exec {rec.name}.{missing[0]} cat /run/nslab-agent.log`")
+        time.sleep(0.2)
 
 
 def _wait_etcd(rec: Record, timeout: float) -> None:

@@ -1,0 +1,118 @@
+"""A lab over several machines, from the host (issue 20, item 3): `nslab up FILE` with a
+`placement:` or `--spread`, and `nslab down LAB`, through etcd ($NSLAB_ETCD or --etcd).
+
+up: the machines named must be registered (their agents run); the lab is compiled and
+placed here (compile/placement.py) with the machines' underlay addresses and the smallest
+underlay MTU among them, its name claimed in etcd (one transaction), a VNI taken for each
+stitch (coord.allocate_vnis), and each machine's shard spec written under
+/nslab/shards/MACHINE/LAB: the lab's text, the machines in placement order, the VNIs in
+stitch order.  Each agent compiles and places the same text the same way and builds its
+own shard (machine_agent.py).  up waits for every machine's status; one that fails, or
+none within the timeout, rolls back every machine (the specs deleted: each agent removes
+its shard) and the claim and VNIs are given back.
+
+down: the specs deleted, each agent removes its shard; down waits until every status is
+gone (a machine whose lease has ended counts as gone: it removes its shard when it comes
+back, finding its record without a spec), then gives back the claim and the VNIs.
+"""
+from __future__ import annotations
+
+import time
+
+from . import coord
+from . import compile as compiler
+from .compile import placement
+from .errors import NslabError, UsageError
+
+TIMEOUT = 180.0
+
+
+def _machines(etcd: coord.Etcd, topo, spread: str | None) -> tuple[list[placement.Machine], int]:
+    registered, _ = coord.machines(etcd)
+    reg = {m.name: m for m in registered}
+    if spread is not None:
+        wanted = [m.name for m in placement.parse_machines(spread, "--spread")]
+    else:
+        _, ms = placement.from_file(topo, None)
+        wanted = [m.name for m in ms]
+    for name in wanted:
+        if name not in reg:
+            where = "--spread" if spread is not None else f"{topo.file}: placement:"
+            raise UsageError(f"{where} names machine {name}, which is not registered in etcd at {etcd.endpoint} "
+                             f"(registered: {', '.join(sorted(reg)) or 'none'}; start `nslab agent` there)")
+    return [placement.Machine(n, reg[n].address) for n in wanted], min(reg[n].underlay_mtu for n in wanted)
+
+
+def up(topo, etcd_url: str, spread: str | None, stitch_port: int, overrides: dict | None, log=print,
+       timeout: float = TIMEOUT) -> tuple[placement.Placed, dict]:
+    etcd = coord.Etcd(etcd_url)
+    machines, mtu = _machines(etcd, topo, spread)
+    plan = compiler.compile_topology(topo)
+    placed = placement.place(topo, plan, machines, port=stitch_port, underlay_mtu=mtu)
+    coord.claim_lab(etcd, topo.name, "host")
+    try:
+        ids = [f"{s.a.node}:{s.a.dev}" for s in placed.stitches]
+        taken = coord.allocate_vnis(etcd, topo.name, ids) if ids else {}
+        vnis = [taken[i] for i in ids]
+        spec = {"lab": topo.name, "file": topo.file, "text": topo.doc.text,
+                "machines": [[m.name, m.address] for m in machines], "vnis": vnis, "port": stitch_port,
+                "underlay_mtu": mtu, "overrides": {k: v for k, v in (overrides or {}).items()
+                                                   if k in ("backend", "proxy_mode")}}
+        busy = [m.name for m in machines if placed.plans[m.name].ops]
+        for name in busy:
+            coord.put_shard(etcd, name, spec)
+        states = _wait(etcd, topo.name, busy, timeout, want_gone=False)
+        failed = {m: s for m, s in states.items() if s["state"] != "up"}
+        if failed:
+            m, s = sorted(failed.items())[0]
+            raise NslabError(f"lab {topo.name}: the shard on {m} failed ({s['error']}); every machine rolled back")
+        return placed, states
+    except BaseException:
+        _remove(etcd, topo.name, timeout)
+        raise
+
+
+def _wait(etcd: coord.Etcd, lab: str, machines: list[str], timeout: float, want_gone: bool) -> dict:
+    """Every machine's status of `lab` (want_gone: until none is left, or the machine's lease
+    has ended)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        states = {m: s for (_, m), s in coord.statuses(etcd, lab).items()}
+        if want_gone:
+            alive = {m.name for m in coord.machines(etcd)[0]}
+            left = [m for m in states if m in alive]
+            if not left:
+                return {}
+        elif all(m in states for m in machines) or any(s["state"] == "failed" for s in states.values()):
+            return states
+        if time.monotonic() > deadline:
+            missing = sorted(set(machines) - set(states)) if not want_gone else left
+            raise NslabError(f"lab {lab}: no answer from machine {missing[0]} within {timeout:g} s")
+        time.sleep(0.2)
+
+
+def _remove(etcd: coord.Etcd, lab: str, timeout: float) -> list[str]:
+    machines = coord.lab_shards(etcd, lab)
+    for m in machines:
+        etcd.delete(coord.shard_key(m, lab))
+    _wait(etcd, lab, machines, timeout, want_gone=True)
+    coord.release_lab(etcd, lab)
+    return machines
+
+
+def down(lab: str, etcd_url: str, timeout: float = TIMEOUT) -> list[str]:
+    """Remove lab `lab` from every machine; the machines it was on."""
+    etcd = coord.Etcd(etcd_url)
+    if not coord.lab_claimed(etcd, lab):
+        raise UsageError(f"no lab named {lab!r} runs in the cluster at {etcd.endpoint}")
+    return _remove(etcd, lab, timeout)
+
+
+def summary(placed: placement.Placed, states: dict) -> list[str]:
+    lines = [f"lab {placed.lab} is up over {len(placed.machines)} machines:"]
+    for m in placed.machines:
+        s = states.get(m.name)
+        lines.append(f"  {m.name}  {m.address:<15} {s['namespaces'] if s else 0:>5} namespaces")
+    if placed.stitches:
+        lines.append(f"  {len(placed.stitches)} VXLAN stitches between machines, UDP port {placed.port}")
+    return lines
