@@ -142,7 +142,7 @@ class Agent:
     def remove(self, lab: str) -> None:
         with self.lock:
             try:
-                if state.load(lab) is not None:
+                if lab in self.local_shards():
                     removed = labmod.down(lab)
                     self.log(f"lab {lab}: shard removed ({len(removed)} namespaces)")
             except NslabError as e:
@@ -173,10 +173,8 @@ class Agent:
                 with self.etcd.watch(prefix, start_revision=rev + 1, timeout=5) as events:
                     for ev in events:
                         rev = max(rev, ev.kv.mod_revision)
-                        if ev.type == "DELETE":
-                            lab = ev.kv.key[len(prefix):]
-                            if lab in self.local_shards():
-                                self.remove(lab)
+                        if ev.type == "DELETE":     # built or failed: removed, its status too
+                            self.remove(ev.kv.key[len(prefix):])
                             continue
                         try:
                             self.build(coord.parse_shard(ev.kv, self.name))

@@ -244,6 +244,7 @@ def _machine(client, rec: Record, i: int, site: str) -> None:
             cap_add=CAPS, security_opt=["apparmor=unconfined"],
             labels={LABEL: rec.name}, environment={"PYTHONPATH": CODE, "NSLAB_MACHINE": f"m{i}"},
             volumes={spawn.ROOT: {"bind": CODE, "mode": "ro"}, site: {"bind": SITE, "mode": "ro"}},
+            devices=["/dev/net/tun:/dev/net/tun:rwm"],       # flannel udp's and ipip's TUN devices
             tmpfs={"/run": "exec"}, init=True, detach=True)
     except docker.errors.APIError as e:
         if e.status_code == 409:
@@ -265,7 +266,7 @@ def _machine(client, rec: Record, i: int, site: str) -> None:
 def _start_agent(client, rec: Record, i: int) -> None:
     """mI's agent, kept running inside the machine as a service manager would (a loop that
     starts it again a second after it ends: kill -9 of the agent is a fault case)."""
-    loop = (f"while :; do python3 -m nslab agent --etcd http://{ETCD_ADDRESS}:2379 --machine m{i} "
+    loop = (f"while :; do python3 -u -m nslab agent --etcd http://{ETCD_ADDRESS}:2379 --machine m{i} "
             f"--underlay eth0 >>/run/nslab-agent.log 2>&1; sleep 1; done")
     client.containers.get(rec.containers[i - 1]["id"]).exec_run(["sh", "-c", loop], detach=True)
 
