@@ -61,7 +61,7 @@ def up(topo, etcd_url: str, spread: str | None, stitch_port: int, overrides: dic
         busy = [m.name for m in machines if placed.plans[m.name].ops]
         for name in busy:
             coord.put_shard(etcd, name, spec)
-        states = _wait(etcd, topo.name, busy, timeout, want_gone=False)
+        states = _wait(etcd, topo.name, busy, timeout, "answered")
         failed = {m: s for m, s in states.items() if s["state"] != "up"}
         if failed:
             m, s = sorted(failed.items())[0]
@@ -72,30 +72,38 @@ def up(topo, etcd_url: str, spread: str | None, stitch_port: int, overrides: dic
         raise
 
 
-def _wait(etcd: coord.Etcd, lab: str, machines: list[str], timeout: float, want_gone: bool) -> dict:
-    """Every machine's status of `lab` (want_gone: until none is left, or the machine's lease
-    has ended)."""
+def _wait(etcd: coord.Etcd, lab: str, machines: list[str], timeout: float, until: str) -> dict:
+    """The machines' statuses of `lab` once `until` holds: "answered" (every machine has
+    one, or one has failed), "settled" (every machine still alive has one: its agent has
+    handled the spec) or "gone" (no machine still alive has one).  A machine whose lease
+    has ended counts as settled and gone: it cleans up when it comes back."""
     deadline = time.monotonic() + timeout
     while True:
         states = {m: s for (_, m), s in coord.statuses(etcd, lab).items()}
-        if want_gone:
-            alive = {m.name for m in coord.machines(etcd)[0]}
-            left = [m for m in states if m in alive]
-            if not left:
-                return {}
-        elif all(m in states for m in machines) or any(s["state"] == "failed" for s in states.values()):
+        alive = {m.name for m in coord.machines(etcd)[0]}
+        if until == "answered":
+            waiting = [m for m in machines if m not in states]
+            if any(s["state"] == "failed" for s in states.values()):
+                waiting = []
+        elif until == "settled":
+            waiting = [m for m in machines if m in alive and m not in states]
+        else:
+            waiting = [m for m in states if m in alive]
+        if not waiting:
             return states
         if time.monotonic() > deadline:
-            missing = sorted(set(machines) - set(states)) if not want_gone else left
-            raise NslabError(f"lab {lab}: no answer from machine {missing[0]} within {timeout:g} s")
+            raise NslabError(f"lab {lab}: no answer from machine {sorted(waiting)[0]} within {timeout:g} s")
         time.sleep(0.2)
 
 
 def _remove(etcd: coord.Etcd, lab: str, timeout: float) -> list[str]:
+    """Every machine's shard of `lab` removed (each agent handles its spec's deletion after
+    its build: the build is waited for first), then the claim and the VNIs given back."""
     machines = coord.lab_shards(etcd, lab)
+    _wait(etcd, lab, machines, timeout, "settled")
     for m in machines:
         etcd.delete(coord.shard_key(m, lab))
-    _wait(etcd, lab, machines, timeout, want_gone=True)
+    _wait(etcd, lab, machines, timeout, "gone")
     coord.release_lab(etcd, lab)
     return machines
 

@@ -20,6 +20,12 @@ from conftest import nslab, unique_lab_name
 pytestmark = pytest.mark.root
 
 
+def sandbox_name() -> str:
+    """A unique sandbox name: the labs' scheme with prefix sb (sb<pid>x<n>), outside the
+    session's /run/netns watch (t<pid>x...): a module's sandbox outlives a test."""
+    return "sb" + unique_lab_name()[1:]
+
+
 def free_base(n: int, start: int = 23790) -> int:
     """The first port P from `start` with P..P+n all free on 127.0.0.1."""
     def free(p):
@@ -63,7 +69,7 @@ def machine_image():
 
 def test_sandbox_machines_etcd_and_down_leaves_host_as_before(root_unchanged, machine_image):
     from nslab import coord
-    name = unique_lab_name()
+    name = sandbox_name()
     before = host_view(name)
     port = free_base(2)
     up = nslab("sandbox", "up", "2", "--name", name, "--port", port, timeout=180)
@@ -104,7 +110,7 @@ def test_sandbox_machines_etcd_and_down_leaves_host_as_before(root_unchanged, ma
 
 
 def test_sandbox_bad_input_creates_nothing(machine_image):
-    name = unique_lab_name()
+    name = sandbox_name()
     bad = nslab("sandbox", "up", "0", "--name", name)
     assert bad.returncode == 2 and "between 1 and" in bad.stderr
     bad = nslab("sandbox", "up", "1", "--name", "Bad.Name")
