@@ -58,8 +58,20 @@ class Sandbox:
         except (urllib.error.URLError, ConnectionError, http.client.HTTPException) as e:
             return 0, {"error": str(e)}             # no agent behind the forwarder (yet)
 
-    def exec(self, lab: str, node: str, *argv) -> dict:
-        status, answer = self.agent(PODS.get(node, "m3"), "/v1/exec", {"lab": lab, "node": node, "argv": list(argv)})
+    def where(self, lab: str) -> dict[str, str]:
+        """node -> machine, as the agents report their shards."""
+        out = {}
+        for m in ("m1", "m2", "m3"):
+            status, answer = self.agent(m, "/v1/labs")
+            assert status == 200, answer
+            for shard in answer["labs"]:
+                if shard["lab"] == lab:
+                    out.update({node: m for node in shard["nodes"]})
+        return out
+
+    def exec(self, lab: str, node: str, *argv, machine: str | None = None) -> dict:
+        machine = machine or PODS.get(node, "m3")
+        status, answer = self.agent(machine, "/v1/exec", {"lab": lab, "node": node, "argv": list(argv)})
         assert status == 200, answer
         return answer
 
@@ -154,6 +166,27 @@ def test_spine_leaf_over_three_machines_all_pairs_then_down_leaves_nothing(sandb
         assert not [n for n in sandbox.namespaces(m) if n.startswith(lab)], m
     kvs, _ = etcd.get_prefix("/nslab/")
     assert not [kv.key for kv in kvs if lab in kv.key or kv.value.decode(errors="replace").startswith(f"{lab}/")]
+
+
+def test_a_lab_spread_over_three_machines(sandbox):
+    """--spread: nslab partitions the bundled spine-leaf lab (racks whole) over m1..m3."""
+    lab = unique_lab_name()
+    up = sandbox.nslab("up", "spine-leaf", "--name", lab, "--spread", "m1,m2,m3", timeout=240)
+    try:
+        assert up.returncode == 0, up.stderr
+        where = sandbox.where(lab)
+        pods = ["client", "web-worker1", "web-worker2", "web-worker3"]
+        assert set(pods) <= set(where) and len(set(where.values())) >= 2, where
+        ips = {}
+        for pod in pods:
+            got = sandbox.exec(lab, pod, "ip", "-4", "-o", "addr", "show", "dev", "eth0", machine=where[pod])
+            ips[pod] = got["stdout"].split()[3].split("/")[0]
+        failed = [f"{a} -> {b}" for a in pods for b in pods if a != b
+                  and sandbox.exec(lab, a, "ping", "-c1", "-W5", ips[b], machine=where[a])["rc"] != 0]
+        assert not failed, (where, failed)
+    finally:
+        down = sandbox.nslab("down", lab, timeout=240)
+    assert down.returncode == 0, down.stderr
 
 
 def test_placement_on_an_unregistered_machine_is_refused(sandbox, tmp_path):
