@@ -25,6 +25,7 @@ from .compile import placement
 from .errors import NslabError, UsageError
 
 TIMEOUT = 180.0
+EXEC_TIMEOUT = 90.0             # the agent gives a command 60 s
 
 
 def _machines(etcd: coord.Etcd, topo, spread: str | None) -> tuple[list[placement.Machine], int]:
@@ -124,3 +125,50 @@ def summary(placed: placement.Placed, states: dict) -> list[str]:
     if placed.stitches:
         lines.append(f"  {len(placed.stitches)} VXLAN stitches between machines, UDP port {placed.port}")
     return lines
+
+
+# ---- a command in a node, through its machine's agent ------------------------------------------
+
+def _agent(url: str, token: str, method: str, path: str, body: dict | None = None) -> dict:
+    """One request on an agent's channel (machine_agent.py), with the cluster's credential."""
+    import http.client              # lazy: only here
+    import json
+    from urllib.parse import urlsplit
+    u = urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=EXEC_TIMEOUT)
+    try:
+        conn.request(method, path, json.dumps(body) if body is not None else None,
+                     {"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        resp = conn.getresponse()
+        data = resp.read(1 << 22)
+    except (OSError, http.client.HTTPException) as e:
+        raise NslabError(f"the agent at {url} does not answer ({e})") from None
+    finally:
+        conn.close()
+    try:
+        answer = json.loads(data)
+    except ValueError:
+        answer = None
+    if resp.status != 200 or not isinstance(answer, dict):
+        raise NslabError(f"the agent at {url} refused {path}: "
+                         f"{(answer or {}).get('error') if isinstance(answer, dict) else resp.status}")
+    return answer
+
+
+def exec_in(lab: str, node: str, argv: list[str], etcd_url: str, reach: dict[str, str] | None = None) -> dict:
+    """Run argv in `node` of lab `lab` on whichever machine holds it; {"rc", "stdout", "stderr"}.
+    reach: machine -> the URL its agent answers on from here (the sandbox's forwarders);
+    by default http://ADDRESS:7400, its underlay address."""
+    etcd = coord.Etcd(etcd_url)
+    if not coord.lab_claimed(etcd, lab):
+        raise UsageError(f"no lab named {lab!r} runs here or in the cluster at {etcd.endpoint}")
+    token = coord.cluster_token(etcd)
+    registered = {m.name: m for m in coord.machines(etcd)[0]}
+    for (_, machine) in sorted(coord.statuses(etcd, lab)):
+        if machine not in registered:
+            continue
+        url = (reach or {}).get(machine) or f"http://{registered[machine].address}:{coord.AGENT_PORT}"
+        shards = _agent(url, token, "GET", "/v1/labs")["labs"]
+        if any(s.get("lab") == lab and node in s.get("nodes", []) for s in shards if isinstance(s, dict)):
+            return _agent(url, token, "POST", "/v1/exec", {"lab": lab, "node": node, "argv": argv})
+    raise UsageError(f"lab {lab} has no node {node} on any machine that answers")

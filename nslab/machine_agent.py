@@ -125,7 +125,9 @@ class Agent:
                 self._status(lab, "up")
                 return
             try:
-                topo = model.load(spec["file"], text=spec["text"], name=lab, overrides=spec["overrides"] or None)
+                # the file's name only (for messages): etcd's text is parsed, no path is read
+                topo = model.load(os.path.basename(spec["file"]) or f"{lab}.yaml", text=spec["text"], name=lab,
+                                  overrides=spec["overrides"] or None)
                 plan = labmod.plan_for_this_kernel(topo)
                 machines = [placement.Machine(n, a) for n, a in spec["machines"]]
                 placed = placement.place(topo, plan, machines, port=spec["port"],

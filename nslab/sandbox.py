@@ -338,3 +338,16 @@ def down(name: str) -> list[str]:
 
 def export_line(rec: Record) -> str:
     return f"export NSLAB_ETCD={rec.etcd()}"
+
+
+def agent_urls(endpoint: str) -> dict[str, str]:
+    """machine -> the URL its agent answers on from this host, for the sandbox whose etcd
+    is `endpoint` (its forwarders on 127.0.0.1); {} if no sandbox here has that etcd."""
+    for name in names():
+        try:
+            rec = load(name)
+        except NslabError:
+            continue
+        if rec is not None and rec.etcd() == endpoint.rstrip("/"):
+            return {f"m{i}": f"http://127.0.0.1:{rec.port + i}" for i in range(1, rec.machines + 1)}
+    return {}

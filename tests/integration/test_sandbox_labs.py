@@ -158,6 +158,12 @@ def test_spine_leaf_over_three_machines_all_pairs_then_down_leaves_nothing(sandb
                     if got["rc"] != 0:
                         failed.append(f"{src} -> {dst} ({ip})")
         assert not failed, f"{backend}: {failed}"
+        # `nslab exec` from the host: through the agent of the machine that holds the node
+        got = sandbox.nslab("exec", "-l", lab, "client", "--", "ping", "-c1", "-W5", "web-worker3")
+        assert got.returncode == 0 and " 0% packet loss" in got.stdout, got.stdout + got.stderr
+        got = sandbox.nslab("exec", f"{lab}.web-worker3", "--", "hostname")
+        assert got.stdout == "web-worker3\n", got.stderr
+        assert sandbox.nslab("exec", "-l", lab, "client", "--", "false").returncode == 1
     finally:
         down = sandbox.nslab("down", lab, timeout=240)
     assert down.returncode == 0, down.stderr
