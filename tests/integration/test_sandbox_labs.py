@@ -250,3 +250,26 @@ def test_agent_killed_shard_keeps_forwarding_and_is_adopted(sandbox):
         assert sandbox.exec(lab, "client", "ping", "-c1", "-W5", ip)["rc"] == 0
     finally:
         assert sandbox.nslab("down", lab, timeout=240).returncode == 0
+
+
+def test_zz_a_machine_that_vanishes_leaves_etcd_and_down_removes_the_rest(sandbox):
+    """Last in the module: m2 does not come back.  docker kill of m2 (its kernel view, its
+    shard and its agent gone at once): its lease expires within the TTL (10 s) and `nslab
+    machines` no longer lists it; `nslab down` removes the shards on m1 and m3 and gives
+    back the lab's claim and VNIs, counting m2 as gone."""
+    lab = unique_lab_name()
+    assert sandbox.nslab("up", RACKS, "--name", lab, timeout=240).returncode == 0
+    docker.from_env().containers.get(f"{sandbox.name}.m2").kill()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        listed = json.loads(sandbox.nslab("machines", "--json", check=True).stdout)
+        if [r["machine"] for r in listed] == ["m1", "m3"]:
+            break
+        time.sleep(1)
+    assert [r["machine"] for r in listed] == ["m1", "m3"]
+    down = sandbox.nslab("down", lab, timeout=240)
+    assert down.returncode == 0, down.stderr
+    for m in ("m1", "m3"):
+        assert not [n for n in sandbox.namespaces(m) if n.startswith(lab)], m
+    kvs, _ = sandbox.etcd().get_prefix("/nslab/")
+    assert not [kv.key for kv in kvs if lab in kv.key or kv.value.decode(errors="replace").startswith(f"{lab}/")]
