@@ -172,3 +172,27 @@ def exec_in(lab: str, node: str, argv: list[str], etcd_url: str, reach: dict[str
         if any(s.get("lab") == lab and node in s.get("nodes", []) for s in shards if isinstance(s, dict)):
             return _agent(url, token, "POST", "/v1/exec", {"lab": lab, "node": node, "argv": argv})
     raise UsageError(f"lab {lab} has no node {node} on any machine that answers")
+
+
+def labs(etcd_url: str) -> list[dict]:
+    """The labs across machines, as `nslab ls` lists them: each machine that holds a part
+    must be alive (its lease) and report it up; else the lab is degraded, naming why."""
+    etcd = coord.Etcd(etcd_url)
+    alive = {m.name for m in coord.machines(etcd)[0]}
+    rows = []
+    for lab in coord.labs(etcd):
+        machines = coord.lab_shards(etcd, lab)
+        states = {m: s for (_, m), s in coord.statuses(etcd, lab).items()}
+        missing = []
+        for m in machines:
+            if m not in alive:
+                missing.append(f"machine {m} is gone (its lease ended)")
+            elif m not in states:
+                missing.append(f"machine {m} has not reported its part")
+            elif states[m]["state"] != "up":
+                missing.append(f"machine {m}: {states[m]['error']}")
+        spec = next((coord.shards(etcd, m)[0].get(lab) for m in machines if m in alive), None) or {}
+        rows.append(dict(lab=lab, status="degraded" if missing else "up", missing=missing, machines=machines,
+                         backend=(spec.get("overrides") or {}).get("backend"), file=spec.get("file", "?"),
+                         nodes=sum(s["namespaces"] for s in states.values()), namespaces=[], processes=[]))
+    return rows

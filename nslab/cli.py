@@ -307,11 +307,14 @@ def ls(as_json: bool = typer.Option(False, "--json", help="Machine-readable outp
                          backend=lab_backend(st), file=st.file,
                          nodes=len(st.nodes),
                          namespaces=st.namespaces, processes=[p.pid for p in st.processes]))
+    if os.environ.get("NSLAB_ETCD"):          # labs across machines, from etcd (issue 20)
+        from . import across                   # lazy: start-up
+        rows += [r for r in across.labs(etcd_endpoint(None)) if r["lab"] not in {x["lab"] for x in rows}]
     if as_json:
         from .observe import show as showmod  # lazy: start-up
         for r in rows:                  # a cluster's services, from the topology as built
             r["services"] = []
-            if r["backend"] not in (None, "?") and r["status"] != "corrupt":
+            if r["backend"] not in (None, "?") and r["status"] != "corrupt" and "machines" not in r:
                 try:
                     r["services"] = showmod.service_rows(labmod.topology(r["lab"]))
                 except NslabError as e:
@@ -324,7 +327,9 @@ def ls(as_json: bool = typer.Option(False, "--json", help="Machine-readable outp
     out.table(console, ["lab", "status", "nodes", "backend", "file"],
               [[r["lab"], r["status"], str(r["nodes"]), r["backend"] or "-", r["file"]] for r in rows])
     for r in rows:              # the status column stays one word; what is wrong is one line each, below
-        if r.get("missing"):
+        if r.get("missing") and "machines" in r:     # across machines: its machines say what is wrong
+            out.say(f"{r['lab']}: {out.plural(len(r['missing']), 'problem')}: {'; '.join(r['missing'])}")
+        elif r.get("missing"):
             out.say(f"{r['lab']}: {out.plural(len(r['missing']), 'problem')} (`nslab show -l {r['lab']}` shows them "
                     f"and restarts what died): {r['missing'][0]}{'; ...' if len(r['missing']) > 1 else ''}")
 

@@ -815,3 +815,10 @@ def lab_shards(etcd: Etcd, lab: str) -> list[str]:
 
 def lab_claimed(etcd: Etcd, lab: str) -> bool:
     return etcd.get(f"{PREFIX}/labs/{lab}") is not None
+
+
+def labs(etcd: Etcd) -> list[str]:
+    """The names of the labs claimed in the cluster (keys that are not a valid lab name skipped)."""
+    kvs, _ = etcd.get_prefix(f"{PREFIX}/labs/")
+    names = (kv.key[len(f"{PREFIX}/labs/"):] for kv in kvs)
+    return [n for n in names if LAB_NAME_RE.fullmatch(n) and len(n) <= MAX_LAB_NAME]

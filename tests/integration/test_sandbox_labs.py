@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import time
 import urllib.error
 import urllib.request
@@ -136,6 +137,9 @@ def test_spine_leaf_over_three_machines_all_pairs_then_down_leaves_nothing(sandb
         assert up.returncode == 0, up.stderr
         assert f"lab {lab} is up over 3 machines:" in up.stdout
         assert "2 VXLAN stitches between machines" in up.stdout
+        ls = json.loads(sandbox.nslab("ls", "--json", check=True).stdout)
+        row = next(r for r in ls if r["lab"] == lab)
+        assert row["status"] == "up" and row["machines"] == ["m1", "m2", "m3"] and row["nodes"] == 13, row
         # each machine holds its shard, and only it
         assert sorted(n for n in sandbox.namespaces("m2") if n.startswith(lab)) == \
             [f"{lab}.rack2", f"{lab}.web-worker3", f"{lab}.worker3"]
@@ -267,6 +271,9 @@ def test_zz_a_machine_that_vanishes_leaves_etcd_and_down_removes_the_rest(sandbo
             break
         time.sleep(1)
     assert [r["machine"] for r in listed] == ["m1", "m3"]
+    ls = sandbox.nslab("ls", check=True)
+    assert re.search(rf"^{lab}\s+degraded\s", ls.stdout, re.M), ls.stdout
+    assert f"{lab}: 1 problem: machine m2 is gone (its lease ended)" in ls.stdout
     down = sandbox.nslab("down", lab, timeout=240)
     assert down.returncode == 0, down.stderr
     for m in ("m1", "m3"):
