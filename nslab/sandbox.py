@@ -154,14 +154,24 @@ def _start(rec: Record, argv: list[str], what: str) -> None:
     _save(rec)
 
 
-def _site_packages() -> str:
-    """Where this Python's packages are (pyroute2's folder): mounted into the machines, whose
-    Python is Debian 12's 3.11, so only a 3.11 here fits."""
+DEBIAN_SITES = ("/usr/local/lib/python3.11/dist-packages", "/usr/lib/python3/dist-packages")
+
+
+def _site_packages() -> dict[str, str]:
+    """host folder -> where a machine sees it: where this Python's packages are (PyYAML's
+    folder names it) and Debian's two package folders, each at its own path in the machine
+    (Debian 12's Python 3.11 looks there; pip install as root writes the first, apt the
+    second); a folder elsewhere (a pyenv's) at the first.  Only a 3.11 here fits."""
     import yaml                       # lazy: any of nslab's dependencies names the folder
     if sys.version_info[:2] != (3, 11):
         raise PrerequisiteError(f"the sandbox's machines run Python 3.11 (Debian 12) and take nslab's packages "
                                 f"from this Python, which is {sys.version_info[0]}.{sys.version_info[1]}")
-    return os.path.dirname(os.path.dirname(os.path.abspath(yaml.__file__)))
+    site = os.path.dirname(os.path.dirname(os.path.abspath(yaml.__file__)))
+    mounts = {site: site if site in DEBIAN_SITES else SITE}
+    for d in DEBIAN_SITES:
+        if os.path.isdir(d) and d not in mounts and d not in mounts.values():
+            mounts[d] = d
+    return mounts
 
 
 def _port_free(port: int) -> bool:
@@ -185,7 +195,7 @@ def up(name: str, n: int, port: int = DEFAULT_PORT, mtu: int = DEFAULT_MTU, log=
         raise UsageError(f"--mtu {mtu}: between 1280 and 65000")
     if load(name) is not None:
         raise UsageError(f"sandbox {name} is up already: `nslab sandbox down --name {name}` first")
-    etcd_bin, site = spawn.need("etcd"), _site_packages()
+    etcd_bin, sites = spawn.need("etcd"), _site_packages()
     spawn.need("nsenter")
     client = containers.engine()
     import docker                      # lazy: start-up
@@ -220,7 +230,7 @@ def up(name: str, n: int, port: int = DEFAULT_PORT, mtu: int = DEFAULT_MTU, log=
                      "--initial-advertise-peer-urls", f"http://{ETCD_ADDRESS}:2380",
                      "--initial-cluster", f"sandbox=http://{ETCD_ADDRESS}:2380"], "etcd")
         for i in range(1, n + 1):
-            _machine(client, rec, i, site)
+            _machine(client, rec, i, sites)
             log(f"m{i}: container {name}.m{i}, underlay {machine_address(i)}")
         pairs = [f"{port}={ETCD_ADDRESS}:2379"] + [f"{port + i}={machine_address(i)}:{coord.AGENT_PORT}"
                                                     for i in range(1, n + 1)]
@@ -235,7 +245,7 @@ def up(name: str, n: int, port: int = DEFAULT_PORT, mtu: int = DEFAULT_MTU, log=
     return rec
 
 
-def _machine(client, rec: Record, i: int, site: str) -> None:
+def _machine(client, rec: Record, i: int, sites: dict[str, str]) -> None:
     import docker                      # lazy: start-up
     name = f"{rec.name}.m{i}"
     try:
@@ -243,7 +253,8 @@ def _machine(client, rec: Record, i: int, site: str) -> None:
             IMAGE, command=["sleep", "infinity"], name=name, hostname=f"m{i}", network_mode="none",
             cap_add=CAPS, security_opt=["apparmor=unconfined"],
             labels={LABEL: rec.name}, environment={"PYTHONPATH": CODE, "NSLAB_MACHINE": f"m{i}"},
-            volumes={spawn.ROOT: {"bind": CODE, "mode": "ro"}, site: {"bind": SITE, "mode": "ro"}},
+            volumes={spawn.ROOT: {"bind": CODE, "mode": "ro"},
+                     **{host: {"bind": there, "mode": "ro"} for host, there in sites.items()}},
             devices=["/dev/net/tun:/dev/net/tun:rwm"],       # flannel udp's and ipip's TUN devices
             tmpfs={"/run": "exec"}, init=True, detach=True)
     except docker.errors.APIError as e:
