@@ -155,7 +155,9 @@ def up(file: Optional[str] = typer.Argument(None, help="Topology YAML (default: 
        spread: Optional[str] = typer.Option(None, "--spread", metavar="M1,M2,...", help="Spread the lab over these "
                                             "machines (NAME or NAME=UNDERLAY-ADDRESS); with --dry-run, print the "
                                             "placement and the cross-machine links."),
-       stitch_port: int = StitchPortOpt, underlay_mtu: int = UnderlayMtuOpt):
+       stitch_port: int = StitchPortOpt, underlay_mtu: int = UnderlayMtuOpt,
+       etcd: Optional[str] = typer.Option(None, "--etcd", help="etcd of the machines a placed or spread lab runs "
+                                          "on (default: $NSLAB_ETCD).")):
     """Build a lab from a topology file; for a lab that runs, apply only what the file changed."""
     from . import converge     # lazy: start-up (the differ loads only for a lab that runs)
     file = default_topology() if file is None else file     # '' is a file name (refused), not "none given"
@@ -168,10 +170,13 @@ def up(file: Optional[str] = typer.Argument(None, help="Topology YAML (default: 
             out.say(same if quiet else f"lab {same}: no changes")
             return
     topo = labmod.load(file, name=name, overrides=overrides)
-    if spread is not None or topo.placement:      # over machines: the placement only, for now (issue 20)
+    if spread is not None or topo.placement:      # over machines (issue 20): through etcd, built by the agents
         if not dry_run:
-            raise UsageError("a lab over several machines (placement: or --spread) needs nslab's machine agent, "
-                             "which is not built yet: `nslab up FILE --spread M1,M2 --dry-run` prints its placement")
+            from . import across               # lazy: start-up
+            placed, states = across.up(topo, etcd_endpoint(etcd), spread, stitch_port, overrides)
+            for line in [topo.name] if quiet else across.summary(placed, states):
+                out.say(line)
+            return
         print_placement(topo, compiler.compile_topology(topo), spread, "--spread", stitch_port, underlay_mtu, as_json)
         return
     labmod.require_root()
@@ -230,9 +235,17 @@ def up(file: Optional[str] = typer.Argument(None, help="Topology YAML (default: 
 @app.command()
 @run
 def down(target: Optional[str] = typer.Argument(None, help="Lab name or topology file."),
-         all_labs: bool = typer.Option(False, "--all", help="Remove every nslab lab.")):
+         all_labs: bool = typer.Option(False, "--all", help="Remove every nslab lab."),
+         etcd: Optional[str] = typer.Option(None, "--etcd", help="A lab over machines: their etcd (default: "
+                                            "$NSLAB_ETCD, asked when no lab of that name runs here).")):
     """Remove everything a lab created, and nothing else."""
     labmod.require_root()
+    if (etcd or os.environ.get("NSLAB_ETCD")) and target and state.valid_lab(target) \
+            and not os.path.lexists(state.lab_dir(target)):
+        from . import across                   # lazy: start-up
+        machines = across.down(target, etcd_endpoint(etcd))
+        out.say(f"lab {target} removed from {out.plural(len(machines), 'machine')} ({', '.join(machines)})")
+        return
     if all_labs:
         labs = state.labs()
         orphans = state.orphans()          # containers of labs whose record is gone (reboot)
@@ -294,11 +307,14 @@ def ls(as_json: bool = typer.Option(False, "--json", help="Machine-readable outp
                          backend=lab_backend(st), file=st.file,
                          nodes=len(st.nodes),
                          namespaces=st.namespaces, processes=[p.pid for p in st.processes]))
+    if os.environ.get("NSLAB_ETCD"):          # labs across machines, from etcd (issue 20)
+        from . import across                   # lazy: start-up
+        rows += [r for r in across.labs(etcd_endpoint(None)) if r["lab"] not in {x["lab"] for x in rows}]
     if as_json:
         from .observe import show as showmod  # lazy: start-up
         for r in rows:                  # a cluster's services, from the topology as built
             r["services"] = []
-            if r["backend"] not in (None, "?") and r["status"] != "corrupt":
+            if r["backend"] not in (None, "?") and r["status"] != "corrupt" and "machines" not in r:
                 try:
                     r["services"] = showmod.service_rows(labmod.topology(r["lab"]))
                 except NslabError as e:
@@ -311,7 +327,9 @@ def ls(as_json: bool = typer.Option(False, "--json", help="Machine-readable outp
     out.table(console, ["lab", "status", "nodes", "backend", "file"],
               [[r["lab"], r["status"], str(r["nodes"]), r["backend"] or "-", r["file"]] for r in rows])
     for r in rows:              # the status column stays one word; what is wrong is one line each, below
-        if r.get("missing"):
+        if r.get("missing") and "machines" in r:     # across machines: its machines say what is wrong
+            out.say(f"{r['lab']}: {out.plural(len(r['missing']), 'problem')}: {'; '.join(r['missing'])}")
+        elif r.get("missing"):
             out.say(f"{r['lab']}: {out.plural(len(r['missing']), 'problem')} (`nslab show -l {r['lab']}` shows them "
                     f"and restarts what died): {r['missing'][0]}{'; ...' if len(r['missing']) > 1 else ''}")
 
@@ -341,6 +359,17 @@ def exec_(node: str = typer.Argument(..., help="Node name (or LAB.NODE).", autoc
     if not cmd:
         raise UsageError(f"no command to run in {node}: `nslab exec {node} -- CMD ...`, or `nslab shell {node}` "
                          f"for an interactive shell there")
+    remote = lab or os.environ.get("NSLAB_LAB") or (node.split(".", 1)[0] if "." in node else None)
+    if remote and os.environ.get("NSLAB_ETCD") and state.valid_lab(remote) \
+            and not os.path.lexists(state.lab_dir(remote)):       # a lab across machines: its agent runs it
+        from . import across, sandbox      # lazy: start-up
+        endpoint = etcd_endpoint(None)
+        answer = across.exec_in(remote, node.removeprefix(f"{remote}."), list(cmd), endpoint,
+                                sandbox.agent_urls(endpoint))
+        sys.stdout.write(str(answer.get("stdout", "")))
+        sys.stderr.write(str(answer.get("stderr", "")))
+        rc = answer.get("rc")
+        raise typer.Exit(rc if isinstance(rc, int) and 0 <= rc < 256 else 1)
     labmod.require_root()
     labmod.require_tools("ip")
     lab, node = labmod.resolve_nodes(lab, node)
@@ -872,6 +901,85 @@ def images_ls(as_json: bool = typer.Option(False, "--json", help="Machine-readab
             "missing (nslab images build)"
         table.append([r["image"], status, f"{r['size'] / 1e6:.0f} MB" if r["present"] else "", r["what"]])
     out.table(console, ["image", "status", "size", "contents"], table, optional=("size", "contents"))
+
+
+sandbox_app = typer.Typer(no_args_is_help=True, help="Stand-in machines on this box for labs across machines "
+                                                       "(Docker containers on nslab's own underlay, and an etcd).")
+app.add_typer(sandbox_app, name="sandbox")
+
+
+@sandbox_app.command("up")
+@run
+def sandbox_up(machines: int = typer.Argument(..., help="How many machines (m1..mN)."),
+               name: str = typer.Option("sandbox", "--name", help="The sandbox's name (prefix of its "
+                                                                   "containers and namespace)."),
+               port: int = typer.Option(23790, "--port", help="etcd on 127.0.0.1:PORT, mI's agent on PORT+I."),
+               mtu: int = typer.Option(9216, "--mtu", help="The underlay's MTU.")):
+    """Start N stand-in machines and an etcd; print the `export NSLAB_ETCD=...` line."""
+    from . import sandbox                  # lazy: start-up
+    labmod.require_root()
+    rec = sandbox.up(name, machines, port=port, mtu=mtu, log=out.say)
+    out.say(f"sandbox {name}: {machines} machines on 198.18.0.0/15 (MTU {mtu}), etcd on 198.18.0.1 "
+            f"(from here: {rec.etcd()})")
+    print(sandbox.export_line(rec))
+
+
+@sandbox_app.command("down")
+@run
+def sandbox_down(name: str = typer.Option("sandbox", "--name", help="The sandbox's name.")):
+    """Remove the sandbox: exactly the containers, namespace and processes it recorded."""
+    from . import sandbox                  # lazy: start-up
+    labmod.require_root()
+    for line in sandbox.down(name):
+        out.say(f"removed {line}")
+
+
+def etcd_endpoint(etcd: str | None) -> str:
+    """--etcd, else $NSLAB_ETCD: the cluster of labs across machines."""
+    endpoint = etcd or os.environ.get("NSLAB_ETCD")
+    if not endpoint:
+        raise UsageError("no etcd named: give --etcd URL or export NSLAB_ETCD=URL (`nslab sandbox up` prints it)")
+    return endpoint
+
+
+@app.command("agent")
+@run
+def agent_cmd(etcd: Optional[str] = typer.Option(None, "--etcd", help="etcd endpoint (default: $NSLAB_ETCD)."),
+              machine: str = typer.Option(..., "--machine", help="This machine's name in the cluster."),
+              underlay: Optional[str] = typer.Option(None, "--underlay", help="The interface the machines reach "
+                                                                              "each other on (default: the first "
+                                                                              "with an IPv4 address)."),
+              ttl: int = typer.Option(10, "--ttl", help="Seconds the machine's lease lives without the agent.")):
+    """Run this machine's agent: register, build and remove the shards etcd assigns here."""
+    from . import machine_agent              # lazy: start-up
+    labmod.require_root()
+    machine_agent.Agent(etcd_endpoint(etcd), machine, underlay, ttl=ttl, log=out.say).run()
+
+
+@app.command("machines")
+@run
+def machines_cmd(etcd: Optional[str] = typer.Option(None, "--etcd", help="etcd endpoint (default: $NSLAB_ETCD)."),
+                 as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
+    """The machines registered in etcd: lease, underlay address, labs and namespaces."""
+    from . import coord                      # lazy: start-up
+    client = coord.Etcd(etcd_endpoint(etcd))
+    found, bad = coord.machines(client)
+    status = coord.statuses(client)
+    rows = []
+    for m in sorted(found, key=lambda m: m.name):
+        labs = {lab: s for (lab, name), s in status.items() if name == m.name}
+        rows.append({"machine": m.name, "address": m.address, "underlay_mtu": m.underlay_mtu,
+                     "lease": f"{m.lease:x}", "ttl": client.time_to_live(m.lease),
+                     "labs": {lab: {"state": s["state"], "namespaces": s["namespaces"]} for lab, s in labs.items()}})
+    if as_json:
+        print(json.dumps(rows, indent=1))
+        return
+    for sentence in bad:
+        out.warn(f"nslab: ignored: {sentence}")
+    table = [[r["machine"], r["address"], str(r["underlay_mtu"]), f"{r['lease']} ({r['ttl']} s)",
+              ", ".join(f"{lab} {s['namespaces']} ns" + ("" if s["state"] == "up" else f" {s['state']}")
+                        for lab, s in sorted(r["labs"].items())) or "-"] for r in rows]
+    out.table(console, ["machine", "underlay", "mtu", "lease", "labs"], table, optional=("labs",))
 
 
 # Commands that build, check or remove a lab and exit: no cyclic garbage collection.  A

@@ -692,3 +692,133 @@ def subnet_events(etcd: Etcd, since: int, timeout: float | None = None, prefix: 
                     yield "added", parse_subnet_lease(ev.kv, prefix)
             except (EtcdError, ValueError) as e:
                 yield "bad", str(e)
+
+
+# ---- shards: a lab's part on each machine (the host writes, the machine's agent builds) ----------
+
+AGENT_PORT = 7400               # each agent's channel, on its underlay address
+TOKEN_KEY = f"{PREFIX}/credential"
+TOKEN_RE = re.compile(r"[0-9a-f]{64}")
+SHARD_FIELDS = {"lab", "file", "text", "machines", "vnis", "port", "underlay_mtu", "overrides"}
+SHARD_STATES = ("up", "failed")
+
+
+def cluster_token(etcd: Etcd) -> str:
+    """The cluster's credential for the agents' channel: made once (created only if absent,
+    in one transaction), read back by every agent and client.  Whoever may read etcd may
+    use the agents: etcd's own access control (TLS client certificates) guards it."""
+    import secrets              # lazy: only here
+    etcd.claim(TOKEN_KEY, secrets.token_hex(32))
+    kv = etcd.get(TOKEN_KEY)
+    token = kv.value.decode("ascii", "replace") if kv else ""
+    if not TOKEN_RE.fullmatch(token):
+        raise EtcdError(f"etcd key {TOKEN_KEY} does not hold a credential nslab made (64 hex digits)")
+    return token
+
+
+def shard_key(machine: str, lab: str) -> str:
+    return f"{PREFIX}/shards/{machine}/{lab}"
+
+
+def status_key(lab: str, machine: str) -> str:
+    return f"{PREFIX}/status/{lab}/{machine}"
+
+
+def put_shard(etcd: Etcd, machine: str, spec: dict) -> None:
+    etcd.put(shard_key(machine, spec["lab"]), json.dumps(spec))
+
+
+def parse_shard(kv: KV, machine: str) -> dict:
+    """A shard spec read back from etcd, checked for what each value becomes (the topology
+    text itself is checked by the model, as a file is)."""
+    lab = kv.key[len(f"{PREFIX}/shards/{machine}/"):]
+    spec = json_value(kv)
+    where = f"etcd key {kv.key!r:.200}"
+    if not isinstance(spec, dict) or set(spec) != SHARD_FIELDS:
+        raise EtcdError(f"{where} is not a shard ({', '.join(sorted(SHARD_FIELDS))})")
+    if spec["lab"] != lab or not LAB_NAME_RE.fullmatch(lab) or len(lab) > MAX_LAB_NAME:
+        raise EtcdError(f"{where}: lab {spec['lab']!r:.80} is not its key's valid lab name")
+    if not isinstance(spec["text"], str) or not isinstance(spec["file"], str) or len(spec["file"]) > 4096:
+        raise EtcdError(f"{where}: text and file must be strings")
+    ms = spec["machines"]
+    if not isinstance(ms, list) or not ms or machine not in [m[0] for m in ms if isinstance(m, list)]:
+        raise EtcdError(f"{where}: machines must be a list of [name, address] holding {machine}")
+    for m in ms:
+        if not (isinstance(m, list) and len(m) == 2 and isinstance(m[0], str) and not machine_problem(m[0])):
+            raise EtcdError(f"{where}: {m!r:.80} is not [machine, address]")
+        try:
+            IPv4Address(m[1])
+        except ValueError:
+            raise EtcdError(f"{where}: machine {m[0]}'s address {m[1]!r:.40} is not IPv4") from None
+    vnis = spec["vnis"]
+    if not isinstance(vnis, list) or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_VNI
+                                             for v in vnis) or len(set(vnis)) != len(vnis):
+        raise EtcdError(f"{where}: vnis must be distinct VNIs (1 to {MAX_VNI:,})")
+    if not isinstance(spec["port"], int) or not 1 <= spec["port"] <= 65535:
+        raise EtcdError(f"{where}: port {spec['port']!r:.20} is not a UDP port")
+    if not isinstance(spec["underlay_mtu"], int) or not 68 <= spec["underlay_mtu"] <= 65535:
+        raise EtcdError(f"{where}: underlay_mtu {spec['underlay_mtu']!r:.20} is not an MTU")
+    ov = spec["overrides"]
+    if not isinstance(ov, dict) or not all(k in ("backend", "proxy_mode") and isinstance(v, str) and len(v) < 64
+                                           for k, v in ov.items()):
+        raise EtcdError(f"{where}: overrides may set only backend and proxy_mode")
+    return spec
+
+
+def shards(etcd: Etcd, machine: str) -> tuple[dict[str, dict], int, list[str]]:
+    """{lab: spec} of the shards assigned to `machine`, the revision read at, and a sentence
+    for each record that is not valid (skipped)."""
+    kvs, rev = etcd.get_prefix(f"{PREFIX}/shards/{machine}/")
+    good, bad = {}, []
+    for kv in kvs:
+        try:
+            spec = parse_shard(kv, machine)
+            good[spec["lab"]] = spec
+        except EtcdError as e:
+            bad.append(str(e))
+    return good, rev, bad
+
+
+def put_status(etcd: Etcd, lab: str, machine: str, status: str, lease: int, namespaces: int = 0,
+               error: str = "") -> None:
+    etcd.put(status_key(lab, machine),
+             json.dumps({"state": status, "namespaces": namespaces, "error": error[:1000]}), lease)
+
+
+def statuses(etcd: Etcd, lab: str | None = None) -> dict[tuple[str, str], dict]:
+    """{(lab, machine): {"state", "namespaces", "error"}} (records not valid are skipped)."""
+    prefix = f"{PREFIX}/status/" + (f"{lab}/" if lab else "")
+    kvs, _ = etcd.get_prefix(prefix)
+    out = {}
+    for kv in kvs:
+        parts = kv.key[len(f"{PREFIX}/status/"):].split("/")
+        try:
+            data = json_value(kv)
+        except EtcdError:
+            continue
+        if len(parts) == 2 and isinstance(data, dict) and data.get("state") in SHARD_STATES \
+                and isinstance(data.get("namespaces"), int) and isinstance(data.get("error"), str):
+            out[(parts[0], parts[1])] = data
+    return out
+
+
+def lab_shards(etcd: Etcd, lab: str) -> list[str]:
+    """The machines that hold a shard spec of `lab`."""
+    kvs, _ = etcd.get_prefix(f"{PREFIX}/shards/")
+    out = []
+    for kv in kvs:
+        machine, _, name = kv.key[len(f"{PREFIX}/shards/"):].partition("/")
+        if name == lab and not machine_problem(machine):
+            out.append(machine)
+    return out
+
+
+def lab_claimed(etcd: Etcd, lab: str) -> bool:
+    return etcd.get(f"{PREFIX}/labs/{lab}") is not None
+
+
+def labs(etcd: Etcd) -> list[str]:
+    """The names of the labs claimed in the cluster (keys that are not a valid lab name skipped)."""
+    kvs, _ = etcd.get_prefix(f"{PREFIX}/labs/")
+    names = (kv.key[len(f"{PREFIX}/labs/"):] for kv in kvs)
+    return [n for n in names if LAB_NAME_RE.fullmatch(n) and len(n) <= MAX_LAB_NAME]

@@ -158,12 +158,14 @@ def plan_for_this_kernel(topo: model.Topology) -> Plan:
     return plan
 
 
-def up(topo: model.Topology, overrides: dict | None = None, progress=None) -> tuple[Plan, state.LabState]:
+def up(topo: model.Topology, overrides: dict | None = None, progress=None,
+       plan: Plan | None = None) -> tuple[Plan, state.LabState]:
     """Build the lab; on any failure remove what was made (and only that) and re-raise.
     The lab's lock is held throughout: a `down`, `capture` or `rewire` of the same lab
-    waits until `up` has finished or cleaned up."""
+    waits until `up` has finished or cleaned up.  `plan`: this machine's shard of a lab
+    placed over machines (agent.py; compile/placement.shard), instead of the whole lab's."""
     require_root()
-    plan = plan_for_this_kernel(topo)
+    plan = plan if plan is not None else plan_for_this_kernel(topo)
     # link conditions: no netem here refuses delay/loss now, before anything exists
     qdisc.fit_plan(plan, without_netem=bool((overrides or {}).get("without_netem")))
     engine = containers.check(plan)    # container nodes: the engine answers, the images are here
@@ -193,7 +195,8 @@ def up(topo: model.Topology, overrides: dict | None = None, progress=None) -> tu
         try:
             def plan_facts(s):
                 s.namespaces = list(plan.namespaces)
-                s.nodes = {node.name: node.ns for node in topo.nodes.values()}
+                mine = set(s.namespaces)       # a shard: only its machine's nodes
+                s.nodes = {node.name: node.ns for node in topo.nodes.values() if node.ns in mine}
                 s.info = dict(plan.notes)
                 s.overrides = dict(overrides or {})
                 s.containers = containers.intended(plan, lab)   # names: down looks for them by label

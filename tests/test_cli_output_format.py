@@ -25,8 +25,11 @@ def fast(argv):
 
 
 def test_plain_command_lines_take_the_fast_road():
-    assert fast(["down", "mylab"]) == ("down", {"target": "mylab", "all_labs": False})
-    assert fast(["down", "--all"]) == ("down", {"target": None, "all_labs": True})
+    assert fast(["down", "mylab"]) == ("down", {"target": "mylab", "all_labs": False, "etcd": None})
+    assert fast(["down", "--all"]) == ("down", {"target": None, "all_labs": True, "etcd": None})
+    assert fast(["down", "l1", "--etcd", "http://127.0.0.1:2379"])[1]["etcd"] == "http://127.0.0.1:2379"
+    assert fast(["sandbox", "up", "3", "--port", "23790"]) == \
+        ("sandbox_up", {"machines": 3, "name": "sandbox", "port": 23790, "mtu": 9216})
     name, kw = fast(["up", "x.yaml", "--name", "n1", "--backend=udp:8282", "-q"])
     assert name == "up" and (kw["file"], kw["name"], kw["backend"], kw["quiet"]) == ("x.yaml", "n1", "udp:8282", True)
     assert fast(["exec", "-l", "lab1", "h1", "--", "ping", "-c", "1", "h2"]) == \

@@ -355,3 +355,54 @@ def test_a_silent_endpoint_in_5_seconds():
 def test_endpoint_must_be_a_url(endpoint):
     with pytest.raises(UsageError, match="expected http://HOST:PORT"):
         coord.Etcd(endpoint)
+
+
+# ---- shards, statuses, the agents' credential (nslab/machine_agent.py, nslab/across.py) ----------
+
+GOOD_SHARD = {"lab": "l1", "file": "l1.yaml", "text": "hosts: {h1: {}}\n", "machines": [["m1", "198.18.1.1"]],
+              "vnis": [5001, 5002], "port": 4789, "underlay_mtu": 9216, "overrides": {}}
+
+
+def test_a_shard_round_trips_and_lists_by_machine(etcd):
+    coord.put_shard(etcd, "m1", GOOD_SHARD)
+    specs, rev, bad = coord.shards(etcd, "m1")
+    assert specs == {"l1": GOOD_SHARD} and rev > 0 and bad == []
+    assert coord.shards(etcd, "m2")[0] == {}
+    assert coord.lab_shards(etcd, "l1") == ["m1"]
+
+
+@pytest.mark.parametrize("change,problem", [
+    ({"lab": "other"}, "is not its key's valid lab name"),
+    ({"extra": 1}, "is not a shard"),
+    ({"machines": [["m2", "198.18.1.2"]]}, "holding m1"),
+    ({"machines": [["m1", "198.18.1.1"], ["../x", "198.18.1.2"]]}, "is not [machine, address]"),
+    ({"machines": [["m1", "not-an-ip"]]}, "is not IPv4"),
+    ({"vnis": [5001, 5001]}, "distinct VNIs"),
+    ({"vnis": [0]}, "distinct VNIs"),
+    ({"vnis": [True]}, "distinct VNIs"),
+    ({"port": 70000}, "is not a UDP port"),
+    ({"underlay_mtu": "9000"}, "is not an MTU"),
+    ({"overrides": {"without_netem": True}}, "only backend and proxy_mode"),
+    ({"text": ["a"]}, "must be strings"),
+])
+def test_hostile_shard_specs_are_skipped_with_a_sentence(etcd, change, problem):
+    etcd.put("/nslab/shards/m1/l1", json.dumps({**GOOD_SHARD, **change}))
+    specs, _, bad = coord.shards(etcd, "m1")
+    assert specs == {} and len(bad) == 1 and problem in bad[0], bad
+
+
+def test_the_cluster_credential_is_made_once(etcd):
+    token = coord.cluster_token(etcd)
+    assert coord.TOKEN_RE.fullmatch(token) and coord.cluster_token(etcd) == token
+    etcd.put(coord.TOKEN_KEY, "short")
+    with pytest.raises(coord.EtcdError, match="does not hold a credential"):
+        coord.cluster_token(etcd)
+
+
+def test_statuses_under_a_lease_go_with_it(etcd):
+    lease = etcd.grant(5)
+    coord.put_status(etcd, "l1", "m1", "up", lease, namespaces=3)
+    etcd.put("/nslab/status/l1/m2", json.dumps({"state": "weird", "namespaces": 1, "error": ""}))
+    assert coord.statuses(etcd, "l1") == {("l1", "m1"): {"state": "up", "namespaces": 3, "error": ""}}
+    etcd.revoke(lease)
+    assert coord.statuses(etcd) == {}

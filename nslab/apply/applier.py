@@ -37,7 +37,7 @@ from .netlink import (AF_BRIDGE, CHANGE, CREATE, IFADDRMSG, IFA_ADDRESS, IFA_BRO
                       IFLA_ADDRESS, IFLA_BRPORT_MODE, IFLA_BR_STP_STATE, IFLA_IFNAME, IFLA_INFO_DATA,
                       IFLA_INFO_KIND, IFLA_INFO_SLAVE_DATA, IFLA_INFO_SLAVE_KIND, IFLA_IPTUN_LOCAL,
                       IFLA_IPTUN_PMTUDISC, IFLA_IPTUN_REMOTE, IFLA_IPTUN_TOS, IFLA_IPTUN_TTL, IFLA_LINKINFO,
-                      IFLA_MASTER, IFLA_MTU, IFLA_NET_NS_FD, IFLA_VXLAN_GBP, IFLA_VXLAN_ID,
+                      IFLA_MASTER, IFLA_MTU, IFLA_NET_NS_FD, IFLA_VXLAN_GBP, IFLA_VXLAN_GROUP, IFLA_VXLAN_ID,
                       IFLA_VXLAN_LEARNING, IFLA_VXLAN_LINK, IFLA_VXLAN_LOCAL, IFLA_VXLAN_PORT, NDA_DST,
                       NDA_LLADDR, NDMSG, NLMSG_ERROR, NTF_SELF, NUD_PERMANENT, REPLACE, RTA_DST, RTA_GATEWAY,
                       RTA_MULTIPATH, RTA_OIF, RTA_TABLE, RTMSG, RTM_DELADDR, RTM_DELLINK, RTM_DELNEIGH,
@@ -256,8 +256,14 @@ class Applier:
         # Links first in every namespace (a veth is made from one end, both namespaces must
         # exist); every later stage only names devices of its own namespace, so each
         # namespace then runs its remaining stages in one visit: opened once, not per stage.
-        for ns_name, ns_ops in stages.pop(P.STAGE_LINK, {}).items():
-            self.run_batch(self.namespaces[ns_name], ns_ops)
+        links = stages.pop(P.STAGE_LINK, {})
+        stitches = [op for ns_ops in links.values() for op in ns_ops if is_stitch(op)]
+        for ns_name, ns_ops in links.items():
+            ns_ops = [op for op in ns_ops if not is_stitch(op)]
+            if ns_ops:
+                self.run_batch(self.namespaces[ns_name], ns_ops)
+        if stitches:                   # after the bridges they join, before their config
+            self.make_stitches(stitches)
         later: dict[str, list] = {}
         for stage in sorted(stages):
             for ns_name, ns_ops in stages[stage].items():
@@ -265,6 +271,31 @@ class Applier:
         for ns_name, batches in later.items():
             for ns_ops in batches:
                 self.run_batch(self.namespaces[ns_name], ns_ops)
+
+    def make_stitches(self, ops: list) -> None:
+        """A stitch end (a VXLAN between machines, compile/placement.py) lives in its node's
+        namespace but sends from the machine's own: it is created from this thread's
+        namespace (the machine's) with IFLA_NET_NS_FD, as `ip link add NAME netns NODE type
+        vxlan ... dev UNDERLAY` does, so its UDP socket and underlay device are the
+        machine's and the device is the node's (the kernel's vxlan_newlink opens the socket
+        in the link's source namespace).  Nothing is added to the machine's namespace but
+        that socket."""
+        here = Namespace(name="this machine's namespace", fd=-1, sock=open_route_socket(), indexes=self.indexes)
+        try:
+            messages = []
+            for op in ops:
+                ns = self._use(self.namespaces[op.ns], with_socket=False)
+                self._pinned.add(ns.name)
+                data = self._link(ns, op)
+                data += attr(IFLA_NET_NS_FD, U32.pack(ns.fd))
+                struct.pack_into("=I", data, 0, len(data))
+                self.seq += 1
+                struct.pack_into("=I", data, 8, self.seq)
+                messages.append((self.seq, bytes(data), op))
+            self.send(here, messages)
+        finally:
+            self._pinned.clear()
+            here.sock.close()
 
     def run_batch(self, ns: Namespace, ops: list) -> None:
         self._use(ns)
@@ -455,7 +486,11 @@ class Applier:
             data = (attr(IFLA_VXLAN_ID, U32.pack(opts["id"])) + attr(IFLA_VXLAN_LOCAL, ip4(opts["local"]))
                     + attr(IFLA_VXLAN_PORT, struct.pack("!H", opts["port"]))
                     + attr(IFLA_VXLAN_LEARNING, U8.pack(int(opts.get("learning", False)))))
-            if opts.get("dev"):
+            if opts.get("remote"):         # a stitch: one peer, no learning
+                data += attr(IFLA_VXLAN_GROUP, ip4(opts["remote"]))
+            if opts.get("dev") and opts.get("underlay"):     # the machine's device (make_stitches)
+                data += attr(IFLA_VXLAN_LINK, U32.pack(socket.if_nametoindex(opts["dev"])))
+            elif opts.get("dev"):
                 data += attr(IFLA_VXLAN_LINK, U32.pack(ns.index(opts["dev"])))
             if opts.get("gbp"):
                 data += attr(IFLA_VXLAN_GBP, b"")
@@ -506,6 +541,11 @@ class Applier:
         self.namespaces.clear()
         self._open.clear()
         netns.release_walk_root()
+
+
+def is_stitch(op) -> bool:
+    """A VXLAN link op that a machine's agent makes from the machine's namespace."""
+    return isinstance(op, P.Link) and op.kind == "vxlan" and bool(dict(op.vxlan).get("underlay"))
 
 
 def _devs(op) -> list[str]:

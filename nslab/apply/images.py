@@ -82,11 +82,11 @@ def _debian_mirror() -> str:
     return "http://deb.debian.org/debian"
 
 
-def _debian_rootfs(root: str) -> None:
+def _debian_rootfs(root: str, packages: list[str] = DEBIAN_PACKAGES) -> None:
     debootstrap = spawn.tool("debootstrap")
     if debootstrap is None:
         raise PrerequisiteError("debootstrap not found: install it with `apt-get install -y debootstrap`")
-    proc = _run([debootstrap, "--variant=minbase", f"--include={','.join(DEBIAN_PACKAGES)}",
+    proc = _run([debootstrap, "--variant=minbase", f"--include={','.join(packages)}",
                  DEBIAN_SUITE, root, _debian_mirror()], capture_output=True, text=True)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["?"]
@@ -98,12 +98,24 @@ def _debian_rootfs(root: str) -> None:
             if os.path.isfile(p):
                 os.unlink(p)
 
+# A stand-in machine of `nslab sandbox` (nslab/sandbox.py): what nslab runs inside a machine
+# (python3; nslab itself and its Python packages are bind-mounted from the host, read-only).
+MACHINE_PACKAGES = DEBIAN_PACKAGES + ["python3", "iptables", "nftables", "ethtool", "kmod"]
+
+
+def _machine_rootfs(root: str) -> None:
+    _debian_rootfs(root, MACHINE_PACKAGES)
+
+
 IMAGES = {
     "nslab/busybox": Recipe("nslab/busybox", "busybox-static: sh, ip, ping, wget, nc, httpd (2 MB)",
                             _busybox_rootfs, "2"),
     "nslab/debian": Recipe("nslab/debian", f"Debian {DEBIAN_SUITE} minbase + {', '.join(DEBIAN_PACKAGES[:4])} "
                                            f"(debootstrap, about a minute)", _debian_rootfs,
                            f"1 {DEBIAN_SUITE} {' '.join(DEBIAN_PACKAGES)}"),
+    "nslab/machine": Recipe("nslab/machine", f"Debian {DEBIAN_SUITE} minbase + python3, iproute2, iptables, "
+                                             f"nftables: a stand-in machine of `nslab sandbox` (debootstrap)",
+                            _machine_rootfs, f"1 {DEBIAN_SUITE} {' '.join(MACHINE_PACKAGES)}"),
 }
 
 

@@ -350,3 +350,27 @@ def render(placed: Placed, width: int | None = 80) -> list[str]:
     lines.append(wrap(f"underlay MTU: {worst} needed ({worst - STITCH_OVERHEAD} + {STITCH_OVERHEAD} of VXLAN"
                       f"{inner}), {placed.underlay_mtu} available", width, 4))
     return lines
+
+
+# ---- one machine's shard: what its agent applies ----------------------------------------------
+
+def shard(placed: Placed, machine: str, addresses: dict[str, str], vnis: list[int],
+          underlay_dev: str | None = None) -> P.Plan:
+    """Machine `machine`'s plan with its stitch ends as VXLAN links: each made like the veth
+    end it replaces (name, MAC, MTU, bridge), VNI `vnis[i]` for stitch i (etcd's, in
+    stitch order), from this machine's underlay address to the peer machine's, no learning
+    (one peer), created from the machine's own namespace (apply/applier.make_stitches)."""
+    if len(vnis) != len(placed.stitches):
+        raise UsageError(f"{len(vnis)} VNIs for {len(placed.stitches)} stitches")
+    plan = placed.plans[machine]
+    for s, vni in zip(placed.stitches, vnis):
+        for end, other in ((s.a, s.b), (s.b, s.a)):
+            if end.machine != machine:
+                continue
+            opts = [("id", vni), ("local", addresses[machine]), ("remote", addresses[other.machine]),
+                    ("port", s.port), ("learning", False), ("underlay", True)]
+            if underlay_dev:
+                opts.append(("dev", underlay_dev))
+            plan.add(P.Link(ns=end.ns, name=end.dev, kind="vxlan", mtu=end.mtu, mac=end.mac, master=end.master,
+                            vxlan=tuple(opts)))
+    return plan

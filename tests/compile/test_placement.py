@@ -260,8 +260,8 @@ def test_no_placement_no_machines():
 
 # ---- the command line ---------------------------------------------------------------------
 
-def nslab(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(TESTS.parent)}
+def nslab(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(TESTS.parent), **(env or {})}
     env.pop("COLUMNS", None)
     return subprocess.run([sys.executable, "-m", "nslab.cli", *args], capture_output=True, text=True, env=env,
                           cwd=str(cwd), timeout=120)
@@ -286,10 +286,13 @@ def test_cli_validate_and_dry_run(tmp_path):
 
 def test_cli_refusals(tmp_path):
     src = GOLDEN / "segment-split.yaml"
-    r = nslab("up", src.name, "--spread", "m1,m2", cwd=GOLDEN)
+    r = nslab("up", src.name, "--spread", "m1,m2", cwd=GOLDEN, env={"NSLAB_ETCD": ""})
     assert r.returncode == 2 and r.stdout == ""
-    assert r.stderr == ("nslab: a lab over several machines (placement: or --spread) needs nslab's machine agent, "
-                        "which is not built yet: `nslab up FILE --spread M1,M2 --dry-run` prints its placement\n")
+    assert r.stderr == ("nslab: no etcd named: give --etcd URL or export NSLAB_ETCD=URL (`nslab sandbox up` "
+                        "prints it)\n")
+    r = nslab("up", src.name, "--spread", "m1,m2", "--etcd", "http://127.0.0.1:1", cwd=GOLDEN)
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.startswith("nslab: etcd at http://127.0.0.1:1 does not answer (")
     r = nslab("validate", src.name, "--machines", "m2,m3", cwd=GOLDEN)
     assert r.returncode == 2
     assert r.stderr == "nslab: segment-split.yaml:10 placement.lan: machine m1 is not one of --machines m2, m3\n"

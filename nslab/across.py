@@ -1,0 +1,198 @@
+"""A lab over several machines, from the host (issue 20, item 3): `nslab up FILE` with a
+`placement:` or `--spread`, and `nslab down LAB`, through etcd ($NSLAB_ETCD or --etcd).
+
+up: the machines named must be registered (their agents run); the lab is compiled and
+placed here (compile/placement.py) with the machines' underlay addresses and the smallest
+underlay MTU among them, its name claimed in etcd (one transaction), a VNI taken for each
+stitch (coord.allocate_vnis), and each machine's shard spec written under
+/nslab/shards/MACHINE/LAB: the lab's text, the machines in placement order, the VNIs in
+stitch order.  Each agent compiles and places the same text the same way and builds its
+own shard (machine_agent.py).  up waits for every machine's status; one that fails, or
+none within the timeout, rolls back every machine (the specs deleted: each agent removes
+its shard) and the claim and VNIs are given back.
+
+down: the specs deleted, each agent removes its shard; down waits until every status is
+gone (a machine whose lease has ended counts as gone: it removes its shard when it comes
+back, finding its record without a spec), then gives back the claim and the VNIs.
+"""
+from __future__ import annotations
+
+import time
+
+from . import coord
+from . import compile as compiler
+from .compile import placement
+from .errors import NslabError, UsageError
+
+TIMEOUT = 180.0
+EXEC_TIMEOUT = 90.0             # the agent gives a command 60 s
+
+
+def _machines(etcd: coord.Etcd, topo, spread: str | None) -> tuple[list[placement.Machine], int]:
+    registered, _ = coord.machines(etcd)
+    reg = {m.name: m for m in registered}
+    if spread is not None:
+        wanted = [m.name for m in placement.parse_machines(spread, "--spread")]
+    else:
+        _, ms = placement.from_file(topo, None)
+        wanted = [m.name for m in ms]
+    for name in wanted:
+        if name not in reg:
+            where = "--spread" if spread is not None else f"{topo.file}: placement:"
+            raise UsageError(f"{where} names machine {name}, which is not registered in etcd at {etcd.endpoint} "
+                             f"(registered: {', '.join(sorted(reg)) or 'none'}; start `nslab agent` there)")
+    return [placement.Machine(n, reg[n].address) for n in wanted], min(reg[n].underlay_mtu for n in wanted)
+
+
+def up(topo, etcd_url: str, spread: str | None, stitch_port: int, overrides: dict | None, log=print,
+       timeout: float = TIMEOUT) -> tuple[placement.Placed, dict]:
+    etcd = coord.Etcd(etcd_url)
+    machines, mtu = _machines(etcd, topo, spread)
+    plan = compiler.compile_topology(topo)
+    placed = placement.place(topo, plan, machines, port=stitch_port, underlay_mtu=mtu)
+    coord.claim_lab(etcd, topo.name, "host")
+    try:
+        ids = [f"{s.a.node}:{s.a.dev}" for s in placed.stitches]
+        taken = coord.allocate_vnis(etcd, topo.name, ids) if ids else {}
+        vnis = [taken[i] for i in ids]
+        spec = {"lab": topo.name, "file": topo.file, "text": topo.doc.text,
+                "machines": [[m.name, m.address] for m in machines], "vnis": vnis, "port": stitch_port,
+                "underlay_mtu": mtu, "overrides": {k: v for k, v in (overrides or {}).items()
+                                                   if k in ("backend", "proxy_mode")}}
+        busy = [m.name for m in machines if placed.plans[m.name].ops]
+        for name in busy:
+            coord.put_shard(etcd, name, spec)
+        states = _wait(etcd, topo.name, busy, timeout, "answered")
+        failed = {m: s for m, s in states.items() if s["state"] != "up"}
+        if failed:
+            m, s = sorted(failed.items())[0]
+            raise NslabError(f"lab {topo.name}: the shard on {m} failed ({s['error']}); every machine rolled back")
+        return placed, states
+    except BaseException:
+        _remove(etcd, topo.name, timeout)
+        raise
+
+
+def _wait(etcd: coord.Etcd, lab: str, machines: list[str], timeout: float, until: str) -> dict:
+    """The machines' statuses of `lab` once `until` holds: "answered" (every machine has
+    one, or one has failed), "settled" (every machine still alive has one: its agent has
+    handled the spec) or "gone" (no machine still alive has one).  A machine whose lease
+    has ended counts as settled and gone: it cleans up when it comes back."""
+    deadline = time.monotonic() + timeout
+    while True:
+        states = {m: s for (_, m), s in coord.statuses(etcd, lab).items()}
+        alive = {m.name for m in coord.machines(etcd)[0]}
+        if until == "answered":
+            waiting = [m for m in machines if m not in states]
+            if any(s["state"] == "failed" for s in states.values()):
+                waiting = []
+        elif until == "settled":
+            waiting = [m for m in machines if m in alive and m not in states]
+        else:
+            waiting = [m for m in states if m in alive]
+        if not waiting:
+            return states
+        if time.monotonic() > deadline:
+            raise NslabError(f"lab {lab}: no answer from machine {sorted(waiting)[0]} within {timeout:g} s")
+        time.sleep(0.2)
+
+
+def _remove(etcd: coord.Etcd, lab: str, timeout: float) -> list[str]:
+    """Every machine's shard of `lab` removed (each agent handles its spec's deletion after
+    its build: the build is waited for first), then the claim and the VNIs given back."""
+    machines = coord.lab_shards(etcd, lab)
+    _wait(etcd, lab, machines, timeout, "settled")
+    for m in machines:
+        etcd.delete(coord.shard_key(m, lab))
+    _wait(etcd, lab, machines, timeout, "gone")
+    coord.release_lab(etcd, lab)
+    return machines
+
+
+def down(lab: str, etcd_url: str, timeout: float = TIMEOUT) -> list[str]:
+    """Remove lab `lab` from every machine; the machines it was on."""
+    etcd = coord.Etcd(etcd_url)
+    if not coord.lab_claimed(etcd, lab):
+        raise UsageError(f"no lab named {lab!r} runs in the cluster at {etcd.endpoint}")
+    return _remove(etcd, lab, timeout)
+
+
+def summary(placed: placement.Placed, states: dict) -> list[str]:
+    lines = [f"lab {placed.lab} is up over {len(placed.machines)} machines:"]
+    for m in placed.machines:
+        s = states.get(m.name)
+        lines.append(f"  {m.name}  {m.address:<15} {s['namespaces'] if s else 0:>5} namespaces")
+    if placed.stitches:
+        lines.append(f"  {len(placed.stitches)} VXLAN stitches between machines, UDP port {placed.port}")
+    return lines
+
+
+# ---- a command in a node, through its machine's agent ------------------------------------------
+
+def _agent(url: str, token: str, method: str, path: str, body: dict | None = None) -> dict:
+    """One request on an agent's channel (machine_agent.py), with the cluster's credential."""
+    import http.client              # lazy: only here
+    import json
+    from urllib.parse import urlsplit
+    u = urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=EXEC_TIMEOUT)
+    try:
+        conn.request(method, path, json.dumps(body) if body is not None else None,
+                     {"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        resp = conn.getresponse()
+        data = resp.read(1 << 22)
+    except (OSError, http.client.HTTPException) as e:
+        raise NslabError(f"the agent at {url} does not answer ({e})") from None
+    finally:
+        conn.close()
+    try:
+        answer = json.loads(data)
+    except ValueError:
+        answer = None
+    if resp.status != 200 or not isinstance(answer, dict):
+        raise NslabError(f"the agent at {url} refused {path}: "
+                         f"{(answer or {}).get('error') if isinstance(answer, dict) else resp.status}")
+    return answer
+
+
+def exec_in(lab: str, node: str, argv: list[str], etcd_url: str, reach: dict[str, str] | None = None) -> dict:
+    """Run argv in `node` of lab `lab` on whichever machine holds it; {"rc", "stdout", "stderr"}.
+    reach: machine -> the URL its agent answers on from here (the sandbox's forwarders);
+    by default http://ADDRESS:7400, its underlay address."""
+    etcd = coord.Etcd(etcd_url)
+    if not coord.lab_claimed(etcd, lab):
+        raise UsageError(f"no lab named {lab!r} runs here or in the cluster at {etcd.endpoint}")
+    token = coord.cluster_token(etcd)
+    registered = {m.name: m for m in coord.machines(etcd)[0]}
+    for (_, machine) in sorted(coord.statuses(etcd, lab)):
+        if machine not in registered:
+            continue
+        url = (reach or {}).get(machine) or f"http://{registered[machine].address}:{coord.AGENT_PORT}"
+        shards = _agent(url, token, "GET", "/v1/labs")["labs"]
+        if any(s.get("lab") == lab and node in s.get("nodes", []) for s in shards if isinstance(s, dict)):
+            return _agent(url, token, "POST", "/v1/exec", {"lab": lab, "node": node, "argv": argv})
+    raise UsageError(f"lab {lab} has no node {node} on any machine that answers")
+
+
+def labs(etcd_url: str) -> list[dict]:
+    """The labs across machines, as `nslab ls` lists them: each machine that holds a part
+    must be alive (its lease) and report it up; else the lab is degraded, naming why."""
+    etcd = coord.Etcd(etcd_url)
+    alive = {m.name for m in coord.machines(etcd)[0]}
+    rows = []
+    for lab in coord.labs(etcd):
+        machines = coord.lab_shards(etcd, lab)
+        states = {m: s for (_, m), s in coord.statuses(etcd, lab).items()}
+        missing = []
+        for m in machines:
+            if m not in alive:
+                missing.append(f"machine {m} is gone (its lease ended)")
+            elif m not in states:
+                missing.append(f"machine {m} has not reported its part")
+            elif states[m]["state"] != "up":
+                missing.append(f"machine {m}: {states[m]['error']}")
+        spec = next((coord.shards(etcd, m)[0].get(lab) for m in machines if m in alive), None) or {}
+        rows.append(dict(lab=lab, status="degraded" if missing else "up", missing=missing, machines=machines,
+                         backend=(spec.get("overrides") or {}).get("backend"), file=spec.get("file", "?"),
+                         nodes=sum(s["namespaces"] for s in states.values()), namespaces=[], processes=[]))
+    return rows

@@ -1,0 +1,270 @@
+"""`nslab agent --etcd URL --machine NAME [--underlay IFACE]`: the agent of one machine of
+labs across machines (issue 20, item 2).  Not the lab agent (runtime/agent.py, which
+serves a lab's pods); this one builds and removes its machine's shards.
+
+- Registers NAME under an etcd lease it keeps alive (coord.KeepAlive); a second agent
+  claiming NAME is refused (coord.register_machine, one transaction).  The lease ending
+  (the machine gone) removes its record and its shards' status keys with it.
+- Watches /nslab/shards/NAME/: each key is a shard spec (coord.parse_shard); the agent
+  compiles the lab's topology text exactly as the host did, places it with the same
+  machines (compile/placement.place), takes its own plan with its stitch ends
+  (placement.shard) and builds it with today's lab.up: its own record, teardown by
+  `lab.down`.  A spec deleted: the shard is removed.  Started again (kill -9, a restart),
+  it adopts what its record holds: a lab already built here is not built again, one whose
+  spec is gone is removed.
+- Reports each shard's state under /nslab/status/LAB/NAME, under its lease.
+- Serves an authenticated channel on its underlay address, port coord.AGENT_PORT: every
+  request must carry the cluster's credential (coord.cluster_token, kept in etcd) as
+  `Authorization: Bearer TOKEN`; none is served without it.  GET /v1/labs lists the
+  shards here; POST /v1/exec runs a command in a node (`nslab exec`, no TTY).
+"""
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from . import coord, spawn, state
+from . import lab as labmod
+from . import model
+from .compile import placement
+from .errors import NslabError, UsageError
+
+EXEC_TIMEOUT = 60
+MAX_REQUEST = 1 << 16
+
+
+def underlay_address(iface: str | None) -> tuple[str, str, int]:
+    """(interface, its first IPv4 address, its MTU): `iface`, or the first interface other
+    than lo with an IPv4 address."""
+    out = subprocess.run([spawn.need("ip"), "-j", "-4", "addr", "show"] + (["dev", iface] if iface else []),
+                         cwd=spawn.CWD, env=spawn.env(), capture_output=True, text=True)
+    try:
+        links = json.loads(out.stdout or "[]")
+    except ValueError:
+        links = []
+    for link in links:
+        addrs = [a.get("local") for a in link.get("addr_info", []) if a.get("family") == "inet"]
+        if link.get("ifname") != "lo" and addrs:
+            return link["ifname"], addrs[0], int(link.get("mtu", 1500))
+    raise UsageError(f"--underlay {iface}: no IPv4 address on it" if iface
+                     else "no interface with an IPv4 address: name the underlay with --underlay IFACE")
+
+
+class Agent:
+    def __init__(self, endpoint: str, machine: str, underlay: str | None = None, ttl: int = 10,
+                 port: int = coord.AGENT_PORT, log=print):
+        self.etcd = coord.Etcd(endpoint)
+        self.name, self.ttl, self.port, self.log = machine, ttl, port, log
+        self.iface, self.address, self.mtu = underlay_address(underlay)
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.lease = 0
+        self.keepalive = None
+
+    # ---- membership -----------------------------------------------------------------------
+    def lease_file(self) -> str:
+        return os.path.join(state.RUN_DIR, f".agent-{self.name}.lease")
+
+    def _adopt_lease(self) -> int:
+        """The lease this machine's previous agent held (kill -9, a restart), if etcd still
+        has it and the machine's record is under it: the name stays ours, no gap."""
+        try:
+            with open(self.lease_file()) as f:
+                lease = int(f.read().strip(), 16)
+        except (OSError, ValueError):
+            return 0
+        kv = self.etcd.get(f"{coord.PREFIX}/machines/{self.name}")
+        if kv is None or kv.lease != lease or self.etcd.keepalive(lease) <= 0:
+            return 0
+        return lease
+
+    def register(self) -> None:
+        self.lease = self._adopt_lease()
+        if not self.lease:
+            self.lease = self.etcd.grant(self.ttl)
+            try:
+                coord.register_machine(self.etcd, self.name, self.address, self.mtu, self.lease)
+            except BaseException:
+                self.etcd.revoke(self.lease)
+                raise
+        os.makedirs(state.RUN_DIR, exist_ok=True)
+        with open(self.lease_file(), "w") as f:
+            f.write(f"{self.lease:x}\n")
+        self.keepalive = coord.KeepAlive(self.etcd, self.lease, self.ttl, on_lost=self._lost)
+        self.token = coord.cluster_token(self.etcd)
+        self.log(f"machine {self.name}: {self.address} on {self.iface} (MTU {self.mtu}), lease {self.lease:x}")
+
+    def _lost(self, reason: str) -> None:
+        self.log(f"machine {self.name}: lease lost ({reason}); exiting (shards stay, a restart adopts them)")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    # ---- shards -----------------------------------------------------------------------------
+    def local_shards(self) -> list[str]:
+        """Labs built here by an agent (their record says which machine's shard they are)."""
+        out = []
+        for lab in state.labs():
+            try:
+                st = state.load(lab)
+            except NslabError:
+                continue
+            if st is not None and (st.info.get("_shard") or {}).get("machine") == self.name:
+                out.append(lab)
+        return out
+
+    def build(self, spec: dict) -> None:
+        lab = spec["lab"]
+        with self.lock:
+            if state.load(lab) is not None:
+                self.log(f"lab {lab}: shard already built here (adopted)")
+                self._status(lab, "up")
+                return
+            try:
+                # the file's name only (for messages): etcd's text is parsed, no path is read
+                topo = model.load(os.path.basename(spec["file"]) or f"{lab}.yaml", text=spec["text"], name=lab,
+                                  overrides=spec["overrides"] or None)
+                plan = labmod.plan_for_this_kernel(topo)
+                machines = [placement.Machine(n, a) for n, a in spec["machines"]]
+                placed = placement.place(topo, plan, machines, port=spec["port"],
+                                         underlay_mtu=spec["underlay_mtu"])
+                mine = placement.shard(placed, self.name, dict(spec["machines"]), spec["vnis"], self.iface)
+                mine.notes["_shard"] = {"machine": self.name, "stitches": len(placed.stitches)}
+                _, st = labmod.up(topo, overrides=spec["overrides"], plan=mine)
+                self.log(f"lab {lab}: shard up, {len(st.namespaces)} namespaces")
+                self._status(lab, "up", len(st.namespaces))
+            except Exception as e:   # any failure is the shard's: reported, the host rolls back
+                self.log(f"lab {lab}: shard failed: {e}")
+                self._status(lab, "failed", error=str(e) or type(e).__name__)
+
+    def remove(self, lab: str) -> None:
+        with self.lock:
+            try:
+                if lab in self.local_shards():
+                    removed = labmod.down(lab)
+                    self.log(f"lab {lab}: shard removed ({len(removed)} namespaces)")
+            except NslabError as e:
+                self.log(f"lab {lab}: removing the shard: {e}")
+            self.etcd.delete(coord.status_key(lab, self.name))
+
+    def _status(self, lab: str, what: str, namespaces: int = 0, error: str = "") -> None:
+        coord.put_status(self.etcd, lab, self.name, what, self.lease, namespaces, error)
+
+    def reconcile(self) -> int:
+        """Build what etcd assigns here and is not built; remove what was built here and is
+        no longer assigned.  The revision read at (to watch from)."""
+        specs, rev, bad = coord.shards(self.etcd, self.name)
+        for sentence in bad:
+            self.log(f"ignored: {sentence}")
+        for lab in self.local_shards():
+            if lab not in specs:
+                self.remove(lab)
+        for spec in specs.values():
+            self.build(spec)
+        return rev
+
+    def watch(self) -> None:
+        rev = self.reconcile()
+        prefix = f"{coord.PREFIX}/shards/{self.name}/"
+        while not self.stopping.is_set():
+            try:
+                with self.etcd.watch(prefix, start_revision=rev + 1, timeout=5) as events:
+                    for ev in events:
+                        rev = max(rev, ev.kv.mod_revision)
+                        if ev.type == "DELETE":     # built or failed: removed, its status too
+                            self.remove(ev.kv.key[len(prefix):])
+                            continue
+                        try:
+                            self.build(coord.parse_shard(ev.kv, self.name))
+                        except coord.EtcdError as e:
+                            self.log(f"ignored: {e}")
+            except coord.EtcdError as e:
+                self.log(f"watch: {e}; reading again")
+                time.sleep(1)
+                rev = self.reconcile()
+
+    # ---- the channel --------------------------------------------------------------------------
+    def serve(self) -> ThreadingHTTPServer:
+        agent = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def _answer(self, code: int, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _allowed(self) -> bool:
+                given = self.headers.get("Authorization", "")
+                if hmac.compare_digest(given.encode(), f"Bearer {agent.token}".encode()):
+                    return True
+                self._answer(401, {"error": "the cluster's credential is required"})
+                return False
+
+            def do_GET(self):
+                if not self._allowed():
+                    return
+                if self.path != "/v1/labs":
+                    return self._answer(404, {"error": f"no {self.path[:80]}"})
+                labs = []
+                for lab in agent.local_shards():
+                    st = state.load(lab)
+                    labs.append({"lab": lab, "namespaces": len(st.namespaces) if st else 0,
+                                 "nodes": sorted(st.nodes) if st else []})
+                self._answer(200, {"machine": agent.name, "labs": labs})
+
+            def do_POST(self):
+                if not self._allowed():
+                    return
+                if self.path != "/v1/exec":
+                    return self._answer(404, {"error": f"no {self.path[:80]}"})
+                size = int(self.headers.get("Content-Length") or 0)
+                if not 0 < size <= MAX_REQUEST:
+                    return self._answer(400, {"error": "a JSON body of at most 64 KiB"})
+                try:
+                    req = json.loads(self.rfile.read(size))
+                    lab, node, argv = req["lab"], req["node"], req["argv"]
+                    if not (isinstance(lab, str) and isinstance(node, str) and isinstance(argv, list) and argv
+                            and all(isinstance(a, str) for a in argv)):
+                        raise ValueError
+                except (ValueError, KeyError, TypeError):
+                    return self._answer(400, {"error": "expected {\"lab\", \"node\", \"argv\": [...]}"})
+                if lab not in agent.local_shards():
+                    return self._answer(404, {"error": f"no shard of lab {lab[:40]!r} on {agent.name}"})
+                try:
+                    proc = subprocess.run(spawn.python("nslab.cli", "exec", "-l", lab, node, "--", *argv),
+                                          cwd=spawn.CWD, env=spawn.env(), capture_output=True, text=True,
+                                          timeout=EXEC_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    return self._answer(200, {"rc": 124, "stdout": "", "stderr": f"timed out after {EXEC_TIMEOUT} s"})
+                self._answer(200, {"rc": proc.returncode, "stdout": proc.stdout[-65536:],
+                                   "stderr": proc.stderr[-65536:]})
+
+        server = ThreadingHTTPServer((self.address, self.port), Handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server
+
+    def run(self) -> None:
+        self.register()
+        server = self.serve()
+        def stop(*_):
+            self.stopping.set()
+            raise SystemExit(0)
+        signal.signal(signal.SIGTERM, stop)
+        try:
+            self.watch()
+        finally:
+            server.shutdown()
+            if self.keepalive is not None:
+                # the shards stay (a restarted agent adopts them); the lease ends with us
+                self.keepalive.stop(revoke=False)
