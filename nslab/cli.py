@@ -633,6 +633,8 @@ def test_(file: Optional[str] = typer.Argument(None, help="Topology file: bring 
           lab: Optional[str] = LabOpt,
           name: Optional[str] = typer.Option(None, "--name", "-n", help="With FILE: run the lab under this name."),
           backend: Optional[str] = typer.Option(None, "--backend", help="With FILE: override the cluster backend type."),
+          proxy_mode: Optional[str] = typer.Option(None, "--proxy-mode", help="With FILE: override kube-proxy's "
+                                                                                "mode (iptables, nftables, ipvs)."),
           all_pairs: bool = typer.Option(False, "--all-pairs", help="Instead of the tests: section, ping between "
                                                                     "every pair of pods."),
           hosts: bool = typer.Option(False, "--hosts", help="With --all-pairs: include hosts."),
@@ -643,15 +645,15 @@ def test_(file: Optional[str] = typer.Argument(None, help="Topology file: bring 
     from .observe import checks  # lazy: start-up
     if file and lab:
         raise UsageError("give a topology FILE or -l LAB, not both")
-    if not file and (name or backend):
-        raise UsageError("--name and --backend apply when testing a FILE (a running lab keeps its own)")
+    if not file and (name or backend or proxy_mode):
+        raise UsageError("--name, --backend and --proxy-mode apply when testing a FILE (a running lab keeps its own)")
     if file:
-        topo = labmod.load(file, name=name, overrides={"backend": backend} if backend else None)
+        topo = labmod.load(file, name=name, overrides=cluster_overrides(backend, proxy_mode))
         if not topo.tests and not all_pairs:
             raise UsageError(f"{file} declares no tests (add a tests: section, or use --all-pairs)")
         labmod.require_root()
         with out.Progress(f"up {topo.name}").running("building"):
-            handle = Lab.up(file, name=name, backend=backend)
+            handle = Lab.up(file, name=name, backend=backend, proxy_mode=proxy_mode)
     else:
         labmod.require_root()
         handle = Lab.attach(labmod.resolve_lab(lab))
