@@ -61,15 +61,16 @@ def ipip_state() -> str:
 
 
 def require_ip_vs() -> None:
-    """kube-proxy's ipvs mode: refused here, before anything exists (KernelFeatureError).
-    Without ip_vs in the kernel (this project's CI kernel) it cannot run at all; with it, nslab
-    does not build the IPVS virtual servers yet."""
-    if module_state("ip_vs") == "absent":
-        raise KernelFeatureError(f"kube-proxy's ipvs mode needs the kernel's ip_vs module, which this kernel "
-                                 f"({os.uname().release}) does not have: use --proxy-mode iptables or nftables "
-                                 f"here, or a kernel with ip_vs")
-    raise KernelFeatureError("kube-proxy's ipvs mode is not built by nslab yet: use --proxy-mode iptables or "
-                             "nftables")
+    """kube-proxy's ipvs mode needs the kernel's ip_vs (IPVS) and dummy (kube-ipvs0)
+    modules: loaded, built in, or in this kernel's module tree (the first ipvsadm-restore
+    and the dummy device load them, as kube-proxy's own calls do; loading adds nothing to
+    the root namespace).  Without them (this project's CI kernel) it is refused here,
+    before anything exists (KernelFeatureError)."""
+    for module, what in (("ip_vs", "ip_vs module"), ("dummy", "dummy device module (kube-ipvs0)")):
+        if module_state(module) == "absent":
+            raise KernelFeatureError(f"kube-proxy's ipvs mode needs the kernel's {what}, which this kernel "
+                                     f"({os.uname().release}) does not have: use --proxy-mode iptables or "
+                                     f"nftables here, or a kernel with ip_vs")
 
 
 def ipip_module_available() -> bool:

@@ -5,8 +5,9 @@ in nftables, one Nftables op (loaded with one `nft -f`), plus the sysctl kube-pr
 iptables mode sets (route_localnet).
 
 kube-proxy's mode (cluster.kubeProxy.mode or --proxy-mode): iptables (kubeproxy.py),
-nftables (kubeproxy_nft.py: table `ip kube-proxy`), ipvs (compiled into nothing: this
-kernel's check in lab.plan_for_this_kernel refuses it before anything exists).
+nftables (kubeproxy_nft.py: table `ip kube-proxy`), ipvs (kubeproxy_ipvs.py: kube-ipvs0, IPVS
+servers, ipsets, and its iptables rules joined to the node's; lab.plan_for_this_kernel
+refuses it on a kernel without ip_vs before anything exists).
 
 Order inside a node follows the daemons' start on a real node: flanneld appends its rules to
 POSTROUTING/FORWARD, kube-proxy then inserts its jumps at the top (`iptables -I`), so
@@ -15,7 +16,7 @@ KUBE-POSTROUTING comes before flannel's MASQUERADE, as in the note's screenshots
 from __future__ import annotations
 
 from .. import plan as P
-from . import kubeproxy, kubeproxy_nft, masq
+from . import kubeproxy, kubeproxy_ipvs, kubeproxy_nft, masq
 
 
 def services_of(cluster) -> list[kubeproxy.Service]:
@@ -68,6 +69,8 @@ def compile_services(topo, plan: P.Plan) -> None:
             text += kubeproxy.rules(kp_node, services)
         elif services and mode == "nftables":
             nft += kubeproxy_nft.rules(kp_node, services, service_cidr=str(cluster.service_cidr))
+        elif services and mode == "ipvs":
+            text += kubeproxy_ipvs.add_ops(plan, ns, kp_node, services)
         if text:
             plan.add(P.Iptables(ns, text))
         if nft:
