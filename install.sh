@@ -23,6 +23,7 @@ APT_PACKAGES=(
   docker.io busybox-static debootstrap  # container nodes: the engine, and local images without a registry
   vagrant                               # `vagrant validate` of the Vagrantfile in the tests
   etcd-server etcd-client               # labs across machines (nslab/coord.py); the tests start their own
+  ipvsadm ipset                         # kube-proxy's ipvs mode (ipvsadm-restore, ipset restore; VM stage)
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -164,6 +164,8 @@ def up(topo: model.Topology, overrides: dict | None = None, progress=None) -> tu
     waits until `up` has finished or cleaned up."""
     require_root()
     plan = plan_for_this_kernel(topo)
+    if any(isinstance(op, P.Link) and op.kind == "dummy" for op in plan.ops):
+        kernel.load_dummy_module()     # kube-ipvs0: without creating dummy0 in the root namespace
     # link conditions: no netem here refuses delay/loss now, before anything exists
     qdisc.fit_plan(plan, without_netem=bool((overrides or {}).get("without_netem")))
     engine = containers.check(plan)    # container nodes: the engine answers, the images are here

@@ -107,6 +107,7 @@ PACKAGES = {"ip": "iproute2", "bridge": "iproute2", "ss": "iproute2", "tcpdump":
             "ping": "iputils-ping", "iperf3": "iperf3", "iptables": "iptables", "iptables-restore": "iptables",
             "iptables-save": "iptables", "nft": "nftables", "nsenter": "util-linux", "ethtool": "ethtool",
             "dot": "graphviz", "ipvsadm": "ipvsadm", "ipvsadm-restore": "ipvsadm", "ipset": "ipset",
+            "modprobe": "kmod",
             "etcd": "etcd-server", "etcdctl": "etcd-client"}
 
 

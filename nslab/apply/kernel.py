@@ -8,7 +8,9 @@ import os
 import re
 import socket
 import struct
+import subprocess
 
+from .. import spawn
 from ..errors import ApplyError
 from .qdisc import KernelFeatureError
 
@@ -71,6 +73,20 @@ def require_ip_vs() -> None:
             raise KernelFeatureError(f"kube-proxy's ipvs mode needs the kernel's {what}, which this kernel "
                                      f"({os.uname().release}) does not have: use --proxy-mode iptables or "
                                      f"nftables here, or a kernel with ip_vs")
+
+
+def load_dummy_module() -> None:
+    """kube-ipvs0 is a dummy device.  Creating one autoloads the dummy module, whose default
+    (numdummies=1) adds dummy0 to the ROOT namespace, which nslab never changes; so where the
+    module is in this kernel's tree but not loaded, load it first with numdummies=0 (it
+    creates nothing), as `modprobe dummy numdummies=0`."""
+    if module_state("dummy") != "unloaded":
+        return
+    proc = subprocess.run([spawn.need("modprobe"), "dummy", "numdummies=0"], capture_output=True, text=True,
+                          timeout=60, cwd=spawn.CWD, env=spawn.env())
+    if proc.returncode != 0:
+        raise KernelFeatureError(f"cannot load the kernel's dummy module for kube-ipvs0 (modprobe dummy "
+                                 f"numdummies=0: {' '.join(proc.stderr.split()) or 'no message'})")
 
 
 def ipip_module_available() -> bool:
