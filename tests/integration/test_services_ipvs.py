@@ -76,7 +76,8 @@ def test_the_notes_service_cases_in_ipvs_mode(root_unchanged, lab_factory):
     assert "10.111.222.68,tcp:8080" in inside(lab, "worker3", "ipset", "list", "KUBE-CLUSTER-IP")
     assert "30080" in inside(lab, "worker3", "ipset", "list", "KUBE-NODE-PORT-TCP")
     saved = inside(lab, "worker3", "iptables-save")
-    assert "--match-set KUBE-CLUSTER-IP dst,dst ! -s 10.244.0.0/16 -j KUBE-MARK-MASQ" in saved, saved
+    assert [line for line in saved.splitlines() if line.startswith("-A KUBE-SERVICES ! -s 10.244.0.0/16 ")
+            and line.endswith("--match-set KUBE-CLUSTER-IP dst,dst -j KUBE-MARK-MASQ")], saved
     assert "KUBE-SVC-" not in saved and "KUBE-SEP-" not in saved
     assert inside(lab, "worker3", "sysctl", "-n", "net.ipv4.vs.conntrack").strip() == "1"
 
