@@ -40,9 +40,9 @@ _VS = re.compile(r"(TCP|UDP|SCTP)\s+(\S+):(\d+)\s+(\S+)")
 _RS = re.compile(r"\s+->\s+(\S+):(\d+)\s+(\w+)\s+(\d+)\s+(\d+)\s+(\d+)")
 
 
-def servers(ns: str, timeout: float = 30) -> dict[tuple[str, str, int], list[dict]]:
-    """`ipvsadm -Ln` in `ns`: {(protocol, vip, port): [{ip, port, forward, weight, active,
-    inactive}, ...]} (the real servers in the kernel's order)."""
+def servers(ns: str, timeout: float = 30) -> dict[tuple[str, str, int], dict]:
+    """`ipvsadm -Ln` in `ns`: {(protocol, vip, port): {"scheduler": "rr", "reals": [{ip, port,
+    forward, weight, active, inactive}, ...]}} (real servers in the kernel's order)."""
     proc = run(ns, ("ipvsadm", "-Ln"), timeout=timeout)
     if proc.returncode != 0:
         raise NslabError(f"ipvsadm -Ln in {ns} failed: {_first(proc.stderr)}")
@@ -51,7 +51,8 @@ def servers(ns: str, timeout: float = 30) -> dict[tuple[str, str, int], list[dic
     for line in proc.stdout.splitlines():
         m = _VS.match(line)
         if m:
-            current = out.setdefault((m.group(1), m.group(2), int(m.group(3))), [])
+            current = out.setdefault((m.group(1), m.group(2), int(m.group(3))),
+                                     {"scheduler": m.group(4), "reals": []})["reals"]
             continue
         m = _RS.match(line)
         if m and current is not None:

@@ -110,6 +110,12 @@ def node_addresses(plan: P.Plan, ns: str) -> list[str]:
     return [str(ip) for ip in sorted(found)]
 
 
+def virtual_server_name(s) -> str:
+    """How show names what picks a service's endpoint in ipvs mode: its cluster IP's virtual
+    server, in ipvsadm -Ln's words ("TCP  10.96.0.1:443 rr")."""
+    return f"IPVS {s.protocol} {s.cluster_ip}:{s.port} {SCHEDULER}"
+
+
 def virtual_servers(services, node_ips) -> list[tuple[str, str, list[str]]]:
     """[(protocol flag, "vip:port", ["ip:port" of each real server])] in service order, each
     service's cluster IP first, then its NodePort on each node address (syncProxyRules);

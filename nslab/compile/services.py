@@ -38,9 +38,11 @@ def services_of(cluster) -> list[kubeproxy.Service]:
 
 def chains_of(cluster) -> dict[str, str]:
     """Service name -> the kube-proxy chain that picks its endpoint in the cluster's mode:
-    KUBE-SVC-<hash> (iptables), service-<hash>-<ns>/<name>/<proto>/<port> (nftables); none
-    for ipvs or a service without endpoints (nothing picks)."""
-    pick = {"iptables": kubeproxy.svc_chain, "nftables": kubeproxy_nft.service_chain}.get(cluster.proxy_mode)
+    KUBE-SVC-<hash> (iptables), service-<hash>-<ns>/<name>/<proto>/<port> (nftables), the
+    cluster IP's IPVS virtual server (ipvs); none for a service without endpoints (nothing
+    picks)."""
+    pick = {"iptables": kubeproxy.svc_chain, "nftables": kubeproxy_nft.service_chain,
+            "ipvs": kubeproxy_ipvs.virtual_server_name}.get(cluster.proxy_mode)
     if pick is None:
         return {}
     return {name: pick(s) for name, s in zip(cluster.services, services_of(cluster)) if s.endpoints}

@@ -12,6 +12,7 @@ run with `ip netns exec` (not the CLI) where they can: every CLI start costs 7-1
 from __future__ import annotations
 
 import collections
+import json
 import re
 import subprocess
 import sys
@@ -60,7 +61,9 @@ def test_the_notes_service_cases_in_ipvs_mode(root_unchanged, lab_factory):
     # `ipvsadm -Ln` in a node: the service's virtual server, rr, with the three endpoints as
     # masquerading real servers of weight 1; its NodePort on each node address; kube-dns (UDP)
     table = ipvs.servers(lab.ns("worker3"))
-    reals = table[VIP]
+    print(inside(lab, "worker3", "ipvsadm", "-Ln"))         # for the README and the log
+    assert table[VIP]["scheduler"] == "rr", table
+    reals = table[VIP]["reals"]
     assert sorted((r["ip"], r["port"], r["forward"], r["weight"]) for r in reals) == \
         [(ip, 80, "Masq", 1) for ip in sorted(ENDPOINTS.values())], table
     for address in ("30.0.0.23", "10.244.3.1", "10.244.3.0"):    # enp0s3, cni0, flannel.1
@@ -98,7 +101,7 @@ def test_the_notes_service_cases_in_ipvs_mode(root_unchanged, lab_factory):
     lines = [line for line in inside(lab, "master1", "conntrack", "-L", "-p", "tcp", "--orig-dst",
                                      "10.111.222.68").splitlines() if line.strip()]
     assert {t[1]["src"] for t in map(tuples, lines)} == set(ENDPOINTS.values()), lines
-    stats = {r["ip"]: r["active"] + r["inactive"] for r in ipvs.servers(lab.ns("master1"))[VIP]}
+    stats = {r["ip"]: r["active"] + r["inactive"] for r in ipvs.servers(lab.ns("master1"))[VIP]["reals"]}
     assert set(stats) == set(ENDPOINTS.values()) and all(stats.values()), stats
 
     # 3. NodePort from outside the cluster (the spine): IPVS on worker3 picks the endpoint,
@@ -123,3 +126,15 @@ def test_the_notes_service_cases_in_ipvs_mode(root_unchanged, lab_factory):
     assert {pod for pod, _, _ in answers} == set(ENDPOINTS), answers
     assert {peer for pod, _, peer in answers if pod == "testappds-worker2"} == {"10.244.2.1"}, answers
     assert {peer for pod, _, peer in answers if pod != "testappds-worker2"} == {"10.244.2.0"}, answers
+
+    # trace names the virtual server and the real server IPVS chose; show names the virtual
+    # server that picks each service's endpoint
+    proc = lab.nslab("trace", "-l", lab.name, "client", "10.111.222.68:8080", "--proto", "tcp", "--json", timeout=90)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr
+    (n,) = json.loads(proc.stdout)["nat"]
+    endpoint = n["after"]["dst"]
+    assert endpoint in ENDPOINTS.values(), n
+    assert re.fullmatch(rf"IPVS TCP 10\.111\.222\.68:8080 rr chose real server {re.escape(endpoint)}:80 "
+                        r"\(Masq, weight 1, [123] of 3\)", n["rule"]), n["rule"]
+    svcs = {s["name"]: s for s in json.loads(lab.nslab("show", "-l", lab.name, "--json", check=True).stdout)["services"]}
+    assert (svcs["testappds"]["proxy_mode"], svcs["testappds"]["chain"]) == ("ipvs", "IPVS TCP 10.111.222.68:8080 rr")
