@@ -131,7 +131,9 @@ def test_the_notes_service_cases_in_ipvs_mode(root_unchanged, lab_factory):
     # server that picks each service's endpoint
     proc = lab.nslab("trace", "-l", lab.name, "client", "10.111.222.68:8080", "--proto", "tcp", "--json", timeout=90)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr
-    (n,) = json.loads(proc.stdout)["nat"]
+    nats = json.loads(proc.stdout)["nat"]
+    assert len(nats) == 1, (proc.stdout[-3000:], inside(lab, "master1", "conntrack", "-L"))
+    (n,) = nats
     endpoint = n["after"]["dst"]
     assert endpoint in ENDPOINTS.values(), n
     assert re.fullmatch(rf"IPVS TCP 10\.111\.222\.68:8080 rr chose real server {re.escape(endpoint)}:80 "
