@@ -281,6 +281,7 @@ def check(st, plan: P.Plan, report: Report | None = None) -> Report:
                 mac_now[mac] = k["mac"]
     add = report.findings.append
     underlays = {dict(op.vxlan).get("dev") for op in plan.ops if isinstance(op, P.Link) and op.vxlan}
+    made_down = {(op.ns, op.name) for op in plan.ops if isinstance(op, P.Link) and not op.up}   # kube-ipvs0
     for ns, data in kernel.items():
         node = node_of.get(ns, ns)
         klinks = data["links"]
@@ -290,7 +291,7 @@ def check(st, plan: P.Plan, report: Report | None = None) -> Report:
                 add(Finding(node, _stage_of(dev), "link", dev, "present", "missing",
                             f"nslab down {st.lab}; nslab up again", "the plan made this device"))
                 continue
-            if "UP" not in k["flags"]:          # every device the lab makes is up
+            if "UP" not in k["flags"] and (ns, dev) not in made_down:   # every device the lab makes is up
                 add(Finding(node, _stage_of(dev), "link", dev, "up", "down", f"ip -n {ns} link set dev {dev} up",
                             "a device that is down drops every packet and the kernel drops its routes"))
             if mtu and k["mtu"] != mtu:
