@@ -24,6 +24,7 @@ APT_PACKAGES=(
   vagrant                               # `vagrant validate` of the Vagrantfile in the tests
   etcd-server etcd-client               # labs across machines (nslab/coord.py); the tests start their own
   chromium chromium-driver              # `nslab web`'s browser tests (Selenium drives the system chromium)
+  ipvsadm ipset                         # kube-proxy's ipvs mode (ipvsadm-restore, ipset restore; VM stage)
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

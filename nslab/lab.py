@@ -166,6 +166,8 @@ def up(topo: model.Topology, overrides: dict | None = None, progress=None,
     placed over machines (agent.py; compile/placement.shard), instead of the whole lab's."""
     require_root()
     plan = plan if plan is not None else plan_for_this_kernel(topo)
+    if any(isinstance(op, P.Link) and op.kind == "dummy" for op in plan.ops):
+        kernel.load_dummy_module()     # kube-ipvs0: without creating dummy0 in the root namespace
     # link conditions: no netem here refuses delay/loss now, before anything exists
     qdisc.fit_plan(plan, without_netem=bool((overrides or {}).get("without_netem")))
     engine = containers.check(plan)    # container nodes: the engine answers, the images are here

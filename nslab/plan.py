@@ -61,7 +61,8 @@ class Peer:
 class Link:
     """Create a device.  kind: veth (with peer, both ends created in their namespaces),
     bridge, vxlan (options in vxlan), ipip (options in ipip), tun (a persistent TUN device
-    owned by the lab: created with TUNSETIFF + TUNSETPERSIST inside the namespace)."""
+    owned by the lab: created with TUNSETIFF + TUNSETPERSIST inside the namespace), dummy
+    (kube-proxy's ipvs mode: kube-ipvs0, left down as kube-proxy leaves it: up False)."""
     ns: str
     name: str
     kind: str
@@ -72,6 +73,7 @@ class Link:
     vxlan: tuple = ()              # (key, value) pairs: id, local, port, dev, learning, gbp
     ipip: tuple = ()               # (key, value) pairs: local, remote (None = any), pmtudisc
     stage: int = STAGE_LINK
+    up: bool = True                # False: created down (kube-ipvs0)
 
 
 @dataclass(frozen=True)
@@ -214,6 +216,28 @@ class Nftables:
     EnableNFTables masquerade): `text` is `nft -f` input, every Nftables op of a namespace
     loaded with one `nft -f -` (one transaction: all of it or nothing; apply/nftables.py).
     Stage as Iptables."""
+    ns: str
+    text: str
+    stage = STAGE_ROUTE
+
+
+@dataclass(frozen=True)
+class Ipset:
+    """IP sets of the namespace (kube-proxy's ipvs mode: KUBE-CLUSTER-IP, KUBE-NODE-PORT-TCP,
+    ...): `text` is `ipset restore` input, loaded with one `ipset restore` per namespace
+    before its iptables rules (which name the sets).  Sets live in the namespace and go
+    with it.  Stage as Iptables."""
+    ns: str
+    text: str
+    stage = STAGE_ROUTE
+
+
+@dataclass(frozen=True)
+class Ipvs:
+    """IPVS virtual and real servers of the namespace (kube-proxy's ipvs mode): `text` is
+    `ipvsadm-restore` input, loaded with one ipvsadm-restore per namespace, first in its
+    batch (it loads ip_vs, whose net.ipv4.vs.* sysctls the same batch then sets).  IPVS
+    keeps its tables per network namespace: they go with it.  Stage as Iptables."""
     ns: str
     text: str
     stage = STAGE_ROUTE

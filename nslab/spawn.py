@@ -106,7 +106,8 @@ def safe(path: str) -> bool:
 PACKAGES = {"ip": "iproute2", "bridge": "iproute2", "ss": "iproute2", "tcpdump": "tcpdump",
             "ping": "iputils-ping", "iperf3": "iperf3", "iptables": "iptables", "iptables-restore": "iptables",
             "iptables-save": "iptables", "nft": "nftables", "nsenter": "util-linux", "ethtool": "ethtool",
-            "dot": "graphviz",
+            "dot": "graphviz", "ipvsadm": "ipvsadm", "ipvsadm-restore": "ipvsadm", "ipset": "ipset",
+            "modprobe": "kmod",
             "etcd": "etcd-server", "etcdctl": "etcd-client"}
 
 

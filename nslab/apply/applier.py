@@ -28,7 +28,7 @@ from ipaddress import IPv4Interface, IPv4Network
 from .. import plan as P
 from ..compile.script import render_op
 from ..errors import ApplyError
-from . import iptables, netns, nftables
+from . import iptables, ipvs, netns, nftables
 from ..model import limits
 from ..model.units import Conditions
 from . import qdisc
@@ -310,7 +310,12 @@ class Applier:
         # every Iptables op of the namespace in one iptables-restore, after its netlink work
         rules = [op.text for op in ops if isinstance(op, P.Iptables)]
         tables = [op.text for op in ops if isinstance(op, P.Nftables)]     # and every Nftables in one nft -f
-        ops = [op for op in ops if not isinstance(op, (P.Iptables, P.Nftables))]
+        sets = [op.text for op in ops if isinstance(op, P.Ipset)]          # one ipset restore, before the rules
+        servers = [op.text for op in ops if isinstance(op, P.Ipvs)]        # one ipvsadm-restore
+        ops = [op for op in ops if not isinstance(op, (P.Iptables, P.Nftables, P.Ipset, P.Ipvs))]
+        if servers:
+            # first: it loads ip_vs, whose net.ipv4.vs.* sysctls this batch sets below
+            ipvs.apply_servers(ns.name, *servers)
         for op in ops:
             if len(self._pinned) > self.max_open // 2 and messages:
                 # a peer's handle is read when the kernel processes the message: send what
@@ -339,6 +344,8 @@ class Applier:
                 messages.append((self.seq, bytes(data), op))
         if messages:
             self.send(ns, messages)
+        if sets:
+            ipvs.apply_sets(ns.name, *sets)
         if rules:
             iptables.apply(ns.name, *rules)
         if tables:
@@ -508,7 +515,7 @@ class Applier:
         elif op.kind == "bridge":
             info += attr(IFLA_INFO_DATA, attr(IFLA_BR_STP_STATE, U32.pack(0)))
         attrs.append(attr(IFLA_LINKINFO, info))
-        return message(RTM_NEWLINK, CREATE, ifinfomsg(ns.allocate(op.name), IFF_UP, IFF_UP), *attrs)
+        return message(RTM_NEWLINK, CREATE, ifinfomsg(ns.allocate(op.name), IFF_UP if op.up else 0, IFF_UP), *attrs)
 
     def _route(self, ns: Namespace, op: P.Route) -> bytearray:
         dst, prefixlen = _network(op.dst)

@@ -8,7 +8,9 @@ import os
 import re
 import socket
 import struct
+import subprocess
 
+from .. import spawn
 from ..errors import ApplyError
 from .qdisc import KernelFeatureError
 
@@ -61,15 +63,30 @@ def ipip_state() -> str:
 
 
 def require_ip_vs() -> None:
-    """kube-proxy's ipvs mode: refused here, before anything exists (KernelFeatureError).
-    Without ip_vs in the kernel (this project's CI kernel) it cannot run at all; with it, nslab
-    does not build the IPVS virtual servers yet."""
-    if module_state("ip_vs") == "absent":
-        raise KernelFeatureError(f"kube-proxy's ipvs mode needs the kernel's ip_vs module, which this kernel "
-                                 f"({os.uname().release}) does not have: use --proxy-mode iptables or nftables "
-                                 f"here, or a kernel with ip_vs")
-    raise KernelFeatureError("kube-proxy's ipvs mode is not built by nslab yet: use --proxy-mode iptables or "
-                             "nftables")
+    """kube-proxy's ipvs mode needs the kernel's ip_vs (IPVS) and dummy (kube-ipvs0)
+    modules: loaded, built in, or in this kernel's module tree (the first ipvsadm-restore
+    and the dummy device load them, as kube-proxy's own calls do; loading adds nothing to
+    the root namespace).  Without them (this project's CI kernel) it is refused here,
+    before anything exists (KernelFeatureError)."""
+    for module, what in (("ip_vs", "ip_vs module"), ("dummy", "dummy device module (kube-ipvs0)")):
+        if module_state(module) == "absent":
+            raise KernelFeatureError(f"kube-proxy's ipvs mode needs the kernel's {what}, which this kernel "
+                                     f"({os.uname().release}) does not have: use --proxy-mode iptables or "
+                                     f"nftables here, or a kernel with ip_vs")
+
+
+def load_dummy_module() -> None:
+    """kube-ipvs0 is a dummy device.  Creating one autoloads the dummy module, whose default
+    (numdummies=1) adds dummy0 to the ROOT namespace, which nslab never changes; so where the
+    module is in this kernel's tree but not loaded, load it first with numdummies=0 (it
+    creates nothing), as `modprobe dummy numdummies=0`."""
+    if module_state("dummy") != "unloaded":
+        return
+    proc = subprocess.run([spawn.need("modprobe"), "dummy", "numdummies=0"], capture_output=True, text=True,
+                          timeout=60, cwd=spawn.CWD, env=spawn.env())
+    if proc.returncode != 0:
+        raise KernelFeatureError(f"cannot load the kernel's dummy module for kube-ipvs0 (modprobe dummy "
+                                 f"numdummies=0: {' '.join(proc.stderr.split()) or 'no message'})")
 
 
 def ipip_module_available() -> bool:

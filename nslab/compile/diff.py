@@ -251,6 +251,10 @@ def describe(op) -> str:
         return f"iptables rules ({len(op.text.splitlines())} lines)"
     if isinstance(op, P.Nftables):
         return f"nftables rules ({len(op.text.splitlines())} lines)"
+    if isinstance(op, P.Ipset):
+        return f"ipsets ({len(op.text.splitlines())} lines)"
+    if isinstance(op, P.Ipvs):
+        return f"IPVS servers ({len(op.text.splitlines())} lines)"
     if isinstance(op, P.Serve):
         return f"serve {op.kind} on :{op.port}"
     if isinstance(op, P.Daemon):

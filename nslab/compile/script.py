@@ -63,7 +63,8 @@ def render_op(op) -> list[str]:
             cmds = [f"{n} link add name {_q(op.name)} mtu {_q(op.mtu)}{mac} type {_q(op.kind)}"]
         if op.master:
             cmds.append(f"{n} link set dev {_q(op.name)} master {_q(op.master)}")
-        cmds.append(f"{n} link set dev {_q(op.name)} up")
+        if op.up:
+            cmds.append(f"{n} link set dev {_q(op.name)} up")
         return cmds
     if isinstance(op, P.Up):
         return [f"{n} link set dev {_q(op.dev)} up"]
@@ -117,6 +118,12 @@ def render_op(op) -> list[str]:
         if "EOF" in body:
             raise ValueError(f"nftables rules for {op.ns} contain a line 'EOF'")
         return [f"ip netns exec {_q(op.ns)} nft -f - <<'EOF'", *body, "EOF"]
+    if isinstance(op, (P.Ipset, P.Ipvs)):
+        body = op.text.splitlines()
+        if "EOF" in body:
+            raise ValueError(f"{type(op).__name__} text for {op.ns} contains a line 'EOF'")
+        tool = "ipset restore" if isinstance(op, P.Ipset) else "ipvsadm-restore"
+        return [f"ip netns exec {_q(op.ns)} {tool} <<'EOF'", *body, "EOF"]
     raise ValueError(f"cannot render {op!r}")
 
 

@@ -5,8 +5,9 @@ in nftables, one Nftables op (loaded with one `nft -f`), plus the sysctl kube-pr
 iptables mode sets (route_localnet).
 
 kube-proxy's mode (cluster.kubeProxy.mode or --proxy-mode): iptables (kubeproxy.py),
-nftables (kubeproxy_nft.py: table `ip kube-proxy`), ipvs (compiled into nothing: this
-kernel's check in lab.plan_for_this_kernel refuses it before anything exists).
+nftables (kubeproxy_nft.py: table `ip kube-proxy`), ipvs (kubeproxy_ipvs.py: kube-ipvs0, IPVS
+servers, ipsets, and its iptables rules joined to the node's; lab.plan_for_this_kernel
+refuses it on a kernel without ip_vs before anything exists).
 
 Order inside a node follows the daemons' start on a real node: flanneld appends its rules to
 POSTROUTING/FORWARD, kube-proxy then inserts its jumps at the top (`iptables -I`), so
@@ -15,7 +16,7 @@ KUBE-POSTROUTING comes before flannel's MASQUERADE, as in the note's screenshots
 from __future__ import annotations
 
 from .. import plan as P
-from . import kubeproxy, kubeproxy_nft, masq
+from . import kubeproxy, kubeproxy_ipvs, kubeproxy_nft, masq
 
 
 def services_of(cluster) -> list[kubeproxy.Service]:
@@ -43,16 +44,20 @@ def services_of(cluster) -> list[kubeproxy.Service]:
 def chains_of(cluster) -> dict[str, list[str]]:
     """Service name -> per port, the kube-proxy chain that picks the endpoint of its cluster
     IP in the cluster's mode: KUBE-SVC-<hash>, or KUBE-SVL-<hash> with internalTrafficPolicy
-    Local (iptables); service-/local-<hash>-<ns>/<name>/<proto>/<port> (nftables).  With
+    Local (iptables); service-/local-<hash>-<ns>/<name>/<proto>/<port> (nftables); the
+    cluster IP's IPVS virtual server (ipvs: no Local policy or affinity there).  With
     externalTrafficPolicy Local the node port's local chain follows ("nodePort: ..."), with
-    session affinity how it sticks.  Empty for ipvs; "-" for a port without endpoints
-    (nothing picks: kube-proxy rejects)."""
+    session affinity how it sticks.  "-" for a port without endpoints (nothing picks:
+    kube-proxy rejects)."""
     if cluster.proxy_mode == "iptables":
         cluster_chain, local_chain = kubeproxy.svc_chain, kubeproxy.svl_chain
         sticky = "affinity: -m recent, {} s"
     elif cluster.proxy_mode == "nftables":
         cluster_chain, local_chain = kubeproxy_nft.service_chain, kubeproxy_nft.local_chain
         sticky = "affinity: @affinity- sets, {} s"
+    elif cluster.proxy_mode == "ipvs":
+        cluster_chain = local_chain = kubeproxy_ipvs.virtual_server_name
+        sticky = "{}"       # not reached: the model refuses affinity in ipvs mode
     else:
         return {}
     out: dict[str, list[str]] = {}
@@ -91,6 +96,8 @@ def compile_services(topo, plan: P.Plan) -> None:
             text += kubeproxy.rules(kp_node, services)
         elif services and mode == "nftables":
             nft += kubeproxy_nft.rules(kp_node, services, service_cidr=str(cluster.service_cidr))
+        elif services and mode == "ipvs":
+            text += kubeproxy_ipvs.add_ops(plan, ns, kp_node, services)
         if text:
             plan.add(P.Iptables(ns, text))
         if nft:

@@ -426,6 +426,7 @@ def check(st, plan: P.Plan, report: Report | None = None, services: list = ()) -
             if pod:
                 endpoint_of.setdefault(pod, f"an endpoint of service {svc.name} ({ep.ip}:{svc.target_port})")
     underlays = {dict(op.vxlan).get("dev") for op in plan.ops if isinstance(op, P.Link) and op.vxlan}
+    made_down = {(op.ns, op.name) for op in plan.ops if isinstance(op, P.Link) and not op.up}   # kube-ipvs0
     for ns, data in kernel.items():
         node = node_of.get(ns, ns)
         klinks = data["links"]
@@ -435,7 +436,7 @@ def check(st, plan: P.Plan, report: Report | None = None, services: list = ()) -
                 add(Finding(node, _stage_of(dev), "link", dev, "present", "missing",
                             f"nslab down {st.lab}; nslab up again", "the plan made this device"))
                 continue
-            if "UP" not in k["flags"]:          # every device the lab makes is up
+            if "UP" not in k["flags"] and (ns, dev) not in made_down:   # every device the lab makes is up
                 add(Finding(node, _stage_of(dev), "link", dev, "up", "down", f"ip -n {ns} link set dev {dev} up",
                             "a device that is down drops every packet and the kernel drops its routes"
                             + (f"; {node} is {endpoint_of[node]}: kube-proxy's rules still DNAT connections "
@@ -750,7 +751,8 @@ def explain_failures(report: Report, chains: dict | None = None) -> None:
         if name in seen:
             continue
         seen.add(name)
-        report.findings.append(Finding(node, "netfilter", "rule", (chains or {}).get(name, f"service {name}"),
+        picks = (chains or {}).get(name) or ["-"]      # per port; the probe went to the first
+        report.findings.append(Finding(node, "netfilter", "rule", picks[0] if picks[0] != "-" else f"service {name}",
                                        f"{proto} {target} (service {name}) answered", detail,
                                        f"nslab trace -l {report.lab} {node} {target} --proto {proto}",
                                        "no kernel entry differs from the plan: follow the packet through "

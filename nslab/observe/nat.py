@@ -14,7 +14,9 @@ KUBE-POSTROUTING's or flannel's MASQUERADE).
   `nft -j list table`): the element of @service-ips or @service-nodeports that matched the
   original destination, the endpoint-* chain whose dnat goes to the endpoint, and the
   service-* (or local-*) chain's `numgen random mod N vmap` element that chose it, or the
-  endpoint's @affinity-* set that keeps a client on it.
+  endpoint's @affinity-* set that keeps a client on it.  In kube-proxy's ipvs mode (neither
+  table DNATs there), `ipvsadm -Ln`: the virtual server the original destination is and
+  its real server the connection went to.
 The tuples a translation gives the probe let trace find it again after NAT (`aliases`).
 """
 from __future__ import annotations
@@ -24,7 +26,7 @@ import re
 import socket
 from dataclasses import dataclass
 
-from ..apply import iptables, netns, nftables
+from ..apply import iptables, ipvs, netns, nftables
 
 PROTO = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
 
@@ -111,7 +113,8 @@ def find(namespaces: dict[str, str], proto: str, start: Tuple) -> list[Nat]:
                 snat=(before.src, before.sport) != (after.src, after.sport))
         if n.dnat:
             n.rule = chosen(n.ns, after.dst, after.dport, before.dst, before.dport) or \
-                chosen_nft(n.ns, proto, before.dst, before.dport, after.dst, after.dport)
+                chosen_nft(n.ns, proto, before.dst, before.dport, after.dst, after.dport) or \
+                chosen_ipvs(n.ns, proto, before.dst, before.dport, after.dst, after.dport)
         nats.append(n)
     return nats
 
@@ -211,6 +214,25 @@ def chosen_nft(ns: str, proto: str, vip: str, vport: int, ip: str, port: int) ->
         line = f"{chain} chose {endpoint} ({how}): DNAT to {ip}:{port}"
         return f"{entry}\n\t{line}" if entry else line
     return f"{endpoint}: DNAT to {ip}:{port}"
+
+
+def chosen_ipvs(ns: str, proto: str, vip: str, vport: int, ip: str, port: int) -> str | None:
+    """`IPVS TCP 10.96.0.1:443 rr chose real server IP:PORT (Masq, weight 1, 1 of 3)` from
+    the namespace's IPVS table (`ipvsadm -Ln`), or None where no virtual server is
+    vip:vport or none of its real servers is ip:port."""
+    try:
+        table = ipvs.servers(ns)
+    except Exception:                    # ipvsadm missing, or no ip_vs: say nothing
+        return None
+    vs = table.get((proto.upper(), vip, vport))
+    if vs is None:
+        return None
+    reals = vs["reals"]
+    for i, r in enumerate(reals):
+        if (r["ip"], r["port"]) == (ip, port):
+            return (f"IPVS {proto.upper()} {vip}:{vport} {vs['scheduler']} chose real server {ip}:{port} "
+                    f"({r['forward']}, weight {r['weight']}, {i + 1} of {len(reals)})")
+    return None
 
 
 def annotate(paths: dict, nats: list[Nat], ports_of) -> None:

@@ -551,17 +551,21 @@ def trace(lab: str, src: str, dst: str, proto: str = "icmp", port: int | None = 
 
         deadline = time.monotonic() + (0 if send_error else timeout)
         obs = sniffer.read(match, deadline, answered)
+        sniffer.close()
+        # The translations are read while the probe's socket is still open: closing it sends
+        # RST, after which conntrack (and IPVS, which drops its conntrack entry with its own
+        # connection) keeps the entry only ~10 s: less than a slow machine may take to get here.
+        nats: list[nat.Nat] = []
+        if proto != "icmp" and send_error is None and topo.cluster is not None:
+            src_ip = probe.src or _source_address(obs, probe)
+            if src_ip:
+                nats = nat.find(namespaces, proto, nat.Tuple(src_ip, probe.dst, probe.ident, port))
+                probe.aliases = tuple((n.after.sport, n.after.dport) for n in nats)
+                obs += [o for o in (observe(probe, encap, f) for f in unmatched) if o is not None]
     finally:
         sniffer.close()
         if sock is not None:
             sock.close()
-    nats: list[nat.Nat] = []
-    if proto != "icmp" and send_error is None and topo.cluster is not None:
-        src_ip = probe.src or _source_address(obs, probe)
-        if src_ip:
-            nats = nat.find(namespaces, proto, nat.Tuple(src_ip, probe.dst, probe.ident, port))
-            probe.aliases = tuple((n.after.sport, n.after.dport) for n in nats)
-            obs += [o for o in (observe(probe, encap, f) for f in unmatched) if o is not None]
     dnats = [n for n in nats if n.dnat]
     target = resolve(topo, dnats[-1].after.dst).node if dnats else d.node     # the endpoint DNAT chose
     peers = _peers(topo)
