@@ -447,7 +447,9 @@ def _shipped_text(names) -> str:
                 ns = topo.nodes[node.name].ns
                 mine = [op for op in plan.ops if getattr(op, "ns", None) == ns and not isinstance(op, (P.Iptables, P.Sysctl))]
                 assert mine == [next(ops) for _ in mine], "compile adds one node's ops together, in node order"
-                out += [f"  {op!r}" for op in mine]
+                # Link.up came later (ipvs mode's kube-ipvs0 stays down): at its default
+                # the op is the one written then
+                out += [f"  {op!r}".replace(", up=True)", ")") for op in mine]
     return "\n".join(out) + "\n"
 
 
