@@ -609,7 +609,7 @@ def _lease_value(lease: SubnetLease) -> str:
     attrs = {"PublicIP": lease.public_ip, "PublicIPv6": None, "BackendType": lease.backend_type}
     if lease.backend_data:
         attrs["BackendData"] = lease.backend_data
-    return json.dumps(attrs)
+    return json.dumps(attrs, separators=(",", ":"))      # json.Marshal's compact form
 
 
 def create_subnet_lease(etcd: Etcd, lease: SubnetLease, ttl: int, prefix: str = FLANNEL_PREFIX) -> int:

@@ -206,6 +206,8 @@ class Learner:
         return out
 
     def sync(self, wanted: dict) -> None:
+        """flannel's LeaseWatcher.Reset (pkg/lease/lease.go): after a listing, what the record
+        holds and etcd no longer does is removed, what etcd holds is added."""
         have = self.recorded()
         for subnet, lease in have.items():
             if subnet not in wanted:

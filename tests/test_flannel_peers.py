@@ -55,8 +55,8 @@ def test_own_lease_is_flannels_json():
     w3 = topo.cluster.nodes["worker3"]
     lease = flannel_peers.own_lease(topo.cluster, w3)
     assert coord._lease_value(lease) == (
-        '{"PublicIP": "30.0.0.23", "PublicIPv6": null, "BackendType": "vxlan", '
-        f'"BackendData": {{"VNI": 4000, "VtepMAC": "{w3.vtep_mac}"}}}}')
+        '{"PublicIP":"30.0.0.23","PublicIPv6":null,"BackendType":"vxlan",'
+        f'"BackendData":{{"VNI":4000,"VtepMAC":"{w3.vtep_mac}"}}}}')
 
 
 @pytest.mark.parametrize("change, problem", [
