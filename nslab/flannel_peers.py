@@ -179,8 +179,8 @@ class Learner:
                         self.forget(x)
                     elif self._fits(x):
                         self.learn(x)
-            except (coord.EtcdError, NslabError, OSError) as e:
-                self.log(f"lab {self.lab}: flannel leases: {e}; listing again")
+            except Exception as e:      # noqa: BLE001 - the watcher outlives any one bad turn
+                self.log(f"lab {self.lab}: flannel leases: {e or type(e).__name__}; listing again")
                 self.stopping.wait(1)
 
     def _fits(self, lease: coord.SubnetLease) -> bool:
