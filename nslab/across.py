@@ -105,6 +105,7 @@ def _remove(etcd: coord.Etcd, lab: str, timeout: float) -> list[str]:
     for m in machines:
         etcd.delete(coord.shard_key(m, lab))
     _wait(etcd, lab, machines, timeout, "gone")
+    coord.release_flannel(etcd, lab)
     coord.release_lab(etcd, lab)
     return machines
 

@@ -609,7 +609,7 @@ def _lease_value(lease: SubnetLease) -> str:
     attrs = {"PublicIP": lease.public_ip, "PublicIPv6": None, "BackendType": lease.backend_type}
     if lease.backend_data:
         attrs["BackendData"] = lease.backend_data
-    return json.dumps(attrs)
+    return json.dumps(attrs, separators=(",", ":"))      # json.Marshal's compact form
 
 
 def create_subnet_lease(etcd: Etcd, lease: SubnetLease, ttl: int, prefix: str = FLANNEL_PREFIX) -> int:
@@ -692,6 +692,50 @@ def subnet_events(etcd: Etcd, since: int, timeout: float | None = None, prefix: 
                     yield "added", parse_subnet_lease(ev.kv, prefix)
             except (EtcdError, ValueError) as e:
                 yield "bad", str(e)
+
+
+# ---- which lab's cluster holds flannel's keys -------------------------------------------------------
+
+FLANNEL_OWNER = f"{PREFIX}/flannel-owner"      # the lab whose cluster is at FLANNEL_PREFIX
+
+
+def flannel_prefix(etcd: Etcd, lab: str) -> str:
+    """Where lab `lab`'s cluster keeps flannel's config and leases: flannel's default
+    --etcd-prefix, /coreos.com/network, for the first lab across machines to claim it (one
+    transaction); another lab's at /nslab/flannel/LAB/network, as a flanneld started with
+    --etcd-prefix=/nslab/flannel/LAB/network would read it (one network per prefix)."""
+    holder = etcd.claim(FLANNEL_OWNER, lab)
+    if holder is None or holder.value == lab.encode():
+        return FLANNEL_PREFIX
+    return f"{PREFIX}/flannel/{lab}/network"
+
+
+def put_own_subnet_lease(etcd: Etcd, lease: SubnetLease, machine_lease: int, prefix: str) -> bool:
+    """A node's lease written by its machine's agent, under the agent's etcd lease (the
+    machine gone: its nodes' leases expire, as flannel's 24 h lease would, sooner): created
+    if absent (flannel's createSubnet, one transaction), or taken over when it holds the
+    same attributes (a restarted agent).  False: another writer holds that subnet."""
+    _check_lease(lease, "the lease to write")
+    key = f"{prefix}/subnets/{subnet_key(lease.subnet)}"
+    value = _lease_value(lease)
+    ok, _ = etcd.txn([etcd.absent(key)], [etcd.op_put(key, value, machine_lease)])
+    if ok:
+        return True
+    kv = etcd.get(key)
+    if kv is None or kv.value != value.encode():
+        return False
+    etcd.put(key, value, machine_lease)
+    return True
+
+
+def release_flannel(etcd: Etcd, lab: str) -> None:
+    """`down`: the lab's flannel config and any lease left (a machine gone) removed, and
+    flannel's default prefix given back if the lab held it."""
+    prefix = flannel_prefix(etcd, lab)
+    etcd.delete(f"{prefix}/", prefix=True)          # config and subnets/
+    if prefix == FLANNEL_PREFIX:
+        etcd.txn([{"key": _b64(FLANNEL_OWNER), "target": "VALUE", "result": "EQUAL", "value": _b64(lab)}],
+                 [etcd.op_delete(FLANNEL_OWNER)])
 
 
 # ---- shards: a lab's part on each machine (the host writes, the machine's agent builds) ----------

@@ -29,7 +29,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from . import coord, spawn, state
+from . import coord, flannel_peers, spawn, state
 from . import lab as labmod
 from . import model
 from .compile import placement
@@ -66,6 +66,7 @@ class Agent:
         self.stopping = threading.Event()
         self.lease = 0
         self.keepalive = None
+        self.learners: dict[str, flannel_peers.Learner] = {}
 
     # ---- membership -----------------------------------------------------------------------
     def lease_file(self) -> str:
@@ -117,33 +118,60 @@ class Agent:
                 out.append(lab)
         return out
 
+    def _placed(self, spec: dict):
+        """The lab's topology and placement, compiled from etcd's text as the host did."""
+        lab = spec["lab"]
+        # the file's name only (for messages): etcd's text is parsed, no path is read
+        topo = model.load(os.path.basename(spec["file"]) or f"{lab}.yaml", text=spec["text"], name=lab,
+                          overrides=spec["overrides"] or None)
+        plan = labmod.plan_for_this_kernel(topo)
+        machines = [placement.Machine(n, a) for n, a in spec["machines"]]
+        placed = placement.place(topo, plan, machines, port=spec["port"], underlay_mtu=spec["underlay_mtu"])
+        return topo, placed
+
     def build(self, spec: dict) -> None:
         lab = spec["lab"]
         with self.lock:
             if state.load(lab) is not None:
                 self.log(f"lab {lab}: shard already built here (adopted)")
+                try:
+                    self._learn(lab, *self._placed(spec))
+                except Exception as e:
+                    self.log(f"lab {lab}: flannel leases: {e}")
                 self._status(lab, "up")
                 return
             try:
-                # the file's name only (for messages): etcd's text is parsed, no path is read
-                topo = model.load(os.path.basename(spec["file"]) or f"{lab}.yaml", text=spec["text"], name=lab,
-                                  overrides=spec["overrides"] or None)
-                plan = labmod.plan_for_this_kernel(topo)
-                machines = [placement.Machine(n, a) for n, a in spec["machines"]]
-                placed = placement.place(topo, plan, machines, port=spec["port"],
-                                         underlay_mtu=spec["underlay_mtu"])
+                topo, placed = self._placed(spec)
                 mine = placement.shard(placed, self.name, dict(spec["machines"]), spec["vnis"], self.iface)
+                # the cluster's peers on other machines come from their leases in etcd
+                flannel_peers.strip_remote_peers(mine, topo, placed.where, self.name)
                 mine.notes["_shard"] = {"machine": self.name, "stitches": len(placed.stitches)}
                 _, st = labmod.up(topo, overrides=spec["overrides"], plan=mine)
+                self._learn(lab, topo, placed)
                 self.log(f"lab {lab}: shard up, {len(st.namespaces)} namespaces")
                 self._status(lab, "up", len(st.namespaces))
             except Exception as e:   # any failure is the shard's: reported, the host rolls back
                 self.log(f"lab {lab}: shard failed: {e}")
                 self._status(lab, "failed", error=str(e) or type(e).__name__)
 
+    def _learn(self, lab: str, topo, placed) -> None:
+        """Flannel across machines (flannel_peers): this machine's nodes' leases written,
+        the others' watched."""
+        if lab in self.learners or not flannel_peers.spans(topo, placed.where):
+            return
+        learner = flannel_peers.Learner(self.etcd, lab, topo, placed.where, self.name, self.lease, self.log)
+        learner.start()
+        self.learners[lab] = learner
+
+    def _unlearn(self, lab: str) -> None:
+        learner = self.learners.pop(lab, None)
+        if learner is not None:
+            learner.stop()
+
     def remove(self, lab: str) -> None:
         with self.lock:
             try:
+                self._unlearn(lab)
                 if lab in self.local_shards():
                     removed = labmod.down(lab)
                     self.log(f"lab {lab}: shard removed ({len(removed)} namespaces)")

@@ -13,9 +13,11 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import subprocess
 import time
 import urllib.error
 import urllib.request
+from ipaddress import IPv4Network
 
 import docker
 import pytest
@@ -254,6 +256,122 @@ def test_agent_killed_shard_keeps_forwarding_and_is_adopted(sandbox):
         assert sandbox.exec(lab, "client", "ping", "-c1", "-W5", ip)["rc"] == 0
     finally:
         assert sandbox.nslab("down", lab, timeout=240).returncode == 0
+
+
+def etcdctl(box: Sandbox, *args) -> str:
+    out = subprocess.run(["etcdctl", "--endpoints", box.env["NSLAB_ETCD"], *args], capture_output=True, text=True,
+                         timeout=30, env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def kernel_entries(box: Sandbox, lab: str, node: str, machine: str) -> str:
+    """A cluster node's neighbours, FDB and routes, as its machine's kernel holds them."""
+    ns = f"{lab}.{node}"
+    got = [docker_exec(f"{box.name}.{machine}", "ip", "-n", ns, *cmd).stdout
+           for cmd in (["neigh", "show", "dev", "flannel.4000"], ["route", "show"])]
+    got.append(docker_exec(f"{box.name}.{machine}", "ip", "netns", "exec", ns, "bridge", "fdb", "show",
+                           "dev", "flannel.4000").stdout)
+    return "".join(got)
+
+
+def eventually(predicate, seconds: float = 60) -> float | None:
+    """Seconds until predicate() held (None: it did not within `seconds`)."""
+    start = time.monotonic()
+    while time.monotonic() - start < seconds:
+        if predicate():
+            return time.monotonic() - start
+        time.sleep(0.1)
+    return None
+
+
+def test_flannel_across_machines_peers_come_from_the_leases_in_etcd(sandbox):
+    """Issue 20 item 5: each agent writes its nodes' subnet leases under flannel's keys, in
+    flannel's JSON, and installs the entries for nodes on other machines from watching them:
+    delete worker3's lease and worker1 (m1) loses its FDB entry and route for it (and the
+    pods stop reaching each other); put it back and they return.  A node leased later shows
+    up on the peers; a hostile lease changes nothing."""
+    from nslab import coord, model
+    lab = unique_lab_name()
+    etcd = sandbox.etcd()
+    assert sandbox.nslab("up", RACKS, "--name", lab, timeout=240).returncode == 0
+    try:
+        topo = model.load(RACKS, name=lab)
+        nodes = topo.cluster.nodes
+        # etcdctl shows flannel's keys and JSON, each lease under its machine's etcd lease
+        keys = etcdctl(sandbox, "get", "--prefix", "--keys-only", "/coreos.com/network").split()
+        assert keys == ["/coreos.com/network/config"] + sorted(
+            f"/coreos.com/network/subnets/{n.subnet.network_address}-24" for n in nodes.values())
+        assert json.loads(etcd.get("/coreos.com/network/config").value) == {
+            "Network": "10.244.0.0/16", "SubnetLen": 24,
+            "Backend": {"Type": "vxlan", "VNI": 4000, "DirectRouting": True, "Port": 4789}}
+        machine_lease = {r["machine"]: int(r["lease"], 16) if isinstance(r["lease"], str) else r["lease"]
+                         for r in json.loads(sandbox.nslab("machines", "--json", check=True).stdout)}
+        w3 = nodes["worker3"]
+        key = f"/coreos.com/network/subnets/{w3.subnet.network_address}-24"
+        kv = etcd.get(key)
+        assert json.loads(kv.value) == {"PublicIP": "30.0.0.23", "PublicIPv6": None, "BackendType": "vxlan",
+                                        "BackendData": {"VNI": 4000, "VtepMAC": w3.vtep_mac}}
+        assert kv.lease == machine_lease["m2"]
+        # worker1 (m1) reaches worker3 (m2) through what worker3's lease says
+        fdb = f"{w3.vtep_mac} dst 30.0.0.23"
+        route = f"{w3.subnet} via {w3.subnet.network_address} dev flannel.4000 onlink"
+        before = kernel_entries(sandbox, lab, "worker1", "m1")
+        assert fdb in before and route in before, before
+        ip = pod_ip(sandbox, lab, "web-worker3")
+        assert sandbox.exec(lab, "client", "ping", "-c1", "-W5", ip)["rc"] == 0
+        # the lease deleted: its entries go from m1's nodes (and only they)
+        etcd.delete(key)
+        assert eventually(lambda: fdb not in kernel_entries(sandbox, lab, "worker1", "m1")) is not None
+        after = kernel_entries(sandbox, lab, "worker1", "m1")
+        assert route not in after and f"{w3.subnet.network_address} lladdr" not in after, after
+        assert sandbox.exec(lab, "client", "ping", "-c1", "-W2", ip)["rc"] != 0
+        # put back: they return
+        etcd.put(key, kv.value, machine_lease["m2"])
+        took = eventually(lambda: kernel_entries(sandbox, lab, "worker1", "m1") == before)
+        assert took is not None, kernel_entries(sandbox, lab, "worker1", "m1")
+        assert sandbox.exec(lab, "client", "ping", "-c1", "-W5", ip)["rc"] == 0
+        # a node leased later appears on every peer on the other machines (m1's and m2's)
+        mac = "02:42:c6:12:63:01"
+        new = coord.SubnetLease(IPv4Network("10.244.99.0/24"), "40.0.0.99", "vxlan", {"VNI": 4000, "VtepMAC": mac})
+        lid = coord.create_subnet_lease(etcd, new, 60)
+        seen = {m: eventually(lambda m=m, n=n: f"{mac} dst 40.0.0.99" in kernel_entries(sandbox, lab, n, m))
+                for m, n in (("m1", "worker1"), ("m2", "worker3"))}
+        assert all(t is not None for t in seen.values()), seen
+        print(f"a new lease seen on m1 after {seen['m1']:.2f} s, on m2 after {seen['m2']:.2f} s (polled)")
+        etcd.revoke(lid)            # its lease ends: the entries go
+        assert eventually(lambda: mac not in kernel_entries(sandbox, lab, "worker1", "m1")) is not None
+        # hostile leases: refused by every agent, nothing touched
+        before = {n: kernel_entries(sandbox, lab, n, m) for n, m in (("worker1", "m1"), ("worker3", "m2"))}
+        hostile = {
+            "/coreos.com/network/subnets/192.168.7.0-24": {"PublicIP": "30.0.0.7", "BackendType": "vxlan",
+                                                           "BackendData": {"VNI": 4000, "VtepMAC": mac}},
+            "/coreos.com/network/subnets/10.244.98.0-24": {"PublicIP": "30.0.0.8", "BackendType": "vxlan",
+                                                           "BackendData": {"VNI": 4000, "VtepMAC": "ff:ff:ff:ff:ff:ff"}},
+            "/coreos.com/network/subnets/10.244.97.0-24": {"PublicIP": "127.0.0.1", "BackendType": "vxlan",
+                                                           "BackendData": {"VNI": 4000, "VtepMAC": mac}},
+            "/coreos.com/network/subnets/10.244.96.0-24": {"PublicIP": "30.0.0.9; reboot", "BackendType": "vxlan",
+                                                           "BackendData": {"VNI": 4000, "VtepMAC": mac}},
+            "/coreos.com/network/subnets/10.244.95.0-24": {"PublicIP": "30.0.0.10", "BackendType": "host-gw"},
+            "/coreos.com/network/subnets/../../x": {"PublicIP": "30.0.0.11", "BackendType": "vxlan"},
+        }
+        for k, v in hostile.items():
+            etcd.put(k, json.dumps(v))
+        etcd.put("/coreos.com/network/subnets/10.244.94.0-24", b"\xff not json")
+        # a valid lease put after them is learned: the agents have read past the hostile ones
+        lid = coord.create_subnet_lease(etcd, new, 60)
+        assert eventually(lambda: f"{mac} dst 40.0.0.99" in kernel_entries(sandbox, lab, "worker3", "m2"))
+        etcd.revoke(lid)
+        assert eventually(lambda: {n: kernel_entries(sandbox, lab, n, m)
+                                   for n, m in (("worker1", "m1"), ("worker3", "m2"))} == before) is not None
+        for k in hostile:
+            etcd.delete(k)
+        etcd.delete("/coreos.com/network/subnets/10.244.94.0-24")
+    finally:
+        down = sandbox.nslab("down", lab, timeout=240)
+    assert down.returncode == 0, down.stderr
+    assert etcdctl(sandbox, "get", "--prefix", "--keys-only", "/coreos.com/network").split() == []
+    assert etcd.get(coord.FLANNEL_OWNER) is None
 
 
 def test_zz_a_machine_that_vanishes_leaves_etcd_and_down_removes_the_rest(sandbox):
