@@ -259,7 +259,7 @@ def run(url: str, token: str, req: dict, stdin=None, stdout=None, stderr=None) -
     if req.get("tty") is True and os.isatty(in_fd):
         import tty as ttymod            # lazy: only here
         saved = termios.tcgetattr(in_fd)
-        ttymod.setraw(in_fd)
+        ttymod.setraw(in_fd, termios.TCSANOW)     # what was typed ahead stays, for the command
     try:
         watch = [sock, in_fd]
         while True:

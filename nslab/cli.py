@@ -647,8 +647,11 @@ def trace(src: str = typer.Argument(..., help="Source node or pod (or one of its
     from .observe import trace as tracemod  # lazy: start-up
     if remote := across_lab(lab, src):
         options = dict(proto=proto, port=port, ttl=ttl, timeout=timeout, brief=brief or None, json=as_json or None)
-        across_run(remote, "trace", src, dst=dst.removeprefix(f"{remote}."),
-                   options={k: v for k, v in options.items() if v is not None})
+        from . import across, sandbox      # lazy: start-up
+        endpoint = etcd_endpoint(None)
+        raise typer.Exit(across.trace(remote, src.removeprefix(f"{remote}."), dst.removeprefix(f"{remote}."),
+                                      endpoint, {k: v for k, v in options.items() if v is not None},
+                                      sandbox.agent_urls(endpoint)))
     labmod.require_root()
     lab, src, dst = labmod.resolve_nodes(lab, src, dst)
     result = tracemod.trace(lab, src, dst, proto, port, ttl, timeout)
