@@ -11,7 +11,7 @@ COMMANDS allows: no option that names a file on the agent's machine), "argv" (ex
 node one of that shard's recorded nodes; its own command then validates every name as it
 does locally.  It answers 200 and the connection becomes a stream: agent -> client
 frames of one kind byte (o: output, e: error output, x: exit code) and a 4-byte length;
-client -> agent frames (i: input, c: end of input, w: window size).  With "tty" the
+client -> agent frames (i: input, c: end of input, w: window size, rows and columns).  With "tty" the
 command runs on a pseudo-terminal (pty), so `shell` and `exec` behave as at a console.
 """
 from __future__ import annotations
@@ -175,7 +175,8 @@ def serve_run(handler, shards) -> None:
                 if kind == b"i":
                     os.write(stdin_fd, data)
                 elif kind == b"w" and tty and len(data) == 4:
-                    fcntl.ioctl(stdin_fd, termios.TIOCSWINSZ, data + b"\0\0\0\0")
+                    rows, cols = struct.unpack("!HH", data)
+                    fcntl.ioctl(stdin_fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
                 elif kind == b"c":
                     if tty:
                         os.write(stdin_fd, b"\x04")
@@ -256,12 +257,19 @@ def run(url: str, token: str, req: dict, stdin=None, stdout=None, stderr=None) -
         raise UsageError(f"the agent at {url} refused: {error}")
     saved = None
     in_fd = stdin.fileno()
+    resized = None
     if req.get("tty") is True and os.isatty(in_fd):
-        import tty as ttymod            # lazy: only here
+        import signal                   # lazy: only here
+        import tty as ttymod
         saved = termios.tcgetattr(in_fd)
         ttymod.setraw(in_fd, termios.TCSANOW)     # what was typed ahead stays, for the command
+        # the terminal resized: its new size to the command's pty (a wake-up pipe, select sees it)
+        resized, wake = os.pipe()
+        os.set_blocking(wake, False)
+        old_wakeup = signal.set_wakeup_fd(wake)
+        old_handler = signal.signal(signal.SIGWINCH, lambda *_: None)
     try:
-        watch = [sock, in_fd]
+        watch = [sock, in_fd] + ([resized] if resized is not None else [])
         while True:
             while len(buf) >= 5:        # every whole frame received so far
                 size = struct.unpack("!I", buf[1:5])[0]
@@ -273,6 +281,10 @@ def run(url: str, token: str, req: dict, stdin=None, stdout=None, stderr=None) -
                     return int(data or b"1")
                 os.write(out_fd if kind == b"o" else err_fd, data)
             ready, _, _ = select.select(watch, [], [])
+            if resized in ready:
+                os.read(resized, 512)
+                size = os.get_terminal_size(in_fd)
+                sock.sendall(_frame(b"w", struct.pack("!HH", size.lines, size.columns)))
             if in_fd in ready:
                 data = os.read(in_fd, 65536)
                 sock.sendall(_frame(b"i", data) if data else _frame(b"c", b""))
@@ -286,4 +298,8 @@ def run(url: str, token: str, req: dict, stdin=None, stdout=None, stderr=None) -
     finally:
         if saved is not None:
             termios.tcsetattr(in_fd, termios.TCSADRAIN, saved)
+            signal.signal(signal.SIGWINCH, old_handler)
+            signal.set_wakeup_fd(old_wakeup)
+            os.close(resized)
+            os.close(wake)
         sock.close()

@@ -93,6 +93,9 @@ def test_exec_and_shell_with_a_tty_run_in_the_node(sandbox, lab):
     got = on_a_tty(sandbox, nslab_line("exec", "-l", lab, "web-worker3", "--", "sh", "-c", "'tty; hostname; exit 7'"))
     assert got.returncode == 7, got.stdout + got.stderr
     assert "/dev/pts/" in got.stdout and "web-worker3" in got.stdout, got.stdout
+    # the terminal's size is the command's
+    sized = on_a_tty(sandbox, "stty rows 40 cols 100; " + nslab_line("exec", "-l", lab, "leaf01", "--", "stty", "size"))
+    assert sized.returncode == 0 and "40 100" in sized.stdout, sized.stdout + sized.stderr
     # without a TTY: stdin passed through, no pty
     piped = sandbox.nslab("exec", "-l", lab, "client", "--", "sh", "-c", "tty; cat", input="hello\n")
     assert "not a tty" in piped.stdout and "hello" in piped.stdout, piped.stdout + piped.stderr
