@@ -211,6 +211,51 @@ def trace(lab: str, src: str, dst: str, etcd_url: str, options: dict, reach: dic
                                               "options": options})
 
 
+def test(lab: str, etcd_url: str, only: list[str] | None = None, reach: dict[str, str] | None = None):
+    """`nslab test -l LAB` for a lab across machines: each test run by the agent of the
+    machine holding its source (`nslab test --only NAME --json` there); one report, in the
+    topology's order.  A test whose expectation watches a node on another machine (via,
+    ttl) fails saying so: a probe is watched on one machine only."""
+    import json
+    import tempfile
+    from . import channel, model    # lazy: only here
+    from .observe import checks
+    token, machines = parts(lab, etcd_url, reach)
+    where = {n: (m, url) for m, url, nodes in machines for n in nodes}
+    etcd = coord.Etcd(etcd_url)
+    spec = next((coord.shards(etcd, m)[0].get(lab) for m, _, _ in machines), None)
+    if spec is None:
+        raise NslabError(f"lab {lab}: no machine holds its spec in etcd")
+    topo = model.load(spec["file"], text=spec["text"], name=lab, overrides=spec["overrides"] or None)
+    tests = [c for c in topo.tests if not only or c.name in only]
+    if not tests:
+        raise UsageError(f"lab {lab} declares no tests{' of those names' if only else ''}")
+    results: dict[str, checks.Result] = {}
+    groups: dict[str, list] = {}
+    for c in tests:
+        home = where.get(c.src, ("?", None))[0]
+        away = [n for n in (c.via, c.dst_node if c.ttl is not None else None) if n and where.get(n, (home,))[0] != home]
+        if home == "?" or away:
+            why = f"{c.src} is on no machine that answers" if home == "?" else \
+                f"watches {away[0]} on {where[away[0]][0]}, not {home}: a probe is watched on one machine only"
+            results[c.name] = checks.Result(c.name, c.probe_text, c.expect_text, False, why, line=c.line)
+        else:
+            groups.setdefault(home, []).append(c.name)
+    t0 = time.monotonic()
+    for machine, names in groups.items():
+        with tempfile.TemporaryFile() as f:
+            channel.run(where[next(c.src for c in tests if c.name == names[0])][1], token,
+                        {"lab": lab, "command": "test", "options": {"json": True, "only": names}}, stdout=f)
+            f.seek(0)
+            try:
+                part = json.load(f)
+                results.update({r["name"]: checks.Result(**r) for r in part["results"]})
+            except (ValueError, KeyError, TypeError):
+                raise NslabError(f"machine {machine}: its test did not answer a report") from None
+    return checks.Report(lab, [results[c.name] for c in tests if c.name in results], time.monotonic() - t0,
+                         topo.cluster.backend.type if topo.cluster else None)
+
+
 def show(lab: str, etcd_url: str, options: dict, reach: dict[str, str] | None = None, heading=print) -> int:
     """`nslab show` of every node of lab `lab`: each machine's part, by its agent.  Text:
     one part after another under the machine's name; --json: one document, the parts'

@@ -42,6 +42,7 @@ COMMANDS = {
     "link-show": (["link", "show"], (), ("all", "json")),
     "link-clear": (["link", "clear"], (), ()),
     "trace": (["trace"], ("proto", "port", "ttl", "timeout"), ("brief", "json")),
+    "test": (["test"], ("only",), ("json",)),
 }
 MAX_REQUEST = 1 << 16
 TERM_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,31}")
@@ -96,6 +97,9 @@ def command_argv(req: dict, shards) -> list[str]:
     for key, value in sorted(options.items()):
         if key in flags and value is True:
             argv.append(f"--{key}")
+        elif key in valued and isinstance(value, list) and 0 < len(value) <= 256 \
+                and all(isinstance(v, str) and "\0" not in v and len(v) <= 256 for v in value):
+            argv += [f"--{key}={v}" for v in value]       # a repeatable option
         elif key in valued and isinstance(value, (str, int, float)) and not isinstance(value, bool) \
                 and "\0" not in str(value) and len(str(value)) <= 256:
             argv.append(f"--{key}={value}")

@@ -35,10 +35,23 @@ def sandbox():
         assert host_view(name) == {"netns": [], "containers": []}
 
 
+TESTS = """
+tests:
+  - {name: other rack over vxlan, ping: [client, web@worker3], expect: {encap: vxlan}}
+  - {name: same node bridged, ping: [client, web@worker1], expect: {encap: none, ttl: 64}}
+  - {name: http to the other rack, http: [client, web@worker3], expect: {encap: vxlan}}
+  - {name: nothing listens on 81, tcp: [client, web@worker3], port: 81, expect: failure}
+  - {name: from rack2, ping: [web-worker3, client]}
+  - {name: via the spine, ping: [client, web@worker3], expect: {via: spine}}
+"""
+
+
 @pytest.fixture(scope="module")
-def lab(sandbox):
+def lab(sandbox, tmp_path_factory):
     name = unique_lab_name()
-    up = sandbox.nslab("up", RACKS, "--name", name, timeout=240)
+    path = tmp_path_factory.mktemp("racks") / "spine-leaf-racks.yaml"
+    path.write_text(open(RACKS).read() + TESTS)
+    up = sandbox.nslab("up", path, "--name", name, timeout=240)
     try:
         assert up.returncode == 0, up.stderr
         yield name
@@ -147,3 +160,16 @@ def test_trace_runs_on_the_sources_machine_and_refuses_to_cross_one(sandbox, lab
     across = sandbox.nslab("trace", "-l", lab, "client", "web-worker3", timeout=120)
     assert across.returncode == 2, across.stdout + across.stderr
     assert "client is on machine m1 and web-worker3 on m2" in across.stderr, across.stderr
+
+
+def test_the_labs_tests_run_each_on_its_sources_machine(sandbox, lab):
+    names = ["other rack over vxlan", "same node bridged", "http to the other rack", "nothing listens on 81",
+             "from rack2"]
+    got = sandbox.nslab("test", "-l", lab, "--json", *[a for n in names for a in ("--only", n)], timeout=240)
+    assert got.returncode == 0, got.stdout + got.stderr
+    report = json.loads(got.stdout)
+    assert report["ok"] and [r["name"] for r in report["results"]] == names, report
+    # a test watching a node on another machine: failed, saying so (not a false pass)
+    every = sandbox.nslab("test", "-l", lab, timeout=240)
+    assert every.returncode == 1, every.stdout + every.stderr
+    assert "watches spine on m3" in every.stdout and "5 passed, 1 failed" in every.stdout, every.stdout
