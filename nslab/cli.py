@@ -742,7 +742,10 @@ def capture(target: str = typer.Argument(..., metavar="NODE[:IFACE]",
     from .observe import capture as capmod  # lazy: start-up
     if count is not None and not 0 < count < 1 << 31:      # tcpdump's -c: 0 would mean no limit
         raise UsageError(f"--count must be from 1 to {(1 << 31) - 1} packets, not {count}")
-    if (remote := across_lab(lab, target)) and not write:
+    if remote := across_lab(lab, target):
+        if write:
+            raise UsageError(f"-w: lab {remote} runs across machines and its pcap is not brought back yet; "
+                             f"capture without -w (decoded here), or with -w on the node's machine")
         options = dict(count=count, filter=bpf or None, decode=decode or None, json=as_json or None)
         across_run(remote, "capture", target, options={k: v for k, v in options.items() if v is not None})
     labmod.require_root()
