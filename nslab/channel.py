@@ -1,6 +1,6 @@
 """The other commands for a lab across machines, over the agent's authenticated channel
 (issue 20, item 2): show, exec (with a TTY when stdin is one), shell, capture, link
-set/show/clear and trace, run on the machine that holds the node by that machine's own
+set/show/clear, test (--only) and trace, run on the machine that holds the node by that machine's own
 `nslab` (today's commands and observers: no second implementation).
 
 POST /v1/run (the agent serves it only with the cluster's credential, machine_agent.py)
