@@ -156,23 +156,144 @@ def _agent(url: str, token: str, method: str, path: str, body: dict | None = Non
     return answer
 
 
-def exec_in(lab: str, node: str, argv: list[str], etcd_url: str, reach: dict[str, str] | None = None) -> dict:
-    """Run argv in `node` of lab `lab` on whichever machine holds it; {"rc", "stdout", "stderr"}.
-    reach: machine -> the URL its agent answers on from here (the sandbox's forwarders);
-    by default http://ADDRESS:7400, its underlay address."""
+def parts(lab: str, etcd_url: str, reach: dict[str, str] | None = None) -> tuple[str, list[tuple[str, str, list]]]:
+    """The cluster's credential and each machine's part of lab `lab`: [(machine, the URL
+    its agent answers on from here, the nodes it holds)], in machine order.
+    reach: machine -> that URL (the sandbox's forwarders); by default
+    http://ADDRESS:7400, its underlay address."""
     etcd = coord.Etcd(etcd_url)
     if not coord.lab_claimed(etcd, lab):
         raise UsageError(f"no lab named {lab!r} runs here or in the cluster at {etcd.endpoint}")
     token = coord.cluster_token(etcd)
     registered = {m.name: m for m in coord.machines(etcd)[0]}
+    out = []
     for (_, machine) in sorted(coord.statuses(etcd, lab)):
         if machine not in registered:
             continue
         url = (reach or {}).get(machine) or f"http://{registered[machine].address}:{coord.AGENT_PORT}"
         shards = _agent(url, token, "GET", "/v1/labs")["labs"]
-        if any(s.get("lab") == lab and node in s.get("nodes", []) for s in shards if isinstance(s, dict)):
-            return _agent(url, token, "POST", "/v1/exec", {"lab": lab, "node": node, "argv": argv})
+        nodes = next((s.get("nodes", []) for s in shards if isinstance(s, dict) and s.get("lab") == lab), [])
+        out.append((machine, url, nodes))
+    return token, out
+
+
+def holder(lab: str, node: str, etcd_url: str, reach: dict[str, str] | None = None) -> tuple[str, str, str]:
+    """(machine, its agent's URL, the credential) of the machine holding `node` of `lab`."""
+    token, machines = parts(lab, etcd_url, reach)
+    for machine, url, nodes in machines:
+        if node in nodes:
+            return machine, url, token
     raise UsageError(f"lab {lab} has no node {node} on any machine that answers")
+
+
+def run(lab: str, command: str, target: str | None, etcd_url: str, reach: dict[str, str] | None = None,
+        **req) -> int:
+    """`nslab COMMAND` for a node of lab `lab`, run by the agent of the machine holding it
+    (channel.py); output passed through; its exit code."""
+    from . import channel           # lazy: only here
+    _, url, token = holder(lab, target.partition(":")[0], etcd_url, reach)
+    return channel.run(url, token, dict(req, lab=lab, command=command, target=target))
+
+
+def trace(lab: str, src: str, dst: str, etcd_url: str, options: dict, reach: dict[str, str] | None = None) -> int:
+    """`nslab trace SRC DST` of lab `lab`, run on SRC's machine.  A DST on another machine
+    is refused in one sentence: the probe is sniffed on one machine only (not done yet:
+    following it over a stitch, issue 20 item 4)."""
+    from . import channel           # lazy: only here
+    token, machines = parts(lab, etcd_url, reach)
+    where = {n: (m, url) for m, url, nodes in machines for n in nodes}
+    if src not in where:
+        raise UsageError(f"lab {lab} has no node {src} on any machine that answers")
+    if dst in where and where[dst][0] != where[src][0]:
+        raise UsageError(f"{src} is on machine {where[src][0]} and {dst} on {where[dst][0]}: nslab trace does "
+                         f"not follow a probe across machines yet; trace to a node on {where[src][0]}, or "
+                         f"capture on the stitch")
+    return channel.run(where[src][1], token, {"lab": lab, "command": "trace", "target": src, "dst": dst,
+                                              "options": options})
+
+
+def test(lab: str, etcd_url: str, only: list[str] | None = None, reach: dict[str, str] | None = None):
+    """`nslab test -l LAB` for a lab across machines: each test run by the agent of the
+    machine holding its source (`nslab test --only NAME --json` there); one report, in the
+    topology's order.  A test whose expectation watches a node on another machine (via,
+    ttl) fails saying so: a probe is watched on one machine only."""
+    import json
+    import tempfile
+    from . import channel, model    # lazy: only here
+    from .observe import checks
+    token, machines = parts(lab, etcd_url, reach)
+    where = {n: (m, url) for m, url, nodes in machines for n in nodes}
+    etcd = coord.Etcd(etcd_url)
+    spec = next((coord.shards(etcd, m)[0].get(lab) for m, _, _ in machines), None)
+    if spec is None:
+        raise NslabError(f"lab {lab}: no machine holds its spec in etcd")
+    topo = model.load(spec["file"], text=spec["text"], name=lab, overrides=spec["overrides"] or None)
+    tests = [c for c in topo.tests if not only or c.name in only]
+    if not tests:
+        raise UsageError(f"lab {lab} declares no tests{' of those names' if only else ''}")
+    results: dict[str, checks.Result] = {}
+    groups: dict[str, list] = {}
+    for c in tests:
+        home = where.get(c.src, ("?", None))[0]
+        away = [n for n in (c.via, c.dst_node if c.ttl is not None else None) if n and where.get(n, (home,))[0] != home]
+        if home == "?" or away:
+            why = f"{c.src} is on no machine that answers" if home == "?" else \
+                f"watches {away[0]} on {where[away[0]][0]}, not {home}: a probe is watched on one machine only"
+            results[c.name] = checks.Result(c.name, c.probe_text, c.expect_text, False, why, line=c.line)
+        else:
+            groups.setdefault(home, []).append(c.name)
+    t0 = time.monotonic()
+    for machine, names in groups.items():
+        with tempfile.TemporaryFile() as f:
+            channel.run(where[next(c.src for c in tests if c.name == names[0])][1], token,
+                        {"lab": lab, "command": "test", "options": {"json": True, "only": names}}, stdout=f)
+            f.seek(0)
+            try:
+                part = json.load(f)
+                results.update({r["name"]: checks.Result(**r) for r in part["results"]})
+            except (ValueError, KeyError, TypeError):
+                raise NslabError(f"machine {machine}: its test did not answer a report") from None
+    return checks.Report(lab, [results[c.name] for c in tests if c.name in results], time.monotonic() - t0,
+                         topo.cluster.backend.type if topo.cluster else None)
+
+
+def show(lab: str, etcd_url: str, options: dict, reach: dict[str, str] | None = None, heading=print) -> int:
+    """`nslab show` of every node of lab `lab`: each machine's part, by its agent.  Text:
+    one part after another under the machine's name; --json: one document, the parts'
+    nodes (and --brief's rows) merged."""
+    import json
+    import sys
+    import tempfile
+    from . import channel           # lazy: only here
+    token, machines = parts(lab, etcd_url, reach)
+    merged: dict | list | None = None
+    rc = 0
+    for machine, url, _ in machines:
+        req = {"lab": lab, "command": "show", "options": options}
+        if not options.get("json"):
+            heading(f"machine {machine}:")
+            sys.stdout.flush()
+            rc = max(rc, channel.run(url, token, req))
+            continue
+        with tempfile.TemporaryFile() as f:
+            rc = max(rc, channel.run(url, token, req, stdout=f))
+            f.seek(0)
+            try:
+                part = json.load(f)
+            except ValueError:
+                raise NslabError(f"machine {machine}: its show did not answer JSON") from None
+        if isinstance(part, list):
+            merged = (merged or []) + [dict(r, machine=machine) for r in part]
+        elif isinstance(part, dict):
+            for entry in (part.get("nodes") or {}).values():
+                entry["machine"] = machine
+            if merged is None:
+                merged = part
+            else:
+                merged["nodes"].update(part.get("nodes") or {})
+    if options.get("json"):
+        print(json.dumps(merged if merged is not None else {}, indent=1))
+    return rc
 
 
 def labs(etcd_url: str) -> list[dict]:

@@ -345,6 +345,35 @@ def lab_backend(st) -> str | None:
     return given if given.partition(":")[0] == btype and ":" in given else btype
 
 
+def across_lab(lab: str | None, node: str | None) -> str | None:
+    """The lab a command names when it runs across machines: $NSLAB_ETCD set and no lab
+    of that name here (issue 20); else None."""
+    remote = lab or os.environ.get("NSLAB_LAB") or (node.split(".", 1)[0] if node and "." in node else None)
+    if remote and os.environ.get("NSLAB_ETCD") and state.valid_lab(remote) \
+            and not os.path.lexists(state.lab_dir(remote)):
+        return remote
+    return None
+
+
+def across_run(remote: str, command: str, target: str, **req):
+    """Run `command` on the machine holding `target` of lab `remote` (across.run); exit with its code."""
+    from . import across, sandbox      # lazy: start-up
+    endpoint = etcd_endpoint(None)
+    raise typer.Exit(across.run(remote, command, target.removeprefix(f"{remote}."), endpoint,
+                                sandbox.agent_urls(endpoint), **req))
+
+
+def terminal(always: bool = False) -> dict:
+    """A command's terminal for the agent: a TTY when stdin is one (or `always`), its size."""
+    if not (always or sys.stdin.isatty()):
+        return {"tty": False}
+    try:
+        size = os.get_terminal_size(sys.stdin.fileno())
+        return {"tty": True, "rows": size.lines, "cols": size.columns, "term": os.environ.get("TERM", "xterm")}
+    except OSError:
+        return {"tty": True, "term": os.environ.get("TERM", "xterm")}
+
+
 def _exec_argv(ns: str, argv: list[str]) -> list[str]:
     # `ip netns exec` also bind-mounts /etc/netns/NS/hosts (node names) and remounts /sys.
     return ["ip", "netns", "exec", ns] + argv
@@ -359,17 +388,8 @@ def exec_(node: str = typer.Argument(..., help="Node name (or LAB.NODE).", autoc
     if not cmd:
         raise UsageError(f"no command to run in {node}: `nslab exec {node} -- CMD ...`, or `nslab shell {node}` "
                          f"for an interactive shell there")
-    remote = lab or os.environ.get("NSLAB_LAB") or (node.split(".", 1)[0] if "." in node else None)
-    if remote and os.environ.get("NSLAB_ETCD") and state.valid_lab(remote) \
-            and not os.path.lexists(state.lab_dir(remote)):       # a lab across machines: its agent runs it
-        from . import across, sandbox      # lazy: start-up
-        endpoint = etcd_endpoint(None)
-        answer = across.exec_in(remote, node.removeprefix(f"{remote}."), list(cmd), endpoint,
-                                sandbox.agent_urls(endpoint))
-        sys.stdout.write(str(answer.get("stdout", "")))
-        sys.stderr.write(str(answer.get("stderr", "")))
-        rc = answer.get("rc")
-        raise typer.Exit(rc if isinstance(rc, int) and 0 <= rc < 256 else 1)
+    if remote := across_lab(lab, node):      # a lab across machines: its agent runs it
+        across_run(remote, "exec", node, argv=list(cmd), **terminal())
     labmod.require_root()
     labmod.require_tools("ip")
     lab, node = labmod.resolve_nodes(lab, node)
@@ -384,6 +404,8 @@ def exec_(node: str = typer.Argument(..., help="Node name (or LAB.NODE).", autoc
 @run
 def shell(node: str = typer.Argument(..., help="Node name (or LAB.NODE).", autocompletion=completion.nodes), lab: Optional[str] = LabOpt):
     """Open an interactive shell inside NODE, with a prompt naming it."""
+    if remote := across_lab(lab, node):
+        across_run(remote, "shell", node, **terminal(always=True))
     labmod.require_root()
     labmod.require_tools("ip")
     lab, node = labmod.resolve_nodes(lab, node)
@@ -410,6 +432,13 @@ def show(node: Optional[str] = typer.Argument(None, help="Node name or LAB.NODE 
     containers; a container's image), then its interfaces (kind, MTU, MAC, addresses), routes,
     neighbours and FDB."""
     from .observe import show as showmod  # lazy: start-up
+    if remote := across_lab(lab, node):
+        options = {k: True for k, v in (("brief", brief), ("json", as_json)) if v}
+        if node:
+            across_run(remote, "show", node, options=options)
+        from . import across, sandbox      # lazy: start-up
+        endpoint = etcd_endpoint(None)
+        raise typer.Exit(across.show(remote, endpoint, options, sandbox.agent_urls(endpoint), heading=out.say))
     labmod.require_root()
     lab, node = labmod.resolve_nodes(lab, node)
     st = state.load(lab)
@@ -616,6 +645,13 @@ def trace(src: str = typer.Argument(..., help="Source node or pod (or one of its
     """Send one probe and show its path hop by hop, with the kernel entries that chose each step.
     Exits 1 when the probe or its reply did not get through."""
     from .observe import trace as tracemod  # lazy: start-up
+    if remote := across_lab(lab, src):
+        options = dict(proto=proto, port=port, ttl=ttl, timeout=timeout, brief=brief or None, json=as_json or None)
+        from . import across, sandbox      # lazy: start-up
+        endpoint = etcd_endpoint(None)
+        raise typer.Exit(across.trace(remote, src.removeprefix(f"{remote}."), dst.removeprefix(f"{remote}."),
+                                      endpoint, {k: v for k, v in options.items() if v is not None},
+                                      sandbox.agent_urls(endpoint)))
     labmod.require_root()
     lab, src, dst = labmod.resolve_nodes(lab, src, dst)
     result = tracemod.trace(lab, src, dst, proto, port, ttl, timeout)
@@ -639,10 +675,17 @@ def test_(file: Optional[str] = typer.Argument(None, help="Topology file: bring 
                                                                     "every pair of pods."),
           hosts: bool = typer.Option(False, "--hosts", help="With --all-pairs: include hosts."),
           junit: Optional[str] = typer.Option(None, "--junit", help="Also write the results as JUnit XML to this file."),
+          only: Optional[List[str]] = typer.Option(None, "--only", help="Run only the test of this name (repeatable)."),
           as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
     """Run a topology's tests: (ping, TCP connect, HTTP GET with expectations); exit 1 if any fails."""
     from .api import Lab  # lazy: start-up
     from .observe import checks  # lazy: start-up
+    if not file and not all_pairs and junit is None and (remote := across_lab(lab, None)):
+        from . import across, sandbox      # lazy: start-up
+        endpoint = etcd_endpoint(None)
+        report = across.test(remote, endpoint, only, sandbox.agent_urls(endpoint))
+        print(json.dumps(report.as_dict(), indent=1)) if as_json else checks.render(console, report)
+        raise typer.Exit(0 if report.ok else 1)
     if file and lab:
         raise UsageError("give a topology FILE or -l LAB, not both")
     if not file and (name or backend or proxy_mode):
@@ -658,13 +701,16 @@ def test_(file: Optional[str] = typer.Argument(None, help="Topology file: bring 
         labmod.require_root()
         handle = Lab.attach(labmod.resolve_lab(lab))
         labmod.require_wired(handle.name)
-        labmod.require_own_namespaces(handle.state, [n.ns for n in handle.topo.nodes.values()])
+        # a machine's part of a lab across machines holds only its own nodes
+        labmod.require_own_namespaces(handle.state, [n.ns for n in handle.topo.nodes.values()
+                                                     if n.name in handle.state.nodes])
         if not handle.topo.tests and not all_pairs:
             raise UsageError(f"lab {handle.name} declares no tests ({handle.topo.file} has no tests: section; "
                              f"use --all-pairs)")
     try:
         with out.Progress(f"test {handle.name}").running("all pairs" if all_pairs else "tests"):
-            report = handle.test(all_pairs=all_pairs, hosts=hosts)
+            report = checks.run(handle.topo, [c for c in handle.topo.tests if c.name in only]) if only \
+                else handle.test(all_pairs=all_pairs, hosts=hosts)
     finally:
         if file:
             handle.down()
@@ -698,6 +744,12 @@ def capture(target: str = typer.Argument(..., metavar="NODE[:IFACE]",
     from .observe import capture as capmod  # lazy: start-up
     if count is not None and not 0 < count < 1 << 31:      # tcpdump's -c: 0 would mean no limit
         raise UsageError(f"--count must be from 1 to {(1 << 31) - 1} packets, not {count}")
+    if remote := across_lab(lab, target):
+        if write:
+            raise UsageError(f"-w: lab {remote} runs across machines and its pcap is not brought back yet; "
+                             f"capture without -w (decoded here), or with -w on the node's machine")
+        options = dict(count=count, filter=bpf or None, decode=decode or None, json=as_json or None)
+        across_run(remote, "capture", target, options={k: v for k, v in options.items() if v is not None})
     labmod.require_root()
     labmod.require_tools("ip", "tcpdump")
     lab, target = labmod.resolve_nodes(lab, target)
@@ -783,6 +835,10 @@ def link_set(target: str = typer.Argument(..., help="NODE:IFACE (the end whose o
                                                 "rate alone instead of refusing.")):
     """Set conditions on one end of a link, on top of what it has (a new --delay keeps its rate)."""
     from . import shaping  # lazy: start-up
+    if remote := across_lab(lab, target):
+        options = dict(rate=rate, delay=delay, jitter=jitter, loss=loss, limit=limit, burst=burst,
+                       **{"without-netem": without_netem or None})
+        across_run(remote, "link-set", target, options={k: v for k, v in options.items() if v is not None})
     labmod.require_root()
     lab, target = labmod.resolve_nodes(lab, target)
     values = {k: v for k, v in dict(rate=rate, delay=delay, jitter=jitter, loss=loss, limit=limit,
@@ -802,6 +858,9 @@ def link_show(target: Optional[str] = typer.Argument(None, help="NODE or NODE:IF
               as_json: bool = typer.Option(False, "--json", help="Machine-readable output (every interface).")):
     """The shaped interfaces' conditions, read back from the kernel (--all: every interface)."""
     from . import shaping  # lazy: start-up
+    if target and (remote := across_lab(lab, target)):
+        across_run(remote, "link-show", target,
+                   options={k: True for k, v in (("all", show_all), ("json", as_json)) if v})
     labmod.require_root()
     lab, target = labmod.resolve_nodes(lab, target)
     rows = shaping.show(lab, target)
@@ -823,6 +882,8 @@ def link_show(target: Optional[str] = typer.Argument(None, help="NODE or NODE:IF
 def link_clear(target: str = typer.Argument(..., help="NODE:IFACE", autocompletion=completion.node_ifaces), lab: Optional[str] = LabOpt):
     """Remove an interface's conditions (declared ones too): the kernel's default queue again."""
     from . import shaping  # lazy: start-up
+    if remote := across_lab(lab, target):
+        across_run(remote, "link-clear", target)
     labmod.require_root()
     lab, target = labmod.resolve_nodes(lab, target)
     shaping.clear(lab, target)

@@ -16,7 +16,8 @@ serves a lab's pods); this one builds and removes its machine's shards.
 - Serves an authenticated channel on its underlay address, port coord.AGENT_PORT: every
   request must carry the cluster's credential (coord.cluster_token, kept in etcd) as
   `Authorization: Bearer TOKEN`; none is served without it.  GET /v1/labs lists the
-  shards here; POST /v1/exec runs a command in a node (`nslab exec`, no TTY).
+  shards here; POST /v1/exec runs a command in a node (`nslab exec`, no TTY); POST
+  /v1/run streams the other commands, with a TTY when asked (channel.py).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from . import coord, flannel_peers, spawn, state
+from . import channel, coord, flannel_peers, spawn, state
 from . import lab as labmod
 from . import model
 from .compile import placement
@@ -128,6 +129,10 @@ class Agent:
         machines = [placement.Machine(n, a) for n, a in spec["machines"]]
         placed = placement.place(topo, plan, machines, port=spec["port"], underlay_mtu=spec["underlay_mtu"])
         return topo, placed
+
+    def shard_record(self, lab: str):
+        """Lab `lab`'s record here if it is one of this machine's shards, else None."""
+        return state.load(lab) if lab in self.local_shards() else None
 
     def build(self, spec: dict) -> None:
         lab = spec["lab"]
@@ -253,6 +258,8 @@ class Agent:
             def do_POST(self):
                 if not self._allowed():
                     return
+                if self.path == "/v1/run":          # the other commands, streamed (channel.py)
+                    return channel.serve_run(self, agent.shard_record)
                 if self.path != "/v1/exec":
                     return self._answer(404, {"error": f"no {self.path[:80]}"})
                 size = int(self.headers.get("Content-Length") or 0)

@@ -1,0 +1,309 @@
+"""The other commands for a lab across machines, over the agent's authenticated channel
+(issue 20, item 2): show, exec (with a TTY when stdin is one), shell, capture, link
+set/show/clear, test (--only) and trace, run on the machine that holds the node by that machine's own
+`nslab` (today's commands and observers: no second implementation).
+
+POST /v1/run (the agent serves it only with the cluster's credential, machine_agent.py)
+carries one JSON request: {"lab", "command" (a key of COMMANDS), "target" (NODE or
+NODE:IFACE), "dst" (trace), "options" ({"rate": "10mbit", "json": true, ...}, only those
+COMMANDS allows: no option that names a file on the agent's machine), "argv" (exec),
+"tty", "rows", "cols", "term"}.  The agent checks the lab is one of its shards and the
+node one of that shard's recorded nodes; its own command then validates every name as it
+does locally.  It answers 200 and the connection becomes a stream: agent -> client
+frames of one kind byte (o: output, e: error output, x: exit code) and a 4-byte length;
+client -> agent frames (i: input, c: end of input, w: window size, rows and columns).  With "tty" the
+command runs on a pseudo-terminal (pty), so `shell` and `exec` behave as at a console.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pty
+import re
+import select
+import socket
+import struct
+import subprocess
+import sys
+import termios
+import threading
+
+from . import spawn, state
+from .errors import NslabError, UsageError
+
+# command -> (its words on the command line, options that take a value, flags)
+COMMANDS = {
+    "show": (["show"], (), ("brief", "json")),
+    "exec": (["exec"], (), ()),
+    "shell": (["shell"], (), ()),
+    "capture": (["capture"], ("count", "filter"), ("decode", "json")),
+    "link-set": (["link", "set"], ("rate", "delay", "jitter", "loss", "limit", "burst"), ("without-netem",)),
+    "link-show": (["link", "show"], (), ("all", "json")),
+    "link-clear": (["link", "clear"], (), ()),
+    "trace": (["trace"], ("proto", "port", "ttl", "timeout"), ("brief", "json")),
+    "test": (["test"], ("only",), ("json",)),
+}
+MAX_REQUEST = 1 << 16
+TERM_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,31}")
+
+
+def _frame(kind: bytes, data: bytes) -> bytes:
+    return kind + struct.pack("!I", len(data)) + data
+
+
+def _read_frame(read) -> tuple[bytes, bytes] | None:
+    head = read(5)
+    if len(head) < 5:
+        return None
+    kind, size = head[:1], struct.unpack("!I", head[1:])[0]
+    if size > 1 << 20:
+        return None
+    data = read(size) if size else b""
+    return (kind, data) if len(data) == size else None
+
+
+# ---- the agent's side ---------------------------------------------------------------------
+
+def command_argv(req: dict, shards) -> list[str]:
+    """The agent's `nslab` argv for request `req` (validated), or ValueError naming why.
+    shards(lab) -> the lab's record here (None: not a shard of this machine)."""
+    if not isinstance(req, dict):
+        raise ValueError("a JSON object is expected")
+    lab, command = req.get("lab"), req.get("command")
+    if command not in COMMANDS:
+        raise ValueError(f"no command {str(command)[:40]!r} (one of {', '.join(COMMANDS)})")
+    if not state.valid_lab(lab):
+        raise ValueError("no valid lab name")
+    st = shards(lab)
+    if st is None:
+        raise LookupError(f"no shard of lab {lab!r} here")
+    words, valued, flags = COMMANDS[command]
+    argv = list(words) + ["-l", lab]
+    for key in ("target", "dst"):
+        value = req.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str) or not value or value.startswith("-") or len(value) > 64:
+            raise ValueError(f"{key}: a node name (or NODE:IFACE) is expected")
+        if key == "target" and value.partition(":")[0] not in st.nodes:
+            raise LookupError(f"lab {lab} has no node {value.partition(':')[0]!r} here")
+        argv.append(value)
+    if command in ("exec", "shell", "capture", "link-set", "link-clear", "trace") and "target" not in req:
+        raise ValueError(f"{command}: a target node is required")
+    options = req.get("options") or {}
+    if not isinstance(options, dict):
+        raise ValueError("options: an object is expected")
+    for key, value in sorted(options.items()):
+        if key in flags and value is True:
+            argv.append(f"--{key}")
+        elif key in valued and isinstance(value, list) and 0 < len(value) <= 256 \
+                and all(isinstance(v, str) and "\0" not in v and len(v) <= 256 for v in value):
+            argv += [f"--{key}={v}" for v in value]       # a repeatable option
+        elif key in valued and isinstance(value, (str, int, float)) and not isinstance(value, bool) \
+                and "\0" not in str(value) and len(str(value)) <= 256:
+            argv.append(f"--{key}={value}")
+        else:
+            raise ValueError(f"{command}: option {str(key)[:40]!r} is not served across machines")
+    if command == "exec":
+        cmd = req.get("argv")
+        if not (isinstance(cmd, list) and cmd and all(isinstance(a, str) and "\0" not in a for a in cmd)):
+            raise ValueError("exec: argv, a non-empty list of strings, is expected")
+        argv += ["--", *cmd]
+    return argv
+
+
+def serve_run(handler, shards) -> None:
+    """Answer POST /v1/run on `handler` (a BaseHTTPRequestHandler whose credential has been
+    checked): run the command, stream its output and exit code back."""
+    handler.close_connection = True
+    size = int(handler.headers.get("Content-Length") or 0)
+    try:
+        if not 0 < size <= MAX_REQUEST:
+            raise ValueError("a JSON body of at most 64 KiB")
+        req = json.loads(handler.rfile.read(size))
+        argv = command_argv(req, shards)
+    except (ValueError, LookupError) as e:
+        data = json.dumps({"error": str(e)}).encode()
+        handler.send_response(404 if isinstance(e, LookupError) else 400)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
+        return
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/x-nslab-stream")
+    handler.end_headers()
+    handler.wfile.flush()
+    sock = handler.connection
+    lock = threading.Lock()
+
+    def send(kind: bytes, data: bytes) -> None:
+        with lock:
+            try:
+                sock.sendall(_frame(kind, data))
+            except OSError:
+                pass
+
+    tty = req.get("tty") is True
+    env = spawn.env()
+    term = req.get("term")
+    env["TERM"] = term if isinstance(term, str) and TERM_RE.fullmatch(term) else "xterm"
+    cmd = spawn.python("nslab.cli", *argv)
+    if tty:
+        master, slave = pty.openpty()
+        rows, cols = req.get("rows"), req.get("cols")
+        if isinstance(rows, int) and isinstance(cols, int) and 0 < rows < 1000 and 0 < cols < 1000:
+            fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+        def controlling_tty():        # the pty is the command's terminal: job control, ^C
+            os.setsid()
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+        proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave, cwd=spawn.CWD, env=env,
+                                preexec_fn=controlling_tty, close_fds=True)
+        os.close(slave)
+        outs = {master: b"o"}
+        stdin_fd = master
+    else:
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                cwd=spawn.CWD, env=env, start_new_session=True)
+        outs = {proc.stdout.fileno(): b"o", proc.stderr.fileno(): b"e"}
+        stdin_fd = proc.stdin.fileno()
+
+    def pump_input():
+        read = handler.rfile.read
+        frame = None
+        try:
+            while (frame := _read_frame(read)) is not None:
+                kind, data = frame
+                if kind == b"i":
+                    os.write(stdin_fd, data)
+                elif kind == b"w" and tty and len(data) == 4:
+                    rows, cols = struct.unpack("!HH", data)
+                    fcntl.ioctl(stdin_fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+                elif kind == b"c":
+                    if tty:
+                        os.write(stdin_fd, b"\x04")
+                    else:
+                        proc.stdin.close()
+                    return
+        except (OSError, ValueError):
+            pass
+        finally:
+            if proc.poll() is None and not tty:
+                try:
+                    proc.stdin.close()
+                except OSError:
+                    pass
+        # the client has gone: its command ends with it (one we started, by its PID)
+        if frame is None and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, 15)
+            except OSError:
+                pass
+    threading.Thread(target=pump_input, daemon=True).start()
+    while outs:
+        ready, _, _ = select.select(list(outs), [], [])
+        for fd in ready:
+            try:
+                data = os.read(fd, 65536)
+            except OSError:             # a pty's master once its last slave has closed: EIO
+                data = b""
+            if data:
+                send(outs[fd], data)
+            else:
+                del outs[fd]
+    rc = proc.wait()
+    if tty:
+        os.close(master)
+    send(b"x", str(rc if rc >= 0 else 128 - rc).encode())
+
+
+# ---- the host's side ----------------------------------------------------------------------
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def run(url: str, token: str, req: dict, stdin=None, stdout=None, stderr=None) -> int:
+    """Send request `req` to the agent at `url` and pass the stream through: the command's
+    output to stdout/stderr (binary), stdin's bytes to it; its exit code.  With req["tty"],
+    the local terminal is put in raw mode for the while."""
+    from urllib.parse import urlsplit
+    stdin = sys.stdin if stdin is None else stdin
+    out_fd = (stdout or sys.stdout).fileno()
+    err_fd = (stderr or sys.stderr).fileno()
+    u = urlsplit(url)
+    body = json.dumps(req).encode()
+    buf = bytearray()
+    try:
+        sock = socket.create_connection((u.hostname, u.port), timeout=30)
+        sock.sendall(f"POST /v1/run HTTP/1.1\r\nHost: {u.hostname}\r\nAuthorization: Bearer {token}\r\n"
+                     f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        while b"\r\n\r\n" not in buf and (chunk := sock.recv(65536)):
+            buf += chunk
+        sock.settimeout(None)
+    except OSError as e:
+        raise NslabError(f"the agent at {url} does not answer ({e})") from None
+    head, _, rest = bytes(buf).partition(b"\r\n\r\n")
+    buf = bytearray(rest)
+    status = head.split(b"\r\n")[0].split()
+    if len(status) < 2 or status[1] != b"200":
+        try:
+            while chunk := sock.recv(65536):
+                buf += chunk
+            error = json.loads(bytes(buf))["error"]
+        except (ValueError, KeyError, TypeError, OSError):
+            error = b" ".join(status[1:]).decode(errors="replace") or "no answer"
+        sock.close()
+        raise UsageError(f"the agent at {url} refused: {error}")
+    saved = None
+    in_fd = stdin.fileno()
+    resized = None
+    if req.get("tty") is True and os.isatty(in_fd):
+        import signal                   # lazy: only here
+        import tty as ttymod
+        saved = termios.tcgetattr(in_fd)
+        ttymod.setraw(in_fd, termios.TCSANOW)     # what was typed ahead stays, for the command
+        # the terminal resized: its new size to the command's pty (a wake-up pipe, select sees it)
+        resized, wake = os.pipe()
+        os.set_blocking(wake, False)
+        old_wakeup = signal.set_wakeup_fd(wake)
+        old_handler = signal.signal(signal.SIGWINCH, lambda *_: None)
+    try:
+        watch = [sock, in_fd] + ([resized] if resized is not None else [])
+        while True:
+            while len(buf) >= 5:        # every whole frame received so far
+                size = struct.unpack("!I", buf[1:5])[0]
+                if len(buf) < 5 + size:
+                    break
+                kind, data = bytes(buf[:1]), bytes(buf[5:5 + size])
+                del buf[:5 + size]
+                if kind == b"x":
+                    return int(data or b"1")
+                os.write(out_fd if kind == b"o" else err_fd, data)
+            ready, _, _ = select.select(watch, [], [])
+            if resized in ready:
+                os.read(resized, 512)
+                size = os.get_terminal_size(in_fd)
+                sock.sendall(_frame(b"w", struct.pack("!HH", size.lines, size.columns)))
+            if in_fd in ready:
+                data = os.read(in_fd, 65536)
+                sock.sendall(_frame(b"i", data) if data else _frame(b"c", b""))
+                if not data:
+                    watch = [sock]
+            if sock in ready:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise NslabError(f"the agent at {url} closed the stream before the command ended")
+                buf += chunk
+    finally:
+        if saved is not None:
+            termios.tcsetattr(in_fd, termios.TCSADRAIN, saved)
+            signal.signal(signal.SIGWINCH, old_handler)
+            signal.set_wakeup_fd(old_wakeup)
+            os.close(resized)
+            os.close(wake)
+        sock.close()
