@@ -405,10 +405,12 @@ def show(node: Optional[str] = typer.Argument(None, help="Node name or LAB.NODE 
          lab: Optional[str] = LabOpt,
          brief: bool = typer.Option(False, "--brief", "-b", help="One line per node: kind, cluster role, "
                                     "addresses, status (like containerlab's inspect)."),
+         every: bool = typer.Option(False, "--all", "-a", help="Every netfilter rule, not only those "
+                                    "that counted a packet."),
          as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
     """What each node is (kind; a cluster node's role, pod CIDR, VTEP and pods; a pod's node and
     containers; a container's image), then its interfaces (kind, MTU, MAC, addresses), routes,
-    neighbours and FDB."""
+    neighbours, FDB and netfilter counters (iptables and nft rules that counted packets)."""
     from .observe import show as showmod  # lazy: start-up
     labmod.require_root()
     lab, node = labmod.resolve_nodes(lab, node)
@@ -420,7 +422,7 @@ def show(node: Optional[str] = typer.Argument(None, help="Node name or LAB.NODE 
     healed = agentmod.heal(st)               # agent and warden both gone: nobody else restarts them
     if healed:
         st = state.load(lab) or st
-    data = showmod.collect(st, nodes)
+    data = showmod.collect(st, nodes, counters=not brief)
     data["restarted"] = healed
     topo = labmod.topology(lab, st)
     for n, entry in data["nodes"].items():
@@ -438,7 +440,7 @@ def show(node: Optional[str] = typer.Argument(None, help="Node name or LAB.NODE 
     if as_json:
         print(json.dumps(data, indent=1))
     else:
-        showmod.render(console, st, data)
+        showmod.render(console, st, data, every)
         if data["services"] and not node:
             showmod.service_table(console, data["services"])
 
