@@ -425,6 +425,15 @@ def parse_nft(text: str, stderr: str = "") -> dict:
     return tables
 
 
+def iptables_counters(tables: dict) -> dict:
+    """apply/iptables.parse_save()'s tables as JSON: {table: {chain: {policy, packets, bytes,
+    rules: [{rule, packets, bytes}]}}} (a user chain has no policy, nor its counters)."""
+    return {tname: {c.name: {"policy": c.policy, "packets": c.packets if c.policy else None,
+                             "bytes": c.bytes if c.policy else None,
+                             "rules": [{"rule": r.spec, "packets": r.packets, "bytes": r.bytes} for r in c.rules]}
+                    for c in chains.values()} for tname, chains in tables.items()}
+
+
 def netfilter(ns: str) -> dict:
     """The packet and byte counters of namespace ns's netfilter: {"iptables": {table: {chain:
     {policy, packets, bytes, rules: [{rule, packets, bytes}]}}}, "nftables": parse_nft()},
@@ -434,12 +443,7 @@ def netfilter(ns: str) -> dict:
     from ..apply import iptables     # lazy: forks only when asked
     result: dict[str, Any] = {"iptables": {}, "nftables": {}, "errors": []}
     try:
-        for tname, chains in iptables.tables(ns).items():
-            result["iptables"][tname] = {
-                c.name: {"policy": c.policy, "packets": c.packets if c.policy else None,
-                         "bytes": c.bytes if c.policy else None,
-                         "rules": [{"rule": r.spec, "packets": r.packets, "bytes": r.bytes} for r in c.rules]}
-                for c in chains.values()}
+        result["iptables"] = iptables_counters(iptables.tables(ns))
     except Exception as e:             # not installed, or failing: say so, read the rest
         result["errors"].append(f"iptables-save: {e}")
     try:
