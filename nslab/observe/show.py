@@ -483,6 +483,8 @@ def netfilter_summary(nf: dict) -> str:
     packet (2 nft rules carry no counter); --all lists them`."""
     ipt = [r for chains in nf.get("iptables", {}).values() for c in chains.values() for r in c["rules"]]
     nft = [r for chains in nf.get("nftables", {}).values() for rules in chains.values() for r in rules]
+    if not ipt and not nft:
+        return "no iptables or nft rules"
     idle = sum(1 for r in ipt + nft if not r["packets"])
     bare = sum(1 for r in nft if r["packets"] is None)
     text = f"{idle} of {len(ipt) + len(nft)} rules (iptables {len(ipt)}, nft {len(nft)}) counted no packet"

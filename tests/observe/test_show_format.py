@@ -257,3 +257,4 @@ def test_netfilter_lines_only_what_counted_unless_every():
     assert "[0:0] -t nat -A POSTROUTING -j RETURN" in every
     assert "[-] ip flannel-ipv4 postrtg: ip saddr 10.244.0.0/16 masquerade fully-random" in every
     assert netfilter_summary(nf).startswith("2 of 4 rules (iptables 2, nft 2) counted no packet (1 nft rule carries")
+    assert netfilter_summary({"iptables": {}, "nftables": {}, "errors": []}) == "no iptables or nft rules"
