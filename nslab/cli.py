@@ -406,11 +406,12 @@ def show(node: Optional[str] = typer.Argument(None, help="Node name or LAB.NODE 
          brief: bool = typer.Option(False, "--brief", "-b", help="One line per node: kind, cluster role, "
                                     "addresses, status (like containerlab's inspect)."),
          every: bool = typer.Option(False, "--all", "-a", help="Every netfilter rule, not only those "
-                                    "that counted a packet."),
+                                    "that counted a packet (and, without NODE, every node's: two processes a node)."),
          as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
     """What each node is (kind; a cluster node's role, pod CIDR, VTEP and pods; a pod's node and
     containers; a container's image), then its interfaces (kind, MTU, MAC, addresses), routes,
-    neighbours, FDB and netfilter counters (iptables and nft rules that counted packets)."""
+    neighbours, FDB and, for the NODE named (every node's with --all), its netfilter counters
+    (the iptables and nft rules that counted packets)."""
     from .observe import show as showmod  # lazy: start-up
     labmod.require_root()
     lab, node = labmod.resolve_nodes(lab, node)
@@ -422,7 +423,7 @@ def show(node: Optional[str] = typer.Argument(None, help="Node name or LAB.NODE 
     healed = agentmod.heal(st)               # agent and warden both gone: nobody else restarts them
     if healed:
         st = state.load(lab) or st
-    data = showmod.collect(st, nodes, counters=not brief)
+    data = showmod.collect(st, nodes, counters=not brief and (node is not None or every))
     data["restarted"] = healed
     topo = labmod.topology(lab, st)
     for n, entry in data["nodes"].items():
