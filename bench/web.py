@@ -132,7 +132,7 @@ def main() -> None:
         links = lab.picture(key)[2]
         reads = {l[l["read"]][0] for l in links} | {l["underlay"][0] for l in links if l["underlay"]}
         print(f"counters at {len(topo.nodes):,} namespaces, {what}: {len(links)} links drawn, {len(reads)} "
-              f"namespaces read per tick: {100 * per_ns * len(reads):.2f} % of a core (estimated from the CPU per namespace)")
+              f"namespaces read per tick: {100 * per_ns * len(reads):.2f} % of a core (from the CPU per namespace)")
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
 

@@ -325,9 +325,8 @@ def test_lab_taken_down_page_says_so_and_server_lets_go(lab_factory, browser):
 def _sep_packets(lines: list[str], service: str) -> int:
     """The packets kube-proxy's KUBE-SEP DNAT rules of `service` counted, from show's lines."""
     import re
-    return sum(int(m.group(1)) for line in lines
-               for m in [re.match(r"\[(\d+):\d+\] -t nat -A KUBE-SEP-\S+ .*" + re.escape(service) + r".* -j DNAT", line)]
-               if m)
+    rx = re.compile(r"\[(\d+):\d+\] -t nat -A KUBE-SEP-\S+ .*" + re.escape(service) + r".* -j DNAT")
+    return sum(int(m.group(1)) for m in map(rx.match, lines) if m)
 
 
 @screenshots
