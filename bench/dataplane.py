@@ -162,10 +162,10 @@ def _tree_cpu(root: int) -> float:
     return total
 
 
-def web_overhead(rounds: int, seconds: int, port: int = 18097) -> None:
+def web_overhead(rounds: int, seconds: int, port: int = 18097, prefix: str = "wb") -> None:
     sys.path.insert(0, ROOT)
     from nslab.web.browser import chromium
-    lab = f"wb-webbench-{os.getpid()}"
+    lab = f"{prefix}-webbench-{os.getpid()}"
     server, server_ip = DEFAULT_SERVER
     web = browser = None
     try:
@@ -224,6 +224,8 @@ def main() -> None:
     ap.add_argument("--backends", default="vxlan,host-gw,ipip,udp")
     ap.add_argument("--ecmp", type=int, metavar="FLOWS", help="the ECMP demonstration instead (spine-leaf-ecmp)")
     ap.add_argument("--web", type=int, metavar="ROUNDS", help="nslab web's cost: iperf3 with and without the page")
+    ap.add_argument("--port", type=int, default=18097, help="--web: the page's port")
+    ap.add_argument("--lab-prefix", default="wb", help="--web: the lab's name starts with it")
     ap.add_argument("--topology", metavar="FILE", help="a variant of spine-leaf.yaml (e.g. with link conditions)")
     args = ap.parse_args()
     if args.topology:
@@ -234,7 +236,7 @@ def main() -> None:
     if args.ecmp:
         return ecmp(args.ecmp, min(args.seconds, 3))
     if args.web:
-        return web_overhead(args.web, args.seconds)
+        return web_overhead(args.web, args.seconds, args.port, args.lab_prefix)
     rows = [run(b, args.seconds, args.streams) for b in args.backends.split(",")]
     base = next((r["gbps"] for r in rows if r["backend"] == "vxlan"), None)
     print(f"{'backend':8} {'dataplane':10} {'path':24} {'Gbit/s':>7} {'vs vxlan':>9} {'retrans':>8}  notes")

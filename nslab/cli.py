@@ -427,10 +427,13 @@ def show(node: Optional[str] = typer.Argument(None, help="Node name or LAB.NODE 
          lab: Optional[str] = LabOpt,
          brief: bool = typer.Option(False, "--brief", "-b", help="One line per node: kind, cluster role, "
                                     "addresses, status (like containerlab's inspect)."),
+         every: bool = typer.Option(False, "--all", "-a", help="Every netfilter rule, not only those "
+                                    "that counted a packet (and, without NODE, every node's: two processes a node)."),
          as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
     """What each node is (kind; a cluster node's role, pod CIDR, VTEP and pods; a pod's node and
     containers; a container's image), then its interfaces (kind, MTU, MAC, addresses), routes,
-    neighbours and FDB."""
+    neighbours, FDB and, for the NODE named (every node's with --all), its netfilter counters
+    (the iptables and nft rules that counted packets)."""
     from .observe import show as showmod  # lazy: start-up
     if remote := across_lab(lab, node):
         options = {k: True for k, v in (("brief", brief), ("json", as_json)) if v}
@@ -449,7 +452,7 @@ def show(node: Optional[str] = typer.Argument(None, help="Node name or LAB.NODE 
     healed = agentmod.heal(st)               # agent and warden both gone: nobody else restarts them
     if healed:
         st = state.load(lab) or st
-    data = showmod.collect(st, nodes)
+    data = showmod.collect(st, nodes, counters=not brief and (node is not None or every))
     data["restarted"] = healed
     topo = labmod.topology(lab, st)
     for n, entry in data["nodes"].items():
@@ -467,7 +470,7 @@ def show(node: Optional[str] = typer.Argument(None, help="Node name or LAB.NODE 
     if as_json:
         print(json.dumps(data, indent=1))
     else:
-        showmod.render(console, st, data)
+        showmod.render(console, st, data, every)
         if data["services"] and not node:
             showmod.service_table(console, data["services"])
 

@@ -31,8 +31,8 @@ from ..model.units import (ETH_HLEN, NETEM_DEFAULT_LIMIT, TBF_DEFAULT_LATENCY_US
                            U32_MAX, Conditions, ConditionsError, effective, format_size)
 from . import netns
 from .netlink import (IFINFOMSG, IFLA_IFNAME, IFLA_MTU, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK, NLM_F_DUMP,
-                      NLM_F_REQUEST, NLMSGHDR, RTATTR, REPLACE, RTM_DELQDISC, RTM_GETLINK, RTM_GETQDISC, RTM_NEWLINK,
-                      RTM_NEWQDISC, SEND_CHUNK, TCMSG, U32, attr, attrs, extack, ifinfomsg, message,
+                      NLM_F_REQUEST, NLMSGHDR, RTATTR, REPLACE, RTM_DELLINK, RTM_DELQDISC, RTM_GETLINK, RTM_GETQDISC,
+                      RTM_NEWLINK, RTM_NEWQDISC, SEND_CHUNK, TCMSG, U32, attr, attrs, extack, ifinfomsg, message,
                       open_route_socket)
 from .netlink import messages as replies
 
@@ -358,32 +358,93 @@ IFF_LOWER_UP = 0x10000
 STATS64 = struct.Struct("=QQQQ")      # rtnl_link_stats64: rx_packets, tx_packets, rx_bytes, tx_bytes (...)
 
 
-def link_stats(sock: socket.socket) -> dict[str, tuple[int, int, int, int, bool]]:
-    """{name: (rx_packets, tx_packets, rx_bytes, tx_bytes, up)} of every device of the
-    socket's namespace, from one RTM_GETLINK dump (`ip -s link`'s numbers; up: IFF_UP and
-    the carrier, as `ip link` prints UP and LOWER_UP)."""
+RTM_NEWSTATS, RTM_GETSTATS = 92, 94
+IF_STATS_MSG = struct.Struct("=BxxxII")     # if_stats_msg: family, ifindex, filter_mask
+IFLA_STATS_LINK_64 = 1                      # filter_mask bit 0: rtnl_link_stats64 only
+RTMGRP_LINK = 1
+
+
+def _link_state(buf, pos: int, length: int) -> tuple[int, str, bool]:
+    """(ifindex, name, up) of one RTM_NEWLINK message, read only as far as the name (up:
+    IFF_UP and the carrier, as `ip link` prints UP and LOWER_UP)."""
+    _fam, _type, index, flags, _change = IFINFOMSG.unpack_from(buf, pos + 16)
+    name = ""
+    at, end = pos + 16 + IFINFOMSG.size, pos + length
+    while at + 4 <= end:
+        alen, atype = RTATTR.unpack_from(buf, at)
+        if alen < 4:
+            break
+        if atype & 0x3FFF == IFLA_IFNAME:
+            name = bytes(buf[at + 4: at + alen]).split(b"\0")[0].decode(errors="backslashreplace")
+            break
+        at += (alen + 3) & ~3
+    return index, name, flags & 0x1 != 0 and flags & IFF_LOWER_UP != 0
+
+
+def link_states(sock: socket.socket) -> dict[int, tuple[str, bool]]:
+    """{ifindex: (name, up)} of every device of the socket's namespace (one RTM_GETLINK dump)."""
     out = {}
     for mtype, buf, pos, length in _dump(sock, encode_dump_links()):
-        if mtype != RTM_NEWLINK:
+        if mtype == RTM_NEWLINK:
+            index, name, up = _link_state(buf, pos, length)
+            out[index] = (name, up)
+    return out
+
+
+def link_stats(sock: socket.socket) -> dict[int, tuple[int, int, int, int]]:
+    """{ifindex: (rx_packets, tx_packets, rx_bytes, tx_bytes)} of every device of the socket's
+    namespace: one RTM_GETSTATS dump asking for IFLA_STATS_LINK_64 only (`ip stats show group
+    link`'s numbers, those of `ip -s link`).  The kernel then builds one small message a
+    device (the counters, ~200 bytes) where RTM_GETLINK builds every attribute of it (~1.5
+    kB: its inet/inet6 settings, link info...): `nslab web` reads this every second."""
+    out = {}
+    request = message(RTM_GETSTATS, DUMP, IF_STATS_MSG.pack(socket.AF_UNSPEC, 0, 1 << (IFLA_STATS_LINK_64 - 1)))
+    for mtype, buf, pos, length in _dump(sock, request):
+        if mtype != RTM_NEWSTATS:
             continue
-        _fam, _type, _index, flags, _change = IFINFOMSG.unpack_from(buf, pos + 16)
-        name, st = "", (0, 0, 0, 0)
-        at, end = pos + 16 + IFINFOMSG.size, pos + length
-        # the two attributes only, stopping at the stats (the kernel puts the name before
-        # them): `nslab web` reads this every second
+        _fam, index, _mask = IF_STATS_MSG.unpack_from(buf, pos + 16)
+        at, end = pos + 16 + IF_STATS_MSG.size, pos + length
         while at + 4 <= end:
             alen, atype = RTATTR.unpack_from(buf, at)
             if alen < 4:
                 break
-            atype &= 0x3FFF
-            if atype == IFLA_IFNAME:
-                name = bytes(buf[at + 4: at + alen]).split(b"\0")[0].decode(errors="backslashreplace")
-            elif atype == IFLA_STATS64 and alen - 4 >= STATS64.size:
-                st = STATS64.unpack_from(buf, at + 4)
+            if atype & 0x3FFF == IFLA_STATS_LINK_64 and alen - 4 >= STATS64.size:
+                out[index] = STATS64.unpack_from(buf, at + 4)
                 break
             at += (alen + 3) & ~3
-        out[name] = (*st, flags & 0x1 != 0 and flags & IFF_LOWER_UP != 0)
     return out
+
+
+def open_link_watch() -> socket.socket:
+    """A non-blocking NETLINK_ROUTE socket in the calling thread's namespace that receives the
+    kernel's link notifications (RTMGRP_LINK, what `ip monitor link` reads): a device
+    added, renamed, set down or up, its carrier lost or back."""
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK, 0)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 18)
+    sock.bind((0, RTMGRP_LINK))
+    return sock
+
+
+def link_changes(watch: socket.socket) -> list[tuple[int, str | None, bool]] | None:
+    """The notifications queued on open_link_watch()'s socket: (ifindex, name, up) for a
+    device new or changed, (ifindex, None, False) for one deleted; None if some were lost
+    (the queue overflowed: read link_states() again)."""
+    out = []
+    while True:
+        try:
+            buf = watch.recv(1 << 16)
+        except BlockingIOError:
+            return out
+        except OSError as e:
+            if e.errno == errno.ENOBUFS:
+                return None
+            raise
+        for mtype, _flags, _seq, pos, length in replies(buf):
+            if mtype == RTM_NEWLINK:
+                out.append(_link_state(buf, pos, length))
+            elif mtype == RTM_DELLINK:
+                index = IFINFOMSG.unpack_from(buf, pos + 16)[2]
+                out.append((index, None, False))
 
 
 def read(sock: socket.socket) -> dict[str, Qdisc]:

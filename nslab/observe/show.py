@@ -17,10 +17,12 @@ The format functions are pure and unit-tested (tests/observe/test_show_format.py
 from __future__ import annotations
 
 import os
+import re
 import socket
 from typing import Any, Iterable
 
 from .. import console as out
+from ..errors import NslabError
 from ..state import verified_ids
 from ..apply import netns, qdisc
 from ..apply.netlink import open_route_socket
@@ -382,6 +384,115 @@ def norm_fdb(msg, names: dict[int, str]) -> dict:
     }
 
 
+# --- netfilter counters ----------------------------------------------------------------------
+
+_NFT_TABLE = re.compile(r"^table (\S+) (\S+) \{")
+_NFT_CHAIN = re.compile(r"^\tchain (\S+) \{")
+_NFT_RULE = re.compile(r"^\t\t(.*?)\s*# handle (\d+)$")
+_NFT_COUNTER = re.compile(r"\s*\bcounter packets (\d+) bytes (\d+)")
+_NFT_IPTABLES = re.compile(r"table (\S+) (\S+) is managed by iptables-nft")
+
+
+def parse_nft(text: str, stderr: str = "") -> dict:
+    """`nft -a list ruleset` -> {"FAMILY TABLE": {chain: [{rule, handle, packets, bytes}]}},
+    rules in order; packets/bytes None where the rule carries no `counter`, and the rule's
+    text without its counter.  The tables iptables-nft manages (nft warns of each on stderr)
+    are left out: iptables-save reads them.  The text form, not -j: a rule then reads as nft
+    prints it, and `# handle N` marks exactly the rule lines (set elements carry none)."""
+    skip = {f"{f} {t}" for f, t in _NFT_IPTABLES.findall(stderr)}
+    tables: dict[str, dict[str, list[dict]]] = {}
+    table = chain = None
+    for line in text.splitlines():
+        m = _NFT_TABLE.match(line)
+        if m:
+            name = f"{m.group(1)} {m.group(2)}"
+            table = None if name in skip else tables.setdefault(name, {})
+            chain = None
+            continue
+        m = _NFT_CHAIN.match(line)
+        if m and table is not None:
+            chain = table.setdefault(m.group(1), [])
+            continue
+        if line == "\t}":
+            chain = None
+            continue
+        m = _NFT_RULE.match(line)
+        if m and chain is not None:
+            rule, handle = m.groups()
+            c = _NFT_COUNTER.search(rule)
+            chain.append({"rule": " ".join(_NFT_COUNTER.sub("", rule).split()), "handle": int(handle),
+                          "packets": int(c.group(1)) if c else None, "bytes": int(c.group(2)) if c else None})
+    return tables
+
+
+def iptables_counters(tables: dict) -> dict:
+    """apply/iptables.parse_save()'s tables as JSON: {table: {chain: {policy, packets, bytes,
+    rules: [{rule, packets, bytes}]}}} (a user chain has no policy, nor its counters)."""
+    return {tname: {c.name: {"policy": c.policy, "packets": c.packets if c.policy else None,
+                             "bytes": c.bytes if c.policy else None,
+                             "rules": [{"rule": r.spec, "packets": r.packets, "bytes": r.bytes} for r in c.rules]}
+                    for c in chains.values()} for tname, chains in tables.items()}
+
+
+def netfilter(ns: str) -> dict:
+    """The packet and byte counters of namespace ns's netfilter: {"iptables": {table: {chain:
+    {policy, packets, bytes, rules: [{rule, packets, bytes}]}}}, "nftables": parse_nft()},
+    from one `iptables-save -c` and one `nft -a list ruleset` inside it (apply/iptables.run:
+    nsenter on a checked descriptor of the lab namespace).  A tool that is missing or fails
+    is named under "errors"; the rest is still read."""
+    from ..apply import iptables     # lazy: forks only when asked
+    result: dict[str, Any] = {"iptables": {}, "nftables": {}, "errors": []}
+    try:
+        result["iptables"] = iptables_counters(iptables.tables(ns))
+    except Exception as e:             # not installed, or failing: say so, read the rest
+        result["errors"].append(f"iptables-save: {e}")
+    try:
+        proc = iptables.run(ns, ("nft", "-a", "list", "ruleset"), timeout=30)
+        if proc.returncode != 0:
+            raise NslabError(" ".join(proc.stderr.split()))
+        result["nftables"] = parse_nft(proc.stdout, proc.stderr)
+    except Exception as e:
+        result["errors"].append(f"nft: {e}")
+    return result
+
+
+def netfilter_lines(nf: dict, every: bool = False) -> list[str]:
+    """The counters as show prints them, `[packets:bytes]` first as `iptables-save -c` does:
+    `[3:180] -t nat -A KUBE-SVC-X ... -j KUBE-SEP-Y`, `[1:60] -t nat -P POSTROUTING ACCEPT`,
+    `[2:120] ip flannel-ipv4 postrtg: ip saddr ... masquerade`.  Only what counted a packet,
+    unless every (then a rule without a counter reads `[-]`)."""
+    lines = []
+    for tname, chains in nf.get("iptables", {}).items():
+        for cname, c in chains.items():
+            if c["policy"] and (every or c["packets"]):
+                lines.append(f"[{c['packets']}:{c['bytes']}] -t {tname} -P {cname} {c['policy']}")
+            for r in c["rules"]:
+                if every or r["packets"]:
+                    lines.append(f"[{r['packets']}:{r['bytes']}] -t {tname} -A {cname} {r['rule']}".rstrip())
+    for tname, chains in nf.get("nftables", {}).items():
+        for cname, rules in chains.items():
+            for r in rules:
+                if every or r["packets"]:
+                    count = "[-]" if r["packets"] is None else f"[{r['packets']}:{r['bytes']}]"
+                    lines.append(f"{count} {tname} {cname}: {r['rule']}")
+    return lines
+
+
+def netfilter_summary(nf: dict) -> str:
+    """What the compact listing left out: `of 41 rules (iptables 35, nft 6), 38 counted no
+    packet (2 nft rules carry no counter); --all lists them`."""
+    ipt = [r for chains in nf.get("iptables", {}).values() for c in chains.values() for r in c["rules"]]
+    nft = [r for chains in nf.get("nftables", {}).values() for rules in chains.values() for r in rules]
+    if not ipt and not nft:
+        return "no iptables or nft rules"
+    idle = sum(1 for r in ipt + nft if not r["packets"])
+    bare = sum(1 for r in nft if r["packets"] is None)
+    text = f"{idle} of {len(ipt) + len(nft)} rules (iptables {len(ipt)}, nft {len(nft)}) counted no packet"
+    if bare:
+        text += f" ({bare} nft {'rule carries' if bare == 1 else 'rules carry'} no counter)"
+    return text + "; --all lists every rule"
+
+
 # --- reading the kernel -------------------------------------------------------------------
 
 def _netns_cookie(sock) -> bytes | None:
@@ -452,18 +563,23 @@ def _text(value):
     return value
 
 
-def collect(st, nodes: list[str]) -> dict:
-    """Everything `nslab show` prints, as JSON-ready data: {lab, nodes: {node: {...}}}."""
+def collect(st, nodes: list[str], counters: bool = True) -> dict:
+    """Everything `nslab show` prints, as JSON-ready data: {lab, nodes: {node: {...}}}; with
+    counters, each node's netfilter counters too (two processes a node, four nodes at once)."""
+    from concurrent.futures import ThreadPoolExecutor  # lazy: start-up
     ns_node = {ns: node for node, ns in st.nodes.items()}
     # only namespaces verifiably the lab's (the record's names are checked, not trusted)
     lab_ns = list(verified_ids(st, dict.fromkeys(list(st.nodes.values()) + list(st.namespaces))))
     fds: dict[str, int] = {}
+    pool = None
     try:
         for ns in lab_ns:
             try:
                 fds[ns] = os.open(netns.path(ns), os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
                 pass
+        pool = ThreadPoolExecutor(4) if counters else None
+        nf = {n: pool.submit(netfilter, st.nodes[n]) for n in nodes if st.nodes[n] in fds} if pool else {}
         raw = {st.nodes[n]: _read_namespace(st.nodes[n], fds) for n in nodes if st.nodes[n] in fds}
         others: dict[str, dict[int, str]] = {}
 
@@ -514,16 +630,20 @@ def collect(st, nodes: list[str]) -> dict:
                 entry["subnet_env"] = parse_subnet_env(info["subnet.env"])
             if "dataplane" in info:     # e.g. "ipip: userspace (kernel module missing): ..."
                 entry["dataplane"] = info["dataplane"]
+            if node in nf:
+                entry["netfilter"] = nf[node].result()
             result["nodes"][node] = entry
         return result
     finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
         for fd in fds.values():
             os.close(fd)
 
 
 # --- rendering --------------------------------------------------------------------------------
 
-def render(console, st, data: dict) -> None:
+def render(console, st, data: dict, every: bool = False) -> None:
     from rich.rule import Rule  # lazy: start-up
     from rich.text import Text  # lazy: start-up
     limit = out.fits(console)          # None when piped: lines complete, as iproute2 prints them
@@ -582,6 +702,11 @@ def render(console, st, data: dict) -> None:
             _section(console, "fdb", [x["text"] for x in fdb], limit)
         if entry.get("subnet_env"):
             _section(console, "subnet.env", [f"{k}={v}" for k, v in entry["subnet_env"].items()], limit)
+        if "netfilter" in entry:
+            nf = entry["netfilter"]
+            _section(console, "netfilter [packets:bytes]", netfilter_lines(nf, every), limit)
+            for line in ([] if every else [netfilter_summary(nf)]) + nf.get("errors", []):
+                emit("  " + line, 4, "dim")
         console.print()
 
 

@@ -1,9 +1,13 @@
 """Per-link rates for the page: packets and bytes per second on each veth link of a lab.
 
-How it stays cheap: one NETLINK_ROUTE socket per lab namespace, opened once while this
-thread is inside the namespace (a netlink socket stays in the namespace it was made in;
-apply/netns.py), and each tick one RTM_GETLINK dump per namespace read (apply/qdisc.
-link_stats: the kernel's rtnl_link_stats64, what `ip -s link` prints).  No process is
+How it stays cheap: two NETLINK_ROUTE sockets per lab namespace read, opened once while
+this thread is inside the namespace (a netlink socket stays in the namespace it was made
+in; apply/netns.py).  Each tick one RTM_GETSTATS dump per namespace asks for the counters
+only (apply/qdisc.link_stats: the kernel's rtnl_link_stats64, what `ip -s link` prints;
+a sixth of the CPU of the RTM_GETLINK dump that carries every attribute of every device).
+Names and up/down come from one RTM_GETLINK dump at the first reading, then from the
+kernel's link notifications queued on the second socket (what `ip monitor link` reads:
+a link set down, its carrier lost, a device renamed), drained each tick.  No process is
 started and no setns() is made per tick; nothing in the lab is changed.  A veth's two ends
 count the same packets, so each link is read at one end (view.links' "read": a rack's
 bridge holds all its ports, a node its pods' ends), and only the links the page draws are
@@ -34,7 +38,8 @@ class Counters:
     def __init__(self, st: state.LabState | None, overhead: int = 0):
         self.st, self.overhead = st, overhead
         self.ids = state.verified_ids(st, list(st.nodes.values())) if st is not None else {}
-        self.socks: dict[str, object] = {}          # node -> socket in its namespace (None: unreadable)
+        self.socks: dict[str, tuple | None] = {}    # node -> (socket, watch socket) in its namespace
+        self.states: dict[str, dict[int, tuple[str, bool]]] = {}    # node -> {ifindex: (name, up)}
         self.seen: dict[str, tuple[float, dict]] = {}   # node -> (time, stats) of its last two reads
         self.before: dict[str, tuple[float, dict]] = {}
 
@@ -50,18 +55,39 @@ class Counters:
             if ns in self.ids:
                 try:
                     with netns.enter(ns):
-                        self.socks[node] = open_route_socket()
+                        # the watch first: a change after the dump below is queued on it
+                        watch = qdisc.open_link_watch()
+                        self.socks[node] = (open_route_socket(), watch)
                 except OSError:
                     pass
         return self.socks[node]
+
+    def _states(self, node: str, socks) -> dict[int, tuple[str, bool]]:
+        """{ifindex: (name, up)} of the node's devices, kept current by its notifications."""
+        sock, watch = socks
+        changes = qdisc.link_changes(watch) if node in self.states else None
+        if changes is None:                  # first reading, or notifications lost: read them all
+            qdisc.link_changes(watch)
+            self.states[node] = qdisc.link_states(sock)
+        for index, name, up in changes or []:
+            if name is None:
+                self.states[node].pop(index, None)
+            else:
+                self.states[node][index] = (name, up)
+        return self.states[node]
 
     def _read(self, nodes: set[str]) -> None:
         for node in nodes:
             if node in self.seen and time.monotonic() - self.seen[node][0] < 0.5:
                 continue            # read for another page just now: rates over a useful span
-            sock = self._sock(node)
+            socks = self._sock(node)
             try:
-                stats = qdisc.link_stats(sock) if sock is not None else {}
+                if socks is None:
+                    stats = {}
+                else:
+                    names = self._states(node, socks)
+                    stats = {names[i][0]: (*st, names[i][1]) for i, st in qdisc.link_stats(socks[0]).items()
+                             if i in names}
             except (OSError, qdisc.TcError):
                 stats = {}
             if node in self.seen:
@@ -97,10 +123,10 @@ class Counters:
         return dict(rates=rates, took=round(time.monotonic() - t0, 4), namespaces=len(nodes))
 
     def close(self) -> None:
-        for sock in self.socks.values():
-            if sock is not None:
+        for socks in self.socks.values():
+            for sock in socks or ():
                 sock.close()
-        self.socks = {}
+        self.socks, self.states = {}, {}
 
 
 def pid_cpu() -> float:

@@ -302,6 +302,10 @@ def make_app(bind: str = "127.0.0.1", port: int = 8080, lab: str | None = None, 
             data = showmod.collect(lb.st, [n])
             data["nodes"][n]["about"] = showmod.about(lb.topo, lb.st, n)
             data["nodes"][n]["about_lines"] = showmod.about_lines(data["nodes"][n]["about"])
+            nf = data["nodes"][n].get("netfilter")
+            if nf is not None:          # the lines `nslab show NODE` prints, and what it left out
+                data["nodes"][n]["netfilter_lines"] = showmod.netfilter_lines(nf) + \
+                    [showmod.netfilter_summary(nf)] + nf.get("errors", [])
             return data
         return web.json_response(await off_loop(collect))
 

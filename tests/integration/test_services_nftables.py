@@ -128,6 +128,14 @@ def test_the_notes_four_nat_cases_in_nftables_mode(root_unchanged, lab_factory, 
     assert sorted(svcs) == ["kube-dns", "testappds"]           # the cluster DNS is a service too
     assert (svcs["testappds"]["proxy_mode"], svcs["testappds"]["chain"]) == ("nftables", SERVICE)
     assert svcs["kube-dns"]["chain"] == chain("service", "kube-system/kube-dns/udp/dns")
+    # show NODE lists kube-proxy's nft rules (and flannel's), the tables iptables-nft manages once
+    shown = json.loads(lab.nslab("show", "-l", lab.name, "master1", "--json", check=True).stdout)
+    nf = shown["nodes"]["master1"]["netfilter"]
+    assert not nf["errors"], nf["errors"]
+    kp = nf["nftables"]["ip kube-proxy"]
+    assert kp[SERVICE] and eps <= set(kp), sorted(kp)
+    assert ("ip flannel-ipv4" in nf["nftables"]) == (flannel == "nftables"), sorted(nf["nftables"])
+    assert not {f"ip {t}" for t in nf["iptables"]} & set(nf["nftables"]), (nf["iptables"].keys(), nf["nftables"].keys())
 
 
 @pytest.mark.skipif(kernel.module_state("ip_vs") != "absent", reason="this kernel has ip_vs")

@@ -31,7 +31,8 @@ from conftest import NSLAB, REPO, TOPOLOGIES, LabFactory, _cli_down, _cli_up, ns
 pytestmark = pytest.mark.root
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 SHOTS = Path(os.environ.get("NSLAB_WEB_SHOTS", REPO / "tests" / "integration" / "web-shots"))
-PORT, PORT_CHANGES, PORT_GONE = 18090, 18091, 18092
+BASE = int(os.environ.get("NSLAB_WEB_TEST_PORT", "18090"))     # four ports from BASE
+PORT, PORT_CHANGES, PORT_GONE, PORT_SERVICES = BASE, BASE + 1, BASE + 2, BASE + 3
 
 
 def _wait(what: str, cond, timeout: float = 30, every: float = 0.3):
@@ -317,5 +318,44 @@ def test_lab_taken_down_page_says_so_and_server_lets_go(lab_factory, browser):
         _wait("the page to say the lab is gone", lambda: js(browser, "return document.body.dataset.gone")
               == other.name, 30)
         assert "no longer runs" in js(browser, "return document.getElementById('status').textContent")
+    finally:
+        assert s.stop() == 0, s.out
+
+
+def _sep_packets(lines: list[str], service: str) -> int:
+    """The packets kube-proxy's KUBE-SEP DNAT rules of `service` counted, from show's lines."""
+    import re
+    rx = re.compile(r"\[(\d+):\d+\] -t nat -A KUBE-SEP-\S+ .*" + re.escape(service) + r".* -j DNAT")
+    return sum(int(m.group(1)) for m in map(rx.match, lines) if m)
+
+
+@screenshots
+def test_service_traffic_moves_netfilter_counters_in_show_and_page(lab_factory, browser):
+    """Three connections to the Service from client (on master1): master1's KUBE-SEP DNAT
+    counters grow by three in `nslab show --json`, and the node panel prints what show prints."""
+    from nslab.observe.show import netfilter_lines
+    svc = lab_factory("spine-leaf-services.yaml")
+    browser._nslab_lab = svc.name
+
+    def shown() -> list[str]:
+        out = json.loads(nslab("show", "-l", svc.name, "master1", "--json", env=svc.env, check=True).stdout)
+        return netfilter_lines(out["nodes"]["master1"]["netfilter"], every=True)
+    before = _sep_packets(shown(), "default/testappds")
+    for _ in range(3):
+        r = nslab("exec", "-l", svc.name, "client", "--", "curl", "-s", "-m", "10", "10.111.222.68:8080", env=svc.env)
+        assert r.returncode == 0 and "answered" in r.stdout, r.stdout + r.stderr
+    after = _sep_packets(shown(), "default/testappds")
+    assert after == before + 3, (before, after)
+    text = nslab("show", "-l", svc.name, "master1", env=svc.env, check=True).stdout
+    assert "-j KUBE-SEP-" in text and "counted no packet" in text, text
+    s = Server(svc, PORT_SERVICES)
+    try:
+        open_page(browser, s, svc)
+        js(browser, "document.getElementById('n/master1').dispatchEvent(new MouseEvent('click', {bubbles: true}))")
+        _wait("master1's tables", lambda: js(browser, "return document.getElementById('node').dataset.node")
+              == "master1")
+        page = js(browser, "return document.querySelector('#node pre.show-netfilter').textContent").splitlines()
+        assert _sep_packets(page, "default/testappds") == after, page
+        assert [line for line in page if "KUBE-SVC-" in line and "testappds" in line], page
     finally:
         assert s.stop() == 0, s.out

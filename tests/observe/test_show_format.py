@@ -205,3 +205,56 @@ def test_show_text_whole_at_any_width(columns):
         assert f"{node} namespace {entry['namespace']}" in flat
         for r in entry["routes"]:
             assert " ".join(r["text"].split()) in flat
+
+
+# --- netfilter counters -----------------------------------------------------------------------
+
+NFT_RULESET = """table ip nat { # handle 1
+\tchain POSTROUTING { # handle 1
+\t\ttype nat hook postrouting priority srcnat; policy accept;
+\t\t counter packets 1 bytes 40 jump KUBE-POSTROUTING # handle 22
+\t}
+}
+table ip flannel-ipv4 { # handle 3
+\tset ips { # handle 2
+\t\ttype ipv4_addr
+\t\telements = { 10.0.0.1 }
+\t}
+
+\tchain postrtg { # handle 4
+\t\ttype nat hook postrouting priority srcnat; policy accept;
+\t\tip saddr 10.244.0.0/16 ip daddr 10.244.0.0/16  counter packets 3 bytes 252 return # handle 5
+\t\tip saddr 10.244.0.0/16 masquerade fully-random # handle 6
+\t}
+}
+"""
+NFT_STDERR = "# Warning: table ip nat is managed by iptables-nft, do not touch!\n"
+
+
+def test_parse_nft_rules_counters_and_iptables_nft_tables_left_out():
+    """Real `nft -a list ruleset` shape: a rule's text without its counter, None where it has
+    none; set lines are no rules; the table nft says iptables-nft manages is iptables-save's."""
+    from nslab.observe.show import parse_nft
+    t = parse_nft(NFT_RULESET, NFT_STDERR)
+    assert list(t) == ["ip flannel-ipv4"]
+    assert t["ip flannel-ipv4"] == {"postrtg": [
+        {"rule": "ip saddr 10.244.0.0/16 ip daddr 10.244.0.0/16 return", "handle": 5, "packets": 3, "bytes": 252},
+        {"rule": "ip saddr 10.244.0.0/16 masquerade fully-random", "handle": 6, "packets": None, "bytes": None}]}
+    assert "ip nat" in parse_nft(NFT_RULESET)       # no warning: nothing is left out
+
+
+def test_netfilter_lines_only_what_counted_unless_every():
+    from nslab.apply.iptables import parse_save
+    from nslab.observe.show import iptables_counters, netfilter_lines, netfilter_summary, parse_nft
+    saved = parse_save("*nat\n:POSTROUTING ACCEPT [2:120]\n:KUBE-SVC-X - [0:0]\n"
+                       "[5:300] -A KUBE-SVC-X -j KUBE-SEP-Y\n[0:0] -A POSTROUTING -j RETURN\nCOMMIT\n")
+    nf = {"iptables": iptables_counters(saved),
+          "nftables": parse_nft(NFT_RULESET, NFT_STDERR)}
+    assert netfilter_lines(nf) == ["[2:120] -t nat -P POSTROUTING ACCEPT", "[5:300] -t nat -A KUBE-SVC-X -j KUBE-SEP-Y",
+                                   "[3:252] ip flannel-ipv4 postrtg: ip saddr 10.244.0.0/16 ip daddr 10.244.0.0/16 "
+                                   "return"]
+    every = netfilter_lines(nf, every=True)
+    assert "[0:0] -t nat -A POSTROUTING -j RETURN" in every
+    assert "[-] ip flannel-ipv4 postrtg: ip saddr 10.244.0.0/16 masquerade fully-random" in every
+    assert netfilter_summary(nf).startswith("2 of 4 rules (iptables 2, nft 2) counted no packet (1 nft rule carries")
+    assert netfilter_summary({"iptables": {}, "nftables": {}, "errors": []}) == "no iptables or nft rules"

@@ -163,6 +163,7 @@ async function showNode(name) {
     section("routes", (n.routes || []).map((r) => r.text));
     section("neighbours", (n.neighbours || []).map((r) => r.text));
     section("fdb", (n.fdb || []).map((r) => r.text));
+    section("netfilter", n.netfilter_lines || []);
     const from = el("button", {}, "trace from here"), to = el("button", {}, "trace to here");
     from.onclick = () => { $("#src").value = name; tab("trace"); };
     to.onclick = () => { $("#dst").value = name; tab("trace"); };
