@@ -225,14 +225,16 @@ def _read(ns: str, sysctls: list[str], neighbours: list[tuple[str, str]], with_f
 _NFT_LINE = re.compile(r"(add|insert|flush|delete) (table|chain|rule|set|map|element) (ip6?|inet) (\S+)(?: (\S+))?")
 
 
-def _nft_elements(line: str) -> int:
+def _nft_elements(line: str) -> set[str]:
+    """The keys an `add element` line puts in its set or map: a key added twice (a cluster
+    IP in cluster-ips once per port of its service) is one element, as in the kernel."""
     body = line[line.find("{") + 1:line.rfind("}")]
-    return len([e for e in body.split(",") if e.strip()])
+    return {" ".join(e.split(" : ")[0].split()) for e in body.split(",") if e.strip()}
 
 
 def nft_plan(texts: list[str]) -> dict:
     """What the plan's `nft -f` texts leave in the kernel, replayed line by line:
-    (family, table) -> {"chains": {chain: [its rules' lines]}, "sets": {set or map: elements},
+    (family, table) -> {"chains": {chain: [its rules' lines]}, "sets": {set or map: its keys},
     "lines": the table's lines} (a flush empties, a delete removes, as nft does)."""
     tables: dict[tuple, dict] = {}
     for line in (line for t in texts for line in t.splitlines()):
@@ -248,7 +250,7 @@ def nft_plan(texts: list[str]) -> dict:
                 t = tables.setdefault(key, {"chains": {}, "sets": {}, "lines": []})
                 if verb == "flush":
                     t["chains"] = {c: [] for c in t["chains"]}
-                    t["sets"] = {c: 0 for c in t["sets"]}
+                    t["sets"] = {c: set() for c in t["sets"]}
             continue
         t = tables.setdefault(key, {"chains": {}, "sets": {}, "lines": []})
         t["lines"].append(line)
@@ -263,9 +265,9 @@ def nft_plan(texts: list[str]) -> dict:
             if verb == "delete":
                 t["sets"].pop(name, None)
             elif verb == "flush" or name not in t["sets"]:
-                t["sets"][name] = 0
+                t["sets"][name] = set()
         elif kind == "element" and verb == "add":
-            t["sets"][name] = t["sets"].get(name, 0) + _nft_elements(line)
+            t["sets"].setdefault(name, set()).update(_nft_elements(line))
     return tables
 
 
@@ -313,8 +315,8 @@ def _check_nft(add, ns: str, node: str, lab: str, plan_tables: dict, kernel: dic
                         f"ip netns exec {ns} nft '{fix}'",
                         "pods lose their way out (no masquerade)" if "masquerade" in " ".join(rules) else
                         "packets the plan's rules handle are not handled"))
-        for name, count in want["sets"].items():
-            now = have["sets"].get(name)
+        for name, keys in want["sets"].items():
+            count, now = len(keys), have["sets"].get(name)
             if now is None or now < count:
                 lines = [ln for ln in want["lines"] if ln.split()[4:5] == [name] and
                          (ln.startswith("add element") or now is None and ln.startswith(("add set", "add map")))]
@@ -690,17 +692,24 @@ def probe_nodes(topo, report: Report, sample: int = NODE_SAMPLE, seed: int = 0) 
 
 def probe_services(topo, report: Report, nodes: list, services: list) -> None:
     """Each service (ClusterIP:port) from each node probed: tcp connect, or a datagram (a DNS
-    query to port 53) that must be answered, all in parallel."""
+    query to port 53) that must be answered, all in parallel.  Not probed, as no answer is
+    due there: a UDP port other than DNS (doctor cannot know what its server answers), and
+    an internalTrafficPolicy Local service from a node without a local endpoint (kube-proxy
+    drops that traffic by design: KUBE-SVL / local- chains with no endpoint)."""
     from . import probe   # lazy: start-up
-    jobs = [(n, s) for s in services if s.endpoints and s.cluster_ip for n in nodes]
+
+    def due(n, s) -> bool:
+        if s.protocol == "UDP" and s.port != 53:
+            return False
+        return not s.internal_local or any(ep.node == n.name for ep in s.endpoints)
+    jobs = [(n, s) for s in services if s.endpoints and s.cluster_ip for n in nodes if due(n, s)]
     if not jobs:
         return
 
     def one(job):
         n, s = job
         if s.protocol == "UDP":
-            marker = DNS_QUERY if s.port == 53 else probe.new_marker("doctor")
-            return probe.udp(n.ns, s.cluster_ip, s.port, marker, 2.0)
+            return probe.udp(n.ns, s.cluster_ip, s.port, DNS_QUERY, 2.0)
         if s.protocol == "TCP":
             return probe.tcp(n.ns, s.cluster_ip, s.port, probe.new_marker("doctor"), 2.0)
         return None
