@@ -997,7 +997,7 @@ def sandbox_down(name: str = typer.Option("sandbox", "--name", help="The sandbox
     from . import sandbox                  # lazy: start-up
     labmod.require_root()
     for line in sandbox.down(name):
-        out.say(f"removed {line}")
+        out.say(line)
 
 
 def etcd_endpoint(etcd: str | None) -> str:

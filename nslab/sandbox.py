@@ -68,6 +68,7 @@ class Record:
     port: int
     mtu: int
     underlay: str                                   # the underlay namespace's name
+    underlay_id: list[int] | None = None            # its [dev, ino] when made (down removes only that)
     containers: list[dict] = field(default_factory=list)      # {"name", "id"}
     processes: list[dict] = field(default_factory=list)       # {"pid", "start_time", "what"}
 
@@ -114,7 +115,9 @@ def load(name: str) -> Record | None:
                     and (c.get("id") is None or re.fullmatch(r"[0-9a-f]{64}", str(c["id"])))
                     for c in rec.containers) \
             and all(isinstance(p, dict) and all(isinstance(p.get(k), int) for k in ("pid", "start_time"))
-                    and p["pid"] > 1 for p in rec.processes)
+                    and p["pid"] > 1 for p in rec.processes) \
+            and (rec.underlay_id is None or isinstance(rec.underlay_id, list) and len(rec.underlay_id) == 2
+                 and all(type(i) is int for i in rec.underlay_id))
     except TypeError:
         ok = False
     if not ok:
@@ -217,7 +220,10 @@ def up(name: str, n: int, port: int = DEFAULT_PORT, mtu: int = DEFAULT_MTU, log=
     _save(rec)
     try:
         fd, _ = netns.create(underlay)
+        made = os.fstat(fd)             # the namespace this call made, not whatever the name holds later
         os.close(fd)
+        rec.underlay_id = [made.st_dev, made.st_ino]
+        _save(rec)
         _ip("link", "set", "lo", "up", ns=underlay)
         _ip("link", "add", "br0", "mtu", str(mtu), "type", "bridge", ns=underlay)
         _ip("addr", "add", f"{ETCD_ADDRESS}/{PREFIX_LEN}", "dev", "br0", ns=underlay)
@@ -319,14 +325,15 @@ def _wait_etcd(rec: Record, timeout: float) -> None:
 
 
 def down(name: str) -> list[str]:
-    """Remove what the sandbox's record and label name; what was removed, as lines."""
+    """Remove what the sandbox's record and label name; what was removed (and a namespace
+    left because it is not the one the sandbox made), as lines."""
     rec = load(name)
     if rec is None:
         raise UsageError(f"no sandbox {name} (`nslab sandbox ls`)")
     done = []
     procs = [state.Process(p["pid"], p["start_time"], p["what"]) for p in rec.processes]
     state.stop_processes(procs)
-    done += [f"process {p.what} (PID {p.pid})" for p in procs]
+    done += [f"removed process {p.what} (PID {p.pid})" for p in procs]
     import docker                      # lazy: start-up
     client = containers.engine()
     found = {}
@@ -340,9 +347,14 @@ def down(name: str) -> list[str]:
     for got in client.containers.list(all=True, filters={"label": f"{LABEL}={name}"}):
         found[got.id] = got
     containers.remove(list(found.values()))
-    done += [f"container {c.name}" for c in found.values()]
-    if netns.remove(rec.underlay):
-        done.append(f"namespace {rec.underlay}")
+    done += [f"removed container {c.name}" for c in found.values()]
+    # only the namespace this sandbox made (its recorded identity), as verified_ids for labs
+    if rec.underlay_id is not None and state.witnessed(rec.underlay, rec.underlay_id):
+        if netns.remove(rec.underlay):
+            done.append(f"removed namespace {rec.underlay}")
+    elif netns.exists(rec.underlay):
+        done.append(f"left namespace {rec.underlay}: not the one this sandbox made (its identity is not "
+                    f"the recorded one); if it is yours: ip netns del {rec.underlay}")
     shutil.rmtree(rec.dir)
     return done
 

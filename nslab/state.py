@@ -597,9 +597,20 @@ def verified_ids(st: LabState, names=None) -> dict[str, list[int]]:
         if not lab_namespace(st.lab, ns) or ns not in st.ns_ids:
             continue
         now = ns_identity(netns.path(ns))
-        if now is not None and now == st.ns_ids[ns] and now[0] == nsfs and now not in never:
+        if _is_recorded(now, st.ns_ids[ns], nsfs, never):
             out[ns] = now
     return out
+
+
+def _is_recorded(now, recorded, nsfs: int, never: list) -> bool:
+    return now is not None and now == recorded and now[0] == nsfs and now not in never
+
+
+def witnessed(name: str, recorded) -> bool:
+    """Namespace `name` (/run/netns/<name>) is the one whose identity was recorded when nslab
+    made it, by verified_ids' rule: for a namespace outside a lab (the sandbox's underlay)."""
+    nsfs, never = _netns_facts()
+    return _is_recorded(ns_identity(netns.path(name)), recorded, nsfs, never)
 
 
 def namespace_problem(st: LabState, ns, node: str | None = None) -> str | None:

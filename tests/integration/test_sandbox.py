@@ -124,3 +124,28 @@ def test_sandbox_bad_input_creates_nothing(machine_image):
     gone = nslab("sandbox", "down", "--name", name)
     assert gone.returncode == 2 and "no sandbox" in gone.stderr
     assert host_view(name) == {"netns": [], "containers": []}
+
+
+@pytest.mark.parametrize("recorded", [None, [0, 0]], ids=["no-identity", "other-identity"])
+def test_sandbox_down_leaves_a_namespace_it_did_not_make(machine_image, recorded):
+    """A record read back from disk is input: a namespace under the underlay's name that is not
+    the one `sandbox up` made (no identity recorded: killed before it was; another one) is
+    named and left, not deleted."""
+    import json
+    import os
+    from nslab import sandbox
+    name = sandbox_name()
+    underlay = f"{name}.underlay"
+    subprocess.run(["ip", "netns", "add", underlay], check=True)       # someone else's namespace
+    try:
+        os.makedirs(os.path.join(sandbox.RUN, name), mode=0o700)
+        with open(os.path.join(sandbox.RUN, name, "sandbox.json"), "w") as f:
+            json.dump({"name": name, "machines": 1, "port": 23790, "mtu": 9216, "underlay": underlay,
+                       "underlay_id": recorded, "containers": [], "processes": []}, f)
+        down = nslab("sandbox", "down", "--name", name, timeout=120)
+        assert down.returncode == 0, down.stderr
+        assert f"left namespace {underlay}: not the one this sandbox made" in down.stdout
+        assert host_view(name)["netns"] == [underlay]
+        assert not os.path.exists(os.path.join(sandbox.RUN, name))
+    finally:
+        subprocess.run(["ip", "netns", "del", underlay])
