@@ -80,9 +80,9 @@ def collapse(d: graphmod.Drawing, opened: set[str] | None) -> tuple[graphmod.Dra
 
 def svg(d: graphmod.Drawing, members: dict[int, list[int]]) -> str:
     """graphviz's SVG of the drawing; each edge's id is its first full-drawing index.  Where
-    dot fails (graphviz's "trouble in init_rank", which tunnel edges between clusters can
-    set off: `nslab graph` of cluster:2,10,4 fails alike), the picture is laid out again
-    without the tunnel edges, and its title says so."""
+    dot fails (graphviz's "trouble in init_rank", which labelled tunnel edges between
+    clusters set off until graph.to_dot made their labels xlabels: kept as a safety net),
+    the picture is laid out again without the tunnel edges, and its title says so."""
     text = _dot(d, members)
     try:
         return _layout(text)
