@@ -253,10 +253,21 @@ class Etcd:
         return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
 
     def _unreachable(self, e: Exception) -> EtcdUnreachable:
-        if isinstance(e, ssl.SSLError):     # TLS: the reason, not "does not answer"
-            reason = (e.reason or str(e)).replace("_", " ").lower()
-            return EtcdUnreachable(f"etcd at {self.endpoint} refused the TLS connection ({reason}): check "
-                                   f"--etcd-ca/--etcd-cert/--etcd-key or $NSLAB_ETCD_CA/_CERT/_KEY")
+        if isinstance(e, ssl.SSLError):     # TLS: which side refused, and why
+            reason = str(e.reason or e).replace("_", " ").lower()
+            ca = self.credentials.ca
+            if isinstance(e, ssl.SSLCertVerificationError):
+                return EtcdUnreachable(f"etcd at {self.endpoint} shows a certificate not from "
+                                       f"{'the CA in ' + ca if ca else 'a CA this system trusts (give --etcd-ca)'}"
+                                       f" ({e.verify_message or reason})")
+            if not self.credentials.cert:
+                return EtcdUnreachable(f"etcd at {self.endpoint} refused the TLS connection: it wants a client "
+                                       f"certificate (--etcd-cert/--etcd-key or $NSLAB_ETCD_CERT/_KEY)")
+            return EtcdUnreachable(f"etcd at {self.endpoint} refused the client certificate "
+                                   f"{self.credentials.cert} ({reason}): is it from etcd's CA?")
+        if self.context is None and isinstance(e, http.client.RemoteDisconnected):
+            return EtcdUnreachable(f"etcd at {self.endpoint} closed the connection without an answer (if it "
+                                   f"serves HTTPS: https://{self.host}:{self.port} with --etcd-ca/--etcd-cert)")
         why = "no answer within {:g} s".format(self.timeout) if isinstance(e, (socket.timeout, TimeoutError)) \
             else (getattr(e, "strerror", None) or str(e) or type(e).__name__).lower()
         return EtcdUnreachable(f"etcd at {self.endpoint} does not answer ({why})")
