@@ -134,9 +134,8 @@ def _agent(url: str, token: str, method: str, path: str, body: dict | None = Non
     """One request on an agent's channel (machine_agent.py), with the cluster's credential."""
     import http.client              # lazy: only here
     import json
-    from urllib.parse import urlsplit
-    u = urlsplit(url)
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=EXEC_TIMEOUT)
+    from . import channel           # lazy: only here
+    conn = channel.http_connection(url, EXEC_TIMEOUT)       # mutual TLS when the cluster has a CA
     try:
         conn.request(method, path, json.dumps(body) if body is not None else None,
                      {"Authorization": f"Bearer {token}", "Content-Type": "application/json"})

@@ -284,7 +284,7 @@ class Agent:
                 self._answer(200, {"rc": proc.returncode, "stdout": proc.stdout[-65536:],
                                    "stderr": proc.stderr[-65536:]})
 
-        server = ThreadingHTTPServer((self.address, self.port), Handler)
+        server = channel.server((self.address, self.port), Handler, self.etcd.credentials)
         server.daemon_threads = True
         threading.Thread(target=server.serve_forever, daemon=True).start()
         return server
