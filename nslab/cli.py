@@ -989,11 +989,13 @@ def sandbox_up(machines: int = typer.Argument(..., help="How many machines (m1..
                name: str = typer.Option("sandbox", "--name", help="The sandbox's name (prefix of its "
                                                                    "containers and namespace)."),
                port: int = typer.Option(23790, "--port", help="etcd on 127.0.0.1:PORT, mI's agent on PORT+I."),
-               mtu: int = typer.Option(9216, "--mtu", help="The underlay's MTU.")):
-    """Start N stand-in machines and an etcd; print the `export NSLAB_ETCD=...` line."""
+               mtu: int = typer.Option(9216, "--mtu", help="The underlay's MTU."),
+               tls: bool = typer.Option(False, "--tls", help="etcd with TLS client certificates and the agents' "
+                                        "channel over mutual TLS (a CA made here with openssl).")):
+    """Start N stand-in machines and an etcd; print the `export NSLAB_ETCD=...` line(s)."""
     from . import sandbox                  # lazy: start-up
     labmod.require_root()
-    rec = sandbox.up(name, machines, port=port, mtu=mtu, log=out.say)
+    rec = sandbox.up(name, machines, port=port, mtu=mtu, log=out.say, tls=tls)
     out.say(f"sandbox {name}: {machines} machines on 198.18.0.0/15 (MTU {mtu}), etcd on 198.18.0.1 "
             f"(from here: {rec.etcd()})")
     print(sandbox.export_line(rec))
