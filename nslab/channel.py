@@ -116,8 +116,12 @@ def server(address: tuple[str, int], handler, creds: coord.Credentials | None) -
 
 def _tls_refused(url: str, e: ssl.SSLError) -> NslabError:
     reason = str(e.reason or e).replace("_", " ").lower()
-    return NslabError(f"the agent at {url} refused the TLS connection ({reason}): its certificate and this "
-                      f"side's must both come from the cluster's CA ($NSLAB_ETCD_CA)")
+    url = "https://" + url.split("://", 1)[-1]          # what was dialled: TLS, whatever the URL's scheme
+    if isinstance(e, ssl.SSLCertVerificationError):
+        return NslabError(f"the agent at {url} shows a certificate not from the cluster's CA "
+                          f"($NSLAB_ETCD_CA) for that address ({e.verify_message or reason})")
+    return NslabError(f"the agent at {url} refused the TLS connection ({reason}): is this side's "
+                      f"certificate ($NSLAB_ETCD_CERT) from the cluster's CA?")
 
 
 def connect(url: str, timeout: float) -> socket.socket:

@@ -455,5 +455,6 @@ def agent_urls(endpoint: str) -> dict[str, str]:
         except NslabError:
             continue
         if rec is not None and rec.etcd() == endpoint.rstrip("/"):
-            return {f"m{i}": f"http://127.0.0.1:{rec.port + i}" for i in range(1, rec.machines + 1)}
+            scheme = "https" if rec.tls else "http"         # the channel: mutual TLS with --tls
+            return {f"m{i}": f"{scheme}://127.0.0.1:{rec.port + i}" for i in range(1, rec.machines + 1)}
     return {}

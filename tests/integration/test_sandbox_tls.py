@@ -178,6 +178,28 @@ def test_the_agents_channel_refuses_a_client_without_a_certificate_and_serves_on
     assert answer.startswith(b"HTTP/1.0 200") and b'"machine": "m1"' in answer
 
 
+def test_the_host_with_another_cas_certificate_is_refused_by_the_agent_in_one_sentence(box, other_ca, monkeypatch):
+    """channel.run's side: etcd let through (the token read with the cluster's files), the
+    agent's channel dialled with another CA's certificate."""
+    from nslab import channel, coord
+    from nslab.errors import NslabError
+    etcd = coord.Etcd(box.env["NSLAB_ETCD"], coord.TIMEOUT, box.env["NSLAB_ETCD_CA"], box.env["NSLAB_ETCD_CERT"],
+                      box.env["NSLAB_ETCD_KEY"])
+    token = coord.cluster_token(etcd)
+    monkeypatch.setenv("NSLAB_ETCD_CA", box.env["NSLAB_ETCD_CA"])
+    monkeypatch.setenv("NSLAB_ETCD_CERT", str(other_ca / "client.crt"))
+    monkeypatch.setenv("NSLAB_ETCD_KEY", str(other_ca / "client.key"))
+    with pytest.raises(NslabError) as e:
+        channel.run(f"http://127.0.0.1:{box.port + 1}", token, {"lab": "nolab", "command": "show"})
+    assert str(e.value).startswith(f"the agent at https://127.0.0.1:{box.port + 1} refused the TLS connection (")
+    assert str(e.value).endswith("is this side's certificate ($NSLAB_ETCD_CERT) from the cluster's CA?")
+    # the agent's certificate checked against the CA: another CA's refuses it
+    monkeypatch.setenv("NSLAB_ETCD_CA", str(other_ca / "ca.crt"))
+    with pytest.raises(NslabError) as e:
+        channel.run(f"http://127.0.0.1:{box.port + 1}", token, {"lab": "nolab", "command": "show"})
+    assert str(e.value).startswith(f"the agent at https://127.0.0.1:{box.port + 1} shows a certificate not from")
+
+
 def test_a_lab_across_two_machines_up_and_down_over_tls(box, other_ca):
     lab = unique_lab_name()
     up = box.nslab("up", SPLIT, "--name", lab, timeout=240)
