@@ -204,6 +204,32 @@ def command_argv(req: dict, shards) -> list[str]:
     return argv
 
 
+def _locked_reader(sock: ssl.SSLSocket, lock: threading.Lock):
+    """read(n) for a TLS connection another thread writes to: OpenSSL forbids SSL_read and
+    SSL_write on one connection at the same time (openssl/openssl#20446; CPython releases
+    the GIL around both), so it waits outside `lock` (select, or bytes TLS has decrypted
+    already) and reads under it without blocking, as the writer writes under it.  The
+    client sends no frame before the answer's head, so the handler's buffer holds none."""
+    def read(n: int) -> bytes:
+        data = bytearray()
+        while len(data) < n:
+            if not sock.pending():
+                select.select([sock], [], [])
+            with lock:
+                sock.setblocking(False)
+                try:
+                    chunk = sock.recv(n - len(data))
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                    continue                # a TLS record not whole yet
+                finally:
+                    sock.setblocking(True)
+            if not chunk:
+                break
+            data += chunk
+        return bytes(data)
+    return read
+
+
 def serve_run(handler, shards) -> None:
     """Answer POST /v1/run on `handler` (a BaseHTTPRequestHandler whose credential has been
     checked): run the command, stream its output and exit code back."""
@@ -262,7 +288,8 @@ def serve_run(handler, shards) -> None:
         stdin_fd = proc.stdin.fileno()
 
     def pump_input():
-        read = handler.rfile.read
+        # TLS: this thread reads while the other writes, on one SSL connection (see _locked_reader)
+        read = _locked_reader(sock, lock) if isinstance(sock, ssl.SSLSocket) else handler.rfile.read
         frame = None
         try:
             while (frame := _read_frame(read)) is not None:

@@ -210,6 +210,10 @@ def test_a_lab_across_two_machines_up_and_down_over_tls(box, other_ca):
         ping = box.nslab("exec", "-l", lab, "h3", "--", "ping", "-c", "1", "-W", "5", "192.0.2.1", timeout=60)
         assert ping.returncode == 0, ping.stdout + ping.stderr
         assert "1 received" in ping.stdout
+        # input and output at once on one TLS connection: 1 MB through cat and back
+        data = "".join(f"{i:07d}\n" for i in range(131072))
+        echoed = box.nslab("exec", "-l", lab, "h3", "--", "cat", input=data, timeout=120)
+        assert echoed.returncode == 0 and echoed.stdout == data, (len(echoed.stdout), echoed.stderr)
         shown = box.nslab("show", "-l", lab, "--brief", timeout=60)
         assert shown.returncode == 0 and "machine m2:" in shown.stdout, shown.stderr
         # the host with another CA's certificate: etcd refuses it before any agent is asked
