@@ -180,11 +180,12 @@ def credentials(ca: str | None = None, cert: str | None = None, key: str | None 
     """The TLS files given as options, else in $NSLAB_ETCD_CA/_CERT/_KEY, each checked: a
     file missing, unreadable or not PEM is one sentence naming its option (exit 2)."""
     given = {"ca": ca, "cert": cert, "key": key}
-    found = {}
+    found, names = {}, {}
     for field_, option, var in TLS_FILES:
         path, named = given[field_], option
         if not path:
             path, named = os.environ.get(var) or None, f"${var}"
+        names[field_] = named
         if path is None:
             found[field_] = None
             continue
@@ -198,18 +199,19 @@ def credentials(ca: str | None = None, cert: str | None = None, key: str | None 
         found[field_] = os.path.abspath(path)
     creds = Credentials(**found)
     if creds.key and not creds.cert:
-        raise UsageError("--etcd-key (or $NSLAB_ETCD_KEY) without --etcd-cert: give the certificate too")
+        raise UsageError(f"{names['key']} without a certificate: give --etcd-cert (or $NSLAB_ETCD_CERT) too")
     try:
         if creds.cert:
             ssl.create_default_context().load_cert_chain(creds.cert, creds.key)
     except ssl.SSLError as e:
-        raise UsageError(f"--etcd-cert {creds.cert}: not a certificate and key that match "
+        raise UsageError(f"{names['cert']} {creds.cert}: not a certificate and key that match "
                          f"({str(e.reason or e).replace('_', ' ').lower()})") from None
     try:
         if creds.ca:
             ssl.create_default_context(cafile=creds.ca)
     except ssl.SSLError as e:
-        raise UsageError(f"--etcd-ca {creds.ca}: not a CA certificate ({e.reason or e})") from None
+        raise UsageError(f"{names['ca']} {creds.ca}: not a CA certificate "
+                         f"({str(e.reason or e).replace('_', ' ').lower()})") from None
     return creds
 
 
@@ -285,9 +287,6 @@ class Etcd:
             conn.close()
         if len(data) > MAX_ANSWER:
             raise EtcdError(f"etcd at {self.endpoint} sent more than {MAX_ANSWER:,} bytes for {path}")
-        if resp.status == 400 and data.startswith(b"Client sent an HTTP request to an HTTPS server"):
-            raise EtcdError(f"etcd at {self.endpoint} serves HTTPS: name it https://{self.host}:{self.port} "
-                            f"with its CA and a client certificate (--etcd-ca/--etcd-cert/--etcd-key)")
         try:
             answer = json.loads(data)
         except ValueError:

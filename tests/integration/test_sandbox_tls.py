@@ -228,3 +228,24 @@ def test_a_lab_across_two_machines_up_and_down_over_tls(box, other_ca):
     for m in ("m1", "m2"):
         left = [n for n in docker_exec(f"{box.name}.{m}", "ip", "netns").stdout.split() if n.startswith(lab)]
         assert left == [], (m, left)
+
+
+def test_tls_files_that_do_not_fit_are_refused_naming_the_option(other_ca):
+    """No etcd is asked: the files are checked first (exit 2, one sentence, the option or
+    the variable named)."""
+    endpoint = "https://127.0.0.1:1"
+    mismatch = nslab("machines", "--etcd", endpoint, "--etcd-cert", other_ca / "client.crt",
+                     "--etcd-key", other_ca / "ca.key")
+    assert mismatch.returncode == 2
+    assert one_sentence(mismatch).startswith(f"nslab: --etcd-cert {other_ca / 'client.crt'}: not a certificate "
+                                             f"and key that match (")
+    lone_key = nslab("machines", "--etcd", endpoint, env={"NSLAB_ETCD_KEY": str(other_ca / "client.key")})
+    assert lone_key.returncode == 2
+    assert one_sentence(lone_key) == ("nslab: $NSLAB_ETCD_KEY without a certificate: give --etcd-cert "
+                                      "(or $NSLAB_ETCD_CERT) too")
+    not_ca = nslab("machines", "--etcd", endpoint, "--etcd-ca", other_ca / "client.key")
+    assert not_ca.returncode == 2
+    assert one_sentence(not_ca).startswith(f"nslab: --etcd-ca {other_ca / 'client.key'}: not a CA certificate")
+    plain = nslab("agent", "--etcd", "http://127.0.0.1:1", "--machine", "m9", "--etcd-ca", other_ca / "ca.crt")
+    assert plain.returncode == 2
+    assert "is plain HTTP but TLS files are given" in one_sentence(plain)
