@@ -23,6 +23,7 @@ APT_PACKAGES=(
   docker.io busybox-static debootstrap  # container nodes: the engine, and local images without a registry
   vagrant                               # `vagrant validate` of the Vagrantfile in the tests
   etcd-server etcd-client               # labs across machines (nslab/coord.py); the tests start their own
+  openssl                               # `nslab sandbox up --tls`: its CA and certificates (nslab/sandbox.py)
   chromium chromium-driver              # `nslab web`'s browser tests (Selenium drives the system chromium)
   ipvsadm ipset                         # kube-proxy's ipvs mode (ipvsadm-restore, ipset restore; VM stage)
 )

@@ -46,7 +46,7 @@ def _machines(etcd: coord.Etcd, topo, spread: str | None) -> tuple[list[placemen
 
 def up(topo, etcd_url: str, spread: str | None, stitch_port: int, overrides: dict | None, log=print,
        timeout: float = TIMEOUT) -> tuple[placement.Placed, dict]:
-    etcd = coord.Etcd(etcd_url)
+    etcd = coord.connect(etcd_url)
     machines, mtu = _machines(etcd, topo, spread)
     plan = compiler.compile_topology(topo)
     placed = placement.place(topo, plan, machines, port=stitch_port, underlay_mtu=mtu)
@@ -112,7 +112,7 @@ def _remove(etcd: coord.Etcd, lab: str, timeout: float) -> list[str]:
 
 def down(lab: str, etcd_url: str, timeout: float = TIMEOUT) -> list[str]:
     """Remove lab `lab` from every machine; the machines it was on."""
-    etcd = coord.Etcd(etcd_url)
+    etcd = coord.connect(etcd_url)
     if not coord.lab_claimed(etcd, lab):
         raise UsageError(f"no lab named {lab!r} runs in the cluster at {etcd.endpoint}")
     return _remove(etcd, lab, timeout)
@@ -134,9 +134,8 @@ def _agent(url: str, token: str, method: str, path: str, body: dict | None = Non
     """One request on an agent's channel (machine_agent.py), with the cluster's credential."""
     import http.client              # lazy: only here
     import json
-    from urllib.parse import urlsplit
-    u = urlsplit(url)
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=EXEC_TIMEOUT)
+    from . import channel           # lazy: only here
+    conn = channel.http_connection(url, EXEC_TIMEOUT)       # mutual TLS when the cluster has a CA
     try:
         conn.request(method, path, json.dumps(body) if body is not None else None,
                      {"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
@@ -161,7 +160,7 @@ def parts(lab: str, etcd_url: str, reach: dict[str, str] | None = None) -> tuple
     its agent answers on from here, the nodes it holds)], in machine order.
     reach: machine -> that URL (the sandbox's forwarders); by default
     http://ADDRESS:7400, its underlay address."""
-    etcd = coord.Etcd(etcd_url)
+    etcd = coord.connect(etcd_url)
     if not coord.lab_claimed(etcd, lab):
         raise UsageError(f"no lab named {lab!r} runs here or in the cluster at {etcd.endpoint}")
     token = coord.cluster_token(etcd)
@@ -223,7 +222,7 @@ def test(lab: str, etcd_url: str, only: list[str] | None = None, reach: dict[str
     from .observe import checks
     token, machines = parts(lab, etcd_url, reach)
     where = {n: (m, url) for m, url, nodes in machines for n in nodes}
-    etcd = coord.Etcd(etcd_url)
+    etcd = coord.connect(etcd_url)
     spec = next((coord.shards(etcd, m)[0].get(lab) for m, _, _ in machines), None)
     if spec is None:
         raise NslabError(f"lab {lab}: no machine holds its spec in etcd")
@@ -299,7 +298,7 @@ def show(lab: str, etcd_url: str, options: dict, reach: dict[str, str] | None = 
 def labs(etcd_url: str) -> list[dict]:
     """The labs across machines, as `nslab ls` lists them: each machine that holds a part
     must be alive (its lease) and report it up; else the lab is degraded, naming why."""
-    etcd = coord.Etcd(etcd_url)
+    etcd = coord.connect(etcd_url)
     alive = {m.name for m in coord.machines(etcd)[0]}
     rows = []
     for lab in coord.labs(etcd):

@@ -13,6 +13,14 @@ does locally.  It answers 200 and the connection becomes a stream: agent -> clie
 frames of one kind byte (o: output, e: error output, x: exit code) and a 4-byte length;
 client -> agent frames (i: input, c: end of input, w: window size, rows and columns).  With "tty" the
 command runs on a pseudo-terminal (pty), so `shell` and `exec` behave as at a console.
+
+The transport: when the cluster has a CA (etcd with TLS client certificates: a CA and a
+certificate in --etcd-ca/--etcd-cert or $NSLAB_ETCD_CA/_CERT, coord.credentials), mutual
+TLS: the agent serves HTTPS with its certificate and requires a client certificate from
+that CA (server()); the client checks the agent's certificate against the CA and offers
+its own (connect(), http_connection()).  The token is checked as well: it is etcd's
+(whoever may read etcd may use the agents) and mutual TLS keeps it off the wire in clear.
+Without a CA: plain HTTP and the token, as before.
 """
 from __future__ import annotations
 
@@ -23,13 +31,15 @@ import pty
 import re
 import select
 import socket
+import ssl
 import struct
 import subprocess
 import sys
 import termios
 import threading
+from http.server import ThreadingHTTPServer
 
-from . import spawn, state
+from . import coord, spawn, state
 from .errors import NslabError, UsageError
 
 # command -> (its words on the command line, options that take a value, flags)
@@ -61,6 +71,87 @@ def _read_frame(read) -> tuple[bytes, bytes] | None:
         return None
     data = read(size) if size else b""
     return (kind, data) if len(data) == size else None
+
+
+# ---- the transport -------------------------------------------------------------------------
+
+HANDSHAKE_TIMEOUT = 10.0
+
+
+def _mutual() -> coord.Credentials | None:
+    """The cluster's credentials from the environment, if they make mutual TLS."""
+    creds = coord.credentials()
+    return creds if creds.mutual else None
+
+
+class _TLSServer(ThreadingHTTPServer):
+    """ThreadingHTTPServer over mutual TLS: each connection's handshake in its own thread
+    (a client that never finishes one holds only its thread, for HANDSHAKE_TIMEOUT)."""
+
+    def __init__(self, address, handler, creds: coord.Credentials):
+        self.context = creds.server_context()
+        super().__init__(address, handler)
+
+    def get_request(self):
+        sock, addr = self.socket.accept()
+        return self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
+
+    def finish_request(self, request, client_address):
+        try:
+            request.settimeout(HANDSHAKE_TIMEOUT)
+            request.do_handshake()          # no certificate from the cluster's CA: no request read
+            request.settimeout(None)
+        except (ssl.SSLError, OSError):
+            return
+        super().finish_request(request, client_address)
+
+
+def server(address: tuple[str, int], handler, creds: coord.Credentials | None) -> ThreadingHTTPServer:
+    """The agent's channel server on `address`: mutual TLS with `creds` if they have a CA
+    and a certificate, else plain HTTP (the token alone)."""
+    if creds is not None and creds.mutual:
+        return _TLSServer(address, handler, creds)
+    return ThreadingHTTPServer(address, handler)
+
+
+def _tls_refused(url: str, e: ssl.SSLError) -> NslabError:
+    reason = str(e.reason or e).replace("_", " ").lower()
+    url = "https://" + url.split("://", 1)[-1]          # what was dialled: TLS, whatever the URL's scheme
+    if isinstance(e, ssl.SSLCertVerificationError):
+        return NslabError(f"the agent at {url} shows a certificate not from the cluster's CA "
+                          f"($NSLAB_ETCD_CA) for that address ({e.verify_message or reason})")
+    return NslabError(f"the agent at {url} refused the TLS connection ({reason}): is this side's "
+                      f"certificate ($NSLAB_ETCD_CERT) from the cluster's CA?")
+
+
+def connect(url: str, timeout: float) -> socket.socket:
+    """A connection to the agent at `url` (http://HOST:PORT): mutual TLS when the cluster
+    has a CA (its certificate checked against the CA and HOST), else plain TCP."""
+    from urllib.parse import urlsplit
+    u = urlsplit(url)
+    creds = _mutual()
+    sock = socket.create_connection((u.hostname, u.port), timeout=timeout)
+    if creds is None:
+        return sock
+    try:
+        return creds.client_context().wrap_socket(sock, server_hostname=u.hostname)
+    except ssl.SSLError as e:
+        sock.close()
+        raise _tls_refused(url, e) from None
+    except OSError:
+        sock.close()
+        raise
+
+
+def http_connection(url: str, timeout: float):
+    """An http.client connection to the agent at `url`, over the transport connect() uses."""
+    import http.client                  # lazy: only here
+    from urllib.parse import urlsplit
+    u = urlsplit(url)
+    creds = _mutual()
+    if creds is None:
+        return http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
+    return http.client.HTTPSConnection(u.hostname, u.port, timeout=timeout, context=creds.client_context())
 
 
 # ---- the agent's side ---------------------------------------------------------------------
@@ -111,6 +202,32 @@ def command_argv(req: dict, shards) -> list[str]:
             raise ValueError("exec: argv, a non-empty list of strings, is expected")
         argv += ["--", *cmd]
     return argv
+
+
+def _locked_reader(sock: ssl.SSLSocket, lock: threading.Lock):
+    """read(n) for a TLS connection another thread writes to: OpenSSL forbids SSL_read and
+    SSL_write on one connection at the same time (openssl/openssl#20446; CPython releases
+    the GIL around both), so it waits outside `lock` (select, or bytes TLS has decrypted
+    already) and reads under it without blocking, as the writer writes under it.  The
+    client sends no frame before the answer's head, so the handler's buffer holds none."""
+    def read(n: int) -> bytes:
+        data = bytearray()
+        while len(data) < n:
+            if not sock.pending():
+                select.select([sock], [], [])
+            with lock:
+                sock.setblocking(False)
+                try:
+                    chunk = sock.recv(n - len(data))
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                    continue                # a TLS record not whole yet
+                finally:
+                    sock.setblocking(True)
+            if not chunk:
+                break
+            data += chunk
+        return bytes(data)
+    return read
 
 
 def serve_run(handler, shards) -> None:
@@ -171,7 +288,8 @@ def serve_run(handler, shards) -> None:
         stdin_fd = proc.stdin.fileno()
 
     def pump_input():
-        read = handler.rfile.read
+        # TLS: this thread reads while the other writes, on one SSL connection (see _locked_reader)
+        read = _locked_reader(sock, lock) if isinstance(sock, ssl.SSLSocket) else handler.rfile.read
         frame = None
         try:
             while (frame := _read_frame(read)) is not None:
@@ -239,12 +357,14 @@ def run(url: str, token: str, req: dict, stdin=None, stdout=None, stderr=None) -
     body = json.dumps(req).encode()
     buf = bytearray()
     try:
-        sock = socket.create_connection((u.hostname, u.port), timeout=30)
+        sock = connect(url, timeout=30)
         sock.sendall(f"POST /v1/run HTTP/1.1\r\nHost: {u.hostname}\r\nAuthorization: Bearer {token}\r\n"
                      f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
         while b"\r\n\r\n" not in buf and (chunk := sock.recv(65536)):
             buf += chunk
         sock.settimeout(None)
+    except ssl.SSLError as e:           # TLS 1.3: a client certificate refused shows on the first read
+        raise _tls_refused(url, e) from None
     except OSError as e:
         raise NslabError(f"the agent at {url} does not answer ({e})") from None
     head, _, rest = bytes(buf).partition(b"\r\n\r\n")
@@ -284,7 +404,9 @@ def run(url: str, token: str, req: dict, stdin=None, stdout=None, stderr=None) -
                 if kind == b"x":
                     return int(data or b"1")
                 os.write(out_fd if kind == b"o" else err_fd, data)
-            ready, _, _ = select.select(watch, [], [])
+            # TLS: bytes already decrypted wait in the socket's buffer, which select does not see
+            pending = isinstance(sock, ssl.SSLSocket) and sock.pending()
+            ready = [sock] if pending else select.select(watch, [], [])[0]
             if resized in ready:
                 os.read(resized, 512)
                 size = os.get_terminal_size(in_fd)
@@ -295,7 +417,10 @@ def run(url: str, token: str, req: dict, stdin=None, stdout=None, stderr=None) -
                 if not data:
                     watch = [sock]
             if sock in ready:
-                chunk = sock.recv(65536)
+                try:
+                    chunk = sock.recv(65536)
+                except ssl.SSLWantReadError:    # a TLS record not whole yet
+                    continue
                 if not chunk:
                     raise NslabError(f"the agent at {url} closed the stream before the command ended")
                 buf += chunk

@@ -115,6 +115,10 @@ def built_table(topo, plan) -> None:
 StitchPortOpt = typer.Option(4789, "--stitch-port", help="UDP port of the VXLAN stitches between machines.")
 UnderlayMtuOpt = typer.Option(1500, "--underlay-mtu", help="The MTU the machines' underlay carries (a stitch "
                               "adds 50 bytes to the lab's frames).")
+# etcd with TLS client certificates (coord.credentials): beside every --etcd
+EtcdCaOpt = typer.Option(None, "--etcd-ca", help="The cluster's CA certificate (default: $NSLAB_ETCD_CA).")
+EtcdCertOpt = typer.Option(None, "--etcd-cert", help="This side's client certificate (default: $NSLAB_ETCD_CERT).")
+EtcdKeyOpt = typer.Option(None, "--etcd-key", help="Its key (default: $NSLAB_ETCD_KEY).")
 
 
 def print_placement(topo, plan, machines: str | None, option: str, port: int, underlay_mtu: int,
@@ -157,7 +161,9 @@ def up(file: Optional[str] = typer.Argument(None, help="Topology YAML (default: 
                                             "placement and the cross-machine links."),
        stitch_port: int = StitchPortOpt, underlay_mtu: int = UnderlayMtuOpt,
        etcd: Optional[str] = typer.Option(None, "--etcd", help="etcd of the machines a placed or spread lab runs "
-                                          "on (default: $NSLAB_ETCD).")):
+                                          "on (default: $NSLAB_ETCD)."),
+       etcd_ca: Optional[str] = EtcdCaOpt, etcd_cert: Optional[str] = EtcdCertOpt,
+       etcd_key: Optional[str] = EtcdKeyOpt):
     """Build a lab from a topology file; for a lab that runs, apply only what the file changed."""
     from . import converge     # lazy: start-up (the differ loads only for a lab that runs)
     file = default_topology() if file is None else file     # '' is a file name (refused), not "none given"
@@ -173,7 +179,8 @@ def up(file: Optional[str] = typer.Argument(None, help="Topology YAML (default: 
     if spread is not None or topo.placement:      # over machines (issue 20): through etcd, built by the agents
         if not dry_run:
             from . import across               # lazy: start-up
-            placed, states = across.up(topo, etcd_endpoint(etcd), spread, stitch_port, overrides)
+            endpoint = etcd_endpoint(etcd, etcd_ca, etcd_cert, etcd_key)
+            placed, states = across.up(topo, endpoint, spread, stitch_port, overrides)
             for line in [topo.name] if quiet else across.summary(placed, states):
                 out.say(line)
             return
@@ -237,13 +244,15 @@ def up(file: Optional[str] = typer.Argument(None, help="Topology YAML (default: 
 def down(target: Optional[str] = typer.Argument(None, help="Lab name or topology file."),
          all_labs: bool = typer.Option(False, "--all", help="Remove every nslab lab."),
          etcd: Optional[str] = typer.Option(None, "--etcd", help="A lab over machines: their etcd (default: "
-                                            "$NSLAB_ETCD, asked when no lab of that name runs here).")):
+                                            "$NSLAB_ETCD, asked when no lab of that name runs here)."),
+         etcd_ca: Optional[str] = EtcdCaOpt, etcd_cert: Optional[str] = EtcdCertOpt,
+         etcd_key: Optional[str] = EtcdKeyOpt):
     """Remove everything a lab created, and nothing else."""
     labmod.require_root()
     if (etcd or os.environ.get("NSLAB_ETCD")) and target and state.valid_lab(target) \
             and not os.path.lexists(state.lab_dir(target)):
         from . import across                   # lazy: start-up
-        machines = across.down(target, etcd_endpoint(etcd))
+        machines = across.down(target, etcd_endpoint(etcd, etcd_ca, etcd_cert, etcd_key))
         out.say(f"lab {target} removed from {out.plural(len(machines), 'machine')} ({', '.join(machines)})")
         return
     if all_labs:
@@ -980,11 +989,13 @@ def sandbox_up(machines: int = typer.Argument(..., help="How many machines (m1..
                name: str = typer.Option("sandbox", "--name", help="The sandbox's name (prefix of its "
                                                                    "containers and namespace)."),
                port: int = typer.Option(23790, "--port", help="etcd on 127.0.0.1:PORT, mI's agent on PORT+I."),
-               mtu: int = typer.Option(9216, "--mtu", help="The underlay's MTU.")):
-    """Start N stand-in machines and an etcd; print the `export NSLAB_ETCD=...` line."""
+               mtu: int = typer.Option(9216, "--mtu", help="The underlay's MTU."),
+               tls: bool = typer.Option(False, "--tls", help="etcd with TLS client certificates and the agents' "
+                                        "channel over mutual TLS (a CA made here with openssl).")):
+    """Start N stand-in machines and an etcd; print the `export NSLAB_ETCD=...` line(s)."""
     from . import sandbox                  # lazy: start-up
     labmod.require_root()
-    rec = sandbox.up(name, machines, port=port, mtu=mtu, log=out.say)
+    rec = sandbox.up(name, machines, port=port, mtu=mtu, log=out.say, tls=tls)
     out.say(f"sandbox {name}: {machines} machines on 198.18.0.0/15 (MTU {mtu}), etcd on 198.18.0.1 "
             f"(from here: {rec.etcd()})")
     print(sandbox.export_line(rec))
@@ -1000,11 +1011,19 @@ def sandbox_down(name: str = typer.Option("sandbox", "--name", help="The sandbox
         out.say(line)
 
 
-def etcd_endpoint(etcd: str | None) -> str:
-    """--etcd, else $NSLAB_ETCD: the cluster of labs across machines."""
+def etcd_endpoint(etcd: str | None, ca: str | None = None, cert: str | None = None, key: str | None = None) -> str:
+    """--etcd, else $NSLAB_ETCD: the cluster of labs across machines.  --etcd-ca/-cert/-key,
+    checked, take the place of $NSLAB_ETCD_CA/_CERT/_KEY for this command (coord.connect
+    reads them there)."""
     endpoint = etcd or os.environ.get("NSLAB_ETCD")
     if not endpoint:
         raise UsageError("no etcd named: give --etcd URL or export NSLAB_ETCD=URL (`nslab sandbox up` prints it)")
+    if ca or cert or key:
+        from . import coord                  # lazy: start-up
+        creds = coord.credentials(ca, cert, key)
+        for (field, _, var) in coord.TLS_FILES:
+            if getattr(creds, field):
+                os.environ[var] = getattr(creds, field)
     return endpoint
 
 
@@ -1015,20 +1034,25 @@ def agent_cmd(etcd: Optional[str] = typer.Option(None, "--etcd", help="etcd endp
               underlay: Optional[str] = typer.Option(None, "--underlay", help="The interface the machines reach "
                                                                               "each other on (default: the first "
                                                                               "with an IPv4 address)."),
-              ttl: int = typer.Option(10, "--ttl", help="Seconds the machine's lease lives without the agent.")):
+              ttl: int = typer.Option(10, "--ttl", help="Seconds the machine's lease lives without the agent."),
+              etcd_ca: Optional[str] = EtcdCaOpt, etcd_cert: Optional[str] = EtcdCertOpt,
+              etcd_key: Optional[str] = EtcdKeyOpt):
     """Run this machine's agent: register, build and remove the shards etcd assigns here."""
     from . import machine_agent              # lazy: start-up
     labmod.require_root()
-    machine_agent.Agent(etcd_endpoint(etcd), machine, underlay, ttl=ttl, log=out.say).run()
+    endpoint = etcd_endpoint(etcd, etcd_ca, etcd_cert, etcd_key)
+    machine_agent.Agent(endpoint, machine, underlay, ttl=ttl, log=out.say).run()
 
 
 @app.command("machines")
 @run
 def machines_cmd(etcd: Optional[str] = typer.Option(None, "--etcd", help="etcd endpoint (default: $NSLAB_ETCD)."),
-                 as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
+                 as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+                 etcd_ca: Optional[str] = EtcdCaOpt, etcd_cert: Optional[str] = EtcdCertOpt,
+                 etcd_key: Optional[str] = EtcdKeyOpt):
     """The machines registered in etcd: lease, underlay address, labs and namespaces."""
     from . import coord                      # lazy: start-up
-    client = coord.Etcd(etcd_endpoint(etcd))
+    client = coord.connect(etcd_endpoint(etcd, etcd_ca, etcd_cert, etcd_key))
     found, bad = coord.machines(client)
     status = coord.statuses(client)
     rows = []

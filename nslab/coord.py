@@ -35,6 +35,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import os
 import re
 import socket
 import ssl
@@ -139,9 +140,96 @@ def json_value(kv: KV) -> object:
         raise EtcdError(f"etcd key {kv.key!r:.200} does not hold JSON") from None
 
 
+# The cluster's TLS files (etcd with client certificates; the agents' channel over mutual
+# TLS, channel.py): each named by its option, else its environment variable.
+TLS_FILES = (("ca", "--etcd-ca", "NSLAB_ETCD_CA"), ("cert", "--etcd-cert", "NSLAB_ETCD_CERT"),
+             ("key", "--etcd-key", "NSLAB_ETCD_KEY"))
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """The cluster's CA and this side's certificate and key (paths; None: not given).
+    With a CA and a certificate, the agents' channel is mutual TLS (channel.py)."""
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+    @property
+    def mutual(self) -> bool:
+        return bool(self.ca and self.cert)
+
+    def client_context(self) -> ssl.SSLContext:
+        """A client's context: the server's certificate checked against the CA (its SAN
+        against the address dialled), this side's certificate offered."""
+        context = ssl.create_default_context(cafile=self.ca)
+        if self.cert:
+            context.load_cert_chain(self.cert, self.key)
+        return context
+
+    def server_context(self) -> ssl.SSLContext:
+        """A server's context (an agent's channel): its certificate, and a client
+        certificate from the cluster's CA required."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.cert, self.key)
+        context.load_verify_locations(cafile=self.ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
+
+def credentials(ca: str | None = None, cert: str | None = None, key: str | None = None) -> Credentials:
+    """The TLS files given as options, else in $NSLAB_ETCD_CA/_CERT/_KEY, each checked: a
+    file missing, unreadable or not PEM is one sentence naming its option (exit 2)."""
+    given = {"ca": ca, "cert": cert, "key": key}
+    found, names = {}, {}
+    for field_, option, var in TLS_FILES:
+        path, named = given[field_], option
+        if not path:
+            path, named = os.environ.get(var) or None, f"${var}"
+        names[field_] = named
+        if path is None:
+            found[field_] = None
+            continue
+        try:
+            with open(path, "rb") as f:
+                head = f.read(1 << 16)
+        except OSError as e:
+            raise UsageError(f"{named} {path}: {(e.strerror or str(e)).lower()}") from None
+        if b"-----BEGIN " not in head:
+            raise UsageError(f"{named} {path}: not a PEM file")
+        found[field_] = os.path.abspath(path)
+    creds = Credentials(**found)
+    if creds.key and not creds.cert:
+        raise UsageError(f"{names['key']} without a certificate: give --etcd-cert (or $NSLAB_ETCD_CERT) too")
+    try:
+        if creds.cert:
+            ssl.create_default_context().load_cert_chain(creds.cert, creds.key)
+    except ssl.SSLError as e:
+        raise UsageError(f"{names['cert']} {creds.cert}: not a certificate and key that match "
+                         f"({str(e.reason or e).replace('_', ' ').lower()})") from None
+    try:
+        if creds.ca:
+            ssl.create_default_context(cafile=creds.ca)
+    except ssl.SSLError as e:
+        raise UsageError(f"{names['ca']} {creds.ca}: not a CA certificate "
+                         f"({str(e.reason or e).replace('_', ' ').lower()})") from None
+    return creds
+
+
+def connect(endpoint: str, ca: str | None = None, cert: str | None = None, key: str | None = None,
+            timeout: float = TIMEOUT) -> "Etcd":
+    """The Etcd every command and the agent use: `endpoint` with the TLS files given, else
+    those in the environment (credentials).  TLS files for a plain http:// endpoint: refused."""
+    creds = credentials(ca, cert, key)
+    if (creds.ca or creds.cert) and not str(endpoint).startswith("https://"):
+        raise UsageError(f"etcd endpoint {endpoint!r} is plain HTTP but TLS files are given "
+                         f"(--etcd-ca/--etcd-cert or $NSLAB_ETCD_CA/_CERT): use https://HOST:PORT")
+    return Etcd(endpoint, timeout, creds.ca, creds.cert, creds.key)
+
+
 class Etcd:
     """One etcd v3 cluster, through its JSON gateway.  endpoint: http://HOST:PORT or
-    https://HOST:PORT (then `ca`, and `cert`/`key` for a client certificate)."""
+    https://HOST:PORT (then `ca`, and `cert`/`key` for a client certificate).  Build it
+    with connect(), which takes the files from the options or the environment."""
 
     def __init__(self, endpoint: str, timeout: float = TIMEOUT, ca: str | None = None, cert: str | None = None,
                  key: str | None = None):
@@ -156,10 +244,9 @@ class Etcd:
         self.endpoint = f"{url.scheme}://{url.netloc}"
         self.host, self.port, self.timeout = url.hostname, port, timeout
         self.context = None
+        self.credentials = Credentials(ca, cert, key) if url.scheme == "https" else Credentials()
         if url.scheme == "https":
-            self.context = ssl.create_default_context(cafile=ca)
-            if cert:
-                self.context.load_cert_chain(cert, key)
+            self.context = self.credentials.client_context()
 
     # ---- the gateway ------------------------------------------------------------------------
     def _connect(self, timeout: float | None):
@@ -168,6 +255,21 @@ class Etcd:
         return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
 
     def _unreachable(self, e: Exception) -> EtcdUnreachable:
+        if isinstance(e, ssl.SSLError):     # TLS: which side refused, and why
+            reason = str(e.reason or e).replace("_", " ").lower()
+            ca = self.credentials.ca
+            if isinstance(e, ssl.SSLCertVerificationError):
+                return EtcdUnreachable(f"etcd at {self.endpoint} shows a certificate not from "
+                                       f"{'the CA in ' + ca if ca else 'a CA this system trusts (give --etcd-ca)'}"
+                                       f" ({e.verify_message or reason})")
+            if not self.credentials.cert:
+                return EtcdUnreachable(f"etcd at {self.endpoint} refused the TLS connection: it wants a client "
+                                       f"certificate (--etcd-cert/--etcd-key or $NSLAB_ETCD_CERT/_KEY)")
+            return EtcdUnreachable(f"etcd at {self.endpoint} refused the client certificate "
+                                   f"{self.credentials.cert} ({reason}): is it from etcd's CA?")
+        if self.context is None and isinstance(e, http.client.RemoteDisconnected):
+            return EtcdUnreachable(f"etcd at {self.endpoint} closed the connection without an answer (if it "
+                                   f"serves HTTPS: https://{self.host}:{self.port} with --etcd-ca/--etcd-cert)")
         why = "no answer within {:g} s".format(self.timeout) if isinstance(e, (socket.timeout, TimeoutError)) \
             else (getattr(e, "strerror", None) or str(e) or type(e).__name__).lower()
         return EtcdUnreachable(f"etcd at {self.endpoint} does not answer ({why})")

@@ -60,7 +60,7 @@ def underlay_address(iface: str | None) -> tuple[str, str, int]:
 class Agent:
     def __init__(self, endpoint: str, machine: str, underlay: str | None = None, ttl: int = 10,
                  port: int = coord.AGENT_PORT, log=print):
-        self.etcd = coord.Etcd(endpoint)
+        self.etcd = coord.connect(endpoint)
         self.name, self.ttl, self.port, self.log = machine, ttl, port, log
         self.iface, self.address, self.mtu = underlay_address(underlay)
         self.lock = threading.Lock()
@@ -284,7 +284,7 @@ class Agent:
                 self._answer(200, {"rc": proc.returncode, "stdout": proc.stdout[-65536:],
                                    "stderr": proc.stderr[-65536:]})
 
-        server = ThreadingHTTPServer((self.address, self.port), Handler)
+        server = channel.server((self.address, self.port), Handler, self.etcd.credentials)
         server.daemon_threads = True
         threading.Thread(target=server.serve_forever, daemon=True).start()
         return server

@@ -20,6 +20,13 @@ host reaches it, and each machine's agent port, through forwarders on 127.0.0.1
 (runtime/forward.py: listening sockets change none of the root namespace's links, routes or
 sysctls): etcd on 127.0.0.1:PORT, mI's agent on 127.0.0.1:PORT+I.
 
+With --tls, etcd as a cluster with TLS client certificates has it (coord.credentials): a
+CA and certificates made with openssl in RUN/NAME/tls (root only, keys 0600): etcd's
+(SANs 198.18.0.1 and 127.0.0.1: the forwarder passes TLS through), the host's, and each
+machine's (SANs its underlay address and 127.0.0.1), bind-mounted read-only at TLS_DIR in
+its container.  etcd serves https with --client-cert-auth; the agents' channel is mutual
+TLS (channel.py); `up` prints the four export lines.
+
 Ownership, as for a lab: the record (RUN/NAME/sandbox.json) names every container, the
 namespace and every process before each is made (a container's ID right after); containers
 also carry the label nslab.sandbox=NAME.  `down` removes exactly what the record and that
@@ -55,6 +62,8 @@ MAX_MACHINES = 50
 CAPS = ["NET_ADMIN", "NET_RAW", "SYS_ADMIN", "KILL", "SETUID", "SETGID", "CHOWN", "DAC_OVERRIDE", "FOWNER"]
 SITE = "/usr/local/lib/python3.11/dist-packages"
 CODE = "/opt/nslab"
+TLS_DIR = "/etc/nslab/tls"              # a machine's CA, certificate and key (--tls), read-only
+CERT_DAYS = 30
 
 
 def machine_address(i: int) -> str:
@@ -71,13 +80,22 @@ class Record:
     underlay_id: list[int] | None = None            # its [dev, ino] when made (down removes only that)
     containers: list[dict] = field(default_factory=list)      # {"name", "id"}
     processes: list[dict] = field(default_factory=list)       # {"pid", "start_time", "what"}
+    tls: bool = False                               # etcd with client certificates, the channel mutual TLS
 
     @property
     def dir(self) -> str:
         return os.path.join(RUN, self.name)
 
     def etcd(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    def credentials(self) -> coord.Credentials:
+        """The host's TLS files for this sandbox (none without --tls)."""
+        if not self.tls:
+            return coord.Credentials()
+        tls = os.path.join(self.dir, "tls")
+        return coord.Credentials(os.path.join(tls, "ca.crt"), os.path.join(tls, "host.crt"),
+                                 os.path.join(tls, "host.key"))
 
 
 def _path(name: str) -> str:
@@ -117,7 +135,8 @@ def load(name: str) -> Record | None:
             and all(isinstance(p, dict) and all(isinstance(p.get(k), int) for k in ("pid", "start_time"))
                     and p["pid"] > 1 for p in rec.processes) \
             and (rec.underlay_id is None or isinstance(rec.underlay_id, list) and len(rec.underlay_id) == 2
-                 and all(type(i) is int for i in rec.underlay_id))
+                 and all(type(i) is int for i in rec.underlay_id)) \
+            and type(rec.tls) is bool
     except TypeError:
         ok = False
     if not ok:
@@ -186,8 +205,54 @@ def _port_free(port: int) -> bool:
     return True
 
 
+def _openssl(*args: str) -> None:
+    proc = subprocess.run([spawn.need("openssl"), *args], cwd=spawn.CWD, env=spawn.env(), capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        raise NslabError(f"`openssl {args[0]}` failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+
+
+def _certificate(tls: str, ca: str, name: str, cn: str, ips: list[str]) -> None:
+    """NAME.crt and NAME.key in `tls`: a P-256 key and a certificate from CA for both a
+    server and a client (etcd's gateway dials etcd with etcd's own certificate), for `ips`."""
+    key, csr, crt, ext = (os.path.join(tls, f"{name}.{x}") for x in ("key", "csr", "crt", "ext"))
+    _openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", key, "-out", csr, "-subj", f"/CN={cn}")
+    os.chmod(key, 0o600)
+    with open(ext, "w") as f:
+        f.write("basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+                "extendedKeyUsage=serverAuth,clientAuth\n"
+                f"subjectAltName={','.join(f'IP:{ip}' for ip in ips)}\n")
+    _openssl("x509", "-req", "-in", csr, "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key",
+             "-set_serial", f"0x{os.urandom(16).hex()}", "-days", str(CERT_DAYS), "-out", crt, "-extfile", ext)
+    os.remove(csr)
+    os.remove(ext)
+
+
+def certificates(rec: Record) -> None:
+    """The sandbox's CA and certificates in RUN/NAME/tls (see the module's text): etcd's,
+    the host's, and mI/{ca.crt,cert.pem,key.pem} for each machine."""
+    tls = os.path.join(rec.dir, "tls")
+    os.makedirs(tls, mode=0o700)
+    ca = os.path.join(tls, "ca")
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", f"{ca}.key", "-out", f"{ca}.crt", "-days", str(CERT_DAYS),
+             "-subj", f"/CN=nslab sandbox {rec.name} CA",
+             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    os.chmod(f"{ca}.key", 0o600)
+    _certificate(tls, ca, "etcd", "etcd", [ETCD_ADDRESS, "127.0.0.1"])
+    _certificate(tls, ca, "host", "nslab-host", ["127.0.0.1"])
+    for i in range(1, rec.machines + 1):
+        _certificate(tls, ca, f"m{i}", f"m{i}", [machine_address(i), "127.0.0.1"])
+        mine = os.path.join(tls, f"m{i}")
+        os.makedirs(mine, mode=0o700)
+        shutil.copyfile(f"{ca}.crt", os.path.join(mine, "ca.crt"))
+        os.replace(os.path.join(tls, f"m{i}.crt"), os.path.join(mine, "cert.pem"))
+        os.replace(os.path.join(tls, f"m{i}.key"), os.path.join(mine, "key.pem"))
+
+
 def up(name: str, n: int, port: int = DEFAULT_PORT, mtu: int = DEFAULT_MTU, log=print,
-       timeout: float = 60.0) -> Record:
+       timeout: float = 60.0, tls: bool = False) -> Record:
     """Start the sandbox; its record.  On any failure everything made so far is removed."""
     check_name(name)
     if not 1 <= n <= MAX_MACHINES:
@@ -200,6 +265,8 @@ def up(name: str, n: int, port: int = DEFAULT_PORT, mtu: int = DEFAULT_MTU, log=
         raise UsageError(f"sandbox {name} is up already: `nslab sandbox down --name {name}` first")
     etcd_bin, sites = spawn.need("etcd"), _site_packages()
     spawn.need("nsenter")
+    if tls:
+        spawn.need("openssl")
     client = containers.engine()
     import docker                      # lazy: start-up
     try:
@@ -214,11 +281,13 @@ def up(name: str, n: int, port: int = DEFAULT_PORT, mtu: int = DEFAULT_MTU, log=
         raise NslabError(f"a namespace {underlay} exists and no sandbox record names it: remove it "
                          f"(ip netns del {underlay}) or pick another --name")
     rec = Record(name, n, port, mtu, underlay,
-                 containers=[{"name": f"{name}.m{i}", "id": None} for i in range(1, n + 1)])
+                 containers=[{"name": f"{name}.m{i}", "id": None} for i in range(1, n + 1)], tls=tls)
     os.makedirs(RUN, mode=0o755, exist_ok=True)
     os.makedirs(rec.dir, mode=0o700)
     _save(rec)
     try:
+        if tls:
+            certificates(rec)
         fd, _ = netns.create(underlay)
         made = os.fstat(fd)             # the namespace this call made, not whatever the name holds later
         os.close(fd)
@@ -229,8 +298,13 @@ def up(name: str, n: int, port: int = DEFAULT_PORT, mtu: int = DEFAULT_MTU, log=
         _ip("addr", "add", f"{ETCD_ADDRESS}/{PREFIX_LEN}", "dev", "br0", ns=underlay)
         _ip("link", "set", "br0", "up", ns=underlay)
         data = os.path.join(rec.dir, "etcd")
-        url = f"http://{ETCD_ADDRESS}:2379"
-        _start(rec, [spawn.need("ip"), "netns", "exec", underlay, etcd_bin, "--name", "sandbox",
+        url = f"{'https' if tls else 'http'}://{ETCD_ADDRESS}:2379"
+        secure = []
+        if tls:                     # etcd's client port: TLS, a client certificate from the CA required
+            d = os.path.join(rec.dir, "tls")
+            secure = ["--cert-file", os.path.join(d, "etcd.crt"), "--key-file", os.path.join(d, "etcd.key"),
+                      "--client-cert-auth", "--trusted-ca-file", os.path.join(d, "ca.crt")]
+        _start(rec, [spawn.need("ip"), "netns", "exec", underlay, etcd_bin, "--name", "sandbox", *secure,
                      "--data-dir", data, "--listen-client-urls", url, "--advertise-client-urls", url,
                      "--listen-peer-urls", f"http://{ETCD_ADDRESS}:2380",
                      "--initial-advertise-peer-urls", f"http://{ETCD_ADDRESS}:2380",
@@ -260,7 +334,8 @@ def _machine(client, rec: Record, i: int, sites: dict[str, str]) -> None:
             cap_add=CAPS, security_opt=["apparmor=unconfined"],
             labels={LABEL: rec.name}, environment={"PYTHONPATH": CODE, "NSLAB_MACHINE": f"m{i}"},
             volumes={spawn.ROOT: {"bind": CODE, "mode": "ro"},
-                     **{host: {"bind": there, "mode": "ro"} for host, there in sites.items()}},
+                     **{host: {"bind": there, "mode": "ro"} for host, there in sites.items()},
+                     **({os.path.join(rec.dir, "tls", f"m{i}"): {"bind": TLS_DIR, "mode": "ro"}} if rec.tls else {})},
             devices=["/dev/net/tun:/dev/net/tun:rwm"],       # flannel udp's and ipip's TUN devices
             tmpfs={"/run": "exec"}, init=True, detach=True)
     except docker.errors.APIError as e:
@@ -283,13 +358,16 @@ def _machine(client, rec: Record, i: int, sites: dict[str, str]) -> None:
 def _start_agent(client, rec: Record, i: int) -> None:
     """mI's agent, kept running inside the machine as a service manager would (a loop that
     starts it again a second after it ends: kill -9 of the agent is a fault case)."""
-    loop = (f"while :; do python3 -u -m nslab agent --etcd http://{ETCD_ADDRESS}:2379 --machine m{i} "
-            f"--underlay eth0 >>/run/nslab-agent.log 2>&1; sleep 1; done")
+    tls = (f" --etcd-ca {TLS_DIR}/ca.crt --etcd-cert {TLS_DIR}/cert.pem --etcd-key {TLS_DIR}/key.pem"
+           if rec.tls else "")
+    loop = (f"while :; do python3 -u -m nslab agent --etcd {'https' if rec.tls else 'http'}://{ETCD_ADDRESS}:2379"
+            f"{tls} --machine m{i} --underlay eth0 >>/run/nslab-agent.log 2>&1; sleep 1; done")
     client.containers.get(rec.containers[i - 1]["id"]).exec_run(["sh", "-c", loop], detach=True)
 
 
 def _wait_agents(rec: Record, timeout: float) -> None:
-    etcd = coord.Etcd(rec.etcd())
+    creds = rec.credentials()
+    etcd = coord.Etcd(rec.etcd(), coord.TIMEOUT, creds.ca, creds.cert, creds.key)
     deadline = time.monotonic() + timeout
     want = {f"m{i}" for i in range(1, rec.machines + 1)}
     while True:
@@ -304,7 +382,8 @@ def _wait_agents(rec: Record, timeout: float) -> None:
 
 
 def _wait_etcd(rec: Record, timeout: float) -> None:
-    etcd = coord.Etcd(rec.etcd(), timeout=2)
+    creds = rec.credentials()
+    etcd = coord.Etcd(rec.etcd(), 2, creds.ca, creds.cert, creds.key)
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -360,7 +439,11 @@ def down(name: str) -> list[str]:
 
 
 def export_line(rec: Record) -> str:
-    return f"export NSLAB_ETCD={rec.etcd()}"
+    """The lines to paste: NSLAB_ETCD, and with --tls the three TLS files' variables."""
+    lines = [f"export NSLAB_ETCD={rec.etcd()}"]
+    creds = rec.credentials()
+    lines += [f"export {var}={getattr(creds, f)}" for f, _, var in coord.TLS_FILES if getattr(creds, f)]
+    return "\n".join(lines)
 
 
 def agent_urls(endpoint: str) -> dict[str, str]:
@@ -372,5 +455,6 @@ def agent_urls(endpoint: str) -> dict[str, str]:
         except NslabError:
             continue
         if rec is not None and rec.etcd() == endpoint.rstrip("/"):
-            return {f"m{i}": f"http://127.0.0.1:{rec.port + i}" for i in range(1, rec.machines + 1)}
+            scheme = "https" if rec.tls else "http"         # the channel: mutual TLS with --tls
+            return {f"m{i}": f"{scheme}://127.0.0.1:{rec.port + i}" for i in range(1, rec.machines + 1)}
     return {}

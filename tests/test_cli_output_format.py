@@ -25,11 +25,13 @@ def fast(argv):
 
 
 def test_plain_command_lines_take_the_fast_road():
-    assert fast(["down", "mylab"]) == ("down", {"target": "mylab", "all_labs": False, "etcd": None})
-    assert fast(["down", "--all"]) == ("down", {"target": None, "all_labs": True, "etcd": None})
+    tls = {"etcd_ca": None, "etcd_cert": None, "etcd_key": None}
+    assert fast(["down", "mylab"]) == ("down", {"target": "mylab", "all_labs": False, "etcd": None, **tls})
+    assert fast(["down", "--all"]) == ("down", {"target": None, "all_labs": True, "etcd": None, **tls})
     assert fast(["down", "l1", "--etcd", "http://127.0.0.1:2379"])[1]["etcd"] == "http://127.0.0.1:2379"
+    assert fast(["down", "l1", "--etcd-ca", "ca.crt"])[1]["etcd_ca"] == "ca.crt"
     assert fast(["sandbox", "up", "3", "--port", "23790"]) == \
-        ("sandbox_up", {"machines": 3, "name": "sandbox", "port": 23790, "mtu": 9216})
+        ("sandbox_up", {"machines": 3, "name": "sandbox", "port": 23790, "mtu": 9216, "tls": False})
     name, kw = fast(["up", "x.yaml", "--name", "n1", "--backend=udp:8282", "-q"])
     assert name == "up" and (kw["file"], kw["name"], kw["backend"], kw["quiet"]) == ("x.yaml", "n1", "udp:8282", True)
     assert fast(["exec", "-l", "lab1", "h1", "--", "ping", "-c", "1", "h2"]) == \
