@@ -42,6 +42,8 @@ COMMANDS = {
     "link-show": (["link", "show"], (), ("all", "json")),
     "link-clear": (["link", "clear"], (), ()),
     "trace": (["trace"], ("proto", "port", "ttl", "timeout"), ("brief", "json")),
+    # one machine's part of a trace across machines (across.trace, observe/trace.part)
+    "trace-part": (["trace-part"], ("src", "dst", "proto", "port", "ttl", "timeout"), ("send",)),
     "test": (["test"], ("only",), ("json",)),
 }
 MAX_REQUEST = 1 << 16

@@ -652,18 +652,29 @@ def trace(src: str = typer.Argument(..., help="Source node or pod (or one of its
         options = dict(proto=proto, port=port, ttl=ttl, timeout=timeout, brief=brief or None, json=as_json or None)
         from . import across, sandbox      # lazy: start-up
         endpoint = etcd_endpoint(None)
-        raise typer.Exit(across.trace(remote, src.removeprefix(f"{remote}."), dst.removeprefix(f"{remote}."),
-                                      endpoint, {k: v for k, v in options.items() if v is not None},
-                                      sandbox.agent_urls(endpoint)))
-    labmod.require_root()
-    lab, src, dst = labmod.resolve_nodes(lab, src, dst)
-    result = tracemod.trace(lab, src, dst, proto, port, ttl, timeout)
+        result = across.trace(remote, src.removeprefix(f"{remote}."), dst.removeprefix(f"{remote}."), endpoint,
+                              {k: v for k, v in options.items() if v is not None}, sandbox.agent_urls(endpoint))
+    else:
+        labmod.require_root()
+        lab, src, dst = labmod.resolve_nodes(lab, src, dst)
+        result = tracemod.trace(lab, src, dst, proto, port, ttl, timeout)
     if as_json:
         print(json.dumps(result, indent=1))
     else:
         (tracemod.render_brief if brief else tracemod.render)(console, result)
     if not tracemod.complete(result):
         raise typer.Exit(1)
+
+
+@app.command("trace-part", hidden=True)
+@run
+def trace_part(lab: str = typer.Option(..., "-l", "--lab"), src: str = typer.Option(..., "--src"),
+               dst: str = typer.Option(..., "--dst"), proto: str = typer.Option("icmp", "--proto"),
+               port: Optional[int] = typer.Option(None, "--port"), ttl: Optional[int] = typer.Option(None, "--ttl"),
+               timeout: float = typer.Option(1.0, "--timeout"), send: bool = typer.Option(False, "--send")):
+    """This machine's part of a trace across machines (JSON lines with the host's `nslab trace`)."""
+    from .observe import trace as tracemod  # lazy: start-up
+    tracemod.part(lab, src, dst, proto, port, ttl, timeout, send)
 
 
 @app.command("test")
