@@ -206,8 +206,9 @@ def _spec(etcd: coord.Etcd, lab: str, machines) -> dict:
 
 
 class _Part:
-    """One machine's `nslab trace-part`, run by its agent (channel.py): JSON lines both ways
-    over the channel's stream, in a thread of its own."""
+    """One machine's part of a command across machines (`nslab trace-part`, `nslab
+    watch-part`), run by its agent (channel.py): JSON lines both ways over the channel's
+    stream, in a thread of its own."""
 
     def __init__(self, machine: str, url: str, token: str, req: dict):
         import tempfile
@@ -247,15 +248,15 @@ class _Part:
                 self.err.seek(0)
                 said = self.err.read().decode(errors="replace").strip().splitlines()
                 why = said[-1] if said else ("it ended" if chunk == b"" else f"no answer within {timeout:g} s")
-                raise NslabError(f"trace: machine {self.machine}: {why}")
+                raise NslabError(f"machine {self.machine}: {why}")
             self.buf += chunk
         line, _, self.buf = self.buf.partition(b"\n")
         try:
             msg = json.loads(line)
         except ValueError:
-            raise NslabError(f"trace: machine {self.machine} answered no JSON") from None
+            raise NslabError(f"machine {self.machine} answered no JSON") from None
         if not isinstance(msg, dict) or key not in msg:
-            raise NslabError(f"trace: machine {self.machine} answered no {key!r}")
+            raise NslabError(f"machine {self.machine} answered no {key!r}")
         return msg
 
     def close(self) -> None:
@@ -367,9 +368,9 @@ def _stitch_hops(result: dict, where: dict[str, str], etcd: coord.Etcd, spec: di
 def test(lab: str, etcd_url: str, only: list[str] | None = None, reach: dict[str, str] | None = None):
     """`nslab test -l LAB` for a lab across machines: each test run by the agent of the
     machine holding its source (`nslab test --only NAME --json` there); one report, in the
-    topology's order.  A test whose expectation watches a node on another machine (via,
-    ttl) fails saying so: a probe is watched on one machine only."""
-    import json
+    topology's order.  A test whose via or ttl node is on another machine runs alone, that
+    node watched meanwhile by its own machine (`nslab watch-part`, checks.watch_part) and
+    the expectation judged here from what it saw (checks.watched)."""
     import tempfile
     from . import channel           # lazy: only here
     from .observe import checks
@@ -380,29 +381,65 @@ def test(lab: str, etcd_url: str, only: list[str] | None = None, reach: dict[str
     if not tests:
         raise UsageError(f"lab {lab} declares no tests{' of those names' if only else ''}")
     results: dict[str, checks.Result] = {}
-    groups: dict[str, list] = {}
+    batches: list[tuple[str, list, list[str]]] = []     # (machine, the tests, nodes watched elsewhere)
     for c in tests:
         home = where.get(c.src, ("?", None))[0]
-        away = [n for n in (c.via, c.dst_node if c.ttl is not None else None) if n and where.get(n, (home,))[0] != home]
-        if home == "?" or away:
-            why = f"{c.src} is on no machine that answers" if home == "?" else \
-                f"watches {away[0]} on {where[away[0]][0]}, not {home}: a probe is watched on one machine only"
-            results[c.name] = checks.Result(c.name, c.probe_text, c.expect_text, False, why, line=c.line)
+        away = [n for n in dict.fromkeys((c.via, c.dst_node if c.ttl is not None else None))
+                if n and where.get(n, (home,))[0] != home]
+        if home == "?" or any(n not in where for n in away):
+            missing = c.src if home == "?" else next(n for n in away if n not in where)
+            results[c.name] = checks.Result(c.name, c.probe_text, c.expect_text, False,
+                                            f"{missing} is on no machine that answers", line=c.line)
+        elif away:
+            batches.append((home, [c], away))
+        elif batches and batches[-1][0] == home and not batches[-1][2]:
+            batches[-1][1].append(c)
         else:
-            groups.setdefault(home, []).append(c.name)
+            batches.append((home, [c], []))
     t0 = time.monotonic()
-    for machine, names in groups.items():
-        with tempfile.TemporaryFile() as f:
-            channel.run(where[next(c.src for c in tests if c.name == names[0])][1], token,
-                        {"lab": lab, "command": "test", "options": {"json": True, "only": names}}, stdout=f)
-            f.seek(0)
-            try:
-                part = json.load(f)
-                results.update({r["name"]: checks.Result(**r) for r in part["results"]})
-            except (ValueError, KeyError, TypeError):
-                raise NslabError(f"machine {machine}: its test did not answer a report") from None
+    for machine, cs, away in batches:
+        watchers: dict[str, _Part] = {}
+        try:
+            for m in dict.fromkeys(where[n][0] for n in away):
+                watchers[m] = _Part(m, dict((x, u) for x, u, _ in machines)[m], token, {
+                    "lab": lab, "command": "watch-part", "options": {"node": [n for n in away if where[n][0] == m]}})
+            for p in watchers.values():
+                p.receive("ready", EXEC_TIMEOUT)
+            with tempfile.TemporaryFile() as f:
+                channel.run(where[cs[0].src][1], token, {"lab": lab, "command": "test", "options": {
+                    "json": True, "only": [c.name for c in cs]}}, stdout=f)
+                f.seek(0)
+                try:
+                    part = json.load(f)
+                    results.update({r["name"]: checks.Result(**r) for r in part["results"]})
+                except (ValueError, KeyError, TypeError):
+                    raise NslabError(f"machine {machine}: its test did not answer a report") from None
+            frames: dict[str, list] = {}
+            for p in watchers.values():
+                p.send({"stop": True})
+                for node, seen in p.receive("frames", EXEC_TIMEOUT)["frames"].items():
+                    frames[node] = [(i, o, h, bytes.fromhex(d)) for i, o, h, d in seen]
+        finally:
+            for p in watchers.values():
+                p.close()
+        if away and cs[0].name in results and not results[cs[0].name].skipped:
+            r, c = results[cs[0].name], cs[0]
+            obs: list[str] = []
+            r.ok &= checks.watched(topo, c, frames, frames, r.details, obs)
+            r.observed = ", ".join([r.observed, *obs])
     return checks.Report(lab, [results[c.name] for c in tests if c.name in results], time.monotonic() - t0,
                          topo.cluster.backend.type if topo.cluster else None)
+
+
+def test_file(topo, etcd_url: str, spread: str | None, stitch_port: int, overrides: dict | None,
+              only: list[str] | None = None, reach: dict[str, str] | None = None):
+    """`nslab test FILE` across machines: the lab up over its machines, its tests run (test()),
+    the lab down again from every machine whatever happened; the report."""
+    up(topo, etcd_url, spread, stitch_port, overrides, log=lambda *_: None)
+    try:
+        return test(topo.name, etcd_url, only, reach)
+    finally:
+        down(topo.name, etcd_url)
 
 
 def show(lab: str, etcd_url: str, options: dict, reach: dict[str, str] | None = None, heading=print) -> int:

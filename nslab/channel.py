@@ -44,6 +44,8 @@ COMMANDS = {
     "trace": (["trace"], ("proto", "port", "ttl", "timeout"), ("brief", "json")),
     # one machine's part of a trace across machines (across.trace, observe/trace.part)
     "trace-part": (["trace-part"], ("src", "dst", "proto", "port", "ttl", "timeout"), ("send",)),
+    # a test's probe watched at this machine's nodes (across.test, observe/checks.watch_part)
+    "watch-part": (["watch-part"], ("node",), ()),
     "test": (["test"], ("only",), ("json",)),
 }
 MAX_REQUEST = 1 << 16

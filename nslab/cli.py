@@ -677,6 +677,14 @@ def trace_part(lab: str = typer.Option(..., "-l", "--lab"), src: str = typer.Opt
     tracemod.part(lab, src, dst, proto, port, ttl, timeout, send)
 
 
+@app.command("watch-part", hidden=True)
+@run
+def watch_part(lab: str = typer.Option(..., "-l", "--lab"), node: Optional[List[str]] = typer.Option(None, "--node")):
+    """A test's probe seen at these nodes of this machine (JSON lines with the host's `nslab test`)."""
+    from .observe import checks  # lazy: start-up
+    checks.watch_part({n: labmod.node_namespace(lab, n) for n in node or []})
+
+
 @app.command("test")
 @run
 def test_(file: Optional[str] = typer.Argument(None, help="Topology file: bring it up, run its tests, take it down."),
@@ -690,22 +698,56 @@ def test_(file: Optional[str] = typer.Argument(None, help="Topology file: bring 
           hosts: bool = typer.Option(False, "--hosts", help="With --all-pairs: include hosts."),
           junit: Optional[str] = typer.Option(None, "--junit", help="Also write the results as JUnit XML to this file."),
           only: Optional[List[str]] = typer.Option(None, "--only", help="Run only the test of this name (repeatable)."),
+          spread: Optional[str] = typer.Option(None, "--spread", metavar="M1,M2,...", help="With FILE: spread the "
+                                               "lab over these machines ($NSLAB_ETCD), as `up --spread`."),
+          stitch_port: int = StitchPortOpt,
           as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
     """Run a topology's tests: (ping, TCP connect, HTTP GET with expectations); exit 1 if any fails."""
-    from .api import Lab  # lazy: start-up
     from .observe import checks  # lazy: start-up
-    if not file and not all_pairs and junit is None and (remote := across_lab(lab, None)):
-        from . import across, sandbox      # lazy: start-up
-        endpoint = etcd_endpoint(None)
-        report = across.test(remote, endpoint, only, sandbox.agent_urls(endpoint))
-        print(json.dumps(report.as_dict(), indent=1)) if as_json else checks.render(console, report)
-        raise typer.Exit(0 if report.ok else 1)
     if file and lab:
         raise UsageError("give a topology FILE or -l LAB, not both")
-    if not file and (name or backend or proxy_mode):
-        raise UsageError("--name, --backend and --proxy-mode apply when testing a FILE (a running lab keeps its own)")
+    if not file and (name or backend or proxy_mode or spread):
+        raise UsageError("--name, --backend, --proxy-mode and --spread apply when testing a FILE (a running lab "
+                         "keeps its own)")
+    topo = labmod.load(file, name=name, overrides=cluster_overrides(backend, proxy_mode)) if file else None
+    remote = across_lab(lab, None) if not file else topo.name if spread is not None or topo.placement else None
+    if remote:                          # a lab across machines: up (FILE), its tests by the agents, down
+        if all_pairs:
+            raise UsageError("--all-pairs does not run across machines yet: run the tests: section, or "
+                             "`nslab exec` pings")
+        if topo is not None and not topo.tests:
+            raise UsageError(f"{file} declares no tests (add a tests: section)")
+        from . import across, sandbox      # lazy: start-up
+        endpoint = etcd_endpoint(None)
+        reach = sandbox.agent_urls(endpoint)
+        if topo is None:
+            report = across.test(remote, endpoint, only, reach)
+        else:
+            with out.Progress(f"test {topo.name}").running("up over machines, tests"):
+                report = across.test_file(topo, endpoint, spread, stitch_port, cluster_overrides(backend, proxy_mode),
+                                          only, reach)
+        topo_file = file or remote
+    else:
+        report, topo_file = test_here(file, topo, lab, all_pairs, hosts, only, name, backend, proxy_mode)
+    if junit is not None:
+        try:
+            with open(junit, "w", encoding="utf-8") as f:
+                f.write(checks.junit(report, topo_file))
+        except OSError as e:
+            raise NslabError(f"--junit: cannot write {junit!r}: {e.strerror}") from None
+    if as_json:
+        print(json.dumps(report.as_dict(), indent=1))
+    else:
+        checks.render(console, report)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def test_here(file, topo, lab, all_pairs, hosts, only, name, backend, proxy_mode):
+    """`nslab test` of a lab on this machine: (the report, the topology's file)."""
+    from .api import Lab  # lazy: start-up
+    from .observe import checks  # lazy: start-up
     if file:
-        topo = labmod.load(file, name=name, overrides=cluster_overrides(backend, proxy_mode))
         if not topo.tests and not all_pairs:
             raise UsageError(f"{file} declares no tests (add a tests: section, or use --all-pairs)")
         labmod.require_root()
@@ -721,25 +763,16 @@ def test_(file: Optional[str] = typer.Argument(None, help="Topology file: bring 
         if not handle.topo.tests and not all_pairs:
             raise UsageError(f"lab {handle.name} declares no tests ({handle.topo.file} has no tests: section; "
                              f"use --all-pairs)")
+    # a machine's part of a lab across machines: what is watched at other machines' nodes is the host's
+    here = set(handle.state.nodes) if (handle.state.info.get("_shard") and not file) else None
     try:
         with out.Progress(f"test {handle.name}").running("all pairs" if all_pairs else "tests"):
-            report = checks.run(handle.topo, [c for c in handle.topo.tests if c.name in only]) if only \
-                else handle.test(all_pairs=all_pairs, hosts=hosts)
+            report = handle.test(all_pairs=True, hosts=hosts) if all_pairs else \
+                checks.run(handle.topo, [c for c in handle.topo.tests if c.name in only] if only else None, here)
     finally:
         if file:
             handle.down()
-    if junit is not None:
-        try:
-            with open(junit, "w", encoding="utf-8") as f:
-                f.write(checks.junit(report, handle.topo.file))
-        except OSError as e:
-            raise NslabError(f"--junit: cannot write {junit!r}: {e.strerror}") from None
-    if as_json:
-        print(json.dumps(report.as_dict(), indent=1))
-    else:
-        checks.render(console, report)
-    if not report.ok:
-        raise typer.Exit(1)
+    return report, handle.topo.file
 
 
 @app.command()
