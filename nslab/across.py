@@ -189,12 +189,12 @@ def holder(lab: str, node: str, etcd_url: str, reach: dict[str, str] | None = No
 
 
 def run(lab: str, command: str, target: str | None, etcd_url: str, reach: dict[str, str] | None = None,
-        **req) -> int:
+        stdout=None, **req) -> int:
     """`nslab COMMAND` for a node of lab `lab`, run by the agent of the machine holding it
-    (channel.py); output passed through; its exit code."""
+    (channel.py); output passed through (to `stdout`, a binary file, if given); its exit code."""
     from . import channel           # lazy: only here
     _, url, token = holder(lab, target.partition(":")[0], etcd_url, reach)
-    return channel.run(url, token, dict(req, lab=lab, command=command, target=target))
+    return channel.run(url, token, dict(req, lab=lab, command=command, target=target), stdout=stdout)
 
 
 def _spec(etcd: coord.Etcd, lab: str, machines) -> dict:
@@ -440,6 +440,20 @@ def test_file(topo, etcd_url: str, spread: str | None, stitch_port: int, overrid
         return test(topo.name, etcd_url, only, reach)
     finally:
         down(topo.name, etcd_url)
+
+
+def each(lab: str, command: str, etcd_url: str, reach: dict[str, str] | None = None, heading=print) -> int:
+    """`nslab COMMAND -l LAB` (one without a node: rewire) run on every machine holding a
+    part of lab `lab`, by its agent, under the machine's name; the worst exit code."""
+    import sys
+    from . import channel           # lazy: only here
+    token, machines = parts(lab, etcd_url, reach)
+    rc = 0
+    for machine, url, _ in machines:
+        heading(f"machine {machine}:")
+        sys.stdout.flush()
+        rc = max(rc, channel.run(url, token, {"lab": lab, "command": command}))
+    return rc
 
 
 def show(lab: str, etcd_url: str, options: dict, reach: dict[str, str] | None = None, heading=print) -> int:

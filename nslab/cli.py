@@ -781,7 +781,8 @@ def capture(target: str = typer.Argument(..., metavar="NODE[:IFACE]",
                                          help="Node, and interface (default: its underlay interface).",
                                          autocompletion=completion.node_ifaces),
             lab: Optional[str] = LabOpt,
-            write: Optional[str] = typer.Option(None, "-w", "--write", help="Write a pcap file (Wireshark, tshark)."),
+            write: Optional[str] = typer.Option(None, "-w", "--write", help="Write a pcap file (Wireshark, tshark); "
+                                         "- writes it to stdout."),
             count: Optional[int] = typer.Option(None, "-c", "--count", help="Stop after this many packets."),
             bpf: str = typer.Option("", "--filter", "-f", help="tcpdump filter, e.g. 'udp port 4789'."),
             decode: bool = typer.Option(False, "--decode", help="Outer/inner header table per encapsulated packet."),
@@ -791,12 +792,24 @@ def capture(target: str = typer.Argument(..., metavar="NODE[:IFACE]",
     from .observe import capture as capmod  # lazy: start-up
     if count is not None and not 0 < count < 1 << 31:      # tcpdump's -c: 0 would mean no limit
         raise UsageError(f"--count must be from 1 to {(1 << 31) - 1} packets, not {count}")
+    if write == "-" and (decode or as_json):
+        raise UsageError("-w - writes the pcap to stdout, where --decode and --json print: give -w a FILE")
     if remote := across_lab(lab, target):
-        if write:
-            raise UsageError(f"-w: lab {remote} runs across machines and its pcap is not brought back yet; "
-                             f"capture without -w (decoded here), or with -w on the node's machine")
-        options = dict(count=count, filter=bpf or None, decode=decode or None, json=as_json or None)
-        across_run(remote, "capture", target, options={k: v for k, v in options.items() if v is not None})
+        if write and (decode or as_json):
+            raise UsageError(f"-w with --decode: lab {remote} runs across machines; capture -w FILE, then read "
+                             f"it with tshark, or --decode without -w")
+        # -w FILE: the node's machine streams the pcap (-w -), written here
+        options = dict(count=count, filter=bpf or None, decode=decode or None, json=as_json or None,
+                       write="-" if write else None)
+        options = {k: v for k, v in options.items() if v is not None}
+        if not write or write == "-":
+            across_run(remote, "capture", target, options=options)
+        try:
+            pcap = open(write, "wb")
+        except OSError as e:
+            raise UsageError(f"-w: cannot write {write!r}: {e.strerror}") from None
+        with pcap:
+            across_run(remote, "capture", target, options=options, stdout=pcap)
     labmod.require_root()
     labmod.require_tools("ip", "tcpdump")
     lab, target = labmod.resolve_nodes(lab, target)
@@ -846,6 +859,10 @@ def web(lab: Optional[str] = typer.Option(None, "-l", "--lab", autocompletion=co
 def rewire(lab: Optional[str] = LabOpt):
     """Wire the lab's containers again after one was restarted (a restarted container has a
     new network namespace, without the lab's links), stopped or removed under nslab's feet."""
+    if remote := across_lab(lab, None):      # a lab across machines: each machine rewires its own
+        from . import across, sandbox      # lazy: start-up
+        endpoint = etcd_endpoint(None)
+        raise typer.Exit(across.each(remote, "rewire", endpoint, sandbox.agent_urls(endpoint), heading=out.say))
     labmod.require_root()
     lab = labmod.resolve_lab(lab)
     done = labmod.rewire(lab)
