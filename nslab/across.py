@@ -298,12 +298,15 @@ def trace(lab: str, src: str, dst: str, etcd_url: str, options: dict, reach: dic
         source.send({"fire": {"ident": random.randint(1, 0xFFFF), "seq": random.randint(1, 0xFFFF)}})
         fired = source.receive("fired", timeout + EXEC_TIMEOUT)["fired"]
         for p in started.values():
-            p.send({"probe": fired})
-        seen = {m: p.receive("obs", EXEC_TIMEOUT) for m, p in started.items()}
-        t = _setup_from(tracemod, setups[source.machine]["setup"], topo, fired)
-        obs = [tracemod._obs_from(o) for part in seen.values() for o in part["obs"]]
+            p.send({"nat": fired})
         nats = [tracemod.nat.Nat(n["node"], "", tracemod.nat.Tuple(**n["before"]), tracemod.nat.Tuple(**n["after"]),
-                                 n["dnat"], n["snat"], n["rule"]) for part in seen.values() for n in part["nat"]]
+                                 n["dnat"], n["snat"], n["rule"]) for p in started.values()
+                for n in p.receive("nat", EXEC_TIMEOUT)["nat"]]
+        fired["aliases"] = list(dict.fromkeys((n.after.sport, n.after.dport) for n in nats))
+        for p in started.values():
+            p.send({"aliases": fired["aliases"]})
+        obs = [tracemod._obs_from(o) for p in started.values() for o in p.receive("obs", EXEC_TIMEOUT)["obs"]]
+        t = _setup_from(tracemod, setups[source.machine]["setup"], topo, fired)
         result = tracemod.assemble(t, obs, nats, fired["t0"])
         for p in started.values():
             p.send({"paths": result})

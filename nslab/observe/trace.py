@@ -596,12 +596,12 @@ def trace(lab: str, src: str, dst: str, proto: str = "icmp", port: int | None = 
     return result
 
 
-def _translations(t: Setup, src_ip: str | None, aliases: tuple = ()) -> list[nat.Nat]:
-    """The probe's NAT in this machine's namespaces; its aliases added to t.probe's."""
+def _translations(t: Setup, src_ip: str | None) -> list[nat.Nat]:
+    """The probe's NAT in this machine's namespaces (t.probe matches what they rewrote)."""
     if t.probe.proto == "icmp" or t.topo.cluster is None or not src_ip:
         return []
     nats = nat.find(t.namespaces, t.probe.proto, nat.Tuple(src_ip, t.probe.dst, t.probe.ident, t.probe.port))
-    t.probe.aliases = tuple(dict.fromkeys([*map(tuple, aliases), *((n.after.sport, n.after.dport) for n in nats)]))
+    t.probe.aliases = tuple((n.after.sport, n.after.dport) for n in nats)
     return nats
 
 
@@ -923,9 +923,10 @@ def part(lab: str, src: str, dst: str, proto: str = "icmp", port: int | None = N
     """`nslab trace-part`: this machine's part of `nslab trace` across machines, JSON lines
     with the host (across.trace): every frame in this machine's namespaces of the lab is kept
     from `{"ready"}` on; the source's machine (`send`) fires the probe on `{"fire": {ident,
-    seq}}` and answers `{"fired"}` once the reply is back (or the timeout); on `{"probe":
-    {ident, src, t0, aliases}}` each part matches its frames (and its NAT) and answers its
-    sightings; on `{"paths"}` (the paths the host chained) it explains the hops at its own
+    seq}}` and answers `{"fired"}` once the reply is back (or the timeout); on `{"nat":
+    {ident, seq, src}}` each part answers the probe's translations in its namespaces, and on
+    `{"aliases"}` (every machine's) it matches its frames and answers its sightings (NAT on
+    one machine rewrites what another sees); on `{"paths"}` (the paths the host chained) it explains the hops at its own
     nodes (explain()) and answers them.  The kernel of a node is asked only on its machine."""
     import sys                      # lazy: only here
     stdin = stdin or sys.stdin
@@ -983,24 +984,24 @@ def part(lab: str, src: str, dst: str, proto: str = "icmp", port: int | None = N
 
             deadline = time.monotonic() + (0 if send_error else timeout)
             seen = sniffer.read(lambda f: keep(f) or observe(probe, t.encap, f), deadline, answered)
-            first = min((o for o in seen if o.kind == "request"), key=lambda o: o.order, default=None)
-            ip, _ = innermost_ip(first.layers) if first else (None, None)
-            fired["src"] = ip["src"] if ip else probe.src
-            nats = _translations(t, fired["src"]) if send_error is None else []
-            fired["aliases"] = list(probe.aliases)
+            fired["src"] = _source_address(seen, probe) or probe.src
             say({"fired": fired})
             msg = wait_message()
-        p = msg.get("probe")
+        # the probe's translations here (the probe's socket still open: conntrack keeps them)
+        p = msg.get("nat")
         if not isinstance(p, dict):
             raise NslabError("trace: the host sent no probe")
+        probe.ident, probe.seq = int(p["ident"]), int(p["seq"])
+        nats = _translations(t, p.get("src"))
+        say({"nat": [{"node": n.node, "dnat": n.dnat, "snat": n.snat, "before": vars(n.before),
+                      "after": vars(n.after), "rule": n.rule} for n in nats]})
+        # every machine's translations known: the frames this one kept, matched
+        msg = wait_message()
         sniffer.read(keep, time.monotonic() + 0.02)
         sniffer.close()
-        probe.ident, probe.seq = int(p["ident"]), int(p["seq"])
-        nats = _translations(t, p.get("src"), [tuple(a) for a in p.get("aliases") or []])
+        probe.aliases = tuple(tuple(a) for a in msg.get("aliases") or [])
         obs = [o for o in (observe(probe, t.encap, f) for f in frames) if o is not None]
-        say({"obs": [vars(o) for o in obs],
-             "nat": [{"node": n.node, "dnat": n.dnat, "snat": n.snat, "before": vars(n.before),
-                      "after": vars(n.after), "rule": n.rule} for n in nats]})
+        say({"obs": [vars(o) for o in obs]})
         result = _message(lambda: ready_line(None)).get("paths")
         if not isinstance(result, dict):
             raise NslabError("trace: the host sent no paths")
