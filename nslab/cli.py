@@ -668,10 +668,14 @@ def trace(src: str = typer.Argument(..., help="Source node or pod (or one of its
 
 @app.command("trace-part", hidden=True)
 @run
-def trace_part(lab: str = typer.Option(..., "-l", "--lab"), src: str = typer.Option(..., "--src"),
-               dst: str = typer.Option(..., "--dst"), proto: str = typer.Option("icmp", "--proto"),
-               port: Optional[int] = typer.Option(None, "--port"), ttl: Optional[int] = typer.Option(None, "--ttl"),
-               timeout: float = typer.Option(1.0, "--timeout"), send: bool = typer.Option(False, "--send")):
+def trace_part(lab: str = typer.Option(..., "-l", "--lab", help="The lab (a part of it runs here)."),
+               src: str = typer.Option(..., "--src", help="The trace's source, as `trace` takes it."),
+               dst: str = typer.Option(..., "--dst", help="The trace's destination, as `trace` takes it."),
+               proto: str = typer.Option("icmp", "--proto", help="As `trace --proto`."),
+               port: Optional[int] = typer.Option(None, "--port", help="As `trace --port`."),
+               ttl: Optional[int] = typer.Option(None, "--ttl", help="As `trace --ttl`."),
+               timeout: float = typer.Option(1.0, "--timeout", help="As `trace --timeout`."),
+               send: bool = typer.Option(False, "--send", help="This machine holds the source: it sends the probe.")):
     """This machine's part of a trace across machines (JSON lines with the host's `nslab trace`)."""
     from .observe import trace as tracemod  # lazy: start-up
     tracemod.part(lab, src, dst, proto, port, ttl, timeout, send)
@@ -679,7 +683,9 @@ def trace_part(lab: str = typer.Option(..., "-l", "--lab"), src: str = typer.Opt
 
 @app.command("watch-part", hidden=True)
 @run
-def watch_part(lab: str = typer.Option(..., "-l", "--lab"), node: Optional[List[str]] = typer.Option(None, "--node")):
+def watch_part(lab: str = typer.Option(..., "-l", "--lab", help="The lab (a part of it runs here)."),
+               node: Optional[List[str]] = typer.Option(None, "--node", help="A node of this machine to watch "
+                                                                          "(repeatable).")):
     """A test's probe seen at these nodes of this machine (JSON lines with the host's `nslab test`)."""
     from .observe import checks  # lazy: start-up
     checks.watch_part({n: labmod.node_namespace(lab, n) for n in node or []})
