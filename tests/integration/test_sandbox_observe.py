@@ -171,7 +171,7 @@ def test_test_file_across_machines_passes_and_a_broken_expectation_fails(box, tm
     broken.write_text(text.replace("ttl: 62, via: spine", "ttl: 61, via: spine"))
     got = box.nslab("test", str(broken), "--name", lab)
     assert got.returncode == 1, got.stdout + got.stderr
-    failed = [line for line in got.stdout.splitlines() if line.startswith("FAIL")]
+    failed = [line for line in got.stdout.splitlines() if line.startswith("FAIL  ")]      # the table's rows
     assert len(failed) == 1 and "other rack over vxlan" in failed[0] and "ttl 62" in failed[0], got.stdout
     assert box.left(lab) == []
 
