@@ -283,10 +283,11 @@ def trace(lab: str, src: str, dst: str, etcd_url: str, options: dict, reach: dic
     spec = _spec(etcd, lab, machines)
     topo = _topology(spec, lab)
     where = {n: m for m, _, nodes in machines for n in nodes}
-    s = tracemod.resolve(topo, src)
-    if s.node is None or s.node not in where:
-        raise UsageError(f"lab {lab} has no node {src} on any machine that answers")
     timeout = float(options.get("timeout", 1.0))
+    _, s, _, _, _ = tracemod.arguments(topo, src, dst, options.get("proto", "icmp"), options.get("port"),
+                                       options.get("ttl"), timeout)       # bad input: refused here first
+    if s.node not in where:
+        raise UsageError(f"lab {lab}: {s.node} is on no machine that answers")
     req = {k: v for k, v in options.items() if k in ("proto", "port", "ttl", "timeout")}
     started: dict[str, _Part] = {}
     try:

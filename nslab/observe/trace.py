@@ -475,10 +475,10 @@ def resolve(topo, text: str) -> Endpoint:
     return Endpoint(text, owner, str(addr))
 
 
-def _service_target(lab: str, dst: str, proto: str, port: int | None) -> tuple[dict, str, str, int]:
+def _service_target(topo, dst: str, proto: str, port: int | None) -> tuple[dict, str, str, int]:
     """svc/NAME -> (the service as the trace names it, its cluster IP, the protocol: the
     service's unless --proto says tcp/udp, the port: its own unless --port says)."""
-    topo = labmod.topology(lab)
+    lab = topo.name
     services = topo.cluster.services if topo.cluster is not None else {}
     name = dst[len(SVC):]
     if name not in services:
@@ -511,12 +511,13 @@ class Setup:
     encap: dict
 
 
-def setup(lab: str, src: str, dst: str, proto: str = "icmp", port: int | None = None, ttl: int | None = None,
-          timeout: float = 1.0, local_source: bool = True) -> Setup:
-    labmod.require_root()
+def arguments(topo, src: str, dst: str, proto: str, port: int | None, ttl: int | None,
+              timeout: float) -> tuple[dict | None, Endpoint, Endpoint, str, int | None]:
+    """A trace's arguments checked against the lab's topology: (the service traced to, or
+    None; source; destination; protocol; port), or UsageError in one sentence."""
     service = None
     if dst.startswith(SVC):             # svc/NAME, as in a topology's tests: its cluster IP and port, over TCP
-        service, dst, proto, port = _service_target(lab, dst, proto, port)
+        service, dst, proto, port = _service_target(topo, dst, proto, port)
     if ":" in dst:                      # ADDRESS:PORT, as the note writes a service (10.111.222.68:8080)
         dst, _, text = dst.rpartition(":")
         # ASCII digits only: str.isdigit() takes '²', which int() refuses; 5 digits bound int()'s work
@@ -535,13 +536,22 @@ def setup(lab: str, src: str, dst: str, proto: str = "icmp", port: int | None = 
         raise UsageError(f"--ttl must be 1..255, not {ttl}")
     if not 0 < timeout <= 30:
         raise UsageError(f"--timeout must be more than 0 and at most 30 seconds, not {timeout}")
-    st = state.load(lab)
-    topo = labmod.topology(lab, st)     # the lab as built (its record), not its file now
     s, d = resolve(topo, src), resolve(topo, dst)
     if s.node is None:
-        raise UsageError(f"the source must be a node of lab {lab} (or one of its addresses): {src} is neither")
+        raise UsageError(f"the source must be a node of lab {topo.name} (or one of its addresses): {src} is neither")
     if d.ip is None:
         raise UsageError(f"{dst} has no address to send to")
+    if service is not None:
+        d.name = f"svc/{service['name']}"
+    return service, s, d, proto, port
+
+
+def setup(lab: str, src: str, dst: str, proto: str = "icmp", port: int | None = None, ttl: int | None = None,
+          timeout: float = 1.0, local_source: bool = True) -> Setup:
+    labmod.require_root()
+    st = state.load(lab)
+    topo = labmod.topology(lab, st)     # the lab as built (its record), not its file now
+    service, s, d, proto, port = arguments(topo, src, dst, proto, port, ttl, timeout)
     probe = Probe(proto, s.ip if s.name != s.node else None, d.ip, port, random.randint(1, 0xFFFF),
                   random.randint(1, 0xFFFF), ttl)
     encap = backends.encap_ports(topo.cluster.backend if topo.cluster is not None else None)
@@ -549,8 +559,6 @@ def setup(lab: str, src: str, dst: str, proto: str = "icmp", port: int | None = 
     namespaces = {node: ns for node, ns in st.nodes.items() if ns in owned}
     if local_source and s.node not in namespaces:
         raise NslabError(state.namespace_problem(st, st.nodes.get(s.node), s.node))
-    if service is not None:
-        d.name = f"svc/{service['name']}"
     return Setup(lab, topo, service, s, d, probe, timeout, namespaces, encap)
 
 
