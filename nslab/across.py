@@ -427,10 +427,7 @@ def test(lab: str, etcd_url: str, only: list[str] | None = None, reach: dict[str
             for p in watchers.values():
                 p.close()
         if away and cs[0].name in results and not results[cs[0].name].skipped:
-            r, c = results[cs[0].name], cs[0]
-            obs: list[str] = []
-            r.ok &= checks.watched(topo, c, frames, frames, r.details, obs)
-            r.observed = ", ".join([r.observed, *obs])
+            checks.add_watched(topo, cs[0], results[cs[0].name], frames)
     return checks.Report(lab, [results[c.name] for c in tests if c.name in results], time.monotonic() - t0,
                          topo.cluster.backend.type if topo.cluster else None)
 

@@ -168,6 +168,27 @@ def watched(topo, c: Check, at_dst: dict, at_via: dict, details: list[str], obs:
     return ok
 
 
+WATCHED_ORDER = ("encap", "ttl", "via", "not via", "mtu", "endpoint", "answered by")   # as run_check adds them
+
+
+def add_watched(topo, c: Check, r: Result, frames: dict) -> None:
+    """Across machines: the ttl/via expectations of `c` watched on another machine
+    (frames: {node: [(iface, outgoing, hatype, data)]}) judged, and folded into its result
+    where run_check puts them, so the report reads as a local one.  Only when the probe got
+    through, as run_check judges them."""
+    first, *rest = r.observed.split(", ")
+    if not (first == "reached" or (c.kind == "http" and first.startswith("HTTP/"))):
+        return
+    details: list[str] = []
+    obs: list[str] = []
+    r.ok &= watched(topo, c, frames, frames, details, obs)
+
+    def rank(text: str) -> int:
+        return next((i for i, p in enumerate(WATCHED_ORDER) if text.startswith(p)), len(WATCHED_ORDER))
+    r.observed = ", ".join([first] + sorted(rest + obs, key=rank))
+    r.details = r.details[:1] + sorted(r.details[1:] + details, key=rank)
+
+
 def watch_part(namespaces: dict[str, str], stdin=None, stdout=None) -> None:
     """`nslab watch-part`: a test's probe seen at nodes of this machine, for a test across
     machines whose via or ttl node is here and its source elsewhere (across.test drives it,

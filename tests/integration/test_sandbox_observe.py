@@ -174,6 +174,11 @@ def test_test_file_across_machines_passes_and_a_broken_expectation_fails(box, tm
     failed = [line for line in got.stdout.splitlines() if line.startswith("FAIL  ")]      # the table's rows
     assert len(failed) == 1 and "other rack over vxlan" in failed[0] and "ttl 62" in failed[0], got.stdout
     assert box.left(lab) == []
+    # a file without placement:, spread by nslab (three nodes, three machines): its ttl/via watched elsewhere
+    got = box.nslab("test", "diy-ip-forward", "--name", lab, "--spread", "m1,m2,m3", "--json")
+    assert got.returncode == 0, got.stdout + got.stderr
+    assert [r["observed"] for r in json.loads(got.stdout)["results"]] == ["reached, ttl 63, via router"] * 2
+    assert box.left(lab) == []
 
 
 def test_services_across_machines_cluster_ip_and_node_port(box, tmp_path):
