@@ -17,6 +17,8 @@ back, finding its record without a spec), then gives back the claim and the VNIs
 """
 from __future__ import annotations
 
+import json
+import os
 import time
 
 from . import coord
@@ -186,74 +188,272 @@ def holder(lab: str, node: str, etcd_url: str, reach: dict[str, str] | None = No
 
 
 def run(lab: str, command: str, target: str | None, etcd_url: str, reach: dict[str, str] | None = None,
-        **req) -> int:
+        stdout=None, **req) -> int:
     """`nslab COMMAND` for a node of lab `lab`, run by the agent of the machine holding it
-    (channel.py); output passed through; its exit code."""
+    (channel.py); output passed through (to `stdout`, a binary file, if given); its exit code."""
     from . import channel           # lazy: only here
     _, url, token = holder(lab, target.partition(":")[0], etcd_url, reach)
-    return channel.run(url, token, dict(req, lab=lab, command=command, target=target))
+    return channel.run(url, token, dict(req, lab=lab, command=command, target=target), stdout=stdout)
 
 
-def trace(lab: str, src: str, dst: str, etcd_url: str, options: dict, reach: dict[str, str] | None = None) -> int:
-    """`nslab trace SRC DST` of lab `lab`, run on SRC's machine.  A DST on another machine
-    is refused in one sentence: the probe is sniffed on one machine only (not done yet:
-    following it over a stitch, issue 20 item 4)."""
-    from . import channel           # lazy: only here
+def _spec(etcd: coord.Etcd, lab: str, machines) -> dict:
+    """The lab's shard spec as etcd holds it (its text, overrides, stitch port)."""
+    spec = next((coord.shards(etcd, m)[0].get(lab) for m, _, _ in machines), None)
+    if spec is None:
+        raise NslabError(f"lab {lab}: no machine holds its spec in etcd")
+    return spec
+
+
+class _Part:
+    """One machine's part of a command across machines (`nslab trace-part`, `nslab
+    watch-part`), run by its agent (channel.py): JSON lines both ways over the channel's
+    stream, in a thread of its own."""
+
+    def __init__(self, machine: str, url: str, token: str, req: dict):
+        import tempfile
+        import threading
+        self.machine = machine
+        in_r, self.in_w = os.pipe()
+        self.out_r, out_w = os.pipe()
+        self.err = tempfile.TemporaryFile()
+        self.buf = b""
+        self.rc = None
+
+        def run():
+            from . import channel   # lazy: only here
+            with os.fdopen(in_r, "rb") as stdin, os.fdopen(out_w, "wb") as stdout:
+                try:
+                    self.rc = channel.run(url, token, req, stdin=stdin, stdout=stdout, stderr=self.err)
+                except NslabError as e:
+                    self.err.write(f"{e}\n".encode())
+                    self.rc = 1
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+    def send(self, msg: dict) -> None:
+        data = (json.dumps(msg) + "\n").encode()
+        while data:
+            data = data[os.write(self.in_w, data):]
+
+    def receive(self, key: str, timeout: float) -> dict:
+        import select
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buf:
+            left = deadline - time.monotonic()
+            ready = select.select([self.out_r], [], [], max(0, left))[0] if left > 0 else []
+            chunk = os.read(self.out_r, 1 << 20) if ready else None
+            if not chunk:
+                self.thread.join(5 if chunk == b"" else 0)
+                self.err.seek(0)
+                said = self.err.read().decode(errors="replace").strip().splitlines()
+                why = said[-1] if said else ("it ended" if chunk == b"" else f"no answer within {timeout:g} s")
+                raise NslabError(f"machine {self.machine}: {why}")
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            raise NslabError(f"machine {self.machine} answered no JSON") from None
+        if not isinstance(msg, dict) or key not in msg:
+            raise NslabError(f"machine {self.machine} answered no {key!r}")
+        return msg
+
+    def close(self) -> None:
+        try:
+            os.close(self.in_w)
+        except OSError:
+            pass
+        self.thread.join(30)
+        os.close(self.out_r)
+        self.err.close()
+
+
+def trace(lab: str, src: str, dst: str, etcd_url: str, options: dict, reach: dict[str, str] | None = None) -> dict:
+    """`nslab trace SRC DST` of lab `lab` across machines: every machine watches its own nodes
+    (`nslab trace-part` there, observe/trace.part), the source's machine sends the probe,
+    and here the sightings are chained into one path (trace.assemble) at the stitches
+    between machines, each stitch a hop of its own ("m1 -> m3: vxlan stitch VNI 5001");
+    each machine then explains the hops at its nodes from its own kernel."""
+    import random
+    from .observe import trace as tracemod
+    t_start = time.perf_counter()
     token, machines = parts(lab, etcd_url, reach)
-    where = {n: (m, url) for m, url, nodes in machines for n in nodes}
-    if src not in where:
-        raise UsageError(f"lab {lab} has no node {src} on any machine that answers")
-    if dst in where and where[dst][0] != where[src][0]:
-        raise UsageError(f"{src} is on machine {where[src][0]} and {dst} on {where[dst][0]}: nslab trace does "
-                         f"not follow a probe across machines yet; trace to a node on {where[src][0]}, or "
-                         f"capture on the stitch")
-    return channel.run(where[src][1], token, {"lab": lab, "command": "trace", "target": src, "dst": dst,
-                                              "options": options})
+    etcd = coord.connect(etcd_url)
+    spec = _spec(etcd, lab, machines)
+    topo = _topology(spec, lab)
+    where = {n: m for m, _, nodes in machines for n in nodes}
+    timeout = float(options.get("timeout", 1.0))
+    _, s, _, _, _ = tracemod.arguments(topo, src, dst, options.get("proto", "icmp"), options.get("port"),
+                                       options.get("ttl"), timeout)       # bad input: refused here first
+    if s.node not in where:
+        raise UsageError(f"lab {lab}: {s.node} is on no machine that answers")
+    req = {k: v for k, v in options.items() if k in ("proto", "port", "ttl", "timeout")}
+    started: dict[str, _Part] = {}
+    try:
+        for m, url, _ in machines:
+            started[m] = _Part(m, url, token, {"lab": lab, "command": "trace-part", "options": dict(
+                req, src=src, dst=dst, **({"send": True} if m == where[s.node] else {}))})
+        setups = {m: p.receive("ready", EXEC_TIMEOUT) for m, p in started.items()}
+        source = started[where[s.node]]
+        source.send({"fire": {"ident": random.randint(1, 0xFFFF), "seq": random.randint(1, 0xFFFF)}})
+        fired = source.receive("fired", timeout + EXEC_TIMEOUT)["fired"]
+        for p in started.values():
+            p.send({"nat": fired})
+        nats = [tracemod.nat.Nat(n["node"], "", tracemod.nat.Tuple(**n["before"]), tracemod.nat.Tuple(**n["after"]),
+                                 n["dnat"], n["snat"], n["rule"]) for p in started.values()
+                for n in p.receive("nat", EXEC_TIMEOUT)["nat"]]
+        fired["aliases"] = list(dict.fromkeys((n.after.sport, n.after.dport) for n in nats))
+        for p in started.values():
+            p.send({"aliases": fired["aliases"]})
+        obs = [tracemod._obs_from(o) for p in started.values() for o in p.receive("obs", EXEC_TIMEOUT)["obs"]]
+        t = _setup_from(tracemod, setups[source.machine]["setup"], topo, fired)
+        result = tracemod.assemble(t, obs, nats, fired["t0"])
+        for p in started.values():
+            p.send({"paths": result})
+        for m, p in started.items():
+            mine = p.receive("explained", EXEC_TIMEOUT)["explained"]
+            for name in ("request", "reply"):
+                hops = result[name]["hops"]
+                for i, h in mine[name]["hops"].items():
+                    hops[int(i)].update(h)
+                if hops and where.get(hops[-1]["node"]) == m:
+                    result[name]["delivered"], result[name]["drop"] = mine[name]["delivered"], mine[name]["drop"]
+    finally:
+        for p in started.values():
+            p.close()
+    _stitch_hops(result, where, etcd, spec)
+    tracemod.finish(result, fired["error"], t_start)
+    return result
+
+
+def _topology(spec: dict, lab: str):
+    from . import model             # lazy: only here
+    return model.load(spec["file"], text=spec["text"], name=lab, overrides=spec["overrides"] or None)
+
+
+def _setup_from(tracemod, d: dict, topo, fired: dict):
+    """The source machine's trace.Setup, as its part reported it, for assembling here."""
+    s, dd, p = tracemod.Endpoint(**d["src"]), tracemod.Endpoint(**d["dst"]), d["probe"]
+    probe = tracemod.Probe(p["proto"], p["src"], p["dst"], p["port"], fired["ident"], fired["seq"], p["ttl"],
+                           tuple(tuple(a) for a in fired.get("aliases") or []))
+    return tracemod.Setup(topo.name, topo, d["service"], s, dd, probe, 0, {}, {})
+
+
+def _stitch_hops(result: dict, where: dict[str, str], etcd: coord.Etcd, spec: dict) -> None:
+    """Between a hop out of a node on one machine and the next hop, on another machine: the
+    stitch that carried it, as a hop ("m1 -> m3: vxlan stitch VNI 5001"), its VNI as etcd
+    holds it."""
+    vnis = coord.lab_vnis(etcd, result["lab"])
+    address = {m.name: m.address for m in coord.machines(etcd)[0]}
+    port = spec.get("port")
+    from .observe import trace as tracemod
+    for name in ("request", "reply"):
+        hops = result[name]["hops"]
+        out = []
+        for i, h in enumerate(hops):
+            out.append(h)
+            nxt = hops[i + 1] if i + 1 < len(hops) else None
+            if nxt is None or h["dir"] != "out" or where.get(h["node"]) == where.get(nxt["node"]):
+                continue
+            a, b = where.get(h["node"], "?"), where.get(nxt["node"], "?")
+            vni = vnis.get(f"{h['node']}:{h['iface']}") or vnis.get(f"{nxt['node']}:{nxt['iface']}")
+            text = f"{a} -> {b}: vxlan stitch VNI {vni}"
+            out.append({"node": f"{a} -> {b}", "iface": "stitch", "dir": "", "t_ms": h["t_ms"],
+                        "outer": f"ip {address.get(a)} > {address.get(b)} | udp > {port} | vxlan vni {vni}",
+                        "inner": h["inner"], "layers": h["layers"], "decisions": [], "note": text,
+                        "stitch": {"from": a, "to": b, "vni": vni, "port": port, "local": address.get(a),
+                                   "remote": address.get(b), "dev": f"{h['node']}:{h['iface']}",
+                                   "peer": f"{nxt['node']}:{nxt['iface']}"}})
+        result[name]["hops"] = out
+        result[name]["summary"] = tracemod.summary(out)
 
 
 def test(lab: str, etcd_url: str, only: list[str] | None = None, reach: dict[str, str] | None = None):
     """`nslab test -l LAB` for a lab across machines: each test run by the agent of the
     machine holding its source (`nslab test --only NAME --json` there); one report, in the
-    topology's order.  A test whose expectation watches a node on another machine (via,
-    ttl) fails saying so: a probe is watched on one machine only."""
-    import json
+    topology's order.  A test whose via or ttl node is on another machine runs alone, that
+    node watched meanwhile by its own machine (`nslab watch-part`, checks.watch_part) and
+    the expectation judged here from what it saw (checks.watched)."""
     import tempfile
-    from . import channel, model    # lazy: only here
+    from . import channel           # lazy: only here
     from .observe import checks
     token, machines = parts(lab, etcd_url, reach)
     where = {n: (m, url) for m, url, nodes in machines for n in nodes}
-    etcd = coord.connect(etcd_url)
-    spec = next((coord.shards(etcd, m)[0].get(lab) for m, _, _ in machines), None)
-    if spec is None:
-        raise NslabError(f"lab {lab}: no machine holds its spec in etcd")
-    topo = model.load(spec["file"], text=spec["text"], name=lab, overrides=spec["overrides"] or None)
+    topo = _topology(_spec(coord.connect(etcd_url), lab, machines), lab)
     tests = [c for c in topo.tests if not only or c.name in only]
     if not tests:
         raise UsageError(f"lab {lab} declares no tests{' of those names' if only else ''}")
     results: dict[str, checks.Result] = {}
-    groups: dict[str, list] = {}
+    batches: list[tuple[str, list, list[str]]] = []     # (machine, the tests, nodes watched elsewhere)
     for c in tests:
         home = where.get(c.src, ("?", None))[0]
-        away = [n for n in (c.via, c.dst_node if c.ttl is not None else None) if n and where.get(n, (home,))[0] != home]
-        if home == "?" or away:
-            why = f"{c.src} is on no machine that answers" if home == "?" else \
-                f"watches {away[0]} on {where[away[0]][0]}, not {home}: a probe is watched on one machine only"
-            results[c.name] = checks.Result(c.name, c.probe_text, c.expect_text, False, why, line=c.line)
+        away = [n for n in dict.fromkeys((c.via, c.dst_node if c.ttl is not None else None))
+                if n and where.get(n, (home,))[0] != home]
+        if home == "?" or any(n not in where for n in away):
+            missing = c.src if home == "?" else next(n for n in away if n not in where)
+            results[c.name] = checks.Result(c.name, c.probe_text, c.expect_text, False,
+                                            f"{missing} is on no machine that answers", line=c.line)
+        elif away:
+            batches.append((home, [c], away))
+        elif batches and batches[-1][0] == home and not batches[-1][2]:
+            batches[-1][1].append(c)
         else:
-            groups.setdefault(home, []).append(c.name)
+            batches.append((home, [c], []))
     t0 = time.monotonic()
-    for machine, names in groups.items():
-        with tempfile.TemporaryFile() as f:
-            channel.run(where[next(c.src for c in tests if c.name == names[0])][1], token,
-                        {"lab": lab, "command": "test", "options": {"json": True, "only": names}}, stdout=f)
-            f.seek(0)
-            try:
-                part = json.load(f)
-                results.update({r["name"]: checks.Result(**r) for r in part["results"]})
-            except (ValueError, KeyError, TypeError):
-                raise NslabError(f"machine {machine}: its test did not answer a report") from None
+    for machine, cs, away in batches:
+        watchers: dict[str, _Part] = {}
+        try:
+            for m in dict.fromkeys(where[n][0] for n in away):
+                watchers[m] = _Part(m, dict((x, u) for x, u, _ in machines)[m], token, {
+                    "lab": lab, "command": "watch-part", "options": {"node": [n for n in away if where[n][0] == m]}})
+            for p in watchers.values():
+                p.receive("ready", EXEC_TIMEOUT)
+            with tempfile.TemporaryFile() as f:
+                channel.run(where[cs[0].src][1], token, {"lab": lab, "command": "test", "options": {
+                    "json": True, "only": [c.name for c in cs]}}, stdout=f)
+                f.seek(0)
+                try:
+                    part = json.load(f)
+                    results.update({r["name"]: checks.Result(**r) for r in part["results"]})
+                except (ValueError, KeyError, TypeError):
+                    raise NslabError(f"machine {machine}: its test did not answer a report") from None
+            frames: dict[str, list] = {}
+            for p in watchers.values():
+                p.send({"stop": True})
+                for node, seen in p.receive("frames", EXEC_TIMEOUT)["frames"].items():
+                    frames[node] = [(i, o, h, bytes.fromhex(d)) for i, o, h, d in seen]
+        finally:
+            for p in watchers.values():
+                p.close()
+        if away and cs[0].name in results and not results[cs[0].name].skipped:
+            checks.add_watched(topo, cs[0], results[cs[0].name], frames)
     return checks.Report(lab, [results[c.name] for c in tests if c.name in results], time.monotonic() - t0,
                          topo.cluster.backend.type if topo.cluster else None)
+
+
+def test_file(topo, etcd_url: str, spread: str | None, stitch_port: int, overrides: dict | None,
+              only: list[str] | None = None, reach: dict[str, str] | None = None):
+    """`nslab test FILE` across machines: the lab up over its machines, its tests run (test()),
+    the lab down again from every machine whatever happened; the report."""
+    up(topo, etcd_url, spread, stitch_port, overrides, log=lambda *_: None)
+    try:
+        return test(topo.name, etcd_url, only, reach)
+    finally:
+        down(topo.name, etcd_url)
+
+
+def each(lab: str, command: str, etcd_url: str, reach: dict[str, str] | None = None, heading=print) -> int:
+    """`nslab COMMAND -l LAB` (one without a node: rewire) run on every machine holding a
+    part of lab `lab`, by its agent, under the machine's name; the worst exit code."""
+    import sys
+    from . import channel           # lazy: only here
+    token, machines = parts(lab, etcd_url, reach)
+    rc = 0
+    for machine, url, _ in machines:
+        heading(f"machine {machine}:")
+        sys.stdout.flush()
+        rc = max(rc, channel.run(url, token, {"lab": lab, "command": command}))
+    return rc
 
 
 def show(lab: str, etcd_url: str, options: dict, reach: dict[str, str] | None = None, heading=print) -> int:

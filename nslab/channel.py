@@ -1,6 +1,6 @@
 """The other commands for a lab across machines, over the agent's authenticated channel
 (issue 20, item 2): show, exec (with a TTY when stdin is one), shell, capture, link
-set/show/clear, test (--only) and trace, run on the machine that holds the node by that machine's own
+set/show/clear, test (--only), trace (its parts) and rewire, run on the machine that holds the node by that machine's own
 `nslab` (today's commands and observers: no second implementation).
 
 POST /v1/run (the agent serves it only with the cluster's credential, machine_agent.py)
@@ -47,11 +47,16 @@ COMMANDS = {
     "show": (["show"], (), ("brief", "json")),
     "exec": (["exec"], (), ()),
     "shell": (["shell"], (), ()),
-    "capture": (["capture"], ("count", "filter"), ("decode", "json")),
+    "capture": (["capture"], ("count", "filter", "write"), ("decode", "json")),     # write: "-" only
     "link-set": (["link", "set"], ("rate", "delay", "jitter", "loss", "limit", "burst"), ("without-netem",)),
     "link-show": (["link", "show"], (), ("all", "json")),
     "link-clear": (["link", "clear"], (), ()),
     "trace": (["trace"], ("proto", "port", "ttl", "timeout"), ("brief", "json")),
+    # one machine's part of a trace across machines (across.trace, observe/trace.part)
+    "trace-part": (["trace-part"], ("src", "dst", "proto", "port", "ttl", "timeout"), ("send",)),
+    # a test's probe watched at this machine's nodes (across.test, observe/checks.watch_part)
+    "watch-part": (["watch-part"], ("node",), ()),
+    "rewire": (["rewire"], (), ()),                     # each machine's containers, by its agent
     "test": (["test"], ("only",), ("json",)),
 }
 MAX_REQUEST = 1 << 16
@@ -185,6 +190,8 @@ def command_argv(req: dict, shards) -> list[str]:
     options = req.get("options") or {}
     if not isinstance(options, dict):
         raise ValueError("options: an object is expected")
+    if options.get("write", "-") != "-":
+        raise ValueError(f"{command}: -w names no file on this machine: the pcap comes back on the stream (-w -)")
     for key, value in sorted(options.items()):
         if key in flags and value is True:
             argv.append(f"--{key}")

@@ -661,18 +661,43 @@ def trace(src: str = typer.Argument(..., help="Source node or pod (or one of its
         options = dict(proto=proto, port=port, ttl=ttl, timeout=timeout, brief=brief or None, json=as_json or None)
         from . import across, sandbox      # lazy: start-up
         endpoint = etcd_endpoint(None)
-        raise typer.Exit(across.trace(remote, src.removeprefix(f"{remote}."), dst.removeprefix(f"{remote}."),
-                                      endpoint, {k: v for k, v in options.items() if v is not None},
-                                      sandbox.agent_urls(endpoint)))
-    labmod.require_root()
-    lab, src, dst = labmod.resolve_nodes(lab, src, dst)
-    result = tracemod.trace(lab, src, dst, proto, port, ttl, timeout)
+        result = across.trace(remote, src.removeprefix(f"{remote}."), dst.removeprefix(f"{remote}."), endpoint,
+                              {k: v for k, v in options.items() if v is not None}, sandbox.agent_urls(endpoint))
+    else:
+        labmod.require_root()
+        lab, src, dst = labmod.resolve_nodes(lab, src, dst)
+        result = tracemod.trace(lab, src, dst, proto, port, ttl, timeout)
     if as_json:
         print(json.dumps(result, indent=1))
     else:
         (tracemod.render_brief if brief else tracemod.render)(console, result)
     if not tracemod.complete(result):
         raise typer.Exit(1)
+
+
+@app.command("trace-part", hidden=True)
+@run
+def trace_part(lab: str = typer.Option(..., "-l", "--lab", help="The lab (a part of it runs here)."),
+               src: str = typer.Option(..., "--src", help="The trace's source, as `trace` takes it."),
+               dst: str = typer.Option(..., "--dst", help="The trace's destination, as `trace` takes it."),
+               proto: str = typer.Option("icmp", "--proto", help="As `trace --proto`."),
+               port: Optional[int] = typer.Option(None, "--port", help="As `trace --port`."),
+               ttl: Optional[int] = typer.Option(None, "--ttl", help="As `trace --ttl`."),
+               timeout: float = typer.Option(1.0, "--timeout", help="As `trace --timeout`."),
+               send: bool = typer.Option(False, "--send", help="This machine holds the source: it sends the probe.")):
+    """This machine's part of a trace across machines (JSON lines with the host's `nslab trace`)."""
+    from .observe import trace as tracemod  # lazy: start-up
+    tracemod.part(lab, src, dst, proto, port, ttl, timeout, send)
+
+
+@app.command("watch-part", hidden=True)
+@run
+def watch_part(lab: str = typer.Option(..., "-l", "--lab", help="The lab (a part of it runs here)."),
+               node: Optional[List[str]] = typer.Option(None, "--node", help="A node of this machine to watch "
+                                                                          "(repeatable).")):
+    """A test's probe seen at these nodes of this machine (JSON lines with the host's `nslab test`)."""
+    from .observe import checks  # lazy: start-up
+    checks.watch_part({n: labmod.node_namespace(lab, n) for n in node or []})
 
 
 @app.command("test")
@@ -688,22 +713,56 @@ def test_(file: Optional[str] = typer.Argument(None, help="Topology file: bring 
           hosts: bool = typer.Option(False, "--hosts", help="With --all-pairs: include hosts."),
           junit: Optional[str] = typer.Option(None, "--junit", help="Also write the results as JUnit XML to this file."),
           only: Optional[List[str]] = typer.Option(None, "--only", help="Run only the test of this name (repeatable)."),
+          spread: Optional[str] = typer.Option(None, "--spread", metavar="M1,M2,...", help="With FILE: spread the "
+                                               "lab over these machines ($NSLAB_ETCD), as `up --spread`."),
+          stitch_port: int = StitchPortOpt,
           as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
     """Run a topology's tests: (ping, TCP connect, HTTP GET with expectations); exit 1 if any fails."""
-    from .api import Lab  # lazy: start-up
     from .observe import checks  # lazy: start-up
-    if not file and not all_pairs and junit is None and (remote := across_lab(lab, None)):
-        from . import across, sandbox      # lazy: start-up
-        endpoint = etcd_endpoint(None)
-        report = across.test(remote, endpoint, only, sandbox.agent_urls(endpoint))
-        print(json.dumps(report.as_dict(), indent=1)) if as_json else checks.render(console, report)
-        raise typer.Exit(0 if report.ok else 1)
     if file and lab:
         raise UsageError("give a topology FILE or -l LAB, not both")
-    if not file and (name or backend or proxy_mode):
-        raise UsageError("--name, --backend and --proxy-mode apply when testing a FILE (a running lab keeps its own)")
+    if not file and (name or backend or proxy_mode or spread):
+        raise UsageError("--name, --backend, --proxy-mode and --spread apply when testing a FILE (a running lab "
+                         "keeps its own)")
+    topo = labmod.load(file, name=name, overrides=cluster_overrides(backend, proxy_mode)) if file else None
+    remote = across_lab(lab, None) if not file else topo.name if spread is not None or topo.placement else None
+    if remote:                          # a lab across machines: up (FILE), its tests by the agents, down
+        if all_pairs:
+            raise UsageError("--all-pairs does not run across machines yet: run the tests: section, or "
+                             "`nslab exec` pings")
+        if topo is not None and not topo.tests:
+            raise UsageError(f"{file} declares no tests (add a tests: section)")
+        from . import across, sandbox      # lazy: start-up
+        endpoint = etcd_endpoint(None)
+        reach = sandbox.agent_urls(endpoint)
+        if topo is None:
+            report = across.test(remote, endpoint, only, reach)
+        else:
+            with out.Progress(f"test {topo.name}").running("up over machines, tests"):
+                report = across.test_file(topo, endpoint, spread, stitch_port, cluster_overrides(backend, proxy_mode),
+                                          only, reach)
+        topo_file = file or remote
+    else:
+        report, topo_file = test_here(file, topo, lab, all_pairs, hosts, only, name, backend, proxy_mode)
+    if junit is not None:
+        try:
+            with open(junit, "w", encoding="utf-8") as f:
+                f.write(checks.junit(report, topo_file))
+        except OSError as e:
+            raise NslabError(f"--junit: cannot write {junit!r}: {e.strerror}") from None
+    if as_json:
+        print(json.dumps(report.as_dict(), indent=1))
+    else:
+        checks.render(console, report)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def test_here(file, topo, lab, all_pairs, hosts, only, name, backend, proxy_mode):
+    """`nslab test` of a lab on this machine: (the report, the topology's file)."""
+    from .api import Lab  # lazy: start-up
+    from .observe import checks  # lazy: start-up
     if file:
-        topo = labmod.load(file, name=name, overrides=cluster_overrides(backend, proxy_mode))
         if not topo.tests and not all_pairs:
             raise UsageError(f"{file} declares no tests (add a tests: section, or use --all-pairs)")
         labmod.require_root()
@@ -719,25 +778,16 @@ def test_(file: Optional[str] = typer.Argument(None, help="Topology file: bring 
         if not handle.topo.tests and not all_pairs:
             raise UsageError(f"lab {handle.name} declares no tests ({handle.topo.file} has no tests: section; "
                              f"use --all-pairs)")
+    # a machine's part of a lab across machines: what is watched at other machines' nodes is the host's
+    here = set(handle.state.nodes) if (handle.state.info.get("_shard") and not file) else None
     try:
         with out.Progress(f"test {handle.name}").running("all pairs" if all_pairs else "tests"):
-            report = checks.run(handle.topo, [c for c in handle.topo.tests if c.name in only]) if only \
-                else handle.test(all_pairs=all_pairs, hosts=hosts)
+            report = handle.test(all_pairs=True, hosts=hosts) if all_pairs else \
+                checks.run(handle.topo, [c for c in handle.topo.tests if c.name in only] if only else None, here)
     finally:
         if file:
             handle.down()
-    if junit is not None:
-        try:
-            with open(junit, "w", encoding="utf-8") as f:
-                f.write(checks.junit(report, handle.topo.file))
-        except OSError as e:
-            raise NslabError(f"--junit: cannot write {junit!r}: {e.strerror}") from None
-    if as_json:
-        print(json.dumps(report.as_dict(), indent=1))
-    else:
-        checks.render(console, report)
-    if not report.ok:
-        raise typer.Exit(1)
+    return report, handle.topo.file
 
 
 @app.command()
@@ -746,7 +796,8 @@ def capture(target: str = typer.Argument(..., metavar="NODE[:IFACE]",
                                          help="Node, and interface (default: its underlay interface).",
                                          autocompletion=completion.node_ifaces),
             lab: Optional[str] = LabOpt,
-            write: Optional[str] = typer.Option(None, "-w", "--write", help="Write a pcap file (Wireshark, tshark)."),
+            write: Optional[str] = typer.Option(None, "-w", "--write", help="Write a pcap file (Wireshark, tshark); "
+                                         "- writes it to stdout."),
             count: Optional[int] = typer.Option(None, "-c", "--count", help="Stop after this many packets."),
             bpf: str = typer.Option("", "--filter", "-f", help="tcpdump filter, e.g. 'udp port 4789'."),
             decode: bool = typer.Option(False, "--decode", help="Outer/inner header table per encapsulated packet."),
@@ -756,12 +807,24 @@ def capture(target: str = typer.Argument(..., metavar="NODE[:IFACE]",
     from .observe import capture as capmod  # lazy: start-up
     if count is not None and not 0 < count < 1 << 31:      # tcpdump's -c: 0 would mean no limit
         raise UsageError(f"--count must be from 1 to {(1 << 31) - 1} packets, not {count}")
+    if write == "-" and (decode or as_json):
+        raise UsageError("-w - writes the pcap to stdout, where --decode and --json print: give -w a FILE")
     if remote := across_lab(lab, target):
-        if write:
-            raise UsageError(f"-w: lab {remote} runs across machines and its pcap is not brought back yet; "
-                             f"capture without -w (decoded here), or with -w on the node's machine")
-        options = dict(count=count, filter=bpf or None, decode=decode or None, json=as_json or None)
-        across_run(remote, "capture", target, options={k: v for k, v in options.items() if v is not None})
+        if write and (decode or as_json):
+            raise UsageError(f"-w with --decode: lab {remote} runs across machines; capture -w FILE, then read "
+                             f"it with tshark, or --decode without -w")
+        # -w FILE: the node's machine streams the pcap (-w -), written here
+        options = dict(count=count, filter=bpf or None, decode=decode or None, json=as_json or None,
+                       write="-" if write else None)
+        options = {k: v for k, v in options.items() if v is not None}
+        if not write or write == "-":
+            across_run(remote, "capture", target, options=options)
+        try:
+            pcap = open(write, "wb")
+        except OSError as e:
+            raise UsageError(f"-w: cannot write {write!r}: {e.strerror}") from None
+        with pcap:
+            across_run(remote, "capture", target, options=options, stdout=pcap)
     labmod.require_root()
     labmod.require_tools("ip", "tcpdump")
     lab, target = labmod.resolve_nodes(lab, target)
@@ -811,6 +874,10 @@ def web(lab: Optional[str] = typer.Option(None, "-l", "--lab", autocompletion=co
 def rewire(lab: Optional[str] = LabOpt):
     """Wire the lab's containers again after one was restarted (a restarted container has a
     new network namespace, without the lab's links), stopped or removed under nslab's feet."""
+    if remote := across_lab(lab, None):      # a lab across machines: each machine rewires its own
+        from . import across, sandbox      # lazy: start-up
+        endpoint = etcd_endpoint(None)
+        raise typer.Exit(across.each(remote, "rewire", endpoint, sandbox.agent_urls(endpoint), heading=out.say))
     labmod.require_root()
     lab = labmod.resolve_lab(lab)
     done = labmod.rewire(lab)

@@ -473,7 +473,27 @@ def teardown(lab: str, progress=None) -> state.Teardown:
             containers.remove(orphans)
             return state.Teardown(kept=[])
         raise UsageError(f"no lab named {lab!r} is running (running: {', '.join(state.labs()) or 'none'})")
+    _remove_stitches(lab)
     return state.destroy(lab, progress=progress)
+
+
+def _remove_stitches(lab: str) -> None:
+    """A shard's stitch ends (VXLANs between machines, compile/placement.py) deleted before
+    their namespaces: the kernel frees a deleted namespace later, and until then its VXLAN
+    holds its VNI on the machine's UDP port, so a lab brought up at once and given that VNI
+    again is refused ("A VXLAN device with the specified VNI already exists")."""
+    from .apply.applier import is_stitch       # lazy: only for a shard
+    try:
+        st = state.load(lab)
+        if st is None or not (st.info or {}).get("_shard"):
+            return
+        owned = state.verified_ids(st)
+        ends = [op for op in applied_plan(lab, st).ops if is_stitch(op) and op.ns in owned]
+    except NslabError:                  # an unreadable record: state.destroy says what it can
+        return
+    for op in ends:
+        subprocess.run([spawn.need("ip"), "-n", op.ns, "link", "del", "dev", op.name], cwd=spawn.CWD,
+                       env=spawn.env(), capture_output=True)
 
 
 # ---- a hostname per node ----------------------------------------------------------------------

@@ -28,11 +28,21 @@ def test_commands_become_the_machines_own_nslab_argv():
     assert argv(command="capture", target="leaf01:eth0", options={"count": 2, "filter": "icmp"}) == \
         ["capture", "-l", "lab1", "leaf01:eth0", "--count=2", "--filter=icmp"]
     assert argv(command="trace", target="client", dst="10.0.0.254") == ["trace", "-l", "lab1", "client", "10.0.0.254"]
+    # across machines: the pcap back on the stream; a trace's and a test's parts; rewire
+    assert argv(command="capture", target="leaf01:eth0", options={"write": "-", "count": 2}) == \
+        ["capture", "-l", "lab1", "leaf01:eth0", "--count=2", "--write=-"]
+    assert argv(command="trace-part", options={"src": "client", "dst": "svc/web", "send": True}) == \
+        ["trace-part", "-l", "lab1", "--dst=svc/web", "--send", "--src=client"]
+    assert argv(command="watch-part", options={"node": ["leaf01", "client"]}) == \
+        ["watch-part", "-l", "lab1", "--node=leaf01", "--node=client"]
+    assert argv(command="rewire") == ["rewire", "-l", "lab1"]
 
 
 @pytest.mark.parametrize("req, error", [
     (dict(command="rm", target="client"), ValueError),                                # not a command served
     (dict(command="capture", target="leaf01:eth0", options={"write": "/etc/x"}), ValueError),  # names a file
+    (dict(command="capture", target="leaf01:eth0", options={"write": "./-"}), ValueError),
+    (dict(command="trace-part", options={"src": "client", "send": "yes"}), ValueError),
     (dict(command="link-set", target="leaf01:eth0", options={"rate": True}), ValueError),
     (dict(command="show", options={"json": "yes"}), ValueError),
     (dict(command="exec", target="web-worker3", argv=["true"]), LookupError),         # not a node of this shard

@@ -246,6 +246,13 @@ def run(lab: str, target: str, pcap: str | None = None, count: int | None = None
     print(f"{cap.listening} ({lab} {node}; Ctrl-C to stop)", file=sys.stderr, flush=True)
     if stopping:
         cap.interrupt()
+    if pcap == "-" and not decode:      # -w -: the pcap on stdout (across machines: the host writes the file)
+        try:
+            for _ in cap.records(tee=sys.stdout.buffer):
+                pass
+        except BrokenPipeError:
+            cap.interrupt()
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     if decode:
         try:
             _decode_loop(cap, topo, f"{node}:{iface}", pcap, as_json)

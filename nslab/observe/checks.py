@@ -81,11 +81,13 @@ class Report:
                     skipped=len(self.skipped), results=[r.as_dict() for r in self.results])
 
 
-def run(topo, checks: list[Check] | None = None) -> Report:
-    """Run the checks (default: the topology's own) against the running lab built from `topo`."""
+def run(topo, checks: list[Check] | None = None, here: set[str] | None = None) -> Report:
+    """Run the checks (default: the topology's own) against the running lab built from `topo`.
+    here: the nodes this machine holds (a lab across machines): an expectation watched at
+    another machine's node is left to the host (nslab/across.py, watch_part)."""
     t0 = time.monotonic()
     backend = topo.cluster.backend.type if topo.cluster else None
-    results = [skip(c, backend) if backend and c.assumes and backend not in c.assumes else run_check(topo, c)
+    results = [skip(c, backend) if backend and c.assumes and backend not in c.assumes else run_check(topo, c, here)
                for c in (topo.tests if checks is None else checks)]
     return Report(topo.name, results, time.monotonic() - t0, backend)
 
@@ -96,17 +98,20 @@ def skip(c: Check, backend: str) -> Result:
     return Result(c.name, c.probe_text, c.expect_text, True, f"skipped: {why}", line=c.line, skipped=why)
 
 
-def run_check(topo, c: Check) -> Result:
+MARKER = "check"             # a test's probe carries probe.new_marker(MARKER)
+
+
+def run_check(topo, c: Check, here: set[str] | None = None) -> Result:
     t0 = time.monotonic()
-    marker = probe.new_marker("check")
+    marker = probe.new_marker(MARKER)
     nodes = topo.nodes
     watch: dict[str, tuple[str, str | None]] = {}
     if c.encap:    # a pod's or cluster node's probe: on that node's underlay; else anywhere it leaves src
         cn = underlay_node(topo, c.src)
         watch["encap"] = (nodes[cn].ns, topo.cluster.nodes[cn].underlay) if cn else (nodes[c.src].ns, None)
-    if c.via:
+    if c.via and (here is None or c.via in here):
         watch["via"] = (nodes[c.via].ns, None)
-    if c.ttl is not None:
+    if c.ttl is not None and (here is None or c.dst_node in here):
         watch["ttl"] = (nodes[c.dst_node].ns, None)
     src_ns = nodes[c.src].ns
     for ns in [src_ns] + [ns for ns, _ in watch.values()]:
@@ -127,16 +132,8 @@ def run_check(topo, c: Check) -> Result:
             details.append(f"encap: {why}")
             obs.append(f"encap {got}")
             ok &= got == c.encap
-        if c.ttl is not None:
-            got = _ttl(topo, seen["ttl"], c.dst_ip)
-            details.append(f"ttl at {c.dst_node}: {got if got is not None else 'probe not seen there'}")
-            obs.append(f"ttl {got if got is not None else '?'}")
-            ok &= got == c.ttl
-        if c.via:
-            where = sorted({f"{iface} {'out' if outgoing else 'in'}" for iface, outgoing, _, _ in seen["via"]})
-            details.append(f"via {c.via}: " + (", ".join(where) if where else "probe not seen there"))
-            obs.append(f"via {c.via}" if where else f"not via {c.via}")
-            ok &= bool(where)
+        ok &= watched(topo, c, {c.dst_node: seen["ttl"]} if "ttl" in seen else {},
+                      {c.via: seen["via"]} if "via" in seen else {}, details, obs)
         if c.mtu:
             got, why = _mtu(src_ns, c.dst_ip, c.mtu, c.timeout)
             details.append(f"mtu: {why}")
@@ -151,6 +148,72 @@ def run_check(topo, c: Check) -> Result:
             ok &= c.source in (None, peer) and c.endpoint in (None, pod)
         observed = ", ".join(obs)
     return Result(c.name, c.probe_text, c.expect_text, ok, observed, details, time.monotonic() - t0, c.line)
+
+
+def watched(topo, c: Check, at_dst: dict, at_via: dict, details: list[str], obs: list[str]) -> bool:
+    """The ttl and via expectations of `c` from the frames seen at its destination node and
+    its via node ({node: [(iface, outgoing, hatype, data)]}; one not given: not evaluated
+    here); what each saw appended to details and obs."""
+    ok = True
+    if c.ttl is not None and c.dst_node in at_dst:
+        got = _ttl(topo, at_dst[c.dst_node], c.dst_ip)
+        details.append(f"ttl at {c.dst_node}: {got if got is not None else 'probe not seen there'}")
+        obs.append(f"ttl {got if got is not None else '?'}")
+        ok &= got == c.ttl
+    if c.via and c.via in at_via:
+        where = sorted({f"{iface} {'out' if outgoing else 'in'}" for iface, outgoing, _, _ in at_via[c.via]})
+        details.append(f"via {c.via}: " + (", ".join(where) if where else "probe not seen there"))
+        obs.append(f"via {c.via}" if where else f"not via {c.via}")
+        ok &= bool(where)
+    return ok
+
+
+WATCHED_ORDER = ("encap", "ttl", "via", "not via", "mtu", "endpoint", "answered by")   # as run_check adds them
+
+
+def add_watched(topo, c: Check, r: Result, frames: dict) -> None:
+    """Across machines: the ttl/via expectations of `c` watched on another machine
+    (frames: {node: [(iface, outgoing, hatype, data)]}) judged, and folded into its result
+    where run_check puts them, so the report reads as a local one.  Only when the probe got
+    through, as run_check judges them."""
+    first, *rest = r.observed.split(", ")
+    if not (first == "reached" or (c.kind == "http" and first.startswith("HTTP/"))):
+        return
+    details: list[str] = []
+    obs: list[str] = []
+    r.ok &= watched(topo, c, frames, frames, details, obs)
+
+    def rank(text: str) -> int:
+        return next((i for i, p in enumerate(WATCHED_ORDER) if text.startswith(p)), len(WATCHED_ORDER))
+    r.observed = ", ".join([first] + sorted(rest + obs, key=rank))
+    r.details = r.details[:1] + sorted(r.details[1:] + details, key=rank)
+
+
+def watch_part(namespaces: dict[str, str], stdin=None, stdout=None) -> None:
+    """`nslab watch-part`: a test's probe seen at nodes of this machine, for a test across
+    machines whose via or ttl node is here and its source elsewhere (across.test drives it,
+    JSON lines): `{"ready"}` once watching, then every frame carrying a test's marker until
+    the host says `{"stop"}`, answered as `{"frames": {node: [[iface, outgoing, hatype,
+    hex]]}}`.  The host runs one such test at a time."""
+    import json
+    import select
+    import sys
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+    tag = f"nslab-{MARKER}-".encode()
+    kept: dict[str, list] = {n: [] for n in namespaces}
+
+    def keep(f):
+        if tag in f.data and len(kept[f.node]) < 1000:
+            kept[f.node].append([f.iface, f.outgoing, f.hatype, f.data.hex()])
+    with Sniffer(namespaces) as sniffer:
+        sniffer.drain()
+        stdout.write(json.dumps({"ready": True}) + "\n")
+        stdout.flush()
+        while not select.select([stdin.fileno()], [], [], 0)[0]:
+            sniffer.read(keep, time.monotonic() + 0.05)
+        sniffer.read(keep, time.monotonic() + 0.02)
+    stdout.write(json.dumps({"frames": kept}) + "\n")
+    stdout.flush()
 
 
 def encap_ports(topo) -> dict[int, str]:

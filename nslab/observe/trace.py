@@ -20,9 +20,11 @@ matching are pure functions (tests/observe/test_trace_format.py).
 from __future__ import annotations
 
 import errno
+import json
 import ipaddress
 import os
 import random
+import select
 import socket
 import subprocess
 import time
@@ -205,12 +207,14 @@ def summary(path: list[dict]) -> str:
     """`client(eth0) -> worker1(veth0120afb2 cni0 flannel.4000 enp0s3) -> rack1(worker1 leaf01)`"""
     groups: list[tuple[str, list[str]]] = []
     for s in path:
-        if groups and groups[-1][0] == s["node"]:
+        if s.get("stitch"):             # across machines: `[m1 to m3: vxlan 5001]`
+            groups.append((f"[{s['stitch']['from']} to {s['stitch']['to']}: vxlan {s['stitch']['vni']}]", []))
+        elif groups and groups[-1][0] == s["node"]:
             if s["iface"] not in groups[-1][1]:
                 groups[-1][1].append(s["iface"])
         else:
             groups.append((s["node"], [s["iface"]]))
-    return " -> ".join(f"{node}({' '.join(ifaces)})" for node, ifaces in groups)
+    return " -> ".join(f"{node}({' '.join(ifaces)})" if ifaces else node for node, ifaces in groups)
 
 
 # --- asking the kernel -------------------------------------------------------------------------
@@ -471,10 +475,10 @@ def resolve(topo, text: str) -> Endpoint:
     return Endpoint(text, owner, str(addr))
 
 
-def _service_target(lab: str, dst: str, proto: str, port: int | None) -> tuple[dict, str, str, int]:
+def _service_target(topo, dst: str, proto: str, port: int | None) -> tuple[dict, str, str, int]:
     """svc/NAME -> (the service as the trace names it, its cluster IP, the protocol: the
     service's unless --proto says tcp/udp, the port: its own unless --port says)."""
-    topo = labmod.topology(lab)
+    lab = topo.name
     services = topo.cluster.services if topo.cluster is not None else {}
     name = dst[len(SVC):]
     if name not in services:
@@ -493,12 +497,27 @@ def _peers(topo) -> dict[tuple[str, str], tuple[str, str]]:
     return {(n.name, i.name): (i.peer_node, i.peer_name) for n in topo.nodes.values() for i in n.ifaces}
 
 
-def trace(lab: str, src: str, dst: str, proto: str = "icmp", port: int | None = None, ttl: int | None = None,
-          timeout: float = 1.0) -> dict:
-    labmod.require_root()
+@dataclass
+class Setup:
+    """A trace's arguments checked and resolved against the lab as built here."""
+    lab: str
+    topo: Any
+    service: dict | None
+    s: Endpoint
+    d: Endpoint
+    probe: Probe
+    timeout: float
+    namespaces: dict[str, str]          # node -> namespace, the nodes this machine holds
+    encap: dict
+
+
+def arguments(topo, src: str, dst: str, proto: str, port: int | None, ttl: int | None,
+              timeout: float) -> tuple[dict | None, Endpoint, Endpoint, str, int | None]:
+    """A trace's arguments checked against the lab's topology: (the service traced to, or
+    None; source; destination; protocol; port), or UsageError in one sentence."""
     service = None
     if dst.startswith(SVC):             # svc/NAME, as in a topology's tests: its cluster IP and port, over TCP
-        service, dst, proto, port = _service_target(lab, dst, proto, port)
+        service, dst, proto, port = _service_target(topo, dst, proto, port)
     if ":" in dst:                      # ADDRESS:PORT, as the note writes a service (10.111.222.68:8080)
         dst, _, text = dst.rpartition(":")
         # ASCII digits only: str.isdigit() takes '²', which int() refuses; 5 digits bound int()'s work
@@ -517,26 +536,42 @@ def trace(lab: str, src: str, dst: str, proto: str = "icmp", port: int | None = 
         raise UsageError(f"--ttl must be 1..255, not {ttl}")
     if not 0 < timeout <= 30:
         raise UsageError(f"--timeout must be more than 0 and at most 30 seconds, not {timeout}")
-    st = state.load(lab)
-    topo = labmod.topology(lab, st)     # the lab as built (its record), not its file now
     s, d = resolve(topo, src), resolve(topo, dst)
     if s.node is None:
-        raise UsageError(f"the source must be a node of lab {lab} (or one of its addresses): {src} is neither")
+        raise UsageError(f"the source must be a node of lab {topo.name} (or one of its addresses): {src} is neither")
     if d.ip is None:
         raise UsageError(f"{dst} has no address to send to")
+    if service is not None:
+        d.name = f"svc/{service['name']}"
+    return service, s, d, proto, port
+
+
+def setup(lab: str, src: str, dst: str, proto: str = "icmp", port: int | None = None, ttl: int | None = None,
+          timeout: float = 1.0, local_source: bool = True) -> Setup:
+    labmod.require_root()
+    st = state.load(lab)
+    topo = labmod.topology(lab, st)     # the lab as built (its record), not its file now
+    service, s, d, proto, port = arguments(topo, src, dst, proto, port, ttl, timeout)
     probe = Probe(proto, s.ip if s.name != s.node else None, d.ip, port, random.randint(1, 0xFFFF),
                   random.randint(1, 0xFFFF), ttl)
     encap = backends.encap_ports(topo.cluster.backend if topo.cluster is not None else None)
     owned = state.verified_ids(st, st.nodes.values())     # the record's names, checked
     namespaces = {node: ns for node, ns in st.nodes.items() if ns in owned}
-    if s.node not in namespaces:
+    if local_source and s.node not in namespaces:
         raise NslabError(state.namespace_problem(st, st.nodes.get(s.node), s.node))
+    return Setup(lab, topo, service, s, d, probe, timeout, namespaces, encap)
+
+
+def trace(lab: str, src: str, dst: str, proto: str = "icmp", port: int | None = None, ttl: int | None = None,
+          timeout: float = 1.0) -> dict:
     t_start = time.perf_counter()
-    sniffer = Sniffer(namespaces)
+    t = setup(lab, src, dst, proto, port, ttl, timeout)
+    probe, s = t.probe, t.s
+    sniffer = Sniffer(t.namespaces)
     sock = None
     try:
         sniffer.drain()
-        sock, send_error, t0 = send_probe(namespaces[s.node], probe)
+        sock, send_error, t0 = send_probe(t.namespaces[s.node], probe)
 
         def answered(seen: list[Obs]) -> bool:
             return any(o.kind in ("reply", "error") and o.node == s.node and o.dir == "in" for o in seen)
@@ -544,8 +579,8 @@ def trace(lab: str, src: str, dst: str, proto: str = "icmp", port: int | None = 
         unmatched: list[Frame] = []     # tcp/udp: frames NAT may have rewritten, matched again below
 
         def match(f: Frame) -> Obs | None:
-            o = observe(probe, encap, f)
-            if o is None and proto != "icmp":
+            o = observe(probe, t.encap, f)
+            if o is None and probe.proto != "icmp":
                 unmatched.append(f)
             return o
 
@@ -556,29 +591,42 @@ def trace(lab: str, src: str, dst: str, proto: str = "icmp", port: int | None = 
         # RST, after which conntrack (and IPVS, which drops its conntrack entry with its own
         # connection) keeps the entry only ~10 s: less than a slow machine may take to get here.
         nats: list[nat.Nat] = []
-        if proto != "icmp" and send_error is None and topo.cluster is not None:
-            src_ip = probe.src or _source_address(obs, probe)
-            if src_ip:
-                nats = nat.find(namespaces, proto, nat.Tuple(src_ip, probe.dst, probe.ident, port))
-                probe.aliases = tuple((n.after.sport, n.after.dport) for n in nats)
-                obs += [o for o in (observe(probe, encap, f) for f in unmatched) if o is not None]
+        if send_error is None:
+            nats = _translations(t, _source_address(obs, probe))
+            obs += [o for o in (observe(probe, t.encap, f) for f in unmatched) if o is not None]
     finally:
         sniffer.close()
         if sock is not None:
             sock.close()
+    result = assemble(t, obs, nats, t0)
+    explain(result, t.namespaces, t.topo)
+    finish(result, send_error.strerror if send_error is not None else None, t_start)
+    return result
+
+
+def _translations(t: Setup, src_ip: str | None) -> list[nat.Nat]:
+    """The probe's NAT in this machine's namespaces (t.probe matches what they rewrote)."""
+    if t.probe.proto == "icmp" or t.topo.cluster is None or not src_ip:
+        return []
+    nats = nat.find(t.namespaces, t.probe.proto, nat.Tuple(src_ip, t.probe.dst, t.probe.ident, t.probe.port))
+    t.probe.aliases = tuple((n.after.sport, n.after.dport) for n in nats)
+    return nats
+
+
+def assemble(t: Setup, obs: list[Obs], nats: list[nat.Nat], t0: int) -> dict:
+    """The sightings chained into the request's and the reply's paths (pure: no kernel)."""
+    probe, proto, port = t.probe, t.probe.proto, t.probe.port
     dnats = [n for n in nats if n.dnat]
-    target = resolve(topo, dnats[-1].after.dst).node if dnats else d.node     # the endpoint DNAT chose
-    peers = _peers(topo)
-    if service is not None:
-        d.name = f"svc/{service['name']}"
+    target = resolve(t.topo, dnats[-1].after.dst).node if dnats else t.d.node     # the endpoint DNAT chose
+    peers = _peers(t.topo)
     result: dict[str, Any] = {
-        "lab": lab, "src": vars(s), "dst": vars(d), "service": service,
+        "lab": t.lab, "src": vars(t.s), "dst": vars(t.d), "service": t.service, "target": target,
         "probe": {"proto": proto, "src": probe.src, "dst": probe.dst, "port": port, "ident": probe.ident,
-                  "seq": probe.seq if proto == "icmp" else None, "ttl": ttl, "text": probe.describe()},
+                  "seq": probe.seq if proto == "icmp" else None, "ttl": probe.ttl, "text": probe.describe()},
     }
     outer_errors(obs)
     paths: dict[str, dict] = {}
-    req, req_rest = build_path([o for o in obs if o.kind == "request"], s.node, peers)
+    req, req_rest = build_path([o for o in obs if o.kind == "request"], t.s.node, peers)
     replies = [o for o in obs if o.kind == "reply"] or [o for o in obs if o.kind == "error"]
     rep, rep_rest = build_path(replies, target if replies and replies[0].kind == "reply" else None, peers)
     for name, path, rest in (("request", req, req_rest), ("reply", rep, rep_rest)):
@@ -592,33 +640,49 @@ def trace(lab: str, src: str, dst: str, proto: str = "icmp", port: int | None = 
             later = [x for x in hops[i + 1:] if x["node"] == h["node"]]
             h["terminal"] = h["dir"] == "in" and not any(ip_key(x["layers"]) == ip_key(h["layers"]) for x in later)
     nat.mark_routing(paths, nats, _ports)
-    _explain(paths, namespaces)
-    _flanneld_notes(paths, topo)
-    nat.annotate(paths, nats, _ports)
+    result.update(paths)
     result["nat"] = [{"node": n.node, "dnat": n.dnat, "snat": n.snat, "before": vars(n.before),
                       "after": vars(n.after), "rule": n.rule} for n in nats]
+    result["icmp_error"] = bool(replies) and replies[0].kind == "error"
+    return result
+
+
+def explain(result: dict, namespaces: dict[str, str], topo) -> None:
+    """The kernel entries behind each hop at a node this machine holds (`namespaces`), and
+    why a path ends short where its last hop is one of them."""
+    paths = {name: result[name] for name in ("request", "reply")}
+    _explain(paths, namespaces)
+    _flanneld_notes(paths, topo, set(namespaces))
+    for p, to in ((paths["request"], result["target"]), (paths["reply"], None)):
+        last = p["hops"][-1] if p["hops"] else None      # an ICMP error goes to whoever sent the packet
+        if last is None or last["node"] not in namespaces:
+            continue
+        p["delivered"] = last.get("note") == "delivered" and to in (None, last["node"])
+        if not p["delivered"]:
+            p["drop"] = _drop(p, namespaces, topo)
+
+
+def finish(result: dict, send_error: str | None, t_start: float) -> None:
+    """The notes that need only the topology, the NAT seen, and the verdict."""
+    paths = {name: result[name] for name in ("request", "reply")}
+    nats = [nat.Nat(n["node"], "", nat.Tuple(**n["before"]), nat.Tuple(**n["after"]), n["dnat"], n["snat"],
+                    n["rule"]) for n in result["nat"]]
+    nat.annotate(paths, nats, _ports)
     req_p, rep_p = paths["request"], paths["reply"]
-    for p, to in ((req_p, target), (rep_p, None)):    # an ICMP error goes to whoever sent the packet
-        p["delivered"] = bool(p["hops"]) and p["hops"][-1].get("note") == "delivered" and \
-            to in (None, p["hops"][-1]["node"])
+    s, d = result["src"], result["dst"]
     if send_error is not None and not req_p["hops"]:
-        req_p["drop"] = {"node": s.node, "iface": None, "reason": "not sent",
-                         "detail": f"{s.node} could not send to {d.ip}: {send_error.strerror}"}
-    elif not req_p["delivered"] and req_p["hops"]:
-        req_p["drop"] = _drop(paths["request"], namespaces, topo)
-    if rep_p["hops"] and not rep_p["delivered"]:
-        rep_p["drop"] = _drop(rep_p, namespaces, topo)
-    rep_p["icmp_error"] = bool(replies) and replies[0].kind == "error"
+        req_p["drop"] = {"node": s["node"], "iface": None, "reason": "not sent",
+                         "detail": f"{s['node']} could not send to {d['ip']}: {send_error}"}
+    rep_p["icmp_error"] = result.pop("icmp_error")
+    result.pop("target", None)
     _, l4 = innermost_ip(rep_p["hops"][0]["layers"]) if rep_p["hops"] else (None, None)
     # a TCP connect answered with RST: the path works, the port does not (exit 1, said so)
-    result["refused"] = proto == "tcp" and bool(l4) and l4["layer"] == "tcp" and "R" in l4["flags"]
-    result.update(paths)
+    result["refused"] = result["probe"]["proto"] == "tcp" and bool(l4) and l4["layer"] == "tcp" and "R" in l4["flags"]
     result["elapsed_ms"] = round((time.perf_counter() - t_start) * 1000, 1)
     for p in paths.values():
         for h in p["hops"] + p["also_seen"]:
             h.pop("_port", None)
             h.pop("_route_src", None)
-    return result
 
 
 def _source_address(obs: list[Obs], probe: Probe) -> str | None:
@@ -639,7 +703,7 @@ def complete(result: dict) -> bool:
         and not result.get("refused")
 
 
-def _flanneld_notes(paths: dict, topo) -> None:
+def _flanneld_notes(paths: dict, topo, nodes: set[str]) -> None:
     """flannel's udp backend has no kernel device that encapsulates: flanneld does, in user
     space.  Name its steps where they happen: it reads the packet from flannel0 and sends it
     in UDP to the node whose subnet holds the destination; on that node it takes the datagram
@@ -650,7 +714,7 @@ def _flanneld_notes(paths: dict, topo) -> None:
     for p in paths.values():
         for h in p["hops"]:
             ip, _ = innermost_ip(h["layers"])
-            if ip is None:
+            if ip is None or h["node"] not in nodes:
                 continue
             if h["dir"] == "out" and h["iface"] == cluster.backend.device and h["node"] in cluster.nodes:
                 dst = ipaddress.ip_address(ip["dst"])
@@ -685,7 +749,8 @@ def _explain(paths: dict, namespaces: dict[str, str]) -> None:
     by_node: dict[str, list[tuple[dict, list]]] = {}
     for p in paths.values():
         for h in p["hops"]:
-            by_node.setdefault(h["node"], []).append((h, p["hops"]))
+            if h["node"] in namespaces:          # across machines: the nodes this one holds
+                by_node.setdefault(h["node"], []).append((h, p["hops"]))
     for node, items in by_node.items():
         with netns.enter(namespaces[node]), IPRoute() as ipr:
             k = Kernel(ipr)
@@ -704,6 +769,10 @@ def _drop(p: dict, namespaces: dict[str, str], topo) -> dict:
         if peer is None:
             return {"node": last["node"], "iface": last["iface"], "reason": "left the lab",
                     "detail": f"it left by {last['iface']}, which has no peer in the lab"}
+        if peer[0] not in namespaces:           # across machines: a stitch to another machine
+            return {"node": last["node"], "iface": last["iface"], "reason": "lost on the link",
+                    "detail": f"it left {last['node']} by {last['iface']} but {peer[0]}:{peer[1]}, on another "
+                              f"machine, never received it"}
         with netns.enter(namespaces[peer[0]]), IPRoute() as ipr:
             link = Kernel(ipr).links.get(peer[1])
         state_text = link["state"] if link else "missing"
@@ -737,12 +806,16 @@ def render_brief(console, r: dict) -> None:
         console.print(Text(text if len(text) <= limit else text[:limit - 1] + "…", style=style), soft_wrap=True)
     s, d = r["src"], r["dst"]
     line(f"trace {s['name']} -> {_destination(r)}  {r['probe']['text']}  lab {r['lab']}", "bold")
-    hops = [h for name in ("request", "reply") for h in r[name]["hops"]]
+    hops = [h for name in ("request", "reply") for h in r[name]["hops"] if not h.get("stitch")]
     nw, iw = (max([len(h[k]) for h in hops] + [4]) for k in ("node", "iface"))
     for name in ("request", "reply"):
         p = r[name]
         line(f"{name}  {p['kind'] or ''}".rstrip(), "bold magenta")
         for i, h in enumerate(p["hops"], 1):
+            if h.get("stitch"):         # across machines: `m1 -> m3: vxlan stitch VNI 5001`
+                line(f"  {i:>2} {h['note']} ({h['stitch']['local']} > {h['stitch']['remote']} udp "
+                     f"{h['stitch']['port']})")
+                continue
             line(f"  {i:>2} {h['node']:<{nw}} {h['iface']:<{iw}} {h['dir']:<3} {_brief_what(h)}".rstrip())
         if p["delivered"]:
             line(f"  delivered to {p['hops'][-1]['node']}", "green")
@@ -795,6 +868,11 @@ def render(console, r: dict) -> None:
             emit("  " + p["summary"], 4, "bold", sep=" -> ")
         last_node = None
         for i, h in enumerate(p["hops"], 1):
+            if h.get("stitch"):         # across machines: the stitch between two machines, a hop
+                console.print(Text.assemble(f"  {i:>2} ", (h["note"], "bold cyan"), f"  +{h['t_ms']:.3f} ms"))
+                emit(f"       outer {h['outer']}", 13)
+                last_node = None
+                continue
             node = h["node"] if h["node"] != last_node else ""
             last_node = h["node"]
             console.print(Text.assemble(f"  {i:>2} ", (f"{node:<14}", "bold"),
@@ -823,3 +901,125 @@ def render(console, r: dict) -> None:
     console.print()
     emit(f"trace took {r['elapsed_ms']:.0f} ms (probe, captures on every interface, kernel lookups)", 2, "dim",
          sep=" ")
+
+
+# --- one machine's part of a trace across machines (nslab/across.py drives it) -------------------
+
+MAX_PART_FRAMES = 200_000       # frames a part keeps while it waits for the probe's marker
+
+
+def _message(read_line) -> dict:
+    line = read_line()
+    if not line:
+        raise NslabError("trace: the host closed the channel")
+    try:
+        msg = json.loads(line)
+    except ValueError:
+        raise NslabError("trace: the host sent no JSON") from None
+    if not isinstance(msg, dict):
+        raise NslabError("trace: the host sent no JSON object")
+    return msg
+
+
+def _obs_from(d: dict) -> Obs:
+    return Obs(str(d["node"]), str(d["iface"]), str(d["dir"]), int(d["t_ns"]), int(d["order"]), str(d["kind"]),
+               list(d["layers"]))
+
+
+def part(lab: str, src: str, dst: str, proto: str = "icmp", port: int | None = None, ttl: int | None = None,
+         timeout: float = 1.0, send: bool = False, stdin=None, stdout=None) -> None:
+    """`nslab trace-part`: this machine's part of `nslab trace` across machines, JSON lines
+    with the host (across.trace): every frame in this machine's namespaces of the lab is kept
+    from `{"ready"}` on; the source's machine (`send`) fires the probe on `{"fire": {ident,
+    seq}}` and answers `{"fired"}` once the reply is back (or the timeout); on `{"nat":
+    {ident, seq, src}}` each part answers the probe's translations in its namespaces, and on
+    `{"aliases"}` (every machine's) it matches its frames and answers its sightings (NAT on
+    one machine rewrites what another sees); on `{"paths"}` (the paths the host chained) it explains the hops at its own
+    nodes (explain()) and answers them.  The kernel of a node is asked only on its machine."""
+    import sys                      # lazy: only here
+    stdin = stdin or sys.stdin
+    stdout = stdout or sys.stdout
+    t = setup(lab, src, dst, proto, port, ttl, timeout, local_source=send)
+    probe = t.probe
+    buf = b""
+
+    def ready_line(wait: float) -> bytes | None:
+        nonlocal buf
+        while b"\n" not in buf:
+            r, _, _ = select.select([stdin.fileno()], [], [], wait)
+            if not r:
+                return None
+            chunk = os.read(stdin.fileno(), 1 << 20)
+            if not chunk:
+                return b""
+            buf += chunk
+        line, _, buf = buf.partition(b"\n")
+        return line
+
+    def say(msg: dict) -> None:
+        stdout.write(json.dumps(msg) + "\n")
+        stdout.flush()
+
+    frames: list[Frame] = []
+
+    def keep(f: Frame) -> None:
+        if len(frames) < MAX_PART_FRAMES:
+            frames.append(f)
+
+    def wait_message() -> dict:
+        while True:
+            sniffer.read(keep, time.monotonic() + 0.05)
+            line = ready_line(0)
+            if line is not None:
+                return _message(lambda: line)
+
+    sniffer = Sniffer(t.namespaces)
+    sock = None
+    try:
+        sniffer.drain()
+        say({"ready": True, "setup": {"src": vars(t.s), "dst": vars(t.d), "service": t.service, "probe": {
+            "proto": probe.proto, "src": probe.src, "dst": probe.dst, "port": probe.port, "ttl": probe.ttl}}})
+        msg = wait_message()
+        fired = None
+        if send and "fire" in msg:
+            probe.ident, probe.seq = int(msg["fire"]["ident"]), int(msg["fire"]["seq"])
+            sock, send_error, t0 = send_probe(t.namespaces[t.s.node], probe)
+            fired = {"ident": probe.ident, "seq": probe.seq, "t0": t0,
+                     "error": send_error.strerror if send_error is not None else None}
+
+            def answered(seen: list) -> bool:
+                return any(o.node == t.s.node and o.dir == "in" and o.kind in ("reply", "error") for o in seen)
+
+            deadline = time.monotonic() + (0 if send_error else timeout)
+            seen = sniffer.read(lambda f: keep(f) or observe(probe, t.encap, f), deadline, answered)
+            fired["src"] = _source_address(seen, probe) or probe.src
+            say({"fired": fired})
+            msg = wait_message()
+        # the probe's translations here (the probe's socket still open: conntrack keeps them)
+        p = msg.get("nat")
+        if not isinstance(p, dict):
+            raise NslabError("trace: the host sent no probe")
+        probe.ident, probe.seq = int(p["ident"]), int(p["seq"])
+        nats = _translations(t, p.get("src"))
+        say({"nat": [{"node": n.node, "dnat": n.dnat, "snat": n.snat, "before": vars(n.before),
+                      "after": vars(n.after), "rule": n.rule} for n in nats]})
+        # every machine's translations known: the frames this one kept, matched
+        msg = wait_message()
+        sniffer.read(keep, time.monotonic() + 0.02)
+        sniffer.close()
+        probe.aliases = tuple(tuple(a) for a in msg.get("aliases") or [])
+        obs = [o for o in (observe(probe, t.encap, f) for f in frames) if o is not None]
+        say({"obs": [vars(o) for o in obs]})
+        result = _message(lambda: ready_line(None)).get("paths")
+        if not isinstance(result, dict):
+            raise NslabError("trace: the host sent no paths")
+        explain(result, t.namespaces, t.topo)
+        mine = {name: {"hops": {i: {k: h.get(k) for k in ("decisions", "note", "_port")}
+                                for i, h in enumerate(result[name]["hops"]) if h["node"] in t.namespaces},
+                       "delivered": result[name]["delivered"], "drop": result[name]["drop"]}
+                for name in ("request", "reply")}
+        say({"explained": mine})
+    finally:
+        sniffer.close()
+        if sock is not None:
+            sock.close()
