@@ -33,7 +33,9 @@ from pathlib import Path
 
 from scale import meminfo, sample_pairs, settle, timed      # bench/scale.py: the same measures
 
+from nslab import compile as compiler
 from nslab import generate, model, sandbox
+from nslab.compile import placement
 from nslab.model import limits
 
 REPO = Path(__file__).resolve().parents[1]
@@ -178,7 +180,15 @@ def main() -> int:
             ru, rd = three["up"] / one["up"], three["down"] / one["down"]
             print(f"ratio 3 machines / one: up {ru:.2f}x (goal <= {UP_GOAL}x: {'met' if ru <= UP_GOAL else 'MISSED'}), "
                   f"down {rd:.2f}x (goal <= {DOWN_GOAL}x: {'met' if rd <= DOWN_GOAL else 'MISSED'})", flush=True)
-            slab_per_ns = max(0.01, (three["mem_up"]["Slab"] - three["mem0"]["Slab"]) / n)     # MiB
+            # MiB per namespace: the larger rise (a lab may reuse slab the last one freed but not returned)
+            slab_per_ns = max(0.01, *((r["mem_up"]["Slab"] - r["mem0"]["Slab"]) / n for r in (one, three)))
+            t0 = time.perf_counter()
+            again = model.load(path3)
+            compile_s = (placement.place(again, compiler.compile_topology(again),
+                                         placement.parse_machines(MACHINES, "--spread"), underlay_mtu=9000),
+                         time.perf_counter() - t0)[1]
+            print(f"load + compile + place of the {n:,}-node text here: {compile_s:.1f} s (the host does it once, then "
+                  f"each agent again for its part; load {load()})", flush=True)
             largest, why = (n, "the side-by-side lab"), "every step came up"
             deadline = time.monotonic() + args.budget
             for hosts in (int(s) for s in args.steps.split(",") if s):
@@ -208,7 +218,7 @@ def main() -> int:
                       f"{mem(row)}", flush=True)
                 largest = (nk, shape)
             print(f"largest lab over 3 sandbox machines: {largest[0]:,} namespaces ({largest[1]}); {why}", flush=True)
-            print(f"kernel memory per namespace (3 machines, {args.shape}): {slab_per_ns * 1024:.0f} KiB of Slab; "
+            print(f"kernel memory per namespace ({args.shape}): {slab_per_ns * 1024:.0f} KiB of Slab; "
                   f"up per node {three['up'] / n * 1000:.2f} ms; load average now {load()}", flush=True)
     finally:
         for name, e in labs:
