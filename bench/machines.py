@@ -15,7 +15,8 @@ not what more machines gain.  Goals: up over 3 machines <= 1.2x one machine, dow
 Timed as a user runs them: `nslab up -q FILE` / `nslab down LAB` (wall, the CLI's
 interpreter start included), the kernel's Slab and SUnreclaim before and after, and a
 sample of pings between machines (`nslab exec` through the agents).  Before each timed
-up the kernel is let settle (bench/scale.py: a namespace is freed after `down` returns).
+up the kernel is let free the labs before (Slab back near where the run began): a
+namespace is freed after `down` returns, and an up timed meanwhile pays for it.
 The sandbox is --name's (default xbm<pid>): one that is up already is used and left up;
 else it is started and removed at the end.  Labs are named PREFIX<pid>-one / -three /
 -N and removed at the end, also on failure.
@@ -31,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from scale import meminfo, sample_pairs, settle, timed      # bench/scale.py: the same measures
+from scale import meminfo, sample_pairs, timed      # bench/scale.py: the same measures
 
 from nslab import compile as compiler
 from nslab import generate, model, sandbox
@@ -85,11 +86,41 @@ def placement_of(path: str) -> dict[str, str]:
     return {n: m["name"] for m in json.loads(dry.stdout)["machines"] for n in m["nodes"]}
 
 
+BASELINE: dict = {}
+
+
+def settled(limit: float = 300.0) -> float:
+    """Wait until the kernel has freed the labs before (Slab back within 256 MiB of where the
+    run began, or not falling for 20 s: what it keeps); the seconds waited.  bench/scale.py's
+    settle() stops as soon as Slab stops falling fast, which after a 10,000-namespace down
+    can be before the kernel's cleanup has started: an up timed then pays for it."""
+    t0 = last_fall = time.monotonic()
+    last = meminfo()["Slab"]
+    while time.monotonic() - t0 < limit:
+        now = meminfo()["Slab"]
+        if now <= BASELINE["Slab"] + 256 or time.monotonic() - last_fall > 20:
+            break
+        if last - now >= 8:
+            last_fall = time.monotonic()
+        last = now
+        time.sleep(2)
+    return time.monotonic() - t0
+
+
+def lease_losses(box: str) -> int:
+    """How often the sandbox's agents have lost their etcd lease (their logs say so)."""
+    n = 0
+    for i in (1, 2, 3):
+        got = subprocess.run(["docker", "exec", f"{box}.m{i}", "grep", "-c", "lease lost", "/run/nslab-agent.log"],
+                             capture_output=True, text=True)
+        n += int(got.stdout.strip() or 0)
+    return n
+
+
 def one_run(path: str, name: str, env: dict | None, between=None) -> dict:
     """up and down of FILE as NAME, here (env None) or over the sandbox's machines;
     between(row) runs while it is up."""
-    row: dict = {}
-    settle()
+    row: dict = {"settled": settled()}
     row["mem0"], row["load0"] = meminfo(), load()
     spread = ["--spread", MACHINES] if env else []
     up_done = False
@@ -153,6 +184,8 @@ def main() -> int:
             return 1
         print(f"sandbox {args.name}: 3 machines up in {time.perf_counter() - t0:.1f} s", flush=True)
     env = {"NSLAB_ETCD": sandbox.load(args.name).etcd()}
+    BASELINE.update(meminfo())
+    losses0 = lease_losses(args.name)
     base = f"{args.prefix}{os.getpid()}"
     labs: list[tuple[str, dict | None]] = []
     try:
@@ -163,7 +196,7 @@ def main() -> int:
             one = one_run(path, f"{base}-one", None)
             labs.pop()
             print(f"one machine:    {args.shape} {n:,} namespaces  up {one['up']:6.1f} s ({one['up'] / n * 1000:.2f} "
-                  f"ms/ns, load {one['load0']})  down {one['down']:5.1f} s  {mem(one)}", flush=True)
+                  f"ms/ns, load {one['load0']}, after {one['settled']:.0f} s of settling)  down {one['down']:5.1f} s  {mem(one)}", flush=True)
             path3, topo3 = clos(workdir, args.shape, f"{base}-three")
             where = placement_of(path3)
             labs.append((f"{base}-three", env))
@@ -175,7 +208,7 @@ def main() -> int:
             ok, sent = three.get("pings", (0, 0))
             counts = {m: sum(1 for w in where.values() if w == m) for m in MACHINES.split(",")}
             print(f"3 machines:     {args.shape} {n:,} namespaces ({', '.join(f'{m} {c:,}' for m, c in counts.items())})"
-                  f"  up {three['up']:6.1f} s (load {three['load0']})  down {three['down']:5.1f} s  {mem(three)}  "
+                  f"  up {three['up']:6.1f} s (load {three['load0']}, after {three['settled']:.0f} s of settling)  down {three['down']:5.1f} s  {mem(three)}  "
                   f"pings between machines {ok}/{sent}", flush=True)
             ru, rd = three["up"] / one["up"], three["down"] / one["down"]
             print(f"ratio 3 machines / one: up {ru:.2f}x (goal <= {UP_GOAL}x: {'met' if ru <= UP_GOAL else 'MISSED'}), "
@@ -210,7 +243,8 @@ def main() -> int:
                 try:
                     row = one_run(path_k, name, env)
                 except (RuntimeError, subprocess.TimeoutExpired) as e:
-                    why = f"{shape} ({nk:,} namespaces) failed: {str(e).splitlines()[-1][:300]}"
+                    why = (f"{shape} ({nk:,} namespaces) failed at load {load()}: {str(e).splitlines()[-1][:300]}"
+                           f"; the agents lost their etcd lease {lease_losses(args.name) - losses0} times in the run")
                     break
                 labs.pop()
                 print(f"largest search: {shape} {nk:,} namespaces over 3 machines  up {row['up']:6.1f} s "
@@ -219,7 +253,8 @@ def main() -> int:
                 largest = (nk, shape)
             print(f"largest lab over 3 sandbox machines: {largest[0]:,} namespaces ({largest[1]}); {why}", flush=True)
             print(f"kernel memory per namespace ({args.shape}): {slab_per_ns * 1024:.0f} KiB of Slab; "
-                  f"up per node {three['up'] / n * 1000:.2f} ms; load average now {load()}", flush=True)
+                  f"up per node {three['up'] / n * 1000:.2f} ms; agents' etcd leases lost in the run: "
+                  f"{lease_losses(args.name) - losses0}; load average now {load()}", flush=True)
     finally:
         for name, e in labs:
             done = nslab("down", name, env=e) if e else nslab("down", name, env={"NSLAB_ETCD": ""})
