@@ -37,6 +37,7 @@ from scale import meminfo, sample_pairs, timed      # bench/scale.py: the same m
 from nslab import compile as compiler
 from nslab import generate, model, sandbox
 from nslab.compile import placement
+from nslab.errors import NslabError
 from nslab.model import limits
 
 REPO = Path(__file__).resolve().parents[1]
@@ -161,7 +162,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shape", default="clos:8,100,100", help="the side-by-side CLOS (default ~10,000 nodes)")
     ap.add_argument("--steps", default="20000,30000,40000,50000,60000",
-                    help="hosts per step of the largest-lab search (clos:8,HOSTS/100,100)")
+                    help="hosts per step of the largest-lab search (clos:8,HOSTS/100,100; past 25,400 "
+                         "hosts, 254 leaves with more hosts each)")
     ap.add_argument("--budget", type=float, default=1200.0, help="seconds for the largest-lab search")
     ap.add_argument("--name", default=f"xbm{os.getpid()}", help="the sandbox (used if up, else started)")
     ap.add_argument("--port", type=int, default=24300, help="its first port, if started")
@@ -225,9 +227,14 @@ def main() -> int:
             largest, why = (n, "the side-by-side lab"), "every step came up"
             deadline = time.monotonic() + args.budget
             for hosts in (int(s) for s in args.steps.split(",") if s):
-                shape = f"clos:8,{hosts // 100},100"
+                leaves = min(254, hosts // 100)             # generate: rack N is 10.N.0.0/16
+                shape = f"clos:8,{leaves},{hosts // leaves}"
                 name = f"{base}-{hosts // 1000}k"
-                path_k, topo_k = clos(workdir, shape, name)
+                try:
+                    path_k, topo_k = clos(workdir, shape, name)
+                except NslabError as e:
+                    why = f"stopped before {shape}: {e}"
+                    break
                 nk = len(topo_k.nodes)
                 need = int(nk * slab_per_ns * 1.5)
                 if available_mib() < need + 2048:
