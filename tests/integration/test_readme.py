@@ -13,6 +13,13 @@ block runs on real labs and its output must have the README's shape.
   `...` in a README line matches anything, a `...` line (or `# abridged` on the command)
   lets the README show a subsequence of the real lines. A command with no lines under it
   is checked for its exit code only (0, or `# ... exit N` in its comment).
+- Labs across machines: a block with `nslab sandbox up N` runs in stand-in machines of its
+  own (sandbox PREFIX + "sb", free ports from 24790: the wrapper adds --name/--port to
+  `sandbox up` and `down`), shown under the README's default name `sandbox`; the sandbox is
+  removed after the block even when a command failed (and that counts as a failure).
+  `export VAR=VALUE` lines set VAR for the rest of their block (NSLAB_ETCD: the test
+  sandbox's etcd, whatever port the README shows); `sudo -E nslab` and `etcdctl` lines run
+  and are compared like `nslab` lines. Other blocks never see NSLAB_ETCD.
 - `<!-- readme-test: skip: REASON -->` on the line before a block skips it (counted);
   `<!-- readme-test: random: REGEX -->` masks what the README says is chosen at random.
 """
