@@ -251,6 +251,7 @@ def readme_env():
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "NSLAB_RUN_DIR": str(run_dir),
            "README_PREFIX": PREFIX, "PYTHONPATH": str(REPO)}
     env.pop("COLUMNS", None)
+    env.pop("NSLAB_ETCD", None)         # a cluster of the caller's: only a sandbox block sets one
     yield env, cwd, run_dir
     problems = []
     for name in sorted(os.listdir(run_dir)):
