@@ -177,7 +177,7 @@ def up(file: Optional[str] = typer.Argument(None, help="Topology YAML (default: 
             return
         from . import across                   # lazy: start-up
         # with an etcd named: the machines as registered (addresses, underlay MTU); else as given
-        endpoint = etcd or os.environ.get("NSLAB_ETCD")
+        endpoint = etcd or os.environ.get("NSLAB_ETCD") or None       # set but empty: none
         print_placement(across.place(topo, endpoint, spread, stitch_port, underlay_mtu), as_json)
         return
     labmod.require_root()
