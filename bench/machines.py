@@ -17,7 +17,7 @@ interpreter start included), the kernel's Slab and SUnreclaim before and after, 
 sample of pings between machines (`nslab exec` through the agents).  Before each timed
 up the kernel is let free the labs before (Slab back near where the run began): a
 namespace is freed after `down` returns, and an up timed meanwhile pays for it.
-The sandbox is --name's (default xbm<pid>): one that is up already is used and left up;
+The sandbox is --name's (default bm<pid>): one that is up already is used and left up;
 else it is started and removed at the end.  Labs are named PREFIX<pid>-one / -three /
 -N and removed at the end, also on failure.
 """
@@ -165,9 +165,9 @@ def main() -> int:
                     help="hosts per step of the largest-lab search (clos:8,HOSTS/100,100; past 25,400 "
                          "hosts, 254 leaves with more hosts each)")
     ap.add_argument("--budget", type=float, default=1200.0, help="seconds for the largest-lab search")
-    ap.add_argument("--name", default=f"xbm{os.getpid()}", help="the sandbox (used if up, else started)")
-    ap.add_argument("--port", type=int, default=24300, help="its first port, if started")
-    ap.add_argument("--prefix", default="xbm", help="labs are PREFIX<pid>-...")
+    ap.add_argument("--name", default=f"bm{os.getpid()}", help="the sandbox (used if up, else started)")
+    ap.add_argument("--port", type=int, default=23890, help="its first port, if started")
+    ap.add_argument("--prefix", default="bm", help="labs are PREFIX<pid>-...")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench: needs root", file=sys.stderr)
