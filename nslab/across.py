@@ -46,12 +46,26 @@ def _machines(etcd: coord.Etcd, topo, spread: str | None) -> tuple[list[placemen
     return [placement.Machine(n, reg[n].address) for n in wanted], min(reg[n].underlay_mtu for n in wanted)
 
 
+def place(topo, etcd_url: str | None, spread: str | None, stitch_port: int,
+          underlay_mtu: int | None = None) -> placement.Placed:
+    """The lab over its machines, as `up` builds it and `up --dry-run` prints it.  With an
+    etcd: the machines as registered there (each one named must be), with their underlay
+    addresses and the smallest underlay MTU among them (unless `underlay_mtu` is given);
+    without: the machines as --spread or the file's placement: names them."""
+    if etcd_url is None:
+        machines = None if spread is None else placement.parse_machines(spread, "--spread")
+        mtu = placement.DEFAULT_UNDERLAY_MTU
+    else:
+        machines, mtu = _machines(coord.connect(etcd_url), topo, spread)
+    return placement.place(topo, compiler.compile_topology(topo), machines, port=stitch_port,
+                           underlay_mtu=underlay_mtu or mtu)
+
+
 def up(topo, etcd_url: str, spread: str | None, stitch_port: int, overrides: dict | None, log=print,
        timeout: float = TIMEOUT) -> tuple[placement.Placed, dict]:
     etcd = coord.connect(etcd_url)
-    machines, mtu = _machines(etcd, topo, spread)
-    plan = compiler.compile_topology(topo)
-    placed = placement.place(topo, plan, machines, port=stitch_port, underlay_mtu=mtu)
+    placed = place(topo, etcd_url, spread, stitch_port)
+    machines, mtu = placed.machines, placed.underlay_mtu
     coord.claim_lab(etcd, topo.name, "host")
     try:
         ids = [f"{s.a.node}:{s.a.dev}" for s in placed.stitches]

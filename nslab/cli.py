@@ -113,26 +113,24 @@ def built_table(topo, plan) -> None:
 
 
 StitchPortOpt = typer.Option(4789, "--stitch-port", help="UDP port of the VXLAN stitches between machines.")
-UnderlayMtuOpt = typer.Option(1500, "--underlay-mtu", help="The MTU the machines' underlay carries (a stitch "
-                              "adds 50 bytes to the lab's frames).")
+UnderlayMtuOpt = typer.Option(None, "--underlay-mtu", help="The MTU the machines' underlay carries (a stitch "
+                              "adds 50 bytes to the lab's frames; default: the machines' own from etcd, else 1500).")
 # etcd with TLS client certificates (coord.credentials): beside every --etcd
 EtcdCaOpt = typer.Option(None, "--etcd-ca", help="The cluster's CA certificate (default: $NSLAB_ETCD_CA).")
 EtcdCertOpt = typer.Option(None, "--etcd-cert", help="This side's client certificate (default: $NSLAB_ETCD_CERT).")
 EtcdKeyOpt = typer.Option(None, "--etcd-key", help="Its key (default: $NSLAB_ETCD_KEY).")
 
 
-def print_placement(topo, plan, machines: str | None, option: str, port: int, underlay_mtu: int,
-                    as_json: bool) -> None:
+def print_placement(placed, as_json: bool) -> None:
     """The lab over machines (compile/placement.py): where each node runs, the stitches."""
     from .compile import placement      # lazy: start-up
-    placed = placement.place(topo, plan,
-                             None if machines is None else placement.parse_machines(machines, option),
-                             port=port, underlay_mtu=underlay_mtu)
     if as_json:
         print(json.dumps(placement.as_dict(placed), indent=1))
         return
     for line in placement.render(placed, out.width()):
         out.say(line)
+
+
 ProxyModeOpt = typer.Option(None, "--proxy-mode", help="Override kube-proxy's mode: iptables, nftables or ipvs "
                            "(cluster.kubeProxy.mode).")
 
@@ -184,7 +182,11 @@ def up(file: Optional[str] = typer.Argument(None, help="Topology YAML (default: 
             for line in [topo.name] if quiet else across.summary(placed, states):
                 out.say(line)
             return
-        print_placement(topo, compiler.compile_topology(topo), spread, "--spread", stitch_port, underlay_mtu, as_json)
+        from . import across                   # lazy: start-up
+        # with an etcd named: the machines as registered (addresses, underlay MTU); else as given
+        endpoint = etcd_endpoint(etcd, etcd_ca, etcd_cert, etcd_key) \
+            if etcd or os.environ.get("NSLAB_ETCD") else None              # set but empty: none
+        print_placement(across.place(topo, endpoint, spread, stitch_port, underlay_mtu), as_json)
         return
     labmod.require_root()
     if dry_run:
@@ -590,7 +592,10 @@ def validate(files: List[str] = typer.Argument(..., help="Topology files."),
         topo = labmod.load(f, overrides=cluster_overrides(backend, proxy_mode))
         plan = compiler.compile_topology(topo)
         if machines is not None or topo.placement:
-            print_placement(topo, plan, machines, "--machines", stitch_port, underlay_mtu, False)
+            from .compile import placement      # lazy: start-up
+            print_placement(placement.place(topo, plan, None if machines is None else
+                                            placement.parse_machines(machines, "--machines"), port=stitch_port,
+                                            underlay_mtu=underlay_mtu or placement.DEFAULT_UNDERLAY_MTU), False)
         console.print(f"{f}: ok (lab {topo.name}: {out.plural(len(topo.nodes), 'node')}, "
                       f"{out.plural(len(plan.ops), 'operation')})")
 

@@ -324,6 +324,9 @@ def describe(s: Stitch) -> str:
     return f"{s.a.node}:{s.a.dev} -- {s.b.node}:{s.b.dev} ({s.a.machine} -> {s.b.machine})"
 
 
+STITCHES_LISTED = 12            # a lab with many more: the first ones, and the count per pair of machines
+
+
 def render(placed: Placed, width: int | None = 80) -> list[str]:
     """The placement and the cross-machine links, readable at 80 columns (None: unwrapped)."""
     by_machine: dict[str, list[str]] = {m.name: [] for m in placed.machines}
@@ -335,15 +338,26 @@ def render(placed: Placed, width: int | None = 80) -> list[str]:
         nodes = by_machine[m.name]
         count = f"{len(nodes):,} namespace{'' if len(nodes) == 1 else 's'}"
         head = f"  {m.name:<{name_w}}  {m.address or 'address from etcd':<17}  {count:>16}"
-        lines.append(wrap(f"{head}  {name_list(nodes, 12)}" if nodes else head, width, len(head) + 2))
+        names = name_list(nodes, 12 if len(nodes) <= 12 else 6)      # a big machine: a few, and the count
+        lines.append(wrap(f"{head}  {names}" if nodes else head, width, len(head) + 2))
     n = len(placed.stitches)
     if not n:
         lines.append("cross-machine links: none")
         return lines
     lines.append(wrap(f"cross-machine links: {plural(n, 'VXLAN stitch', 'VXLAN stitches')}, UDP port "
                       f"{placed.port} (VNIs proposed; etcd allocates them at up):", width, 4))
-    for s in placed.stitches:
+    shown = placed.stitches if n <= STITCHES_LISTED + 4 else placed.stitches[:STITCHES_LISTED]
+    if len(shown) < n:          # a big lab: how the cut falls between machines, then a sample
+        pairs: dict[tuple[str, str], int] = {}
+        for s in placed.stitches:
+            key = tuple(sorted((s.a.machine, s.b.machine), key=[m.name for m in placed.machines].index))
+            pairs[key] = pairs.get(key, 0) + 1
+        lines.append(wrap("  between " + ", ".join(f"{a} and {b}: {c:,}" for (a, b), c in pairs.items()),
+                          width, 4, sep=", "))
+    for s in shown:
         lines.append(wrap(f"  VNI {s.vni}  {describe(s)}  mtu {s.mtu}", width, 6))
+    if len(shown) < n:
+        lines.append(f"  ... and {n - len(shown):,} more (--json lists every stitch)")
     worst = max(s.underlay_mtu for s in placed.stitches)
     inner = (f"; flannel {placed.flannel[0]} inside a stitch: {placed.flannel[1] + STITCH_OVERHEAD} bytes of "
              f"headers on a pod's packet" if placed.flannel else "")

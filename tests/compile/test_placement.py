@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -79,6 +80,26 @@ def test_golden(src: Path):
 def test_render_fits_80_columns(src: Path):
     lines = "\n".join(pl.render(placed_of(src), 80)).splitlines()
     assert all(len(line) <= 80 for line in lines), [line for line in lines if len(line) > 80]
+
+
+def test_render_of_a_big_lab_stays_short(tmp_path):
+    """A fabric with hundreds of stitches: a few names per machine, the count of stitches per
+    pair of machines and the first STITCHES_LISTED of them, at 80 columns; --json keeps all."""
+    from nslab import generate
+    path = tmp_path / "big.yaml"
+    path.write_text(generate.render("clos:4,60,4", name="big", file=str(path)))
+    topo = model.load(str(path))
+    placed = pl.place(topo, compile_topology(topo), pl.parse_machines("m1,m2,m3", "--machines"), underlay_mtu=9000)
+    n = len(placed.stitches)
+    assert n > pl.STITCHES_LISTED + 4
+    lines = "\n".join(pl.render(placed, 80)).splitlines()
+    assert all(len(line) <= 80 for line in lines), [line for line in lines if len(line) > 80]
+    assert len(lines) < 3 * 3 + pl.STITCHES_LISTED + 6, lines
+    assert sum(line.startswith("  VNI ") for line in lines) == pl.STITCHES_LISTED
+    between = next(line for line in lines if line.startswith("  between "))
+    assert sum(int(c.replace(",", "")) for c in re.findall(r": ([\d,]+)", between)) == n
+    assert lines[-2] == f"  ... and {n - pl.STITCHES_LISTED:,} more (--json lists every stitch)"
+    assert len(pl.as_dict(placed)["stitches"]) == n
 
 
 def test_no_orphan_goldens():

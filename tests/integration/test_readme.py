@@ -13,6 +13,13 @@ block runs on real labs and its output must have the README's shape.
   `...` in a README line matches anything, a `...` line (or `# abridged` on the command)
   lets the README show a subsequence of the real lines. A command with no lines under it
   is checked for its exit code only (0, or `# ... exit N` in its comment).
+- Labs across machines: a block with `nslab sandbox up N` runs in stand-in machines of its
+  own (sandbox PREFIX + "sb", free ports from 24790: the wrapper adds --name/--port to
+  `sandbox up` and `down`), shown under the README's default name `sandbox`; the sandbox is
+  removed after the block even when a command failed (and that counts as a failure).
+  `export VAR=VALUE` lines set VAR for the rest of their block (NSLAB_ETCD: the test
+  sandbox's etcd, whatever port the README shows); `sudo -E nslab` and `etcdctl` lines run
+  and are compared like `nslab` lines. Other blocks never see NSLAB_ETCD.
 - `<!-- readme-test: skip: REASON -->` on the line before a block skips it (counted);
   `<!-- readme-test: random: REGEX -->` masks what the README says is chosen at random.
 """
@@ -22,6 +29,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +43,7 @@ from tests.conftest import LAB_PREFIX, REPO, TIMEOUT_SCALE, leftovers, nslab
 README = REPO / "README.md"
 PREFIX = LAB_PREFIX + "r"
 DEFAULT_LAB = "spine-leaf"
+SANDBOX = PREFIX + "sb"                 # a block's stand-in machines (`nslab sandbox up`)
 
 
 @dataclass
@@ -53,7 +62,13 @@ class Block:
 
     @property
     def runnable(self) -> list[Command]:
-        return [c for c in self.commands if re.search(r"(^|[;&|(]\s*|\bdo\s+|sudo\s+)nslab\s", c.text)]
+        return [c for c in self.commands
+                if re.search(r"(^|[;&|(]\s*|\bdo\s+|sudo\s+(-E\s+)?)(nslab|etcdctl)\s", c.text)]
+
+    @property
+    def sandbox(self) -> bool:
+        """The block starts stand-in machines (`nslab sandbox up`): its commands run there."""
+        return any(re.search(r"\bnslab sandbox up\b", c.text) for c in self.runnable)
 
 
 def parse_readme(text: str) -> list[Block]:
@@ -163,7 +178,7 @@ MAP = json.loads(os.environ["README_MAP"])
 def ren(name):
     return MAP.get(name, P + name)
 args = sys.argv[1:]
-NO_LAB = {{"script", "graph", "validate", "generate", "images", "ls", "--version", "--help"}}
+NO_LAB = {{"script", "graph", "validate", "generate", "images", "ls", "machines", "--version", "--help"}}
 
 def stem(path):
     return os.path.basename(path).removesuffix(".yaml")
@@ -184,6 +199,10 @@ elif args and args[0] == "down":
     args = ["down"] + [a if a.startswith("-") else ren(a) for a in args[1:]]
 elif args and args[0] in ("script", "graph"):
     rename(("--lab", "-l"))
+elif args[:2] in (["sandbox", "up"], ["sandbox", "down"]) and "--name" not in args:
+    args += ["--name", os.environ["README_SANDBOX"]]      # the test's own machines
+    if args[1] == "up":
+        args += ["--port", os.environ["README_SANDBOX_PORT"]]
 elif args and args[0] not in NO_LAB:
     if not rename(("--lab", "-l")):
         args[1:1] = ["-l", ren(DEFAULT)]
@@ -232,6 +251,7 @@ def readme_env():
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "NSLAB_RUN_DIR": str(run_dir),
            "README_PREFIX": PREFIX, "PYTHONPATH": str(REPO)}
     env.pop("COLUMNS", None)
+    env.pop("NSLAB_ETCD", None)         # a cluster of the caller's: only a sandbox block sets one
     yield env, cwd, run_dir
     problems = []
     for name in sorted(os.listdir(run_dir)):
@@ -245,6 +265,55 @@ def readme_env():
     problems += [f"namespace left: {n}" for n in ns_left]
     shutil.rmtree(tmp, ignore_errors=True)
     assert not problems, "\n".join(problems)
+
+
+def free_ports(n: int, start: int = 24790) -> int:
+    """The first port P from `start` with P..P+n-1 free on 127.0.0.1 (a sandbox's etcd and
+    agents' forwarders)."""
+    def free(p):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", p))
+                return True
+            except OSError:
+                return False
+    return next(p for p in range(start, start + 5000) if all(free(q) for q in range(p, p + n)))
+
+
+def run_block(block: Block, env: dict, names: dict[str, str], lab: str, cwd) -> list[str]:
+    """Run the block's commands in order; what drifted.  `export VAR=VALUE` lines set VAR
+    for the rest of the block (NSLAB_ETCD: the test's sandbox's etcd, on its own port)."""
+    failures, runnable = [], {id(c) for c in block.runnable}
+    for cmd in block.commands:
+        exported = re.fullmatch(r"export (\w+)=(\S+)", cmd.text.strip())
+        if exported:
+            var, value = exported.groups()
+            env[var] = f"http://127.0.0.1:{env['README_SANDBOX_PORT']}" \
+                if var == "NSLAB_ETCD" and "README_SANDBOX_PORT" in env else value
+            continue
+        if id(cmd) not in runnable:
+            continue
+        # sudo in the README: root here already; -E (keep NSLAB_ETCD) likewise
+        proc = subprocess.run(["bash", "-c", "sudo() { [ \"$1\" = -E ] && shift; \"$@\"; }\n" + cmd.text],
+                              cwd=cwd, text=True, capture_output=True, timeout=120 * TIMEOUT_SCALE,
+                              env={**env, "README_LAB": _up_lab(cmd.text) or lab})
+        # what the README shows: stdout (conntrack's and ping's chatter on stderr is not), and
+        # stderr too for a command that fails
+        out = proc.stdout + (proc.stderr if proc.returncode else "")
+        for readme_name, name in sorted(names.items(), key=lambda kv: -len(kv[1])):
+            out = out.replace(name, readme_name)
+        out = out.replace(PREFIX, "")
+        want = re.search(r"#.*\bexit (\d+)", cmd.text)
+        want_rc = int(want.group(1)) if want else 0
+        where = f"README.md:{cmd.line}: $ {cmd.text}"
+        if proc.returncode != want_rc:
+            failures.append(f"{where}\n  exit {proc.returncode} (README: {want_rc})\n{out}")
+            continue
+        if cmd.expected:
+            diff = compare(cmd, out.splitlines(), block.random)
+            if diff:
+                failures.append(f"{where}\n  {diff}\n--- output ---\n{out}")
+    return failures
 
 
 def test_readme_console_blocks(readme_env, capsys):
@@ -263,26 +332,18 @@ def test_readme_console_blocks(readme_env, capsys):
         checked += 1
         ups = [_up_lab(c.text) for c in block.commands if _up_lab(c.text)]
         lab = ups[0] if ups else DEFAULT_LAB
-        for cmd in block.runnable:
-            proc = subprocess.run(["bash", "-c", "sudo() { \"$@\"; }\n" + cmd.text], cwd=cwd, text=True,
-                                  capture_output=True, timeout=120 * TIMEOUT_SCALE,
-                                  env={**env, "README_LAB": _up_lab(cmd.text) or lab})
-            # what the README shows: stdout (conntrack's and ping's chatter on stderr is not), and
-            # stderr too for a command that fails
-            out = proc.stdout + (proc.stderr if proc.returncode else "")
-            for readme_name, name in sorted(names.items(), key=lambda kv: -len(kv[1])):
-                out = out.replace(name, readme_name)
-            out = out.replace(PREFIX, "")
-            want = re.search(r"#.*\bexit (\d+)", cmd.text)
-            want_rc = int(want.group(1)) if want else 0
-            where = f"README.md:{cmd.line}: $ {cmd.text}"
-            if proc.returncode != want_rc:
-                failures.append(f"{where}\n  exit {proc.returncode} (README: {want_rc})\n{out}")
-                continue
-            if cmd.expected:
-                diff = compare(cmd, out.splitlines(), block.random)
-                if diff:
-                    failures.append(f"{where}\n  {diff}\n--- output ---\n{out}")
+        block_env, shown = dict(env), dict(names)
+        if block.sandbox:                   # its own machines: a name and ports of the test's
+            n = int(re.search(r"nslab sandbox up (\d+)", " ".join(c.text for c in block.runnable)).group(1))
+            block_env.update(README_SANDBOX=SANDBOX, README_SANDBOX_PORT=str(free_ports(n + 1)))
+            shown["sandbox"] = SANDBOX
+        try:
+            failures += run_block(block, block_env, shown, lab, cwd)
+        finally:
+            if block.sandbox and os.path.exists(f"/run/nslab-sandbox/{SANDBOX}/sandbox.json"):
+                gone = nslab("sandbox", "down", "--name", SANDBOX, timeout=180)
+                failures.append(f"README.md:{block.line}: the block left sandbox {SANDBOX} up"
+                                + (f"; down failed: {gone.stderr.strip()}" if gone.returncode else ""))
     with capsys.disabled():
         print(f"\nREADME console blocks: {len(blocks)}; checked {checked}, skipped {len(skipped)}, "
               f"without nslab commands {no_cmd}")
