@@ -378,6 +378,10 @@ def hosts_leftovers(plan: Plan) -> list[str]:
         path = os.path.join(state.HOSTS_DIR, ns)
         if not os.path.lexists(path):
             continue
+        if os.path.islink(path) and not os.path.exists(path) and \
+                state.etc_folder_re(state.lab_dir(plan.lab)).fullmatch(os.readlink(path)):
+            adopt.append(path)      # this lab's own link, its run directory gone with a reboot (/run is tmpfs)
+            continue
         try:
             hosts_only = not os.path.islink(path) and os.listdir(path) == ["hosts"] and \
                 not os.path.islink(os.path.join(path, "hosts")) and \
@@ -429,6 +433,9 @@ def write_hosts_files(plan: Plan, st: state.LabState, record, adopt: list[str] =
         open(state.HOSTS_DIR_MARK, "w").close()     # nslab made it: the last down removes it
     links = [os.path.join(state.HOSTS_DIR, ns) for ns in plan.namespaces]
     for link in adopt:
+        if os.path.islink(link):   # a dangling link of this lab's (hosts_leftovers): replaced
+            os.unlink(link)
+            continue
         # through the directory itself, never a path: a directory swapped for a symlink
         # since hosts_leftovers looked (/etc/netns/x -> /etc) must not cost /etc/hosts
         fd = os.open(link, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
