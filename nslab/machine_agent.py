@@ -292,6 +292,7 @@ class Agent:
         for lab in coord.pending(self.etcd, self.name):
             if lab in self.local_shards():
                 self.remove(lab)
+            state.remove_stale_links(lab)        # a reboot took the record, not /etc/netns
             coord.finish_pending(self.etcd, self.name, lab)
             self.log(f"lab {lab}: `down` ran while {self.name} was gone; its part here removed")
 
