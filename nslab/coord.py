@@ -20,7 +20,7 @@ for what they become (a machine name, an IPv4 address, a network, a MAC, a VNI);
 fails is refused with a sentence naming the key, never used.
 
 Failure to reach etcd: one sentence naming the endpoint (`EtcdUnreachable`), within
-TIMEOUT seconds (3): a command says so within 5 s.
+TIMEOUT seconds (4.5): a command says so within 5 s.
 
 Key layout (PREFIX = /nslab):
     /nslab/machines/NAME        {"name", "address", "underlay_mtu"}   under the agent's lease
@@ -52,7 +52,7 @@ from .errors import NslabError, UsageError, one_line
 from .model.placement import machine_problem
 from .model.types import LAB_NAME_RE, MAX_LAB_NAME
 
-TIMEOUT = 3.0                   # seconds: connect and each answer (a watch waits as long as asked)
+TIMEOUT = 4.5                   # seconds: connect and each answer (a watch waits as long as asked)
 MAX_VALUE = 1 << 20             # bytes of one value nslab accepts back (etcd's own default limit is 1.5 MiB)
 MAX_ANSWER = 64 << 20           # bytes of one answer (a range over many keys)
 PREFIX = "/nslab"
@@ -391,13 +391,16 @@ class KeepAlive:
 
     def _run(self) -> None:
         last_ok = time.monotonic()
-        while not self._stop.wait(max(self.ttl / 3, 0.2)):
+        pause = max(self.ttl / 3, 0.2)
+        while not self._stop.wait(pause):
+            pause = max(self.ttl / 3, 0.2)
             try:
                 if self.etcd.keepalive(self.lease) <= 0:
                     self._lose(f"lease {self.lease:x} expired or was revoked")
                     return
                 last_ok = time.monotonic()
             except EtcdError as e:
+                pause = 0.5         # a renewal that failed is tried again soon, not a third of the TTL later
                 if time.monotonic() - last_ok > self.ttl:
                     self._lose(str(e))
                     return

@@ -57,6 +57,9 @@ SITE = "/usr/local/lib/python3.11/dist-packages"
 CODE = "/opt/nslab"
 
 
+BRIDGE_MAC = "02:00:c6:12:00:01"        # locally administered; the underlay bridge's (etcd's side)
+
+
 def machine_address(i: int) -> str:
     return f"198.18.1.{i}"
 
@@ -225,7 +228,10 @@ def up(name: str, n: int, port: int = DEFAULT_PORT, mtu: int = DEFAULT_MTU, log=
         rec.underlay_id = [made.st_dev, made.st_ino]
         _save(rec)
         _ip("link", "set", "lo", "up", ns=underlay)
-        _ip("link", "add", "br0", "mtu", str(mtu), "type", "bridge", ns=underlay)
+        # a MAC of its own: a bridge without one takes its lowest port's, and changes it when
+        # that machine goes (docker kill) -- the machines' ARP entries for etcd's address
+        # then point nowhere until they go stale (measured: every lease lost ~10 s later)
+        _ip("link", "add", "br0", "address", BRIDGE_MAC, "mtu", str(mtu), "type", "bridge", ns=underlay)
         _ip("addr", "add", f"{ETCD_ADDRESS}/{PREFIX_LEN}", "dev", "br0", ns=underlay)
         _ip("link", "set", "br0", "up", ns=underlay)
         data = os.path.join(rec.dir, "etcd")
