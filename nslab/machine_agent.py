@@ -46,7 +46,8 @@ from . import lab as labmod
 from . import model
 from . import plan as P
 from .apply.applier import Applier
-from .apply.netlink import CREATE
+from .apply.netlink import (AF_BRIDGE, CHANGE, CREATE, NDA_LLADDR, NDMSG, NTF_SELF, NUD_PERMANENT, RTM_DELNEIGH,
+                            attr, mac, message)
 from .compile import placement
 from .errors import NslabError, UsageError
 
@@ -256,12 +257,12 @@ class Agent:
                 op = P.Fdb(ns, dev, ZERO_MAC, addr)
                 handle = applier.open_namespace(ns)
                 if was_cut:             # the machine is back: the entry again, then the record
-                    _fdb_add(applier, handle, op)
+                    _stitch_fdb(applier, handle, op, add=True)
                     state.update(lab, lambda s, k=f"{ns}/{dev}": (s.info.get(CUT) or {}).pop(k, None))
                     self.log(f"lab {lab}: stitch {ns}:{dev} to {peer} put back ({peer} is registered again)")
                 else:                   # recorded first, then cut
                     state.update(lab, lambda s, k=f"{ns}/{dev}": s.info.setdefault(CUT, {}).__setitem__(k, peer))
-                    applier.undo(handle, [op])
+                    _stitch_fdb(applier, handle, op, add=False)
                     self.log(f"lab {lab}: stitch {ns}:{dev} to {peer} cut ({peer}'s lease ended)")
         except NslabError as e:
             self.log(f"lab {lab}: stitches: {e}")
@@ -416,12 +417,19 @@ class Agent:
                 self.keepalive.stop(revoke=False)
 
 
-def _fdb_add(applier: Applier, handle, op: P.Fdb) -> None:
-    """Add a stitch's FDB entry back (NLM_F_CREATE|NLM_F_EXCL: the kernel refuses
-    NLM_F_REPLACE for the all-zeros entry; one already there is what was wanted)."""
-    messages = []
-    for data in applier.encode(handle, op):
-        applier.seq += 1
+def _stitch_fdb(applier: Applier, handle, op: P.Fdb, add: bool) -> None:
+    """Delete or add back a stitch's one FDB entry.  Deleted by its MAC alone (every remote
+    of the all-zeros entry: a stitch has one), since the kernel matches a remote by its
+    device too and the stitch's underlay device is in the machine's namespace, not the
+    lab's; added back with NLM_F_CREATE|NLM_F_EXCL (the kernel refuses NLM_F_REPLACE for
+    the all-zeros entry), its route to the peer looked up in the machine's namespace
+    again.  One already there, or already gone, is what was wanted."""
+    applier.seq += 1
+    if add:
+        data = applier.encode(handle, op)[0]
         struct.pack_into("=HI", data, 6, CREATE, applier.seq)
-        messages.append((applier.seq, bytes(data), op))
-    applier.send(handle, messages, ignore=(errno.EEXIST,))
+    else:
+        data = message(RTM_DELNEIGH, CHANGE, NDMSG.pack(AF_BRIDGE, handle.index(op.dev), NUD_PERMANENT, NTF_SELF, 0),
+                       attr(NDA_LLADDR, mac(op.lladdr)))
+        struct.pack_into("=I", data, 8, applier.seq)
+    applier.send(handle, [(applier.seq, bytes(data), op)], ignore=(errno.EEXIST,) if add else Applier.GONE)
