@@ -6,7 +6,7 @@ its peers from the subnet leases.  Each test checks at its end that its lab left
 on any machine or in etcd; the module's end checks that nothing is left on the host.
 
 One sandbox of three machines for the module (issue 20's CI lab: rack1 on m1, rack2 on
-m2, the spine and leaves on m3).  Its name and port: $NSLAB_FAULTS_SANDBOX=NAME:PORT, else
+m2, the spine and leaves on m3).  Its name and port: $NSLAB_TEST_SANDBOX=NAME:PORT, else
 a unique name and free ports.
 """
 from __future__ import annotations
@@ -36,7 +36,7 @@ def box():
         containers.engine().images.get("nslab/machine:latest")
     except Exception as e:
         pytest.fail(f"nslab/machine image missing ({e}): ./install.sh builds it", pytrace=False)
-    given = os.environ.get("NSLAB_FAULTS_SANDBOX", "")
+    given = os.environ.get("NSLAB_TEST_SANDBOX", "")
     name, _, port = given.partition(":")
     name, port = (name, int(port)) if given else (sandbox_name(), free_base(3))
     up = nslab("sandbox", "up", "3", "--name", name, "--port", port, timeout=240)
