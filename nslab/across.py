@@ -12,8 +12,12 @@ none within the timeout, rolls back every machine (the specs deleted: each agent
 its shard) and the claim and VNIs are given back.
 
 down: the specs deleted, each agent removes its shard; down waits until every status is
-gone (a machine whose lease has ended counts as gone: it removes its shard when it comes
-back, finding its record without a spec), then gives back the claim and the VNIs.
+gone, then gives back the claim and the VNIs.  A machine whose lease has ended (gone, or
+cut off) cannot be reached: down removes everything reachable and leaves the rest pending
+in etcd, /nslab/pending/MACHINE/LAB (the claim and the VNIs stay with it); that machine's
+agent, when it comes back, removes its shard and the pending key, and the last one gives
+back the claim and VNIs (coord.finish_pending) -- as flannel leaves a node's lease to its
+expiry rather than to anyone but the node.
 """
 from __future__ import annotations
 
@@ -113,25 +117,46 @@ def _wait(etcd: coord.Etcd, lab: str, machines: list[str], timeout: float, until
         time.sleep(0.2)
 
 
-def _remove(etcd: coord.Etcd, lab: str, timeout: float) -> list[str]:
-    """Every machine's shard of `lab` removed (each agent handles its spec's deletion after
-    its build: the build is waited for first), then the claim and the VNIs given back."""
+def _remove(etcd: coord.Etcd, lab: str, timeout: float) -> tuple[list[str], list[str]]:
+    """Every reachable machine's shard of `lab` removed (each agent handles its spec's
+    deletion after its build: the build is waited for first); a machine gone is left a
+    pending key.  The claim and the VNIs given back once no machine is pending.
+    (the machines, those gone)."""
     machines = coord.lab_shards(etcd, lab)
     _wait(etcd, lab, machines, timeout, "settled")
+    gone = set(machines) - coord.machine_names(etcd)[0]
+    for m in sorted(gone):              # written before its spec goes: it finishes at its return
+        coord.put_pending(etcd, m, lab)
     for m in machines:
         etcd.delete(coord.shard_key(m, lab))
     _wait(etcd, lab, machines, timeout, "gone")
-    coord.release_flannel(etcd, lab)
-    coord.release_lab(etcd, lab)
-    return machines
+    for m in sorted(set(machines) - gone - coord.machine_names(etcd)[0]):      # gone meanwhile
+        gone.add(m)
+        coord.put_pending(etcd, m, lab)
+    if not gone:
+        coord.release_flannel(etcd, lab)
+        coord.release_lab(etcd, lab)
+    return machines, sorted(gone)
 
 
-def down(lab: str, etcd_url: str, timeout: float = TIMEOUT) -> list[str]:
-    """Remove lab `lab` from every machine; the machines it was on."""
+def down(lab: str, etcd_url: str, timeout: float = TIMEOUT) -> tuple[list[str], list[str]]:
+    """Remove lab `lab` from every machine: (the machines it was on, those gone, whose part
+    stays pending in etcd until they come back)."""
     etcd = coord.connect(etcd_url)
     if not coord.lab_claimed(etcd, lab):
         raise UsageError(f"no lab named {lab!r} runs in the cluster at {etcd.endpoint}")
     return _remove(etcd, lab, timeout)
+
+
+def down_sentence(lab: str, machines: list[str], gone: list[str]) -> str:
+    reached = [m for m in machines if m not in gone]
+    if not gone:
+        return f"lab {lab} removed from {len(machines)} machine{'s' * (len(machines) != 1)} ({', '.join(machines)})"
+    names = ", ".join(gone)
+    return (f"lab {lab} removed from {', '.join(reached) or 'no machine'}; {names} "
+            f"{'is' if len(gone) == 1 else 'are'} gone: {'its' if len(gone) == 1 else 'their'} part stays "
+            f"pending in etcd (/nslab/pending/) and is removed when {'it comes' if len(gone) == 1 else 'they come'} "
+            f"back")
 
 
 def summary(placed: placement.Placed, states: dict) -> list[str]:
@@ -511,9 +536,11 @@ def show(lab: str, etcd_url: str, options: dict, reach: dict[str, str] | None = 
 
 def labs(etcd_url: str) -> list[dict]:
     """The labs across machines, as `nslab ls` lists them: each machine that holds a part
-    must be alive (its lease) and report it up; else the lab is degraded, naming why."""
+    must be alive (its lease) and report it up; else the lab is degraded, naming why.  A
+    lab whose `down` waits for machines gone is "removing", naming them."""
     etcd = coord.connect(etcd_url)
-    alive = {m.name for m in coord.machines(etcd)[0]}
+    alive = coord.machine_names(etcd)[0]
+    waiting = coord.pending(etcd)
     rows = []
     for lab in coord.labs(etcd):
         machines = coord.lab_shards(etcd, lab)
@@ -526,8 +553,12 @@ def labs(etcd_url: str) -> list[dict]:
                 missing.append(f"machine {m} has not reported its part")
             elif states[m]["state"] != "up":
                 missing.append(f"machine {m}: {states[m]['error']}")
+        pending = waiting.get(lab, [])
+        missing += [f"machine {m} is gone: its part is removed when it comes back (`nslab down` ran)"
+                    for m in pending]
+        status = "removing" if pending and not machines else "degraded" if missing else "up"
         spec = next((coord.shards(etcd, m)[0].get(lab) for m in machines if m in alive), None) or {}
-        rows.append(dict(lab=lab, status="degraded" if missing else "up", missing=missing, machines=machines,
+        rows.append(dict(lab=lab, status=status, missing=missing, machines=machines or pending,
                          backend=(spec.get("overrides") or {}).get("backend"), file=spec.get("file", "?"),
                          nodes=sum(s["namespaces"] for s in states.values()), namespaces=[], processes=[]))
     return rows

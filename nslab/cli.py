@@ -254,8 +254,7 @@ def down(target: Optional[str] = typer.Argument(None, help="Lab name or topology
     if (etcd or os.environ.get("NSLAB_ETCD")) and target and state.valid_lab(target) \
             and not os.path.lexists(state.lab_dir(target)):
         from . import across                   # lazy: start-up
-        machines = across.down(target, etcd_endpoint(etcd, etcd_ca, etcd_cert, etcd_key))
-        out.say(f"lab {target} removed from {out.plural(len(machines), 'machine')} ({', '.join(machines)})")
+        out.say(across.down_sentence(target, *across.down(target, etcd_endpoint(etcd, etcd_ca, etcd_cert, etcd_key))))
         return
     if all_labs:
         labs = state.labs()

@@ -20,12 +20,15 @@ for what they become (a machine name, an IPv4 address, a network, a MAC, a VNI);
 fails is refused with a sentence naming the key, never used.
 
 Failure to reach etcd: one sentence naming the endpoint (`EtcdUnreachable`), within
-TIMEOUT seconds (5).
+TIMEOUT seconds (4.5): a command says so within 5 s.
 
 Key layout (PREFIX = /nslab):
     /nslab/machines/NAME        {"name", "address", "underlay_mtu"}   under the agent's lease
     /nslab/labs/LAB             {"lab", "machine"}                    claimed by a transaction
     /nslab/vnis/VNI             "LAB/STITCH"                          one per stitch, transactions
+    /nslab/shards/MACHINE/LAB   a shard spec (the host writes it, the machine's agent builds it)
+    /nslab/status/LAB/MACHINE   {"state", "namespaces", "error"}      under the agent's lease
+    /nslab/pending/MACHINE/LAB  {"lab"}: `down` ran while MACHINE was gone; its agent finishes it
     /coreos.com/network/config  flannel's net-conf.json
     /coreos.com/network/subnets/10.244.1.0-24
                                 {"PublicIP", "PublicIPv6", "BackendType", "BackendData"}
@@ -50,7 +53,7 @@ from .errors import NslabError, UsageError, one_line
 from .model.placement import machine_problem
 from .model.types import LAB_NAME_RE, MAX_LAB_NAME
 
-TIMEOUT = 5.0                   # seconds: connect and each answer (a watch waits as long as asked)
+TIMEOUT = 4.5                   # seconds: connect and each answer (a watch waits as long as asked)
 MAX_VALUE = 1 << 20             # bytes of one value nslab accepts back (etcd's own default limit is 1.5 MiB)
 MAX_ANSWER = 64 << 20           # bytes of one answer (a range over many keys)
 PREFIX = "/nslab"
@@ -490,13 +493,16 @@ class KeepAlive:
 
     def _run(self) -> None:
         last_ok = time.monotonic()
-        while not self._stop.wait(max(self.ttl / 3, 0.2)):
+        pause = max(self.ttl / 3, 0.2)
+        while not self._stop.wait(pause):
+            pause = max(self.ttl / 3, 0.2)
             try:
                 if self.etcd.keepalive(self.lease) <= 0:
                     self._lose(f"lease {self.lease:x} expired or was revoked")
                     return
                 last_ok = time.monotonic()
             except EtcdError as e:
+                pause = 0.5         # a renewal that failed is tried again soon, not a third of the TTL later
                 if time.monotonic() - last_ok > self.ttl:
                     self._lose(str(e))
                     return
@@ -565,6 +571,18 @@ def machines(etcd: Etcd) -> tuple[list[Machine], list[str]]:
         except EtcdError as e:
             bad.append(str(e))
     return good, bad
+
+
+def machine_names(etcd: Etcd) -> tuple[set[str], int]:
+    """The names of the machines registered (valid records only), and the revision read at."""
+    kvs, rev = etcd.get_prefix(f"{PREFIX}/machines/")
+    names = set()
+    for kv in kvs:
+        try:
+            names.add(_machine_record(kv).name)
+        except EtcdError:
+            pass
+    return names, rev
 
 
 def claim_lab(etcd: Etcd, lab: str, machine: str, lease: int = 0) -> None:
@@ -968,3 +986,35 @@ def labs(etcd: Etcd) -> list[str]:
     kvs, _ = etcd.get_prefix(f"{PREFIX}/labs/")
     names = (kv.key[len(f"{PREFIX}/labs/"):] for kv in kvs)
     return [n for n in names if LAB_NAME_RE.fullmatch(n) and len(n) <= MAX_LAB_NAME]
+
+
+# ---- `down` with a machine gone: what is left for it ------------------------------------------------
+
+def pending_key(machine: str, lab: str) -> str:
+    return f"{PREFIX}/pending/{machine}/{lab}"
+
+
+def put_pending(etcd: Etcd, machine: str, lab: str) -> None:
+    etcd.put(pending_key(machine, lab), json.dumps({"lab": lab}))
+
+
+def pending(etcd: Etcd, machine: str | None = None) -> list[str] | dict[str, list[str]]:
+    """The labs whose `down` waits for `machine` (its agent finishes them); without a
+    machine: {lab: [machine, ...]} for every machine (keys not valid skipped)."""
+    kvs, _ = etcd.get_prefix(f"{PREFIX}/pending/" + (f"{machine}/" if machine else ""))
+    out: dict[str, list[str]] = {}
+    for kv in kvs:
+        m, _, lab = kv.key[len(f"{PREFIX}/pending/"):].partition("/")
+        if not machine_problem(m) and LAB_NAME_RE.fullmatch(lab) and len(lab) <= MAX_LAB_NAME:
+            out.setdefault(lab, []).append(m)
+    return sorted(out) if machine else out
+
+
+def finish_pending(etcd: Etcd, machine: str, lab: str) -> None:
+    """Machine `machine` has removed its part of lab `lab`: its pending key deleted, and,
+    when no machine is left pending and no shard spec remains, the lab's flannel keys, claim
+    and VNIs given back (what `down` gives back when every machine answers)."""
+    etcd.delete(pending_key(machine, lab))
+    if lab not in pending(etcd) and not lab_shards(etcd, lab):
+        release_flannel(etcd, lab)
+        release_lab(etcd, lab)

@@ -23,22 +23,36 @@ Everything read from etcd is input: a lease is used only if coord's checks pass 
 key, IPv4 PublicIP, unicast VtepMAC, VNI, backend) and it fits the lab's cluster (its
 backend and VNI, a subnet of SubnetLen inside Network that no local node holds, a PublicIP
 outside the pod network); entries are made only in the lab's own namespaces, verified
-against its record.  The udp backend's peers live in its tunnel daemon's configuration: a
-cluster under udp writes its leases but keeps its peers from the plan.
+against its record.
+
+The udp backend's peers are not kernel entries but its proxy's routing table: flannel's
+processSubnetEvents (pkg/backend/udp/udp_network_amd64.go) sends the proxy setRoute(subnet,
+PublicIP, port) / removeRoute(subnet) for each lease added or removed.  Here the shard's
+udp daemon keeps only its own machine's peers from the plan and reads the others from a
+file in the lab's run directory (udp-NODE.routes, SUBNET@PUBLICIP a line) that the Learner
+rewrites from the recorded leases; the daemon reads it again when it changes
+(runtime/tunnels.run_udp) and after a restart.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import threading
 from ipaddress import IPv4Address, IPv4Network
 
 from . import backends, coord, state
+from . import plan as P
 from .apply.applier import Applier
 from .errors import NslabError
 
-LEARNED = frozenset({"vxlan", "host-gw", "ipip"})    # backends whose peers are kernel entries
+KERNEL = frozenset({"vxlan", "host-gw", "ipip"})     # backends whose peers are kernel entries
+LEARNED = KERNEL | {"udp"}                          # ... or the udp proxy's routing table
 RECORD = "_flannel_peers"
+# One Applier at a time in a process: apply/netns keeps process-wide state (the sysctl
+# walks' procfs instance, which Applier.close releases), so the agent's threads -- a
+# build, each lab's Learner, the stitches' sync -- take turns with the kernel.
+APPLY_LOCK = threading.RLock()
 WATCH_QUIET = 5.0          # seconds a watch may stay quiet before the leases are listed again
 
 
@@ -74,6 +88,8 @@ def strip_remote_peers(plan, topo, where: dict[str, str], machine: str) -> int:
     if not spans(topo, where) or topo.cluster.backend.type not in LEARNED:
         return 0
     cluster = topo.cluster
+    if cluster.backend.type == "udp":
+        return _strip_udp_routes(plan, cluster, where, machine)
     drop = set()
     for node in _local(topo, where, machine):
         for peer in cluster.nodes.values():
@@ -84,11 +100,43 @@ def strip_remote_peers(plan, topo, where: dict[str, str], machine: str) -> int:
     return before - len(plan.ops)
 
 
+def routes_file(node: str) -> str:
+    return f"udp-{node}.routes"
+
+
+def _strip_udp_routes(plan, cluster, where: dict[str, str], machine: str) -> int:
+    """udp: each local node's proxy keeps the routes to its machine's peers and reads the
+    others' from its routes file (learned from the leases).  The number of routes removed."""
+    removed = 0
+    for i, op in enumerate(plan.ops):
+        if not (isinstance(op, P.Daemon) and op.kind == "udp" and where.get(op.node) == machine):
+            continue
+        config = dict(op.config)
+        kept = []
+        for item in filter(None, config.get("routes", "").split(",")):
+            subnet = item.partition("@")[0]
+            owner = next((n.name for n in cluster.nodes.values() if str(n.subnet) == subnet), None)
+            if owner is not None and where.get(owner) != machine:
+                removed += 1
+            else:
+                kept.append(item)
+        config["routes"] = ",".join(kept)
+        config["routes_file"] = routes_file(op.node)
+        plan.ops[i] = dataclasses.replace(op, config=tuple(config.items()))
+    return removed
+
+
 def own_lease(cluster, node) -> coord.SubnetLease:
     """A node's lease as flanneld writes it (vxlan's BackendData: VNI and VtepMAC)."""
     be = cluster.backend
     data = {"VNI": be.vni, "VtepMAC": node.vtep_mac} if be.type == "vxlan" else {}
     return coord.SubnetLease(node.subnet, str(node.ip), be.type, data)
+
+
+def own_lease_of(cluster, local: list, lease: coord.SubnetLease) -> bool:
+    """`lease` is one this machine's nodes publish, as they publish it."""
+    return any(own_lease(cluster, n) == dataclasses.replace(lease, lease=own_lease(cluster, n).lease)
+               for n in local if n.subnet == lease.subnet)
 
 
 def lease_problem(cluster, local: list, lease: coord.SubnetLease) -> str | None:
@@ -184,6 +232,8 @@ class Learner:
                 self.stopping.wait(1)
 
     def _fits(self, lease: coord.SubnetLease) -> bool:
+        if own_lease_of(self.cluster, self.local, lease):
+            return False        # flannel's LeaseWatcher skips its OwnLease, silently
         problem = lease_problem(self.cluster, self.local, lease)
         if problem:
             self.log(f"lab {self.lab}: ignored the lease of {lease.subnet}: {problem}")
@@ -232,14 +282,38 @@ class Learner:
         lease = lease or self.recorded().get(subnet)
         if lease is None:
             return
-        self._each_node(lease, install=False)
+        if self.cluster.backend.type != "udp":
+            self._each_node(lease, install=False)
         state.update(self.lab, lambda st: (st.info.get(RECORD) or {}).pop(str(subnet), None))
+        if self.cluster.backend.type == "udp":
+            self._each_node(lease, install=False)       # the table without it
         self.log(f"lab {self.lab}: removed {subnet} (its lease is gone)")
+
+    def _write_routes(self) -> None:
+        """udp: each local node's routes file, from the recorded leases (flannel's
+        setRoute / removeRoute, as a table the proxy reads again)."""
+        lines = "".join(f"{lease.subnet}@{lease.public_ip}\n" for lease in self.recorded().values())
+        for node in self.local:
+            path = os.path.join(state.lab_dir(self.lab), routes_file(node.name))
+            tmp = path + ".tmp"
+            try:
+                with open(tmp, "w") as f:
+                    f.write(lines)
+                os.replace(tmp, path)
+            except OSError as e:
+                self.log(f"lab {self.lab}: {node.name}'s udp routes: {e}")
 
     def _each_node(self, lease: coord.SubnetLease, install: bool) -> None:
         st = state.load(self.lab)
         if st is None:
             return
+        if self.cluster.backend.type == "udp":
+            self._write_routes()        # the record holds the lease (learn) or not (forget) already
+            return
+        with APPLY_LOCK:
+            self._apply(st, lease, install)
+
+    def _apply(self, st, lease: coord.SubnetLease, install: bool) -> None:
         applier = Applier()
         try:
             for node in self.local:

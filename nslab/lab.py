@@ -367,6 +367,16 @@ RESOLV_CONF = ("# nslab: this lab has no DNS server; its node names resolve thro
                "options timeout:1 attempts:1\n")
 
 
+def stale_link(lab: str, path: str, dangling: bool = True) -> bool:
+    """/etc/netns/<ns> is a link of lab `lab`'s into its run directory, which is gone
+    (dangling; False: or made again since)."""
+    try:
+        return os.path.islink(path) and not (dangling and os.path.exists(path)) and \
+            bool(state.etc_folder_re(state.lab_dir(lab)).fullmatch(os.readlink(path)))
+    except OSError:
+        return False
+
+
 def hosts_leftovers(plan: Plan) -> list[str]:
     """/etc/netns/<ns> entries in the way of the plan's links: a directory holding only the
     hosts file `nslab script` writes for this very plan is adopted (returned: replaced by
@@ -377,6 +387,9 @@ def hosts_leftovers(plan: Plan) -> list[str]:
     for ns in plan.namespaces:
         path = os.path.join(state.HOSTS_DIR, ns)
         if not os.path.lexists(path):
+            continue
+        if stale_link(plan.lab, path):
+            adopt.append(path)      # this lab's own link, its run directory gone with a reboot (/run is tmpfs)
             continue
         try:
             hosts_only = not os.path.islink(path) and os.listdir(path) == ["hosts"] and \
@@ -429,6 +442,9 @@ def write_hosts_files(plan: Plan, st: state.LabState, record, adopt: list[str] =
         open(state.HOSTS_DIR_MARK, "w").close()     # nslab made it: the last down removes it
     links = [os.path.join(state.HOSTS_DIR, ns) for ns in plan.namespaces]
     for link in adopt:
+        if stale_link(st.lab, link, dangling=False):   # this lab's own (hosts_leftovers), its folder made anew
+            os.unlink(link)
+            continue
         # through the directory itself, never a path: a directory swapped for a symlink
         # since hosts_leftovers looked (/etc/netns/x -> /etc) must not cost /etc/hosts
         fd = os.open(link, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)

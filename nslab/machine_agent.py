@@ -13,6 +13,15 @@ serves a lab's pods); this one builds and removes its machine's shards.
   it adopts what its record holds: a lab already built here is not built again, one whose
   spec is gone is removed.
 - Reports each shard's state under /nslab/status/LAB/NAME, under its lease.
+- Faults (item 6): a machine whose lease ends (it vanished) has its record deleted by etcd;
+  every agent watches /nslab/machines/ and cuts its stitches to it (the stitch device's
+  one FDB entry, 00:00:00:00:00:00 dst ITS-ADDRESS, removed: nothing is sent to it; the
+  device, its addresses and routes stay) and puts them back when it registers again --
+  flannel's handleSubnetEvents (pkg/backend/vxlan/vxlan_network.go) on a lease's
+  EventRemoved / EventAdded, for the links between machines; the cluster's own peers go
+  with their subnet leases (flannel_peers).  A `down` that could not reach a machine
+  leaves /nslab/pending/NAME/LAB: that machine's agent, when it comes back, removes its
+  shard of LAB, the key, and, the last one, the lab's claim and VNIs (coord.finish_pending).
 - Serves an authenticated channel on its underlay address, port coord.AGENT_PORT: every
   request must carry the cluster's credential (coord.cluster_token, kept in etcd) as
   `Authorization: Bearer TOKEN`; none is served without it.  GET /v1/labs lists the
@@ -21,8 +30,10 @@ serves a lab's pods); this one builds and removes its machine's shards.
 """
 from __future__ import annotations
 
+import errno
 import hmac
 import json
+import struct
 import os
 import signal
 import subprocess
@@ -33,11 +44,29 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from . import channel, coord, flannel_peers, spawn, state
 from . import lab as labmod
 from . import model
+from . import plan as P
+from .apply.applier import Applier
+from .apply.netlink import (AF_BRIDGE, CHANGE, CREATE, NDA_LLADDR, NDMSG, NTF_SELF, NUD_PERMANENT, RTM_DELNEIGH,
+                            attr, mac, message)
 from .compile import placement
 from .errors import NslabError, UsageError
 
 EXEC_TIMEOUT = 60
 MAX_REQUEST = 1 << 16
+DEFAULT_TTL = 10                # seconds: the machine's etcd lease (--ttl)
+ZERO_MAC = "00:00:00:00:00:00"  # a stitch's one FDB entry: every frame to the peer machine
+CUT = "_stitches_cut"           # the record's stitches cut from a machine gone: {"ns/dev": machine}
+WATCH_QUIET = 5.0               # seconds a watch of the machines may stay quiet before a new listing
+
+
+def stitch_ends(placed, machine: str, addresses: dict[str, str]) -> list[tuple[str, str, str, str]]:
+    """(namespace, device, peer machine, its address) of each stitch end on `machine`."""
+    out = []
+    for s in placed.stitches:
+        for end, other in ((s.a, s.b), (s.b, s.a)):
+            if end.machine == machine:
+                out.append((end.ns, end.dev, other.machine, addresses[other.machine]))
+    return out
 
 
 def underlay_address(iface: str | None) -> tuple[str, str, int]:
@@ -58,7 +87,7 @@ def underlay_address(iface: str | None) -> tuple[str, str, int]:
 
 
 class Agent:
-    def __init__(self, endpoint: str, machine: str, underlay: str | None = None, ttl: int = 10,
+    def __init__(self, endpoint: str, machine: str, underlay: str | None = None, ttl: int = DEFAULT_TTL,
                  port: int = coord.AGENT_PORT, log=print):
         self.etcd = coord.connect(endpoint)
         self.name, self.ttl, self.port, self.log = machine, ttl, port, log
@@ -68,6 +97,8 @@ class Agent:
         self.lease = 0
         self.keepalive = None
         self.learners: dict[str, flannel_peers.Learner] = {}
+        self.ends: dict[str, list[tuple[str, str, str, str]]] = {}     # lab -> its stitch ends here
+        self.alive: set[str] | None = None          # the machines registered (None: not read yet)
 
     # ---- membership -----------------------------------------------------------------------
     def lease_file(self) -> str:
@@ -140,10 +171,14 @@ class Agent:
             if state.load(lab) is not None:
                 self.log(f"lab {lab}: shard already built here (adopted)")
                 try:
-                    self._learn(lab, *self._placed(spec))
+                    topo, placed = self._placed(spec)
+                    self.ends[lab] = stitch_ends(placed, self.name, dict(spec["machines"]))
+                    self._learn(lab, topo, placed)
                 except Exception as e:
                     self.log(f"lab {lab}: flannel leases: {e}")
-                self._status(lab, "up")
+                self._sync_stitches(lab)
+                st = state.load(lab)
+                self._status(lab, "up", len(st.namespaces) if st else 0)
                 return
             try:
                 topo, placed = self._placed(spec)
@@ -151,7 +186,10 @@ class Agent:
                 # the cluster's peers on other machines come from their leases in etcd
                 flannel_peers.strip_remote_peers(mine, topo, placed.where, self.name)
                 mine.notes["_shard"] = {"machine": self.name, "stitches": len(placed.stitches)}
-                _, st = labmod.up(topo, overrides=spec["overrides"], plan=mine)
+                with flannel_peers.APPLY_LOCK:
+                    _, st = labmod.up(topo, overrides=spec["overrides"], plan=mine)
+                self.ends[lab] = stitch_ends(placed, self.name, dict(spec["machines"]))
+                self._sync_stitches(lab)
                 self._learn(lab, topo, placed)
                 self.log(f"lab {lab}: shard up, {len(st.namespaces)} namespaces")
                 self._status(lab, "up", len(st.namespaces))
@@ -175,10 +213,12 @@ class Agent:
 
     def remove(self, lab: str) -> None:
         with self.lock:
+            self.ends.pop(lab, None)
             try:
                 self._unlearn(lab)
                 if lab in self.local_shards():
-                    removed = labmod.down(lab)
+                    with flannel_peers.APPLY_LOCK:
+                        removed = labmod.down(lab)
                     self.log(f"lab {lab}: shard removed ({len(removed)} namespaces)")
             except NslabError as e:
                 self.log(f"lab {lab}: removing the shard: {e}")
@@ -187,9 +227,80 @@ class Agent:
     def _status(self, lab: str, what: str, namespaces: int = 0, error: str = "") -> None:
         coord.put_status(self.etcd, lab, self.name, what, self.lease, namespaces, error)
 
+    # ---- stitches to machines gone ----------------------------------------------------------
+    def _sync_stitches(self, lab: str) -> None:
+        """Lab `lab`'s stitch ends here as the machines' leases say: each end to a machine
+        gone is cut (its FDB entry removed), each cut one to a machine registered again is
+        put back -- flannel's handleSubnetEvents (vxlan_network.go): EventRemoved deletes
+        the peer's FDB entry (and ARP entry and route), EventAdded adds it, as a lease ends
+        or appears.  Level-triggered from the record, as flannel's LeaseWatcher.Reset after
+        a listing: a restarted agent finds what it cut.  Callers hold self.lock."""
+        ends, alive = self.ends.get(lab), self.alive
+        st = state.load(lab)
+        if not ends or alive is None or st is None:
+            return
+        cut = dict(st.info.get(CUT) or {})
+        todo = [(ns, dev, peer, addr, f"{ns}/{dev}" in cut) for ns, dev, peer, addr in ends
+                if (peer in alive) == (f"{ns}/{dev}" in cut)]
+        if not todo:
+            return
+        with flannel_peers.APPLY_LOCK:
+            self._cut_or_restore(lab, st, todo)
+
+    def _cut_or_restore(self, lab: str, st, todo: list) -> None:
+        applier = Applier()
+        try:
+            for ns, dev, peer, addr, was_cut in todo:
+                if ns not in st.namespaces or state.namespace_problem(st, ns):
+                    self.log(f"lab {lab}: namespace {ns} is not the record's; its stitch not touched")
+                    continue
+                op = P.Fdb(ns, dev, ZERO_MAC, addr)
+                handle = applier.open_namespace(ns)
+                if was_cut:             # the machine is back: the entry again, then the record
+                    _stitch_fdb(applier, handle, op, add=True)
+                    state.update(lab, lambda s, k=f"{ns}/{dev}": (s.info.get(CUT) or {}).pop(k, None))
+                    self.log(f"lab {lab}: stitch {ns}:{dev} to {peer} put back ({peer} is registered again)")
+                else:                   # recorded first, then cut
+                    state.update(lab, lambda s, k=f"{ns}/{dev}": s.info.setdefault(CUT, {}).__setitem__(k, peer))
+                    _stitch_fdb(applier, handle, op, add=False)
+                    self.log(f"lab {lab}: stitch {ns}:{dev} to {peer} cut ({peer}'s lease ended)")
+        except NslabError as e:
+            self.log(f"lab {lab}: stitches: {e}")
+        finally:
+            applier.close()
+
+    def watch_machines(self) -> None:
+        """The machines registered, listed and watched (a change or a quiet watch: listed
+        again); each local shard's stitches synced with them."""
+        prefix = f"{coord.PREFIX}/machines/"
+        while not self.stopping.is_set():
+            try:
+                alive, rev = coord.machine_names(self.etcd)
+                if alive != self.alive:
+                    with self.lock:
+                        self.alive = alive
+                        for lab in list(self.ends):
+                            self._sync_stitches(lab)
+                with self.etcd.watch(prefix, start_revision=rev + 1, timeout=WATCH_QUIET) as events:
+                    next(events, None)          # one change (or quiet): list again
+            except Exception as e:      # noqa: BLE001 - the watcher outlives any one bad turn
+                self.log(f"machines: {e or type(e).__name__}; listing again")
+                self.stopping.wait(1)
+
+    def finish_pending(self) -> None:
+        """`nslab down` ran while this machine was gone: its shards of those labs removed,
+        then the pending keys (coord.finish_pending gives back a lab's claim with the last)."""
+        for lab in coord.pending(self.etcd, self.name):
+            if lab in self.local_shards():
+                self.remove(lab)
+            state.remove_stale_links(lab)        # a reboot took the record, not /etc/netns
+            coord.finish_pending(self.etcd, self.name, lab)
+            self.log(f"lab {lab}: `down` ran while {self.name} was gone; its part here removed")
+
     def reconcile(self) -> int:
         """Build what etcd assigns here and is not built; remove what was built here and is
         no longer assigned.  The revision read at (to watch from)."""
+        self.finish_pending()
         specs, rev, bad = coord.shards(self.etcd, self.name)
         for sentence in bad:
             self.log(f"ignored: {sentence}")
@@ -292,6 +403,7 @@ class Agent:
     def run(self) -> None:
         self.register()
         server = self.serve()
+        threading.Thread(target=self.watch_machines, name="machines", daemon=True).start()
         def stop(*_):
             self.stopping.set()
             raise SystemExit(0)
@@ -303,3 +415,21 @@ class Agent:
             if self.keepalive is not None:
                 # the shards stay (a restarted agent adopts them); the lease ends with us
                 self.keepalive.stop(revoke=False)
+
+
+def _stitch_fdb(applier: Applier, handle, op: P.Fdb, add: bool) -> None:
+    """Delete or add back a stitch's one FDB entry.  Deleted by its MAC alone (every remote
+    of the all-zeros entry: a stitch has one), since the kernel matches a remote by its
+    device too and the stitch's underlay device is in the machine's namespace, not the
+    lab's; added back with NLM_F_CREATE|NLM_F_EXCL (the kernel refuses NLM_F_REPLACE for
+    the all-zeros entry), its route to the peer looked up in the machine's namespace
+    again.  One already there, or already gone, is what was wanted."""
+    applier.seq += 1
+    if add:
+        data = applier.encode(handle, op)[0]
+        struct.pack_into("=HI", data, 6, CREATE, applier.seq)
+    else:
+        data = message(RTM_DELNEIGH, CHANGE, NDMSG.pack(AF_BRIDGE, handle.index(op.dev), NUD_PERMANENT, NTF_SELF, 0),
+                       attr(NDA_LLADDR, mac(op.lladdr)))
+        struct.pack_into("=I", data, 8, applier.seq)
+    applier.send(handle, [(applier.seq, bytes(data), op)], ignore=(errno.EEXIST,) if add else Applier.GONE)

@@ -66,6 +66,9 @@ TLS_DIR = "/etc/nslab/tls"              # a machine's CA, certificate and key (-
 CERT_DAYS = 30
 
 
+BRIDGE_MAC = "02:00:c6:12:00:01"        # locally administered; the underlay bridge's (etcd's side)
+
+
 def machine_address(i: int) -> str:
     return f"198.18.1.{i}"
 
@@ -294,7 +297,10 @@ def up(name: str, n: int, port: int = DEFAULT_PORT, mtu: int = DEFAULT_MTU, log=
         rec.underlay_id = [made.st_dev, made.st_ino]
         _save(rec)
         _ip("link", "set", "lo", "up", ns=underlay)
-        _ip("link", "add", "br0", "mtu", str(mtu), "type", "bridge", ns=underlay)
+        # a MAC of its own: a bridge without one takes its lowest port's, and changes it when
+        # that machine goes (docker kill) -- the machines' ARP entries for etcd's address
+        # then point nowhere until they go stale (measured: every lease lost ~10 s later)
+        _ip("link", "add", "br0", "address", BRIDGE_MAC, "mtu", str(mtu), "type", "bridge", ns=underlay)
         _ip("addr", "add", f"{ETCD_ADDRESS}/{PREFIX_LEN}", "dev", "br0", ns=underlay)
         _ip("link", "set", "br0", "up", ns=underlay)
         data = os.path.join(rec.dir, "etcd")
@@ -345,7 +351,11 @@ def _machine(client, rec: Record, i: int, sites: dict[str, str]) -> None:
         raise
     rec.containers[i - 1]["id"] = c.id
     _save(rec)
-    pid = containers.run(c)
+    _wire(rec, i, containers.run(c))
+
+
+def _wire(rec: Record, i: int, pid: int) -> None:
+    """mI's eth0: a veth from the underlay bridge into its network namespace, addressed."""
     veth = f"m{i}"
     _ip("link", "add", veth, "mtu", str(rec.mtu), "type", "veth", "peer", "name", "eth0", "mtu", str(rec.mtu),
         "netns", str(pid), ns=rec.underlay)
@@ -353,6 +363,26 @@ def _machine(client, rec: Record, i: int, sites: dict[str, str]) -> None:
     _in_container(pid, "link", "set", "lo", "up")
     _in_container(pid, "addr", "add", f"{machine_address(i)}/{PREFIX_LEN}", "dev", "eth0")
     _in_container(pid, "link", "set", "eth0", "up")
+
+
+def restart_machine(name: str, machine: str, timeout: float = 60.0) -> None:
+    """A machine killed (`docker kill`, a power cut) started again, as a VM boots: the same
+    container started, wired into the underlay again (its network namespace is new), and
+    its agent started as `up` starts it.  Its shards come back from etcd (the agent)."""
+    rec = load(name)
+    if rec is None:
+        raise UsageError(f"no sandbox named {name}")
+    i = int(machine[1:]) if machine[:1] == "m" and machine[1:].isdigit() else 0
+    if not 1 <= i <= rec.machines:
+        raise UsageError(f"sandbox {name} has machines m1 to m{rec.machines}, not {machine}")
+    client = containers.engine()
+    c = client.containers.get(rec.containers[i - 1]["id"])
+    c.reload()
+    if c.attrs["State"]["Running"]:
+        raise UsageError(f"machine {machine} of sandbox {name} is running")
+    _wire(rec, i, containers.run(c))
+    _start_agent(client, rec, i)
+    _wait_agents(rec, timeout)
 
 
 def _start_agent(client, rec: Record, i: int) -> None:

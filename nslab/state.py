@@ -697,12 +697,7 @@ def destroy(lab: str, st: LabState | None = None, progress=None) -> Teardown:
             out.kept.append(f"namespace {ns} exists but lab {lab}'s record does not show it made it: left alone "
                             f"(if it is yours: ip netns del {ns})")
         _remove_links(lab, st.files)
-        try:
-            if os.listdir(HOSTS_DIR) == [os.path.basename(HOSTS_DIR_MARK)]:   # no lab (or user) left
-                os.unlink(HOSTS_DIR_MARK)
-                os.rmdir(HOSTS_DIR)
-        except OSError:                      # absent, or another down was quicker
-            pass
+        _remove_hosts_dir()
         _rmtree_own(lab)
     return out
 
@@ -747,6 +742,24 @@ def etc_folder(run_dir: str, resolv_conf: str | None = None) -> str:
 def etc_folder_re(run_dir: str) -> re.Pattern:
     """Every path etc_folder gives for `run_dir`."""
     return re.compile(re.escape(os.path.join(run_dir, "etc")) + r"(-pods-[0-9a-f]{12})?")
+
+
+def _remove_hosts_dir() -> None:
+    """/etc/netns, if nslab made it and no lab (or user) has anything left in it."""
+    try:
+        if os.listdir(HOSTS_DIR) == [os.path.basename(HOSTS_DIR_MARK)]:
+            os.unlink(HOSTS_DIR_MARK)
+            os.rmdir(HOSTS_DIR)
+    except OSError:                      # absent, or another down was quicker
+        pass
+
+
+def remove_stale_links(lab: str) -> None:
+    """A lab with no run directory here (a reboot emptied /run): the /etc/netns links into
+    it that its `up` made removed (and /etc/netns if nslab made it and it is empty now)."""
+    if valid_lab(lab) and not os.path.lexists(lab_dir(lab)):
+        _remove_links(lab, [])
+        _remove_hosts_dir()
 
 
 def _remove_links(lab: str, recorded: list[str]) -> None:

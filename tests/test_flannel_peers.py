@@ -45,9 +45,20 @@ def test_remote_peers_come_from_leases_not_the_plan(backend):
         assert all(op in whole.ops for op in from_leases)
 
 
-def test_udp_keeps_its_peers_in_the_plan():
+def test_udp_proxy_keeps_its_machines_peers_and_reads_the_others_from_its_routes_file():
+    """flannel's udp backend routes from the leases too (processSubnetEvents' setRoute):
+    the shard's proxy keeps the routes to nodes on its own machine, the rest it learns."""
+    from nslab import plan as P
     topo, p = placed("udp")
-    assert flannel_peers.strip_remote_peers(p.plans["m1"], topo, p.where, "m1") == 0
+    nodes = topo.cluster.nodes
+    removed = flannel_peers.strip_remote_peers(p.plans["m1"], topo, p.where, "m1")
+    daemons = {op.node: dict(op.config) for op in p.plans["m1"].ops if isinstance(op, P.Daemon) and op.kind == "udp"}
+    local = [n for n in nodes if p.where[n] == "m1"]
+    assert sorted(daemons) == sorted(local) and removed == len(local) * (len(nodes) - len(local))
+    for node, config in daemons.items():
+        assert config["routes_file"] == f"udp-{node}.routes"
+        kept = {item.partition("@")[0] for item in config["routes"].split(",") if item}
+        assert kept == {str(nodes[n].subnet) for n in local if n != node}
 
 
 def test_own_lease_is_flannels_json():

@@ -140,3 +140,32 @@ def test_an_adopted_hosts_folder_swapped_for_a_symlink_costs_nothing(tmp_path, m
     finally:
         state.release("swap")
     assert (elsewhere / "hosts").read_text() == "the host's own\n" and link.is_symlink()
+
+
+def test_a_link_of_the_lab_left_dangling_by_a_reboot_is_replaced(tmp_path, monkeypatch):
+    """A machine that rebooted (/run is a tmpfs) keeps /etc/netns/<ns> -> /run/nslab/LAB/etc
+    with nothing behind it: the lab's own link, adopted and replaced when the lab is built
+    again (issue 20: a machine that comes back); a dangling link elsewhere is refused."""
+    import pytest as _pytest
+    from nslab import lab, model, state
+    from nslab.errors import UsageError
+    monkeypatch.setattr(state, "HOSTS_DIR", str(tmp_path / "netns"))
+    monkeypatch.setattr(state, "HOSTS_DIR_MARK", str(tmp_path / "netns" / ".made-by-nslab"))
+    monkeypatch.setattr(state, "RUN_DIR", str(tmp_path / "run"))
+    topo = model.load("diy-veth.yaml", text="name: boot\nhosts: [a, b]\nlinks: [[a, b]]\n")
+    plan = lab.plan_for_this_kernel(topo)
+    (tmp_path / "netns").mkdir()
+    link = tmp_path / "netns" / "boot.a"
+    link.symlink_to(state.etc_folder(state.lab_dir("boot")))
+    assert lab.hosts_leftovers(plan) == [str(link)]
+    st = state.claim("boot", "x.yaml")
+    try:
+        lab.write_hosts_files(plan, st, lambda change: change(st), adopt=[str(link)])
+        assert link.is_symlink() and (link / "hosts").exists()
+    finally:
+        state.release("boot")
+    for name in ("boot.a", "boot.b"):
+        (tmp_path / "netns" / name).unlink()
+    (tmp_path / "netns" / "boot.b").symlink_to(tmp_path / "gone")
+    with _pytest.raises(UsageError):
+        lab.hosts_leftovers(plan)

@@ -102,9 +102,32 @@ def _routes(text: str) -> list[tuple[int, int, tuple[str, int] | str]]:
     return out
 
 
+ROUTES_FILE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\.routes")
+ROUTES_POLL = 0.2           # seconds between looks at the learned routes' file
+
+
+def _learned_routes(path: str) -> list[tuple[int, int, str]]:
+    """The routes a machine's agent learned from the subnet leases (flannel_peers): one
+    SUBNET@PUBLICIP a line; a line that is not one is skipped (the file is input)."""
+    try:
+        with open(path) as f:
+            lines = f.read(1 << 20).split()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        try:
+            out += _routes(line)
+            socket.inet_aton(line.partition("@")[2])
+        except (ValueError, OSError):
+            continue
+    return out
+
+
 def run_udp(tun: int, cfg: dict, counters: Counters, threads: list) -> None:
     port = int(cfg["port"])
-    routes = [(net, mask, (ip, port)) for net, mask, ip in _routes(cfg.get("routes", ""))]
+    static = [(net, mask, (ip, port)) for net, mask, ip in _routes(cfg.get("routes", ""))]
+    routes = list(static)
     source = socket.inet_aton(cfg["address"])
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -159,6 +182,30 @@ def run_udp(tun: int, cfg: dict, counters: Counters, threads: list) -> None:
             write(tun, mv[:n])
 
     threads += [tun_to_udp, udp_to_tun]
+    # a cluster across machines: the peers on other machines come from their subnet leases,
+    # which the machine's agent writes to <run-dir>/<routes_file> -- flannel's
+    # processSubnetEvents (pkg/backend/udp/udp_network_amd64.go) sends the proxy setRoute /
+    # removeRoute over its control socket for each lease added or removed; here the agent is
+    # another process, so the routing table is a file it rewrites, read again when it changes
+    name, run_dir = cfg.get("routes_file"), cfg.get("_run_dir")
+    if name and run_dir and ROUTES_FILE_RE.fullmatch(name):
+        path = os.path.join(run_dir, name)
+
+        def learn_routes():
+            seen = None
+            while True:
+                try:
+                    st = os.stat(path)
+                    now = (st.st_mtime_ns, st.st_ino, st.st_size)
+                except OSError:
+                    now = None
+                if now != seen:
+                    seen = now
+                    routes[:] = static + [(net, mask, (ip, port)) for net, mask, ip in _learned_routes(path)]
+                    owners.clear()
+                    counters.bump("routes_loaded")
+                time.sleep(ROUTES_POLL)
+        threads.append(learn_routes)
 
 
 class Gateways:
@@ -289,6 +336,7 @@ def main(argv: list[str]) -> int:
     if "go-fd" in opts:                  # recorded by the agent before we act
         wait_go(int(opts["go-fd"]), opts.get("run-dir"))
     cfg = dict(a.split("=", 1) for a in argv[2:])
+    cfg["_run_dir"] = opts.get("run-dir")
     _prctl(15, ctypes.c_char_p(backends.dataplane(kind).process_name))   # PR_SET_NAME: `ss -ulpn` shows flanneld
     problem = enter(opts["netns"]) if "netns" in opts else None
     if problem:
