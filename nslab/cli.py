@@ -254,7 +254,8 @@ def down(target: Optional[str] = typer.Argument(None, help="Lab name or topology
     if (etcd or os.environ.get("NSLAB_ETCD")) and target and state.valid_lab(target) \
             and not os.path.lexists(state.lab_dir(target)):
         from . import across                   # lazy: start-up
-        out.say(across.down_sentence(target, *across.down(target, etcd_endpoint(etcd, etcd_ca, etcd_cert, etcd_key))))
+        endpoint = etcd_endpoint(etcd, etcd_ca, etcd_cert, etcd_key)
+        out.say(across.down_sentence(target, *across.down(target, endpoint)))
         return
     if all_labs:
         labs = state.labs()

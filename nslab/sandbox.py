@@ -200,7 +200,10 @@ def _site_packages() -> dict[str, str]:
 
 
 def _port_free(port: int) -> bool:
+    """Free for the forwarders, which bind with SO_REUSEADDR (runtime/forward.py): without it
+    here, a port whose connections of a sandbox just removed sit in TIME_WAIT reads as taken."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
