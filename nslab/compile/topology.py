@@ -28,12 +28,13 @@ def compile_topology(topo: Topology) -> P.Plan:
             plan.add(P.Link(ns=node.ns, name=br.name, kind="bridge", mtu=br.mtu, mac=br.mac))
     # veth pairs: created from the switch side (so the port is enslaved in the same message)
     # or from the first-declared end; both ends are born in their own namespaces.
-    for (node, iface), (peer_node, peer) in _veth_pairs(topo):
+    pairs = list(_veth_pairs(topo))     # walked twice: found once (a frozenset per interface)
+    for (node, iface), (peer_node, peer) in pairs:
         plan.add(P.Link(ns=node.ns, name=iface.name, kind="veth", mtu=iface.mtu, mac=iface.mac,
                         master=iface.bridge,
                         peer=P.Peer(ns=peer_node.ns, name=peer.name, mtu=peer.mtu, mac=peer.mac,
                                     address=str(peer.ip) if peer.ip else None)))
-    for (_, _), (peer_node, peer) in _veth_pairs(topo):
+    for (_, _), (peer_node, peer) in pairs:
         plan.add(P.Up(peer_node.ns, peer.name))
         if peer.bridge:         # two segments joined: the far end is a port of its own bridge
             plan.add(P.BridgePort(peer_node.ns, peer.name, master=peer.bridge))
