@@ -258,12 +258,14 @@ def ifname_problem(name) -> str | None:
     set), or None."""
     if not isinstance(name, str) or not name:
         return "an interface name must be a non-empty string"
-    if name in (".", "..") or any(c in name for c in "/:") or any(c.isspace() for c in name):
-        return f"{name!r} cannot be an interface name (no '/', ':', whitespace, '.' or '..')"
     # Stricter than the kernel: names reach `nslab script`'s shell lines, sysctl keys and
     # ip(8) arguments, so ASCII words only (no shell metacharacters, no '%', which the
-    # kernel expands as a template, no leading '-' that reads as an option).
+    # kernel expands as a template, no leading '-' that reads as an option).  A name the
+    # pattern takes has no '/', ':' or whitespace and is not '.' or '..', so only a refused
+    # one is scanned for the kernel's reasons (said first, as they are the more exact).
     if not IFNAME_RE.fullmatch(name):
+        if name in (".", "..") or any(c in name for c in "/:") or any(c.isspace() for c in name):
+            return f"{name!r} cannot be an interface name (no '/', ':', whitespace, '.' or '..')"
         return (f"{name!r} is not an interface name nslab accepts: ASCII letters, digits, '_', '-' and '.', "
                 f"starting with a letter or digit")
     if len(name) >= IFNAMSIZ:
