@@ -199,6 +199,11 @@ def ip_text(ifc: IPv4Interface) -> str:
     return f"{a >> 24}.{(a >> 16) & 255}.{(a >> 8) & 255}.{a & 255}"
 
 
+def interface_text(ifc: IPv4Interface) -> str:
+    """str(ifc) ("10.0.0.1/24") without ipaddress's bytes-and-join (an op per address)."""
+    return f"{ip_text(ifc)}/{ifc._prefixlen}"
+
+
 def network_bounds(net: IPv4Network) -> tuple[int, int]:
     """(first, last) address of a network as ints (broadcast_address builds two objects)."""
     first = net.network_address._ip
