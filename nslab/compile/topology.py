@@ -4,7 +4,7 @@ from __future__ import annotations
 from .. import plan as P
 from ..model import Topology
 from ..model.limits import hub_pairs, neighbour_domains
-from ..model.types import interface_text
+from ..model.types import interface_text, ip_text
 from .cluster import compile_cluster
 from .tunnels import compile_tunnels
 
@@ -62,7 +62,7 @@ def compile_topology(topo: Topology) -> P.Plan:
                 dst = dsts[id(route.dst)] = str(route.dst)
             nh = hops.get(id(route.nexthops))
             if nh is None:
-                nh = hops[id(route.nexthops)] = tuple(P.Nexthop(via=str(h.via) if h.via else None, dev=h.dev)
+                nh = hops[id(route.nexthops)] = tuple(P.Nexthop(via=ip_text(h.via) if h.via else None, dev=h.dev)
                                                       for h in route.nexthops)
             plan.add(P.Route(ns=node.ns, dst=dst, onlink=route.onlink, nexthops=nh))
     _static_neighbours(topo, plan)

@@ -193,8 +193,9 @@ def ipv4_interface(address: int, prefixlen: int) -> IPv4Interface:
     return ifc
 
 
-def ip_text(ifc: IPv4Interface) -> str:
-    """str(ifc.ip) without building the IPv4Address (2 of a neighbour entry's 3 us)."""
+def ip_text(ifc: IPv4Interface | IPv4Address) -> str:
+    """str(ifc.ip) without building the IPv4Address (2 of a neighbour entry's 3 us); of an
+    IPv4Address (its int is in _ip too), str(address) without ipaddress's bytes-and-join."""
     a = ifc._ip
     return f"{a >> 24}.{(a >> 16) & 255}.{(a >> 8) & 255}.{a & 255}"
 
