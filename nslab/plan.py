@@ -681,9 +681,12 @@ def from_json_lines(text: str, known: dict) -> tuple[Plan, list[str]]:
         body = rest[:-len(_OPS_CLOSE)]
         lines = body.split(",\n") if body else []
         plan = _head(_loads(head + "]}"))
-        kinds = _op_builders()
-        try:
-            plan.ops = [known[line] if line in known else _op(i, _loads(line), kinds) for i, line in enumerate(lines)]
+        plan.ops = ops = [known.get(line) for line in lines]
+        missing = [i for i, op in enumerate(ops) if op is None]
+        try:        # the decoders made only if a line is to be decoded (not so for a pod added)
+            kinds = _op_builders() if missing else None
+            for i in missing:
+                ops[i] = _op(i, _loads(lines[i]), kinds)
             return plan, lines
         except ValueError:      # a line that is not one JSON value: the text is not to_json's
             pass
