@@ -22,8 +22,34 @@ from dataclasses import dataclass, field
 STAGE_NAMESPACE, STAGE_LINK, STAGE_DEVICE, STAGE_CONFIG, STAGE_ROUTE, STAGE_PROCESS = range(6)
 
 
-@dataclass(frozen=True)
-class Container:
+class _Frozen:
+    """Equality, hash and repr of the frozen classes below, as @dataclass(frozen=True)
+    would generate them for each (the fields compared, hashed and shown in field order),
+    written once from an instance's __dict__ (its fields, in field order: __init__ sets
+    them so).  Python 3.11 compiles every generated method of every dataclass at import:
+    these 60 are ~4% of the instructions of a converge (tests/test_plan_record.py holds
+    them to the generated ones)."""
+    __slots__ = ()
+
+    def __eq__(self, other):
+        if other.__class__ is self.__class__:
+            return self.__dict__ == other.__dict__
+        return NotImplemented
+
+    def __hash__(self):
+        return hash(tuple(self.__dict__.values()))
+
+    def __repr__(self):
+        return f"{self.__class__.__qualname__}({', '.join(f'{k}={v!r}' for k, v in self.__dict__.items())})"
+
+
+def _frozen(cls):
+    """@dataclass(frozen=True) with _Frozen's equality, hash and repr (the class derives from it)."""
+    return dataclass(frozen=True, eq=False, repr=False)(cls)
+
+
+@_frozen
+class Container(_Frozen):
     """A container node (nslab/containers.py): started with `--network none`, then its
     network namespace is named <lab>.<node> and wired like any other."""
     image: str
@@ -32,24 +58,24 @@ class Container:
     cap_add: tuple = ()
 
 
-@dataclass(frozen=True)
-class Netns:
+@_frozen
+class Netns(_Frozen):
     ns: str
     node: str
     container: Container | None = None     # the namespace is a container's (`image:`)
     stage = STAGE_NAMESPACE
 
 
-@dataclass(frozen=True)
-class Sysctl:
+@_frozen
+class Sysctl(_Frozen):
     ns: str
     key: str          # sysctl(8) notation; '/' stands for a dot inside a name
     value: str
     stage: int = STAGE_NAMESPACE   # STAGE_CONFIG for per-interface keys (the interface must exist)
 
 
-@dataclass(frozen=True)
-class Peer:
+@_frozen
+class Peer(_Frozen):
     ns: str
     name: str
     mtu: int
@@ -57,8 +83,8 @@ class Peer:
     address: str | None = None     # only for display; addresses are Addr ops
 
 
-@dataclass(frozen=True)
-class Link:
+@_frozen
+class Link(_Frozen):
     """Create a device.  kind: veth (with peer, both ends created in their namespaces),
     bridge, vxlan (options in vxlan), ipip (options in ipip), tun (a persistent TUN device
     owned by the lab: created with TUNSETIFF + TUNSETPERSIST inside the namespace), dummy
@@ -76,8 +102,8 @@ class Link:
     up: bool = True                # False: created down (kube-ipvs0)
 
 
-@dataclass(frozen=True)
-class BridgePort:
+@_frozen
+class BridgePort(_Frozen):
     """A bridge port's settings: hairpin mode, or (master) the veth end made in a namespace
     other than its bridge's enslaved to it (a join of two segments: a veth's peer cannot
     be given a master in the message that creates the pair)."""
@@ -88,8 +114,8 @@ class BridgePort:
     stage = STAGE_CONFIG
 
 
-@dataclass(frozen=True)
-class Addr:
+@_frozen
+class Addr(_Frozen):
     ns: str
     dev: str
     address: str                   # CIDR
@@ -97,21 +123,21 @@ class Addr:
     stage = STAGE_CONFIG
 
 
-@dataclass(frozen=True)
-class Up:
+@_frozen
+class Up(_Frozen):
     ns: str
     dev: str
     stage = STAGE_CONFIG
 
 
-@dataclass(frozen=True)
-class Nexthop:
+@_frozen
+class Nexthop(_Frozen):
     via: str | None
     dev: str
 
 
-@dataclass(frozen=True)
-class Route:
+@_frozen
+class Route(_Frozen):
     ns: str
     dst: str                       # CIDR, 0.0.0.0/0 for default
     nexthops: tuple[Nexthop, ...]
@@ -120,8 +146,8 @@ class Route:
     stage = STAGE_ROUTE
 
 
-@dataclass(frozen=True)
-class Neigh:
+@_frozen
+class Neigh(_Frozen):
     """A permanent neighbour entry (flannel writes one per remote VTEP)."""
     ns: str
     dev: str
@@ -130,8 +156,8 @@ class Neigh:
     stage = STAGE_ROUTE
 
 
-@dataclass(frozen=True)
-class Fdb:
+@_frozen
+class Fdb(_Frozen):
     """A permanent FDB entry on a vxlan device: MAC -> remote VTEP IP (`self permanent`)."""
     ns: str
     dev: str
@@ -140,8 +166,8 @@ class Fdb:
     stage = STAGE_ROUTE
 
 
-@dataclass(frozen=True)
-class Serve:
+@_frozen
+class Serve(_Frozen):
     """A service the lab agent runs in a namespace (one agent process for the whole lab)."""
     ns: str
     node: str
@@ -150,8 +176,8 @@ class Serve:
     stage = STAGE_PROCESS
 
 
-@dataclass(frozen=True)
-class TxChecksum:
+@_frozen
+class TxChecksum(_Frozen):
     """Turn a device's transmit checksum offload on or off (`ethtool -K DEV tx off`).
     Off, the kernel completes checksums (and segments GSO packets) before the device, as
     a real NIC would; needed where a kernel ipip node talks to a userspace encapsulator,
@@ -162,8 +188,8 @@ class TxChecksum:
     stage = STAGE_CONFIG
 
 
-@dataclass(frozen=True)
-class Qdisc:
+@_frozen
+class Qdisc(_Frozen):
     """Link conditions on a device: its root qdisc (`tc qdisc replace dev DEV root ...`),
     tbf for a rate alone, netem for delay, jitter or loss.  `conditions` are (key, value)
     pairs as a topology writes them (model.units.Conditions.parse reads them back); `mtu`
@@ -175,8 +201,8 @@ class Qdisc:
     stage = STAGE_CONFIG
 
 
-@dataclass(frozen=True)
-class Daemon:
+@_frozen
+class Daemon(_Frozen):
     """A process the lab agent runs in a node: a userspace dataplane on its TUN device `dev`
     (nslab/runtime/tunnels.py), kind udp (flannel's udp proxy) or ipip (the encapsulator
     standing in for kernel ipip); or kind dns, the cluster DNS server in the coredns pod
@@ -199,8 +225,8 @@ class Daemon:
         return f"{self.kind} {'server' if self.kind == 'dns' else 'dataplane'} on {self.node}"
 
 
-@dataclass(frozen=True)
-class Iptables:
+@_frozen
+class Iptables(_Frozen):
     """Rules for the namespace's own netfilter tables (flannel's ip-masq, kube-proxy's
     services): `text` is iptables-restore input, loaded with one `iptables-restore
     --noflush` per namespace (apply/iptables.py).  After the routes: nothing in it names a
@@ -210,8 +236,8 @@ class Iptables:
     stage = STAGE_ROUTE
 
 
-@dataclass(frozen=True)
-class Nftables:
+@_frozen
+class Nftables(_Frozen):
     """Tables of the namespace's own nftables (kube-proxy's nftables mode, flannel's
     EnableNFTables masquerade): `text` is `nft -f` input, every Nftables op of a namespace
     loaded with one `nft -f -` (one transaction: all of it or nothing; apply/nftables.py).
@@ -221,8 +247,8 @@ class Nftables:
     stage = STAGE_ROUTE
 
 
-@dataclass(frozen=True)
-class Ipset:
+@_frozen
+class Ipset(_Frozen):
     """IP sets of the namespace (kube-proxy's ipvs mode: KUBE-CLUSTER-IP, KUBE-NODE-PORT-TCP,
     ...): `text` is `ipset restore` input, loaded with one `ipset restore` per namespace
     before its iptables rules (which name the sets).  Sets live in the namespace and go
@@ -232,8 +258,8 @@ class Ipset:
     stage = STAGE_ROUTE
 
 
-@dataclass(frozen=True)
-class Ipvs:
+@_frozen
+class Ipvs(_Frozen):
     """IPVS virtual and real servers of the namespace (kube-proxy's ipvs mode): `text` is
     `ipvsadm-restore` input, loaded with one ipvsadm-restore per namespace, first in its
     batch (it loads ip_vs, whose net.ipv4.vs.* sysctls the same batch then sets).  IPVS
