@@ -22,13 +22,14 @@ from dataclasses import dataclass, field
 STAGE_NAMESPACE, STAGE_LINK, STAGE_DEVICE, STAGE_CONFIG, STAGE_ROUTE, STAGE_PROCESS = range(6)
 
 
-class _Frozen:
-    """Equality, hash and repr of the frozen classes below, as @dataclass(frozen=True)
+class Frozen:
+    """Equality, hash and repr of frozen dataclasses (plan.frozen), as @dataclass(frozen=True)
     would generate them for each (the fields compared, hashed and shown in field order),
     written once from an instance's __dict__ (its fields, in field order: __init__ sets
     them so).  Python 3.11 compiles every generated method of every dataclass at import:
-    these 60 are ~4% of the instructions of a converge (tests/test_plan_record.py holds
-    them to the generated ones)."""
+    three per class fewer (the 20 here, the backends' 5, images' and qdisc's: 81 methods)
+    is ~2% of the instructions of a converge (tests/test_plan_record.py holds them to the
+    generated ones)."""
     __slots__ = ()
 
     def __eq__(self, other):
@@ -43,13 +44,15 @@ class _Frozen:
         return f"{self.__class__.__qualname__}({', '.join(f'{k}={v!r}' for k, v in self.__dict__.items())})"
 
 
-def _frozen(cls):
-    """@dataclass(frozen=True) with _Frozen's equality, hash and repr (the class derives from it)."""
+def frozen(cls):
+    """@dataclass(frozen=True) with Frozen's equality, hash and repr (the class derives
+    from Frozen): for a frozen dataclass whose fields all compare and show (no field(...)
+    options), here and in the modules above."""
     return dataclass(frozen=True, eq=False, repr=False)(cls)
 
 
-@_frozen
-class Container(_Frozen):
+@frozen
+class Container(Frozen):
     """A container node (nslab/containers.py): started with `--network none`, then its
     network namespace is named <lab>.<node> and wired like any other."""
     image: str
@@ -58,24 +61,24 @@ class Container(_Frozen):
     cap_add: tuple = ()
 
 
-@_frozen
-class Netns(_Frozen):
+@frozen
+class Netns(Frozen):
     ns: str
     node: str
     container: Container | None = None     # the namespace is a container's (`image:`)
     stage = STAGE_NAMESPACE
 
 
-@_frozen
-class Sysctl(_Frozen):
+@frozen
+class Sysctl(Frozen):
     ns: str
     key: str          # sysctl(8) notation; '/' stands for a dot inside a name
     value: str
     stage: int = STAGE_NAMESPACE   # STAGE_CONFIG for per-interface keys (the interface must exist)
 
 
-@_frozen
-class Peer(_Frozen):
+@frozen
+class Peer(Frozen):
     ns: str
     name: str
     mtu: int
@@ -83,8 +86,8 @@ class Peer(_Frozen):
     address: str | None = None     # only for display; addresses are Addr ops
 
 
-@_frozen
-class Link(_Frozen):
+@frozen
+class Link(Frozen):
     """Create a device.  kind: veth (with peer, both ends created in their namespaces),
     bridge, vxlan (options in vxlan), ipip (options in ipip), tun (a persistent TUN device
     owned by the lab: created with TUNSETIFF + TUNSETPERSIST inside the namespace), dummy
@@ -102,8 +105,8 @@ class Link(_Frozen):
     up: bool = True                # False: created down (kube-ipvs0)
 
 
-@_frozen
-class BridgePort(_Frozen):
+@frozen
+class BridgePort(Frozen):
     """A bridge port's settings: hairpin mode, or (master) the veth end made in a namespace
     other than its bridge's enslaved to it (a join of two segments: a veth's peer cannot
     be given a master in the message that creates the pair)."""
@@ -114,8 +117,8 @@ class BridgePort(_Frozen):
     stage = STAGE_CONFIG
 
 
-@_frozen
-class Addr(_Frozen):
+@frozen
+class Addr(Frozen):
     ns: str
     dev: str
     address: str                   # CIDR
@@ -123,21 +126,21 @@ class Addr(_Frozen):
     stage = STAGE_CONFIG
 
 
-@_frozen
-class Up(_Frozen):
+@frozen
+class Up(Frozen):
     ns: str
     dev: str
     stage = STAGE_CONFIG
 
 
-@_frozen
-class Nexthop(_Frozen):
+@frozen
+class Nexthop(Frozen):
     via: str | None
     dev: str
 
 
-@_frozen
-class Route(_Frozen):
+@frozen
+class Route(Frozen):
     ns: str
     dst: str                       # CIDR, 0.0.0.0/0 for default
     nexthops: tuple[Nexthop, ...]
@@ -146,8 +149,8 @@ class Route(_Frozen):
     stage = STAGE_ROUTE
 
 
-@_frozen
-class Neigh(_Frozen):
+@frozen
+class Neigh(Frozen):
     """A permanent neighbour entry (flannel writes one per remote VTEP)."""
     ns: str
     dev: str
@@ -156,8 +159,8 @@ class Neigh(_Frozen):
     stage = STAGE_ROUTE
 
 
-@_frozen
-class Fdb(_Frozen):
+@frozen
+class Fdb(Frozen):
     """A permanent FDB entry on a vxlan device: MAC -> remote VTEP IP (`self permanent`)."""
     ns: str
     dev: str
@@ -166,8 +169,8 @@ class Fdb(_Frozen):
     stage = STAGE_ROUTE
 
 
-@_frozen
-class Serve(_Frozen):
+@frozen
+class Serve(Frozen):
     """A service the lab agent runs in a namespace (one agent process for the whole lab)."""
     ns: str
     node: str
@@ -176,8 +179,8 @@ class Serve(_Frozen):
     stage = STAGE_PROCESS
 
 
-@_frozen
-class TxChecksum(_Frozen):
+@frozen
+class TxChecksum(Frozen):
     """Turn a device's transmit checksum offload on or off (`ethtool -K DEV tx off`).
     Off, the kernel completes checksums (and segments GSO packets) before the device, as
     a real NIC would; needed where a kernel ipip node talks to a userspace encapsulator,
@@ -188,8 +191,8 @@ class TxChecksum(_Frozen):
     stage = STAGE_CONFIG
 
 
-@_frozen
-class Qdisc(_Frozen):
+@frozen
+class Qdisc(Frozen):
     """Link conditions on a device: its root qdisc (`tc qdisc replace dev DEV root ...`),
     tbf for a rate alone, netem for delay, jitter or loss.  `conditions` are (key, value)
     pairs as a topology writes them (model.units.Conditions.parse reads them back); `mtu`
@@ -201,8 +204,8 @@ class Qdisc(_Frozen):
     stage = STAGE_CONFIG
 
 
-@_frozen
-class Daemon(_Frozen):
+@frozen
+class Daemon(Frozen):
     """A process the lab agent runs in a node: a userspace dataplane on its TUN device `dev`
     (nslab/runtime/tunnels.py), kind udp (flannel's udp proxy) or ipip (the encapsulator
     standing in for kernel ipip); or kind dns, the cluster DNS server in the coredns pod
@@ -225,8 +228,8 @@ class Daemon(_Frozen):
         return f"{self.kind} {'server' if self.kind == 'dns' else 'dataplane'} on {self.node}"
 
 
-@_frozen
-class Iptables(_Frozen):
+@frozen
+class Iptables(Frozen):
     """Rules for the namespace's own netfilter tables (flannel's ip-masq, kube-proxy's
     services): `text` is iptables-restore input, loaded with one `iptables-restore
     --noflush` per namespace (apply/iptables.py).  After the routes: nothing in it names a
@@ -236,8 +239,8 @@ class Iptables(_Frozen):
     stage = STAGE_ROUTE
 
 
-@_frozen
-class Nftables(_Frozen):
+@frozen
+class Nftables(Frozen):
     """Tables of the namespace's own nftables (kube-proxy's nftables mode, flannel's
     EnableNFTables masquerade): `text` is `nft -f` input, every Nftables op of a namespace
     loaded with one `nft -f -` (one transaction: all of it or nothing; apply/nftables.py).
@@ -247,8 +250,8 @@ class Nftables(_Frozen):
     stage = STAGE_ROUTE
 
 
-@_frozen
-class Ipset(_Frozen):
+@frozen
+class Ipset(Frozen):
     """IP sets of the namespace (kube-proxy's ipvs mode: KUBE-CLUSTER-IP, KUBE-NODE-PORT-TCP,
     ...): `text` is `ipset restore` input, loaded with one `ipset restore` per namespace
     before its iptables rules (which name the sets).  Sets live in the namespace and go
@@ -258,8 +261,8 @@ class Ipset(_Frozen):
     stage = STAGE_ROUTE
 
 
-@_frozen
-class Ipvs(_Frozen):
+@frozen
+class Ipvs(Frozen):
     """IPVS virtual and real servers of the namespace (kube-proxy's ipvs mode): `text` is
     `ipvsadm-restore` input, loaded with one ipvsadm-restore per namespace, first in its
     batch (it loads ip_vs, whose net.ipv4.vs.* sysctls the same batch then sets).  IPVS

@@ -103,7 +103,7 @@ def test_every_op_type_round_trips(name: str):
 
 @pytest.mark.parametrize("name", sorted(set(P._classes()) - {"Plan"}))
 def test_frozen_classes_compare_hash_and_show_as_generated_ones_would(name: str):
-    """plan._Frozen's methods (from __dict__) against @dataclass(frozen=True)'s: equality
+    """plan.Frozen's methods (from __dict__) against @dataclass(frozen=True)'s: equality
     and hash over the fields in field order, repr `Class(field=value, ...)`; still frozen."""
     cls = P._classes()[name]
     op = sample(cls)
@@ -117,6 +117,21 @@ def test_frozen_classes_compare_hash_and_show_as_generated_ones_would(name: str)
     assert op != other and not op == other
     with pytest.raises(dataclasses.FrozenInstanceError):
         setattr(op, fields[0], "x")
+
+
+def test_frozen_classes_of_other_modules_compare_hash_and_show_as_generated_ones_would():
+    """The other plan.Frozen classes (backends', images', qdisc's), on real instances."""
+    from nslab import backends
+    from nslab.apply import images, qdisc
+    values = backends.all() + [backends.Config(), backends.DIRECT] + list(images.IMAGES.values())
+    values += [v for b in backends.all() for v in (b.wire, b.dataplane) if v is not None]
+    values.append(qdisc.Qdisc(dev="eth0", ifindex=2, kind="tbf", handle=0x10000, conditions=None))
+    assert {type(v) for v in values} == set(P.Frozen.__subclasses__()) - set(P._classes().values())
+    for v in values:
+        fields = [f.name for f in dataclasses.fields(v)]
+        got = tuple(getattr(v, f) for f in fields)
+        assert hash(v) == hash(got) and v == dataclasses.replace(v) and v != got
+        assert repr(v) == f"{type(v).__qualname__}({', '.join(f'{f}={x!r}' for f, x in zip(fields, got))})"
 
 
 def test_op_types_are_the_dataclasses_with_a_stage():
