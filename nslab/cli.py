@@ -1152,14 +1152,19 @@ ONE_SHOT = {"up", "down", "validate", "script", "generate", "test"}
 
 
 def main():
-    if sys.argv[1:2] and sys.argv[1] in ONE_SHOT:
+    one_shot = sys.argv[1:2] and sys.argv[1] in ONE_SHOT
+    if one_shot:
         gc.disable()
     raise_nofile_soft_limit()      # soft -> hard: a 1,000-namespace lab needs more than Debian's 1024
     if sys.argv[1:] in (["--version"], ["-V"]):   # not a typer callback: that would load typer every time
         from importlib.metadata import version  # lazy: start-up
         print(f"nslab {version('nslab')}")
         return
-    typer.main(app)                # plain command lines parsed here; --help, completion, odd input: typer
+    try:
+        typer.main(app)            # plain command lines parsed here; --help, completion, odd input: typer
+    finally:
+        if one_shot:               # the interpreter's last collection at exit skips what it holds:
+            gc.freeze()            # a 1,000-pod converge's ~300,000 objects (-2% of its instructions)
 
 
 if __name__ == "__main__":

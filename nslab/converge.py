@@ -155,15 +155,18 @@ def converge(topo, overrides: dict | None = None, progress=None) -> tuple[diff.C
         new = target_plan(topo, overrides)
         new_lines = P.op_lines(new)
         old, old_lines = applied(lab, st, new, new_lines)
-        _own_names(lab, old)
+        # the plans' namespaces, found once (a 1,000-pod plan has ~12,000 ops to walk)
+        old_nss, new_nss = _netns(old), _netns(new)
+        _own_names(lab, old_nss)
         c = diff.compute(old, new, interrupted(lab, st, old) if resuming else (), (old_lines, new_lines))
         if resuming:
             c.agent = c.agent or any(isinstance(op, diff.PROCESS_OPS) for op in new.ops + old.ops)
         if c.empty and not resuming:
             return c, new, st, []
-        engine = _refuse(lab, c, old, new, st)
+        engine = _refuse(lab, c, new_nss, st)
         try:
-            notices = _run(topo, st, old, new, c, overrides, progress, engine, P.to_json(new, new_lines))
+            notices = _run(topo, st, (old_nss, new_nss), new, c, overrides, progress, engine,
+                           P.to_json(new, new_lines))
         except NslabError as e:         # the record says converging: the next up or down finishes
             half = NslabError(f"{e} (lab {lab} is half-converged: `nslab up` again finishes it, "
                               f"`nslab down {lab}` removes it)")
@@ -172,22 +175,23 @@ def converge(topo, overrides: dict | None = None, progress=None) -> tuple[diff.C
         return c, new, st, notices
 
 
-def _own_names(lab: str, old: P.Plan) -> None:
+def _own_names(lab: str, old_nss: list[P.Netns]) -> None:
     """The recorded plan is input (issue 18, hole 3): its node names become paths (the
     nodes' UTS files under the run directory) and its namespaces are dropped or changed, so
-    each of its namespaces must be `LAB.NODE` with NODE a node name, or nothing happens."""
-    for op in old.ops:
-        if isinstance(op, P.Netns) and (op.ns != f"{lab}.{op.node}" or not state.lab_namespace(lab, op.ns)):
+    each of its namespaces (`old_nss`: its Netns ops) must be `LAB.NODE` with NODE a node
+    name, or nothing happens."""
+    for op in old_nss:
+        if op.ns != f"{lab}.{op.node}" or not state.lab_namespace(lab, op.ns):
             raise state.RecordError(f"lab {lab}: its recorded plan names namespace {op.ns!r} for node {op.node!r}, "
                                     f"which is not how lab {lab} names its nodes: nslab will not touch it; "
                                     f"`nslab down {lab}` and bring it up again")
 
 
-def _refuse(lab: str, c: diff.Converge, old: P.Plan, new: P.Plan, st: state.LabState):
+def _refuse(lab: str, c: diff.Converge, new_nss: list[P.Netns], st: state.LabState):
     """What this converge cannot do, said before anything changes; the container engine
-    when containers are to be started (their images here, their names free)."""
-    starting = [op for op in new.ops if isinstance(op, P.Netns) and op.container
-                and (op.ns in c.create or op.ns in c.recreate)]
+    when containers are to be started (their images here, their names free).  `new_nss`:
+    the new plan's Netns ops."""
+    starting = [op for op in new_nss if op.container and (op.ns in c.create or op.ns in c.recreate)]
     engine = containers.check(P.Plan(lab=lab, ops=starting)) if starting else None
     if engine is not None:     # the lab's own containers of those names are no conflict (they go first)
         containers.conflicts(engine, P.Plan(lab=lab, ops=starting), lab, st.dir)
@@ -208,7 +212,7 @@ def _refuse(lab: str, c: diff.Converge, old: P.Plan, new: P.Plan, st: state.LabS
     return engine
 
 
-def _run(topo, st, old, new, c, overrides, progress, engine, plan_json: str) -> list[str]:
+def _run(topo, st, nss: tuple[list, list], new, c, overrides, progress, engine, plan_json: str) -> list[str]:
     lab = topo.name
 
     def record(change) -> None:        # our copy first, then the record
@@ -219,8 +223,7 @@ def _run(topo, st, old, new, c, overrides, progress, engine, plan_json: str) -> 
         st.ns_ids.update(ids)
         state.record_namespaces(lab, ids)
 
-    # the plans' namespaces, walked once (a 1,000-pod plan has ~12,000 ops)
-    old_nss, new_nss = _netns(old), _netns(new)
+    old_nss, new_nss = nss          # the plans' Netns ops
     nodes = {op.ns: op.node for op in old_nss + new_nss}
     boxed = {op.ns for op in new_nss if op.container}
     # 1. what is about to happen

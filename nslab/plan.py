@@ -22,8 +22,37 @@ from dataclasses import dataclass, field
 STAGE_NAMESPACE, STAGE_LINK, STAGE_DEVICE, STAGE_CONFIG, STAGE_ROUTE, STAGE_PROCESS = range(6)
 
 
-@dataclass(frozen=True)
-class Container:
+class Frozen:
+    """Equality, hash and repr of frozen dataclasses (plan.frozen), as @dataclass(frozen=True)
+    would generate them for each (the fields compared, hashed and shown in field order),
+    written once from an instance's __dict__ (its fields, in field order: __init__ sets
+    them so).  Python 3.11 compiles every generated method of every dataclass at import:
+    three per class fewer (the 20 here, the backends' 5, images' and qdisc's: 81 methods)
+    is ~2% of the instructions of a converge (tests/test_plan_record.py holds them to the
+    generated ones)."""
+    __slots__ = ()
+
+    def __eq__(self, other):
+        if other.__class__ is self.__class__:
+            return self.__dict__ == other.__dict__
+        return NotImplemented
+
+    def __hash__(self):
+        return hash(tuple(self.__dict__.values()))
+
+    def __repr__(self):
+        return f"{self.__class__.__qualname__}({', '.join(f'{k}={v!r}' for k, v in self.__dict__.items())})"
+
+
+def frozen(cls):
+    """@dataclass(frozen=True) with Frozen's equality, hash and repr (the class derives
+    from Frozen): for a frozen dataclass whose fields all compare and show (no field(...)
+    options), here and in the modules above."""
+    return dataclass(frozen=True, eq=False, repr=False)(cls)
+
+
+@frozen
+class Container(Frozen):
     """A container node (nslab/containers.py): started with `--network none`, then its
     network namespace is named <lab>.<node> and wired like any other."""
     image: str
@@ -32,24 +61,24 @@ class Container:
     cap_add: tuple = ()
 
 
-@dataclass(frozen=True)
-class Netns:
+@frozen
+class Netns(Frozen):
     ns: str
     node: str
     container: Container | None = None     # the namespace is a container's (`image:`)
     stage = STAGE_NAMESPACE
 
 
-@dataclass(frozen=True)
-class Sysctl:
+@frozen
+class Sysctl(Frozen):
     ns: str
     key: str          # sysctl(8) notation; '/' stands for a dot inside a name
     value: str
     stage: int = STAGE_NAMESPACE   # STAGE_CONFIG for per-interface keys (the interface must exist)
 
 
-@dataclass(frozen=True)
-class Peer:
+@frozen
+class Peer(Frozen):
     ns: str
     name: str
     mtu: int
@@ -57,8 +86,8 @@ class Peer:
     address: str | None = None     # only for display; addresses are Addr ops
 
 
-@dataclass(frozen=True)
-class Link:
+@frozen
+class Link(Frozen):
     """Create a device.  kind: veth (with peer, both ends created in their namespaces),
     bridge, vxlan (options in vxlan), ipip (options in ipip), tun (a persistent TUN device
     owned by the lab: created with TUNSETIFF + TUNSETPERSIST inside the namespace), dummy
@@ -76,8 +105,8 @@ class Link:
     up: bool = True                # False: created down (kube-ipvs0)
 
 
-@dataclass(frozen=True)
-class BridgePort:
+@frozen
+class BridgePort(Frozen):
     """A bridge port's settings: hairpin mode, or (master) the veth end made in a namespace
     other than its bridge's enslaved to it (a join of two segments: a veth's peer cannot
     be given a master in the message that creates the pair)."""
@@ -88,8 +117,8 @@ class BridgePort:
     stage = STAGE_CONFIG
 
 
-@dataclass(frozen=True)
-class Addr:
+@frozen
+class Addr(Frozen):
     ns: str
     dev: str
     address: str                   # CIDR
@@ -97,21 +126,21 @@ class Addr:
     stage = STAGE_CONFIG
 
 
-@dataclass(frozen=True)
-class Up:
+@frozen
+class Up(Frozen):
     ns: str
     dev: str
     stage = STAGE_CONFIG
 
 
-@dataclass(frozen=True)
-class Nexthop:
+@frozen
+class Nexthop(Frozen):
     via: str | None
     dev: str
 
 
-@dataclass(frozen=True)
-class Route:
+@frozen
+class Route(Frozen):
     ns: str
     dst: str                       # CIDR, 0.0.0.0/0 for default
     nexthops: tuple[Nexthop, ...]
@@ -120,8 +149,8 @@ class Route:
     stage = STAGE_ROUTE
 
 
-@dataclass(frozen=True)
-class Neigh:
+@frozen
+class Neigh(Frozen):
     """A permanent neighbour entry (flannel writes one per remote VTEP)."""
     ns: str
     dev: str
@@ -130,8 +159,8 @@ class Neigh:
     stage = STAGE_ROUTE
 
 
-@dataclass(frozen=True)
-class Fdb:
+@frozen
+class Fdb(Frozen):
     """A permanent FDB entry on a vxlan device: MAC -> remote VTEP IP (`self permanent`)."""
     ns: str
     dev: str
@@ -140,8 +169,8 @@ class Fdb:
     stage = STAGE_ROUTE
 
 
-@dataclass(frozen=True)
-class Serve:
+@frozen
+class Serve(Frozen):
     """A service the lab agent runs in a namespace (one agent process for the whole lab)."""
     ns: str
     node: str
@@ -150,8 +179,8 @@ class Serve:
     stage = STAGE_PROCESS
 
 
-@dataclass(frozen=True)
-class TxChecksum:
+@frozen
+class TxChecksum(Frozen):
     """Turn a device's transmit checksum offload on or off (`ethtool -K DEV tx off`).
     Off, the kernel completes checksums (and segments GSO packets) before the device, as
     a real NIC would; needed where a kernel ipip node talks to a userspace encapsulator,
@@ -162,8 +191,8 @@ class TxChecksum:
     stage = STAGE_CONFIG
 
 
-@dataclass(frozen=True)
-class Qdisc:
+@frozen
+class Qdisc(Frozen):
     """Link conditions on a device: its root qdisc (`tc qdisc replace dev DEV root ...`),
     tbf for a rate alone, netem for delay, jitter or loss.  `conditions` are (key, value)
     pairs as a topology writes them (model.units.Conditions.parse reads them back); `mtu`
@@ -175,8 +204,8 @@ class Qdisc:
     stage = STAGE_CONFIG
 
 
-@dataclass(frozen=True)
-class Daemon:
+@frozen
+class Daemon(Frozen):
     """A process the lab agent runs in a node: a userspace dataplane on its TUN device `dev`
     (nslab/runtime/tunnels.py), kind udp (flannel's udp proxy) or ipip (the encapsulator
     standing in for kernel ipip); or kind dns, the cluster DNS server in the coredns pod
@@ -199,8 +228,8 @@ class Daemon:
         return f"{self.kind} {'server' if self.kind == 'dns' else 'dataplane'} on {self.node}"
 
 
-@dataclass(frozen=True)
-class Iptables:
+@frozen
+class Iptables(Frozen):
     """Rules for the namespace's own netfilter tables (flannel's ip-masq, kube-proxy's
     services): `text` is iptables-restore input, loaded with one `iptables-restore
     --noflush` per namespace (apply/iptables.py).  After the routes: nothing in it names a
@@ -210,8 +239,8 @@ class Iptables:
     stage = STAGE_ROUTE
 
 
-@dataclass(frozen=True)
-class Nftables:
+@frozen
+class Nftables(Frozen):
     """Tables of the namespace's own nftables (kube-proxy's nftables mode, flannel's
     EnableNFTables masquerade): `text` is `nft -f` input, every Nftables op of a namespace
     loaded with one `nft -f -` (one transaction: all of it or nothing; apply/nftables.py).
@@ -221,8 +250,8 @@ class Nftables:
     stage = STAGE_ROUTE
 
 
-@dataclass(frozen=True)
-class Ipset:
+@frozen
+class Ipset(Frozen):
     """IP sets of the namespace (kube-proxy's ipvs mode: KUBE-CLUSTER-IP, KUBE-NODE-PORT-TCP,
     ...): `text` is `ipset restore` input, loaded with one `ipset restore` per namespace
     before its iptables rules (which name the sets).  Sets live in the namespace and go
@@ -232,8 +261,8 @@ class Ipset:
     stage = STAGE_ROUTE
 
 
-@dataclass(frozen=True)
-class Ipvs:
+@frozen
+class Ipvs(Frozen):
     """IPVS virtual and real servers of the namespace (kube-proxy's ipvs mode): `text` is
     `ipvsadm-restore` input, loaded with one ipvsadm-restore per namespace, first in its
     batch (it loads ip_vs, whose net.ipv4.vs.* sysctls the same batch then sets).  IPVS
@@ -337,23 +366,33 @@ class _Json:
 _FIELDS: dict[type, tuple] = {}
 
 
-def _fields(value) -> dict:
-    """A dataclass's fields as a dict, defaults left out (a large plan stays small)."""
+def _fields_spec(cls: type) -> tuple:
+    """(field names, their getter, (name, default) of those with a default) of dataclass `cls`."""
+    spec = _FIELDS.get(cls)
+    if spec is None:
+        fs = dataclasses.fields(cls)
+        spec = _FIELDS[cls] = (tuple(f.name for f in fs), operator.attrgetter(*(f.name for f in fs)),
+                               tuple((f.name, f.default) for f in fs if f.default is not dataclasses.MISSING))
+    return spec
+
+
+def _fields(value, op: str | None = None) -> dict:
+    """A dataclass's fields as a dict, defaults left out (a large plan stays small); `op`:
+    an op's type name, put first under "op" (its line's dict made once, not copied)."""
     cls = type(value)
     spec = _FIELDS.get(cls)
     if spec is None:
         if not dataclasses.is_dataclass(cls):
             raise TypeError(f"cannot record a {cls.__name__} in a plan: {value!r}")
-        fs = dataclasses.fields(cls)
-        spec = _FIELDS[cls] = (tuple(f.name for f in fs), operator.attrgetter(*(f.name for f in fs)),
-                               tuple((f.name, f.default) for f in fs if f.default is not dataclasses.MISSING))
+        spec = _fields_spec(cls)
     names, get, defaults = spec
+    out = {"op": op} if op is not None else {}
     own = getattr(value, "__dict__", None)
     if own is not None and len(own) == len(names):
-        out = dict(own)         # the fields, in class order (__init__ sets them so): a C-level copy
+        out.update(own)         # the fields, in class order (__init__ sets them so): a C-level copy
     else:
         values = get(value)
-        out = dict(zip(names, values if len(names) > 1 else (values,)))
+        out.update(zip(names, values if len(names) > 1 else (values,)))
     for name, default in defaults:
         v = out[name]
         if v == default and type(v) is type(default):
@@ -371,14 +410,42 @@ def op_lines(plan: Plan) -> list[str]:
     their lines (compile/diff.py) and reads back only the lines that changed (from_json)."""
     import orjson       # lazy: start-up (commands that do not write a plan)
     dumps, opt, refused = orjson.dumps, orjson.OPT_PASSTHROUGH_DATACLASS, orjson.JSONEncodeError
+    makers = _LINE_DICTS
 
     def line(op) -> str:
-        fields = {"op": type(op).__name__, **_fields(op)}
+        make = makers.get(type(op))
+        fields = (make or _line_dict(type(op)))(op)
         try:        # orjson: the JSON of a 1,000-pod plan's ~12,000 ops in ~1/3 of json's time
             return dumps(fields, default=_fields, option=opt).decode()
         except refused:         # what orjson does not take (an integer beyond 64 bits): json's
             return _ENCODE_JSON(fields)
     return [line(op) for op in plan.ops]
+
+
+_LINE_DICTS: dict[type, object] = {}
+
+
+def _line_dict(cls: type):
+    """op -> _fields(op, cls.__name__) for ops of class `cls`, made once per class: its
+    fields copied from the op's __dict__ (as _fields does), only its fields that have a
+    default compared (a 1,000-pod plan has ~12,000 ops: the generic _fields is most of
+    op_lines' time)."""
+    tag = cls.__name__
+    _fields_spec(cls)
+    names, _, defaults = _FIELDS[cls]
+    size = len(names) + 1
+
+    def make(op) -> dict:
+        out = {"op": tag, **op.__dict__}
+        if len(out) != size:            # not the fields alone: the generic way
+            return _fields(op, tag)
+        for name, default in defaults:
+            v = out[name]
+            if v == default and type(v) is type(default):
+                del out[name]
+        return out
+    _LINE_DICTS[cls] = make
+    return make
 
 
 _OPS_OPEN, _OPS_CLOSE = ', "ops": [\n', "\n]}\n"
@@ -643,9 +710,12 @@ def from_json_lines(text: str, known: dict) -> tuple[Plan, list[str]]:
         body = rest[:-len(_OPS_CLOSE)]
         lines = body.split(",\n") if body else []
         plan = _head(_loads(head + "]}"))
-        kinds = _op_builders()
-        try:
-            plan.ops = [known[line] if line in known else _op(i, _loads(line), kinds) for i, line in enumerate(lines)]
+        plan.ops = ops = [known.get(line) for line in lines]
+        missing = [i for i, op in enumerate(ops) if op is None]
+        try:        # the decoders made only if a line is to be decoded (not so for a pod added)
+            kinds = _op_builders() if missing else None
+            for i in missing:
+                ops[i] = _op(i, _loads(lines[i]), kinds)
             return plan, lines
         except ValueError:      # a line that is not one JSON value: the text is not to_json's
             pass

@@ -101,6 +101,39 @@ def test_every_op_type_round_trips(name: str):
     same(plan, P.from_json(P.to_json(plan)))
 
 
+@pytest.mark.parametrize("name", sorted(set(P._classes()) - {"Plan"}))
+def test_frozen_classes_compare_hash_and_show_as_generated_ones_would(name: str):
+    """plan.Frozen's methods (from __dict__) against @dataclass(frozen=True)'s: equality
+    and hash over the fields in field order, repr `Class(field=value, ...)`; still frozen."""
+    cls = P._classes()[name]
+    op = sample(cls)
+    fields = [f.name for f in dataclasses.fields(cls)]
+    values = tuple(getattr(op, f) for f in fields)
+    assert hash(op) == hash(values)
+    assert repr(op) == f"{name}({', '.join(f'{f}={v!r}' for f, v in zip(fields, values))})"
+    assert op == dataclasses.replace(op) and not op != dataclasses.replace(op)
+    assert op != values and (op == object()) is False
+    other = dataclasses.replace(op, **{fields[0]: "changed"})
+    assert op != other and not op == other
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(op, fields[0], "x")
+
+
+def test_frozen_classes_of_other_modules_compare_hash_and_show_as_generated_ones_would():
+    """The other plan.Frozen classes (backends', images', qdisc's), on real instances."""
+    from nslab import backends
+    from nslab.apply import images, qdisc
+    values = backends.all() + [backends.Config(), backends.DIRECT] + list(images.IMAGES.values())
+    values += [v for b in backends.all() for v in (b.wire, b.dataplane) if v is not None]
+    values.append(qdisc.Qdisc(dev="eth0", ifindex=2, kind="tbf", handle=0x10000, conditions=None))
+    assert {type(v) for v in values} == set(P.Frozen.__subclasses__()) - set(P._classes().values())
+    for v in values:
+        fields = [f.name for f in dataclasses.fields(v)]
+        got = tuple(getattr(v, f) for f in fields)
+        assert hash(v) == hash(got) and v == dataclasses.replace(v) and v != got
+        assert repr(v) == f"{type(v).__qualname__}({', '.join(f'{f}={x!r}' for f, x in zip(fields, got))})"
+
+
 def test_op_types_are_the_dataclasses_with_a_stage():
     ops = P.op_types()
     assert "Plan" not in ops and "Nexthop" not in ops and "Peer" not in ops and "Container" not in ops

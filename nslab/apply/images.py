@@ -9,18 +9,18 @@ import re
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass
 
 from ..errors import NslabError, PrerequisiteError
 from ..model.containers import normalize
 from . import netns
 from .. import spawn
+from ..plan import Frozen, frozen
 
 LABEL_RECIPE = "nslab.recipe"
 
 
-@dataclass(frozen=True)
-class Recipe:
+@frozen
+class Recipe(Frozen):
     name: str
     what: str
     build: callable

@@ -23,9 +23,10 @@ import os
 import re
 import socket
 import struct
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from .. import plan as P
+from ..plan import Frozen, frozen
 from ..errors import NslabError
 from ..model.units import (ETH_HLEN, NETEM_DEFAULT_LIMIT, TBF_DEFAULT_LATENCY_US, TBF_MIN_BURST, TICKS_PER_USEC,
                            U32_MAX, Conditions, ConditionsError, effective, format_size)
@@ -260,8 +261,8 @@ def decode_netem(opts: bytes) -> Conditions:
                       jitter_us=round(jitter_ns / 1000) or None, loss_u32=loss or None, limit=limit)
 
 
-@dataclass(frozen=True)
-class Qdisc:
+@frozen
+class Qdisc(Frozen):
     """A root qdisc as read back.  conditions is None for kinds nslab does not set."""
     dev: str
     ifindex: int

@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..errors import UsageError
+from ..plan import Frozen, frozen
 
 IFNAMSIZ = 16               # linux/if.h: device names hold at most 15 bytes
 IPV4_MIN_MTU = 68           # RFC 791; the kernel refuses less on an IPv4 device
@@ -43,8 +43,8 @@ class UnknownBackend(UsageError):
     """get() of a type no module defines (a record from another nslab version, a typo)."""
 
 
-@dataclass(frozen=True)
-class Config:
+@frozen
+class Config(Frozen):
     """One lab's backend section, parsed (what flanneld reads from net-conf.json's Backend).
     vni and gbp mean something to vxlan only, port to the UDP backends (None elsewhere);
     `options` holds (key, value) pairs of keys only a newer backend has."""
@@ -66,8 +66,8 @@ class Config:
         return get(self.type).device(self)
 
 
-@dataclass(frozen=True)
-class Style:
+@frozen
+class Style(Frozen):
     """How `nslab graph` draws the overlay paths of this backend."""
     colour: str
     legend: str                 # the words of the legend
@@ -77,8 +77,8 @@ class Style:
 DIRECT = Style("#27ae60", "direct route (no encapsulation)")
 
 
-@dataclass(frozen=True)
-class Wire:
+@frozen
+class Wire(Frozen):
     """How the backend's packets look on the wire, for decode / test / trace.
     A UDP backend (ip_proto 17) is recognised by destination port: its `default_ports` in
     any lab, plus the lab's configured port.  Otherwise by the outer IP protocol."""
@@ -101,8 +101,8 @@ class Wire:
         return (("udp",) if self.udp else ()) + (self.layer, self.inner)
 
 
-@dataclass(frozen=True)
-class Dataplane:
+@frozen
+class Dataplane(Frozen):
     """A userspace process nslab runs in a node's namespace on a TUN device (the code is in
     the runtime); plan.Daemon ops name it by `kind`."""
     kind: str
@@ -111,8 +111,8 @@ class Dataplane:
     ttl_hops: int = 0           # TTL it takes off each packet it carries, beyond the kernel's routing
 
 
-@dataclass(frozen=True)
-class Backend:
+@frozen
+class Backend(Frozen):
     name: str                   # the `type:` of the backend section
     rank: int                   # position in lists users see (flannel's docs order)
     keys: frozenset             # keys its section may have, `type` included

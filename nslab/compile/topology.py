@@ -4,6 +4,7 @@ from __future__ import annotations
 from .. import plan as P
 from ..model import Topology
 from ..model.limits import hub_pairs, neighbour_domains
+from ..model.types import interface_text, ip_text
 from .cluster import compile_cluster
 from .tunnels import compile_tunnels
 
@@ -28,12 +29,13 @@ def compile_topology(topo: Topology) -> P.Plan:
             plan.add(P.Link(ns=node.ns, name=br.name, kind="bridge", mtu=br.mtu, mac=br.mac))
     # veth pairs: created from the switch side (so the port is enslaved in the same message)
     # or from the first-declared end; both ends are born in their own namespaces.
-    for (node, iface), (peer_node, peer) in _veth_pairs(topo):
+    pairs = list(_veth_pairs(topo))     # walked twice: found once (a frozenset per interface)
+    for (node, iface), (peer_node, peer) in pairs:
         plan.add(P.Link(ns=node.ns, name=iface.name, kind="veth", mtu=iface.mtu, mac=iface.mac,
                         master=iface.bridge,
                         peer=P.Peer(ns=peer_node.ns, name=peer.name, mtu=peer.mtu, mac=peer.mac,
-                                    address=str(peer.ip) if peer.ip else None)))
-    for (_, _), (peer_node, peer) in _veth_pairs(topo):
+                                    address=interface_text(peer.ip) if peer.ip else None)))
+    for (_, _), (peer_node, peer) in pairs:
         plan.add(P.Up(peer_node.ns, peer.name))
         if peer.bridge:         # two segments joined: the far end is a port of its own bridge
             plan.add(P.BridgePort(peer_node.ns, peer.name, master=peer.bridge))
@@ -41,10 +43,10 @@ def compile_topology(topo: Topology) -> P.Plan:
         plan.add(P.Up(node.ns, "lo"))
         for br in node.bridges:
             if br.ip is not None:
-                plan.add(P.Addr(node.ns, br.name, str(br.ip)))
+                plan.add(P.Addr(node.ns, br.name, interface_text(br.ip)))
         for iface in node.ifaces:
             if iface.ip is not None:
-                plan.add(P.Addr(node.ns, iface.name, str(iface.ip)))
+                plan.add(P.Addr(node.ns, iface.name, interface_text(iface.ip)))
             if iface.hairpin:
                 plan.add(P.BridgePort(node.ns, iface.name, hairpin=True))
             if iface.conditions is not None:     # link conditions: this end's root qdisc
@@ -60,7 +62,7 @@ def compile_topology(topo: Topology) -> P.Plan:
                 dst = dsts[id(route.dst)] = str(route.dst)
             nh = hops.get(id(route.nexthops))
             if nh is None:
-                nh = hops[id(route.nexthops)] = tuple(P.Nexthop(via=str(h.via) if h.via else None, dev=h.dev)
+                nh = hops[id(route.nexthops)] = tuple(P.Nexthop(via=ip_text(h.via) if h.via else None, dev=h.dev)
                                                       for h in route.nexthops)
             plan.add(P.Route(ns=node.ns, dst=dst, onlink=route.onlink, nexthops=nh))
     _static_neighbours(topo, plan)

@@ -308,10 +308,11 @@ def _pods(p, b, cluster: Cluster, spec, path, dns_node: str | None = None) -> No
                 raise p.err(ppath + ("ip",), f"{ip} is already used by another pod on {node}")
             taken[node].add(int(ip))
     cursor: dict[str, int] = {}     # per node: no free address below it (pinned ones are all taken)
+    gateways: dict[str, IPv4Address] = {}
     for pod, node, pspec, ppath in wanted:
         cn = cluster.nodes[node]
         if "ip" in pspec:
-            ip = IPv4Address(str(pspec["ip"]))
+            ip = int(IPv4Address(str(pspec["ip"])))
         else:   # host-local IPAM: the lowest free address from .2 up (the second of hosts())
             # as ints from where the last pod's search stopped: never hosts() again per pod
             first, last = host_range(cn.subnet)
@@ -322,15 +323,17 @@ def _pods(p, b, cluster: Cluster, spec, path, dns_node: str | None = None) -> No
                 raise p.err(ppath, f"{node}'s subnet {cn.subnet} has no free pod address left")
             taken[node].add(addr)
             cursor[node] = addr + 1
-            ip = IPv4Address(addr)
+            ip = addr          # an int: ipv4_interface takes it as it is
         node_spec = {k: pspec[k] for k in ("serve", "image", "command", "env", "cap_add") if pspec.get(k) is not None}
         pod_node = b.add_node(pod, "pod", node_spec, ppath, mtu=cn.mtu)
         if "containers" in pspec:
             pod_node.members = _members(p, pspec["containers"], ppath + ("containers",), pspec)
-        gw = cn.subnet.network_address + 1
+        gw = gateways.get(node)
+        if gw is None:              # cni0's address, one object per node (not one per pod)
+            gw = gateways[node] = cn.subnet.network_address + 1
         veth = host_veth_name(node, pod)
         dns = pod == services_model.DNS_POD and dns_node is not None
-        cluster.pods[pod] = Pod(name=pod, node=node, ip=ipv4_interface(int(ip), cn.subnet.prefixlen),
+        cluster.pods[pod] = Pod(name=pod, node=node, ip=ipv4_interface(ip, cn.subnet.prefixlen),
                                 group=pod if dns else ppath[-1],
                                 namespace=services_model.DNS_NAMESPACE if dns else "default",
                                 ports=services_model.container_ports(p, pspec.get("ports"), ppath + ("ports",)))

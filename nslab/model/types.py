@@ -193,10 +193,16 @@ def ipv4_interface(address: int, prefixlen: int) -> IPv4Interface:
     return ifc
 
 
-def ip_text(ifc: IPv4Interface) -> str:
-    """str(ifc.ip) without building the IPv4Address (2 of a neighbour entry's 3 us)."""
+def ip_text(ifc: IPv4Interface | IPv4Address) -> str:
+    """str(ifc.ip) without building the IPv4Address (2 of a neighbour entry's 3 us); of an
+    IPv4Address (its int is in _ip too), str(address) without ipaddress's bytes-and-join."""
     a = ifc._ip
     return f"{a >> 24}.{(a >> 16) & 255}.{(a >> 8) & 255}.{a & 255}"
+
+
+def interface_text(ifc: IPv4Interface) -> str:
+    """str(ifc) ("10.0.0.1/24") without ipaddress's bytes-and-join (an op per address)."""
+    return f"{ip_text(ifc)}/{ifc._prefixlen}"
 
 
 def network_bounds(net: IPv4Network) -> tuple[int, int]:
@@ -258,12 +264,14 @@ def ifname_problem(name) -> str | None:
     set), or None."""
     if not isinstance(name, str) or not name:
         return "an interface name must be a non-empty string"
-    if name in (".", "..") or any(c in name for c in "/:") or any(c.isspace() for c in name):
-        return f"{name!r} cannot be an interface name (no '/', ':', whitespace, '.' or '..')"
     # Stricter than the kernel: names reach `nslab script`'s shell lines, sysctl keys and
     # ip(8) arguments, so ASCII words only (no shell metacharacters, no '%', which the
-    # kernel expands as a template, no leading '-' that reads as an option).
+    # kernel expands as a template, no leading '-' that reads as an option).  A name the
+    # pattern takes has no '/', ':' or whitespace and is not '.' or '..', so only a refused
+    # one is scanned for the kernel's reasons (said first, as they are the more exact).
     if not IFNAME_RE.fullmatch(name):
+        if name in (".", "..") or any(c in name for c in "/:") or any(c.isspace() for c in name):
+            return f"{name!r} cannot be an interface name (no '/', ':', whitespace, '.' or '..')"
         return (f"{name!r} is not an interface name nslab accepts: ASCII letters, digits, '_', '-' and '.', "
                 f"starting with a letter or digit")
     if len(name) >= IFNAMSIZ:

@@ -209,11 +209,11 @@ def test_converge_refuses_a_namespace_its_record_names_that_is_not_the_labs(tmp_
     st = state.LabState(lab="lab1", file="x.yaml", ns_ids={"other.x": [1, 2]})
     for field, value in (("remove", ["other.x"]), ("recreate", {"other.x": "image changed"})):
         with pytest.raises(NslabError) as e:
-            converge._refuse("lab1", D.Converge(**{field: value}), P.Plan(lab="lab1"), P.Plan(lab="lab1"), st)
+            converge._refuse("lab1", D.Converge(**{field: value}), [], st)
         assert str(e.value).startswith("lab lab1: its record names namespace 'other.x', which is not a namespace "
                                        "name of lab lab1: nslab will not touch it"), e.value
     # a namespace of the lab's name that is gone is no one's: nothing refused
-    converge._refuse("lab1", D.Converge(remove=["lab1.gone"]), P.Plan(lab="lab1"), P.Plan(lab="lab1"), st)
+    converge._refuse("lab1", D.Converge(remove=["lab1.gone"]), [], st)
 
 
 @pytest.mark.parametrize("ns, node", [("lab1.../../../etc", "../../../etc"), ("lab1.a", "../../x"),
@@ -223,8 +223,8 @@ def test_converge_refuses_a_recorded_plan_whose_names_are_not_the_labs(ns, node)
     unlinked when the node goes): a plan naming anything but LAB.NODE is refused first."""
     from nslab import converge, state
     with pytest.raises(state.RecordError) as e:
-        converge._own_names("lab1", P.Plan(lab="lab1", ops=[P.Netns(ns, node)]))
+        converge._own_names("lab1", [P.Netns(ns, node)])
     assert str(e.value) == (f"lab lab1: its recorded plan names namespace {ns!r} for node {node!r}, which is not how "
                             f"lab lab1 names its nodes: nslab will not touch it; `nslab down lab1` and bring it up "
                             f"again")
-    converge._own_names("lab1", P.Plan(lab="lab1", ops=[P.Netns("lab1.a", "a")]))
+    converge._own_names("lab1", [P.Netns("lab1.a", "a")])

@@ -89,8 +89,9 @@ def test_fast_interface_equals_ipaddress(text):
     if slow.network.prefixlen >= 24:
         assert list(fast.network.hosts()) == list(slow.network.hosts())
     assert {fast: 1}[slow] == 1 and fast.network.prefixlen == slow.network.prefixlen
-    from nslab.model.types import ip_text
-    assert ip_text(fast) == ip_text(slow) == str(slow.ip)
+    from nslab.model.types import interface_text, ip_text
+    assert ip_text(fast) == ip_text(slow) == str(slow.ip) and ip_text(slow.ip) == str(slow.ip)
+    assert interface_text(fast) == interface_text(slow) == str(slow)
     assert fast != IPv4Interface(f"{slow.ip}/{max(slow.network.prefixlen - 1, 0)}") or slow.network.prefixlen == 0
 
 
