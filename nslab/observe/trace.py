@@ -36,7 +36,7 @@ from .. import state
 from ..apply import netns
 from .decode import decode, first_layer, format_layer, format_layers, innermost_ip, ip_key, split
 from ..errors import NslabError, UsageError
-from ..model.tests import SVC
+from ..model.tests import SVC, service_ref
 from .. import spawn
 from . import nat
 from . import probe as probes
@@ -472,21 +472,28 @@ def resolve(topo, text: str) -> Endpoint:
 
 
 def _service_target(lab: str, dst: str, proto: str, port: int | None) -> tuple[dict, str, str, int]:
-    """svc/NAME -> (the service as the trace names it, its cluster IP, the protocol: the
-    service's unless --proto says tcp/udp, the port: its own unless --port says)."""
+    """svc/NAME[:PORT] -> (the service as the trace names it, its cluster IP, the protocol: the
+    port's unless --proto says tcp/udp, the port: the one PORT names (by name or number) or
+    the service's first, unless --port says)."""
     topo = labmod.topology(lab)
     services = topo.cluster.services if topo.cluster is not None else {}
-    name = dst[len(SVC):]
+    name, named = service_ref(dst)
     if name not in services:
         raise UsageError(f"lab {lab} has no service {name!r} (services: {', '.join(services) or 'none'})")
     svc = services[name]
     if svc.headless:
         raise UsageError(f"service {name} is headless (clusterIP: None): no address to trace; trace to one of "
                          f"its pods")
+    chosen = svc.ports[0] if named is None else svc.port_named(named)
+    if chosen is None:
+        raise UsageError(f"service {name} has no port {named!r} (its ports: {svc.port_list()})")
+    if named is not None and port is not None and port != chosen.port:
+        raise UsageError(f"{dst} is port {chosen.port}, not --port {port}")
     if proto == "icmp":                 # kube-proxy rewrites the service's port only: no ping
-        proto = svc.protocol.lower()
-    return ({"name": svc.name, "type": svc.type, "cluster_ip": str(svc.cluster_ip), "port": svc.port,
-             "node_port": svc.node_port}, str(svc.cluster_ip), proto, port if port is not None else svc.port)
+        proto = chosen.protocol.lower()
+    return ({"name": svc.name, "type": svc.type, "cluster_ip": str(svc.cluster_ip), "port": chosen.port,
+             "port_name": chosen.name, "node_port": chosen.node_port}, str(svc.cluster_ip), proto,
+            port if port is not None else chosen.port)
 
 
 def _peers(topo) -> dict[tuple[str, str], tuple[str, str]]:
@@ -496,8 +503,8 @@ def _peers(topo) -> dict[tuple[str, str], tuple[str, str]]:
 def trace(lab: str, src: str, dst: str, proto: str = "icmp", port: int | None = None, ttl: int | None = None,
           timeout: float = 1.0) -> dict:
     labmod.require_root()
-    service = None
-    if dst.startswith(SVC):             # svc/NAME, as in a topology's tests: its cluster IP and port, over TCP
+    service, dst_text = None, dst
+    if dst.startswith(SVC):             # svc/NAME[:PORT], as in a topology's tests: its cluster IP and port
         service, dst, proto, port = _service_target(lab, dst, proto, port)
     if ":" in dst:                      # ADDRESS:PORT, as the note writes a service (10.111.222.68:8080)
         dst, _, text = dst.rpartition(":")
@@ -570,7 +577,7 @@ def trace(lab: str, src: str, dst: str, proto: str = "icmp", port: int | None = 
     target = resolve(topo, dnats[-1].after.dst).node if dnats else d.node     # the endpoint DNAT chose
     peers = _peers(topo)
     if service is not None:
-        d.name = f"svc/{service['name']}"
+        d.name = dst_text if ":" in dst_text else f"svc/{service['name']}"
     result: dict[str, Any] = {
         "lab": lab, "src": vars(s), "dst": vars(d), "service": service,
         "probe": {"proto": proto, "src": probe.src, "dst": probe.dst, "port": port, "ident": probe.ident,
