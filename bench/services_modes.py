@@ -16,7 +16,7 @@ Per mode it measures, on a real lab:
   writing its rules again with N-1 endpoints, and flushing the removed endpoint chain (its
   deletion is deferred, as kube-proxy's staleChains);
   ipvs (syncProxyRules/syncEndpoint): the real server deleted from the service's virtual
-  server (`ipvsadm-restore` of one `-d` line: kube-proxy does it over netlink, without a
+  server (`ipvsadm -d`: kube-proxy does it over netlink, without a
   process; an endpoint without connections is deleted at once, not weighted down first),
   then the iptables-restore of the few rules ipvs mode rewrites on every sync
   (writeIptablesRules).  The change is undone after each run.
@@ -114,7 +114,9 @@ def apply(mode: str, ns: str, text: str) -> float:
     t0 = time.perf_counter()
     if mode == "ipvs":          # the real server, then the rules every sync restores
         servers, rules = text.split("\0")
-        ipvs.apply_servers(ns, servers)
+        proc = iptables.run(ns, ("ipvsadm", *servers.split()), timeout=60)
+        if proc.returncode != 0:
+            raise SystemExit(f"ipvsadm {servers.strip()} in {ns}: {proc.stderr.strip()}")
         iptables.apply(ns, rules)
     else:
         (iptables.apply if mode == "iptables" else nftables.apply)(ns, text)
@@ -150,6 +152,10 @@ def main() -> None:
                 ns = f"{name}.n0"
                 rules = rule_count(mode, ns)
                 forward, back = change_texts(mode, target, str(topo.cluster.network), svcs)
+                if mode == "ipvs":      # the virtual server the change edits, as the node has it
+                    vs = ipvs.servers(ns, timeout=600).get(("TCP", target.cluster_ip, target.port))
+                    print(f"  {target.port_name_string}: {target.cluster_ip}:{target.port}, "
+                          f"{len(vs['reals']) if vs else 'no'} real servers; {forward.split(chr(0))[0].strip()}")
                 times = []
                 for _ in range(args.runs):
                     times.append(apply(mode, ns, forward) * 1000)

@@ -229,6 +229,11 @@ def test_service_features_in_ipvs_mode(root_unchanged, lab_factory):
         assert seen == {(f"{p}/{member}", ip) for p, ip in MULTI_PODS.items()}, (port, seen)
     servers = [lab.popen(pod, sys.executable, "-c", ECHO, pod) for pod in MULTI_PODS]
     try:
+        for pod in MULTI_PODS:          # Python starts slowly under TCG: each server bound first
+            deadline = time.monotonic() + 60 * TIMEOUT_SCALE
+            while not inside(lab, pod, "ss", "-Hlun", "sport = :5353").strip():
+                assert time.monotonic() < deadline, f"the UDP server in {pod} did not start"
+                time.sleep(1)
         answers = {inside(lab, "client", sys.executable, "-c", ASK, "10.96.0.85", "5353").strip()
                    for _ in range(4)}
         assert answers == {f"{p} answered 10.244.1.20" for p in MULTI_PODS}, answers
