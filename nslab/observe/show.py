@@ -803,8 +803,9 @@ def service_rows(topo) -> list[dict]:
     rows = []
     for svc in cluster.services.values():
         pods = [(p, cluster.pods[p].ip.ip) for p in svc.endpoints if p in cluster.pods]
-        # each endpoint with every port's target port ("10.244.0.3:80,8081,5353" for three)
+        # each endpoint with every port's target port ("10.244.0.3:{80,8081,5353}" for three)
         targets = ",".join(dict.fromkeys(str(p.target_port) for p in svc.ports))
+        targets = f"{{{targets}}}" if "," in targets else targets
         eps = [f"{pod} {ip}:{targets}" for pod, ip in pods]
         picks = chains.get(svc.name) or [None] * len(svc.ports)
         ports = [dict(name=p.name, port=p.port, protocol=p.protocol, target_port=p.target_port,
