@@ -104,7 +104,7 @@ def change_texts(mode: str, svc: kubeproxy.Service, cluster_cidr: str, all_servi
         """The service's part of a partial sync: its chains flushed and written again (the map
         elements, unchanged, are skipped by nftElementStorage)."""
         tx = kubeproxy_nft._Tx()
-        kubeproxy_nft._service(tx, s, cluster_cidr)
+        kubeproxy_nft._service(tx, s, "n0", cluster_cidr)
         return "\n".join([line for line in tx.lines if not line.startswith("add element")] + extra) + "\n"
     stale = f"flush chain ip kube-proxy {kubeproxy_nft.endpoint_chain(svc, gone)}"
     return sync(fewer, [stale]), sync(svc, [])
