@@ -33,7 +33,8 @@ Session affinity and traffic policies are syncProxyRules' (issue 23):
   (`serv.Flags |= FlagPersistent; serv.Timeout = StickyMaxAgeSeconds`: ipvsadm's `-p T`).
   IPVS keeps a client's template while a connection it controls lives (a closed TCP
   connection stays in IPVS's TIME_WAIT for 2 minutes, a reset one in CLOSE for 10 s), so the
-  affinity lasts the timeout after the client's last connection has gone from IPVS's table;
+  affinity lasts at least the timeout after the client's last connection has gone from
+  IPVS's table (the VM stage saw it last longer; not explained yet);
 - syncEndpoint(onlyNodeLocalEndpoints) picks the real servers: the cluster IP's with
   internalTrafficPolicy Local, the NodePorts' with externalTrafficPolicy Local, get the
   node's local endpoints (CategorizeEndpoints) -- and, where the node has none, the cluster
