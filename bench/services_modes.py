@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""kube-proxy's iptables and nftables modes at scale (issue 23.7): S services x E endpoints
+"""kube-proxy's iptables, nftables and ipvs modes at scale (issue 23.7): S services x E endpoints
 on an N-node cluster (default 1,000 x 10 on 20 nodes, host-gw, every node on one segment).
 
 Per mode it measures, on a real lab:
@@ -14,9 +14,16 @@ Per mode it measures, on a real lab:
   changed KUBE-SVC chain and the removed KUBE-SEP chain deleted;
   nftables (a partial sync, nftElementStorage): one `nft -f` flushing the service chain,
   writing its rules again with N-1 endpoints, and flushing the removed endpoint chain (its
-  deletion is deferred, as kube-proxy's staleChains).  The change is undone after each run.
+  deletion is deferred, as kube-proxy's staleChains);
+  ipvs (syncProxyRules/syncEndpoint): the real server deleted from the service's virtual
+  server (`ipvsadm -d`: kube-proxy does it over netlink, without a
+  process; an endpoint without connections is deleted at once, not weighted down first),
+  then the iptables-restore of the few rules ipvs mode rewrites on every sync
+  (writeIptablesRules).  The change is undone after each run.
+  ipvs needs the kernel's ip_vs: run it in the VM stage (tests/vm/run --exec ...).
 
     sudo python3 bench/services_modes.py [--services 1000] [--endpoints 10] [--nodes 20] [--runs 5]
+        [--modes iptables,nftables,ipvs]
 """
 from __future__ import annotations
 
@@ -32,8 +39,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from nslab.apply import iptables, nftables  # noqa: E402
-from nslab.compile import kubeproxy, kubeproxy_nft  # noqa: E402
+from nslab.apply import iptables, ipvs, nftables  # noqa: E402
+from nslab.compile import kubeproxy, kubeproxy_ipvs, kubeproxy_nft  # noqa: E402
 
 
 def topology(services: int, endpoints: int, nodes: int) -> str:
@@ -53,6 +60,13 @@ def nslab(*args: str) -> float:
 
 
 def rule_count(mode: str, ns: str) -> int:
+    if mode == "ipvs":          # IPVS virtual and real servers + ipset entries + iptables -A rules
+        servers = ipvs.servers(ns, timeout=600)
+        ipsets = subprocess.run(["ip", "netns", "exec", ns, "ipset", "save"], capture_output=True, text=True,
+                                check=True).stdout
+        return (len(servers) + sum(len(v["reals"]) for v in servers.values())
+                + sum(1 for line in ipsets.splitlines() if line.startswith("add "))
+                + sum(1 for line in iptables.save(ns, counters=False).splitlines() if line.startswith("-A ")))
     if mode == "iptables":
         return sum(1 for line in iptables.save(ns, counters=False, timeout=600).splitlines() if line.startswith("-A "))
     table = nftables.table(ns, "kube-proxy", timeout=600) or []
@@ -64,6 +78,13 @@ def change_texts(mode: str, svc: kubeproxy.Service, cluster_cidr: str, all_servi
     """(what kube-proxy sends when svc loses its last endpoint, what puts it back)."""
     fewer = kubeproxy.Service(**{**svc.__dict__, "endpoints": svc.endpoints[:-1]})
     gone = kubeproxy.endpoint_string(svc, svc.endpoints[-1])
+    if mode == "ipvs":
+        node = kubeproxy.Node(name="n0", ip="10.0.0.1", pod_cidr="10.244.0.0/24", cluster_cidr=cluster_cidr)
+        rules = kubeproxy_ipvs.iptables_text(node, kubeproxy_ipvs.ipset_entries(node, all_services))
+        # the jump rules are there already (EnsureRule finds them): the restore alone
+        rules = "\n".join(line for line in rules.splitlines() if not line.startswith("-I ")) + "\n"
+        vs = f"-t {svc.cluster_ip}:{svc.port}"
+        return f"-d {vs} -r {gone}\n\0{rules}", f"-a {vs} -r {gone} -m -w 1\n\0{rules}"
     if mode == "iptables":
         node = kubeproxy.Node(name="n", ip="10.0.0.1", pod_cidr="10.244.0.0/24", cluster_cidr=cluster_cidr)
         sep = kubeproxy.sep_chain(svc, gone)
@@ -83,7 +104,7 @@ def change_texts(mode: str, svc: kubeproxy.Service, cluster_cidr: str, all_servi
         """The service's part of a partial sync: its chains flushed and written again (the map
         elements, unchanged, are skipped by nftElementStorage)."""
         tx = kubeproxy_nft._Tx()
-        kubeproxy_nft._service(tx, s, cluster_cidr)
+        kubeproxy_nft._service(tx, s, "n0", cluster_cidr)
         return "\n".join([line for line in tx.lines if not line.startswith("add element")] + extra) + "\n"
     stale = f"flush chain ip kube-proxy {kubeproxy_nft.endpoint_chain(svc, gone)}"
     return sync(fewer, [stale]), sync(svc, [])
@@ -91,7 +112,14 @@ def change_texts(mode: str, svc: kubeproxy.Service, cluster_cidr: str, all_servi
 
 def apply(mode: str, ns: str, text: str) -> float:
     t0 = time.perf_counter()
-    (iptables.apply if mode == "iptables" else nftables.apply)(ns, text)
+    if mode == "ipvs":          # the real server, then the rules every sync restores
+        servers, rules = text.split("\0")
+        proc = iptables.run(ns, ("ipvsadm", *servers.split()), timeout=60)
+        if proc.returncode != 0:
+            raise SystemExit(f"ipvsadm {servers.strip()} in {ns}: {proc.stderr.strip()}")
+        iptables.apply(ns, rules)
+    else:
+        (iptables.apply if mode == "iptables" else nftables.apply)(ns, text)
     return time.perf_counter() - t0
 
 
@@ -124,6 +152,10 @@ def main() -> None:
                 ns = f"{name}.n0"
                 rules = rule_count(mode, ns)
                 forward, back = change_texts(mode, target, str(topo.cluster.network), svcs)
+                if mode == "ipvs":      # the virtual server the change edits, as the node has it
+                    vs = ipvs.servers(ns, timeout=600).get(("TCP", target.cluster_ip, target.port))
+                    print(f"  {target.port_name_string}: {target.cluster_ip}:{target.port}, "
+                          f"{len(vs['reals']) if vs else 'no'} real servers; {forward.split(chr(0))[0].strip()}")
                 times = []
                 for _ in range(args.runs):
                     times.append(apply(mode, ns, forward) * 1000)

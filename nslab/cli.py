@@ -651,7 +651,8 @@ def script(file: Optional[str] = typer.Argument(None, help="Topology YAML (defau
 @run
 def trace(src: str = typer.Argument(..., help="Source node or pod (or one of its addresses).",
                                     autocompletion=completion.nodes),
-          dst: str = typer.Argument(..., help="Destination node, pod or address.", autocompletion=completion.nodes),
+          dst: str = typer.Argument(..., help="Destination node, pod or address; svc/NAME[:PORT] for a service.",
+                                    autocompletion=completion.nodes),
           lab: Optional[str] = LabOpt,
           proto: str = typer.Option("icmp", "--proto", help="icmp (echo), tcp (connect) or udp."),
           port: Optional[int] = typer.Option(None, "--port", help="tcp/udp destination port (tcp: 80)."),

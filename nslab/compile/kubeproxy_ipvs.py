@@ -28,8 +28,28 @@ empty (every node address), strictARP false.  What a node gets:
   expire_quiescent_template=1, ip_forward=1; conn_reuse_mode is left as it is (kernels from
   5.9 on, which every kernel with this ip_vs is in practice; kube-proxy sets it to 0 before).
 
-Not mirrored: session affinity (persistent virtual servers), traffic policies Local,
-externalIPs, load balancers (their sets exist, empty, as kube-proxy creates them), IPv6.
+Session affinity and traffic policies are syncProxyRules' (issue 23):
+- sessionAffinity ClientIP makes every virtual server of the service persistent
+  (`serv.Flags |= FlagPersistent; serv.Timeout = StickyMaxAgeSeconds`: ipvsadm's `-p T`).
+  IPVS keeps a client's template while a connection it controls lives (a closed TCP
+  connection stays in IPVS's TIME_WAIT for 2 minutes, a reset one in CLOSE for 10 s), so the
+  affinity lasts at least the timeout after the client's last connection has gone from
+  IPVS's table (the VM stage saw it last longer; not explained yet);
+- syncEndpoint(onlyNodeLocalEndpoints) picks the real servers: the cluster IP's with
+  internalTrafficPolicy Local, the NodePorts' with externalTrafficPolicy Local, get the
+  node's local endpoints (CategorizeEndpoints) -- and, where the node has none, the cluster
+  endpoints (kubernetes PR 97081: pods on the node still reach the service).  A cluster
+  IP-only service with internalTrafficPolicy Local has no cluster endpoints: its virtual
+  server has no real server, and IPVS answers a new connection with ICMP port unreachable
+  (ip_vs_leave), as for a service without endpoints;
+- externalTrafficPolicy Local puts the NodePort in KUBE-NODE-PORT-LOCAL-TCP/UDP, whose
+  KUBE-NODE-PORT rule RETURNs before the KUBE-MARK-MASQ one (ipsetWithIptablesChain): the
+  client's source is kept.  On a node without a local endpoint IPVS sends the packet, source
+  kept, to an endpoint on another node, which answers the client directly from the pod's
+  address: the client's connection never completes (dropped, as seen from the client).
+
+Not mirrored: externalIPs, load balancers (their sets exist, empty, as kube-proxy creates
+them), IPv6, the "mh" scheduler's source-hash flag, graceful termination.
 Teardown relies on the namespace: the dummy device, the sets, the IPVS tables, the rules
 and the vs sysctls all belong to the node's network namespace and go when it is deleted.
 
@@ -40,7 +60,7 @@ from __future__ import annotations
 import ipaddress
 
 from .. import plan as P
-from .kubeproxy import MASQUERADE_BIT, Node, check_services, endpoint_string, masquerade_mark
+from .kubeproxy import MASQUERADE_BIT, Node, check_services, endpoint_string, masquerade_mark, policy
 
 DUMMY = "kube-ipvs0"                    # defaultDummyDevice
 SCHEDULER = "rr"                        # defaultScheduler
@@ -110,32 +130,56 @@ def node_addresses(plan: P.Plan, ns: str) -> list[str]:
     return [str(ip) for ip in sorted(found)]
 
 
+def persistence(s) -> str:
+    """How ipvsadm writes a virtual server's flags: `-p TIMEOUT` for sessionAffinity ClientIP
+    (FlagPersistent, Timeout StickyMaxAgeSeconds), nothing otherwise."""
+    return f" -p {s.affinity_timeout}" if s.affinity_timeout else ""
+
+
 def virtual_server_name(s) -> str:
     """How show names what picks a service's endpoint in ipvs mode: its cluster IP's virtual
-    server, in ipvsadm -Ln's words ("TCP  10.96.0.1:443 rr")."""
-    return f"IPVS {s.protocol} {s.cluster_ip}:{s.port} {SCHEDULER}"
+    server, in ipvsadm -Ln's words ("TCP  10.96.0.1:443 rr", "... rr persistent 3")."""
+    sticky = f" persistent {s.affinity_timeout}" if s.affinity_timeout else ""
+    return f"IPVS {s.protocol} {s.cluster_ip}:{s.port} {SCHEDULER}{sticky}"
 
 
-def virtual_servers(services, node_ips) -> list[tuple[str, str, list[str]]]:
-    """[(protocol flag, "vip:port", ["ip:port" of each real server])] in service order, each
-    service's cluster IP first, then its NodePort on each node address (syncProxyRules);
-    real servers sorted by their "ip:port" as the endpoints cache keeps them."""
+def node_port_name(s) -> str:
+    """The NodePort's virtual servers (one per node address), as show names them."""
+    sticky = f" persistent {s.affinity_timeout}" if s.affinity_timeout else ""
+    return f"IPVS {s.protocol} <node address>:{s.node_port} {SCHEDULER}{sticky}"
+
+
+def real_servers(s, node: str, only_local: bool) -> list[str]:
+    """syncEndpoint: the "ip:port" of each real server of one of the service's virtual
+    servers on `node`.  CategorizeEndpoints' cluster endpoints, or with onlyNodeLocalEndpoints
+    its local ones -- the cluster ones where the node has none (PR 97081).  Sorted by their
+    "ip:port" as the endpoints cache keeps them."""
+    p = policy(s, node)
+    eps = (p.local or p.cluster) if only_local else p.cluster
+    return sorted(endpoint_string(s, ep) for ep in eps)
+
+
+def virtual_servers(services, node_ips, node: str = "") -> list[tuple[str, str, str, list[str]]]:
+    """[(protocol flag, "vip:port", flags, ["ip:port" of each real server])] in service order,
+    each service's cluster IP first (its real servers per internalTrafficPolicy), then its
+    NodePort on each node address (per externalTrafficPolicy), as syncProxyRules builds them."""
     out = []
     for s in services:
-        flag = "-t" if s.protocol == "TCP" else "-u"
-        reals = sorted(endpoint_string(s, ep) for ep in s.endpoints)
-        out.append((flag, f"{s.cluster_ip}:{s.port}", reals))
+        flag, flags = ("-t" if s.protocol == "TCP" else "-u"), persistence(s)
+        out.append((flag, f"{s.cluster_ip}:{s.port}", flags, real_servers(s, node, s.internal_local)))
         if s.node_port:
-            out += [(flag, f"{ip}:{s.node_port}", reals) for ip in node_ips]
+            reals = real_servers(s, node, s.external_local)
+            out += [(flag, f"{ip}:{s.node_port}", flags, reals) for ip in node_ips]
     return out
 
 
-def ipvsadm_text(services, node_ips) -> str:
-    """`ipvsadm-restore` input: each virtual server (AddVirtualServer, scheduler rr, no
-    flags) then its real servers (AddRealServer: masquerading, weight 1)."""
+def ipvsadm_text(services, node_ips, node: str = "") -> str:
+    """`ipvsadm-restore` input: each virtual server (AddVirtualServer, scheduler rr, persistent
+    with sessionAffinity ClientIP) then its real servers (AddRealServer: masquerading,
+    weight 1).  `node` names the node whose endpoints are local (traffic policies Local)."""
     lines = []
-    for flag, vip, reals in virtual_servers(services, node_ips):
-        lines.append(f"-A {flag} {vip} -s {SCHEDULER}")
+    for flag, vip, flags, reals in virtual_servers(services, node_ips, node):
+        lines.append(f"-A {flag} {vip} -s {SCHEDULER}{flags}")
         lines += [f"-a {flag} {vip} -r {real} -m -w 1" for real in reals]
     return "\n".join(lines) + "\n"
 
@@ -151,6 +195,8 @@ def ipset_entries(node: Node, services) -> dict[str, list[str]]:
         entries["KUBE-CLUSTER-IP"].append(f"{s.cluster_ip},{proto}:{s.port}")
         if s.node_port:
             entries[f"KUBE-NODE-PORT-{s.protocol}"].append(str(s.node_port))
+            if s.external_local:            # "Add externaltrafficpolicy=local type nodeport entry"
+                entries[f"KUBE-NODE-PORT-LOCAL-{s.protocol}"].append(str(s.node_port))
         entries["KUBE-IPVS-IPS"].append(s.cluster_ip)   # activeBindAddrs
     return {name: sorted(set(values)) for name, values in entries.items()}
 
@@ -182,10 +228,13 @@ def iptables_text(node: Node, entries: dict[str, list[str]], mark: str | None = 
     if entries["KUBE-LOOP-BACK"]:
         nat.append(f"-A KUBE-POSTROUTING {comment('KUBE-LOOP-BACK')} -m set --match-set KUBE-LOOP-BACK "
                    f"dst,dst,src -j MASQUERADE")
+    # ipsetWithIptablesChain: "kubeNodePortLocalSetTCP must be prior to kubeNodePortSetTCP":
+    # an externalTrafficPolicy Local NodePort RETURNs before it is marked for masquerade
     for proto in ("TCP", "UDP"):
-        if entries[f"KUBE-NODE-PORT-{proto}"]:
-            nat.append(f"-A KUBE-NODE-PORT -p {proto.lower()} {comment(f'KUBE-NODE-PORT-{proto}')} "
-                       f"-m set --match-set KUBE-NODE-PORT-{proto} dst -j KUBE-MARK-MASQ")
+        for name, target in ((f"KUBE-NODE-PORT-LOCAL-{proto}", "RETURN"), (f"KUBE-NODE-PORT-{proto}", "KUBE-MARK-MASQ")):
+            if entries[name]:
+                nat.append(f"-A KUBE-NODE-PORT -p {proto.lower()} {comment(name)} "
+                           f"-m set --match-set {name} dst -j {target}")
     if entries["KUBE-CLUSTER-IP"]:
         # off-cluster sources to a service VIP are masqueraded (localDetector.IfNotLocal)
         nat.append(f"-A KUBE-SERVICES {comment('KUBE-CLUSTER-IP')} -m set --match-set KUBE-CLUSTER-IP dst,dst "
@@ -229,7 +278,7 @@ def add_ops(plan: P.Plan, ns: str, node: Node, services) -> str:
     plan.add(P.Link(ns, DUMMY, "dummy", 1500, up=False))
     for ip in dict.fromkeys(s.cluster_ip for s in services):
         plan.add(P.Addr(ns, DUMMY, f"{ip}/32"))
-    plan.add(P.Ipvs(ns, ipvsadm_text(services, node_ips)))     # loads ip_vs: before its sysctls
+    plan.add(P.Ipvs(ns, ipvsadm_text(services, node_ips, node.name)))     # loads ip_vs: before its sysctls
     have = {op.key for op in plan.ops if isinstance(op, P.Sysctl) and op.ns == ns}
     for key, value in sysctls().items():
         if key in have:             # ip_forward: a router node has it already

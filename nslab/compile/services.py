@@ -45,19 +45,20 @@ def chains_of(cluster) -> dict[str, list[str]]:
     """Service name -> per port, the kube-proxy chain that picks the endpoint of its cluster
     IP in the cluster's mode: KUBE-SVC-<hash>, or KUBE-SVL-<hash> with internalTrafficPolicy
     Local (iptables); service-/local-<hash>-<ns>/<name>/<proto>/<port> (nftables); the
-    cluster IP's IPVS virtual server (ipvs: no Local policy or affinity there).  With
-    externalTrafficPolicy Local the node port's local chain follows ("nodePort: ..."), with
-    session affinity how it sticks.  "-" for a port without endpoints (nothing picks:
-    kube-proxy rejects)."""
+    cluster IP's IPVS virtual server (ipvs: "persistent T" with session affinity, "local
+    real servers" with internalTrafficPolicy Local).  With externalTrafficPolicy Local the
+    node port's local chain follows ("nodePort: ..."), with session affinity how it sticks.
+    "-" for a port without endpoints (nothing picks: kube-proxy rejects)."""
     if cluster.proxy_mode == "iptables":
-        cluster_chain, local_chain = kubeproxy.svc_chain, kubeproxy.svl_chain
-        sticky = "affinity: -m recent, {} s"
+        cluster_chain, local_chain, node_port_chain = kubeproxy.svc_chain, kubeproxy.svl_chain, kubeproxy.svl_chain
+        sticky = " (affinity: -m recent, {} s)"
     elif cluster.proxy_mode == "nftables":
         cluster_chain, local_chain = kubeproxy_nft.service_chain, kubeproxy_nft.local_chain
-        sticky = "affinity: @affinity- sets, {} s"
-    elif cluster.proxy_mode == "ipvs":
-        cluster_chain = local_chain = kubeproxy_ipvs.virtual_server_name
-        sticky = "{}"       # not reached: the model refuses affinity in ipvs mode
+        node_port_chain, sticky = local_chain, " (affinity: @affinity- sets, {} s)"
+    elif cluster.proxy_mode == "ipvs":            # the virtual server names its persistence
+        cluster_chain, sticky = kubeproxy_ipvs.virtual_server_name, ""
+        local_chain = lambda s: f"{kubeproxy_ipvs.virtual_server_name(s)} (local real servers)"   # noqa: E731
+        node_port_chain = lambda s: f"{kubeproxy_ipvs.node_port_name(s)} (local real servers)"    # noqa: E731
     else:
         return {}
     out: dict[str, list[str]] = {}
@@ -66,9 +67,9 @@ def chains_of(cluster) -> dict[str, list[str]]:
         if s.endpoints:
             text = (local_chain if s.internal_local else cluster_chain)(s)
             if s.external_local and s.node_port is not None:
-                text += f"; nodePort: {local_chain(s)}"
+                text += f"; nodePort: {node_port_chain(s)}"
             if s.affinity_timeout:
-                text += f" ({sticky.format(s.affinity_timeout)})"
+                text += sticky.format(s.affinity_timeout)
         out.setdefault(s.name, []).append(text)
     return out
 

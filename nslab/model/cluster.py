@@ -219,24 +219,8 @@ def parse(p, b, spec, path) -> None:
     cluster.service_cidr, cluster.services = services_model.parse(p, cluster, spec.get("services"),
                                                                   spec.get("serviceCIDR"), path,
                                                                   dns_ip=dns[1] if dns else None)
-    if proxy_mode == "ipvs":
-        _ipvs_unbuilt(p, cluster)
     b.cluster = cluster
     b.extensions.append(lambda builder: _check_underlay(builder, cluster, path))
-
-
-def _ipvs_unbuilt(p, cluster: Cluster) -> None:
-    """What nslab's ipvs mode does not build yet (compile/kubeproxy_ipvs.py) is refused, not
-    silently ignored: kube-proxy's ipvs mode makes session affinity persistent virtual
-    servers and Local policies KUBE-*-LOCAL ipsets, which nslab does not (iptables and
-    nftables modes do)."""
-    for svc in cluster.services.values():
-        for key, unbuilt in (("sessionAffinity", svc.affinity_timeout is not None),
-                             ("externalTrafficPolicy", svc.external_policy != "Cluster"),
-                             ("internalTrafficPolicy", svc.internal_policy != "Cluster")):
-            if unbuilt:
-                raise p.err(svc.path + (key,), f"service {svc.name}: nslab's ipvs mode does not build {key} "
-                                               f"yet; use kube-proxy mode iptables or nftables for it")
 
 
 def _proxy_mode(p, spec, path) -> str:

@@ -106,6 +106,18 @@ class Service:
     def port_name(self) -> str:
         return self.ports[0].name
 
+    def port_named(self, text: str) -> Port | None:
+        """The port `svc/NAME:PORT` names: by its name, or by its number (port:)."""
+        for p in self.ports:
+            if text == p.name or (text.isascii() and text.isdigit() and len(text) <= 5 and int(text) == p.port):
+                return p
+        return None
+
+    def port_list(self) -> str:
+        """Its ports as an error message lists them: "main (80/TCP), 8081/TCP"."""
+        return ", ".join(f"{p.name} ({p.port}/{p.protocol})" if p.name else f"{p.port}/{p.protocol}"
+                         for p in self.ports)
+
 
 def container_ports(p, spec, path) -> dict[str, int]:
     """A pod's `ports: {NAME: containerPort}`: its containers' named ports, which a Service's

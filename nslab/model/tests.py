@@ -35,7 +35,13 @@ from .types import name_list
 KINDS = ("ping", "tcp", "http")
 TEST_KEYS = {"name", "port", "expect", "timeout", "backend", *KINDS}
 EXPECT_KEYS = {"result", "encap", "ttl", "via", "mtu", "source", "endpoint"}
-SVC = "svc/"                  # a destination svc/NAME: the cluster IP and port of service NAME
+SVC = "svc/"                  # a destination svc/NAME[:PORT]: the cluster IP and port of service NAME
+
+
+def service_ref(value: str) -> tuple[str, str | None]:
+    """svc/NAME -> (NAME, None); svc/NAME:PORT -> (NAME, PORT), PORT a port's name or number."""
+    name, colon, port = value[len(SVC):].partition(":")
+    return name, (port if colon else None)
 RESULTS = ("success", "failure")
 
 
@@ -130,14 +136,22 @@ def _check(p, b, item, path) -> Check:
     c = Check(name="", kind=kind, src=src, dst=dst, path=path, line=p.doc.line(path))
 
     if "port" in item:
+        if dst.startswith(SVC) and service_ref(dst)[1] is not None:
+            raise p.err(path + ("port",), f"{dst} names the port already; drop port: (or write {dst.split(':')[0]})")
         if kind == "ping":
             raise p.err(path + ("port",), "port applies to tcp and http tests, not ping")
         port = item["port"]
         if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
             raise p.err(path + ("port",), f"port {port!r} is not a TCP port (1 to 65535)")
         c.port = port
-    elif dst.startswith(SVC):
-        c.port = b.cluster.services[dst[len(SVC):]].port          # the service's own port
+    elif dst.startswith(SVC):           # the port svc/NAME:PORT names, or the service's first
+        name, port = service_ref(dst)
+        svc = b.cluster.services[name]
+        chosen = svc.ports[0] if port is None else svc.port_named(port)
+        if chosen.protocol != "TCP":
+            raise p.err(path + (kind, 1), f"port {chosen.name or chosen.port} of service {name} is "
+                                          f"{chosen.protocol}; {kind} tests connect over TCP")
+        c.port = chosen.port
     elif kind == "tcp":
         raise p.err(path, "a tcp test needs port: N (the port to connect to)")
     elif kind == "http":
@@ -229,11 +243,14 @@ def _node(p, b, value, path) -> str:
 def _destination(p, b, value, path) -> str:
     if isinstance(value, str) and value.startswith(SVC):
         services = b.cluster.services if b.cluster is not None else {}
-        if value[len(SVC):] not in services:
-            raise p.err(path, f"no service {value[len(SVC):]!r} (cluster services: {name_list(services)})")
-        if services[value[len(SVC):]].headless:
-            raise p.err(path, f"service {value[len(SVC):]} is headless (clusterIP: None): it has no address to "
+        name, port = service_ref(value)
+        if name not in services:
+            raise p.err(path, f"no service {name!r} (cluster services: {name_list(services)})")
+        if services[name].headless:
+            raise p.err(path, f"service {name} is headless (clusterIP: None): it has no address to "
                               f"probe; name one of its pods")
+        if port is not None and services[name].port_named(port) is None:
+            raise p.err(path, f"service {name} has no port {port!r} (its ports: {services[name].port_list()})")
         return value
     if isinstance(value, str) and (value in b.nodes or "@" in value):
         return _node(p, b, value, path)
@@ -264,7 +281,7 @@ def _resolve_addresses(b, checks: list[Check]) -> None:
                                                "has no cluster: section")
         kind_path = c.path + (c.kind, 1)
         if c.dst.startswith(SVC):
-            c.dst_ip, c.dst_node = str(b.cluster.services[c.dst[len(SVC):]].cluster_ip), None
+            c.dst_ip, c.dst_node = str(b.cluster.services[service_ref(c.dst)[0]].cluster_ip), None
         elif c.dst in b.nodes:
             node = b.nodes[c.dst]
             # its first address, not node.addresses (a list of all: tests x interfaces)

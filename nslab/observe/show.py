@@ -802,10 +802,16 @@ def service_rows(topo) -> list[dict]:
     chains = chains_of(cluster)
     rows = []
     for svc in cluster.services.values():
-        eps = [f"{p} {cluster.pods[p].ip.ip}:{svc.target_port}" for p in svc.endpoints if p in cluster.pods]
+        pods = [(p, cluster.pods[p].ip.ip) for p in svc.endpoints if p in cluster.pods]
+        # each endpoint with every port's target port ("10.244.0.3:{80,8081,5353}" for three)
+        targets = ",".join(dict.fromkeys(str(p.target_port) for p in svc.ports))
+        targets = f"{{{targets}}}" if "," in targets else targets
+        eps = [f"{pod} {ip}:{targets}" for pod, ip in pods]
         picks = chains.get(svc.name) or [None] * len(svc.ports)
         ports = [dict(name=p.name, port=p.port, protocol=p.protocol, target_port=p.target_port,
-                      node_port=p.node_port, chain=c if c != "-" else None) for p, c in zip(svc.ports, picks)]
+                      node_port=p.node_port, chain=c if c != "-" else None,
+                      endpoints=[f"{ip}:{p.target_port}" for _, ip in pods if p.target_port is not None])
+                 for p, c in zip(svc.ports, picks)]
         rows.append(dict(name=svc.name, namespace=svc.namespace, type=svc.type, cluster_ip=str(svc.cluster_ip),
                          port=svc.port, protocol=svc.protocol, node_port=svc.node_port, endpoints=eps,
                          proxy_mode=cluster.proxy_mode, chain=ports[0]["chain"], ports=ports,
@@ -821,7 +827,8 @@ def service_table(console, rows: list[dict]) -> None:
     def lines(r, f):
         return "\n".join(f(p) for p in r.get("ports") or [r])
     out.table(console, SERVICE_COLUMNS,
-              [[r["name"], r["type"], r["cluster_ip"], lines(r, lambda p: f"{p['port']}/{p['protocol']}"),
+              [[r["name"], r["type"], r["cluster_ip"],
+                lines(r, lambda p: f"{p['port']}/{p['protocol']}" + (f" ({p['name']})" if p.get("name") else "")),
                 lines(r, lambda p: str(p["node_port"] or "-")),
                 "\n".join(r["endpoints"]) or "(none)", lines(r, lambda p: p.get("chain") or "-")] for r in rows],
               title="services", optional=("chosen by",))

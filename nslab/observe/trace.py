@@ -38,7 +38,7 @@ from .. import state
 from ..apply import netns
 from .decode import decode, first_layer, format_layer, format_layers, innermost_ip, ip_key, split
 from ..errors import NslabError, UsageError
-from ..model.tests import SVC
+from ..model.tests import SVC, service_ref
 from .. import spawn
 from . import nat
 from . import probe as probes
@@ -476,21 +476,28 @@ def resolve(topo, text: str) -> Endpoint:
 
 
 def _service_target(topo, dst: str, proto: str, port: int | None) -> tuple[dict, str, str, int]:
-    """svc/NAME -> (the service as the trace names it, its cluster IP, the protocol: the
-    service's unless --proto says tcp/udp, the port: its own unless --port says)."""
+    """svc/NAME[:PORT] -> (the service as the trace names it, its cluster IP, the protocol: the
+    port's unless --proto says tcp/udp, the port: the one PORT names (by name or number) or
+    the service's first, unless --port says)."""
     lab = topo.name
     services = topo.cluster.services if topo.cluster is not None else {}
-    name = dst[len(SVC):]
+    name, named = service_ref(dst)
     if name not in services:
         raise UsageError(f"lab {lab} has no service {name!r} (services: {', '.join(services) or 'none'})")
     svc = services[name]
     if svc.headless:
         raise UsageError(f"service {name} is headless (clusterIP: None): no address to trace; trace to one of "
                          f"its pods")
+    chosen = svc.ports[0] if named is None else svc.port_named(named)
+    if chosen is None:
+        raise UsageError(f"service {name} has no port {named!r} (its ports: {svc.port_list()})")
+    if named is not None and port is not None and port != chosen.port:
+        raise UsageError(f"{dst} is port {chosen.port}, not --port {port}")
     if proto == "icmp":                 # kube-proxy rewrites the service's port only: no ping
-        proto = svc.protocol.lower()
-    return ({"name": svc.name, "type": svc.type, "cluster_ip": str(svc.cluster_ip), "port": svc.port,
-             "node_port": svc.node_port}, str(svc.cluster_ip), proto, port if port is not None else svc.port)
+        proto = chosen.protocol.lower()
+    return ({"name": svc.name, "type": svc.type, "cluster_ip": str(svc.cluster_ip), "port": chosen.port,
+             "port_name": chosen.name, "node_port": chosen.node_port}, str(svc.cluster_ip), proto,
+            port if port is not None else chosen.port)
 
 
 def _peers(topo) -> dict[tuple[str, str], tuple[str, str]]:
@@ -515,8 +522,8 @@ def arguments(topo, src: str, dst: str, proto: str, port: int | None, ttl: int |
               timeout: float) -> tuple[dict | None, Endpoint, Endpoint, str, int | None]:
     """A trace's arguments checked against the lab's topology: (the service traced to, or
     None; source; destination; protocol; port), or UsageError in one sentence."""
-    service = None
-    if dst.startswith(SVC):             # svc/NAME, as in a topology's tests: its cluster IP and port, over TCP
+    service, dst_text = None, dst
+    if dst.startswith(SVC):             # svc/NAME[:PORT], as in a topology's tests: its cluster IP and port
         service, dst, proto, port = _service_target(topo, dst, proto, port)
     if ":" in dst:                      # ADDRESS:PORT, as the note writes a service (10.111.222.68:8080)
         dst, _, text = dst.rpartition(":")
@@ -542,7 +549,7 @@ def arguments(topo, src: str, dst: str, proto: str, port: int | None, ttl: int |
     if d.ip is None:
         raise UsageError(f"{dst} has no address to send to")
     if service is not None:
-        d.name = f"svc/{service['name']}"
+        d.name = dst_text if ":" in dst_text else f"svc/{service['name']}"
     return service, s, d, proto, port
 
 

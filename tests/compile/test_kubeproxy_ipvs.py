@@ -118,3 +118,59 @@ def test_ipvs_mode_needs_the_dummy_module_too(tmp_path, monkeypatch):
     fake_modules(tmp_path, monkeypatch, ["kernel/net/netfilter/ipvs/ip_vs.ko.xz:"])
     with pytest.raises(KernelFeatureError, match=r"dummy device module \(kube-ipvs0\)"):
         kernel.require_ip_vs()
+
+
+# issue 23's features in ipvs mode: web runs on n1 only (the features lab's layout)
+ONE = (Endpoint("10.244.0.2", "n1"),)
+TWO = (Endpoint("10.244.1.2", "n2"), Endpoint("10.244.0.3", "n1"))
+
+
+def servers(services, node: str) -> dict[str, tuple[str, list[str]]]:
+    """vip:port -> (flags, real servers) of ipvsadm_text's virtual servers on `node`."""
+    return {vip: (flags, reals) for _, vip, flags, reals in kv.virtual_servers(services, ["10.0.0.2"], node)}
+
+
+def test_session_affinity_makes_every_virtual_server_persistent_with_its_timeout():
+    sticky = Service(name="sticky", port=80, target_port=80, cluster_ip="10.96.0.83", type="NodePort",
+                     node_port=30083, endpoints=TWO, affinity_timeout=3)
+    text = kv.ipvsadm_text([sticky], ["10.0.0.2"], "n2")
+    assert "-A -t 10.96.0.83:80 -s rr -p 3\n" in text and "-A -t 10.0.0.2:30083 -s rr -p 3\n" in text
+    assert text.count("-r ") == 4                 # both endpoints behind both virtual servers
+    assert kv.virtual_server_name(sticky) == "IPVS TCP 10.96.0.83:80 rr persistent 3"
+    assert " -p " not in kv.ipvsadm_text([WEB], ["10.0.0.2"], "n2")
+
+
+def test_external_local_nodeport_gets_local_real_servers_or_the_cluster_ones_where_there_are_none():
+    local = Service(name="local", port=8080, target_port=80, cluster_ip="10.96.0.80", type="NodePort",
+                    node_port=30080, endpoints=TWO, external_local=True)
+    # n1: the NodePort's real servers are n1's endpoint only; the cluster IP keeps both
+    on_n1 = servers([local], "n1")
+    assert on_n1["10.0.0.2:30080"] == ("", ["10.244.0.3:80"])
+    assert on_n1["10.96.0.80:8080"] == ("", ["10.244.0.3:80", "10.244.1.2:80"])
+    # a node without a local endpoint: syncEndpoint falls back to the cluster endpoints (PR 97081)
+    only_n1 = Service(name="local", port=8080, target_port=80, cluster_ip="10.96.0.80", type="NodePort",
+                      node_port=30080, endpoints=ONE, external_local=True)
+    assert servers([only_n1], "n2")["10.0.0.2:30080"] == ("", ["10.244.0.2:80"])
+    # the LOCAL set, and its RETURN before the masquerade mark of KUBE-NODE-PORT-TCP
+    entries = kv.ipset_entries(NODE, [local])
+    assert entries["KUBE-NODE-PORT-LOCAL-TCP"] == ["30080"] and entries["KUBE-NODE-PORT-TCP"] == ["30080"]
+    lines = kv.iptables_text(NODE, entries).splitlines()
+    ret = ('-A KUBE-NODE-PORT -p tcp -m comment --comment "Kubernetes nodeport TCP port with '
+           'externalTrafficPolicy=local" -m set --match-set KUBE-NODE-PORT-LOCAL-TCP dst -j RETURN')
+    masq = ('-A KUBE-NODE-PORT -p tcp -m comment --comment "Kubernetes nodeport TCP port for masquerade purpose" '
+            "-m set --match-set KUBE-NODE-PORT-TCP dst -j KUBE-MARK-MASQ")
+    assert lines.index(ret) == lines.index(masq) - 1
+    # no Local NodePort: no LOCAL rule (its set is empty)
+    assert "KUBE-NODE-PORT-LOCAL-TCP dst" not in kv.iptables_text(NODE, kv.ipset_entries(NODE, [WEB]))
+
+
+def test_internal_local_cluster_ip_gets_local_real_servers_only():
+    internal = Service(name="internal", port=8080, target_port=80, cluster_ip="10.96.0.82", endpoints=TWO,
+                       internal_local=True)
+    assert servers([internal], "n1")["10.96.0.82:8080"] == ("", ["10.244.0.3:80"])
+    # a ClusterIP service has no cluster endpoints with internalTrafficPolicy Local: a node
+    # without a local one gets a virtual server with no real server (IPVS: port unreachable)
+    lone = Service(name="internal", port=8080, target_port=80, cluster_ip="10.96.0.82", endpoints=ONE,
+                   internal_local=True)
+    assert servers([lone], "n2")["10.96.0.82:8080"] == ("", [])
+    assert "-A -t 10.96.0.82:8080 -s rr\n-A" in kv.ipvsadm_text([lone, WEB], [], "n2")

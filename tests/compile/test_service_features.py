@@ -81,3 +81,12 @@ def test_a_headless_service_without_endpoints_has_no_dns_record():
     recs = records(topo.cluster)
     assert topo.cluster.services["bare"].headless and not [v for _, v in recs if v.startswith("bare.")]
     assert ("a", "local.default=10.96.0.80") in recs
+
+
+def test_a_probe_names_a_service_port_by_name_or_number(tmp_path):
+    (check,) = [c for c in model.load(str(LAB)).tests if c.dst == "svc/multi:alt"]
+    assert (check.dst_ip, check.port) == ("10.96.0.85", 8081)
+    by_number = tmp_path / "services-features.yaml"
+    by_number.write_text(LAB.read_text().replace("svc/multi:alt", "svc/multi:8081"))
+    (check,) = [c for c in model.load(str(by_number)).tests if c.dst.startswith("svc/multi")]
+    assert (check.dst_ip, check.port) == ("10.96.0.85", 8081)

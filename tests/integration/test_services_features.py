@@ -104,7 +104,23 @@ def test_service_features(root_unchanged, lab_factory, mode):
     proc = lab.nslab("trace", "-l", lab.name, "multi-n1", "svc/internal", "--json", timeout=90)
     (n,) = json.loads(proc.stdout)["nat"]
     assert n["node"] == "n1" and f"{local} chose" in n["rule"], n
+    # svc/NAME:PORT names a port of a multi-port service (by name, or number): the trace goes to
+    # that port, through that port's chain
+    alt = ("KUBE-SVC-" + b32("default/multi:alttcp", 16) if mode == "iptables"
+           else f"service-{b32('default/multi/tcp/alt', 8)}-default/multi/tcp/alt")
+    for target in ("svc/multi:alt", "svc/multi:8081"):
+        proc = lab.nslab("trace", "-l", lab.name, "client", target, "--json", timeout=90)
+        result = json.loads(proc.stdout)
+        (n,) = result["nat"]
+        assert (result["service"]["port"], result["service"]["port_name"]) == (8081, "alt"), result["service"]
+        assert f"{alt} chose" in n["rule"] and n["after"]["dport"] == 8081, n
+    # show lists every port, by name, each with its chain
     svcs = {s["name"]: s for s in json.loads(lab.nslab("show", "-l", lab.name, "--json", check=True).stdout)["services"]}
+    assert [(p["name"], p["port"], p["chain"] is not None) for p in svcs["multi"]["ports"]] == \
+        [("main", 80, True), ("alt", 8081, True), ("echo", 5353, True)]
+    assert svcs["multi"]["ports"][1]["chain"] == alt
+    table = lab.nslab("show", "-l", lab.name, check=True, env={"COLUMNS": "200"}).stdout
+    assert "8081/TCP (alt)" in table and "5353/UDP (echo)" in table, table
     assert svcs["internal"]["chain"] == local and [p["port"] for p in svcs["multi"]["ports"]] == [80, 8081, 5353]
 
     # a service without endpoints: refused at once, on its cluster IP and its node port

@@ -5,6 +5,13 @@ mode (test_services.py): ClusterIP from a pod reaches every endpoint with the po
 kept and the reply un-NATed; NodePort from outside is masqueraded by egress device; and
 ClusterIP from a node works (its VIP source masqueraded).
 
+The service features of issue 23 in ipvs mode (tests/golden/services-features-ipvs.yaml:
+the features lab of test_services_features.py in ipvs mode) have a test of their own below:
+persistent virtual servers (affinity holds: its IPVS template), externalTrafficPolicy Local
+(KUBE-NODE-PORT-LOCAL-TCP keeps the source; a node without a local endpoint hands the
+packet to another node's endpoint, and what happens then is flannel's), internalTrafficPolicy
+Local, services without endpoints, several ports.
+
 Needs the kernel's ip_vs: marked stock_kernel and skipped where ip_vs is absent (this
 project's machines), run by the VM stage (tests/vm/run) on Debian's stock kernel.  Commands
 run with `ip netns exec` (not the CLI) where they can: every CLI start costs 7-15 s under TCG.
@@ -16,12 +23,16 @@ import json
 import re
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from conftest import TIMEOUT_SCALE, installed
 from test_services import ENDPOINTS, GET, SHIPPED, tuples
+from test_services_features import ASK, ECHO, MULTI_PODS, connect
 from nslab.apply import ipvs, kernel
+from nslab.pytest_plugin import lab_name
 
 pytestmark = [pytest.mark.stock_kernel, pytest.mark.root,
               pytest.mark.skipif(kernel.module_state("ip_vs") == "absent",
@@ -44,13 +55,19 @@ def inside(lab, node: str, *cmd: str, timeout: float = 60) -> str:
     return proc.stdout
 
 
-def get(lab, node: str, host: str, port: int, n: int) -> list[tuple[str, str, str]]:
-    """[(answering pod, its address, the peer address it saw)] for n connections."""
+def parse(text: str) -> list[tuple[str, str, str]]:
+    """GET's lines as [(answering pod, its address, the peer address it saw)]."""
     out = []
-    for line in inside(lab, node, sys.executable, "-c", GET, host, str(port), str(n), timeout=180).splitlines():
+    for line in text.splitlines():
         m = re.fullmatch(r"(\S+) ([\d.]+):\d+ answered ([\d.]+):\d+", line)
         assert m, line
         out.append(m.groups())
+    return out
+
+
+def get(lab, node: str, host: str, port: int, n: int) -> list[tuple[str, str, str]]:
+    """[(answering pod, its address, the peer address it saw)] for n connections."""
+    out = parse(inside(lab, node, sys.executable, "-c", GET, host, str(port), str(n), timeout=180))
     assert len(out) == n
     return out
 
@@ -145,3 +162,91 @@ def test_the_notes_service_cases_in_ipvs_mode(root_unchanged, lab_factory):
     # are there, the vs sysctls hold
     r = lab.nslab("doctor", "-l", lab.name, "--json", "--no-probe", timeout=120)
     assert r.returncode == 0 and not json.loads(r.stdout)["findings"], r.stdout[-3000:] + r.stderr
+
+
+FEATURES = Path(__file__).parent.parent / "golden" / "services-features-ipvs.yaml"
+OUTSIDE, N1, N2 = "10.0.0.100", "10.0.0.1", "10.0.0.2"
+WEB = ("web-n1", "10.244.0.2")
+
+# GET as above, but each connection ends with a reset (SO_LINGER 0): IPVS keeps a reset
+# connection 10 s (CLOSE), a closed one 2 minutes (TIME_WAIT), and a persistence template
+# lives as long as a connection it controls does.
+GET_RST = GET.replace("    s.close()", "    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b'\\x01' + bytes(7))\n"
+                                      "    s.close()")
+
+
+def test_service_features_in_ipvs_mode(root_unchanged, lab_factory):
+    lab = lab_factory(FEATURES, name=lab_name("ipf"))
+    n2 = ipvs.servers(lab.ns("n2"))
+
+    # sessionAffinity ClientIP: a persistent virtual server (ipvsadm -p 3: "persistent 3")
+    assert "persistent 3" in inside(lab, "n2", "ipvsadm", "-Ln", "-t", "10.96.0.83:80")
+    # internalTrafficPolicy Local on a ClusterIP service: n2 has no local endpoint and the
+    # service no cluster ones: a virtual server without real servers
+    assert n2[("TCP", "10.96.0.82", 8080)]["reals"] == [], n2
+    # externalTrafficPolicy Local: n2 has no local endpoint, so its NodePort's real servers are
+    # the cluster's (syncEndpoint, PR 97081); the port is in the LOCAL set, which RETURNs
+    # before the NodePort masquerade mark
+    assert [(r["ip"], r["port"]) for r in n2[("TCP", N2, 30080)]["reals"]] == [(WEB[1], 80)], n2
+    assert "30080" in inside(lab, "n2", "ipset", "list", "KUBE-NODE-PORT-LOCAL-TCP")
+    saved = inside(lab, "n2", "iptables-save", "-t", "nat")
+    assert saved.index("--match-set KUBE-NODE-PORT-LOCAL-TCP dst -j RETURN") < \
+        saved.index("--match-set KUBE-NODE-PORT-TCP dst -j KUBE-MARK-MASQ"), saved
+
+    # externalTrafficPolicy Local on n1 (the endpoint's node): the client's source is kept
+    assert get(lab, "outside", N1, 30080, 3) == [(*WEB, OUTSIDE)] * 3
+    # ... on n2 (no local endpoint) kube-proxy leaves the source alone and IPVS sends the
+    # packet on to n1's endpoint; flannel's "masquerade anything headed towards flannel from
+    # the host" rule (! -s 10.244.0.0/16 -d 10.244.0.0/16) then masquerades it to n2's
+    # address, so the connection works, without the client's source (iptables and nftables
+    # modes drop it instead)
+    assert get(lab, "outside", N2, 30080, 2) == [(*WEB, N2)] * 2
+    # Cluster policy: masqueraded by kube-proxy's own mark (KUBE-NODE-PORT-TCP)
+    assert get(lab, "outside", N2, 30081, 2) == [(*WEB, N2)] * 2
+
+    # internalTrafficPolicy Local: a pod on n1 reaches web-n1, its source kept; from n2 the
+    # virtual server has no real server: IPVS answers ICMP port unreachable (ip_vs_leave)
+    assert get(lab, "multi-n1", "10.96.0.82", 8080, 2) == [(*WEB, "10.244.0.3")] * 2
+    assert connect(lab, "client", "10.96.0.82", 8080, timeout=20) == "refused"
+    # a service without endpoints: refused on its cluster IP and its node port alike
+    assert connect(lab, "client", "10.96.0.84", 80, timeout=20) == "refused"
+    assert connect(lab, "outside", N1, 30084, timeout=20) == "refused"
+
+    # several ports, two by name, and UDP: each port its own virtual server, rr over both pods
+    for port, member in ((80, "main"), (8081, "alt")):
+        seen = {(pod, ip) for pod, ip, _ in get(lab, "client", "10.96.0.85", port, 4)}
+        assert seen == {(f"{p}/{member}", ip) for p, ip in MULTI_PODS.items()}, (port, seen)
+    servers = [lab.popen(pod, sys.executable, "-c", ECHO, pod) for pod in MULTI_PODS]
+    try:
+        for pod in MULTI_PODS:          # Python starts slowly under TCG: each server bound first
+            deadline = time.monotonic() + 60 * TIMEOUT_SCALE
+            while not inside(lab, pod, "ss", "-Hlun", "sport = :5353").strip():
+                assert time.monotonic() < deadline, f"the UDP server in {pod} did not start"
+                time.sleep(1)
+        answers = {inside(lab, "client", sys.executable, "-c", ASK, "10.96.0.85", "5353").strip()
+                   for _ in range(4)}
+        assert answers == {f"{p} answered 10.244.1.20" for p in MULTI_PODS}, answers
+    finally:
+        for s in servers:
+            s.kill()
+            s.wait()
+
+    # sessionAffinity ClientIP: the client keeps one endpoint (rr alone would alternate: n2's
+    # IPVS keeps a persistence template for the client, `ipvsadm -Lnc` printed below) ...
+    first = [pod for pod, _, _ in parse(inside(lab, "client", sys.executable, "-c", GET_RST, "10.96.0.83", "80",
+                                               "8", timeout=180))]
+    assert len(set(first)) == 1, first
+    # n2's IPVS connection table: the client's template (state ASSURED, client port 0) with
+    # the endpoint it holds, and the reset connections it controls (CLOSE, 10 s)
+    table = inside(lab, "n2", "ipvsadm", "-Lnc")
+    print(table)
+    held = [line.split() for line in table.splitlines() if ":0 " in line and " 10.96.0.83:80 " in line]
+    assert [(f[3], f[5]) for f in held] == [("10.244.1.20:0", f"{MULTI_PODS[first[0].split('/')[0]]}:80")], table
+    # Not checked: that the affinity expires.  In the VM stage (Debian's 6.1) a probe every
+    # 15 s still met the same endpoint after 3 minutes, though the template's timeout is 3 s
+    # and the reset connections it controls go after 10 s; why is not known yet.
+
+    # show names the virtual server that picks each service's endpoint, and how
+    svcs = {s["name"]: s for s in json.loads(lab.nslab("show", "-l", lab.name, "--json", check=True).stdout)["services"]}
+    assert svcs["sticky"]["chain"] == "IPVS TCP 10.96.0.83:80 rr persistent 3", svcs["sticky"]
+    assert svcs["internal"]["chain"] == "IPVS TCP 10.96.0.82:8080 rr (local real servers)", svcs["internal"]
