@@ -271,16 +271,16 @@ class Agent:
 
     def watch_machines(self) -> None:
         """The machines registered, listed and watched (a change or a quiet watch: listed
-        again); each local shard's stitches synced with them."""
+        again); each local shard's stitches synced with them at every listing, not only when
+        the machines change: a cut or put-back that failed (logged) is tried again."""
         prefix = f"{coord.PREFIX}/machines/"
         while not self.stopping.is_set():
             try:
                 alive, rev = coord.machine_names(self.etcd)
-                if alive != self.alive:
-                    with self.lock:
-                        self.alive = alive
-                        for lab in list(self.ends):
-                            self._sync_stitches(lab)
+                with self.lock:
+                    self.alive = alive
+                    for lab in list(self.ends):
+                        self._sync_stitches(lab)
                 with self.etcd.watch(prefix, start_revision=rev + 1, timeout=WATCH_QUIET) as events:
                     next(events, None)          # one change (or quiet): list again
             except Exception as e:      # noqa: BLE001 - the watcher outlives any one bad turn
