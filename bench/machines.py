@@ -41,7 +41,9 @@ from nslab.errors import NslabError
 from nslab.model import limits
 
 REPO = Path(__file__).resolve().parents[1]
-NSLAB = [sys.executable, "-P", "-m", "nslab.cli"]     # -P: not the caller's folder first on the path (a nslab/ there would run as root); PYTHONPATH names this tree
+# -P: the caller's folder not first on the import path (a folder nslab/ there would run as
+# root); PYTHONPATH names this tree
+NSLAB = [sys.executable, "-P", "-m", "nslab.cli"]
 UP_GOAL, DOWN_GOAL = 1.2, 2.0
 MACHINES = "m1,m2,m3"
 
