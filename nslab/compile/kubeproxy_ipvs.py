@@ -34,7 +34,11 @@ Session affinity and traffic policies are syncProxyRules' (issue 23):
   IPVS keeps a client's template while a connection it controls lives (a closed TCP
   connection stays in IPVS's TIME_WAIT for 2 minutes, a reset one in CLOSE for 10 s), so the
   affinity lasts at least the timeout after the client's last connection has gone from
-  IPVS's table (the VM stage saw it last longer; not explained yet);
+  IPVS's table.  A template that times out while a connection it controls lives is armed
+  again for 60 s (ip_vs_conn_expire; kubernetes/kubernetes#89358, "ipvs session affinity
+  is always sticky"), and each new connection in those 60 s is controlled by it: a client
+  that connects more often than once a minute stays on its endpoint however short the
+  timeout (the VM stage: a probe every 15 s, timeout 3 s, the same endpoint for 3 minutes);
 - syncEndpoint(onlyNodeLocalEndpoints) picks the real servers: the cluster IP's with
   internalTrafficPolicy Local, the NodePorts' with externalTrafficPolicy Local, get the
   node's local endpoints (CategorizeEndpoints) -- and, where the node has none, the cluster
