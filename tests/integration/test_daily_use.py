@@ -130,8 +130,8 @@ def test_show_says_what_a_node_is_and_trace_reaches_a_service_by_name(root_uncha
     whole = lab.nslab("show", "-l", lab.name, check=True).stdout.splitlines()
     assert whole[-3].split() == ["service", "type", "cluster", "IP", "port", "node", "port", "endpoints", "chosen",
                                  "by"]
-    assert whole[-1].split() == ["kube-dns", "ClusterIP", "10.96.0.10", "53/UDP", "-", "coredns", "10.244.1.3:53",
-                                 "KUBE-SVC-TCOU7JCQXEZGVUNU"]
+    assert whole[-1].split() == ["kube-dns", "ClusterIP", "10.96.0.10", "53/UDP", "(dns)", "-", "coredns",
+                                 "10.244.1.3:53", "KUBE-SVC-TCOU7JCQXEZGVUNU"]     # a named port: its name
     assert whole[-2].split(None, 5) == ["testappds", "NodePort", "10.111.222.68", "8080/TCP", "30080",
                                         "testappds-worker1 10.244.1.2:80, testappds-worker2 10.244.2.2:80, "
                                         "testappds-worker3 10.244.3.2:80  KUBE-SVC-QMR6LTDCBEU4U25W"]
