@@ -407,18 +407,72 @@ def _stitch_hops(result: dict, where: dict[str, str], etcd: coord.Etcd, spec: di
         result[name]["summary"] = tracemod.summary(out)
 
 
-def test(lab: str, etcd_url: str, only: list[str] | None = None, reach: dict[str, str] | None = None):
+def all_pairs(lab: str, topo, token: str, machines: list[tuple[str, str, list]], hosts: bool = False):
+    """`nslab test --all-pairs` for a lab across machines: every machine holding endpoints
+    pings from them to every endpoint, wherever it is (`nslab pairs-part` there, one
+    request per machine, all at once: checks.pairs_part); the parts merged here into the
+    one result a local run gives (checks.pairs_report).  An endpoint on no machine that
+    answers sends nothing: its pairs count as unanswered."""
+    import tempfile
+    import threading
+    from . import channel           # lazy: only here
+    from .observe import checks
+    started = time.monotonic()
+    eps = [e.name for e in checks.pair_endpoints(topo, hosts)]
+    held = {n for _, _, nodes in machines for n in nodes}
+    busy = [(m, url) for m, url, nodes in machines if set(nodes) & set(eps)]
+    answers: dict[str, dict] = {}
+    failures: dict[str, str] = {}
+
+    def ask(machine: str, url: str) -> None:
+        with tempfile.TemporaryFile() as f, tempfile.TemporaryFile() as err, open(os.devnull, "rb") as nul:
+            try:
+                rc = channel.run(url, token, {"lab": lab, "command": "pairs-part",
+                                              "options": {"hosts": True} if hosts else {}},
+                                 stdin=nul, stdout=f, stderr=err)
+            except NslabError as e:
+                failures[machine] = str(e)
+                return
+            f.seek(0)
+            err.seek(0)
+            try:
+                answers[machine] = json.load(f)
+            except ValueError:
+                said = err.read().decode(errors="replace").strip().splitlines()
+                failures[machine] = said[-1] if said else f"its part ended with exit code {rc} and no answer"
+    threads = [threading.Thread(target=ask, args=b, daemon=True) for b in busy]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if failures:
+        m, why = sorted(failures.items())[0]
+        raise NslabError(f"lab {lab}: all pairs: machine {m}: {why}")
+    away = [e for e in eps if e not in held]
+    if away:                        # nobody sends from them: every pair of theirs unanswered
+        answers["?"] = dict(pairs=len(away) * (len(eps) - 1), reachable=0, sent=0, rounds=1, elapsed=0.0,
+                            errors={}, overflowed=0, gc_thresh3="?",
+                            missing=[[s, d] for s in away for d in eps if d != s])
+    got = [answers[m] for m, _ in busy if m in answers] + ([answers["?"]] if away else [])
+    return checks.pairs_report(topo, hosts, got, time.monotonic() - started)
+
+
+def test(lab: str, etcd_url: str, only: list[str] | None = None, reach: dict[str, str] | None = None,
+         pairs: bool = False, hosts: bool = False):
     """`nslab test -l LAB` for a lab across machines: each test run by the agent of the
     machine holding its source (`nslab test --only NAME --json` there); one report, in the
     topology's order.  A test whose via or ttl node is on another machine runs alone, that
     node watched meanwhile by its own machine (`nslab watch-part`, checks.watch_part) and
-    the expectation judged here from what it saw (checks.watched)."""
+    the expectation judged here from what it saw (checks.watched).  pairs: every pair
+    instead (all_pairs())."""
     import tempfile
     from . import channel           # lazy: only here
     from .observe import checks
     token, machines = parts(lab, etcd_url, reach)
     where = {n: (m, url) for m, url, nodes in machines for n in nodes}
     topo = _topology(_spec(coord.connect(etcd_url), lab, machines), lab)
+    if pairs:
+        return all_pairs(lab, topo, token, machines, hosts)
     tests = [c for c in topo.tests if not only or c.name in only]
     if not tests:
         raise UsageError(f"lab {lab} declares no tests{' of those names' if only else ''}")
@@ -471,12 +525,13 @@ def test(lab: str, etcd_url: str, only: list[str] | None = None, reach: dict[str
 
 
 def test_file(topo, etcd_url: str, spread: str | None, stitch_port: int, overrides: dict | None,
-              only: list[str] | None = None, reach: dict[str, str] | None = None):
+              only: list[str] | None = None, reach: dict[str, str] | None = None, pairs: bool = False,
+              hosts: bool = False):
     """`nslab test FILE` across machines: the lab up over its machines, its tests run (test()),
     the lab down again from every machine whatever happened; the report."""
     up(topo, etcd_url, spread, stitch_port, overrides, log=lambda *_: None)
     try:
-        return test(topo.name, etcd_url, only, reach)
+        return test(topo.name, etcd_url, only, reach, pairs, hosts)
     finally:
         down(topo.name, etcd_url)
 

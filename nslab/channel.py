@@ -1,6 +1,6 @@
 """The other commands for a lab across machines, over the agent's authenticated channel
 (issue 20, item 2): show, exec (with a TTY when stdin is one), shell, capture, link
-set/show/clear, test (--only), trace (its parts) and rewire, run on the machine that holds the node by that machine's own
+set/show/clear, test (--only; --all-pairs: its parts), trace (its parts) and rewire, run on the machine that holds the node by that machine's own
 `nslab` (today's commands and observers: no second implementation).
 
 POST /v1/run (the agent serves it only with the cluster's credential, machine_agent.py)
@@ -58,6 +58,8 @@ COMMANDS = {
     "watch-part": (["watch-part"], ("node",), ()),
     "rewire": (["rewire"], (), ()),                     # each machine's containers, by its agent
     "test": (["test"], ("only",), ("json",)),
+    # a machine's part of `test --all-pairs`: pings from its nodes (across.all_pairs, checks.pairs_part)
+    "pairs-part": (["pairs-part"], (), ("hosts",)),
 }
 MAX_REQUEST = 1 << 16
 TERM_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,31}")

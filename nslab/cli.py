@@ -706,6 +706,21 @@ def watch_part(lab: str = typer.Option(..., "-l", "--lab", help="The lab (a part
     checks.watch_part({n: labmod.node_namespace(lab, n) for n in node or []})
 
 
+@app.command("pairs-part", hidden=True)
+@run
+def pairs_part(lab: str = typer.Option(..., "-l", "--lab", help="The lab (a part of it runs here)."),
+               hosts: bool = typer.Option(False, "--hosts", help="Hosts too, as `test --all-pairs --hosts`.")):
+    """This machine's part of `test --all-pairs` across machines: pings from its nodes, JSON."""
+    from .api import Lab  # lazy: start-up
+    from .observe import checks  # lazy: start-up
+    labmod.require_root()
+    handle = Lab.attach(labmod.resolve_lab(lab))
+    labmod.require_wired(handle.name)
+    labmod.require_own_namespaces(handle.state, [n.ns for n in handle.topo.nodes.values()
+                                                 if n.name in handle.state.nodes])
+    print(json.dumps(checks.pairs_part(handle.topo, hosts, set(handle.state.nodes))))
+
+
 @app.command("test")
 @run
 def test_(file: Optional[str] = typer.Argument(None, help="Topology file: bring it up, run its tests, take it down."),
@@ -733,20 +748,17 @@ def test_(file: Optional[str] = typer.Argument(None, help="Topology file: bring 
     topo = labmod.load(file, name=name, overrides=cluster_overrides(backend, proxy_mode)) if file else None
     remote = across_lab(lab, None) if not file else topo.name if spread is not None or topo.placement else None
     if remote:                          # a lab across machines: up (FILE), its tests by the agents, down
-        if all_pairs:
-            raise UsageError("--all-pairs does not run across machines yet: run the tests: section, or "
-                             "`nslab exec` pings")
-        if topo is not None and not topo.tests:
+        if topo is not None and not topo.tests and not all_pairs:
             raise UsageError(f"{file} declares no tests (add a tests: section)")
         from . import across, sandbox      # lazy: start-up
         endpoint = etcd_endpoint(None)
         reach = sandbox.agent_urls(endpoint)
         if topo is None:
-            report = across.test(remote, endpoint, only, reach)
+            report = across.test(remote, endpoint, only, reach, all_pairs, hosts)
         else:
             with out.Progress(f"test {topo.name}").running("up over machines, tests"):
                 report = across.test_file(topo, endpoint, spread, stitch_port, cluster_overrides(backend, proxy_mode),
-                                          only, reach)
+                                          only, reach, all_pairs, hosts)
         topo_file = file or remote
     else:
         report, topo_file = test_here(file, topo, lab, all_pairs, hosts, only, name, backend, proxy_mode)

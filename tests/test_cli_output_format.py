@@ -54,7 +54,7 @@ def test_every_command_is_declared_for_typer_too():
     text = subprocess.run([sys.executable, "-m", "nslab.cli", "--help"], capture_output=True, text=True,
                           env={**os.environ, "COLUMNS": "200"}, timeout=60).stdout
     hidden = {verb for verb, (kw, _) in cli.app.commands.items() if kw.get("hidden")}   # host <-> agent parts
-    assert hidden == {"trace-part", "watch-part"}
+    assert hidden == {"trace-part", "watch-part", "pairs-part"}
     for verb in [v for v in cli.app.commands if v not in hidden] + list(cli.app.groups):
         assert re.search(rf"│ {re.escape(verb)}\s", text), verb
     bad = subprocess.run([sys.executable, "-m", "nslab.cli", "trace", "a", "b", "--port", "x"], capture_output=True,

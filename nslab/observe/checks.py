@@ -276,27 +276,48 @@ def run_all_pairs(topo, hosts: bool = False, timeout: float = 3.0) -> Report:
     time is the check's whole wall-clock time (choosing the pairs and opening sockets
     included), not only the probes'."""
     started = time.monotonic()
+    part = pairs_part(topo, hosts, None, timeout)
+    return pairs_report(topo, hosts, [part], time.monotonic() - started)
+
+
+def pairs_part(topo, hosts: bool = False, here: set[str] | None = None, timeout: float = 3.0) -> dict:
+    """Every pair from the endpoints `here` (default: all) to every endpoint, as a JSON
+    document: the whole run's, or one machine's part of a lab across machines (`nslab
+    pairs-part`, its sources the nodes it holds), which the host merges (pairs_report)."""
     fulls = probe.neighbour_table_fulls()
-    r = probe.all_pairs(pair_endpoints(topo, hosts), timeout)
-    overflowed = (probe.neighbour_table_fulls() or 0) - (fulls or 0)
-    n = len(r.endpoints)
+    eps = pair_endpoints(topo, hosts)
+    r = probe.all_pairs(eps, timeout) if here is None else probe.all_pairs(eps, timeout, sources=here)
+    return dict(endpoints=len(eps), pairs=r.pairs, reachable=r.reachable, missing=[list(p) for p in r.missing],
+                sent=r.sent, rounds=r.rounds, elapsed=r.elapsed, errors=r.errors,
+                overflowed=(probe.neighbour_table_fulls() or 0) - (fulls or 0), gc_thresh3=probe.gc_thresh3())
+
+
+def pairs_report(topo, hosts: bool, parts: list[dict], took: float) -> Report:
+    """The all-pairs result of `parts` (pairs_part's documents, one per machine: their sums)."""
+    n = len(pair_endpoints(topo, hosts))
+    pairs, reachable = sum(p["pairs"] for p in parts), sum(p["reachable"] for p in parts)
+    missing = [tuple(m) for p in parts for m in p["missing"]]
+    sent, rounds = sum(p["sent"] for p in parts), max((p["rounds"] for p in parts), default=1)
+    elapsed = max((p["elapsed"] for p in parts), default=0.0)
+    errors = {k: v for p in parts for k, v in p["errors"].items()}
+    overflowed = sum(p["overflowed"] for p in parts)
     has_pods = any(x.kind == "pod" for x in topo.nodes.values())
     kinds = "hosts" if not has_pods else "pods and hosts" if hosts else "pods"
-    took = time.monotonic() - started
-    details = [f"{r.reachable}/{r.pairs} pairs answered in {took:.2f} s ({out.plural(r.sent, 'echo request')}, "
-               f"{out.plural(r.rounds, 'round')}; probing {r.elapsed:.2f} s of it)"]
-    details += [f"no answer: {s} -> {d}" for s, d in r.missing[:50]]
-    if len(r.missing) > 50:
-        details.append(f"... and {len(r.missing) - 50} more pairs")
-    details += [f"send error from {s}: {e}" for s, e in r.errors.items()]
-    if r.missing and overflowed > 0:
+    details = [f"{reachable}/{pairs} pairs answered in {took:.2f} s ({out.plural(sent, 'echo request')}, "
+               f"{out.plural(rounds, 'round')}; probing {elapsed:.2f} s of it)"]
+    details += [f"no answer: {s} -> {d}" for s, d in missing[:50]]
+    if len(missing) > 50:
+        details.append(f"... and {len(missing) - 50} more pairs")
+    details += [f"send error from {s}: {e}" for s, e in errors.items()]
+    if missing and overflowed > 0:
         details.insert(1, f"the kernel's ARP table overflowed {overflowed} times meanwhile: it is shared by every "
-                          f"namespace on this machine and holds {probe.gc_thresh3()} entries "
+                          f"namespace on this machine and holds {parts[0]['gc_thresh3']} entries "
                           f"(net.ipv4.neigh.default.gc_thresh3 of the root namespace, which nslab never changes); "
                           f"fewer pods per node need fewer entries")
-    observed = f"{r.reachable}/{r.pairs} reachable in {took:.2f} s"
+    observed = f"{reachable}/{pairs} reachable in {took:.2f} s"
+    ok = not missing and pairs == n * (n - 1) and n > 1
     res = Result(f"all pairs of {n} {kinds}", "ping, every ordered pair", "success",
-                 r.ok and n > 1, observed if n > 1 else "fewer than two endpoints", details, took)
+                 ok, observed if n > 1 else "fewer than two endpoints", details, took)
     return Report(topo.name, [res], took)
 
 

@@ -328,11 +328,12 @@ class AllPairs:
     elapsed: float                        # seconds, sockets opened to last reply
     rounds: int = 1
     errors: dict[str, str] = field(default_factory=dict)   # source -> first send error
+    sources: int | None = None            # endpoints that sent (default: all of them)
 
     @property
     def pairs(self) -> int:
         n = len(self.endpoints)
-        return n * (n - 1)
+        return (n if self.sources is None else self.sources) * (n - 1)
 
     @property
     def ok(self) -> bool:
@@ -355,8 +356,11 @@ def _pair_wait(sent: int) -> float:
     return sent * 2e-6
 
 
-def all_pairs(endpoints: list[Endpoint], timeout: float = 3.0, threads: int = 0) -> AllPairs:
-    """Echo request from every endpoint to every other one; who answered.  The deadline is
+def all_pairs(endpoints: list[Endpoint], timeout: float = 3.0, threads: int = 0,
+              sources: set[str] | None = None) -> AllPairs:
+    """Echo request from every endpoint to every other one; who answered.  sources: the
+    endpoints that send (by name; default all): a machine's part of a lab across machines
+    sends from its own namespaces to every endpoint, wherever it is (across.all_pairs).  The deadline is
     `timeout` after the last re-send round, longer for big rounds (_pair_wait).
 
     The sources are split between `threads` workers (default: one per CPU, at most 4; one
@@ -371,6 +375,7 @@ def all_pairs(endpoints: list[Endpoint], timeout: float = 3.0, threads: int = 0)
     every ARP_GRACE seconds (the table's entries cannot be reclaimed sooner).  Memory is
     n^2 bytes (one answered-flag per pair), packets are built as they are sent."""
     n = len(endpoints)
+    here = [i for i in range(n) if sources is None or endpoints[i].name in sources]
     if n > 0xFFFF:
         raise ValueError("at most 65535 endpoints (the ICMP sequence number names the destination)")
     t0 = time.monotonic()
@@ -382,19 +387,21 @@ def all_pairs(endpoints: list[Endpoint], timeout: float = 3.0, threads: int = 0)
     idents = [(base + i) & 0xFFFF for i in range(n)]
     ips = [ep.ip for ep in endpoints]
     ip_bytes = [socket.inet_aton(ip) for ip in ips]
-    socks: list[socket.socket] = []
+    socks: list[socket.socket | None] = [None] * n
     errors: dict[str, str] = {}
-    # got[i][j]: source i has its answer from destination j (its own slot counts as answered)
-    got = [bytearray(n) for _ in range(n)]
+    # got[i][j]: source i has its answer from destination j (its own slot counts as answered;
+    # a source that does not send here, every slot)
+    sending = set(here)
+    got = [bytearray(n) if i in sending else bytearray(b"\1" * n) for i in range(n)]
     for i in range(n):
         got[i][i] = 1
-    workers = threads or max(1, min(os.cpu_count() or 1, 4, n // 32 or 1))
+    workers = threads or max(1, min(os.cpu_count() or 1, 4, len(here) // 32 or 1))
     stats = [[0, 1] for _ in range(workers)]          # per worker: requests sent, rounds
     header = struct.Struct("!BBHHH")
     fulls0 = neighbour_table_fulls()
 
     def work(w: int) -> None:
-        mine = list(range(w, n, workers))
+        mine = here[w::workers]
         poller = select.poll()      # not select(): a big lab has descriptors above FD_SETSIZE
         by_fd = {}
         for i in mine:
@@ -465,8 +472,8 @@ def all_pairs(endpoints: list[Endpoint], timeout: float = 3.0, threads: int = 0)
             receive(max(1, min(100, int((until - now) * 1000) + 1)))
 
     try:
-        for ep in endpoints:
-            socks.append(icmp_socket(ep.ns))
+        for i in here:
+            socks[i] = icmp_socket(endpoints[i].ns)
         if workers == 1:
             work(0)
         else:
@@ -487,10 +494,11 @@ def all_pairs(endpoints: list[Endpoint], timeout: float = 3.0, threads: int = 0)
         elapsed = time.monotonic() - t0
     finally:
         for s in socks:
-            s.close()
-    missing = [(endpoints[i].name, endpoints[j].name) for i in range(n) for j in _zeros(got[i])]
-    return AllPairs(endpoints, n * (n - 1) - len(missing), missing, sum(s[0] for s in stats), elapsed,
-                    max((s[1] for s in stats), default=1), errors)
+            if s is not None:
+                s.close()
+    missing = [(endpoints[i].name, endpoints[j].name) for i in here for j in _zeros(got[i])]
+    return AllPairs(endpoints, len(here) * (n - 1) - len(missing), missing, sum(s[0] for s in stats), elapsed,
+                    max((s[1] for s in stats), default=1), errors, None if sources is None else len(here))
 
 
 def _diagonal_tiles(n: int, mine: list[int], tile: int):
