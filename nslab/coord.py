@@ -479,42 +479,68 @@ class Watch:
         self.close()
 
 
+def renew(etcd: Etcd, lease: int, ttl: int, alive=lambda: True) -> str | None:
+    """Renew a lease every third of its TTL, as clientv3 does, while alive() holds; the
+    reason it was lost (etcd says it is gone, or no answer for longer than the TTL, when
+    etcd has expired it anyway), or None once alive() is false (then it is left to expire)."""
+    last_ok = time.monotonic()
+    pause = max(ttl / 3, 0.2)
+    while True:
+        time.sleep(pause)
+        if not alive():
+            return None
+        pause = max(ttl / 3, 0.2)
+        try:
+            if etcd.keepalive(lease) <= 0:
+                return f"lease {lease:x} expired or was revoked"
+            last_ok = time.monotonic()
+        except EtcdError as e:
+            pause = 0.5         # a renewal that failed is tried again soon, not a third of the TTL later
+            if time.monotonic() - last_ok > ttl:
+                return str(e)
+
+
 class KeepAlive:
-    """Keeps a lease alive from a thread (every third of its TTL, as clientv3 does) until
-    stop(); `lost` is set when etcd says the lease is gone or stops answering for longer than
-    the TTL, and on_lost(reason) is called once."""
+    """Keeps a lease alive until stop(); `lost` is set when etcd says the lease is gone or
+    stops answering for longer than the TTL, and on_lost(reason) is called once.
+
+    The renewals run in a child process (runtime/lease.py, renew()), not a thread of this
+    one: a thread needs this interpreter's GIL for every step of a renewal, and an agent
+    building a big shard holds it for long stretches (a full pass of the cyclic garbage
+    collector over a 15,000-node compile holds it 0.6 s on an idle CPU, many seconds on a
+    starved one), so its 10 s lease expired while it compiled (bench/README.md, issue 20).
+    The child renews only while this process lives (its parent PID checked before each
+    renewal): a dead agent's lease still expires within its TTL."""
 
     def __init__(self, etcd: Etcd, lease: int, ttl: int, on_lost=None):
+        import subprocess       # lazy: only an agent keeps a lease
+        from . import spawn
         self.etcd, self.lease, self.ttl, self.on_lost = etcd, lease, ttl, on_lost
         self.lost: str | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"etcd-lease-{lease:x}", daemon=True)
+        self._stopping = threading.Event()
+        files = {var: path for (field_, _, var) in TLS_FILES
+                 if (path := getattr(etcd.credentials, field_))}
+        self._proc = subprocess.Popen(
+            spawn.python("nslab.runtime.lease", etcd.endpoint, f"{lease:x}", str(ttl), str(os.getpid())),
+            cwd=spawn.CWD, env=spawn.env(**files), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+        self._thread = threading.Thread(target=self._watch, name=f"etcd-lease-{lease:x}", daemon=True)
         self._thread.start()
 
-    def _run(self) -> None:
-        last_ok = time.monotonic()
-        pause = max(self.ttl / 3, 0.2)
-        while not self._stop.wait(pause):
-            pause = max(self.ttl / 3, 0.2)
-            try:
-                if self.etcd.keepalive(self.lease) <= 0:
-                    self._lose(f"lease {self.lease:x} expired or was revoked")
-                    return
-                last_ok = time.monotonic()
-            except EtcdError as e:
-                pause = 0.5         # a renewal that failed is tried again soon, not a third of the TTL later
-                if time.monotonic() - last_ok > self.ttl:
-                    self._lose(str(e))
-                    return
-
-    def _lose(self, reason: str) -> None:
-        self.lost = reason
-        if self.on_lost is not None:
-            self.on_lost(reason)
+    def _watch(self) -> None:
+        line = self._proc.stdout.readline(4096).strip()     # the keeper's one line: why the lease was lost
+        code = self._proc.wait()
+        if not self._stopping.is_set():
+            self.lost = one_line(line) if line else f"the keeper of lease {self.lease:x} ended (exit {code})"
+            if self.on_lost is not None:
+                self.on_lost(self.lost)
 
     def stop(self, revoke: bool = True) -> None:
-        self._stop.set()
-        self._thread.join()
+        self._stopping.set()
+        if self._proc.poll() is None:
+            self._proc.terminate()          # our own child, by its PID
+        self._proc.wait()
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
         if revoke and self.lost is None:
             self.etcd.revoke(self.lease)
 

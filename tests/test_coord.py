@@ -5,10 +5,12 @@ one transaction holds, and two racing labs), watches, flannel's own keys in flan
 JSON, everything read back checked, and an unreachable endpoint in one sentence."""
 from __future__ import annotations
 
+import ctypes
 import http.server
 import json
 import socket
 import subprocess
+import sys
 import threading
 import time
 from ipaddress import IPv4Network
@@ -79,6 +81,38 @@ def test_keepalive_reports_a_revoked_lease(etcd):
     assert wait_for(lambda: keeper.lost is not None, 3)
     assert lost == [f"lease {lease:x} expired or was revoked"]
     keeper.stop()
+
+
+def test_a_lease_outlives_a_process_that_holds_the_gil_for_three_ttls(etcd):
+    # An agent compiling a big shard holds its GIL for seconds on a busy machine (the
+    # collector's full passes); its lease must not expire meanwhile.  libc's sleep()
+    # called through ctypes.PyDLL keeps the GIL: no thread of this process runs for 6 s.
+    lease = etcd.grant(2)
+    etcd.put("/nslab/busy", "x", lease)
+    keeper = coord.KeepAlive(etcd, lease, 2)
+    time.sleep(1)                                      # the keeper started
+    ctypes.PyDLL(None).sleep(6)
+    assert etcd.get("/nslab/busy") is not None and etcd.time_to_live(lease) > 0
+    time.sleep(1)
+    assert keeper.lost is None
+    keeper.stop()
+    assert etcd.get("/nslab/busy") is None
+
+
+def test_a_killed_keepers_owner_lets_its_lease_expire(etcd):
+    # kill -9 of an agent: nothing renews its lease any more (a machine gone is seen)
+    lease = etcd.grant(2)
+    code = (f"import time; from nslab import coord; coord.KeepAlive(coord.Etcd({etcd.endpoint!r}), {lease}, 2); "
+            f"print('ready', flush=True); time.sleep(60)")
+    owner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout.readline() == "ready\n"
+        time.sleep(3)
+        assert etcd.time_to_live(lease) > 0            # kept alive past its TTL
+    finally:
+        owner.kill()
+        owner.wait()
+    assert wait_for(lambda: etcd.time_to_live(lease) == -1, 2 + 2 / 3 + 3)
 
 
 def test_two_agents_claiming_one_machine_name(etcd):
