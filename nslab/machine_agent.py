@@ -324,7 +324,7 @@ class Agent:
                             self.remove(ev.kv.key[len(prefix):])
                             continue
                         try:
-                            self.build(coord.parse_shard(ev.kv, self.name))
+                            self.build(coord.parse_shard(self.etcd, ev.kv, self.name))
                         except coord.EtcdError as e:
                             self.log(f"ignored: {e}")
             except coord.EtcdError as e:
