@@ -80,8 +80,7 @@ def up(topo, etcd_url: str, spread: str | None, stitch_port: int, overrides: dic
                 "underlay_mtu": mtu, "overrides": {k: v for k, v in (overrides or {}).items()
                                                    if k in ("backend", "proxy_mode")}}
         busy = [m.name for m in machines if placed.plans[m.name].ops]
-        for name in busy:
-            coord.put_shard(etcd, name, spec)
+        coord.put_shards(etcd, busy, spec)
         states = _wait(etcd, topo.name, busy, timeout, "answered")
         failed = {m: s for m, s in states.items() if s["state"] != "up"}
         if failed:

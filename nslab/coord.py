@@ -27,6 +27,7 @@ Key layout (PREFIX = /nslab):
     /nslab/labs/LAB             {"lab", "machine"}                    claimed by a transaction
     /nslab/vnis/VNI             "LAB/STITCH"                          one per stitch, transactions
     /nslab/shards/MACHINE/LAB   a shard spec (the host writes it, the machine's agent builds it)
+    /nslab/texts/LAB/NNNN       a big lab's text, zlib-compressed, in parts (put_shards)
     /nslab/status/LAB/MACHINE   {"state", "namespaces", "error"}      under the agent's lease
     /nslab/pending/MACHINE/LAB  {"lab"}: `down` ran while MACHINE was gone; its agent finishes it
     /coreos.com/network/config  flannel's net-conf.json
@@ -51,6 +52,7 @@ from urllib.parse import urlsplit
 from . import backends
 from .errors import NslabError, UsageError, one_line
 from .model.placement import machine_problem
+from .model.yamldoc import MAX_FILE_BYTES
 from .model.types import LAB_NAME_RE, MAX_LAB_NAME
 
 TIMEOUT = 4.5                   # seconds: connect and each answer (a watch waits as long as asked)
@@ -479,42 +481,68 @@ class Watch:
         self.close()
 
 
+def renew(etcd: Etcd, lease: int, ttl: int, alive=lambda: True) -> str | None:
+    """Renew a lease every third of its TTL, as clientv3 does, while alive() holds; the
+    reason it was lost (etcd says it is gone, or no answer for longer than the TTL, when
+    etcd has expired it anyway), or None once alive() is false (then it is left to expire)."""
+    last_ok = time.monotonic()
+    pause = max(ttl / 3, 0.2)
+    while True:
+        time.sleep(pause)
+        if not alive():
+            return None
+        pause = max(ttl / 3, 0.2)
+        try:
+            if etcd.keepalive(lease) <= 0:
+                return f"lease {lease:x} expired or was revoked"
+            last_ok = time.monotonic()
+        except EtcdError as e:
+            pause = 0.5         # a renewal that failed is tried again soon, not a third of the TTL later
+            if time.monotonic() - last_ok > ttl:
+                return str(e)
+
+
 class KeepAlive:
-    """Keeps a lease alive from a thread (every third of its TTL, as clientv3 does) until
-    stop(); `lost` is set when etcd says the lease is gone or stops answering for longer than
-    the TTL, and on_lost(reason) is called once."""
+    """Keeps a lease alive until stop(); `lost` is set when etcd says the lease is gone or
+    stops answering for longer than the TTL, and on_lost(reason) is called once.
+
+    The renewals run in a child process (runtime/lease.py, renew()), not a thread of this
+    one: a thread needs this interpreter's GIL for every step of a renewal, and an agent
+    building a big shard holds it for long stretches (a full pass of the cyclic garbage
+    collector over a 15,000-node compile holds it 0.6 s on an idle CPU, many seconds on a
+    starved one), so its 10 s lease expired while it compiled (bench/README.md, issue 20).
+    The child renews only while this process lives (its parent PID checked before each
+    renewal): a dead agent's lease still expires within its TTL."""
 
     def __init__(self, etcd: Etcd, lease: int, ttl: int, on_lost=None):
+        import subprocess       # lazy: only an agent keeps a lease
+        from . import spawn
         self.etcd, self.lease, self.ttl, self.on_lost = etcd, lease, ttl, on_lost
         self.lost: str | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"etcd-lease-{lease:x}", daemon=True)
+        self._stopping = threading.Event()
+        files = {var: path for (field_, _, var) in TLS_FILES
+                 if (path := getattr(etcd.credentials, field_))}
+        self._proc = subprocess.Popen(
+            spawn.python("nslab.runtime.lease", etcd.endpoint, f"{lease:x}", str(ttl), str(os.getpid())),
+            cwd=spawn.CWD, env=spawn.env(**files), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+        self._thread = threading.Thread(target=self._watch, name=f"etcd-lease-{lease:x}", daemon=True)
         self._thread.start()
 
-    def _run(self) -> None:
-        last_ok = time.monotonic()
-        pause = max(self.ttl / 3, 0.2)
-        while not self._stop.wait(pause):
-            pause = max(self.ttl / 3, 0.2)
-            try:
-                if self.etcd.keepalive(self.lease) <= 0:
-                    self._lose(f"lease {self.lease:x} expired or was revoked")
-                    return
-                last_ok = time.monotonic()
-            except EtcdError as e:
-                pause = 0.5         # a renewal that failed is tried again soon, not a third of the TTL later
-                if time.monotonic() - last_ok > self.ttl:
-                    self._lose(str(e))
-                    return
-
-    def _lose(self, reason: str) -> None:
-        self.lost = reason
-        if self.on_lost is not None:
-            self.on_lost(reason)
+    def _watch(self) -> None:
+        line = self._proc.stdout.readline(4096).strip()     # the keeper's one line: why the lease was lost
+        code = self._proc.wait()
+        if not self._stopping.is_set():
+            self.lost = one_line(line) if line else f"the keeper of lease {self.lease:x} ended (exit {code})"
+            if self.on_lost is not None:
+                self.on_lost(self.lost)
 
     def stop(self, revoke: bool = True) -> None:
-        self._stop.set()
-        self._thread.join()
+        self._stopping.set()
+        if self._proc.poll() is None:
+            self._proc.terminate()          # our own child, by its PID
+        self._proc.wait()
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
         if revoke and self.lost is None:
             self.etcd.revoke(self.lease)
 
@@ -596,6 +624,7 @@ def claim_lab(etcd: Etcd, lab: str, machine: str, lease: int = 0) -> None:
 
 
 def release_lab(etcd: Etcd, lab: str) -> None:
+    etcd.delete(texts_prefix(lab), prefix=True)
     etcd.delete(f"{PREFIX}/labs/{lab}")
     release_vnis(etcd, lab)
 
@@ -888,17 +917,86 @@ def status_key(lab: str, machine: str) -> str:
     return f"{PREFIX}/status/{lab}/{machine}"
 
 
-def put_shard(etcd: Etcd, machine: str, spec: dict) -> None:
-    etcd.put(shard_key(machine, spec["lab"]), json.dumps(spec))
+# A lab's text too big for one etcd value (a request is at most 1.5 MiB, nslab reads at most
+# MAX_VALUE): stored once for all its machines, zlib-compressed and split into parts under
+# /nslab/texts/LAB/0000, 0001 ... (each written before the specs that name it); the specs
+# then hold "text": "" and "text_parts" {"parts", "bytes", "size", "sha256"} to check
+# what is read back against.  A spec up to INLINE_SPEC bytes keeps its text inline, as
+# `etcdctl get` shows it.
+INLINE_SPEC = 512 << 10
+TEXT_PART = 512 << 10           # compressed bytes a part (base64 in the gateway's JSON: 683 KiB a request)
+MAX_TEXT = MAX_FILE_BYTES       # the largest topology file nslab reads
+MAX_TEXT_PARTS = MAX_TEXT // TEXT_PART + 2      # zlib's output may exceed its input a little
+TEXT_PART_RE = re.compile(r"\d{4}")
 
 
-def parse_shard(kv: KV, machine: str) -> dict:
+def texts_prefix(lab: str) -> str:
+    return f"{PREFIX}/texts/{lab}/"
+
+
+def put_shards(etcd: Etcd, machines: list[str], spec: dict) -> None:
+    """Lab spec["lab"]'s shard spec written for each of `machines` (its text in parts first
+    when the spec is too big to be one value)."""
+    import hashlib, zlib        # lazy: only a big lab
+    value = json.dumps(spec)
+    prefix = texts_prefix(spec["lab"])
+    etcd.delete(prefix, prefix=True)        # parts of an earlier `up` of the name that did not finish
+    if len(value) > INLINE_SPEC:
+        raw = spec["text"].encode()
+        data = zlib.compress(raw, 9)
+        parts = [data[i:i + TEXT_PART] for i in range(0, len(data), TEXT_PART)]
+        if len(raw) > MAX_TEXT or len(parts) > MAX_TEXT_PARTS:
+            raise UsageError(f"lab {spec['lab']}: its text is {len(raw):,} bytes; a lab across machines "
+                             f"holds at most {MAX_TEXT:,}")
+        for n, part in enumerate(parts):
+            etcd.put(f"{prefix}{n:04d}", part)
+        value = json.dumps({**spec, "text": "", "text_parts": {
+            "parts": len(parts), "bytes": len(data), "size": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}})
+    for machine in machines:
+        etcd.put(shard_key(machine, spec["lab"]), value)
+
+
+def _stored_text(etcd: Etcd, lab: str, meta, where: str) -> str:
+    """A text put_shards split into parts, read back and checked as input: the parts'
+    keys, count and sizes, the compressed and the inflated size, the checksum."""
+    import hashlib, zlib
+    if not isinstance(meta, dict) or set(meta) != {"parts", "bytes", "size", "sha256"} \
+            or not all(isinstance(meta[k], int) and not isinstance(meta[k], bool) for k in ("parts", "bytes", "size")) \
+            or not 1 <= meta["parts"] <= MAX_TEXT_PARTS or not 0 <= meta["size"] <= MAX_TEXT \
+            or not 0 < meta["bytes"] <= meta["parts"] * TEXT_PART \
+            or not (isinstance(meta["sha256"], str) and re.fullmatch(r"[0-9a-f]{64}", meta["sha256"])):
+        raise EtcdError(f"{where}: text_parts is not {{parts, bytes, size, sha256}} within nslab's limits")
+    prefix = texts_prefix(lab)
+    kvs, _ = etcd.get_prefix(prefix)
+    names = [kv.key[len(prefix):] for kv in kvs]
+    if names != [f"{n:04d}" for n in range(meta["parts"])]:
+        raise EtcdError(f"{where}: etcd holds {len(kvs)} parts of its text under {prefix}, not the "
+                        f"{meta['parts']} it names")
+    if any(len(kv.value) > TEXT_PART for kv in kvs) or sum(len(kv.value) for kv in kvs) != meta["bytes"]:
+        raise EtcdError(f"{where}: the parts of its text under {prefix} are not {meta['bytes']:,} bytes")
+    inflate = zlib.decompressobj()
+    try:
+        raw = inflate.decompress(b"".join(kv.value for kv in kvs), meta["size"] + 1)
+    except zlib.error:
+        raise EtcdError(f"{where}: its text under {prefix} is not zlib data") from None
+    if len(raw) != meta["size"] or not inflate.eof or inflate.unconsumed_tail or inflate.unused_data \
+            or hashlib.sha256(raw).hexdigest() != meta["sha256"]:
+        raise EtcdError(f"{where}: its text under {prefix} is not the {meta['size']:,} bytes of sha256 "
+                        f"{meta['sha256'][:12]}... it names")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise EtcdError(f"{where}: its text under {prefix} is not UTF-8") from None
+
+
+def parse_shard(etcd: Etcd, kv: KV, machine: str) -> dict:
     """A shard spec read back from etcd, checked for what each value becomes (the topology
-    text itself is checked by the model, as a file is)."""
+    text itself is checked by the model, as a file is); a text stored in parts is read
+    back into spec["text"]."""
     lab = kv.key[len(f"{PREFIX}/shards/{machine}/"):]
     spec = json_value(kv)
     where = f"etcd key {kv.key!r:.200}"
-    if not isinstance(spec, dict) or set(spec) != SHARD_FIELDS:
+    if not isinstance(spec, dict) or set(spec) - {"text_parts"} != SHARD_FIELDS:
         raise EtcdError(f"{where} is not a shard ({', '.join(sorted(SHARD_FIELDS))})")
     if spec["lab"] != lab or not LAB_NAME_RE.fullmatch(lab) or len(lab) > MAX_LAB_NAME:
         raise EtcdError(f"{where}: lab {spec['lab']!r:.80} is not its key's valid lab name")
@@ -926,6 +1024,8 @@ def parse_shard(kv: KV, machine: str) -> dict:
     if not isinstance(ov, dict) or not all(k in ("backend", "proxy_mode") and isinstance(v, str) and len(v) < 64
                                            for k, v in ov.items()):
         raise EtcdError(f"{where}: overrides may set only backend and proxy_mode")
+    if "text_parts" in spec:
+        spec["text"] = _stored_text(etcd, lab, spec.pop("text_parts"), where)
     return spec
 
 
@@ -936,7 +1036,7 @@ def shards(etcd: Etcd, machine: str) -> tuple[dict[str, dict], int, list[str]]:
     good, bad = {}, []
     for kv in kvs:
         try:
-            spec = parse_shard(kv, machine)
+            spec = parse_shard(etcd, kv, machine)
             good[spec["lab"]] = spec
         except EtcdError as e:
             bad.append(str(e))

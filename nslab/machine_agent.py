@@ -2,7 +2,8 @@
 labs across machines (issue 20, item 2).  Not the lab agent (runtime/agent.py, which
 serves a lab's pods); this one builds and removes its machine's shards.
 
-- Registers NAME under an etcd lease it keeps alive (coord.KeepAlive); a second agent
+- Registers NAME under an etcd lease it keeps alive (coord.KeepAlive, from a child
+  process its builds cannot starve); a second agent
   claiming NAME is refused (coord.register_machine, one transaction).  The lease ending
   (the machine gone) removes its record and its shards' status keys with it.
 - Watches /nslab/shards/NAME/: each key is a shard spec (coord.parse_shard); the agent
@@ -323,7 +324,7 @@ class Agent:
                             self.remove(ev.kv.key[len(prefix):])
                             continue
                         try:
-                            self.build(coord.parse_shard(ev.kv, self.name))
+                            self.build(coord.parse_shard(self.etcd, ev.kv, self.name))
                         except coord.EtcdError as e:
                             self.log(f"ignored: {e}")
             except coord.EtcdError as e:

@@ -5,10 +5,13 @@ one transaction holds, and two racing labs), watches, flannel's own keys in flan
 JSON, everything read back checked, and an unreachable endpoint in one sentence."""
 from __future__ import annotations
 
+import ctypes
+import functools
 import http.server
 import json
 import socket
 import subprocess
+import sys
 import threading
 import time
 from ipaddress import IPv4Network
@@ -79,6 +82,38 @@ def test_keepalive_reports_a_revoked_lease(etcd):
     assert wait_for(lambda: keeper.lost is not None, 3)
     assert lost == [f"lease {lease:x} expired or was revoked"]
     keeper.stop()
+
+
+def test_a_lease_outlives_a_process_that_holds_the_gil_for_three_ttls(etcd):
+    # An agent compiling a big shard holds its GIL for seconds on a busy machine (the
+    # collector's full passes); its lease must not expire meanwhile.  libc's sleep()
+    # called through ctypes.PyDLL keeps the GIL: no thread of this process runs for 6 s.
+    lease = etcd.grant(2)
+    etcd.put("/nslab/busy", "x", lease)
+    keeper = coord.KeepAlive(etcd, lease, 2)
+    time.sleep(1)                                      # the keeper started
+    ctypes.PyDLL(None).sleep(6)
+    assert etcd.get("/nslab/busy") is not None and etcd.time_to_live(lease) > 0
+    time.sleep(1)
+    assert keeper.lost is None
+    keeper.stop()
+    assert etcd.get("/nslab/busy") is None
+
+
+def test_a_killed_keepers_owner_lets_its_lease_expire(etcd):
+    # kill -9 of an agent: nothing renews its lease any more (a machine gone is seen)
+    lease = etcd.grant(2)
+    code = (f"import time; from nslab import coord; coord.KeepAlive(coord.Etcd({etcd.endpoint!r}), {lease}, 2); "
+            f"print('ready', flush=True); time.sleep(60)")
+    owner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout.readline() == "ready\n"
+        time.sleep(3)
+        assert etcd.time_to_live(lease) > 0            # kept alive past its TTL
+    finally:
+        owner.kill()
+        owner.wait()
+    assert wait_for(lambda: etcd.time_to_live(lease) == -1, 2 + 2 / 3 + 3)
 
 
 def test_two_agents_claiming_one_machine_name(etcd):
@@ -365,11 +400,75 @@ GOOD_SHARD = {"lab": "l1", "file": "l1.yaml", "text": "hosts: {h1: {}}\n", "mach
 
 
 def test_a_shard_round_trips_and_lists_by_machine(etcd):
-    coord.put_shard(etcd, "m1", GOOD_SHARD)
+    coord.put_shards(etcd, ["m1"], GOOD_SHARD)
     specs, rev, bad = coord.shards(etcd, "m1")
+    assert json.loads(etcd.get("/nslab/shards/m1/l1").value) == GOOD_SHARD     # inline, as etcdctl shows it
     assert specs == {"l1": GOOD_SHARD} and rev > 0 and bad == []
     assert coord.shards(etcd, "m2")[0] == {}
     assert coord.lab_shards(etcd, "l1") == ["m1"]
+
+
+@functools.lru_cache(maxsize=None)
+def big_text(nodes: int) -> str:
+    """A topology text of `nodes` hosts, about 60 bytes each, not too repetitive for zlib."""
+    import random
+    rng = random.Random(nodes)
+    return "hosts:\n" + "".join(f"  h{i}: {{address: 10.{rng.randrange(256)}.{rng.randrange(256)}."
+                                 f"{rng.randrange(1, 255)}/{rng.randrange(8, 31)}}}\n" for i in range(nodes))
+
+
+def test_a_spec_too_big_for_one_value_is_stored_in_parts_and_read_back(etcd):
+    text = big_text(120_000)                        # ~5 MiB: over etcd's 1.5 MiB request limit
+    assert len(text) > 4 << 20
+    spec = {**GOOD_SHARD, "text": text}
+    coord.put_shards(etcd, ["m1", "m2"], {**spec, "machines": [["m1", "198.18.1.1"], ["m2", "198.18.1.2"]]})
+    parts, _ = etcd.get_prefix("/nslab/texts/l1/")
+    assert len(parts) >= 2 and all(len(kv.value) <= coord.TEXT_PART for kv in parts)     # stored once
+    stored = json.loads(etcd.get("/nslab/shards/m1/l1").value)
+    assert stored["text"] == "" and stored["text_parts"]["parts"] == len(parts)
+    specs, _, bad = coord.shards(etcd, "m2")
+    assert bad == [] and specs["l1"]["text"] == text and "text_parts" not in specs["l1"]
+    coord.release_lab(etcd, "l1")                  # `down`: the parts go with the claim
+    assert etcd.get_prefix("/nslab/texts/l1/")[0] == []
+
+
+@pytest.mark.parametrize("damage,problem", [
+    (lambda etcd: etcd.delete("/nslab/texts/l1/0001"), "parts of its text"),
+    (lambda etcd: etcd.put("/nslab/texts/l1/0009", b"x"), "parts of its text"),
+    (lambda etcd: etcd.put("/nslab/texts/l1/0000", b"x" * 10), "are not"),
+    (lambda etcd: etcd.put("/nslab/texts/l1/0000", b"x" * coord.TEXT_PART), "not zlib data"),
+])
+def test_damaged_text_parts_are_refused_with_a_sentence(etcd, damage, problem):
+    coord.put_shards(etcd, ["m1"], {**GOOD_SHARD, "text": big_text(120_000)})
+    damage(etcd)
+    specs, _, bad = coord.shards(etcd, "m1")
+    assert specs == {} and len(bad) == 1 and problem in bad[0], bad
+
+
+@pytest.mark.parametrize("meta,problem", [
+    ({"parts": 10 ** 6, "bytes": 1, "size": 1, "sha256": "0" * 64}, "within nslab's limits"),
+    ({"parts": 1, "bytes": 1, "size": 1 << 30, "sha256": "0" * 64}, "within nslab's limits"),
+    ({"parts": 1, "bytes": 1, "size": 1, "sha256": "0" * 64, "x": 1}, "within nslab's limits"),
+    ({"parts": True, "bytes": 1, "size": 1, "sha256": "0" * 64}, "within nslab's limits"),
+])
+def test_hostile_text_parts_are_refused(etcd, meta, problem):
+    etcd.put("/nslab/shards/m1/l1", json.dumps({**GOOD_SHARD, "text": "", "text_parts": meta}))
+    specs, _, bad = coord.shards(etcd, "m1")
+    assert specs == {} and len(bad) == 1 and problem in bad[0], bad
+
+
+def test_a_text_whose_checksum_differs_is_refused(etcd):
+    import zlib
+    coord.put_shards(etcd, ["m1"], {**GOOD_SHARD, "text": big_text(120_000)})
+    other = zlib.compress(big_text(120_001).encode(), 9)
+    stored = json.loads(etcd.get("/nslab/shards/m1/l1").value)
+    etcd.delete("/nslab/texts/l1/", prefix=True)
+    for n in range(0, len(other), coord.TEXT_PART):
+        etcd.put(f"/nslab/texts/l1/{n // coord.TEXT_PART:04d}", other[n:n + coord.TEXT_PART])
+    stored["text_parts"]["bytes"], stored["text_parts"]["parts"] = len(other), -(-len(other) // coord.TEXT_PART)
+    etcd.put("/nslab/shards/m1/l1", json.dumps(stored))
+    specs, _, bad = coord.shards(etcd, "m1")
+    assert specs == {} and len(bad) == 1 and "sha256" in bad[0], bad
 
 
 @pytest.mark.parametrize("change,problem", [
