@@ -9,6 +9,8 @@ naming scheme, t<pid>x<n>) and its own free ports; `down` must leave `ip netns`,
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
 import subprocess
 
@@ -55,6 +57,35 @@ def host_view(name: str) -> dict:
 def docker_exec(container: str, *cmd, timeout=60) -> subprocess.CompletedProcess:
     return subprocess.run(["docker", "exec", container, *map(str, cmd)], capture_output=True, text=True,
                           timeout=timeout)
+
+
+@contextlib.contextmanager
+def started_sandbox(machines: int = 3, *options: str, start: int = 23790):
+    """A sandbox of `machines` machines for a test module, (name, port, `sandbox up`'s
+    output): NSLAB_TEST_SANDBOX=NAME:PORT names it, else a unique name and free ports from
+    `start`.  At the end each agent's log is printed (shown when a test failed), the sandbox
+    is removed, and nothing of it may be left on the host."""
+    from nslab.apply import containers
+    try:
+        containers.engine().images.get("nslab/machine:latest")
+    except Exception as e:
+        pytest.fail(f"nslab/machine image missing ({e}): ./install.sh builds it", pytrace=False)
+    given = os.environ.get("NSLAB_TEST_SANDBOX", "")
+    name, _, port = given.partition(":")
+    name, port = (name, int(port)) if given else (sandbox_name(), free_base(machines, start))
+    up = nslab("sandbox", "up", str(machines), "--name", name, "--port", port, *options, timeout=240)
+    assert up.returncode == 0, up.stderr
+    try:
+        yield name, port, up.stdout
+    finally:
+        for i in range(1, machines + 1):
+            log = docker_exec(f"{name}.m{i}", "tail", "-60", "/run/nslab-agent.log").stdout
+            print(f"--- m{i}'s agent:\n{log}")
+        down = nslab("sandbox", "down", "--name", name, timeout=180)
+        assert down.returncode == 0, down.stderr
+        assert host_view(name) == {"netns": [], "containers": []}
+        assert not os.path.exists(f"/run/nslab-sandbox/{name}")
+
 
 
 @pytest.fixture

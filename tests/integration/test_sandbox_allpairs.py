@@ -12,14 +12,13 @@ One sandbox for the module; NSLAB_TEST_SANDBOX=NAME:PORT picks its name and etcd
 from __future__ import annotations
 
 import json
-import os
 from xml.etree import ElementTree as ET
 
 import pytest
 import yaml
 
-from conftest import REPO, nslab, unique_lab_name
-from test_sandbox import free_base, host_view, sandbox_name
+from conftest import REPO, unique_lab_name
+from test_sandbox import started_sandbox
 from test_sandbox_observe import RACKS, Box
 
 pytestmark = pytest.mark.root
@@ -27,21 +26,8 @@ pytestmark = pytest.mark.root
 
 @pytest.fixture(scope="module")
 def box():
-    from nslab.apply import containers
-    try:
-        containers.engine().images.get("nslab/machine:latest")
-    except Exception as e:
-        pytest.fail(f"nslab/machine image missing ({e}): ./install.sh builds it", pytrace=False)
-    given = os.environ.get("NSLAB_TEST_SANDBOX")
-    name, port = given.split(":") if given else (sandbox_name(), free_base(3))
-    up = nslab("sandbox", "up", "3", "--name", name, "--port", port, timeout=240)
-    assert up.returncode == 0, up.stderr
-    try:
-        yield Box(name, int(port))
-    finally:
-        down = nslab("sandbox", "down", "--name", name, timeout=180)
-        assert down.returncode == 0, down.stderr
-        assert host_view(name) == {"netns": [], "containers": []}
+    with started_sandbox(3) as (name, port, _):
+        yield Box(name, port)
 
 
 def pods_of(path: str) -> list[str]:

@@ -20,8 +20,8 @@ import time
 import docker
 import pytest
 
-from conftest import nslab, unique_lab_name
-from test_sandbox import docker_exec, free_base, host_view, sandbox_name
+from conftest import unique_lab_name
+from test_sandbox import docker_exec, started_sandbox
 from test_sandbox_labs import PODS, RACKS, Sandbox, eventually, kernel_entries, pod_ip
 
 pytestmark = pytest.mark.root
@@ -31,27 +31,8 @@ M2 = "198.18.1.2"               # machine m2's underlay address (sandbox.machine
 
 @pytest.fixture(scope="module")
 def box():
-    from nslab.apply import containers
-    try:
-        containers.engine().images.get("nslab/machine:latest")
-    except Exception as e:
-        pytest.fail(f"nslab/machine image missing ({e}): ./install.sh builds it", pytrace=False)
-    given = os.environ.get("NSLAB_TEST_SANDBOX", "")
-    name, _, port = given.partition(":")
-    name, port = (name, int(port)) if given else (sandbox_name(), free_base(3))
-    up = nslab("sandbox", "up", "3", "--name", name, "--port", port, timeout=240)
-    assert up.returncode == 0, up.stderr
-    sb = Sandbox(name, port)
-    try:
-        yield sb
-    finally:
-        for m in ("m1", "m2", "m3"):     # shown when a test failed: what each agent did
-            print(f"--- {m}'s agent:\n" + docker_exec(f"{name}.{m}", "tail", "-60", "/run/nslab-agent.log").stdout)
-        down = nslab("sandbox", "down", "--name", name, timeout=180)
-        assert down.returncode == 0, down.stderr
-        # nothing left on the host: no namespace, container or sandbox record of it
-        assert host_view(name) == {"netns": [], "containers": []}
-        assert not os.path.exists(f"/run/nslab-sandbox/{name}")
+    with started_sandbox(3) as (name, port, _):
+        yield Sandbox(name, port)
 
 
 def machine(sb: Sandbox, m: str):

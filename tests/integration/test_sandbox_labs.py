@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import re
 import subprocess
 import time
@@ -24,7 +23,7 @@ import docker
 import pytest
 
 from conftest import REPO, nslab, unique_lab_name
-from test_sandbox import docker_exec, free_base, host_view, sandbox_name
+from test_sandbox import docker_exec, started_sandbox
 
 pytestmark = pytest.mark.root
 
@@ -85,23 +84,8 @@ class Sandbox:
 
 @pytest.fixture(scope="module")
 def sandbox():
-    from nslab.apply import containers
-    try:
-        containers.engine().images.get("nslab/machine:latest")
-    except Exception as e:
-        pytest.fail(f"nslab/machine image missing ({e}): ./install.sh builds it", pytrace=False)
-    given = os.environ.get("NSLAB_TEST_SANDBOX", "")      # NAME:PORT, else a unique name and free ports
-    name, _, port = given.partition(":")
-    name, port = (name, int(port)) if given else (sandbox_name(), free_base(3))
-    up = nslab("sandbox", "up", "3", "--name", name, "--port", port, timeout=240)
-    assert up.returncode == 0, up.stderr
-    box = Sandbox(name, port)
-    try:
-        yield box
-    finally:
-        down = nslab("sandbox", "down", "--name", name, timeout=180)
-        assert down.returncode == 0, down.stderr
-        assert host_view(name) == {"netns": [], "containers": []}
+    with started_sandbox(3) as (name, port, _):
+        yield Sandbox(name, port)
 
 
 def pod_ip(box: Sandbox, lab: str, pod: str) -> str:

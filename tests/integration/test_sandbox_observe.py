@@ -18,7 +18,7 @@ import subprocess
 import pytest
 
 from conftest import NSLAB, REPO, nslab, unique_lab_name
-from test_sandbox import docker_exec, free_base, host_view, sandbox_name
+from test_sandbox import docker_exec, started_sandbox
 
 pytestmark = pytest.mark.root
 
@@ -54,21 +54,8 @@ class Box:
 
 @pytest.fixture(scope="module")
 def box():
-    from nslab.apply import containers
-    try:
-        containers.engine().images.get("nslab/machine:latest")
-    except Exception as e:
-        pytest.fail(f"nslab/machine image missing ({e}): ./install.sh builds it", pytrace=False)
-    given = os.environ.get("NSLAB_TEST_SANDBOX")
-    name, port = given.split(":") if given else (sandbox_name(), free_base(3))
-    up = nslab("sandbox", "up", "3", "--name", name, "--port", port, timeout=240)
-    assert up.returncode == 0, up.stderr
-    try:
-        yield Box(name, int(port))
-    finally:
-        down = nslab("sandbox", "down", "--name", name, timeout=180)
-        assert down.returncode == 0, down.stderr
-        assert host_view(name) == {"netns": [], "containers": []}
+    with started_sandbox(3) as (name, port, _):
+        yield Box(name, port)
 
 
 @pytest.fixture

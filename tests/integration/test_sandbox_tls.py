@@ -18,7 +18,7 @@ import subprocess
 import pytest
 
 from conftest import REPO, nslab, unique_lab_name
-from test_sandbox import docker_exec, free_base, host_view, sandbox_name
+from test_sandbox import docker_exec, started_sandbox
 
 pytestmark = pytest.mark.root
 
@@ -45,24 +45,10 @@ def one_sentence(proc: subprocess.CompletedProcess) -> str:
 
 @pytest.fixture(scope="module")
 def box():
-    from nslab.apply import containers
-    try:
-        containers.engine().images.get("nslab/machine:latest")
-    except Exception as e:
-        pytest.fail(f"nslab/machine image missing ({e}): ./install.sh builds it", pytrace=False)
-    name = sandbox_name()
-    port = free_base(2, start=24400)
-    up = nslab("sandbox", "up", "2", "--name", name, "--port", port, "--tls", timeout=240)
-    assert up.returncode == 0, up.stderr
-    exports = dict(line[len("export "):].split("=", 1) for line in up.stdout.splitlines()
-                   if line.startswith("export "))
-    try:
+    with started_sandbox(2, "--tls", start=24400) as (name, port, printed):
+        exports = dict(line[len("export "):].split("=", 1) for line in printed.splitlines()
+                       if line.startswith("export "))
         yield TLSSandbox(name, port, exports)
-    finally:
-        down = nslab("sandbox", "down", "--name", name, timeout=180)
-        assert down.returncode == 0, down.stderr
-        assert host_view(name) == {"netns": [], "containers": []}
-        assert not os.path.exists(f"/run/nslab-sandbox/{name}")
 
 
 @pytest.fixture(scope="module")
