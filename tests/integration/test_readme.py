@@ -29,7 +29,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import LAB_PREFIX, REPO, TIMEOUT_SCALE, leftovers, nslab
+from test_sandbox import free_base         # a sandbox's etcd and agents' ports
 
 README = REPO / "README.md"
 PREFIX = LAB_PREFIX + "r"
@@ -267,19 +267,6 @@ def readme_env():
     assert not problems, "\n".join(problems)
 
 
-def free_ports(n: int, start: int = 24790) -> int:
-    """The first port P from `start` with P..P+n-1 free on 127.0.0.1 (a sandbox's etcd and
-    agents' forwarders)."""
-    def free(p):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", p))
-                return True
-            except OSError:
-                return False
-    return next(p for p in range(start, start + 5000) if all(free(q) for q in range(p, p + n)))
-
-
 def run_block(block: Block, env: dict, names: dict[str, str], lab: str, cwd) -> list[str]:
     """Run the block's commands in order; what drifted.  `export VAR=VALUE` lines set VAR
     for the rest of the block (NSLAB_ETCD: the test's sandbox's etcd, on its own port)."""
@@ -335,7 +322,7 @@ def test_readme_console_blocks(readme_env, capsys):
         block_env, shown = dict(env), dict(names)
         if block.sandbox:                   # its own machines: a name and ports of the test's
             n = int(re.search(r"nslab sandbox up (\d+)", " ".join(c.text for c in block.runnable)).group(1))
-            block_env.update(README_SANDBOX=SANDBOX, README_SANDBOX_PORT=str(free_ports(n + 1)))
+            block_env.update(README_SANDBOX=SANDBOX, README_SANDBOX_PORT=str(free_base(n, start=24790)))
             shown["sandbox"] = SANDBOX
         try:
             failures += run_block(block, block_env, shown, lab, cwd)
